@@ -61,6 +61,13 @@ class DisposedError : public Error {
   explicit DisposedError(const std::string& message) : Error(ErrorKind::kDisposed, message) {}
 };
 
+// A model file (GGUF, safetensors, config.json) is truncated, corrupt or inconsistent. The message
+// names the file and the tensor or field.
+class ModelFormatError : public Error {
+ public:
+  explicit ModelFormatError(const std::string& message) : Error(ErrorKind::kModelFormat, message) {}
+};
+
 // Names of PJRT_Error_Code values (absl::StatusCode numbering), for messages.
 const char* PjrtErrorCodeName(int code);
 
