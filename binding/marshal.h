@@ -1,0 +1,27 @@
+// Conversions between JS values and core types, and core errors -> JS errors.
+#pragma once
+
+#include <napi.h>
+
+#include <string>
+#include <vector>
+
+#include "pjrt/dtype.h"
+#include "pjrt/errors.h"
+#include "pjrt/program_signature.h"
+
+namespace cascade::binding {
+
+// A JS Error whose `kind` names the TypeScript error class (PjrtError, InvalidArgumentError, ...)
+// and whose `pjrtCode` holds the PJRT error code; src/native.ts turns it into the typed class.
+Napi::Error ToJsError(Napi::Env env, const Error& error);
+Napi::Error ToJsError(Napi::Env env, const std::exception& error);
+
+// Reads { dtype, shape, data: TypedArray } and copies the bytes (the JS side may mutate or
+// detach its buffer while the work runs on another thread). `where` prefixes messages.
+HostTensor TensorFromJs(const Napi::Value& value, const std::string& where);
+// Builds { dtype, shape, data } with a fresh typed array of the dtype's JS type.
+Napi::Object TensorToJs(Napi::Env env, HostTensor&& tensor);
+Napi::Object TensorTypeToJs(Napi::Env env, const TensorType& type);
+
+}  // namespace cascade::binding

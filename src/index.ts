@@ -1,0 +1,28 @@
+/**
+ * cascade-xla: cascaded speculative decoding on XLA through the PJRT C API.
+ *
+ * @example
+ * ```ts
+ * import { Runtime } from 'cascade-xla';
+ * await using rt = await Runtime.open({ plugin: 'cpu', devices: 4 });
+ * console.log(rt.platform, rt.devices.map((d) => d.kind));
+ * ```
+ * @module
+ */
+export { Runtime, Executable } from './runtime/runtime.js';
+export type { RuntimeOptions, CompileOptions, ExecuteOptions, DeviceInfo, MemoryInfo } from './runtime/runtime.js';
+export { tensor, toNumbers, bf16FromNumber, numberFromBf16, f16FromNumber, numberFromF16 } from './runtime/tensor.js';
+export type { DType, Tensor, TensorType, TypedArray, DTypeArrays } from './runtime/tensor.js';
+export {
+  CascadeError,
+  PjrtError,
+  PjrtErrorCode,
+  PluginNotFoundError,
+  PluginIncompatibleError,
+  InvalidArgumentError,
+  DisposedError,
+  ModelFormatError,
+  DownloadError,
+} from './errors.js';
+export { resolvePlugin } from './plugin/index.js';
+export type { PluginKind, ResolvedPlugin } from './plugin/index.js';
