@@ -1,0 +1,36 @@
+/**
+ * Where cascade-xla keeps downloaded things (PJRT plugins, models).
+ *
+ * The rule is shared with the native side (`cpp/pjrt/plugin_locator.cc`), so both find the same
+ * files: `$CASCADE_CACHE_DIR`, else `$XDG_CACHE_HOME/cascade-xla`, else `$HOME/.cache/cascade-xla`
+ * (`/tmp/.cache/cascade-xla` when `HOME` is unset). Empty variables count as unset.
+ *
+ * @example
+ * ```ts
+ * import { cacheRoot, cachePath } from './utils/cache.js';
+ * cacheRoot();                       // '/home/me/.cache/cascade-xla'
+ * cachePath('plugins', 'xla-cpu-pjrt-0.0.1'); // '/home/me/.cache/cascade-xla/plugins/xla-cpu-pjrt-0.0.1'
+ * ```
+ * @module
+ */
+
+import { join } from 'node:path';
+
+function env(name: string): string | undefined {
+  const v = process.env[name];
+  return v === undefined || v === '' ? undefined : v;
+}
+
+/** The cache root directory (not created). Re-reads the environment on every call. */
+export function cacheRoot(): string {
+  const explicit = env('CASCADE_CACHE_DIR');
+  if (explicit !== undefined) return explicit;
+  const xdg = env('XDG_CACHE_HOME');
+  if (xdg !== undefined) return join(xdg, 'cascade-xla');
+  return join(env('HOME') ?? '/tmp', '.cache', 'cascade-xla');
+}
+
+/** A path inside the cache root: `cachePath('plugins')` is `<root>/plugins`. */
+export function cachePath(...segments: string[]): string {
+  return join(cacheRoot(), ...segments);
+}
