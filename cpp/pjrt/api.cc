@@ -34,6 +34,9 @@ std::shared_ptr<const Api> Api::Load(const std::string& path) {
   auto found = LoadedPlugins().find(key);
   if (found != LoadedPlugins().end()) return found->second;
 
+  // XLA logs INFO lines (e.g. "cpu_device_count set via create_options") to stderr; keep the
+  // user's setting if they chose one.
+  setenv("TF_CPP_MIN_LOG_LEVEL", "1", /*overwrite=*/0);
   void* handle = dlopen(key.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (!handle) {
     const char* why = dlerror();

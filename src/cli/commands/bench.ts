@@ -1,0 +1,77 @@
+import { Command, Option } from 'commander';
+
+import { Runtime } from '../../runtime/runtime.js';
+import { tensor } from '../../runtime/tensor.js';
+import { median, printJson, table } from '../output.js';
+import { pluginOption, positiveInteger } from '../options.js';
+
+const MATMUL = (n: number) => `
+func.func public @main(%a: tensor<${n}x${n}xf32>, %b: tensor<${n}x${n}xf32>) -> tensor<${n}x${n}xf32> {
+  %c = stablehlo.dot_general %a, %b, contracting_dims = [1] x [0] : (tensor<${n}x${n}xf32>, tensor<${n}x${n}xf32>) -> tensor<${n}x${n}xf32>
+  return %c : tensor<${n}x${n}xf32>
+}`;
+
+interface RuntimeSample {
+  devices: number;
+  openMs: number;
+  compileMs: number;
+  firstExecuteMs: number;
+  executeMs: number;
+}
+
+/** Open + compile + execute an n x n f32 matmul on `devices` devices (each device its own copy). */
+async function runtimeSample(plugin: string, devices: number, n: number, repeats: number): Promise<RuntimeSample> {
+  const t0 = performance.now();
+  await using rt = await Runtime.open({ plugin, devices });
+  const t1 = performance.now();
+  const exe = await rt.compile(MATMUL(n), { replicas: devices });
+  const t2 = performance.now();
+  const a = tensor('f32', [n, n], new Float32Array(n * n).fill(0.5));
+  const inputs = Array.from({ length: devices }, () => [a, a]);
+  await exe.execute(inputs);
+  const t3 = performance.now();
+  const times: number[] = [];
+  for (let i = 0; i < repeats; i++) {
+    const s = performance.now();
+    await exe.execute(inputs);
+    times.push(performance.now() - s);
+  }
+  return { devices, openMs: t1 - t0, compileMs: t2 - t1, firstExecuteMs: t3 - t2, executeMs: median(times) };
+}
+
+export function benchCommand(): Command {
+  return new Command('bench')
+    .description(
+      'Benchmarks, run side by side in one process and reported as medians. Suite "runtime": open + compile + execute ' +
+        'an n x n f32 matmul on 1 and on N devices, interleaved over several rounds (execute includes host<->device copies).',
+    )
+    .addOption(new Option('--suite <name>', 'which benchmark').choices(['runtime']).default('runtime'))
+    .addOption(pluginOption())
+    .option('--devices <list>', 'comma-separated device counts', '1,4')
+    .option('--size <n>', 'matrix size', positiveInteger('--size'), 1024)
+    .option('--rounds <n>', 'interleaved rounds (medians over rounds)', positiveInteger('--rounds'), 3)
+    .option('--repeats <n>', 'executions per round after the first', positiveInteger('--repeats'), 5)
+    .option('--json', 'print JSON')
+    .addHelpText('after', '\nExample:\n  $ cascade-xla bench --suite runtime --devices 1,4 --size 1024 --rounds 5')
+    .action(async (opts: { plugin: string; devices: string; size: number; rounds: number; repeats: number; json?: boolean }) => {
+      const counts = opts.devices.split(',').map((v) => positiveInteger('--devices')(v.trim()));
+      const samples = new Map<number, RuntimeSample[]>(counts.map((d) => [d, []]));
+      for (let r = 0; r < opts.rounds; r++) {
+        for (const d of counts) samples.get(d)!.push(await runtimeSample(opts.plugin, d, opts.size, opts.repeats));
+      }
+      const rows = counts.map((d) => {
+        const s = samples.get(d)!;
+        const pick = (k: keyof RuntimeSample) => median(s.map((x) => x[k]));
+        return { devices: d, openMs: pick('openMs'), compileMs: pick('compileMs'), firstExecuteMs: pick('firstExecuteMs'), executeMs: pick('executeMs') };
+      });
+      const base = rows[0]!;
+      if (opts.json) return printJson({ suite: 'runtime', size: opts.size, rounds: opts.rounds, repeats: opts.repeats, rows });
+      console.log(`runtime: ${opts.size}x${opts.size} f32 matmul, medians of ${opts.rounds} interleaved rounds (execute: median of ${opts.repeats})`);
+      console.log(
+        table([
+          ['devices', 'open ms', 'compile ms', 'first exec ms', 'exec ms', 'exec vs first row'],
+          ...rows.map((r) => [String(r.devices), r.openMs.toFixed(1), r.compileMs.toFixed(1), r.firstExecuteMs.toFixed(1), r.executeMs.toFixed(1), `${(r.executeMs / base.executeMs).toFixed(2)}x`]),
+        ]),
+      );
+    });
+}

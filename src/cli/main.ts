@@ -1,0 +1,36 @@
+#!/usr/bin/env node
+/**
+ * The `cascade-xla` command line.
+ * @internal
+ * @module
+ */
+import { Command } from 'commander';
+
+import { CascadeError } from '../errors.js';
+import { benchCommand } from './commands/bench.js';
+import { demoCommand } from './commands/demo.js';
+import { infoCommand } from './commands/info.js';
+import { pluginCommand } from './commands/plugin.js';
+
+const program = new Command()
+  .name('cascade-xla')
+  .description(
+    'Cascaded speculative decoding (tiny -> INT8 draft -> BF16 target) on XLA through the PJRT C API.\n' +
+      'Runs on the XLA CPU plugin by default; point --plugin (or CASCADE_PJRT_PLUGIN) at a CUDA or TPU plugin to use those.',
+  )
+  .showHelpAfterError('(run with --help for usage)')
+  .configureHelp({ sortSubcommands: true });
+
+program.addCommand(demoCommand());
+program.addCommand(infoCommand());
+program.addCommand(pluginCommand());
+program.addCommand(benchCommand());
+
+try {
+  await program.parseAsync(process.argv);
+} catch (error) {
+  const message = error instanceof Error ? error.message : String(error);
+  const kind = error instanceof CascadeError ? `${error.name}: ` : '';
+  process.stderr.write(`cascade-xla: ${kind}${message}\n`);
+  process.exitCode = 1;
+}
