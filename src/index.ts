@@ -24,5 +24,5 @@ export {
   ModelFormatError,
   DownloadError,
 } from './errors.js';
-export { resolvePlugin } from './plugin/index.js';
-export type { PluginKind, ResolvedPlugin } from './plugin/index.js';
+export { resolvePlugin, ensurePlugin, pluginCacheInfo } from './plugin/index.js';
+export type { PluginKind, ResolvedPlugin, ResolveOptions, EnsureOptions, CachedPlugin, PluginCacheInfo } from './plugin/index.js';
