@@ -284,6 +284,8 @@ Value Function::Rsqrt(const Value& x) { return Unary("rsqrt", x, true); }
 Value Function::Sqrt(const Value& x) { return Unary("sqrt", x, true); }
 Value Function::Tanh(const Value& x) { return Unary("tanh", x, true); }
 Value Function::Logistic(const Value& x) { return Unary("logistic", x, true); }
+Value Function::Cos(const Value& x) { return Unary("cosine", x, true); }
+Value Function::Sin(const Value& x) { return Unary("sine", x, true); }
 
 Value Function::Convert(const Value& x, DType dtype) {
   if (x.dtype == dtype) return x;

@@ -79,6 +79,8 @@ class Function {
   Value Sqrt(const Value& x);
   Value Tanh(const Value& x);
   Value Logistic(const Value& x);
+  Value Cos(const Value& x);
+  Value Sin(const Value& x);
   Value Convert(const Value& x, DType dtype);
   Value Compare(CompareDirection direction, const Value& a, const Value& b);  // -> pred, same dims
   // pred is a scalar or has x's dims; on_true and on_false have identical types.

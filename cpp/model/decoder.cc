@@ -1,0 +1,296 @@
+#include "model/decoder.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "pjrt/errors.h"
+
+namespace cascade {
+namespace {
+
+float F16ToF32(uint16_t h) {
+  uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+  uint32_t bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: normalise
+      int e = -1;
+      do {
+        ++e;
+        mant <<= 1;
+      } while ((mant & 0x400) == 0);
+      bits = sign | static_cast<uint32_t>(127 - 15 - e) << 23 | (mant & 0x3ff) << 13;
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | mant << 13;
+  } else {
+    bits = sign | (exp + 127 - 15) << 23 | mant << 13;
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+void CheckDims(const HostTensor& t, const std::vector<int64_t>& dims, const std::string& name) {
+  if (t.dims != dims)
+    throw Error(ErrorKind::kModelFormat, "tensor " + name + " is " + ShapeString(t.dtype, t.dims) + ", expected " +
+                                             ShapeString(t.dtype, dims));
+}
+
+// The host tensors for the layout entries starting at `i` (one dense tensor, or int8 values and
+// scales); advances i past them.
+std::vector<HostTensor> PrepareAt(const ModelWeights& weights, const std::vector<WeightParam>& layout, size_t& i) {
+  const WeightParam& p = layout[i];
+  const HostTensor& src = weights.at(p.tensor);
+  CheckDims(src, p.dims, p.tensor);
+  if (p.role == WeightParam::Role::kInt8Values) {
+    Int8Matrix q = QuantizeInt8PerChannel(src);
+    i += 2;
+    std::vector<HostTensor> out;
+    out.push_back(std::move(q.values));
+    out.push_back(std::move(q.scales));
+    return out;
+  }
+  ++i;
+  std::vector<HostTensor> out;
+  out.push_back(p.dtype == DType::kBF16 ? ToBF16(src) : ToF32(src));
+  return out;
+}
+
+}  // namespace
+
+float BF16ToF32(uint16_t bits) {
+  uint32_t u = static_cast<uint32_t>(bits) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+uint16_t F32ToBF16(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, 4);
+  if (std::isnan(value)) return static_cast<uint16_t>((bits >> 16) | 0x40);
+  bits += 0x7fff + ((bits >> 16) & 1);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+HostTensor ToF32(const HostTensor& t) {
+  if (t.dtype == DType::kF32) return t;
+  HostTensor out(DType::kF32, t.dims);
+  float* o = out.as<float>();
+  const int64_t n = t.element_count();
+  if (t.dtype == DType::kBF16) {
+    for (int64_t i = 0; i < n; ++i) o[i] = BF16ToF32(t.as<uint16_t>()[i]);
+  } else if (t.dtype == DType::kF16) {
+    for (int64_t i = 0; i < n; ++i) o[i] = F16ToF32(t.as<uint16_t>()[i]);
+  } else {
+    throw InvalidArgumentError(std::string("ToF32: unsupported dtype ") + DTypeName(t.dtype));
+  }
+  return out;
+}
+
+HostTensor ToBF16(const HostTensor& t) {
+  if (t.dtype == DType::kBF16) return t;
+  HostTensor f = ToF32(t);
+  HostTensor out(DType::kBF16, t.dims);
+  const int64_t n = t.element_count();
+  for (int64_t i = 0; i < n; ++i) out.as<uint16_t>()[i] = F32ToBF16(f.as<float>()[i]);
+  return out;
+}
+
+Int8Matrix QuantizeInt8PerChannel(const HostTensor& w) {
+  if (w.dims.size() != 2) throw InvalidArgumentError("QuantizeInt8PerChannel: need a matrix, got " + ShapeString(w.dtype, w.dims));
+  HostTensor f = ToF32(w);
+  const int64_t rows = w.dims[0], cols = w.dims[1];
+  Int8Matrix q{HostTensor(DType::kS8, w.dims), HostTensor(DType::kF32, {rows})};
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = f.as<float>() + r * cols;
+    float m = 0;
+    for (int64_t c = 0; c < cols; ++c) m = std::max(m, std::fabs(row[c]));
+    float s = m > 0 ? m / 127.0f : 1.0f;
+    q.scales.as<float>()[r] = s;
+    int8_t* out = q.values.as<int8_t>() + r * cols;
+    for (int64_t c = 0; c < cols; ++c)
+      out[c] = static_cast<int8_t>(std::clamp(std::nearbyint(row[c] / s), -127.0f, 127.0f));
+  }
+  return q;
+}
+
+std::vector<HostTensor> PrepareWeightParams(const ModelWeights& weights, WeightPrecision precision) {
+  auto layout = WeightParamLayout(weights.config, precision);
+  std::vector<HostTensor> out;
+  for (size_t i = 0; i < layout.size();)
+    for (auto& t : PrepareAt(weights, layout, i)) out.push_back(std::move(t));
+  return out;
+}
+
+ModelWeights EffectiveWeights(const ModelWeights& weights, WeightPrecision precision) {
+  ModelWeights out;
+  out.config = weights.config;
+  out.source = weights.source;
+  auto layout = WeightParamLayout(weights.config, precision);
+  for (size_t i = 0; i < layout.size();) {
+    const std::string name = layout[i].tensor;
+    auto prepared = PrepareAt(weights, layout, i);
+    if (prepared.size() == 2) {
+      const HostTensor& v = prepared[0];
+      const HostTensor& s = prepared[1];
+      HostTensor f(DType::kF32, v.dims);
+      const int64_t rows = v.dims[0], cols = v.dims[1];
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c)
+          f.as<float>()[r * cols + c] = static_cast<float>(v.as<int8_t>()[r * cols + c]) * s.as<float>()[r];
+      out.tensors[name] = std::move(f);
+    } else {
+      out.tensors[name] = ToF32(prepared[0]);
+    }
+  }
+  return out;
+}
+
+DecoderModel::DecoderModel(std::shared_ptr<Client> client, const ModelWeights& weights, const DecoderOptions& options)
+    : client_(std::move(client)), config_(weights.config), options_(options) {
+  ValidateDecoderConfig(config_);
+  if (options_.max_context < 1) throw InvalidArgumentError("DecoderModel: max_context must be >= 1");
+  if (options_.device_index >= client_->devices().size())
+    throw InvalidArgumentError("DecoderModel: no device " + std::to_string(options_.device_index));
+  kv_dtype_ = options_.kv_dtype.value_or(options_.precision == WeightPrecision::kF32 ? DType::kF32 : DType::kBF16);
+  if (kv_dtype_ != DType::kF32 && kv_dtype_ != DType::kBF16)
+    throw InvalidArgumentError("DecoderModel: kv_dtype must be f32 or bf16");
+  // One tensor group at a time, so the host holds at most one converted matrix at once.
+  auto layout = WeightParamLayout(config_, options_.precision);
+  for (size_t i = 0; i < layout.size();)
+    for (auto& t : PrepareAt(weights, layout, i)) weights_.push_back(client_->ToDevice(t, options_.device_index));
+  ResetCache();
+}
+
+void DecoderModel::ResetCache() {
+  HostTensor zeros(kv_dtype_, KvCacheDims(config_, options_.max_context));
+  k_cache_ = client_->ToDevice(zeros, options_.device_index);
+  v_cache_ = client_->ToDevice(zeros, options_.device_index);
+}
+
+int64_t DecoderModel::weight_bytes() const {
+  int64_t n = 0;
+  for (const auto& b : weights_) n += static_cast<int64_t>(b->byte_size());
+  return n;
+}
+
+std::string DecoderModel::ProgramText(int64_t num_tokens, const HeadSpec& head, bool tree) const {
+  ProgramSpec spec;
+  spec.num_tokens = num_tokens;
+  spec.max_context = options_.max_context;
+  spec.head = head;
+  spec.tree_mask = tree;
+  spec.precision = options_.precision;
+  spec.kv_dtype = kv_dtype_;
+  spec.matmul = options_.matmul;
+  return EmitDecoderProgram(config_, spec);
+}
+
+std::shared_ptr<LoadedExecutable> DecoderModel::Program(int64_t num_tokens, const HeadSpec& head, bool tree) {
+  HeadSpec key_head = head;
+  if (head.kind != HeadKind::kTopK) key_head.k = 0;
+  auto key = std::make_tuple(num_tokens, key_head, tree);
+  auto it = programs_.find(key);
+  if (it != programs_.end()) return it->second;
+  auto exe = client_->Compile(ProgramText(num_tokens, key_head, tree), {1});
+  if (exe->device_indices().size() != 1 || exe->device_indices()[0] != options_.device_index) {
+    // Compile places a 1-replica program on device 0; other devices need their own client today.
+    throw InvalidArgumentError("DecoderModel: programs run on device " + std::to_string(exe->device_indices()[0]) +
+                               ", not device " + std::to_string(options_.device_index));
+  }
+  programs_[key] = exe;
+  return exe;
+}
+
+ForwardResult DecoderModel::Forward(const std::vector<int32_t>& tokens, int64_t start_pos, const HeadSpec& head,
+                                    const ForwardInputs& inputs) {
+  const int64_t T = static_cast<int64_t>(tokens.size());
+  if (T < 1) throw InvalidArgumentError("Forward: no tokens");
+  if (start_pos < 0 || start_pos + T > options_.max_context)
+    throw InvalidArgumentError("Forward: slots " + std::to_string(start_pos) + ".." + std::to_string(start_pos + T - 1) +
+                               " do not fit the cache of " + std::to_string(options_.max_context));
+  for (int32_t t : tokens)
+    if (t < 0 || t >= config_.vocab_size) throw InvalidArgumentError("Forward: token id " + std::to_string(t) + " out of range");
+  if (head.kind == HeadKind::kTopK && (head.k < 1 || head.k > config_.vocab_size))
+    throw InvalidArgumentError("Forward: top-k needs 1 <= k <= vocab");
+  const bool logprob = head.kind == HeadKind::kTokenLogprob;
+  if (logprob != !inputs.target_ids.empty() || (logprob && static_cast<int64_t>(inputs.target_ids.size()) != T))
+    throw InvalidArgumentError("Forward: target_ids must hold one id per token exactly for the token_logprob head");
+  for (int32_t t : inputs.target_ids)
+    if (t < 0 || t >= config_.vocab_size) throw InvalidArgumentError("Forward: target id " + std::to_string(t) + " out of range");
+  const bool tree = !inputs.tree_mask.empty();
+  if (tree && static_cast<int64_t>(inputs.tree_mask.size()) != T * T)
+    throw InvalidArgumentError("Forward: tree_mask must hold T*T entries");
+  if (!inputs.position_offsets.empty() && (!tree || static_cast<int64_t>(inputs.position_offsets.size()) != T))
+    throw InvalidArgumentError("Forward: position_offsets need a tree_mask and one offset per token");
+
+  auto exe = Program(T, head, tree);
+  const size_t dev = options_.device_index;
+  std::vector<std::unique_ptr<Buffer>> extra;
+  extra.push_back(client_->ToDevice(HostTensor(DType::kS32, {T}, tokens.data(), tokens.size() * 4), dev));
+  int32_t start32 = static_cast<int32_t>(start_pos);
+  extra.push_back(client_->ToDevice(HostTensor(DType::kS32, {}, &start32, 4), dev));
+  if (logprob) extra.push_back(client_->ToDevice(HostTensor(DType::kS32, {T}, inputs.target_ids.data(), T * 4), dev));
+  if (tree) {
+    HostTensor m(DType::kPred, {T, T});
+    for (int64_t i = 0; i < T * T; ++i) m.data[i] = inputs.tree_mask[i] ? 1 : 0;
+    extra.push_back(client_->ToDevice(m, dev));
+    std::vector<int32_t> offsets = inputs.position_offsets;
+    if (offsets.empty())
+      for (int32_t i = 0; i < T; ++i) offsets.push_back(i);
+    extra.push_back(client_->ToDevice(HostTensor(DType::kS32, {T}, offsets.data(), T * 4), dev));
+  }
+
+  std::vector<Buffer*> args;
+  for (auto& w : weights_) args.push_back(w.get());
+  args.push_back(k_cache_.get());
+  args.push_back(v_cache_.get());
+  for (auto& e : extra) args.push_back(e.get());
+
+  std::vector<std::vector<std::unique_ptr<Buffer>>> out;
+  try {
+    out = exe->Execute({args});
+  } catch (...) {
+    if (k_cache_->donated() || v_cache_->donated()) ResetCache();  // the old cache is gone; start clean
+    throw;
+  }
+  // The old cache buffers were donated (Execute marked them); results 0 and 1 are the same
+  // device memory, updated in place.
+  k_cache_ = std::move(out[0][0]);
+  v_cache_ = std::move(out[0][1]);
+
+  ForwardResult r;
+  r.num_tokens = T;
+  auto floats = [](const Buffer& b) {
+    HostTensor t = b.ToHost();
+    return std::vector<float>(t.as<float>(), t.as<float>() + t.element_count());
+  };
+  auto ints = [](const Buffer& b) {
+    HostTensor t = b.ToHost();
+    return std::vector<int32_t>(t.as<int32_t>(), t.as<int32_t>() + t.element_count());
+  };
+  switch (head.kind) {
+    case HeadKind::kLogits:
+      r.logits = floats(*out[0][2]);
+      break;
+    case HeadKind::kArgmax:
+      r.argmax = ints(*out[0][2]);
+      break;
+    case HeadKind::kTopK:
+      r.topk_values = floats(*out[0][2]);
+      r.topk_indices = ints(*out[0][3]);
+      r.logsumexp = floats(*out[0][4]);
+      break;
+    case HeadKind::kTokenLogprob:
+      r.token_logprobs = floats(*out[0][2]);
+      r.argmax = ints(*out[0][3]);
+      break;
+  }
+  return r;
+}
+
+}  // namespace cascade

@@ -1,0 +1,109 @@
+// A decoder model on one PJRT device: weights uploaded once (converted / quantised on the host to
+// the requested precision), a KV cache that lives on the device and is donated to every call
+// (XLA updates it in place; it is never copied back), and programs compiled lazily, cached by
+// (T, head, tree mask).
+//
+//   DecoderModel m(client, weights, {WeightPrecision::kBF16, /*max_context=*/512});
+//   auto r = m.Forward(prompt, 0, {HeadKind::kArgmax});          // prefill
+//   auto s = m.Forward({next}, prompt.size(), {HeadKind::kArgmax});  // decode
+//   auto v = m.Forward(draft, pos, {HeadKind::kTokenLogprob}, inputs);  // verify (inputs.target_ids)
+//
+// Rollback: the cache holds whatever was last written at each slot, and a call at start_pos only
+// attends to slots < start_pos + i + 1. After a rejected speculation, just call with the accepted
+// length as start_pos: the stale slots are masked, then overwritten. Nothing to undo.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "model/programs.h"
+#include "model/weights.h"
+#include "pjrt/client.h"
+
+namespace cascade {
+
+// ---- host-side weight preparation (also used by tests and references) ----
+HostTensor ToF32(const HostTensor& t);   // f32 / f16 / bf16 -> f32
+HostTensor ToBF16(const HostTensor& t);  // f32 / f16 / bf16 -> bf16 (round to nearest even)
+float BF16ToF32(uint16_t bits);
+uint16_t F32ToBF16(float value);
+struct Int8Matrix {
+  HostTensor values;  // s8 [out, in]
+  HostTensor scales;  // f32 [out]
+};
+// Per output row c: s_c = max|W_c| / 127 (1 for an all-zero row), W_int8 = round(W / s_c).
+Int8Matrix QuantizeInt8PerChannel(const HostTensor& w);
+// The tensors to upload, in WeightParamLayout(config, precision) order.
+std::vector<HostTensor> PrepareWeightParams(const ModelWeights& weights, WeightPrecision precision);
+// The weights as the program sees them, as f32 (bf16 rounding / int8 dequantisation applied):
+// a reference forward on these should match the program tightly.
+ModelWeights EffectiveWeights(const ModelWeights& weights, WeightPrecision precision);
+
+struct DecoderOptions {
+  WeightPrecision precision = WeightPrecision::kF32;
+  int64_t max_context = 256;        // cache slots C
+  std::optional<DType> kv_dtype;    // default: f32 for kF32 weights, bf16 otherwise
+  size_t device_index = 0;
+  MatmulMode matmul = MatmulMode::kAuto;
+};
+
+// Extra inputs of a Forward call.
+struct ForwardInputs {
+  std::vector<int32_t> target_ids;        // HeadKind::kTokenLogprob: one per token
+  std::vector<uint8_t> tree_mask;         // optional [T*T] row-major, nonzero = may attend
+  std::vector<int32_t> position_offsets;  // with tree_mask: RoPE position offsets (default 0..T-1)
+};
+
+// Host results of one call; which fields are set depends on the head (see HeadKind).
+struct ForwardResult {
+  int64_t num_tokens = 0;
+  std::vector<float> logits;          // kLogits: [T * vocab]
+  std::vector<int32_t> argmax;        // kArgmax, kTokenLogprob: [T]
+  std::vector<float> topk_values;     // kTopK: [T * k]
+  std::vector<int32_t> topk_indices;  // kTopK: [T * k]
+  std::vector<float> logsumexp;       // kTopK: [T]
+  std::vector<float> token_logprobs;  // kTokenLogprob: [T]
+};
+
+class DecoderModel {
+ public:
+  DecoderModel(std::shared_ptr<Client> client, const ModelWeights& weights, const DecoderOptions& options);
+  DecoderModel(const DecoderModel&) = delete;
+  DecoderModel& operator=(const DecoderModel&) = delete;
+
+  // Runs tokens (T >= 1) at cache slots start_pos .. start_pos+T-1 (needs start_pos + T <=
+  // max_context) and returns the head's results. The KV cache is updated on the device.
+  ForwardResult Forward(const std::vector<int32_t>& tokens, int64_t start_pos, const HeadSpec& head = {},
+                        const ForwardInputs& inputs = {});
+  // Zeroes the cache (not needed for correctness: unwritten slots are always masked).
+  void ResetCache();
+
+  const ModelConfig& config() const { return config_; }
+  const DecoderOptions& options() const { return options_; }
+  DType kv_dtype() const { return kv_dtype_; }
+  int64_t max_context() const { return options_.max_context; }
+  size_t num_compiled() const { return programs_.size(); }
+  int64_t weight_bytes() const;
+  // The current cache buffers (replaced by every Forward; the previous ones are donated).
+  const Buffer& k_cache() const { return *k_cache_; }
+  const Buffer& v_cache() const { return *v_cache_; }
+  // The program text for a call shape (what Forward compiles).
+  std::string ProgramText(int64_t num_tokens, const HeadSpec& head, bool tree) const;
+
+ private:
+  std::shared_ptr<LoadedExecutable> Program(int64_t num_tokens, const HeadSpec& head, bool tree);
+
+  std::shared_ptr<Client> client_;
+  ModelConfig config_;
+  DecoderOptions options_;
+  DType kv_dtype_;
+  std::vector<std::unique_ptr<Buffer>> weights_;
+  std::unique_ptr<Buffer> k_cache_, v_cache_;
+  std::map<std::tuple<int64_t, HeadSpec, bool>, std::shared_ptr<LoadedExecutable>> programs_;
+};
+
+}  // namespace cascade

@@ -1,0 +1,329 @@
+#include "model/programs.h"
+
+#include <cmath>
+#include <limits>
+#include <map>
+
+#include "hlo/builder.h"
+#include "pjrt/errors.h"
+
+namespace cascade {
+namespace {
+
+using hlo::CompareDirection;
+using hlo::Value;
+
+std::string Layer(int64_t i, const char* rest) { return "model.layers." + std::to_string(i) + "." + rest; }
+
+bool IsMatrix(const std::string& name) {
+  for (const char* m : {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
+    if (name.find(m) != std::string::npos) return true;
+  return name == "lm_head.weight";
+}
+
+// Where each weight param lives in @main's param list.
+struct WeightRef {
+  Value w;                   // dense weight, or int8 values
+  std::optional<Value> scale;  // int8 only
+};
+
+class Emitter {
+ public:
+  Emitter(const ModelConfig& c, const ProgramSpec& s) : c_(c), s_(s) {
+    mode_ = s.matmul;
+    if (mode_ == MatmulMode::kAuto)
+      // Measured on XLA CPU (see the report / decoder_bench): upcasting weights to f32 is the
+      // faster of the two for both bf16 and int8 at T=1..32 there.
+      mode_ = MatmulMode::kUpcastWeights;
+  }
+
+  std::string Emit() {
+    const int64_t T = s_.num_tokens, C = s_.max_context;
+    for (const WeightParam& p : WeightParamLayout(c_, s_.precision)) {
+      Value v = f_.Param(p.name(), p.dtype, p.dims);
+      if (p.role == WeightParam::Role::kInt8Scales)
+        weights_[p.tensor].scale = v;
+      else
+        weights_[p.tensor].w = v;
+    }
+    std::vector<int64_t> kv_dims = KvCacheDims(c_, C);
+    Value k_cache = f_.Param("k_cache", s_.kv_dtype, kv_dims, 0);
+    Value v_cache = f_.Param("v_cache", s_.kv_dtype, kv_dims, 1);
+    Value tokens = f_.Param("tokens", DType::kS32, {T});
+    Value start = f_.Param("start_pos", DType::kS32, {});
+    std::optional<Value> target_ids, tree, offsets;
+    if (s_.head.kind == HeadKind::kTokenLogprob) target_ids = f_.Param("target_ids", DType::kS32, {T});
+    if (s_.tree_mask) {
+      tree = f_.Param("tree_mask", DType::kPred, {T, T});
+      offsets = f_.Param("position_offsets", DType::kS32, {T});
+    }
+
+    // Token embeddings [T, d] in f32 (Gemma scales by sqrt(d)).
+    Value h = f_.Convert(f_.GatherRows(W("model.embed_tokens.weight").w, tokens), DType::kF32);
+    if (c_.family == ModelFamily::kGemma)
+      h = f_.Mul(h, f_.ScalarLike(h, std::sqrt(static_cast<double>(c_.hidden_size))));
+
+    // RoPE tables for the T positions.
+    Value start_t = f_.BroadcastInDim(start, {T}, {});
+    Value pos = f_.Add(start_t, offsets ? *offsets : f_.Iota(DType::kS32, {T}, 0));
+    RopeTables(pos);
+
+    // Attention mask [T, C]: slot c is visible to new token t iff c <= start_pos + t, and inside
+    // the new block also iff tree_mask[t, c - start_pos] (diagonal forced on).
+    Value slot = f_.Iota(DType::kS32, {T, C}, 1);
+    Value last = f_.Add(f_.BroadcastInDim(start, {T, C}, {}), f_.Iota(DType::kS32, {T, C}, 0));
+    Value mask = f_.Compare(CompareDirection::kLe, slot, last);
+    if (tree) {
+      Value eye = f_.Compare(CompareDirection::kEq, f_.Iota(DType::kS32, {T, T}, 0), f_.Iota(DType::kS32, {T, T}, 1));
+      Value block = f_.Or(*tree, eye);
+      Value full = f_.DynamicUpdateSlice(f_.Constant(DType::kPred, 1, {T, C}), block, {Zero(), start});
+      mask = f_.And(mask, full);
+    }
+
+    for (int64_t l = 0; l < c_.num_layers; ++l) {
+      Value x = Norm(h, Layer(l, "input_layernorm.weight"));
+      h = f_.Add(h, Attention(l, x, mask, start, k_cache, v_cache));
+      x = Norm(h, Layer(l, "post_attention_layernorm.weight"));
+      h = f_.Add(h, Mlp(l, x));
+    }
+    h = Norm(h, "model.norm.weight");
+    Value logits = Linear(h, c_.tied_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");  // [T, V]
+
+    std::vector<Value> results = {k_cache, v_cache};
+    switch (s_.head.kind) {
+      case HeadKind::kLogits:
+        results.push_back(logits);
+        break;
+      case HeadKind::kArgmax:
+        results.push_back(f_.Argmax(logits, 1));
+        break;
+      case HeadKind::kTopK: {
+        auto top = f_.TopK(logits, s_.head.k);
+        results.push_back(top.first);
+        results.push_back(top.second);
+        results.push_back(f_.LogSumExp(logits, 1));
+        break;
+      }
+      case HeadKind::kTokenLogprob:
+        results.push_back(f_.Sub(f_.TakeAlongLastDim(logits, *target_ids), f_.LogSumExp(logits, 1)));
+        results.push_back(f_.Argmax(logits, 1));
+        break;
+    }
+    f_.Return(results);
+    return f_.ToText();
+  }
+
+ private:
+  const WeightRef& W(const std::string& name) {
+    auto it = weights_.find(name);
+    if (it == weights_.end()) throw InvalidArgumentError("programs: no weight param " + name);
+    return it->second;
+  }
+  Value Zero() { return f_.Constant(DType::kS32, 0); }
+
+  Value Norm(const Value& x, const std::string& name) {
+    return f_.RmsNorm(x, W(name).w, c_.rms_norm_eps, c_.family == ModelFamily::kGemma);
+  }
+
+  // x [T, in] f32 times W^T (W [out, in]) -> [T, out] f32.
+  Value Linear(const Value& x, const std::string& name) {
+    const WeightRef& ref = W(name);
+    Value w = ref.w;
+    if (w.dtype == DType::kF32) return f_.DotGeneral(x, w, {}, {}, {1}, {1});
+    Value y;
+    if (mode_ == MatmulMode::kBF16Activations) {
+      y = f_.DotGeneral(f_.Convert(x, DType::kBF16), f_.Convert(w, DType::kBF16), {}, {}, {1}, {1}, DType::kF32);
+    } else {
+      y = f_.DotGeneral(x, f_.Convert(w, DType::kF32), {}, {}, {1}, {1});
+    }
+    if (ref.scale) y = f_.Mul(y, f_.BroadcastInDim(*ref.scale, y.dims, {1}));
+    return y;
+  }
+
+  void RopeTables(const Value& pos) {
+    const int64_t half = c_.head_dim / 2, T = pos.dims[0];
+    std::vector<float> inv_freq(static_cast<size_t>(half));
+    for (int64_t i = 0; i < half; ++i)  // HF: 1 / theta^(2i / head_dim), in f32
+      inv_freq[i] = static_cast<float>(1.0 / std::pow(c_.rope_theta, static_cast<double>(2 * i) / c_.head_dim));
+    Value inv = f_.BroadcastInDim(f_.ConstantF32({half}, inv_freq), {T, half}, {1});
+    Value angle = f_.Mul(f_.BroadcastInDim(f_.Convert(pos, DType::kF32), {T, half}, {0}), inv);
+    cos_ = f_.Cos(angle);
+    sin_ = f_.Sin(angle);
+  }
+
+  // x [T, heads, head_dim]: Hugging Face rotate-half RoPE.
+  Value Rope(const Value& x) {
+    const int64_t T = x.dims[0], n = x.dims[1], hd = x.dims[2], half = hd / 2;
+    Value x1 = f_.Slice(x, {0, 0, 0}, {T, n, half});
+    Value x2 = f_.Slice(x, {0, 0, half}, {T, n, hd});
+    Value cos = f_.BroadcastInDim(cos_, x1.dims, {0, 2});
+    Value sin = f_.BroadcastInDim(sin_, x1.dims, {0, 2});
+    Value o1 = f_.Sub(f_.Mul(x1, cos), f_.Mul(x2, sin));
+    Value o2 = f_.Add(f_.Mul(x2, cos), f_.Mul(x1, sin));
+    return f_.Concatenate({o1, o2}, 2);
+  }
+
+  Value Attention(int64_t l, const Value& x, const Value& mask, const Value& start, Value& k_cache, Value& v_cache) {
+    const int64_t T = x.dims[0], C = s_.max_context, H = c_.num_heads, KV = c_.num_kv_heads, hd = c_.head_dim,
+                  G = H / KV;
+    Value q = Rope(f_.Reshape(Linear(x, Layer(l, "self_attn.q_proj.weight")), {T, H, hd}));
+    Value k = Rope(f_.Reshape(Linear(x, Layer(l, "self_attn.k_proj.weight")), {T, KV, hd}));
+    Value v = f_.Reshape(Linear(x, Layer(l, "self_attn.v_proj.weight")), {T, KV, hd});
+
+    // Write the new keys/values at [l, start_pos .. start_pos+T-1] (in place: the caches are donated).
+    Value layer = f_.Constant(DType::kS32, static_cast<double>(l));
+    std::vector<Value> at = {layer, start, Zero(), Zero()};
+    k_cache = f_.DynamicUpdateSlice(k_cache, f_.Reshape(f_.Convert(k, s_.kv_dtype), {1, T, KV, hd}), at);
+    v_cache = f_.DynamicUpdateSlice(v_cache, f_.Reshape(f_.Convert(v, s_.kv_dtype), {1, T, KV, hd}), at);
+    Value keys = f_.Convert(f_.Reshape(f_.Slice(k_cache, {l, 0, 0, 0}, {l + 1, C, KV, hd}), {C, KV, hd}), DType::kF32);
+    Value vals = f_.Convert(f_.Reshape(f_.Slice(v_cache, {l, 0, 0, 0}, {l + 1, C, KV, hd}), {C, KV, hd}), DType::kF32);
+
+    // Query head h uses kv head h / G (Hugging Face repeat_kv order).
+    Value q4 = f_.Reshape(q, {T, KV, G, hd});
+    Value scores = f_.DotGeneral(q4, keys, {1}, {1}, {3}, {2});  // [KV, T, G, C]
+    scores = f_.Mul(scores, f_.ScalarLike(scores, 1.0 / std::sqrt(static_cast<double>(hd))));
+    Value m = f_.BroadcastInDim(mask, scores.dims, {1, 3});
+    scores = f_.Select(m, scores, f_.ScalarLike(scores, -std::numeric_limits<double>::infinity()));
+    Value probs = f_.Softmax(scores, 3);
+    Value out = f_.DotGeneral(probs, vals, {0}, {1}, {3}, {0});  // [KV, T, G, hd]
+    out = f_.Reshape(f_.Transpose(out, {1, 0, 2, 3}), {T, H * hd});
+    return Linear(out, Layer(l, "self_attn.o_proj.weight"));
+  }
+
+  Value Mlp(int64_t l, const Value& x) {
+    Value gate = Linear(x, Layer(l, "mlp.gate_proj.weight"));
+    Value up = Linear(x, Layer(l, "mlp.up_proj.weight"));
+    Value act;
+    if (c_.family == ModelFamily::kGemma) {
+      // GELU, tanh approximation: 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))
+      Value g3 = f_.Mul(f_.Mul(gate, gate), gate);
+      Value inner = f_.Add(gate, f_.Mul(g3, f_.ScalarLike(gate, 0.044715)));
+      inner = f_.Mul(inner, f_.ScalarLike(gate, std::sqrt(2.0 / M_PI)));
+      Value t = f_.Add(f_.Tanh(inner), f_.ScalarLike(gate, 1.0));
+      act = f_.Mul(f_.Mul(gate, t), f_.ScalarLike(gate, 0.5));
+    } else {
+      act = f_.Mul(gate, f_.Logistic(gate));  // SiLU
+    }
+    return Linear(f_.Mul(act, up), Layer(l, "mlp.down_proj.weight"));
+  }
+
+  const ModelConfig& c_;
+  const ProgramSpec& s_;
+  MatmulMode mode_;
+  hlo::Function f_;
+  std::map<std::string, WeightRef> weights_;
+  Value cos_, sin_;
+};
+
+}  // namespace
+
+const char* WeightPrecisionName(WeightPrecision precision) {
+  switch (precision) {
+    case WeightPrecision::kF32: return "f32";
+    case WeightPrecision::kBF16: return "bf16";
+    case WeightPrecision::kInt8: return "int8";
+  }
+  return "unknown";
+}
+
+const char* HeadKindName(HeadKind kind) {
+  switch (kind) {
+    case HeadKind::kLogits: return "logits";
+    case HeadKind::kArgmax: return "argmax";
+    case HeadKind::kTopK: return "topk";
+    case HeadKind::kTokenLogprob: return "token_logprob";
+  }
+  return "unknown";
+}
+
+std::string WeightParam::name() const {
+  switch (role) {
+    case Role::kDense: return tensor;
+    case Role::kInt8Values: return tensor + ":int8";
+    case Role::kInt8Scales: return tensor + ":scale";
+  }
+  return tensor;
+}
+
+void ValidateDecoderConfig(const ModelConfig& c) {
+  auto need = [](bool ok, const std::string& what) {
+    if (!ok) throw InvalidArgumentError("decoder config: " + what);
+  };
+  need(c.vocab_size > 0, "vocab_size must be positive");
+  need(c.hidden_size > 0, "hidden_size must be positive");
+  need(c.intermediate_size > 0, "intermediate_size must be positive");
+  need(c.num_layers > 0, "num_layers must be positive");
+  need(c.num_heads > 0 && c.num_kv_heads > 0, "num_heads and num_kv_heads must be positive");
+  need(c.num_heads % c.num_kv_heads == 0, "num_heads must be a multiple of num_kv_heads");
+  need(c.head_dim > 0 && c.head_dim % 2 == 0, "head_dim must be positive and even (RoPE)");
+  need(c.rms_norm_eps > 0, "rms_norm_eps must be positive");
+  need(c.rope_theta > 0, "rope_theta must be positive");
+  need(c.family != ModelFamily::kGemma || c.tied_embeddings, "Gemma has a tied head");
+}
+
+std::vector<WeightParam> WeightParamLayout(const ModelConfig& c, WeightPrecision precision) {
+  ValidateDecoderConfig(c);
+  const int64_t d = c.hidden_size, hd = c.head_dim;
+  std::vector<std::pair<std::string, std::vector<int64_t>>> tensors;
+  tensors.push_back({"model.embed_tokens.weight", {c.vocab_size, d}});
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    tensors.push_back({Layer(l, "input_layernorm.weight"), {d}});
+    tensors.push_back({Layer(l, "self_attn.q_proj.weight"), {c.num_heads * hd, d}});
+    tensors.push_back({Layer(l, "self_attn.k_proj.weight"), {c.num_kv_heads * hd, d}});
+    tensors.push_back({Layer(l, "self_attn.v_proj.weight"), {c.num_kv_heads * hd, d}});
+    tensors.push_back({Layer(l, "self_attn.o_proj.weight"), {d, c.num_heads * hd}});
+    tensors.push_back({Layer(l, "post_attention_layernorm.weight"), {d}});
+    tensors.push_back({Layer(l, "mlp.gate_proj.weight"), {c.intermediate_size, d}});
+    tensors.push_back({Layer(l, "mlp.up_proj.weight"), {c.intermediate_size, d}});
+    tensors.push_back({Layer(l, "mlp.down_proj.weight"), {d, c.intermediate_size}});
+  }
+  tensors.push_back({"model.norm.weight", {d}});
+  if (!c.tied_embeddings) tensors.push_back({"lm_head.weight", {c.vocab_size, d}});
+
+  std::vector<WeightParam> out;
+  for (auto& [name, dims] : tensors) {
+    bool norm = dims.size() == 1;
+    if (precision == WeightPrecision::kInt8 && IsMatrix(name)) {
+      out.push_back({name, WeightParam::Role::kInt8Values, DType::kS8, dims});
+      out.push_back({name, WeightParam::Role::kInt8Scales, DType::kF32, {dims[0]}});
+    } else {
+      DType dtype = (precision == WeightPrecision::kF32 || norm) ? DType::kF32 : DType::kBF16;
+      out.push_back({name, WeightParam::Role::kDense, dtype, dims});
+    }
+  }
+  return out;
+}
+
+std::vector<int64_t> KvCacheDims(const ModelConfig& c, int64_t max_context) {
+  return {c.num_layers, max_context, c.num_kv_heads, c.head_dim};
+}
+
+std::vector<HeadOutput> HeadOutputs(const ModelConfig& c, const ProgramSpec& s) {
+  const int64_t T = s.num_tokens;
+  switch (s.head.kind) {
+    case HeadKind::kLogits: return {{"logits", DType::kF32, {T, c.vocab_size}}};
+    case HeadKind::kArgmax: return {{"argmax", DType::kS32, {T}}};
+    case HeadKind::kTopK:
+      return {{"topk_values", DType::kF32, {T, s.head.k}},
+              {"topk_indices", DType::kS32, {T, s.head.k}},
+              {"logsumexp", DType::kF32, {T}}};
+    case HeadKind::kTokenLogprob:
+      return {{"token_logprobs", DType::kF32, {T}}, {"argmax", DType::kS32, {T}}};
+  }
+  return {};
+}
+
+std::string EmitDecoderProgram(const ModelConfig& config, const ProgramSpec& spec) {
+  ValidateDecoderConfig(config);
+  if (spec.num_tokens < 1) throw InvalidArgumentError("decoder program: num_tokens must be >= 1");
+  if (spec.max_context < spec.num_tokens)
+    throw InvalidArgumentError("decoder program: max_context " + std::to_string(spec.max_context) +
+                               " is smaller than num_tokens " + std::to_string(spec.num_tokens));
+  if (spec.kv_dtype != DType::kF32 && spec.kv_dtype != DType::kBF16)
+    throw InvalidArgumentError("decoder program: kv_dtype must be f32 or bf16");
+  if (spec.head.kind == HeadKind::kTopK && (spec.head.k < 1 || spec.head.k > config.vocab_size))
+    throw InvalidArgumentError("decoder program: top-k needs 1 <= k <= vocab_size, got k=" + std::to_string(spec.head.k));
+  return Emitter(config, spec).Emit();
+}
+
+}  // namespace cascade

@@ -1,0 +1,114 @@
+// StableHLO decoder programs for a ModelConfig (Llama and Gemma families), emitted with
+// hlo::Function. One program runs T new tokens through the model against a KV cache that stays
+// on the device, and returns what the caller asked for (the "head").
+//
+// Parameters of @main, in this order:
+//   1. the weights, in WeightParamLayout(config, precision) order (one param per canonical
+//      tensor; an INT8 matrix is two params: its s8 values, then its f32 per-row scales);
+//   2. k_cache, v_cache: kv_dtype[layers, C, kv_heads, head_dim], aliased with results 0 and 1
+//      (`tf.aliasing_output`), so XLA updates them in place and the caller's buffers are donated;
+//   3. tokens s32[T];
+//   4. start_pos s32[]: the new tokens occupy cache slots start_pos .. start_pos+T-1 (and RoPE
+//      positions start_pos+i); the caller keeps start_pos + T <= C (XLA would clamp otherwise);
+//   5. only for HeadKind::kTokenLogprob: target_ids s32[T];
+//   6. only with tree_mask: tree_mask pred[T,T] (new token i may attend new token j, j <= i; the
+//      diagonal is always allowed) and position_offsets s32[T] (RoPE position = start_pos +
+//      offset[i], e.g. the depth of token i in the tree).
+// Attention: query i sees cache slots 0 .. start_pos+i (slots beyond are masked, whatever they
+// hold), further restricted to tree_mask inside the new block. So rolling the cache back after a
+// rejected speculation is free: the next call simply starts at an earlier start_pos and
+// overwrites the stale slots. (After a tree verify, the accepted path is not contiguous in the
+// cache: re-run the accepted tokens from the first branch slot to compact it.)
+//
+// Results: k_cache, v_cache, then the head outputs (HeadOutputs lists them).
+//
+// Precision (weights; activations, norms, softmax and the residual stream are always f32):
+//   kF32:  every tensor f32.
+//   kBF16: matrices and the embedding bf16 (the tied head reads the bf16 embedding); norm
+//          weights f32 (tiny, and where rounding would cost most).
+//   kInt8: the linear matrices (q/k/v/o, gate/up/down, an untied lm_head) s8 with one f32 scale
+//          per output row: s_c = max|W_c| / 127, W_int8 = round(W / s_c); the program computes
+//          (x . W_int8) * s (exact upcast of the s8 values, scale applied to the output). The
+//          embedding (and so a tied head) stays bf16: its rows are gathered, not multiplied, and
+//          per-row quantisation of a tied head would also quantise the embedding lookup. Norm
+//          weights f32.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "pjrt/dtype.h"
+
+namespace cascade {
+
+enum class WeightPrecision { kF32, kBF16, kInt8 };
+const char* WeightPrecisionName(WeightPrecision precision);  // "f32", "bf16", "int8"
+
+// How a matmul against low-precision (bf16 / int8) weights is written. Both are exact in the
+// weights; they differ in what XLA does with the activations and how fast it runs per backend.
+enum class MatmulMode {
+  kAuto,             // the measured default for the precision (see programs.cc)
+  kUpcastWeights,    // weights -> f32, f32 x f32 dot
+  kBF16Activations,  // activations -> bf16, bf16 x bf16 dot with f32 result (s8 -> bf16 is exact)
+};
+
+struct WeightParam {
+  enum class Role { kDense, kInt8Values, kInt8Scales };
+  std::string tensor;  // the canonical tensor it comes from (model/config.h)
+  Role role = Role::kDense;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> dims;
+  std::string name() const;  // tensor, or tensor + ":int8" / ":scale"
+};
+
+// The weight parameters of every decoder program for (config, precision), in param order:
+// embed_tokens; per layer input_layernorm, q, k, v, o, post_attention_layernorm, gate, up, down;
+// model.norm; lm_head (only when untied).
+std::vector<WeightParam> WeightParamLayout(const ModelConfig& config, WeightPrecision precision);
+
+// Checks that the config is one we can emit (positive sizes, heads divisible by kv heads, even
+// head_dim, ...). Throws InvalidArgumentError naming the field.
+void ValidateDecoderConfig(const ModelConfig& config);
+
+enum class HeadKind {
+  kLogits,        // logits f32[T, vocab]
+  kArgmax,        // argmax s32[T]
+  kTopK,          // values f32[T, k] (logits, descending), indices s32[T, k], logsumexp f32[T]
+  kTokenLogprob,  // extra input target_ids s32[T] -> logprob f32[T] (log softmax at target_ids), argmax s32[T]
+};
+const char* HeadKindName(HeadKind kind);
+
+struct HeadSpec {
+  HeadKind kind = HeadKind::kLogits;
+  int64_t k = 0;  // kTopK only
+  bool operator<(const HeadSpec& o) const { return kind != o.kind ? kind < o.kind : k < o.k; }
+  bool operator==(const HeadSpec& o) const { return kind == o.kind && k == o.k; }
+};
+
+struct ProgramSpec {
+  int64_t num_tokens = 1;    // T: prefill T, decode 1, verify k
+  int64_t max_context = 0;   // C: cache slots
+  HeadSpec head;
+  bool tree_mask = false;    // adds the tree_mask and position_offsets inputs
+  WeightPrecision precision = WeightPrecision::kF32;
+  DType kv_dtype = DType::kF32;  // f32 or bf16
+  MatmulMode matmul = MatmulMode::kAuto;
+};
+
+// kv_dtype[layers, C, kv_heads, head_dim]
+std::vector<int64_t> KvCacheDims(const ModelConfig& config, int64_t max_context);
+
+// Types of the head outputs (results 2..) of a program.
+struct HeadOutput {
+  std::string name;
+  DType dtype;
+  std::vector<int64_t> dims;
+};
+std::vector<HeadOutput> HeadOutputs(const ModelConfig& config, const ProgramSpec& spec);
+
+// The whole module text. Throws InvalidArgumentError on a bad config or spec.
+std::string EmitDecoderProgram(const ModelConfig& config, const ProgramSpec& spec);
+
+}  // namespace cascade
