@@ -61,6 +61,13 @@ export interface PipDownloadOptions {
   signal?: AbortSignal | undefined;
   /** `--index-url` for a mirror (default: `$CASCADE_PYPI_INDEX_URL`, else pip's own settings). */
   indexUrl?: string | undefined;
+  /**
+   * Download the source distribution instead of a wheel: `--no-binary :all:` in place of
+   * `--only-binary :all:` (default false). Used for the default model, which ships as an sdist.
+   */
+  noBinary?: boolean | undefined;
+  /** Replaces {@link PYTHON_ADVICE} at the end of error messages (what the user can do instead). */
+  advice?: string | undefined;
 }
 
 /** pip lines that mean the index was not reachable. */
@@ -71,7 +78,8 @@ const NETWORK_TROUBLE =
 const TAIL_LINES = 12;
 
 /**
- * `python3 -m pip download --no-deps --only-binary :all: <pkg>==<version> -d <dest>`.
+ * `python3 -m pip download --no-deps --only-binary :all: <pkg>==<version> -d <dest>`
+ * (`--no-binary :all:` with `noBinary`).
  * Resolves when pip exits 0. pip's own settings apply (config files, `PIP_*` variables,
  * `HTTPS_PROXY`), except that `indexUrl` replaces the main index.
  *
@@ -85,6 +93,7 @@ export async function pipDownload(
   options: PipDownloadOptions,
 ): Promise<void> {
   const { onLine, signal } = options;
+  const advice = options.advice ?? PYTHON_ADVICE;
   if (signal?.aborted) throw abortReason(signal);
   const indexUrl = options.indexUrl ?? (process.env['CASCADE_PYPI_INDEX_URL'] || undefined);
   const args = [
@@ -92,7 +101,7 @@ export async function pipDownload(
     'pip',
     'download',
     '--no-deps',
-    '--only-binary',
+    options.noBinary === true ? '--no-binary' : '--only-binary',
     ':all:',
     '--no-input',
     '--disable-pip-version-check',
@@ -157,9 +166,9 @@ export async function pipDownload(
     child.on('error', (err: NodeJS.ErrnoException) => {
       if (killTimer) clearTimeout(killTimer);
       if (err.code === 'ENOENT') {
-        finish(new PluginNotFoundError(`${PYTHON} was not found on PATH, so the plugin cannot be downloaded. ${PYTHON_ADVICE}.`, { cause: err }));
+        finish(new PluginNotFoundError(`${PYTHON} was not found on PATH, so ${pkg} cannot be downloaded. ${advice}.`, { cause: err }));
       } else {
-        finish(new DownloadError(`could not run ${PYTHON} -m pip: ${err.message}. ${PYTHON_ADVICE}.`, { cause: err }));
+        finish(new DownloadError(`could not run ${PYTHON} -m pip: ${err.message}. ${advice}.`, { cause: err }));
       }
     });
     child.on('close', (rc, sig) => {
@@ -171,7 +180,7 @@ export async function pipDownload(
       const quoted = tail.map((l) => `  | ${l}`).join('\n');
       const cmd = `${PYTHON} ${args.join(' ')}`;
       if (tail.some((l) => /No module named pip\b/.test(l))) {
-        return finish(new PluginNotFoundError(`pip is not installed for ${PYTHON} (\`${cmd}\` failed):\n${quoted}\n${PYTHON_ADVICE}.`));
+        return finish(new PluginNotFoundError(`pip is not installed for ${PYTHON} (\`${cmd}\` failed):\n${quoted}\n${advice}.`));
       }
       const how = sig !== null ? `was killed by ${sig}` : `exited with code ${rc}`;
       const unreachable = tail.some((l) => NETWORK_TROUBLE.test(l))
@@ -179,7 +188,7 @@ export async function pipDownload(
         : '';
       finish(
         new DownloadError(
-          `downloading ${pkg}==${version} failed: \`${cmd}\` ${how}.${unreachable} pip's last lines:\n${quoted}\n${PYTHON_ADVICE}.`,
+          `downloading ${pkg}==${version} failed: \`${cmd}\` ${how}.${unreachable} pip's last lines:\n${quoted}\n${advice}.`,
         ),
       );
     });
