@@ -1,0 +1,135 @@
+#include "cascade/distribution.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <string>
+
+#include "pjrt/errors.h"
+
+namespace cascade {
+
+void ValidateSamplingParams(const SamplingParams& params) {
+  if (!std::isfinite(params.temperature) || params.temperature < 0)
+    throw InvalidArgumentError("temperature must be a finite number >= 0, got " + std::to_string(params.temperature));
+  if (params.top_k < 0) throw InvalidArgumentError("topK must be >= 0, got " + std::to_string(params.top_k));
+  if (!(params.top_p > 0 && params.top_p <= 1))
+    throw InvalidArgumentError("topP must be in (0, 1], got " + std::to_string(params.top_p));
+}
+
+TokenDist::TokenDist(std::vector<int32_t> ids, std::vector<double> probs) {
+  if (ids.size() != probs.size()) throw InvalidArgumentError("TokenDist: ids and probs differ in length");
+  std::vector<size_t> order(ids.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return ids[a] < ids[b]; });
+  double total = 0;
+  for (size_t i : order) {
+    if (!(probs[i] >= 0) || !std::isfinite(probs[i])) throw InvalidArgumentError("TokenDist: probabilities must be finite and >= 0");
+    if (probs[i] == 0) continue;
+    if (!ids_.empty() && ids_.back() == ids[i]) throw InvalidArgumentError("TokenDist: duplicate token id");
+    ids_.push_back(ids[i]);
+    probs_.push_back(probs[i]);
+    total += probs[i];
+  }
+  if (ids_.empty()) throw InvalidArgumentError("TokenDist: no token has positive probability");
+  for (double& p : probs_) p /= total;
+}
+
+double TokenDist::Prob(int32_t id) const {
+  auto it = std::lower_bound(ids_.begin(), ids_.end(), id);
+  return it != ids_.end() && *it == id ? probs_[it - ids_.begin()] : 0.0;
+}
+
+int32_t TokenDist::Sample(Rng& rng) const {
+  const double u = rng.Uniform();
+  double acc = 0;
+  for (size_t i = 0; i < ids_.size(); ++i) {
+    acc += probs_[i];
+    if (u < acc) return ids_[i];
+  }
+  return ids_.back();  // u within rounding of 1
+}
+
+int32_t TokenDist::Argmax() const {
+  size_t best = 0;
+  for (size_t i = 1; i < probs_.size(); ++i)
+    if (probs_[i] > probs_[best]) best = i;
+  return ids_[best];
+}
+
+std::vector<int32_t> TokenDist::TopN(size_t n) const {
+  std::vector<size_t> order(ids_.size());
+  std::iota(order.begin(), order.end(), 0);
+  n = std::min(n, order.size());
+  std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(n), order.end(), [&](size_t a, size_t b) {
+    return probs_[a] != probs_[b] ? probs_[a] > probs_[b] : ids_[a] < ids_[b];
+  });
+  std::vector<int32_t> out;
+  for (size_t i = 0; i < n; ++i) out.push_back(ids_[order[i]]);
+  return out;
+}
+
+TokenDist TokenDist::Residual(const TokenDist& p, const TokenDist& q) {
+  std::vector<int32_t> ids;
+  std::vector<double> probs;
+  for (size_t i = 0; i < p.ids_.size(); ++i) {
+    const double r = p.probs_[i] - q.Prob(p.ids_[i]);
+    if (r > 0) {
+      ids.push_back(p.ids_[i]);
+      probs.push_back(r);
+    }
+  }
+  if (ids.empty()) return p;
+  return TokenDist(std::move(ids), std::move(probs));
+}
+
+TokenDist Transform(const float* logits, size_t count, const SamplingParams& params, const int32_t* candidates) {
+  if (count == 0) throw InvalidArgumentError("Transform: no logits");
+  auto id_of = [&](size_t i) { return candidates ? candidates[i] : static_cast<int32_t>(i); };
+  if (params.greedy()) {
+    size_t best = 0;
+    for (size_t i = 1; i < count; ++i)
+      if (logits[i] > logits[best] || (logits[i] == logits[best] && id_of(i) < id_of(best))) best = i;
+    return TokenDist({id_of(best)}, {1.0});
+  }
+  // Order by logit (then id) so top-k and top-p cut deterministically.
+  std::vector<size_t> order(count);
+  std::iota(order.begin(), order.end(), 0);
+  auto better = [&](size_t a, size_t b) { return logits[a] != logits[b] ? logits[a] > logits[b] : id_of(a) < id_of(b); };
+  size_t keep = count;
+  if (params.top_k > 0 && static_cast<size_t>(params.top_k) < count) {
+    keep = static_cast<size_t>(params.top_k);
+    std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(keep), order.end(), better);
+  } else if (params.top_p < 1.0) {
+    std::sort(order.begin(), order.end(), better);
+  }
+  const double max_logit = logits[*std::max_element(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(keep),
+                                                     [&](size_t a, size_t b) { return logits[a] < logits[b]; })];
+  std::vector<double> weights(keep);
+  double total = 0;
+  for (size_t i = 0; i < keep; ++i) {
+    weights[i] = std::exp((static_cast<double>(logits[order[i]]) - max_logit) / params.temperature);
+    total += weights[i];
+  }
+  if (params.top_p < 1.0) {  // `order` is sorted over the kept prefix here
+    double mass = 0;
+    size_t cut = keep;
+    for (size_t i = 0; i < keep; ++i) {
+      mass += weights[i] / total;
+      if (mass >= params.top_p) {
+        cut = i + 1;
+        break;
+      }
+    }
+    keep = cut;
+  }
+  std::vector<int32_t> ids(keep);
+  std::vector<double> probs(keep);
+  for (size_t i = 0; i < keep; ++i) {
+    ids[i] = id_of(order[i]);
+    probs[i] = weights[i];
+  }
+  return TokenDist(std::move(ids), std::move(probs));
+}
+
+}  // namespace cascade
