@@ -566,6 +566,20 @@ Value Function::GatherRows(const Value& table, const Value& indices) {
               table.dtype, out);
 }
 
+Value Function::GatherColumns(const Value& table, const Value& indices) {
+  if (table.rank() != 2) Fail("GatherColumns", "table must be rank 2, got " + Shape(table));
+  if (indices.rank() != 1 || indices.dtype != DType::kS32)
+    Fail("GatherColumns", "indices must be s32[K], got " + Shape(indices));
+  const int64_t n = table.dims[0], k = indices.dims[0];
+  Value idx = Reshape(indices, {k, 1});
+  return Emit("\"stablehlo.gather\"(" + table.ref + ", " + idx.ref +
+                  ") <{dimension_numbers = #stablehlo.gather<offset_dims = [1], collapsed_slice_dims = [1], "
+                  "start_index_map = [1], index_vector_dim = 1>, indices_are_sorted = false, slice_sizes = array<i64: " +
+                  std::to_string(n) + ", 1>}> : (" + TypeText(table) + ", " + TypeText(idx) + ") -> " +
+                  TensorTypeText(table.dtype, {k, n}),
+              table.dtype, {k, n});
+}
+
 Value Function::TakeAlongLastDim(const Value& table, const Value& indices) {
   if (table.rank() != 2) Fail("TakeAlongLastDim", "table must be rank 2, got " + Shape(table));
   if (indices.rank() != 1 || indices.dtype != DType::kS32 || indices.dims[0] != table.dims[0])

@@ -110,6 +110,8 @@ class Function {
   std::pair<Value, Value> TopK(const Value& x, int64_t k);
   // Rows of `table` [N, ...] picked by s32 `indices` [M] -> [M, ...] (stablehlo.gather).
   Value GatherRows(const Value& table, const Value& indices);
+  // Columns of `table` [N, M] picked by s32 `indices` [K] -> [K, N] (rows of table^T).
+  Value GatherColumns(const Value& table, const Value& indices);
   // table [M, N] (any element type), s32 indices [M] -> table[m, indices[m]] as [M].
   Value TakeAlongLastDim(const Value& table, const Value& indices);
 

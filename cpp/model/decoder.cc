@@ -39,12 +39,30 @@ void CheckDims(const HostTensor& t, const std::vector<int64_t>& dims, const std:
                                              ShapeString(t.dtype, dims));
 }
 
+HostTensor Transpose(const HostTensor& t) {
+  const int64_t rows = t.dims[0], cols = t.dims[1];
+  HostTensor out(t.dtype, {cols, rows});
+  const size_t es = DTypeSize(t.dtype);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c)
+      std::memcpy(&out.data[(c * rows + r) * es], &t.data[(r * cols + c) * es], es);
+  return out;
+}
+
 // The host tensors for the layout entries starting at `i` (one dense tensor, or int8 values and
 // scales); advances i past them.
 std::vector<HostTensor> PrepareAt(const ModelWeights& weights, const std::vector<WeightParam>& layout, size_t& i) {
   const WeightParam& p = layout[i];
   const HostTensor& src = weights.at(p.tensor);
-  CheckDims(src, p.dims, p.tensor);
+  std::vector<int64_t> canonical = p.dims;
+  if (p.transposed) std::swap(canonical[0], canonical[1]);
+  CheckDims(src, canonical, p.tensor);
+  if (p.transposed) {
+    ++i;
+    std::vector<HostTensor> out;
+    out.push_back(Transpose(ToF32(src)));
+    return out;
+  }
   if (p.role == WeightParam::Role::kInt8Values) {
     Int8Matrix q = QuantizeInt8PerChannel(src);
     i += 2;
@@ -133,7 +151,9 @@ ModelWeights EffectiveWeights(const ModelWeights& weights, WeightPrecision preci
   auto layout = WeightParamLayout(weights.config, precision);
   for (size_t i = 0; i < layout.size();) {
     const std::string name = layout[i].tensor;
+    const bool transposed = layout[i].transposed;
     auto prepared = PrepareAt(weights, layout, i);
+    if (transposed) prepared[0] = Transpose(prepared[0]);
     if (prepared.size() == 2) {
       const HostTensor& v = prepared[0];
       const HostTensor& s = prepared[1];

@@ -25,6 +25,7 @@ bool IsMatrix(const std::string& name) {
 struct WeightRef {
   Value w;                   // dense weight, or int8 values
   std::optional<Value> scale;  // int8 only
+  bool transposed = false;     // w is [in, out]
 };
 
 class Emitter {
@@ -32,19 +33,22 @@ class Emitter {
   Emitter(const ModelConfig& c, const ProgramSpec& s) : c_(c), s_(s) {
     mode_ = s.matmul;
     if (mode_ == MatmulMode::kAuto)
-      // Measured on XLA CPU (see the report / decoder_bench): upcasting weights to f32 is the
-      // faster of the two for both bf16 and int8 at T=1..32 there.
-      mode_ = MatmulMode::kUpcastWeights;
+      // Measured on XLA CPU (decoder_bench, 49152x576 head): at T=1 the upcast fuses into the
+      // matrix-vector loop (bf16: 2.8 ms vs 5.4 ms); at T>=2 only the bf16 x bf16 -> f32 dot
+      // stays a GEMM (20 ms vs 400+ ms).
+      mode_ = s.num_tokens == 1 ? MatmulMode::kUpcastWeights : MatmulMode::kBF16Activations;
   }
 
   std::string Emit() {
     const int64_t T = s_.num_tokens, C = s_.max_context;
     for (const WeightParam& p : WeightParamLayout(c_, s_.precision)) {
       Value v = f_.Param(p.name(), p.dtype, p.dims);
-      if (p.role == WeightParam::Role::kInt8Scales)
+      if (p.role == WeightParam::Role::kInt8Scales) {
         weights_[p.tensor].scale = v;
-      else
+      } else {
         weights_[p.tensor].w = v;
+        weights_[p.tensor].transposed = p.transposed;
+      }
     }
     std::vector<int64_t> kv_dims = KvCacheDims(c_, C);
     Value k_cache = f_.Param("k_cache", s_.kv_dtype, kv_dims, 0);
@@ -59,7 +63,8 @@ class Emitter {
     }
 
     // Token embeddings [T, d] in f32 (Gemma scales by sqrt(d)).
-    Value h = f_.Convert(f_.GatherRows(W("model.embed_tokens.weight").w, tokens), DType::kF32);
+    const WeightRef& emb = W("model.embed_tokens.weight");
+    Value h = f_.Convert(emb.transposed ? f_.GatherColumns(emb.w, tokens) : f_.GatherRows(emb.w, tokens), DType::kF32);
     if (c_.family == ModelFamily::kGemma)
       h = f_.Mul(h, f_.ScalarLike(h, std::sqrt(static_cast<double>(c_.hidden_size))));
 
@@ -129,7 +134,8 @@ class Emitter {
   Value Linear(const Value& x, const std::string& name) {
     const WeightRef& ref = W(name);
     Value w = ref.w;
-    if (w.dtype == DType::kF32) return f_.DotGeneral(x, w, {}, {}, {1}, {1});
+    if (w.dtype == DType::kF32) return f_.DotGeneral(x, w, {}, {}, {1}, {ref.transposed ? 0 : 1});
+    if (ref.transposed) throw InvalidArgumentError("programs: transposed low-precision weights are not emitted");
     Value y;
     if (mode_ == MatmulMode::kBF16Activations) {
       y = f_.DotGeneral(f_.Convert(x, DType::kBF16), f_.Convert(w, DType::kBF16), {}, {}, {1}, {1}, DType::kF32);
@@ -288,7 +294,9 @@ std::vector<WeightParam> WeightParamLayout(const ModelConfig& c, WeightPrecision
       out.push_back({name, WeightParam::Role::kInt8Scales, DType::kF32, {dims[0]}});
     } else {
       DType dtype = (precision == WeightPrecision::kF32 || norm) ? DType::kF32 : DType::kBF16;
-      out.push_back({name, WeightParam::Role::kDense, dtype, dims});
+      bool transposed = precision == WeightPrecision::kF32 && !norm;
+      if (transposed) std::swap(dims[0], dims[1]);
+      out.push_back({name, WeightParam::Role::kDense, dtype, dims, transposed});
     }
   }
   return out;

@@ -23,8 +23,11 @@
 // Results: k_cache, v_cache, then the head outputs (HeadOutputs lists them).
 //
 // Precision (weights; activations, norms, softmax and the residual stream are always f32):
-//   kF32:  every tensor f32.
-//   kBF16: matrices and the embedding bf16 (the tied head reads the bf16 embedding); norm
+//   kF32:  every tensor f32, matrices (and the embedding / tied head) stored transposed, [in,
+//          out]: XLA CPU runs x[T,in] . W[in,out] as a fast GEMM, while x . W[out,in]^T with
+//          T >= 2 took ~10x longer (measured: 30 ms vs 350 ms for the 49152x576 head at T=4).
+//          The embedding lookup then gathers columns of [d, vocab].
+//   kBF16: matrices and the embedding bf16, canonical [out, in] layout (the tied head reads the bf16 embedding); norm
 //          weights f32 (tiny, and where rounding would cost most).
 //   kInt8: the linear matrices (q/k/v/o, gate/up/down, an untied lm_head) s8 with one f32 scale
 //          per output row: s_c = max|W_c| / 127, W_int8 = round(W / s_c); the program computes
@@ -49,7 +52,7 @@ const char* WeightPrecisionName(WeightPrecision precision);  // "f32", "bf16", "
 // How a matmul against low-precision (bf16 / int8) weights is written. Both are exact in the
 // weights; they differ in what XLA does with the activations and how fast it runs per backend.
 enum class MatmulMode {
-  kAuto,             // the measured default for the precision (see programs.cc)
+  kAuto,             // the measured fastest on XLA CPU: kUpcastWeights for T=1, kBF16Activations for T>=2
   kUpcastWeights,    // weights -> f32, f32 x f32 dot
   kBF16Activations,  // activations -> bf16, bf16 x bf16 dot with f32 result (s8 -> bf16 is exact)
 };
@@ -59,7 +62,9 @@ struct WeightParam {
   std::string tensor;  // the canonical tensor it comes from (model/config.h)
   Role role = Role::kDense;
   DType dtype = DType::kF32;
-  std::vector<int64_t> dims;
+  std::vector<int64_t> dims;  // as uploaded (transposed when `transposed`)
+  // Stored as W^T [in, out] (the embedding as [d, vocab]) instead of the canonical [out, in].
+  bool transposed = false;
   std::string name() const;  // tensor, or tensor + ":int8" / ":scale"
 };
 

@@ -143,7 +143,9 @@ ModelWeights RandomWeights(const ModelConfig& c, uint32_t seed) {
   w.config = c;
   w.source = "random";
   for (const WeightParam& p : WeightParamLayout(c, WeightPrecision::kF32)) {
-    HostTensor t(DType::kF32, p.dims);
+    std::vector<int64_t> dims = p.dims;  // canonical [out, in]
+    if (p.transposed) std::swap(dims[0], dims[1]);
+    HostTensor t(DType::kF32, dims);
     std::normal_distribution<float> n(0, 1);
     float* v = t.as<float>();
     const int64_t count = t.element_count();
@@ -151,7 +153,7 @@ ModelWeights RandomWeights(const ModelConfig& c, uint32_t seed) {
       for (int64_t i = 0; i < count; ++i) v[i] = (c.family == ModelFamily::kGemma ? 0.f : 1.f) + 0.1f * n(rng);
     } else {
       float scale = p.tensor == "model.embed_tokens.weight" ? (c.family == ModelFamily::kGemma ? 0.1f : 0.5f)
-                                                            : 1.0f / std::sqrt(static_cast<float>(p.dims[1]));
+                                                            : 1.0f / std::sqrt(static_cast<float>(dims[1]));
       for (int64_t i = 0; i < count; ++i) v[i] = scale * n(rng);
     }
     w.tensors[p.tensor] = std::move(t);

@@ -1,0 +1,138 @@
+// Times DecoderModel on a random model of a given shape (default: SmolLM2-135M: 30 layers,
+// d=576, 9 heads, 3 KV heads, head_dim 64, ffn 1536, vocab 49152, tied) on the XLA CPU plugin:
+// decode(1) per weight precision, and verify(k) / decode(1) for several k. Medians of --runs.
+//
+//   decoder_bench [--precision f32,bf16,int8] [--matmul auto|upcast|bf16act] [--k 2,4,8,16,32]
+//                 [--context 512] [--pos 128] [--runs 7] [--layers 30] [--plugin cpu]
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "model/decoder.h"
+#include "pjrt/api.h"
+#include "pjrt/client.h"
+#include "pjrt/plugin_locator.h"
+
+using namespace cascade;
+
+namespace {
+
+std::vector<std::string> Split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) out.push_back(item);
+  return out;
+}
+
+ModelWeights RandomWeights(const ModelConfig& c) {
+  ModelWeights w;
+  w.config = c;
+  w.source = "random";
+  uint64_t state = 0x9e3779b97f4a7c15ull;
+  for (const WeightParam& p : WeightParamLayout(c, WeightPrecision::kF32)) {
+    std::vector<int64_t> dims = p.dims;  // canonical [out, in]
+    if (p.transposed) std::swap(dims[0], dims[1]);
+    HostTensor t(DType::kF32, dims);
+    float scale = p.dims.size() == 1 ? 0.1f : 1.0f / std::sqrt(static_cast<float>(dims[1]));
+    float* v = t.as<float>();
+    for (int64_t i = 0; i < t.element_count(); ++i) {
+      state = state * 6364136223846793005ull + 1442695040888963407ull;
+      float u = static_cast<float>((state >> 40) & 0xffffff) / 16777216.0f;  // [0, 1)
+      v[i] = (p.dims.size() == 1 ? 1.0f : 0.0f) + scale * 3.4641f * (u - 0.5f);  // unit variance * scale
+    }
+    w.tensors[p.tensor] = std::move(t);
+  }
+  return w;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> precisions = {"f32", "bf16", "int8"};
+  std::vector<int64_t> ks = {4, 8, 16, 32};
+  std::string matmul = "auto", plugin = "cpu";
+  int64_t context = 512, pos = 128, runs = 7, layers = 30;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string a = argv[i], v = argv[i + 1];
+    if (a == "--precision") precisions = Split(v);
+    else if (a == "--matmul") matmul = v;
+    else if (a == "--k") { ks.clear(); for (auto& s : Split(v)) ks.push_back(std::stoll(s)); }
+    else if (a == "--context") context = std::stoll(v);
+    else if (a == "--pos") pos = std::stoll(v);
+    else if (a == "--runs") runs = std::stoll(v);
+    else if (a == "--layers") layers = std::stoll(v);
+    else if (a == "--plugin") plugin = v;
+    else { std::fprintf(stderr, "unknown flag %s\n", a.c_str()); return 2; }
+  }
+  ModelConfig c;
+  c.family = ModelFamily::kLlama;
+  c.vocab_size = 49152;
+  c.hidden_size = 576;
+  c.intermediate_size = 1536;
+  c.num_layers = layers;
+  c.num_heads = 9;
+  c.num_kv_heads = 3;
+  c.head_dim = 64;
+  c.context_length = context;
+  c.rms_norm_eps = 1e-5;
+  c.rope_theta = 100000;
+  c.tied_embeddings = true;
+
+  ClientOptions copt;
+  if (plugin == "cpu") copt.cpu_device_count = 1;
+  auto client = Client::Create(Api::Load(LocatePlugin(plugin)), copt);
+  std::printf("platform %s %s; model %lld layers d=%lld vocab=%lld; context %lld, pos %lld, runs %lld, matmul %s\n",
+              client->platform_name().c_str(), client->platform_version().c_str(), (long long)c.num_layers,
+              (long long)c.hidden_size, (long long)c.vocab_size, (long long)context, (long long)pos, (long long)runs,
+              matmul.c_str());
+  ModelWeights w = RandomWeights(c);
+  using Clock = std::chrono::steady_clock;
+  auto ms = [](Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
+
+  for (const std::string& pname : precisions) {
+    DecoderOptions o;
+    o.precision = pname == "bf16" ? WeightPrecision::kBF16 : pname == "int8" ? WeightPrecision::kInt8 : WeightPrecision::kF32;
+    o.max_context = context;
+    o.matmul = matmul == "upcast" ? MatmulMode::kUpcastWeights
+               : matmul == "bf16act" ? MatmulMode::kBF16Activations : MatmulMode::kAuto;
+    auto t0 = Clock::now();
+    DecoderModel m(client, w, o);
+    std::printf("\n[%s] weights %.1f MB uploaded in %.0f ms; kv %s\n", pname.c_str(), m.weight_bytes() / 1e6,
+                ms(t0, Clock::now()), DTypeName(m.kv_dtype()));
+    std::vector<int64_t> sizes = {1};
+    for (int64_t k : ks) sizes.push_back(k);
+    double decode = 0;
+    for (int64_t T : sizes) {
+      std::vector<int32_t> tokens(static_cast<size_t>(T));
+      for (int64_t i = 0; i < T; ++i) tokens[i] = static_cast<int32_t>((i * 7919 + 13) % c.vocab_size);
+      auto c0 = Clock::now();
+      m.Forward(tokens, pos, {HeadKind::kArgmax});  // compile + first run
+      double first = ms(c0, Clock::now());
+      m.Forward(tokens, pos, {HeadKind::kArgmax});
+      std::vector<double> times;
+      for (int64_t r = 0; r < runs; ++r) {
+        auto a = Clock::now();
+        m.Forward(tokens, pos, {HeadKind::kArgmax});  // same slots every run: a rollback each time
+        times.push_back(ms(a, Clock::now()));
+      }
+      double med = Median(times);
+      if (T == 1) decode = med;
+      std::printf("  T=%-3lld median %8.2f ms  (min %8.2f, compile+first %7.0f ms)  ratio to decode(1) %.2f  per token %.2f ms\n",
+                  (long long)T, med, *std::min_element(times.begin(), times.end()), first, med / decode, med / T);
+      std::fflush(stdout);
+    }
+  }
+  return 0;
+}
