@@ -596,6 +596,52 @@ TEST(GgufBadFiles, MissingFile) {
   ExpectModelFormatError([] { LoadModel("/nonexistent/dir/x.gguf"); }, {"/nonexistent/dir/x.gguf"});
 }
 
+// Every truncation and many random corruptions of a valid model file either load or throw
+// ModelFormatError; nothing else escapes (run under ASan/UBSan to catch reads past the mapping).
+TEST(GgufBadFiles, TruncationsAndCorruptionsOnlyThrowModelFormatError) {
+  TempDir dir;
+  TinyConfig c;
+  c.layers = 1;
+  c.vocab = 8;
+  c.d = 32;
+  c.ffn = 32;
+  c.heads = 2;
+  c.kv_heads = 1;
+  const auto hf = TinyWeights(c);
+  GgufWriter g = TinyGguf(c, hf);
+  const Bytes good = g.Build();
+  const std::string path = dir.File("m.gguf");
+  auto attempt = [&](const Bytes& b) {
+    WriteFile(path, b);
+    try {
+      ModelWeights w = LoadModel(path);
+      GgufFile f(path);
+      for (const auto& t : f.tensors())
+        if (GgmlTypeCanDequantize(t.type)) f.ReadTensorF32(t);
+    } catch (const ModelFormatError&) {
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "unexpected exception: " << e.what();
+    }
+  };
+  // Every truncation of the header region, then coarser steps through the data.
+  for (size_t n = 0; n < good.size(); n += (n < g.layout.data_at + 64 ? 1 : 61)) {
+    Bytes b(good.begin(), good.begin() + n);
+    attempt(b);
+  }
+  uint32_t s = 12345;
+  for (int i = 0; i < 1500; ++i) {
+    Bytes b = good;
+    const int flips = 1 + i % 4;
+    for (int k = 0; k < flips; ++k) {
+      s = s * 1664525u + 1013904223u;
+      const size_t at = (s >> 4) % g.layout.data_at;  // corrupt the header, not just weights
+      s = s * 1664525u + 1013904223u;
+      b[at] = static_cast<uint8_t>(s >> 24);
+    }
+    attempt(b);
+  }
+}
+
 // A real model, when one has been downloaded (never the only coverage).
 TEST(GgufRealModel, LoadsIfPresent) {
   const char* home = std::getenv("HOME");

@@ -215,6 +215,35 @@ TEST(SafetensorsBadFiles, EachFailsWithATypedErrorNamingTheFileAndField) {
   }
 }
 
+TEST(SafetensorsBadFiles, TruncationsAndCorruptionsOnlyThrowModelFormatError) {
+  TempDir dir;
+  const Bytes good = BuildSafetensors({{"a", "F32", {2, 3}, F32Bytes(Values(6, 1))},
+                                       {"b", "BF16", {4}, BF16Bytes(Values(4, 2))}},
+                                      "", "{\"format\":\"pt\"}");
+  const std::string path = dir.File("x.safetensors");
+  auto attempt = [&](const Bytes& b) {
+    WriteFile(path, b);
+    try {
+      SafetensorsFile f(path);
+      for (const auto& t : f.tensors()) f.ReadTensor(t);
+    } catch (const ModelFormatError&) {
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "unexpected exception: " << e.what();
+    }
+  };
+  for (size_t n = 0; n < good.size(); ++n) attempt(Bytes(good.begin(), good.begin() + n));
+  uint32_t s = 777;
+  for (int i = 0; i < 3000; ++i) {
+    Bytes b = good;
+    s = s * 1664525u + 1013904223u;
+    const size_t at = (s >> 4) % b.size();
+    s = s * 1664525u + 1013904223u;
+    // Mostly printable bytes, so that many corruptions still parse as JSON.
+    b[at] = (i % 3) ? static_cast<uint8_t>(0x20 + (s >> 24) % 95) : static_cast<uint8_t>(s >> 24);
+    attempt(b);
+  }
+}
+
 // ------------------------------------------------------------------ sharded checkpoints
 
 TEST(Safetensors, ShardedCheckpoint) {
