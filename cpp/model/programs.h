@@ -31,7 +31,8 @@
 //          weights f32 (tiny, and where rounding would cost most).
 //   kInt8: the linear matrices (q/k/v/o, gate/up/down, an untied lm_head) s8 with one f32 scale
 //          per output row: s_c = max|W_c| / 127, W_int8 = round(W / s_c); the program computes
-//          (x . W_int8) * s (exact upcast of the s8 values, scale applied to the output). The
+//          (x . W_int8) * s (s8 upcast exactly to f32 or bf16 per MatmulMode, the scale applied to
+//          the output). The
 //          embedding (and so a tied head) stays bf16: its rows are gathered, not multiplied, and
 //          per-row quantisation of a tied head would also quantise the embedding lookup. Norm
 //          weights f32.
