@@ -74,23 +74,77 @@ export interface NativeAddon {
   pjrtHeaderVersion: string;
 }
 
+/**
+ * The native addon could not be loaded: no binary fits this machine, or the one found fails to
+ * load (built for a newer glibc, damaged, not the cascade-xla addon). `file` is the binary that
+ * was tried, when there was one; the message says how to get a working one.
+ * @internal Exported from the package root as soon as `index.ts` re-exports it.
+ */
+export class NativeAddonError extends CascadeError {
+  /** The `.node` file that failed to load; undefined when none was found. */
+  readonly file: string | undefined;
+  constructor(message: string, file: string | undefined, options?: ErrorOptions) {
+    super(message, options);
+    this.file = file;
+  }
+}
+
+const REBUILD =
+  'Run `npm rebuild cascade-xla` (it uses a prebuilt binary when one loads here, else builds from source: ' +
+  'needs cmake >= 3.18, a C++17 compiler and python3 with pip), or force a source build with ' +
+  '`CASCADE_BUILD_FROM_SOURCE=1 npm rebuild cascade-xla`. See docs/troubleshooting.md.';
+
+function firstLine(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  return message.split('\n')[0]!.trim();
+}
+
+function loadHint(message: string): string {
+  if (/GLIBC_|GLIBCXX_|CXXABI_/.test(message)) return ' It needs a newer C/C++ runtime library than this system has.';
+  if (/invalid ELF header|file too short|wrong ELF class/i.test(message)) return ' The file is damaged or built for another platform.';
+  return '';
+}
+
 let addon: NativeAddon | undefined;
 
-/** @internal Loads the addon once. */
+/**
+ * @internal Loads the addon once (node-gyp-build: `build/Release`, then
+ * `prebuilds/<platform>-<arch>/*.node`).
+ * @throws NativeAddonError when there is none, or it does not load.
+ */
 export function native(): NativeAddon {
   if (addon) return addon;
   const require = createRequire(import.meta.url);
-  const load = require('node-gyp-build') as (dir: string) => NativeAddon;
+  const load = require('node-gyp-build') as { resolve(dir: string): string };
+  let file: string;
   try {
-    addon = load(packageRoot);
+    file = load.resolve(packageRoot);
   } catch (cause) {
-    throw new CascadeError(
-      `cascade-xla's native addon could not be loaded from ${packageRoot} (no prebuild for ` +
-        `${process.platform}-${process.arch} and no build/Release/cascade_xla.node). ` +
-        'Run `npm rebuild cascade-xla` (needs cmake and a C++17 compiler).',
+    throw new NativeAddonError(
+      `cascade-xla's native addon is missing: no prebuilt binary for ${process.platform}-${process.arch} in ` +
+        `${path.join(packageRoot, 'prebuilds')} and no source build in ${path.join(packageRoot, 'build', 'Release')}. ${REBUILD}`,
+      undefined,
       { cause },
     );
   }
+  let loaded: Partial<NativeAddon>;
+  try {
+    loaded = require(file) as Partial<NativeAddon>;
+  } catch (cause) {
+    const why = firstLine(cause);
+    throw new NativeAddonError(
+      `cascade-xla's native addon ${file} failed to load: ${why}.${loadHint(why)} ${REBUILD}`,
+      file,
+      { cause },
+    );
+  }
+  if (typeof loaded.openClient !== 'function' || typeof loaded.pjrtHeaderVersion !== 'string') {
+    throw new NativeAddonError(
+      `${file} loaded but is not cascade-xla's native addon (it lacks openClient / pjrtHeaderVersion). ${REBUILD}`,
+      file,
+    );
+  }
+  addon = loaded as NativeAddon;
   return addon;
 }
 
