@@ -505,14 +505,30 @@ void ReadValue(Reader& r, uint32_t raw_type, GgufValue& v, const std::string& wh
     v.ints.reserve(count);
     if (IsUnsigned(et)) v.uints.reserve(count);
   }
+  // Fixed-size elements: the whole array is inside the file (checked above).
   for (uint64_t k = 0; k < n; ++k) {
-    GgufValue e;
-    ReadScalar(r, et, e, what);
-    if (IsFloat(et)) {
-      v.floats.push_back(e.f);
-    } else {
-      v.ints.push_back(e.i);
-      if (IsUnsigned(et)) v.uints.push_back(e.u);
+    switch (et) {
+      case GgufValueType::kFloat32: v.floats.push_back(r.Read<float>(what)); break;
+      case GgufValueType::kFloat64: v.floats.push_back(r.Read<double>(what)); break;
+      case GgufValueType::kInt8: v.ints.push_back(r.Read<int8_t>(what)); break;
+      case GgufValueType::kInt16: v.ints.push_back(r.Read<int16_t>(what)); break;
+      case GgufValueType::kInt32: v.ints.push_back(r.Read<int32_t>(what)); break;
+      case GgufValueType::kInt64: v.ints.push_back(r.Read<int64_t>(what)); break;
+      case GgufValueType::kBool: {
+        const uint8_t b = r.Read<uint8_t>(what);
+        if (b > 1) r.Fail(what + ": bool value " + std::to_string(b) + " is neither 0 nor 1");
+        v.ints.push_back(b);
+        break;
+      }
+      default: {
+        uint64_t u = 0;
+        if (et == GgufValueType::kUint8) u = r.Read<uint8_t>(what);
+        else if (et == GgufValueType::kUint16) u = r.Read<uint16_t>(what);
+        else if (et == GgufValueType::kUint32) u = r.Read<uint32_t>(what);
+        else u = r.Read<uint64_t>(what);
+        v.uints.push_back(u);
+        v.ints.push_back(static_cast<int64_t>(u));
+      }
     }
   }
 }
