@@ -1,0 +1,284 @@
+#include "cascade/engine.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "cascade/acceptance.h"
+#include "pjrt/errors.h"
+
+namespace cascade {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double MsSince(Clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+// Adds the time of a scope to a counter.
+class StageTimer {
+ public:
+  explicit StageTimer(double& sink) : sink_(sink), start_(Clock::now()) {}
+  ~StageTimer() { sink_ += MsSince(start_); }
+
+ private:
+  double& sink_;
+  Clock::time_point start_;
+};
+
+HeadSpec HeadFor(const SamplingParams& sampling) {
+  return {sampling.greedy() ? HeadKind::kArgmax : HeadKind::kLogits, 0};
+}
+
+// The draft distribution as used in the acceptance ratio: the transformed one, or (testing
+// only) the plain softmax, which breaks exactness.
+TokenDist RatioDist(const float* logits, size_t vocab, const SamplingParams& sampling, bool broken) {
+  if (!broken) return Transform(logits, vocab, sampling);
+  SamplingParams plain{1.0, 0, 1.0};
+  return Transform(logits, vocab, plain);
+}
+
+}  // namespace
+
+const char* DecodeModeName(DecodeMode mode) {
+  switch (mode) {
+    case DecodeMode::kTarget: return "target";
+    case DecodeMode::kSpeculative: return "speculative";
+    case DecodeMode::kCascade: return "cascade";
+    case DecodeMode::kAuto: return "auto";
+  }
+  return "?";
+}
+
+ModelWeights TruncateLayers(const ModelWeights& model, int64_t layers) {
+  if (layers < 1 || layers > model.config.num_layers)
+    throw InvalidArgumentError("draft layers must be in 1.." + std::to_string(model.config.num_layers) + ", got " +
+                               std::to_string(layers));
+  ModelWeights out;
+  out.config = model.config;
+  out.config.num_layers = layers;
+  out.source = model.source + " (first " + std::to_string(layers) + " layers)";
+  for (const auto& [name, tensor] : model.tensors) {
+    const std::string prefix = "model.layers.";
+    if (name.compare(0, prefix.size(), prefix) == 0) {
+      const int64_t layer = std::stoll(name.substr(prefix.size()));
+      if (layer >= layers) continue;
+    }
+    out.tensors.emplace(name, tensor);
+  }
+  return out;
+}
+
+struct CascadeEngine::Sequence {
+  std::vector<int32_t> tokens;  // prompt + generated
+  size_t prompt_length = 0;
+  int64_t target_valid = 0;  // cache slots 0..valid-1 hold these tokens' keys/values
+  int64_t draft_valid = 0;
+  bool done = false;
+};
+
+CascadeEngine::CascadeEngine(std::shared_ptr<Client> client, const ModelWeights& target,
+                             const std::optional<ModelWeights>& draft, const EngineOptions& options)
+    : client_(std::move(client)), options_(options) {
+  DecoderOptions t;
+  t.precision = options.target_precision;
+  t.max_context = options.max_context;
+  t.device_index = options.device_index;
+  target_ = std::make_unique<DecoderModel>(client_, target, t);
+
+  DecoderOptions d = t;
+  d.precision = options.draft_precision;
+  if (draft) {
+    if (draft->config.vocab_size != target.config.vocab_size)
+      throw InvalidArgumentError("the draft's vocabulary (" + std::to_string(draft->config.vocab_size) +
+                                 " tokens) differs from the target's (" + std::to_string(target.config.vocab_size) + ")");
+    draft_ = std::make_unique<DecoderModel>(client_, *draft, d);
+  } else {
+    const int64_t layers = options.draft_layers > 0 ? options.draft_layers
+                                                    : std::max<int64_t>(1, target.config.num_layers / 4);
+    draft_ = std::make_unique<DecoderModel>(client_, TruncateLayers(target, layers), d);
+  }
+}
+
+// Feeds tokens[valid .. upto-1] so the cache holds them. Chunks are powers of two (<= 64), so a
+// handful of compiled shapes serve every prompt length.
+void CascadeEngine::CatchUp(DecoderModel& model, int64_t& valid, const std::vector<int32_t>& tokens, int64_t upto) {
+  while (valid < upto) {
+    int64_t chunk = 64;
+    while (chunk > upto - valid) chunk /= 2;
+    std::vector<int32_t> part(tokens.begin() + valid, tokens.begin() + valid + chunk);
+    model.Forward(part, valid, {HeadKind::kArgmax, 0});
+    valid += chunk;
+  }
+}
+
+// Target-only: one decode of the last committed token, then sample from p.
+void CascadeEngine::TargetOnlyStep(Sequence& seq, const GenerateOptions& options, Rng& rng, GenerationStats& stats) {
+  const int64_t n = static_cast<int64_t>(seq.tokens.size());
+  ForwardResult r;
+  {
+    StageTimer t(stats.times.target_ms);
+    r = target_->Forward({seq.tokens.back()}, n - 1, HeadFor(options.sampling));
+  }
+  StageTimer host(stats.times.host_ms);
+  ++stats.target_calls;
+  seq.target_valid = n;
+  const size_t vocab = static_cast<size_t>(target_->config().vocab_size);
+  const int32_t y = options.sampling.greedy() ? r.argmax[0] : Transform(r.logits.data(), vocab, options.sampling).Sample(rng);
+  seq.tokens.push_back(y);
+}
+
+// Draft -> target: propose L tokens with the draft, verify them in one target call, accept.
+void CascadeEngine::SpeculativeStep(Sequence& seq, const GenerateOptions& options, Rng& rng, GenerationStats& stats) {
+  const int64_t n = static_cast<int64_t>(seq.tokens.size());
+  const size_t vocab = static_cast<size_t>(target_->config().vocab_size);
+  const bool greedy = options.sampling.greedy();
+  // Room in the cache for the verify block [last, x_1..x_L].
+  const int64_t L = std::min<int64_t>(options.proposal_length, options_.max_context - n);
+  if (L < 1) return TargetOnlyStep(seq, options, rng, stats);
+
+  // 1. Propose: L draft steps from the last committed token.
+  Proposal proposal;
+  std::vector<int32_t> draft_argmax;
+  {
+    StageTimer t(stats.times.draft_ms);
+    int32_t input = seq.tokens.back();
+    for (int64_t j = 0; j < L; ++j) {
+      ForwardResult r = draft_->Forward({input}, n - 1 + j, HeadFor(options.sampling));
+      ++stats.draft_calls;
+      int32_t x;
+      if (greedy) {
+        x = r.argmax[0];
+      } else {
+        TokenDist q = Transform(r.logits.data(), vocab, options.sampling);
+        x = q.Sample(rng);
+        proposal.q.push_back(options.broken_acceptance_for_testing
+                                 ? RatioDist(r.logits.data(), vocab, options.sampling, true)
+                                 : std::move(q));
+      }
+      proposal.tokens.push_back(x);
+      input = x;
+    }
+  }
+  seq.draft_valid = n - 1 + L;  // holds [last, x_1..x_{L-1}]
+
+  // 2. Verify: one target call over [last, x_1..x_L] gives p_1..p_{L+1}.
+  std::vector<int32_t> block = {seq.tokens.back()};
+  block.insert(block.end(), proposal.tokens.begin(), proposal.tokens.end());
+  ForwardResult v;
+  {
+    StageTimer t(stats.times.target_ms);
+    v = target_->Forward(block, n - 1, HeadFor(options.sampling));
+  }
+  ++stats.target_calls;
+
+  // 3. Accept.
+  StageTimer host(stats.times.host_ms);
+  Verdict verdict;
+  if (greedy) {
+    verdict = VerifyGreedy({proposal.tokens}, {v.argmax});
+  } else {
+    verdict = VerifySampled(
+        {proposal},
+        [&](size_t, size_t j) { return Transform(v.logits.data() + j * vocab, vocab, options.sampling); }, rng);
+  }
+  stats.proposed += L;
+  const int64_t examined = std::min<int64_t>(static_cast<int64_t>(verdict.accepted) + 1, L);
+  stats.attempted += examined;
+  stats.accepted += static_cast<int64_t>(verdict.accepted);
+  if (static_cast<int64_t>(stats.position_attempted.size()) < L) {
+    stats.position_attempted.resize(L, 0);
+    stats.position_accepted.resize(L, 0);
+  }
+  for (int64_t j = 0; j < examined; ++j) {
+    ++stats.position_attempted[j];
+    if (j < static_cast<int64_t>(verdict.accepted)) ++stats.position_accepted[j];
+  }
+
+  // 4. Commit: the accepted prefix and the target's token. The caches keep what matches.
+  const int64_t k = static_cast<int64_t>(verdict.accepted);
+  seq.tokens.insert(seq.tokens.end(), proposal.tokens.begin(), proposal.tokens.begin() + k);
+  seq.tokens.push_back(verdict.next);
+  seq.target_valid = n + k;
+  seq.draft_valid = std::min(seq.draft_valid, n + k);
+}
+
+GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const GenerateOptions& options) {
+  ValidateSamplingParams(options.sampling);
+  if (prompt.empty()) throw InvalidArgumentError("the prompt has no tokens");
+  if (options.max_tokens < 0) throw InvalidArgumentError("maxTokens must be >= 0");
+  if (options.proposal_length < 1 || options.proposal_length > 64)
+    throw InvalidArgumentError("proposal length (k1) must be in 1..64, got " + std::to_string(options.proposal_length));
+  const int64_t context = options_.max_context;
+  if (static_cast<int64_t>(prompt.size()) >= context)
+    throw InvalidArgumentError("the prompt has " + std::to_string(prompt.size()) + " tokens; the context holds " +
+                               std::to_string(context) + " (room for at least one more is needed)");
+  const int64_t vocab = target_->config().vocab_size;
+  for (int32_t t : prompt)
+    if (t < 0 || t >= vocab) throw InvalidArgumentError("prompt token id " + std::to_string(t) + " is outside the vocabulary");
+  DecodeMode mode = options.mode;
+  if (mode == DecodeMode::kCascade || mode == DecodeMode::kAuto)
+    throw InvalidArgumentError(std::string("mode '") + DecodeModeName(mode) + "' is not available yet");
+
+  const auto start = Clock::now();
+  GenerateResult result;
+  GenerationStats& stats = result.stats;
+  stats.prompt_tokens = static_cast<int64_t>(prompt.size());
+  Rng rng(options.seed);
+  Sequence seq;
+  seq.tokens = prompt;
+  seq.prompt_length = prompt.size();
+
+  while (true) {
+    const int64_t generated = static_cast<int64_t>(seq.tokens.size() - seq.prompt_length);
+    if (generated >= options.max_tokens) {
+      stats.stop_reason = "max_tokens";
+      break;
+    }
+    if (static_cast<int64_t>(seq.tokens.size()) >= context) {
+      stats.stop_reason = "context";
+      break;
+    }
+    const int64_t n = static_cast<int64_t>(seq.tokens.size());
+    {
+      StageTimer t(generated == 0 ? stats.times.prefill_ms : stats.times.target_ms);
+      CatchUp(*target_, seq.target_valid, seq.tokens, n - 1);
+    }
+    const size_t before = seq.tokens.size();
+    if (mode == DecodeMode::kTarget) {
+      TargetOnlyStep(seq, options, rng, stats);
+    } else {
+      {
+        StageTimer t(generated == 0 ? stats.times.prefill_ms : stats.times.draft_ms);
+        CatchUp(*draft_, seq.draft_valid, seq.tokens, n - 1);
+      }
+      SpeculativeStep(seq, options, rng, stats);
+    }
+    // Deliver the new tokens, cut at max_tokens and after a stop token.
+    std::vector<int32_t> fresh(seq.tokens.begin() + before, seq.tokens.end());
+    const int64_t room = options.max_tokens - generated;
+    if (static_cast<int64_t>(fresh.size()) > room) fresh.resize(room);
+    for (size_t i = 0; i < fresh.size(); ++i) {
+      if (std::find(options.stop_tokens.begin(), options.stop_tokens.end(), fresh[i]) != options.stop_tokens.end()) {
+        fresh.resize(i + 1);
+        seq.done = true;
+        stats.stop_reason = "stop_token";
+        break;
+      }
+    }
+    seq.tokens.resize(before + fresh.size());
+    seq.target_valid = std::min<int64_t>(seq.target_valid, seq.tokens.size());
+    seq.draft_valid = std::min<int64_t>(seq.draft_valid, seq.tokens.size());
+    result.tokens.insert(result.tokens.end(), fresh.begin(), fresh.end());
+    if (options.on_tokens && !fresh.empty() && !options.on_tokens(fresh)) {
+      stats.stop_reason = "callback";
+      break;
+    }
+    if (seq.done) break;
+  }
+  stats.generated_tokens = static_cast<int64_t>(result.tokens.size());
+  stats.total_ms = MsSince(start);
+  return result;
+}
+
+}  // namespace cascade

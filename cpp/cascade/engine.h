@@ -1,0 +1,115 @@
+// The generation loop: target-only decoding and speculative decoding (draft -> target), and the
+// cascade (tiny -> draft -> target) built on them. One readable function per stage; the loop in
+// Generate() reads like the algorithm of brief section 5:
+//   catch up the caches -> propose (draft, restricted to the tiny's candidates) -> verify (one
+//   target call) -> accept (exact) -> commit.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cascade/distribution.h"
+#include "cascade/random.h"
+#include "model/decoder.h"
+#include "model/weights.h"
+#include "pjrt/client.h"
+
+namespace cascade {
+
+enum class DecodeMode { kTarget, kSpeculative, kCascade, kAuto };
+const char* DecodeModeName(DecodeMode mode);
+
+struct EngineOptions {
+  WeightPrecision target_precision = WeightPrecision::kBF16;
+  WeightPrecision draft_precision = WeightPrecision::kInt8;
+  int64_t max_context = 1024;
+  // Self-speculative draft: the target's first `draft_layers` layers + final norm + head, used
+  // when no draft model is given. 0 picks a quarter of the target's layers (at least 1).
+  int64_t draft_layers = 0;
+  size_t device_index = 0;
+};
+
+struct GenerateOptions {
+  DecodeMode mode = DecodeMode::kTarget;
+  SamplingParams sampling;
+  uint64_t seed = 0;
+  int64_t max_tokens = 64;
+  std::vector<int32_t> stop_tokens;  // e.g. EOS ids: generation ends after emitting one
+  int64_t proposal_length = 4;       // L (the seed's K1): draft tokens per target call
+  // Called with each batch of newly committed tokens; return false to stop (abort, stop strings).
+  std::function<bool(const std::vector<int32_t>&)> on_tokens;
+  // Testing only: use the draft's distribution without the sampling transform in the acceptance
+  // ratio. This breaks exactness on purpose (the negative control of the distribution tests).
+  bool broken_acceptance_for_testing = false;
+};
+
+struct StageTimes {
+  double prefill_ms = 0;  // catching the caches up with the prompt
+  double tiny_ms = 0;
+  double draft_ms = 0;
+  double target_ms = 0;
+  double host_ms = 0;  // sampling, acceptance, bookkeeping
+};
+
+struct GenerationStats {
+  int64_t prompt_tokens = 0;
+  int64_t generated_tokens = 0;
+  int64_t target_calls = 0;    // verify / decode calls after the prompt
+  int64_t draft_calls = 0;
+  int64_t proposed = 0;        // draft tokens proposed
+  int64_t attempted = 0;       // proposals the target examined (position j only if 1..j-1 accepted)
+  int64_t accepted = 0;
+  std::vector<int64_t> position_attempted;  // per proposal position j
+  std::vector<int64_t> position_accepted;
+  StageTimes times;
+  double total_ms = 0;
+  std::string stop_reason;  // "max_tokens", "stop_token", "callback", "context"
+
+  double tau() const { return target_calls ? static_cast<double>(generated_tokens) / target_calls : 0; }
+  double gamma21() const { return attempted ? static_cast<double>(accepted) / attempted : 0; }
+  double gamma_total() const { return proposed ? static_cast<double>(accepted) / proposed : 0; }
+  double tokens_per_second() const {
+    const double ms = total_ms - times.prefill_ms;
+    return ms > 0 ? generated_tokens * 1000.0 / ms : 0;
+  }
+};
+
+struct GenerateResult {
+  std::vector<int32_t> tokens;  // generated tokens only
+  GenerationStats stats;
+};
+
+class CascadeEngine {
+ public:
+  // `draft`: a compatible model (same vocabulary), or nullopt for the self-speculative draft.
+  CascadeEngine(std::shared_ptr<Client> client, const ModelWeights& target, const std::optional<ModelWeights>& draft,
+                const EngineOptions& options);
+
+  GenerateResult Generate(const std::vector<int32_t>& prompt, const GenerateOptions& options);
+
+  const ModelConfig& target_config() const { return target_->config(); }
+  const ModelConfig& draft_config() const { return draft_->config(); }
+  DecoderModel& target() { return *target_; }
+  DecoderModel& draft() { return *draft_; }
+
+ private:
+  struct Sequence;  // the committed tokens and how far each cache has seen them
+
+  void CatchUp(DecoderModel& model, int64_t& valid, const std::vector<int32_t>& tokens, int64_t upto);
+  void TargetOnlyStep(Sequence& seq, const GenerateOptions& options, Rng& rng, GenerationStats& stats);
+  void SpeculativeStep(Sequence& seq, const GenerateOptions& options, Rng& rng, GenerationStats& stats);
+
+  std::shared_ptr<Client> client_;
+  EngineOptions options_;
+  std::unique_ptr<DecoderModel> target_;
+  std::unique_ptr<DecoderModel> draft_;
+};
+
+// The first `layers` layers of `model` with its final norm and head: a self-speculative draft.
+ModelWeights TruncateLayers(const ModelWeights& model, int64_t layers);
+
+}  // namespace cascade

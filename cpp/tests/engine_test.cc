@@ -1,0 +1,131 @@
+// The generation loop on random models through the real XLA CPU plugin: speculative decoding is
+// token-for-token identical to target-only greedy decoding, and follows the target's
+// distribution when sampling (with a negative control that must fail).
+#include <gtest/gtest.h>
+
+#include <cstdio>
+
+#include "cascade/chi_square.h"
+#include "cascade/engine.h"
+#include "pjrt/api.h"
+#include "pjrt/plugin_locator.h"
+#include "random_model.h"
+
+namespace cascade {
+namespace {
+
+std::shared_ptr<Client> Cpu() {
+  static std::shared_ptr<Client> client = [] {
+    ClientOptions o;
+    o.cpu_device_count = 1;
+    return Client::Create(Api::Load(LocatePlugin("cpu")), o);
+  }();
+  return client;
+}
+
+EngineOptions Options(WeightPrecision target = WeightPrecision::kF32) {
+  EngineOptions o;
+  o.target_precision = target;
+  o.draft_precision = WeightPrecision::kInt8;
+  o.max_context = 128;
+  o.draft_layers = 1;
+  return o;
+}
+
+TEST(Engine, SpeculativeGreedyIsIdenticalToTargetGreedy) {
+  ModelWeights target = testing::SmallRandomModel(testing::SmallLlama(false), 11, 1.0f);
+  CascadeEngine self_spec(Cpu(), target, std::nullopt, Options());
+  ModelWeights other = testing::SmallRandomModel(testing::SmallLlama(false), 12, 1.0f);
+  CascadeEngine separate(Cpu(), target, other, Options());
+  const std::vector<int32_t> prompt = {5, 17, 3, 88, 41, 9, 60};
+  GenerateOptions g;
+  g.max_tokens = 40;
+  g.mode = DecodeMode::kTarget;
+  const auto reference = self_spec.Generate(prompt, g).tokens;
+  ASSERT_EQ(reference.size(), 40u);
+  for (CascadeEngine* engine : {&self_spec, &separate}) {
+    for (int64_t L : {1, 4, 16}) {
+      g.mode = DecodeMode::kSpeculative;
+      g.proposal_length = L;
+      auto r = engine->Generate(prompt, g);
+      EXPECT_EQ(r.tokens, reference) << "L=" << L;
+      EXPECT_GT(r.stats.target_calls, 0);
+      EXPECT_LE(r.stats.target_calls, 40);
+      EXPECT_GE(r.stats.tau(), 1.0);
+      std::printf("  %s L=%lld: tau %.2f, gamma21 %.2f\n", engine == &self_spec ? "self" : "separate",
+                  static_cast<long long>(L), r.stats.tau(), r.stats.gamma21());
+    }
+  }
+}
+
+TEST(Engine, StopTokensMaxTokensAndCallbacks) {
+  ModelWeights target = testing::SmallRandomModel(testing::SmallLlama(false), 21, 1.0f);
+  CascadeEngine engine(Cpu(), target, std::nullopt, Options());
+  GenerateOptions g;
+  g.max_tokens = 12;
+  auto full = engine.Generate({1, 2, 3}, g).tokens;
+  ASSERT_EQ(full.size(), 12u);
+  g.stop_tokens = {full[4]};
+  for (DecodeMode mode : {DecodeMode::kTarget, DecodeMode::kSpeculative}) {
+    g.mode = mode;
+    auto r = engine.Generate({1, 2, 3}, g);
+    size_t first = std::find(full.begin(), full.end(), full[4]) - full.begin();
+    EXPECT_EQ(r.tokens, std::vector<int32_t>(full.begin(), full.begin() + first + 1));
+    EXPECT_EQ(r.stats.stop_reason, "stop_token");
+  }
+  g.stop_tokens.clear();
+  int calls = 0;
+  g.on_tokens = [&](const std::vector<int32_t>&) { return ++calls < 2; };
+  auto r = engine.Generate({1, 2, 3}, g);
+  EXPECT_EQ(r.stats.stop_reason, "callback");
+  EXPECT_LT(r.tokens.size(), 12u);
+  EXPECT_THROW(engine.Generate({}, g), InvalidArgumentError);
+  EXPECT_THROW(engine.Generate({1, 500}, g), InvalidArgumentError);
+  std::vector<int32_t> too_long(128, 1);
+  EXPECT_THROW(engine.Generate(too_long, g), InvalidArgumentError);
+}
+
+// The first two sampled tokens against the target's exact distribution.
+ChiSquareResult FirstTwoTokens(CascadeEngine& engine, GenerateOptions g, int samples) {
+  const std::vector<int32_t> prompt = {7, 20};
+  const int64_t V = engine.target_config().vocab_size;
+  // Exact joint: p1(a) p2(b | a) from the target's own logits.
+  std::vector<double> exact(V * V, 0.0);
+  auto logits1 = engine.target().Forward(prompt, 0, {HeadKind::kLogits, 0}).logits;
+  TokenDist p1 = Transform(logits1.data() + V, V, g.sampling);
+  for (size_t i = 0; i < p1.size(); ++i) {
+    auto l2 = engine.target().Forward({p1.ids()[i]}, 2, {HeadKind::kLogits, 0}).logits;
+    TokenDist p2 = Transform(l2.data(), V, g.sampling);
+    for (size_t k = 0; k < p2.size(); ++k) exact[p1.ids()[i] * V + p2.ids()[k]] = p1.probs()[i] * p2.probs()[k];
+  }
+  std::vector<int64_t> counts(V * V, 0);
+  g.max_tokens = 2;
+  for (int s = 0; s < samples; ++s) {
+    g.seed = 1000 + s;
+    auto t = engine.Generate(prompt, g).tokens;
+    counts[t[0] * V + t[1]]++;
+  }
+  auto r = ChiSquareTest(counts, exact);
+  std::printf("  %s: chi2 %.1f dof %d p %.3g\n", DecodeModeName(g.mode), r.statistic, r.degrees_of_freedom, r.p_value);
+  return r;
+}
+
+constexpr int kSamples = 20000;
+
+TEST(Engine, SampledOutputFollowsTheTargetDistribution) {
+  ModelWeights target = testing::SmallRandomModel(testing::SmallLlama(false, 24), 31, 1.0f);
+  CascadeEngine engine(Cpu(), target, std::nullopt, Options());
+  GenerateOptions g;
+  g.sampling = {0.8, 12, 0.95};
+  g.proposal_length = 3;
+  for (DecodeMode mode : {DecodeMode::kTarget, DecodeMode::kSpeculative}) {
+    g.mode = mode;
+    EXPECT_GT(FirstTwoTokens(engine, g, kSamples).p_value, 1e-3) << DecodeModeName(mode);
+  }
+  g.mode = DecodeMode::kSpeculative;
+  g.broken_acceptance_for_testing = true;  // fails by a wide margin (chi2 ~ 3800 at 20,000 samples)
+  EXPECT_LT(FirstTwoTokens(engine, g, kSamples / 4).p_value, 1e-3) << "negative control passed";
+}
+
+}  // namespace
+}  // namespace cascade
