@@ -24,6 +24,7 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 
 /** Exact pins: reproducible oracles. All exist as wheels on PyPI (and on local disk here). */
 export const ORACLE_PACKAGES = [
@@ -156,7 +157,7 @@ export function ensureOracleEnv({ withTorch = false } = {}) {
   });
 }
 
-const isMain = process.argv[1] !== undefined && import.meta.url === new URL(`file://${process.argv[1]}`).href;
+const isMain = process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href;
 if (isMain) {
   const args = process.argv.slice(2);
   const withTorch = args.includes('--with-torch');
