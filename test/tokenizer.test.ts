@@ -218,10 +218,12 @@ describe('SmolLM2 GGUF tokenizer (byte-level BPE) vs transformers', () => {
 });
 
 describe('SentencePiece tokenizer (llama type) vs transformers and sentencepiece', () => {
-  let fixture: { gguf: string; hf_dir: string; model: string };
+  let fixture: { gguf: string; gemma_gguf: string; hf_dir: string; model: string };
   let tok: Tokenizer;
   let ref: any;
   let refJson: any;
+  let gemma: Tokenizer;
+  let refGemma: any;
   // The tiny model knows little CJK: those become <0xNN> byte-fallback tokens, which is the point.
   const SP_TEXTS = TEXTS.filter((t) => t !== '');
 
@@ -239,6 +241,12 @@ describe('SentencePiece tokenizer (llama type) vs transformers and sentencepiece
     const decode = SP_TEXTS.map((t) => tok.encode(t, { addBos: false }));
     ref = oracle('hf_tokenizer.py', { gguf: fixture.gguf, texts: SP_TEXTS, decode, spm_model: fixture.model, chats: CHATS });
     refJson = oracle('hf_tokenizer.py', { tokenizer_dir: fixture.hf_dir, texts: SP_TEXTS, decode });
+    gemma = await Tokenizer.fromGguf(fixture.gemma_gguf);
+    refGemma = oracle('hf_tokenizer.py', {
+      gguf: fixture.gemma_gguf,
+      texts: SP_TEXTS,
+      decode: SP_TEXTS.map((t) => gemma.encode(t, { addBos: false })),
+    });
   }, SETUP_MS);
 
   it('is a sentencepiece tokenizer with BOS by default', () => {
@@ -300,5 +308,15 @@ describe('SentencePiece tokenizer (llama type) vs transformers and sentencepiece
       expect(fromJson.decode(refJson.encode[i])).toBe(refJson.decode[i]);
     });
     expect(fromJson.applyChatTemplate(CHATS[0]!.messages, { addGenerationPrompt: true })).toBe(ref.chats[0]);
+  });
+
+  it('Gemma rules (architecture gemma2: no prefix space, merges in vocabulary order) match transformers', () => {
+    expect(gemma.kind).toBe('sentencepiece');
+    SP_TEXTS.forEach((t, i) => {
+      const ids = gemma.encode(t, { addBos: false });
+      expect(ids, JSON.stringify(t)).toEqual(refGemma.encode[i]);
+      expect(gemma.decode(ids), JSON.stringify(t)).toBe(refGemma.decode[i]);
+      expect(gemma.decode(ids)).toBe(t); // no prefix space, so nothing is stripped
+    });
   });
 });

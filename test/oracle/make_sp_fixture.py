@@ -4,11 +4,11 @@ usage: python make_sp_fixture.py OUT_DIR
 
 1. trains a BPE SentencePiece model (byte fallback, 700 pieces) on English text found on this
    machine (Python's own docs strings and license texts) plus some accented/CJK lines;
-2. writes OUT_DIR/tiny-sp.gguf the way llama.cpp's convert_hf_to_gguf.py writes a SentencePiece
+2. writes OUT_DIR/tiny-sp.gguf (and tiny-sp-gemma.gguf, the same vocabulary under architecture "gemma2") the way llama.cpp's convert_hf_to_gguf.py writes a SentencePiece
    vocabulary (tokenizer.ggml.model = "llama", tokens, scores, token types, special ids, no merges)
    with a Llama-2 style chat template, and no tensors;
 3. writes OUT_DIR/hf/ (tokenizer.json + tokenizer_config.json) saved by transformers from that GGUF;
-4. prints JSON: {"gguf": ..., "hf_dir": ..., "model": ...}.
+4. prints JSON: {"gguf": ..., "gemma_gguf": ..., "hf_dir": ..., "model": ...}.
 """
 
 import glob
@@ -90,8 +90,22 @@ def main() -> None:
         else:
             types.append(gguf.TokenType.NORMAL)
 
-    path = os.path.join(out, "tiny-sp.gguf")
-    w = gguf.GGUFWriter(path, "llama")
+    path = write_gguf(out, "tiny-sp.gguf", "llama", tokens, scores, types)
+    # The same vocabulary as a Gemma file: transformers' Gemma rules (no prefix space, merges in
+    # vocabulary order, spaces normalised to '▁').
+    gemma_path = write_gguf(out, "tiny-sp-gemma.gguf", "gemma2", tokens, scores, types)
+
+    from transformers import AutoTokenizer
+
+    hf_dir = os.path.join(out, "hf")
+    tok = AutoTokenizer.from_pretrained(out, gguf_file="tiny-sp.gguf")
+    tok.save_pretrained(hf_dir)
+    json.dump({"gguf": path, "gemma_gguf": gemma_path, "hf_dir": hf_dir, "model": prefix + ".model"}, sys.stdout)
+
+
+def write_gguf(out, name, arch, tokens, scores, types):
+    path = os.path.join(out, name)
+    w = gguf.GGUFWriter(path, arch)
     w.add_name("tiny-sp")
     w.add_context_length(256)
     w.add_embedding_length(64)
@@ -111,19 +125,13 @@ def main() -> None:
     w.add_unk_token_id(0)
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
-    w.add_add_space_prefix(True)
+    w.add_add_space_prefix(not arch.startswith("gemma"))
     w.add_chat_template(CHAT_TEMPLATE)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-
-    from transformers import AutoTokenizer
-
-    hf_dir = os.path.join(out, "hf")
-    tok = AutoTokenizer.from_pretrained(out, gguf_file="tiny-sp.gguf")
-    tok.save_pretrained(hf_dir)
-    json.dump({"gguf": path, "hf_dir": hf_dir, "model": prefix + ".model"}, sys.stdout)
+    return path
 
 
 if __name__ == "__main__":
