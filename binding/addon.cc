@@ -4,8 +4,13 @@
 
 namespace cascade::binding {
 Napi::Object InitRuntime(Napi::Env env, Napi::Object exports);
+void InitEngine(Napi::Env env, Napi::Object exports);
 }
 
-Napi::Object Init(Napi::Env env, Napi::Object exports) { return cascade::binding::InitRuntime(env, exports); }
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  cascade::binding::InitRuntime(env, exports);
+  cascade::binding::InitEngine(env, exports);
+  return exports;
+}
 
 NODE_API_MODULE(cascade_xla, Init)

@@ -10,6 +10,7 @@
 #include "pjrt/api.h"
 #include "pjrt/client.h"
 #include "promise_worker.h"
+#include "runtime.h"
 
 namespace cascade::binding {
 
@@ -111,6 +112,10 @@ class NativeClient : public Napi::ObjectWrap<NativeClient> {
   }
   explicit NativeClient(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeClient>(info) {}
   void Attach(std::shared_ptr<Client> client) { client_ = std::move(client); }
+  std::shared_ptr<Client> shared() {
+    if (!client_) throw ToJsError(Env(), DisposedError("the runtime has been closed"));
+    return client_;
+  }
 
  private:
   std::shared_ptr<Client> Live(Napi::Env env) {
@@ -236,6 +241,13 @@ Napi::Value OpenClient(const Napi::CallbackInfo& info) {
 }
 
 }  // namespace
+
+std::shared_ptr<Client> ClientFromJs(Napi::Env env, const Napi::Value& value) {
+  auto* data = env.GetInstanceData<AddonData>();
+  if (!value.IsObject() || !value.As<Napi::Object>().InstanceOf(data->client_ctor.Value()))
+    throw ToJsError(env, InvalidArgumentError("expected a runtime client"));
+  return NativeClient::Unwrap(value.As<Napi::Object>())->shared();
+}
 
 Napi::Object InitRuntime(Napi::Env env, Napi::Object exports) {
   auto* data = new AddonData();

@@ -10,6 +10,20 @@
  * @module
  */
 export { Runtime, Executable } from './runtime/runtime.js';
+export { Cascade } from './cascade/cascade.js';
+export type {
+  CascadeLoadOptions,
+  GenerateOptions,
+  GenerationResult,
+  StreamPiece,
+  CascadeStats,
+  StageTimes,
+  Precision,
+  DecodeMode,
+  ModelInfo,
+} from './cascade/cascade.js';
+export { Tokenizer, TokenStreamDecoder } from './tokenizer/index.js';
+export type { ChatMessage, EncodeOptions, DecodeOptions, ChatTemplateOptions } from './tokenizer/index.js';
 export type { RuntimeOptions, CompileOptions, ExecuteOptions, DeviceInfo, MemoryInfo } from './runtime/runtime.js';
 export { tensor, toNumbers, bf16FromNumber, numberFromBf16, f16FromNumber, numberFromF16 } from './runtime/tensor.js';
 export type { DType, Tensor, TensorType, TypedArray, DTypeArrays } from './runtime/tensor.js';

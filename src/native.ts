@@ -71,6 +71,7 @@ export interface NativeClient {
 /** @internal */
 export interface NativeAddon {
   openClient(pluginPath: string, options: { cpuDeviceCount?: number }): Promise<NativeClient>;
+  loadEngine(client: NativeClient, options: object): Promise<unknown>;
   pjrtHeaderVersion: string;
 }
 

@@ -209,6 +209,11 @@ export class Runtime {
     return new Runtime(client, resolved.kind, cpu ? undefined : devices);
   }
 
+  /** @internal The native client, for models loaded on this runtime. */
+  nativeClient(): NativeClient {
+    return this.#live('load');
+  }
+
   /** True once {@link close} has run. */
   get closed(): boolean {
     return this.#client === undefined;

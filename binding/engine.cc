@@ -1,0 +1,261 @@
+// NativeEngine: the generation engine (cpp/cascade/engine.h) for JS. Loading and generating run
+// on the thread pool; new tokens reach JS through a thread-safe function as they are committed;
+// cancel() stops a generation at the next step.
+#include <napi.h>
+
+#include <atomic>
+#include <memory>
+#include <optional>
+
+#include "cascade/engine.h"
+#include "marshal.h"
+#include "model/loader.h"
+#include "promise_worker.h"
+#include "runtime.h"
+
+namespace cascade::binding {
+
+namespace {
+
+Napi::FunctionReference* g_engine_ctor = nullptr;
+
+WeightPrecision PrecisionFromJs(const Napi::Object& o, const char* key, WeightPrecision fallback) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined()) return fallback;
+  const std::string s = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
+  if (s == "f32") return WeightPrecision::kF32;
+  if (s == "bf16") return WeightPrecision::kBF16;
+  if (s == "int8") return WeightPrecision::kInt8;
+  throw InvalidArgumentError(std::string(key) + " must be 'f32', 'bf16' or 'int8'");
+}
+
+double NumberFromJs(const Napi::Object& o, const char* key, double fallback) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined()) return fallback;
+  if (!v.IsNumber()) throw InvalidArgumentError(std::string(key) + " must be a number");
+  return v.As<Napi::Number>().DoubleValue();
+}
+
+Napi::Object ConfigToJs(Napi::Env env, const ModelConfig& c) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("family", ModelFamilyName(c.family));
+  o.Set("architecture", c.architecture);
+  o.Set("vocabSize", static_cast<double>(c.vocab_size));
+  o.Set("hiddenSize", static_cast<double>(c.hidden_size));
+  o.Set("intermediateSize", static_cast<double>(c.intermediate_size));
+  o.Set("layers", static_cast<double>(c.num_layers));
+  o.Set("heads", static_cast<double>(c.num_heads));
+  o.Set("kvHeads", static_cast<double>(c.num_kv_heads));
+  o.Set("headDim", static_cast<double>(c.head_dim));
+  o.Set("contextLength", static_cast<double>(c.context_length));
+  o.Set("tiedEmbeddings", c.tied_embeddings);
+  o.Set("bosTokenId", static_cast<double>(c.bos_token_id));
+  o.Set("eosTokenId", static_cast<double>(c.eos_token_id));
+  return o;
+}
+
+Napi::Object StatsToJs(Napi::Env env, const GenerationStats& s) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("promptTokens", static_cast<double>(s.prompt_tokens));
+  o.Set("generatedTokens", static_cast<double>(s.generated_tokens));
+  o.Set("targetCalls", static_cast<double>(s.target_calls));
+  o.Set("draftCalls", static_cast<double>(s.draft_calls));
+  o.Set("proposed", static_cast<double>(s.proposed));
+  o.Set("attempted", static_cast<double>(s.attempted));
+  o.Set("accepted", static_cast<double>(s.accepted));
+  Napi::Array per = Napi::Array::New(env, s.position_attempted.size());
+  for (size_t j = 0; j < s.position_attempted.size(); ++j)
+    per.Set(j, s.position_attempted[j] ? static_cast<double>(s.position_accepted[j]) / s.position_attempted[j] : 0.0);
+  o.Set("positionAcceptance", per);
+  Napi::Object t = Napi::Object::New(env);
+  t.Set("prefill", s.times.prefill_ms);
+  t.Set("tiny", s.times.tiny_ms);
+  t.Set("draft", s.times.draft_ms);
+  t.Set("target", s.times.target_ms);
+  t.Set("host", s.times.host_ms);
+  o.Set("stageMs", t);
+  o.Set("totalMs", s.total_ms);
+  o.Set("tau", s.tau());
+  o.Set("gamma21", s.gamma21());
+  o.Set("gammaTotal", s.gamma_total());
+  o.Set("tokensPerSecond", s.tokens_per_second());
+  o.Set("stopReason", s.stop_reason);
+  return o;
+}
+
+class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "NativeEngine",
+                       {InstanceMethod("info", &NativeEngine::Info), InstanceMethod("generate", &NativeEngine::Generate),
+                        InstanceMethod("cancel", &NativeEngine::Cancel),
+                        InstanceMethod("dispose", &NativeEngine::Dispose)});
+  }
+  explicit NativeEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeEngine>(info) {}
+  void Attach(std::shared_ptr<CascadeEngine> engine) { engine_ = std::move(engine); }
+
+ private:
+  std::shared_ptr<CascadeEngine> Live(Napi::Env env) {
+    if (!engine_) throw ToJsError(env, DisposedError("the model has been disposed"));
+    return engine_;
+  }
+
+  Napi::Value Info(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    auto engine = Live(env);
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("target", ConfigToJs(env, engine->target_config()));
+    o.Set("draft", ConfigToJs(env, engine->draft_config()));
+    o.Set("targetWeightBytes", static_cast<double>(engine->target().weight_bytes()));
+    o.Set("draftWeightBytes", static_cast<double>(engine->draft().weight_bytes()));
+    o.Set("targetPrecision", WeightPrecisionName(engine->target().options().precision));
+    o.Set("draftPrecision", WeightPrecisionName(engine->draft().options().precision));
+    o.Set("maxContext", static_cast<double>(engine->target().max_context()));
+    return o;
+  }
+
+  // generate(prompt: Int32Array, options, onTokens?: (ids: Int32Array) => void): Promise<{ tokens, stats }>
+  Napi::Value Generate(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    auto engine = Live(env);
+    auto options = std::make_shared<GenerateOptions>();
+    std::vector<int32_t> prompt;
+    try {
+      if (info.Length() < 2 || !info[0].IsTypedArray() || !info[1].IsObject())
+        throw InvalidArgumentError("generate(prompt: Int32Array, options: object, onTokens?)");
+      Napi::TypedArray array = info[0].As<Napi::TypedArray>();
+      if (array.TypedArrayType() != napi_int32_array) throw InvalidArgumentError("prompt must be an Int32Array");
+      Napi::Int32Array ids = array.As<Napi::Int32Array>();
+      prompt.assign(ids.Data(), ids.Data() + ids.ElementLength());
+      Napi::Object o = info[1].As<Napi::Object>();
+      const std::string mode = o.Get("mode").IsString() ? o.Get("mode").As<Napi::String>().Utf8Value() : "target";
+      if (mode == "target") options->mode = DecodeMode::kTarget;
+      else if (mode == "speculative") options->mode = DecodeMode::kSpeculative;
+      else if (mode == "cascade") options->mode = DecodeMode::kCascade;
+      else if (mode == "auto") options->mode = DecodeMode::kAuto;
+      else throw InvalidArgumentError("mode must be 'target', 'speculative', 'cascade' or 'auto'");
+      options->sampling.temperature = NumberFromJs(o, "temperature", 0);
+      options->sampling.top_k = static_cast<int>(NumberFromJs(o, "topK", 0));
+      options->sampling.top_p = NumberFromJs(o, "topP", 1);
+      options->seed = static_cast<uint64_t>(NumberFromJs(o, "seed", 0));
+      options->max_tokens = static_cast<int64_t>(NumberFromJs(o, "maxTokens", 64));
+      options->proposal_length = static_cast<int64_t>(NumberFromJs(o, "proposalLength", 4));
+      options->broken_acceptance_for_testing = o.Get("brokenAcceptanceForTesting").ToBoolean();
+      Napi::Value stops = o.Get("stopTokens");
+      if (stops.IsTypedArray()) {
+        Napi::Int32Array s = stops.As<Napi::Int32Array>();
+        options->stop_tokens.assign(s.Data(), s.Data() + s.ElementLength());
+      }
+    } catch (const Error& e) {
+      throw ToJsError(env, e);
+    }
+    bool expected = false;
+    if (!busy_->compare_exchange_strong(expected, true))
+      throw ToJsError(env, InvalidArgumentError("generate: this model is already generating (calls must be queued)"));
+    cancel_->store(false);
+
+    std::optional<Napi::ThreadSafeFunction> tsfn;
+    if (info.Length() > 2 && info[2].IsFunction())
+      tsfn = Napi::ThreadSafeFunction::New(env, info[2].As<Napi::Function>(), "cascade.tokens", 0, 1);
+    auto cancel = cancel_;
+    auto busy = busy_;
+    options->on_tokens = [tsfn, cancel](const std::vector<int32_t>& fresh) {
+      if (tsfn) {
+        auto* copy = new std::vector<int32_t>(fresh);
+        napi_status status = tsfn->NonBlockingCall(copy, [](Napi::Env env, Napi::Function fn, std::vector<int32_t>* ids) {
+          Napi::Int32Array out = Napi::Int32Array::New(env, ids->size());
+          std::copy(ids->begin(), ids->end(), out.Data());
+          delete ids;
+          fn.Call({out});
+        });
+        if (status != napi_ok) delete copy;
+      }
+      return !cancel->load();
+    };
+    auto result = std::make_shared<GenerateResult>();
+    auto release = [tsfn, busy]() mutable {
+      if (tsfn) tsfn->Release();
+      busy->store(false);
+    };
+    return PromiseWorker::Start(
+        env, "cascade.generate",
+        [engine, prompt, options, result, release]() mutable {
+          try {
+            *result = engine->Generate(prompt, *options);
+          } catch (...) {
+            release();
+            throw;
+          }
+          release();
+        },
+        [result](Napi::Env env) -> Napi::Value {
+          Napi::Object o = Napi::Object::New(env);
+          Napi::Int32Array tokens = Napi::Int32Array::New(env, result->tokens.size());
+          std::copy(result->tokens.begin(), result->tokens.end(), tokens.Data());
+          o.Set("tokens", tokens);
+          o.Set("stats", StatsToJs(env, result->stats));
+          return o;
+        });
+  }
+
+  Napi::Value Cancel(const Napi::CallbackInfo& info) {
+    cancel_->store(true);
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    cancel_->store(true);
+    engine_.reset();  // a generation in flight keeps its own reference and finishes at the next step
+    return info.Env().Undefined();
+  }
+
+  std::shared_ptr<CascadeEngine> engine_;
+  std::shared_ptr<std::atomic<bool>> cancel_ = std::make_shared<std::atomic<bool>>(false);
+  std::shared_ptr<std::atomic<bool>> busy_ = std::make_shared<std::atomic<bool>>(false);
+};
+
+// loadEngine(client, { target, draft?, targetPrecision?, draftPrecision?, maxContext?, draftLayers? })
+Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[1].IsObject())
+    throw ToJsError(env, InvalidArgumentError("loadEngine(client, options)"));
+  std::shared_ptr<Client> client = ClientFromJs(env, info[0]);
+  Napi::Object o = info[1].As<Napi::Object>();
+  std::string target, draft;
+  EngineOptions options;
+  try {
+    if (!o.Get("target").IsString()) throw InvalidArgumentError("target must be a model file path");
+    target = o.Get("target").As<Napi::String>().Utf8Value();
+    if (o.Get("draft").IsString()) draft = o.Get("draft").As<Napi::String>().Utf8Value();
+    options.target_precision = PrecisionFromJs(o, "targetPrecision", options.target_precision);
+    options.draft_precision = PrecisionFromJs(o, "draftPrecision", options.draft_precision);
+    options.max_context = static_cast<int64_t>(NumberFromJs(o, "maxContext", static_cast<double>(options.max_context)));
+    options.draft_layers = static_cast<int64_t>(NumberFromJs(o, "draftLayers", 0));
+    options.device_index = static_cast<size_t>(NumberFromJs(o, "deviceIndex", 0));
+  } catch (const Error& e) {
+    throw ToJsError(env, e);
+  }
+  auto engine = std::make_shared<std::shared_ptr<CascadeEngine>>();
+  return PromiseWorker::Start(
+      env, "cascade.load",
+      [client, target, draft, options, engine] {
+        ModelWeights t = LoadModel(target);
+        std::optional<ModelWeights> d;
+        if (!draft.empty()) d = LoadModel(draft);
+        *engine = std::make_shared<CascadeEngine>(client, t, d, options);
+      },
+      [engine](Napi::Env env) -> Napi::Value {
+        Napi::Object obj = g_engine_ctor->New({});
+        NativeEngine::Unwrap(obj)->Attach(std::move(*engine));
+        return obj;
+      });
+}
+
+}  // namespace
+
+void InitEngine(Napi::Env env, Napi::Object exports) {
+  g_engine_ctor = new Napi::FunctionReference(Napi::Persistent(NativeEngine::Define(env)));
+  exports.Set("loadEngine", Napi::Function::New(env, LoadEngine, "loadEngine"));
+}
+
+}  // namespace cascade::binding

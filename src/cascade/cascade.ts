@@ -1,0 +1,484 @@
+/**
+ * `Cascade`: load a target model (and optionally a draft and a tiny model) and generate text with
+ * target-only, speculative (draft -> target) or cascaded decoding. The output is exactly the
+ * target's: identical tokens at temperature 0, the same distribution when sampling.
+ * @module
+ */
+import { access } from 'node:fs/promises';
+import path from 'node:path';
+
+import { DisposedError, InvalidArgumentError } from '../errors.js';
+import { call, callSync, native } from '../native.js';
+import { Runtime } from '../runtime/runtime.js';
+import { Tokenizer, type ChatMessage } from '../tokenizer/index.js';
+import { abortReason, throwIfAborted } from '../utils/abort.js';
+
+/** Weight precision of a model on the device. */
+export type Precision = 'f32' | 'bf16' | 'int8';
+
+/** How tokens are produced. All modes give the target's output; they differ in speed. */
+export type DecodeMode = 'target' | 'speculative' | 'cascade' | 'auto';
+
+/** Options of {@link Cascade.load}. */
+export interface CascadeLoadOptions {
+  /** The target model: a GGUF file, or a Hugging Face folder (config.json + safetensors + tokenizer.json). */
+  target: string;
+  /** A draft model with the same vocabulary. Default: the target's first layers (self-speculative). */
+  draft?: string;
+  /** A tiny projection model (safetensors) for `mode: 'cascade'`. */
+  tiny?: string;
+  /** PJRT plugin, as in {@link Runtime.open}. Ignored when `runtime` is given. */
+  plugin?: string;
+  /** Devices to open, as in {@link Runtime.open}. Ignored when `runtime` is given. */
+  devices?: number;
+  /** Share an open runtime between several models (it is not closed by {@link Cascade.dispose}). */
+  runtime?: Runtime;
+  /**
+   * Weight precision per model. Default `'auto'`: on the XLA CPU plugin f32 for both (measured
+   * fastest there: XLA CPU does not fuse the bf16/int8 conversion into a one-row dot), elsewhere
+   * the seed's BF16 target and INT8 draft.
+   */
+  precision?: 'auto' | { target?: Precision; draft?: Precision };
+  /** KV cache length in tokens (prompt + generated). Default 1024 (capped at the model's context). */
+  maxContext?: number;
+  /** Layers of the self-speculative draft. Default: a quarter of the target's layers. */
+  draftLayers?: number;
+  /** Default number of tiny candidates per draft step (K0). */
+  k0?: number;
+  /** Default number of draft proposals per target call (K1, the proposal length L). */
+  k1?: number;
+  signal?: AbortSignal;
+}
+
+/** Options of {@link Cascade.generate} and {@link Cascade.stream}. */
+export interface GenerateOptions {
+  /** Most tokens to generate (default 128). */
+  maxTokens?: number;
+  /** 0 (default) is greedy decoding. */
+  temperature?: number;
+  /** Keep the k most likely tokens (0 = off). */
+  topK?: number;
+  /** Nucleus sampling threshold in (0, 1] (1 = off). */
+  topP?: number;
+  /** Seed of the sampler: the same seed gives the same output. */
+  seed?: number;
+  /** Default `'speculative'`. `'cascade'` and `'auto'` need the tiny model and the cost model (in progress). */
+  mode?: DecodeMode;
+  /** Tiny candidates per draft step (K0). */
+  k0?: number;
+  /** Draft proposals per target call (K1 = L). */
+  k1?: number;
+  /** Stop when the text contains one of these (the stop string is not included). */
+  stop?: string[];
+  /** Stop at the model's end-of-generation tokens (default true). */
+  stopAtEos?: boolean;
+  signal?: AbortSignal;
+  /** @internal Testing only: breaks the acceptance rule (negative control of the distribution tests). */
+  brokenAcceptanceForTesting?: boolean;
+}
+
+/** Per-stage milliseconds, as in the seed's throughput table. */
+export interface StageTimes {
+  prefill: number;
+  tiny: number;
+  draft: number;
+  target: number;
+  host: number;
+}
+
+/** Statistics of one generation (or, on {@link Cascade.stats}, of all of them). */
+export interface CascadeStats {
+  promptTokens: number;
+  generatedTokens: number;
+  targetCalls: number;
+  draftCalls: number;
+  proposed: number;
+  attempted: number;
+  accepted: number;
+  /** Share of the draft's own choices among the tiny's candidates (null without a tiny model). */
+  gamma0: number | null;
+  /** Target acceptance rate of the proposals it examined (alpha). */
+  gamma21: number;
+  /** Accepted / proposed tokens. */
+  gammaTotal: number;
+  /** Tokens emitted per target call. */
+  tau: number;
+  /** Acceptance rate at each proposal position. */
+  positionAcceptance: number[];
+  stageMs: StageTimes;
+  totalMs: number;
+  /** Generated tokens per second, prefill excluded. */
+  tokensPerSecond: number;
+  stopReason: string;
+}
+
+/** What {@link Cascade.generate} returns. */
+export interface GenerationResult {
+  text: string;
+  tokens: number[];
+  stats: CascadeStats;
+}
+
+/** One piece of a {@link Cascade.stream}. */
+export interface StreamPiece {
+  text: string;
+  tokens: number[];
+}
+
+interface NativeStats extends Omit<CascadeStats, 'gamma0'> {}
+interface NativeEngine {
+  info(): {
+    target: ModelInfo;
+    draft: ModelInfo;
+    targetWeightBytes: number;
+    draftWeightBytes: number;
+    targetPrecision: Precision;
+    draftPrecision: Precision;
+    maxContext: number;
+  };
+  generate(prompt: Int32Array, options: object, onTokens?: (ids: Int32Array) => void): Promise<{ tokens: Int32Array; stats: NativeStats }>;
+  cancel(): void;
+  dispose(): void;
+}
+
+/** The shape of a loaded model. */
+export interface ModelInfo {
+  family: 'llama' | 'gemma';
+  architecture: string;
+  vocabSize: number;
+  hiddenSize: number;
+  intermediateSize: number;
+  layers: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  contextLength: number;
+  tiedEmbeddings: boolean;
+}
+
+const MODES: readonly DecodeMode[] = ['target', 'speculative', 'cascade', 'auto'];
+
+function checkInteger(name: string, v: unknown, min: number, max = Number.MAX_SAFE_INTEGER): void {
+  if (v === undefined) return;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+    throw new InvalidArgumentError(`${name} must be an integer in ${min}..${max}, got ${String(v)}`);
+  }
+}
+
+function checkGenerateOptions(o: GenerateOptions): void {
+  checkInteger('maxTokens', o.maxTokens, 0);
+  checkInteger('topK', o.topK, 0);
+  checkInteger('seed', o.seed, 0);
+  checkInteger('k0', o.k0, 1);
+  checkInteger('k1', o.k1, 1, 64);
+  if (o.k0 !== undefined && o.k1 !== undefined && o.k1 > o.k0) {
+    throw new InvalidArgumentError(`k1 (${o.k1}) must not exceed k0 (${o.k0})`);
+  }
+  if (o.temperature !== undefined && (typeof o.temperature !== 'number' || !Number.isFinite(o.temperature) || o.temperature < 0)) {
+    throw new InvalidArgumentError(`temperature must be a finite number >= 0, got ${String(o.temperature)}`);
+  }
+  if (o.topP !== undefined && (typeof o.topP !== 'number' || !(o.topP > 0 && o.topP <= 1))) {
+    throw new InvalidArgumentError(`topP must be in (0, 1], got ${String(o.topP)}`);
+  }
+  if (o.mode !== undefined && !MODES.includes(o.mode)) {
+    throw new InvalidArgumentError(`mode must be one of ${MODES.join(', ')}, got ${String(o.mode)}`);
+  }
+  if (o.stop !== undefined && (!Array.isArray(o.stop) || o.stop.some((s) => typeof s !== 'string' || s === ''))) {
+    throw new InvalidArgumentError('stop must be an array of non-empty strings');
+  }
+}
+
+function emptyStats(): CascadeStats {
+  return {
+    promptTokens: 0,
+    generatedTokens: 0,
+    targetCalls: 0,
+    draftCalls: 0,
+    proposed: 0,
+    attempted: 0,
+    accepted: 0,
+    gamma0: null,
+    gamma21: 0,
+    gammaTotal: 0,
+    tau: 0,
+    positionAcceptance: [],
+    stageMs: { prefill: 0, tiny: 0, draft: 0, target: 0, host: 0 },
+    totalMs: 0,
+    tokensPerSecond: 0,
+    stopReason: '',
+  };
+}
+
+async function findTokenizer(target: string): Promise<Tokenizer> {
+  if (target.toLowerCase().endsWith('.gguf')) return Tokenizer.fromGguf(target);
+  const dir = target.endsWith('.json') || target.endsWith('.safetensors') ? path.dirname(target) : target;
+  const file = path.join(dir, 'tokenizer.json');
+  try {
+    await access(file);
+  } catch {
+    throw new InvalidArgumentError(`no tokenizer for ${target}: expected a .gguf file or ${file}`);
+  }
+  return Tokenizer.fromTokenizerJson(file);
+}
+
+/**
+ * A loaded cascade: target, draft (and tiny) models on one device, with their tokenizer.
+ * Calls to {@link generate} / {@link stream} on one Cascade are queued, never interleaved.
+ *
+ * @example
+ * ```ts
+ * import { Cascade } from 'cascade-xla';
+ * await using c = await Cascade.load({ target: 'SmolLM2-135M-Instruct.Q4_1.gguf' });
+ * const r = await c.generate('Once upon a time', { maxTokens: 32, temperature: 0 });
+ * console.log(r.text, r.stats.tau, r.stats.tokensPerSecond);
+ * for await (const piece of c.stream([{ role: 'user', content: 'Hi!' }], { maxTokens: 32 })) {
+ *   process.stdout.write(piece.text);
+ * }
+ * ```
+ */
+export class Cascade {
+  /** The tokenizer of the target model. */
+  readonly tokenizer: Tokenizer;
+  /** The runtime the models live on. */
+  readonly runtime: Runtime;
+  /** Shapes and precisions of the loaded models. */
+  readonly info: ReturnType<NativeEngine['info']>;
+  /** Totals over every generation so far. */
+  readonly stats: CascadeStats = emptyStats();
+  #engine: NativeEngine | undefined;
+  readonly #ownsRuntime: boolean;
+  readonly #defaults: { k0?: number; k1?: number };
+  #queue: Promise<unknown> = Promise.resolve();
+
+  private constructor(engine: NativeEngine, tokenizer: Tokenizer, runtime: Runtime, ownsRuntime: boolean, defaults: { k0?: number; k1?: number }) {
+    this.#engine = engine;
+    this.tokenizer = tokenizer;
+    this.runtime = runtime;
+    this.#ownsRuntime = ownsRuntime;
+    this.#defaults = defaults;
+    this.info = callSync(() => engine.info());
+  }
+
+  /** Loads the models (off the JS thread) and their tokenizer. */
+  static async load(options: CascadeLoadOptions): Promise<Cascade> {
+    if (!options || typeof options.target !== 'string' || options.target === '') {
+      throw new InvalidArgumentError('Cascade.load: target must be the path of a model file or folder');
+    }
+    checkInteger('maxContext', options.maxContext, 2, 1 << 20);
+    checkInteger('draftLayers', options.draftLayers, 1);
+    checkInteger('k0', options.k0, 1);
+    checkInteger('k1', options.k1, 1, 64);
+    if (options.k0 !== undefined && options.k1 !== undefined && options.k1 > options.k0) {
+      throw new InvalidArgumentError(`k1 (${options.k1}) must not exceed k0 (${options.k0})`);
+    }
+    if (options.tiny !== undefined) {
+      throw new InvalidArgumentError('Cascade.load: tiny models are not supported yet (the cascade mode is in progress)');
+    }
+    throwIfAborted(options.signal);
+    const tokenizer = await findTokenizer(options.target);
+    const ownsRuntime = options.runtime === undefined;
+    const runtime = options.runtime ?? (await Runtime.open({ plugin: options.plugin, devices: options.devices, signal: options.signal }));
+    try {
+      const precision = options.precision === undefined || options.precision === 'auto' ? {} : options.precision;
+      const cpu = runtime.platform === 'cpu';
+      const engine = (await call(
+        native().loadEngine(runtime.nativeClient(), {
+          target: options.target,
+          draft: options.draft,
+          targetPrecision: precision.target ?? (cpu ? 'f32' : 'bf16'),
+          draftPrecision: precision.draft ?? (cpu ? 'f32' : 'int8'),
+          maxContext: options.maxContext ?? 1024,
+          draftLayers: options.draftLayers,
+        }),
+      )) as NativeEngine;
+      if (options.signal?.aborted) {
+        engine.dispose();
+        throw abortReason(options.signal);
+      }
+      return new Cascade(engine, tokenizer, runtime, ownsRuntime, { k0: options.k0, k1: options.k1 });
+    } catch (error) {
+      if (ownsRuntime) await runtime.close();
+      throw error;
+    }
+  }
+
+  /** True once {@link dispose} has run. */
+  get disposed(): boolean {
+    return this.#engine === undefined;
+  }
+
+  /**
+   * Generates a continuation of `prompt` (raw text, or chat messages rendered with the model's
+   * chat template).
+   */
+  async generate(prompt: string | ChatMessage[], options: GenerateOptions = {}): Promise<GenerationResult> {
+    const pieces: StreamPiece[] = [];
+    let final: GenerationResult | undefined;
+    for await (const piece of this.#run(prompt, options, (r) => (final = r))) pieces.push(piece);
+    return final!;
+  }
+
+  /** Like {@link generate}, yielding text pieces as tokens are accepted. */
+  stream(prompt: string | ChatMessage[], options: GenerateOptions = {}): AsyncGenerator<StreamPiece, void, undefined> {
+    return this.#run(prompt, options, () => {});
+  }
+
+  async *#run(prompt: string | ChatMessage[], options: GenerateOptions, done: (r: GenerationResult) => void): AsyncGenerator<StreamPiece, void, undefined> {
+    checkGenerateOptions(options);
+    if (!this.#engine) throw new DisposedError('generate: the Cascade has been disposed');
+    throwIfAborted(options.signal);
+    const text = typeof prompt === 'string' ? prompt : this.tokenizer.applyChatTemplate(prompt, { addGenerationPrompt: true });
+    if (typeof prompt !== 'string' && !Array.isArray(prompt)) throw new InvalidArgumentError('prompt must be a string or chat messages');
+    const ids = typeof prompt === 'string' ? this.tokenizer.encode(text) : this.tokenizer.encode(text, { addBos: false });
+
+    // Wait our turn: one generation at a time per Cascade.
+    const previous = this.#queue;
+    let release!: () => void;
+    this.#queue = new Promise<void>((r) => (release = r));
+    try {
+      await previous.catch(() => {});
+      yield* this.#generateNow(ids, options, done);
+    } finally {
+      release();
+    }
+  }
+
+  async *#generateNow(ids: number[], options: GenerateOptions, done: (r: GenerationResult) => void): AsyncGenerator<StreamPiece, void, undefined> {
+    const engine = this.#engine;
+    if (!engine) throw new DisposedError('generate: the Cascade has been disposed');
+    const signal = options.signal;
+    throwIfAborted(signal);
+    const stops = options.stop ?? [];
+    const holdBack = stops.reduce((m, s) => Math.max(m, s.length - 1), 0);
+    const decoder = this.tokenizer.decodeStream({ skipSpecialTokens: true });
+    let text = '';
+    let emitted = 0;
+    let stopped = false;
+    const tokens: number[] = [];
+    const pending: StreamPiece[] = [];
+    let wake: (() => void) | undefined;
+
+    const onTokens = (fresh: Int32Array) => {
+      if (stopped) return;
+      const list = Array.from(fresh);
+      tokens.push(...list);
+      text += decoder.push(list);
+      let cut = -1;
+      for (const s of stops) {
+        const at = text.indexOf(s, Math.max(0, emitted - s.length));
+        if (at >= 0 && (cut < 0 || at < cut)) cut = at;
+      }
+      if (cut >= 0) {
+        text = text.slice(0, cut);
+        stopped = true;
+        engine.cancel();
+      }
+      const ready = stopped ? text.length : Math.max(emitted, text.length - holdBack);
+      if (ready > emitted) {
+        pending.push({ text: text.slice(emitted, ready), tokens: list });
+        emitted = ready;
+      } else if (list.length) {
+        pending.push({ text: '', tokens: list });
+      }
+      wake?.();
+    };
+    const onAbort = () => engine.cancel();
+    signal?.addEventListener('abort', onAbort, { once: true });
+    const eos = options.stopAtEos === false ? [] : this.tokenizer.eosIds;
+    let finished = false;
+    let failure: unknown;
+    const run = call(
+      engine.generate(
+        Int32Array.from(ids),
+        {
+          mode: options.mode ?? 'speculative',
+          temperature: options.temperature ?? 0,
+          topK: options.topK ?? 0,
+          topP: options.topP ?? 1,
+          seed: options.seed ?? 0,
+          maxTokens: options.maxTokens ?? 128,
+          proposalLength: options.k1 ?? this.#defaults.k1 ?? 4,
+          stopTokens: Int32Array.from(eos),
+          brokenAcceptanceForTesting: options.brokenAcceptanceForTesting === true,
+        },
+        onTokens,
+      ),
+    ).then(
+      (r) => {
+        finished = true;
+        wake?.();
+        return r;
+      },
+      (e: unknown) => {
+        finished = true;
+        failure = e;
+        wake?.();
+        return undefined;
+      },
+    );
+    try {
+      while (!finished || pending.length) {
+        if (pending.length) {
+          const piece = pending.shift()!;
+          if (piece.text) yield piece;
+          continue;
+        }
+        await new Promise<void>((r) => (wake = r));
+        wake = undefined;
+      }
+      const result = await run;
+      if (failure !== undefined) throw failure;
+      if (signal?.aborted) throw abortReason(signal);
+      // Tokens the thread-safe callback had not delivered yet, and text held back for stop strings.
+      const all = Array.from(result!.tokens);
+      if (!stopped && all.length > tokens.length) onTokens(Int32Array.from(all.slice(tokens.length)));
+      if (!stopped) {
+        text += decoder.flush();
+        if (text.length > emitted) {
+          yield { text: text.slice(emitted), tokens: [] };
+          emitted = text.length;
+        }
+      }
+      while (pending.length) {
+        const piece = pending.shift()!;
+        if (piece.text) yield piece;
+      }
+      const stats: CascadeStats = { ...result!.stats, gamma0: null, stopReason: stopped ? 'stop_string' : result!.stats.stopReason };
+      this.#accumulate(stats);
+      done({ text, tokens: stopped ? tokens : all, stats });
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+      if (!finished) {
+        engine.cancel(); // the consumer stopped iterating: end the native generation at the next step
+        await run;
+      }
+    }
+  }
+
+  #accumulate(s: CascadeStats): void {
+    const t = this.stats;
+    for (const k of ['promptTokens', 'generatedTokens', 'targetCalls', 'draftCalls', 'proposed', 'attempted', 'accepted', 'totalMs'] as const) t[k] += s[k];
+    for (const k of Object.keys(t.stageMs) as (keyof StageTimes)[]) t.stageMs[k] += s.stageMs[k];
+    t.tau = t.targetCalls ? t.generatedTokens / t.targetCalls : 0;
+    t.gamma21 = t.attempted ? t.accepted / t.attempted : 0;
+    t.gammaTotal = t.proposed ? t.accepted / t.proposed : 0;
+    const ms = t.totalMs - t.stageMs.prefill;
+    t.tokensPerSecond = ms > 0 ? (t.generatedTokens * 1000) / ms : 0;
+    t.stopReason = s.stopReason;
+  }
+
+  /** Stops any generation at its next step, releases the models, and closes the runtime it opened. Idempotent. */
+  async dispose(): Promise<void> {
+    const engine = this.#engine;
+    if (!engine) return;
+    this.#engine = undefined;
+    engine.cancel();
+    await this.#queue.catch(() => {});
+    engine.dispose();
+    if (this.#ownsRuntime) await this.runtime.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.dispose();
+  }
+}
