@@ -132,7 +132,8 @@ export function native(): NativeAddon {
   try {
     loaded = require(file) as Partial<NativeAddon>;
   } catch (cause) {
-    const why = firstLine(cause);
+    // dlopen's message starts with the file name, which the message below already says.
+    const why = firstLine(cause).replace(`${file}: `, '');
     throw new NativeAddonError(
       `cascade-xla's native addon ${file} failed to load: ${why}.${loadHint(why)} ${REBUILD}`,
       file,
