@@ -89,6 +89,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
     return DefineClass(env, "NativeEngine",
                        {InstanceMethod("info", &NativeEngine::Info), InstanceMethod("generate", &NativeEngine::Generate),
                         InstanceMethod("cancel", &NativeEngine::Cancel),
+                        InstanceMethod("evaluate", &NativeEngine::Evaluate),
                         InstanceMethod("dispose", &NativeEngine::Dispose)});
   }
   explicit NativeEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeEngine>(info) {}
@@ -195,6 +196,37 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
           o.Set("tokens", tokens);
           o.Set("stats", StatsToJs(env, result->stats));
           return o;
+        });
+  }
+
+  // evaluate(tokens: Int32Array): Promise<Float32Array> (target logits [T * vocab])
+  Napi::Value Evaluate(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    auto engine = Live(env);
+    if (info.Length() < 1 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+      throw ToJsError(env, InvalidArgumentError("evaluate(tokens: Int32Array)"));
+    Napi::Int32Array ids = info[0].As<Napi::Int32Array>();
+    std::vector<int32_t> tokens(ids.Data(), ids.Data() + ids.ElementLength());
+    bool expected = false;
+    if (!busy_->compare_exchange_strong(expected, true))
+      throw ToJsError(env, InvalidArgumentError("evaluate: this model is busy (calls must be queued)"));
+    auto logits = std::make_shared<std::vector<float>>();
+    auto busy = busy_;
+    return PromiseWorker::Start(
+        env, "cascade.evaluate",
+        [engine, tokens, logits, busy] {
+          try {
+            *logits = engine->TargetLogits(tokens);
+          } catch (...) {
+            busy->store(false);
+            throw;
+          }
+          busy->store(false);
+        },
+        [logits](Napi::Env env) -> Napi::Value {
+          Napi::Float32Array out = Napi::Float32Array::New(env, logits->size());
+          std::copy(logits->begin(), logits->end(), out.Data());
+          return out;
         });
   }
 

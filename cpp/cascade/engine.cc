@@ -203,6 +203,25 @@ void CascadeEngine::SpeculativeStep(Sequence& seq, const GenerateOptions& option
   seq.draft_valid = std::min(seq.draft_valid, n + k);
 }
 
+std::vector<float> CascadeEngine::TargetLogits(const std::vector<int32_t>& tokens) {
+  const int64_t T = static_cast<int64_t>(tokens.size());
+  if (T < 1) throw InvalidArgumentError("evaluate: no tokens");
+  if (T > options_.max_context)
+    throw InvalidArgumentError("evaluate: " + std::to_string(T) + " tokens do not fit the context of " +
+                               std::to_string(options_.max_context));
+  std::vector<float> out;
+  out.reserve(static_cast<size_t>(T * target_->config().vocab_size));
+  for (int64_t at = 0; at < T;) {  // power-of-two chunks, as in CatchUp
+    int64_t chunk = 64;
+    while (chunk > T - at) chunk /= 2;
+    std::vector<int32_t> part(tokens.begin() + at, tokens.begin() + at + chunk);
+    ForwardResult r = target_->Forward(part, at, {HeadKind::kLogits, 0});
+    out.insert(out.end(), r.logits.begin(), r.logits.end());
+    at += chunk;
+  }
+  return out;
+}
+
 GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const GenerateOptions& options) {
   ValidateSamplingParams(options.sampling);
   if (prompt.empty()) throw InvalidArgumentError("the prompt has no tokens");

@@ -91,6 +91,9 @@ class CascadeEngine {
 
   GenerateResult Generate(const std::vector<int32_t>& prompt, const GenerateOptions& options);
 
+  // The target's logits after each of `tokens` ([T * vocab], f32), from an empty context.
+  std::vector<float> TargetLogits(const std::vector<int32_t>& tokens);
+
   const ModelConfig& target_config() const { return target_->config(); }
   const ModelConfig& draft_config() const { return draft_->config(); }
   DecoderModel& target() { return *target_; }

@@ -137,6 +137,7 @@ interface NativeEngine {
     maxContext: number;
   };
   generate(prompt: Int32Array, options: object, onTokens?: (ids: Int32Array) => void): Promise<{ tokens: Int32Array; stats: NativeStats }>;
+  evaluate(tokens: Int32Array): Promise<Float32Array>;
   cancel(): void;
   dispose(): void;
 }
@@ -452,6 +453,37 @@ export class Cascade {
         engine.cancel(); // the consumer stopped iterating: end the native generation at the next step
         await run;
       }
+    }
+  }
+
+  /**
+   * The target model's next-token logits after each of `tokens`, from an empty context:
+   * `logits[i * vocab + v]`. Queued like {@link generate}.
+   *
+   * @example
+   * ```ts
+   * const ids = c.tokenizer.encode('The capital of France is');
+   * const logits = await c.evaluate(ids);
+   * ```
+   */
+  async evaluate(tokens: readonly number[], options: { signal?: AbortSignal } = {}): Promise<Float32Array> {
+    if (!Array.isArray(tokens) || tokens.some((t) => !Number.isInteger(t))) {
+      throw new InvalidArgumentError('evaluate: tokens must be an array of integer token ids');
+    }
+    const vocab = this.info.target.vocabSize;
+    const bad = tokens.find((t) => t < 0 || t >= vocab);
+    if (bad !== undefined) throw new InvalidArgumentError(`evaluate: token id ${bad} is outside the vocabulary (0..${vocab - 1})`);
+    const previous = this.#queue;
+    let release!: () => void;
+    this.#queue = new Promise<void>((r) => (release = r));
+    try {
+      await previous.catch(() => {});
+      const engine = this.#engine;
+      if (!engine) throw new DisposedError('evaluate: the Cascade has been disposed');
+      throwIfAborted(options.signal);
+      return await call(engine.evaluate(Int32Array.from(tokens)));
+    } finally {
+      release();
     }
   }
 
