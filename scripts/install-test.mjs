@@ -7,7 +7,8 @@
 //    must use the prebuilt addon from prebuilds/ (run `npm run build:prebuild` first). Asserts no
 //    source build happened (no build/ folder in the installed package).
 // 3. In that project: `import { Runtime } from 'cascade-xla'`, open the CPU runtime, compile and
-//    run a tiny StableHLO program, check the numbers.
+//    run a tiny StableHLO program, check the numbers; then `Cascade.load()` the default model (when
+//    the cache has it) and generate a few greedy tokens.
 // 4. A broken prebuild (a truncated .node): the install script reports it and falls back to a
 //    source build (which fails here: no cmake), without crashing; at run time the package throws
 //    NativeAddonError naming the file.
@@ -108,8 +109,6 @@ try {
   check(/PJRT CPU plugin: /.test(instOut), 'the install found the XLA CPU PJRT plugin', instOut);
 
   // --- 3. use it -----------------------------------------------------------------------------------
-  // TODO: when Cascade exists, also `Cascade.load()` the default model and generate a few tokens
-  // here (temperature 0), checking they equal the target-only output.
   writeFileSync(
     path.join(project, 'smoke.mjs'),
     `import { Runtime, tensor, toNumbers } from 'cascade-xla';
@@ -137,6 +136,36 @@ await rt.close();
     `import { Runtime } from 'cascade-xla' runs a StableHLO program on ${result?.platform ?? '?'} (x*y+x = ${JSON.stringify(result?.result)})`,
     `${smoke.stdout}\n${smoke.stderr}`,
   );
+  // Text generation through the installed package: the default model from the cache (the test
+  // suite's model tests put it there), a few greedy tokens in target-only mode.
+  // TODO: when the cascade mode (tiny -> draft -> target) is done, generate with mode 'cascade'
+  // too and check its tokens equal these (the exactness invariant at temperature 0).
+  const model = path.join(cache, 'models', 'SmolLM2-135M-Instruct-Q4_1.gguf');
+  if (existsSync(model)) {
+    writeFileSync(
+      path.join(project, 'generate.mjs'),
+      `import { Cascade } from 'cascade-xla';
+const c = await Cascade.load({ target: ${JSON.stringify(model)}, devices: 1, maxContext: 64 });
+const r = await c.generate('The capital of France is', { maxTokens: 4, temperature: 0, mode: 'target' });
+console.log(JSON.stringify({ text: r.text, tokens: r.tokens }));
+await c.dispose();
+`,
+    );
+    const gen = spawnSync('node', ['generate.mjs'], { cwd: project, env, encoding: 'utf8', timeout: 300_000 });
+    let g;
+    try {
+      g = JSON.parse(gen.stdout.trim().split('\n').pop());
+    } catch {
+      g = undefined;
+    }
+    check(
+      gen.status === 0 && Array.isArray(g?.tokens) && g.tokens.length >= 1 && g.tokens.length <= 4 && g.text.trim() !== '',
+      `Cascade.load() + generate() with the default model (${JSON.stringify(g?.text)})`,
+      `${gen.stdout}\n${gen.stderr}`,
+    );
+  } else {
+    say(`skip generation: no cached default model at ${model} (npm test downloads it)`);
+  }
   const help = spawnSync(path.join(project, 'node_modules', '.bin', 'cascade-xla'), ['--help'], { cwd: project, env, encoding: 'utf8' });
   check(help.status === 0 && /info/.test(help.stdout), 'the cascade-xla CLI runs (--help)', `${help.stdout}\n${help.stderr}`);
 
