@@ -1,0 +1,141 @@
+// The Cascade API on the real SmolLM2-135M-Instruct GGUF through the XLA CPU plugin: speculative
+// decoding gives exactly the target's tokens, streaming equals generate, and the lifecycle
+// (abort, queueing, dispose, bad options) behaves.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { Cascade, DisposedError, InvalidArgumentError } from '../src/index.js';
+import { ensureDefaultModel } from '../src/models/default-model.js';
+
+const PROMPTS = ['The three primary colors are', 'def fibonacci(n):'];
+
+describe('Cascade on SmolLM2-135M-Instruct', () => {
+  let c: Cascade;
+  beforeAll(async () => {
+    const { path } = await ensureDefaultModel();
+    c = await Cascade.load({ target: path, maxContext: 128, precision: { target: 'f32', draft: 'f32' }, draftLayers: 8 });
+  }, 600_000);
+  afterAll(async () => {
+    await c?.dispose();
+  });
+
+  it('loads the model and its tokenizer', () => {
+    expect(c.info.target.family).toBe('llama');
+    expect(c.info.target.layers).toBe(30);
+    expect(c.info.target.vocabSize).toBe(49152);
+    expect(c.info.draft.layers).toBe(8);
+    expect(c.tokenizer.vocabSize).toBe(49152);
+  });
+
+  it('speculative greedy decoding is token-for-token identical to target-only', async () => {
+    for (const prompt of PROMPTS) {
+      const base = await c.generate(prompt, { mode: 'target', maxTokens: 24, stopAtEos: false });
+      expect(base.tokens).toHaveLength(24);
+      expect(base.stats.tau).toBe(1);
+      for (const k1 of [1, 4]) {
+        const spec = await c.generate(prompt, { mode: 'speculative', k1, maxTokens: 24, stopAtEos: false });
+        expect(spec.tokens).toEqual(base.tokens);
+        expect(spec.text).toBe(base.text);
+        expect(spec.stats.targetCalls).toBeLessThanOrEqual(24);
+        expect(spec.stats.positionAcceptance.length).toBe(k1);
+      }
+    }
+  }, 600_000);
+
+  it('answers a chat prompt coherently and stops at the end of the turn', async () => {
+    const r = await c.generate([{ role: 'user', content: 'What is the capital of France?' }], { maxTokens: 40 });
+    expect(r.text).toMatch(/Paris/);
+    expect(r.stats.stopReason).toBe('stop_token');
+    expect(r.text).not.toMatch(/<\|im_end\|>/);
+  }, 300_000);
+
+  it('stream pieces add up to the generated text', async () => {
+    const opts = { mode: 'speculative' as const, maxTokens: 20, stopAtEos: false };
+    const whole = await c.generate(PROMPTS[0]!, opts);
+    let streamed = '';
+    let pieces = 0;
+    for await (const piece of c.stream(PROMPTS[0]!, opts)) {
+      streamed += piece.text;
+      pieces++;
+    }
+    expect(streamed).toBe(whole.text);
+    expect(pieces).toBeGreaterThan(1);
+  }, 300_000);
+
+  it('sampling with a seed is reproducible', async () => {
+    const opts = { temperature: 0.8, topP: 0.95, seed: 7, maxTokens: 12, stopAtEos: false, mode: 'speculative' as const };
+    const a = await c.generate(PROMPTS[1]!, opts);
+    const b = await c.generate(PROMPTS[1]!, opts);
+    expect(a.tokens).toEqual(b.tokens);
+  }, 300_000);
+
+  it('stop strings end the text before the stop string', async () => {
+    const base = await c.generate(PROMPTS[0]!, { maxTokens: 24, stopAtEos: false });
+    const words = base.text.trim().split(/\s+/);
+    const stop = words[Math.min(3, words.length - 1)]!;
+    const r = await c.generate(PROMPTS[0]!, { maxTokens: 24, stopAtEos: false, stop: [stop] });
+    expect(r.text).toBe(base.text.slice(0, base.text.indexOf(stop)));
+    expect(r.stats.stopReason).toBe('stop_string');
+  }, 300_000);
+
+  it('an AbortSignal stops a generation within a step, and the next call works', async () => {
+    const controller = new AbortController();
+    const started = performance.now();
+    const pieces: string[] = [];
+    const run = (async () => {
+      for await (const piece of c.stream(PROMPTS[0]!, { maxTokens: 100, stopAtEos: false, signal: controller.signal })) {
+        pieces.push(piece.text);
+        if (pieces.length === 2) controller.abort();
+      }
+    })();
+    await expect(run).rejects.toThrow(/abort/i);
+    expect(pieces.length).toBeLessThan(10);
+    expect(performance.now() - started).toBeLessThan(60_000);
+    const after = await c.generate(PROMPTS[0]!, { maxTokens: 4, stopAtEos: false });
+    expect(after.tokens).toHaveLength(4);
+  }, 300_000);
+
+  it('queues concurrent calls instead of interleaving them', async () => {
+    const opts = { maxTokens: 8, stopAtEos: false };
+    const sequential = [await c.generate(PROMPTS[0]!, opts), await c.generate(PROMPTS[1]!, opts)];
+    const concurrent = await Promise.all([c.generate(PROMPTS[0]!, opts), c.generate(PROMPTS[1]!, opts)]);
+    expect(concurrent.map((r) => r.tokens)).toEqual(sequential.map((r) => r.tokens));
+  }, 300_000);
+
+  it('evaluate gives the next-token logits of every position', async () => {
+    const ids = c.tokenizer.encode('The capital of France is');
+    const logits = await c.evaluate(ids);
+    expect(logits.length).toBe(ids.length * 49152);
+    const last = logits.subarray((ids.length - 1) * 49152);
+    let best = 0;
+    for (let v = 1; v < 49152; v++) if (last[v]! > last[best]!) best = v;
+    const greedy = await c.generate('The capital of France is', { maxTokens: 1, mode: 'target', stopAtEos: false });
+    expect(greedy.tokens[0]).toBe(best);
+  }, 300_000);
+
+  it('rejects bad options with InvalidArgumentError', async () => {
+    await expect(c.generate('x', { maxTokens: -1 })).rejects.toThrow(InvalidArgumentError);
+    await expect(c.generate('x', { temperature: Number.NaN })).rejects.toThrow(InvalidArgumentError);
+    await expect(c.generate('x', { topP: 0 })).rejects.toThrow(InvalidArgumentError);
+    await expect(c.generate('x', { k0: 4, k1: 8 })).rejects.toThrow(/k1 \(8\) must not exceed k0 \(4\)/);
+    await expect(c.generate('x', { mode: 'fastest' as never })).rejects.toThrow(InvalidArgumentError);
+    await expect(c.evaluate([1, 2, 999999])).rejects.toThrow(/outside the vocabulary/);
+    const long = 'word '.repeat(400);
+    await expect(c.generate(long, { maxTokens: 4 })).rejects.toThrow(/context/);
+    await expect(Cascade.load({ target: '' })).rejects.toThrow(InvalidArgumentError);
+    await expect(Cascade.load({ target: '/nonexistent/model.gguf' })).rejects.toThrow();
+  }, 300_000);
+});
+
+describe('Cascade lifecycle', () => {
+  it('dispose during a generation ends it, and later calls throw DisposedError', async () => {
+    const { path } = await ensureDefaultModel();
+    const c = await Cascade.load({ target: path, maxContext: 64, precision: { target: 'f32', draft: 'f32' }, draftLayers: 2 });
+    const running = c.generate('Once upon a time', { maxTokens: 50, stopAtEos: false, mode: 'target' }).catch((e: unknown) => e);
+    await new Promise((r) => setTimeout(r, 200));
+    await c.dispose();
+    await running; // settles (either finished early or rejected); it must not hang
+    expect(c.disposed).toBe(true);
+    await expect(c.generate('x')).rejects.toThrow(DisposedError);
+    await c.dispose();
+  }, 600_000);
+});
