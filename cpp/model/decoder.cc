@@ -192,6 +192,25 @@ void DecoderModel::ResetCache() {
   v_cache_ = client_->ToDevice(zeros, options_.device_index);
 }
 
+void DecoderModel::SetTiny(const TinyWeights& tiny) {
+  ValidateTiny(tiny);
+  CheckTinyFitsDraft(tiny, config_);
+  std::vector<std::unique_ptr<Buffer>> uploaded;
+  for (const HostTensor& t : PrepareTinyParams(tiny)) uploaded.push_back(client_->ToDevice(t, options_.device_index));
+  if (tiny.hidden != tiny_hidden_) {
+    for (auto it = programs_.begin(); it != programs_.end();)
+      it = std::get<1>(it->first).kind == HeadKind::kCandidates ? programs_.erase(it) : std::next(it);
+  }
+  tiny_ = std::move(uploaded);
+  tiny_hidden_ = tiny.hidden;
+}
+
+int64_t DecoderModel::tiny_bytes() const {
+  int64_t n = 0;
+  for (const auto& b : tiny_) n += static_cast<int64_t>(b->byte_size());
+  return n;
+}
+
 int64_t DecoderModel::weight_bytes() const {
   int64_t n = 0;
   for (const auto& b : weights_) n += static_cast<int64_t>(b->byte_size());
@@ -207,12 +226,13 @@ std::string DecoderModel::ProgramText(int64_t num_tokens, const HeadSpec& head, 
   spec.precision = options_.precision;
   spec.kv_dtype = kv_dtype_;
   spec.matmul = options_.matmul;
+  spec.tiny_hidden = tiny_hidden_;
   return EmitDecoderProgram(config_, spec);
 }
 
 std::shared_ptr<LoadedExecutable> DecoderModel::Program(int64_t num_tokens, const HeadSpec& head, bool tree) {
   HeadSpec key_head = head;
-  if (head.kind != HeadKind::kTopK) key_head.k = 0;
+  if (head.kind != HeadKind::kTopK && head.kind != HeadKind::kCandidates) key_head.k = 0;
   auto key = std::make_tuple(num_tokens, key_head, tree);
   auto it = programs_.find(key);
   if (it != programs_.end()) return it->second;
@@ -237,6 +257,13 @@ ForwardResult DecoderModel::Forward(const std::vector<int32_t>& tokens, int64_t 
     if (t < 0 || t >= config_.vocab_size) throw InvalidArgumentError("Forward: token id " + std::to_string(t) + " out of range");
   if (head.kind == HeadKind::kTopK && (head.k < 1 || head.k > config_.vocab_size))
     throw InvalidArgumentError("Forward: top-k needs 1 <= k <= vocab");
+  if (head.kind == HeadKind::kCandidates) {
+    if (!has_tiny()) throw InvalidArgumentError("Forward: the candidates head needs a tiny model (SetTiny)");
+    if (head.k < 1 || head.k > config_.vocab_size)
+      throw InvalidArgumentError("Forward: the candidates head needs 1 <= K0 <= vocab, got " + std::to_string(head.k));
+  }
+  if (head.full_argmax && head.kind != HeadKind::kCandidates)
+    throw InvalidArgumentError("Forward: full_argmax is an option of the candidates head only");
   const bool logprob = head.kind == HeadKind::kTokenLogprob;
   if (logprob != !inputs.target_ids.empty() || (logprob && static_cast<int64_t>(inputs.target_ids.size()) != T))
     throw InvalidArgumentError("Forward: target_ids must hold one id per token exactly for the token_logprob head");
@@ -270,6 +297,8 @@ ForwardResult DecoderModel::Forward(const std::vector<int32_t>& tokens, int64_t 
   args.push_back(k_cache_.get());
   args.push_back(v_cache_.get());
   for (auto& e : extra) args.push_back(e.get());
+  if (head.kind == HeadKind::kCandidates)
+    for (auto& t : tiny_) args.push_back(t.get());
 
   std::vector<std::vector<std::unique_ptr<Buffer>>> out;
   try {
@@ -308,6 +337,12 @@ ForwardResult DecoderModel::Forward(const std::vector<int32_t>& tokens, int64_t 
     case HeadKind::kTokenLogprob:
       r.token_logprobs = floats(*out[0][2]);
       r.argmax = ints(*out[0][3]);
+      break;
+    case HeadKind::kCandidates:
+      r.candidate_ids = ints(*out[0][2]);
+      r.candidate_logits = floats(*out[0][3]);
+      r.argmax = ints(*out[0][4]);
+      if (head.full_argmax) r.full_argmax = ints(*out[0][5]);
       break;
   }
   return r;

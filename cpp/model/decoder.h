@@ -7,6 +7,8 @@
 //   auto r = m.Forward(prompt, 0, {HeadKind::kArgmax});          // prefill
 //   auto s = m.Forward({next}, prompt.size(), {HeadKind::kArgmax});  // decode
 //   auto v = m.Forward(draft, pos, {HeadKind::kTokenLogprob}, inputs);  // verify (inputs.target_ids)
+//   m.SetTiny(LoadTiny("tiny.safetensors", &m.config()));                  // cascade draft step:
+//   auto c = m.Forward({last}, pos, {HeadKind::kCandidates, /*K0=*/64});    // c.candidate_ids/logits
 //
 // Rollback: the cache holds whatever was last written at each slot, and a call at start_pos only
 // attends to slots < start_pos + i + 1. After a rejected speculation, just call with the accepted
@@ -21,6 +23,7 @@
 #include <vector>
 
 #include "model/programs.h"
+#include "model/tiny.h"
 #include "model/weights.h"
 #include "pjrt/client.h"
 
@@ -67,6 +70,12 @@ struct ForwardResult {
   std::vector<int32_t> topk_indices;  // kTopK: [T * k]
   std::vector<float> logsumexp;       // kTopK: [T]
   std::vector<float> token_logprobs;  // kTokenLogprob: [T]
+  // kCandidates (k = K0): the tiny's candidates per token and the draft's logits at them; argmax
+  // then holds the candidate with the largest logit (the greedy proposal), and full_argmax the
+  // unrestricted argmax when HeadSpec::full_argmax was asked for.
+  std::vector<int32_t> candidate_ids;   // [T * K0]
+  std::vector<float> candidate_logits;  // [T * K0]
+  std::vector<int32_t> full_argmax;     // [T], only with HeadSpec::full_argmax
 };
 
 class DecoderModel {
@@ -81,6 +90,13 @@ class DecoderModel {
                         const ForwardInputs& inputs = {});
   // Zeroes the cache (not needed for correctness: unwritten slots are always masked).
   void ResetCache();
+  // Uploads the tiny model (once) for HeadKind::kCandidates; replaces a previous one (and drops
+  // the candidates programs compiled for it when its width changes). Throws InvalidArgumentError
+  // when it does not fit this model (input_dim != hidden_size or vocab != vocab_size).
+  void SetTiny(const TinyWeights& tiny);
+  bool has_tiny() const { return tiny_hidden_ > 0; }
+  int64_t tiny_hidden() const { return tiny_hidden_; }
+  int64_t tiny_bytes() const;  // device bytes of the tiny's params (0 without one)
 
   const ModelConfig& config() const { return config_; }
   const DecoderOptions& options() const { return options_; }
@@ -103,6 +119,8 @@ class DecoderModel {
   DType kv_dtype_;
   std::vector<std::unique_ptr<Buffer>> weights_;
   std::unique_ptr<Buffer> k_cache_, v_cache_;
+  std::vector<std::unique_ptr<Buffer>> tiny_;  // TinyParamLayout order
+  int64_t tiny_hidden_ = 0;
   std::map<std::tuple<int64_t, HeadSpec, bool>, std::shared_ptr<LoadedExecutable>> programs_;
 };
 

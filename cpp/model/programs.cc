@@ -61,12 +61,17 @@ class Emitter {
       tree = f_.Param("tree_mask", DType::kPred, {T, T});
       offsets = f_.Param("position_offsets", DType::kS32, {T});
     }
+    const bool candidates = s_.head.kind == HeadKind::kCandidates;
+    std::vector<Value> tiny;  // TinyParamLayout order
+    if (candidates)
+      for (const WeightParam& p : TinyParamLayout(c_, s_.tiny_hidden)) tiny.push_back(f_.Param(p.name(), p.dtype, p.dims));
 
     // Token embeddings [T, d] in f32 (Gemma scales by sqrt(d)).
     const WeightRef& emb = W("model.embed_tokens.weight");
     Value h = f_.Convert(emb.transposed ? f_.GatherColumns(emb.w, tokens) : f_.GatherRows(emb.w, tokens), DType::kF32);
     if (c_.family == ModelFamily::kGemma)
       h = f_.Mul(h, f_.ScalarLike(h, std::sqrt(static_cast<double>(c_.hidden_size))));
+    const Value embedded = h;  // the tiny's input e (model/tiny.h)
 
     // RoPE tables for the T positions.
     Value start_t = f_.BroadcastInDim(start, {T}, {});
@@ -92,7 +97,9 @@ class Emitter {
       h = f_.Add(h, Mlp(l, x));
     }
     h = Norm(h, "model.norm.weight");
-    Value logits = Linear(h, c_.tied_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");  // [T, V]
+    const std::string head_name = c_.tied_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+    const bool full_head = !candidates || s_.head.full_argmax;
+    Value logits = full_head ? Linear(h, head_name) : Value{};  // [T, V]
 
     std::vector<Value> results = {k_cache, v_cache};
     switch (s_.head.kind) {
@@ -113,6 +120,15 @@ class Emitter {
         results.push_back(f_.Sub(f_.TakeAlongLastDim(logits, *target_ids), f_.LogSumExp(logits, 1)));
         results.push_back(f_.Argmax(logits, 1));
         break;
+      case HeadKind::kCandidates: {
+        Value ids = TinyCandidates(embedded, tiny, s_.head.k);  // [T, K0]
+        Value cand = CandidateLogits(h, head_name, ids);       // [T, K0]
+        results.push_back(ids);
+        results.push_back(cand);
+        results.push_back(f_.TakeAlongLastDim(ids, f_.Argmax(cand, 1)));
+        if (s_.head.full_argmax) results.push_back(f_.Argmax(logits, 1));
+        break;
+      }
     }
     f_.Return(results);
     return f_.ToText();
@@ -144,6 +160,42 @@ class Emitter {
     }
     if (ref.scale) y = f_.Mul(y, f_.BroadcastInDim(*ref.scale, y.dims, {1}));
     return y;
+  }
+
+  // The tiny model on the input embeddings e [T, d]: top-K0 ids s32[T, K0] of
+  // W2 ReLU(LayerNorm(W1 e + b1)) + b2.
+  Value TinyCandidates(const Value& e, const std::vector<Value>& p, int64_t k) {
+    const int64_t T = e.dims[0], H = s_.tiny_hidden, V = c_.vocab_size;
+    Value z = f_.Add(f_.DotGeneral(e, p[0], {}, {}, {1}, {0}), f_.BroadcastInDim(p[1], {T, H}, {1}));
+    Value inv_n = f_.Constant(DType::kF32, 1.0 / static_cast<double>(H), {T});
+    Value mean = f_.Mul(f_.Reduce(z, hlo::ReduceKind::kSum, {1}), inv_n);
+    Value zc = f_.Sub(z, f_.BroadcastInDim(mean, {T, H}, {0}));
+    Value var = f_.Mul(f_.Reduce(f_.Mul(zc, zc), hlo::ReduceKind::kSum, {1}), inv_n);
+    Value r = f_.Rsqrt(f_.Add(var, f_.Constant(DType::kF32, 1e-5, {T})));
+    Value n = f_.Mul(zc, f_.BroadcastInDim(r, {T, H}, {0}));
+    n = f_.Add(f_.Mul(n, f_.BroadcastInDim(p[2], {T, H}, {1})), f_.BroadcastInDim(p[3], {T, H}, {1}));
+    Value act = f_.Max(n, f_.ScalarLike(n, 0.0));
+    Value logits = f_.Add(f_.DotGeneral(act, p[4], {}, {}, {1}, {0}), f_.BroadcastInDim(p[5], {T, V}, {1}));
+    return f_.TopK(logits, k).second;
+  }
+
+  // The LM head's logits at ids s32[T, K] only: K gathered rows of the head per token, dotted
+  // with h [T, d], computed as Linear computes the full head (same dtypes, mode and scale).
+  Value CandidateLogits(const Value& h, const std::string& name, const Value& ids) {
+    const WeightRef& ref = W(name);
+    const int64_t T = ids.dims[0], K = ids.dims[1], d = c_.hidden_size;
+    Value flat = f_.Reshape(ids, {T * K});
+    Value rows = f_.Reshape(ref.transposed ? f_.GatherColumns(ref.w, flat) : f_.GatherRows(ref.w, flat), {T, K, d});
+    Value y;
+    if (rows.dtype == DType::kF32) {
+      y = f_.DotGeneral(rows, h, {0}, {0}, {2}, {1});
+    } else if (mode_ == MatmulMode::kBF16Activations) {
+      y = f_.DotGeneral(f_.Convert(rows, DType::kBF16), f_.Convert(h, DType::kBF16), {0}, {0}, {2}, {1}, DType::kF32);
+    } else {
+      y = f_.DotGeneral(f_.Convert(rows, DType::kF32), h, {0}, {0}, {2}, {1});
+    }
+    if (ref.scale) y = f_.Mul(y, f_.Reshape(f_.GatherRows(*ref.scale, flat), {T, K}));
+    return y;  // [T, K]
   }
 
   void RopeTables(const Value& pos) {
@@ -238,6 +290,7 @@ const char* HeadKindName(HeadKind kind) {
     case HeadKind::kArgmax: return "argmax";
     case HeadKind::kTopK: return "topk";
     case HeadKind::kTokenLogprob: return "token_logprob";
+    case HeadKind::kCandidates: return "candidates";
   }
   return "unknown";
 }
@@ -302,6 +355,18 @@ std::vector<WeightParam> WeightParamLayout(const ModelConfig& c, WeightPrecision
   return out;
 }
 
+std::vector<WeightParam> TinyParamLayout(const ModelConfig& c, int64_t tiny_hidden) {
+  if (tiny_hidden < 1) throw InvalidArgumentError("tiny model: hidden width must be >= 1");
+  const int64_t d = c.hidden_size, H = tiny_hidden, V = c.vocab_size;
+  using R = WeightParam::Role;
+  return {{"tiny.proj_in.weight", R::kDense, DType::kF32, {d, H}, true},
+          {"tiny.proj_in.bias", R::kDense, DType::kF32, {H}, false},
+          {"tiny.norm.weight", R::kDense, DType::kF32, {H}, false},
+          {"tiny.norm.bias", R::kDense, DType::kF32, {H}, false},
+          {"tiny.proj_out.weight", R::kDense, DType::kF32, {H, V}, true},
+          {"tiny.proj_out.bias", R::kDense, DType::kF32, {V}, false}};
+}
+
 std::vector<int64_t> KvCacheDims(const ModelConfig& c, int64_t max_context) {
   return {c.num_layers, max_context, c.num_kv_heads, c.head_dim};
 }
@@ -317,6 +382,13 @@ std::vector<HeadOutput> HeadOutputs(const ModelConfig& c, const ProgramSpec& s) 
               {"logsumexp", DType::kF32, {T}}};
     case HeadKind::kTokenLogprob:
       return {{"token_logprobs", DType::kF32, {T}}, {"argmax", DType::kS32, {T}}};
+    case HeadKind::kCandidates: {
+      std::vector<HeadOutput> out = {{"candidate_ids", DType::kS32, {T, s.head.k}},
+                                     {"candidate_logits", DType::kF32, {T, s.head.k}},
+                                     {"candidate_argmax", DType::kS32, {T}}};
+      if (s.head.full_argmax) out.push_back({"full_argmax", DType::kS32, {T}});
+      return out;
+    }
   }
   return {};
 }
@@ -331,6 +403,14 @@ std::string EmitDecoderProgram(const ModelConfig& config, const ProgramSpec& spe
     throw InvalidArgumentError("decoder program: kv_dtype must be f32 or bf16");
   if (spec.head.kind == HeadKind::kTopK && (spec.head.k < 1 || spec.head.k > config.vocab_size))
     throw InvalidArgumentError("decoder program: top-k needs 1 <= k <= vocab_size, got k=" + std::to_string(spec.head.k));
+  if (spec.head.kind == HeadKind::kCandidates) {
+    if (spec.head.k < 1 || spec.head.k > config.vocab_size)
+      throw InvalidArgumentError("decoder program: the candidates head needs 1 <= K0 <= vocab_size, got K0=" +
+                                 std::to_string(spec.head.k));
+    if (spec.tiny_hidden < 1) throw InvalidArgumentError("decoder program: the candidates head needs tiny_hidden >= 1");
+  }
+  if (spec.head.full_argmax && spec.head.kind != HeadKind::kCandidates)
+    throw InvalidArgumentError("decoder program: full_argmax is an option of the candidates head only");
   return Emitter(config, spec).Emit();
 }
 

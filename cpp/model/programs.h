@@ -14,6 +14,9 @@
 //   6. only with tree_mask: tree_mask pred[T,T] (new token i may attend new token j, j <= i; the
 //      diagonal is always allowed) and position_offsets s32[T] (RoPE position = start_pos +
 //      offset[i], e.g. the depth of token i in the tree).
+//   7. only for HeadKind::kCandidates: the tiny model (model/tiny.h), TinyParamLayout order, f32:
+//      tiny.proj_in.weight^T [d, hidden], tiny.proj_in.bias [hidden], tiny.norm.weight [hidden],
+//      tiny.norm.bias [hidden], tiny.proj_out.weight^T [hidden, vocab], tiny.proj_out.bias [vocab].
 // Attention: query i sees cache slots 0 .. start_pos+i (slots beyond are masked, whatever they
 // hold), further restricted to tree_mask inside the new block. So rolling the cache back after a
 // rejected speculation is free: the next call simply starts at an earlier start_pos and
@@ -83,14 +86,28 @@ enum class HeadKind {
   kArgmax,        // argmax s32[T]
   kTopK,          // values f32[T, k] (logits, descending), indices s32[T, k], logsumexp f32[T]
   kTokenLogprob,  // extra input target_ids s32[T] -> logprob f32[T] (log softmax at target_ids), argmax s32[T]
+  // The cascade draft head (brief 5.1-5.2), k = K0: per token, the tiny's candidates C = top-K0
+  // of the tiny's logits on the token's input embedding (extra tiny params, see 7. above), then
+  // the draft's logits for those K0 ids only (K0 gathered rows of the LM head, no full-vocabulary
+  // matmul): candidate_ids s32[T, K0] (tiny order: its logits descending), candidate_logits
+  // f32[T, K0] (the draft's logits at those ids), candidate_argmax s32[T] (the id of the largest
+  // candidate logit, first candidate on ties: the greedy proposal). With HeadSpec::full_argmax
+  // also full_argmax s32[T], the argmax of the full head (costs the full matmul: for measuring
+  // gamma0 on a sample of steps).
+  kCandidates,
 };
 const char* HeadKindName(HeadKind kind);
 
 struct HeadSpec {
   HeadKind kind = HeadKind::kLogits;
-  int64_t k = 0;  // kTopK only
-  bool operator<(const HeadSpec& o) const { return kind != o.kind ? kind < o.kind : k < o.k; }
-  bool operator==(const HeadSpec& o) const { return kind == o.kind && k == o.k; }
+  int64_t k = 0;  // kTopK; kCandidates: K0
+  bool full_argmax = false;  // kCandidates only: also return the unrestricted argmax
+  bool operator<(const HeadSpec& o) const {
+    if (kind != o.kind) return kind < o.kind;
+    if (k != o.k) return k < o.k;
+    return full_argmax < o.full_argmax;
+  }
+  bool operator==(const HeadSpec& o) const { return kind == o.kind && k == o.k && full_argmax == o.full_argmax; }
 };
 
 struct ProgramSpec {
@@ -101,7 +118,11 @@ struct ProgramSpec {
   WeightPrecision precision = WeightPrecision::kF32;
   DType kv_dtype = DType::kF32;  // f32 or bf16
   MatmulMode matmul = MatmulMode::kAuto;
+  int64_t tiny_hidden = 0;   // HeadKind::kCandidates: the tiny model's hidden width
 };
+
+// The tiny model's params of a kCandidates program (after all other params), see 7. above.
+std::vector<WeightParam> TinyParamLayout(const ModelConfig& config, int64_t tiny_hidden);
 
 // kv_dtype[layers, C, kv_heads, head_dim]
 std::vector<int64_t> KvCacheDims(const ModelConfig& config, int64_t max_context);

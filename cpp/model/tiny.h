@@ -1,0 +1,141 @@
+// The tiny model of the cascade (stage 0, brief section 5.1): a two-layer projection from the
+// draft's input embedding of the last token to a candidate set C = TopK0(logits) of next tokens.
+//
+//   e      = the draft's input embedding of the last token, f32 [d]: exactly what the draft's
+//            first layer sees, i.e. the `model.embed_tokens.weight` row (as the draft program
+//            holds it: bf16-rounded for bf16 / int8 drafts, f32 for f32 drafts), times sqrt(d) for
+//            Gemma-family drafts (the scaling the draft itself applies). TinyInputEmbeddings()
+//            computes these rows on the host.
+//   z      = W1 e + b1                                   W1: [hidden, d], b1: [hidden]
+//   h      = ReLU(LayerNorm(z) * ln_w + ln_b)            LayerNorm over hidden, eps 1e-5 (biased var)
+//   logits = W2 h + b2                                   W2: [vocab, hidden], b2: [vocab]
+//   C      = the K0 largest logits (ties: lowest id first, as chlo.top_k)
+//
+// Since the input is a function of the last token only, so is C: the tiny is a learned map
+// token -> K0 candidates. It is fused into the draft's step (HeadKind::kCandidates in
+// model/programs.h): the draft then computes its logits only for those K0 candidates.
+//
+// File format (safetensors, little-endian F32, canonical [out, in] layout like nn.Linear):
+//   proj_in.weight  [hidden, input_dim]     proj_in.bias  [hidden]
+//   norm.weight     [hidden]                norm.bias     [hidden]
+//   proj_out.weight [vocab, hidden]         proj_out.bias [vocab]
+//   __metadata__ (all strings): format = "cascade-xla-tiny", version = "1", input_dim, hidden,
+//   vocab (decimal), input = "draft_input_embedding" (e as defined above), layer_norm_eps = "1e-05",
+//   and optional provenance: draft (the draft it was fitted for, e.g. its file and layer count),
+//   draft_family ("llama" | "gemma"), fit (how it was made, e.g. "closed_form_ridge").
+// F16 / BF16 tensors are accepted on load (converted to f32).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "model/programs.h"
+#include "model/weights.h"
+#include "pjrt/dtype.h"
+
+namespace cascade {
+
+class DecoderModel;
+
+constexpr double kTinyLayerNormEps = 1e-5;
+constexpr int64_t kTinyDefaultHidden = 256;
+
+struct TinyWeights {
+  int64_t input_dim = 0, hidden = 0, vocab = 0;
+  HostTensor w1, b1, ln_w, ln_b, w2, b2;  // f32, shapes as in the file format above
+  // Free-form provenance written to / read from __metadata__ (draft, draft_family, fit, ...);
+  // the format keys (format, version, input_dim, hidden, vocab, input, layer_norm_eps) are not
+  // kept here.
+  std::map<std::string, std::string> metadata;
+
+  int64_t byte_size() const;  // f32 bytes of the six tensors
+};
+
+// Throws InvalidArgumentError unless every tensor is f32 with the shape the sizes imply.
+void ValidateTiny(const TinyWeights& tiny);
+// Throws InvalidArgumentError (naming both sizes) unless input_dim == hidden_size and
+// vocab == vocab_size of the draft.
+void CheckTinyFitsDraft(const TinyWeights& tiny, const ModelConfig& draft);
+
+// Loads a tiny file. Errors: ModelFormatError naming the file and the tensor / metadata field
+// (missing tensor, wrong rank or shape, unsupported dtype, sizes that disagree with the
+// metadata, wrong format). With `draft`, also a ModelFormatError when the tiny's input_dim or
+// vocab differs from the draft's hidden_size / vocab_size.
+TinyWeights LoadTiny(const std::string& path, const ModelConfig* draft = nullptr);
+// Writes a tiny file (atomically: a temporary file renamed into place). Throws
+// InvalidArgumentError on inconsistent weights, Error(kModelFormat) on I/O failure.
+void SaveTiny(const TinyWeights& tiny, const std::string& path);
+
+// Random weights (for tests): W1, W2 ~ N(0, 1/fan_in) * scale, biases small, ln_w ~ 1.
+TinyWeights RandomTiny(int64_t input_dim, int64_t hidden, int64_t vocab, uint32_t seed, float scale = 1.0f);
+
+// The tiny's input rows e for every token of the draft, f32 [vocab, d], as defined above (bf16
+// rounding when `precision` is not kF32, sqrt(d) scaling for Gemma).
+HostTensor TinyInputEmbeddings(const ModelWeights& draft, WeightPrecision precision);
+
+// Host reference forward: the tiny's logits for one input row e [input_dim] (double accumulation).
+std::vector<float> TinyLogits(const TinyWeights& tiny, const float* e);
+// The features h [hidden] for one input row.
+std::vector<double> TinyFeatures(const TinyWeights& tiny, const float* e);
+// The K largest of `logits` (descending, lowest id first on ties).
+std::vector<int32_t> TopKIds(const float* logits, int64_t count, int64_t k);
+
+// The six tensors as the decoder program takes them (TinyParamLayout order): W1^T [d, hidden],
+// b1, ln_w, ln_b, W2^T [hidden, vocab], b2, all f32.
+std::vector<HostTensor> PrepareTinyParams(const TinyWeights& tiny);
+
+// ---- closed-form fit (until a trained tiny exists) ----
+//
+// 1. Data: the draft generates its own text: from `sequences` random seed tokens it samples
+//    (at `temperature`; 0 = greedy) one token at a time, `positions` steps in all, each sequence
+//    at most `sequence_length` tokens (and the draft's cache). Each step gives a pair (input
+//    token x, the draft's next-token logits y [vocab]).
+// 2. W1, b1: `projection`: kPca = the leading principal directions of the input rows e (the
+//    covariance of up to 4,096 rows sampled uniformly from the vocabulary; Jacobi eigensolver),
+//    each scaled to unit variance, then random Gaussian rows for hidden > d; kRandom = Gaussian
+//    rows scaled to unit total variance. b1 = -W1 mean(e) (centred). LayerNorm weight 1, bias 0.
+// 3. W2, b2: ridge regression of the centred logits (each y minus its own mean over the
+//    vocabulary: logits are shift invariant) on the features h, with an unpenalised intercept:
+//    W2^T = (Hc^T Hc + lambda I)^-1 Hc^T Yc, b2 = mean(y) - W2 mean(h), lambda = ridge *
+//    trace(Hc^T Hc) / hidden; the hidden x hidden system is solved by Cholesky in double. The
+//    sums are accumulated as the positions stream by, grouped by input token (h depends on the
+//    token only): host memory ~ distinct input tokens x vocab x 4 bytes, not positions x vocab.
+// 4. Evaluation: the last `holdout` share of the positions (whole sequences, generated after
+//    the training ones) are not used for fitting; gamma0(K0) = share of those steps whose draft
+//    argmax is among the tiny's top-K0.
+struct TinyFitOptions {
+  enum class Projection { kPca, kRandom };
+  int64_t hidden = kTinyDefaultHidden;
+  int64_t positions = 3000;
+  int64_t sequence_length = 256;
+  double temperature = 1.0;
+  double ridge = 1e-3;
+  double holdout = 0.2;
+  Projection projection = Projection::kPca;
+  std::vector<int64_t> eval_k = {8, 64, 256};  // values > vocab are skipped
+  uint64_t seed = 1;
+  std::string draft_name;  // provenance written into metadata["draft"]
+};
+
+struct TinyFitReport {
+  int64_t train_positions = 0, heldout_positions = 0;
+  int64_t distinct_train_tokens = 0;
+  std::vector<std::pair<int64_t, double>> gamma0;        // (K0, held-out coverage)
+  std::vector<std::pair<int64_t, double>> train_gamma0;  // (K0, coverage on the training steps)
+  double generate_ms = 0, projection_ms = 0, accumulate_ms = 0, solve_ms = 0, eval_ms = 0;
+  double total_ms() const { return generate_ms + projection_ms + accumulate_ms + solve_ms + eval_ms; }
+};
+
+// `draft` must be a DecoderModel of `draft_weights` (its cache is overwritten). Throws
+// InvalidArgumentError on bad options.
+TinyWeights FitTinyClosedForm(DecoderModel& draft, const ModelWeights& draft_weights, const TinyFitOptions& options = {},
+                              TinyFitReport* report = nullptr);
+
+// gamma0 on given steps: share of `inputs[i]` whose `draft_argmax[i]` is in the tiny's top-k.
+double TinyCoverage(const TinyWeights& tiny, const HostTensor& input_embeddings, const std::vector<int32_t>& inputs,
+                    const std::vector<int32_t>& draft_argmax, int64_t k);
+
+}  // namespace cascade
