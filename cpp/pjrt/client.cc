@@ -65,6 +65,7 @@ std::shared_ptr<Client> Client::Create(std::shared_ptr<const Api> api, const Cli
   args.num_options = values.size();
   CASCADE_PJRT_CALL(*api, Client_Create, &args);
   std::shared_ptr<Client> client(new Client(api, args.client));
+  client->compile_cache_ = options.compile_cache;
 
   PJRT_Client_PlatformName_Args name{};
   name.struct_size = PJRT_Client_PlatformName_Args_STRUCT_SIZE;
@@ -211,23 +212,7 @@ std::shared_ptr<LoadedExecutable> Client::Compile(const std::string& stablehlo, 
   std::optional<ProgramSignature> signature = ParseMainSignature(stablehlo);
 
   const std::string compile_options = EncodeCompileOptions(options.replicas, 1);
-  static const char kFormat[] = "mlir";
-  std::string code = stablehlo;
-  PJRT_Program program{};
-  program.struct_size = PJRT_Program_STRUCT_SIZE;
-  program.code = code.data();
-  program.code_size = code.size();
-  program.format = kFormat;
-  program.format_size = sizeof(kFormat) - 1;
-
-  PJRT_Client_Compile_Args args{};
-  args.struct_size = PJRT_Client_Compile_Args_STRUCT_SIZE;
-  args.client = client_;
-  args.program = &program;
-  args.compile_options = compile_options.data();
-  args.compile_options_size = compile_options.size();
-  CASCADE_PJRT_CALL(*api_, Client_Compile, &args);
-  auto exe = std::make_shared<LoadedExecutable>(shared_from_this(), args.executable,
+  auto exe = std::make_shared<LoadedExecutable>(shared_from_this(), CompileOrLoad(stablehlo, compile_options),
                                                 signature ? *signature : ProgramSignature{}, options.replicas);
   if (!signature)
     throw InvalidArgumentError("compile: the program compiled but has no func.func @main whose signature "
@@ -236,6 +221,70 @@ std::shared_ptr<LoadedExecutable> Client::Compile(const std::string& stablehlo, 
     throw Error(ErrorKind::kInternal, "compile: @main declares " + std::to_string(signature->results.size()) +
                                           " results but the executable has " + std::to_string(exe->num_outputs()));
   return exe;
+}
+
+PJRT_LoadedExecutable* Client::CompileOrLoad(const std::string& stablehlo, const std::string& compile_options) {
+  const Api& api = *api_;
+  const bool cacheable = compile_cache_.enabled() && api.HasSlot(offsetof(PJRT_Api, PJRT_Executable_Serialize)) &&
+                         api.HasSlot(offsetof(PJRT_Api, PJRT_Executable_DeserializeAndLoad));
+  std::string key;
+  if (cacheable) {
+    key = CompileCache::Key(stablehlo, compile_options, api.path(), platform_version_, devices_.size());
+    if (auto payload = compile_cache_.Load(key)) {
+      PJRT_Executable_DeserializeAndLoad_Args load{};
+      load.struct_size = PJRT_Executable_DeserializeAndLoad_Args_STRUCT_SIZE;
+      load.client = client_;
+      load.serialized_executable = payload->data();
+      load.serialized_executable_size = payload->size();
+      try {
+        CASCADE_PJRT_CALL(api, Executable_DeserializeAndLoad, &load);
+        return load.loaded_executable;
+      } catch (const PjrtError&) {
+        compile_cache_.Remove(key);  // stale (e.g. another plugin build): compile afresh
+      }
+    }
+  }
+
+  static const char kFormat[] = "mlir";
+  std::string code = stablehlo;
+  PJRT_Program program{};
+  program.struct_size = PJRT_Program_STRUCT_SIZE;
+  program.code = code.data();
+  program.code_size = code.size();
+  program.format = kFormat;
+  program.format_size = sizeof(kFormat) - 1;
+  PJRT_Client_Compile_Args args{};
+  args.struct_size = PJRT_Client_Compile_Args_STRUCT_SIZE;
+  args.client = client_;
+  args.program = &program;
+  args.compile_options = compile_options.data();
+  args.compile_options_size = compile_options.size();
+  CASCADE_PJRT_CALL(api, Client_Compile, &args);
+
+  if (cacheable) {
+    PJRT_LoadedExecutable_GetExecutable_Args get{};
+    get.struct_size = PJRT_LoadedExecutable_GetExecutable_Args_STRUCT_SIZE;
+    get.loaded_executable = args.executable;
+    try {
+      CASCADE_PJRT_CALL(api, LoadedExecutable_GetExecutable, &get);
+      PJRT_Executable_Serialize_Args ser{};
+      ser.struct_size = PJRT_Executable_Serialize_Args_STRUCT_SIZE;
+      ser.executable = get.executable;
+      PJRT_Error* error = CASCADE_PJRT_FN(api, Executable_Serialize)(&ser);
+      if (!error) {
+        compile_cache_.Store(key, std::string(ser.serialized_bytes, ser.serialized_bytes_size));
+        if (ser.serialized_executable_deleter) ser.serialized_executable_deleter(ser.serialized_executable);
+      }
+      PJRT_Executable_Destroy_Args destroy{};
+      destroy.struct_size = PJRT_Executable_Destroy_Args_STRUCT_SIZE;
+      destroy.executable = get.executable;
+      api.raw()->PJRT_Executable_Destroy(&destroy);
+      api.Check(error, "PJRT_Executable_Serialize");
+    } catch (const PjrtError&) {
+      // Not serialisable on this plugin: the executable still works, it just is not cached.
+    }
+  }
+  return args.executable;
 }
 
 std::unique_ptr<Buffer> Client::ToDevice(const HostTensor& tensor, size_t device_index) {

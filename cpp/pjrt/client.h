@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "pjrt/api.h"
+#include "pjrt/compile_cache.h"
 #include "pjrt/dtype.h"
 #include "pjrt/program_signature.h"
 
@@ -46,6 +47,8 @@ struct ClientOptions {
   // For the XLA CPU plugin: the number of CPU devices ("cpu_device_count"). Unset: plugin default.
   // Other plugins reject unknown create options, so only set this for CPU plugins.
   std::optional<int64_t> cpu_device_count;
+  // Where compiled executables are kept between processes (see compile_cache.h).
+  CompileCache compile_cache = CompileCache::FromEnvironment();
 };
 
 struct CompileOptions {
@@ -144,8 +147,12 @@ class Client : public std::enable_shared_from_this<Client> {
   Client(std::shared_ptr<const Api> api, PJRT_Client* client);
   void ReadDevices();
 
+  // Compiles (or loads from the compile cache) and returns the raw executable.
+  PJRT_LoadedExecutable* CompileOrLoad(const std::string& stablehlo, const std::string& compile_options);
+
   std::shared_ptr<const Api> api_;
   PJRT_Client* client_;
+  CompileCache compile_cache_;
   std::string platform_name_;
   std::string platform_version_;
   std::vector<DeviceInfo> devices_;

@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "pjrt/api.h"
@@ -152,6 +154,43 @@ TEST(Buffer, RoundTripsEveryDtype) {
     EXPECT_EQ(back.dims, t.dims);
     EXPECT_EQ(back.data, t.data) << DTypeName(dtype);
   }
+}
+
+}  // namespace
+}  // namespace cascade
+
+namespace cascade {
+namespace {
+
+TEST(CompileCache, StoresLoadsAndSurvivesDamage) {
+  char tmpl[] = "/tmp/cascade-xla-cache-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  ClientOptions options;
+  options.cpu_device_count = 1;
+  options.compile_cache = CompileCache(tmpl);
+  auto client = Client::Create(Api::Load(LocatePlugin("cpu")), options);
+  auto run = [&] {
+    auto exe = client->Compile(kAffine, {1});
+    auto out = exe->ExecuteHost({{F32({2, 3}, {1, 2, 3, 4, 5, 6}), F32({3, 2}, {1, 0, 0, 1, 1, 1}), F32({2}, {1, -1})}});
+    return out[0][0].data;
+  };
+  const auto first = run();
+  const std::string key = CompileCache::Key(kAffine, EncodeCompileOptions(1, 1), client->api().path(),
+                                            client->platform_version(), client->devices().size());
+  const std::string file = std::string(tmpl) + "/" + key + ".xlaexe";
+  ASSERT_TRUE(options.compile_cache.Load(key).has_value()) << "nothing cached at " << file;
+  EXPECT_EQ(run(), first) << "the cached executable computes the same";
+  // Damage the entry: it is rejected by its checksum (never reaches the plugin) and rebuilt.
+  {
+    FILE* f = std::fopen(file.c_str(), "r+b");
+    ASSERT_NE(f, nullptr);
+    std::fseek(f, 40, SEEK_SET);
+    std::fputc(0x5a, f);
+    std::fclose(f);
+  }
+  EXPECT_FALSE(options.compile_cache.Load(key).has_value());
+  EXPECT_EQ(run(), first);
+  EXPECT_TRUE(options.compile_cache.Load(key).has_value());
 }
 
 }  // namespace
