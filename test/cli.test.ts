@@ -8,8 +8,8 @@ const run = promisify(execFile);
 const cli = path.resolve(import.meta.dirname, '..', 'dist', 'cli', 'main.js');
 
 describe('cascade-xla CLI', () => {
-  it('demo runs a softmax on every device', async () => {
-    const { stdout } = await run(process.execPath, [cli, 'demo', '--devices', '2']);
+  it('selftest runs a softmax on every device', async () => {
+    const { stdout } = await run(process.execPath, [cli, 'selftest', '--devices', '2']);
     expect(stdout).toMatch(/^platform\s+cpu/m);
     const sums = [...stdout.matchAll(/device (\d)\s+softmax = \[([^\]]+)\]\s+sum ([\d.]+)/g)];
     expect(sums.map((m) => m[1])).toEqual(['0', '1']);
@@ -26,8 +26,20 @@ describe('cascade-xla CLI', () => {
     expect(info.plugin.apiVersion.major).toBe(0);
   });
 
+  it('run --json answers a question with the default model', async () => {
+    const { stdout } = await run(process.execPath, [cli, 'run', '--json', '--max-tokens', '12', '--max-context', '128', 'What is the capital of France?'], {
+      timeout: 600_000,
+      maxBuffer: 1 << 24,
+    });
+    const out = JSON.parse(stdout);
+    expect(out.text).toMatch(/Paris/);
+    expect(out.stats.generatedTokens).toBeGreaterThan(0);
+    expect(out.stats.tau).toBeGreaterThanOrEqual(1);
+    expect(out.info.target.layers).toBe(30);
+  }, 600_000);
+
   it('bad flags fail with a message and a non-zero exit', async () => {
-    const error = await run(process.execPath, [cli, 'demo', '--devices', 'zero']).catch((e: { code: number; stderr: string }) => e);
+    const error = await run(process.execPath, [cli, 'selftest', '--devices', 'zero']).catch((e: { code: number; stderr: string }) => e);
     expect((error as { code: number }).code).not.toBe(0);
     expect((error as { stderr: string }).stderr).toMatch(/--devices must be a positive integer/);
   });

@@ -246,6 +246,8 @@ export class Cascade {
   readonly info: ReturnType<NativeEngine['info']>;
   /** Totals over every generation so far. */
   readonly stats: CascadeStats = emptyStats();
+  /** Statistics of the most recent generation (also after a {@link stream}). */
+  lastStats: CascadeStats | undefined;
   #engine: NativeEngine | undefined;
   readonly #ownsRuntime: boolean;
   readonly #defaults: { k0?: number; k1?: number };
@@ -446,6 +448,7 @@ export class Cascade {
       }
       const stats: CascadeStats = { ...result!.stats, gamma0: null, stopReason: stopped ? 'stop_string' : result!.stats.stopReason };
       this.#accumulate(stats);
+      this.lastStats = stats;
       done({ text, tokens: stopped ? tokens : all, stats });
     } finally {
       signal?.removeEventListener('abort', onAbort);

@@ -8,9 +8,10 @@ import { Command } from 'commander';
 
 import { CascadeError } from '../errors.js';
 import { benchCommand } from './commands/bench.js';
-import { demoCommand } from './commands/demo.js';
 import { infoCommand } from './commands/info.js';
 import { pluginCommand } from './commands/plugin.js';
+import { runCommand } from './commands/run.js';
+import { selftestCommand } from './commands/selftest.js';
 
 const program = new Command()
   .name('cascade-xla')
@@ -21,7 +22,9 @@ const program = new Command()
   .showHelpAfterError('(run with --help for usage)')
   .configureHelp({ sortSubcommands: true });
 
-program.addCommand(demoCommand());
+program.addCommand(runCommand('demo'));
+program.addCommand(runCommand('run'));
+program.addCommand(selftestCommand());
 program.addCommand(infoCommand());
 program.addCommand(pluginCommand());
 program.addCommand(benchCommand());

@@ -20,11 +20,11 @@ func.func public @main(%x: tensor<1x8xf32>, %w: tensor<8x8xf32>) -> tensor<1x8xf
   return %p : tensor<1x8xf32>
 }`;
 
-export function demoCommand(): Command {
-  return new Command('demo')
+export function selftestCommand(): Command {
+  return new Command('selftest')
     .description(
-      'Open the PJRT runtime, print the platform, plugin and devices, and run a small softmax(x @ w) program on every device ' +
-        'with different inputs (the text-generation demo arrives with the model work).',
+      'Check a PJRT plugin: open the runtime, print the platform, plugin and devices, and run a small softmax(x @ w) ' +
+        'program on every device with different inputs.',
     )
     .addOption(pluginOption())
     .addOption(devicesOption().default(4))
