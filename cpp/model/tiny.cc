@@ -388,20 +388,44 @@ std::vector<HostTensor> PrepareTinyParams(const TinyWeights& t) {
   return out;
 }
 
+std::vector<int64_t> TinyRanks(const TinyWeights& t, const HostTensor& inputs_e, const std::vector<int32_t>& inputs,
+                               const std::vector<int32_t>& targets) {
+  if (inputs.size() != targets.size()) throw InvalidArgumentError("TinyRanks: inputs and targets differ in length");
+  // Logits in f32 as rows of W2^T (axpy over the vocabulary, skipping ReLU zeros): ~10x faster
+  // than TinyLogits' double dot products; ranks can differ from it only at f32 near-ties.
+  const int64_t H = t.hidden, V = t.vocab;
+  const HostTensor w2t = Transposed(t.w2);
+  auto logits_of = [&](int32_t token) {
+    const std::vector<double> h = TinyFeatures(t, inputs_e.as<float>() + static_cast<int64_t>(token) * t.input_dim);
+    std::vector<float> out(t.b2.as<float>(), t.b2.as<float>() + V);
+    for (int64_t a = 0; a < H; ++a) {
+      if (h[a] == 0) continue;
+      const float ha = static_cast<float>(h[a]);
+      const float* row = w2t.as<float>() + a * V;
+      for (int64_t v = 0; v < V; ++v) out[v] += ha * row[v];
+    }
+    return out;
+  };
+  std::unordered_map<int32_t, std::vector<float>> logits_cache;  // token -> tiny logits
+  std::vector<int64_t> ranks;
+  ranks.reserve(inputs.size());
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    auto it = logits_cache.find(inputs[i]);
+    if (it == logits_cache.end()) it = logits_cache.emplace(inputs[i], logits_of(inputs[i])).first;
+    const std::vector<float>& l = it->second;
+    const int32_t y = targets[i];
+    int64_t rank = 0;  // ids ranked before y: larger logits, or equal logits with lower ids
+    for (int64_t v = 0; v < t.vocab; ++v) rank += l[v] > l[y] || (l[v] == l[y] && v < y);
+    ranks.push_back(rank);
+  }
+  return ranks;
+}
+
 double TinyCoverage(const TinyWeights& t, const HostTensor& inputs_e, const std::vector<int32_t>& inputs,
                     const std::vector<int32_t>& draft_argmax, int64_t k) {
-  if (inputs.size() != draft_argmax.size()) throw InvalidArgumentError("TinyCoverage: inputs and argmax differ in length");
   if (inputs.empty()) return 0;
-  std::unordered_map<int32_t, std::vector<int32_t>> rank_cache;  // token -> top-k ids
   int64_t hit = 0;
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    auto it = rank_cache.find(inputs[i]);
-    if (it == rank_cache.end()) {
-      auto logits = TinyLogits(t, inputs_e.as<float>() + static_cast<int64_t>(inputs[i]) * t.input_dim);
-      it = rank_cache.emplace(inputs[i], TopKIds(logits.data(), t.vocab, k)).first;
-    }
-    hit += std::find(it->second.begin(), it->second.end(), draft_argmax[i]) != it->second.end();
-  }
+  for (int64_t r : TinyRanks(t, inputs_e, inputs, draft_argmax)) hit += r < k;
   return static_cast<double>(hit) / static_cast<double>(inputs.size());
 }
 
@@ -419,7 +443,10 @@ TinyWeights FitTinyClosedForm(DecoderModel& draft, const ModelWeights& dw, const
   if (!(o.ridge > 0)) throw InvalidArgumentError("tiny fit: ridge must be positive");
   if (!(o.temperature >= 0)) throw InvalidArgumentError("tiny fit: temperature must be >= 0");
   const int64_t V = c.vocab_size, d = c.hidden_size, H = o.hidden;
-  const int64_t seq_len = std::min<int64_t>(o.sequence_length, draft.max_context());
+  DecoderModel* text = o.text_model ? o.text_model : &draft;
+  if (text->config().vocab_size != V)
+    throw InvalidArgumentError("tiny fit: the text model's vocabulary differs from the draft's");
+  const int64_t seq_len = std::min({o.sequence_length, draft.max_context(), text->max_context()});
   const int64_t n_train = std::max<int64_t>(1, static_cast<int64_t>(std::llround(o.positions * (1 - o.holdout))));
   TinyFitReport rep;
   std::mt19937_64 rng(o.seed);
@@ -507,6 +534,10 @@ TinyWeights FitTinyClosedForm(DecoderModel& draft, const ModelWeights& dw, const
       ForwardResult r = draft.Forward({token}, pos, {HeadKind::kLogits, 0});
       const float* y = r.logits.data();
       const int32_t am = static_cast<int32_t>(std::max_element(y, y + V) - y);
+      ForwardResult text_r;
+      if (text != &draft) text_r = text->Forward({token}, pos, {HeadKind::kLogits, 0});
+      const float* ty = text != &draft ? text_r.logits.data() : y;
+      const int32_t text_am = static_cast<int32_t>(std::max_element(ty, ty + V) - ty);
       inputs.push_back(token);
       argmaxes.push_back(am);
       if (step < n_train) {
@@ -522,10 +553,10 @@ TinyWeights FitTinyClosedForm(DecoderModel& draft, const ModelWeights& dw, const
           sum_y[v] += yc;
         }
       }
-      int32_t next = am;
+      int32_t next = text_am;
       if (o.temperature > 0) {
         double z = 0;
-        for (int64_t v = 0; v < V; ++v) z += (probs[v] = std::exp((y[v] - y[am]) / o.temperature));
+        for (int64_t v = 0; v < V; ++v) z += (probs[v] = std::exp((ty[v] - ty[text_am]) / o.temperature));
         double u = uniform(rng) * z;
         next = static_cast<int32_t>(V - 1);
         for (int64_t v = 0; v < V; ++v)
@@ -612,10 +643,16 @@ TinyWeights FitTinyClosedForm(DecoderModel& draft, const ModelWeights& dw, const
   const std::vector<int32_t> train_in(inputs.begin(), inputs.begin() + n_train),
       train_am(argmaxes.begin(), argmaxes.begin() + n_train), held_in(inputs.begin() + n_train, inputs.end()),
       held_am(argmaxes.begin() + n_train, argmaxes.end());
+  const std::vector<int64_t> held_rank = TinyRanks(t, E, held_in, held_am), train_rank = TinyRanks(t, E, train_in, train_am);
+  auto share = [](const std::vector<int64_t>& ranks, int64_t k) {
+    int64_t hit = 0;
+    for (int64_t r : ranks) hit += r < k;
+    return ranks.empty() ? 0.0 : static_cast<double>(hit) / static_cast<double>(ranks.size());
+  };
   for (int64_t k : o.eval_k) {
     if (k < 1 || k > V) continue;
-    if (!held_in.empty()) rep.gamma0.push_back({k, TinyCoverage(t, E, held_in, held_am, k)});
-    rep.train_gamma0.push_back({k, TinyCoverage(t, E, train_in, train_am, k)});
+    if (!held_in.empty()) rep.gamma0.push_back({k, share(held_rank, k)});
+    rep.train_gamma0.push_back({k, share(train_rank, k)});
   }
   rep.eval_ms = MsSince(t0);
 

@@ -89,10 +89,11 @@ std::vector<HostTensor> PrepareTinyParams(const TinyWeights& tiny);
 
 // ---- closed-form fit (until a trained tiny exists) ----
 //
-// 1. Data: the draft generates its own text: from `sequences` random seed tokens it samples
-//    (at `temperature`; 0 = greedy) one token at a time, `positions` steps in all, each sequence
-//    at most `sequence_length` tokens (and the draft's cache). Each step gives a pair (input
-//    token x, the draft's next-token logits y [vocab]).
+// 1. Data: text the models generate themselves: from random seed tokens, the text model (the
+//    draft itself by default, or `text_model`, e.g. the target, whose text is what the cascade
+//    commits) samples at `temperature` (0 = greedy) one token at a time, `positions` steps in
+//    all, each sequence at most `sequence_length` tokens (and the caches). Each step gives a
+//    pair (input token x, the draft's next-token logits y [vocab]) on that text.
 // 2. W1, b1: `projection`: kPca = the leading principal directions of the input rows e (the
 //    covariance of up to 4,096 rows sampled uniformly from the vocabulary; Jacobi eigensolver),
 //    each scaled to unit variance, then random Gaussian rows for hidden > d; kRandom = Gaussian
@@ -118,6 +119,8 @@ struct TinyFitOptions {
   std::vector<int64_t> eval_k = {8, 64, 256};  // values > vocab are skipped
   uint64_t seed = 1;
   std::string draft_name;  // provenance written into metadata["draft"]
+  // Generates the text (same vocabulary; its cache is overwritten); nullptr: the draft.
+  DecoderModel* text_model = nullptr;
 };
 
 struct TinyFitReport {
@@ -134,6 +137,10 @@ struct TinyFitReport {
 TinyWeights FitTinyClosedForm(DecoderModel& draft, const ModelWeights& draft_weights, const TinyFitOptions& options = {},
                               TinyFitReport* report = nullptr);
 
+// The rank of targets[i] among the tiny's logits for inputs[i] (0 = its top candidate; ties
+// rank the lower id first, as TopKIds): targets[i] is among the top-k iff rank < k.
+std::vector<int64_t> TinyRanks(const TinyWeights& tiny, const HostTensor& input_embeddings,
+                               const std::vector<int32_t>& inputs, const std::vector<int32_t>& targets);
 // gamma0 on given steps: share of `inputs[i]` whose `draft_argmax[i]` is in the tiny's top-k.
 double TinyCoverage(const TinyWeights& tiny, const HostTensor& input_embeddings, const std::vector<int32_t>& inputs,
                     const std::vector<int32_t>& draft_argmax, int64_t k);

@@ -314,7 +314,8 @@ TEST(tiny_fit, ClosedFormCoversTheDraftsChoice) {
   std::printf("  fit: %lld distinct inputs, generate %.0f ms, projection %.0f ms, accumulate %.0f ms, solve %.0f ms\n",
               static_cast<long long>(rep.distinct_train_tokens), rep.generate_ms, rep.projection_ms,
               rep.accumulate_ms, rep.solve_ms);
-  // Measured (seed 41): K0=8 ~0.6, K0=24 ~0.85, K0=48 ~0.95; chance is K0/97.
+  // Measured (seed 41): held-out K0=1 0.67, K0=8..48 0.93 (train 0.98-1.0); chance is K0/97.
+  // The held-out misses are at input tokens the training text never had.
   EXPECT_GT(rep.gamma0[1].second, 3 * 8 / 97.0);
   EXPECT_GT(rep.gamma0[3].second, 0.75) << "K0 = vocab/2";
   for (size_t i = 1; i < rep.gamma0.size(); ++i) EXPECT_GE(rep.gamma0[i].second, rep.gamma0[i - 1].second);
