@@ -128,8 +128,55 @@ void CascadeEngine::TargetOnlyStep(Sequence& seq, const GenerateOptions& options
   seq.tokens.push_back(y);
 }
 
+void CascadeEngine::SetTiny(const TinyWeights& tiny) {
+  CheckTinyFitsDraft(tiny, draft_->config());
+  draft_->SetTiny(tiny);
+  has_tiny_ = true;
+}
+
+// Stage 0 + 1: the draft's next-token distribution at `position` (cascade: restricted to the
+// tiny's K0 candidates, computed in the same program), and a proposal drawn from it.
+int32_t CascadeEngine::DraftPropose(int32_t input, int64_t position, const GenerateOptions& options, bool cascade,
+                                    Rng& rng, GenerationStats& stats, Proposal& proposal) {
+  const size_t vocab = static_cast<size_t>(draft_->config().vocab_size);
+  const bool greedy = options.sampling.greedy();
+  ++stats.draft_calls;
+  if (!cascade) {
+    ForwardResult r = draft_->Forward({input}, position, HeadFor(options.sampling));
+    if (greedy) return r.argmax[0];
+    TokenDist q = Transform(r.logits.data(), vocab, options.sampling);
+    const int32_t x = q.Sample(rng);
+    proposal.q.push_back(options.broken_acceptance_for_testing ? RatioDist(r.logits.data(), vocab, options.sampling, true)
+                                                               : std::move(q));
+    return x;
+  }
+  const bool measure = options.coverage_every > 0 && draft_steps_++ % options.coverage_every == 0;
+  HeadSpec head{HeadKind::kCandidates, options.candidates};
+  head.full_argmax = measure;
+  ForwardResult r = draft_->Forward({input}, position, head);
+  const size_t k0 = static_cast<size_t>(options.candidates);
+  if (measure) {
+    ++stats.coverage_samples;
+    if (std::find(r.candidate_ids.begin(), r.candidate_ids.end(), r.full_argmax[0]) != r.candidate_ids.end())
+      ++stats.coverage_hits;
+  }
+  if (greedy) return r.argmax[0];  // the best candidate
+  // q~: the user's transform of the draft's logits over the candidates, zero elsewhere.
+  TokenDist q = Transform(r.candidate_logits.data(), k0, options.sampling, r.candidate_ids.data());
+  const int32_t x = q.Sample(rng);
+  if (options.broken_acceptance_for_testing) {
+    // Negative control: the draft's unrestricted softmax in the ratio (biased; see brief 5.4).
+    ForwardResult full = draft_->Forward({input}, position, {HeadKind::kLogits, 0});
+    proposal.q.push_back(RatioDist(full.logits.data(), vocab, options.sampling, true));
+  } else {
+    proposal.q.push_back(std::move(q));
+  }
+  return x;
+}
+
 // Draft -> target: propose L tokens with the draft, verify them in one target call, accept.
-void CascadeEngine::SpeculativeStep(Sequence& seq, const GenerateOptions& options, Rng& rng, GenerationStats& stats) {
+void CascadeEngine::SpeculativeStep(Sequence& seq, const GenerateOptions& options, bool cascade, Rng& rng,
+                                    GenerationStats& stats) {
   const int64_t n = static_cast<int64_t>(seq.tokens.size());
   const size_t vocab = static_cast<size_t>(target_->config().vocab_size);
   const bool greedy = options.sampling.greedy();
@@ -137,25 +184,14 @@ void CascadeEngine::SpeculativeStep(Sequence& seq, const GenerateOptions& option
   const int64_t L = std::min<int64_t>(options.proposal_length, options_.max_context - n);
   if (L < 1) return TargetOnlyStep(seq, options, rng, stats);
 
-  // 1. Propose: L draft steps from the last committed token.
+  // 1. Propose: L draft steps (each with the tiny's candidates in cascade mode) from the last
+  //    committed token.
   Proposal proposal;
-  std::vector<int32_t> draft_argmax;
   {
     StageTimer t(stats.times.draft_ms);
     int32_t input = seq.tokens.back();
     for (int64_t j = 0; j < L; ++j) {
-      ForwardResult r = draft_->Forward({input}, n - 1 + j, HeadFor(options.sampling));
-      ++stats.draft_calls;
-      int32_t x;
-      if (greedy) {
-        x = r.argmax[0];
-      } else {
-        TokenDist q = Transform(r.logits.data(), vocab, options.sampling);
-        x = q.Sample(rng);
-        proposal.q.push_back(options.broken_acceptance_for_testing
-                                 ? RatioDist(r.logits.data(), vocab, options.sampling, true)
-                                 : std::move(q));
-      }
+      const int32_t x = DraftPropose(input, n - 1 + j, options, cascade, rng, stats, proposal);
       proposal.tokens.push_back(x);
       input = x;
     }
@@ -236,8 +272,15 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
   for (int32_t t : prompt)
     if (t < 0 || t >= vocab) throw InvalidArgumentError("prompt token id " + std::to_string(t) + " is outside the vocabulary");
   DecodeMode mode = options.mode;
-  if (mode == DecodeMode::kCascade || mode == DecodeMode::kAuto)
-    throw InvalidArgumentError(std::string("mode '") + DecodeModeName(mode) + "' is not available yet");
+  if (mode == DecodeMode::kAuto) throw InvalidArgumentError("mode 'auto' is not available yet");
+  if (mode == DecodeMode::kCascade) {
+    if (!has_tiny_) throw InvalidArgumentError("mode 'cascade' needs a tiny model (load one, or fit one from the draft)");
+    if (options.candidates < 1 || options.candidates > vocab)
+      throw InvalidArgumentError("k0 must be in 1.." + std::to_string(vocab) + ", got " + std::to_string(options.candidates));
+    if (options.proposal_length > options.candidates)
+      throw InvalidArgumentError("k1 (" + std::to_string(options.proposal_length) + ") must not exceed k0 (" +
+                                 std::to_string(options.candidates) + ")");
+  }
 
   const auto start = Clock::now();
   GenerateResult result;
@@ -271,7 +314,7 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
         StageTimer t(generated == 0 ? stats.times.prefill_ms : stats.times.draft_ms);
         CatchUp(*draft_, seq.draft_valid, seq.tokens, n - 1);
       }
-      SpeculativeStep(seq, options, rng, stats);
+      SpeculativeStep(seq, options, mode == DecodeMode::kCascade, rng, stats);
     }
     // Deliver the new tokens, cut at max_tokens and after a stop token.
     std::vector<int32_t> fresh(seq.tokens.begin() + before, seq.tokens.end());

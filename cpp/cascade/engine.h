@@ -12,9 +12,11 @@
 #include <string>
 #include <vector>
 
+#include "cascade/acceptance.h"
 #include "cascade/distribution.h"
 #include "cascade/random.h"
 #include "model/decoder.h"
+#include "model/tiny.h"
 #include "model/weights.h"
 #include "pjrt/client.h"
 
@@ -40,6 +42,10 @@ struct GenerateOptions {
   int64_t max_tokens = 64;
   std::vector<int32_t> stop_tokens;  // e.g. EOS ids: generation ends after emitting one
   int64_t proposal_length = 4;       // L (the seed's K1): draft tokens per target call
+  int64_t candidates = 64;           // K0: the tiny's candidates per draft step (cascade mode)
+  // Cascade mode: measure gamma0 (the draft's own argmax among the candidates) on one draft
+  // step in `coverage_every` (that step also runs the full head). 0 turns it off.
+  int64_t coverage_every = 8;
   // Called with each batch of newly committed tokens; return false to stop (abort, stop strings).
   std::function<bool(const std::vector<int32_t>&)> on_tokens;
   // Testing only: use the draft's distribution without the sampling transform in the acceptance
@@ -63,6 +69,8 @@ struct GenerationStats {
   int64_t proposed = 0;        // draft tokens proposed
   int64_t attempted = 0;       // proposals the target examined (position j only if 1..j-1 accepted)
   int64_t accepted = 0;
+  int64_t coverage_samples = 0;  // draft steps where gamma0 was measured
+  int64_t coverage_hits = 0;     // ... whose unrestricted draft argmax was among the candidates
   std::vector<int64_t> position_attempted;  // per proposal position j
   std::vector<int64_t> position_accepted;
   StageTimes times;
@@ -72,6 +80,8 @@ struct GenerationStats {
   double tau() const { return target_calls ? static_cast<double>(generated_tokens) / target_calls : 0; }
   double gamma21() const { return attempted ? static_cast<double>(accepted) / attempted : 0; }
   double gamma_total() const { return proposed ? static_cast<double>(accepted) / proposed : 0; }
+  // -1 when not measured (no cascade steps).
+  double gamma0() const { return coverage_samples ? static_cast<double>(coverage_hits) / coverage_samples : -1; }
   double tokens_per_second() const {
     const double ms = total_ms - times.prefill_ms;
     return ms > 0 ? generated_tokens * 1000.0 / ms : 0;
@@ -94,6 +104,10 @@ class CascadeEngine {
   // The target's logits after each of `tokens` ([T * vocab], f32), from an empty context.
   std::vector<float> TargetLogits(const std::vector<int32_t>& tokens);
 
+  // Installs the tiny model (stage 0) on the draft: enables DecodeMode::kCascade.
+  void SetTiny(const TinyWeights& tiny);
+  bool has_tiny() const { return has_tiny_; }
+
   const ModelConfig& target_config() const { return target_->config(); }
   const ModelConfig& draft_config() const { return draft_->config(); }
   DecoderModel& target() { return *target_; }
@@ -104,12 +118,18 @@ class CascadeEngine {
 
   void CatchUp(DecoderModel& model, int64_t& valid, const std::vector<int32_t>& tokens, int64_t upto);
   void TargetOnlyStep(Sequence& seq, const GenerateOptions& options, Rng& rng, GenerationStats& stats);
-  void SpeculativeStep(Sequence& seq, const GenerateOptions& options, Rng& rng, GenerationStats& stats);
+  // Draft -> target (cascade: tiny -> draft -> target when `cascade`).
+  void SpeculativeStep(Sequence& seq, const GenerateOptions& options, bool cascade, Rng& rng, GenerationStats& stats);
+  // One draft step at `position` from `input`: the proposal and the distribution it was drawn from.
+  int32_t DraftPropose(int32_t input, int64_t position, const GenerateOptions& options, bool cascade, Rng& rng,
+                       GenerationStats& stats, Proposal& proposal);
 
   std::shared_ptr<Client> client_;
   EngineOptions options_;
   std::unique_ptr<DecoderModel> target_;
   std::unique_ptr<DecoderModel> draft_;
+  bool has_tiny_ = false;
+  int64_t draft_steps_ = 0;  // for spacing the gamma0 samples
 };
 
 // The first `layers` layers of `model` with its final norm and head: a self-speculative draft.
