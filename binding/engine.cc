@@ -10,6 +10,7 @@
 #include "cascade/engine.h"
 #include "marshal.h"
 #include "model/loader.h"
+#include "model/tiny.h"
 #include "promise_worker.h"
 #include "runtime.h"
 
@@ -78,6 +79,8 @@ Napi::Object StatsToJs(Napi::Env env, const GenerationStats& s) {
   o.Set("tau", s.tau());
   o.Set("gamma21", s.gamma21());
   o.Set("gammaTotal", s.gamma_total());
+  if (s.gamma0() >= 0) o.Set("gamma0", s.gamma0());
+  else o.Set("gamma0", env.Null());
   o.Set("tokensPerSecond", s.tokens_per_second());
   o.Set("stopReason", s.stop_reason);
   return o;
@@ -112,6 +115,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
     o.Set("targetPrecision", WeightPrecisionName(engine->target().options().precision));
     o.Set("draftPrecision", WeightPrecisionName(engine->draft().options().precision));
     o.Set("maxContext", static_cast<double>(engine->target().max_context()));
+    o.Set("hasTiny", engine->has_tiny());
     return o;
   }
 
@@ -141,6 +145,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       options->seed = static_cast<uint64_t>(NumberFromJs(o, "seed", 0));
       options->max_tokens = static_cast<int64_t>(NumberFromJs(o, "maxTokens", 64));
       options->proposal_length = static_cast<int64_t>(NumberFromJs(o, "proposalLength", 4));
+      options->candidates = static_cast<int64_t>(NumberFromJs(o, "candidates", 64));
       options->broken_acceptance_for_testing = o.Get("brokenAcceptanceForTesting").ToBoolean();
       Napi::Value stops = o.Get("stopTokens");
       if (stops.IsTypedArray()) {
@@ -253,12 +258,16 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
     throw ToJsError(env, InvalidArgumentError("loadEngine(client, options)"));
   std::shared_ptr<Client> client = ClientFromJs(env, info[0]);
   Napi::Object o = info[1].As<Napi::Object>();
-  std::string target, draft;
+  std::string target, draft, tiny, tiny_cache;
+  bool fit_tiny = false;
   EngineOptions options;
   try {
     if (!o.Get("target").IsString()) throw InvalidArgumentError("target must be a model file path");
     target = o.Get("target").As<Napi::String>().Utf8Value();
     if (o.Get("draft").IsString()) draft = o.Get("draft").As<Napi::String>().Utf8Value();
+    if (o.Get("tiny").IsString()) tiny = o.Get("tiny").As<Napi::String>().Utf8Value();
+    fit_tiny = o.Get("fitTiny").ToBoolean();
+    if (o.Get("tinyCachePath").IsString()) tiny_cache = o.Get("tinyCachePath").As<Napi::String>().Utf8Value();
     options.target_precision = PrecisionFromJs(o, "targetPrecision", options.target_precision);
     options.draft_precision = PrecisionFromJs(o, "draftPrecision", options.draft_precision);
     options.max_context = static_cast<int64_t>(NumberFromJs(o, "maxContext", static_cast<double>(options.max_context)));
@@ -270,11 +279,32 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
   auto engine = std::make_shared<std::shared_ptr<CascadeEngine>>();
   return PromiseWorker::Start(
       env, "cascade.load",
-      [client, target, draft, options, engine] {
+      [client, target, draft, tiny, fit_tiny, tiny_cache, options, engine] {
         ModelWeights t = LoadModel(target);
         std::optional<ModelWeights> d;
         if (!draft.empty()) d = LoadModel(draft);
-        *engine = std::make_shared<CascadeEngine>(client, t, d, options);
+        auto e = std::make_shared<CascadeEngine>(client, t, d, options);
+        if (!tiny.empty()) {
+          e->SetTiny(LoadTiny(tiny, &e->draft_config()));
+        } else if (fit_tiny) {
+          // A closed-form tiny fitted on the draft's own text (model/tiny.h), cached on disk.
+          std::optional<TinyWeights> cached;
+          if (!tiny_cache.empty()) {
+            try {
+              cached = LoadTiny(tiny_cache, &e->draft_config());
+            } catch (const Error&) {
+            }
+          }
+          if (!cached) {
+            const ModelWeights draft_weights = d ? *d : TruncateLayers(t, e->draft_config().num_layers);
+            TinyFitOptions fit;
+            fit.draft_name = draft_weights.source;
+            cached = FitTinyClosedForm(e->draft(), draft_weights, fit);
+            if (!tiny_cache.empty()) SaveTiny(*cached, tiny_cache);
+          }
+          e->SetTiny(*cached);
+        }
+        *engine = std::move(e);
       },
       [engine](Napi::Env env) -> Napi::Value {
         Napi::Object obj = g_engine_ctor->New({});

@@ -4,7 +4,7 @@
  * target's: identical tokens at temperature 0, the same distribution when sampling.
  * @module
  */
-import { access } from 'node:fs/promises';
+import { access, mkdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 
 import { DisposedError, InvalidArgumentError } from '../errors.js';
@@ -12,6 +12,7 @@ import { call, callSync, native } from '../native.js';
 import { Runtime } from '../runtime/runtime.js';
 import { Tokenizer, type ChatMessage } from '../tokenizer/index.js';
 import { abortReason, throwIfAborted } from '../utils/abort.js';
+import { cachePath } from '../utils/cache.js';
 
 /** Weight precision of a model on the device. */
 export type Precision = 'f32' | 'bf16' | 'int8';
@@ -25,7 +26,11 @@ export interface CascadeLoadOptions {
   target: string;
   /** A draft model with the same vocabulary. Default: the target's first layers (self-speculative). */
   draft?: string;
-  /** A tiny projection model (safetensors) for `mode: 'cascade'`. */
+  /**
+   * The tiny projection model for `mode: 'cascade'`: a `.safetensors` file in the cascade-xla tiny
+   * format (see `cascade-xla distill`), or `'fit'` to fit one from the draft in closed form on
+   * text the draft generates (about a minute for SmolLM2; cached under the cache directory).
+   */
   tiny?: string;
   /** PJRT plugin, as in {@link Runtime.open}. Ignored when `runtime` is given. */
   plugin?: string;
@@ -62,7 +67,7 @@ export interface GenerateOptions {
   topP?: number;
   /** Seed of the sampler: the same seed gives the same output. */
   seed?: number;
-  /** Default `'speculative'`. `'cascade'` and `'auto'` need the tiny model and the cost model (in progress). */
+  /** Default `'speculative'`; `'cascade'` needs a tiny model (`Cascade.load({ tiny })`); `'auto'` is in progress. */
   mode?: DecodeMode;
   /** Tiny candidates per draft step (K0). */
   k0?: number;
@@ -125,7 +130,7 @@ export interface StreamPiece {
   tokens: number[];
 }
 
-interface NativeStats extends Omit<CascadeStats, 'gamma0'> {}
+type NativeStats = CascadeStats;
 interface NativeEngine {
   info(): {
     target: ModelInfo;
@@ -135,6 +140,7 @@ interface NativeEngine {
     targetPrecision: Precision;
     draftPrecision: Precision;
     maxContext: number;
+    hasTiny: boolean;
   };
   generate(prompt: Int32Array, options: object, onTokens?: (ids: Int32Array) => void): Promise<{ tokens: Int32Array; stats: NativeStats }>;
   evaluate(tokens: Int32Array): Promise<Float32Array>;
@@ -210,6 +216,16 @@ function emptyStats(): CascadeStats {
   };
 }
 
+/** Where a fitted tiny for this target/draft is cached. */
+async function tinyCachePath(target: string, draft: string | undefined, draftLayers: number | undefined, precision: string): Promise<string> {
+  const source = draft ?? target;
+  const st = await stat(source).catch(() => undefined);
+  const name = `${path.basename(source).replace(/[^A-Za-z0-9._-]/g, '_')}-${st?.size ?? 0}-${draft ? 'draft' : `L${draftLayers ?? 'auto'}`}-${precision}.safetensors`;
+  const dir = cachePath('tiny');
+  await mkdir(dir, { recursive: true });
+  return path.join(dir, name);
+}
+
 async function findTokenizer(target: string): Promise<Tokenizer> {
   if (target.toLowerCase().endsWith('.gguf')) return Tokenizer.fromGguf(target);
   const dir = target.endsWith('.json') || target.endsWith('.safetensors') ? path.dirname(target) : target;
@@ -274,8 +290,8 @@ export class Cascade {
     if (options.k0 !== undefined && options.k1 !== undefined && options.k1 > options.k0) {
       throw new InvalidArgumentError(`k1 (${options.k1}) must not exceed k0 (${options.k0})`);
     }
-    if (options.tiny !== undefined) {
-      throw new InvalidArgumentError('Cascade.load: tiny models are not supported yet (the cascade mode is in progress)');
+    if (options.tiny !== undefined && (typeof options.tiny !== 'string' || options.tiny === '')) {
+      throw new InvalidArgumentError("Cascade.load: tiny must be a .safetensors path or 'fit'");
     }
     throwIfAborted(options.signal);
     const tokenizer = await findTokenizer(options.target);
@@ -292,6 +308,9 @@ export class Cascade {
           draftPrecision: precision.draft ?? (cpu ? 'f32' : 'int8'),
           maxContext: options.maxContext ?? 1024,
           draftLayers: options.draftLayers,
+          ...(options.tiny === 'fit'
+            ? { fitTiny: true, tinyCachePath: await tinyCachePath(options.target, options.draft, options.draftLayers, precision.draft ?? (cpu ? 'f32' : 'int8')) }
+            : { tiny: options.tiny }),
         }),
       )) as NativeEngine;
       if (options.signal?.aborted) {
@@ -401,6 +420,7 @@ export class Cascade {
           seed: options.seed ?? 0,
           maxTokens: options.maxTokens ?? 128,
           proposalLength: options.k1 ?? this.#defaults.k1 ?? 4,
+          candidates: options.k0 ?? this.#defaults.k0 ?? 64,
           stopTokens: Int32Array.from(eos),
           brokenAcceptanceForTesting: options.brokenAcceptanceForTesting === true,
         },
@@ -446,7 +466,7 @@ export class Cascade {
         const piece = pending.shift()!;
         if (piece.text) yield piece;
       }
-      const stats: CascadeStats = { ...result!.stats, gamma0: null, stopReason: stopped ? 'stop_string' : result!.stats.stopReason };
+      const stats: CascadeStats = { ...result!.stats, stopReason: stopped ? 'stop_string' : result!.stats.stopReason };
       this.#accumulate(stats);
       this.lastStats = stats;
       done({ text, tokens: stopped ? tokens : all, stats });
