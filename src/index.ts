@@ -38,5 +38,8 @@ export {
   ModelFormatError,
   DownloadError,
 } from './errors.js';
+export { NativeAddonError } from './native.js';
 export { resolvePlugin, ensurePlugin, pluginCacheInfo } from './plugin/index.js';
+export { ensureDefaultModel, defaultModelPath, DEFAULT_MODEL, ModelNotFoundError } from './models/default-model.js';
+export type { EnsureModelOptions, EnsuredModel, DefaultModelSpec } from './models/default-model.js';
 export type { PluginKind, ResolvedPlugin, ResolveOptions, EnsureOptions, CachedPlugin, PluginCacheInfo } from './plugin/index.js';

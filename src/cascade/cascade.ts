@@ -533,6 +533,7 @@ export class Cascade {
     if (this.#ownsRuntime) await this.runtime.close();
   }
 
+  /** Same as {@link dispose}, for `await using c = await Cascade.load(...)`. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.dispose();
   }

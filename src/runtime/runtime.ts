@@ -118,6 +118,7 @@ export class Executable {
     this.#onDispose(this);
   }
 
+  /** Same as {@link dispose}, for `using exe = await rt.compile(...)`. */
   [Symbol.dispose](): void {
     this.dispose();
   }
@@ -267,6 +268,7 @@ export class Runtime {
     client.close();
   }
 
+  /** Same as {@link close}, for `await using rt = await Runtime.open()`. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
