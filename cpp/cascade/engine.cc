@@ -117,9 +117,13 @@ void CascadeEngine::TargetOnlyStep(Sequence& seq, const GenerateOptions& options
   const int64_t n = static_cast<int64_t>(seq.tokens.size());
   ForwardResult r;
   {
-    StageTimer t(stats.times.target_ms);
+    const auto start = Clock::now();
     r = target_->Forward({seq.tokens.back()}, n - 1, HeadFor(options.sampling));
+    const double ms = MsSince(start);
+    stats.times.target_ms += ms;
+    cost_.ObserveDecode(ms);
   }
+  ++stats.steps_target;
   StageTimer host(stats.times.host_ms);
   ++stats.target_calls;
   seq.target_valid = n;
@@ -175,27 +179,30 @@ int32_t CascadeEngine::DraftPropose(int32_t input, int64_t position, const Gener
 }
 
 // Draft -> target: propose L tokens with the draft, verify them in one target call, accept.
-void CascadeEngine::SpeculativeStep(Sequence& seq, const GenerateOptions& options, bool cascade, Rng& rng,
-                                    GenerationStats& stats) {
+void CascadeEngine::SpeculativeStep(Sequence& seq, const GenerateOptions& options, bool cascade, int64_t length,
+                                    Rng& rng, GenerationStats& stats) {
   const int64_t n = static_cast<int64_t>(seq.tokens.size());
   const size_t vocab = static_cast<size_t>(target_->config().vocab_size);
   const bool greedy = options.sampling.greedy();
   // Room in the cache for the verify block [last, x_1..x_L].
-  const int64_t L = std::min<int64_t>(options.proposal_length, options_.max_context - n);
+  const int64_t L = std::min<int64_t>(length, options_.max_context - n);
   if (L < 1) return TargetOnlyStep(seq, options, rng, stats);
 
   // 1. Propose: L draft steps (each with the tiny's candidates in cascade mode) from the last
   //    committed token.
   Proposal proposal;
-  {
-    StageTimer t(stats.times.draft_ms);
-    int32_t input = seq.tokens.back();
-    for (int64_t j = 0; j < L; ++j) {
-      const int32_t x = DraftPropose(input, n - 1 + j, options, cascade, rng, stats, proposal);
-      proposal.tokens.push_back(x);
-      input = x;
-    }
+  int32_t input = seq.tokens.back();
+  for (int64_t j = 0; j < L; ++j) {
+    const auto start = Clock::now();
+    const int32_t x = DraftPropose(input, n - 1 + j, options, cascade, rng, stats, proposal);
+    const double ms = MsSince(start);
+    stats.times.draft_ms += ms;
+    cost_.ObserveDraftStep(cascade, ms);
+    proposal.tokens.push_back(x);
+    input = x;
   }
+  ++(cascade ? stats.steps_cascade : stats.steps_speculative);
+  stats.length_sum += L;
   seq.draft_valid = n - 1 + L;  // holds [last, x_1..x_{L-1}]
 
   // 2. Verify: one target call over [last, x_1..x_L] gives p_1..p_{L+1}.
@@ -203,8 +210,11 @@ void CascadeEngine::SpeculativeStep(Sequence& seq, const GenerateOptions& option
   block.insert(block.end(), proposal.tokens.begin(), proposal.tokens.end());
   ForwardResult v;
   {
-    StageTimer t(stats.times.target_ms);
+    const auto start = Clock::now();
     v = target_->Forward(block, n - 1, HeadFor(options.sampling));
+    const double ms = MsSince(start);
+    stats.times.target_ms += ms;
+    cost_.ObserveVerify(L + 1, ms);
   }
   ++stats.target_calls;
 
@@ -221,6 +231,7 @@ void CascadeEngine::SpeculativeStep(Sequence& seq, const GenerateOptions& option
   stats.proposed += L;
   const int64_t examined = std::min<int64_t>(static_cast<int64_t>(verdict.accepted) + 1, L);
   stats.attempted += examined;
+  cost_.ObserveAcceptance(cascade, examined, static_cast<int64_t>(verdict.accepted));
   stats.accepted += static_cast<int64_t>(verdict.accepted);
   if (static_cast<int64_t>(stats.position_attempted.size()) < L) {
     stats.position_attempted.resize(L, 0);
@@ -272,8 +283,7 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
   for (int32_t t : prompt)
     if (t < 0 || t >= vocab) throw InvalidArgumentError("prompt token id " + std::to_string(t) + " is outside the vocabulary");
   DecodeMode mode = options.mode;
-  if (mode == DecodeMode::kAuto) throw InvalidArgumentError("mode 'auto' is not available yet");
-  if (mode == DecodeMode::kCascade) {
+  if (mode == DecodeMode::kCascade || (mode == DecodeMode::kAuto && has_tiny_)) {
     if (!has_tiny_) throw InvalidArgumentError("mode 'cascade' needs a tiny model (load one, or fit one from the draft)");
     if (options.candidates < 1 || options.candidates > vocab)
       throw InvalidArgumentError("k0 must be in 1.." + std::to_string(vocab) + ", got " + std::to_string(options.candidates));
@@ -291,6 +301,10 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
   seq.tokens = prompt;
   seq.prompt_length = prompt.size();
 
+  std::vector<int64_t> lengths;
+  for (int64_t L : {1, 2, 3, 4, 6, 8, 12, 16})
+    if (L <= options.proposal_length) lengths.push_back(L);
+  uint64_t round = 0;
   while (true) {
     const int64_t generated = static_cast<int64_t>(seq.tokens.size() - seq.prompt_length);
     if (generated >= options.max_tokens) {
@@ -307,14 +321,27 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
       CatchUp(*target_, seq.target_valid, seq.tokens, n - 1);
     }
     const size_t before = seq.tokens.size();
-    if (mode == DecodeMode::kTarget) {
+    // What to run this round: the mode asked for, or (auto) what the cost model predicts fastest;
+    // the proposal length fixed, or (dynamic horizon) the predicted best.
+    StepKind kind = mode == DecodeMode::kTarget        ? StepKind::kTarget
+                    : mode == DecodeMode::kSpeculative ? StepKind::kSpeculative
+                                                       : StepKind::kCascade;
+    int64_t length = options.proposal_length;
+    if (mode == DecodeMode::kAuto) {
+      StepChoice choice = cost_.Choose(true, has_tiny_, lengths, round++);
+      kind = choice.kind;
+      length = options.dynamic_length ? choice.length : options.proposal_length;
+    } else if (options.dynamic_length && kind != StepKind::kTarget) {
+      length = cost_.BestLength(kind, lengths).length;
+    }
+    if (kind == StepKind::kTarget) {
       TargetOnlyStep(seq, options, rng, stats);
     } else {
       {
         StageTimer t(generated == 0 ? stats.times.prefill_ms : stats.times.draft_ms);
         CatchUp(*draft_, seq.draft_valid, seq.tokens, n - 1);
       }
-      SpeculativeStep(seq, options, mode == DecodeMode::kCascade, rng, stats);
+      SpeculativeStep(seq, options, kind == StepKind::kCascade, length, rng, stats);
     }
     // Deliver the new tokens, cut at max_tokens and after a stop token.
     std::vector<int32_t> fresh(seq.tokens.begin() + before, seq.tokens.end());
@@ -340,6 +367,18 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
   }
   stats.generated_tokens = static_cast<int64_t>(result.tokens.size());
   stats.total_ms = MsSince(start);
+  // Predicted vs measured speedup over target-only decoding (the seed's speedup prediction).
+  const int64_t spec_rounds = stats.steps_speculative + stats.steps_cascade;
+  const int64_t rounds = stats.steps_target + spec_rounds;
+  if (rounds > 0) {
+    const int64_t mean_length = spec_rounds ? std::max<int64_t>(1, stats.length_sum / spec_rounds) : 0;
+    stats.predicted_speedup = (stats.steps_target * 1.0 +
+                               stats.steps_speculative * cost_.PredictedSpeedup(StepKind::kSpeculative, mean_length) +
+                               stats.steps_cascade * cost_.PredictedSpeedup(StepKind::kCascade, mean_length)) /
+                              static_cast<double>(rounds);
+  }
+  if (cost_.decode_ms() > 0 && stats.tokens_per_second() > 0)
+    stats.measured_speedup = stats.tokens_per_second() / (1000.0 / cost_.decode_ms());
   return result;
 }
 

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cascade/acceptance.h"
+#include "cascade/cost_model.h"
 #include "cascade/distribution.h"
 #include "cascade/random.h"
 #include "model/decoder.h"
@@ -46,6 +47,9 @@ struct GenerateOptions {
   // Cascade mode: measure gamma0 (the draft's own argmax among the candidates) on one draft
   // step in `coverage_every` (that step also runs the full head). 0 turns it off.
   int64_t coverage_every = 8;
+  // Dynamic horizon (seed: future optimisation 1): pick L per step from the measured costs and
+  // acceptance, among 1, 2, 3, 4, 6, 8, 12, 16 up to proposal_length.
+  bool dynamic_length = false;
   // Called with each batch of newly committed tokens; return false to stop (abort, stop strings).
   std::function<bool(const std::vector<int32_t>&)> on_tokens;
   // Testing only: use the draft's distribution without the sampling transform in the acceptance
@@ -76,6 +80,10 @@ struct GenerationStats {
   StageTimes times;
   double total_ms = 0;
   std::string stop_reason;  // "max_tokens", "stop_token", "callback", "context"
+  int64_t steps_target = 0, steps_speculative = 0, steps_cascade = 0;  // rounds per kind (auto mode mixes them)
+  int64_t length_sum = 0;  // sum of L over speculative/cascade rounds
+  double predicted_speedup = 0;  // the cost model's prediction for the rounds run, vs target-only
+  double measured_speedup = -1;  // tokens/s of this run / the measured target-only rate (-1: no target decode measured yet)
 
   double tau() const { return target_calls ? static_cast<double>(generated_tokens) / target_calls : 0; }
   double gamma21() const { return attempted ? static_cast<double>(accepted) / attempted : 0; }
@@ -108,6 +116,7 @@ class CascadeEngine {
   void SetTiny(const TinyWeights& tiny);
   bool has_tiny() const { return has_tiny_; }
 
+  const CostModel& cost_model() const { return cost_; }
   const ModelConfig& target_config() const { return target_->config(); }
   const ModelConfig& draft_config() const { return draft_->config(); }
   DecoderModel& target() { return *target_; }
@@ -119,7 +128,8 @@ class CascadeEngine {
   void CatchUp(DecoderModel& model, int64_t& valid, const std::vector<int32_t>& tokens, int64_t upto);
   void TargetOnlyStep(Sequence& seq, const GenerateOptions& options, Rng& rng, GenerationStats& stats);
   // Draft -> target (cascade: tiny -> draft -> target when `cascade`).
-  void SpeculativeStep(Sequence& seq, const GenerateOptions& options, bool cascade, Rng& rng, GenerationStats& stats);
+  void SpeculativeStep(Sequence& seq, const GenerateOptions& options, bool cascade, int64_t length, Rng& rng,
+                       GenerationStats& stats);
   // One draft step at `position` from `input`: the proposal and the distribution it was drawn from.
   int32_t DraftPropose(int32_t input, int64_t position, const GenerateOptions& options, bool cascade, Rng& rng,
                        GenerationStats& stats, Proposal& proposal);
@@ -129,6 +139,7 @@ class CascadeEngine {
   std::unique_ptr<DecoderModel> target_;
   std::unique_ptr<DecoderModel> draft_;
   bool has_tiny_ = false;
+  CostModel cost_;  // learned over the engine's lifetime
   int64_t draft_steps_ = 0;  // for spacing the gamma0 samples
 };
 

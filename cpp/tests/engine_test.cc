@@ -3,6 +3,7 @@
 // distribution when sampling (with a negative control that must fail).
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 
 #include "cascade/chi_square.h"
@@ -24,11 +25,11 @@ std::shared_ptr<Client> Cpu() {
   return client;
 }
 
-EngineOptions Options(WeightPrecision target = WeightPrecision::kF32) {
+EngineOptions Options(WeightPrecision target = WeightPrecision::kF32, int64_t max_context = 128) {
   EngineOptions o;
   o.target_precision = target;
   o.draft_precision = WeightPrecision::kInt8;
-  o.max_context = 128;
+  o.max_context = max_context;
   o.draft_layers = 1;
   return o;
 }
@@ -94,6 +95,54 @@ TEST(Engine, CascadeGreedyIsIdenticalToTargetGreedyForEveryK0AndL) {
   EXPECT_THROW(no_tiny.Generate(prompt, g), InvalidArgumentError);
 }
 
+TEST(Engine, AutoModeAndDynamicHorizonKeepGreedyOutputIdentical) {
+  ModelConfig config = testing::SmallLlama(false, 300);
+  ModelWeights target = testing::SmallRandomModel(config, 14, 1.0f);
+  CascadeEngine engine(Cpu(), target, std::nullopt, Options());
+  engine.SetTiny(RandomTiny(config.hidden_size, 32, config.vocab_size, 6));
+  const std::vector<int32_t> prompt = {9, 8, 7, 6};
+  GenerateOptions g;
+  g.max_tokens = 64;
+  const auto reference = engine.Generate(prompt, g).tokens;
+  g.proposal_length = 8;
+  g.candidates = 64;
+  for (DecodeMode mode : {DecodeMode::kSpeculative, DecodeMode::kCascade, DecodeMode::kAuto}) {
+    g.mode = mode;
+    g.dynamic_length = true;
+    auto r = engine.Generate(prompt, g);
+    EXPECT_EQ(r.tokens, reference) << DecodeModeName(mode);
+    EXPECT_GT(r.stats.predicted_speedup, 0);
+    if (mode == DecodeMode::kAuto) {
+      // Auto explores every kind before settling.
+      EXPECT_GT(r.stats.steps_target, 0);
+      EXPECT_GT(r.stats.steps_speculative, 0);
+      EXPECT_GT(r.stats.steps_cascade, 0);
+    }
+    std::printf("  %s dynamic: rounds t/s/c %lld/%lld/%lld, mean L %.1f, predicted %.2fx, measured %.2fx\n",
+                DecodeModeName(mode), static_cast<long long>(r.stats.steps_target),
+                static_cast<long long>(r.stats.steps_speculative), static_cast<long long>(r.stats.steps_cascade),
+                r.stats.steps_speculative + r.stats.steps_cascade
+                    ? static_cast<double>(r.stats.length_sum) / (r.stats.steps_speculative + r.stats.steps_cascade)
+                    : 0.0,
+                r.stats.predicted_speedup, r.stats.measured_speedup);
+  }
+  // The cost model's pieces.
+  EXPECT_NEAR(CostModel::ExpectedTokens(0.0, 4), 1.0, 1e-12);
+  EXPECT_NEAR(CostModel::ExpectedTokens(0.5, 1), 1.5, 1e-12);
+  EXPECT_NEAR(CostModel::ExpectedTokens(0.9, 4), (1 - std::pow(0.9, 5)) / 0.1, 1e-9);
+  CostModel m;
+  m.ObserveDecode(10);
+  m.ObserveDraftStep(false, 1);
+  m.ObserveVerify(2, 12);
+  m.ObserveVerify(5, 15);
+  m.ObserveAcceptance(false, 4, 4);
+  EXPECT_NEAR(m.VerifyMs(4), 15, 1e-9);  // the line through (2, 12) and (5, 15)
+  EXPECT_GT(m.BestLength(StepKind::kSpeculative, {1, 2, 4, 8}).length, 1);  // high acceptance: long proposals pay
+  for (int i = 0; i < 20; ++i) m.ObserveAcceptance(false, 1, 0);
+  EXPECT_EQ(m.BestLength(StepKind::kSpeculative, {1, 2, 4, 8}).length, 1);
+  EXPECT_LT(m.PredictedSpeedup(StepKind::kSpeculative, 1), 1.0);  // no acceptance: slower than the target
+}
+
 TEST(Engine, StopTokensMaxTokensAndCallbacks) {
   ModelWeights target = testing::SmallRandomModel(testing::SmallLlama(false), 21, 1.0f);
   CascadeEngine engine(Cpu(), target, std::nullopt, Options());
@@ -150,17 +199,19 @@ constexpr int kSamples = 20000;
 
 TEST(Engine, SampledOutputFollowsTheTargetDistribution) {
   ModelWeights target = testing::SmallRandomModel(testing::SmallLlama(false, 24), 31, 1.0f);
-  CascadeEngine engine(Cpu(), target, std::nullopt, Options());
+  CascadeEngine engine(Cpu(), target, std::nullopt, Options(WeightPrecision::kF32, 8));  // short cache: cheap calls
   GenerateOptions g;
   g.sampling = {0.8, 12, 0.95};
   g.proposal_length = 3;
   // A tiny whose candidates often miss target mass: q~ differs a lot from the draft's full softmax.
   engine.SetTiny(RandomTiny(target.config.hidden_size, 16, target.config.vocab_size, 9));
   g.candidates = 6;
-  for (DecodeMode mode : {DecodeMode::kTarget, DecodeMode::kSpeculative, DecodeMode::kCascade}) {
+  for (DecodeMode mode : {DecodeMode::kTarget, DecodeMode::kSpeculative, DecodeMode::kCascade, DecodeMode::kAuto}) {
     g.mode = mode;
+    g.dynamic_length = mode == DecodeMode::kAuto;
     EXPECT_GT(FirstTwoTokens(engine, g, kSamples).p_value, 1e-3) << DecodeModeName(mode);
   }
+  g.dynamic_length = false;
   g.broken_acceptance_for_testing = true;  // fails by a wide margin (chi2 in the thousands)
   for (DecodeMode mode : {DecodeMode::kSpeculative, DecodeMode::kCascade}) {
     g.mode = mode;

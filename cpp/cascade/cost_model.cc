@@ -1,0 +1,133 @@
+#include "cascade/cost_model.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+
+namespace cascade {
+
+namespace {
+constexpr double kEmaWeight = 0.2;      // weight of a new sample once warmed up
+constexpr int64_t kExploreRounds = 2;   // auto mode: rounds of each kind before exploiting
+constexpr uint64_t kReexploreEvery = 16;  // auto mode: retry the other kinds now and then
+}  // namespace
+
+CostModel::CostModel() = default;
+
+void CostModel::Ema(double& value, int64_t& count, double sample) {
+  // Plain mean for the first samples (they include nothing special), EMA afterwards.
+  ++count;
+  const double w = std::max(kEmaWeight, 1.0 / static_cast<double>(count));
+  value += w * (sample - value);
+}
+
+void CostModel::ObserveDecode(double ms) { Ema(decode_ms_, decode_n_, ms); }
+
+void CostModel::ObserveVerify(int64_t tokens, double ms) {
+  const double x = static_cast<double>(tokens);
+  sx_ += x;
+  sy_ += ms;
+  sxx_ += x * x;
+  sxy_ += x * ms;
+  ++verify_n_;
+}
+
+void CostModel::ObserveDraftStep(bool cascade, double ms) {
+  if (cascade) Ema(draft_cascade_ms_, draft_cascade_n_, ms);
+  else Ema(draft_spec_ms_, draft_spec_n_, ms);
+}
+
+void CostModel::ObserveAcceptance(bool cascade, int64_t examined, int64_t accepted) {
+  if (examined <= 0) return;
+  // Per-position acceptance: accepted of the examined positions.
+  const double rate = static_cast<double>(accepted) / static_cast<double>(examined);
+  if (cascade) Ema(accept_cascade_, accept_cascade_n_, rate);
+  else Ema(accept_spec_, accept_spec_n_, rate);
+}
+
+double CostModel::ExpectedTokens(double a, int64_t length) {
+  a = std::clamp(a, 0.0, 0.999999);
+  return (1.0 - std::pow(a, static_cast<double>(length + 1))) / (1.0 - a);
+}
+
+double CostModel::VerifyMs(int64_t length) const {
+  const double x = static_cast<double>(length + 1);
+  const double decode = decode_ms_ > 0 ? decode_ms_ : 1.0;
+  if (verify_n_ == 0) return decode * (1.0 + 0.1 * length);  // prior: ~10% of a decode per extra token
+  const double mean_x = sx_ / verify_n_, mean_y = sy_ / verify_n_;
+  const double var = sxx_ / verify_n_ - mean_x * mean_x;
+  if (var < 1e-9) return mean_y * (1.0 + 0.1 * (x - mean_x));  // one length seen: scale mildly
+  const double b = std::max(0.0, (sxy_ / verify_n_ - mean_x * mean_y) / var);
+  return std::max(decode, mean_y + b * (x - mean_x));
+}
+
+double CostModel::Throughput(StepKind kind, int64_t length) const {
+  const double decode = decode_ms_ > 0 ? decode_ms_ : 1.0;
+  if (kind == StepKind::kTarget) return 1.0 / decode;
+  const bool cascade = kind == StepKind::kCascade;
+  const double draft = draft_ms(cascade) > 0 ? draft_ms(cascade) : decode * 0.25;
+  return ExpectedTokens(acceptance(cascade), length) / (static_cast<double>(length) * draft + VerifyMs(length));
+}
+
+double CostModel::PredictedSpeedup(StepKind kind, int64_t length) const {
+  return Throughput(kind, length) / Throughput(StepKind::kTarget, 0);
+}
+
+StepChoice CostModel::BestLength(StepKind kind, const std::vector<int64_t>& lengths) const {
+  StepChoice best{kind, lengths.empty() ? 1 : lengths.front(), -1};
+  for (int64_t L : lengths) {
+    const double t = Throughput(kind, L);
+    if (t > best.predicted_tokens_per_ms) best = {kind, L, t};
+  }
+  return best;
+}
+
+StepChoice CostModel::Choose(bool allow_speculative, bool allow_cascade, const std::vector<int64_t>& lengths,
+                             uint64_t step) {
+  // Explore: every kind a couple of rounds first, and again now and then (costs drift, the text changes).
+  const bool reexplore = step % kReexploreEvery == kReexploreEvery - 1;
+  if (decode_n_ < kExploreRounds || (reexplore && step % (3 * kReexploreEvery) == kReexploreEvery - 1))
+    return {StepKind::kTarget, 0, Throughput(StepKind::kTarget, 0)};
+  if (allow_speculative && (draft_spec_n_ < kExploreRounds || (reexplore && step % (3 * kReexploreEvery) == 2 * kReexploreEvery - 1)))
+    return BestLength(StepKind::kSpeculative, lengths);
+  if (allow_cascade && (draft_cascade_n_ < kExploreRounds || (reexplore && step % (3 * kReexploreEvery) == 3 * kReexploreEvery - 1)))
+    return BestLength(StepKind::kCascade, lengths);
+  StepChoice best{StepKind::kTarget, 0, Throughput(StepKind::kTarget, 0)};
+  if (allow_speculative) {
+    StepChoice s = BestLength(StepKind::kSpeculative, lengths);
+    if (s.predicted_tokens_per_ms > best.predicted_tokens_per_ms) best = s;
+  }
+  if (allow_cascade) {
+    StepChoice c = BestLength(StepKind::kCascade, lengths);
+    if (c.predicted_tokens_per_ms > best.predicted_tokens_per_ms) best = c;
+  }
+  return best;
+}
+
+double MeasureReadBandwidthGBs(size_t bytes) {
+  const size_t n = bytes / sizeof(uint64_t);
+  std::unique_ptr<uint64_t[]> buffer(new uint64_t[n]);
+  for (size_t i = 0; i < n; ++i) buffer[i] = i;
+  double best = 0;
+  volatile uint64_t sink = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    const auto start = std::chrono::steady_clock::now();
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (size_t i = 0; i + 4 <= n; i += 4) {
+      s0 += buffer[i];
+      s1 += buffer[i + 1];
+      s2 += buffer[i + 2];
+      s3 += buffer[i + 3];
+    }
+    sink = sink + s0 + s1 + s2 + s3;
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    best = std::max(best, static_cast<double>(bytes) / s / 1e9);
+  }
+  (void)sink;
+  return best;
+}
+
+}  // namespace cascade

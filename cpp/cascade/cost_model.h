@@ -1,0 +1,70 @@
+// The seed's cost model, measured online, and the choices it drives: the proposal length L per
+// step (dynamic horizon) and, in `auto` mode, which of target-only / draft -> target /
+// tiny -> draft -> target to run.
+//
+//   C_total = sum_i [W_i / BW_i + T_i] * E[N_i]                       (seed, "Cost Model")
+//   tokens per target call with per-position acceptance a and length L:
+//     E = (1 - a^(L+1)) / (1 - a)                                      (brief section 6)
+//   throughput(target)    = 1 / c_decode
+//   throughput(spec, L)   = E(a_spec, L)    / (L * c_draft + c_verify(L))
+//   throughput(cascade, L)= E(a_cascade, L) / (L * c_tiny_draft + c_verify(L))
+// Costs are per call and measured as the engine runs (exponential moving averages); c_verify(L)
+// is a line a + b * (L + 1) fitted to the verify calls seen; the acceptance rates are EMAs too.
+// The bandwidth term W_i / BW_i is reported as the memory-bound floor of each call.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace cascade {
+
+enum class StepKind { kTarget, kSpeculative, kCascade };
+
+struct StepChoice {
+  StepKind kind = StepKind::kTarget;
+  int64_t length = 0;             // L (0 for target-only)
+  double predicted_tokens_per_ms = 0;
+};
+
+class CostModel {
+ public:
+  CostModel();
+
+  // Observations.
+  void ObserveDecode(double ms);                          // target, T = 1
+  void ObserveVerify(int64_t tokens, double ms);          // target, T = L + 1
+  void ObserveDraftStep(bool cascade, double ms);         // one draft call
+  void ObserveAcceptance(bool cascade, int64_t examined, int64_t accepted);
+
+  // Expected tokens per target call.
+  static double ExpectedTokens(double acceptance, int64_t length);
+  double VerifyMs(int64_t length) const;
+  double Throughput(StepKind kind, int64_t length) const;  // tokens per ms
+  // The best L in `lengths` for a kind (speculative or cascade).
+  StepChoice BestLength(StepKind kind, const std::vector<int64_t>& lengths) const;
+  // The best of the allowed kinds (auto mode). Kinds never observed are explored first.
+  StepChoice Choose(bool allow_speculative, bool allow_cascade, const std::vector<int64_t>& lengths, uint64_t step);
+
+  double acceptance(bool cascade) const { return cascade ? accept_cascade_ : accept_spec_; }
+  double decode_ms() const { return decode_ms_; }
+  double draft_ms(bool cascade) const { return cascade ? draft_cascade_ms_ : draft_spec_ms_; }
+  // Predicted speedup of a choice over target-only decoding.
+  double PredictedSpeedup(StepKind kind, int64_t length) const;
+
+ private:
+  static void Ema(double& value, int64_t& count, double sample);
+  double decode_ms_ = 0, draft_spec_ms_ = 0, draft_cascade_ms_ = 0;
+  int64_t decode_n_ = 0, draft_spec_n_ = 0, draft_cascade_n_ = 0;
+  double accept_spec_ = 0.5, accept_cascade_ = 0.5;  // priors, replaced as soon as observed
+  int64_t accept_spec_n_ = 0, accept_cascade_n_ = 0;
+  // Least-squares line through (tokens, ms) of verify calls.
+  double sx_ = 0, sy_ = 0, sxx_ = 0, sxy_ = 0;
+  int64_t verify_n_ = 0;
+};
+
+// Memory read bandwidth of this machine in GB/s (sums a buffer larger than the caches; takes
+// ~100 ms). For the W_i / BW_i term of the seed's cost model.
+double MeasureReadBandwidthGBs(size_t bytes = size_t{256} << 20);
+
+}  // namespace cascade
