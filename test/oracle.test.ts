@@ -167,7 +167,7 @@ beforeAll(async () => {
   const answer = await oracle('hf_random_models.py', {
     out_dir: tempDir('random'),
     seq_len: 32,
-    prompt_len: 8,
+    prompt_len: 9, // one catch-up chunk of 8 + the first step: fewer programs to compile
     new_tokens: 16,
     min_margin: RANDOM_MIN_MARGIN,
   });
@@ -203,9 +203,9 @@ describe.each(['llama-gqa-tied', 'llama-gqa-untied', 'gemma-mqa'])('random %s vs
     const d = maxAbsDiff(ours, m.logits, m.vocab);
     console.log(`${name} f32: ${describeDiff(d)} (logits |max| ${m.logits_absmax.toFixed(2)})`);
     expect(d.max, describeDiff(d)).toBeLessThanOrEqual(F32_TOL);
-    // 23 tokens: chunks of 16 + 4 + 2 + 1 (later chunks read the cache the earlier ones wrote).
-    const part = await c.evaluate(m.seq.slice(0, 23));
-    const dp = maxAbsDiff(part, m.logits.slice(0, 23 * m.vocab), m.vocab);
+    // 24 tokens: chunks of 16 + 8 (the second chunk reads the keys/values the first one wrote).
+    const part = await c.evaluate(m.seq.slice(0, 24));
+    const dp = maxAbsDiff(part, m.logits.slice(0, 24 * m.vocab), m.vocab);
     expect(dp.max, `chunked prefill: ${describeDiff(dp)}`).toBeLessThanOrEqual(F32_TOL);
   });
 
