@@ -74,6 +74,7 @@ Napi::Object StatsToJs(Napi::Env env, const GenerationStats& s) {
   t.Set("draft", s.times.draft_ms);
   t.Set("target", s.times.target_ms);
   t.Set("host", s.times.host_ms);
+  t.Set("compile", s.times.compile_ms);
   o.Set("stageMs", t);
   o.Set("totalMs", s.total_ms);
   o.Set("tau", s.tau());
@@ -83,6 +84,15 @@ Napi::Object StatsToJs(Napi::Env env, const GenerationStats& s) {
   else o.Set("gamma0", env.Null());
   o.Set("tokensPerSecond", s.tokens_per_second());
   o.Set("stopReason", s.stop_reason);
+  o.Set("predictedSpeedup", s.predicted_speedup);
+  o.Set("measuredSpeedup", s.measured_speedup >= 0 ? Napi::Value(Napi::Number::New(env, s.measured_speedup)) : env.Null());
+  Napi::Object rounds = Napi::Object::New(env);
+  rounds.Set("target", static_cast<double>(s.steps_target));
+  rounds.Set("speculative", static_cast<double>(s.steps_speculative));
+  rounds.Set("cascade", static_cast<double>(s.steps_cascade));
+  o.Set("rounds", rounds);
+  const int64_t spec_rounds = s.steps_speculative + s.steps_cascade;
+  o.Set("meanProposalLength", spec_rounds ? static_cast<double>(s.length_sum) / spec_rounds : 0.0);
   return o;
 }
 
@@ -146,6 +156,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       options->max_tokens = static_cast<int64_t>(NumberFromJs(o, "maxTokens", 64));
       options->proposal_length = static_cast<int64_t>(NumberFromJs(o, "proposalLength", 4));
       options->candidates = static_cast<int64_t>(NumberFromJs(o, "candidates", 64));
+      options->dynamic_length = o.Get("dynamicLength").ToBoolean();
       options->broken_acceptance_for_testing = o.Get("brokenAcceptanceForTesting").ToBoolean();
       Napi::Value stops = o.Get("stopTokens");
       if (stops.IsTypedArray()) {

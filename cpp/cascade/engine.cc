@@ -15,6 +15,18 @@ double MsSince(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
 
+// Runs `fn` and returns its milliseconds without the time `model` spent compiling programs
+// (first use of a shape): stage times and the cost model measure execution, not compilation.
+template <typename Fn>
+double TimedExecution(const DecoderModel& model, double& compile_sink, Fn&& fn) {
+  const double compiled_before = model.compile_ms();
+  const auto start = Clock::now();
+  fn();
+  const double compiled = model.compile_ms() - compiled_before;
+  compile_sink += compiled;
+  return std::max(0.0, MsSince(start) - compiled);
+}
+
 // Adds the time of a scope to a counter.
 class StageTimer {
  public:
@@ -117,9 +129,8 @@ void CascadeEngine::TargetOnlyStep(Sequence& seq, const GenerateOptions& options
   const int64_t n = static_cast<int64_t>(seq.tokens.size());
   ForwardResult r;
   {
-    const auto start = Clock::now();
-    r = target_->Forward({seq.tokens.back()}, n - 1, HeadFor(options.sampling));
-    const double ms = MsSince(start);
+    const double ms = TimedExecution(*target_, stats.times.compile_ms,
+                                     [&] { r = target_->Forward({seq.tokens.back()}, n - 1, HeadFor(options.sampling)); });
     stats.times.target_ms += ms;
     cost_.ObserveDecode(ms);
   }
@@ -193,9 +204,9 @@ void CascadeEngine::SpeculativeStep(Sequence& seq, const GenerateOptions& option
   Proposal proposal;
   int32_t input = seq.tokens.back();
   for (int64_t j = 0; j < L; ++j) {
-    const auto start = Clock::now();
-    const int32_t x = DraftPropose(input, n - 1 + j, options, cascade, rng, stats, proposal);
-    const double ms = MsSince(start);
+    int32_t x = -1;
+    const double ms = TimedExecution(*draft_, stats.times.compile_ms,
+                                     [&] { x = DraftPropose(input, n - 1 + j, options, cascade, rng, stats, proposal); });
     stats.times.draft_ms += ms;
     cost_.ObserveDraftStep(cascade, ms);
     proposal.tokens.push_back(x);
@@ -210,9 +221,8 @@ void CascadeEngine::SpeculativeStep(Sequence& seq, const GenerateOptions& option
   block.insert(block.end(), proposal.tokens.begin(), proposal.tokens.end());
   ForwardResult v;
   {
-    const auto start = Clock::now();
-    v = target_->Forward(block, n - 1, HeadFor(options.sampling));
-    const double ms = MsSince(start);
+    const double ms = TimedExecution(*target_, stats.times.compile_ms,
+                                     [&] { v = target_->Forward(block, n - 1, HeadFor(options.sampling)); });
     stats.times.target_ms += ms;
     cost_.ObserveVerify(L + 1, ms);
   }
@@ -316,10 +326,8 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
       break;
     }
     const int64_t n = static_cast<int64_t>(seq.tokens.size());
-    {
-      StageTimer t(generated == 0 ? stats.times.prefill_ms : stats.times.target_ms);
-      CatchUp(*target_, seq.target_valid, seq.tokens, n - 1);
-    }
+    (generated == 0 ? stats.times.prefill_ms : stats.times.target_ms) += TimedExecution(
+        *target_, stats.times.compile_ms, [&] { CatchUp(*target_, seq.target_valid, seq.tokens, n - 1); });
     const size_t before = seq.tokens.size();
     // What to run this round: the mode asked for, or (auto) what the cost model predicts fastest;
     // the proposal length fixed, or (dynamic horizon) the predicted best.
@@ -337,10 +345,8 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
     if (kind == StepKind::kTarget) {
       TargetOnlyStep(seq, options, rng, stats);
     } else {
-      {
-        StageTimer t(generated == 0 ? stats.times.prefill_ms : stats.times.draft_ms);
-        CatchUp(*draft_, seq.draft_valid, seq.tokens, n - 1);
-      }
+      (generated == 0 ? stats.times.prefill_ms : stats.times.draft_ms) += TimedExecution(
+          *draft_, stats.times.compile_ms, [&] { CatchUp(*draft_, seq.draft_valid, seq.tokens, n - 1); });
       SpeculativeStep(seq, options, kind == StepKind::kCascade, length, rng, stats);
     }
     // Deliver the new tokens, cut at max_tokens and after a stop token.

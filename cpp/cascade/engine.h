@@ -63,6 +63,7 @@ struct StageTimes {
   double draft_ms = 0;
   double target_ms = 0;
   double host_ms = 0;  // sampling, acceptance, bookkeeping
+  double compile_ms = 0;  // compiling (or loading cached) programs on first use of a shape: not in the others
 };
 
 struct GenerationStats {
@@ -91,7 +92,7 @@ struct GenerationStats {
   // -1 when not measured (no cascade steps).
   double gamma0() const { return coverage_samples ? static_cast<double>(coverage_hits) / coverage_samples : -1; }
   double tokens_per_second() const {
-    const double ms = total_ms - times.prefill_ms;
+    const double ms = total_ms - times.prefill_ms - times.compile_ms;
     return ms > 0 ? generated_tokens * 1000.0 / ms : 0;
   }
 };

@@ -1,5 +1,7 @@
 #include "model/decoder.h"
 
+#include <chrono>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -236,7 +238,9 @@ std::shared_ptr<LoadedExecutable> DecoderModel::Program(int64_t num_tokens, cons
   auto key = std::make_tuple(num_tokens, key_head, tree);
   auto it = programs_.find(key);
   if (it != programs_.end()) return it->second;
+  const auto start = std::chrono::steady_clock::now();
   auto exe = client_->Compile(ProgramText(num_tokens, key_head, tree), {1});
+  compile_ms_ += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   if (exe->device_indices().size() != 1 || exe->device_indices()[0] != options_.device_index) {
     // Compile places a 1-replica program on device 0; other devices need their own client today.
     throw InvalidArgumentError("DecoderModel: programs run on device " + std::to_string(exe->device_indices()[0]) +

@@ -103,6 +103,9 @@ class DecoderModel {
   DType kv_dtype() const { return kv_dtype_; }
   int64_t max_context() const { return options_.max_context; }
   size_t num_compiled() const { return programs_.size(); }
+  // Time spent compiling (or loading from the compile cache) programs so far, in ms: callers
+  // subtract it from their stage timings.
+  double compile_ms() const { return compile_ms_; }
   int64_t weight_bytes() const;
   // The current cache buffers (replaced by every Forward; the previous ones are donated).
   const Buffer& k_cache() const { return *k_cache_; }
@@ -113,6 +116,7 @@ class DecoderModel {
  private:
   std::shared_ptr<LoadedExecutable> Program(int64_t num_tokens, const HeadSpec& head, bool tree);
 
+  double compile_ms_ = 0;
   std::shared_ptr<Client> client_;
   ModelConfig config_;
   DecoderOptions options_;

@@ -67,12 +67,20 @@ export interface GenerateOptions {
   topP?: number;
   /** Seed of the sampler: the same seed gives the same output. */
   seed?: number;
-  /** Default `'speculative'`; `'cascade'` needs a tiny model (`Cascade.load({ tiny })`); `'auto'` is in progress. */
+  /**
+   * Default `'speculative'`. `'cascade'` needs a tiny model (`Cascade.load({ tiny })`). `'auto'`
+   * lets the cost model pick target-only, speculative or cascade decoding per step.
+   */
   mode?: DecodeMode;
   /** Tiny candidates per draft step (K0). */
   k0?: number;
   /** Draft proposals per target call (K1 = L). */
   k1?: number;
+  /**
+   * Dynamic horizon: choose the proposal length per step (up to `k1`) from the measured stage
+   * costs and acceptance (default: on in `'auto'` mode, off otherwise).
+   */
+  dynamicHorizon?: boolean;
   /** Stop when the text contains one of these (the stop string is not included). */
   stop?: string[];
   /** Stop at the model's end-of-generation tokens (default true). */
@@ -84,11 +92,18 @@ export interface GenerateOptions {
 
 /** Per-stage milliseconds, as in the seed's throughput table. */
 export interface StageTimes {
+  /** Catching the caches up with the prompt. */
   prefill: number;
+  /** The tiny model: fused into the draft step's program, so counted in `draft` (0 here). */
   tiny: number;
+  /** Draft steps. */
   draft: number;
+  /** Target decode and verify calls. */
   target: number;
+  /** Sampling, acceptance and bookkeeping on the host. */
   host: number;
+  /** Compiling (or loading cached) XLA programs on first use of a shape; excluded from the others. */
+  compile: number;
 }
 
 /** Statistics of one generation (or, on {@link Cascade.stats}, of all of them). */
@@ -112,6 +127,14 @@ export interface CascadeStats {
   positionAcceptance: number[];
   stageMs: StageTimes;
   totalMs: number;
+  /** The cost model's predicted speedup over target-only decoding for the steps run. */
+  predictedSpeedup: number;
+  /** Tokens/s of this run over the measured target-only rate (null until a target-only step was timed). */
+  measuredSpeedup: number | null;
+  /** Rounds of each kind (auto mode mixes them). */
+  rounds: { target: number; speculative: number; cascade: number };
+  /** Mean proposal length L over speculative and cascade rounds. */
+  meanProposalLength: number;
   /** Generated tokens per second, prefill excluded. */
   tokensPerSecond: number;
   stopReason: string;
@@ -209,8 +232,12 @@ function emptyStats(): CascadeStats {
     gammaTotal: 0,
     tau: 0,
     positionAcceptance: [],
-    stageMs: { prefill: 0, tiny: 0, draft: 0, target: 0, host: 0 },
+    stageMs: { prefill: 0, tiny: 0, draft: 0, target: 0, host: 0, compile: 0 },
     totalMs: 0,
+    predictedSpeedup: 0,
+    measuredSpeedup: null,
+    rounds: { target: 0, speculative: 0, cascade: 0 },
+    meanProposalLength: 0,
     tokensPerSecond: 0,
     stopReason: '',
   };
@@ -421,6 +448,7 @@ export class Cascade {
           maxTokens: options.maxTokens ?? 128,
           proposalLength: options.k1 ?? this.#defaults.k1 ?? 4,
           candidates: options.k0 ?? this.#defaults.k0 ?? 64,
+          dynamicLength: options.dynamicHorizon ?? options.mode === 'auto',
           stopTokens: Int32Array.from(eos),
           brokenAcceptanceForTesting: options.brokenAcceptanceForTesting === true,
         },
@@ -517,9 +545,13 @@ export class Cascade {
     t.tau = t.targetCalls ? t.generatedTokens / t.targetCalls : 0;
     t.gamma21 = t.attempted ? t.accepted / t.attempted : 0;
     t.gammaTotal = t.proposed ? t.accepted / t.proposed : 0;
-    const ms = t.totalMs - t.stageMs.prefill;
+    const ms = t.totalMs - t.stageMs.prefill - t.stageMs.compile;
     t.tokensPerSecond = ms > 0 ? (t.generatedTokens * 1000) / ms : 0;
     t.stopReason = s.stopReason;
+    for (const k of ['target', 'speculative', 'cascade'] as const) t.rounds[k] += s.rounds[k];
+    t.predictedSpeedup = s.predictedSpeedup;
+    t.measuredSpeedup = s.measuredSpeedup;
+    t.meanProposalLength = s.meanProposalLength;
   }
 
   /** Stops any generation at its next step, releases the models, and closes the runtime it opened. Idempotent. */

@@ -15,6 +15,9 @@ interface RunOptions {
   topP: number;
   seed: number;
   k1: number;
+  k0: number;
+  tiny?: string;
+  dynamic?: boolean;
   draftLayers?: number;
   targetPrecision?: Precision;
   draftPrecision?: Precision;
@@ -43,7 +46,9 @@ export function statsTable(stats: CascadeStats, baseline?: CascadeStats): string
     `tau (tokens per target call) ${stats.tau.toFixed(2)}   gamma2|1 (acceptance) ${stats.gamma21.toFixed(2)}   ` +
       `gammaTotal ${stats.gammaTotal.toFixed(2)}   gamma0 ${stats.gamma0 === null ? 'n/a (no tiny model)' : stats.gamma0.toFixed(2)}`,
     `per-position acceptance ${stats.positionAcceptance.map((a) => a.toFixed(2)).join(' ') || 'n/a'}`,
-    `tokens/s ${stats.tokensPerSecond.toFixed(1)}`,
+    `tokens/s ${stats.tokensPerSecond.toFixed(1)}   rounds target/speculative/cascade ${stats.rounds.target}/${stats.rounds.speculative}/${stats.rounds.cascade}   mean L ${stats.meanProposalLength.toFixed(1)}`,
+    `cost model: predicted speedup ${stats.predictedSpeedup.toFixed(2)}x, measured ${stats.measuredSpeedup === null ? 'n/a' : `${stats.measuredSpeedup.toFixed(2)}x`}` +
+      `   (compile ${s.compile.toFixed(0)} ms, excluded)`,
   ];
   if (baseline) {
     lines.push(
@@ -64,6 +69,7 @@ async function run(prompt: string, opts: RunOptions): Promise<void> {
     plugin: opts.plugin,
     maxContext: opts.maxContext,
     draftLayers: opts.draftLayers,
+    tiny: opts.tiny ?? (opts.mode === 'cascade' || opts.mode === 'auto' ? 'fit' : undefined),
     precision: opts.targetPrecision || opts.draftPrecision ? { target: opts.targetPrecision, draft: opts.draftPrecision } : 'auto',
   });
   const generation = {
@@ -74,6 +80,8 @@ async function run(prompt: string, opts: RunOptions): Promise<void> {
     topP: opts.topP,
     seed: opts.seed,
     k1: opts.k1,
+    k0: opts.k0,
+    ...(opts.dynamic ? { dynamicHorizon: true } : {}),
   };
   const input = opts.raw ? prompt : [{ role: 'user', content: prompt }];
   let text = '';
@@ -109,7 +117,10 @@ export function runCommand(name = 'run'): Command {
     .option('--top-k <k>', 'keep the k most likely tokens (0 = off)', nonNegativeNumber('--top-k'), 0)
     .option('--top-p <p>', 'nucleus sampling threshold (1 = off)', nonNegativeNumber('--top-p'), 1)
     .option('--seed <n>', 'sampler seed', nonNegativeNumber('--seed'), 0)
-    .option('--k1 <n>', 'draft proposals per target call', positiveInteger('--k1'), 4)
+    .option('--k1 <n>', 'draft proposals per target call (the most, with --dynamic)', positiveInteger('--k1'), 4)
+    .option('--k0 <n>', 'tiny candidates per draft step (cascade mode)', positiveInteger('--k0'), 64)
+    .option('--tiny <path>', "tiny model for --mode cascade: a .safetensors file, or 'fit' to fit one from the draft (cached)")
+    .option('--dynamic', 'choose the proposal length per step from the cost model (on by default in auto mode)')
     .option('--draft-layers <n>', 'layers of the self-speculative draft', positiveInteger('--draft-layers'))
     .addOption(new Option('--target-precision <p>', 'target weights on the device').choices(['f32', 'bf16', 'int8']))
     .addOption(new Option('--draft-precision <p>', 'draft weights on the device').choices(['f32', 'bf16', 'int8']))
