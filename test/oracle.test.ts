@@ -233,7 +233,7 @@ describe.each(['llama-gqa-tied', 'llama-gqa-untied', 'gemma-mqa'])('random %s vs
 describe('random llama with a non-default RoPE base (rope_theta 500000)', () => {
   // transformers 5 saves the RoPE base as config.json "rope_parameters": {"rope_theta": ...};
   // older versions (and most published checkpoints) as a top-level "rope_theta".
-  it.fails('KNOWN BUG: rope_parameters.rope_theta is ignored (the loader uses 10000): f32 logits within 1e-3', async () => {
+  it('rope_parameters.rope_theta (transformers 5) is read: f32 logits within 1e-3', async () => {
     const m = model('llama-rope-theta');
     await using c = await loadRandom(m.dir, 'f32');
     const d = maxAbsDiff(await c.evaluate(m.seq), m.logits, m.vocab);

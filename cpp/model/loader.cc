@@ -363,6 +363,21 @@ ModelConfig ConfigFromHfJson(const json::Value& cfg, const std::string& source) 
   c.bos_token_id = TokenField(cfg, "bos_token_id", source);
   c.eos_token_id = TokenField(cfg, "eos_token_id", source);
 
+  // transformers >= 5 writes the RoPE base inside "rope_parameters" instead of a top-level
+  // "rope_theta"; both spellings are read, and any RoPE type but the default is refused.
+  if (const json::Value* rope = Field(cfg, "rope_parameters")) {
+    if (!rope->is_object()) ConfigFail(source, "field \"rope_parameters\" is not an object");
+    if (const json::Value* type = Field(*rope, "rope_type")) {
+      if (!type->is_string() || type->as_string() != "default")
+        ConfigFail(source, "field \"rope_parameters.rope_type\": only the default RoPE is supported");
+    }
+    if (Field(*rope, "rope_theta")) {
+      const double theta = NumberField(*rope, "rope_theta", source, c.rope_theta);
+      if (Field(cfg, "rope_theta") && theta != c.rope_theta)
+        ConfigFail(source, "fields \"rope_theta\" and \"rope_parameters.rope_theta\" disagree");
+      c.rope_theta = theta;
+    }
+  }
   if (Field(cfg, "rope_scaling"))
     ConfigFail(source, "field \"rope_scaling\": RoPE scaling is not supported");
   if (BoolField(cfg, "attention_bias", source, false))
