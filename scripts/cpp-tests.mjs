@@ -4,7 +4,7 @@
 import { spawnSync } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const dir = path.join(root, 'build', 'native');
@@ -17,6 +17,13 @@ function run(cmd, args, cwd = root) {
     process.exit(1);
   }
   if (r.status !== 0) process.exit(r.status ?? 1);
+}
+
+// The SmolLM2 exactness test needs the default model: fetch it (once per machine) through the
+// package's own downloader, which needs the TypeScript build (npm test's pretest does it).
+if (!process.env.CASCADE_TEST_MODEL) {
+  const { ensureDefaultModel } = await import(pathToFileURL(path.join(root, 'dist', 'models', 'default-model.js')).href);
+  process.env.CASCADE_TEST_MODEL = (await ensureDefaultModel({ onProgress: (m) => console.error(m) })).path;
 }
 
 run('cmake', ['-S', root, '-B', dir, '-DCMAKE_BUILD_TYPE=Release']);
