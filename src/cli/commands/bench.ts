@@ -1,6 +1,8 @@
 import { Command, Option } from 'commander';
 
+import type { DecodeMode } from '../../cascade/cascade.js';
 import { Runtime } from '../../runtime/runtime.js';
+import { benchModes } from './bench-modes.js';
 import { tensor } from '../../runtime/tensor.js';
 import { median, printJson, table } from '../output.js';
 import { pluginOption, positiveInteger } from '../options.js';
@@ -45,7 +47,15 @@ export function benchCommand(): Command {
       'Benchmarks, run side by side in one process and reported as medians. Suite "runtime": open + compile + execute ' +
         'an n x n f32 matmul on 1 and on N devices, interleaved over several rounds (execute includes host<->device copies).',
     )
-    .addOption(new Option('--suite <name>', 'which benchmark').choices(['runtime']).default('runtime'))
+    .addOption(new Option('--suite <name>', 'which benchmark').choices(['runtime', 'modes']).default('runtime'))
+    .option('--model <path>', 'modes: target model (default: SmolLM2-135M-Instruct)')
+    .option('--modes <list>', 'modes: comma-separated decoding modes', 'target,speculative,cascade,auto')
+    .option('--temperatures <list>', 'modes: comma-separated temperatures', '0,0.8')
+    .option('--max-tokens <n>', 'modes: tokens per generation', positiveInteger('--max-tokens'), 64)
+    .option('--k1 <n>', 'modes: draft proposals per target call', positiveInteger('--k1'), 4)
+    .option('--k0 <n>', 'modes: tiny candidates per draft step', positiveInteger('--k0'), 64)
+    .option('--draft-layers <n>', 'modes: layers of the self-speculative draft', positiveInteger('--draft-layers'))
+    .option('--out <dir>', 'modes: where to write modes.json and modes.md', 'docs/bench')
     .addOption(pluginOption())
     .option('--devices <list>', 'comma-separated device counts', '1,4')
     .option('--size <n>', 'matrix size', positiveInteger('--size'), 1024)
@@ -53,7 +63,22 @@ export function benchCommand(): Command {
     .option('--repeats <n>', 'executions per round after the first', positiveInteger('--repeats'), 5)
     .option('--json', 'print JSON')
     .addHelpText('after', '\nExample:\n  $ cascade-xla bench --suite runtime --devices 1,4 --size 1024 --rounds 5')
-    .action(async (opts: { plugin: string; devices: string; size: number; rounds: number; repeats: number; json?: boolean }) => {
+    .action(async (opts: { suite: string; plugin: string; devices: string; size: number; rounds: number; repeats: number; json?: boolean;
+      model?: string; modes: string; temperatures: string; maxTokens: number; k1: number; k0: number; draftLayers?: number; out: string }) => {
+      if (opts.suite === 'modes') {
+        await benchModes({
+          model: opts.model,
+          modes: opts.modes.split(',').map((m) => m.trim()) as DecodeMode[],
+          temperatures: opts.temperatures.split(',').map(Number),
+          maxTokens: opts.maxTokens,
+          k1: opts.k1,
+          k0: opts.k0,
+          draftLayers: opts.draftLayers,
+          out: opts.out,
+          plugin: opts.plugin,
+        });
+        return;
+      }
       const counts = opts.devices.split(',').map((v) => positiveInteger('--devices')(v.trim()));
       const samples = new Map<number, RuntimeSample[]>(counts.map((d) => [d, []]));
       for (let r = 0; r < opts.rounds; r++) {

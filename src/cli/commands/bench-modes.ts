@@ -1,0 +1,118 @@
+/**
+ * `bench --suite modes`: target / speculative / cascade / auto on one model, same prompts, one
+ * process, interleaved, medians over the prompts. Writes docs/bench/modes.{json,md}.
+ * @internal
+ * @module
+ */
+import { mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+
+import { Cascade, type CascadeStats, type DecodeMode } from '../../cascade/cascade.js';
+import { ensureDefaultModel } from '../../models/default-model.js';
+import { median, table } from '../output.js';
+
+export const BENCH_PROMPTS = [
+  'Write a short story about a robot who learns to paint.',
+  'Explain how a rainbow forms, step by step.',
+  'List five tips for writing clean Python code.',
+];
+
+export interface ModesBenchOptions {
+  model?: string;
+  modes: DecodeMode[];
+  temperatures: number[];
+  maxTokens: number;
+  k1: number;
+  k0: number;
+  draftLayers?: number;
+  out: string;
+  plugin: string;
+}
+
+interface Row {
+  mode: DecodeMode;
+  temperature: number;
+  tokensPerSecond: number;
+  speedupVsTarget: number;
+  tau: number;
+  gamma0: number | null;
+  gamma21: number;
+  predictedSpeedup: number;
+  stageMsPerToken: { draft: number; target: number; host: number };
+  runs: number;
+}
+
+export async function benchModes(o: ModesBenchOptions): Promise<Row[]> {
+  const progress = (m: string) => process.stderr.write(`${m}\n`);
+  const target = o.model ?? (await ensureDefaultModel({ onProgress: progress })).path;
+  const needsTiny = o.modes.includes('cascade') || o.modes.includes('auto');
+  progress(`loading ${target}${needsTiny ? ' and fitting/loading the tiny model (cached)' : ''}`);
+  await using c = await Cascade.load({ target, plugin: o.plugin, maxContext: 512, draftLayers: o.draftLayers, tiny: needsTiny ? 'fit' : undefined });
+  const base = { maxTokens: o.maxTokens, k1: o.k1, k0: o.k0, stopAtEos: false };
+  // Warm up every program shape the runs will use (compile time is excluded anyway).
+  for (const mode of o.modes) for (const temperature of o.temperatures) await c.generate(BENCH_PROMPTS[0]!, { ...base, maxTokens: 8, mode, temperature, seed: 1 });
+  const samples = new Map<string, { stats: CascadeStats; baseline: number }[]>();
+  for (const temperature of o.temperatures) {
+    for (const prompt of BENCH_PROMPTS) {
+      const chat = [{ role: 'user', content: prompt }];
+      let baseline = 0;
+      for (const mode of ['target' as const, ...o.modes.filter((m) => m !== 'target')]) {
+        const r = await c.generate(chat, { ...base, mode, temperature, seed: 7 });
+        if (mode === 'target') baseline = r.stats.tokensPerSecond;
+        const key = `${mode}@${temperature}`;
+        if (!samples.has(key)) samples.set(key, []);
+        samples.get(key)!.push({ stats: r.stats, baseline });
+        progress(`${mode} T=${temperature}: ${r.stats.tokensPerSecond.toFixed(1)} tok/s, tau ${r.stats.tau.toFixed(2)}`);
+      }
+    }
+  }
+  const rows: Row[] = [];
+  for (const temperature of o.temperatures) {
+    for (const mode of o.modes) {
+      const s = samples.get(`${mode}@${temperature}`)!;
+      const per = (k: 'draft' | 'target' | 'host') => median(s.map((x) => x.stats.stageMs[k] / Math.max(1, x.stats.generatedTokens)));
+      const g0 = s.map((x) => x.stats.gamma0).filter((v): v is number => v !== null);
+      rows.push({
+        mode,
+        temperature,
+        tokensPerSecond: median(s.map((x) => x.stats.tokensPerSecond)),
+        speedupVsTarget: median(s.map((x) => x.stats.tokensPerSecond / x.baseline)),
+        tau: median(s.map((x) => x.stats.tau)),
+        gamma0: g0.length ? median(g0) : null,
+        gamma21: median(s.map((x) => x.stats.gamma21)),
+        predictedSpeedup: median(s.map((x) => x.stats.predictedSpeedup)),
+        stageMsPerToken: { draft: per('draft'), target: per('target'), host: per('host') },
+        runs: s.length,
+      });
+    }
+  }
+  const info = c.info;
+  const header = [
+    `# Decoding modes on ${path.basename(target)}`,
+    '',
+    `${info.target.layers}-layer target (${info.targetPrecision}), ${info.draft.layers}-layer self-speculative draft (${info.draftPrecision}), ` +
+      `tiny: closed-form fit; k1 ${o.k1}, k0 ${o.k0}, ${o.maxTokens} tokens, medians over ${BENCH_PROMPTS.length} prompts, ` +
+      `interleaved in one process, XLA CPU plugin. Reproduce: \`node dist/cli/main.js bench --suite modes\`.`,
+    '',
+  ];
+  const md = [
+    '| mode | T | tokens/s | vs target | tau | gamma0 | gamma2\\|1 | predicted speedup | draft ms/token | target ms/token |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+    ...rows.map((r) =>
+      `| ${r.mode} | ${r.temperature} | ${r.tokensPerSecond.toFixed(1)} | ${r.speedupVsTarget.toFixed(2)}x | ${r.tau.toFixed(2)} | ` +
+        `${r.gamma0 === null ? '-' : r.gamma0.toFixed(2)} | ${r.gamma21.toFixed(2)} | ${r.predictedSpeedup.toFixed(2)}x | ` +
+        `${r.stageMsPerToken.draft.toFixed(1)} | ${r.stageMsPerToken.target.toFixed(1)} |`,
+    ),
+  ];
+  await mkdir(o.out, { recursive: true });
+  await writeFile(path.join(o.out, 'modes.md'), `${[...header, ...md].join('\n')}\n`);
+  await writeFile(path.join(o.out, 'modes.json'), `${JSON.stringify({ model: target, info, options: o, rows }, null, 2)}\n`);
+  console.log(
+    table([
+      ['mode', 'T', 'tok/s', 'vs target', 'tau', 'gamma0', 'gamma21', 'predicted'],
+      ...rows.map((r) => [r.mode, String(r.temperature), r.tokensPerSecond.toFixed(1), `${r.speedupVsTarget.toFixed(2)}x`, r.tau.toFixed(2), r.gamma0 === null ? '-' : r.gamma0.toFixed(2), r.gamma21.toFixed(2), `${r.predictedSpeedup.toFixed(2)}x`]),
+    ]),
+  );
+  console.log(`wrote ${path.join(o.out, 'modes.md')} and modes.json`);
+  return rows;
+}
