@@ -126,6 +126,29 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
     o.Set("draftPrecision", WeightPrecisionName(engine->draft().options().precision));
     o.Set("maxContext", static_cast<double>(engine->target().max_context()));
     o.Set("hasTiny", engine->has_tiny());
+    // Device memory per model (XLA CPU reports no memory stats, so these are the buffers we own).
+    auto memory = [&](DecoderModel& m) {
+      Napi::Object mem = Napi::Object::New(env);
+      mem.Set("weightBytes", static_cast<double>(m.weight_bytes()));
+      mem.Set("kvCacheBytes", static_cast<double>(m.k_cache().byte_size() + m.v_cache().byte_size()));
+      mem.Set("tinyBytes", static_cast<double>(m.tiny_bytes()));
+      return mem;
+    };
+    Napi::Object memories = Napi::Object::New(env);
+    memories.Set("target", memory(engine->target()));
+    memories.Set("draft", memory(engine->draft()));
+    o.Set("memory", memories);
+    const auto& candidates = engine->draft_candidates();
+    Napi::Array choice = Napi::Array::New(env, candidates.size());
+    for (size_t i = 0; i < candidates.size(); ++i) {
+      Napi::Object c = Napi::Object::New(env);
+      c.Set("layers", static_cast<double>(candidates[i].layers));
+      c.Set("agreement", candidates[i].agreement);
+      c.Set("relativeCost", candidates[i].relative_cost);
+      c.Set("predictedSpeedup", candidates[i].predicted_speedup);
+      choice.Set(i, c);
+    }
+    o.Set("draftChoice", choice);
     return o;
   }
 
@@ -283,6 +306,7 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
     options.draft_precision = PrecisionFromJs(o, "draftPrecision", options.draft_precision);
     options.max_context = static_cast<int64_t>(NumberFromJs(o, "maxContext", static_cast<double>(options.max_context)));
     options.draft_layers = static_cast<int64_t>(NumberFromJs(o, "draftLayers", 0));
+    options.planned_proposal_length = static_cast<int64_t>(NumberFromJs(o, "k1", 4));
     options.device_index = static_cast<size_t>(NumberFromJs(o, "deviceIndex", 0));
   } catch (const Error& e) {
     throw ToJsError(env, e);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 
 #include "cascade/acceptance.h"
 #include "pjrt/errors.h"
@@ -106,10 +107,79 @@ CascadeEngine::CascadeEngine(std::shared_ptr<Client> client, const ModelWeights&
                                  " tokens) differs from the target's (" + std::to_string(target.config.vocab_size) + ")");
     draft_ = std::make_unique<DecoderModel>(client_, *draft, d);
   } else {
-    const int64_t layers = options.draft_layers > 0 ? options.draft_layers
-                                                    : std::max<int64_t>(1, target.config.num_layers / 4);
+    const int64_t layers = options.draft_layers > 0 ? options.draft_layers : ChooseDraftLayers(target, d);
     draft_ = std::make_unique<DecoderModel>(client_, TruncateLayers(target, layers), d);
   }
+}
+
+int64_t CascadeEngine::ChooseDraftLayers(const ModelWeights& target, const DecoderOptions& draft_options) {
+  const ModelConfig& c = target.config;
+  if (c.num_layers <= 2) return 1;
+  // Calibration text: the target's own greedy continuation of a few tokens (what it will verify).
+  const int64_t length = std::min<int64_t>(48, options_.max_context);
+  std::vector<int32_t> text = {static_cast<int32_t>(c.bos_token_id >= 0 ? c.bos_token_id : 1)};
+  std::vector<double> decode_ms;
+  ForwardResult r = target_->Forward(text, 0, {HeadKind::kArgmax, 0});
+  while (static_cast<int64_t>(text.size()) < length) {
+    text.push_back(r.argmax[0]);
+    const auto start = Clock::now();
+    const double compiled = target_->compile_ms();
+    r = target_->Forward({text.back()}, static_cast<int64_t>(text.size()) - 1, {HeadKind::kArgmax, 0});
+    const double ms = MsSince(start) - (target_->compile_ms() - compiled);
+    decode_ms.push_back(ms);
+    cost_.ObserveDecode(ms);
+  }
+  std::vector<int32_t> input(text.begin(), text.end() - 1);
+  std::vector<int32_t> target_argmax;
+  for (int64_t at = 0; at < static_cast<int64_t>(input.size());) {  // power-of-two chunks, as CatchUp
+    int64_t chunk = 64;
+    while (chunk > static_cast<int64_t>(input.size()) - at) chunk /= 2;
+    std::vector<int32_t> part(input.begin() + at, input.begin() + at + chunk);
+    auto a = target_->Forward(part, at, {HeadKind::kArgmax, 0}).argmax;
+    target_argmax.insert(target_argmax.end(), a.begin(), a.end());
+    at += chunk;
+  }
+  // Parameters read per decode step: the layers and the head (the embedding is one row).
+  const double d = static_cast<double>(c.hidden_size), f = static_cast<double>(c.intermediate_size);
+  const double attn = d * c.head_dim * (c.num_heads * 2.0 + c.num_kv_heads * 2.0);
+  const double layer = attn + 3.0 * d * f, head = d * static_cast<double>(c.vocab_size);
+  const double full = layer * c.num_layers + head;
+  std::vector<int64_t> candidates;
+  for (double share : {0.125, 0.25, 0.5, 0.75}) {
+    const int64_t n = std::max<int64_t>(1, static_cast<int64_t>(std::lround(share * c.num_layers)));
+    if (std::find(candidates.begin(), candidates.end(), n) == candidates.end() && n < c.num_layers) candidates.push_back(n);
+  }
+  const int64_t L = std::max<int64_t>(1, options_.planned_proposal_length);
+  int64_t best = candidates.front();
+  double best_speedup = -1;
+  for (int64_t n : candidates) {
+    DecoderModel draft(client_, TruncateLayers(target, n), draft_options);
+    std::vector<int32_t> draft_argmax;
+    for (int64_t at = 0; at < static_cast<int64_t>(input.size());) {
+      int64_t chunk = 64;
+      while (chunk > static_cast<int64_t>(input.size()) - at) chunk /= 2;
+      std::vector<int32_t> part(input.begin() + at, input.begin() + at + chunk);
+      auto a = draft.Forward(part, at, {HeadKind::kArgmax, 0}).argmax;
+      draft_argmax.insert(draft_argmax.end(), a.begin(), a.end());
+      at += chunk;
+    }
+    int64_t agree = 0;
+    for (size_t i = 0; i < draft_argmax.size(); ++i) agree += draft_argmax[i] == target_argmax[i];
+    DraftCandidate cand;
+    cand.layers = n;
+    cand.agreement = static_cast<double>(agree) / static_cast<double>(draft_argmax.size());
+    cand.relative_cost = (layer * n + head) / full;
+    const double c_decode = cost_.decode_ms() > 0 ? cost_.decode_ms() : 1.0;
+    const double throughput = CostModel::ExpectedTokens(cand.agreement, L) /
+                              (L * cand.relative_cost * c_decode + cost_.VerifyMs(L));
+    cand.predicted_speedup = throughput * c_decode;
+    draft_candidates_.push_back(cand);
+    if (cand.predicted_speedup > best_speedup) {
+      best_speedup = cand.predicted_speedup;
+      best = n;
+    }
+  }
+  return best;
 }
 
 // Feeds tokens[valid .. upto-1] so the cache holds them. Chunks are powers of two (<= 64), so a

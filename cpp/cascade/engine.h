@@ -31,8 +31,10 @@ struct EngineOptions {
   WeightPrecision draft_precision = WeightPrecision::kInt8;
   int64_t max_context = 1024;
   // Self-speculative draft: the target's first `draft_layers` layers + final norm + head, used
-  // when no draft model is given. 0 picks a quarter of the target's layers (at least 1).
+  // when no draft model is given. 0: chosen by the cost model (see ChooseDraftLayers).
   int64_t draft_layers = 0;
+  // The proposal length the draft choice is optimised for.
+  int64_t planned_proposal_length = 4;
   size_t device_index = 0;
 };
 
@@ -97,6 +99,14 @@ struct GenerationStats {
   }
 };
 
+// One candidate of the self-speculative draft choice.
+struct DraftCandidate {
+  int64_t layers = 0;
+  double agreement = 0;          // share of calibration positions where draft and target argmax agree
+  double relative_cost = 0;      // estimated draft step cost / target decode cost (parameter bytes read)
+  double predicted_speedup = 0;  // the cost model's speedup over target-only at the planned L
+};
+
 struct GenerateResult {
   std::vector<int32_t> tokens;  // generated tokens only
   GenerationStats stats;
@@ -118,6 +128,8 @@ class CascadeEngine {
   bool has_tiny() const { return has_tiny_; }
 
   const CostModel& cost_model() const { return cost_; }
+  // How the self-speculative draft's depth was chosen (empty when given or fixed).
+  const std::vector<DraftCandidate>& draft_candidates() const { return draft_candidates_; }
   const ModelConfig& target_config() const { return target_->config(); }
   const ModelConfig& draft_config() const { return draft_->config(); }
   DecoderModel& target() { return *target_; }
@@ -139,6 +151,13 @@ class CascadeEngine {
   EngineOptions options_;
   std::unique_ptr<DecoderModel> target_;
   std::unique_ptr<DecoderModel> draft_;
+  // The cost model's choice of N for the self-speculative draft: measures how often the first N
+  // layers (+ final norm + head) agree with the target's greedy choice on text the target writes,
+  // estimates the draft step's cost from the parameters it reads, and keeps the N with the best
+  // predicted throughput E(a, L) / (L c_draft + c_verify(L)).
+  int64_t ChooseDraftLayers(const ModelWeights& target, const DecoderOptions& draft_options);
+
+  std::vector<DraftCandidate> draft_candidates_;
   bool has_tiny_ = false;
   CostModel cost_;  // learned over the engine's lifetime
   int64_t draft_steps_ = 0;  // for spacing the gamma0 samples

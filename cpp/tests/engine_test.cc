@@ -143,6 +143,28 @@ TEST(Engine, AutoModeAndDynamicHorizonKeepGreedyOutputIdentical) {
   EXPECT_LT(m.PredictedSpeedup(StepKind::kSpeculative, 1), 1.0);  // no acceptance: slower than the target
 }
 
+TEST(Engine, TheCostModelChoosesTheDraftDepth) {
+  ModelConfig config = testing::SmallLlama(false, 97);
+  config.num_layers = 8;
+  ModelWeights target = testing::SmallRandomModel(config, 15, 1.0f);
+  EngineOptions o = Options();
+  o.draft_layers = 0;  // choose
+  CascadeEngine engine(Cpu(), target, std::nullopt, o);
+  const auto& candidates = engine.draft_candidates();
+  ASSERT_EQ(candidates.size(), 4u);  // 1, 2, 4, 6 of 8 layers
+  const DraftCandidate* best = &candidates[0];
+  for (const auto& c : candidates) {
+    EXPECT_GE(c.agreement, 0.0);
+    EXPECT_LE(c.agreement, 1.0);
+    EXPECT_GT(c.relative_cost, 0.0);
+    EXPECT_LT(c.relative_cost, 1.0);
+    if (c.predicted_speedup > best->predicted_speedup) best = &c;
+    std::printf("  draft %lld layers: agreement %.2f, cost %.2f, predicted %.2fx\n", static_cast<long long>(c.layers),
+                c.agreement, c.relative_cost, c.predicted_speedup);
+  }
+  EXPECT_EQ(engine.draft_config().num_layers, best->layers);
+}
+
 TEST(Engine, StopTokensMaxTokensAndCallbacks) {
   ModelWeights target = testing::SmallRandomModel(testing::SmallLlama(false), 21, 1.0f);
   CascadeEngine engine(Cpu(), target, std::nullopt, Options());

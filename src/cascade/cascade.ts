@@ -46,7 +46,10 @@ export interface CascadeLoadOptions {
   precision?: 'auto' | { target?: Precision; draft?: Precision };
   /** KV cache length in tokens (prompt + generated). Default 1024 (capped at the model's context). */
   maxContext?: number;
-  /** Layers of the self-speculative draft. Default: a quarter of the target's layers. */
+  /**
+   * Layers of the self-speculative draft. Default: chosen by the cost model from 1/8, 1/4, 1/2
+   * and 3/4 of the target's layers by their measured agreement and estimated cost (see `info.draftChoice`).
+   */
   draftLayers?: number;
   /** Default number of tiny candidates per draft step (K0). */
   k0?: number;
@@ -164,6 +167,14 @@ interface NativeEngine {
     draftPrecision: Precision;
     maxContext: number;
     hasTiny: boolean;
+    /** Device memory per model: weights, KV cache and (draft) the tiny model, in bytes. */
+    memory: Record<'target' | 'draft', { weightBytes: number; kvCacheBytes: number; tinyBytes: number }>;
+    /**
+     * How the self-speculative draft's depth was chosen when `draftLayers` was not given: per
+     * candidate depth, the greedy agreement with the target on calibration text, the estimated
+     * step cost relative to the target, and the cost model's predicted speedup (the best is used).
+     */
+    draftChoice: { layers: number; agreement: number; relativeCost: number; predictedSpeedup: number }[];
   };
   generate(prompt: Int32Array, options: object, onTokens?: (ids: Int32Array) => void): Promise<{ tokens: Int32Array; stats: NativeStats }>;
   evaluate(tokens: Int32Array): Promise<Float32Array>;
@@ -335,6 +346,7 @@ export class Cascade {
           draftPrecision: precision.draft ?? (cpu ? 'f32' : 'int8'),
           maxContext: options.maxContext ?? 1024,
           draftLayers: options.draftLayers,
+          k1: options.k1,
           ...(options.tiny === 'fit'
             ? { fitTiny: true, tinyCachePath: await tinyCachePath(options.target, options.draft, options.draftLayers, precision.draft ?? (cpu ? 'f32' : 'int8')) }
             : { tiny: options.tiny }),
