@@ -5,11 +5,13 @@
 namespace cascade::binding {
 Napi::Object InitRuntime(Napi::Env env, Napi::Object exports);
 void InitEngine(Napi::Env env, Napi::Object exports);
+void InitDistill(Napi::Env env, Napi::Object exports);
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   cascade::binding::InitRuntime(env, exports);
   cascade::binding::InitEngine(env, exports);
+  cascade::binding::InitDistill(env, exports);
   return exports;
 }
 

@@ -11,6 +11,8 @@
  */
 export { Runtime, Executable } from './runtime/runtime.js';
 export { Cascade } from './cascade/cascade.js';
+export { distillTiny } from './cascade/distill.js';
+export type { DistillOptions, DistillReport } from './cascade/distill.js';
 export type {
   CascadeLoadOptions,
   GenerateOptions,

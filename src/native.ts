@@ -72,6 +72,7 @@ export interface NativeClient {
 export interface NativeAddon {
   openClient(pluginPath: string, options: { cpuDeviceCount?: number }): Promise<NativeClient>;
   loadEngine(client: NativeClient, options: object): Promise<unknown>;
+  distillTiny(client: NativeClient, options: object, onProgress?: (done: number, total: number) => void): { promise: Promise<unknown>; cancel(): void };
   pjrtHeaderVersion: string;
 }
 

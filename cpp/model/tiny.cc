@@ -566,6 +566,7 @@ TinyWeights FitTinyClosedForm(DecoderModel& draft, const ModelWeights& dw, const
           }
       }
       token = next;
+      if (o.progress && !o.progress(step + 1, o.positions)) throw Error(ErrorKind::kAborted, "tiny fit: cancelled");
     }
   }
   rep.generate_ms = MsSince(t0);

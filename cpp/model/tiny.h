@@ -27,6 +27,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -121,6 +122,9 @@ struct TinyFitOptions {
   std::string draft_name;  // provenance written into metadata["draft"]
   // Generates the text (same vocabulary; its cache is overwritten); nullptr: the draft.
   DecoderModel* text_model = nullptr;
+  // Called after every generated position with (done, total); returning false cancels the fit
+  // (it then throws Error(kAborted)).
+  std::function<bool(int64_t, int64_t)> progress;
 };
 
 struct TinyFitReport {

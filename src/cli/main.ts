@@ -8,6 +8,7 @@ import { Command } from 'commander';
 
 import { CascadeError } from '../errors.js';
 import { benchCommand } from './commands/bench.js';
+import { distillCommand } from './commands/distill.js';
 import { infoCommand } from './commands/info.js';
 import { pluginCommand } from './commands/plugin.js';
 import { runCommand } from './commands/run.js';
@@ -28,6 +29,7 @@ program.addCommand(selftestCommand());
 program.addCommand(infoCommand());
 program.addCommand(pluginCommand());
 program.addCommand(benchCommand());
+program.addCommand(distillCommand());
 
 try {
   await program.parseAsync(process.argv);
