@@ -294,6 +294,8 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
   Napi::Object o = info[1].As<Napi::Object>();
   std::string target, draft, tiny, tiny_cache;
   bool fit_tiny = false;
+  bool warmup = false;
+  int64_t warm_k0 = 64;
   EngineOptions options;
   try {
     if (!o.Get("target").IsString()) throw InvalidArgumentError("target must be a model file path");
@@ -301,6 +303,8 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
     if (o.Get("draft").IsString()) draft = o.Get("draft").As<Napi::String>().Utf8Value();
     if (o.Get("tiny").IsString()) tiny = o.Get("tiny").As<Napi::String>().Utf8Value();
     fit_tiny = o.Get("fitTiny").ToBoolean();
+    warmup = o.Get("warmup").ToBoolean();
+    warm_k0 = static_cast<int64_t>(NumberFromJs(o, "k0", 64));
     if (o.Get("tinyCachePath").IsString()) tiny_cache = o.Get("tinyCachePath").As<Napi::String>().Utf8Value();
     options.target_precision = PrecisionFromJs(o, "targetPrecision", options.target_precision);
     options.draft_precision = PrecisionFromJs(o, "draftPrecision", options.draft_precision);
@@ -312,9 +316,17 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
     throw ToJsError(env, e);
   }
   auto engine = std::make_shared<std::shared_ptr<CascadeEngine>>();
+  // Progress of the load: (stage, done, total), stage "compile".
+  std::optional<Napi::ThreadSafeFunction> tsfn;
+  if (info.Length() > 2 && info[2].IsFunction())
+    tsfn = Napi::ThreadSafeFunction::New(env, info[2].As<Napi::Function>(), "cascade.load.progress", 0, 1);
+  auto release = [tsfn]() mutable {
+    if (tsfn) tsfn->Release();
+  };
   return PromiseWorker::Start(
       env, "cascade.load",
-      [client, target, draft, tiny, fit_tiny, tiny_cache, options, engine] {
+      [client, target, draft, tiny, fit_tiny, tiny_cache, options, engine, warmup, warm_k0, tsfn, release]() mutable {
+       try {
         ModelWeights t = LoadModel(target);
         std::optional<ModelWeights> d;
         if (!draft.empty()) d = LoadModel(draft);
@@ -339,7 +351,24 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
           }
           e->SetTiny(*cached);
         }
+        if (warmup) {
+          e->Warmup(options.planned_proposal_length, warm_k0, [tsfn](int64_t done, int64_t total) {
+            if (!tsfn) return;
+            auto* p = new std::pair<int64_t, int64_t>(done, total);
+            if (tsfn->NonBlockingCall(p, [](Napi::Env env, Napi::Function fn, std::pair<int64_t, int64_t>* p) {
+                  fn.Call({Napi::String::New(env, "compile"), Napi::Number::New(env, static_cast<double>(p->first)),
+                           Napi::Number::New(env, static_cast<double>(p->second))});
+                  delete p;
+                }) != napi_ok)
+              delete p;
+          });
+        }
         *engine = std::move(e);
+       } catch (...) {
+        release();
+        throw;
+       }
+       release();
       },
       [engine](Napi::Env env) -> Napi::Value {
         Napi::Object obj = g_engine_ctor->New({});

@@ -71,7 +71,7 @@ export interface NativeClient {
 /** @internal */
 export interface NativeAddon {
   openClient(pluginPath: string, options: { cpuDeviceCount?: number }): Promise<NativeClient>;
-  loadEngine(client: NativeClient, options: object): Promise<unknown>;
+  loadEngine(client: NativeClient, options: object, onProgress?: (stage: 'compile', done: number, total: number) => void): Promise<unknown>;
   distillTiny(client: NativeClient, options: object, onProgress?: (done: number, total: number) => void): { promise: Promise<unknown>; cancel(): void };
   pjrtHeaderVersion: string;
 }

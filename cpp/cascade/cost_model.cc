@@ -53,9 +53,20 @@ double CostModel::ExpectedTokens(double a, int64_t length) {
   return (1.0 - std::pow(a, static_cast<double>(length + 1))) / (1.0 - a);
 }
 
+double CostModel::DecodeEstimate() const {
+  if (decode_n_ > 0) return decode_ms_;
+  if (verify_n_ > 0) {  // no decode timed yet: the verify line at one token
+    const double mean_x = sx_ / verify_n_, mean_y = sy_ / verify_n_;
+    const double var = sxx_ / verify_n_ - mean_x * mean_x;
+    const double b = var > 1e-9 ? std::max(0.0, (sxy_ / verify_n_ - mean_x * mean_y) / var) : 0.1 * mean_y / mean_x;
+    return std::max(1e-3, mean_y - b * (mean_x - 1.0));
+  }
+  return 1.0;
+}
+
 double CostModel::VerifyMs(int64_t length) const {
   const double x = static_cast<double>(length + 1);
-  const double decode = decode_ms_ > 0 ? decode_ms_ : 1.0;
+  const double decode = DecodeEstimate();
   if (verify_n_ == 0) return decode * (1.0 + 0.1 * length);  // prior: ~10% of a decode per extra token
   const double mean_x = sx_ / verify_n_, mean_y = sy_ / verify_n_;
   const double var = sxx_ / verify_n_ - mean_x * mean_x;
@@ -65,7 +76,7 @@ double CostModel::VerifyMs(int64_t length) const {
 }
 
 double CostModel::Throughput(StepKind kind, int64_t length) const {
-  const double decode = decode_ms_ > 0 ? decode_ms_ : 1.0;
+  const double decode = DecodeEstimate();
   if (kind == StepKind::kTarget) return 1.0 / decode;
   const bool cascade = kind == StepKind::kCascade;
   const double draft = draft_ms(cascade) > 0 ? draft_ms(cascade) : decode * 0.25;

@@ -48,6 +48,8 @@ class CostModel {
 
   double acceptance(bool cascade) const { return cascade ? accept_cascade_ : accept_spec_; }
   double decode_ms() const { return decode_ms_; }
+  // The target decode cost: measured, else read off the verify line at one token, else 1 ms.
+  double DecodeEstimate() const;
   double draft_ms(bool cascade) const { return cascade ? draft_cascade_ms_ : draft_spec_ms_; }
   // Predicted speedup of a choice over target-only decoding.
   double PredictedSpeedup(StepKind kind, int64_t length) const;

@@ -213,6 +213,26 @@ void CascadeEngine::TargetOnlyStep(Sequence& seq, const GenerateOptions& options
   seq.tokens.push_back(y);
 }
 
+void CascadeEngine::Warmup(int64_t proposal_length, int64_t candidates,
+                          const std::function<void(int64_t, int64_t)>& progress) {
+  std::vector<std::pair<DecoderModel*, std::pair<int64_t, HeadSpec>>> shapes = {
+      {target_.get(), {1, {HeadKind::kArgmax, 0}}},
+      {target_.get(), {proposal_length + 1, {HeadKind::kArgmax, 0}}},
+      {draft_.get(), {1, {HeadKind::kArgmax, 0}}},
+  };
+  if (has_tiny_) {
+    HeadSpec cand{HeadKind::kCandidates, std::min<int64_t>(candidates, draft_->config().vocab_size)};
+    shapes.push_back({draft_.get(), {1, cand}});
+    cand.full_argmax = true;
+    shapes.push_back({draft_.get(), {1, cand}});
+  }
+  const int64_t total = static_cast<int64_t>(shapes.size());
+  for (int64_t i = 0; i < total; ++i) {
+    shapes[i].first->Prepare(shapes[i].second.first, shapes[i].second.second);
+    if (progress) progress(i + 1, total);
+  }
+}
+
 void CascadeEngine::SetTiny(const TinyWeights& tiny) {
   CheckTinyFitsDraft(tiny, draft_->config());
   draft_->SetTiny(tiny);

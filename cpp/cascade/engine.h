@@ -123,6 +123,11 @@ class CascadeEngine {
   // The target's logits after each of `tokens` ([T * vocab], f32), from an empty context.
   std::vector<float> TargetLogits(const std::vector<int32_t>& tokens);
 
+  // Compiles the programs a greedy generation with these settings uses (decode, verify(L+1), draft
+  // steps, the cascade's fused step if a tiny is installed), calling progress(done, total) after
+  // each; later generations then start without compiling.
+  void Warmup(int64_t proposal_length, int64_t candidates, const std::function<void(int64_t, int64_t)>& progress = {});
+
   // Installs the tiny model (stage 0) on the draft: enables DecodeMode::kCascade.
   void SetTiny(const TinyWeights& tiny);
   bool has_tiny() const { return has_tiny_; }

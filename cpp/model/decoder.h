@@ -88,6 +88,8 @@ class DecoderModel {
   // max_context) and returns the head's results. The KV cache is updated on the device.
   ForwardResult Forward(const std::vector<int32_t>& tokens, int64_t start_pos, const HeadSpec& head = {},
                         const ForwardInputs& inputs = {});
+  // Compiles (or loads from the compile cache) the program of a call shape without running it.
+  void Prepare(int64_t num_tokens, const HeadSpec& head) { Program(num_tokens, head, false); }
   // Zeroes the cache (not needed for correctness: unwritten slots are always masked).
   void ResetCache();
   // Uploads the tiny model (once) for HeadKind::kCandidates; replaces a previous one (and drops

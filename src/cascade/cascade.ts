@@ -4,7 +4,7 @@
  * target's: identical tokens at temperature 0, the same distribution when sampling.
  * @module
  */
-import { access, mkdir, stat } from 'node:fs/promises';
+import { access, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
 import { DisposedError, InvalidArgumentError } from '../errors.js';
@@ -48,9 +48,17 @@ export interface CascadeLoadOptions {
   maxContext?: number;
   /**
    * Layers of the self-speculative draft. Default: chosen by the cost model from 1/8, 1/4, 1/2
-   * and 3/4 of the target's layers by their measured agreement and estimated cost (see `info.draftChoice`).
+   * and 3/4 of the target's layers by their measured agreement and estimated cost (see
+   * `info.draftChoice`), measured once per model file and remembered in the cache.
    */
   draftLayers?: number;
+  /**
+   * Compile the programs a greedy generation uses while loading (cached on disk after the first
+   * time), instead of on first use. Default false.
+   */
+  warmup?: boolean;
+  /** Progress while loading: `('compile', done, total)` during the warm-up. */
+  onProgress?: (stage: 'compile', done: number, total: number) => void;
   /** Default number of tiny candidates per draft step (K0). */
   k0?: number;
   /** Default number of draft proposals per target call (K1, the proposal length L). */
@@ -264,6 +272,14 @@ async function tinyCachePath(target: string, draft: string | undefined, draftLay
   return path.join(dir, name);
 }
 
+/** Where the measured draft-depth choice for a target file is remembered. */
+async function draftChoicePath(target: string): Promise<string> {
+  const st = await stat(target).catch(() => undefined);
+  const dir = cachePath('draft-choice');
+  await mkdir(dir, { recursive: true });
+  return path.join(dir, `${path.basename(target).replace(/[^A-Za-z0-9._-]/g, '_')}-${st?.size ?? 0}-${Math.floor(st?.mtimeMs ?? 0)}.json`);
+}
+
 async function findTokenizer(target: string): Promise<Tokenizer> {
   if (target.toLowerCase().endsWith('.gguf')) return Tokenizer.fromGguf(target);
   const dir = target.endsWith('.json') || target.endsWith('.safetensors') ? path.dirname(target) : target;
@@ -333,6 +349,9 @@ export class Cascade {
     }
     throwIfAborted(options.signal);
     const tokenizer = await findTokenizer(options.target);
+    // The cost model's choice of draft depth is measured once per model file and remembered.
+    const choiceFile = options.draft === undefined && options.draftLayers === undefined ? await draftChoicePath(options.target) : undefined;
+    const rememberedLayers = choiceFile ? await readFile(choiceFile, 'utf8').then((t) => (JSON.parse(t) as { layers?: number }).layers, () => undefined) : undefined;
     const ownsRuntime = options.runtime === undefined;
     const runtime = options.runtime ?? (await Runtime.open({ plugin: options.plugin, devices: options.devices, signal: options.signal }));
     try {
@@ -345,18 +364,25 @@ export class Cascade {
           targetPrecision: precision.target ?? (cpu ? 'f32' : 'bf16'),
           draftPrecision: precision.draft ?? (cpu ? 'f32' : 'int8'),
           maxContext: options.maxContext ?? 1024,
-          draftLayers: options.draftLayers,
+          draftLayers: options.draftLayers ?? rememberedLayers,
           k1: options.k1,
+          k0: options.k0,
+          warmup: options.warmup === true,
           ...(options.tiny === 'fit'
             ? { fitTiny: true, tinyCachePath: await tinyCachePath(options.target, options.draft, options.draftLayers, precision.draft ?? (cpu ? 'f32' : 'int8')) }
             : { tiny: options.tiny }),
-        }),
+        }, options.onProgress),
       )) as NativeEngine;
       if (options.signal?.aborted) {
         engine.dispose();
         throw abortReason(options.signal);
       }
-      return new Cascade(engine, tokenizer, runtime, ownsRuntime, { k0: options.k0, k1: options.k1 });
+      const cascade = new Cascade(engine, tokenizer, runtime, ownsRuntime, { k0: options.k0, k1: options.k1 });
+      if (choiceFile && rememberedLayers === undefined && cascade.info.draftChoice.length) {
+        const layers = cascade.info.draft.layers;
+        await writeFile(choiceFile, `${JSON.stringify({ layers, candidates: cascade.info.draftChoice }, null, 2)}\n`).catch(() => {});
+      }
+      return cascade;
     } catch (error) {
       if (ownsRuntime) await runtime.close();
       throw error;

@@ -3,6 +3,7 @@ import { Command, Option } from 'commander';
 import { Cascade, type CascadeStats, type DecodeMode, type Precision } from '../../cascade/cascade.js';
 import { ensureDefaultModel } from '../../models/default-model.js';
 import { printJson, table } from '../output.js';
+import { progressBar } from '../progress.js';
 import { pluginOption, positiveInteger } from '../options.js';
 
 interface RunOptions {
@@ -63,8 +64,13 @@ async function run(prompt: string, opts: RunOptions): Promise<void> {
   const target = opts.model ?? (await ensureDefaultModel({ onProgress: progress })).path;
   const started = performance.now();
   if (!opts.json) progress(`loading ${target} (first run compiles the XLA programs, cached afterwards)`);
+  const bar = progressBar('compiling programs (once per machine)', !opts.json && process.stderr.isTTY === true);
   await using c = await Cascade.load({
     target,
+    warmup: true,
+    k1: opts.k1,
+    k0: opts.k0,
+    onProgress: (_stage, done, total) => bar.update(done, total),
     draft: opts.draft,
     plugin: opts.plugin,
     maxContext: opts.maxContext,
@@ -72,6 +78,7 @@ async function run(prompt: string, opts: RunOptions): Promise<void> {
     tiny: opts.tiny ?? (opts.mode === 'cascade' || opts.mode === 'auto' ? 'fit' : undefined),
     precision: opts.targetPrecision || opts.draftPrecision ? { target: opts.targetPrecision, draft: opts.draftPrecision } : 'auto',
   });
+  bar.stop();
   const generation = {
     mode: opts.mode,
     maxTokens: opts.maxTokens,
