@@ -344,9 +344,14 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
           }
           if (!cached) {
             const ModelWeights draft_weights = d ? *d : TruncateLayers(t, e->draft_config().num_layers);
+            // The target writes the text (what the cascade commits; a draft alone falls into loops).
             TinyFitOptions fit;
+            fit.positions = 1500;
+            fit.sequence_length = std::min<int64_t>(128, options.max_context);
+            fit.text_model = &e->target();
             fit.draft_name = draft_weights.source;
             cached = FitTinyClosedForm(e->draft(), draft_weights, fit);
+            cached->metadata["fit_text"] = "target";
             if (!tiny_cache.empty()) SaveTiny(*cached, tiny_cache);
           }
           e->SetTiny(*cached);
@@ -379,9 +384,19 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
+// measureBandwidth(): Promise<number>: this machine's memory read bandwidth in GB/s (the BW_i of
+// the seed's cost model, for the host-memory devices of the CPU plugin).
+Napi::Value MeasureBandwidth(const Napi::CallbackInfo& info) {
+  auto gbs = std::make_shared<double>(0);
+  return PromiseWorker::Start(
+      info.Env(), "cascade.bandwidth", [gbs] { *gbs = MeasureReadBandwidthGBs(); },
+      [gbs](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *gbs); });
+}
+
 void InitEngine(Napi::Env env, Napi::Object exports) {
   g_engine_ctor = new Napi::FunctionReference(Napi::Persistent(NativeEngine::Define(env)));
   exports.Set("loadEngine", Napi::Function::New(env, LoadEngine, "loadEngine"));
+  exports.Set("measureBandwidth", Napi::Function::New(env, MeasureBandwidth, "measureBandwidth"));
 }
 
 }  // namespace cascade::binding

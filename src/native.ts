@@ -74,6 +74,7 @@ export interface NativeAddon {
   loadEngine(client: NativeClient, options: object, onProgress?: (stage: 'compile', done: number, total: number) => void): Promise<unknown>;
   distillTiny(client: NativeClient, options: object, onProgress?: (done: number, total: number) => void): { promise: Promise<unknown>; cancel(): void };
   pjrtHeaderVersion: string;
+  measureBandwidth(): Promise<number>;
 }
 
 /**

@@ -59,6 +59,8 @@ export interface CascadeLoadOptions {
   warmup?: boolean;
   /** Progress while loading: `('compile', done, total)` during the warm-up. */
   onProgress?: (stage: 'compile', done: number, total: number) => void;
+  /** Measure the memory bandwidth at load (~0.3 s) for {@link Cascade.costModel}. Default false. */
+  measureBandwidth?: boolean;
   /** Default number of tiny candidates per draft step (K0). */
   k0?: number;
   /** Default number of draft proposals per target call (K1, the proposal length L). */
@@ -316,6 +318,13 @@ export class Cascade {
   readonly info: ReturnType<NativeEngine['info']>;
   /** Totals over every generation so far. */
   readonly stats: CascadeStats = emptyStats();
+  /**
+   * The seed's cost-model inputs per model, measured at load when `measureBandwidth` is set:
+   * W_i (device weight bytes), BW_i (this machine's memory read bandwidth, GB/s) and the
+   * memory-bound floor W_i / BW_i of one step, in ms. The T_i terms are measured as generations
+   * run (see {@link CascadeStats.predictedSpeedup}).
+   */
+  costModel: { bandwidthGBs: number; targetFloorMs: number; draftFloorMs: number } | undefined;
   /** Statistics of the most recent generation (also after a {@link stream}). */
   lastStats: CascadeStats | undefined;
   #engine: NativeEngine | undefined;
@@ -369,7 +378,7 @@ export class Cascade {
           k0: options.k0,
           warmup: options.warmup === true,
           ...(options.tiny === 'fit'
-            ? { fitTiny: true, tinyCachePath: await tinyCachePath(options.target, options.draft, options.draftLayers, precision.draft ?? (cpu ? 'f32' : 'int8')) }
+            ? { fitTiny: true, tinyCachePath: await tinyCachePath(options.target, options.draft, options.draftLayers ?? rememberedLayers, precision.draft ?? (cpu ? 'f32' : 'int8')) }
             : { tiny: options.tiny }),
         }, options.onProgress),
       )) as NativeEngine;
@@ -378,6 +387,15 @@ export class Cascade {
         throw abortReason(options.signal);
       }
       const cascade = new Cascade(engine, tokenizer, runtime, ownsRuntime, { k0: options.k0, k1: options.k1 });
+      if (options.measureBandwidth) {
+        const gbs = await native().measureBandwidth();
+        const m = cascade.info.memory;
+        cascade.costModel = {
+          bandwidthGBs: gbs,
+          targetFloorMs: m.target.weightBytes / (gbs * 1e6),
+          draftFloorMs: (m.draft.weightBytes + m.draft.tinyBytes) / (gbs * 1e6),
+        };
+      }
       if (choiceFile && rememberedLayers === undefined && cascade.info.draftChoice.length) {
         const layers = cascade.info.draft.layers;
         await writeFile(choiceFile, `${JSON.stringify({ layers, candidates: cascade.info.draftChoice }, null, 2)}\n`).catch(() => {});

@@ -68,6 +68,7 @@ async function run(prompt: string, opts: RunOptions): Promise<void> {
   await using c = await Cascade.load({
     target,
     warmup: true,
+    measureBandwidth: true,
     k1: opts.k1,
     k0: opts.k0,
     onProgress: (_stage, done, total) => bar.update(done, total),
@@ -111,6 +112,14 @@ async function run(prompt: string, opts: RunOptions): Promise<void> {
   process.stdout.write('\n\n');
   console.log(`${c.info.target.family} target: ${c.info.target.layers} layers (${c.info.targetPrecision}); draft: ${c.info.draft.layers} layers (${c.info.draftPrecision}); mode ${opts.mode}, k1 ${opts.k1}`);
   console.log(statsTable(stats, baseline));
+  const cm = c.costModel;
+  if (cm) {
+    console.log(
+      `memory bandwidth ${cm.bandwidthGBs.toFixed(1)} GB/s: weight-read floor per step target ${cm.targetFloorMs.toFixed(1)} ms ` +
+        `(${(c.info.memory.target.weightBytes / 1048576).toFixed(0)} MiB), draft+tiny ${cm.draftFloorMs.toFixed(1)} ms ` +
+        `(${((c.info.memory.draft.weightBytes + c.info.memory.draft.tinyBytes) / 1048576).toFixed(0)} MiB)`,
+    );
+  }
 }
 
 export function runCommand(name = 'run'): Command {
@@ -118,7 +127,7 @@ export function runCommand(name = 'run'): Command {
     .argument(name === 'demo' ? '[prompt]' : '<prompt>', 'what to ask (rendered with the model chat template unless --raw)')
     .option('--model <path>', 'target model: a GGUF file or a Hugging Face folder (default: SmolLM2-135M-Instruct, downloaded once)')
     .option('--draft <path>', 'draft model with the same vocabulary (default: the target\'s first layers)')
-    .addOption(new Option('--mode <mode>', 'decoding mode').choices(['target', 'speculative', 'cascade', 'auto']).default('speculative'))
+    .addOption(new Option('--mode <mode>', 'decoding mode').choices(['target', 'speculative', 'cascade', 'auto']).default(name === 'demo' ? 'cascade' : 'speculative'))
     .option('--max-tokens <n>', 'most tokens to generate', positiveInteger('--max-tokens'), 128)
     .option('--temperature <t>', '0 is greedy', nonNegativeNumber('--temperature'), 0)
     .option('--top-k <k>', 'keep the k most likely tokens (0 = off)', nonNegativeNumber('--top-k'), 0)
@@ -138,8 +147,9 @@ export function runCommand(name = 'run'): Command {
     .addOption(pluginOption());
   if (name === 'demo') {
     cmd.description(
-      'The demo: fetch SmolLM2-135M-Instruct (once), stream an answer with speculative decoding, then print the stage ' +
-        'table and the target-only speed for comparison.',
+      'The demo: fetch SmolLM2-135M-Instruct and build its default draft and tiny model (once, cached), stream an ' +
+        'answer with cascaded decoding (tiny -> draft -> target), then print the stage table and the target-only speed ' +
+        'for comparison.',
     );
   } else {
     cmd.description('Generate a reply to a prompt, streaming it to the terminal, then print the statistics.');
