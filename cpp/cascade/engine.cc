@@ -39,6 +39,27 @@ class StageTimer {
   Clock::time_point start_;
 };
 
+// Runs tokens[from .. to-1] at their own positions in chunks whose sizes are powers of two (<= 64),
+// so a handful of compiled shapes serve every length; `each` sees every chunk's result.
+template <typename Each>
+void ForwardInChunks(DecoderModel& model, const std::vector<int32_t>& tokens, int64_t from, int64_t to,
+                     const HeadSpec& head, Each&& each) {
+  while (from < to) {
+    int64_t chunk = 64;
+    while (chunk > to - from) chunk /= 2;
+    std::vector<int32_t> part(tokens.begin() + from, tokens.begin() + from + chunk);
+    each(model.Forward(part, from, head));
+    from += chunk;
+  }
+}
+
+std::vector<int32_t> ArgmaxOf(DecoderModel& model, const std::vector<int32_t>& tokens) {
+  std::vector<int32_t> out;
+  ForwardInChunks(model, tokens, 0, static_cast<int64_t>(tokens.size()), {HeadKind::kArgmax, 0},
+                  [&](const ForwardResult& r) { out.insert(out.end(), r.argmax.begin(), r.argmax.end()); });
+  return out;
+}
+
 HeadSpec HeadFor(const SamplingParams& sampling) {
   return {sampling.greedy() ? HeadKind::kArgmax : HeadKind::kLogits, 0};
 }
@@ -129,16 +150,8 @@ int64_t CascadeEngine::ChooseDraftLayers(const ModelWeights& target, const Decod
     decode_ms.push_back(ms);
     cost_.ObserveDecode(ms);
   }
-  std::vector<int32_t> input(text.begin(), text.end() - 1);
-  std::vector<int32_t> target_argmax;
-  for (int64_t at = 0; at < static_cast<int64_t>(input.size());) {  // power-of-two chunks, as CatchUp
-    int64_t chunk = 64;
-    while (chunk > static_cast<int64_t>(input.size()) - at) chunk /= 2;
-    std::vector<int32_t> part(input.begin() + at, input.begin() + at + chunk);
-    auto a = target_->Forward(part, at, {HeadKind::kArgmax, 0}).argmax;
-    target_argmax.insert(target_argmax.end(), a.begin(), a.end());
-    at += chunk;
-  }
+  const std::vector<int32_t> input(text.begin(), text.end() - 1);
+  const std::vector<int32_t> target_argmax = ArgmaxOf(*target_, input);
   // Parameters read per decode step: the layers and the head (the embedding is one row).
   const double d = static_cast<double>(c.hidden_size), f = static_cast<double>(c.intermediate_size);
   const double attn = d * c.head_dim * (c.num_heads * 2.0 + c.num_kv_heads * 2.0);
@@ -154,15 +167,7 @@ int64_t CascadeEngine::ChooseDraftLayers(const ModelWeights& target, const Decod
   double best_speedup = -1;
   for (int64_t n : candidates) {
     DecoderModel draft(client_, TruncateLayers(target, n), draft_options);
-    std::vector<int32_t> draft_argmax;
-    for (int64_t at = 0; at < static_cast<int64_t>(input.size());) {
-      int64_t chunk = 64;
-      while (chunk > static_cast<int64_t>(input.size()) - at) chunk /= 2;
-      std::vector<int32_t> part(input.begin() + at, input.begin() + at + chunk);
-      auto a = draft.Forward(part, at, {HeadKind::kArgmax, 0}).argmax;
-      draft_argmax.insert(draft_argmax.end(), a.begin(), a.end());
-      at += chunk;
-    }
+    const std::vector<int32_t> draft_argmax = ArgmaxOf(draft, input);
     int64_t agree = 0;
     for (size_t i = 0; i < draft_argmax.size(); ++i) agree += draft_argmax[i] == target_argmax[i];
     DraftCandidate cand;
@@ -185,13 +190,8 @@ int64_t CascadeEngine::ChooseDraftLayers(const ModelWeights& target, const Decod
 // Feeds tokens[valid .. upto-1] so the cache holds them. Chunks are powers of two (<= 64), so a
 // handful of compiled shapes serve every prompt length.
 void CascadeEngine::CatchUp(DecoderModel& model, int64_t& valid, const std::vector<int32_t>& tokens, int64_t upto) {
-  while (valid < upto) {
-    int64_t chunk = 64;
-    while (chunk > upto - valid) chunk /= 2;
-    std::vector<int32_t> part(tokens.begin() + valid, tokens.begin() + valid + chunk);
-    model.Forward(part, valid, {HeadKind::kArgmax, 0});
-    valid += chunk;
-  }
+  ForwardInChunks(model, tokens, valid, upto, {HeadKind::kArgmax, 0}, [](const ForwardResult&) {});
+  valid = std::max(valid, upto);
 }
 
 // Target-only: one decode of the last committed token, then sample from p.
@@ -358,14 +358,8 @@ std::vector<float> CascadeEngine::TargetLogits(const std::vector<int32_t>& token
                                std::to_string(options_.max_context));
   std::vector<float> out;
   out.reserve(static_cast<size_t>(T * target_->config().vocab_size));
-  for (int64_t at = 0; at < T;) {  // power-of-two chunks, as in CatchUp
-    int64_t chunk = 64;
-    while (chunk > T - at) chunk /= 2;
-    std::vector<int32_t> part(tokens.begin() + at, tokens.begin() + at + chunk);
-    ForwardResult r = target_->Forward(part, at, {HeadKind::kLogits, 0});
-    out.insert(out.end(), r.logits.begin(), r.logits.end());
-    at += chunk;
-  }
+  ForwardInChunks(*target_, tokens, 0, T, {HeadKind::kLogits, 0},
+                  [&](const ForwardResult& r) { out.insert(out.end(), r.logits.begin(), r.logits.end()); });
   return out;
 }
 
