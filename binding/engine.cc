@@ -180,6 +180,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       options->proposal_length = static_cast<int64_t>(NumberFromJs(o, "proposalLength", 4));
       options->candidates = static_cast<int64_t>(NumberFromJs(o, "candidates", 64));
       options->dynamic_length = o.Get("dynamicLength").ToBoolean();
+      options->branches = static_cast<int64_t>(NumberFromJs(o, "branches", 1));
       options->broken_acceptance_for_testing = o.Get("brokenAcceptanceForTesting").ToBoolean();
       Napi::Value stops = o.Get("stopTokens");
       if (stops.IsTypedArray()) {

@@ -38,6 +38,8 @@ describe('Cascade on SmolLM2-135M-Instruct', () => {
         expect(spec.stats.targetCalls).toBeLessThanOrEqual(24);
         expect(spec.stats.positionAcceptance.length).toBe(k1);
       }
+      const tree = await c.generate(prompt, { mode: 'speculative', k1: 3, branches: 3, maxTokens: 24, stopAtEos: false });
+      expect(tree.tokens).toEqual(base.tokens);
     }
   }, 600_000);
 

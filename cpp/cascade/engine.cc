@@ -279,6 +279,133 @@ int32_t CascadeEngine::DraftPropose(int32_t input, int64_t position, const Gener
   return x;
 }
 
+TokenDist CascadeEngine::DraftDistribution(int32_t input, int64_t position, const GenerateOptions& options, bool cascade,
+                                           GenerationStats& stats, std::vector<int32_t>* ranked, size_t top) {
+  const size_t vocab = static_cast<size_t>(draft_->config().vocab_size);
+  ++stats.draft_calls;
+  // Always the logits (not the argmax head): several branches need the ranking even at T = 0.
+  SamplingParams ranking = options.sampling;
+  if (ranking.greedy()) ranking = {1.0, 0, 1.0};
+  TokenDist q;
+  if (cascade) {
+    ForwardResult r = draft_->Forward({input}, position, {HeadKind::kCandidates, options.candidates});
+    q = Transform(r.candidate_logits.data(), static_cast<size_t>(options.candidates), ranking, r.candidate_ids.data());
+  } else {
+    ForwardResult r = draft_->Forward({input}, position, {HeadKind::kLogits, 0});
+    q = Transform(r.logits.data(), vocab, ranking);
+  }
+  if (ranked) *ranked = q.TopN(top);
+  return q;
+}
+
+// Several branches: the first tokens are B draws from q~_1 (T = 0: its B best), each branch is
+// continued by the draft as a chain, and the target verifies the whole tree in one call
+// ([last, branch 0, branch 1, ...] with a tree mask: a token sees the root and its own branch).
+void CascadeEngine::BranchingStep(Sequence& seq, const GenerateOptions& options, bool cascade, int64_t length, Rng& rng,
+                                  GenerationStats& stats) {
+  const int64_t n = static_cast<int64_t>(seq.tokens.size());
+  const size_t vocab = static_cast<size_t>(target_->config().vocab_size);
+  const bool greedy = options.sampling.greedy();
+  const int64_t B = options.branches;
+  const int64_t L = std::min<int64_t>(length, (options_.max_context - n) / B);
+  if (L < 1) return SpeculativeStep(seq, options, cascade, std::min<int64_t>(length, options_.max_context - n), rng, stats);
+
+  // 1. Propose: the shared first draft step, then each branch's chain.
+  std::vector<Proposal> branches(static_cast<size_t>(B));
+  double draft_ms = 0;
+  {
+    std::vector<int32_t> ranked;
+    TokenDist q1;
+    draft_ms += TimedExecution(*draft_, stats.times.compile_ms, [&] {
+      q1 = DraftDistribution(seq.tokens.back(), n - 1, options, cascade, stats, &ranked, static_cast<size_t>(B));
+    });
+    for (int64_t b = 0; b < B; ++b) {
+      Proposal& p = branches[b];
+      // T = 0: the B best distinct first tokens (fewer if q~_1 has fewer); T > 0: i.i.d. draws.
+      const int32_t first = greedy ? ranked[std::min<size_t>(b, ranked.size() - 1)] : q1.Sample(rng);
+      p.tokens.push_back(first);
+      if (!greedy) p.q.push_back(q1);
+      int32_t input = first;
+      for (int64_t j = 1; j < L; ++j) {
+        int32_t x = -1;
+        draft_ms += TimedExecution(*draft_, stats.times.compile_ms,
+                                   [&] { x = DraftPropose(input, n - 1 + j, options, cascade, rng, stats, p); });
+        p.tokens.push_back(x);
+        input = x;
+      }
+    }
+  }
+  stats.times.draft_ms += draft_ms;
+  ++(cascade ? stats.steps_cascade : stats.steps_speculative);
+  stats.length_sum += L;
+
+  // 2. Verify the tree in one target call.
+  const int64_t T = 1 + B * L;
+  std::vector<int32_t> block = {seq.tokens.back()};
+  ForwardInputs tree;
+  tree.tree_mask.assign(static_cast<size_t>(T * T), 0);
+  tree.position_offsets.assign(static_cast<size_t>(T), 0);
+  tree.tree_mask[0] = 1;
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t j = 0; j < L; ++j) {
+      const int64_t node = 1 + b * L + j;
+      block.push_back(branches[b].tokens[j]);
+      tree.position_offsets[node] = static_cast<int32_t>(j + 1);
+      tree.tree_mask[node * T + 0] = 1;
+      for (int64_t k = 0; k <= j; ++k) tree.tree_mask[node * T + 1 + b * L + k] = 1;
+    }
+  }
+  ForwardResult v;
+  const double ms = TimedExecution(*target_, stats.times.compile_ms,
+                                   [&] { v = target_->Forward(block, n - 1, HeadFor(options.sampling), tree); });
+  stats.times.target_ms += ms;
+  cost_.ObserveVerify(T, ms);
+  ++stats.target_calls;
+
+  // 3. Accept: p at branch b position j is the output of the root (j = 0) or of node (b, j-1).
+  StageTimer host(stats.times.host_ms);
+  auto node_of = [&](size_t b, size_t j) -> size_t { return j == 0 ? 0 : 1 + b * static_cast<size_t>(L) + (j - 1); };
+  Verdict verdict;
+  if (greedy) {
+    std::vector<std::vector<int32_t>> tokens, target_argmax;
+    for (int64_t b = 0; b < B; ++b) {
+      tokens.push_back(branches[b].tokens);
+      std::vector<int32_t> am;
+      for (int64_t j = 0; j <= L; ++j) am.push_back(v.argmax[node_of(b, j)]);
+      target_argmax.push_back(am);
+    }
+    verdict = VerifyGreedy(tokens, target_argmax);
+  } else {
+    verdict = VerifySampled(
+        branches,
+        [&](size_t b, size_t j) { return Transform(v.logits.data() + node_of(b, j) * vocab, vocab, options.sampling); },
+        rng);
+  }
+  const int64_t k = static_cast<int64_t>(verdict.accepted);
+  stats.proposed += B * L;
+  const int64_t examined = std::min<int64_t>(k + 1, L);
+  stats.attempted += examined;
+  stats.accepted += k;
+  cost_.ObserveAcceptance(cascade, examined, k);
+  if (static_cast<int64_t>(stats.position_attempted.size()) < L) {
+    stats.position_attempted.resize(L, 0);
+    stats.position_accepted.resize(L, 0);
+  }
+  for (int64_t j = 0; j < examined; ++j) {
+    ++stats.position_attempted[j];
+    if (j < k) ++stats.position_accepted[j];
+  }
+
+  // 4. Commit. Branch 0 sits in the target's cache slots n.. contiguously; any other accepted
+  //    branch is re-fed by the next round's catch-up (its slots are not contiguous). The draft's
+  //    cache holds the last branch it ran.
+  const Proposal& chosen = branches[verdict.branch];
+  seq.tokens.insert(seq.tokens.end(), chosen.tokens.begin(), chosen.tokens.begin() + k);
+  seq.tokens.push_back(verdict.next);
+  seq.target_valid = verdict.branch == 0 ? n + k : n;
+  seq.draft_valid = verdict.branch == static_cast<size_t>(B - 1) ? std::min(n - 1 + L, n + k) : n;
+}
+
 // Draft -> target: propose L tokens with the draft, verify them in one target call, accept.
 void CascadeEngine::SpeculativeStep(Sequence& seq, const GenerateOptions& options, bool cascade, int64_t length,
                                     Rng& rng, GenerationStats& stats) {
@@ -367,6 +494,8 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
   ValidateSamplingParams(options.sampling);
   if (prompt.empty()) throw InvalidArgumentError("the prompt has no tokens");
   if (options.max_tokens < 0) throw InvalidArgumentError("maxTokens must be >= 0");
+  if (options.branches < 1 || options.branches > 16)
+    throw InvalidArgumentError("branches must be in 1..16, got " + std::to_string(options.branches));
   if (options.proposal_length < 1 || options.proposal_length > 64)
     throw InvalidArgumentError("proposal length (k1) must be in 1..64, got " + std::to_string(options.proposal_length));
   const int64_t context = options_.max_context;
@@ -431,7 +560,10 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
     } else {
       (generated == 0 ? stats.times.prefill_ms : stats.times.draft_ms) += TimedExecution(
           *draft_, stats.times.compile_ms, [&] { CatchUp(*draft_, seq.draft_valid, seq.tokens, n - 1); });
-      SpeculativeStep(seq, options, kind == StepKind::kCascade, length, rng, stats);
+      if (options.branches > 1)
+        BranchingStep(seq, options, kind == StepKind::kCascade, length, rng, stats);
+      else
+        SpeculativeStep(seq, options, kind == StepKind::kCascade, length, rng, stats);
     }
     // Deliver the new tokens, cut at max_tokens and after a stop token.
     std::vector<int32_t> fresh(seq.tokens.begin() + before, seq.tokens.end());

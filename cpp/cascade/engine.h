@@ -46,6 +46,10 @@ struct GenerateOptions {
   std::vector<int32_t> stop_tokens;  // e.g. EOS ids: generation ends after emitting one
   int64_t proposal_length = 4;       // L (the seed's K1): draft tokens per target call
   int64_t candidates = 64;           // K0: the tiny's candidates per draft step (cascade mode)
+  // B: proposal branches per step (the seed's several proposals). Their first tokens are drawn
+  // i.i.d. from q~_1 (at T = 0: its top B), each continued as a chain; all are verified in one
+  // target call with a tree mask and accepted by multi-step speculative sampling (SpecInfer).
+  int64_t branches = 1;
   // Cascade mode: measure gamma0 (the draft's own argmax among the candidates) on one draft
   // step in `coverage_every` (that step also runs the full head). 0 turns it off.
   int64_t coverage_every = 8;
@@ -145,12 +149,19 @@ class CascadeEngine {
 
   void CatchUp(DecoderModel& model, int64_t& valid, const std::vector<int32_t>& tokens, int64_t upto);
   void TargetOnlyStep(Sequence& seq, const GenerateOptions& options, Rng& rng, GenerationStats& stats);
+  // B > 1 branches: proposals as a tree, one tree-masked verify call.
+  void BranchingStep(Sequence& seq, const GenerateOptions& options, bool cascade, int64_t length, Rng& rng,
+                     GenerationStats& stats);
   // Draft -> target (cascade: tiny -> draft -> target when `cascade`).
   void SpeculativeStep(Sequence& seq, const GenerateOptions& options, bool cascade, int64_t length, Rng& rng,
                        GenerationStats& stats);
   // One draft step at `position` from `input`: the proposal and the distribution it was drawn from.
   int32_t DraftPropose(int32_t input, int64_t position, const GenerateOptions& options, bool cascade, Rng& rng,
                        GenerationStats& stats, Proposal& proposal);
+  // The draft's (restricted) distribution at `position` without sampling: q~ and, for T = 0, the
+  // candidates ranked; used for the shared first step of several branches.
+  TokenDist DraftDistribution(int32_t input, int64_t position, const GenerateOptions& options, bool cascade,
+                              GenerationStats& stats, std::vector<int32_t>* ranked, size_t top);
 
   std::shared_ptr<Client> client_;
   EngineOptions options_;

@@ -84,6 +84,20 @@ TEST(Engine, CascadeGreedyIsIdenticalToTargetGreedyForEveryK0AndL) {
                   static_cast<long long>(L), r.stats.tau(), r.stats.gamma21(), r.stats.gamma0());
     }
   }
+  // Several branches per step (verified as a tree in one target call).
+  for (DecodeMode mode : {DecodeMode::kSpeculative, DecodeMode::kCascade}) {
+    for (int64_t B : {2, 4}) {
+      g.mode = mode;
+      g.candidates = 64;
+      g.proposal_length = 3;
+      g.branches = B;
+      auto r = engine.Generate(prompt, g);
+      EXPECT_EQ(r.tokens, reference) << DecodeModeName(mode) << " B=" << B;
+      std::printf("  %s B=%lld L=3: tau %.2f\n", DecodeModeName(mode), static_cast<long long>(B), r.stats.tau());
+    }
+  }
+  g.branches = 1;
+  g.mode = DecodeMode::kCascade;
   g.candidates = 4;
   g.proposal_length = 8;
   EXPECT_THROW(engine.Generate(prompt, g), InvalidArgumentError);  // K1 > K0
@@ -234,10 +248,20 @@ TEST(Engine, SampledOutputFollowsTheTargetDistribution) {
     EXPECT_GT(FirstTwoTokens(engine, g, kSamples).p_value, 1e-3) << DecodeModeName(mode);
   }
   g.dynamic_length = false;
+  // Several branches (SpecInfer's multi-step speculative sampling over i.i.d. first tokens).
+  g.mode = DecodeMode::kCascade;
+  g.branches = 2;
+  g.proposal_length = 2;
+  EXPECT_GT(FirstTwoTokens(engine, g, kSamples).p_value, 1e-3) << "cascade, 2 branches";
+  g.proposal_length = 3;
   g.broken_acceptance_for_testing = true;  // fails by a wide margin (chi2 in the thousands)
   for (DecodeMode mode : {DecodeMode::kSpeculative, DecodeMode::kCascade}) {
-    g.mode = mode;
-    EXPECT_LT(FirstTwoTokens(engine, g, kSamples / 4).p_value, 1e-3) << "negative control passed: " << DecodeModeName(mode);
+    for (int64_t B : {1, 2}) {
+      g.mode = mode;
+      g.branches = B;
+      EXPECT_LT(FirstTwoTokens(engine, g, kSamples / 4).p_value, 1e-3)
+          << "negative control passed: " << DecodeModeName(mode) << " B=" << B;
+    }
   }
 }
 

@@ -90,6 +90,13 @@ export interface GenerateOptions {
   /** Draft proposals per target call (K1 = L). */
   k1?: number;
   /**
+   * Proposal branches per step (the seed's several proposals, B): their first tokens are drawn
+   * independently from the draft (at temperature 0: its B best), each is continued as a chain, and
+   * the target verifies all of them in one call with a tree mask (SpecInfer's multi-step
+   * speculative sampling keeps the output exact). Default 1.
+   */
+  branches?: number;
+  /**
    * Dynamic horizon: choose the proposal length per step (up to `k1`) from the measured stage
    * costs and acceptance (default: on in `'auto'` mode, off otherwise).
    */
@@ -222,6 +229,7 @@ function checkGenerateOptions(o: GenerateOptions): void {
   checkInteger('seed', o.seed, 0);
   checkInteger('k0', o.k0, 1);
   checkInteger('k1', o.k1, 1, 64);
+  checkInteger('branches', o.branches, 1, 16);
   if (o.k0 !== undefined && o.k1 !== undefined && o.k1 > o.k0) {
     throw new InvalidArgumentError(`k1 (${o.k1}) must not exceed k0 (${o.k0})`);
   }
@@ -505,6 +513,7 @@ export class Cascade {
           proposalLength: options.k1 ?? this.#defaults.k1 ?? 4,
           candidates: options.k0 ?? this.#defaults.k0 ?? 64,
           dynamicLength: options.dynamicHorizon ?? options.mode === 'auto',
+          branches: options.branches ?? 1,
           stopTokens: Int32Array.from(eos),
           brokenAcceptanceForTesting: options.brokenAcceptanceForTesting === true,
         },

@@ -19,6 +19,7 @@ interface RunOptions {
   k0: number;
   tiny?: string;
   dynamic?: boolean;
+  branches: number;
   draftLayers?: number;
   targetPrecision?: Precision;
   draftPrecision?: Precision;
@@ -89,6 +90,7 @@ async function run(prompt: string, opts: RunOptions): Promise<void> {
     seed: opts.seed,
     k1: opts.k1,
     k0: opts.k0,
+    branches: opts.branches,
     ...(opts.dynamic ? { dynamicHorizon: true } : {}),
   };
   const input = opts.raw ? prompt : [{ role: 'user', content: prompt }];
@@ -136,6 +138,7 @@ export function runCommand(name = 'run'): Command {
     .option('--k1 <n>', 'draft proposals per target call (the most, with --dynamic)', positiveInteger('--k1'), 4)
     .option('--k0 <n>', 'tiny candidates per draft step (cascade mode)', positiveInteger('--k0'), 64)
     .option('--tiny <path>', "tiny model for --mode cascade: a .safetensors file, or 'fit' to fit one from the draft (cached)")
+    .option('--branches <n>', 'proposal branches per step, verified as a tree in one target call', positiveInteger('--branches'), 1)
     .option('--dynamic', 'choose the proposal length per step from the cost model (on by default in auto mode)')
     .option('--draft-layers <n>', 'layers of the self-speculative draft', positiveInteger('--draft-layers'))
     .addOption(new Option('--target-precision <p>', 'target weights on the device').choices(['f32', 'bf16', 'int8']))
