@@ -12,6 +12,8 @@
 export { Runtime, Executable } from './runtime/runtime.js';
 export { Cascade } from './cascade/cascade.js';
 export { distillTiny } from './cascade/distill.js';
+export { cpuCaches } from './cascade/placement.js';
+export type { PlacementReport, ModelPlacement, CpuCache } from './cascade/placement.js';
 export type { DistillOptions, DistillReport } from './cascade/distill.js';
 export type {
   CascadeLoadOptions,

@@ -114,6 +114,22 @@ describe('Cascade on SmolLM2-135M-Instruct', () => {
     expect(greedy.tokens[0]).toBe(best);
   }, 300_000);
 
+  it('reports where each model lives and the tiny against the CPU caches', async () => {
+    const p = await c.placement();
+    expect(p.models.map((m) => m.model)).toEqual(['target', 'draft']);
+    for (const m of p.models) {
+      expect(m.memoryKind).toBe('device');
+      expect(m.bytes).toBeGreaterThan(0);
+      expect(m.share).toBeGreaterThan(0);
+      expect(m.share).toBeLessThan(1);
+    }
+    // f32 target: 30 layers + embedding of SmolLM2-135M, about 513 MiB of weights.
+    expect(p.models[0]!.bytes).toBeGreaterThan(500 * 2 ** 20);
+    expect(p.cpuCaches.length).toBeGreaterThan(0);
+    expect(p.tinyVersusCache).toBeNull(); // no tiny loaded here
+    expect(p.note).toMatch(/VMEM/);
+  });
+
   it('rejects bad options with InvalidArgumentError', async () => {
     await expect(c.generate('x', { maxTokens: -1 })).rejects.toThrow(InvalidArgumentError);
     await expect(c.generate('x', { temperature: Number.NaN })).rejects.toThrow(InvalidArgumentError);

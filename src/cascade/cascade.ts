@@ -11,6 +11,7 @@ import { DisposedError, InvalidArgumentError } from '../errors.js';
 import { call, callSync, native } from '../native.js';
 import { Runtime } from '../runtime/runtime.js';
 import { Tokenizer, type ChatMessage } from '../tokenizer/index.js';
+import { placementReport, type PlacementReport } from './placement.js';
 import { abortReason, throwIfAborted } from '../utils/abort.js';
 import { cachePath } from '../utils/cache.js';
 
@@ -617,6 +618,21 @@ export class Cascade {
     t.predictedSpeedup = s.predictedSpeedup;
     t.measuredSpeedup = s.measuredSpeedup;
     t.meanProposalLength = s.meanProposalLength;
+  }
+
+  /**
+   * Where each model lives: device, memory kind, bytes and share of capacity, and the tiny's bytes
+   * against the CPU caches (see {@link PlacementReport}).
+   *
+   * @example
+   * ```ts
+   * const p = await c.placement();
+   * for (const m of p.models) console.log(m.model, m.memoryKind, m.bytes, m.share);
+   * ```
+   */
+  async placement(): Promise<PlacementReport> {
+    if (!this.#engine) throw new DisposedError('placement: the Cascade has been disposed');
+    return placementReport(this.info.memory, this.runtime.devices, this.runtime.platform, (d) => this.runtime.memoryStats(d));
   }
 
   /** Stops any generation at its next step, releases the models, and closes the runtime it opened. Idempotent. */

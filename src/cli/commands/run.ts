@@ -108,12 +108,19 @@ async function run(prompt: string, opts: RunOptions): Promise<void> {
     baseline = (await c.generate(input, { ...generation, mode: 'target' })).stats;
   }
   if (opts.json) {
-    printJson({ model: target, mode: opts.mode, text, stats, baseline, loadMs: first - started, generateMs: firstMs, info: c.info });
+    printJson({ model: target, mode: opts.mode, text, stats, baseline, loadMs: first - started, generateMs: firstMs, info: c.info, placement: await c.placement() });
     return;
   }
   process.stdout.write('\n\n');
   console.log(`${c.info.target.family} target: ${c.info.target.layers} layers (${c.info.targetPrecision}); draft: ${c.info.draft.layers} layers (${c.info.draftPrecision}); mode ${opts.mode}, k1 ${opts.k1}`);
   console.log(statsTable(stats, baseline));
+  const placement = await c.placement();
+  console.log(
+    `placement: ${placement.models.map((m) => `${m.model} ${(m.bytes / 1048576).toFixed(0)} MiB in "${m.memoryKind}"${m.share === null ? '' : ` (${(100 * m.share).toFixed(1)}%)`}`).join(', ')}` +
+      (placement.tinyVersusCache
+        ? `; tiny ${(placement.tinyVersusCache.tinyBytes / 1048576).toFixed(1)} MiB vs largest CPU cache ${(placement.tinyVersusCache.cacheBytes / 1048576).toFixed(1)} MiB (${placement.tinyVersusCache.fits ? 'fits' : 'does not fit'})`
+        : ''),
+  );
   const cm = c.costModel;
   if (cm) {
     console.log(
