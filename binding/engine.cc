@@ -125,6 +125,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
     o.Set("targetPrecision", WeightPrecisionName(engine->target().options().precision));
     o.Set("draftPrecision", WeightPrecisionName(engine->draft().options().precision));
     o.Set("maxContext", static_cast<double>(engine->target().max_context()));
+    o.Set("devices", static_cast<double>(engine->target().replicas()));
     o.Set("hasTiny", engine->has_tiny());
     // Device memory per model (XLA CPU reports no memory stats, so these are the buffers we own).
     auto memory = [&](DecoderModel& m) {
@@ -313,6 +314,7 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
     options.draft_layers = static_cast<int64_t>(NumberFromJs(o, "draftLayers", 0));
     options.planned_proposal_length = static_cast<int64_t>(NumberFromJs(o, "k1", 4));
     options.device_index = static_cast<size_t>(NumberFromJs(o, "deviceIndex", 0));
+    options.devices = static_cast<int64_t>(NumberFromJs(o, "devices", 1));
   } catch (const Error& e) {
     throw ToJsError(env, e);
   }

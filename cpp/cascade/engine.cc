@@ -118,9 +118,11 @@ CascadeEngine::CascadeEngine(std::shared_ptr<Client> client, const ModelWeights&
   t.precision = options.target_precision;
   t.max_context = options.max_context;
   t.device_index = options.device_index;
+  t.replicas = options.devices;
   target_ = std::make_unique<DecoderModel>(client_, target, t);
 
   DecoderOptions d = t;
+  d.replicas = 1;
   d.precision = options.draft_precision;
   if (draft) {
     if (draft->config.vocab_size != target.config.vocab_size)
@@ -307,7 +309,8 @@ void CascadeEngine::BranchingStep(Sequence& seq, const GenerateOptions& options,
   const size_t vocab = static_cast<size_t>(target_->config().vocab_size);
   const bool greedy = options.sampling.greedy();
   const int64_t B = options.branches;
-  const int64_t L = std::min<int64_t>(length, (options_.max_context - n) / B);
+  const int64_t per_replica = (B + options_.devices - 1) / options_.devices;
+  const int64_t L = std::min<int64_t>(length, (options_.max_context - n) / per_replica);
   if (L < 1) return SpeculativeStep(seq, options, cascade, std::min<int64_t>(length, options_.max_context - n), rng, stats);
 
   // 1. Propose: the shared first draft step, then each branch's chain.
@@ -339,46 +342,60 @@ void CascadeEngine::BranchingStep(Sequence& seq, const GenerateOptions& options,
   ++(cascade ? stats.steps_cascade : stats.steps_speculative);
   stats.length_sum += L;
 
-  // 2. Verify the tree in one target call.
-  const int64_t T = 1 + B * L;
-  std::vector<int32_t> block = {seq.tokens.back()};
-  ForwardInputs tree;
-  tree.tree_mask.assign(static_cast<size_t>(T * T), 0);
-  tree.position_offsets.assign(static_cast<size_t>(T), 0);
-  tree.tree_mask[0] = 1;
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t j = 0; j < L; ++j) {
-      const int64_t node = 1 + b * L + j;
-      block.push_back(branches[b].tokens[j]);
-      tree.position_offsets[node] = static_cast<int32_t>(j + 1);
-      tree.tree_mask[node * T + 0] = 1;
-      for (int64_t k = 0; k <= j; ++k) tree.tree_mask[node * T + 1 + b * L + k] = 1;
+  // 2. Verify the tree in one target call: replica d gets the root and branches
+  //    [d * per, (d + 1) * per) (pmap style; a replica short of branches repeats one, ignored).
+  const int64_t D = target_->replicas();
+  const int64_t per = (B + D - 1) / D;
+  const int64_t T = 1 + per * L;
+  std::vector<DecoderModel::Shard> shards(static_cast<size_t>(D));
+  for (int64_t d = 0; d < D; ++d) {
+    DecoderModel::Shard& shard = shards[d];
+    shard.tokens = {seq.tokens.back()};
+    ForwardInputs& tree = shard.inputs;
+    tree.tree_mask.assign(static_cast<size_t>(T * T), 0);
+    tree.position_offsets.assign(static_cast<size_t>(T), 0);
+    tree.tree_mask[0] = 1;
+    for (int64_t i = 0; i < per; ++i) {
+      const int64_t b = std::min(d * per + i, B - 1);
+      for (int64_t j = 0; j < L; ++j) {
+        const int64_t node = 1 + i * L + j;
+        shard.tokens.push_back(branches[b].tokens[j]);
+        tree.position_offsets[node] = static_cast<int32_t>(j + 1);
+        tree.tree_mask[node * T + 0] = 1;
+        for (int64_t k = 0; k <= j; ++k) tree.tree_mask[node * T + 1 + i * L + k] = 1;
+      }
     }
   }
-  ForwardResult v;
+  std::vector<ForwardResult> v;
   const double ms = TimedExecution(*target_, stats.times.compile_ms,
-                                   [&] { v = target_->Forward(block, n - 1, HeadFor(options.sampling), tree); });
+                                   [&] { v = target_->ForwardSharded(shards, n - 1, HeadFor(options.sampling)); });
   stats.times.target_ms += ms;
   cost_.ObserveVerify(T, ms);
   ++stats.target_calls;
 
-  // 3. Accept: p at branch b position j is the output of the root (j = 0) or of node (b, j-1).
+  // 3. Accept: p at branch b position j is the output of the root (j = 0) or of node (b, j-1) on
+  //    the replica that verified branch b.
   StageTimer host(stats.times.host_ms);
-  auto node_of = [&](size_t b, size_t j) -> size_t { return j == 0 ? 0 : 1 + b * static_cast<size_t>(L) + (j - 1); };
+  auto replica_of = [&](size_t b) -> const ForwardResult& { return v[b / static_cast<size_t>(per)]; };
+  auto node_of = [&](size_t b, size_t j) -> size_t {
+    return j == 0 ? 0 : 1 + (b % static_cast<size_t>(per)) * static_cast<size_t>(L) + (j - 1);
+  };
   Verdict verdict;
   if (greedy) {
     std::vector<std::vector<int32_t>> tokens, target_argmax;
     for (int64_t b = 0; b < B; ++b) {
       tokens.push_back(branches[b].tokens);
       std::vector<int32_t> am;
-      for (int64_t j = 0; j <= L; ++j) am.push_back(v.argmax[node_of(b, j)]);
+      for (int64_t j = 0; j <= L; ++j) am.push_back(replica_of(b).argmax[node_of(b, j)]);
       target_argmax.push_back(am);
     }
     verdict = VerifyGreedy(tokens, target_argmax);
   } else {
     verdict = VerifySampled(
         branches,
-        [&](size_t b, size_t j) { return Transform(v.logits.data() + node_of(b, j) * vocab, vocab, options.sampling); },
+        [&](size_t b, size_t j) {
+          return Transform(replica_of(b).logits.data() + node_of(b, j) * vocab, vocab, options.sampling);
+        },
         rng);
   }
   const int64_t k = static_cast<int64_t>(verdict.accepted);
@@ -402,7 +419,7 @@ void CascadeEngine::BranchingStep(Sequence& seq, const GenerateOptions& options,
   const Proposal& chosen = branches[verdict.branch];
   seq.tokens.insert(seq.tokens.end(), chosen.tokens.begin(), chosen.tokens.begin() + k);
   seq.tokens.push_back(verdict.next);
-  seq.target_valid = verdict.branch == 0 ? n + k : n;
+  seq.target_valid = verdict.branch == 0 && D == 1 ? n + k : n;
   seq.draft_valid = verdict.branch == static_cast<size_t>(B - 1) ? std::min(n - 1 + L, n + k) : n;
 }
 

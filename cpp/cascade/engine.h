@@ -36,6 +36,9 @@ struct EngineOptions {
   // The proposal length the draft choice is optimised for.
   int64_t planned_proposal_length = 4;
   size_t device_index = 0;
+  // pmap-style verification: the target (weights and KV cache) replicated on devices 0..D-1; with
+  // several branches, each device verifies a balanced share of them in the same call.
+  int64_t devices = 1;
 };
 
 struct GenerateOptions {

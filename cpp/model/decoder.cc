@@ -178,44 +178,55 @@ DecoderModel::DecoderModel(std::shared_ptr<Client> client, const ModelWeights& w
   if (options_.max_context < 1) throw InvalidArgumentError("DecoderModel: max_context must be >= 1");
   if (options_.device_index >= client_->devices().size())
     throw InvalidArgumentError("DecoderModel: no device " + std::to_string(options_.device_index));
+  if (options_.replicas < 1 || static_cast<size_t>(options_.replicas) > client_->devices().size())
+    throw InvalidArgumentError("DecoderModel: replicas must be in 1.." + std::to_string(client_->devices().size()) +
+                               " (the client's devices), got " + std::to_string(options_.replicas));
+  if (options_.replicas > 1 && options_.device_index != 0)
+    throw InvalidArgumentError("DecoderModel: replicated models start at device 0");
+  replicas_.resize(static_cast<size_t>(options_.replicas));
+  for (size_t r = 0; r < replicas_.size(); ++r) replicas_[r].device = options_.replicas > 1 ? r : options_.device_index;
   kv_dtype_ = options_.kv_dtype.value_or(options_.precision == WeightPrecision::kF32 ? DType::kF32 : DType::kBF16);
   if (kv_dtype_ != DType::kF32 && kv_dtype_ != DType::kBF16)
     throw InvalidArgumentError("DecoderModel: kv_dtype must be f32 or bf16");
   // One tensor group at a time, so the host holds at most one converted matrix at once.
   auto layout = WeightParamLayout(config_, options_.precision);
   for (size_t i = 0; i < layout.size();)
-    for (auto& t : PrepareAt(weights, layout, i)) weights_.push_back(client_->ToDevice(t, options_.device_index));
+    for (auto& t : PrepareAt(weights, layout, i))
+      for (auto& rep : replicas_) rep.weights.push_back(client_->ToDevice(t, rep.device));
   ResetCache();
 }
 
 void DecoderModel::ResetCache() {
   HostTensor zeros(kv_dtype_, KvCacheDims(config_, options_.max_context));
-  k_cache_ = client_->ToDevice(zeros, options_.device_index);
-  v_cache_ = client_->ToDevice(zeros, options_.device_index);
+  for (auto& rep : replicas_) {
+    rep.k_cache = client_->ToDevice(zeros, rep.device);
+    rep.v_cache = client_->ToDevice(zeros, rep.device);
+  }
 }
 
 void DecoderModel::SetTiny(const TinyWeights& tiny) {
   ValidateTiny(tiny);
   CheckTinyFitsDraft(tiny, config_);
-  std::vector<std::unique_ptr<Buffer>> uploaded;
-  for (const HostTensor& t : PrepareTinyParams(tiny)) uploaded.push_back(client_->ToDevice(t, options_.device_index));
+  std::vector<std::vector<std::unique_ptr<Buffer>>> uploaded(replicas_.size());
+  for (const HostTensor& t : PrepareTinyParams(tiny))
+    for (size_t r = 0; r < replicas_.size(); ++r) uploaded[r].push_back(client_->ToDevice(t, replicas_[r].device));
   if (tiny.hidden != tiny_hidden_) {
     for (auto it = programs_.begin(); it != programs_.end();)
       it = std::get<1>(it->first).kind == HeadKind::kCandidates ? programs_.erase(it) : std::next(it);
   }
-  tiny_ = std::move(uploaded);
+  for (size_t r = 0; r < replicas_.size(); ++r) replicas_[r].tiny = std::move(uploaded[r]);
   tiny_hidden_ = tiny.hidden;
 }
 
 int64_t DecoderModel::tiny_bytes() const {
   int64_t n = 0;
-  for (const auto& b : tiny_) n += static_cast<int64_t>(b->byte_size());
+  for (const auto& b : replicas_[0].tiny) n += static_cast<int64_t>(b->byte_size());
   return n;
 }
 
 int64_t DecoderModel::weight_bytes() const {
   int64_t n = 0;
-  for (const auto& b : weights_) n += static_cast<int64_t>(b->byte_size());
+  for (const auto& b : replicas_[0].weights) n += static_cast<int64_t>(b->byte_size());
   return n;
 }
 
@@ -239,12 +250,14 @@ std::shared_ptr<LoadedExecutable> DecoderModel::Program(int64_t num_tokens, cons
   auto it = programs_.find(key);
   if (it != programs_.end()) return it->second;
   const auto start = std::chrono::steady_clock::now();
-  auto exe = client_->Compile(ProgramText(num_tokens, key_head, tree), {1});
+  auto exe = client_->Compile(ProgramText(num_tokens, key_head, tree), {static_cast<int>(options_.replicas)});
   compile_ms_ += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  if (exe->device_indices().size() != 1 || exe->device_indices()[0] != options_.device_index) {
-    // Compile places a 1-replica program on device 0; other devices need their own client today.
-    throw InvalidArgumentError("DecoderModel: programs run on device " + std::to_string(exe->device_indices()[0]) +
-                               ", not device " + std::to_string(options_.device_index));
+  for (size_t r = 0; r < replicas_.size(); ++r) {
+    if (exe->device_indices().size() != replicas_.size() || exe->device_indices()[r] != replicas_[r].device) {
+      // Compile places replica r on device r; a single model elsewhere needs its own client today.
+      throw InvalidArgumentError("DecoderModel: programs run on device " + std::to_string(exe->device_indices()[0]) +
+                                 ", not device " + std::to_string(replicas_[r].device));
+    }
   }
   programs_[key] = exe;
   return exe;
@@ -252,13 +265,22 @@ std::shared_ptr<LoadedExecutable> DecoderModel::Program(int64_t num_tokens, cons
 
 ForwardResult DecoderModel::Forward(const std::vector<int32_t>& tokens, int64_t start_pos, const HeadSpec& head,
                                     const ForwardInputs& inputs) {
-  const int64_t T = static_cast<int64_t>(tokens.size());
+  std::vector<Shard> shards(replicas_.size(), Shard{tokens, inputs});
+  return std::move(ForwardSharded(shards, start_pos, head)[0]);
+}
+
+std::vector<ForwardResult> DecoderModel::ForwardSharded(const std::vector<Shard>& shards, int64_t start_pos,
+                                                        const HeadSpec& head) {
+  if (shards.size() != replicas_.size())
+    throw InvalidArgumentError("Forward: one shard per replica (" + std::to_string(replicas_.size()) + "), got " +
+                               std::to_string(shards.size()));
+  const int64_t T = static_cast<int64_t>(shards[0].tokens.size());
+  const bool logprob = head.kind == HeadKind::kTokenLogprob;
+  const bool tree = !shards[0].inputs.tree_mask.empty();
   if (T < 1) throw InvalidArgumentError("Forward: no tokens");
   if (start_pos < 0 || start_pos + T > options_.max_context)
     throw InvalidArgumentError("Forward: slots " + std::to_string(start_pos) + ".." + std::to_string(start_pos + T - 1) +
                                " do not fit the cache of " + std::to_string(options_.max_context));
-  for (int32_t t : tokens)
-    if (t < 0 || t >= config_.vocab_size) throw InvalidArgumentError("Forward: token id " + std::to_string(t) + " out of range");
   if (head.kind == HeadKind::kTopK && (head.k < 1 || head.k > config_.vocab_size))
     throw InvalidArgumentError("Forward: top-k needs 1 <= k <= vocab");
   if (head.kind == HeadKind::kCandidates) {
@@ -268,56 +290,66 @@ ForwardResult DecoderModel::Forward(const std::vector<int32_t>& tokens, int64_t 
   }
   if (head.full_argmax && head.kind != HeadKind::kCandidates)
     throw InvalidArgumentError("Forward: full_argmax is an option of the candidates head only");
-  const bool logprob = head.kind == HeadKind::kTokenLogprob;
-  if (logprob != !inputs.target_ids.empty() || (logprob && static_cast<int64_t>(inputs.target_ids.size()) != T))
-    throw InvalidArgumentError("Forward: target_ids must hold one id per token exactly for the token_logprob head");
-  for (int32_t t : inputs.target_ids)
-    if (t < 0 || t >= config_.vocab_size) throw InvalidArgumentError("Forward: target id " + std::to_string(t) + " out of range");
-  const bool tree = !inputs.tree_mask.empty();
-  if (tree && static_cast<int64_t>(inputs.tree_mask.size()) != T * T)
-    throw InvalidArgumentError("Forward: tree_mask must hold T*T entries");
-  if (!inputs.position_offsets.empty() && (!tree || static_cast<int64_t>(inputs.position_offsets.size()) != T))
-    throw InvalidArgumentError("Forward: position_offsets need a tree_mask and one offset per token");
-
-  auto exe = Program(T, head, tree);
-  const size_t dev = options_.device_index;
-  std::vector<std::unique_ptr<Buffer>> extra;
-  extra.push_back(client_->ToDevice(HostTensor(DType::kS32, {T}, tokens.data(), tokens.size() * 4), dev));
-  int32_t start32 = static_cast<int32_t>(start_pos);
-  extra.push_back(client_->ToDevice(HostTensor(DType::kS32, {}, &start32, 4), dev));
-  if (logprob) extra.push_back(client_->ToDevice(HostTensor(DType::kS32, {T}, inputs.target_ids.data(), T * 4), dev));
-  if (tree) {
-    HostTensor m(DType::kPred, {T, T});
-    for (int64_t i = 0; i < T * T; ++i) m.data[i] = inputs.tree_mask[i] ? 1 : 0;
-    extra.push_back(client_->ToDevice(m, dev));
-    std::vector<int32_t> offsets = inputs.position_offsets;
-    if (offsets.empty())
-      for (int32_t i = 0; i < T; ++i) offsets.push_back(i);
-    extra.push_back(client_->ToDevice(HostTensor(DType::kS32, {T}, offsets.data(), T * 4), dev));
+  for (const Shard& shard : shards) {
+    const auto& tokens = shard.tokens;
+    const auto& inputs = shard.inputs;
+    if (static_cast<int64_t>(tokens.size()) != T) throw InvalidArgumentError("Forward: shards differ in length");
+    for (int32_t t : tokens)
+      if (t < 0 || t >= config_.vocab_size) throw InvalidArgumentError("Forward: token id " + std::to_string(t) + " out of range");
+    if (logprob != !inputs.target_ids.empty() || (logprob && static_cast<int64_t>(inputs.target_ids.size()) != T))
+      throw InvalidArgumentError("Forward: target_ids must hold one id per token exactly for the token_logprob head");
+    for (int32_t t : inputs.target_ids)
+      if (t < 0 || t >= config_.vocab_size) throw InvalidArgumentError("Forward: target id " + std::to_string(t) + " out of range");
+    if (tree != !inputs.tree_mask.empty()) throw InvalidArgumentError("Forward: every shard or none has a tree mask");
+    if (tree && static_cast<int64_t>(inputs.tree_mask.size()) != T * T)
+      throw InvalidArgumentError("Forward: tree_mask must hold T*T entries");
+    if (!inputs.position_offsets.empty() && (!tree || static_cast<int64_t>(inputs.position_offsets.size()) != T))
+      throw InvalidArgumentError("Forward: position_offsets need a tree_mask and one offset per token");
   }
 
-  std::vector<Buffer*> args;
-  for (auto& w : weights_) args.push_back(w.get());
-  args.push_back(k_cache_.get());
-  args.push_back(v_cache_.get());
-  for (auto& e : extra) args.push_back(e.get());
-  if (head.kind == HeadKind::kCandidates)
-    for (auto& t : tiny_) args.push_back(t.get());
+  auto exe = Program(T, head, tree);
+  std::vector<std::vector<std::unique_ptr<Buffer>>> extra(replicas_.size());
+  std::vector<std::vector<Buffer*>> args(replicas_.size());
+  int32_t start32 = static_cast<int32_t>(start_pos);
+  for (size_t r = 0; r < replicas_.size(); ++r) {
+    const size_t dev = replicas_[r].device;
+    const auto& tokens = shards[r].tokens;
+    const auto& inputs = shards[r].inputs;
+    auto& e = extra[r];
+    e.push_back(client_->ToDevice(HostTensor(DType::kS32, {T}, tokens.data(), tokens.size() * 4), dev));
+    e.push_back(client_->ToDevice(HostTensor(DType::kS32, {}, &start32, 4), dev));
+    if (logprob) e.push_back(client_->ToDevice(HostTensor(DType::kS32, {T}, inputs.target_ids.data(), T * 4), dev));
+    if (tree) {
+      HostTensor m(DType::kPred, {T, T});
+      for (int64_t i = 0; i < T * T; ++i) m.data[i] = inputs.tree_mask[i] ? 1 : 0;
+      e.push_back(client_->ToDevice(m, dev));
+      std::vector<int32_t> offsets = inputs.position_offsets;
+      if (offsets.empty())
+        for (int32_t i = 0; i < T; ++i) offsets.push_back(i);
+      e.push_back(client_->ToDevice(HostTensor(DType::kS32, {T}, offsets.data(), T * 4), dev));
+    }
+    for (auto& w : replicas_[r].weights) args[r].push_back(w.get());
+    args[r].push_back(replicas_[r].k_cache.get());
+    args[r].push_back(replicas_[r].v_cache.get());
+    for (auto& x : e) args[r].push_back(x.get());
+    if (head.kind == HeadKind::kCandidates)
+      for (auto& t : replicas_[r].tiny) args[r].push_back(t.get());
+  }
 
   std::vector<std::vector<std::unique_ptr<Buffer>>> out;
   try {
-    out = exe->Execute({args});
+    out = exe->Execute(args);
   } catch (...) {
-    if (k_cache_->donated() || v_cache_->donated()) ResetCache();  // the old cache is gone; start clean
+    for (auto& rep : replicas_)
+      if (rep.k_cache->donated() || rep.v_cache->donated()) {
+        ResetCache();  // an old cache is gone; start clean
+        break;
+      }
     throw;
   }
   // The old cache buffers were donated (Execute marked them); results 0 and 1 are the same
   // device memory, updated in place.
-  k_cache_ = std::move(out[0][0]);
-  v_cache_ = std::move(out[0][1]);
-
-  ForwardResult r;
-  r.num_tokens = T;
+  std::vector<ForwardResult> results(replicas_.size());
   auto floats = [](const Buffer& b) {
     HostTensor t = b.ToHost();
     return std::vector<float>(t.as<float>(), t.as<float>() + t.element_count());
@@ -326,30 +358,37 @@ ForwardResult DecoderModel::Forward(const std::vector<int32_t>& tokens, int64_t 
     HostTensor t = b.ToHost();
     return std::vector<int32_t>(t.as<int32_t>(), t.as<int32_t>() + t.element_count());
   };
-  switch (head.kind) {
-    case HeadKind::kLogits:
-      r.logits = floats(*out[0][2]);
-      break;
-    case HeadKind::kArgmax:
-      r.argmax = ints(*out[0][2]);
-      break;
-    case HeadKind::kTopK:
-      r.topk_values = floats(*out[0][2]);
-      r.topk_indices = ints(*out[0][3]);
-      r.logsumexp = floats(*out[0][4]);
-      break;
-    case HeadKind::kTokenLogprob:
-      r.token_logprobs = floats(*out[0][2]);
-      r.argmax = ints(*out[0][3]);
-      break;
-    case HeadKind::kCandidates:
-      r.candidate_ids = ints(*out[0][2]);
-      r.candidate_logits = floats(*out[0][3]);
-      r.argmax = ints(*out[0][4]);
-      if (head.full_argmax) r.full_argmax = ints(*out[0][5]);
-      break;
+  for (size_t rep = 0; rep < replicas_.size(); ++rep) {
+    replicas_[rep].k_cache = std::move(out[rep][0]);
+    replicas_[rep].v_cache = std::move(out[rep][1]);
+    ForwardResult& r = results[rep];
+    r.num_tokens = T;
+    const auto& o = out[rep];
+    switch (head.kind) {
+      case HeadKind::kLogits:
+        r.logits = floats(*o[2]);
+        break;
+      case HeadKind::kArgmax:
+        r.argmax = ints(*o[2]);
+        break;
+      case HeadKind::kTopK:
+        r.topk_values = floats(*o[2]);
+        r.topk_indices = ints(*o[3]);
+        r.logsumexp = floats(*o[4]);
+        break;
+      case HeadKind::kTokenLogprob:
+        r.token_logprobs = floats(*o[2]);
+        r.argmax = ints(*o[3]);
+        break;
+      case HeadKind::kCandidates:
+        r.candidate_ids = ints(*o[2]);
+        r.candidate_logits = floats(*o[3]);
+        r.argmax = ints(*o[4]);
+        if (head.full_argmax) r.full_argmax = ints(*o[5]);
+        break;
+    }
   }
-  return r;
+  return results;
 }
 
 }  // namespace cascade

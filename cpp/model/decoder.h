@@ -52,6 +52,10 @@ struct DecoderOptions {
   std::optional<DType> kv_dtype;    // default: f32 for kF32 weights, bf16 otherwise
   size_t device_index = 0;
   MatmulMode matmul = MatmulMode::kAuto;
+  // pmap style: weights and KV cache replicated on devices 0..replicas-1, every program compiled
+  // with num_replicas = replicas. Forward() runs the same inputs on every replica (the caches stay
+  // identical); ForwardSharded() gives each replica its own inputs (e.g. a share of the branches).
+  int64_t replicas = 1;
 };
 
 // Extra inputs of a Forward call.
@@ -90,6 +94,17 @@ class DecoderModel {
                         const ForwardInputs& inputs = {});
   // Compiles (or loads from the compile cache) the program of a call shape without running it.
   void Prepare(int64_t num_tokens, const HeadSpec& head) { Program(num_tokens, head, false); }
+  // One replica's inputs for ForwardSharded.
+  struct Shard {
+    std::vector<int32_t> tokens;
+    ForwardInputs inputs;
+  };
+  // Runs replica d on shards[d] (one per replica, all with the same number of tokens and the same
+  // kind of inputs) at the same start_pos; returns each replica's results. Replica d's cache then
+  // holds its own shard's entries at slots start_pos.. (callers re-feed what they keep).
+  std::vector<ForwardResult> ForwardSharded(const std::vector<Shard>& shards, int64_t start_pos, const HeadSpec& head);
+  int64_t replicas() const { return options_.replicas; }
+
   // Zeroes the cache (not needed for correctness: unwritten slots are always masked).
   void ResetCache();
   // Uploads the tiny model (once) for HeadKind::kCandidates; replaces a previous one (and drops
@@ -110,8 +125,8 @@ class DecoderModel {
   double compile_ms() const { return compile_ms_; }
   int64_t weight_bytes() const;
   // The current cache buffers (replaced by every Forward; the previous ones are donated).
-  const Buffer& k_cache() const { return *k_cache_; }
-  const Buffer& v_cache() const { return *v_cache_; }
+  const Buffer& k_cache() const { return *replicas_[0].k_cache; }
+  const Buffer& v_cache() const { return *replicas_[0].v_cache; }
   // The program text for a call shape (what Forward compiles).
   std::string ProgramText(int64_t num_tokens, const HeadSpec& head, bool tree) const;
 
@@ -123,9 +138,15 @@ class DecoderModel {
   ModelConfig config_;
   DecoderOptions options_;
   DType kv_dtype_;
-  std::vector<std::unique_ptr<Buffer>> weights_;
-  std::unique_ptr<Buffer> k_cache_, v_cache_;
-  std::vector<std::unique_ptr<Buffer>> tiny_;  // TinyParamLayout order
+  // What lives on each replica's device.
+  struct Replica {
+    size_t device = 0;
+    std::vector<std::unique_ptr<Buffer>> weights;
+    std::unique_ptr<Buffer> k_cache, v_cache;
+    std::vector<std::unique_ptr<Buffer>> tiny;  // TinyParamLayout order
+  };
+  std::vector<Replica> replicas_;
+
   int64_t tiny_hidden_ = 0;
   std::map<std::tuple<int64_t, HeadSpec, bool>, std::shared_ptr<LoadedExecutable>> programs_;
 };

@@ -179,6 +179,44 @@ TEST(Engine, TheCostModelChoosesTheDraftDepth) {
   EXPECT_EQ(engine.draft_config().num_layers, best->layers);
 }
 
+TEST(Engine, ShardedVerificationGivesTheSameTokensOnOneTwoAndFourDevices) {
+  ClientOptions four;
+  four.cpu_device_count = 4;
+  auto client = Client::Create(Api::Load(LocatePlugin("cpu")), four);
+  ModelConfig config = testing::SmallLlama(false, 300);
+  ModelWeights target = testing::SmallRandomModel(config, 16, 1.0f);
+  const std::vector<int32_t> prompt = {3, 1, 4, 1, 5};
+  GenerateOptions g;
+  g.max_tokens = 24;
+  const auto greedy_reference = [&] {
+    CascadeEngine one(client, target, std::nullopt, Options());
+    return one.Generate(prompt, g).tokens;
+  }();
+  g.mode = DecodeMode::kCascade;
+  g.candidates = 32;
+  g.proposal_length = 3;
+  std::vector<std::vector<int32_t>> sampled;
+  for (int64_t D : {1, 2, 4}) {
+    EngineOptions o = Options();
+    o.devices = D;
+    CascadeEngine engine(client, target, std::nullopt, o);
+    engine.SetTiny(RandomTiny(config.hidden_size, 32, config.vocab_size, 8));
+    for (int64_t B : {1, 3, 4}) {
+      g.branches = B;
+      g.sampling = {};
+      auto r = engine.Generate(prompt, g);
+      EXPECT_EQ(r.tokens, greedy_reference) << "T=0 D=" << D << " B=" << B;
+      g.sampling = {0.8, 0, 1.0};
+      g.seed = 42;
+      auto s = engine.Generate(prompt, g);
+      if (D == 1) sampled.push_back(s.tokens);
+      else EXPECT_EQ(s.tokens, sampled[B == 1 ? 0 : B == 3 ? 1 : 2]) << "T=0.8 D=" << D << " B=" << B;
+      std::printf("  D=%lld B=%lld: tau %.2f (greedy), %.2f (T=0.8)\n", static_cast<long long>(D),
+                  static_cast<long long>(B), r.stats.tau(), s.stats.tau());
+    }
+  }
+}
+
 TEST(Engine, StopTokensMaxTokensAndCallbacks) {
   ModelWeights target = testing::SmallRandomModel(testing::SmallLlama(false), 21, 1.0f);
   CascadeEngine engine(Cpu(), target, std::nullopt, Options());

@@ -35,7 +35,11 @@ export interface CascadeLoadOptions {
   tiny?: string;
   /** PJRT plugin, as in {@link Runtime.open}. Ignored when `runtime` is given. */
   plugin?: string;
-  /** Devices to open, as in {@link Runtime.open}. Ignored when `runtime` is given. */
+  /**
+   * Devices the target is replicated on (pmap style): with several `branches`, each device
+   * verifies a balanced share of them in the same call. On the CPU plugin this also opens that
+   * many CPU devices. Default 1.
+   */
   devices?: number;
   /** Share an open runtime between several models (it is not closed by {@link Cascade.dispose}). */
   runtime?: Runtime;
@@ -184,6 +188,8 @@ interface NativeEngine {
     targetPrecision: Precision;
     draftPrecision: Precision;
     maxContext: number;
+    /** Devices the target is replicated on. */
+    devices: number;
     hasTiny: boolean;
     /** Device memory per model: weights, KV cache and (draft) the tiny model, in bytes. */
     memory: Record<'target' | 'draft', { weightBytes: number; kvCacheBytes: number; tinyBytes: number }>;
@@ -356,6 +362,7 @@ export class Cascade {
       throw new InvalidArgumentError('Cascade.load: target must be the path of a model file or folder');
     }
     checkInteger('maxContext', options.maxContext, 2, 1 << 20);
+    checkInteger('devices', options.devices, 1, 1024);
     checkInteger('draftLayers', options.draftLayers, 1);
     checkInteger('k0', options.k0, 1);
     checkInteger('k1', options.k1, 1, 64);
@@ -383,6 +390,7 @@ export class Cascade {
           draftPrecision: precision.draft ?? (cpu ? 'f32' : 'int8'),
           maxContext: options.maxContext ?? 1024,
           draftLayers: options.draftLayers ?? rememberedLayers,
+          devices: options.devices ?? 1,
           k1: options.k1,
           k0: options.k0,
           warmup: options.warmup === true,

@@ -20,6 +20,7 @@ interface RunOptions {
   tiny?: string;
   dynamic?: boolean;
   branches: number;
+  devices: number;
   draftLayers?: number;
   targetPrecision?: Precision;
   draftPrecision?: Precision;
@@ -75,6 +76,7 @@ async function run(prompt: string, opts: RunOptions): Promise<void> {
     onProgress: (_stage, done, total) => bar.update(done, total),
     draft: opts.draft,
     plugin: opts.plugin,
+    devices: opts.devices,
     maxContext: opts.maxContext,
     draftLayers: opts.draftLayers,
     tiny: opts.tiny ?? (opts.mode === 'cascade' || opts.mode === 'auto' ? 'fit' : undefined),
@@ -145,6 +147,7 @@ export function runCommand(name = 'run'): Command {
     .option('--k1 <n>', 'draft proposals per target call (the most, with --dynamic)', positiveInteger('--k1'), 4)
     .option('--k0 <n>', 'tiny candidates per draft step (cascade mode)', positiveInteger('--k0'), 64)
     .option('--tiny <path>', "tiny model for --mode cascade: a .safetensors file, or 'fit' to fit one from the draft (cached)")
+    .option('--devices <n>', 'devices the target is replicated on; branches are split across them', positiveInteger('--devices'), 1)
     .option('--branches <n>', 'proposal branches per step, verified as a tree in one target call', positiveInteger('--branches'), 1)
     .option('--dynamic', 'choose the proposal length per step from the cost model (on by default in auto mode)')
     .option('--draft-layers <n>', 'layers of the self-speculative draft', positiveInteger('--draft-layers'))
