@@ -6,6 +6,7 @@ import { Command } from 'commander';
 import { native } from '../../native.js';
 import { pluginCacheInfo } from '../../plugin/index.js';
 import { Runtime } from '../../runtime/runtime.js';
+import { PLACEMENT_NOTE, cpuCaches } from '../../cascade/placement.js';
 import { cacheRoot } from '../../utils/cache.js';
 import { devicesOption, pluginOption } from '../options.js';
 import { formatBytes, printJson } from '../output.js';
@@ -49,12 +50,15 @@ export function infoCommand(): Command {
     .action(async (opts: { plugin: string; devices?: number; json?: boolean }) => {
       await using rt = await Runtime.open({ plugin: opts.plugin, devices: opts.devices });
       const cache = { ...(await pluginCacheInfo()), folders: await cacheFolders() };
+      const caches = rt.platform === 'cpu' ? await cpuCaches() : [];
       const info = {
         plugin: { path: rt.pluginPath, kind: rt.pluginKind, apiVersion: rt.apiVersion, attributes: rt.attributes, extensions: rt.extensions },
         compiledAgainst: native().pjrtHeaderVersion,
         platform: rt.platform,
         platformVersion: rt.platformVersion,
         devices: rt.devices,
+        cpuCaches: caches,
+        placementNote: PLACEMENT_NOTE,
         cache,
       };
       if (opts.json) return printJson(info);
@@ -69,6 +73,8 @@ export function infoCommand(): Command {
         const mems = d.memories.map((m) => (m.isDefault ? `${m.kind}*` : m.kind)).join(', ');
         console.log(`  [${d.index}] id ${d.id} ${d.kind}  memories: ${mems}`);
       }
+      if (caches.length) console.log(`cpu caches    ${caches.map((c) => `L${c.level} ${c.type.toLowerCase()} ${formatBytes(c.bytes)}`).join(', ')}`);
+      console.log(`placement     ${PLACEMENT_NOTE}`);
       console.log(`cache         ${cache.root}`);
       for (const p of cache.plugins) console.log(`  plugin  ${p.name}/${p.path.split('/').pop()}  ${formatBytes(p.bytes)}`);
       for (const f of cache.folders) console.log(`  ${f.name.padEnd(12)}${String(f.files).padStart(5)} files  ${formatBytes(f.bytes).padStart(10)}  ${f.path}`);
