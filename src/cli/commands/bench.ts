@@ -3,6 +3,7 @@ import { Command, Option } from 'commander';
 import type { DecodeMode } from '../../cascade/cascade.js';
 import { Runtime } from '../../runtime/runtime.js';
 import { benchModes } from './bench-modes.js';
+import { benchCompare } from './bench-compare.js';
 import { tensor } from '../../runtime/tensor.js';
 import { median, printJson, table } from '../output.js';
 import { pluginOption, positiveInteger } from '../options.js';
@@ -47,7 +48,7 @@ export function benchCommand(): Command {
       'Benchmarks, run side by side in one process and reported as medians. Suite "runtime": open + compile + execute ' +
         'an n x n f32 matmul on 1 and on N devices, interleaved over several rounds (execute includes host<->device copies).',
     )
-    .addOption(new Option('--suite <name>', 'which benchmark').choices(['runtime', 'modes']).default('runtime'))
+    .addOption(new Option('--suite <name>', 'which benchmark').choices(['runtime', 'modes', 'compare']).default('runtime'))
     .option('--model <path>', 'modes: target model (default: SmolLM2-135M-Instruct)')
     .option('--modes <list>', 'modes: comma-separated decoding modes', 'target,speculative,cascade,auto')
     .option('--temperatures <list>', 'modes: comma-separated temperatures', '0,0.8')
@@ -65,6 +66,10 @@ export function benchCommand(): Command {
     .addHelpText('after', '\nExample:\n  $ cascade-xla bench --suite runtime --devices 1,4 --size 1024 --rounds 5')
     .action(async (opts: { suite: string; plugin: string; devices: string; size: number; rounds: number; repeats: number; json?: boolean;
       model?: string; modes: string; temperatures: string; maxTokens: number; k1: number; k0: number; draftLayers?: number; out: string }) => {
+      if (opts.suite === 'compare') {
+        await benchCompare({ model: opts.model, maxTokens: opts.maxTokens, k1: opts.k1, k0: opts.k0, out: opts.out, plugin: opts.plugin });
+        return;
+      }
       if (opts.suite === 'modes') {
         await benchModes({
           model: opts.model,
