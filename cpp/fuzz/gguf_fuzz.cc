@@ -19,7 +19,7 @@ void Touch(const GgufFile& f) {
     // Typed lookups: each either returns or throws ModelFormatError for the wrong type.
     try { sink = sink + f.GetString(key).size(); } catch (const Error&) {}
     try { sink = sink + static_cast<uint64_t>(f.GetInt(key)); } catch (const Error&) {}
-    try { sink = sink + static_cast<uint64_t>(f.GetFloat(key)); } catch (const Error&) {}
+    try { sink = sink + (f.GetFloat(key) > 0.5); } catch (const Error&) {}
     try { sink = sink + f.GetBool(key); } catch (const Error&) {}
     try { sink = sink + f.GetStringArray(key).size(); } catch (const Error&) {}
     try { sink = sink + f.GetIntArray(key).size(); } catch (const Error&) {}

@@ -306,5 +306,21 @@ TEST(BadInputs, TinyMetadataNumbers) {
   ExpectFormatError("tiny vocab != draft vocab", [&] { LoadTiny(good, &draft); }, {"vocab 16", "vocab 49152"});
 }
 
+// From json_fuzz: "-0.0e-3" parses to the double -0.0, which Serialize writes as "-0", which
+// parses back as the integer 0 (the sign is lost; likewise 3.0 -> "3" -> integer 3). Serialize's
+// output must still parse, and the second round trip must be a fixed point.
+TEST(BadInputs, JsonSerializeRoundTripOfNegativeZero) {
+  for (const char* text : {"-0.0e-3", "-0.0", "[-0.0,3.0,1e300,-1e-300]"}) {
+    SCOPED_TRACE(text);
+    const std::string once = json::Serialize(json::Parse(text, "fuzz.json"));
+    std::string twice, thrice;
+    ASSERT_NO_THROW(twice = json::Serialize(json::Parse(once, "once.json")));
+    ASSERT_NO_THROW(thrice = json::Serialize(json::Parse(twice, "twice.json")));
+    EXPECT_EQ(twice, thrice);
+  }
+  EXPECT_EQ(json::Serialize(json::Parse("-0.0e-3", "fuzz.json")), "-0");
+  EXPECT_EQ(json::Parse("-0", "fuzz.json").as_number(), 0.0);
+}
+
 }  // namespace
 }  // namespace cascade
