@@ -7,6 +7,7 @@
 // it (the process stays usable).
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <functional>
 #include <string>
 #include <vector>
@@ -304,6 +305,35 @@ TEST(BadInputs, TinyMetadataNumbers) {
   draft.hidden_size = 8;
   draft.vocab_size = 49152;
   ExpectFormatError("tiny vocab != draft vocab", [&] { LoadTiny(good, &draft); }, {"vocab 16", "vocab 49152"});
+}
+
+// From gguf_fuzz (a timeout): a 4 KB GGUF whose llama.block_count claims tens of thousands of
+// layers while it holds the tensors of one. LoadGgufModel builds the expected name and shape of
+// every layer's tensors (a map of 9 * block_count strings) before it looks at the file's tensors:
+// ~1 s in a release build for 65536 layers, ~15 s under ASan, and only then the typed error.
+// The error is right; the time is the finding (DISABLED_ below states the wanted bound).
+Bytes ManyLayersFewTensors() {
+  GgufModelSpec s{SmallConfig()};
+  s.skip = "llama.block_count";
+  s.extra = [](GgufWriter& g) { g.KvU32("llama.block_count", 65536); };
+  return BuildModelGguf(s);
+}
+
+TEST(BadInputs, GgufManyLayersFewTensors) {
+  TempDir dir;
+  const std::string path = dir.File("many_layers.gguf");
+  WriteFile(path, ManyLayersFewTensors());
+  ExpectFormatError("65536 layers, tensors for 1", [&] { LoadGgufModel(path); }, {path, "model.layers.1."});
+}
+
+TEST(BadInputs, DISABLED_GgufManyLayersFewTensorsFailsFast) {
+  TempDir dir;
+  const std::string path = dir.File("many_layers.gguf");
+  WriteFile(path, ManyLayersFewTensors());
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_THROW(LoadGgufModel(path), ModelFormatError);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(s, 0.05) << "a 4 KB file should be rejected in well under 50 ms";
 }
 
 // From json_fuzz: "-0.0e-3" parses to the double -0.0, which Serialize writes as "-0", which
