@@ -4,7 +4,7 @@
  * target's: identical tokens at temperature 0, the same distribution when sampling.
  * @module
  */
-import { access, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { access, copyFile, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
 import { DisposedError, InvalidArgumentError } from '../errors.js';
@@ -382,6 +382,9 @@ export class Cascade {
     try {
       const precision = options.precision === undefined || options.precision === 'auto' ? {} : options.precision;
       const cpu = runtime.platform === 'cpu';
+      const draftPrecision = precision.draft ?? (cpu ? 'f32' : 'int8');
+      const tinyFile =
+        options.tiny === 'fit' ? await tinyCachePath(options.target, options.draft, options.draftLayers ?? rememberedLayers, draftPrecision) : undefined;
       const engine = (await call(
         native().loadEngine(runtime.nativeClient(), {
           target: options.target,
@@ -394,9 +397,7 @@ export class Cascade {
           k1: options.k1,
           k0: options.k0,
           warmup: options.warmup === true,
-          ...(options.tiny === 'fit'
-            ? { fitTiny: true, tinyCachePath: await tinyCachePath(options.target, options.draft, options.draftLayers ?? rememberedLayers, precision.draft ?? (cpu ? 'f32' : 'int8')) }
-            : { tiny: options.tiny }),
+          ...(tinyFile ? { fitTiny: true, tinyCachePath: tinyFile } : { tiny: options.tiny }),
         }, options.onProgress),
       )) as NativeEngine;
       if (options.signal?.aborted) {
@@ -416,6 +417,8 @@ export class Cascade {
       if (choiceFile && rememberedLayers === undefined && cascade.info.draftChoice.length) {
         const layers = cascade.info.draft.layers;
         await writeFile(choiceFile, `${JSON.stringify({ layers, candidates: cascade.info.draftChoice }, null, 2)}\n`).catch(() => {});
+        // The tiny fitted for this depth: file it under the depth, where the next load looks.
+        if (tinyFile) await copyFile(tinyFile, await tinyCachePath(options.target, undefined, layers, draftPrecision)).catch(() => {});
       }
       return cascade;
     } catch (error) {
