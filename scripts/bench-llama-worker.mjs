@@ -39,8 +39,11 @@ try {
     const draftCtx = await draftModel.createContext({ contextSize: 512, sequences: 1, threads: 2, batchSize: 512 });
     const predictor = new DraftSequenceTokenPredictor(draftCtx.getSequence(), {
       maxTokens: cfg.draftMaxTokens ?? 4,
-      minTokens: 0,
-      minConfidence: 0, // always draft maxTokens, like our speculative mode's fixed k1
+      // Wait for a full round of maxTokens drafts each time, confidence threshold off: the fixed-k1
+      // speculative decoding of the other rows. (The default, minTokens 0, drafts opportunistically
+      // in the background and, on 2 busy vCPUs, never got a prediction in before the target asked.)
+      minTokens: cfg.draftMaxTokens ?? 4,
+      minConfidence: 0,
     });
     variants.draft = (await ctx(2)).getSequence({ tokenPredictor: predictor });
     draftInfo = { layers: cfg.draftLayers ?? null, maxTokens: cfg.draftMaxTokens ?? 4 };

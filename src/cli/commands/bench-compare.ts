@@ -137,6 +137,7 @@ interface Row {
   ofBound?: number;
   sameTokensAsTarget?: number;
   perPrompt?: { tokensPerSecond: number; ttftMs: number }[];
+  samples?: object[];
 }
 
 function oraclePython(): { python?: string; error?: string } {
@@ -248,7 +249,8 @@ export async function benchCompare(o: CompareBenchOptions): Promise<Row[]> {
       tau = median(s.map((r) => r.stats!.tau));
       acceptance = median(s.map((r) => r.stats!.accepted / Math.max(1, r.stats!.proposed)));
     } else if (v.id === 'llama-draft') {
-      acceptance = median(s.map((r) => r.predictions!.validated / Math.max(1, r.predictions!.validated + r.predictions!.refuted)));
+      const made = s.filter((r) => r.predictions!.validated + r.predictions!.refuted > 0);
+      acceptance = made.length ? median(made.map((r) => r.predictions!.validated / (r.predictions!.validated + r.predictions!.refuted))) : null;
     } else if (v.id === 'hf-assisted') {
       tau = median(s.map((r) => r.tokens.length / Math.max(1, r.targetCalls!)));
       acceptance = median(s.map((r) => (r.tokens.length - r.targetCalls!) / Math.max(1, r.draftCalls!)));
@@ -272,6 +274,7 @@ export async function benchCompare(o: CompareBenchOptions): Promise<Row[]> {
       ofBound: bound ? tps / bound : undefined,
       sameTokensAsTarget: same,
       perPrompt,
+      samples: s.map(({ tokens, ...rest }) => ({ ...rest, generated: tokens.length })),
     };
   });
   const promptLengthCheck = samples.get('cx-target')?.map((r, i) => ({ cascadeXla: r.stats?.promptTokens, others: ids[i]!.length }));
@@ -355,7 +358,7 @@ function markdown(r: {
       `and auto (the cost model picks per step). Compile time is excluded (warm-up at load and an untimed warm-up pass).`,
     `- **node-llama-cpp** 3.21.1, its prebuilt linux-x64 CPU binary from npm (\`gpu: false\`, \`build: 'never'\`, \`skipDownload: true\`), ` +
       `Q4_1 weights as they are in the file, \`LlamaContextSequence.evaluate\` at temperature 0 with 1 and 2 threads; ` +
-      `"+ draft" is its \`DraftSequenceTokenPredictor\` (${r.options.k1} tokens per round, confidence threshold off) on a GGUF copy that keeps the ` +
+      `"+ draft" is its \`DraftSequenceTokenPredictor\` (minTokens = maxTokens = ${r.options.k1} drafts per round, confidence threshold off) on a GGUF copy that keeps the ` +
       `target's first ${r.draftLayers} blocks (\`scripts/bench-truncate-gguf.py\`; there is no separate small SmolLM2 draft file).`,
     `- **transformers** 5.18 on torch 2.13 CPU (\`torch.set_num_threads(2)\`): the GGUF dequantised to f32, greedy \`generate\`; ` +
       `"assisted" passes \`assistant_model\` = a deep copy of the model with \`model.model.layers\` cut to the first ${r.draftLayers} ` +
@@ -381,8 +384,8 @@ function markdown(r: {
 async function renderChart(rows: Row[], title: string): Promise<Buffer> {
   const ok = rows.filter((r) => r.status === 'ok');
   const max = Math.max(1, ...ok.map((r) => Math.max(r.tokensPerSecond!, r.boundTokensPerSecond ?? 0)));
-  const W = 900;
-  const left = 330;
+  const W = 980;
+  const left = 380;
   const barH = 26;
   const top = 50;
   const H = top + rows.length * (barH + 10) + 40;
