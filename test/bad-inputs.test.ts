@@ -5,7 +5,7 @@
 // afterwards shows the process is still usable. The cases test/cascade.test.ts and
 // test/runtime.test.ts already cover are not repeated here.
 //
-// Cases marked `it.fails` are known bad behaviours (an untyped error, an option silently
+// Cases named "(fixed)" were known bad behaviours (found by this table, fixed since); cases marked `it.fails` are known bad behaviours (an untyped error, an option silently
 // ignored): they assert the behaviour we want, so they start failing (and must lose `.fails`)
 // once fixed.
 //
@@ -262,7 +262,7 @@ describe('bad model files through Cascade.load', () => {
   }, 300_000);
 
   // FINDING: the vocabulary-mismatch message names the sizes but not the draft file.
-  it.fails('(finding) the draft-vocabulary message names the draft file', async () => {
+  it('(fixed) the draft-vocabulary message names the draft file', async () => {
     const p = file('vocab64b.gguf', smallGguf({ vocab: 64, d: 64, ffn: 128, layers: 1, heads: 4, kvHeads: 2, ctx: 128 }));
     await expectError(Cascade.load({ target: model, ...BASE, draft: p }), InvalidArgumentError, [p]);
   }, 300_000);
@@ -314,21 +314,21 @@ describe('bad Cascade.load options', () => {
   }, 300_000);
 
   // FINDING: an unknown precision reaches the addon and comes back as a plain Error.
-  it.fails('(finding) an unknown precision is InvalidArgumentError', async () => {
+  it('(fixed) an unknown precision is InvalidArgumentError', async () => {
     await expectError(Cascade.load({ target: model, ...BASE, precision: { target: 'fp8' as never } }), InvalidArgumentError, ['fp8']);
   }, 300_000);
 
   // FINDING: precision: 'bf16' (a string other than 'auto') is silently ignored.
-  it.fails('(finding) precision given as a bare string other than auto is rejected', async () => {
+  it('(fixed) precision given as a bare string other than auto is rejected', async () => {
     await expectError(Cascade.load({ target: model, ...BASE, precision: 'bf16' as never }), InvalidArgumentError, ['precision']);
   }, 300_000);
 
   // FINDING: a draft that is not a string (or is '') is silently ignored: the cascade loads with
   // the self-speculative draft instead.
-  it.fails('(finding) a draft of the wrong type is rejected', async () => {
+  it('(fixed) a draft of the wrong type is rejected', async () => {
     await expectError(Cascade.load({ target: model, ...BASE, draft: 42 as never }), InvalidArgumentError, ['draft']);
   }, 300_000);
-  it.fails('(finding) an empty draft path is rejected', async () => {
+  it('(fixed) an empty draft path is rejected', async () => {
     await expectError(Cascade.load({ target: model, ...BASE, draft: '' }), InvalidArgumentError, ['draft']);
   }, 300_000);
 });
@@ -402,17 +402,17 @@ describe('bad generate / evaluate calls on a loaded cascade', () => {
   });
 
   // FINDING: the message is the chat template's ("messages.map is not a function"), not "prompt".
-  it.fails('(finding) a prompt of the wrong type names the prompt in the message', async () => {
+  it('(fixed) a prompt of the wrong type names the prompt in the message', async () => {
     await expectError(c.generate(42 as never, { maxTokens: 2 }), InvalidArgumentError, [/prompt/]);
   });
 
   // FINDING: a signal that is not an AbortSignal throws a TypeError from inside the stream.
-  it.fails('(finding) a signal that is not an AbortSignal is InvalidArgumentError', async () => {
+  it('(fixed) a signal that is not an AbortSignal is InvalidArgumentError', async () => {
     await expectError(c.generate('x', { maxTokens: 2, signal: {} as never }), InvalidArgumentError, ['signal']);
   });
 
   // FINDING: null options throw a TypeError ("Cannot read properties of null").
-  it.fails('(finding) null options are InvalidArgumentError', async () => {
+  it('(fixed) null options are InvalidArgumentError', async () => {
     await expectError(c.generate('x', null as never), InvalidArgumentError, []);
   });
 

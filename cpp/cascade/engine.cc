@@ -114,6 +114,10 @@ struct CascadeEngine::Sequence {
 CascadeEngine::CascadeEngine(std::shared_ptr<Client> client, const ModelWeights& target,
                              const std::optional<ModelWeights>& draft, const EngineOptions& options)
     : client_(std::move(client)), options_(options) {
+  if (draft && draft->config.vocab_size != target.config.vocab_size)
+    throw InvalidArgumentError("the draft " + draft->source + " has a vocabulary of " +
+                               std::to_string(draft->config.vocab_size) + " tokens; the target's (" + target.source +
+                               ") has " + std::to_string(target.config.vocab_size));
   DecoderOptions t;
   t.precision = options.target_precision;
   t.max_context = options.max_context;
@@ -125,9 +129,6 @@ CascadeEngine::CascadeEngine(std::shared_ptr<Client> client, const ModelWeights&
   d.replicas = 1;
   d.precision = options.draft_precision;
   if (draft) {
-    if (draft->config.vocab_size != target.config.vocab_size)
-      throw InvalidArgumentError("the draft's vocabulary (" + std::to_string(draft->config.vocab_size) +
-                                 " tokens) differs from the target's (" + std::to_string(target.config.vocab_size) + ")");
     draft_ = std::make_unique<DecoderModel>(client_, *draft, d);
   } else {
     const int64_t layers = options.draft_layers > 0 ? options.draft_layers : ChooseDraftLayers(target, d);

@@ -230,7 +230,28 @@ function checkInteger(name: string, v: unknown, min: number, max = Number.MAX_SA
   }
 }
 
+function checkSignal(signal: unknown): void {
+  if (signal !== undefined && !(signal instanceof AbortSignal)) throw new InvalidArgumentError('signal must be an AbortSignal');
+}
+
+const PRECISIONS: readonly Precision[] = ['f32', 'bf16', 'int8'];
+
+function checkPrecision(p: unknown): void {
+  if (p === undefined || p === 'auto') return;
+  if (typeof p !== 'object' || p === null) {
+    throw new InvalidArgumentError(`precision must be 'auto' or { target?, draft? } with 'f32' | 'bf16' | 'int8', got ${JSON.stringify(p)}`);
+  }
+  for (const key of ['target', 'draft'] as const) {
+    const v = (p as Record<string, unknown>)[key];
+    if (v !== undefined && !PRECISIONS.includes(v as Precision)) {
+      throw new InvalidArgumentError(`precision.${key} must be 'f32', 'bf16' or 'int8', got ${JSON.stringify(v)}`);
+    }
+  }
+}
+
 function checkGenerateOptions(o: GenerateOptions): void {
+  if (o === null || typeof o !== 'object') throw new InvalidArgumentError('generate: options must be an object');
+  checkSignal(o.signal);
   checkInteger('maxTokens', o.maxTokens, 0);
   checkInteger('topK', o.topK, 0);
   checkInteger('seed', o.seed, 0);
@@ -361,6 +382,11 @@ export class Cascade {
     if (!options || typeof options.target !== 'string' || options.target === '') {
       throw new InvalidArgumentError('Cascade.load: target must be the path of a model file or folder');
     }
+    if (options.draft !== undefined && (typeof options.draft !== 'string' || options.draft === '')) {
+      throw new InvalidArgumentError('Cascade.load: draft must be the path of a model file or folder');
+    }
+    checkPrecision(options.precision);
+    checkSignal(options.signal);
     checkInteger('maxContext', options.maxContext, 2, 1 << 20);
     checkInteger('devices', options.devices, 1, 1024);
     checkInteger('draftLayers', options.draftLayers, 1);
@@ -449,11 +475,16 @@ export class Cascade {
   }
 
   async *#run(prompt: string | ChatMessage[], options: GenerateOptions, done: (r: GenerationResult) => void): AsyncGenerator<StreamPiece, void, undefined> {
+    if (typeof prompt !== 'string' && !Array.isArray(prompt)) {
+      throw new InvalidArgumentError('prompt must be a string or an array of chat messages { role, content }');
+    }
     checkGenerateOptions(options);
     if (!this.#engine) throw new DisposedError('generate: the Cascade has been disposed');
     throwIfAborted(options.signal);
+    if (Array.isArray(prompt) && prompt.some((m) => typeof m?.role !== 'string' || typeof m?.content !== 'string')) {
+      throw new InvalidArgumentError('prompt: every chat message needs a string role and a string content');
+    }
     const text = typeof prompt === 'string' ? prompt : this.tokenizer.applyChatTemplate(prompt, { addGenerationPrompt: true });
-    if (typeof prompt !== 'string' && !Array.isArray(prompt)) throw new InvalidArgumentError('prompt must be a string or chat messages');
     const ids = typeof prompt === 'string' ? this.tokenizer.encode(text) : this.tokenizer.encode(text, { addBos: false });
 
     // Wait our turn: one generation at a time per Cascade.
