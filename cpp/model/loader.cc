@@ -427,6 +427,13 @@ ModelWeights LoadGgufModel(const std::string& path) {
   ModelWeights w;
   w.source = path;
   w.config = ConfigFromGguf(f);
+  // Every layer has 9 weight tensors: a file that cannot hold them is rejected before building the
+  // expected names (a crafted block_count would otherwise cost seconds; found by the fuzzer).
+  const uint64_t per_layer = 9;
+  if (static_cast<uint64_t>(w.config.num_layers) > f.tensors().size() / per_layer)
+    throw ModelFormatError(path + ": " + std::to_string(f.tensors().size()) + " tensors cannot hold the " +
+                           std::to_string(w.config.num_layers) + " layers its metadata declares (" +
+                           std::to_string(per_layer) + " per layer)");
   std::map<std::string, std::vector<int64_t>> expected;
   for (auto& [name, dims] : ExpectedTensorShapes(w.config)) expected.emplace(name, dims);
   for (const auto& info : f.tensors()) {

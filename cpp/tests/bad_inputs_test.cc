@@ -323,10 +323,10 @@ TEST(BadInputs, GgufManyLayersFewTensors) {
   TempDir dir;
   const std::string path = dir.File("many_layers.gguf");
   WriteFile(path, ManyLayersFewTensors());
-  ExpectFormatError("65536 layers, tensors for 1", [&] { LoadGgufModel(path); }, {path, "model.layers.1."});
+  ExpectFormatError("65536 layers, tensors for 1", [&] { LoadGgufModel(path); }, {path, "65536 layers"});
 }
 
-TEST(BadInputs, DISABLED_GgufManyLayersFewTensorsFailsFast) {
+TEST(BadInputs, GgufManyLayersFewTensorsFailsFast) {
   TempDir dir;
   const std::string path = dir.File("many_layers.gguf");
   WriteFile(path, ManyLayersFewTensors());
