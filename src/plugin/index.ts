@@ -25,7 +25,7 @@ import { mkdir, mkdtemp, readdir, rm, stat } from 'node:fs/promises';
 import { basename, join, resolve as resolvePath } from 'node:path';
 
 import { DownloadError, InvalidArgumentError, PluginIncompatibleError, PluginNotFoundError } from '../errors.js';
-import { cachePath, cacheRoot } from '../utils/cache.js';
+import { cachePath, cacheRoot, removeStaleTemps } from '../utils/cache.js';
 import {
   CPU_PLUGIN,
   CUDA_PLUGIN,
@@ -172,28 +172,6 @@ async function installedFile(relative: string[]): Promise<string | undefined> {
 const CUDA_INSTALLED = ['jax_plugins/xla_cuda13/xla_cuda_plugin.so', 'jax_plugins/xla_cuda12/xla_cuda_plugin.so'];
 const TPU_INSTALLED = ['libtpu/libtpu.so'];
 
-/** Stale temp entries (from a crashed process) older than this are removed before a download. */
-const STALE_MS = 24 * 3600 * 1000;
-
-async function removeStaleTemps(dir: string): Promise<void> {
-  let names: string[];
-  try {
-    names = await readdir(dir);
-  } catch {
-    return;
-  }
-  const now = Date.now();
-  for (const n of names) {
-    if (!n.startsWith('.')) continue;
-    if (!(n.endsWith('.tmp') || n.startsWith('.download-'))) continue;
-    const p = join(dir, n);
-    try {
-      if (now - (await stat(p)).mtimeMs > STALE_MS) await rm(p, { recursive: true, force: true });
-    } catch {
-      // another process may be removing it too
-    }
-  }
-}
 
 /** One download per package at a time in this process; concurrent callers share it. */
 const inflight = new Map<string, Promise<string>>();

@@ -14,6 +14,7 @@
  * @module
  */
 
+import { readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 
 function env(name: string): string | undefined {
@@ -33,4 +34,27 @@ export function cacheRoot(): string {
 /** A path inside the cache root: `cachePath('plugins')` is `<root>/plugins`. */
 export function cachePath(...segments: string[]): string {
   return join(cacheRoot(), ...segments);
+}
+
+/** Stale temp entries (from a crashed process) older than this are removed before a download. */
+const STALE_MS = 24 * 3600 * 1000;
+
+/** Removes `.download-*` folders and `.*.tmp` files older than a day from `dir` (ignores errors). */
+export async function removeStaleTemps(dir: string): Promise<void> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return;
+  }
+  const now = Date.now();
+  for (const n of names) {
+    if (!n.startsWith('.') || !(n.endsWith('.tmp') || n.startsWith('.download-'))) continue;
+    const p = join(dir, n);
+    try {
+      if (now - (await stat(p)).mtimeMs > STALE_MS) await rm(p, { recursive: true, force: true });
+    } catch {
+      // another process may be removing it too
+    }
+  }
 }
