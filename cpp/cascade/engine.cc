@@ -60,6 +60,12 @@ std::vector<int32_t> ArgmaxOf(DecoderModel& model, const std::vector<int32_t>& t
   return out;
 }
 
+// Throws Error(kAborted) when the caller asked to stop (GenerateOptions::interrupted).
+void CheckInterrupted(const GenerateOptions& options, const char* stage) {
+  if (options.interrupted && options.interrupted())
+    throw Error(ErrorKind::kAborted, std::string("generation aborted during ") + stage);
+}
+
 HeadSpec HeadFor(const SamplingParams& sampling) {
   return {sampling.greedy() ? HeadKind::kArgmax : HeadKind::kLogits, 0};
 }
@@ -192,14 +198,18 @@ int64_t CascadeEngine::ChooseDraftLayers(const ModelWeights& target, const Decod
 
 // Feeds tokens[valid .. upto-1] so the cache holds them. Chunks are powers of two (<= 64), so a
 // handful of compiled shapes serve every prompt length.
-void CascadeEngine::CatchUp(DecoderModel& model, int64_t& valid, const std::vector<int32_t>& tokens, int64_t upto) {
-  ForwardInChunks(model, tokens, valid, upto, {HeadKind::kArgmax, 0}, [](const ForwardResult&) {});
+void CascadeEngine::CatchUp(DecoderModel& model, int64_t& valid, const std::vector<int32_t>& tokens, int64_t upto,
+                           const GenerateOptions& options, const char* stage) {
+  CheckInterrupted(options, stage);
+  ForwardInChunks(model, tokens, valid, upto, {HeadKind::kArgmax, 0},
+                  [&](const ForwardResult&) { CheckInterrupted(options, stage); });
   valid = std::max(valid, upto);
 }
 
 // Target-only: one decode of the last committed token, then sample from p.
 void CascadeEngine::TargetOnlyStep(Sequence& seq, const GenerateOptions& options, Rng& rng, GenerationStats& stats) {
   const int64_t n = static_cast<int64_t>(seq.tokens.size());
+  CheckInterrupted(options, "decode");
   ForwardResult r;
   {
     const double ms = TimedExecution(*target_, stats.times.compile_ms,
@@ -248,6 +258,7 @@ int32_t CascadeEngine::DraftPropose(int32_t input, int64_t position, const Gener
                                     Rng& rng, GenerationStats& stats, Proposal& proposal) {
   const size_t vocab = static_cast<size_t>(draft_->config().vocab_size);
   const bool greedy = options.sampling.greedy();
+  CheckInterrupted(options, "draft");
   ++stats.draft_calls;
   if (!cascade) {
     ForwardResult r = draft_->Forward({input}, position, HeadFor(options.sampling));
@@ -285,6 +296,7 @@ int32_t CascadeEngine::DraftPropose(int32_t input, int64_t position, const Gener
 TokenDist CascadeEngine::DraftDistribution(int32_t input, int64_t position, const GenerateOptions& options, bool cascade,
                                            GenerationStats& stats, std::vector<int32_t>* ranked, size_t top) {
   const size_t vocab = static_cast<size_t>(draft_->config().vocab_size);
+  CheckInterrupted(options, "draft");
   ++stats.draft_calls;
   // Always the logits (not the argmax head): several branches need the ranking even at T = 0.
   SamplingParams ranking = options.sampling;
@@ -368,6 +380,7 @@ void CascadeEngine::BranchingStep(Sequence& seq, const GenerateOptions& options,
     }
   }
   std::vector<ForwardResult> v;
+  CheckInterrupted(options, "verify");
   const double ms = TimedExecution(*target_, stats.times.compile_ms,
                                    [&] { v = target_->ForwardSharded(shards, n - 1, HeadFor(options.sampling)); });
   stats.times.target_ms += ms;
@@ -455,6 +468,7 @@ void CascadeEngine::SpeculativeStep(Sequence& seq, const GenerateOptions& option
   std::vector<int32_t> block = {seq.tokens.back()};
   block.insert(block.end(), proposal.tokens.begin(), proposal.tokens.end());
   ForwardResult v;
+  CheckInterrupted(options, "verify");
   {
     const double ms = TimedExecution(*target_, stats.times.compile_ms,
                                      [&] { v = target_->Forward(block, n - 1, HeadFor(options.sampling)); });
@@ -558,7 +572,7 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
     }
     const int64_t n = static_cast<int64_t>(seq.tokens.size());
     (generated == 0 ? stats.times.prefill_ms : stats.times.target_ms) += TimedExecution(
-        *target_, stats.times.compile_ms, [&] { CatchUp(*target_, seq.target_valid, seq.tokens, n - 1); });
+        *target_, stats.times.compile_ms, [&] { CatchUp(*target_, seq.target_valid, seq.tokens, n - 1, options, generated == 0 ? "prefill" : "catch-up"); });
     const size_t before = seq.tokens.size();
     // What to run this round: the mode asked for, or (auto) what the cost model predicts fastest;
     // the proposal length fixed, or (dynamic horizon) the predicted best.
@@ -577,7 +591,7 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
       TargetOnlyStep(seq, options, rng, stats);
     } else {
       (generated == 0 ? stats.times.prefill_ms : stats.times.draft_ms) += TimedExecution(
-          *draft_, stats.times.compile_ms, [&] { CatchUp(*draft_, seq.draft_valid, seq.tokens, n - 1); });
+          *draft_, stats.times.compile_ms, [&] { CatchUp(*draft_, seq.draft_valid, seq.tokens, n - 1, options, generated == 0 ? "prefill" : "catch-up"); });
       if (options.branches > 1)
         BranchingStep(seq, options, kind == StepKind::kCascade, length, rng, stats);
       else

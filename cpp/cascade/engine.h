@@ -61,6 +61,10 @@ struct GenerateOptions {
   bool dynamic_length = false;
   // Called with each batch of newly committed tokens; return false to stop (abort, stop strings).
   std::function<bool(const std::vector<int32_t>&)> on_tokens;
+  // Polled before every device call (each prefill chunk, draft step and verify): when it returns
+  // true, Generate throws Error(kAborted) naming the stage. Nothing is left half-done: the caches
+  // belong to the generation, so the engine stays usable.
+  std::function<bool()> interrupted;
   // Testing only: use the draft's distribution without the sampling transform in the acceptance
   // ratio. This breaks exactness on purpose (the negative control of the distribution tests).
   bool broken_acceptance_for_testing = false;
@@ -150,7 +154,8 @@ class CascadeEngine {
  private:
   struct Sequence;  // the committed tokens and how far each cache has seen them
 
-  void CatchUp(DecoderModel& model, int64_t& valid, const std::vector<int32_t>& tokens, int64_t upto);
+  void CatchUp(DecoderModel& model, int64_t& valid, const std::vector<int32_t>& tokens, int64_t upto,
+               const GenerateOptions& options, const char* stage);
   void TargetOnlyStep(Sequence& seq, const GenerateOptions& options, Rng& rng, GenerationStats& stats);
   // B > 1 branches: proposals as a tree, one tree-masked verify call.
   void BranchingStep(Sequence& seq, const GenerateOptions& options, bool cascade, int64_t length, Rng& rng,
