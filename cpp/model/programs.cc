@@ -228,22 +228,25 @@ class Emitter {
     Value k = Rope(f_.Reshape(Linear(x, Layer(l, "self_attn.k_proj.weight")), {T, KV, hd}));
     Value v = f_.Reshape(Linear(x, Layer(l, "self_attn.v_proj.weight")), {T, KV, hd});
 
-    // Write the new keys/values at [l, start_pos .. start_pos+T-1] (in place: the caches are donated).
+    // Write the new keys/values at [l, :, start_pos .. start_pos+T-1] (in place: the caches are donated).
     Value layer = f_.Constant(DType::kS32, static_cast<double>(l));
-    std::vector<Value> at = {layer, start, Zero(), Zero()};
-    k_cache = f_.DynamicUpdateSlice(k_cache, f_.Reshape(f_.Convert(k, s_.kv_dtype), {1, T, KV, hd}), at);
-    v_cache = f_.DynamicUpdateSlice(v_cache, f_.Reshape(f_.Convert(v, s_.kv_dtype), {1, T, KV, hd}), at);
-    Value keys = f_.Convert(f_.Reshape(f_.Slice(k_cache, {l, 0, 0, 0}, {l + 1, C, KV, hd}), {C, KV, hd}), DType::kF32);
-    Value vals = f_.Convert(f_.Reshape(f_.Slice(v_cache, {l, 0, 0, 0}, {l + 1, C, KV, hd}), {C, KV, hd}), DType::kF32);
+    std::vector<Value> at = {layer, Zero(), start, Zero()};
+    auto heads_first = [&](const Value& x) {  // [T, KV, hd] -> [1, KV, T, hd]
+      return f_.Reshape(f_.Transpose(f_.Convert(x, s_.kv_dtype), {1, 0, 2}), {1, KV, T, hd});
+    };
+    k_cache = f_.DynamicUpdateSlice(k_cache, heads_first(k), at);
+    v_cache = f_.DynamicUpdateSlice(v_cache, heads_first(v), at);
+    Value keys = f_.Convert(f_.Reshape(f_.Slice(k_cache, {l, 0, 0, 0}, {l + 1, KV, C, hd}), {KV, C, hd}), DType::kF32);
+    Value vals = f_.Convert(f_.Reshape(f_.Slice(v_cache, {l, 0, 0, 0}, {l + 1, KV, C, hd}), {KV, C, hd}), DType::kF32);
 
     // Query head h uses kv head h / G (Hugging Face repeat_kv order).
     Value q4 = f_.Reshape(q, {T, KV, G, hd});
-    Value scores = f_.DotGeneral(q4, keys, {1}, {1}, {3}, {2});  // [KV, T, G, C]
+    Value scores = f_.DotGeneral(q4, keys, {1}, {0}, {3}, {2});  // [KV, T, G, C]
     scores = f_.Mul(scores, f_.ScalarLike(scores, 1.0 / std::sqrt(static_cast<double>(hd))));
     Value m = f_.BroadcastInDim(mask, scores.dims, {1, 3});
     scores = f_.Select(m, scores, f_.ScalarLike(scores, -std::numeric_limits<double>::infinity()));
     Value probs = f_.Softmax(scores, 3);
-    Value out = f_.DotGeneral(probs, vals, {0}, {1}, {3}, {0});  // [KV, T, G, hd]
+    Value out = f_.DotGeneral(probs, vals, {0}, {0}, {3}, {1});  // [KV, T, G, hd]
     out = f_.Reshape(f_.Transpose(out, {1, 0, 2, 3}), {T, H * hd});
     return Linear(out, Layer(l, "self_attn.o_proj.weight"));
   }
@@ -368,7 +371,9 @@ std::vector<WeightParam> TinyParamLayout(const ModelConfig& c, int64_t tiny_hidd
 }
 
 std::vector<int64_t> KvCacheDims(const ModelConfig& c, int64_t max_context) {
-  return {c.num_layers, max_context, c.num_kv_heads, c.head_dim};
+  // Heads before slots: attention is then a batched dot over contiguous [C, head_dim] blocks, with
+  // no per-layer transpose of the whole cache (which XLA CPU otherwise copies on every call).
+  return {c.num_layers, c.num_kv_heads, max_context, c.head_dim};
 }
 
 std::vector<HeadOutput> HeadOutputs(const ModelConfig& c, const ProgramSpec& s) {

@@ -5,7 +5,7 @@
 // Parameters of @main, in this order:
 //   1. the weights, in WeightParamLayout(config, precision) order (one param per canonical
 //      tensor; an INT8 matrix is two params: its s8 values, then its f32 per-row scales);
-//   2. k_cache, v_cache: kv_dtype[layers, C, kv_heads, head_dim], aliased with results 0 and 1
+//   2. k_cache, v_cache: kv_dtype[layers, kv_heads, C, head_dim], aliased with results 0 and 1
 //      (`tf.aliasing_output`), so XLA updates them in place and the caller's buffers are donated;
 //   3. tokens s32[T];
 //   4. start_pos s32[]: the new tokens occupy cache slots start_pos .. start_pos+T-1 (and RoPE
@@ -124,7 +124,7 @@ struct ProgramSpec {
 // The tiny model's params of a kCandidates program (after all other params), see 7. above.
 std::vector<WeightParam> TinyParamLayout(const ModelConfig& config, int64_t tiny_hidden);
 
-// kv_dtype[layers, C, kv_heads, head_dim]
+// kv_dtype[layers, kv_heads, C, head_dim]
 std::vector<int64_t> KvCacheDims(const ModelConfig& config, int64_t max_context);
 
 // Types of the head outputs (results 2..) of a program.
