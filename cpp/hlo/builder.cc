@@ -489,6 +489,34 @@ Value Function::Reduce(const Value& x, ReduceKind kind, std::vector<int64_t> dim
               x.dtype, out);
 }
 
+Value Function::CustomCall(const std::string& target, const std::vector<Value>& operands, DType dtype,
+                           std::vector<int64_t> dims) {
+  CheckDims("CustomCall", dims);
+  if (target.empty() || target.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") !=
+                            std::string::npos)
+    Fail("CustomCall", "target name must be [A-Za-z0-9_]+, got '" + target + "'");
+  // Row-major layouts (minor-to-major = rank-1 .. 0), so the handler sees dense row-major data.
+  auto layout = [](int64_t rank) {
+    std::string s = "dense<";
+    if (rank > 1) s += "[";
+    for (int64_t i = rank - 1; i >= 0; --i) s += std::to_string(i) + (i ? ", " : "");
+    if (rank > 1) s += "]";
+    if (rank == 0) s += "[]";
+    return s + "> : tensor<" + std::to_string(rank) + "xindex>";
+  };
+  std::string args, types, layouts;
+  for (size_t i = 0; i < operands.size(); ++i) {
+    args += (i ? ", " : "") + operands[i].ref;
+    types += (i ? ", " : "") + TypeText(operands[i]);
+    layouts += (i ? ", " : "") + layout(operands[i].rank());
+  }
+  const std::string text = "stablehlo.custom_call @" + target + "(" + args +
+                           ") {api_version = 4 : i32, backend_config = {}, operand_layouts = [" + layouts +
+                           "], result_layouts = [" + layout(static_cast<int64_t>(dims.size())) + "]} : (" + types +
+                           ") -> " + TensorTypeText(dtype, dims);
+  return Emit(text, dtype, std::move(dims));
+}
+
 Value Function::Argmax(const Value& x, int64_t dim) {
   if (dim < 0) dim += x.rank();
   if (dim < 0 || dim >= x.rank()) Fail("Argmax", "dim out of range for " + Shape(x));

@@ -115,6 +115,11 @@ class Function {
   // table [M, N] (any element type), s32 indices [M] -> table[m, indices[m]] as [M].
   Value TakeAlongLastDim(const Value& table, const Value& indices);
 
+  // --- custom calls ---
+  // A typed XLA FFI call (api_version 4, as jax.ffi.ffi_call lowers) of a target registered with
+  // the plugin, one result of (dtype, dims); operands and result row-major.
+  Value CustomCall(const std::string& target, const std::vector<Value>& operands, DType dtype, std::vector<int64_t> dims);
+
   // --- composite helpers (built from the ops above) ---
   Value ScalarLike(const Value& like, double value);  // splat constant of like's type
   // BroadcastInDim(y, like.dims, broadcast_dims), with y's dtype.

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/ffi_handlers.h"
 #include "pjrt/errors.h"
 
 namespace cascade {
@@ -238,7 +239,8 @@ std::string DecoderModel::ProgramText(int64_t num_tokens, const HeadSpec& head, 
   spec.tree_mask = tree;
   spec.precision = options_.precision;
   spec.kv_dtype = kv_dtype_;
-  spec.matmul = options_.matmul;
+  // int8 weights on the CPU plugin: our FFI kernel when it registers (kernels/ffi_handlers.h).
+  spec.matmul = kernels::ChooseMatmulMode(*client_, options_.precision, options_.matmul);
   spec.tiny_hidden = tiny_hidden_;
   return EmitDecoderProgram(config_, spec);
 }

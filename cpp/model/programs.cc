@@ -5,6 +5,7 @@
 #include <map>
 
 #include "hlo/builder.h"
+#include "kernels/ffi_handlers.h"
 #include "pjrt/errors.h"
 
 namespace cascade {
@@ -31,8 +32,9 @@ struct WeightRef {
 class Emitter {
  public:
   Emitter(const ModelConfig& c, const ProgramSpec& s) : c_(c), s_(s) {
+    ffi_int8_ = s.matmul == MatmulMode::kFfiInt8;
     mode_ = s.matmul;
-    if (mode_ == MatmulMode::kAuto)
+    if (mode_ == MatmulMode::kAuto || mode_ == MatmulMode::kFfiInt8 || mode_ == MatmulMode::kXlaAuto)
       // Measured on XLA CPU (decoder_bench, 49152x576 head): at T=1 the upcast fuses into the
       // matrix-vector loop (bf16: 2.8 ms vs 5.4 ms); at T>=2 only the bf16 x bf16 -> f32 dot
       // stays a GEMM (20 ms vs 400+ ms).
@@ -152,6 +154,9 @@ class Emitter {
     Value w = ref.w;
     if (w.dtype == DType::kF32) return f_.DotGeneral(x, w, {}, {}, {1}, {ref.transposed ? 0 : 1});
     if (ref.transposed) throw InvalidArgumentError("programs: transposed low-precision weights are not emitted");
+    if (ffi_int8_ && w.dtype == DType::kS8 && ref.scale && x.rank() == 2 && w.rank() == 2 &&
+        x.dims[0] <= kFfiMaxTokens && x.dims[1] == w.dims[1] && ref.scale->dims == std::vector<int64_t>{w.dims[0]})
+      return f_.CustomCall(kernels::kInt8MatmulTarget, {x, w, *ref.scale}, DType::kF32, {x.dims[0], w.dims[0]});
     Value y;
     if (mode_ == MatmulMode::kBF16Activations) {
       y = f_.DotGeneral(f_.Convert(x, DType::kBF16), f_.Convert(w, DType::kBF16), {}, {}, {1}, {1}, DType::kF32);
@@ -271,6 +276,7 @@ class Emitter {
   const ModelConfig& c_;
   const ProgramSpec& s_;
   MatmulMode mode_;
+  bool ffi_int8_ = false;  // int8 matrices through the custom call (MatmulMode::kFfiInt8)
   hlo::Function f_;
   std::map<std::string, WeightRef> weights_;
   Value cos_, sin_;

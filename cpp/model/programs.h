@@ -59,7 +59,14 @@ enum class MatmulMode {
   kAuto,             // the measured fastest on XLA CPU: kUpcastWeights for T=1, kBF16Activations for T>=2
   kUpcastWeights,    // weights -> f32, f32 x f32 dot
   kBF16Activations,  // activations -> bf16, bf16 x bf16 dot with f32 result (s8 -> bf16 is exact)
+  // int8 matrices through our FFI kernel (custom call cascade_int8_matmul, kernels/ffi_handlers.h)
+  // for T <= kFfiMaxTokens: reads the s8 weights as s8. Needs the handler registered with the
+  // plugin (kernels::RegisterKernels); DecoderModel picks it for kAuto when it is. Everything
+  // else (bf16 embedding / tied head, T > kFfiMaxTokens) as kAuto.
+  kFfiInt8,
+  kXlaAuto,  // kAuto's choice without the FFI kernel (XLA ops only, whatever the plugin offers)
 };
+constexpr int64_t kFfiMaxTokens = 64;
 
 struct WeightParam {
   enum class Role { kDense, kInt8Values, kInt8Scales };

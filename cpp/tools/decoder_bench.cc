@@ -2,8 +2,10 @@
 // d=576, 9 heads, 3 KV heads, head_dim 64, ffn 1536, vocab 49152, tied) on the XLA CPU plugin:
 // decode(1) per weight precision, and verify(k) / decode(1) for several k. Medians of --runs.
 //
-//   decoder_bench [--precision f32,bf16,int8] [--matmul auto|upcast|bf16act] [--k 2,4,8,16,32]
+//   decoder_bench [--precision f32,bf16,int8] [--matmul auto|upcast|bf16act|ffi|xla] [--k 2,4,8,16,32]
 //                 [--context 512] [--pos 128] [--runs 7] [--layers 30] [--plugin cpu]
+// A precision may name its matmul mode, so modes run side by side in one process:
+//   --precision f32,int8:xla,int8:ffi   (xla = the XLA-only int8 path, ffi = our int8 kernel)
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -14,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/ffi_handlers.h"
 #include "model/decoder.h"
 #include "pjrt/api.h"
 #include "pjrt/client.h"
@@ -101,16 +104,24 @@ int main(int argc, char** argv) {
   using Clock = std::chrono::steady_clock;
   auto ms = [](Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
 
-  for (const std::string& pname : precisions) {
+  std::printf("int8 FFI kernel: %s\n", kernels::KernelDescription().c_str());
+  for (const std::string& entry : precisions) {
+    const size_t colon = entry.find(':');
+    const std::string pname = entry.substr(0, colon);
+    const std::string mode = colon == std::string::npos ? matmul : entry.substr(colon + 1);
     DecoderOptions o;
     o.precision = pname == "bf16" ? WeightPrecision::kBF16 : pname == "int8" ? WeightPrecision::kInt8 : WeightPrecision::kF32;
     o.max_context = context;
-    o.matmul = matmul == "upcast" ? MatmulMode::kUpcastWeights
-               : matmul == "bf16act" ? MatmulMode::kBF16Activations : MatmulMode::kAuto;
+    o.matmul = mode == "upcast" ? MatmulMode::kUpcastWeights
+               : mode == "bf16act" ? MatmulMode::kBF16Activations
+               : mode == "ffi"     ? MatmulMode::kFfiInt8
+               : mode == "xla"     ? MatmulMode::kXlaAuto
+                                   : MatmulMode::kAuto;
     auto t0 = Clock::now();
     DecoderModel m(client, w, o);
-    std::printf("\n[%s] weights %.1f MB uploaded in %.0f ms; kv %s\n", pname.c_str(), m.weight_bytes() / 1e6,
-                ms(t0, Clock::now()), DTypeName(m.kv_dtype()));
+    std::printf("\n[%s] weights %.1f MB uploaded in %.0f ms; kv %s; matmul %s -> %s\n", entry.c_str(),
+                m.weight_bytes() / 1e6, ms(t0, Clock::now()), DTypeName(m.kv_dtype()), mode.c_str(),
+                kernels::ChooseMatmulMode(*client, o.precision, o.matmul) == MatmulMode::kFfiInt8 ? "ffi" : "xla");
     std::vector<int64_t> sizes = {1};
     for (int64_t k : ks) sizes.push_back(k);
     double decode = 0;

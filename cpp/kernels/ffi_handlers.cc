@@ -1,0 +1,130 @@
+#include "kernels/ffi_handlers.h"
+
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <stdexcept>
+
+#include "kernels/int8_matmul.h"
+#include "pjrt/ffi.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace cascade {
+namespace kernels {
+
+
+namespace {
+
+struct Settings {
+  Int8Impl impl = Int8Impl::kScalar;
+  int helpers = 1;
+};
+
+// Read once: every handler call of the process uses the same implementation, so rows computed by
+// different programs (decode vs verify) agree bit for bit.
+const Settings& GetSettings() {
+  static const Settings settings = [] {
+    Settings s;
+    s.impl = BestInt8Impl();
+    if (const char* v = std::getenv("CASCADE_INT8_KERNEL")) {
+      Int8Impl impl;
+      if (ParseInt8Impl(v, &impl) && Int8ImplSupported(impl)) s.impl = impl;
+    }
+    if (const char* v = std::getenv("CASCADE_KERNEL_HELPERS")) {
+      int n = std::atoi(v);
+      if (n >= 0 && n <= 64) s.helpers = n;
+    }
+    return s;
+  }();
+  return settings;
+}
+
+std::string DimsText(ffi::Span<const int64_t> d) {
+  std::string s = "[";
+  for (size_t i = 0; i < d.size(); ++i) s += (i ? "," : "") + std::to_string(d[i]);
+  return s + "]";
+}
+
+ffi::Error Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> w,
+                          ffi::Buffer<ffi::F32> scale, ffi::ResultBuffer<ffi::F32> y) {
+  // Shapes are checked when the program is emitted; check again here so a hand-written program
+  // gets an error status, never a crash.
+  auto xd = x.dimensions(), wd = w.dimensions(), sd = scale.dimensions(), yd = y->dimensions();
+  if (xd.size() != 2 || wd.size() != 2 || sd.size() != 1 || yd.size() != 2 || xd[1] != wd[1] || sd[0] != wd[0] ||
+      yd[0] != xd[0] || yd[1] != wd[0])
+    return ffi::Error::InvalidArgument(std::string(kInt8MatmulTarget) + ": expected x[T,in], w[out,in], scale[out] -> y[T,out]; got x" +
+                                       DimsText(xd) + " w" + DimsText(wd) + " scale" + DimsText(sd) + " y" + DimsText(yd));
+  const Int8MatmulShape shape{xd[0], xd[1], wd[0]};
+  const std::string bad = ValidateInt8Matmul(shape);
+  if (!bad.empty()) return ffi::Error::InvalidArgument(bad);
+  const Settings& s = GetSettings();
+  try {
+    Spawner spawn = [&pool](std::function<void()> task) { pool.Schedule(std::move(task)); };
+    Int8Matmul(s.impl, x.typed_data(), w.typed_data(), scale.typed_data(), y->typed_data(), shape, s.helpers,
+               s.helpers > 0 ? spawn : Spawner());
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string(kInt8MatmulTarget) + ": " + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeInt8MatmulHandler, Int8MatmulImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+KernelRegistration RegisterKernels(const Api& api) {
+  static std::mutex mu;
+  static auto* done = new std::map<const PJRT_Api*, KernelRegistration>();
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = done->find(api.raw());
+  if (it != done->end()) return it->second;
+  KernelRegistration r;
+  const char* off = std::getenv("CASCADE_FFI_KERNELS");
+  if (off && std::string(off) == "0") {
+    r.reason = "disabled by CASCADE_FFI_KERNELS=0";
+  } else if (!HasFfiHandlerRegistration(api)) {
+    r.reason = api.path() + " has no PJRT FFI extension with register_handler";
+  } else {
+    try {
+      // "Host" is XLA's name of the CPU platform (jax registers CPU targets under it).
+      RegisterFfiHandler(api, kInt8MatmulTarget, "Host", reinterpret_cast<void*>(&CascadeInt8MatmulHandler));
+      r.registered = true;
+    } catch (const std::exception& e) {
+      r.reason = e.what();
+    }
+  }
+  (*done)[api.raw()] = r;
+  return r;
+}
+
+MatmulMode ChooseMatmulMode(const Client& client, WeightPrecision precision, MatmulMode requested) {
+  if (requested != MatmulMode::kAuto && requested != MatmulMode::kFfiInt8) return requested;
+  if (precision != WeightPrecision::kInt8) return requested == MatmulMode::kFfiInt8 ? MatmulMode::kAuto : requested;
+  // The handler is registered for XLA's CPU platform only.
+  std::string why;
+  if (client.platform_name() != "cpu") {
+    why = "the int8 FFI kernel runs on the CPU plugin only, not on " + client.platform_name();
+  } else {
+    KernelRegistration r = RegisterKernels(client.api());
+    if (r.registered) return MatmulMode::kFfiInt8;
+    why = r.reason;
+  }
+  if (requested == MatmulMode::kFfiInt8) throw PluginIncompatibleError("matmul mode ffi: " + why);
+  return MatmulMode::kAuto;
+}
+
+std::string KernelDescription() {
+  const Settings& s = GetSettings();
+  return std::string(Int8ImplName(s.impl)) + ", " + std::to_string(s.helpers) + " helper thread(s)";
+}
+
+}  // namespace kernels
+}  // namespace cascade

@@ -1,0 +1,44 @@
+// Our kernels as XLA FFI handlers (typed FFI, api_version 4), and their registration with a PJRT
+// plugin through the PJRT FFI extension (pjrt/ffi.h).
+//
+// Custom call targets (StableHLO: stablehlo.custom_call @name(...) {api_version = 4 : i32, ...}):
+//   cascade_int8_matmul(x f32[T, in], w s8[out, in], scale f32[out]) -> f32[T, out]
+//     y = (x . w^T) * scale, row-major operands (kernels/int8_matmul.h).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "model/programs.h"
+#include "pjrt/api.h"
+#include "pjrt/client.h"
+
+namespace cascade {
+namespace kernels {
+
+inline constexpr char kInt8MatmulTarget[] = "cascade_int8_matmul";
+
+struct KernelRegistration {
+  bool registered = false;
+  std::string reason;  // why not, when !registered
+};
+
+// Registers every cascade handler with the plugin, once per loaded plugin (later calls return the
+// first outcome). Never throws: a plugin without the FFI extension, or one that refuses the
+// handler, gives registered=false and the reason (callers then keep the XLA-only programs).
+// CASCADE_FFI_KERNELS=0 in the environment disables it.
+KernelRegistration RegisterKernels(const Api& api);
+
+// The matmul mode a program for `precision` on `client` should be emitted with: kAuto on the CPU
+// plugin with int8 weights becomes kFfiInt8 when our handler registers (registering it, once);
+// an explicit kFfiInt8 the plugin cannot honour throws PluginIncompatibleError; anything else is
+// returned as is.
+MatmulMode ChooseMatmulMode(const Client& client, WeightPrecision precision, MatmulMode requested);
+
+// The implementation the handlers run (default BestInt8Impl(); CASCADE_INT8_KERNEL=scalar|avx2|
+// avx512|avx512vnni overrides it, when the CPU supports it) and the extra threads they ask XLA's
+// intra-op pool for (default 1; CASCADE_KERNEL_HELPERS=n).
+std::string KernelDescription();
+
+}  // namespace kernels
+}  // namespace cascade

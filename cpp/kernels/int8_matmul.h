@@ -1,0 +1,57 @@
+// Quantised matmul kernels for the XLA CPU path (issue #7): XLA CPU converts a whole s8 weight
+// matrix to f32 in memory before its dot, so int8 weights were slower than f32. These kernels read
+// the s8 weights directly (4x fewer bytes than f32) and are registered as XLA FFI custom calls
+// (kernels/ffi_handlers.h).
+//
+//   y[T, out] = (x[T, in] . W[out, in]^T) * scale[out]      x, y, scale f32; W s8 (row-major)
+//
+// Exactness contract: y[t, :] depends only on x[t, :] (and W, scale), bit for bit, whatever T,
+// the output range a call covers, or the thread count. The cascade relies on verify(k) and
+// decode(1) producing identical logits per row. Every implementation below keeps it; different
+// implementations (scalar vs AVX-512) may differ from each other in the last bits.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace cascade {
+namespace kernels {
+
+enum class Int8Impl {
+  kScalar,      // portable C++ (any CPU)
+  kAvx2,        // AVX2 + FMA: s8 -> f32 in registers, f32 FMA
+  kAvx512,      // AVX-512: s8 -> f32 in registers, f32 FMA (activations stay f32)
+  kAvx512Vnni,  // AVX-512 VNNI: activations quantised per 32-block to s8 (Q8_0-like), vpdpbusd
+};
+const char* Int8ImplName(Int8Impl impl);
+bool Int8ImplSupported(Int8Impl impl);  // this CPU can run it
+// The fastest measured implementation this CPU supports (see the .cc for the numbers).
+Int8Impl BestInt8Impl();
+// "scalar" / "avx2" / "avx512" / "avx512vnni" -> impl; false when unknown.
+bool ParseInt8Impl(const std::string& name, Int8Impl* impl);
+
+struct Int8MatmulShape {
+  int64_t T = 0, in = 0, out = 0;
+};
+// Empty when the shape is one we compute; otherwise why not (positive sizes, T <= 4096, in small
+// enough for exact int32 accumulation).
+std::string ValidateInt8Matmul(const Int8MatmulShape& shape);
+
+// Runs a task on another thread (e.g. XLA's intra-op pool); may also never run it (the caller
+// then does all the work). nullptr: single-threaded.
+using Spawner = std::function<void(std::function<void()>)>;
+
+// The whole product. `helpers`: how many extra threads to ask `spawn` for (0: run here only).
+// Small products (under ~256K multiply-adds) always run on the calling thread. Throws
+// std::invalid_argument on a shape ValidateInt8Matmul rejects or an unsupported impl.
+void Int8Matmul(Int8Impl impl, const float* x, const int8_t* w, const float* scale, float* y,
+                const Int8MatmulShape& shape, int helpers = 0, const Spawner& spawn = nullptr);
+
+// Runs task(0..n-1), each exactly once, on the calling thread and up to `helpers` spawned tasks
+// that pull indices from a shared counter. Returns when all n are done. Safe when spawned tasks
+// start late or never (the caller then claims every index) and when they outlive the call.
+void ParallelTasks(int64_t n, const std::function<void(int64_t)>& task, int helpers, const Spawner& spawn);
+
+}  // namespace kernels
+}  // namespace cascade
