@@ -7,7 +7,13 @@
 
 #include "kernels/int8_matmul.h"
 #include "pjrt/ffi.h"
+// The XLA FFI header (third party) trips -Wall/-Wextra here; its warnings are not ours.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wsign-compare"
+#pragma GCC diagnostic ignored "-Wattributes"
+#pragma GCC diagnostic ignored "-Wreturn-type"
 #include "xla/ffi/api/ffi.h"
+#pragma GCC diagnostic pop
 
 namespace ffi = xla::ffi;
 
@@ -70,7 +76,36 @@ ffi::Error Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   return ffi::Error::Success();
 }
 
+ffi::Error Int8GatherMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> ids, ffi::Buffer<ffi::S8> w,
+                                ffi::Buffer<ffi::F32> scale, ffi::ResultBuffer<ffi::F32> y) {
+  auto xd = x.dimensions(), id = ids.dimensions(), wd = w.dimensions(), sd = scale.dimensions(), yd = y->dimensions();
+  if (xd.size() != 2 || id.size() != 2 || wd.size() != 2 || sd.size() != 1 || yd.size() != 2 || id[0] != xd[0] ||
+      xd[1] != wd[1] || sd[0] != wd[0] || yd[0] != xd[0] || yd[1] != id[1])
+    return ffi::Error::InvalidArgument(std::string(kInt8GatherMatmulTarget) +
+                                       ": expected x[T,in], ids[T,K], w[out,in], scale[out] -> y[T,K]; got x" +
+                                       DimsText(xd) + " ids" + DimsText(id) + " w" + DimsText(wd) + " scale" +
+                                       DimsText(sd) + " y" + DimsText(yd));
+  const Int8MatmulShape shape{xd[0], xd[1], wd[0]};
+  const std::string bad = ValidateInt8Matmul(shape);
+  if (!bad.empty()) return ffi::Error::InvalidArgument(bad);
+  try {
+    Int8GatherMatmul(GetSettings().impl, x.typed_data(), w.typed_data(), scale.typed_data(), ids.typed_data(),
+                     y->typed_data(), shape, id[1]);
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string(kInt8GatherMatmulTarget) + ": " + e.what());
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeInt8GatherMatmulHandler, Int8GatherMatmulImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeInt8MatmulHandler, Int8MatmulImpl,
                               ffi::Ffi::Bind()
@@ -96,6 +131,8 @@ KernelRegistration RegisterKernels(const Api& api) {
     try {
       // "Host" is XLA's name of the CPU platform (jax registers CPU targets under it).
       RegisterFfiHandler(api, kInt8MatmulTarget, "Host", reinterpret_cast<void*>(&CascadeInt8MatmulHandler));
+      RegisterFfiHandler(api, kInt8GatherMatmulTarget, "Host",
+                         reinterpret_cast<void*>(&CascadeInt8GatherMatmulHandler));
       r.registered = true;
     } catch (const std::exception& e) {
       r.reason = e.what();

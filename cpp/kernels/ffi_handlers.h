@@ -4,6 +4,8 @@
 // Custom call targets (StableHLO: stablehlo.custom_call @name(...) {api_version = 4 : i32, ...}):
 //   cascade_int8_matmul(x f32[T, in], w s8[out, in], scale f32[out]) -> f32[T, out]
 //     y = (x . w^T) * scale, row-major operands (kernels/int8_matmul.h).
+//   cascade_int8_gather_matmul(x f32[T, in], ids s32[T, K], w s8[out, in], scale f32[out]) -> f32[T, K]
+//     y[t, j] = the matmul's y[t, ids[t, j]], bit for bit (the candidates head).
 #pragma once
 
 #include <memory>
@@ -17,6 +19,7 @@ namespace cascade {
 namespace kernels {
 
 inline constexpr char kInt8MatmulTarget[] = "cascade_int8_matmul";
+inline constexpr char kInt8GatherMatmulTarget[] = "cascade_int8_gather_matmul";
 
 struct KernelRegistration {
   bool registered = false;

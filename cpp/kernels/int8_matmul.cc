@@ -54,9 +54,11 @@ CASCADE_AVX2 inline float HSum256(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// Blocks compute y[t * ldy + o] for t < TB, o < OB from x rows x + t * in, weight rows w + o * in
+// and scale[o] (callers offset the pointers to the block).
 template <int TB, int OB>
-CASCADE_AVX2 void Avx2Block(const float* x, const int8_t* w, const float* scale, float* y, int64_t in, int64_t out,
-                            int64_t t0, int64_t o0) {
+CASCADE_AVX2 void Avx2Block(const float* x, const int8_t* w, const float* scale, float* y, int64_t in, int64_t ldy) {
+  constexpr int64_t t0 = 0, o0 = 0;
   __m256 acc[TB][OB];
   for (int t = 0; t < TB; ++t)
     for (int o = 0; o < OB; ++o) acc[t][o] = _mm256_setzero_ps();
@@ -78,15 +80,15 @@ CASCADE_AVX2 void Avx2Block(const float* x, const int8_t* w, const float* scale,
       const float* xr = x + (t0 + t) * in;
       const int8_t* wr = w + (o0 + o) * in;
       for (int64_t j = i; j < in; ++j) s += xr[j] * static_cast<float>(wr[j]);
-      y[(t0 + t) * out + o0 + o] = s * scale[o0 + o];
+      y[(t0 + t) * ldy + o0 + o] = s * scale[o0 + o];
     }
 }
 
 // ---------------------------------------------------------------- AVX-512 f32 (16 lanes)
 
 template <int TB, int OB>
-CASCADE_AVX512 void Avx512Block(const float* x, const int8_t* w, const float* scale, float* y, int64_t in, int64_t out,
-                                int64_t t0, int64_t o0) {
+CASCADE_AVX512 void Avx512Block(const float* x, const int8_t* w, const float* scale, float* y, int64_t in, int64_t ldy) {
+  constexpr int64_t t0 = 0, o0 = 0;
   __m512 acc[TB][OB];
   for (int t = 0; t < TB; ++t)
     for (int o = 0; o < OB; ++o) acc[t][o] = _mm512_setzero_ps();
@@ -114,7 +116,7 @@ CASCADE_AVX512 void Avx512Block(const float* x, const int8_t* w, const float* sc
     }
   }
   for (int t = 0; t < TB; ++t)
-    for (int o = 0; o < OB; ++o) y[(t0 + t) * out + o0 + o] = _mm512_reduce_add_ps(acc[t][o]) * scale[o0 + o];
+    for (int o = 0; o < OB; ++o) y[(t0 + t) * ldy + o0 + o] = _mm512_reduce_add_ps(acc[t][o]) * scale[o0 + o];
 }
 
 // ---------------------------------------------------------------- AVX-512 VNNI (Q8 activations)
@@ -157,9 +159,11 @@ void QuantizeRows(const float* x, int64_t T, int64_t in, QuantizedX* qx) {
   }
 }
 
+// As the other blocks, but the activations are rows t0.. of qx.
 template <int TB, int OB>
-CASCADE_VNNI void VnniBlock(const QuantizedX& qx, const int8_t* w, const float* scale, float* y, int64_t in,
-                            int64_t out, int64_t t0, int64_t o0) {
+CASCADE_VNNI void VnniBlock(const QuantizedX& qx, int64_t t0, const int8_t* w, const float* scale, float* y, int64_t in,
+                            int64_t ldy) {
+  constexpr int64_t o0 = 0;
   const int64_t chunks = qx.chunks, padded = chunks * 64;
   __m512 acc[TB][OB];
   for (int t = 0; t < TB; ++t)
@@ -183,7 +187,7 @@ CASCADE_VNNI void VnniBlock(const QuantizedX& qx, const int8_t* w, const float* 
     }
   }
   for (int t = 0; t < TB; ++t)
-    for (int o = 0; o < OB; ++o) y[(t0 + t) * out + o0 + o] = _mm512_reduce_add_ps(acc[t][o]) * scale[o0 + o];
+    for (int o = 0; o < OB; ++o) y[t * ldy + o0 + o] = _mm512_reduce_add_ps(acc[t][o]) * scale[o0 + o];
 }
 
 // ---------------------------------------------------------------- dispatch over blocks
@@ -213,21 +217,21 @@ template <int TB, int OB>
 struct Avx2B {
   static void Run(int64_t t, int64_t o, const float* x, const int8_t* w, const float* s, float* y, int64_t in,
                   int64_t out) {
-    Avx2Block<TB, OB>(x, w, s, y, in, out, t, o);
+    Avx2Block<TB, OB>(x + t * in, w + o * in, s + o, y + t * out + o, in, out);
   }
 };
 template <int TB, int OB>
 struct Avx512B {
   static void Run(int64_t t, int64_t o, const float* x, const int8_t* w, const float* s, float* y, int64_t in,
                   int64_t out) {
-    Avx512Block<TB, OB>(x, w, s, y, in, out, t, o);
+    Avx512Block<TB, OB>(x + t * in, w + o * in, s + o, y + t * out + o, in, out);
   }
 };
 template <int TB, int OB>
 struct VnniB {
   static void Run(int64_t t, int64_t o, const QuantizedX& qx, const int8_t* w, const float* s, float* y, int64_t in,
                   int64_t out) {
-    VnniBlock<TB, OB>(qx, w, s, y, in, out, t, o);
+    VnniBlock<TB, OB>(qx, t, w + o * in, s + o, y + t * out + o, in, out);
   }
 };
 
@@ -354,6 +358,34 @@ void Int8Matmul(Int8Impl impl, const float* x, const int8_t* w, const float* sca
     }
   };
   ParallelTasks(tasks, run, helpers, spawn);
+}
+
+void Int8GatherMatmul(Int8Impl impl, const float* x, const int8_t* w, const float* scale, const int32_t* ids, float* y,
+                      const Int8MatmulShape& shape, int64_t k) {
+  const std::string bad = ValidateInt8Matmul(shape);
+  if (!bad.empty()) throw std::invalid_argument(bad);
+  if (k < 1 || k > shape.out) throw std::invalid_argument("int8 gather matmul: need 1 <= k <= out, got k=" + std::to_string(k));
+  if (!Int8ImplSupported(impl)) throw std::invalid_argument(std::string("int8 matmul: this CPU cannot run ") + Int8ImplName(impl));
+  const int64_t T = shape.T, in = shape.in, out = shape.out;
+  QuantizedX qx;
+  if (impl == Int8Impl::kAvx512Vnni) QuantizeRows(x, T, in, &qx);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t o = std::min<int64_t>(std::max<int32_t>(ids[t * k + j], 0), out - 1);  // clamp, as XLA's gather
+      float* yo = y + t * k + j;
+      // The same single-element computation Int8Matmul does for (t, o): bit-identical logits.
+      switch (impl) {
+        case Int8Impl::kScalar: {
+          float tmp[1];
+          ScalarRows(x + t * in, w + o * in, scale + o, tmp, 1, in, 1, 0, 1);
+          *yo = tmp[0];
+          break;
+        }
+        case Int8Impl::kAvx2: Avx2Block<1, 1>(x + t * in, w + o * in, scale + o, yo, in, 1); break;
+        case Int8Impl::kAvx512: Avx512Block<1, 1>(x + t * in, w + o * in, scale + o, yo, in, 1); break;
+        case Int8Impl::kAvx512Vnni: VnniBlock<1, 1>(qx, t, w + o * in, scale + o, yo, in, 1); break;
+      }
+    }
 }
 
 }  // namespace kernels

@@ -48,6 +48,13 @@ using Spawner = std::function<void(std::function<void()>)>;
 void Int8Matmul(Int8Impl impl, const float* x, const int8_t* w, const float* scale, float* y,
                 const Int8MatmulShape& shape, int helpers = 0, const Spawner& spawn = nullptr);
 
+// The LM head's logits at k ids per row only (the cascade's candidates head):
+//   y[t, j] = (x[t, :] . W[ids[t, j], :]) * scale[ids[t, j]]      ids s32[T, k], y f32[T, k]
+// bit-identical to Int8Matmul's y[t, ids[t, j]] with the same impl. Ids outside [0, out) are
+// clamped, as XLA's gather clamps. Single-threaded (T * k rows is small).
+void Int8GatherMatmul(Int8Impl impl, const float* x, const int8_t* w, const float* scale, const int32_t* ids, float* y,
+                      const Int8MatmulShape& shape, int64_t k);
+
 // Runs task(0..n-1), each exactly once, on the calling thread and up to `helpers` spawned tasks
 // that pull indices from a shared counter. Returns when all n are done. Safe when spawned tasks
 // start late or never (the caller then claims every index) and when they outlive the call.

@@ -189,6 +189,10 @@ class Emitter {
   Value CandidateLogits(const Value& h, const std::string& name, const Value& ids) {
     const WeightRef& ref = W(name);
     const int64_t T = ids.dims[0], K = ids.dims[1], d = c_.hidden_size;
+    if (ffi_int8_ && ref.w.dtype == DType::kS8 && ref.scale && T <= kFfiMaxTokens && h.rank() == 2 &&
+        h.dims[1] == ref.w.dims[1])
+      // Bit-identical to the full head's FFI logits at those ids (same kernel per element).
+      return f_.CustomCall(kernels::kInt8GatherMatmulTarget, {h, ids, ref.w, *ref.scale}, DType::kF32, {T, K});
     Value flat = f_.Reshape(ids, {T * K});
     Value rows = f_.Reshape(ref.transposed ? f_.GatherColumns(ref.w, flat) : f_.GatherRows(ref.w, flat), {T, K, d});
     Value y;
