@@ -211,11 +211,10 @@ void DecoderModel::SetTiny(const TinyWeights& tiny) {
   std::vector<std::vector<std::unique_ptr<Buffer>>> uploaded(replicas_.size());
   for (const HostTensor& t : PrepareTinyParams(tiny))
     for (size_t r = 0; r < replicas_.size(); ++r) uploaded[r].push_back(client_->ToDevice(t, replicas_[r].device));
-  if (tiny.hidden != tiny_hidden_) {
-    for (auto it = programs_.begin(); it != programs_.end();)
-      it = std::get<1>(it->first).kind == HeadKind::kCandidates ? programs_.erase(it) : std::next(it);
+  for (size_t r = 0; r < replicas_.size(); ++r) {
+    replicas_[r].tiny = std::move(uploaded[r]);
+    replicas_[r].candidate_tables.clear();
   }
-  for (size_t r = 0; r < replicas_.size(); ++r) replicas_[r].tiny = std::move(uploaded[r]);
   tiny_hidden_ = tiny.hidden;
 }
 
@@ -223,6 +222,57 @@ int64_t DecoderModel::tiny_bytes() const {
   int64_t n = 0;
   for (const auto& b : replicas_[0].tiny) n += static_cast<int64_t>(b->byte_size());
   return n;
+}
+
+void DecoderModel::BuildCandidateTable(int64_t k0) {
+  if (!has_tiny()) throw InvalidArgumentError("BuildCandidateTable: no tiny model (SetTiny)");
+  if (k0 < 1 || k0 > config_.vocab_size)
+    throw InvalidArgumentError("BuildCandidateTable: needs 1 <= K0 <= vocab, got " + std::to_string(k0));
+  if (replicas_[0].candidate_tables.count(k0)) return;
+  const int64_t V = config_.vocab_size;
+  // Rows per call: the program holds a [rows, vocab] f32 logits block (1024 rows: 200 MB at a
+  // 49152 vocabulary).
+  const int64_t rows = std::min<int64_t>(V, 1024);
+  const auto start = std::chrono::steady_clock::now();
+  auto exe = client_->Compile(EmitTinyTableProgram(config_, options_.precision, tiny_hidden_, rows, k0),
+                              {static_cast<int>(options_.replicas)});
+  compile_ms_ += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  size_t embedding = 0;
+  const auto layout = WeightParamLayout(config_, options_.precision);
+  while (layout[embedding].tensor != "model.embed_tokens.weight") ++embedding;
+
+  HostTensor table(DType::kS32, {V, k0});
+  const int64_t R = static_cast<int64_t>(replicas_.size());
+  for (int64_t first = 0; first < V; first += rows * R) {  // replica r takes block first + r*rows
+    std::vector<std::unique_ptr<Buffer>> tokens(replicas_.size());
+    std::vector<std::vector<Buffer*>> args(replicas_.size());
+    for (int64_t r = 0; r < R; ++r) {
+      std::vector<int32_t> ids(static_cast<size_t>(rows));
+      for (int64_t i = 0; i < rows; ++i) ids[i] = static_cast<int32_t>(std::min(first + r * rows + i, V - 1));
+      tokens[r] = client_->ToDevice(HostTensor(DType::kS32, {rows}, ids.data(), ids.size() * 4), replicas_[r].device);
+      args[r] = {replicas_[r].weights[embedding].get(), tokens[r].get()};
+      for (auto& t : replicas_[r].tiny) args[r].push_back(t.get());
+    }
+    auto out = exe->Execute(args);
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t from = first + r * rows, n = std::min(rows, V - from);
+      if (n <= 0) continue;
+      HostTensor block = out[r][0]->ToHost();
+      std::memcpy(table.as<int32_t>() + from * k0, block.as<int32_t>(), static_cast<size_t>(n * k0) * 4);
+    }
+  }
+  for (auto& rep : replicas_) rep.candidate_tables[k0] = client_->ToDevice(table, rep.device);
+}
+
+int64_t DecoderModel::candidate_table_bytes() const {
+  int64_t n = 0;
+  for (const auto& [k, b] : replicas_[0].candidate_tables) n += static_cast<int64_t>(b->byte_size());
+  return n;
+}
+
+void DecoderModel::Prepare(int64_t num_tokens, const HeadSpec& head) {
+  Program(num_tokens, head, false);
+  if (head.kind == HeadKind::kCandidates) BuildCandidateTable(head.k);
 }
 
 int64_t DecoderModel::weight_bytes() const {
@@ -241,7 +291,6 @@ std::string DecoderModel::ProgramText(int64_t num_tokens, const HeadSpec& head, 
   spec.kv_dtype = kv_dtype_;
   // int8 weights on the CPU plugin: our FFI kernel when it registers (kernels/ffi_handlers.h).
   spec.matmul = kernels::ChooseMatmulMode(*client_, options_.precision, options_.matmul);
-  spec.tiny_hidden = tiny_hidden_;
   return EmitDecoderProgram(config_, spec);
 }
 
@@ -310,6 +359,7 @@ std::vector<ForwardResult> DecoderModel::ForwardSharded(const std::vector<Shard>
   }
 
   auto exe = Program(T, head, tree);
+  if (head.kind == HeadKind::kCandidates) BuildCandidateTable(head.k);
   std::vector<std::vector<std::unique_ptr<Buffer>>> extra(replicas_.size());
   std::vector<std::vector<Buffer*>> args(replicas_.size());
   int32_t start32 = static_cast<int32_t>(start_pos);
@@ -334,8 +384,7 @@ std::vector<ForwardResult> DecoderModel::ForwardSharded(const std::vector<Shard>
     args[r].push_back(replicas_[r].k_cache.get());
     args[r].push_back(replicas_[r].v_cache.get());
     for (auto& x : e) args[r].push_back(x.get());
-    if (head.kind == HeadKind::kCandidates)
-      for (auto& t : replicas_[r].tiny) args[r].push_back(t.get());
+    if (head.kind == HeadKind::kCandidates) args[r].push_back(replicas_[r].candidate_tables.at(head.k).get());
   }
 
   std::vector<std::vector<std::unique_ptr<Buffer>>> out;

@@ -93,7 +93,8 @@ class DecoderModel {
   ForwardResult Forward(const std::vector<int32_t>& tokens, int64_t start_pos, const HeadSpec& head = {},
                         const ForwardInputs& inputs = {});
   // Compiles (or loads from the compile cache) the program of a call shape without running it.
-  void Prepare(int64_t num_tokens, const HeadSpec& head) { Program(num_tokens, head, false); }
+  // (A candidates head also builds its candidate table.)
+  void Prepare(int64_t num_tokens, const HeadSpec& head);
   // One replica's inputs for ForwardSharded.
   struct Shard {
     std::vector<int32_t> tokens;
@@ -107,13 +108,18 @@ class DecoderModel {
 
   // Zeroes the cache (not needed for correctness: unwritten slots are always masked).
   void ResetCache();
-  // Uploads the tiny model (once) for HeadKind::kCandidates; replaces a previous one (and drops
-  // the candidates programs compiled for it when its width changes). Throws InvalidArgumentError
-  // when it does not fit this model (input_dim != hidden_size or vocab != vocab_size).
+  // Uploads the tiny model (once) for HeadKind::kCandidates; replaces a previous one (and its
+  // candidate tables). Throws InvalidArgumentError when it does not fit this model (input_dim !=
+  // hidden_size or vocab != vocab_size).
   void SetTiny(const TinyWeights& tiny);
   bool has_tiny() const { return tiny_hidden_ > 0; }
   int64_t tiny_hidden() const { return tiny_hidden_; }
   int64_t tiny_bytes() const;  // device bytes of the tiny's params (0 without one)
+  // The tiny's top-K0 candidates for every input token, s32[vocab, K0] on each replica's device
+  // (model/programs.h, 7.): evaluated on the device, in blocks of vocabulary rows spread over
+  // the replicas, the first time a candidates head with this K0 is prepared or run.
+  void BuildCandidateTable(int64_t k0);
+  int64_t candidate_table_bytes() const;  // device bytes of the tables built so far (one replica)
 
   const ModelConfig& config() const { return config_; }
   const DecoderOptions& options() const { return options_; }
@@ -144,6 +150,7 @@ class DecoderModel {
     std::vector<std::unique_ptr<Buffer>> weights;
     std::unique_ptr<Buffer> k_cache, v_cache;
     std::vector<std::unique_ptr<Buffer>> tiny;  // TinyParamLayout order
+    std::map<int64_t, std::unique_ptr<Buffer>> candidate_tables;  // by K0
   };
   std::vector<Replica> replicas_;
 

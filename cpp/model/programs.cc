@@ -64,16 +64,10 @@ class Emitter {
       offsets = f_.Param("position_offsets", DType::kS32, {T});
     }
     const bool candidates = s_.head.kind == HeadKind::kCandidates;
-    std::vector<Value> tiny;  // TinyParamLayout order
-    if (candidates)
-      for (const WeightParam& p : TinyParamLayout(c_, s_.tiny_hidden)) tiny.push_back(f_.Param(p.name(), p.dtype, p.dims));
+    std::optional<Value> table;  // s32[vocab, K0]: the tiny's candidates per input token
+    if (candidates) table = f_.Param("candidate_table", DType::kS32, {c_.vocab_size, s_.head.k});
 
-    // Token embeddings [T, d] in f32 (Gemma scales by sqrt(d)).
-    const WeightRef& emb = W("model.embed_tokens.weight");
-    Value h = f_.Convert(emb.transposed ? f_.GatherColumns(emb.w, tokens) : f_.GatherRows(emb.w, tokens), DType::kF32);
-    if (c_.family == ModelFamily::kGemma)
-      h = f_.Mul(h, f_.ScalarLike(h, std::sqrt(static_cast<double>(c_.hidden_size))));
-    const Value embedded = h;  // the tiny's input e (model/tiny.h)
+    Value h = Embed(tokens);
 
     // RoPE tables for the T positions.
     Value start_t = f_.BroadcastInDim(start, {T}, {});
@@ -123,7 +117,7 @@ class Emitter {
         results.push_back(f_.Argmax(logits, 1));
         break;
       case HeadKind::kCandidates: {
-        Value ids = TinyCandidates(embedded, tiny, s_.head.k);  // [T, K0]
+        Value ids = f_.GatherRows(*table, tokens);  // [T, K0]
         Value cand = CandidateLogits(h, head_name, ids);       // [T, K0]
         results.push_back(ids);
         results.push_back(cand);
@@ -136,7 +130,32 @@ class Emitter {
     return f_.ToText();
   }
 
+  // The tiny's candidate table rows for tokens s32[T]: params the embedding (as in
+  // WeightParamLayout), tokens, then the tiny (TinyParamLayout); result s32[T, K0].
+  std::string EmitTinyTable() {
+    for (const WeightParam& p : WeightParamLayout(c_, s_.precision))
+      if (p.tensor == "model.embed_tokens.weight") {
+        if (p.role != WeightParam::Role::kDense) throw InvalidArgumentError("programs: the embedding must be dense");
+        weights_[p.tensor].w = f_.Param(p.name(), p.dtype, p.dims);
+        weights_[p.tensor].transposed = p.transposed;
+      }
+    Value tokens = f_.Param("tokens", DType::kS32, {s_.num_tokens});
+    std::vector<Value> tiny;
+    for (const WeightParam& p : TinyParamLayout(c_, s_.tiny_hidden)) tiny.push_back(f_.Param(p.name(), p.dtype, p.dims));
+    f_.Return({TinyCandidates(Embed(tokens), tiny, s_.head.k)});
+    return f_.ToText();
+  }
+
  private:
+  // Token embeddings [T, d] in f32 (Gemma scales by sqrt(d)); also the tiny's input e (model/tiny.h).
+  Value Embed(const Value& tokens) {
+    const WeightRef& emb = W("model.embed_tokens.weight");
+    Value h = f_.Convert(emb.transposed ? f_.GatherColumns(emb.w, tokens) : f_.GatherRows(emb.w, tokens), DType::kF32);
+    if (c_.family == ModelFamily::kGemma)
+      h = f_.Mul(h, f_.ScalarLike(h, std::sqrt(static_cast<double>(c_.hidden_size))));
+    return h;
+  }
+
   const WeightRef& W(const std::string& name) {
     auto it = weights_.find(name);
     if (it == weights_.end()) throw InvalidArgumentError("programs: no weight param " + name);
@@ -422,11 +441,26 @@ std::string EmitDecoderProgram(const ModelConfig& config, const ProgramSpec& spe
     if (spec.head.k < 1 || spec.head.k > config.vocab_size)
       throw InvalidArgumentError("decoder program: the candidates head needs 1 <= K0 <= vocab_size, got K0=" +
                                  std::to_string(spec.head.k));
-    if (spec.tiny_hidden < 1) throw InvalidArgumentError("decoder program: the candidates head needs tiny_hidden >= 1");
   }
   if (spec.head.full_argmax && spec.head.kind != HeadKind::kCandidates)
     throw InvalidArgumentError("decoder program: full_argmax is an option of the candidates head only");
   return Emitter(config, spec).Emit();
+}
+
+std::string EmitTinyTableProgram(const ModelConfig& config, WeightPrecision precision, int64_t tiny_hidden,
+                                 int64_t rows, int64_t k) {
+  ValidateDecoderConfig(config);
+  if (rows < 1) throw InvalidArgumentError("tiny table program: rows must be >= 1");
+  if (k < 1 || k > config.vocab_size)
+    throw InvalidArgumentError("tiny table program: needs 1 <= K0 <= vocab_size, got K0=" + std::to_string(k));
+  if (tiny_hidden < 1) throw InvalidArgumentError("tiny table program: tiny_hidden must be >= 1");
+  ProgramSpec spec;
+  spec.num_tokens = rows;
+  spec.max_context = rows;
+  spec.head = {HeadKind::kCandidates, k};
+  spec.precision = precision;
+  spec.tiny_hidden = tiny_hidden;
+  return Emitter(config, spec).EmitTinyTable();
 }
 
 }  // namespace cascade

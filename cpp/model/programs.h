@@ -14,9 +14,11 @@
 //   6. only with tree_mask: tree_mask pred[T,T] (new token i may attend new token j, j <= i; the
 //      diagonal is always allowed) and position_offsets s32[T] (RoPE position = start_pos +
 //      offset[i], e.g. the depth of token i in the tree).
-//   7. only for HeadKind::kCandidates: the tiny model (model/tiny.h), TinyParamLayout order, f32:
-//      tiny.proj_in.weight^T [d, hidden], tiny.proj_in.bias [hidden], tiny.norm.weight [hidden],
-//      tiny.norm.bias [hidden], tiny.proj_out.weight^T [hidden, vocab], tiny.proj_out.bias [vocab].
+//   7. only for HeadKind::kCandidates: candidate_table s32[vocab, K0], row t = the tiny model's
+//      top-K0 ids (model/tiny.h) for input token t. The tiny's input is the embedding of the last
+//      token, so its candidates are a function of that token alone: DecoderModel evaluates the
+//      tiny once per vocabulary entry (EmitTinyTableProgram) and a draft step gathers one row,
+//      instead of reading the tiny's [hidden, vocab] matrix and sorting its logits every step.
 // Attention: query i sees cache slots 0 .. start_pos+i (slots beyond are masked, whatever they
 // hold), further restricted to tree_mask inside the new block. So rolling the cache back after a
 // rejected speculation is free: the next call simply starts at an earlier start_pos and
@@ -125,10 +127,10 @@ struct ProgramSpec {
   WeightPrecision precision = WeightPrecision::kF32;
   DType kv_dtype = DType::kF32;  // f32 or bf16
   MatmulMode matmul = MatmulMode::kAuto;
-  int64_t tiny_hidden = 0;   // HeadKind::kCandidates: the tiny model's hidden width
+  int64_t tiny_hidden = 0;   // EmitTinyTableProgram only: the tiny model's hidden width
 };
 
-// The tiny model's params of a kCandidates program (after all other params), see 7. above.
+// The tiny model's params of a tiny table program (after the embedding and the tokens).
 std::vector<WeightParam> TinyParamLayout(const ModelConfig& config, int64_t tiny_hidden);
 
 // kv_dtype[layers, kv_heads, C, head_dim]
@@ -144,5 +146,11 @@ std::vector<HeadOutput> HeadOutputs(const ModelConfig& config, const ProgramSpec
 
 // The whole module text. Throws InvalidArgumentError on a bad config or spec.
 std::string EmitDecoderProgram(const ModelConfig& config, const ProgramSpec& spec);
+
+// The tiny's candidate table for `rows` tokens: params the embedding (its WeightParamLayout
+// param for `precision`), tokens s32[rows], the tiny (TinyParamLayout, f32); result s32[rows, k],
+// each row the top-k ids of W2 ReLU(LayerNorm(W1 e + b1)) + b2, largest first.
+std::string EmitTinyTableProgram(const ModelConfig& config, WeightPrecision precision, int64_t tiny_hidden,
+                                 int64_t rows, int64_t k);
 
 }  // namespace cascade

@@ -142,7 +142,6 @@ TEST(tiny_program, ProgramLayoutAndMisuse) {
   s.num_tokens = 2;
   s.max_context = 8;
   s.head = {HeadKind::kCandidates, 5, true};
-  s.tiny_hidden = 12;
   auto outs = HeadOutputs(c, s);
   ASSERT_EQ(outs.size(), 4u);
   EXPECT_EQ(outs[0].name, "candidate_ids");
@@ -153,12 +152,16 @@ TEST(tiny_program, ProgramLayoutAndMisuse) {
   ASSERT_EQ(layout.size(), 6u);
   EXPECT_EQ(layout[0].dims, (std::vector<int64_t>{64, 12}));
   EXPECT_EQ(layout[4].dims, (std::vector<int64_t>{12, 97}));
+  // The draft step gathers candidates from the table; the tiny itself runs in the table program.
   const std::string text = EmitDecoderProgram(c, s);
-  EXPECT_NE(text.find("tensor<12x97xf32>"), std::string::npos) << "W2^T param";
-  EXPECT_NE(text.find("chlo.top_k"), std::string::npos);
-  s.tiny_hidden = 0;
-  EXPECT_THROW(EmitDecoderProgram(c, s), InvalidArgumentError);
-  s.tiny_hidden = 12;
+  EXPECT_NE(text.find("tensor<97x5xi32>"), std::string::npos) << "candidate_table param";
+  EXPECT_EQ(text.find("chlo.top_k"), std::string::npos) << "no per-step top-k over the vocabulary";
+  const std::string table = EmitTinyTableProgram(c, WeightPrecision::kF32, 12, 16, 5);
+  EXPECT_NE(table.find("tensor<12x97xf32>"), std::string::npos) << "W2^T param";
+  EXPECT_NE(table.find("chlo.top_k"), std::string::npos);
+  EXPECT_THROW(EmitTinyTableProgram(c, WeightPrecision::kF32, 0, 16, 5), InvalidArgumentError);
+  EXPECT_THROW(EmitTinyTableProgram(c, WeightPrecision::kF32, 12, 0, 5), InvalidArgumentError);
+  EXPECT_THROW(EmitTinyTableProgram(c, WeightPrecision::kF32, 12, 16, 98), InvalidArgumentError);
   s.head.k = 98;
   EXPECT_THROW(EmitDecoderProgram(c, s), InvalidArgumentError);
   s.head = {HeadKind::kArgmax, 0, true};
