@@ -4,6 +4,8 @@
 #include <napi.h>
 
 #include <atomic>
+#include <cmath>
+#include <cstdio>
 #include <memory>
 #include <optional>
 
@@ -102,6 +104,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
     return DefineClass(env, "NativeEngine",
                        {InstanceMethod("info", &NativeEngine::Info), InstanceMethod("generate", &NativeEngine::Generate),
                         InstanceMethod("cancel", &NativeEngine::Cancel),
+                        InstanceMethod("abort", &NativeEngine::Abort),
                         InstanceMethod("evaluate", &NativeEngine::Evaluate),
                         InstanceMethod("dispose", &NativeEngine::Dispose)});
   }
@@ -195,12 +198,15 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
     if (!busy_->compare_exchange_strong(expected, true))
       throw ToJsError(env, InvalidArgumentError("generate: this model is already generating (calls must be queued)"));
     cancel_->store(false);
+    abort_->store(false);
 
     std::optional<Napi::ThreadSafeFunction> tsfn;
     if (info.Length() > 2 && info[2].IsFunction())
       tsfn = Napi::ThreadSafeFunction::New(env, info[2].As<Napi::Function>(), "cascade.tokens", 0, 1);
     auto cancel = cancel_;
+    auto abort = abort_;
     auto busy = busy_;
+    options->interrupted = [abort] { return abort->load(); };
     options->on_tokens = [tsfn, cancel](const std::vector<int32_t>& fresh) {
       if (tsfn) {
         auto* copy = new std::vector<int32_t>(fresh);
@@ -271,23 +277,86 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
         });
   }
 
+  // Ends the generation after the tokens of the current step (stop strings): it resolves normally.
   Napi::Value Cancel(const Napi::CallbackInfo& info) {
     cancel_->store(true);
     return info.Env().Undefined();
   }
 
+  // Ends the generation before its next device call (AbortSignal, dispose): it rejects with an
+  // AbortError naming the stage.
+  Napi::Value Abort(const Napi::CallbackInfo& info) {
+    cancel_->store(true);
+    abort_->store(true);
+    return info.Env().Undefined();
+  }
+
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
     cancel_->store(true);
+    abort_->store(true);
     engine_.reset();  // a generation in flight keeps its own reference and finishes at the next step
     return info.Env().Undefined();
   }
 
   std::shared_ptr<CascadeEngine> engine_;
   std::shared_ptr<std::atomic<bool>> cancel_ = std::make_shared<std::atomic<bool>>(false);
+  std::shared_ptr<std::atomic<bool>> abort_ = std::make_shared<std::atomic<bool>>(false);
   std::shared_ptr<std::atomic<bool>> busy_ = std::make_shared<std::atomic<bool>>(false);
 };
 
-// loadEngine(client, { target, draft?, targetPrecision?, draftPrecision?, maxContext?, draftLayers? })
+// Device bytes a DecoderModel of `config` uploads: its weights at `precision` and the K and V
+// caches (f32 with f32 weights, else bf16, as DecoderModel chooses) of `max_context` slots.
+int64_t DeviceBytes(const ModelConfig& config, WeightPrecision precision, int64_t max_context) {
+  int64_t bytes = 0;
+  for (const WeightParam& w : WeightParamLayout(config, precision))
+    bytes += ElementCount(w.dims) * static_cast<int64_t>(DTypeSize(w.dtype));
+  const DType kv = precision == WeightPrecision::kF32 ? DType::kF32 : DType::kBF16;
+  return bytes + 2 * ElementCount(KvCacheDims(config, max_context)) * static_cast<int64_t>(DTypeSize(kv));
+}
+
+std::string MiB(int64_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+  return text;
+}
+
+// Throws OutOfMemoryError when the target (on each of its replicas) and the draft would not fit
+// the device's memory, before anything is uploaded. `limit` > 0 overrides what the device reports
+// (the maxDeviceMemory option / CASCADE_DEVICE_MEMORY_LIMIT). The self-speculative draft whose
+// depth is still to be chosen counts as its largest candidate (3/4 of the layers).
+void CheckDeviceMemory(const Client& client, const ModelWeights& target, const std::optional<ModelWeights>& draft,
+                       const EngineOptions& options, int64_t limit) {
+  ValidateDecoderConfig(target.config);
+  if (draft) ValidateDecoderConfig(draft->config);
+  std::optional<Client::AvailableMemory> available;
+  if (limit > 0) available = Client::AvailableMemory{limit, "the limit set by maxDeviceMemory / CASCADE_DEVICE_MEMORY_LIMIT"};
+  else available = client.AvailableDeviceMemory(options.device_index);
+  if (!available) return;  // the plugin does not say: let the upload find out
+  const int64_t target_bytes = DeviceBytes(target.config, options.target_precision, options.max_context);
+  ModelConfig draft_config = draft ? draft->config : target.config;
+  if (!draft) {
+    const int64_t layers = target.config.num_layers;
+    draft_config.num_layers = options.draft_layers > 0 ? std::min(options.draft_layers, layers)
+                                                       : std::max<int64_t>(1, std::lround(0.75 * layers));
+  }
+  const int64_t draft_bytes = DeviceBytes(draft_config, options.draft_precision, options.max_context);
+  // The CPU plugin's devices share host memory: every replica counts. Elsewhere each device holds one.
+  const int64_t replicas = client.platform_name() == "cpu" ? std::max<int64_t>(1, options.devices) : 1;
+  const int64_t need = target_bytes * replicas + draft_bytes;
+  if (need <= available->bytes) return;
+  throw OutOfMemoryError(
+      "the models need " + MiB(need) + " of device memory (target " + target.source + ": " + MiB(target_bytes) +
+      (replicas > 1 ? " x " + std::to_string(replicas) + " replicas" : "") + ", draft " +
+      (draft ? draft->source : "(first " + std::to_string(draft_config.num_layers) + " layers)") + ": " +
+      MiB(draft_bytes) + ", weights and KV cache of " + std::to_string(options.max_context) +
+      " tokens) but the device has " + MiB(available->bytes) + " available (" + available->source +
+      "); use a smaller maxContext or precision, or a smaller model");
+}
+
+// loadEngine(client, { target, draft?, targetPrecision?, draftPrecision?, maxContext?, draftLayers?,
+//   deviceMemoryLimit?, ... }, onProgress?) -> { promise: Promise<NativeEngine>, cancel(): void }.
+// cancel() makes the load stop at its next stage (after reading a file, after the upload, between
+// warm-up compiles, during a tiny fit) with an AbortError; what it had uploaded is released.
 Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 2 || !info[1].IsObject())
@@ -298,6 +367,7 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
   bool fit_tiny = false;
   bool warmup = false;
   int64_t warm_k0 = 64;
+  int64_t memory_limit = 0;
   EngineOptions options;
   try {
     if (!o.Get("target").IsString()) throw InvalidArgumentError("target must be a model file path");
@@ -315,6 +385,7 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
     options.planned_proposal_length = static_cast<int64_t>(NumberFromJs(o, "k1", 4));
     options.device_index = static_cast<size_t>(NumberFromJs(o, "deviceIndex", 0));
     options.devices = static_cast<int64_t>(NumberFromJs(o, "devices", 1));
+    memory_limit = static_cast<int64_t>(NumberFromJs(o, "deviceMemoryLimit", 0));
   } catch (const Error& e) {
     throw ToJsError(env, e);
   }
@@ -326,14 +397,23 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
   auto release = [tsfn]() mutable {
     if (tsfn) tsfn->Release();
   };
-  return PromiseWorker::Start(
+  auto cancel = std::make_shared<std::atomic<bool>>(false);
+  Napi::Promise promise = PromiseWorker::Start(
       env, "cascade.load",
-      [client, target, draft, tiny, fit_tiny, tiny_cache, options, engine, warmup, warm_k0, tsfn, release]() mutable {
+      [client, target, draft, tiny, fit_tiny, tiny_cache, options, engine, warmup, warm_k0, memory_limit, tsfn, release,
+       cancel]() mutable {
+       auto check = [&](const char* stage) {
+         if (cancel->load()) throw Error(ErrorKind::kAborted, std::string("load aborted ") + stage);
+       };
        try {
+        check("before reading the model");
         ModelWeights t = LoadModel(target);
         std::optional<ModelWeights> d;
         if (!draft.empty()) d = LoadModel(draft);
+        check("after reading the model files");
+        CheckDeviceMemory(*client, t, d, options, memory_limit);
         auto e = std::make_shared<CascadeEngine>(client, t, d, options);
+        check("after uploading the models");
         if (!tiny.empty()) {
           e->SetTiny(LoadTiny(tiny, &e->draft_config()));
         } else if (fit_tiny) {
@@ -353,6 +433,7 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
             fit.sequence_length = std::min<int64_t>(128, options.max_context);
             fit.text_model = &e->target();
             fit.draft_name = draft_weights.source;
+            fit.progress = [cancel](int64_t, int64_t) { return !cancel->load(); };
             cached = FitTinyClosedForm(e->draft(), draft_weights, fit);
             cached->metadata["fit_text"] = "target";
             if (!tiny_cache.empty()) SaveTiny(*cached, tiny_cache);
@@ -360,7 +441,8 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
           e->SetTiny(*cached);
         }
         if (warmup) {
-          e->Warmup(options.planned_proposal_length, warm_k0, [tsfn](int64_t done, int64_t total) {
+          e->Warmup(options.planned_proposal_length, warm_k0, [tsfn, &check](int64_t done, int64_t total) {
+            check("during the warm-up compile");
             if (!tsfn) return;
             auto* p = new std::pair<int64_t, int64_t>(done, total);
             if (tsfn->NonBlockingCall(p, [](Napi::Env env, Napi::Function fn, std::pair<int64_t, int64_t>* p) {
@@ -371,6 +453,7 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
               delete p;
           });
         }
+        check("after the warm-up");
         *engine = std::move(e);
        } catch (...) {
         release();
@@ -383,6 +466,13 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
         NativeEngine::Unwrap(obj)->Attach(std::move(*engine));
         return obj;
       });
+  Napi::Object handle = Napi::Object::New(env);
+  handle.Set("promise", promise);
+  handle.Set("cancel", Napi::Function::New(env, [cancel](const Napi::CallbackInfo& info) {
+               cancel->store(true);
+               return info.Env().Undefined();
+             }));
+  return handle;
 }
 
 }  // namespace

@@ -124,3 +124,17 @@ export class ModelFormatError extends CascadeError {}
  * ```
  */
 export class DownloadError extends CascadeError {}
+
+/**
+ * The models would not fit the device's memory. Checked before anything is uploaded: the weights
+ * at their precision plus the KV cache of `maxContext` tokens (target on every replica, and the
+ * draft) against what the device has free: the plugin's memory stats, on the CPU plugin the
+ * host's `MemAvailable`, or the `maxDeviceMemory` option / `CASCADE_DEVICE_MEMORY_LIMIT`. The
+ * message gives both sizes.
+ *
+ * @example
+ * ```ts
+ * await Cascade.load({ target: 'model.gguf', maxDeviceMemory: 64 * 2 ** 20 }); // throws OutOfMemoryError
+ * ```
+ */
+export class OutOfMemoryError extends CascadeError {}

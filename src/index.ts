@@ -41,6 +41,7 @@ export {
   DisposedError,
   ModelFormatError,
   DownloadError,
+  OutOfMemoryError,
 } from './errors.js';
 export { NativeAddonError } from './native.js';
 export { resolvePlugin, ensurePlugin, pluginCacheInfo } from './plugin/index.js';

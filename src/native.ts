@@ -13,6 +13,7 @@ import {
   DisposedError,
   InvalidArgumentError,
   ModelFormatError,
+  OutOfMemoryError,
   PjrtError,
   PluginIncompatibleError,
   PluginNotFoundError,
@@ -71,7 +72,7 @@ export interface NativeClient {
 /** @internal */
 export interface NativeAddon {
   openClient(pluginPath: string, options: { cpuDeviceCount?: number }): Promise<NativeClient>;
-  loadEngine(client: NativeClient, options: object, onProgress?: (stage: 'compile', done: number, total: number) => void): Promise<unknown>;
+  loadEngine(client: NativeClient, options: object, onProgress?: (stage: 'compile', done: number, total: number) => void): { promise: Promise<unknown>; cancel(): void };
   distillTiny(client: NativeClient, options: object, onProgress?: (done: number, total: number) => void): { promise: Promise<unknown>; cancel(): void };
   pjrtHeaderVersion: string;
   measureBandwidth(): Promise<number>;
@@ -171,6 +172,11 @@ export function typedError(error: unknown): Error {
       return new DisposedError(error.message, options);
     case 'ModelFormatError':
       return new ModelFormatError(error.message, options);
+    case 'OutOfMemoryError':
+      return new OutOfMemoryError(error.message, options);
+    case 'AbortError':
+      // Native work stopped by a cancel (callers that hold the AbortSignal rethrow its reason).
+      return new DOMException(error.message, 'AbortError');
     default:
       return new CascadeError(error.message, options);
   }

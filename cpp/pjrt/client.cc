@@ -1,6 +1,9 @@
 #include "pjrt/client.h"
 
+#include <algorithm>
+#include <fstream>
 #include <numeric>
+#include <sstream>
 
 #include "pjrt/event.h"
 
@@ -200,6 +203,23 @@ std::optional<MemoryStats> Client::DeviceMemoryStats(size_t device_index) const 
   if (args.peak_bytes_in_use_is_set) stats.peak_bytes_in_use = args.peak_bytes_in_use;
   if (args.bytes_limit_is_set) stats.bytes_limit = args.bytes_limit;
   return stats;
+}
+
+std::optional<Client::AvailableMemory> Client::AvailableDeviceMemory(size_t device_index) const {
+  auto stats = DeviceMemoryStats(device_index);
+  if (stats && stats->bytes_limit)
+    return AvailableMemory{std::max<int64_t>(0, *stats->bytes_limit - stats->bytes_in_use),
+                           "PJRT memory stats of device " + std::to_string(device_index)};
+  if (platform_name_ != "cpu") return std::nullopt;
+  std::ifstream meminfo("/proc/meminfo");
+  std::string line;
+  while (std::getline(meminfo, line)) {
+    std::istringstream fields(line);
+    std::string key;
+    int64_t kib = 0;
+    if (fields >> key >> kib && key == "MemAvailable:") return AvailableMemory{kib * 1024, "MemAvailable in /proc/meminfo"};
+  }
+  return std::nullopt;
 }
 
 std::shared_ptr<LoadedExecutable> Client::Compile(const std::string& stablehlo, const CompileOptions& options) {

@@ -136,6 +136,14 @@ class Client : public std::enable_shared_from_this<Client> {
   const std::vector<DeviceInfo>& devices() const { return devices_; }
   size_t DeviceIndex(PJRT_Device* device) const;  // throws if unknown
   std::optional<MemoryStats> DeviceMemoryStats(size_t device_index) const;
+  // Bytes a load may still place on the device, and where that figure comes from: the plugin's
+  // bytes_limit - bytes_in_use when it reports them; on the CPU plugin (no memory stats; its
+  // device memory is host memory) MemAvailable from /proc/meminfo. nullopt when neither is known.
+  struct AvailableMemory {
+    int64_t bytes = 0;
+    std::string source;  // "PJRT memory stats of device N" or "MemAvailable in /proc/meminfo"
+  };
+  std::optional<AvailableMemory> AvailableDeviceMemory(size_t device_index) const;
 
   // Compiles StableHLO text ("mlir" format) for `options.replicas` devices.
   std::shared_ptr<LoadedExecutable> Compile(const std::string& stablehlo, const CompileOptions& options);

@@ -11,6 +11,7 @@ const char* ErrorKindName(ErrorKind kind) {
     case ErrorKind::kDisposed: return "DisposedError";
     case ErrorKind::kModelFormat: return "ModelFormatError";
     case ErrorKind::kAborted: return "AbortError";
+    case ErrorKind::kOutOfMemory: return "OutOfMemoryError";
     case ErrorKind::kInternal: return "InternalError";
   }
   return "Error";

@@ -15,6 +15,7 @@ enum class ErrorKind {
   kDisposed,            // use after close/dispose
   kModelFormat,         // a model file is truncated, corrupt or inconsistent
   kAborted,             // cancelled through an abort signal
+  kOutOfMemory,         // what would be uploaded does not fit the device's memory (checked before allocating)
   kInternal,
 };
 
@@ -66,6 +67,13 @@ class DisposedError : public Error {
 class ModelFormatError : public Error {
  public:
   explicit ModelFormatError(const std::string& message) : Error(ErrorKind::kModelFormat, message) {}
+};
+
+// The weights and caches a load would upload do not fit the device's memory. Thrown before
+// anything is allocated; the message gives both sizes and where the limit came from.
+class OutOfMemoryError : public Error {
+ public:
+  explicit OutOfMemoryError(const std::string& message) : Error(ErrorKind::kOutOfMemory, message) {}
 };
 
 // Names of PJRT_Error_Code values (absl::StatusCode numbering), for messages.

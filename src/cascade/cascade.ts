@@ -7,12 +7,12 @@
 import { access, copyFile, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
-import { DisposedError, InvalidArgumentError } from '../errors.js';
+import { DisposedError, InvalidArgumentError, type OutOfMemoryError } from '../errors.js';
 import { call, callSync, native } from '../native.js';
 import { Runtime } from '../runtime/runtime.js';
 import { Tokenizer, type ChatMessage } from '../tokenizer/index.js';
 import { placementReport, type PlacementReport } from './placement.js';
-import { abortReason, throwIfAborted } from '../utils/abort.js';
+import { abortReason, raceAbort, throwIfAborted } from '../utils/abort.js';
 import { cachePath } from '../utils/cache.js';
 
 /** Weight precision of a model on the device. */
@@ -70,7 +70,22 @@ export interface CascadeLoadOptions {
   k0?: number;
   /** Default number of draft proposals per target call (K1, the proposal length L). */
   k1?: number;
+  /**
+   * Device memory the models may use, in bytes. Before anything is uploaded, the weights at their
+   * precision plus the KV cache of `maxContext` tokens (the target on each replica, and the draft)
+   * are compared with it, and a load that would not fit throws {@link OutOfMemoryError}. Default:
+   * `CASCADE_DEVICE_MEMORY_LIMIT` (bytes) if set, else what the device has free (the plugin's
+   * memory stats; on the CPU plugin, whose device memory is host memory, `MemAvailable`).
+   */
+  maxDeviceMemory?: number;
+  /**
+   * Cancels the load: the promise rejects with the signal's reason at once, whatever the stage
+   * (tokenizer, plugin open, model upload, warm-up compile); the work in flight stops at its next
+   * stage and what it loaded is released.
+   */
   signal?: AbortSignal;
+  /** @internal Testing only: called as each loading stage starts. */
+  onStageForTesting?: (stage: 'tokenizer' | 'open' | 'upload') => void;
 }
 
 /** Options of {@link Cascade.generate} and {@link Cascade.stream}. */
@@ -202,7 +217,10 @@ interface NativeEngine {
   };
   generate(prompt: Int32Array, options: object, onTokens?: (ids: Int32Array) => void): Promise<{ tokens: Int32Array; stats: NativeStats }>;
   evaluate(tokens: Int32Array): Promise<Float32Array>;
+  /** Ends the generation after the current step (it resolves). */
   cancel(): void;
+  /** Ends the generation before its next device call (it rejects with an AbortError). */
+  abort(): void;
   dispose(): void;
 }
 
@@ -228,6 +246,18 @@ function checkInteger(name: string, v: unknown, min: number, max = Number.MAX_SA
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
     throw new InvalidArgumentError(`${name} must be an integer in ${min}..${max}, got ${String(v)}`);
   }
+}
+
+/** The device memory limit: the option, else `CASCADE_DEVICE_MEMORY_LIMIT` (bytes), else none (0). */
+function deviceMemoryLimit(option: number | undefined): number {
+  if (option !== undefined) return option;
+  const env = process.env['CASCADE_DEVICE_MEMORY_LIMIT'];
+  if (env === undefined || env.trim() === '') return 0;
+  const bytes = Number(env);
+  if (!Number.isSafeInteger(bytes) || bytes < 1) {
+    throw new InvalidArgumentError(`CASCADE_DEVICE_MEMORY_LIMIT must be a positive integer number of bytes, got ${JSON.stringify(env)}`);
+  }
+  return bytes;
 }
 
 function checkSignal(signal: unknown): void {
@@ -367,6 +397,8 @@ export class Cascade {
   readonly #ownsRuntime: boolean;
   readonly #defaults: { k0?: number; k1?: number };
   #queue: Promise<unknown> = Promise.resolve();
+  /** Fires on {@link dispose}: calls running or queued end with DisposedError. */
+  readonly #disposing = new AbortController();
 
   private constructor(engine: NativeEngine, tokenizer: Tokenizer, runtime: Runtime, ownsRuntime: boolean, defaults: { k0?: number; k1?: number }) {
     this.#engine = engine;
@@ -398,21 +430,32 @@ export class Cascade {
     if (options.tiny !== undefined && (typeof options.tiny !== 'string' || options.tiny === '')) {
       throw new InvalidArgumentError("Cascade.load: tiny must be a .safetensors path or 'fit'");
     }
-    throwIfAborted(options.signal);
-    const tokenizer = await findTokenizer(options.target);
+    checkInteger('maxDeviceMemory', options.maxDeviceMemory, 1);
+    const memoryLimit = deviceMemoryLimit(options.maxDeviceMemory);
+    const signal = options.signal;
+    const stage = options.onStageForTesting ?? (() => {});
+    throwIfAborted(signal);
+    stage('tokenizer');
+    const tokenizer = await raceAbort(findTokenizer(options.target), signal);
     // The cost model's choice of draft depth is measured once per model file and remembered.
     const choiceFile = options.draft === undefined && options.draftLayers === undefined ? await draftChoicePath(options.target) : undefined;
     const rememberedLayers = choiceFile ? await readFile(choiceFile, 'utf8').then((t) => (JSON.parse(t) as { layers?: number }).layers, () => undefined) : undefined;
+    throwIfAborted(signal);
     const ownsRuntime = options.runtime === undefined;
-    const runtime = options.runtime ?? (await Runtime.open({ plugin: options.plugin, devices: options.devices, signal: options.signal }));
+    if (ownsRuntime) stage('open');
+    const runtime = options.runtime ?? (await Runtime.open({ plugin: options.plugin, devices: options.devices, signal }));
+    let engine: NativeEngine | undefined;
     try {
       const precision = options.precision === undefined || options.precision === 'auto' ? {} : options.precision;
       const cpu = runtime.platform === 'cpu';
       const draftPrecision = precision.draft ?? (cpu ? 'f32' : 'int8');
       const tinyFile =
         options.tiny === 'fit' ? await tinyCachePath(options.target, options.draft, options.draftLayers ?? rememberedLayers, draftPrecision) : undefined;
-      const engine = (await call(
-        native().loadEngine(runtime.nativeClient(), {
+      throwIfAborted(signal);
+      stage('upload');
+      const handle = native().loadEngine(
+        runtime.nativeClient(),
+        {
           target: options.target,
           draft: options.draft,
           targetPrecision: precision.target ?? (cpu ? 'f32' : 'bf16'),
@@ -423,13 +466,24 @@ export class Cascade {
           k1: options.k1,
           k0: options.k0,
           warmup: options.warmup === true,
+          deviceMemoryLimit: memoryLimit,
           ...(tinyFile ? { fitTiny: true, tinyCachePath: tinyFile } : { tiny: options.tiny }),
-        }, options.onProgress),
-      )) as NativeEngine;
-      if (options.signal?.aborted) {
-        engine.dispose();
-        throw abortReason(options.signal);
+        },
+        options.onProgress,
+      );
+      // An abort rejects at once; the native load stops at its next stage, and an engine that
+      // still arrives is released (nothing stays on the device).
+      const onAbort = () => handle.cancel();
+      signal?.addEventListener('abort', onAbort, { once: true });
+      try {
+        engine = (await raceAbort(call(handle.promise), signal)) as NativeEngine;
+      } catch (error) {
+        if (signal?.aborted) handle.promise.then((late) => (late as NativeEngine).dispose(), () => {});
+        throw error;
+      } finally {
+        signal?.removeEventListener('abort', onAbort);
       }
+      throwIfAborted(signal);
       const cascade = new Cascade(engine, tokenizer, runtime, ownsRuntime, { k0: options.k0, k1: options.k1 });
       if (options.measureBandwidth) {
         const gbs = await native().measureBandwidth();
@@ -446,8 +500,10 @@ export class Cascade {
         // The tiny fitted for this depth: file it under the depth, where the next load looks.
         if (tinyFile) await copyFile(tinyFile, await tinyCachePath(options.target, undefined, layers, draftPrecision)).catch(() => {});
       }
+      throwIfAborted(signal);
       return cascade;
     } catch (error) {
+      engine?.dispose();
       if (ownsRuntime) await runtime.close();
       throw error;
     }
@@ -488,21 +544,74 @@ export class Cascade {
     const ids = typeof prompt === 'string' ? this.tokenizer.encode(text) : this.tokenizer.encode(text, { addBos: false });
 
     // Wait our turn: one generation at a time per Cascade.
-    const previous = this.#queue;
-    let release!: () => void;
-    this.#queue = new Promise<void>((r) => (release = r));
+    const turn = this.#enqueue();
+    const slot: { native?: Promise<unknown> } = {};
     try {
-      await previous.catch(() => {});
-      yield* this.#generateNow(ids, options, done);
+      await this.#waitTurn(turn.ready, options.signal, 'generate');
+      yield* this.#generateNow(ids, options, done, slot);
     } finally {
-      release();
+      turn.release(slot.native);
     }
   }
 
-  async *#generateNow(ids: number[], options: GenerateOptions, done: (r: GenerationResult) => void): AsyncGenerator<StreamPiece, void, undefined> {
+  /**
+   * Joins the queue. `ready` settles when every earlier call, native work included, has ended;
+   * `release(after)` lets the next call go once `after` (this call's native work) has ended too,
+   * so a call that rejected early (abort, dispose) never overlaps the native work it started.
+   */
+  #enqueue(): { ready: Promise<void>; release: (after?: Promise<unknown>) => void } {
+    const previous = this.#queue;
+    let release!: () => void;
+    this.#queue = new Promise<void>((r) => (release = r));
+    const ready = previous.then(
+      () => {},
+      () => {},
+    );
+    return {
+      ready,
+      release: (after) => {
+        void ready.then(() => after?.catch(() => {})).then(release);
+      },
+    };
+  }
+
+  /** Waits for `ready`, rejecting at once when `signal` fires or the Cascade is disposed. */
+  async #waitTurn(ready: Promise<void>, signal: AbortSignal | undefined, what: string): Promise<void> {
+    await this.#race(ready, signal, what);
+    if (!this.#engine) throw new DisposedError(`${what}: the Cascade has been disposed`);
+    throwIfAborted(signal);
+  }
+
+  /** Settles with `promise`, or rejects as soon as `signal` fires or {@link dispose} is called. */
+  async #race<T>(promise: Promise<T>, signal: AbortSignal | undefined, what: string): Promise<T> {
+    const disposing = this.#disposing.signal;
+    let reject!: (e: unknown) => void;
+    const stopped = new Promise<never>((_, r) => (reject = r));
+    const onAbort = () => reject(abortReason(signal!));
+    const onDispose = () => reject(new DisposedError(`${what}: the Cascade was disposed while the call was running`));
+    signal?.addEventListener('abort', onAbort, { once: true });
+    disposing.addEventListener('abort', onDispose, { once: true });
+    try {
+      if (signal?.aborted) onAbort();
+      else if (disposing.aborted) onDispose();
+      return await Promise.race([promise, stopped]);
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+      disposing.removeEventListener('abort', onDispose);
+      promise.catch(() => {}); // an abandoned native promise must not become an unhandled rejection
+    }
+  }
+
+  async *#generateNow(
+    ids: number[],
+    options: GenerateOptions,
+    done: (r: GenerationResult) => void,
+    slot: { native?: Promise<unknown> },
+  ): AsyncGenerator<StreamPiece, void, undefined> {
     const engine = this.#engine;
     if (!engine) throw new DisposedError('generate: the Cascade has been disposed');
     const signal = options.signal;
+    const disposing = this.#disposing.signal;
     throwIfAborted(signal);
     const stops = options.stop ?? [];
     const holdBack = stops.reduce((m, s) => Math.max(m, s.length - 1), 0);
@@ -538,8 +647,18 @@ export class Cascade {
       }
       wake?.();
     };
-    const onAbort = () => engine.cancel();
-    signal?.addEventListener('abort', onAbort, { once: true });
+    // Abort and dispose end the native generation before its next device call (prefill chunk,
+    // draft step or verify) and reject this call at once; the queue waits for the native side.
+    const onStop = () => {
+      engine.abort();
+      wake?.();
+    };
+    signal?.addEventListener('abort', onStop, { once: true });
+    disposing.addEventListener('abort', onStop, { once: true });
+    const interrupted = () => {
+      if (signal?.aborted) throw abortReason(signal);
+      if (disposing.aborted) throw new DisposedError('generate: the Cascade was disposed during the generation');
+    };
     const eos = options.stopAtEos === false ? [] : this.tokenizer.eosIds;
     let finished = false;
     let failure: unknown;
@@ -575,8 +694,10 @@ export class Cascade {
         return undefined;
       },
     );
+    slot.native = run;
     try {
       while (!finished || pending.length) {
+        interrupted();
         if (pending.length) {
           const piece = pending.shift()!;
           if (piece.text) yield piece;
@@ -586,8 +707,8 @@ export class Cascade {
         wake = undefined;
       }
       const result = await run;
+      interrupted();
       if (failure !== undefined) throw failure;
-      if (signal?.aborted) throw abortReason(signal);
       // Tokens the thread-safe callback had not delivered yet, and text held back for stop strings.
       const all = Array.from(result!.tokens);
       if (!stopped && all.length > tokens.length) onTokens(Int32Array.from(all.slice(tokens.length)));
@@ -607,17 +728,18 @@ export class Cascade {
       this.lastStats = stats;
       done({ text, tokens: stopped ? tokens : all, stats });
     } finally {
-      signal?.removeEventListener('abort', onAbort);
-      if (!finished) {
-        engine.cancel(); // the consumer stopped iterating: end the native generation at the next step
-        await run;
-      }
+      signal?.removeEventListener('abort', onStop);
+      disposing.removeEventListener('abort', onStop);
+      // Rejected early, or the consumer stopped iterating: end the native generation before its
+      // next device call (the queue waits for it).
+      if (!finished) engine.abort();
     }
   }
 
   /**
    * The target model's next-token logits after each of `tokens`, from an empty context:
-   * `logits[i * vocab + v]`. Queued like {@link generate}.
+   * `logits[i * vocab + v]`. Queued like {@link generate}. An abort (or {@link dispose}) rejects at
+   * once; the native pass in flight finishes first in the background.
    *
    * @example
    * ```ts
@@ -626,23 +748,24 @@ export class Cascade {
    * ```
    */
   async evaluate(tokens: readonly number[], options: { signal?: AbortSignal } = {}): Promise<Float32Array> {
+    if (!this.#engine) throw new DisposedError('evaluate: the Cascade has been disposed');
     if (!Array.isArray(tokens) || tokens.some((t) => !Number.isInteger(t))) {
       throw new InvalidArgumentError('evaluate: tokens must be an array of integer token ids');
     }
+    if (options === null || typeof options !== 'object') throw new InvalidArgumentError('evaluate: options must be an object');
+    checkSignal(options.signal);
     const vocab = this.info.target.vocabSize;
     const bad = tokens.find((t) => t < 0 || t >= vocab);
     if (bad !== undefined) throw new InvalidArgumentError(`evaluate: token id ${bad} is outside the vocabulary (0..${vocab - 1})`);
-    const previous = this.#queue;
-    let release!: () => void;
-    this.#queue = new Promise<void>((r) => (release = r));
+    throwIfAborted(options.signal);
+    const turn = this.#enqueue();
+    let native: Promise<Float32Array> | undefined;
     try {
-      await previous.catch(() => {});
-      const engine = this.#engine;
-      if (!engine) throw new DisposedError('evaluate: the Cascade has been disposed');
-      throwIfAborted(options.signal);
-      return await call(engine.evaluate(Int32Array.from(tokens)));
+      await this.#waitTurn(turn.ready, options.signal, 'evaluate');
+      native = call(this.#engine!.evaluate(Int32Array.from(tokens)));
+      return await this.#race(native, options.signal, 'evaluate');
     } finally {
-      release();
+      turn.release(native);
     }
   }
 
@@ -677,12 +800,17 @@ export class Cascade {
     return placementReport(this.info.memory, this.runtime.devices, this.runtime.platform, (d) => this.runtime.memoryStats(d));
   }
 
-  /** Stops any generation at its next step, releases the models, and closes the runtime it opened. Idempotent. */
+  /**
+   * Releases the models and closes the runtime it opened. A generation in flight and the calls
+   * queued behind it reject with {@link DisposedError} at once; the native work stops before its
+   * next device call, and the models are released after it. Later calls throw
+   * {@link DisposedError}. Idempotent.
+   */
   async dispose(): Promise<void> {
     const engine = this.#engine;
     if (!engine) return;
     this.#engine = undefined;
-    engine.cancel();
+    this.#disposing.abort();
     await this.#queue.catch(() => {});
     engine.dispose();
     if (this.#ownsRuntime) await this.runtime.close();
