@@ -288,7 +288,7 @@ export async function benchCompare(o: CompareBenchOptions): Promise<Row[]> {
     platform: `${os.platform()} ${os.release()}`,
     bandwidthGBs,
   };
-  const command = 'npm run build && npm run bench -- --suite compare';
+  const command = 'npm run build && npm run bench';
   await mkdir(o.out, { recursive: true });
   const result = {
     model: path.basename(target), modelFileBytes: fileBytes, f32WeightBytes: f32Bytes, draftLayers, prompts: BENCH_PROMPTS,

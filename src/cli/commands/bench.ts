@@ -45,10 +45,12 @@ async function runtimeSample(plugin: string, devices: number, n: number, repeats
 export function benchCommand(): Command {
   return new Command('bench')
     .description(
-      'Benchmarks, run side by side in one process and reported as medians. Suite "runtime": open + compile + execute ' +
+      'Benchmarks, run side by side and reported as medians. Suite "compare" (the default): cascade-xla\'s modes next to ' +
+        'node-llama-cpp and Hugging Face transformers on the same GGUF and prompts, written to docs/bench/compare.{json,md,png}. ' +
+        'Suite "modes": target / speculative / cascade / auto in one process. Suite "runtime": open + compile + execute ' +
         'an n x n f32 matmul on 1 and on N devices, interleaved over several rounds (execute includes host<->device copies).',
     )
-    .addOption(new Option('--suite <name>', 'which benchmark').choices(['runtime', 'modes', 'compare']).default('runtime'))
+    .addOption(new Option('--suite <name>', 'which benchmark').choices(['compare', 'modes', 'runtime']).default('compare'))
     .option('--model <path>', 'modes: target model (default: SmolLM2-135M-Instruct)')
     .option('--modes <list>', 'modes: comma-separated decoding modes', 'target,speculative,cascade,auto')
     .option('--temperatures <list>', 'modes: comma-separated temperatures', '0,0.8')
@@ -63,7 +65,7 @@ export function benchCommand(): Command {
     .option('--rounds <n>', 'interleaved rounds (medians over rounds)', positiveInteger('--rounds'), 3)
     .option('--repeats <n>', 'executions per round after the first', positiveInteger('--repeats'), 5)
     .option('--json', 'print JSON')
-    .addHelpText('after', '\nExample:\n  $ cascade-xla bench --suite runtime --devices 1,4 --size 1024 --rounds 5')
+    .addHelpText('after', '\nExamples:\n  $ cascade-xla bench                      # the side-by-side comparison (~15 min)\n  $ cascade-xla bench --suite runtime --devices 1,4 --size 1024 --rounds 5')
     .action(async (opts: { suite: string; plugin: string; devices: string; size: number; rounds: number; repeats: number; json?: boolean;
       model?: string; modes: string; temperatures: string; maxTokens: number; k1: number; k0: number; draftLayers?: number; out: string }) => {
       if (opts.suite === 'compare') {
