@@ -174,7 +174,12 @@ CASCADE_VNNI void VnniBlock(const QuantizedX& qx, int64_t t0, const int8_t* w, c
     const int64_t n = std::min<int64_t>(64, in - i);
     const __mmask64 m = n == 64 ? ~__mmask64{0} : ((__mmask64{1} << n) - 1);
     __m512i wu[OB];
-    for (int o = 0; o < OB; ++o) wu[o] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, w + (o0 + o) * in + i), flip);
+    for (int o = 0; o < OB; ++o) {
+      // The weights stream from DRAM once per call: prefetching 2 KB ahead (about the next row
+      // block) measured 10-25% faster than the hardware prefetcher alone (T=1 and T=4).
+      _mm_prefetch(reinterpret_cast<const char*>(w + (o0 + o) * in + i) + 2048, _MM_HINT_T0);
+      wu[o] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, w + (o0 + o) * in + i), flip);
+    }
     for (int t = 0; t < TB; ++t) {
       const int64_t row = (t0 + t) * chunks + c;
       const __m512i xq = _mm512_loadu_si512(qx.q.data() + (t0 + t) * padded + i);

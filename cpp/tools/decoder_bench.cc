@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -62,7 +63,18 @@ double Median(std::vector<double> v) {
 
 }  // namespace
 
+int Main(int argc, char** argv);
+
 int main(int argc, char** argv) {
+  try {
+    return Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "decoder_bench: %s\n", e.what());
+    return 1;
+  }
+}
+
+int Main(int argc, char** argv) {
   std::vector<std::string> precisions = {"f32", "bf16", "int8"};
   std::vector<int64_t> ks = {4, 8, 16, 32};
   std::string matmul = "auto", plugin = "cpu";
@@ -105,6 +117,21 @@ int main(int argc, char** argv) {
   auto ms = [](Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
 
   std::printf("int8 FFI kernel: %s\n", kernels::KernelDescription().c_str());
+  std::vector<int64_t> sizes = {1};
+  for (int64_t k : ks) sizes.push_back(k);
+  // All models are loaded and every program compiled first; then the timed runs go round robin
+  // over (model, T), so machine noise (other jobs on the 2 cores) hits every variant alike.
+  struct Variant {
+    std::string name;
+    std::unique_ptr<DecoderModel> model;
+    std::vector<std::vector<double>> times;  // per size
+  };
+  std::vector<Variant> variants;
+  auto tokens_of = [&](int64_t T) {
+    std::vector<int32_t> tokens(static_cast<size_t>(T));
+    for (int64_t i = 0; i < T; ++i) tokens[i] = static_cast<int32_t>((i * 7919 + 13) % c.vocab_size);
+    return tokens;
+  };
   for (const std::string& entry : precisions) {
     const size_t colon = entry.find(':');
     const std::string pname = entry.substr(0, colon);
@@ -118,31 +145,37 @@ int main(int argc, char** argv) {
                : mode == "xla"     ? MatmulMode::kXlaAuto
                                    : MatmulMode::kAuto;
     auto t0 = Clock::now();
-    DecoderModel m(client, w, o);
-    std::printf("\n[%s] weights %.1f MB uploaded in %.0f ms; kv %s; matmul %s -> %s\n", entry.c_str(),
-                m.weight_bytes() / 1e6, ms(t0, Clock::now()), DTypeName(m.kv_dtype()), mode.c_str(),
+    Variant v{entry, std::make_unique<DecoderModel>(client, w, o), std::vector<std::vector<double>>(sizes.size())};
+    std::printf("[%s] weights %.1f MB uploaded in %.0f ms; kv %s; int8 matmuls by %s; compile+first run:", entry.c_str(),
+                v.model->weight_bytes() / 1e6, ms(t0, Clock::now()), DTypeName(v.model->kv_dtype()),
                 kernels::ChooseMatmulMode(*client, o.precision, o.matmul) == MatmulMode::kFfiInt8 ? "ffi" : "xla");
-    std::vector<int64_t> sizes = {1};
-    for (int64_t k : ks) sizes.push_back(k);
-    double decode = 0;
     for (int64_t T : sizes) {
-      std::vector<int32_t> tokens(static_cast<size_t>(T));
-      for (int64_t i = 0; i < T; ++i) tokens[i] = static_cast<int32_t>((i * 7919 + 13) % c.vocab_size);
       auto c0 = Clock::now();
-      m.Forward(tokens, pos, {HeadKind::kArgmax});  // compile + first run
-      double first = ms(c0, Clock::now());
-      m.Forward(tokens, pos, {HeadKind::kArgmax});
-      std::vector<double> times;
-      for (int64_t r = 0; r < runs; ++r) {
+      v.model->Forward(tokens_of(T), pos, {HeadKind::kArgmax});
+      std::printf(" T=%lld %.0f ms", (long long)T, ms(c0, Clock::now()));
+      v.model->Forward(tokens_of(T), pos, {HeadKind::kArgmax});
+    }
+    std::printf("\n");
+    std::fflush(stdout);
+    variants.push_back(std::move(v));
+  }
+  for (int64_t r = 0; r < runs; ++r)
+    for (Variant& v : variants)
+      for (size_t i = 0; i < sizes.size(); ++i) {
+        const std::vector<int32_t> tokens = tokens_of(sizes[i]);
         auto a = Clock::now();
-        m.Forward(tokens, pos, {HeadKind::kArgmax});  // same slots every run: a rollback each time
-        times.push_back(ms(a, Clock::now()));
+        v.model->Forward(tokens, pos, {HeadKind::kArgmax});  // same slots every run: a rollback each time
+        v.times[i].push_back(ms(a, Clock::now()));
       }
-      double med = Median(times);
-      if (T == 1) decode = med;
-      std::printf("  T=%-3lld median %8.2f ms  (min %8.2f, compile+first %7.0f ms)  ratio to decode(1) %.2f  per token %.2f ms\n",
-                  (long long)T, med, *std::min_element(times.begin(), times.end()), first, med / decode, med / T);
-      std::fflush(stdout);
+  for (Variant& v : variants) {
+    std::printf("\n[%s]\n", v.name.c_str());
+    const double decode = Median(v.times[0]);
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      const int64_t T = sizes[i];
+      const double med = Median(v.times[i]);
+      std::printf("  T=%-3lld median %8.2f ms  (min %8.2f)  ratio to decode(1) %.2f  per token %.2f ms  (%.1f tokens/s)\n",
+                  (long long)T, med, *std::min_element(v.times[i].begin(), v.times[i].end()), med / decode, med / T,
+                  1000.0 * T / med);
     }
   }
   return 0;
