@@ -97,7 +97,61 @@ ffi::Error Int8GatherMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> i
   return ffi::Error::Success();
 }
 
+ffi::Error Bf16MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::BF16> w,
+                          ffi::ResultBuffer<ffi::F32> y) {
+  auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
+  if (xd.size() != 2 || wd.size() != 2 || yd.size() != 2 || xd[1] != wd[1] || yd[0] != xd[0] || yd[1] != wd[0])
+    return ffi::Error::InvalidArgument(std::string(kBf16MatmulTarget) + ": expected x[T,in], w[out,in] -> y[T,out]; got x" +
+                                       DimsText(xd) + " w" + DimsText(wd) + " y" + DimsText(yd));
+  const Int8MatmulShape shape{xd[0], xd[1], wd[0]};
+  const std::string bad = ValidateInt8Matmul(shape);
+  if (!bad.empty()) return ffi::Error::InvalidArgument(bad);
+  const Settings& s = GetSettings();
+  try {
+    Spawner spawn = [&pool](std::function<void()> task) { pool.Schedule(std::move(task)); };
+    Bf16Matmul(s.impl, x.typed_data(), w.typed_data(), y->typed_data(), shape, s.helpers,
+               s.helpers > 0 ? spawn : Spawner());
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string(kBf16MatmulTarget) + ": " + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Bf16GatherMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> ids, ffi::Buffer<ffi::BF16> w,
+                                ffi::ResultBuffer<ffi::F32> y) {
+  auto xd = x.dimensions(), id = ids.dimensions(), wd = w.dimensions(), yd = y->dimensions();
+  if (xd.size() != 2 || id.size() != 2 || wd.size() != 2 || yd.size() != 2 || id[0] != xd[0] || xd[1] != wd[1] ||
+      yd[0] != xd[0] || yd[1] != id[1])
+    return ffi::Error::InvalidArgument(std::string(kBf16GatherMatmulTarget) +
+                                       ": expected x[T,in], ids[T,K], w[out,in] -> y[T,K]; got x" + DimsText(xd) +
+                                       " ids" + DimsText(id) + " w" + DimsText(wd) + " y" + DimsText(yd));
+  const Int8MatmulShape shape{xd[0], xd[1], wd[0]};
+  const std::string bad = ValidateInt8Matmul(shape);
+  if (!bad.empty()) return ffi::Error::InvalidArgument(bad);
+  try {
+    Bf16GatherMatmul(GetSettings().impl, x.typed_data(), w.typed_data(), ids.typed_data(), y->typed_data(), shape,
+                     id[1]);
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string(kBf16GatherMatmulTarget) + ": " + e.what());
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeBf16MatmulHandler, Bf16MatmulImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeBf16GatherMatmulHandler, Bf16GatherMatmulImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeInt8GatherMatmulHandler, Int8GatherMatmulImpl,
                               ffi::Ffi::Bind()
@@ -133,6 +187,9 @@ KernelRegistration RegisterKernels(const Api& api) {
       RegisterFfiHandler(api, kInt8MatmulTarget, "Host", reinterpret_cast<void*>(&CascadeInt8MatmulHandler));
       RegisterFfiHandler(api, kInt8GatherMatmulTarget, "Host",
                          reinterpret_cast<void*>(&CascadeInt8GatherMatmulHandler));
+      RegisterFfiHandler(api, kBf16MatmulTarget, "Host", reinterpret_cast<void*>(&CascadeBf16MatmulHandler));
+      RegisterFfiHandler(api, kBf16GatherMatmulTarget, "Host",
+                         reinterpret_cast<void*>(&CascadeBf16GatherMatmulHandler));
       r.registered = true;
     } catch (const std::exception& e) {
       r.reason = e.what();
@@ -143,18 +200,19 @@ KernelRegistration RegisterKernels(const Api& api) {
 }
 
 MatmulMode ChooseMatmulMode(const Client& client, WeightPrecision precision, MatmulMode requested) {
-  if (requested != MatmulMode::kAuto && requested != MatmulMode::kFfiInt8) return requested;
-  if (precision != WeightPrecision::kInt8) return requested == MatmulMode::kFfiInt8 ? MatmulMode::kAuto : requested;
+  if (requested != MatmulMode::kAuto && requested != MatmulMode::kFfi) return requested;
+  // f32 weights have no low-precision matrix for the kernels (and XLA's f32 GEMMs are fast).
+  if (precision == WeightPrecision::kF32) return requested == MatmulMode::kFfi ? MatmulMode::kAuto : requested;
   // The handler is registered for XLA's CPU platform only.
   std::string why;
   if (client.platform_name() != "cpu") {
     why = "the int8 FFI kernel runs on the CPU plugin only, not on " + client.platform_name();
   } else {
     KernelRegistration r = RegisterKernels(client.api());
-    if (r.registered) return MatmulMode::kFfiInt8;
+    if (r.registered) return MatmulMode::kFfi;
     why = r.reason;
   }
-  if (requested == MatmulMode::kFfiInt8) throw PluginIncompatibleError("matmul mode ffi: " + why);
+  if (requested == MatmulMode::kFfi) throw PluginIncompatibleError("matmul mode ffi: " + why);
   return MatmulMode::kAuto;
 }
 

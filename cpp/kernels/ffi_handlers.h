@@ -6,6 +6,8 @@
 //     y = (x . w^T) * scale, row-major operands (kernels/int8_matmul.h).
 //   cascade_int8_gather_matmul(x f32[T, in], ids s32[T, K], w s8[out, in], scale f32[out]) -> f32[T, K]
 //     y[t, j] = the matmul's y[t, ids[t, j]], bit for bit (the candidates head).
+//   cascade_bf16_matmul(x f32[T, in], w bf16[out, in]) -> f32[T, out]          y = x . w^T
+//   cascade_bf16_gather_matmul(x f32[T, in], ids s32[T, K], w bf16[out, in]) -> f32[T, K]
 #pragma once
 
 #include <memory>
@@ -20,6 +22,8 @@ namespace kernels {
 
 inline constexpr char kInt8MatmulTarget[] = "cascade_int8_matmul";
 inline constexpr char kInt8GatherMatmulTarget[] = "cascade_int8_gather_matmul";
+inline constexpr char kBf16MatmulTarget[] = "cascade_bf16_matmul";
+inline constexpr char kBf16GatherMatmulTarget[] = "cascade_bf16_gather_matmul";
 
 struct KernelRegistration {
   bool registered = false;
@@ -33,8 +37,8 @@ struct KernelRegistration {
 KernelRegistration RegisterKernels(const Api& api);
 
 // The matmul mode a program for `precision` on `client` should be emitted with: kAuto on the CPU
-// plugin with int8 weights becomes kFfiInt8 when our handler registers (registering it, once);
-// an explicit kFfiInt8 the plugin cannot honour throws PluginIncompatibleError; anything else is
+// plugin with int8 or bf16 weights becomes kFfi when our handlers register (registering them, once);
+// an explicit kFfi the plugin cannot honour throws PluginIncompatibleError; anything else is
 // returned as is.
 MatmulMode ChooseMatmulMode(const Client& client, WeightPrecision precision, MatmulMode requested);
 

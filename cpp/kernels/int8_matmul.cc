@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <stdexcept>
 #include <thread>
@@ -194,6 +195,92 @@ CASCADE_VNNI void VnniBlock(const QuantizedX& qx, int64_t t0, const int8_t* w, c
   for (int t = 0; t < TB; ++t)
     for (int o = 0; o < OB; ++o) y[t * ldy + o0 + o] = _mm512_reduce_add_ps(acc[t][o]) * scale[o0 + o];
 }
+
+// ---------------------------------------------------------------- bf16 weights (no scale)
+
+// bf16 -> f32 is exact (the bf16 bits are the top half of the f32), so these compute what XLA's
+// upcast path computes (x f32 . W f32), in our summation order.
+inline float Bf16ToF32(uint16_t b) {
+  uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+void ScalarRowsBf16(const float* x, const uint16_t* w, float* y, int64_t T, int64_t in, int64_t ldy, int64_t o0,
+                    int64_t o1) {
+  for (int64_t o = o0; o < o1; ++o) {
+    const uint16_t* wr = w + o * in;
+    for (int64_t t = 0; t < T; ++t) {
+      const float* xr = x + t * in;
+      float acc = 0.0f;
+      for (int64_t i = 0; i < in; ++i) acc += xr[i] * Bf16ToF32(wr[i]);
+      y[t * ldy + o] = acc;
+    }
+  }
+}
+
+template <int TB, int OB>
+CASCADE_AVX2 void Avx2BlockBf16(const float* x, const uint16_t* w, float* y, int64_t in, int64_t ldy) {
+  __m256 acc[TB][OB];
+  for (int t = 0; t < TB; ++t)
+    for (int o = 0; o < OB; ++o) acc[t][o] = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= in; i += 8) {
+    __m256 wf[OB];
+    for (int o = 0; o < OB; ++o) {
+      __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + o * in + i));
+      wf[o] = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(b), 16));
+    }
+    for (int t = 0; t < TB; ++t) {
+      __m256 xv = _mm256_loadu_ps(x + t * in + i);
+      for (int o = 0; o < OB; ++o) acc[t][o] = _mm256_fmadd_ps(xv, wf[o], acc[t][o]);
+    }
+  }
+  for (int t = 0; t < TB; ++t)
+    for (int o = 0; o < OB; ++o) {
+      float s = HSum256(acc[t][o]);
+      for (int64_t j = i; j < in; ++j) s += x[t * in + j] * Bf16ToF32(w[o * in + j]);
+      y[t * ldy + o] = s;
+    }
+}
+
+template <int TB, int OB>
+CASCADE_AVX512 void Avx512BlockBf16(const float* x, const uint16_t* w, float* y, int64_t in, int64_t ldy) {
+  __m512 acc[TB][OB];
+  for (int t = 0; t < TB; ++t)
+    for (int o = 0; o < OB; ++o) acc[t][o] = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i < in; i += 16) {
+    const int64_t n = std::min<int64_t>(16, in - i);
+    const __mmask16 m = n == 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1);
+    __m512 wf[OB];
+    for (int o = 0; o < OB; ++o) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + o * in + i) + 2048, _MM_HINT_T0);
+      __m256i b = _mm256_maskz_loadu_epi16(m, w + o * in + i);
+      wf[o] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
+    }
+    for (int t = 0; t < TB; ++t) {
+      __m512 xv = _mm512_maskz_loadu_ps(m, x + t * in + i);
+      for (int o = 0; o < OB; ++o) acc[t][o] = _mm512_fmadd_ps(xv, wf[o], acc[t][o]);
+    }
+  }
+  for (int t = 0; t < TB; ++t)
+    for (int o = 0; o < OB; ++o) y[t * ldy + o] = _mm512_reduce_add_ps(acc[t][o]);
+}
+
+template <int TB, int OB>
+struct Avx2Bf16B {
+  static void Run(int64_t t, int64_t o, const float* x, const uint16_t* w, float* y, int64_t in, int64_t out) {
+    Avx2BlockBf16<TB, OB>(x + t * in, w + o * in, y + t * out + o, in, out);
+  }
+};
+template <int TB, int OB>
+struct Avx512Bf16B {
+  static void Run(int64_t t, int64_t o, const float* x, const uint16_t* w, float* y, int64_t in, int64_t out) {
+    Avx512BlockBf16<TB, OB>(x + t * in, w + o * in, y + t * out + o, in, out);
+  }
+};
 
 // ---------------------------------------------------------------- dispatch over blocks
 
@@ -389,6 +476,50 @@ void Int8GatherMatmul(Int8Impl impl, const float* x, const int8_t* w, const floa
         case Int8Impl::kAvx2: Avx2Block<1, 1>(x + t * in, w + o * in, scale + o, yo, in, 1); break;
         case Int8Impl::kAvx512: Avx512Block<1, 1>(x + t * in, w + o * in, scale + o, yo, in, 1); break;
         case Int8Impl::kAvx512Vnni: VnniBlock<1, 1>(qx, t, w + o * in, scale + o, yo, in, 1); break;
+      }
+    }
+}
+
+void Bf16Matmul(Int8Impl impl, const float* x, const uint16_t* w, float* y, const Int8MatmulShape& shape, int helpers,
+                const Spawner& spawn) {
+  const std::string bad = ValidateInt8Matmul(shape);
+  if (!bad.empty()) throw std::invalid_argument("bf16 " + bad);
+  if (impl == Int8Impl::kAvx512Vnni) impl = Int8Impl::kAvx512;  // no activation quantisation for bf16
+  if (!Int8ImplSupported(impl)) throw std::invalid_argument(std::string("bf16 matmul: this CPU cannot run ") + Int8ImplName(impl));
+  const int64_t T = shape.T, in = shape.in, out = shape.out;
+  constexpr int64_t kMinParallelMacs = int64_t{1} << 18;
+  if (T * in * out < kMinParallelMacs) helpers = 0;
+  const int64_t threads = helpers + 1;
+  int64_t rows = (out + threads * 4 - 1) / (threads * 4);
+  rows = std::max<int64_t>(16, (rows + kOB - 1) / kOB * kOB);
+  const int64_t tasks = (out + rows - 1) / rows;
+  auto run = [&](int64_t k) {
+    const int64_t o0 = k * rows, o1 = std::min(out, o0 + rows);
+    switch (impl) {
+      case Int8Impl::kScalar: ScalarRowsBf16(x, w, y, T, in, out, o0, o1); break;
+      case Int8Impl::kAvx2: Tile<Avx2Bf16B>(T, o0, o1, x, w, y, in, out); break;
+      default: Tile<Avx512Bf16B>(T, o0, o1, x, w, y, in, out); break;
+    }
+  };
+  ParallelTasks(tasks, run, helpers, spawn);
+}
+
+void Bf16GatherMatmul(Int8Impl impl, const float* x, const uint16_t* w, const int32_t* ids, float* y,
+                      const Int8MatmulShape& shape, int64_t k) {
+  const std::string bad = ValidateInt8Matmul(shape);
+  if (!bad.empty()) throw std::invalid_argument("bf16 " + bad);
+  if (k < 1 || k > shape.out) throw std::invalid_argument("bf16 gather matmul: need 1 <= k <= out, got k=" + std::to_string(k));
+  if (impl == Int8Impl::kAvx512Vnni) impl = Int8Impl::kAvx512;
+  if (!Int8ImplSupported(impl)) throw std::invalid_argument(std::string("bf16 matmul: this CPU cannot run ") + Int8ImplName(impl));
+  const int64_t T = shape.T, in = shape.in, out = shape.out;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t o = std::min<int64_t>(std::max<int32_t>(ids[t * k + j], 0), out - 1);
+      float* yo = y + t * k + j;
+      switch (impl) {
+        case Int8Impl::kScalar: ScalarRowsBf16(x + t * in, w + o * in, yo, 1, in, 1, 0, 1); break;
+        case Int8Impl::kAvx2: Avx2BlockBf16<1, 1>(x + t * in, w + o * in, yo, in, 1); break;
+        default: Avx512BlockBf16<1, 1>(x + t * in, w + o * in, yo, in, 1); break;
       }
     }
 }

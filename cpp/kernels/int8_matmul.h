@@ -55,6 +55,14 @@ void Int8Matmul(Int8Impl impl, const float* x, const int8_t* w, const float* sca
 void Int8GatherMatmul(Int8Impl impl, const float* x, const int8_t* w, const float* scale, const int32_t* ids, float* y,
                       const Int8MatmulShape& shape, int64_t k);
 
+// bf16 weights (raw bf16 bits, row-major [out, in]), no scale: y = x . W^T with W upcast exactly
+// to f32 in registers (what XLA's upcast path computes, in our summation order). `impl` as for
+// int8 (kAvx512Vnni means kAvx512 here: activations stay f32). Same row-exactness contract.
+void Bf16Matmul(Int8Impl impl, const float* x, const uint16_t* w, float* y, const Int8MatmulShape& shape,
+                int helpers = 0, const Spawner& spawn = nullptr);
+void Bf16GatherMatmul(Int8Impl impl, const float* x, const uint16_t* w, const int32_t* ids, float* y,
+                      const Int8MatmulShape& shape, int64_t k);
+
 // Runs task(0..n-1), each exactly once, on the calling thread and up to `helpers` spawned tasks
 // that pull indices from a shared counter. Returns when all n are done. Safe when spawned tasks
 // start late or never (the caller then claims every index) and when they outlive the call.

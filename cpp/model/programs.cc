@@ -32,9 +32,9 @@ struct WeightRef {
 class Emitter {
  public:
   Emitter(const ModelConfig& c, const ProgramSpec& s) : c_(c), s_(s) {
-    ffi_int8_ = s.matmul == MatmulMode::kFfiInt8;
+    ffi_ = s.matmul == MatmulMode::kFfi;
     mode_ = s.matmul;
-    if (mode_ == MatmulMode::kAuto || mode_ == MatmulMode::kFfiInt8 || mode_ == MatmulMode::kXlaAuto)
+    if (mode_ == MatmulMode::kAuto || mode_ == MatmulMode::kFfi || mode_ == MatmulMode::kXlaAuto)
       // Measured on XLA CPU (decoder_bench, 49152x576 head): at T=1 the upcast fuses into the
       // matrix-vector loop (bf16: 2.8 ms vs 5.4 ms); at T>=2 only the bf16 x bf16 -> f32 dot
       // stays a GEMM (20 ms vs 400+ ms).
@@ -173,9 +173,12 @@ class Emitter {
     Value w = ref.w;
     if (w.dtype == DType::kF32) return f_.DotGeneral(x, w, {}, {}, {1}, {ref.transposed ? 0 : 1});
     if (ref.transposed) throw InvalidArgumentError("programs: transposed low-precision weights are not emitted");
-    if (ffi_int8_ && w.dtype == DType::kS8 && ref.scale && x.rank() == 2 && w.rank() == 2 &&
-        x.dims[0] <= kFfiMaxTokens && x.dims[1] == w.dims[1] && ref.scale->dims == std::vector<int64_t>{w.dims[0]})
-      return f_.CustomCall(kernels::kInt8MatmulTarget, {x, w, *ref.scale}, DType::kF32, {x.dims[0], w.dims[0]});
+    if (ffi_ && x.rank() == 2 && w.rank() == 2 && x.dims[0] <= kFfiMaxTokens && x.dims[1] == w.dims[1]) {
+      if (w.dtype == DType::kS8 && ref.scale && ref.scale->dims == std::vector<int64_t>{w.dims[0]})
+        return f_.CustomCall(kernels::kInt8MatmulTarget, {x, w, *ref.scale}, DType::kF32, {x.dims[0], w.dims[0]});
+      if (w.dtype == DType::kBF16 && !ref.scale)
+        return f_.CustomCall(kernels::kBf16MatmulTarget, {x, w}, DType::kF32, {x.dims[0], w.dims[0]});
+    }
     Value y;
     if (mode_ == MatmulMode::kBF16Activations) {
       y = f_.DotGeneral(f_.Convert(x, DType::kBF16), f_.Convert(w, DType::kBF16), {}, {}, {1}, {1}, DType::kF32);
@@ -208,10 +211,14 @@ class Emitter {
   Value CandidateLogits(const Value& h, const std::string& name, const Value& ids) {
     const WeightRef& ref = W(name);
     const int64_t T = ids.dims[0], K = ids.dims[1], d = c_.hidden_size;
-    if (ffi_int8_ && ref.w.dtype == DType::kS8 && ref.scale && T <= kFfiMaxTokens && h.rank() == 2 &&
-        h.dims[1] == ref.w.dims[1])
+    if (ffi_ && !ref.transposed && T <= kFfiMaxTokens && h.rank() == 2 && ref.w.rank() == 2 &&
+        h.dims[1] == ref.w.dims[1]) {
       // Bit-identical to the full head's FFI logits at those ids (same kernel per element).
-      return f_.CustomCall(kernels::kInt8GatherMatmulTarget, {h, ids, ref.w, *ref.scale}, DType::kF32, {T, K});
+      if (ref.w.dtype == DType::kS8 && ref.scale)
+        return f_.CustomCall(kernels::kInt8GatherMatmulTarget, {h, ids, ref.w, *ref.scale}, DType::kF32, {T, K});
+      if (ref.w.dtype == DType::kBF16 && !ref.scale)
+        return f_.CustomCall(kernels::kBf16GatherMatmulTarget, {h, ids, ref.w}, DType::kF32, {T, K});
+    }
     Value flat = f_.Reshape(ids, {T * K});
     Value rows = f_.Reshape(ref.transposed ? f_.GatherColumns(ref.w, flat) : f_.GatherRows(ref.w, flat), {T, K, d});
     Value y;
@@ -299,7 +306,7 @@ class Emitter {
   const ModelConfig& c_;
   const ProgramSpec& s_;
   MatmulMode mode_;
-  bool ffi_int8_ = false;  // int8 matrices through the custom call (MatmulMode::kFfiInt8)
+  bool ffi_ = false;  // int8 / bf16 matrices through our custom calls (MatmulMode::kFfi)
   hlo::Function f_;
   std::map<std::string, WeightRef> weights_;
   Value cos_, sin_;

@@ -61,11 +61,12 @@ enum class MatmulMode {
   kAuto,             // the measured fastest on XLA CPU: kUpcastWeights for T=1, kBF16Activations for T>=2
   kUpcastWeights,    // weights -> f32, f32 x f32 dot
   kBF16Activations,  // activations -> bf16, bf16 x bf16 dot with f32 result (s8 -> bf16 is exact)
-  // int8 matrices through our FFI kernel (custom call cascade_int8_matmul, kernels/ffi_handlers.h)
-  // for T <= kFfiMaxTokens: reads the s8 weights as s8. Needs the handler registered with the
-  // plugin (kernels::RegisterKernels); DecoderModel picks it for kAuto when it is. Everything
-  // else (bf16 embedding / tied head, T > kFfiMaxTokens) as kAuto.
-  kFfiInt8,
+  // int8 and bf16 matrices (and the tied bf16 head) through our FFI kernels (custom calls
+  // cascade_int8_matmul / cascade_bf16_matmul, kernels/ffi_handlers.h) for T <= kFfiMaxTokens:
+  // the weights are read in their stored type, never converted in memory. Needs the handlers
+  // registered with the plugin (kernels::RegisterKernels); DecoderModel picks it for kAuto when
+  // they are. T > kFfiMaxTokens (long prefills) as kAuto.
+  kFfi,
   kXlaAuto,  // kAuto's choice without the FFI kernel (XLA ops only, whatever the plugin offers)
 };
 constexpr int64_t kFfiMaxTokens = 64;

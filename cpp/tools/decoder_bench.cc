@@ -141,14 +141,14 @@ int Main(int argc, char** argv) {
     o.max_context = context;
     o.matmul = mode == "upcast" ? MatmulMode::kUpcastWeights
                : mode == "bf16act" ? MatmulMode::kBF16Activations
-               : mode == "ffi"     ? MatmulMode::kFfiInt8
+               : mode == "ffi"     ? MatmulMode::kFfi
                : mode == "xla"     ? MatmulMode::kXlaAuto
                                    : MatmulMode::kAuto;
     auto t0 = Clock::now();
     Variant v{entry, std::make_unique<DecoderModel>(client, w, o), std::vector<std::vector<double>>(sizes.size())};
     std::printf("[%s] weights %.1f MB uploaded in %.0f ms; kv %s; int8 matmuls by %s; compile+first run:", entry.c_str(),
                 v.model->weight_bytes() / 1e6, ms(t0, Clock::now()), DTypeName(v.model->kv_dtype()),
-                kernels::ChooseMatmulMode(*client, o.precision, o.matmul) == MatmulMode::kFfiInt8 ? "ffi" : "xla");
+                kernels::ChooseMatmulMode(*client, o.precision, o.matmul) == MatmulMode::kFfi ? "ffi" : "xla");
     for (int64_t T : sizes) {
       auto c0 = Clock::now();
       v.model->Forward(tokens_of(T), pos, {HeadKind::kArgmax});
