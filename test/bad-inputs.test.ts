@@ -9,8 +9,8 @@
 // ignored): they assert the behaviour we want, so they start failing (and must lose `.fails`)
 // once fixed.
 //
-// A model too large for the device is not covered: on the XLA CPU plugin "the device" is host
-// memory, so it would take a real file of that size.
+// A model too large for the device's memory and a plugin with an incompatible PJRT API version
+// are in test/reliability.test.ts (with cancellation, lifecycle, concurrency and memory).
 import { closeSync, mkdtempSync, openSync, readSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';

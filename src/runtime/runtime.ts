@@ -198,10 +198,15 @@ export class Runtime {
     });
     throwIfAborted(signal);
     const cpu = resolved.kind === 'cpu';
-    const client = await raceAbort(
-      call(native().openClient(resolved.path, cpu && devices !== undefined ? { cpuDeviceCount: devices } : {})),
-      signal,
-    );
+    const opening = call(native().openClient(resolved.path, cpu && devices !== undefined ? { cpuDeviceCount: devices } : {}));
+    let client: NativeClient;
+    try {
+      client = await raceAbort(opening, signal);
+    } catch (error) {
+      // Aborted: a client that still opens is closed, not left to the garbage collector.
+      if (signal?.aborted) opening.then((late) => late.close(), () => {});
+      throw error;
+    }
     const available = callSync(() => client.info()).devices.length;
     if (devices !== undefined && devices > available) {
       client.close();
@@ -237,7 +242,14 @@ export class Runtime {
       throw new InvalidArgumentError(`compile: replicas must be an integer in 1..${this.devices.length}, got ${String(replicas)}`);
     }
     throwIfAborted(options.signal);
-    const exe = await raceAbort(call(client.compile(stablehlo, replicas)), options.signal);
+    const compiling = call(client.compile(stablehlo, replicas));
+    let exe: NativeExecutable;
+    try {
+      exe = await raceAbort(compiling, options.signal);
+    } catch (error) {
+      if (options.signal?.aborted) compiling.then((late) => late.dispose(), () => {});
+      throw error;
+    }
     if (!this.#client) {
       exe.dispose();
       throw new DisposedError('compile: the runtime was closed while compiling');
