@@ -1,5 +1,7 @@
 #include "kernels/ffi_handlers.h"
 
+#include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -47,6 +49,23 @@ const Settings& GetSettings() {
   return settings;
 }
 
+std::atomic<int64_t> g_calls{0}, g_nanoseconds{0};
+
+// Adds the wall time of one handler call to the stats.
+class Timed {
+ public:
+  Timed() : start_(std::chrono::steady_clock::now()) {}
+  ~Timed() {
+    g_calls.fetch_add(1, std::memory_order_relaxed);
+    g_nanoseconds.fetch_add(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start_).count(),
+        std::memory_order_relaxed);
+  }
+
+ private:
+  std::chrono::steady_clock::time_point start_;
+};
+
 std::string DimsText(ffi::Span<const int64_t> d) {
   std::string s = "[";
   for (size_t i = 0; i < d.size(); ++i) s += (i ? "," : "") + std::to_string(d[i]);
@@ -55,6 +74,7 @@ std::string DimsText(ffi::Span<const int64_t> d) {
 
 ffi::Error Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> w,
                           ffi::Buffer<ffi::F32> scale, ffi::ResultBuffer<ffi::F32> y) {
+  Timed timed;
   // Shapes are checked when the program is emitted; check again here so a hand-written program
   // gets an error status, never a crash.
   auto xd = x.dimensions(), wd = w.dimensions(), sd = scale.dimensions(), yd = y->dimensions();
@@ -78,6 +98,7 @@ ffi::Error Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
 
 ffi::Error Int8GatherMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> ids, ffi::Buffer<ffi::S8> w,
                                 ffi::Buffer<ffi::F32> scale, ffi::ResultBuffer<ffi::F32> y) {
+  Timed timed;
   auto xd = x.dimensions(), id = ids.dimensions(), wd = w.dimensions(), sd = scale.dimensions(), yd = y->dimensions();
   if (xd.size() != 2 || id.size() != 2 || wd.size() != 2 || sd.size() != 1 || yd.size() != 2 || id[0] != xd[0] ||
       xd[1] != wd[1] || sd[0] != wd[0] || yd[0] != xd[0] || yd[1] != id[1])
@@ -99,6 +120,7 @@ ffi::Error Int8GatherMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> i
 
 ffi::Error Bf16MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::BF16> w,
                           ffi::ResultBuffer<ffi::F32> y) {
+  Timed timed;
   auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
   if (xd.size() != 2 || wd.size() != 2 || yd.size() != 2 || xd[1] != wd[1] || yd[0] != xd[0] || yd[1] != wd[0])
     return ffi::Error::InvalidArgument(std::string(kBf16MatmulTarget) + ": expected x[T,in], w[out,in] -> y[T,out]; got x" +
@@ -119,6 +141,7 @@ ffi::Error Bf16MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
 
 ffi::Error Bf16GatherMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> ids, ffi::Buffer<ffi::BF16> w,
                                 ffi::ResultBuffer<ffi::F32> y) {
+  Timed timed;
   auto xd = x.dimensions(), id = ids.dimensions(), wd = w.dimensions(), yd = y->dimensions();
   if (xd.size() != 2 || id.size() != 2 || wd.size() != 2 || yd.size() != 2 || id[0] != xd[0] || xd[1] != wd[1] ||
       yd[0] != xd[0] || yd[1] != id[1])
@@ -214,6 +237,10 @@ MatmulMode ChooseMatmulMode(const Client& client, WeightPrecision precision, Mat
   }
   if (requested == MatmulMode::kFfi) throw PluginIncompatibleError("matmul mode ffi: " + why);
   return MatmulMode::kAuto;
+}
+
+KernelStats GetKernelStats() {
+  return {g_calls.load(std::memory_order_relaxed), g_nanoseconds.load(std::memory_order_relaxed)};
 }
 
 std::string KernelDescription() {

@@ -42,6 +42,14 @@ KernelRegistration RegisterKernels(const Api& api);
 // returned as is.
 MatmulMode ChooseMatmulMode(const Client& client, WeightPrecision precision, MatmulMode requested);
 
+// Time spent inside our handlers since the process started (all threads' calls, wall time of
+// each call), for profiles: decoder_bench reports it per forward.
+struct KernelStats {
+  int64_t calls = 0;
+  int64_t nanoseconds = 0;
+};
+KernelStats GetKernelStats();
+
 // The implementation the handlers run (default BestInt8Impl(); CASCADE_INT8_KERNEL=scalar|avx2|
 // avx512|avx512vnni overrides it, when the CPU supports it) and the extra threads they ask XLA's
 // intra-op pool for (default 1; CASCADE_KERNEL_HELPERS=n).

@@ -125,6 +125,7 @@ int Main(int argc, char** argv) {
     std::string name;
     std::unique_ptr<DecoderModel> model;
     std::vector<std::vector<double>> times;  // per size
+    std::vector<std::vector<double>> kernel;  // ms inside our FFI handlers, per size
   };
   std::vector<Variant> variants;
   auto tokens_of = [&](int64_t T) {
@@ -145,7 +146,8 @@ int Main(int argc, char** argv) {
                : mode == "xla"     ? MatmulMode::kXlaAuto
                                    : MatmulMode::kAuto;
     auto t0 = Clock::now();
-    Variant v{entry, std::make_unique<DecoderModel>(client, w, o), std::vector<std::vector<double>>(sizes.size())};
+    Variant v{entry, std::make_unique<DecoderModel>(client, w, o), std::vector<std::vector<double>>(sizes.size()),
+              std::vector<std::vector<double>>(sizes.size())};
     std::printf("[%s] weights %.1f MB uploaded in %.0f ms; kv %s; int8 matmuls by %s; compile+first run:", entry.c_str(),
                 v.model->weight_bytes() / 1e6, ms(t0, Clock::now()), DTypeName(v.model->kv_dtype()),
                 kernels::ChooseMatmulMode(*client, o.precision, o.matmul) == MatmulMode::kFfi ? "ffi" : "xla");
@@ -163,9 +165,11 @@ int Main(int argc, char** argv) {
     for (Variant& v : variants)
       for (size_t i = 0; i < sizes.size(); ++i) {
         const std::vector<int32_t> tokens = tokens_of(sizes[i]);
+        const kernels::KernelStats k0 = kernels::GetKernelStats();
         auto a = Clock::now();
         v.model->Forward(tokens, pos, {HeadKind::kArgmax});  // same slots every run: a rollback each time
         v.times[i].push_back(ms(a, Clock::now()));
+        v.kernel[i].push_back((kernels::GetKernelStats().nanoseconds - k0.nanoseconds) / 1e6);
       }
   for (Variant& v : variants) {
     std::printf("\n[%s]\n", v.name.c_str());
@@ -173,9 +177,10 @@ int Main(int argc, char** argv) {
     for (size_t i = 0; i < sizes.size(); ++i) {
       const int64_t T = sizes[i];
       const double med = Median(v.times[i]);
-      std::printf("  T=%-3lld median %8.2f ms  (min %8.2f)  ratio to decode(1) %.2f  per token %.2f ms  (%.1f tokens/s)\n",
+      std::printf("  T=%-3lld median %8.2f ms  (min %8.2f)  ratio to decode(1) %.2f  per token %.2f ms  (%.1f tokens/s)"
+                  "  in FFI kernels %.2f ms\n",
                   (long long)T, med, *std::min_element(v.times[i].begin(), v.times[i].end()), med / decode, med / T,
-                  1000.0 * T / med);
+                  1000.0 * T / med, Median(v.kernel[i]));
     }
   }
   return 0;
