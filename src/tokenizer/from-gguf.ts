@@ -168,10 +168,20 @@ export const PRE_TOKENIZER_SPLITS: Readonly<Record<string, string>> = Object.fre
  */
 export function generateMerges(vocab: Map<string, number>, scores: Map<string, number>): [string, string][] {
   const merges: { l: string; r: string; score: number }[] = [];
+  // Both halves of a split are vocabulary tokens shorter than the token split, so neither is
+  // longer than the second-longest token: bounding i by it keeps one very long token (a corrupt
+  // file) from costing its length squared, with the same result.
+  let longest = 0;
+  let second = 0;
+  for (const t of vocab.keys()) {
+    const n = Array.from(t).length;
+    if (n > longest) [longest, second] = [n, longest];
+    else if (n > second) second = n;
+  }
   for (const [merge, score] of scores) {
     const chars = Array.from(merge);
     const local: { l: string; r: string; score: number }[] = [];
-    for (let i = 1; i < chars.length; i++) {
+    for (let i = Math.max(1, chars.length - second); i < chars.length && i <= second; i++) {
       const l = chars.slice(0, i).join('');
       const r = chars.slice(i).join('');
       if (vocab.has(l) && vocab.has(r)) local.push({ l, r, score });

@@ -15,6 +15,8 @@
  * @module
  */
 
+import { open, stat } from 'node:fs/promises';
+
 import { gguf } from '@huggingface/gguf';
 
 import { ModelFormatError } from '../errors.js';
@@ -92,15 +94,45 @@ function numbers(v: unknown, key: string, path: string): number[] | undefined {
 }
 
 /**
+ * Rejects a header whose tensor and metadata counts the file cannot hold (each tensor info takes
+ * at least 24 bytes, each key/value 13). @huggingface/gguf would otherwise read them from the
+ * zeros it sees past the end of the file: a 16-byte file declaring 8 million tensors took it
+ * ~4 s of CPU (and up to 50 MB) before failing.
+ */
+async function checkHeaderCounts(path: string): Promise<void> {
+  const f = await open(path, 'r');
+  try {
+    const size = (await f.stat()).size;
+    const b = Buffer.alloc(24);
+    const { bytesRead } = await f.read(b, 0, 24, 0);
+    // What is missing of a short file reads as zeros, as it does for the reader.
+    if (bytesRead < 8 || b.toString('latin1', 0, 4) !== 'GGUF') return; // the reader names what is wrong
+    const version = b.readUInt32LE(4);
+    // Version 1 stored the two counts as u32.
+    const tensors = version === 1 ? BigInt(b.readUInt32LE(8)) : b.readBigUInt64LE(8);
+    const kvs = version === 1 ? BigInt(b.readUInt32LE(12)) : b.readBigUInt64LE(16);
+    if (tensors * 24n + kvs * 13n > BigInt(size)) {
+      throw new ModelFormatError(`${path}: the GGUF header declares ${tensors} tensors and ${kvs} metadata entries, more than its ${size} bytes can hold (truncated or corrupt)`);
+    }
+  } finally {
+    await f.close();
+  }
+}
+
+/**
  * Reads the tokenizer metadata of the GGUF at `path`.
  *
  * @throws ModelFormatError when the file is not a readable GGUF or has no `tokenizer.ggml.tokens`.
  */
 export async function readGgufTokenizerMetadata(path: string): Promise<GgufTokenizerMetadata> {
   let metadata: Record<string, unknown>;
+  let fileSize: number;
   try {
+    await checkHeaderCounts(path);
     metadata = (await gguf(path, { allowLocalFile: true })).metadata as Record<string, unknown>;
+    fileSize = (await stat(path)).size;
   } catch (e) {
+    if (e instanceof ModelFormatError) throw e;
     throw new ModelFormatError(`${path} is not a readable GGUF file: ${(e as Error).message}`, { cause: e });
   }
   const k = (name: string): unknown => metadata[name];
@@ -119,6 +151,19 @@ export async function readGgufTokenizerMetadata(path: string): Promise<GgufToken
       throw new ModelFormatError(`${path}: tokenizer.ggml.${name} has ${arr.length} entries for ${tokens.length} tokens`);
     }
   }
+  const merges = strings(k('tokenizer.ggml.merges'), 'tokenizer.ggml.merges', path);
+  const chatTemplate = str(k('tokenizer.chat_template'));
+  // @huggingface/gguf reads in 2 MB chunks and sees zeros past the end of the file, so a corrupt
+  // length or count gives strings and arrays the file cannot hold (a 300-byte file with a
+  // 400,000-character token). Each string is stored as an 8-byte length plus at least one byte
+  // per UTF-16 unit it decodes to: more than that in total cannot have come from this file.
+  let need = chatTemplate === undefined ? 0 : 8 + chatTemplate.length;
+  for (const list of [tokens, merges ?? []]) for (const s of list) need += 8 + s.length;
+  if (need > fileSize) {
+    throw new ModelFormatError(
+      `${path}: tokenizer.ggml.tokens/merges and tokenizer.chat_template need at least ${need} bytes but the file has ${fileSize} (truncated or corrupt lengths)`,
+    );
+  }
   const meta: GgufTokenizerMetadata = {
     path,
     architecture: str(k('general.architecture')),
@@ -127,7 +172,7 @@ export async function readGgufTokenizerMetadata(path: string): Promise<GgufToken
     tokens,
     tokenTypes,
     scores,
-    merges: strings(k('tokenizer.ggml.merges'), 'tokenizer.ggml.merges', path),
+    merges,
     bosTokenId: num(k('tokenizer.ggml.bos_token_id')),
     eosTokenId: num(k('tokenizer.ggml.eos_token_id')),
     eotTokenId: num(k('tokenizer.ggml.eot_token_id')),
@@ -137,12 +182,13 @@ export async function readGgufTokenizerMetadata(path: string): Promise<GgufToken
     addBosToken: bool(k('tokenizer.ggml.add_bos_token')),
     addEosToken: bool(k('tokenizer.ggml.add_eos_token')),
     addSpacePrefix: bool(k('tokenizer.ggml.add_space_prefix')),
-    chatTemplate: str(k('tokenizer.chat_template')),
+    chatTemplate,
   };
   for (const key of ['bosTokenId', 'eosTokenId', 'eotTokenId', 'eomTokenId', 'unknownTokenId', 'paddingTokenId'] as const) {
     const id = meta[key];
-    if (id !== undefined && (id < 0 || id >= tokens.length)) {
-      // llama.cpp writes -1 / out-of-range ids for "none" in some files: treat as absent.
+    if (id !== undefined && (!Number.isInteger(id) || id < 0 || id >= tokens.length)) {
+      // llama.cpp writes -1 / out-of-range ids for "none" in some files: treat as absent (and a
+      // non-integer, e.g. an id stored as a float, likewise).
       meta[key] = undefined;
     }
   }

@@ -30,8 +30,8 @@ import { dirname, join } from 'node:path';
 import { Template } from '@huggingface/jinja';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 
-import { InvalidArgumentError, ModelFormatError } from '../errors.js';
-import { tokenizerJsonFromGguf, type TokenizerJson, type TokenizerSettings } from './from-gguf.js';
+import { CascadeError, InvalidArgumentError, ModelFormatError } from '../errors.js';
+import { tokenizerJsonFromGguf, type AddedTokenJson, type TokenizerJson, type TokenizerSettings } from './from-gguf.js';
 import { readGgufTokenizerMetadata } from './gguf-metadata.js';
 
 /** One chat message for {@link Tokenizer.applyChatTemplate}. */
@@ -149,6 +149,18 @@ async function readJson(path: string, what: string): Promise<unknown> {
   }
 }
 
+/**
+ * `@huggingface/tokenizers` checks a tokenizer.json as it builds it and throws plain Errors and
+ * TypeErrors (an unknown normalizer type, a missing vocab): those mean the file is bad.
+ */
+function buildHf(json: TokenizerJson, config: Record<string, unknown>, path: string): HfTokenizer {
+  try {
+    return new HfTokenizer(json, config);
+  } catch (e) {
+    throw new ModelFormatError(`${path}: not a usable tokenizer: ${(e as Error)?.message ?? String(e)}`, { cause: e });
+  }
+}
+
 /** A text tokenizer: encode, decode (also incrementally), chat templates. */
 export class Tokenizer {
   private readonly hf: HfTokenizer;
@@ -173,7 +185,9 @@ export class Tokenizer {
     this.bosId = state.settings.bosTokenId;
     this.eosIds = Object.freeze([...state.settings.eosTokenIds]);
     let max = -1;
-    for (const id of Object.values(state.json.model.vocab)) if (id > max) max = id;
+    const vocab = state.json.model.vocab as unknown;
+    if (Array.isArray(vocab)) max = vocab.length - 1; // Unigram: [piece, score] pairs, the id is the position
+    else if (vocab !== null && typeof vocab === 'object') for (const id of Object.values(vocab)) if (typeof id === 'number' && id > max) max = id;
     for (const t of state.json.added_tokens) if (t.id > max) max = t.id;
     this.vocabSize = max + 1;
     this.specialIds = new Set(state.json.added_tokens.filter((t) => t.special).map((t) => t.id));
@@ -188,7 +202,7 @@ export class Tokenizer {
   static async fromGguf(path: string): Promise<Tokenizer> {
     const meta = await readGgufTokenizerMetadata(path);
     const { json, settings } = tokenizerJsonFromGguf(meta);
-    const hf = new HfTokenizer(json, { clean_up_tokenization_spaces: false });
+    const hf = buildHf(json, { clean_up_tokenization_spaces: false }, path);
     return new Tokenizer({ hf, json, settings, ownPostProcessing: true, source: path });
   }
 
@@ -203,6 +217,10 @@ export class Tokenizer {
       throw new ModelFormatError(`${path} is not a tokenizer.json (no "model")`);
     }
     json.added_tokens ??= [];
+    const added = json.added_tokens as unknown[];
+    if (!Array.isArray(added) || !added.every((t) => t !== null && typeof t === 'object' && Number.isSafeInteger((t as AddedTokenJson).id) && (t as AddedTokenJson).id >= 0 && typeof (t as AddedTokenJson).content === 'string')) {
+      throw new ModelFormatError(`${path}: "added_tokens" is not a list of {id, content, ...} entries with ids >= 0`);
+    }
     let cfg: Record<string, unknown> = {};
     const cfgPath = join(dirname(path), 'tokenizer_config.json');
     try {
@@ -220,7 +238,7 @@ export class Tokenizer {
       }
     }
     const hfConfig = { ...cfg, clean_up_tokenization_spaces: cfg['clean_up_tokenization_spaces'] ?? false };
-    const hf = new HfTokenizer(json, hfConfig);
+    const hf = buildHf(json, hfConfig, path);
     const idOf = (v: unknown): number | undefined => {
       const s = tokenString(v);
       return s === undefined ? undefined : hf.token_to_id(s);
@@ -274,7 +292,7 @@ export class Tokenizer {
   encode(text: string, options: EncodeOptions = {}): number[] {
     if (typeof text !== 'string') throw new InvalidArgumentError('encode: text must be a string');
     const useTokenizerDefaults = !this.ownPostProcessing && options.addBos === undefined && options.addEos === undefined;
-    const ids = this.hf.encode(text, { add_special_tokens: useTokenizerDefaults }).ids;
+    const ids = this.guard('encode', () => this.hf.encode(text, { add_special_tokens: useTokenizerDefaults }).ids);
     if (useTokenizerDefaults) return ids;
     const addBos = options.addBos ?? this.settings.addBos;
     const addEos = options.addEos ?? this.settings.addEos;
@@ -298,7 +316,26 @@ export class Tokenizer {
         throw new InvalidArgumentError(`decode: token id ${id} is out of range [0, ${this.vocabSize})`);
       }
     }
-    return this.hf.decode(ids as number[], { skip_special_tokens: options.skipSpecialTokens ?? false });
+    // An id in range can still have no token: a vocabulary that spells a token twice keeps only
+    // the later id (as Python's dict does), and ids can skip numbers. Hugging Face's tokenizers
+    // leaves such ids out of the text; tokenizers.js would decode them as its unk_token (null
+    // when there is none, and then throw), so they are left out here.
+    const known = ids.filter((id) => this.hf.id_to_token(id) !== undefined);
+    if (known.length === 0) return '';
+    return this.guard('decode', () => this.hf.decode(known, { skip_special_tokens: options.skipSpecialTokens ?? false }));
+  }
+
+  /**
+   * Runs a tokenizers.js call. It built the tokenizer from our file, so an error inside it that
+   * is not ours (a TypeError on a post-processor the file spells wrongly) means the file is bad.
+   */
+  private guard<T>(what: string, f: () => T): T {
+    try {
+      return f();
+    } catch (e) {
+      if (e instanceof CascadeError) throw e;
+      throw new ModelFormatError(`${this.source}: ${what} failed inside the tokenizer (is the tokenizer file valid?): ${(e as Error)?.message ?? String(e)}`, { cause: e });
+    }
   }
 
   /** A fresh {@link TokenStreamDecoder} for one generated sequence. */
