@@ -2,6 +2,9 @@
 // on the thread pool; new tokens reach JS through a thread-safe function as they are committed;
 // cancel() stops a generation at the next step.
 #include <napi.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <atomic>
 #include <cmath>
@@ -21,6 +24,16 @@ namespace cascade::binding {
 namespace {
 
 Napi::FunctionReference* g_engine_ctor = nullptr;
+
+// Hands the memory of a released model back to the system. The host copies of the weights and the
+// CPU plugin's device buffers are large blocks freed on pool threads; glibc keeps them in its
+// per-thread arenas (its mmap threshold grows with each large free), so without a trim every
+// load/dispose cycle left ~0.5 GB of RSS behind (measured: 5 cycles of SmolLM2 f32, 0.9 -> 3.5 GB).
+void ReleaseFreedMemory() {
+#if defined(__GLIBC__)
+  malloc_trim(0);
+#endif
+}
 
 WeightPrecision PrecisionFromJs(const Napi::Object& o, const char* key, WeightPrecision fallback) {
   Napi::Value v = o.Get(key);
@@ -294,7 +307,9 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
     cancel_->store(true);
     abort_->store(true);
+    const bool last = engine_ && engine_.use_count() == 1;
     engine_.reset();  // a generation in flight keeps its own reference and finishes at the next step
+    if (last) ReleaseFreedMemory();
     return info.Env().Undefined();
   }
 
@@ -457,9 +472,11 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
         *engine = std::move(e);
        } catch (...) {
         release();
+        ReleaseFreedMemory();  // the host copies of the weights (and, failed, the uploaded model)
         throw;
        }
        release();
+       ReleaseFreedMemory();
       },
       [engine](Napi::Env env) -> Napi::Value {
         Napi::Object obj = g_engine_ctor->New({});
