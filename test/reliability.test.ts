@@ -1,9 +1,9 @@
 // Reliability through the public API, for real (the XLA CPU plugin, real programs, no mocks):
 // cancellation at every stage of Cascade.load and of a generation, dispose during a generation,
 // use after dispose, process exit with live objects, concurrent generations (one Cascade, and two
-// sharing a Runtime), RSS over 1,000 short generations, and the bad inputs test/bad-inputs.test.ts
-// does not cover (a plugin with an incompatible PJRT API version, models too large for the
-// device's memory).
+// sharing a Runtime), RSS over 1,000 short generations and over load/dispose cycles, and the bad
+// inputs test/bad-inputs.test.ts does not cover (a plugin with an incompatible PJRT API version,
+// models too large for the device's memory).
 //
 // Two models: the default SmolLM2-135M GGUF (stages long enough to abort inside them), and a
 // small random Llama GGUF with SmolLM2's tokenizer (written here: fast enough for 1,000 runs).

@@ -44,17 +44,20 @@ export interface CascadeLoadOptions {
   /** Share an open runtime between several models (it is not closed by {@link Cascade.dispose}). */
   runtime?: Runtime;
   /**
-   * Weight precision per model. Default `'auto'`: on the XLA CPU plugin f32 for both (measured
-   * fastest there: XLA CPU does not fuse the bf16/int8 conversion into a one-row dot), elsewhere
-   * the seed's BF16 target and INT8 draft.
+   * Weight precision per model. Default `'auto'`: the seed's INT8 draft everywhere (on the XLA
+   * CPU plugin its matrices run through our own int8 kernels, which read the weights as int8);
+   * the target f32 on the XLA CPU plugin (exactly the model's f32 arithmetic, the reference of the
+   * exactness tests) and the seed's BF16 elsewhere.
    */
   precision?: 'auto' | { target?: Precision; draft?: Precision };
   /** KV cache length in tokens (prompt + generated). Default 1024 (capped at the model's context). */
   maxContext?: number;
   /**
-   * Layers of the self-speculative draft. Default: chosen by the cost model from 1/8, 1/4, 1/2
-   * and 3/4 of the target's layers by their measured agreement and estimated cost (see
-   * `info.draftChoice`), measured once per model file and remembered in the cache.
+   * Layers of the self-speculative draft (the target's first layers, at the draft's precision).
+   * Default: chosen by the cost model from 1/8, 1/4, 1/2 and 3/4 of the target's layers, and all
+   * of them when the draft's precision is lower than the target's (the INT8 copy of the target),
+   * by their measured agreement and the bytes a step reads (see `info.draftChoice`), measured once
+   * per model file and precisions and remembered in the cache.
    */
   draftLayers?: number;
   /**
@@ -125,6 +128,11 @@ export interface GenerateOptions {
   stop?: string[];
   /** Stop at the model's end-of-generation tokens (default true). */
   stopAtEos?: boolean;
+  /**
+   * Cancels the generation, queued or running: it rejects at once with the signal's reason (an
+   * `AbortError` unless one was given). The native side stops before its next device call (a
+   * prefill chunk, a draft step or a verify), and the next call on this Cascade waits for that.
+   */
   signal?: AbortSignal;
   /** @internal Testing only: breaks the acceptance rule (negative control of the distribution tests). */
   brokenAcceptanceForTesting?: boolean;
@@ -341,11 +349,12 @@ async function tinyCachePath(target: string, draft: string | undefined, draftLay
 }
 
 /** Where the measured draft-depth choice for a target file is remembered. */
-async function draftChoicePath(target: string): Promise<string> {
+async function draftChoicePath(target: string, targetPrecision: Precision, draftPrecision: Precision): Promise<string> {
   const st = await stat(target).catch(() => undefined);
   const dir = cachePath('draft-choice');
   await mkdir(dir, { recursive: true });
-  return path.join(dir, `${path.basename(target).replace(/[^A-Za-z0-9._-]/g, '_')}-${st?.size ?? 0}-${Math.floor(st?.mtimeMs ?? 0)}.json`);
+  const name = `${path.basename(target).replace(/[^A-Za-z0-9._-]/g, '_')}-${st?.size ?? 0}-${Math.floor(st?.mtimeMs ?? 0)}`;
+  return path.join(dir, `${name}-${targetPrecision}-${draftPrecision}.json`);
 }
 
 async function findTokenizer(target: string): Promise<Tokenizer> {
@@ -438,8 +447,6 @@ export class Cascade {
     stage('tokenizer');
     const tokenizer = await raceAbort(findTokenizer(options.target), signal);
     // The cost model's choice of draft depth is measured once per model file and remembered.
-    const choiceFile = options.draft === undefined && options.draftLayers === undefined ? await draftChoicePath(options.target) : undefined;
-    const rememberedLayers = choiceFile ? await readFile(choiceFile, 'utf8').then((t) => (JSON.parse(t) as { layers?: number }).layers, () => undefined) : undefined;
     throwIfAborted(signal);
     const ownsRuntime = options.runtime === undefined;
     if (ownsRuntime) stage('open');
@@ -448,7 +455,12 @@ export class Cascade {
     try {
       const precision = options.precision === undefined || options.precision === 'auto' ? {} : options.precision;
       const cpu = runtime.platform === 'cpu';
-      const draftPrecision = precision.draft ?? (cpu ? 'f32' : 'int8');
+      const targetPrecision = precision.target ?? (cpu ? 'f32' : 'bf16');
+      const draftPrecision = precision.draft ?? 'int8';
+      // The cost model's choice of draft depth is measured once per model file and precisions, and remembered.
+      const choiceFile =
+        options.draft === undefined && options.draftLayers === undefined ? await draftChoicePath(options.target, targetPrecision, draftPrecision) : undefined;
+      const rememberedLayers = choiceFile ? await readFile(choiceFile, 'utf8').then((t) => (JSON.parse(t) as { layers?: number }).layers, () => undefined) : undefined;
       const tinyFile =
         options.tiny === 'fit' ? await tinyCachePath(options.target, options.draft, options.draftLayers ?? rememberedLayers, draftPrecision) : undefined;
       throwIfAborted(signal);
@@ -458,8 +470,8 @@ export class Cascade {
         {
           target: options.target,
           draft: options.draft,
-          targetPrecision: precision.target ?? (cpu ? 'f32' : 'bf16'),
-          draftPrecision: precision.draft ?? (cpu ? 'f32' : 'int8'),
+          targetPrecision,
+          draftPrecision,
           maxContext: options.maxContext ?? 1024,
           draftLayers: options.draftLayers ?? rememberedLayers,
           devices: options.devices ?? 1,
