@@ -109,6 +109,17 @@ ModelWeights TruncateLayers(const ModelWeights& model, int64_t layers) {
   return out;
 }
 
+int64_t StepBytes(const ModelConfig& config, WeightPrecision precision) {
+  int64_t bytes = 0;
+  for (const WeightParam& p : WeightParamLayout(config, precision)) {
+    if (p.tensor == "model.embed_tokens.weight" && !config.tied_embeddings) continue;
+    int64_t n = DTypeSize(p.dtype);
+    for (int64_t dim : p.dims) n *= dim;
+    bytes += n;
+  }
+  return bytes;
+}
+
 struct CascadeEngine::Sequence {
   std::vector<int32_t> tokens;  // prompt + generated
   size_t prompt_length = 0;
@@ -161,16 +172,17 @@ int64_t CascadeEngine::ChooseDraftLayers(const ModelWeights& target, const Decod
   }
   const std::vector<int32_t> input(text.begin(), text.end() - 1);
   const std::vector<int32_t> target_argmax = ArgmaxOf(*target_, input);
-  // Parameters read per decode step: the layers and the head (the embedding is one row).
-  const double d = static_cast<double>(c.hidden_size), f = static_cast<double>(c.intermediate_size);
-  const double attn = d * c.head_dim * (c.num_heads * 2.0 + c.num_kv_heads * 2.0);
-  const double layer = attn + 3.0 * d * f, head = d * static_cast<double>(c.vocab_size);
-  const double full = layer * c.num_layers + head;
+  // A step's cost ~ the weight bytes it reads (decoding is memory-bound: W / BW of the seed's cost
+  // model), at each model's precision.
+  const double full = static_cast<double>(StepBytes(c, target_->options().precision));
   std::vector<int64_t> candidates;
   for (double share : {0.125, 0.25, 0.5, 0.75}) {
     const int64_t n = std::max<int64_t>(1, static_cast<int64_t>(std::lround(share * c.num_layers)));
     if (std::find(candidates.begin(), candidates.end(), n) == candidates.end() && n < c.num_layers) candidates.push_back(n);
   }
+  // All layers at a lower precision: the seed's INT8 draft of the target itself (top-1 agreement
+  // ~98% on SmolLM2, docs/precision.md), where no smaller model of the family exists.
+  if (StepBytes(c, draft_options.precision) < full) candidates.push_back(c.num_layers);
   const int64_t L = std::max<int64_t>(1, options_.planned_proposal_length);
   int64_t best = candidates.front();
   double best_speedup = -1;
@@ -182,7 +194,7 @@ int64_t CascadeEngine::ChooseDraftLayers(const ModelWeights& target, const Decod
     DraftCandidate cand;
     cand.layers = n;
     cand.agreement = static_cast<double>(agree) / static_cast<double>(draft_argmax.size());
-    cand.relative_cost = (layer * n + head) / full;
+    cand.relative_cost = static_cast<double>(StepBytes(draft.config(), draft_options.precision)) / full;
     const double c_decode = cost_.decode_ms() > 0 ? cost_.decode_ms() : 1.0;
     const double throughput = CostModel::ExpectedTokens(cand.agreement, L) /
                               (L * cand.relative_cost * c_decode + cost_.VerifyMs(L));

@@ -114,7 +114,7 @@ struct GenerationStats {
 struct DraftCandidate {
   int64_t layers = 0;
   double agreement = 0;          // share of calibration positions where draft and target argmax agree
-  double relative_cost = 0;      // estimated draft step cost / target decode cost (parameter bytes read)
+  double relative_cost = 0;      // estimated draft step cost / target decode cost (weight bytes read, StepBytes)
   double predicted_speedup = 0;  // the cost model's speedup over target-only at the planned L
 };
 
@@ -189,5 +189,8 @@ class CascadeEngine {
 
 // The first `layers` layers of `model` with its final norm and head: a self-speculative draft.
 ModelWeights TruncateLayers(const ModelWeights& model, int64_t layers);
+// Weight bytes one decode step of a model reads at `precision` (the embedding only when it is the
+// tied head): the W of the cost model.
+int64_t StepBytes(const ModelConfig& config, WeightPrecision precision);
 
 }  // namespace cascade

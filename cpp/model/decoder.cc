@@ -186,7 +186,8 @@ DecoderModel::DecoderModel(std::shared_ptr<Client> client, const ModelWeights& w
     throw InvalidArgumentError("DecoderModel: replicated models start at device 0");
   replicas_.resize(static_cast<size_t>(options_.replicas));
   for (size_t r = 0; r < replicas_.size(); ++r) replicas_[r].device = options_.replicas > 1 ? r : options_.device_index;
-  kv_dtype_ = options_.kv_dtype.value_or(options_.precision == WeightPrecision::kF32 ? DType::kF32 : DType::kBF16);
+  const bool cpu = client_->platform_name() == "cpu";
+  kv_dtype_ = options_.kv_dtype.value_or(cpu || options_.precision == WeightPrecision::kF32 ? DType::kF32 : DType::kBF16);
   if (kv_dtype_ != DType::kF32 && kv_dtype_ != DType::kBF16)
     throw InvalidArgumentError("DecoderModel: kv_dtype must be f32 or bf16");
   // One tensor group at a time, so the host holds at most one converted matrix at once.

@@ -165,7 +165,8 @@ TEST(Engine, TheCostModelChoosesTheDraftDepth) {
   o.draft_layers = 0;  // choose
   CascadeEngine engine(Cpu(), target, std::nullopt, o);
   const auto& candidates = engine.draft_candidates();
-  ASSERT_EQ(candidates.size(), 4u);  // 1, 2, 4, 6 of 8 layers
+  ASSERT_EQ(candidates.size(), 5u);  // 1, 2, 4, 6 of 8 layers, and all 8 (int8 draft, f32 target)
+  EXPECT_EQ(candidates.back().layers, 8);
   const DraftCandidate* best = &candidates[0];
   for (const auto& c : candidates) {
     EXPECT_GE(c.agreement, 0.0);

@@ -2,7 +2,7 @@
 // GPU machines have none), and prints the same stage/acceptance table as `cascade-xla run`.
 //
 //   cascade_run --plugin cpu|PATH --model M.gguf|--random-smollm2 [--mode target|speculative|cascade|auto]
-//               [--precision f32|bf16|int8] [--draft-layers N] [--k1 L] [--k0 K0] [--branches B]
+//               [--precision f32|bf16|int8] [--draft-precision P] [--draft-layers N] [--k1 L] [--k0 K0] [--branches B]
 //               [--devices D] [--max-tokens N] [--temperature T] [--seed S] [--compare]
 // The prompt is a fixed list of token ids (no tokenizer in C++); with --random-smollm2 the model
 // is a random SmolLM2-135M-shaped one (weights do not matter for speed, and no file is needed).
@@ -85,7 +85,7 @@ void Print(const char* label, const GenerationStats& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string plugin = "cpu", model, mode = "speculative", precision = "f32";
+  std::string plugin = "cpu", model, mode = "speculative", precision = "f32", draft_precision;
   bool random_model = false, compare = false;
   EngineOptions eo;
   eo.max_context = 512;
@@ -105,6 +105,7 @@ int main(int argc, char** argv) {
     else if (a == "--random-smollm2") random_model = true;
     else if (a == "--mode") mode = next();
     else if (a == "--precision") precision = next();
+    else if (a == "--draft-precision") draft_precision = next();
     else if (a == "--draft-layers") eo.draft_layers = std::stoll(next());
     else if (a == "--k1") g.proposal_length = std::stoll(next());
     else if (a == "--k0") g.candidates = std::stoll(next());
@@ -117,7 +118,7 @@ int main(int argc, char** argv) {
     else {
       std::fprintf(stderr,
                    "usage: cascade_run --plugin cpu|PATH (--model M.gguf | --random-smollm2) [--mode target|speculative|"
-                   "cascade|auto] [--precision f32|bf16|int8] [--draft-layers N] [--k1 L] [--k0 K0] [--branches B] "
+                   "cascade|auto] [--precision f32|bf16|int8] [--draft-precision P] [--draft-layers N] [--k1 L] [--k0 K0] [--branches B] "
                    "[--devices D] [--max-tokens N] [--temperature T] [--seed S] [--compare]\n");
       return 2;
     }
@@ -132,6 +133,7 @@ int main(int argc, char** argv) {
                 client->devices().size(), client->devices()[0].kind.c_str());
     ModelWeights target = random_model ? RandomSmolLM2() : LoadModel(model);
     eo.target_precision = eo.draft_precision = Precision(precision);
+    if (!draft_precision.empty()) eo.draft_precision = Precision(draft_precision);
     if (eo.draft_layers == 0) eo.draft_layers = std::max<int64_t>(1, target.config.num_layers / 4);
     CascadeEngine engine(client, target, std::nullopt, eo);
     g.mode = Mode(mode);
