@@ -6,11 +6,13 @@ torch CPU with `torch.set_num_threads(2)`. Run with the oracle venv's python
 The assistant (draft) is the first `draft_layers` decoder layers of a deep copy of the target
 (`model.model.layers` truncated, `config.num_hidden_layers` set to match) sharing the same
 embedding, final norm and tied head: the same "first N layers" draft as cascade-xla's
-self-speculative mode. It proposes a constant `num_assistant_tokens` (= k1) tokens per round
+self-speculative mode; with `"int8": true` the copy's Linear layers (and so the head) are
+quantised to int8 by torch's dynamic quantisation (per-channel int8 weights, like cascade-xla's
+INT8 draft). It proposes a constant `num_assistant_tokens` (= k1) tokens per round
 with the confidence threshold off, like cascade-xla's fixed k1.
 
 Protocol (JSON lines):
-  argv[1]: {"gguf": "/path/model.gguf", "draft_layers": 4, "k1": 4, "threads": 2}
+  argv[1]: {"gguf": "/path/model.gguf", "draft_layers": 4, "int8": false, "k1": 4, "threads": 2}
   out: {"ready": true, "load_s", "loader", "torch", "transformers", "threads"}
   in:  {"variant": "greedy" | "assisted", "tokens": [prompt ids], "maxTokens": 64}
   out: {"tokens", "ttftMs", "decodeMs", "firstChunk", "targetCalls", "draftCalls"}
@@ -84,6 +86,9 @@ def main() -> None:
     if getattr(draft.config, "layer_types", None) is not None:
         draft.config.layer_types = draft.config.layer_types[:n]
     draft.eval()
+    if cfg.get("int8"):
+        # Dynamic quantisation swaps every nn.Linear (the tied head too, as its own int8 copy).
+        draft = torch.ao.quantization.quantize_dynamic(draft, {torch.nn.Linear}, dtype=torch.qint8)
     for m in (model, draft):
         m.generation_config.eos_token_id = None
         m.generation_config.pad_token_id = 0
@@ -92,7 +97,7 @@ def main() -> None:
     draft.generation_config.assistant_confidence_threshold = 0.0
     target_calls, draft_calls = CallCounter(model), CallCounter(draft)
     send({"ready": True, "load_s": time.time() - t0, "loader": loader, "torch": torch.__version__,
-          "transformers": transformers.__version__, "threads": torch.get_num_threads(), "draft_layers": n,
+          "transformers": transformers.__version__, "threads": torch.get_num_threads(), "draft_layers": n, "int8": bool(cfg.get("int8")),
           "k1": draft.generation_config.num_assistant_tokens})
     for line in sys.stdin:
         if not line.strip():

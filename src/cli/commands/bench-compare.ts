@@ -8,9 +8,11 @@
  * - cascade-xla (scripts/bench-cascade-worker.mjs): target, speculative, cascade, auto;
  * - node-llama-cpp 3.21.1 (scripts/bench-llama-worker.mjs): 1 and 2 threads, and with its
  *   DraftSequenceTokenPredictor on a GGUF copy that keeps the target's first N blocks
- *   (scripts/bench-truncate-gguf.py), N = cascade-xla's self-speculative draft depth;
+ *   (scripts/bench-truncate-gguf.py), N = cascade-xla's draft depth, requantised to Q8_0 when
+ *   cascade-xla's draft is int8;
  * - Hugging Face transformers (test/oracle/bench_hf.py, oracle venv, torch CPU, 2 threads):
- *   greedy `generate` and assisted generation with the same first-N-layers draft.
+ *   greedy `generate` and assisted generation with the same first-N-layers draft (int8 by
+ *   torch's dynamic quantisation when cascade-xla's draft is int8).
  *
  * Writes docs/bench/compare.{json,md,png}. A runtime that cannot run is recorded as blocked with
  * its error. Not part of `npm test` (minutes).
@@ -159,20 +161,23 @@ export async function benchCompare(o: CompareBenchOptions): Promise<Row[]> {
   progress('starting cascade-xla (load, tiny fit/cache, warm-up compile)');
   const workers = new Map<string, Worker>();
   const cx = new Worker('cascade-xla', process.execPath, [path.join(ROOT, 'scripts/bench-cascade-worker.mjs'), JSON.stringify({ gguf: target, plugin: o.plugin, k1: o.k1, k0: o.k0 })]);
-  const cxReady = await cx.next<{ ready: boolean; error?: string; loadMs: number; warmupMs: number; info: { draft: { layers: number }; memory: { target: { weightBytes: number } } }; costModel?: { bandwidthGBs: number } }>();
+  const cxReady = await cx.next<{ ready: boolean; error?: string; loadMs: number; warmupMs: number; info: { draft: { layers: number }; draftPrecision: string; memory: { target: { weightBytes: number } } }; costModel?: { bandwidthGBs: number } }>();
   if (!cxReady.ready) throw new Error(`cascade-xla worker failed: ${cxReady.error}`);
   workers.set('cascade-xla', cx);
   const draftLayers = cxReady.info.draft.layers;
+  // The same draft in each runtime: its first N layers, at int8 when cascade-xla's draft is int8.
+  const int8Draft = cxReady.info.draftPrecision === 'int8';
+  const draftName = `${int8Draft ? 'int8 copy of the ' : ''}first ${draftLayers} layers`;
   const f32Bytes = cxReady.info.memory.target.weightBytes;
   const bandwidthGBs = cxReady.costModel?.bandwidthGBs ?? 0;
 
   const py = oraclePython();
   let draftGguf: string | undefined;
   if (py.python) {
-    draftGguf = cachePath('bench', `${path.basename(target, '.gguf')}-first${draftLayers}.gguf`);
+    draftGguf = cachePath('bench', `${path.basename(target, '.gguf')}-first${draftLayers}${int8Draft ? '-q8_0' : ''}.gguf`);
     if (!existsSync(draftGguf)) {
       await mkdir(path.dirname(draftGguf), { recursive: true });
-      const r = spawnSync(py.python, [path.join(ROOT, 'scripts/bench-truncate-gguf.py'), target, draftGguf, String(draftLayers)], { encoding: 'utf8' });
+      const r = spawnSync(py.python, [path.join(ROOT, 'scripts/bench-truncate-gguf.py'), target, draftGguf, String(draftLayers), ...(int8Draft ? ['--q8_0'] : [])], { encoding: 'utf8' });
       if (r.status !== 0) {
         blocked.set('llama-draft', `bench-truncate-gguf.py: ${r.stderr.trim().split('\n').slice(-2).join(' ')}`);
         draftGguf = undefined;
@@ -184,7 +189,7 @@ export async function benchCompare(o: CompareBenchOptions): Promise<Row[]> {
 
   progress('starting node-llama-cpp and transformers');
   const ll = new Worker('node-llama-cpp', process.execPath, [path.join(ROOT, 'scripts/bench-llama-worker.mjs'), JSON.stringify({ gguf: target, draftGguf, draftMaxTokens: o.k1, draftLayers })]);
-  const hf = py.python ? new Worker('transformers', py.python, [path.join(ROOT, 'test/oracle/bench_hf.py'), JSON.stringify({ gguf: target, draft_layers: draftLayers, k1: o.k1, threads: 2 })]) : undefined;
+  const hf = py.python ? new Worker('transformers', py.python, [path.join(ROOT, 'test/oracle/bench_hf.py'), JSON.stringify({ gguf: target, draft_layers: draftLayers, int8: int8Draft, k1: o.k1, threads: 2 })]) : undefined;
   if (!hf) for (const id of ['hf-greedy', 'hf-assisted']) blocked.set(id, `oracle venv: ${py.error}`);
   const llReady = await ll.next<{ ready: boolean; error?: string; [k: string]: unknown }>().catch((e: Error) => ({ ready: false, error: e.message }));
   if (llReady.ready) workers.set('node-llama-cpp', ll);
@@ -201,9 +206,9 @@ export async function benchCompare(o: CompareBenchOptions): Promise<Row[]> {
     })),
     { id: 'llama-t1', runtime: 'node-llama-cpp', label: 'node-llama-cpp 1 thread', worker: 'node-llama-cpp', weightBytes: fileBytes, request: (p) => ({ variant: 't1', tokens: ids[p], maxTokens: n }) },
     { id: 'llama-t2', runtime: 'node-llama-cpp', label: 'node-llama-cpp 2 threads', worker: 'node-llama-cpp', weightBytes: fileBytes, request: (p) => ({ variant: 't2', tokens: ids[p], maxTokens: n }) },
-    { id: 'llama-draft', runtime: 'node-llama-cpp', label: `node-llama-cpp 2 threads + draft (first ${draftLayers} layers)`, worker: 'node-llama-cpp', weightBytes: fileBytes, request: (p) => ({ variant: 'draft', tokens: ids[p], maxTokens: n }) },
+    { id: 'llama-draft', runtime: 'node-llama-cpp', label: `node-llama-cpp 2 threads + draft (${int8Draft ? 'Q8_0 copy of the ' : ''}first ${draftLayers} layers)`, worker: 'node-llama-cpp', weightBytes: fileBytes, request: (p) => ({ variant: 'draft', tokens: ids[p], maxTokens: n }) },
     { id: 'hf-greedy', runtime: 'transformers', label: 'transformers generate (f32, 2 threads)', worker: 'transformers', weightBytes: f32Bytes, request: (p) => ({ variant: 'greedy', tokens: ids[p], maxTokens: n }) },
-    { id: 'hf-assisted', runtime: 'transformers', label: `transformers assisted (first ${draftLayers} layers)`, worker: 'transformers', weightBytes: f32Bytes, request: (p) => ({ variant: 'assisted', tokens: ids[p], maxTokens: n }) },
+    { id: 'hf-assisted', runtime: 'transformers', label: `transformers assisted (${draftName})`, worker: 'transformers', weightBytes: f32Bytes, request: (p) => ({ variant: 'assisted', tokens: ids[p], maxTokens: n }) },
   ];
   if (!draftGguf && !blocked.has('llama-draft')) blocked.set('llama-draft', 'no draft GGUF');
   const active = () => variants.filter((v) => !blocked.has(v.id) && workers.has(v.worker));
@@ -291,7 +296,7 @@ export async function benchCompare(o: CompareBenchOptions): Promise<Row[]> {
   const command = 'npm run build && npm run bench';
   await mkdir(o.out, { recursive: true });
   const result = {
-    model: path.basename(target), modelFileBytes: fileBytes, f32WeightBytes: f32Bytes, draftLayers, prompts: BENCH_PROMPTS,
+    model: path.basename(target), modelFileBytes: fileBytes, f32WeightBytes: f32Bytes, draftLayers, int8Draft, prompts: BENCH_PROMPTS,
     promptLengthCheck, options: o, machine, command, suiteSeconds: seconds,
     workers: { cascadeXla: { loadMs: cxReady.loadMs, warmupMs: cxReady.warmupMs }, nodeLlamaCpp: llReady, transformers: hfReady ?? py.error },
     rows,
@@ -319,7 +324,7 @@ export async function benchCompare(o: CompareBenchOptions): Promise<Row[]> {
 const mib = (b: number | null | undefined) => (b == null ? '-' : `${(b / 2 ** 20).toFixed(0)}`);
 
 function markdown(r: {
-  model: string; modelFileBytes: number; f32WeightBytes: number; draftLayers: number; options: CompareBenchOptions; command: string; suiteSeconds: number;
+  model: string; modelFileBytes: number; f32WeightBytes: number; draftLayers: number; int8Draft: boolean; options: CompareBenchOptions; command: string; suiteSeconds: number;
   machine: { cpus: number; cpuModel?: string; memoryGiB: number; loadAverageAtEnd: number[]; node: string; platform: string; bandwidthGBs: number };
   rows: Row[];
 }): string {
@@ -353,15 +358,15 @@ function markdown(r: {
     '## What the rows and columns mean',
     '',
     `- **cascade-xla target / speculative / cascade / auto**: \`Cascade.load({ tiny: 'fit', warmup: true, measureBandwidth: true })\` ` +
-      `on the XLA CPU plugin (f32 weights, dequantised from the GGUF), \`generate\` with \`mode\` = target-only, ` +
-      `self-speculative (draft = the target's first ${r.draftLayers} layers, k1 ${r.options.k1}), cascade (+ the fitted tiny model, k0 ${r.options.k0}), ` +
+      `on the XLA CPU plugin (target f32, dequantised from the GGUF), \`generate\` with \`mode\` = target-only, ` +
+      `speculative (draft = ${r.int8Draft ? 'an int8 copy (per-channel scales, our FFI kernels) of ' : ''}the target's first ${r.draftLayers} layers, as the cost model chose, k1 ${r.options.k1}), cascade (+ the fitted tiny model, k0 ${r.options.k0}), ` +
       `and auto (the cost model picks per step). Compile time is excluded (warm-up at load and an untimed warm-up pass).`,
     `- **node-llama-cpp** 3.21.1, its prebuilt linux-x64 CPU binary from npm (\`gpu: false\`, \`build: 'never'\`, \`skipDownload: true\`), ` +
       `Q4_1 weights as they are in the file, \`LlamaContextSequence.evaluate\` at temperature 0 with 1 and 2 threads; ` +
       `"+ draft" is its \`DraftSequenceTokenPredictor\` (minTokens = maxTokens = ${r.options.k1} drafts per round, confidence threshold off) on a GGUF copy that keeps the ` +
-      `target's first ${r.draftLayers} blocks (\`scripts/bench-truncate-gguf.py\`; there is no separate small SmolLM2 draft file).`,
+      `target's first ${r.draftLayers} blocks${r.int8Draft ? ', requantised to Q8_0 (llama.cpp\'s int8 format)' : ''} (\`scripts/bench-truncate-gguf.py\`; there is no separate small SmolLM2 draft file).`,
     `- **transformers** 5.18 on torch 2.13 CPU (\`torch.set_num_threads(2)\`): the GGUF dequantised to f32, greedy \`generate\`; ` +
-      `"assisted" passes \`assistant_model\` = a deep copy of the model with \`model.model.layers\` cut to the first ${r.draftLayers} ` +
+      `"assisted" passes \`assistant_model\` = a deep copy of the model with \`model.model.layers\` cut to the first ${r.draftLayers}${r.int8Draft ? ', its Linear layers int8 by `torch.ao.quantization.quantize_dynamic`' : ''} ` +
       `(${r.options.k1} assistant tokens per round, constant schedule, confidence threshold 0). Loaded with test/oracle/hf_gguf_model.py's ` +
       `loader (\`load_gguf_checkpoint\`: the oracle venv has no \`accelerate\`, which \`from_pretrained(gguf_file=)\` insists on).`,
     `- **tokens/s**: decode rate, prompt excluded: (tokens after the first chunk) / (time from the first token to the last). ` +
