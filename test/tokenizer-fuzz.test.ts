@@ -23,7 +23,7 @@ import { CascadeError, ModelFormatError } from '../src/errors.js';
 import { Tokenizer } from '../src/tokenizer/index.js';
 
 const ROOT = path.join(import.meta.dirname, '..');
-const ITERATIONS = Number(process.env.CASCADE_TOKENIZER_FUZZ_ITERATIONS ?? 1500); // per family
+const ITERATIONS = Number(process.env.CASCADE_TOKENIZER_FUZZ_ITERATIONS ?? 1000); // per family: ~10 s each on a busy 2-core machine
 const SEED = Number(process.env.CASCADE_TOKENIZER_FUZZ_SEED ?? 1);
 const HANG_MS = 10_000;
 const CRASH_DIR = path.join(ROOT, 'build', 'tokenizer-fuzz');
@@ -270,7 +270,7 @@ function mutateJson(r: Rand, root: any): any {
     let node: any = copy;
     const depth = int(r, 6);
     for (let d = 0; d < depth && node !== null && typeof node === 'object'; d++) {
-      const keys = Array.isArray(node) ? node.map((_: unknown, i: number) => i) : Object.keys(node);
+      const keys: Array<string | number> = Array.isArray(node) ? node.map((_: unknown, i: number) => i) : Object.keys(node);
       if (!keys.length) break;
       parent = node;
       key = pick(r, keys);
@@ -279,7 +279,7 @@ function mutateJson(r: Rand, root: any): any {
     if (parent === null || key === null) continue;
     const op = int(r, 4);
     if (op === 0) {
-      if (Array.isArray(parent)) parent.splice(key as number, 1);
+      if (Array.isArray(parent)) parent.splice(Number(key), 1);
       else delete parent[key];
     } else if (op === 1 && node !== null && typeof node === 'object' && !Array.isArray(node)) {
       node[pick(r, ['type', 'vocab', 'merges', 'id', 'content', 'pattern', 'decoders', 'pretokenizers', 'unk_token', 'special', 'replacement'])] = structuredClone(pick(r, JSON_VALUES));
@@ -413,8 +413,6 @@ interface Finding {
   file: string;
 }
 
-
-
 function save(family: string, iteration: number, ext: string, bytes: Buffer | string): string {
   mkdirSync(CRASH_DIR, { recursive: true });
   const file = path.join(CRASH_DIR, `${family}-seed${SEED}-${iteration}.${ext}`);
@@ -440,7 +438,7 @@ function report(findings: Finding[], counts: Record<string, number>, ms: number[
   return lines.join('\n');
 }
 
-async function fuzz(family: string, next: (r: Rand, i: number) => { input: Parameters<Loader['load']>[0]; save: () => string }): Promise<void> {
+async function fuzz(loader: Loader, family: string, next: (r: Rand, i: number) => { input: Parameters<Loader['load']>[0]; save: () => string }): Promise<void> {
   const findings: Finding[] = [];
   const counts: Record<string, number> = { ok: 0, typed: 0, untyped: 0, hang: 0 };
   const ms: number[] = [];
@@ -458,6 +456,7 @@ async function fuzz(family: string, next: (r: Rand, i: number) => { input: Param
 }
 
 describe('tokenizer loading under mutated inputs (seeded, bounded)', () => {
+  const loader = new Loader();
   beforeAll(() => {
     // The worker runs dist/: it must be the compiled form of the sources under test.
     for (const [ts, js] of [
@@ -478,7 +477,7 @@ describe('tokenizer loading under mutated inputs (seeded, bounded)', () => {
     it(`GGUF tokenizer metadata (${kind}): only CascadeError, no hang`, async () => {
       const kv = seedGguf(kind);
       const valid = ggufBytes(kv);
-      await fuzz(`gguf-${kind}`, (r, i) => {
+      await fuzz(loader, `gguf-${kind}`, (r, i) => {
         // Half structural (valid GGUF, odd metadata), half byte-level (broken GGUF), some both.
         const mode = int(r, 3);
         let bytes = mode === 1 ? valid : ggufBytes(mutateGgufKv(r, kv));
@@ -490,7 +489,7 @@ describe('tokenizer loading under mutated inputs (seeded, bounded)', () => {
 
   it('tokenizer.json + tokenizer_config.json: only CascadeError, no hang', async () => {
     const { tok, cfg } = seedTokenizerJson();
-    await fuzz('tokenizer-json', (r, i) => {
+    await fuzz(loader, 'tokenizer-json', (r, i) => {
       const mode = int(r, 4);
       let tokenizerJson = JSON.stringify(mode === 1 ? tok : mutateJson(r, tok));
       let configJson: string | undefined = JSON.stringify(mode === 2 ? mutateJson(r, cfg) : cfg);
