@@ -228,6 +228,25 @@ TEST(kernels_ffi, CustomCallRunsOurKernelInThePlugin) {
   EXPECT_EQ(0, std::memcmp(outs[0].as<float>(), want.data(), want.size() * 4)) << "plugin result != direct kernel call";
   for (int64_t t = 0; t < T; ++t)
     for (int j = 0; j < 2; ++j) EXPECT_EQ(outs[1].as<float>()[t * 2 + j], want[t * out + id[t * 2 + j]]);
+
+  // bf16: the same through cascade_bf16_matmul / cascade_bf16_gather_matmul.
+  std::vector<uint16_t> wb(p.w.size());
+  for (size_t i = 0; i < wb.size(); ++i) wb[i] = F32ToBF16(0.01f * p.w[i]);
+  hlo::Function g;
+  auto gx = g.Param("x", DType::kF32, {T, in});
+  auto gw = g.Param("w", DType::kBF16, {out, in});
+  auto gids = g.Param("ids", DType::kS32, {T, 2});
+  g.Return({g.CustomCall(kernels::kBf16MatmulTarget, {gx, gw}, DType::kF32, {T, out}),
+            g.CustomCall(kernels::kBf16GatherMatmulTarget, {gx, gids, gw}, DType::kF32, {T, 2})});
+  auto bouts = client->Compile(g.ToText(), {1})
+                   ->ExecuteHost({{HostTensor(DType::kF32, {T, in}, p.x.data(), p.x.size() * 4),
+                                   HostTensor(DType::kBF16, {out, in}, wb.data(), wb.size() * 2),
+                                   HostTensor(DType::kS32, {T, 2}, id.data(), id.size() * 4)}})[0];
+  std::vector<float> bwant(static_cast<size_t>(T * out));
+  kernels::Bf16Matmul(impl, p.x.data(), wb.data(), bwant.data(), {T, in, out});
+  EXPECT_EQ(0, std::memcmp(bouts[0].as<float>(), bwant.data(), bwant.size() * 4)) << "bf16: plugin != direct call";
+  for (int64_t t = 0; t < T; ++t)
+    for (int j = 0; j < 2; ++j) EXPECT_EQ(bouts[1].as<float>()[t * 2 + j], bwant[t * out + id[t * 2 + j]]);
 }
 
 TEST(kernels_ffi, HandlerRejectsMismatchedShapesWithAnError) {
