@@ -226,6 +226,10 @@ MatmulMode ChooseMatmulMode(const Client& client, WeightPrecision precision, Mat
   if (requested != MatmulMode::kAuto && requested != MatmulMode::kFfi) return requested;
   // f32 weights have no low-precision matrix for the kernels (and XLA's f32 GEMMs are fast).
   if (precision == WeightPrecision::kF32) return requested == MatmulMode::kFfi ? MatmulMode::kAuto : requested;
+  // bf16 weights: only on request. Measured (decoder_bench, SmolLM2 shape, loaded 2-core machine):
+  // our f32-FMA bf16 kernel ties XLA at T<=4 but is ~1.5x slower at T=8, where XLA runs a
+  // bf16 x bf16 GEMM. (With int8 weights the tied bf16 head does go through it: kFfi.)
+  if (precision == WeightPrecision::kBF16 && requested == MatmulMode::kAuto) return MatmulMode::kAuto;
   // The handler is registered for XLA's CPU platform only.
   std::string why;
   if (client.platform_name() != "cpu") {

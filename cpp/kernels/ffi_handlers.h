@@ -37,7 +37,8 @@ struct KernelRegistration {
 KernelRegistration RegisterKernels(const Api& api);
 
 // The matmul mode a program for `precision` on `client` should be emitted with: kAuto on the CPU
-// plugin with int8 or bf16 weights becomes kFfi when our handlers register (registering them, once);
+// plugin with int8 weights becomes kFfi when our handlers register (registering them, once); bf16
+// weights use kFfi only when asked for (see the .cc for why);
 // an explicit kFfi the plugin cannot honour throws PluginIncompatibleError; anything else is
 // returned as is.
 MatmulMode ChooseMatmulMode(const Client& client, WeightPrecision precision, MatmulMode requested);

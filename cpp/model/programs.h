@@ -64,8 +64,8 @@ enum class MatmulMode {
   // int8 and bf16 matrices (and the tied bf16 head) through our FFI kernels (custom calls
   // cascade_int8_matmul / cascade_bf16_matmul, kernels/ffi_handlers.h) for T <= kFfiMaxTokens:
   // the weights are read in their stored type, never converted in memory. Needs the handlers
-  // registered with the plugin (kernels::RegisterKernels); DecoderModel picks it for kAuto when
-  // they are. T > kFfiMaxTokens (long prefills) as kAuto.
+  // registered with the plugin (kernels::RegisterKernels); DecoderModel picks it for kAuto with
+  // int8 weights when they are (kernels::ChooseMatmulMode). T > kFfiMaxTokens as kAuto.
   kFfi,
   kXlaAuto,  // kAuto's choice without the FFI kernel (XLA ops only, whatever the plugin offers)
 };

@@ -275,7 +275,8 @@ TEST(kernels_ffi, ChooseMatmulMode) {
   EXPECT_EQ(kernels::ChooseMatmulMode(*client, WeightPrecision::kInt8, MatmulMode::kAuto), MatmulMode::kFfi);
   EXPECT_EQ(kernels::ChooseMatmulMode(*client, WeightPrecision::kInt8, MatmulMode::kXlaAuto), MatmulMode::kXlaAuto);
   EXPECT_EQ(kernels::ChooseMatmulMode(*client, WeightPrecision::kF32, MatmulMode::kAuto), MatmulMode::kAuto);
-  EXPECT_EQ(kernels::ChooseMatmulMode(*client, WeightPrecision::kBF16, MatmulMode::kAuto), MatmulMode::kFfi);
+  EXPECT_EQ(kernels::ChooseMatmulMode(*client, WeightPrecision::kBF16, MatmulMode::kAuto), MatmulMode::kAuto);
+  EXPECT_EQ(kernels::ChooseMatmulMode(*client, WeightPrecision::kBF16, MatmulMode::kFfi), MatmulMode::kFfi);
   EXPECT_EQ(kernels::ChooseMatmulMode(*client, WeightPrecision::kF32, MatmulMode::kFfi), MatmulMode::kAuto);
 }
 
