@@ -27,6 +27,7 @@ namespace {
 
 struct Settings {
   Int8Impl impl = Int8Impl::kScalar;
+  Int8Impl bf16_impl = Int8Impl::kScalar;
   int helpers = 1;
 };
 
@@ -39,6 +40,11 @@ const Settings& GetSettings() {
     if (const char* v = std::getenv("CASCADE_INT8_KERNEL")) {
       Int8Impl impl;
       if (ParseInt8Impl(v, &impl) && Int8ImplSupported(impl)) s.impl = impl;
+    }
+    s.bf16_impl = BestBf16Impl();
+    if (const char* v = std::getenv("CASCADE_BF16_KERNEL")) {
+      Int8Impl impl;
+      if (ParseInt8Impl(v, &impl) && Int8ImplSupported(impl)) s.bf16_impl = impl;
     }
     if (const char* v = std::getenv("CASCADE_KERNEL_HELPERS")) {
       int n = std::atoi(v);
@@ -131,7 +137,7 @@ ffi::Error Bf16MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   const Settings& s = GetSettings();
   try {
     Spawner spawn = [&pool](std::function<void()> task) { pool.Schedule(std::move(task)); };
-    Bf16Matmul(s.impl, x.typed_data(), w.typed_data(), y->typed_data(), shape, s.helpers,
+    Bf16Matmul(s.bf16_impl, x.typed_data(), w.typed_data(), y->typed_data(), shape, s.helpers,
                s.helpers > 0 ? spawn : Spawner());
   } catch (const std::exception& e) {
     return ffi::Error::Internal(std::string(kBf16MatmulTarget) + ": " + e.what());
@@ -152,7 +158,7 @@ ffi::Error Bf16GatherMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> i
   const std::string bad = ValidateInt8Matmul(shape);
   if (!bad.empty()) return ffi::Error::InvalidArgument(bad);
   try {
-    Bf16GatherMatmul(GetSettings().impl, x.typed_data(), w.typed_data(), ids.typed_data(), y->typed_data(), shape,
+    Bf16GatherMatmul(GetSettings().bf16_impl, x.typed_data(), w.typed_data(), ids.typed_data(), y->typed_data(), shape,
                      id[1]);
   } catch (const std::exception& e) {
     return ffi::Error::Internal(std::string(kBf16GatherMatmulTarget) + ": " + e.what());
@@ -226,10 +232,12 @@ MatmulMode ChooseMatmulMode(const Client& client, WeightPrecision precision, Mat
   if (requested != MatmulMode::kAuto && requested != MatmulMode::kFfi) return requested;
   // f32 weights have no low-precision matrix for the kernels (and XLA's f32 GEMMs are fast).
   if (precision == WeightPrecision::kF32) return requested == MatmulMode::kFfi ? MatmulMode::kAuto : requested;
-  // bf16 weights: only on request. Measured (decoder_bench, SmolLM2 shape, loaded 2-core machine):
-  // our f32-FMA bf16 kernel ties XLA at T<=4 but is ~1.5x slower at T=8, where XLA runs a
-  // bf16 x bf16 GEMM. (With int8 weights the tied bf16 head does go through it: kFfi.)
-  if (precision == WeightPrecision::kBF16 && requested == MatmulMode::kAuto) return MatmulMode::kAuto;
+  // bf16 weights: with AVX512_BF16 (vdpbf16ps) only, unless asked for. Measured (decoder_bench,
+  // SmolLM2 shape, loaded 2-core machine, medians): vdpbf16ps kernel vs XLA T=1 44.5 vs 47.8 ms,
+  // T=2 42.8 vs 62.2, T=8 69.3 vs 70.9; the f32-FMA kernel is ~1.3x slower than XLA at T=8.
+  if (precision == WeightPrecision::kBF16 && requested == MatmulMode::kAuto &&
+      GetSettings().bf16_impl != Int8Impl::kAvx512Bf16)
+    return MatmulMode::kAuto;
   // The handler is registered for XLA's CPU platform only.
   std::string why;
   if (client.platform_name() != "cpu") {
@@ -249,7 +257,8 @@ KernelStats GetKernelStats() {
 
 std::string KernelDescription() {
   const Settings& s = GetSettings();
-  return std::string(Int8ImplName(s.impl)) + ", " + std::to_string(s.helpers) + " helper thread(s)";
+  return "int8 " + std::string(Int8ImplName(s.impl)) + ", bf16 " + Int8ImplName(s.bf16_impl) + ", " +
+         std::to_string(s.helpers) + " helper thread(s)";
 }
 
 }  // namespace kernels

@@ -38,7 +38,7 @@ KernelRegistration RegisterKernels(const Api& api);
 
 // The matmul mode a program for `precision` on `client` should be emitted with: kAuto on the CPU
 // plugin with int8 weights becomes kFfi when our handlers register (registering them, once); bf16
-// weights use kFfi only when asked for (see the .cc for why);
+// weights too when the CPU has AVX512_BF16 (else only when asked for; see the .cc for why);
 // an explicit kFfi the plugin cannot honour throws PluginIncompatibleError; anything else is
 // returned as is.
 MatmulMode ChooseMatmulMode(const Client& client, WeightPrecision precision, MatmulMode requested);
@@ -51,8 +51,9 @@ struct KernelStats {
 };
 KernelStats GetKernelStats();
 
-// The implementation the handlers run (default BestInt8Impl(); CASCADE_INT8_KERNEL=scalar|avx2|
-// avx512|avx512vnni overrides it, when the CPU supports it) and the extra threads they ask XLA's
+// The implementations the handlers run (default BestInt8Impl() / BestBf16Impl();
+// CASCADE_INT8_KERNEL=scalar|avx2|avx512|avx512vnni and CASCADE_BF16_KERNEL=scalar|avx2|avx512|
+// avx512bf16 override them, when the CPU supports it) and the extra threads they ask XLA's
 // intra-op pool for (default 1; CASCADE_KERNEL_HELPERS=n).
 std::string KernelDescription();
 

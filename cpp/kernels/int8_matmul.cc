@@ -16,6 +16,7 @@
 #define CASCADE_AVX2 __attribute__((target("avx2,fma")))
 #define CASCADE_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 #define CASCADE_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
+#define CASCADE_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
 
 namespace cascade {
 namespace kernels {
@@ -311,6 +312,61 @@ CASCADE_AVX512 void Avx512BlockBf16(const float* x, const uint16_t* w, float* y,
     for (int o = 0; o < OB; ++o) y[t * ldy + o] = _mm512_reduce_add_ps(acc[t][o]);
 }
 
+// vdpbf16ps: per f32 lane, acc += x[2j] * w[2j] + x[2j+1] * w[2j+1] on bf16 inputs. `xb` holds
+// the activations rounded to bf16, rows of `ldx` (in rounded up to 32, zero padded).
+template <int TB, int OB>
+CASCADE_BF16 void Bf16DotBlock(const uint16_t* xb, int64_t ldx, const uint16_t* w, float* y, int64_t in, int64_t ldy) {
+  __m512 acc[TB][OB];
+#pragma GCC unroll 16
+  for (int t = 0; t < TB; ++t)
+#pragma GCC unroll 16
+    for (int o = 0; o < OB; ++o) acc[t][o] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < in; i += 32) {
+    const int64_t n = std::min<int64_t>(32, in - i);
+    const __mmask32 m = n == 32 ? ~__mmask32{0} : ((__mmask32{1} << n) - 1);
+    __m512bh wv[OB];
+#pragma GCC unroll 16
+    for (int o = 0; o < OB; ++o) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + o * in + i) + 2048, _MM_HINT_T0);
+      wv[o] = reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(m, w + o * in + i));
+    }
+#pragma GCC unroll 16
+    for (int t = 0; t < TB; ++t) {
+      const __m512bh xv = reinterpret_cast<__m512bh>(_mm512_loadu_si512(xb + t * ldx + i));
+#pragma GCC unroll 16
+      for (int o = 0; o < OB; ++o) acc[t][o] = _mm512_dpbf16_ps(acc[t][o], xv, wv[o]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int t = 0; t < TB; ++t)
+#pragma GCC unroll 16
+    for (int o = 0; o < OB; ++o) y[t * ldy + o] = _mm512_reduce_add_ps(acc[t][o]);
+}
+
+// Activations rounded to bf16 (nearest even; NaN stays NaN), rows padded with zeros to ldx.
+std::vector<uint16_t> RoundRowsToBf16(const float* x, int64_t T, int64_t in, int64_t* ldx) {
+  *ldx = (in + 31) / 32 * 32;
+  std::vector<uint16_t> xb(static_cast<size_t>(T * *ldx), 0);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < in; ++i) {
+      uint32_t u;
+      std::memcpy(&u, x + t * in + i, 4);
+      uint16_t b;
+      if ((u & 0x7fffffffu) > 0x7f800000u) b = static_cast<uint16_t>((u >> 16) | 0x40);  // quiet NaN
+      else b = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+      xb[t * *ldx + i] = b;
+    }
+  return xb;
+}
+
+template <int TB, int OB>
+struct Bf16DotB {
+  static void Run(int64_t t, int64_t o, const uint16_t* xb, int64_t ldx, const uint16_t* w, float* y, int64_t in,
+                  int64_t out) {
+    Bf16DotBlock<TB, OB>(xb + t * ldx, ldx, w + o * in, y + t * out + o, in, out);
+  }
+};
+
 template <int TB, int OB>
 struct Avx2Bf16B {
   static void Run(int64_t t, int64_t o, const float* x, const uint16_t* w, float* y, int64_t in, int64_t out) {
@@ -376,6 +432,7 @@ bool CpuHas(const char* feature) {
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
   if (std::string(feature) == "vnni") return CpuHas("avx512") && __builtin_cpu_supports("avx512vnni");
+  if (std::string(feature) == "bf16") return CpuHas("avx512") && __builtin_cpu_supports("avx512bf16");
   return false;
 }
 
@@ -387,12 +444,13 @@ const char* Int8ImplName(Int8Impl impl) {
     case Int8Impl::kAvx2: return "avx2";
     case Int8Impl::kAvx512: return "avx512";
     case Int8Impl::kAvx512Vnni: return "avx512vnni";
+    case Int8Impl::kAvx512Bf16: return "avx512bf16";
   }
   return "unknown";
 }
 
 bool ParseInt8Impl(const std::string& name, Int8Impl* impl) {
-  for (Int8Impl i : {Int8Impl::kScalar, Int8Impl::kAvx2, Int8Impl::kAvx512, Int8Impl::kAvx512Vnni})
+  for (Int8Impl i : {Int8Impl::kScalar, Int8Impl::kAvx2, Int8Impl::kAvx512, Int8Impl::kAvx512Vnni, Int8Impl::kAvx512Bf16})
     if (name == Int8ImplName(i)) {
       *impl = i;
       return true;
@@ -406,6 +464,7 @@ bool Int8ImplSupported(Int8Impl impl) {
     case Int8Impl::kAvx2: return CpuHas("avx2");
     case Int8Impl::kAvx512: return CpuHas("avx512");
     case Int8Impl::kAvx512Vnni: return CpuHas("vnni");
+    case Int8Impl::kAvx512Bf16: return CpuHas("bf16");
   }
   return false;
 }
@@ -415,6 +474,16 @@ Int8Impl BestInt8Impl() {
   // T=1 and 2.3x at T=8; AVX-512 f32 and AVX2 within noise of each other.
   static const Int8Impl best = [] {
     if (Int8ImplSupported(Int8Impl::kAvx512Vnni)) return Int8Impl::kAvx512Vnni;
+    if (Int8ImplSupported(Int8Impl::kAvx512)) return Int8Impl::kAvx512;
+    if (Int8ImplSupported(Int8Impl::kAvx2)) return Int8Impl::kAvx2;
+    return Int8Impl::kScalar;
+  }();
+  return best;
+}
+
+Int8Impl BestBf16Impl() {
+  static const Int8Impl best = [] {
+    if (Int8ImplSupported(Int8Impl::kAvx512Bf16)) return Int8Impl::kAvx512Bf16;
     if (Int8ImplSupported(Int8Impl::kAvx512)) return Int8Impl::kAvx512;
     if (Int8ImplSupported(Int8Impl::kAvx2)) return Int8Impl::kAvx2;
     return Int8Impl::kScalar;
@@ -469,6 +538,7 @@ void Int8Matmul(Int8Impl impl, const float* x, const int8_t* w, const float* sca
                 const Int8MatmulShape& shape, int helpers, const Spawner& spawn) {
   const std::string bad = ValidateInt8Matmul(shape);
   if (!bad.empty()) throw std::invalid_argument(bad);
+  if (impl == Int8Impl::kAvx512Bf16) impl = BestInt8Impl();  // a bf16-only impl
   if (!Int8ImplSupported(impl)) throw std::invalid_argument(std::string("int8 matmul: this CPU cannot run ") + Int8ImplName(impl));
   const int64_t T = shape.T, in = shape.in, out = shape.out;
   // Below this, waking a helper costs more than it saves (measured: see kernels_test Bench).
@@ -499,6 +569,7 @@ void Int8GatherMatmul(Int8Impl impl, const float* x, const int8_t* w, const floa
   const std::string bad = ValidateInt8Matmul(shape);
   if (!bad.empty()) throw std::invalid_argument(bad);
   if (k < 1 || k > shape.out) throw std::invalid_argument("int8 gather matmul: need 1 <= k <= out, got k=" + std::to_string(k));
+  if (impl == Int8Impl::kAvx512Bf16) impl = BestInt8Impl();
   if (!Int8ImplSupported(impl)) throw std::invalid_argument(std::string("int8 matmul: this CPU cannot run ") + Int8ImplName(impl));
   const int64_t T = shape.T, in = shape.in, out = shape.out;
   QuantizedX qx;
@@ -535,11 +606,15 @@ void Bf16Matmul(Int8Impl impl, const float* x, const uint16_t* w, float* y, cons
   int64_t rows = (out + threads * 4 - 1) / (threads * 4);
   rows = std::max<int64_t>(16, (rows + kOB - 1) / kOB * kOB);
   const int64_t tasks = (out + rows - 1) / rows;
+  int64_t ldx = 0;
+  std::vector<uint16_t> xb;
+  if (impl == Int8Impl::kAvx512Bf16) xb = RoundRowsToBf16(x, T, in, &ldx);
   auto run = [&](int64_t k) {
     const int64_t o0 = k * rows, o1 = std::min(out, o0 + rows);
     switch (impl) {
       case Int8Impl::kScalar: ScalarRowsBf16(x, w, y, T, in, out, o0, o1); break;
       case Int8Impl::kAvx2: Tile<Avx2Bf16B>(T, o0, o1, x, w, y, in, out); break;
+      case Int8Impl::kAvx512Bf16: Tile<Bf16DotB>(T, o0, o1, xb.data(), ldx, w, y, in, out); break;
       default: Tile<Avx512Bf16B>(T, o0, o1, x, w, y, in, out); break;
     }
   };
@@ -554,11 +629,15 @@ void Bf16GatherMatmul(Int8Impl impl, const float* x, const uint16_t* w, const in
   if (impl == Int8Impl::kAvx512Vnni) impl = Int8Impl::kAvx512;
   if (!Int8ImplSupported(impl)) throw std::invalid_argument(std::string("bf16 matmul: this CPU cannot run ") + Int8ImplName(impl));
   const int64_t T = shape.T, in = shape.in, out = shape.out;
+  int64_t ldx = 0;
+  std::vector<uint16_t> xb;
+  if (impl == Int8Impl::kAvx512Bf16) xb = RoundRowsToBf16(x, T, in, &ldx);
   for (int64_t t = 0; t < T; ++t)
     for (int64_t j = 0; j < k; ++j) {
       const int64_t o = std::min<int64_t>(std::max<int32_t>(ids[t * k + j], 0), out - 1);
       float* yo = y + t * k + j;
       switch (impl) {
+        case Int8Impl::kAvx512Bf16: Bf16DotBlock<1, 1>(xb.data() + t * ldx, ldx, w + o * in, yo, in, 1); break;
         case Int8Impl::kScalar: ScalarRowsBf16(x + t * in, w + o * in, yo, 1, in, 1, 0, 1); break;
         case Int8Impl::kAvx2: Avx2BlockBf16<1, 1>(x + t * in, w + o * in, yo, in, 1); break;
         default: Avx512BlockBf16<1, 1>(x + t * in, w + o * in, yo, in, 1); break;

@@ -23,12 +23,17 @@ enum class Int8Impl {
   kAvx2,        // AVX2 + FMA: s8 -> f32 in registers, f32 FMA
   kAvx512,      // AVX-512: s8 -> f32 in registers, f32 FMA (activations stay f32)
   kAvx512Vnni,  // AVX-512 VNNI: activations quantised per 32-block to s8 (Q8_0-like), vpdpbusd
+  // bf16 weights only: activations rounded to bf16 (nearest even, as XLA's kBF16Activations),
+  // AVX512_BF16 vdpbf16ps. For int8 calls it means the best int8 impl.
+  kAvx512Bf16,
 };
 const char* Int8ImplName(Int8Impl impl);
 bool Int8ImplSupported(Int8Impl impl);  // this CPU can run it
 // The fastest measured implementation this CPU supports (see the .cc for the numbers).
 Int8Impl BestInt8Impl();
-// "scalar" / "avx2" / "avx512" / "avx512vnni" -> impl; false when unknown.
+// The fastest bf16 implementation this CPU supports (kAvx512Bf16 when it has AVX512_BF16).
+Int8Impl BestBf16Impl();
+// "scalar" / "avx2" / "avx512" / "avx512vnni" / "avx512bf16" -> impl; false when unknown.
 bool ParseInt8Impl(const std::string& name, Int8Impl* impl);
 
 struct Int8MatmulShape {

@@ -29,7 +29,7 @@ using kernels::Int8MatmulShape;
 
 std::vector<Int8Impl> SupportedImpls() {
   std::vector<Int8Impl> out;
-  for (Int8Impl i : {Int8Impl::kScalar, Int8Impl::kAvx2, Int8Impl::kAvx512, Int8Impl::kAvx512Vnni})
+  for (Int8Impl i : {Int8Impl::kScalar, Int8Impl::kAvx2, Int8Impl::kAvx512, Int8Impl::kAvx512Vnni, Int8Impl::kAvx512Bf16})
     if (kernels::Int8ImplSupported(i)) out.push_back(i);
   return out;
 }
@@ -76,7 +76,8 @@ TEST(kernels_int8, MatchesReference) {
             const double xv = p.x[t * in + i], wv = p.w[o * in + i];
             ref += xv * wv;
             mag += std::fabs(xv * wv);
-            if (impl == Int8Impl::kAvx512Vnni) {
+            if (impl == Int8Impl::kAvx512Vnni ||
+                (impl == Int8Impl::kAvx512Bf16 && kernels::BestInt8Impl() == Int8Impl::kAvx512Vnni)) {
               // Activations rounded per 32-block: |dx| <= amax(block) / 127 / 2.
               const int64_t b0 = i / 32 * 32, b1 = std::min(in, b0 + 32);
               double amax = 0;
@@ -159,7 +160,9 @@ TEST(kernels_bf16, MatchesReferenceAndRowsBitIdentical) {
             ref += v;
             mag += std::fabs(v);
           }
-          ASSERT_NEAR(y[t * out + o], ref, mag * 1e-6 * (1 + in / 16.0) + 1e-30) << kernels::Int8ImplName(impl);
+          // avx512bf16 rounds the activations to bf16: |dx| <= 2^-9 |x|.
+          const double rel = impl == Int8Impl::kAvx512Bf16 ? 1.0 / 512 : 0.0;
+          ASSERT_NEAR(y[t * out + o], ref, mag * (rel + 1e-6 * (1 + in / 16.0)) + 1e-30) << kernels::Int8ImplName(impl);
         }
       }
       const int64_t K = std::min<int64_t>(2, out);
@@ -243,7 +246,9 @@ TEST(kernels_ffi, CustomCallRunsOurKernelInThePlugin) {
                                    HostTensor(DType::kBF16, {out, in}, wb.data(), wb.size() * 2),
                                    HostTensor(DType::kS32, {T, 2}, id.data(), id.size() * 4)}})[0];
   std::vector<float> bwant(static_cast<size_t>(T * out));
-  kernels::Bf16Matmul(impl, p.x.data(), wb.data(), bwant.data(), {T, in, out});
+  Int8Impl bimpl = kernels::BestBf16Impl();
+  if (const char* v = std::getenv("CASCADE_BF16_KERNEL")) kernels::ParseInt8Impl(v, &bimpl);
+  kernels::Bf16Matmul(bimpl, p.x.data(), wb.data(), bwant.data(), {T, in, out});
   EXPECT_EQ(0, std::memcmp(bouts[0].as<float>(), bwant.data(), bwant.size() * 4)) << "bf16: plugin != direct call";
   for (int64_t t = 0; t < T; ++t)
     for (int j = 0; j < 2; ++j) EXPECT_EQ(bouts[1].as<float>()[t * 2 + j], bwant[t * out + id[t * 2 + j]]);
@@ -275,7 +280,9 @@ TEST(kernels_ffi, ChooseMatmulMode) {
   EXPECT_EQ(kernels::ChooseMatmulMode(*client, WeightPrecision::kInt8, MatmulMode::kAuto), MatmulMode::kFfi);
   EXPECT_EQ(kernels::ChooseMatmulMode(*client, WeightPrecision::kInt8, MatmulMode::kXlaAuto), MatmulMode::kXlaAuto);
   EXPECT_EQ(kernels::ChooseMatmulMode(*client, WeightPrecision::kF32, MatmulMode::kAuto), MatmulMode::kAuto);
-  EXPECT_EQ(kernels::ChooseMatmulMode(*client, WeightPrecision::kBF16, MatmulMode::kAuto), MatmulMode::kAuto);
+  EXPECT_EQ(kernels::ChooseMatmulMode(*client, WeightPrecision::kBF16, MatmulMode::kAuto),
+            kernels::BestBf16Impl() == Int8Impl::kAvx512Bf16 && !std::getenv("CASCADE_BF16_KERNEL") ? MatmulMode::kFfi
+                                                                                                   : MatmulMode::kAuto);
   EXPECT_EQ(kernels::ChooseMatmulMode(*client, WeightPrecision::kBF16, MatmulMode::kFfi), MatmulMode::kFfi);
   EXPECT_EQ(kernels::ChooseMatmulMode(*client, WeightPrecision::kF32, MatmulMode::kFfi), MatmulMode::kAuto);
 }
