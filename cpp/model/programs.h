@@ -65,7 +65,8 @@ enum class MatmulMode {
   // cascade_int8_matmul / cascade_bf16_matmul, kernels/ffi_handlers.h) for T <= kFfiMaxTokens:
   // the weights are read in their stored type, never converted in memory. Needs the handlers
   // registered with the plugin (kernels::RegisterKernels); DecoderModel picks it for kAuto with
-  // int8 weights when they are (kernels::ChooseMatmulMode). T > kFfiMaxTokens as kAuto.
+  // int8 weights, and bf16 ones on CPUs with AVX512_BF16 (kernels::ChooseMatmulMode).
+  // T > kFfiMaxTokens as kAuto.
   kFfi,
   kXlaAuto,  // kAuto's choice without the FFI kernel (XLA ops only, whatever the plugin offers)
 };
