@@ -319,14 +319,18 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
   std::shared_ptr<std::atomic<bool>> busy_ = std::make_shared<std::atomic<bool>>(false);
 };
 
-// Device bytes a DecoderModel of `config` uploads: its weights at `precision` and the K and V
-// caches (f32 with f32 weights, else bf16, as DecoderModel chooses) of `max_context` slots.
-int64_t DeviceBytes(const ModelConfig& config, WeightPrecision precision, int64_t max_context) {
+// Device bytes of a DecoderModel's weights at `precision`.
+int64_t WeightBytes(const ModelConfig& config, WeightPrecision precision) {
   int64_t bytes = 0;
   for (const WeightParam& w : WeightParamLayout(config, precision))
     bytes += ElementCount(w.dims) * static_cast<int64_t>(DTypeSize(w.dtype));
-  const DType kv = precision == WeightPrecision::kF32 ? DType::kF32 : DType::kBF16;
-  return bytes + 2 * ElementCount(KvCacheDims(config, max_context)) * static_cast<int64_t>(DTypeSize(kv));
+  return bytes;
+}
+
+// Device bytes a DecoderModel of `config` uploads: its weights at `precision` and the K and V
+// caches of `max_context` slots (counted as f32, the widest DecoderModel picks).
+int64_t DeviceBytes(const ModelConfig& config, WeightPrecision precision, int64_t max_context) {
+  return WeightBytes(config, precision) + 2 * ElementCount(KvCacheDims(config, max_context)) * 4;
 }
 
 std::string MiB(int64_t bytes) {
@@ -338,7 +342,8 @@ std::string MiB(int64_t bytes) {
 // Throws OutOfMemoryError when the target (on each of its replicas) and the draft would not fit
 // the device's memory, before anything is uploaded. `limit` > 0 overrides what the device reports
 // (the maxDeviceMemory option / CASCADE_DEVICE_MEMORY_LIMIT). The self-speculative draft whose
-// depth is still to be chosen counts as its largest candidate (3/4 of the layers).
+// depth is still to be chosen counts as its largest candidate (ChooseDraftLayers: 3/4 of the
+// layers, or all of them when the draft's precision reads fewer bytes than the target's).
 void CheckDeviceMemory(const Client& client, const ModelWeights& target, const std::optional<ModelWeights>& draft,
                        const EngineOptions& options, int64_t limit) {
   ValidateDecoderConfig(target.config);
@@ -351,7 +356,9 @@ void CheckDeviceMemory(const Client& client, const ModelWeights& target, const s
   ModelConfig draft_config = draft ? draft->config : target.config;
   if (!draft) {
     const int64_t layers = target.config.num_layers;
+    const bool all = WeightBytes(target.config, options.draft_precision) < WeightBytes(target.config, options.target_precision);
     draft_config.num_layers = options.draft_layers > 0 ? std::min(options.draft_layers, layers)
+                              : all                    ? layers
                                                        : std::max<int64_t>(1, std::lround(0.75 * layers));
   }
   const int64_t draft_bytes = DeviceBytes(draft_config, options.draft_precision, options.max_context);
