@@ -112,7 +112,7 @@ async function checkHeaderCounts(path: string): Promise<void> {
     const tensors = version === 1 ? BigInt(b.readUInt32LE(8)) : b.readBigUInt64LE(8);
     const kvs = version === 1 ? BigInt(b.readUInt32LE(12)) : b.readBigUInt64LE(16);
     if (tensors * 24n + kvs * 13n > BigInt(size)) {
-      throw new ModelFormatError(`${path}: the GGUF header declares ${tensors} tensors and ${kvs} metadata entries, more than its ${size} bytes can hold (truncated or corrupt)`);
+      throw new ModelFormatError(`${path}: the GGUF header declares ${tensors} tensors and ${kvs} metadata entries, more than its ${size} bytes can hold (truncated or corrupt): no tokenizer can be read`);
     }
   } finally {
     await f.close();
