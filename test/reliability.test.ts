@@ -402,12 +402,14 @@ describe('AbortSignal during a generation (prefill, draft, verify)', () => {
     }, 300_000);
   }
 
-  it('an abort while queued behind another generation rejects at once; the running one completes', async () => {
+  // Queues `makeQueued(signal)` behind a generation, aborts it: it rejects at once and the
+  // generation ahead completes with its usual tokens.
+  async function expectQueuedAbort(makeQueued: (signal: AbortSignal) => Promise<unknown>): Promise<void> {
     const opts = { maxTokens: 24, stopAtEos: false };
     const ref = await c.generate(short, opts);
     const controller = new AbortController();
     const first = c.generate(short, opts);
-    const queued = c.generate(short, { ...opts, signal: controller.signal });
+    const queued = makeQueued(controller.signal);
     await sleep(20);
     const abortedAt = performance.now();
     controller.abort();
@@ -415,6 +417,10 @@ describe('AbortSignal during a generation (prefill, draft, verify)', () => {
     expect(isAbortError(error)).toBe(true);
     expect(at - abortedAt).toBeLessThan(PROMPT_MS);
     expect((await first).tokens).toEqual(ref.tokens);
+  }
+
+  it('an abort while queued behind another generation rejects at once; the running one completes', async () => {
+    await expectQueuedAbort((signal) => c.generate(short, { maxTokens: 24, stopAtEos: false, signal }));
   }, 300_000);
 
   it('an abort with a reason rejects with that reason', async () => {
@@ -427,18 +433,7 @@ describe('AbortSignal during a generation (prefill, draft, verify)', () => {
   }, 300_000);
 
   it('evaluate: an abort while queued rejects at once; the generation ahead completes', async () => {
-    const opts = { maxTokens: 24, stopAtEos: false };
-    const ref = await c.generate(short, opts);
-    const first = c.generate(short, opts);
-    const controller = new AbortController();
-    const queued = c.evaluate(c.tokenizer.encode(short), { signal: controller.signal });
-    await sleep(20);
-    const abortedAt = performance.now();
-    controller.abort();
-    const { error, at } = await rejection(queued);
-    expect(isAbortError(error)).toBe(true);
-    expect(at - abortedAt).toBeLessThan(PROMPT_MS);
-    expect((await first).tokens).toEqual(ref.tokens);
+    await expectQueuedAbort((signal) => c.evaluate(c.tokenizer.encode(short), { signal }));
   }, 300_000);
 });
 
