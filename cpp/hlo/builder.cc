@@ -489,32 +489,59 @@ Value Function::Reduce(const Value& x, ReduceKind kind, std::vector<int64_t> dim
               x.dtype, out);
 }
 
+namespace {
+// Row-major layouts (minor-to-major = rank-1 .. 0), so the handler sees dense row-major data.
+std::string RowMajorLayout(int64_t rank) {
+  std::string s = "dense<";
+  if (rank > 1) s += "[";
+  for (int64_t i = rank - 1; i >= 0; --i) s += std::to_string(i) + (i ? ", " : "");
+  if (rank > 1) s += "]";
+  if (rank == 0) s += "[]";
+  return s + "> : tensor<" + std::to_string(rank) + "xindex>";
+}
+bool IsIdentifier(const std::string& s) {
+  return !s.empty() &&
+         s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") == std::string::npos;
+}
+}  // namespace
+
 Value Function::CustomCall(const std::string& target, const std::vector<Value>& operands, DType dtype,
                            std::vector<int64_t> dims) {
-  CheckDims("CustomCall", dims);
-  if (target.empty() || target.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") !=
-                            std::string::npos)
-    Fail("CustomCall", "target name must be [A-Za-z0-9_]+, got '" + target + "'");
-  // Row-major layouts (minor-to-major = rank-1 .. 0), so the handler sees dense row-major data.
-  auto layout = [](int64_t rank) {
-    std::string s = "dense<";
-    if (rank > 1) s += "[";
-    for (int64_t i = rank - 1; i >= 0; --i) s += std::to_string(i) + (i ? ", " : "");
-    if (rank > 1) s += "]";
-    if (rank == 0) s += "[]";
-    return s + "> : tensor<" + std::to_string(rank) + "xindex>";
-  };
-  std::string args, types, layouts;
+  std::vector<Value> r = CustomCall(target, operands, {{dtype, std::move(dims)}}, {});
+  return r[0];
+}
+
+std::vector<Value> Function::CustomCall(const std::string& target, const std::vector<Value>& operands,
+                                        const std::vector<ResultType>& results,
+                                        const std::vector<std::pair<std::string, std::string>>& attributes) {
+  if (!IsIdentifier(target)) Fail("CustomCall", "target name must be [A-Za-z0-9_]+, got '" + target + "'");
+  if (results.empty()) Fail("CustomCall", "needs at least one result");
+  for (const ResultType& r : results) CheckDims("CustomCall", r.dims);
+  std::string args, types, layouts, result_types, result_layouts, attrs;
   for (size_t i = 0; i < operands.size(); ++i) {
     args += (i ? ", " : "") + operands[i].ref;
     types += (i ? ", " : "") + TypeText(operands[i]);
-    layouts += (i ? ", " : "") + layout(operands[i].rank());
+    layouts += (i ? ", " : "") + RowMajorLayout(operands[i].rank());
   }
-  const std::string text = "stablehlo.custom_call @" + target + "(" + args +
-                           ") {api_version = 4 : i32, backend_config = {}, operand_layouts = [" + layouts +
-                           "], result_layouts = [" + layout(static_cast<int64_t>(dims.size())) + "]} : (" + types +
-                           ") -> " + TensorTypeText(dtype, dims);
-  return Emit(text, dtype, std::move(dims));
+  for (size_t i = 0; i < results.size(); ++i) {
+    result_types += (i ? ", " : "") + TensorTypeText(results[i].dtype, results[i].dims);
+    result_layouts += (i ? ", " : "") + RowMajorLayout(static_cast<int64_t>(results[i].dims.size()));
+  }
+  for (size_t i = 0; i < attributes.size(); ++i) {
+    if (!IsIdentifier(attributes[i].first)) Fail("CustomCall", "attribute name must be [A-Za-z0-9_]+");
+    attrs += (i ? ", " : "") + attributes[i].first + " = " + attributes[i].second;
+  }
+  const bool many = results.size() > 1;
+  const std::string text = "stablehlo.custom_call @" + target + "(" + args + ") {api_version = 4 : i32, backend_config = {" +
+                           attrs + "}, operand_layouts = [" + layouts + "], result_layouts = [" + result_layouts +
+                           "]} : (" + types + ") -> " + (many ? "(" + result_types + ")" : result_types);
+  if (returned_) throw InvalidArgumentError("hlo: op emitted after Return");
+  const std::string r = NewRef();
+  body_.push_back("    " + r + (many ? ":" + std::to_string(results.size()) : "") + " = " + text);
+  std::vector<Value> out;
+  for (size_t i = 0; i < results.size(); ++i)
+    out.push_back(Value{many ? r + "#" + std::to_string(i) : r, results[i].dtype, results[i].dims});
+  return out;
 }
 
 Value Function::Argmax(const Value& x, int64_t dim) {

@@ -119,6 +119,15 @@ class Function {
   // A typed XLA FFI call (api_version 4, as jax.ffi.ffi_call lowers) of a target registered with
   // the plugin, one result of (dtype, dims); operands and result row-major.
   Value CustomCall(const std::string& target, const std::vector<Value>& operands, DType dtype, std::vector<int64_t> dims);
+  // Several results and attributes (the handler's backend_config dictionary, e.g. {"layers",
+  // "30 : i64"}: MLIR attribute text, written as given).
+  struct ResultType {
+    DType dtype;
+    std::vector<int64_t> dims;
+  };
+  std::vector<Value> CustomCall(const std::string& target, const std::vector<Value>& operands,
+                                const std::vector<ResultType>& results,
+                                const std::vector<std::pair<std::string, std::string>>& attributes);
 
   // --- composite helpers (built from the ops above) ---
   Value ScalarLike(const Value& like, double value);  // splat constant of like's type

@@ -1,5 +1,6 @@
 #include "kernels/ffi_handlers.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -7,7 +8,9 @@
 #include <mutex>
 #include <stdexcept>
 
+#include "kernels/decoder_layers.h"
 #include "kernels/int8_matmul.h"
+#include "kernels/thread_team.h"
 #include "pjrt/ffi.h"
 // The XLA FFI header (third party) trips -Wall/-Wextra here; its warnings are not ours.
 #pragma GCC diagnostic push
@@ -28,7 +31,6 @@ namespace {
 struct Settings {
   Int8Impl impl = Int8Impl::kScalar;
   Int8Impl bf16_impl = Int8Impl::kScalar;
-  int helpers = 1;
 };
 
 // Read once: every handler call of the process uses the same implementation, so rows computed by
@@ -46,29 +48,37 @@ const Settings& GetSettings() {
       Int8Impl impl;
       if (ParseInt8Impl(v, &impl) && Int8ImplSupported(impl)) s.bf16_impl = impl;
     }
-    if (const char* v = std::getenv("CASCADE_KERNEL_HELPERS")) {
-      int n = std::atoi(v);
-      if (n >= 0 && n <= 64) s.helpers = n;
-    }
     return s;
   }();
   return settings;
 }
 
-std::atomic<int64_t> g_calls{0}, g_nanoseconds{0};
+KernelImpls Impls() {
+  const Settings& s = GetSettings();
+  KernelImpls k;
+  k.int8 = s.impl == Int8Impl::kAvx512Bf16 ? BestInt8Impl() : s.impl;
+  k.bf16 = s.bf16_impl;
+  k.f32 = BestF32Impl();
+  return k;
+}
+
+std::atomic<int64_t> g_calls{0}, g_nanoseconds{0}, g_matmul_nanoseconds{0};
 
 // Adds the wall time of one handler call to the stats.
+// (A plain matmul call counts as matmul time too.)
 class Timed {
  public:
-  Timed() : start_(std::chrono::steady_clock::now()) {}
+  explicit Timed(bool matmul = false) : matmul_(matmul), start_(std::chrono::steady_clock::now()) {}
   ~Timed() {
+    const int64_t ns =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start_).count();
     g_calls.fetch_add(1, std::memory_order_relaxed);
-    g_nanoseconds.fetch_add(
-        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start_).count(),
-        std::memory_order_relaxed);
+    g_nanoseconds.fetch_add(ns, std::memory_order_relaxed);
+    if (matmul_) g_matmul_nanoseconds.fetch_add(ns, std::memory_order_relaxed);
   }
 
  private:
+  bool matmul_;
   std::chrono::steady_clock::time_point start_;
 };
 
@@ -78,9 +88,9 @@ std::string DimsText(ffi::Span<const int64_t> d) {
   return s + "]";
 }
 
-ffi::Error Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> w,
+ffi::Error Int8MatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> w,
                           ffi::Buffer<ffi::F32> scale, ffi::ResultBuffer<ffi::F32> y) {
-  Timed timed;
+  Timed timed(/*matmul=*/true);
   // Shapes are checked when the program is emitted; check again here so a hand-written program
   // gets an error status, never a crash.
   auto xd = x.dimensions(), wd = w.dimensions(), sd = scale.dimensions(), yd = y->dimensions();
@@ -91,11 +101,9 @@ ffi::Error Int8MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   const Int8MatmulShape shape{xd[0], xd[1], wd[0]};
   const std::string bad = ValidateInt8Matmul(shape);
   if (!bad.empty()) return ffi::Error::InvalidArgument(bad);
-  const Settings& s = GetSettings();
   try {
-    Spawner spawn = [&pool](std::function<void()> task) { pool.Schedule(std::move(task)); };
-    Int8Matmul(s.impl, x.typed_data(), w.typed_data(), scale.typed_data(), y->typed_data(), shape, s.helpers,
-               s.helpers > 0 ? spawn : Spawner());
+    TeamMatmul({WeightMatrix::Kind::kInt8, w.typed_data(), scale.typed_data(), shape.in, shape.out}, Impls(),
+               x.typed_data(), shape.T, y->typed_data(), ThreadTeam::Global());
   } catch (const std::exception& e) {
     return ffi::Error::Internal(std::string(kInt8MatmulTarget) + ": " + e.what());
   }
@@ -124,9 +132,9 @@ ffi::Error Int8GatherMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> i
   return ffi::Error::Success();
 }
 
-ffi::Error Bf16MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::BF16> w,
+ffi::Error Bf16MatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::BF16> w,
                           ffi::ResultBuffer<ffi::F32> y) {
-  Timed timed;
+  Timed timed(/*matmul=*/true);
   auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
   if (xd.size() != 2 || wd.size() != 2 || yd.size() != 2 || xd[1] != wd[1] || yd[0] != xd[0] || yd[1] != wd[0])
     return ffi::Error::InvalidArgument(std::string(kBf16MatmulTarget) + ": expected x[T,in], w[out,in] -> y[T,out]; got x" +
@@ -134,11 +142,9 @@ ffi::Error Bf16MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Bu
   const Int8MatmulShape shape{xd[0], xd[1], wd[0]};
   const std::string bad = ValidateInt8Matmul(shape);
   if (!bad.empty()) return ffi::Error::InvalidArgument(bad);
-  const Settings& s = GetSettings();
   try {
-    Spawner spawn = [&pool](std::function<void()> task) { pool.Schedule(std::move(task)); };
-    Bf16Matmul(s.bf16_impl, x.typed_data(), w.typed_data(), y->typed_data(), shape, s.helpers,
-               s.helpers > 0 ? spawn : Spawner());
+    TeamMatmul({WeightMatrix::Kind::kBf16, w.typed_data(), nullptr, shape.in, shape.out}, Impls(), x.typed_data(),
+               shape.T, y->typed_data(), ThreadTeam::Global());
   } catch (const std::exception& e) {
     return ffi::Error::Internal(std::string(kBf16MatmulTarget) + ": " + e.what());
   }
@@ -166,11 +172,159 @@ ffi::Error Bf16GatherMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> i
   return ffi::Error::Success();
 }
 
+ffi::Error F32TMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> wt, ffi::ResultBuffer<ffi::F32> y) {
+  Timed timed(/*matmul=*/true);
+  auto xd = x.dimensions(), wd = wt.dimensions(), yd = y->dimensions();
+  if (xd.size() != 2 || wd.size() != 2 || yd.size() != 2 || xd[1] != wd[0] || yd[0] != xd[0] || yd[1] != wd[1])
+    return ffi::Error::InvalidArgument(std::string(kF32TMatmulTarget) + ": expected x[T,in], wt[in,out] -> y[T,out]; got x" +
+                                       DimsText(xd) + " wt" + DimsText(wd) + " y" + DimsText(yd));
+  const Int8MatmulShape shape{xd[0], xd[1], wd[1]};
+  const std::string bad = ValidateInt8Matmul(shape);
+  if (!bad.empty()) return ffi::Error::InvalidArgument(bad);
+  try {
+    TeamMatmul({WeightMatrix::Kind::kF32Transposed, wt.typed_data(), nullptr, shape.in, shape.out}, Impls(),
+               x.typed_data(), shape.T, y->typed_data(), ThreadTeam::Global());
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string(kF32TMatmulTarget) + ": " + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+// Reads one matrix (and an int8 matrix's scale) from the weight args at *i.
+ffi::Error NextMatrix(const ffi::RemainingArgs& args, size_t* i, WeightMatrix* m) {
+  auto b = args.get<ffi::AnyBuffer>((*i)++);
+  if (!b.has_value()) return ffi::Error::InvalidArgument(std::string(kDecoderLayersTarget) + ": too few weights");
+  auto d = b->dimensions();
+  if (d.size() != 2) return ffi::Error::InvalidArgument(std::string(kDecoderLayersTarget) + ": a matrix must be rank 2");
+  m->data = b->untyped_data();
+  switch (b->element_type()) {
+    case ffi::DataType::F32:
+      *m = {WeightMatrix::Kind::kF32Transposed, b->untyped_data(), nullptr, d[0], d[1]};
+      return ffi::Error::Success();
+    case ffi::DataType::BF16:
+      *m = {WeightMatrix::Kind::kBf16, b->untyped_data(), nullptr, d[1], d[0]};
+      return ffi::Error::Success();
+    case ffi::DataType::S8: {
+      auto s = args.get<ffi::AnyBuffer>((*i)++);
+      if (!s.has_value() || s->element_type() != ffi::DataType::F32 || s->dimensions().size() != 1 ||
+          s->dimensions()[0] != d[0])
+        return ffi::Error::InvalidArgument(std::string(kDecoderLayersTarget) + ": an s8 matrix needs f32 scales[out]");
+      *m = {WeightMatrix::Kind::kInt8, b->untyped_data(), static_cast<const float*>(s->untyped_data()), d[1], d[0]};
+      return ffi::Error::Success();
+    }
+    default:
+      return ffi::Error::InvalidArgument(std::string(kDecoderLayersTarget) + ": matrices must be f32, bf16 or s8");
+  }
+}
+
+ffi::Error NextVector(const ffi::RemainingArgs& args, size_t* i, int64_t n, const float** v) {
+  auto b = args.get<ffi::AnyBuffer>((*i)++);
+  if (!b.has_value() || b->element_type() != ffi::DataType::F32 || b->dimensions().size() != 1 ||
+      b->dimensions()[0] != n)
+    return ffi::Error::InvalidArgument(std::string(kDecoderLayersTarget) + ": a norm weight must be f32[hidden]");
+  *v = static_cast<const float*>(b->untyped_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error DecoderLayersImpl(ffi::Buffer<ffi::F32> hidden, ffi::Buffer<ffi::F32> cos, ffi::Buffer<ffi::F32> sin,
+                             ffi::Buffer<ffi::PRED> mask, ffi::Buffer<ffi::S32> start, ffi::Buffer<ffi::F32> k_cache,
+                             ffi::Buffer<ffi::F32> v_cache, ffi::RemainingArgs weights,
+                             ffi::ResultBuffer<ffi::F32> hidden_out, ffi::ResultBuffer<ffi::F32> k_new,
+                             ffi::ResultBuffer<ffi::F32> v_new, int64_t layers, int64_t heads, int64_t kv_heads,
+                             int64_t head_dim, int64_t intermediate, float eps, bool gemma) {
+  Timed timed;
+  DecoderLayersConfig c;
+  c.layers = layers;
+  c.heads = heads;
+  c.kv_heads = kv_heads;
+  c.head_dim = head_dim;
+  c.intermediate = intermediate;
+  c.rms_norm_eps = eps;
+  c.gemma = gemma;
+  auto hd = hidden.dimensions(), kd = k_cache.dimensions(), vd = v_cache.dimensions();
+  const std::string name = kDecoderLayersTarget;
+  if (hd.size() != 2 || kd.size() != 4 || vd.size() != 4 || !std::equal(kd.begin(), kd.end(), vd.begin()) ||
+      layers < 1 || kd[0] != layers || kd[1] != kv_heads || kd[3] != head_dim)
+    return ffi::Error::InvalidArgument(name + ": expected hidden[T,d] and caches[layers,kv_heads,C,head_dim]; got hidden" +
+                                       DimsText(hd) + " cache" + DimsText(kd));
+  c.hidden = hd[1];
+  const int64_t T = hd[0], half = head_dim / 2;
+  auto shape_is = [](ffi::Span<const int64_t> d, std::initializer_list<int64_t> want) {
+    return d.size() == want.size() && std::equal(want.begin(), want.end(), d.begin());
+  };
+  if (!shape_is(cos.dimensions(), {T, half}) || !shape_is(sin.dimensions(), {T, half}) ||
+      !shape_is(mask.dimensions(), {T, T}) || start.dimensions().size() != 0 ||
+      !shape_is(hidden_out->dimensions(), {T, hd[1]}) || !shape_is(k_new->dimensions(), {layers, kv_heads, T, head_dim}) ||
+      !shape_is(v_new->dimensions(), {layers, kv_heads, T, head_dim}))
+    return ffi::Error::InvalidArgument(name + ": rope tables, mask, start_pos or results do not match hidden" + DimsText(hd));
+  std::vector<DecoderLayerWeights> w(static_cast<size_t>(layers));
+  size_t i = 0;
+  for (DecoderLayerWeights& lw : w) {
+    ffi::Error e = NextVector(weights, &i, c.hidden, &lw.input_norm);
+    for (WeightMatrix* m : {&lw.q, &lw.k, &lw.v, &lw.o})
+      if (e.success()) e = NextMatrix(weights, &i, m);
+    if (e.success()) e = NextVector(weights, &i, c.hidden, &lw.post_attention_norm);
+    for (WeightMatrix* m : {&lw.gate, &lw.up, &lw.down})
+      if (e.success()) e = NextMatrix(weights, &i, m);
+    if (!e.success()) return e;
+  }
+  if (i != weights.size()) return ffi::Error::InvalidArgument(name + ": more weights than the layers take");
+  DecoderLayersCall call;
+  call.num_tokens = T;
+  call.max_context = kd[2];
+  call.start_pos = *start.typed_data();
+  call.hidden_in = hidden.typed_data();
+  call.rope_cos = cos.typed_data();
+  call.rope_sin = sin.typed_data();
+  call.block_mask = mask.typed_data();
+  call.k_cache = k_cache.typed_data();
+  call.v_cache = v_cache.typed_data();
+  call.hidden_out = hidden_out->typed_data();
+  call.k_new = k_new->typed_data();
+  call.v_new = v_new->typed_data();
+  const std::string bad = ValidateDecoderLayers(c, w, call);
+  if (!bad.empty()) return ffi::Error::InvalidArgument(bad);
+  DecoderLayersStats stats;
+  try {
+    RunDecoderLayers(c, w, call, Impls(), ThreadTeam::Global(), &stats);
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(name + ": " + e.what());
+  }
+  g_matmul_nanoseconds.fetch_add(stats.matmul_nanoseconds, std::memory_order_relaxed);
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeF32TMatmulHandler, F32TMatmulImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeDecoderLayersHandler, DecoderLayersImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .RemainingArgs()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("layers")
+                                  .Attr<int64_t>("heads")
+                                  .Attr<int64_t>("kv_heads")
+                                  .Attr<int64_t>("head_dim")
+                                  .Attr<int64_t>("intermediate")
+                                  .Attr<float>("eps")
+                                  .Attr<bool>("gemma"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeBf16MatmulHandler, Bf16MatmulImpl,
                               ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
@@ -192,7 +346,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeInt8GatherMatmulHandler, Int8GatherMatmulIm
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeInt8MatmulHandler, Int8MatmulImpl,
                               ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S8>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
@@ -219,6 +372,8 @@ KernelRegistration RegisterKernels(const Api& api) {
       RegisterFfiHandler(api, kBf16MatmulTarget, "Host", reinterpret_cast<void*>(&CascadeBf16MatmulHandler));
       RegisterFfiHandler(api, kBf16GatherMatmulTarget, "Host",
                          reinterpret_cast<void*>(&CascadeBf16GatherMatmulHandler));
+      RegisterFfiHandler(api, kF32TMatmulTarget, "Host", reinterpret_cast<void*>(&CascadeF32TMatmulHandler));
+      RegisterFfiHandler(api, kDecoderLayersTarget, "Host", reinterpret_cast<void*>(&CascadeDecoderLayersHandler));
       r.registered = true;
     } catch (const std::exception& e) {
       r.reason = e.what();
@@ -229,36 +384,38 @@ KernelRegistration RegisterKernels(const Api& api) {
 }
 
 MatmulMode ChooseMatmulMode(const Client& client, WeightPrecision precision, MatmulMode requested) {
-  if (requested != MatmulMode::kAuto && requested != MatmulMode::kFfi) return requested;
-  // f32 weights have no low-precision matrix for the kernels (and XLA's f32 GEMMs are fast).
-  if (precision == WeightPrecision::kF32) return requested == MatmulMode::kFfi ? MatmulMode::kAuto : requested;
-  // bf16 weights: with AVX512_BF16 (vdpbf16ps) only, unless asked for. Measured (decoder_bench,
-  // SmolLM2 shape, loaded 2-core machine, medians): vdpbf16ps kernel vs XLA T=1 44.5 vs 47.8 ms,
-  // T=2 42.8 vs 62.2, T=8 69.3 vs 70.9; the f32-FMA kernel is ~1.3x slower than XLA at T=8.
-  if (precision == WeightPrecision::kBF16 && requested == MatmulMode::kAuto &&
-      GetSettings().bf16_impl != Int8Impl::kAvx512Bf16)
-    return MatmulMode::kAuto;
-  // The handler is registered for XLA's CPU platform only.
+  if (requested != MatmulMode::kAuto && requested != MatmulMode::kFfi && requested != MatmulMode::kFused)
+    return requested;
+  // The handlers are registered for XLA's CPU platform only.
   std::string why;
   if (client.platform_name() != "cpu") {
-    why = "the int8 FFI kernel runs on the CPU plugin only, not on " + client.platform_name();
+    why = "our FFI kernels run on the CPU plugin only, not on " + client.platform_name();
   } else {
     KernelRegistration r = RegisterKernels(client.api());
-    if (r.registered) return MatmulMode::kFfi;
+    if (r.registered) {
+      // kAuto: the fused layer stack for every precision (decoder_bench, issue #13: f32 / bf16 /
+      // int8 decode(1) 40.5 / 25.5 / 19.9 ms through XLA with per-matrix kernels; see
+      // docs/bench/ for the fused figures).
+      if (requested == MatmulMode::kAuto || requested == MatmulMode::kFused) return MatmulMode::kFused;
+      // kFfi: per-matrix custom calls; f32 weights have none there (XLA's GEMMs).
+      return precision == WeightPrecision::kF32 ? MatmulMode::kAuto : MatmulMode::kFfi;
+    }
     why = r.reason;
   }
   if (requested == MatmulMode::kFfi) throw PluginIncompatibleError("matmul mode ffi: " + why);
+  if (requested == MatmulMode::kFused) throw PluginIncompatibleError("matmul mode fused: " + why);
   return MatmulMode::kAuto;
 }
 
 KernelStats GetKernelStats() {
-  return {g_calls.load(std::memory_order_relaxed), g_nanoseconds.load(std::memory_order_relaxed)};
+  return {g_calls.load(std::memory_order_relaxed), g_nanoseconds.load(std::memory_order_relaxed),
+          g_matmul_nanoseconds.load(std::memory_order_relaxed)};
 }
 
 std::string KernelDescription() {
   const Settings& s = GetSettings();
-  return "int8 " + std::string(Int8ImplName(s.impl)) + ", bf16 " + Int8ImplName(s.bf16_impl) + ", " +
-         std::to_string(s.helpers) + " helper thread(s)";
+  return "int8 " + std::string(Int8ImplName(s.impl)) + ", bf16 " + Int8ImplName(s.bf16_impl) + ", f32 " +
+         Int8ImplName(BestF32Impl()) + ", " + std::to_string(ThreadTeam::Global().helpers() + 1) + " thread(s)";
 }
 
 }  // namespace kernels

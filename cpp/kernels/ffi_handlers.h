@@ -8,6 +8,16 @@
 //     y[t, j] = the matmul's y[t, ids[t, j]], bit for bit (the candidates head).
 //   cascade_bf16_matmul(x f32[T, in], w bf16[out, in]) -> f32[T, out]          y = x . w^T
 //   cascade_bf16_gather_matmul(x f32[T, in], ids s32[T, K], w bf16[out, in]) -> f32[T, K]
+//   cascade_f32t_matmul(x f32[T, in], wt f32[in, out]) -> f32[T, out]       y = x . wt (f32 upload layout)
+//   cascade_decoder_layers(hidden f32[T, d], rope_cos f32[T, hd/2], rope_sin, block_mask pred[T, T],
+//       start_pos s32[], k_cache f32[L, KV, C, hd], v_cache, then per layer: input_norm f32[d],
+//       q, k, v, o, post_attention_norm f32[d], gate, up, down (each matrix f32 [in, out], bf16
+//       [out, in], or s8 [out, in] followed by its f32 scale[out]))
+//     -> hidden f32[T, d] (before the final norm), k_new f32[L, KV, T, hd], v_new (RoPE applied)
+//     attributes layers, heads, kv_heads, head_dim, intermediate (i64), eps (f32), gemma (bool).
+//     The whole layer stack in one call (kernels/decoder_layers.h); the caller writes k_new/v_new
+//     into the caches at start_pos.
+// Every matmul runs on kernels::ThreadTeam::Global() (both cores).
 #pragma once
 
 #include <memory>
@@ -24,6 +34,8 @@ inline constexpr char kInt8MatmulTarget[] = "cascade_int8_matmul";
 inline constexpr char kInt8GatherMatmulTarget[] = "cascade_int8_gather_matmul";
 inline constexpr char kBf16MatmulTarget[] = "cascade_bf16_matmul";
 inline constexpr char kBf16GatherMatmulTarget[] = "cascade_bf16_gather_matmul";
+inline constexpr char kF32TMatmulTarget[] = "cascade_f32t_matmul";
+inline constexpr char kDecoderLayersTarget[] = "cascade_decoder_layers";
 
 struct KernelRegistration {
   bool registered = false;
@@ -48,13 +60,15 @@ MatmulMode ChooseMatmulMode(const Client& client, WeightPrecision precision, Mat
 struct KernelStats {
   int64_t calls = 0;
   int64_t nanoseconds = 0;
+  // Of which inside the fused layer stack's matmuls (cascade_decoder_layers), caller's view.
+  int64_t matmul_nanoseconds = 0;
 };
 KernelStats GetKernelStats();
 
 // The implementations the handlers run (default BestInt8Impl() / BestBf16Impl();
 // CASCADE_INT8_KERNEL=scalar|avx2|avx512|avx512vnni and CASCADE_BF16_KERNEL=scalar|avx2|avx512|
-// avx512bf16 override them, when the CPU supports it) and the extra threads they ask XLA's
-// intra-op pool for (default 1; CASCADE_KERNEL_HELPERS=n).
+// avx512bf16 override them, when the CPU supports it) and the threads of the kernel team
+// (kernels/thread_team.h; CASCADE_KERNEL_THREADS=n, default: the CPUs this process may use).
 std::string KernelDescription();
 
 }  // namespace kernels

@@ -148,12 +148,8 @@ CASCADE_AVX512 void Avx512Block(const float* x, const int8_t* w, const float* sc
 // chunk c, the s8 values, the f32 block scales laid out per int32 lane (lanes 0-7: first block,
 // 8-15: second), and -128 * (sum of the lane's 4 values), the initial accumulator that cancels the
 // +128 the kernel adds to every weight (vpdpbusd multiplies unsigned by signed bytes).
-struct QuantizedX {
-  int64_t chunks = 0;            // ceil(in / 64)
-  std::vector<int8_t> q;         // [T][chunks * 64], zero padded
-  std::vector<float> lane_scale;  // [T][chunks][16]
-  std::vector<int32_t> lane_bias;  // [T][chunks][16]
-};
+// (The VNNI fields of PreparedActivations, int8_matmul.h.)
+using QuantizedX = PreparedActivations;
 
 void QuantizeRows(const float* x, int64_t T, int64_t in, QuantizedX* qx) {
   const int64_t chunks = (in + 63) / 64, padded = chunks * 64;
@@ -379,6 +375,70 @@ struct Avx512Bf16B {
     Avx512BlockBf16<TB, OB>(x + t * in, w + o * in, y + t * out + o, in, out);
   }
 };
+
+// ---------------------------------------------------------------- f32 weights stored [in, out]
+
+// y[t, o0..o0+n) for the f32 upload layout W^T [in, out]: per element a sequential FMA chain over
+// i, so every (t, o) gets the same sequence whatever the block sizes around it.
+void ScalarColsF32T(const float* x, const float* wt, float* y, int64_t T, int64_t in, int64_t out, int64_t o0,
+                    int64_t o1) {
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t o = o0; o < o1; ++o) {
+      float acc = 0.0f;
+      for (int64_t i = 0; i < in; ++i) acc += x[t * in + i] * wt[i * out + o];
+      y[t * out + o] = acc;
+    }
+}
+
+// TB rows x up to 64 columns (four 16-lane vectors, masked beyond n).
+template <int TB>
+CASCADE_AVX512 void Avx512BlockF32T(const float* x, const float* wt, float* y, int64_t in, int64_t out, int64_t n) {
+  __m512 acc[TB][4];
+  __mmask16 m[4];
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    const int64_t left = std::max<int64_t>(0, std::min<int64_t>(16, n - 16 * j));
+    m[j] = left == 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1);
+  }
+#pragma GCC unroll 16
+  for (int t = 0; t < TB; ++t)
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) acc[t][j] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < in; ++i) {
+    const float* wr = wt + i * out;
+    // Rows of W^T are `out` floats apart: prefetch the panel a few rows ahead.
+    _mm_prefetch(reinterpret_cast<const char*>(wr + 8 * out), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(wr + 8 * out + 32), _MM_HINT_T0);
+    __m512 wv[4];
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) wv[j] = _mm512_maskz_loadu_ps(m[j], wr + 16 * j);
+#pragma GCC unroll 16
+    for (int t = 0; t < TB; ++t) {
+      const __m512 xv = _mm512_set1_ps(x[t * in + i]);
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) acc[t][j] = _mm512_fmadd_ps(xv, wv[j], acc[t][j]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int t = 0; t < TB; ++t)
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) _mm512_mask_storeu_ps(y + t * out + 16 * j, m[j], acc[t][j]);
+}
+
+void Avx512ColsF32T(const float* x, const float* wt, float* y, int64_t T, int64_t in, int64_t out, int64_t o0,
+                    int64_t o1) {
+  for (int64_t o = o0; o < o1; o += 64) {
+    const int64_t n = std::min<int64_t>(64, o1 - o);
+    int64_t t = 0;
+    for (; t + 4 <= T; t += 4) Avx512BlockF32T<4>(x + t * in, wt + o, y + t * out + o, in, out, n);
+    switch (T - t) {
+      case 3: Avx512BlockF32T<3>(x + t * in, wt + o, y + t * out + o, in, out, n); break;
+      case 2: Avx512BlockF32T<2>(x + t * in, wt + o, y + t * out + o, in, out, n); break;
+      case 1: Avx512BlockF32T<1>(x + t * in, wt + o, y + t * out + o, in, out, n); break;
+      default: break;
+    }
+  }
+}
 
 // ---------------------------------------------------------------- dispatch over blocks
 
@@ -643,6 +703,87 @@ void Bf16GatherMatmul(Int8Impl impl, const float* x, const uint16_t* w, const in
         default: Avx512BlockBf16<1, 1>(x + t * in, w + o * in, yo, in, 1); break;
       }
     }
+}
+
+namespace {
+CASCADE_AVX512 float SumAvx512(const float* p, int64_t n) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    a0 = _mm512_add_ps(a0, _mm512_loadu_ps(p + i));
+    a1 = _mm512_add_ps(a1, _mm512_loadu_ps(p + i + 16));
+    a2 = _mm512_add_ps(a2, _mm512_loadu_ps(p + i + 32));
+    a3 = _mm512_add_ps(a3, _mm512_loadu_ps(p + i + 48));
+  }
+  float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+  for (; i < n; ++i) s += p[i];
+  return s;
+}
+}  // namespace
+
+float SumForBandwidth(const float* begin, const float* end) {
+  if (Int8ImplSupported(Int8Impl::kAvx512)) return SumAvx512(begin, end - begin);
+  float acc[8] = {0};
+  const int64_t n = end - begin;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) acc[j] += begin[i + j];
+  float s = 0;
+  for (; i < n; ++i) s += begin[i];
+  for (float a : acc) s += a;
+  return s;
+}
+
+Int8Impl BestF32Impl() {
+  static const Int8Impl best = Int8ImplSupported(Int8Impl::kAvx512) ? Int8Impl::kAvx512 : Int8Impl::kScalar;
+  return best;
+}
+
+void PrepareActivations(WeightMatrix::Kind kind, const KernelImpls& impls, const float* x, int64_t T, int64_t in,
+                        PreparedActivations* a) {
+  a->x = x;
+  a->T = T;
+  a->in = in;
+  if (kind == WeightMatrix::Kind::kInt8 && impls.int8 == Int8Impl::kAvx512Vnni) QuantizeRows(x, T, in, a);
+  if (kind == WeightMatrix::Kind::kBf16 && impls.bf16 == Int8Impl::kAvx512Bf16) a->xb = RoundRowsToBf16(x, T, in, &a->ldx);
+}
+
+int64_t MatmulTaskOutputs(const WeightMatrix& m) {
+  if (m.kind == WeightMatrix::Kind::kF32Transposed) return 64;
+  const int64_t row_bytes = m.in * (m.kind == WeightMatrix::Kind::kInt8 ? 1 : 2);
+  const int64_t rows = std::max<int64_t>(16, (int64_t{32} << 10) / std::max<int64_t>(1, row_bytes));
+  return (rows + kOB - 1) / kOB * kOB;
+}
+
+void MatmulRange(const WeightMatrix& m, const KernelImpls& impls, const PreparedActivations& a, float* y, int64_t o0,
+                 int64_t o1) {
+  const int64_t T = a.T, in = m.in, out = m.out;
+  switch (m.kind) {
+    case WeightMatrix::Kind::kF32Transposed: {
+      const float* wt = static_cast<const float*>(m.data);
+      if (impls.f32 == Int8Impl::kAvx512) Avx512ColsF32T(a.x, wt, y, T, in, out, o0, o1);
+      else ScalarColsF32T(a.x, wt, y, T, in, out, o0, o1);
+      return;
+    }
+    case WeightMatrix::Kind::kInt8: {
+      const int8_t* w = static_cast<const int8_t*>(m.data);
+      switch (impls.int8) {
+        case Int8Impl::kAvx512Vnni: Tile<VnniB>(T, o0, o1, a, w, m.scale, y, in, out); return;
+        case Int8Impl::kAvx512: Tile<Avx512B>(T, o0, o1, a.x, w, m.scale, y, in, out); return;
+        case Int8Impl::kAvx2: Tile<Avx2B>(T, o0, o1, a.x, w, m.scale, y, in, out); return;
+        default: ScalarRows(a.x, w, m.scale, y, T, in, out, o0, o1); return;
+      }
+    }
+    case WeightMatrix::Kind::kBf16: {
+      const uint16_t* w = static_cast<const uint16_t*>(m.data);
+      switch (impls.bf16) {
+        case Int8Impl::kAvx512Bf16: Tile<Bf16DotB>(T, o0, o1, a.xb.data(), a.ldx, w, y, in, out); return;
+        case Int8Impl::kScalar: ScalarRowsBf16(a.x, w, y, T, in, out, o0, o1); return;
+        case Int8Impl::kAvx2: Tile<Avx2Bf16B>(T, o0, o1, a.x, w, y, in, out); return;
+        default: Tile<Avx512Bf16B>(T, o0, o1, a.x, w, y, in, out); return;
+      }
+    }
+  }
 }
 
 }  // namespace kernels

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace cascade {
 namespace kernels {
@@ -67,6 +68,57 @@ void Bf16Matmul(Int8Impl impl, const float* x, const uint16_t* w, float* y, cons
                 int helpers = 0, const Spawner& spawn = nullptr);
 void Bf16GatherMatmul(Int8Impl impl, const float* x, const uint16_t* w, const int32_t* ids, float* y,
                       const Int8MatmulShape& shape, int64_t k);
+
+// ---- Building blocks of the fused decoder step (kernels/decoder_layers.h) ----
+
+// A weight matrix as stored on the device. kF32Transposed: f32 [in, out] (the f32 upload layout,
+// model/programs.h); kBf16: bf16 bits [out, in]; kInt8: s8 [out, in] with f32 scale[out].
+struct WeightMatrix {
+  enum class Kind { kF32Transposed, kBf16, kInt8 };
+  Kind kind = Kind::kF32Transposed;
+  const void* data = nullptr;
+  const float* scale = nullptr;
+  int64_t in = 0, out = 0;
+};
+
+// The implementations a process uses per weight kind (chosen once: rows computed by different
+// programs then agree bit for bit).
+struct KernelImpls {
+  Int8Impl int8 = Int8Impl::kScalar;
+  Int8Impl bf16 = Int8Impl::kScalar;
+  Int8Impl f32 = Int8Impl::kScalar;  // kScalar or kAvx512 (f32 [in, out] weights)
+};
+
+// Activations x[T, in] prepared once for every matrix that reads them (q/k/v, gate/up): VNNI
+// quantises them per 32-block, the bf16 dot rounds them to bf16; the f32 paths read x as is.
+struct PreparedActivations {
+  const float* x = nullptr;
+  int64_t T = 0, in = 0;
+  int64_t chunks = 0;                // VNNI: ceil(in / 64)
+  std::vector<int8_t> q;             // VNNI: [T][chunks * 64]
+  std::vector<float> lane_scale;     // VNNI: [T][chunks][16]
+  std::vector<int32_t> lane_bias;    // VNNI: [T][chunks][16]
+  int64_t ldx = 0;                   // bf16 dot: row stride of xb
+  std::vector<uint16_t> xb;          // bf16 dot: [T][ldx]
+};
+void PrepareActivations(WeightMatrix::Kind kind, const KernelImpls& impls, const float* x, int64_t T, int64_t in,
+                        PreparedActivations* a);
+
+// y[t, o] for t < T, o in [o0, o1) of y = x . W^T (times scale for int8), y row-major [T, m.out].
+// Each element is computed by one instruction sequence whatever the range or T: rows are
+// T-independent, bit for bit (the contract above).
+void MatmulRange(const WeightMatrix& m, const KernelImpls& impls, const PreparedActivations& a, float* y, int64_t o0,
+                 int64_t o1);
+// How many outputs one task of a parallel matmul should cover (a multiple of 4, about 32 KB of
+// weights; 64 columns for f32 [in, out]).
+int64_t MatmulTaskOutputs(const WeightMatrix& m);
+
+// Whether the f32 [in, out] kernel has a SIMD implementation here (else scalar).
+Int8Impl BestF32Impl();
+
+// Sums floats [begin, end) with the widest loads this CPU has: a read-bandwidth probe (the
+// physical bound a decode step is measured against, tools/decoder_bench and kernel_bench).
+float SumForBandwidth(const float* begin, const float* end);
 
 // Runs task(0..n-1), each exactly once, on the calling thread and up to `helpers` spawned tasks
 // that pull indices from a shared counter. Returns when all n are done. Safe when spawned tasks

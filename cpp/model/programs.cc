@@ -1,6 +1,7 @@
 #include "model/programs.h"
 
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <map>
 
@@ -32,9 +33,11 @@ struct WeightRef {
 class Emitter {
  public:
   Emitter(const ModelConfig& c, const ProgramSpec& s) : c_(c), s_(s) {
-    ffi_ = s.matmul == MatmulMode::kFfi;
+    fused_ = s.matmul == MatmulMode::kFused && s.num_tokens <= kFfiMaxTokens && s.kv_dtype == DType::kF32;
+    ffi_ = s.matmul == MatmulMode::kFfi || s.matmul == MatmulMode::kFused;
     mode_ = s.matmul;
-    if (mode_ == MatmulMode::kAuto || mode_ == MatmulMode::kFfi || mode_ == MatmulMode::kXlaAuto)
+    if (mode_ == MatmulMode::kAuto || mode_ == MatmulMode::kFfi || mode_ == MatmulMode::kXlaAuto ||
+        mode_ == MatmulMode::kFused)
       // Measured on XLA CPU (decoder_bench, 49152x576 head): at T=1 the upcast fuses into the
       // matrix-vector loop (bf16: 2.8 ms vs 5.4 ms); at T>=2 only the bf16 x bf16 -> f32 dot
       // stays a GEMM (20 ms vs 400+ ms).
@@ -86,11 +89,15 @@ class Emitter {
       mask = f_.And(mask, full);
     }
 
-    for (int64_t l = 0; l < c_.num_layers; ++l) {
-      Value x = Norm(h, Layer(l, "input_layernorm.weight"));
-      h = f_.Add(h, Attention(l, x, mask, start, k_cache, v_cache));
-      x = Norm(h, Layer(l, "post_attention_layernorm.weight"));
-      h = f_.Add(h, Mlp(l, x));
+    if (fused_) {
+      h = FusedLayers(h, tree, start, k_cache, v_cache);
+    } else {
+      for (int64_t l = 0; l < c_.num_layers; ++l) {
+        Value x = Norm(h, Layer(l, "input_layernorm.weight"));
+        h = f_.Add(h, Attention(l, x, mask, start, k_cache, v_cache));
+        x = Norm(h, Layer(l, "post_attention_layernorm.weight"));
+        h = f_.Add(h, Mlp(l, x));
+      }
     }
     h = Norm(h, "model.norm.weight");
     const std::string head_name = c_.tied_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
@@ -167,10 +174,51 @@ class Emitter {
     return f_.RmsNorm(x, W(name).w, c_.rms_norm_eps, c_.family == ModelFamily::kGemma);
   }
 
+  // The layer stack as one cascade_decoder_layers call (kernels/ffi_handlers.h), then the new
+  // keys/values written into the donated caches at start_pos.
+  Value FusedLayers(const Value& h, const std::optional<Value>& tree, const Value& start, Value& k_cache,
+                    Value& v_cache) {
+    const int64_t T = h.dims[0], L = c_.num_layers, KV = c_.num_kv_heads, hd = c_.head_dim;
+    // New token t may attend new token j: j <= t, or the tree's edges (diagonal always).
+    Value eye = f_.Compare(CompareDirection::kEq, f_.Iota(DType::kS32, {T, T}, 0), f_.Iota(DType::kS32, {T, T}, 1));
+    Value block = tree ? f_.Or(*tree, eye)
+                       : f_.Compare(CompareDirection::kGe, f_.Iota(DType::kS32, {T, T}, 0), f_.Iota(DType::kS32, {T, T}, 1));
+    std::vector<Value> operands = {h, cos_, sin_, block, start, k_cache, v_cache};
+    auto add = [&](const std::string& name) {
+      const WeightRef& r = W(name);
+      operands.push_back(r.w);
+      if (r.scale) operands.push_back(*r.scale);
+    };
+    for (int64_t l = 0; l < L; ++l)
+      for (const char* t : {"input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                            "self_attn.v_proj.weight", "self_attn.o_proj.weight", "post_attention_layernorm.weight",
+                            "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"})
+        add(Layer(l, t));
+    char eps[64];
+    std::snprintf(eps, sizeof(eps), "%.9e : f32", static_cast<float>(c_.rms_norm_eps));
+    auto i64 = [](int64_t v) { return std::to_string(v) + " : i64"; };
+    std::vector<Value> r = f_.CustomCall(
+        kernels::kDecoderLayersTarget, operands,
+        {{DType::kF32, h.dims}, {DType::kF32, {L, KV, T, hd}}, {DType::kF32, {L, KV, T, hd}}},
+        {{"layers", i64(L)},
+         {"heads", i64(c_.num_heads)},
+         {"kv_heads", i64(KV)},
+         {"head_dim", i64(hd)},
+         {"intermediate", i64(c_.intermediate_size)},
+         {"eps", eps},
+         {"gemma", c_.family == ModelFamily::kGemma ? "true" : "false"}});
+    std::vector<Value> at = {Zero(), Zero(), start, Zero()};
+    k_cache = f_.DynamicUpdateSlice(k_cache, r[1], at);
+    v_cache = f_.DynamicUpdateSlice(v_cache, r[2], at);
+    return r[0];
+  }
+
   // x [T, in] f32 times W^T (W [out, in]) -> [T, out] f32.
   Value Linear(const Value& x, const std::string& name) {
     const WeightRef& ref = W(name);
     Value w = ref.w;
+    if (fused_ && w.dtype == DType::kF32 && ref.transposed && x.rank() == 2 && x.dims[1] == w.dims[0])
+      return f_.CustomCall(kernels::kF32TMatmulTarget, {x, w}, DType::kF32, {x.dims[0], w.dims[1]});
     if (w.dtype == DType::kF32) return f_.DotGeneral(x, w, {}, {}, {1}, {ref.transposed ? 0 : 1});
     if (ref.transposed) throw InvalidArgumentError("programs: transposed low-precision weights are not emitted");
     if (ffi_ && x.rank() == 2 && w.rank() == 2 && x.dims[0] <= kFfiMaxTokens && x.dims[1] == w.dims[1]) {
@@ -306,7 +354,8 @@ class Emitter {
   const ModelConfig& c_;
   const ProgramSpec& s_;
   MatmulMode mode_;
-  bool ffi_ = false;  // int8 / bf16 matrices through our custom calls (MatmulMode::kFfi)
+  bool ffi_ = false;  // int8 / bf16 matrices through our custom calls (MatmulMode::kFfi, kFused)
+  bool fused_ = false;  // the layer stack as one custom call (MatmulMode::kFused)
   hlo::Function f_;
   std::map<std::string, WeightRef> weights_;
   Value cos_, sin_;

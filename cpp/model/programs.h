@@ -69,6 +69,11 @@ enum class MatmulMode {
   // T > kFfiMaxTokens as kAuto.
   kFfi,
   kXlaAuto,  // kAuto's choice without the FFI kernel (XLA ops only, whatever the plugin offers)
+  // The whole layer stack as one custom call (cascade_decoder_layers, kernels/decoder_layers.h)
+  // for T <= kFfiMaxTokens with an f32 KV cache, every weight precision; the LM head through
+  // the matmul custom calls (f32 too: cascade_f32t_matmul). kAuto's choice on the CPU plugin
+  // when the handlers register (kernels::ChooseMatmulMode). Other T as kAuto.
+  kFused,
 };
 constexpr int64_t kFfiMaxTokens = 64;
 

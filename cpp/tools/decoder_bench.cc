@@ -2,7 +2,7 @@
 // d=576, 9 heads, 3 KV heads, head_dim 64, ffn 1536, vocab 49152, tied) on the XLA CPU plugin:
 // decode(1) per weight precision, and verify(k) / decode(1) for several k. Medians of --runs.
 //
-//   decoder_bench [--precision f32,bf16,int8] [--matmul auto|upcast|bf16act|ffi|xla] [--k 2,4,8,16,32]
+//   decoder_bench [--precision f32,bf16,int8] [--matmul auto|fused|upcast|bf16act|ffi|xla] [--k 2,4,8,16,32]
 //                 [--context 512] [--pos 128] [--runs 7] [--layers 30] [--plugin cpu]
 // A precision may name its matmul mode, so modes run side by side in one process:
 //   --precision f32,int8:xla,int8:ffi   (xla = the XLA-only int8 path, ffi = our int8 kernel)
@@ -18,6 +18,8 @@
 #include <vector>
 
 #include "kernels/ffi_handlers.h"
+#include "kernels/int8_matmul.h"
+#include "kernels/thread_team.h"
 #include "model/decoder.h"
 #include "pjrt/api.h"
 #include "pjrt/client.h"
@@ -54,6 +56,24 @@ ModelWeights RandomWeights(const ModelConfig& c) {
     w.tensors[p.tensor] = std::move(t);
   }
   return w;
+}
+
+// Read bandwidth of the kernel team (every thread sums its share of a buffer much larger than
+// the caches' share this process can expect), in GB/s: the physical bound of a decode step.
+constexpr int64_t kBandwidthBytes = int64_t{1} << 30;
+double ReadBandwidth() {
+  static std::vector<float> buffer(kBandwidthBytes / sizeof(float), 1.0f);
+  const int64_t n = static_cast<int64_t>(buffer.size()), chunk = int64_t{1} << 16;
+  std::vector<float> sums(static_cast<size_t>((n + chunk - 1) / chunk));
+  auto t0 = std::chrono::steady_clock::now();
+  kernels::ThreadTeam::Global().Run(static_cast<int64_t>(sums.size()), [&](int64_t c) {
+    const float* p = buffer.data() + c * chunk;
+    sums[c] = kernels::SumForBandwidth(p, p + std::min(chunk, n - c * chunk));
+  });
+  const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  volatile float sink = sums[0];
+  (void)sink;
+  return kBandwidthBytes / sec / 1e9;
 }
 
 double Median(std::vector<double> v) {
@@ -126,6 +146,7 @@ int Main(int argc, char** argv) {
     std::unique_ptr<DecoderModel> model;
     std::vector<std::vector<double>> times;  // per size
     std::vector<std::vector<double>> kernel;  // ms inside our FFI handlers, per size
+    std::vector<std::vector<double>> matmul;  // ms inside the fused stack's matmuls, per size
   };
   std::vector<Variant> variants;
   auto tokens_of = [&](int64_t T) {
@@ -144,13 +165,15 @@ int Main(int argc, char** argv) {
                : mode == "bf16act" ? MatmulMode::kBF16Activations
                : mode == "ffi"     ? MatmulMode::kFfi
                : mode == "xla"     ? MatmulMode::kXlaAuto
+               : mode == "fused"   ? MatmulMode::kFused
                                    : MatmulMode::kAuto;
     auto t0 = Clock::now();
     Variant v{entry, std::make_unique<DecoderModel>(client, w, o), std::vector<std::vector<double>>(sizes.size()),
-              std::vector<std::vector<double>>(sizes.size())};
-    std::printf("[%s] weights %.1f MB uploaded in %.0f ms; kv %s; int8 matmuls by %s; compile+first run:", entry.c_str(),
+              std::vector<std::vector<double>>(sizes.size()), std::vector<std::vector<double>>(sizes.size())};
+    const MatmulMode chosen = kernels::ChooseMatmulMode(*client, o.precision, o.matmul);
+    std::printf("[%s] weights %.1f MB uploaded in %.0f ms; kv %s; matmuls by %s; compile+first run:", entry.c_str(),
                 v.model->weight_bytes() / 1e6, ms(t0, Clock::now()), DTypeName(v.model->kv_dtype()),
-                kernels::ChooseMatmulMode(*client, o.precision, o.matmul) == MatmulMode::kFfi ? "ffi" : "xla");
+                chosen == MatmulMode::kFused ? "fused layers" : chosen == MatmulMode::kFfi ? "ffi" : "xla");
     for (int64_t T : sizes) {
       auto c0 = Clock::now();
       v.model->Forward(tokens_of(T), pos, {HeadKind::kArgmax});
@@ -161,6 +184,8 @@ int Main(int argc, char** argv) {
     std::fflush(stdout);
     variants.push_back(std::move(v));
   }
+  std::vector<double> bandwidth = {ReadBandwidth()};
+  const bool bandwidth_every_run = true;
   for (int64_t r = 0; r < runs; ++r)
     for (Variant& v : variants)
       for (size_t i = 0; i < sizes.size(); ++i) {
@@ -169,18 +194,28 @@ int Main(int argc, char** argv) {
         auto a = Clock::now();
         v.model->Forward(tokens, pos, {HeadKind::kArgmax});  // same slots every run: a rollback each time
         v.times[i].push_back(ms(a, Clock::now()));
-        v.kernel[i].push_back((kernels::GetKernelStats().nanoseconds - k0.nanoseconds) / 1e6);
+        const kernels::KernelStats k1 = kernels::GetKernelStats();
+        v.kernel[i].push_back((k1.nanoseconds - k0.nanoseconds) / 1e6);
+        v.matmul[i].push_back((k1.matmul_nanoseconds - k0.matmul_nanoseconds) / 1e6);
       }
+    if (bandwidth_every_run) bandwidth.push_back(ReadBandwidth());
+  const double bw = Median(bandwidth);
+  std::printf("\nread bandwidth (%d thread(s), %lld MB buffer, median of %zu, measured between the runs): %.1f GB/s\n",
+              kernels::ThreadTeam::Global().helpers() + 1, (long long)(kBandwidthBytes >> 20), bandwidth.size(), bw);
   for (Variant& v : variants) {
     std::printf("\n[%s]\n", v.name.c_str());
     const double decode = Median(v.times[0]);
+    const double bound = v.model->weight_bytes() / (bw * 1e9) * 1e3;
+    std::printf("  weight bytes %.1f MB: bound %.2f ms per step at %.1f GB/s; decode(1) at %.2f of it; "
+                "verify(T)/decode(1) and time outside the matmuls below\n",
+                v.model->weight_bytes() / 1e6, bound, bw, bound / decode);
     for (size_t i = 0; i < sizes.size(); ++i) {
       const int64_t T = sizes[i];
       const double med = Median(v.times[i]);
       std::printf("  T=%-3lld median %8.2f ms  (min %8.2f)  ratio to decode(1) %.2f  per token %.2f ms  (%.1f tokens/s)"
-                  "  in FFI kernels %.2f ms\n",
+                  "  in FFI kernels %.2f ms  outside matmuls %.2f ms\n",
                   (long long)T, med, *std::min_element(v.times[i].begin(), v.times[i].end()), med / decode, med / T,
-                  1000.0 * T / med, Median(v.kernel[i]));
+                  1000.0 * T / med, Median(v.kernel[i]), med - Median(v.matmul[i]));
     }
   }
   return 0;

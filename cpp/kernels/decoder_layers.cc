@@ -1,0 +1,300 @@
+#include "kernels/decoder_layers.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+
+#include "kernels/thread_team.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define CASCADE_HAS_X86 1
+#define CASCADE_AVX512_FN __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
+#else
+#define CASCADE_HAS_X86 0
+#endif
+
+namespace cascade {
+namespace kernels {
+namespace {
+
+// ---------------------------------------------------------------- vector helpers
+// dot(a, b) and y += s * x over n floats. Each has one summation order per implementation (16
+// lane partial sums, then a fixed tree), used for every row alike.
+
+float DotScalar(const float* a, const float* b, int64_t n) {
+  float acc = 0.0f;
+  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
+  return acc;
+}
+void AxpyScalar(float s, const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += s * x[i];
+}
+
+#if CASCADE_HAS_X86
+CASCADE_AVX512_FN float DotAvx512(const float* a, const float* b, int64_t n) {
+  __m512 acc = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+CASCADE_AVX512_FN void AxpyAvx512(float s, const float* x, float* y, int64_t n) {
+  const __m512 sv = _mm512_set1_ps(s);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_fmadd_ps(sv, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(sv, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
+  }
+}
+#endif
+
+struct VectorOps {
+  float (*dot)(const float*, const float*, int64_t) = DotScalar;
+  void (*axpy)(float, const float*, float*, int64_t) = AxpyScalar;
+};
+
+const VectorOps& Ops() {
+  static const VectorOps ops = [] {
+    VectorOps o;
+#if CASCADE_HAS_X86
+    if (BestF32Impl() == Int8Impl::kAvx512) {
+      o.dot = DotAvx512;
+      o.axpy = AxpyAvx512;
+    }
+#endif
+    return o;
+  }();
+  return ops;
+}
+
+// ---------------------------------------------------------------- the pieces of a layer
+
+// y[t] = x[t] * rsqrt(mean(x[t]^2) + eps) * w  (w + 1 for Gemma), per row.
+void RmsNorm(const float* x, const float* w, float* y, int64_t T, int64_t d, float eps, bool plus_one) {
+  for (int64_t t = 0; t < T; ++t) {
+    const float* xr = x + t * d;
+    float ss = 0.0f;
+    for (int64_t i = 0; i < d; ++i) ss += xr[i] * xr[i];
+    const float r = 1.0f / std::sqrt(ss / static_cast<float>(d) + eps);
+    for (int64_t i = 0; i < d; ++i) y[t * d + i] = xr[i] * r * (plus_one ? w[i] + 1.0f : w[i]);
+  }
+}
+
+// Hugging Face rotate-half RoPE in place on x[T, heads, hd].
+void Rope(float* x, int64_t T, int64_t heads, int64_t hd, const float* cos, const float* sin) {
+  const int64_t half = hd / 2;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < heads; ++h) {
+      float* v = x + (t * heads + h) * hd;
+      const float* c = cos + t * half;
+      const float* s = sin + t * half;
+      for (int64_t i = 0; i < half; ++i) {
+        const float x1 = v[i], x2 = v[i + half];
+        v[i] = x1 * c[i] - x2 * s[i];
+        v[i + half] = x2 * c[i] + x1 * s[i];
+      }
+    }
+}
+
+float Silu(float g) { return g / (1.0f + std::exp(-g)); }
+float GeluTanh(float g) {
+  const float inner = (g + g * g * g * 0.044715f) * 0.7978845608028654f;
+  return g * (std::tanh(inner) + 1.0f) * 0.5f;
+}
+
+// Several matrices that read the same activations, as one parallel job of output ranges.
+struct MatmulJob {
+  const WeightMatrix* m;
+  const PreparedActivations* a;
+  float* y;
+};
+
+class LayerRunner {
+ public:
+  LayerRunner(const DecoderLayersConfig& c, const DecoderLayersCall& call, const KernelImpls& impls, ThreadTeam& team,
+              DecoderLayersStats* stats)
+      : c_(c), call_(call), impls_(impls), team_(team), stats_(stats) {
+    const int64_t T = call.num_tokens;
+    x_.resize(static_cast<size_t>(T * c.hidden));
+    h_.assign(call.hidden_in, call.hidden_in + T * c.hidden);
+    q_.resize(static_cast<size_t>(T * c.heads * c.head_dim));
+    k_.resize(static_cast<size_t>(T * c.kv_heads * c.head_dim));
+    v_.resize(k_.size());
+    attn_.resize(q_.size());
+    gate_.resize(static_cast<size_t>(T * c.intermediate));
+    up_.resize(gate_.size());
+    tmp_.resize(static_cast<size_t>(T * c.hidden));
+  }
+
+  void Run(const std::vector<DecoderLayerWeights>& layers) {
+    for (size_t l = 0; l < layers.size(); ++l) Layer(static_cast<int64_t>(l), layers[l]);
+    std::copy(h_.begin(), h_.end(), call_.hidden_out);
+  }
+
+ private:
+  void Layer(int64_t l, const DecoderLayerWeights& w) {
+    const int64_t T = call_.num_tokens, d = c_.hidden, hd = c_.head_dim, H = c_.heads, KV = c_.kv_heads;
+    RmsNorm(h_.data(), w.input_norm, x_.data(), T, d, c_.rms_norm_eps, c_.gemma);
+    PrepareActivations(w.q.kind, impls_, x_.data(), T, d, &ax_);
+    Matmuls({{&w.q, &ax_, q_.data()}, {&w.k, &ax_, k_.data()}, {&w.v, &ax_, v_.data()}});
+    Rope(q_.data(), T, H, hd, call_.rope_cos, call_.rope_sin);
+    Rope(k_.data(), T, KV, hd, call_.rope_cos, call_.rope_sin);
+    // The new keys/values, heads first: [l, g, t, :] (the caller writes them into the cache).
+    for (int64_t g = 0; g < KV; ++g)
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t dst = ((l * KV + g) * T + t) * hd, src = (t * KV + g) * hd;
+        std::copy(k_.begin() + src, k_.begin() + src + hd, call_.k_new + dst);
+        std::copy(v_.begin() + src, v_.begin() + src + hd, call_.v_new + dst);
+      }
+    team_.Run(H * T, [&](int64_t i) { Attention(l, i / T, i % T); });
+    PrepareActivations(w.o.kind, impls_, attn_.data(), T, H * hd, &aa_);
+    Matmuls({{&w.o, &aa_, tmp_.data()}});
+    for (int64_t i = 0; i < T * d; ++i) h_[i] += tmp_[i];
+
+    RmsNorm(h_.data(), w.post_attention_norm, x_.data(), T, d, c_.rms_norm_eps, c_.gemma);
+    PrepareActivations(w.gate.kind, impls_, x_.data(), T, d, &ax_);
+    Matmuls({{&w.gate, &ax_, gate_.data()}, {&w.up, &ax_, up_.data()}});
+    const int64_t I = c_.intermediate;
+    for (int64_t i = 0; i < T * I; ++i) gate_[i] = (c_.gemma ? GeluTanh(gate_[i]) : Silu(gate_[i])) * up_[i];
+    PrepareActivations(w.down.kind, impls_, gate_.data(), T, I, &ag_);
+    Matmuls({{&w.down, &ag_, tmp_.data()}});
+    for (int64_t i = 0; i < T * d; ++i) h_[i] += tmp_[i];
+  }
+
+  void Matmuls(std::initializer_list<MatmulJob> jobs) {
+    // Tasks: consecutive output ranges of each matrix in turn.
+    int64_t starts[4] = {0, 0, 0, 0}, n = 0, j = 0;
+    const MatmulJob* list = jobs.begin();
+    for (const MatmulJob& job : jobs) {
+      starts[j++] = n;
+      const int64_t per = MatmulTaskOutputs(*job.m);
+      n += (job.m->out + per - 1) / per;
+    }
+    const int64_t count = static_cast<int64_t>(jobs.size());
+    const auto t0 = std::chrono::steady_clock::now();
+    team_.Run(n, [&](int64_t task) {
+      int64_t k = count - 1;
+      while (starts[k] > task) --k;
+      const MatmulJob& job = list[k];
+      const int64_t per = MatmulTaskOutputs(*job.m);
+      const int64_t o0 = (task - starts[k]) * per, o1 = std::min(job.m->out, o0 + per);
+      MatmulRange(*job.m, impls_, *job.a, job.y, o0, o1);
+    });
+    if (stats_)
+      stats_->matmul_nanoseconds +=
+          std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
+  }
+
+  // Query head h of new token t: softmax over cache slots 0..start-1 and the visible new tokens.
+  void Attention(int64_t l, int64_t h, int64_t t) {
+    const VectorOps& ops = Ops();
+    const int64_t T = call_.num_tokens, C = call_.max_context, start = call_.start_pos, hd = c_.head_dim,
+                  KV = c_.kv_heads, G = c_.heads / KV, g = h / G;
+    const float* q = q_.data() + (t * c_.heads + h) * hd;
+    const float* kc = call_.k_cache + (l * KV + g) * C * hd;
+    const float* vc = call_.v_cache + (l * KV + g) * C * hd;
+    const float* kn = call_.k_new + (l * KV + g) * T * hd;
+    const float* vn = call_.v_new + (l * KV + g) * T * hd;
+    const bool* mask = call_.block_mask + t * T;
+    thread_local std::vector<float> scores;
+    scores.resize(static_cast<size_t>(start + T));
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    float mx = -std::numeric_limits<float>::infinity();
+    int64_t n = 0;
+    for (int64_t s = 0; s < start; ++s) {
+      const float v = ops.dot(q, kc + s * hd, hd) * scale;
+      scores[n++] = v;
+      mx = std::max(mx, v);
+    }
+    for (int64_t j = 0; j < T; ++j) {
+      if (j != t && !mask[j]) continue;
+      const float v = ops.dot(q, kn + j * hd, hd) * scale;
+      scores[n++] = v;
+      mx = std::max(mx, v);
+    }
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n; ++i) {
+      scores[i] = std::exp(scores[i] - mx);
+      sum += scores[i];
+    }
+    const float inv = 1.0f / sum;
+    float* out = attn_.data() + (t * c_.heads + h) * hd;
+    std::fill(out, out + hd, 0.0f);
+    int64_t i = 0;
+    for (int64_t s = 0; s < start; ++s) ops.axpy(scores[i++] * inv, vc + s * hd, out, hd);
+    for (int64_t j = 0; j < T; ++j) {
+      if (j != t && !mask[j]) continue;
+      ops.axpy(scores[i++] * inv, vn + j * hd, out, hd);
+    }
+  }
+
+  const DecoderLayersConfig& c_;
+  const DecoderLayersCall& call_;
+  const KernelImpls& impls_;
+  ThreadTeam& team_;
+  DecoderLayersStats* stats_;
+  std::vector<float> h_, x_, q_, k_, v_, attn_, gate_, up_, tmp_;
+  PreparedActivations ax_, aa_, ag_;
+};
+
+bool CheckMatrix(const WeightMatrix& m, int64_t in, int64_t out) {
+  if (!m.data || m.in != in || m.out != out) return false;
+  return m.kind != WeightMatrix::Kind::kInt8 || m.scale != nullptr;
+}
+
+}  // namespace
+
+std::string ValidateDecoderLayers(const DecoderLayersConfig& c, const std::vector<DecoderLayerWeights>& layers,
+                                  const DecoderLayersCall& call) {
+  if (c.layers < 1 || c.hidden < 1 || c.heads < 1 || c.kv_heads < 1 || c.head_dim < 2 || c.intermediate < 1)
+    return "decoder layers: sizes must be positive";
+  if (c.heads % c.kv_heads != 0) return "decoder layers: heads must be a multiple of kv_heads";
+  if (c.head_dim % 2 != 0) return "decoder layers: head_dim must be even";
+  if (static_cast<int64_t>(layers.size()) != c.layers)
+    return "decoder layers: " + std::to_string(layers.size()) + " layers of weights for " + std::to_string(c.layers);
+  const int64_t T = call.num_tokens;
+  if (T < 1 || T > 4096) return "decoder layers: num_tokens must be in 1..4096, got " + std::to_string(T);
+  if (call.start_pos < 0 || call.start_pos + T > call.max_context)
+    return "decoder layers: start_pos " + std::to_string(call.start_pos) + " + " + std::to_string(T) +
+           " tokens exceeds the cache of " + std::to_string(call.max_context);
+  if (!call.hidden_in || !call.rope_cos || !call.rope_sin || !call.block_mask || !call.k_cache || !call.v_cache ||
+      !call.hidden_out || !call.k_new || !call.v_new)
+    return "decoder layers: a buffer is missing";
+  const int64_t d = c.hidden, q = c.heads * c.head_dim, kv = c.kv_heads * c.head_dim, I = c.intermediate;
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const DecoderLayerWeights& w = layers[l];
+    const bool ok = w.input_norm && w.post_attention_norm && CheckMatrix(w.q, d, q) && CheckMatrix(w.k, d, kv) &&
+                    CheckMatrix(w.v, d, kv) && CheckMatrix(w.o, q, d) && CheckMatrix(w.gate, d, I) &&
+                    CheckMatrix(w.up, d, I) && CheckMatrix(w.down, I, d);
+    if (!ok) return "decoder layers: layer " + std::to_string(l) + "'s weights do not match the config";
+  }
+  return "";
+}
+
+void RunDecoderLayers(const DecoderLayersConfig& config, const std::vector<DecoderLayerWeights>& layers,
+                      const DecoderLayersCall& call, const KernelImpls& impls, ThreadTeam& team,
+                      DecoderLayersStats* stats) {
+  const std::string bad = ValidateDecoderLayers(config, layers, call);
+  if (!bad.empty()) throw std::invalid_argument(bad);
+  LayerRunner(config, call, impls, team, stats).Run(layers);
+}
+
+void TeamMatmul(const WeightMatrix& m, const KernelImpls& impls, const float* x, int64_t T, float* y, ThreadTeam& team) {
+  PreparedActivations a;
+  PrepareActivations(m.kind, impls, x, T, m.in, &a);
+  const int64_t per = MatmulTaskOutputs(m);
+  team.Run((m.out + per - 1) / per, [&](int64_t task) {
+    const int64_t o0 = task * per;
+    MatmulRange(m, impls, a, y, o0, std::min(m.out, o0 + per));
+  });
+}
+
+}  // namespace kernels
+}  // namespace cascade

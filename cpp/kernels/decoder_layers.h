@@ -1,0 +1,73 @@
+// The decoder's layer stack as one CPU kernel (the custom call cascade_decoder_layers,
+// kernels/ffi_handlers.h): for T new tokens, every layer's RMSNorm, q/k/v, RoPE, attention over
+// the valid cache prefix, o, residual, RMSNorm, gate/up, SiLU or GELU, down, residual.
+//
+// Why: through XLA CPU a decode step ran ~600 small fusions and thunks around the matrices
+// (~6 ms per SmolLM2 step, issue #13), and XLA's attention reads all C cache slots. Here the
+// matrices go to both cores through kernels/thread_team.h and everything else is a few loops.
+// The StableHLO program (model/programs.cc) stays the reference and the path of other plugins.
+//
+// Exactness: row t of a T-token call is bit-identical to the same token run alone at
+// start_pos + t after the rows before it (verify(T) equals decode(1) row by row): every matrix
+// row is T-independent (int8_matmul.h), and attention visits the same keys in the same order
+// (cache slots 0 .. start_pos-1, then the visible new tokens in order).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernels/int8_matmul.h"
+
+namespace cascade {
+namespace kernels {
+
+class ThreadTeam;
+
+struct DecoderLayersConfig {
+  int64_t layers = 0, hidden = 0, heads = 0, kv_heads = 0, head_dim = 0, intermediate = 0;
+  float rms_norm_eps = 1e-6f;
+  bool gemma = false;  // RMSNorm scales by (1 + w), GELU (tanh) instead of SiLU
+};
+
+struct DecoderLayerWeights {
+  const float* input_norm = nullptr;  // [hidden]
+  WeightMatrix q, k, v, o;
+  const float* post_attention_norm = nullptr;  // [hidden]
+  WeightMatrix gate, up, down;
+};
+
+struct DecoderLayersCall {
+  int64_t num_tokens = 0;   // T
+  int64_t max_context = 0;  // C
+  int64_t start_pos = 0;    // cache slots 0 .. start_pos-1 hold the earlier tokens
+  const float* hidden_in = nullptr;          // [T, hidden]
+  const float* rope_cos = nullptr;           // [T, head_dim / 2] at each token's position
+  const float* rope_sin = nullptr;           // [T, head_dim / 2]
+  const bool* block_mask = nullptr;          // [T, T]: new token t may attend new token j (diagonal forced)
+  const float* k_cache = nullptr;            // [layers, kv_heads, C, head_dim]
+  const float* v_cache = nullptr;
+  float* hidden_out = nullptr;               // [T, hidden]
+  float* k_new = nullptr;                    // [layers, kv_heads, T, head_dim] (after RoPE)
+  float* v_new = nullptr;
+};
+
+// Empty when the config and call are ones we compute; otherwise what is wrong.
+std::string ValidateDecoderLayers(const DecoderLayersConfig& config, const std::vector<DecoderLayerWeights>& layers,
+                                  const DecoderLayersCall& call);
+
+// Time inside MatmulRange tasks on the calling thread (ns), for profiles (decoder_bench).
+struct DecoderLayersStats {
+  int64_t matmul_nanoseconds = 0;
+};
+
+// Runs the layer stack. Throws std::invalid_argument when ValidateDecoderLayers complains.
+void RunDecoderLayers(const DecoderLayersConfig& config, const std::vector<DecoderLayerWeights>& layers,
+                      const DecoderLayersCall& call, const KernelImpls& impls, ThreadTeam& team,
+                      DecoderLayersStats* stats = nullptr);
+
+// y[T, m.out] = x[T, m.in] . W^T on the team (the plain matmul custom calls, the LM head).
+void TeamMatmul(const WeightMatrix& m, const KernelImpls& impls, const float* x, int64_t T, float* y, ThreadTeam& team);
+
+}  // namespace kernels
+}  // namespace cascade

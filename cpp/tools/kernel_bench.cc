@@ -1,0 +1,98 @@
+// Times our CPU matmul kernels alone (no PJRT) on the SmolLM2-135M matrices, per weight kind,
+// at T=1 and T=5, with 1 thread and with the whole kernel team, against the read bandwidth
+// measured in the same run. What a decode step's matrices can reach on this machine.
+//
+//   kernel_bench [--runs 15]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "kernels/decoder_layers.h"
+#include "kernels/ffi_handlers.h"
+#include "kernels/int8_matmul.h"
+#include "kernels/thread_team.h"
+
+using namespace cascade::kernels;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+double Bandwidth(ThreadTeam& team, const std::vector<float>& buf) {
+  const int64_t chunk = int64_t{1} << 16, n = static_cast<int64_t>(buf.size());
+  std::vector<float> sums(static_cast<size_t>((n + chunk - 1) / chunk));
+  auto t0 = Clock::now();
+  team.Run(static_cast<int64_t>(sums.size()), [&](int64_t c) {
+    const float* p = buf.data() + c * chunk;
+    sums[c] = SumForBandwidth(p, p + std::min(chunk, n - c * chunk));
+  });
+  const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  volatile float sink = sums[0];
+  (void)sink;
+  return buf.size() * sizeof(float) / s / 1e9;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int runs = 15;
+  for (int i = 1; i + 1 < argc; i += 2)
+    if (std::string(argv[i]) == "--runs") runs = std::atoi(argv[i + 1]);
+  // One layer's matrices of SmolLM2-135M repeated to ~the model's size, so they stream from DRAM.
+  struct Shape { int64_t in, out; };
+  const std::vector<Shape> layer = {{576, 576}, {576, 192}, {576, 192}, {576, 576}, {576, 1536}, {576, 1536}, {1536, 576}};
+  const int layers = 30;
+  ThreadTeam one(0);
+  ThreadTeam& all = ThreadTeam::Global();
+  KernelImpls impls;
+  impls.int8 = BestInt8Impl();
+  impls.bf16 = BestBf16Impl();
+  impls.f32 = BestF32Impl();
+  std::printf("kernels: %s\n", KernelDescription().c_str());
+  std::vector<float> big(size_t{1} << 28, 1.0f);  // 1 GiB
+  std::vector<double> bw1, bw2;
+  for (int r = 0; r < 3; ++r) {
+    bw1.push_back(Bandwidth(one, big));
+    bw2.push_back(Bandwidth(all, big));
+  }
+  std::printf("read bandwidth: 1 thread %.1f GB/s, %d threads %.1f GB/s\n", Median(bw1), all.helpers() + 1, Median(bw2));
+  for (WeightMatrix::Kind kind : {WeightMatrix::Kind::kF32Transposed, WeightMatrix::Kind::kBf16, WeightMatrix::Kind::kInt8}) {
+    const int64_t elem = kind == WeightMatrix::Kind::kInt8 ? 1 : kind == WeightMatrix::Kind::kBf16 ? 2 : 4;
+    std::vector<std::vector<uint8_t>> data;
+    std::vector<std::vector<float>> scales;
+    std::vector<WeightMatrix> ms;
+    int64_t bytes = 0;
+    for (int l = 0; l < layers; ++l)
+      for (const Shape& s : layer) {
+        data.emplace_back(static_cast<size_t>(s.in * s.out * elem), uint8_t{1});
+        scales.emplace_back(static_cast<size_t>(s.out), 0.01f);
+        ms.push_back({kind, data.back().data(), scales.back().data(), s.in, s.out});
+        bytes += s.in * s.out * elem;
+      }
+    const char* name = kind == WeightMatrix::Kind::kInt8 ? "int8" : kind == WeightMatrix::Kind::kBf16 ? "bf16" : "f32";
+    for (int64_t T : {1, 5}) {
+      std::vector<float> x(static_cast<size_t>(T * 1536), 0.5f), y(static_cast<size_t>(T * 1536));
+      for (ThreadTeam* team : {&one, &all}) {
+        std::vector<double> t;
+        for (int r = 0; r < runs; ++r) {
+          auto t0 = Clock::now();
+          for (const WeightMatrix& m : ms) TeamMatmul(m, impls, x.data(), T, y.data(), *team);
+          t.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+        }
+        const double ms_med = Median(t);
+        const double bw = team == &one ? Median(bw1) : Median(bw2);
+        std::printf("%-5s T=%lld %d thread(s): %7.2f ms for %.1f MB = %5.1f GB/s (%.2f of the read bandwidth)\n", name,
+                    (long long)T, team->helpers() + 1, ms_med, bytes / 1e6, bytes / ms_med / 1e6,
+                    bytes / ms_med / 1e6 / bw);
+      }
+    }
+  }
+  return 0;
+}
