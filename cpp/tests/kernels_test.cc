@@ -277,12 +277,11 @@ TEST(kernels_ffi, HandlerRejectsMismatchedShapesWithAnError) {
 
 TEST(kernels_ffi, ChooseMatmulMode) {
   auto client = Cpu();
-  EXPECT_EQ(kernels::ChooseMatmulMode(*client, WeightPrecision::kInt8, MatmulMode::kAuto), MatmulMode::kFfi);
+  // kAuto: the fused layer stack for every precision (fused_layers_test covers it).
+  for (WeightPrecision p : {WeightPrecision::kF32, WeightPrecision::kBF16, WeightPrecision::kInt8})
+    EXPECT_EQ(kernels::ChooseMatmulMode(*client, p, MatmulMode::kAuto), MatmulMode::kFused);
   EXPECT_EQ(kernels::ChooseMatmulMode(*client, WeightPrecision::kInt8, MatmulMode::kXlaAuto), MatmulMode::kXlaAuto);
-  EXPECT_EQ(kernels::ChooseMatmulMode(*client, WeightPrecision::kF32, MatmulMode::kAuto), MatmulMode::kAuto);
-  EXPECT_EQ(kernels::ChooseMatmulMode(*client, WeightPrecision::kBF16, MatmulMode::kAuto),
-            kernels::BestBf16Impl() == Int8Impl::kAvx512Bf16 && !std::getenv("CASCADE_BF16_KERNEL") ? MatmulMode::kFfi
-                                                                                                   : MatmulMode::kAuto);
+  EXPECT_EQ(kernels::ChooseMatmulMode(*client, WeightPrecision::kInt8, MatmulMode::kFfi), MatmulMode::kFfi);
   EXPECT_EQ(kernels::ChooseMatmulMode(*client, WeightPrecision::kBF16, MatmulMode::kFfi), MatmulMode::kFfi);
   EXPECT_EQ(kernels::ChooseMatmulMode(*client, WeightPrecision::kF32, MatmulMode::kFfi), MatmulMode::kAuto);
 }
