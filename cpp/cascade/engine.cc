@@ -111,8 +111,11 @@ ModelWeights TruncateLayers(const ModelWeights& model, int64_t layers) {
 
 int64_t StepBytes(const ModelConfig& config, WeightPrecision precision) {
   int64_t bytes = 0;
-  for (const WeightParam& p : WeightParamLayout(config, precision)) {
-    if (p.tensor == "model.embed_tokens.weight" && !config.tied_embeddings) continue;
+  const std::vector<WeightParam> layout = WeightParamLayout(config, precision);
+  const bool own_head = std::any_of(layout.begin(), layout.end(), [](const WeightParam& p) { return p.tensor == "lm_head.weight"; });
+  for (const WeightParam& p : layout) {
+    // The embedding is gathered (a few rows a step), unless it is the head too.
+    if (p.tensor == "model.embed_tokens.weight" && own_head) continue;
     int64_t n = DTypeSize(p.dtype);
     for (int64_t dim : p.dims) n *= dim;
     bytes += n;

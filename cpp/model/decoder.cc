@@ -56,7 +56,9 @@ HostTensor Transpose(const HostTensor& t) {
 // scales); advances i past them.
 std::vector<HostTensor> PrepareAt(const ModelWeights& weights, const std::vector<WeightParam>& layout, size_t& i) {
   const WeightParam& p = layout[i];
-  const HostTensor& src = weights.at(p.tensor);
+  // kInt8's copy of a tied head quantises the embedding (model/programs.h).
+  const bool tied_copy = p.tensor == "lm_head.weight" && weights.config.tied_embeddings;
+  const HostTensor& src = weights.at(tied_copy ? "model.embed_tokens.weight" : p.tensor);
   std::vector<int64_t> canonical = p.dims;
   if (p.transposed) std::swap(canonical[0], canonical[1]);
   CheckDims(src, canonical, p.tensor);
@@ -152,6 +154,9 @@ ModelWeights EffectiveWeights(const ModelWeights& weights, WeightPrecision preci
   out.config = weights.config;
   out.source = weights.source;
   auto layout = WeightParamLayout(weights.config, precision);
+  // A tied head with a quantised copy of its own is, as the program sees it, an untied one.
+  for (const WeightParam& p : layout)
+    if (p.tensor == "lm_head.weight") out.config.tied_embeddings = false;
   for (size_t i = 0; i < layout.size();) {
     const std::string name = layout[i].tensor;
     const bool transposed = layout[i].transposed;

@@ -38,9 +38,9 @@
 //          per output row: s_c = max|W_c| / 127, W_int8 = round(W / s_c); the program computes
 //          (x . W_int8) * s (s8 upcast exactly to f32 or bf16 per MatmulMode, the scale applied to
 //          the output). The
-//          embedding (and so a tied head) stays bf16: its rows are gathered, not multiplied, and
-//          per-row quantisation of a tied head would also quantise the embedding lookup. Norm
-//          weights f32.
+//          embedding stays bf16: its rows are gathered, not multiplied. A tied head gets an int8
+//          copy of its own (param lm_head.weight, quantised per vocabulary row), so the lookup
+//          is not quantised while the head's matmul reads half the bytes. Norm weights f32.
 #pragma once
 
 #include <cstdint>
@@ -90,7 +90,7 @@ struct WeightParam {
 
 // The weight parameters of every decoder program for (config, precision), in param order:
 // embed_tokens; per layer input_layernorm, q, k, v, o, post_attention_layernorm, gate, up, down;
-// model.norm; lm_head (only when untied).
+// model.norm; lm_head (when untied, and kInt8's copy of a tied head).
 std::vector<WeightParam> WeightParamLayout(const ModelConfig& config, WeightPrecision precision);
 
 // Checks that the config is one we can emit (positive sizes, heads divisible by kv heads, even

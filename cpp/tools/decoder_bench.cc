@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "cascade/engine.h"
 #include "kernels/ffi_handlers.h"
 #include "kernels/int8_matmul.h"
 #include "kernels/thread_team.h"
@@ -205,10 +206,11 @@ int Main(int argc, char** argv) {
   for (Variant& v : variants) {
     std::printf("\n[%s]\n", v.name.c_str());
     const double decode = Median(v.times[0]);
-    const double bound = v.model->weight_bytes() / (bw * 1e9) * 1e3;
-    std::printf("  weight bytes %.1f MB: bound %.2f ms per step at %.1f GB/s; decode(1) at %.2f of it; "
-                "verify(T)/decode(1) and time outside the matmuls below\n",
-                v.model->weight_bytes() / 1e6, bound, bw, bound / decode);
+    const double step_bytes = static_cast<double>(StepBytes(c, v.model->options().precision));
+    const double bound = step_bytes / (bw * 1e9) * 1e3;
+    std::printf("  weight bytes a step reads %.1f MB (of %.1f MB on the device): bound %.2f ms per step at %.1f GB/s; "
+                "decode(1) at %.2f of it\n",
+                step_bytes / 1e6, v.model->weight_bytes() / 1e6, bound, bw, bound / decode);
     for (size_t i = 0; i < sizes.size(); ++i) {
       const int64_t T = sizes[i];
       const double med = Median(v.times[i]);
