@@ -17,6 +17,7 @@
 #include "model/loader.h"
 #include "model/tiny.h"
 #include "promise_worker.h"
+#include "reader_gate.h"
 #include "runtime.h"
 
 namespace cascade::binding {
@@ -117,6 +118,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
     return DefineClass(env, "NativeEngine",
                        {InstanceMethod("info", &NativeEngine::Info), InstanceMethod("generate", &NativeEngine::Generate),
                         InstanceMethod("cancel", &NativeEngine::Cancel),
+                        InstanceMethod("consumed", &NativeEngine::Consumed),
                         InstanceMethod("abort", &NativeEngine::Abort),
                         InstanceMethod("evaluate", &NativeEngine::Evaluate),
                         InstanceMethod("dispose", &NativeEngine::Dispose)});
@@ -212,6 +214,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       throw ToJsError(env, InvalidArgumentError("generate: this model is already generating (calls must be queued)"));
     cancel_->store(false);
     abort_->store(false);
+    gate_->Reset();
 
     std::optional<Napi::ThreadSafeFunction> tsfn;
     if (info.Length() > 2 && info[2].IsFunction())
@@ -219,8 +222,9 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
     auto cancel = cancel_;
     auto abort = abort_;
     auto busy = busy_;
+    auto gate = gate_;
     options->interrupted = [abort] { return abort->load(); };
-    options->on_tokens = [tsfn, cancel](const std::vector<int32_t>& fresh) {
+    options->on_tokens = [tsfn, cancel, abort, gate](const std::vector<int32_t>& fresh) {
       if (tsfn) {
         auto* copy = new std::vector<int32_t>(fresh);
         napi_status status = tsfn->NonBlockingCall(copy, [](Napi::Env env, Napi::Function fn, std::vector<int32_t>* ids) {
@@ -230,6 +234,9 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
           fn.Call({out});
         });
         if (status != napi_ok) delete copy;
+        // Backpressure: a stream whose consumer stops reading pauses the generation here.
+        gate->Sent(static_cast<int64_t>(fresh.size()));
+        gate->WaitForReader(*abort);
       }
       return !cancel->load();
     };
@@ -293,6 +300,15 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
   // Ends the generation after the tokens of the current step (stop strings): it resolves normally.
   Napi::Value Cancel(const Napi::CallbackInfo& info) {
     cancel_->store(true);
+    gate_->Wake();
+    return info.Env().Undefined();
+  }
+
+  // consumed(n): the stream's reader has taken n more of the generated tokens.
+  Napi::Value Consumed(const Napi::CallbackInfo& info) {
+    if (info.Length() < 1 || !info[0].IsNumber())
+      throw ToJsError(info.Env(), InvalidArgumentError("consumed(tokens: number)"));
+    gate_->Consumed(info[0].As<Napi::Number>().Int64Value());
     return info.Env().Undefined();
   }
 
@@ -301,12 +317,14 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
   Napi::Value Abort(const Napi::CallbackInfo& info) {
     cancel_->store(true);
     abort_->store(true);
+    gate_->Wake();
     return info.Env().Undefined();
   }
 
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
     cancel_->store(true);
     abort_->store(true);
+    gate_->Wake();
     const bool last = engine_ && engine_.use_count() == 1;
     engine_.reset();  // a generation in flight keeps its own reference and finishes at the next step
     if (last) ReleaseFreedMemory();
@@ -317,6 +335,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
   std::shared_ptr<std::atomic<bool>> cancel_ = std::make_shared<std::atomic<bool>>(false);
   std::shared_ptr<std::atomic<bool>> abort_ = std::make_shared<std::atomic<bool>>(false);
   std::shared_ptr<std::atomic<bool>> busy_ = std::make_shared<std::atomic<bool>>(false);
+  std::shared_ptr<ReaderGate> gate_ = std::make_shared<ReaderGate>();
 };
 
 // Device bytes of a DecoderModel's weights at `precision`.
@@ -443,7 +462,7 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
           std::optional<TinyWeights> cached;
           if (!tiny_cache.empty()) {
             try {
-              cached = LoadTiny(tiny_cache, &e->draft_config());
+              cached = LoadTiny(tiny_cache, &e->draft_config(), /*require_checksum=*/true);
             } catch (const Error&) {
             }
           }

@@ -5,7 +5,8 @@
  * draft + tiny ('fit', cached), `warmup: true`, `measureBandwidth: true`, then warms every mode up
  * once so that no timed run compiles.
  *
- *   node scripts/bench-cascade-worker.mjs '{"gguf": "...", "plugin": "cpu", "k1": 4, "k0": 64}'
+ *   node scripts/bench-cascade-worker.mjs '{"gguf": "...", "plugin": "cpu", "k1": 4, "k0": 64, "targetPrecision": "f32"}'
+ * (targetPrecision: omitted = the library's default; modes: the modes to warm up and serve.)
  *
  * Protocol: JSON lines, as scripts/bench-llama-worker.mjs: `{"ready": true, info, costModel}`,
  * then `{"mode", "messages": [chat], "maxTokens"}` -> `{"tokens", "ttftMs", "decodeMs",
@@ -26,12 +27,13 @@ try {
     plugin: cfg.plugin ?? 'cpu',
     maxContext: 512,
     tiny: 'fit',
+    ...(cfg.targetPrecision ? { precision: { target: cfg.targetPrecision } } : {}),
     warmup: true,
     measureBandwidth: true,
   });
   const loadMs = performance.now() - t0;
   const base = { maxTokens: 8, k1: cfg.k1 ?? 4, k0: cfg.k0 ?? 64, stopAtEos: false, temperature: 0 };
-  for (const mode of ['target', 'speculative', 'cascade', 'auto']) await c.generate('Hello there, how are you?', { ...base, mode });
+  for (const mode of cfg.modes ?? ['target', 'speculative', 'cascade', 'auto']) await c.generate('Hello there, how are you?', { ...base, mode });
   send({ ready: true, loadMs, warmupMs: performance.now() - t0 - loadMs, info: c.info, costModel: c.costModel });
 
   for await (const line of createInterface({ input: process.stdin })) {

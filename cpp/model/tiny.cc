@@ -48,7 +48,19 @@ std::vector<int64_t> ExpectedDims(const TinyWeights& t, const std::string& name)
 
 bool IsFormatKey(const std::string& k) {
   return k == "format" || k == "version" || k == "input_dim" || k == "hidden" || k == "vocab" || k == "input" ||
-         k == "layer_norm_eps";
+         k == "layer_norm_eps" || k == "checksum";
+}
+
+// FNV-1a 64 over the six tensors' f32 bytes in file order, as 16 hex digits: the "checksum"
+// metadata SaveTiny writes and LoadTiny verifies (a cache file cut short or overwritten by other
+// bytes must not load as a model, issue #18).
+std::string TensorChecksum(const TinyWeights& t) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (const TensorSlot& s : kSlots)
+    for (uint8_t b : (t.*s.member).data) h = (h ^ b) * 0x100000001b3ULL;
+  char hex[17];
+  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(h));
+  return hex;
 }
 
 
@@ -179,7 +191,7 @@ void CheckTinyFitsDraft(const TinyWeights& t, const ModelConfig& draft) {
                                std::to_string(draft.hidden_size) + ", vocab " + std::to_string(draft.vocab_size) + ")");
 }
 
-TinyWeights LoadTiny(const std::string& path, const ModelConfig* draft) {
+TinyWeights LoadTiny(const std::string& path, const ModelConfig* draft, bool require_checksum) {
   SafetensorsFile file(path);
   auto fail = [&](const std::string& what) -> void { throw ModelFormatError(path + ": " + what); };
   const auto& meta = file.metadata();
@@ -229,6 +241,10 @@ TinyWeights LoadTiny(const std::string& path, const ModelConfig* draft) {
            std::to_string(t.vocab) + ")");
     t.*s.member = ToF32(file.ReadTensor(*info));
   }
+  if (meta.count("checksum") && meta.at("checksum") != TensorChecksum(t))
+    fail("the tensors do not match the file's checksum " + meta.at("checksum") + " (got " + TensorChecksum(t) +
+         "): the file is corrupt or was cut short");
+  if (require_checksum && !meta.count("checksum")) fail("__metadata__ has no \"checksum\" (written by an older cascade-xla)");
   if (draft && (t.input_dim != draft->hidden_size || t.vocab != draft->vocab_size))
     fail("the tiny model (input_dim " + std::to_string(t.input_dim) + ", vocab " + std::to_string(t.vocab) +
          ") does not fit the draft (hidden_size " + std::to_string(draft->hidden_size) + ", vocab " +
@@ -240,6 +256,7 @@ void SaveTiny(const TinyWeights& t, const std::string& path) {
   ValidateTiny(t);
   std::map<std::string, std::string> meta = t.metadata;
   for (auto it = meta.begin(); it != meta.end();) it = IsFormatKey(it->first) ? meta.erase(it) : std::next(it);
+  meta["checksum"] = TensorChecksum(t);
   meta["format"] = kFormat;
   meta["version"] = kVersion;
   meta["input_dim"] = std::to_string(t.input_dim);

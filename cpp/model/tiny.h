@@ -65,7 +65,9 @@ void CheckTinyFitsDraft(const TinyWeights& tiny, const ModelConfig& draft);
 // (missing tensor, wrong rank or shape, unsupported dtype, sizes that disagree with the
 // metadata, wrong format). With `draft`, also a ModelFormatError when the tiny's input_dim or
 // vocab differs from the draft's hidden_size / vocab_size.
-TinyWeights LoadTiny(const std::string& path, const ModelConfig* draft = nullptr);
+// A file with a "checksum" (SaveTiny writes one) must match it; `require_checksum` also refuses
+// a file without one (the product's own cache).
+TinyWeights LoadTiny(const std::string& path, const ModelConfig* draft = nullptr, bool require_checksum = false);
 // Writes a tiny file (atomically: a temporary file renamed into place). Throws
 // InvalidArgumentError on inconsistent weights, Error(kModelFormat) on I/O failure.
 void SaveTiny(const TinyWeights& tiny, const std::string& path);

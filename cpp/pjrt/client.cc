@@ -228,6 +228,7 @@ std::shared_ptr<LoadedExecutable> Client::Compile(const std::string& stablehlo, 
   if (options.replicas < 1 || static_cast<size_t>(options.replicas) > devices_.size())
     throw InvalidArgumentError("compile: replicas must be in 1.." + std::to_string(devices_.size()) +
                                " (the client's devices), got " + std::to_string(options.replicas));
+  CheckProgramText(stablehlo);  // nesting the plugin's parser cannot take (it crashes)
   // Read @main's signature before compiling: if the text has none, the compiler explains why.
   std::optional<ProgramSignature> signature = ParseMainSignature(stablehlo);
 

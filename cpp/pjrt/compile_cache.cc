@@ -93,7 +93,10 @@ std::optional<std::string> CompileCache::Load(const std::string& key) const {
 void CompileCache::Store(const std::string& key, const std::string& payload) const {
   if (!enabled() || !MakeDirs(dir_)) return;
   std::random_device rd;
-  const std::string tmp = Path(key) + ".tmp" + Hex((static_cast<uint64_t>(rd()) << 32) | rd());
+  // "<entry>.tmp<pid>-<random>": the next start removes it once that process is gone
+  // (removeStaleTemps in src/utils/cache.ts).
+  const std::string tmp = Path(key) + ".tmp" + std::to_string(static_cast<long>(::getpid())) + "-" +
+                          Hex((static_cast<uint64_t>(rd()) << 32) | rd());
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     if (!out) return;

@@ -184,4 +184,38 @@ std::optional<ProgramSignature> ParseMainSignature(const std::string& text) {
 
 std::string TypeString(const TensorType& type) { return ShapeString(type.dtype, type.dims); }
 
+void CheckProgramText(const std::string& text) {
+  if (text.size() > kMaxProgramBytes)
+    throw InvalidArgumentError("compile: the program text is " + std::to_string(text.size()) + " bytes, more than the " +
+                               std::to_string(kMaxProgramBytes) + " accepted");
+  int depth = 0;
+  int64_t line = 1;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (c == '\n') ++line;
+    if (in_string) {
+      if (c == '\\') ++i;  // an escaped character, whatever it is
+      else if (c == '"') in_string = false;
+      continue;
+    }
+    switch (c) {
+      case '"': in_string = true; break;
+      case '(': case '[': case '{': case '<':
+        if (++depth > kMaxProgramNesting)
+          throw InvalidArgumentError("compile: the program nests brackets more than " + std::to_string(kMaxProgramNesting) +
+                                     " deep (line " + std::to_string(line) +
+                                     "); the plugin's parser would overflow its stack on such text");
+        break;
+      case '>':
+        if (i > 0 && text[i - 1] == '-') break;  // "->"
+        [[fallthrough]];
+      case ')': case ']': case '}':
+        if (depth > 0) --depth;
+        break;
+      default: break;
+    }
+  }
+}
+
 }  // namespace cascade

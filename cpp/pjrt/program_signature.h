@@ -31,4 +31,15 @@ std::optional<ProgramSignature> ParseMainSignature(const std::string& text);
 
 std::string TypeString(const TensorType& type);
 
+// What the plugin's parser can take without crashing: text that nests brackets (regions, types,
+// attributes) deeper than this overflows its recursive descent. Measured through the XLA CPU
+// plugin (issue #18): regions ~1000 deep kill the process with SIGSEGV inside compile, 500 deep
+// compile. Our own programs nest < 10 deep.
+constexpr int kMaxProgramNesting = 256;
+constexpr size_t kMaxProgramBytes = size_t{1} << 30;
+// Throws InvalidArgumentError, saying where, when the text nests deeper than
+// kMaxProgramNesting (counting ( [ { < outside string literals) or is larger than
+// kMaxProgramBytes. Every program is checked before any plugin call (Client::Compile).
+void CheckProgramText(const std::string& text);
+
 }  // namespace cascade

@@ -4,7 +4,7 @@
  * target's: identical tokens at temperature 0, the same distribution when sampling.
  * @module
  */
-import { access, copyFile, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { access, copyFile, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
 import { DisposedError, InvalidArgumentError, type OutOfMemoryError } from '../errors.js';
@@ -12,8 +12,8 @@ import { call, callSync, native } from '../native.js';
 import { Runtime } from '../runtime/runtime.js';
 import { Tokenizer, type ChatMessage } from '../tokenizer/index.js';
 import { placementReport, type PlacementReport } from './placement.js';
-import { abortReason, raceAbort, throwIfAborted } from '../utils/abort.js';
-import { cachePath } from '../utils/cache.js';
+import { abortReason, onAbort, raceAbort, throwIfAborted } from '../utils/abort.js';
+import { cachePath, sweepCacheTemporaries } from '../utils/cache.js';
 
 /** Weight precision of a model on the device. */
 export type Precision = 'f32' | 'bf16' | 'int8';
@@ -44,10 +44,10 @@ export interface CascadeLoadOptions {
   /** Share an open runtime between several models (it is not closed by {@link Cascade.dispose}). */
   runtime?: Runtime;
   /**
-   * Weight precision per model. Default `'auto'`: the seed's INT8 draft everywhere (on the XLA
-   * CPU plugin its matrices run through our own int8 kernels, which read the weights as int8);
-   * the target f32 on the XLA CPU plugin (exactly the model's f32 arithmetic, the reference of the
-   * exactness tests) and the seed's BF16 elsewhere.
+   * Weight precision per model. Default `'auto'`: the seed's BF16 target and INT8 draft on every
+   * plugin. On the XLA CPU plugin both run through our fused layer kernel (docs/precision.md), where
+   * a BF16 target decodes ~1.8x faster than an f32 one; `{ target: 'f32' }` gives the model's
+   * exact f32 arithmetic (the reference of the oracle tests).
    */
   precision?: 'auto' | { target?: Precision; draft?: Precision };
   /** KV cache length in tokens (prompt + generated). Default 1024 (capped at the model's context). */
@@ -229,6 +229,8 @@ interface NativeEngine {
   cancel(): void;
   /** Ends the generation before its next device call (it rejects with an AbortError). */
   abort(): void;
+  /** The stream's reader has taken `tokens` more tokens (the generation pauses while too many are unread). */
+  consumed(tokens: number): void;
   dispose(): void;
 }
 
@@ -348,6 +350,18 @@ async function tinyCachePath(target: string, draft: string | undefined, draftLay
   return path.join(dir, name);
 }
 
+/** Writes `text` to a temporary next to `file` (named for this process) and renames it into place. */
+async function writeFileAtomic(file: string, text: string): Promise<void> {
+  const tmp = `${file}.tmp${process.pid}`;
+  try {
+    await writeFile(tmp, text);
+    await rename(tmp, file);
+  } catch (e) {
+    await rm(tmp, { force: true });
+    throw e;
+  }
+}
+
 /** Where the measured draft-depth choice for a target file is remembered. */
 async function draftChoicePath(target: string, targetPrecision: Precision, draftPrecision: Precision): Promise<string> {
   const st = await stat(target).catch(() => undefined);
@@ -406,6 +420,8 @@ export class Cascade {
   readonly #ownsRuntime: boolean;
   readonly #defaults: { k0?: number; k1?: number };
   #queue: Promise<unknown> = Promise.resolve();
+  /** Native calls (generate, evaluate) not settled yet. */
+  #inflight = new Set<Promise<unknown>>();
   /** Fires on {@link dispose}: calls running or queued end with DisposedError. */
   readonly #disposing = new AbortController();
 
@@ -453,9 +469,10 @@ export class Cascade {
     const runtime = options.runtime ?? (await Runtime.open({ plugin: options.plugin, devices: options.devices, signal }));
     let engine: NativeEngine | undefined;
     try {
+      // What killed processes left in the caches goes first (once per process).
+      await sweepCacheTemporaries();
       const precision = options.precision === undefined || options.precision === 'auto' ? {} : options.precision;
-      const cpu = runtime.platform === 'cpu';
-      const targetPrecision = precision.target ?? (cpu ? 'f32' : 'bf16');
+      const targetPrecision = precision.target ?? 'bf16';
       const draftPrecision = precision.draft ?? 'int8';
       // The cost model's choice of draft depth is measured once per model file and precisions, and remembered.
       const choiceFile =
@@ -485,15 +502,14 @@ export class Cascade {
       );
       // An abort rejects at once; the native load stops at its next stage, and an engine that
       // still arrives is released (nothing stays on the device).
-      const onAbort = () => handle.cancel();
-      signal?.addEventListener('abort', onAbort, { once: true });
+      const unsubscribe = onAbort(signal, () => handle.cancel());
       try {
         engine = (await raceAbort(call(handle.promise), signal)) as NativeEngine;
       } catch (error) {
         if (signal?.aborted) handle.promise.then((late) => (late as NativeEngine).dispose(), () => {});
         throw error;
       } finally {
-        signal?.removeEventListener('abort', onAbort);
+        unsubscribe();
       }
       throwIfAborted(signal);
       const cascade = new Cascade(engine, tokenizer, runtime, ownsRuntime, { k0: options.k0, k1: options.k1 });
@@ -508,7 +524,7 @@ export class Cascade {
       }
       if (choiceFile && rememberedLayers === undefined && cascade.info.draftChoice.length) {
         const layers = cascade.info.draft.layers;
-        await writeFile(choiceFile, `${JSON.stringify({ layers, candidates: cascade.info.draftChoice }, null, 2)}\n`).catch(() => {});
+        await writeFileAtomic(choiceFile, `${JSON.stringify({ layers, candidates: cascade.info.draftChoice }, null, 2)}\n`).catch(() => {});
         // The tiny fitted for this depth: file it under the depth, where the next load looks.
         if (tinyFile) await copyFile(tinyFile, await tinyCachePath(options.target, undefined, layers, draftPrecision)).catch(() => {});
       }
@@ -587,6 +603,14 @@ export class Cascade {
     };
   }
 
+  /** Remembers a native call until it settles (dispose waits for it). */
+  #track<T>(native: Promise<T>): Promise<T> {
+    this.#inflight.add(native);
+    const forget = () => this.#inflight.delete(native);
+    native.then(forget, forget);
+    return native;
+  }
+
   /** Waits for `ready`, rejecting at once when `signal` fires or the Cascade is disposed. */
   async #waitTurn(ready: Promise<void>, signal: AbortSignal | undefined, what: string): Promise<void> {
     await this.#race(ready, signal, what);
@@ -599,17 +623,15 @@ export class Cascade {
     const disposing = this.#disposing.signal;
     let reject!: (e: unknown) => void;
     const stopped = new Promise<never>((_, r) => (reject = r));
-    const onAbort = () => reject(abortReason(signal!));
-    const onDispose = () => reject(new DisposedError(`${what}: the Cascade was disposed while the call was running`));
-    signal?.addEventListener('abort', onAbort, { once: true });
-    disposing.addEventListener('abort', onDispose, { once: true });
+    const aborted = () => reject(abortReason(signal!));
+    const disposed = () => reject(new DisposedError(`${what}: the Cascade was disposed while the call was running`));
+    const unsubscribe = [onAbort(signal, aborted), onAbort(disposing, disposed)];
     try {
-      if (signal?.aborted) onAbort();
-      else if (disposing.aborted) onDispose();
+      if (signal?.aborted) aborted();
+      else if (disposing.aborted) disposed();
       return await Promise.race([promise, stopped]);
     } finally {
-      signal?.removeEventListener('abort', onAbort);
-      disposing.removeEventListener('abort', onDispose);
+      for (const u of unsubscribe) u();
       promise.catch(() => {}); // an abandoned native promise must not become an unhandled rejection
     }
   }
@@ -665,8 +687,7 @@ export class Cascade {
       engine.abort();
       wake?.();
     };
-    signal?.addEventListener('abort', onStop, { once: true });
-    disposing.addEventListener('abort', onStop, { once: true });
+    const unsubscribe = [onAbort(signal, onStop), onAbort(disposing, onStop)];
     const interrupted = () => {
       if (signal?.aborted) throw abortReason(signal);
       if (disposing.aborted) throw new DisposedError('generate: the Cascade was disposed during the generation');
@@ -707,12 +728,15 @@ export class Cascade {
       },
     );
     slot.native = run;
+    this.#track(run);
     try {
       while (!finished || pending.length) {
         interrupted();
         if (pending.length) {
           const piece = pending.shift()!;
           if (piece.text) yield piece;
+          // The reader took it: the native side pauses while too much is unread (backpressure).
+          engine.consumed(piece.tokens.length);
           continue;
         }
         await new Promise<void>((r) => (wake = r));
@@ -740,8 +764,7 @@ export class Cascade {
       this.lastStats = stats;
       done({ text, tokens: stopped ? tokens : all, stats });
     } finally {
-      signal?.removeEventListener('abort', onStop);
-      disposing.removeEventListener('abort', onStop);
+      for (const u of unsubscribe) u();
       // Rejected early, or the consumer stopped iterating: end the native generation before its
       // next device call (the queue waits for it).
       if (!finished) engine.abort();
@@ -774,7 +797,7 @@ export class Cascade {
     let native: Promise<Float32Array> | undefined;
     try {
       await this.#waitTurn(turn.ready, options.signal, 'evaluate');
-      native = call(this.#engine!.evaluate(Int32Array.from(tokens)));
+      native = this.#track(call(this.#engine!.evaluate(Int32Array.from(tokens))));
       return await this.#race(native, options.signal, 'evaluate');
     } finally {
       turn.release(native);
@@ -823,7 +846,10 @@ export class Cascade {
     if (!engine) return;
     this.#engine = undefined;
     this.#disposing.abort();
-    await this.#queue.catch(() => {});
+    // Wait for the native work in flight (it stops before its next device call), not for the
+    // callers: a stream whose consumer stopped reading never runs its cleanup, and must not
+    // keep dispose from settling.
+    await Promise.allSettled([...this.#inflight]);
     engine.dispose();
     if (this.#ownsRuntime) await this.runtime.close();
   }

@@ -5,7 +5,7 @@
 import { InvalidArgumentError } from '../errors.js';
 import { call, native } from '../native.js';
 import { Runtime } from '../runtime/runtime.js';
-import { abortReason, throwIfAborted } from '../utils/abort.js';
+import { abortReason, onAbort, throwIfAborted } from '../utils/abort.js';
 import type { Precision } from './cascade.js';
 
 /** Options of {@link distillTiny}. */
@@ -79,14 +79,13 @@ export async function distillTiny(options: DistillOptions): Promise<DistillRepor
     },
     options.onProgress,
   );
-  const onAbort = () => handle.cancel();
-  options.signal?.addEventListener('abort', onAbort, { once: true });
+  const unsubscribe = onAbort(options.signal, () => handle.cancel());
   try {
     return (await call(handle.promise)) as DistillReport;
   } catch (error) {
     if (options.signal?.aborted) throw abortReason(options.signal);
     throw error;
   } finally {
-    options.signal?.removeEventListener('abort', onAbort);
+    unsubscribe();
   }
 }

@@ -7,7 +7,7 @@ import { DisposedError, InvalidArgumentError } from '../errors.js';
 import { call, callSync, native, type NativeClient, type NativeExecutable } from '../native.js';
 import { resolvePlugin, type PluginKind } from '../plugin/index.js';
 import { raceAbort, throwIfAborted } from '../utils/abort.js';
-import type { Tensor, TensorType } from './tensor.js';
+import { checkTensor, type Tensor, type TensorType } from './tensor.js';
 
 /** Options of {@link Runtime.open}. */
 export interface RuntimeOptions {
@@ -106,6 +106,24 @@ export class Executable {
     if (!exe) throw new DisposedError('execute: the executable has been disposed');
     throwIfAborted(options.signal);
     if (!Array.isArray(inputs)) throw new InvalidArgumentError('execute: expected one argument list per device');
+    if (inputs.length !== this.replicas) {
+      throw new InvalidArgumentError(`execute: expected ${this.replicas} argument list(s), one per device, got ${inputs.length}`);
+    }
+    for (const [d, args] of inputs.entries()) {
+      if (!Array.isArray(args)) throw new InvalidArgumentError(`execute: inputs[${d}] must be an array of tensors`);
+      if (args.length !== this.parameters.length) {
+        throw new InvalidArgumentError(`execute: @main takes ${this.parameters.length} argument(s), inputs[${d}] has ${args.length}`);
+      }
+      for (const [k, t] of args.entries()) {
+        checkTensor(t, `execute: inputs[${d}][${k}]`);
+        const want = this.parameters[k]!;
+        if (t.dtype !== want.dtype || t.shape.length !== want.shape.length || t.shape.some((x, i) => x !== want.shape[i])) {
+          throw new InvalidArgumentError(
+            `execute: inputs[${d}][${k}] is ${t.dtype}[${t.shape.join(',')}] but @main's parameter ${k} is ${want.dtype}[${want.shape.join(',')}]`,
+          );
+        }
+      }
+    }
     const out = await raceAbort(call(exe.execute(inputs)), options.signal);
     return out as unknown as Tensor[][];
   }

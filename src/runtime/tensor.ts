@@ -121,6 +121,42 @@ function elementCount(shape: readonly number[]): number {
 }
 
 /**
+ * Checks that `t` is a tensor the runtime can move: an object with a known dtype, a shape of
+ * non-negative integers, and `data` a typed array of that dtype's class, over a plain (not shared,
+ * not detached) ArrayBuffer, holding exactly the shape's element count. Throws
+ * {@link InvalidArgumentError} naming `where` (e.g. "execute: inputs[0][1]").
+ */
+export function checkTensor(t: unknown, where: string): asserts t is Tensor {
+  if (t === null || typeof t !== 'object') throw new InvalidArgumentError(`${where} must be a tensor { dtype, shape, data }, got ${t === null ? 'null' : typeof t}`);
+  const { dtype, shape, data } = t as { dtype?: unknown; shape?: unknown; data?: unknown };
+  if (typeof dtype !== 'string' || !Object.hasOwn(ARRAYS, dtype)) {
+    throw new InvalidArgumentError(`${where}.dtype must be one of ${Object.keys(ARRAYS).join(', ')}, got ${JSON.stringify(dtype)}`);
+  }
+  if (!Array.isArray(shape)) throw new InvalidArgumentError(`${where}.shape must be an array of non-negative integers`);
+  let n: number;
+  try {
+    n = elementCount(shape as number[]);
+  } catch (e) {
+    throw new InvalidArgumentError(`${where}.${(e as Error).message}`);
+  }
+  const Ctor = ARRAYS[dtype as DType];
+  if (!(data instanceof Ctor)) {
+    const got = data === null ? 'null' : Array.isArray(data) ? 'a plain array' : ArrayBuffer.isView(data) ? data.constructor.name : typeof data;
+    throw new InvalidArgumentError(`${where}.data must be a ${Ctor.name} for dtype ${dtype}, got ${got}`);
+  }
+  const view = data as TypedArray;
+  if (typeof SharedArrayBuffer !== 'undefined' && view.buffer instanceof SharedArrayBuffer) {
+    throw new InvalidArgumentError(`${where}.data is a view of a SharedArrayBuffer; copy it into a plain ArrayBuffer first`);
+  }
+  if ((view.buffer as ArrayBuffer & { detached?: boolean }).detached) {
+    throw new InvalidArgumentError(`${where}.data's ArrayBuffer has been detached (transferred)`);
+  }
+  if (view.length !== n) {
+    throw new InvalidArgumentError(`${where}.data holds ${view.length} elements, but shape [${(shape as number[]).join(', ')}] needs ${n}`);
+  }
+}
+
+/**
  * Builds a tensor from plain numbers, converting to the dtype's storage (bf16 and f16 are
  * rounded to nearest even; pred stores 0/1).
  *

@@ -39,7 +39,27 @@ export function cachePath(...segments: string[]): string {
 /** Stale temp entries (from a crashed process) older than this are removed before a download. */
 const STALE_MS = 24 * 3600 * 1000;
 
-/** Removes `.download-*` folders and `.*.tmp` files older than a day from `dir` (ignores errors). */
+/** The process that writes a temporary, from its name: `.name.<pid>.<hex>.tmp` (downloads), `name.tmp<pid>` (tiny models), `name.tmp<pid>-<hex>` (compiled programs). */
+function temporaryOwner(name: string): number | undefined {
+  const m = /^\..*\.(\d+)\.[0-9a-f]+\.tmp$/.exec(name) ?? /\.tmp(\d+)(?:-[0-9a-f]+)?$/.exec(name);
+  return m ? Number(m[1]) : undefined;
+}
+
+function alive(pid: number): boolean {
+  if (pid === process.pid) return true;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM'; // exists, another user's
+  }
+}
+
+/**
+ * Removes what crashed or killed processes left in `dir`: temporaries whose writer is gone (at
+ * once), and `.download-*` folders and `.*.tmp` files older than a day. Ignores errors (another
+ * process may be cleaning too).
+ */
 export async function removeStaleTemps(dir: string): Promise<void> {
   let names: string[];
   try {
@@ -49,12 +69,29 @@ export async function removeStaleTemps(dir: string): Promise<void> {
   }
   const now = Date.now();
   for (const n of names) {
-    if (!n.startsWith('.') || !(n.endsWith('.tmp') || n.startsWith('.download-'))) continue;
+    const owner = temporaryOwner(n);
     const p = join(dir, n);
     try {
+      if (owner !== undefined && !alive(owner)) {
+        await rm(p, { recursive: true, force: true });
+        continue;
+      }
+      if (!n.startsWith('.') || !(n.endsWith('.tmp') || n.startsWith('.download-'))) continue;
       if (now - (await stat(p)).mtimeMs > STALE_MS) await rm(p, { recursive: true, force: true });
     } catch {
       // another process may be removing it too
     }
   }
+}
+
+/** The compile cache's folder, as the native side picks it (cpp/pjrt/compile_cache.cc). */
+export function compileCacheDir(): string {
+  return env('CASCADE_COMPILE_CACHE_DIR') ?? cachePath('xla-cache');
+}
+
+let swept: Promise<void> | undefined;
+/** Once per process: {@link removeStaleTemps} over every cache folder cascade-xla writes. */
+export function sweepCacheTemporaries(): Promise<void> {
+  swept ??= Promise.all(['tiny', 'draft-choice', 'models', 'bench'].map((d) => removeStaleTemps(cachePath(d))).concat(removeStaleTemps(compileCacheDir()))).then(() => {});
+  return swept;
 }

@@ -160,15 +160,24 @@ export async function benchCompare(o: CompareBenchOptions): Promise<Row[]> {
 
   progress('starting cascade-xla (load, tiny fit/cache, warm-up compile)');
   const workers = new Map<string, Worker>();
+  type CxReady = { ready: boolean; error?: string; loadMs: number; warmupMs: number; info: { draft: { layers: number }; targetPrecision: string; draftPrecision: string; memory: { target: { weightBytes: number } } }; costModel?: { bandwidthGBs: number } };
   const cx = new Worker('cascade-xla', process.execPath, [path.join(ROOT, 'scripts/bench-cascade-worker.mjs'), JSON.stringify({ gguf: target, plugin: o.plugin, k1: o.k1, k0: o.k0 })]);
-  const cxReady = await cx.next<{ ready: boolean; error?: string; loadMs: number; warmupMs: number; info: { draft: { layers: number }; draftPrecision: string; memory: { target: { weightBytes: number } } }; costModel?: { bandwidthGBs: number } }>();
+  const cxReady = await cx.next<CxReady>();
   if (!cxReady.ready) throw new Error(`cascade-xla worker failed: ${cxReady.error}`);
   workers.set('cascade-xla', cx);
+  // The f32 target (the model's own arithmetic) side by side, target-only and speculative.
+  progress('starting cascade-xla with the f32 target');
+  const cxF32 = new Worker('cascade-xla-f32', process.execPath, [path.join(ROOT, 'scripts/bench-cascade-worker.mjs'), JSON.stringify({ gguf: target, plugin: o.plugin, k1: o.k1, k0: o.k0, targetPrecision: 'f32', modes: ['target', 'speculative'] })]);
+  const cxF32Ready = await cxF32.next<CxReady>().catch((e: Error) => ({ ready: false, error: e.message }) as CxReady);
+  if (cxF32Ready.ready) workers.set('cascade-xla-f32', cxF32);
+  else blocked.set('cx-f32-target', `cascade-xla f32 worker: ${cxF32Ready.error}`), blocked.set('cx-f32-speculative', `cascade-xla f32 worker: ${cxF32Ready.error}`);
+  const targetName = cxReady.info.targetPrecision;
   const draftLayers = cxReady.info.draft.layers;
   // The same draft in each runtime: its first N layers, at int8 when cascade-xla's draft is int8.
   const int8Draft = cxReady.info.draftPrecision === 'int8';
   const draftName = `${int8Draft ? 'int8 copy of the ' : ''}first ${draftLayers} layers`;
-  const f32Bytes = cxReady.info.memory.target.weightBytes;
+  const cxBytes = cxReady.info.memory.target.weightBytes;
+  const f32Bytes = cxF32Ready.ready ? cxF32Ready.info.memory.target.weightBytes : cxBytes;
   const bandwidthGBs = cxReady.costModel?.bandwidthGBs ?? 0;
 
   const py = oraclePython();
@@ -201,7 +210,11 @@ export async function benchCompare(o: CompareBenchOptions): Promise<Row[]> {
   const n = o.maxTokens;
   const variants: Variant[] = [
     ...(['target', 'speculative', 'cascade', 'auto'] as const).map((mode): Variant => ({
-      id: `cx-${mode}`, runtime: 'cascade-xla', label: `cascade-xla ${mode}`, worker: 'cascade-xla', weightBytes: f32Bytes,
+      id: `cx-${mode}`, runtime: 'cascade-xla', label: `cascade-xla ${mode} (${targetName} target)`, worker: 'cascade-xla', weightBytes: cxBytes,
+      request: (p) => ({ mode, messages: chats[p], maxTokens: n }),
+    })),
+    ...(['target', 'speculative'] as const).map((mode): Variant => ({
+      id: `cx-f32-${mode}`, runtime: 'cascade-xla', label: `cascade-xla ${mode} (f32 target)`, worker: 'cascade-xla-f32', weightBytes: f32Bytes,
       request: (p) => ({ mode, messages: chats[p], maxTokens: n }),
     })),
     { id: 'llama-t1', runtime: 'node-llama-cpp', label: 'node-llama-cpp 1 thread', worker: 'node-llama-cpp', weightBytes: fileBytes, request: (p) => ({ variant: 't1', tokens: ids[p], maxTokens: n }) },
@@ -243,14 +256,15 @@ export async function benchCompare(o: CompareBenchOptions): Promise<Row[]> {
   if (hf && !workers.has('transformers')) hf.child.kill();
   if (!workers.has('node-llama-cpp')) ll.child.kill();
 
-  const reference = samples.get('cx-target');
   const rows: Row[] = variants.map((v): Row => {
+    // Every mode of one cascade-xla worker must give its own target-only tokens.
+    const reference = samples.get(v.worker === 'cascade-xla-f32' ? 'cx-f32-target' : 'cx-target');
     const s = samples.get(v.id);
     if (!s || blocked.has(v.id)) return { id: v.id, runtime: v.runtime, label: v.label, status: 'blocked', error: blocked.get(v.id) ?? 'no samples' };
     const perPrompt = s.map((r) => ({ tokensPerSecond: (r.tokens.length - r.firstChunk) / (r.decodeMs / 1000), ttftMs: r.ttftMs }));
     let tau: number | null = null;
     let acceptance: number | null = null;
-    if (v.runtime === 'cascade-xla' && v.id !== 'cx-target') {
+    if (v.runtime === 'cascade-xla' && v.id !== 'cx-target' && v.id !== 'cx-f32-target') {
       tau = median(s.map((r) => r.stats!.tau));
       acceptance = median(s.map((r) => r.stats!.accepted / Math.max(1, r.stats!.proposed)));
     } else if (v.id === 'llama-draft') {
@@ -298,7 +312,7 @@ export async function benchCompare(o: CompareBenchOptions): Promise<Row[]> {
   const result = {
     model: path.basename(target), modelFileBytes: fileBytes, f32WeightBytes: f32Bytes, draftLayers, int8Draft, prompts: BENCH_PROMPTS,
     promptLengthCheck, options: o, machine, command, suiteSeconds: seconds,
-    workers: { cascadeXla: { loadMs: cxReady.loadMs, warmupMs: cxReady.warmupMs }, nodeLlamaCpp: llReady, transformers: hfReady ?? py.error },
+    workers: { cascadeXla: { loadMs: cxReady.loadMs, warmupMs: cxReady.warmupMs }, cascadeXlaF32: cxF32Ready.ready ? { loadMs: cxF32Ready.loadMs, warmupMs: cxF32Ready.warmupMs } : cxF32Ready.error, nodeLlamaCpp: llReady, transformers: hfReady ?? py.error },
     rows,
   };
   await writeFile(path.join(o.out, 'compare.json'), `${JSON.stringify(result, null, 2)}\n`);
@@ -358,7 +372,8 @@ function markdown(r: {
     '## What the rows and columns mean',
     '',
     `- **cascade-xla target / speculative / cascade / auto**: \`Cascade.load({ tiny: 'fit', warmup: true, measureBandwidth: true })\` ` +
-      `on the XLA CPU plugin (target f32, dequantised from the GGUF), \`generate\` with \`mode\` = target-only, ` +
+      `on the XLA CPU plugin (the default target precision, bf16, dequantised from the GGUF; the "f32 target" rows pass ` +
+      `\`precision: { target: 'f32' }\`, in a second process), \`generate\` with \`mode\` = target-only, ` +
       `speculative (draft = ${r.int8Draft ? 'an int8 copy (per-channel scales, our FFI kernels) of ' : ''}the target's first ${r.draftLayers} layers, as the cost model chose, k1 ${r.options.k1}), cascade (+ the fitted tiny model, k0 ${r.options.k0}), ` +
       `and auto (the cost model picks per step). Compile time is excluded (warm-up at load and an untimed warm-up pass).`,
     `- **node-llama-cpp** 3.21.1, its prebuilt linux-x64 CPU binary from npm (\`gpu: false\`, \`build: 'never'\`, \`skipDownload: true\`), ` +
@@ -376,10 +391,11 @@ function markdown(r: {
       `transformers: (tokens - target calls) / assistant forward calls).`,
     `- **peak RSS**: \`process.resourceUsage().maxRSS\` (Node) / \`getrusage\` (Python) of that runtime's child process, all its variants together.`,
     `- **W/BW bound**: measured read bandwidth / weight bytes, the memory-bound ceiling of one-token-per-step decoding: ` +
-      `f32 weights for cascade-xla and transformers (${mib(r.f32WeightBytes)} MiB), the Q4_1 file for llama.cpp (${mib(r.modelFileBytes)} MiB). ` +
+      `the target's weights for cascade-xla (weights MiB column), f32 for transformers (${mib(r.f32WeightBytes)} MiB), the Q4_1 file for llama.cpp (${mib(r.modelFileBytes)} MiB). ` +
       `**of bound** = tokens/s over that ceiling (speculative rows can exceed it).`,
     `- **same tokens as cascade-xla target**: median length of the prefix that equals cascade-xla's target-only output ` +
-      `(llama.cpp computes in Q4_1/Q8 and may drift from the f32 runs after some tokens).`,
+      `at the same target precision (every cascade-xla mode must give all of them; llama.cpp computes in Q4_1/Q8 and ` +
+      `transformers in f32, so they may drift after some tokens).`,
     '',
   ];
   return lines.join('\n');
