@@ -1,6 +1,13 @@
 #include "kernels/int8_matmul.h"
 
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#define CASCADE_X86 1
+#else
+#define CASCADE_X86 0  // portable C++ only: every SIMD impl reports unsupported (Int8ImplSupported)
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -13,10 +20,16 @@
 
 // The SIMD code is compiled with per-function target attributes (no global -march), so the
 // library runs on any x86-64 and picks an implementation at runtime (__builtin_cpu_supports).
+#if CASCADE_X86
 #define CASCADE_AVX2 __attribute__((target("avx2,fma")))
 #define CASCADE_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 #define CASCADE_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
 #define CASCADE_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
+#define CASCADE_AMX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16,fma")))
+#define CASCADE_CPU_RELAX() _mm_pause()
+#else
+#define CASCADE_CPU_RELAX() ((void)0)
+#endif
 
 namespace cascade {
 namespace kernels {
@@ -31,6 +44,12 @@ constexpr int64_t kMaxIn = int64_t{1} << 24;
 // Output rows per register block. Every (t, o) element is computed by the same instruction
 // sequence whichever block sizes are used around it: that is what makes rows independent of T.
 constexpr int kOB = 4;
+
+#if !CASCADE_X86
+// Stand-ins with the SIMD blocks' signatures on other CPUs: never called (the dispatch only
+// picks an impl that Int8ImplSupported reports, and no SIMD impl is supported there).
+[[noreturn]] inline void NoSimd() { throw std::logic_error("kernels: x86 SIMD code called on another CPU"); }
+#endif
 // The t / o loops of a block must be fully unrolled so the accumulators live in registers (GCC 12
 // at -O2 kept them on the stack without the pragmas: 2-3x slower).
 
@@ -49,6 +68,7 @@ void ScalarRows(const float* x, const int8_t* w, const float* scale, float* y, i
   }
 }
 
+#if CASCADE_X86
 // ---------------------------------------------------------------- AVX2 (8 lanes)
 
 CASCADE_AVX2 inline float HSum256(__m256 v) {
@@ -142,6 +162,13 @@ CASCADE_AVX512 void Avx512Block(const float* x, const int8_t* w, const float* sc
     for (int o = 0; o < OB; ++o) y[(t0 + t) * ldy + o0 + o] = _mm512_reduce_add_ps(acc[t][o]) * scale[o0 + o];
 }
 
+#else
+template <int TB, int OB>
+void Avx2Block(const float*, const int8_t*, const float*, float*, int64_t, int64_t) { NoSimd(); }
+template <int TB, int OB>
+void Avx512Block(const float*, const int8_t*, const float*, float*, int64_t, int64_t) { NoSimd(); }
+#endif  // CASCADE_X86
+
 // ---------------------------------------------------------------- AVX-512 VNNI (Q8 activations)
 
 // Activations of one call, quantised per 32-block (llama.cpp's Q8_0 idea): per row t and 64-byte
@@ -178,6 +205,7 @@ void QuantizeRows(const float* x, int64_t T, int64_t in, QuantizedX* qx) {
   }
 }
 
+#if CASCADE_X86
 // As the other blocks, but the activations are rows t0.. of qx.
 template <int TB, int OB>
 CASCADE_VNNI void VnniBlock(const QuantizedX& qx, int64_t t0, const int8_t* w, const float* scale, float* y, int64_t in,
@@ -221,6 +249,11 @@ CASCADE_VNNI void VnniBlock(const QuantizedX& qx, int64_t t0, const int8_t* w, c
     for (int o = 0; o < OB; ++o) y[t * ldy + o0 + o] = _mm512_reduce_add_ps(acc[t][o]) * scale[o0 + o];
 }
 
+#else
+template <int TB, int OB>
+void VnniBlock(const PreparedActivations&, int64_t, const int8_t*, const float*, float*, int64_t, int64_t) { NoSimd(); }
+#endif  // CASCADE_X86
+
 // ---------------------------------------------------------------- bf16 weights (no scale)
 
 // bf16 -> f32 is exact (the bf16 bits are the top half of the f32), so these compute what XLA's
@@ -245,6 +278,7 @@ void ScalarRowsBf16(const float* x, const uint16_t* w, float* y, int64_t T, int6
   }
 }
 
+#if CASCADE_X86
 template <int TB, int OB>
 CASCADE_AVX2 void Avx2BlockBf16(const float* x, const uint16_t* w, float* y, int64_t in, int64_t ldy) {
   __m256 acc[TB][OB];
@@ -339,6 +373,15 @@ CASCADE_BF16 void Bf16DotBlock(const uint16_t* xb, int64_t ldx, const uint16_t* 
     for (int o = 0; o < OB; ++o) y[t * ldy + o] = _mm512_reduce_add_ps(acc[t][o]);
 }
 
+#else
+template <int TB, int OB>
+void Avx2BlockBf16(const float*, const uint16_t*, float*, int64_t, int64_t) { NoSimd(); }
+template <int TB, int OB>
+void Avx512BlockBf16(const float*, const uint16_t*, float*, int64_t, int64_t) { NoSimd(); }
+template <int TB, int OB>
+void Bf16DotBlock(const uint16_t*, int64_t, const uint16_t*, float*, int64_t, int64_t) { NoSimd(); }
+#endif  // CASCADE_X86
+
 // Activations rounded to bf16 (nearest even; NaN stays NaN), rows padded with zeros to ldx.
 std::vector<uint16_t> RoundRowsToBf16(const float* x, int64_t T, int64_t in, int64_t* ldx) {
   *ldx = (in + 31) / 32 * 32;
@@ -376,6 +419,105 @@ struct Avx512Bf16B {
   }
 };
 
+// ---------------------------------------------------------------- AMX bf16 (tiles)
+
+#if CASCADE_X86
+// The tile registers need the kernel's permission once per process (Linux >= 5.16).
+bool AmxPermitted() {
+  static const bool ok = [] {
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return ok;
+}
+
+struct AmxTileConfig {
+  uint8_t palette_id = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// B tiles from activations x[T, in] (in % 32 == 0): per 16-token group g and k block kb, tile
+// row r holds, for token m, the bf16 pair x[16g + m][32 kb + 2r .. +1] (zeros past T).
+void PackAmxActivations(const uint16_t* xb, int64_t ldx, int64_t T, int64_t in, std::vector<uint16_t>* b) {
+  const int64_t groups = (T + 15) / 16, kblocks = in / 32;
+  b->assign(static_cast<size_t>(groups * kblocks * 512), 0);
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t g = t / 16, m = t % 16;
+    for (int64_t kb = 0; kb < kblocks; ++kb) {
+      uint16_t* tile = b->data() + (g * kblocks + kb) * 512;
+      for (int64_t r = 0; r < 16; ++r) {
+        tile[r * 32 + m * 2] = xb[t * ldx + kb * 32 + 2 * r];
+        tile[r * 32 + m * 2 + 1] = xb[t * ldx + kb * 32 + 2 * r + 1];
+      }
+    }
+  }
+}
+
+// y rows [o0, o1) (whole 16-row blocks) of y = x . W^T: C[16 rows of W][16 tokens] accumulates
+// A (16 weight rows x 32 k, straight from W) times B (the packed activations) over the k blocks,
+// one C tile per 16-token group (at most 4: T <= 64).
+CASCADE_AMX void AmxBf16Rows(const std::vector<uint16_t>& packed, int64_t T, const uint16_t* w, float* y, int64_t in,
+                             int64_t out, int64_t o0, int64_t o1) {
+  AmxTileConfig cfg;
+  for (int i = 0; i < 6; ++i) {
+    cfg.rows[i] = 16;
+    cfg.colsb[i] = 64;
+  }
+  _tile_loadconfig(&cfg);
+  const int64_t groups = (T + 15) / 16, kblocks = in / 32;
+  alignas(64) float c[16][16];
+  for (int64_t n0 = o0; n0 + 16 <= o1; n0 += 16) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    const uint16_t* a = w + n0 * in;
+    for (int64_t kb = 0; kb < kblocks; ++kb) {
+      _tile_loadd(4, a + kb * 32, in * 2);
+      const uint16_t* bt = packed.data() + kb * 512;
+      _tile_loadd(5, bt, 64);
+      _tile_dpbf16ps(0, 4, 5);
+      if (groups > 1) {
+        _tile_loadd(5, bt + kblocks * 512, 64);
+        _tile_dpbf16ps(1, 4, 5);
+      }
+      if (groups > 2) {
+        _tile_loadd(5, bt + 2 * kblocks * 512, 64);
+        _tile_dpbf16ps(2, 4, 5);
+      }
+      if (groups > 3) {
+        _tile_loadd(5, bt + 3 * kblocks * 512, 64);
+        _tile_dpbf16ps(3, 4, 5);
+      }
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      switch (g) {
+        case 0: _tile_stored(0, c, 64); break;
+        case 1: _tile_stored(1, c, 64); break;
+        case 2: _tile_stored(2, c, 64); break;
+        default: _tile_stored(3, c, 64); break;
+      }
+      for (int64_t m = 0; m < 16 && g * 16 + m < T; ++m)
+        for (int64_t i = 0; i < 16; ++i) y[(g * 16 + m) * out + n0 + i] = c[i][m];
+    }
+  }
+  _tile_release();
+}
+#else
+bool AmxPermitted() { return false; }
+void PackAmxActivations(const uint16_t*, int64_t, int64_t, int64_t, std::vector<uint16_t>*) { NoSimd(); }
+void AmxBf16Rows(const std::vector<uint16_t>&, int64_t, const uint16_t*, float*, int64_t, int64_t, int64_t, int64_t) {
+  NoSimd();
+}
+#endif  // CASCADE_X86
+
+// Rows [0, AmxRowsEnd) of a bf16 matrix go through AMX tiles (whole 16-row blocks of a matrix
+// whose `in` is a multiple of 32), the rest through kAvx512Bf16, whatever T or the task split.
+int64_t AmxRowsEnd(int64_t in, int64_t out) { return in % 32 == 0 ? out / 16 * 16 : 0; }
+
 // ---------------------------------------------------------------- f32 weights stored [in, out]
 
 // y[t, o0..o0+n) for the f32 upload layout W^T [in, out]: per element a sequential FMA chain over
@@ -390,6 +532,7 @@ void ScalarColsF32T(const float* x, const float* wt, float* y, int64_t T, int64_
     }
 }
 
+#if CASCADE_X86
 // TB rows x up to 64 columns (four 16-lane vectors, masked beyond n).
 template <int TB>
 CASCADE_AVX512 void Avx512BlockF32T(const float* x, const float* wt, float* y, int64_t in, int64_t out, int64_t n) {
@@ -440,6 +583,10 @@ void Avx512ColsF32T(const float* x, const float* wt, float* y, int64_t T, int64_
   }
 }
 
+#else
+void Avx512ColsF32T(const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t) { NoSimd(); }
+#endif  // CASCADE_X86
+
 // ---------------------------------------------------------------- dispatch over blocks
 
 // Calls block<TB, OB>(t0, o0) over rows [0, T) x outputs [o0, o1), OB = kOB then 1 for the rest.
@@ -486,6 +633,10 @@ struct VnniB {
 };
 
 bool CpuHas(const char* feature) {
+#if !CASCADE_X86
+  (void)feature;
+  return false;
+#else
   __builtin_cpu_init();
   if (std::string(feature) == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (std::string(feature) == "avx512")
@@ -493,7 +644,14 @@ bool CpuHas(const char* feature) {
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
   if (std::string(feature) == "vnni") return CpuHas("avx512") && __builtin_cpu_supports("avx512vnni");
   if (std::string(feature) == "bf16") return CpuHas("avx512") && __builtin_cpu_supports("avx512bf16");
+  if (std::string(feature) == "amxbf16") {
+    // CPUID.(EAX=7, ECX=0):EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
+    unsigned a, b, c, d;
+    __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
+    return CpuHas("bf16") && (d >> 22 & 1) && (d >> 24 & 1) && AmxPermitted();
+  }
   return false;
+#endif
 }
 
 }  // namespace
@@ -505,12 +663,14 @@ const char* Int8ImplName(Int8Impl impl) {
     case Int8Impl::kAvx512: return "avx512";
     case Int8Impl::kAvx512Vnni: return "avx512vnni";
     case Int8Impl::kAvx512Bf16: return "avx512bf16";
+    case Int8Impl::kAmxBf16: return "amxbf16";
   }
   return "unknown";
 }
 
 bool ParseInt8Impl(const std::string& name, Int8Impl* impl) {
-  for (Int8Impl i : {Int8Impl::kScalar, Int8Impl::kAvx2, Int8Impl::kAvx512, Int8Impl::kAvx512Vnni, Int8Impl::kAvx512Bf16})
+  for (Int8Impl i : {Int8Impl::kScalar, Int8Impl::kAvx2, Int8Impl::kAvx512, Int8Impl::kAvx512Vnni, Int8Impl::kAvx512Bf16,
+                     Int8Impl::kAmxBf16})
     if (name == Int8ImplName(i)) {
       *impl = i;
       return true;
@@ -525,6 +685,7 @@ bool Int8ImplSupported(Int8Impl impl) {
     case Int8Impl::kAvx512: return CpuHas("avx512");
     case Int8Impl::kAvx512Vnni: return CpuHas("vnni");
     case Int8Impl::kAvx512Bf16: return CpuHas("bf16");
+    case Int8Impl::kAmxBf16: return CpuHas("amxbf16");
   }
   return false;
 }
@@ -543,6 +704,7 @@ Int8Impl BestInt8Impl() {
 
 Int8Impl BestBf16Impl() {
   static const Int8Impl best = [] {
+    if (Int8ImplSupported(Int8Impl::kAmxBf16)) return Int8Impl::kAmxBf16;
     if (Int8ImplSupported(Int8Impl::kAvx512Bf16)) return Int8Impl::kAvx512Bf16;
     if (Int8ImplSupported(Int8Impl::kAvx512)) return Int8Impl::kAvx512;
     if (Int8ImplSupported(Int8Impl::kAvx2)) return Int8Impl::kAvx2;
@@ -589,7 +751,7 @@ void ParallelTasks(int64_t n, const std::function<void(int64_t)>& task, int help
   work(*state);
   // Only indices a helper has claimed are still running: short waits.
   while (state->done.load(std::memory_order_acquire) < n) {
-    for (int k = 0; k < 64; ++k) _mm_pause();
+    for (int k = 0; k < 64; ++k) CASCADE_CPU_RELAX();
     std::this_thread::yield();
   }
 }
@@ -598,7 +760,7 @@ void Int8Matmul(Int8Impl impl, const float* x, const int8_t* w, const float* sca
                 const Int8MatmulShape& shape, int helpers, const Spawner& spawn) {
   const std::string bad = ValidateInt8Matmul(shape);
   if (!bad.empty()) throw std::invalid_argument(bad);
-  if (impl == Int8Impl::kAvx512Bf16) impl = BestInt8Impl();  // a bf16-only impl
+  if (impl == Int8Impl::kAvx512Bf16 || impl == Int8Impl::kAmxBf16) impl = BestInt8Impl();  // a bf16-only impl
   if (!Int8ImplSupported(impl)) throw std::invalid_argument(std::string("int8 matmul: this CPU cannot run ") + Int8ImplName(impl));
   const int64_t T = shape.T, in = shape.in, out = shape.out;
   // Below this, waking a helper costs more than it saves (measured: see kernels_test Bench).
@@ -619,6 +781,7 @@ void Int8Matmul(Int8Impl impl, const float* x, const int8_t* w, const float* sca
       case Int8Impl::kAvx2: Tile<Avx2B>(T, o0, o1, x, w, scale, y, in, out); break;
       case Int8Impl::kAvx512: Tile<Avx512B>(T, o0, o1, x, w, scale, y, in, out); break;
       case Int8Impl::kAvx512Vnni: Tile<VnniB>(T, o0, o1, qx, w, scale, y, in, out); break;
+      default: break;  // bf16-only impls were mapped to BestInt8Impl() above
     }
   };
   ParallelTasks(tasks, run, helpers, spawn);
@@ -629,7 +792,7 @@ void Int8GatherMatmul(Int8Impl impl, const float* x, const int8_t* w, const floa
   const std::string bad = ValidateInt8Matmul(shape);
   if (!bad.empty()) throw std::invalid_argument(bad);
   if (k < 1 || k > shape.out) throw std::invalid_argument("int8 gather matmul: need 1 <= k <= out, got k=" + std::to_string(k));
-  if (impl == Int8Impl::kAvx512Bf16) impl = BestInt8Impl();
+  if (impl == Int8Impl::kAvx512Bf16 || impl == Int8Impl::kAmxBf16) impl = BestInt8Impl();
   if (!Int8ImplSupported(impl)) throw std::invalid_argument(std::string("int8 matmul: this CPU cannot run ") + Int8ImplName(impl));
   const int64_t T = shape.T, in = shape.in, out = shape.out;
   QuantizedX qx;
@@ -649,6 +812,7 @@ void Int8GatherMatmul(Int8Impl impl, const float* x, const int8_t* w, const floa
         case Int8Impl::kAvx2: Avx2Block<1, 1>(x + t * in, w + o * in, scale + o, yo, in, 1); break;
         case Int8Impl::kAvx512: Avx512Block<1, 1>(x + t * in, w + o * in, scale + o, yo, in, 1); break;
         case Int8Impl::kAvx512Vnni: VnniBlock<1, 1>(qx, t, w + o * in, scale + o, yo, in, 1); break;
+        default: break;  // bf16-only impls were mapped to BestInt8Impl() above
       }
     }
 }
@@ -659,26 +823,17 @@ void Bf16Matmul(Int8Impl impl, const float* x, const uint16_t* w, float* y, cons
   if (!bad.empty()) throw std::invalid_argument("bf16 " + bad);
   if (impl == Int8Impl::kAvx512Vnni) impl = Int8Impl::kAvx512;  // no activation quantisation for bf16
   if (!Int8ImplSupported(impl)) throw std::invalid_argument(std::string("bf16 matmul: this CPU cannot run ") + Int8ImplName(impl));
-  const int64_t T = shape.T, in = shape.in, out = shape.out;
+  if (impl == Int8Impl::kAmxBf16 && shape.T > 64) impl = Int8Impl::kAvx512Bf16;
   constexpr int64_t kMinParallelMacs = int64_t{1} << 18;
-  if (T * in * out < kMinParallelMacs) helpers = 0;
-  const int64_t threads = helpers + 1;
-  int64_t rows = (out + threads * 4 - 1) / (threads * 4);
-  rows = std::max<int64_t>(16, (rows + kOB - 1) / kOB * kOB);
-  const int64_t tasks = (out + rows - 1) / rows;
-  int64_t ldx = 0;
-  std::vector<uint16_t> xb;
-  if (impl == Int8Impl::kAvx512Bf16) xb = RoundRowsToBf16(x, T, in, &ldx);
-  auto run = [&](int64_t k) {
-    const int64_t o0 = k * rows, o1 = std::min(out, o0 + rows);
-    switch (impl) {
-      case Int8Impl::kScalar: ScalarRowsBf16(x, w, y, T, in, out, o0, o1); break;
-      case Int8Impl::kAvx2: Tile<Avx2Bf16B>(T, o0, o1, x, w, y, in, out); break;
-      case Int8Impl::kAvx512Bf16: Tile<Bf16DotB>(T, o0, o1, xb.data(), ldx, w, y, in, out); break;
-      default: Tile<Avx512Bf16B>(T, o0, o1, x, w, y, in, out); break;
-    }
-  };
-  ParallelTasks(tasks, run, helpers, spawn);
+  if (shape.T * shape.in * shape.out < kMinParallelMacs) helpers = 0;
+  KernelImpls impls;
+  impls.bf16 = impl;
+  const WeightMatrix m{WeightMatrix::Kind::kBf16, w, nullptr, shape.in, shape.out};
+  PreparedActivations a;
+  PrepareActivations(m.kind, impls, x, shape.T, shape.in, &a);
+  const int64_t per = MatmulTaskOutputs(m);
+  ParallelTasks((shape.out + per - 1) / per, [&](int64_t k) { MatmulRange(m, impls, a, y, k * per, std::min(shape.out, (k + 1) * per)); },
+                helpers, spawn);
 }
 
 void Bf16GatherMatmul(Int8Impl impl, const float* x, const uint16_t* w, const int32_t* ids, float* y,
@@ -691,21 +846,49 @@ void Bf16GatherMatmul(Int8Impl impl, const float* x, const uint16_t* w, const in
   const int64_t T = shape.T, in = shape.in, out = shape.out;
   int64_t ldx = 0;
   std::vector<uint16_t> xb;
-  if (impl == Int8Impl::kAvx512Bf16) xb = RoundRowsToBf16(x, T, in, &ldx);
-  for (int64_t t = 0; t < T; ++t)
+  if (impl == Int8Impl::kAvx512Bf16 || impl == Int8Impl::kAmxBf16) xb = RoundRowsToBf16(x, T, in, &ldx);
+  // AMX: the rows a full matmul computes with tiles (AmxRowsEnd) go through tiles here too, 16
+  // gathered rows at a time against token t alone: the same per-element arithmetic.
+  const int64_t amx_end = impl == Int8Impl::kAmxBf16 ? AmxRowsEnd(in, out) : 0;
+  std::vector<uint16_t> rows, packed;
+  int32_t slot_of[16];
+  float tile_y[16];
+  for (int64_t t = 0; t < T; ++t) {
+    int64_t pending = 0;
+    auto flush = [&] {
+      if (!pending) return;
+      for (int64_t i = pending; i < 16; ++i) std::fill(rows.begin() + i * in, rows.begin() + (i + 1) * in, uint16_t{0});
+      AmxBf16Rows(packed, 1, rows.data(), tile_y, in, 16, 0, 16);
+      for (int64_t i = 0; i < pending; ++i) y[t * k + slot_of[i]] = tile_y[i];
+      pending = 0;
+    };
+    if (amx_end) {
+      rows.resize(static_cast<size_t>(16 * in));
+      PackAmxActivations(xb.data() + t * ldx, ldx, 1, in, &packed);
+    }
     for (int64_t j = 0; j < k; ++j) {
       const int64_t o = std::min<int64_t>(std::max<int32_t>(ids[t * k + j], 0), out - 1);
       float* yo = y + t * k + j;
+      if (o < amx_end) {
+        std::copy(w + o * in, w + (o + 1) * in, rows.begin() + pending * in);
+        slot_of[pending++] = static_cast<int32_t>(j);
+        if (pending == 16) flush();
+        continue;
+      }
       switch (impl) {
-        case Int8Impl::kAvx512Bf16: Bf16DotBlock<1, 1>(xb.data() + t * ldx, ldx, w + o * in, yo, in, 1); break;
+        case Int8Impl::kAvx512Bf16:
+        case Int8Impl::kAmxBf16: Bf16DotBlock<1, 1>(xb.data() + t * ldx, ldx, w + o * in, yo, in, 1); break;
         case Int8Impl::kScalar: ScalarRowsBf16(x + t * in, w + o * in, yo, 1, in, 1, 0, 1); break;
         case Int8Impl::kAvx2: Avx2BlockBf16<1, 1>(x + t * in, w + o * in, yo, in, 1); break;
         default: Avx512BlockBf16<1, 1>(x + t * in, w + o * in, yo, in, 1); break;
       }
     }
+    flush();
+  }
 }
 
 namespace {
+#if CASCADE_X86
 CASCADE_AVX512 float SumAvx512(const float* p, int64_t n) {
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
   int64_t i = 0;
@@ -719,6 +902,9 @@ CASCADE_AVX512 float SumAvx512(const float* p, int64_t n) {
   for (; i < n; ++i) s += p[i];
   return s;
 }
+#else
+float SumAvx512(const float*, int64_t) { NoSimd(); }
+#endif
 }  // namespace
 
 float SumForBandwidth(const float* begin, const float* end) {
@@ -745,14 +931,18 @@ void PrepareActivations(WeightMatrix::Kind kind, const KernelImpls& impls, const
   a->T = T;
   a->in = in;
   if (kind == WeightMatrix::Kind::kInt8 && impls.int8 == Int8Impl::kAvx512Vnni) QuantizeRows(x, T, in, a);
-  if (kind == WeightMatrix::Kind::kBf16 && impls.bf16 == Int8Impl::kAvx512Bf16) a->xb = RoundRowsToBf16(x, T, in, &a->ldx);
+  if (kind == WeightMatrix::Kind::kBf16 && (impls.bf16 == Int8Impl::kAvx512Bf16 || impls.bf16 == Int8Impl::kAmxBf16))
+    a->xb = RoundRowsToBf16(x, T, in, &a->ldx);
+  if (kind == WeightMatrix::Kind::kBf16 && impls.bf16 == Int8Impl::kAmxBf16 && in % 32 == 0)
+    PackAmxActivations(a->xb.data(), a->ldx, T, in, &a->amx);
 }
 
 int64_t MatmulTaskOutputs(const WeightMatrix& m) {
   if (m.kind == WeightMatrix::Kind::kF32Transposed) return 64;
   const int64_t row_bytes = m.in * (m.kind == WeightMatrix::Kind::kInt8 ? 1 : 2);
   const int64_t rows = std::max<int64_t>(16, (int64_t{32} << 10) / std::max<int64_t>(1, row_bytes));
-  return (rows + kOB - 1) / kOB * kOB;
+  // Whole 16-row blocks (AMX tiles; a multiple of kOB too).
+  return (rows + 15) / 16 * 16;
 }
 
 void MatmulRange(const WeightMatrix& m, const KernelImpls& impls, const PreparedActivations& a, float* y, int64_t o0,
@@ -778,6 +968,13 @@ void MatmulRange(const WeightMatrix& m, const KernelImpls& impls, const Prepared
       const uint16_t* w = static_cast<const uint16_t*>(m.data);
       switch (impls.bf16) {
         case Int8Impl::kAvx512Bf16: Tile<Bf16DotB>(T, o0, o1, a.xb.data(), a.ldx, w, y, in, out); return;
+        case Int8Impl::kAmxBf16: {
+          if (T > 64) throw std::invalid_argument("bf16 matmul: the AMX kernel takes T <= 64");
+          const int64_t split = std::clamp(AmxRowsEnd(in, out), o0, o1);
+          if (split > o0) AmxBf16Rows(a.amx, T, w, y, in, out, o0, split);
+          if (o1 > split) Tile<Bf16DotB>(T, split, o1, a.xb.data(), a.ldx, w, y, in, out);
+          return;
+        }
         case Int8Impl::kScalar: ScalarRowsBf16(a.x, w, y, T, in, out, o0, o1); return;
         case Int8Impl::kAvx2: Tile<Avx2Bf16B>(T, o0, o1, a.x, w, y, in, out); return;
         default: Tile<Avx512Bf16B>(T, o0, o1, a.x, w, y, in, out); return;

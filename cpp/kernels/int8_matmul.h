@@ -27,12 +27,20 @@ enum class Int8Impl {
   // bf16 weights only: activations rounded to bf16 (nearest even, as XLA's kBF16Activations),
   // AVX512_BF16 vdpbf16ps. For int8 calls it means the best int8 impl.
   kAvx512Bf16,
+  // bf16 weights only: AMX tiles (tdpbf16ps), activations rounded to bf16 as kAvx512Bf16. The
+  // weight rows are the A operand as stored (16 rows x 32 k per tile) and the activations the B
+  // operand (up to 16 tokens per tile), so a verify of T <= 16 tokens costs about what one token
+  // costs: the weights are read once and AMX does the arithmetic (Sapphire Rapids and later, with
+  // the kernel's permission for the tile state). Rows of a matrix whose `in` is not a multiple of
+  // 32, and the last out % 16 rows, use kAvx512Bf16. For int8 calls it means the best int8 impl.
+  kAmxBf16,
 };
 const char* Int8ImplName(Int8Impl impl);
 bool Int8ImplSupported(Int8Impl impl);  // this CPU can run it
 // The fastest measured implementation this CPU supports (see the .cc for the numbers).
 Int8Impl BestInt8Impl();
-// The fastest bf16 implementation this CPU supports (kAvx512Bf16 when it has AVX512_BF16).
+// The fastest bf16 implementation this CPU supports (kAmxBf16 with AMX, else kAvx512Bf16 when it
+// has AVX512_BF16).
 Int8Impl BestBf16Impl();
 // "scalar" / "avx2" / "avx512" / "avx512vnni" / "avx512bf16" -> impl; false when unknown.
 bool ParseInt8Impl(const std::string& name, Int8Impl* impl);
@@ -100,6 +108,7 @@ struct PreparedActivations {
   std::vector<int32_t> lane_bias;    // VNNI: [T][chunks][16]
   int64_t ldx = 0;                   // bf16 dot: row stride of xb
   std::vector<uint16_t> xb;          // bf16 dot: [T][ldx]
+  std::vector<uint16_t> amx;         // AMX: B tiles [ceil(T/16)][in/32][16 pairs][16 tokens][2]
 };
 void PrepareActivations(WeightMatrix::Kind kind, const KernelImpls& impls, const float* x, int64_t T, int64_t in,
                         PreparedActivations* a);

@@ -29,7 +29,8 @@ using kernels::Int8MatmulShape;
 
 std::vector<Int8Impl> SupportedImpls() {
   std::vector<Int8Impl> out;
-  for (Int8Impl i : {Int8Impl::kScalar, Int8Impl::kAvx2, Int8Impl::kAvx512, Int8Impl::kAvx512Vnni, Int8Impl::kAvx512Bf16})
+  for (Int8Impl i : {Int8Impl::kScalar, Int8Impl::kAvx2, Int8Impl::kAvx512, Int8Impl::kAvx512Vnni, Int8Impl::kAvx512Bf16,
+                     Int8Impl::kAmxBf16})
     if (kernels::Int8ImplSupported(i)) out.push_back(i);
   return out;
 }
@@ -77,7 +78,8 @@ TEST(kernels_int8, MatchesReference) {
             ref += xv * wv;
             mag += std::fabs(xv * wv);
             if (impl == Int8Impl::kAvx512Vnni ||
-                (impl == Int8Impl::kAvx512Bf16 && kernels::BestInt8Impl() == Int8Impl::kAvx512Vnni)) {
+                ((impl == Int8Impl::kAvx512Bf16 || impl == Int8Impl::kAmxBf16) &&
+                 kernels::BestInt8Impl() == Int8Impl::kAvx512Vnni)) {
               // Activations rounded per 32-block: |dx| <= amax(block) / 127 / 2.
               const int64_t b0 = i / 32 * 32, b1 = std::min(in, b0 + 32);
               double amax = 0;
@@ -161,7 +163,7 @@ TEST(kernels_bf16, MatchesReferenceAndRowsBitIdentical) {
             mag += std::fabs(v);
           }
           // avx512bf16 rounds the activations to bf16: |dx| <= 2^-9 |x|.
-          const double rel = impl == Int8Impl::kAvx512Bf16 ? 1.0 / 512 : 0.0;
+          const double rel = impl == Int8Impl::kAvx512Bf16 || impl == Int8Impl::kAmxBf16 ? 1.0 / 512 : 0.0;
           ASSERT_NEAR(y[t * out + o], ref, mag * (rel + 1e-6 * (1 + in / 16.0)) + 1e-30) << kernels::Int8ImplName(impl);
         }
       }
