@@ -161,6 +161,25 @@ void JsonSeeds() {
 
 }  // namespace
 
+// StableHLO texts: a small program, one with an aliased cache parameter, and the nesting that
+// crashed the XLA CPU plugin's parser (issue #18), above and below the checker's limit.
+void ProgramSeeds() {
+  Seed("program_text", "add.mlir",
+       "func.func public @main(%x: tensor<4xf32>, %y: tensor<4xf32>) -> tensor<4xf32> {\n"
+       "  %z = stablehlo.add %x, %y : tensor<4xf32>\n  return %z : tensor<4xf32>\n}\n");
+  Seed("program_text", "aliased.mlir",
+       "func.func public @main(%k: tensor<2x3xf32> {tf.aliasing_output = 0 : i32}, %t: tensor<i32>) -> "
+       "(tensor<2x3xf32>, tensor<i32>) {\n  return %k, %t : tensor<2x3xf32>, tensor<i32>\n}\n");
+  for (int depth : {100, 1000}) {
+    std::string body = "stablehlo.return %x : tensor<f32>";
+    for (int k = depth; k >= 1; --k)
+      body = "%v" + std::to_string(k) + " = \"stablehlo.case\"(%i) ({\n" + body +
+             "\n}) : (tensor<i32>) -> tensor<f32>\nstablehlo.return %v" + std::to_string(k) + " : tensor<f32>";
+    Seed("program_text", "nested" + std::to_string(depth) + ".mlir",
+         "func.func @main(%i: tensor<i32>, %x: tensor<f32>) -> tensor<f32> {\n" + body + "\n}\n");
+  }
+}
+
 int main(int argc, char** argv) {
   if (argc != 2) {
     std::fprintf(stderr, "usage: make_corpus <out-dir>\n");
@@ -172,6 +191,7 @@ int main(int argc, char** argv) {
   SafetensorsSeeds();
   TinySeeds();
   JsonSeeds();
+  ProgramSeeds();
   std::printf("make_corpus: %d seed files under %s\n", written, out_dir.c_str());
   return 0;
 }

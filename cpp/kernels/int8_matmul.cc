@@ -507,7 +507,7 @@ CASCADE_AMX void AmxBf16Rows(const std::vector<uint16_t>& packed, int64_t T, con
   _tile_release();
 }
 #else
-bool AmxPermitted() { return false; }
+[[maybe_unused]] bool AmxPermitted() { return false; }
 void PackAmxActivations(const uint16_t*, int64_t, int64_t, int64_t, std::vector<uint16_t>*) { NoSimd(); }
 void AmxBf16Rows(const std::vector<uint16_t>&, int64_t, const uint16_t*, float*, int64_t, int64_t, int64_t, int64_t) {
   NoSimd();

@@ -120,6 +120,18 @@ function elementCount(shape: readonly number[]): number {
   return n;
 }
 
+/** Whether `buffer` was transferred away (ArrayBuffer.prototype.detached is newer than Node 20). */
+function isDetached(buffer: ArrayBufferLike): boolean {
+  const flag = (buffer as ArrayBuffer & { detached?: boolean }).detached;
+  if (typeof flag === 'boolean') return flag;
+  try {
+    new Uint8Array(buffer, 0, 0);
+    return false;
+  } catch {
+    return true;
+  }
+}
+
 /**
  * Checks that `t` is a tensor the runtime can move: an object with a known dtype, a shape of
  * non-negative integers, and `data` a typed array of that dtype's class, over a plain (not shared,
@@ -148,7 +160,7 @@ export function checkTensor(t: unknown, where: string): asserts t is Tensor {
   if (typeof SharedArrayBuffer !== 'undefined' && view.buffer instanceof SharedArrayBuffer) {
     throw new InvalidArgumentError(`${where}.data is a view of a SharedArrayBuffer; copy it into a plain ArrayBuffer first`);
   }
-  if ((view.buffer as ArrayBuffer & { detached?: boolean }).detached) {
+  if (isDetached(view.buffer)) {
     throw new InvalidArgumentError(`${where}.data's ArrayBuffer has been detached (transferred)`);
   }
   if (view.length !== n) {
