@@ -178,6 +178,27 @@ void Avx512Block(const float*, const int8_t*, const float*, float*, int64_t, int
 // (The VNNI fields of PreparedActivations, int8_matmul.h.)
 using QuantizedX = PreparedActivations;
 
+#if CASCADE_X86
+// One 32-block of QuantizeRows with AVX-512: the same amax, scale and round-to-nearest-even
+// (cvtps_epi32 under the default MXCSR, as lrintf), so the same bits as the scalar loop.
+CASCADE_AVX512 float QuantizeBlockAvx512(const float* x, int64_t n, int8_t* q) {
+  const __mmask16 m0 = n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1);
+  const __mmask16 m1 = n >= 32 ? static_cast<__mmask16>(0xffff) : n > 16 ? static_cast<__mmask16>((1u << (n - 16)) - 1) : 0;
+  const __m512 v0 = _mm512_maskz_loadu_ps(m0, x), v1 = _mm512_maskz_loadu_ps(m1, x + 16);
+  const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+  const float d = amax / 127.0f;
+  const float inv = d > 0.0f ? 1.0f / d : 0.0f;
+  const __m512 s = _mm512_set1_ps(inv);
+  _mm_mask_storeu_epi8(q, m0, _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v0, s))));
+  _mm_mask_storeu_epi8(q + 16, m1, _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v1, s))));
+  return d;
+}
+#else
+float QuantizeBlockAvx512(const float*, int64_t, int8_t*) { NoSimd(); }
+#endif
+
+bool HasAvx512();  // CPU has AVX-512 (F, BW, VL): the vector paths of the helpers below
+
 void QuantizeRows(const float* x, int64_t T, int64_t in, QuantizedX* qx) {
   const int64_t chunks = (in + 63) / 64, padded = chunks * 64;
   qx->chunks = chunks;
@@ -189,11 +210,16 @@ void QuantizeRows(const float* x, int64_t T, int64_t in, QuantizedX* qx) {
     int8_t* qr = qx->q.data() + t * padded;
     for (int64_t b = 0; b < chunks * 2; ++b) {
       const int64_t lo = b * 32, hi = std::min(in, lo + 32);
-      float amax = 0.0f;
-      for (int64_t i = lo; i < hi; ++i) amax = std::max(amax, std::fabs(xr[i]));
-      const float d = amax / 127.0f;
-      const float inv = d > 0.0f ? 1.0f / d : 0.0f;
-      for (int64_t i = lo; i < hi; ++i) qr[i] = static_cast<int8_t>(std::lrintf(xr[i] * inv));
+      float d = 0.0f;
+      if (hi > lo && HasAvx512()) {
+        d = QuantizeBlockAvx512(xr + lo, hi - lo, qr + lo);
+      } else {
+        float amax = 0.0f;
+        for (int64_t i = lo; i < hi; ++i) amax = std::max(amax, std::fabs(xr[i]));
+        d = amax / 127.0f;
+        const float inv = d > 0.0f ? 1.0f / d : 0.0f;
+        for (int64_t i = lo; i < hi; ++i) qr[i] = static_cast<int8_t>(std::lrintf(xr[i] * inv));
+      }
       float* ls = qx->lane_scale.data() + (t * chunks + b / 2) * 16 + (b % 2) * 8;
       for (int j = 0; j < 8; ++j) ls[j] = d;
     }
@@ -383,9 +409,32 @@ void Bf16DotBlock(const uint16_t*, int64_t, const uint16_t*, float*, int64_t, in
 #endif  // CASCADE_X86
 
 // Activations rounded to bf16 (nearest even; NaN stays NaN), rows padded with zeros to ldx.
+#if CASCADE_X86
+// 16 floats -> bf16 with the scalar rule below (nearest even, NaN quieted): the same bits.
+CASCADE_AVX512 void RoundToBf16Avx512(const float* x, int64_t n, uint16_t* out) {
+  int64_t i = 0;
+  for (; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512i u = _mm512_maskz_loadu_epi32(m, x + i);
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+    const __m512i hi = _mm512_srli_epi32(u, 16);
+    const __m512i rne = _mm512_srli_epi32(
+        _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(hi, _mm512_set1_epi32(1)))), 16);
+    const __m512i b = _mm512_mask_blend_epi32(nan, rne, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
+    _mm256_mask_storeu_epi16(out + i, m, _mm512_cvtepi32_epi16(b));
+  }
+}
+#else
+void RoundToBf16Avx512(const float*, int64_t, uint16_t*) { NoSimd(); }
+#endif
+
 std::vector<uint16_t> RoundRowsToBf16(const float* x, int64_t T, int64_t in, int64_t* ldx) {
   *ldx = (in + 31) / 32 * 32;
   std::vector<uint16_t> xb(static_cast<size_t>(T * *ldx), 0);
+  if (HasAvx512()) {
+    for (int64_t t = 0; t < T; ++t) RoundToBf16Avx512(x + t * in, in, xb.data() + t * *ldx);
+    return xb;
+  }
   for (int64_t t = 0; t < T; ++t)
     for (int64_t i = 0; i < in; ++i) {
       uint32_t u;
@@ -631,6 +680,12 @@ struct VnniB {
     VnniBlock<TB, OB>(qx, t, w + o * in, s + o, y + t * out + o, in, out);
   }
 };
+
+bool CpuHas(const char* feature);
+bool HasAvx512() {
+  static const bool has = CpuHas("avx512");
+  return has;
+}
 
 bool CpuHas(const char* feature) {
 #if !CASCADE_X86
