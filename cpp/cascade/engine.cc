@@ -247,10 +247,12 @@ void CascadeEngine::Warmup(int64_t proposal_length, int64_t candidates,
       {target_.get(), {1, {HeadKind::kArgmax, 0}}},
       {target_.get(), {proposal_length + 1, {HeadKind::kArgmax, 0}}},
       {draft_.get(), {1, {HeadKind::kArgmax, 0}}},
+      {draft_.get(), {2, {HeadKind::kArgmax, 0}}},  // a round's first draft call (SpeculativeStep)
   };
   if (has_tiny_) {
     HeadSpec cand{HeadKind::kCandidates, std::min<int64_t>(candidates, draft_->config().vocab_size)};
     shapes.push_back({draft_.get(), {1, cand}});
+    shapes.push_back({draft_.get(), {2, cand}});
     cand.full_argmax = true;
     shapes.push_back({draft_.get(), {1, cand}});
   }
@@ -269,38 +271,44 @@ void CascadeEngine::SetTiny(const TinyWeights& tiny) {
 
 // Stage 0 + 1: the draft's next-token distribution at `position` (cascade: restricted to the
 // tiny's K0 candidates, computed in the same program), and a proposal drawn from it.
-int32_t CascadeEngine::DraftPropose(int32_t input, int64_t position, const GenerateOptions& options, bool cascade,
+int32_t CascadeEngine::DraftPropose(const std::vector<int32_t>& inputs, int64_t position, const GenerateOptions& options, bool cascade,
                                     Rng& rng, GenerationStats& stats, Proposal& proposal) {
   const size_t vocab = static_cast<size_t>(draft_->config().vocab_size);
   const bool greedy = options.sampling.greedy();
   CheckInterrupted(options, "draft");
   ++stats.draft_calls;
+  // The proposal comes from the last input's row; the rows before it only fill the draft's cache
+  // (the tokens of the previous round it has not seen yet: one call instead of two).
+  const size_t last = inputs.size() - 1;
+  const int32_t input = inputs.back();
+  const int64_t input_position = position + static_cast<int64_t>(last);
   if (!cascade) {
-    ForwardResult r = draft_->Forward({input}, position, HeadFor(options.sampling));
-    if (greedy) return r.argmax[0];
-    TokenDist q = Transform(r.logits.data(), vocab, options.sampling);
+    ForwardResult r = draft_->Forward(inputs, position, HeadFor(options.sampling));
+    if (greedy) return r.argmax[last];
+    TokenDist q = Transform(r.logits.data() + last * vocab, vocab, options.sampling);
     const int32_t x = q.Sample(rng);
-    proposal.q.push_back(options.broken_acceptance_for_testing ? RatioDist(r.logits.data(), vocab, options.sampling, true)
-                                                               : std::move(q));
+    proposal.q.push_back(options.broken_acceptance_for_testing
+                             ? RatioDist(r.logits.data() + last * vocab, vocab, options.sampling, true)
+                             : std::move(q));
     return x;
   }
   const bool measure = options.coverage_every > 0 && draft_steps_++ % options.coverage_every == 0;
   HeadSpec head{HeadKind::kCandidates, options.candidates};
   head.full_argmax = measure;
-  ForwardResult r = draft_->Forward({input}, position, head);
+  ForwardResult r = draft_->Forward(inputs, position, head);
   const size_t k0 = static_cast<size_t>(options.candidates);
+  const int32_t* ids = r.candidate_ids.data() + last * k0;
   if (measure) {
     ++stats.coverage_samples;
-    if (std::find(r.candidate_ids.begin(), r.candidate_ids.end(), r.full_argmax[0]) != r.candidate_ids.end())
-      ++stats.coverage_hits;
+    if (std::find(ids, ids + k0, r.full_argmax[last]) != ids + k0) ++stats.coverage_hits;
   }
-  if (greedy) return r.argmax[0];  // the best candidate
+  if (greedy) return r.argmax[last];  // the best candidate
   // q~: the user's transform of the draft's logits over the candidates, zero elsewhere.
-  TokenDist q = Transform(r.candidate_logits.data(), k0, options.sampling, r.candidate_ids.data());
+  TokenDist q = Transform(r.candidate_logits.data() + last * k0, k0, options.sampling, ids);
   const int32_t x = q.Sample(rng);
   if (options.broken_acceptance_for_testing) {
     // Negative control: the draft's unrestricted softmax in the ratio (biased; see brief 5.4).
-    ForwardResult full = draft_->Forward({input}, position, {HeadKind::kLogits, 0});
+    ForwardResult full = draft_->Forward({input}, input_position, {HeadKind::kLogits, 0});
     proposal.q.push_back(RatioDist(full.logits.data(), vocab, options.sampling, true));
   } else {
     proposal.q.push_back(std::move(q));
@@ -360,7 +368,7 @@ void CascadeEngine::BranchingStep(Sequence& seq, const GenerateOptions& options,
       for (int64_t j = 1; j < L; ++j) {
         int32_t x = -1;
         draft_ms += TimedExecution(*draft_, stats.times.compile_ms,
-                                   [&] { x = DraftPropose(input, n - 1 + j, options, cascade, rng, stats, p); });
+                                   [&] { x = DraftPropose({input}, n - 1 + j, options, cascade, rng, stats, p); });
         p.tokens.push_back(x);
         input = x;
       }
@@ -464,16 +472,21 @@ void CascadeEngine::SpeculativeStep(Sequence& seq, const GenerateOptions& option
 
   // 1. Propose: L draft steps (each with the tiny's candidates in cascade mode) from the last
   //    committed token.
+  //    The first draft call also feeds what the draft has not seen of the last round (the main
+  //    loop leaves it one token: the last accepted proposal before the bonus token).
   Proposal proposal;
-  int32_t input = seq.tokens.back();
+  const int64_t seen = std::min(seq.draft_valid, n - 1);
+  std::vector<int32_t> inputs(seq.tokens.begin() + seen, seq.tokens.end());
+  int64_t position = seen;
   for (int64_t j = 0; j < L; ++j) {
     int32_t x = -1;
     const double ms = TimedExecution(*draft_, stats.times.compile_ms,
-                                     [&] { x = DraftPropose(input, n - 1 + j, options, cascade, rng, stats, proposal); });
+                                     [&] { x = DraftPropose(inputs, position, options, cascade, rng, stats, proposal); });
     stats.times.draft_ms += ms;
     cost_.ObserveDraftStep(cascade, ms);
     proposal.tokens.push_back(x);
-    input = x;
+    position += static_cast<int64_t>(inputs.size());
+    inputs = {x};
   }
   ++(cascade ? stats.steps_cascade : stats.steps_speculative);
   stats.length_sum += L;
@@ -605,8 +618,10 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
     if (kind == StepKind::kTarget) {
       TargetOnlyStep(seq, options, rng, stats);
     } else {
+      // A chain's first draft call takes up to one unseen token with it (SpeculativeStep).
+      const int64_t upto = options.branches == 1 && n - 1 - seq.draft_valid == 1 ? n - 2 : n - 1;
       (generated == 0 ? stats.times.prefill_ms : stats.times.draft_ms) += TimedExecution(
-          *draft_, stats.times.compile_ms, [&] { CatchUp(*draft_, seq.draft_valid, seq.tokens, n - 1, options, generated == 0 ? "prefill" : "catch-up"); });
+          *draft_, stats.times.compile_ms, [&] { CatchUp(*draft_, seq.draft_valid, seq.tokens, upto, options, generated == 0 ? "prefill" : "catch-up"); });
       if (options.branches > 1)
         BranchingStep(seq, options, kind == StepKind::kCascade, length, rng, stats);
       else

@@ -163,8 +163,9 @@ class CascadeEngine {
   // Draft -> target (cascade: tiny -> draft -> target when `cascade`).
   void SpeculativeStep(Sequence& seq, const GenerateOptions& options, bool cascade, int64_t length, Rng& rng,
                        GenerationStats& stats);
-  // One draft step at `position` from `input`: the proposal and the distribution it was drawn from.
-  int32_t DraftPropose(int32_t input, int64_t position, const GenerateOptions& options, bool cascade, Rng& rng,
+  // One draft step: `inputs` (usually one token) at positions `position`.., the proposal after the
+  // last of them and the distribution it was drawn from.
+  int32_t DraftPropose(const std::vector<int32_t>& inputs, int64_t position, const GenerateOptions& options, bool cascade, Rng& rng,
                        GenerationStats& stats, Proposal& proposal);
   // The draft's (restricted) distribution at `position` without sampling: q~ and, for T = 0, the
   // candidates ranked; used for the shared first step of several branches.
