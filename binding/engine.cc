@@ -233,10 +233,13 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
           delete ids;
           fn.Call({out});
         });
-        if (status != napi_ok) delete copy;
-        // Backpressure: a stream whose consumer stops reading pauses the generation here.
-        gate->Sent(static_cast<int64_t>(fresh.size()));
-        gate->WaitForReader(*abort);
+        if (status != napi_ok) {
+          delete copy;  // the JavaScript side is closing: nobody will read, so never wait for a reader
+        } else {
+          // Backpressure: a stream whose consumer stops reading pauses the generation here.
+          gate->Sent(static_cast<int64_t>(fresh.size()));
+          gate->WaitForReader(*abort);
+        }
       }
       return !cancel->load();
     };

@@ -371,6 +371,13 @@ ${body}
        c.generate('Once upon a time', { maxTokens: 60, stopAtEos: false }).then((r) => console.log('tokens', r.tokens.length));`,
     ],
     [
+      'process.exit while a stream is paused for its reader (backpressure)',
+      `const c = await Cascade.load({ target, maxContext: 2048, precision: { target: 'f32', draft: 'f32' }, draftLayers: 1 });
+       const it = c.stream('Once upon a time', { maxTokens: 100000, stopAtEos: false, mode: 'target' })[Symbol.asyncIterator]();
+       await it.next();
+       setTimeout(() => process.exit(0), 1500);`,
+    ],
+    [
       'process.exit during a load',
       `Cascade.load({ target, maxContext: 128, precision: { target: 'f32', draft: 'f32' }, draftLayers: 1,
          onStageForTesting: (s) => s === 'upload' && setTimeout(() => process.exit(0), 5) }).catch(() => {});`,

@@ -1,5 +1,7 @@
 #include "kernels/int8_matmul.h"
 
+#include "kernels/cpu_relax.h"
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #include <sys/syscall.h>
@@ -26,9 +28,6 @@
 #define CASCADE_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
 #define CASCADE_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
 #define CASCADE_AMX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16,fma")))
-#define CASCADE_CPU_RELAX() _mm_pause()
-#else
-#define CASCADE_CPU_RELAX() ((void)0)
 #endif
 
 namespace cascade {

@@ -5,14 +5,7 @@
 #include <chrono>
 #include <cstdlib>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define CASCADE_CPU_RELAX() _mm_pause()
-#elif defined(__aarch64__)
-#define CASCADE_CPU_RELAX() asm volatile("yield")
-#else
-#define CASCADE_CPU_RELAX() ((void)0)
-#endif
+#include "kernels/cpu_relax.h"
 
 namespace cascade {
 namespace kernels {

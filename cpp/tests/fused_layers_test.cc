@@ -15,22 +15,13 @@
 #include "kernels/ffi_handlers.h"
 #include "kernels/thread_team.h"
 #include "model/decoder.h"
-#include "pjrt/api.h"
-#include "pjrt/client.h"
-#include "pjrt/plugin_locator.h"
+#include "cpu_client.h"
 #include "random_model.h"
 
 namespace cascade {
 namespace {
 
-std::shared_ptr<Client> Cpu() {
-  static std::shared_ptr<Client> client = [] {
-    ClientOptions options;
-    options.cpu_device_count = 1;
-    return Client::Create(Api::Load(LocatePlugin("cpu")), options);
-  }();
-  return client;
-}
+std::shared_ptr<Client> Cpu() { return testing::CpuClient(); }
 
 struct Case {
   WeightPrecision precision;

@@ -202,6 +202,21 @@ export interface StreamPiece {
 }
 
 type NativeStats = CascadeStats;
+
+/**
+ * Engines with a generation in flight. On process exit their native generations are aborted:
+ * exit joins Node's thread pool, and a generation paused for its stream's reader (backpressure)
+ * would otherwise never return.
+ */
+const generating = new Set<{ abort(): void }>();
+let exitHookInstalled = false;
+function abortGenerationsAtExit(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.once('exit', () => {
+    for (const engine of generating) engine.abort();
+  });
+}
 interface NativeEngine {
   info(): {
     target: ModelInfo;
@@ -477,7 +492,15 @@ export class Cascade {
       // The cost model's choice of draft depth is measured once per model file and precisions, and remembered.
       const choiceFile =
         options.draft === undefined && options.draftLayers === undefined ? await draftChoicePath(options.target, targetPrecision, draftPrecision) : undefined;
-      const rememberedLayers = choiceFile ? await readFile(choiceFile, 'utf8').then((t) => (JSON.parse(t) as { layers?: number }).layers, () => undefined) : undefined;
+      // A remembered choice that does not parse, or is no positive integer, is measured again.
+      const rememberedLayers = choiceFile
+        ? await readFile(choiceFile, 'utf8')
+            .then((t) => {
+              const layers = (JSON.parse(t) as { layers?: unknown }).layers;
+              return typeof layers === 'number' && Number.isInteger(layers) && layers > 0 ? layers : undefined;
+            })
+            .catch(() => undefined)
+        : undefined;
       const tinyFile =
         options.tiny === 'fit' ? await tinyCachePath(options.target, options.draft, options.draftLayers ?? rememberedLayers, draftPrecision) : undefined;
       throwIfAborted(signal);
@@ -644,6 +667,7 @@ export class Cascade {
   ): AsyncGenerator<StreamPiece, void, undefined> {
     const engine = this.#engine;
     if (!engine) throw new DisposedError('generate: the Cascade has been disposed');
+    abortGenerationsAtExit();
     const signal = options.signal;
     const disposing = this.#disposing.signal;
     throwIfAborted(signal);
@@ -729,6 +753,8 @@ export class Cascade {
     );
     slot.native = run;
     this.#track(run);
+    generating.add(engine);
+    void run.then(() => generating.delete(engine));
     try {
       while (!finished || pending.length) {
         interrupted();

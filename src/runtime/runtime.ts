@@ -119,7 +119,7 @@ export class Executable {
         const want = this.parameters[k]!;
         if (t.dtype !== want.dtype || t.shape.length !== want.shape.length || t.shape.some((x, i) => x !== want.shape[i])) {
           throw new InvalidArgumentError(
-            `execute: inputs[${d}][${k}] is ${t.dtype}[${t.shape.join(',')}] but @main's parameter ${k} is ${want.dtype}[${want.shape.join(',')}]`,
+            `execute: inputs[${d}] argument ${k}: expected ${want.dtype}[${want.shape.join(',')}], got ${t.dtype}[${t.shape.join(',')}]`,
           );
         }
       }

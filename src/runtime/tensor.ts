@@ -154,7 +154,7 @@ export function checkTensor(t: unknown, where: string): asserts t is Tensor {
   const Ctor = ARRAYS[dtype as DType];
   if (!(data instanceof Ctor)) {
     const got = data === null ? 'null' : Array.isArray(data) ? 'a plain array' : ArrayBuffer.isView(data) ? data.constructor.name : typeof data;
-    throw new InvalidArgumentError(`${where}.data must be a ${Ctor.name} for dtype ${dtype}, got ${got}`);
+    throw new InvalidArgumentError(`${where}: dtype ${dtype} needs a ${Ctor.name} as data, got ${got}`);
   }
   const view = data as TypedArray;
   if (typeof SharedArrayBuffer !== 'undefined' && view.buffer instanceof SharedArrayBuffer) {
@@ -164,7 +164,7 @@ export function checkTensor(t: unknown, where: string): asserts t is Tensor {
     throw new InvalidArgumentError(`${where}.data's ArrayBuffer has been detached (transferred)`);
   }
   if (view.length !== n) {
-    throw new InvalidArgumentError(`${where}.data holds ${view.length} elements, but shape [${(shape as number[]).join(', ')}] needs ${n}`);
+    throw new InvalidArgumentError(`${where}: shape [${(shape as number[]).join(', ')}] has ${n} elements but data has ${view.length}`);
   }
 }
 
