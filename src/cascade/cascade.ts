@@ -4,6 +4,7 @@
  * target's: identical tokens at temperature 0, the same distribution when sampling.
  * @module
  */
+import { createHash } from 'node:crypto';
 import { access, copyFile, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
@@ -365,6 +366,11 @@ async function tinyCachePath(target: string, draft: string | undefined, draftLay
   return path.join(dir, name);
 }
 
+/** The sha256 a remembered draft choice carries over its content (a file of other bytes is measured again). */
+function choiceChecksum(layers: unknown, candidates: unknown): string {
+  return createHash('sha256').update(JSON.stringify({ layers, candidates })).digest('hex');
+}
+
 /** Writes `text` to a temporary next to `file` (named for this process) and renames it into place. */
 async function writeFileAtomic(file: string, text: string): Promise<void> {
   const tmp = `${file}.tmp${process.pid}`;
@@ -496,7 +502,8 @@ export class Cascade {
       const rememberedLayers = choiceFile
         ? await readFile(choiceFile, 'utf8')
             .then((t) => {
-              const layers = (JSON.parse(t) as { layers?: unknown }).layers;
+              const { layers, candidates, checksum } = JSON.parse(t) as { layers?: unknown; candidates?: unknown; checksum?: unknown };
+              if (checksum !== choiceChecksum(layers, candidates)) return undefined;
               return typeof layers === 'number' && Number.isInteger(layers) && layers > 0 ? layers : undefined;
             })
             .catch(() => undefined)
@@ -547,7 +554,9 @@ export class Cascade {
       }
       if (choiceFile && rememberedLayers === undefined && cascade.info.draftChoice.length) {
         const layers = cascade.info.draft.layers;
-        await writeFileAtomic(choiceFile, `${JSON.stringify({ layers, candidates: cascade.info.draftChoice }, null, 2)}\n`).catch(() => {});
+        const candidates = cascade.info.draftChoice;
+        const record = { layers, candidates, checksum: choiceChecksum(layers, candidates) };
+        await writeFileAtomic(choiceFile, `${JSON.stringify(record, null, 2)}\n`).catch(() => {});
         // The tiny fitted for this depth: file it under the depth, where the next load looks.
         if (tinyFile) await copyFile(tinyFile, await tinyCachePath(options.target, undefined, layers, draftPrecision)).catch(() => {});
       }

@@ -217,7 +217,7 @@ async function downloadUnshared(spec: DefaultModelSpec, dest: string, options: E
   const folder = join(dest, '..');
   await mkdir(folder, { recursive: true });
   await removeStaleTemps(folder);
-  const tmpDir = await mkdtemp(join(folder, '.download-'));
+  const tmpDir = await mkdtemp(join(folder, `.download-${process.pid}-`));
   const tmpFile = join(folder, `.${spec.file}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
   try {
     say(`downloading ${spec.name} (${spec.pkg}==${spec.version}, ~93 MB) with pip`);

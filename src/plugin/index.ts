@@ -211,7 +211,7 @@ async function downloadUnshared(p: PluginPackage, options: ResolveOptions): Prom
     throw new DownloadError(`cannot create the plugin cache folder ${dir}: ${(e as Error).message}`, { cause: e });
   }
   await removeStaleTemps(dir);
-  const tmp = await mkdtemp(join(dir, '.download-'));
+  const tmp = await mkdtemp(join(dir, `.download-${process.pid}-`));
   try {
     say(`downloading ${p.pkg}==${p.version} with pip into ${dir}`);
     await pipDownload(p.pkg, p.version, tmp, { onLine: say, signal });

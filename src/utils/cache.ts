@@ -39,9 +39,14 @@ export function cachePath(...segments: string[]): string {
 /** Stale temp entries (from a crashed process) older than this are removed before a download. */
 const STALE_MS = 24 * 3600 * 1000;
 
-/** The process that writes a temporary, from its name: `.name.<pid>.<hex>.tmp` (downloads), `name.tmp<pid>` (tiny models), `name.tmp<pid>-<hex>` (compiled programs). */
+/**
+ * The process that writes a temporary, from its name: `.name.<pid>.<hex>.tmp` (extracted files),
+ * `.download-<pid>-<random>` (download folders), `name.tmp<pid>` (tiny models, draft choices),
+ * `name.tmp<pid>-<hex>` (compiled programs).
+ */
 function temporaryOwner(name: string): number | undefined {
-  const m = /^\..*\.(\d+)\.[0-9a-f]+\.tmp$/.exec(name) ?? /\.tmp(\d+)(?:-[0-9a-f]+)?$/.exec(name);
+  const m =
+    /^\..*\.(\d+)\.[0-9a-f]+\.tmp$/.exec(name) ?? /^\.download-(\d+)-/.exec(name) ?? /\.tmp(\d+)(?:-[0-9a-f]+)?$/.exec(name);
   return m ? Number(m[1]) : undefined;
 }
 
@@ -92,6 +97,11 @@ export function compileCacheDir(): string {
 let swept: Promise<void> | undefined;
 /** Once per process: {@link removeStaleTemps} over every cache folder cascade-xla writes. */
 export function sweepCacheTemporaries(): Promise<void> {
-  swept ??= Promise.all(['tiny', 'draft-choice', 'models', 'bench'].map((d) => removeStaleTemps(cachePath(d))).concat(removeStaleTemps(compileCacheDir()))).then(() => {});
+  swept ??= (async () => {
+    const plugins = await readdir(cachePath('plugins')).catch(() => [] as string[]);
+    const dirs = ['tiny', 'draft-choice', 'models', 'bench'].map((d) => cachePath(d));
+    dirs.push(compileCacheDir(), ...plugins.map((p) => cachePath('plugins', p)));
+    await Promise.all(dirs.map((d) => removeStaleTemps(d)));
+  })();
   return swept;
 }
