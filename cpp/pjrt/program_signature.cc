@@ -90,6 +90,8 @@ class Cursor {
           pos_ = start;
           break;
         }
+        // std::stoll would throw std::out_of_range past 2^63 (found by the program_text fuzzer).
+        if (pos_ - start > 15) Fail("a dimension of " + std::to_string(pos_ - start) + " digits is too large");
         t.dims.push_back(std::stoll(s_.substr(start, pos_ - start)));
         ++pos_;  // 'x'
         continue;
@@ -128,6 +130,7 @@ int AliasingOutput(const std::string& attrs) {
   while (at < attrs.size() && std::isspace(static_cast<unsigned char>(attrs[at]))) ++at;
   size_t end = at;
   while (end < attrs.size() && std::isdigit(static_cast<unsigned char>(attrs[end]))) ++end;
+  if (end - at > 9) throw InvalidArgumentError("program signature: tf.aliasing_output " + attrs.substr(at, 20) + "... is out of range");
   return end > at ? std::stoi(attrs.substr(at, end - at)) : -1;
 }
 

@@ -49,6 +49,15 @@ TEST(ProgramSignature, ReadsMainParamsResultsAndAliasing) {
   EXPECT_EQ(sig->results[0].dims, (std::vector<int64_t>{3}));
   EXPECT_FALSE(ParseMainSignature("module {}").has_value());
   EXPECT_THROW(ParseMainSignature("func.func @main(%a: tensor<?xf32>) -> tensor<f32>"), InvalidArgumentError);
+  // Found by the program_text fuzzer: numbers past int64 / int32 escaped as std::out_of_range.
+  EXPECT_THROW(ParseMainSignature("func.func public @main(%k: tensor<29999999999999999999x2xf32>) -> tensor<f32>"),
+               InvalidArgumentError);
+  EXPECT_THROW(ParseMainSignature("func.func @main(%k: tensor<2xf32> {tf.aliasing_output = 99999999999 : i32}) -> "
+                                  "tensor<2xf32>"),
+               InvalidArgumentError);
+  // The plugin's parser crashes on deep nesting: refused before it (issue #18).
+  EXPECT_THROW(CheckProgramText(std::string(300, '(') + std::string(300, ')')), InvalidArgumentError);
+  EXPECT_NO_THROW(CheckProgramText(std::string(200, '{') + "\"}}}}\" -> " + std::string(200, '}')));
 }
 
 TEST(Plugin, MissingPathIsPluginNotFound) {
