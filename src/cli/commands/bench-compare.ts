@@ -405,8 +405,8 @@ function markdown(r: {
 async function renderChart(rows: Row[], title: string): Promise<Buffer> {
   const ok = rows.filter((r) => r.status === 'ok');
   const max = Math.max(1, ...ok.map((r) => Math.max(r.tokensPerSecond!, r.boundTokensPerSecond ?? 0)));
-  const W = 980;
-  const left = 380;
+  const W = 1080;
+  const left = 480;
   const barH = 26;
   const top = 50;
   const H = top + rows.length * (barH + 10) + 40;
