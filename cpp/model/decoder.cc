@@ -204,11 +204,36 @@ DecoderModel::DecoderModel(std::shared_ptr<Client> client, const ModelWeights& w
 }
 
 void DecoderModel::ResetCache() {
+  ++cache_version_;
   HostTensor zeros(kv_dtype_, KvCacheDims(config_, options_.max_context));
   for (auto& rep : replicas_) {
     rep.k_cache = client_->ToDevice(zeros, rep.device);
     rep.v_cache = client_->ToDevice(zeros, rep.device);
   }
+}
+
+void DecoderModel::SwapCache(KvCache& other) {
+  ++cache_version_;
+  if (other.empty()) {
+    HostTensor zeros(kv_dtype_, KvCacheDims(config_, options_.max_context));
+    for (auto& rep : replicas_) {
+      other.k.push_back(client_->ToDevice(zeros, rep.device));
+      other.v.push_back(client_->ToDevice(zeros, rep.device));
+    }
+  }
+  if (other.k.size() != replicas_.size() || other.v.size() != replicas_.size())
+    throw InvalidArgumentError("SwapCache: the cache has " + std::to_string(other.k.size()) + " replicas, the model " +
+                               std::to_string(replicas_.size()));
+  for (size_t r = 0; r < replicas_.size(); ++r) {
+    std::swap(replicas_[r].k_cache, other.k[r]);
+    std::swap(replicas_[r].v_cache, other.v[r]);
+  }
+}
+
+int64_t DecoderModel::cache_bytes() const {
+  int64_t n = 0;
+  for (const auto& rep : replicas_) n += static_cast<int64_t>(rep.k_cache->byte_size() + rep.v_cache->byte_size());
+  return n;
 }
 
 void DecoderModel::SetTiny(const TinyWeights& tiny) {
@@ -335,6 +360,7 @@ std::vector<ForwardResult> DecoderModel::ForwardSharded(const std::vector<Shard>
   const bool logprob = head.kind == HeadKind::kTokenLogprob;
   const bool tree = !shards[0].inputs.tree_mask.empty();
   if (T < 1) throw InvalidArgumentError("Forward: no tokens");
+  ++cache_version_;
   if (start_pos < 0 || start_pos + T > options_.max_context)
     throw InvalidArgumentError("Forward: slots " + std::to_string(start_pos) + ".." + std::to_string(start_pos + T - 1) +
                                " do not fit the cache of " + std::to_string(options_.max_context));

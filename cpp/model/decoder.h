@@ -111,6 +111,23 @@ class DecoderModel {
 
   // Zeroes the cache (not needed for correctness: unwritten slots are always masked).
   void ResetCache();
+  // A KV cache's device buffers (a key and a value buffer per replica) held outside the model,
+  // while another sequence uses the model (CascadeEngine keeps one per conversation). Empty: none.
+  struct KvCache {
+    std::vector<std::unique_ptr<Buffer>> k, v;
+    bool empty() const { return k.empty(); }
+    void clear() {
+      k.clear();
+      v.clear();
+    }
+  };
+  // Exchanges the model's cache with `other`; an empty `other` first gets a zeroed cache.
+  void SwapCache(KvCache& other);
+  // Changes with every write to the model's cache (each Forward, ResetCache, SwapCache): whoever
+  // remembers what the cache holds compares it to know whether someone else used the model since.
+  uint64_t cache_version() const { return cache_version_; }
+  // Device bytes of one KV cache (all replicas).
+  int64_t cache_bytes() const;
   // Uploads the tiny model (once) for HeadKind::kCandidates; replaces a previous one (and its
   // candidate tables). Throws InvalidArgumentError when it does not fit this model (input_dim !=
   // hidden_size or vocab != vocab_size).
@@ -143,6 +160,7 @@ class DecoderModel {
   std::shared_ptr<LoadedExecutable> Program(int64_t num_tokens, const HeadSpec& head, bool tree);
 
   double compile_ms_ = 0;
+  uint64_t cache_version_ = 0;
   std::shared_ptr<Client> client_;
   ModelConfig config_;
   DecoderOptions options_;

@@ -4,6 +4,7 @@ import type { DecodeMode } from '../../cascade/cascade.js';
 import { Runtime } from '../../runtime/runtime.js';
 import { benchModes } from './bench-modes.js';
 import { benchCompare } from './bench-compare.js';
+import { benchChat } from './bench-chat.js';
 import { tensor } from '../../runtime/tensor.js';
 import { median, printJson, table } from '../output.js';
 import { pluginOption, positiveInteger } from '../options.js';
@@ -48,9 +49,11 @@ export function benchCommand(): Command {
       'Benchmarks, run side by side and reported as medians. Suite "compare" (the default): cascade-xla\'s modes next to ' +
         'node-llama-cpp and Hugging Face transformers on the same GGUF and prompts, written to docs/bench/compare.{json,md,png}. ' +
         'Suite "modes": target / speculative / cascade / auto in one process. Suite "runtime": open + compile + execute ' +
-        'an n x n f32 matmul on 1 and on N devices, interleaved over several rounds (execute includes host<->device copies).',
+        'an n x n f32 matmul on 1 and on N devices, interleaved over several rounds (execute includes host<->device copies). ' +
+        'Suite "chat": time to first token of a chat turn whose history is in the session\'s KV cache vs the same turn from scratch ' +
+        '(docs/bench/chat.{json,md}).',
     )
-    .addOption(new Option('--suite <name>', 'which benchmark').choices(['compare', 'modes', 'runtime']).default('compare'))
+    .addOption(new Option('--suite <name>', 'which benchmark').choices(['compare', 'modes', 'runtime', 'chat']).default('compare'))
     .option('--model <path>', 'modes: target model (default: SmolLM2-135M-Instruct)')
     .option('--modes <list>', 'modes: comma-separated decoding modes', 'target,speculative,cascade,auto')
     .option('--temperatures <list>', 'modes: comma-separated temperatures', '0,0.8')
@@ -58,7 +61,9 @@ export function benchCommand(): Command {
     .option('--k1 <n>', 'modes: draft proposals per target call', positiveInteger('--k1'), 4)
     .option('--k0 <n>', 'modes: tiny candidates per draft step', positiveInteger('--k0'), 64)
     .option('--draft-layers <n>', 'modes: layers of the self-speculative draft', positiveInteger('--draft-layers'))
-    .option('--out <dir>', 'modes: where to write modes.json and modes.md', 'docs/bench')
+    .option('--out <dir>', 'modes, chat: where to write their .json and .md', 'docs/bench')
+    .option('--mode <mode>', 'chat: the decoding mode', 'speculative')
+    .option('--runs <n>', 'chat: measured runs (medians)', positiveInteger('--runs'), 5)
     .addOption(pluginOption())
     .option('--devices <list>', 'comma-separated device counts', '1,4')
     .option('--size <n>', 'matrix size', positiveInteger('--size'), 1024)
@@ -67,7 +72,12 @@ export function benchCommand(): Command {
     .option('--json', 'print JSON')
     .addHelpText('after', '\nExamples:\n  $ cascade-xla bench                      # the side-by-side comparison (~15 min)\n  $ cascade-xla bench --suite runtime --devices 1,4 --size 1024 --rounds 5')
     .action(async (opts: { suite: string; plugin: string; devices: string; size: number; rounds: number; repeats: number; json?: boolean;
-      model?: string; modes: string; temperatures: string; maxTokens: number; k1: number; k0: number; draftLayers?: number; out: string }) => {
+      model?: string; modes: string; temperatures: string; maxTokens: number; k1: number; k0: number; draftLayers?: number; out: string;
+      mode: string; runs: number }) => {
+      if (opts.suite === 'chat') {
+        await benchChat({ model: opts.model, plugin: opts.plugin, mode: opts.mode as DecodeMode, runs: opts.runs, out: opts.out });
+        return;
+      }
       if (opts.suite === 'compare') {
         await benchCompare({ model: opts.model, maxTokens: opts.maxTokens, k1: opts.k1, k0: opts.k0, out: opts.out, plugin: opts.plugin });
         return;
