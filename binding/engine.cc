@@ -75,6 +75,7 @@ Napi::Object StatsToJs(Napi::Env env, const GenerationStats& s) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("promptTokens", static_cast<double>(s.prompt_tokens));
   o.Set("generatedTokens", static_cast<double>(s.generated_tokens));
+  o.Set("cachedTokens", static_cast<double>(s.cached_tokens));
   o.Set("targetCalls", static_cast<double>(s.target_calls));
   o.Set("draftCalls", static_cast<double>(s.draft_calls));
   o.Set("proposed", static_cast<double>(s.proposed));
@@ -121,6 +122,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
                         InstanceMethod("consumed", &NativeEngine::Consumed),
                         InstanceMethod("abort", &NativeEngine::Abort),
                         InstanceMethod("evaluate", &NativeEngine::Evaluate),
+                        InstanceMethod("releaseSequence", &NativeEngine::ReleaseSequence),
                         InstanceMethod("dispose", &NativeEngine::Dispose)});
   }
   explicit NativeEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeEngine>(info) {}
@@ -200,6 +202,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       options->candidates = static_cast<int64_t>(NumberFromJs(o, "candidates", 64));
       options->dynamic_length = o.Get("dynamicLength").ToBoolean();
       options->branches = static_cast<int64_t>(NumberFromJs(o, "branches", 1));
+      options->sequence = static_cast<int64_t>(NumberFromJs(o, "sequence", 0));
       options->broken_acceptance_for_testing = o.Get("brokenAcceptanceForTesting").ToBoolean();
       Napi::Value stops = o.Get("stopTokens");
       if (stops.IsTypedArray()) {
@@ -298,6 +301,20 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
           std::copy(logits->begin(), logits->end(), out.Data());
           return out;
         });
+  }
+
+  // releaseSequence(id): frees a sequence's KV caches (a closed ChatSession). Callers queue it
+  // behind generations (Cascade's queue); while one runs it is refused.
+  Napi::Value ReleaseSequence(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    auto engine = Live(env);
+    if (info.Length() < 1 || !info[0].IsNumber()) throw ToJsError(env, InvalidArgumentError("releaseSequence(id: number)"));
+    bool expected = false;
+    if (!busy_->compare_exchange_strong(expected, true))
+      throw ToJsError(env, InvalidArgumentError("releaseSequence: this model is busy (calls must be queued)"));
+    engine->ReleaseSequence(info[0].As<Napi::Number>().Int64Value());
+    busy_->store(false);
+    return env.Undefined();
   }
 
   // Ends the generation after the tokens of the current step (stop strings): it resolves normally.
@@ -429,6 +446,7 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
     options.planned_proposal_length = static_cast<int64_t>(NumberFromJs(o, "k1", 4));
     options.device_index = static_cast<size_t>(NumberFromJs(o, "deviceIndex", 0));
     options.devices = static_cast<int64_t>(NumberFromJs(o, "devices", 1));
+    options.max_sequences = static_cast<int64_t>(NumberFromJs(o, "maxSequences", static_cast<double>(options.max_sequences)));
     memory_limit = static_cast<int64_t>(NumberFromJs(o, "deviceMemoryLimit", 0));
   } catch (const Error& e) {
     throw ToJsError(env, e);

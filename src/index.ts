@@ -11,6 +11,8 @@
  */
 export { Runtime, Executable } from './runtime/runtime.js';
 export { Cascade } from './cascade/cascade.js';
+export { ChatSession } from './cascade/chat-session.js';
+export type { ChatSessionOptions } from './cascade/chat-session.js';
 export { distillTiny } from './cascade/distill.js';
 export { cpuCaches } from './cascade/placement.js';
 export type { PlacementReport, ModelPlacement, CpuCache } from './cascade/placement.js';

@@ -537,6 +537,73 @@ void CascadeEngine::SpeculativeStep(Sequence& seq, const GenerateOptions& option
   seq.draft_valid = std::min(seq.draft_valid, n + k);
 }
 
+CascadeEngine::ResidentSequence& CascadeEngine::Activate(int64_t id) {
+  ResidentSequence& current = sequences_[active_sequence_];
+  if (target_->cache_version() != target_version_) current.target_valid = 0;
+  if (draft_->cache_version() != draft_version_) current.draft_valid = 0;
+  if (id != active_sequence_) {
+    ResidentSequence& next = sequences_[id];  // (std::map: references survive the insertion)
+    if (next.target_cache.empty()) {
+      // It needs caches of its own: new ones while under the limit, else the least recently used
+      // sequence's (which then starts from scratch next time).
+      int64_t holding = 1;  // the active sequence's, inside the models
+      ResidentSequence* lru = nullptr;
+      for (auto& [key, s] : sequences_) {
+        if (s.target_cache.empty()) continue;
+        ++holding;
+        if (!lru || s.last_used < lru->last_used) lru = &s;
+      }
+      if (holding >= std::max<int64_t>(1, options_.max_sequences)) {
+        ResidentSequence& victim = lru ? *lru : current;
+        victim.tokens.clear();
+        victim.target_valid = victim.draft_valid = 0;
+        if (!lru) {
+          // A limit of one: the new sequence takes over the models' caches as they are.
+          active_sequence_ = id;
+          target_version_ = target_->cache_version();
+          draft_version_ = draft_->cache_version();
+          return next;
+        }
+        next.target_cache = std::move(victim.target_cache);
+        next.draft_cache = std::move(victim.draft_cache);
+        victim.target_cache.clear();
+        victim.draft_cache.clear();
+      }
+    }
+    target_->SwapCache(next.target_cache);
+    draft_->SwapCache(next.draft_cache);
+    current.target_cache = std::move(next.target_cache);
+    current.draft_cache = std::move(next.draft_cache);
+    next.target_cache.clear();
+    next.draft_cache.clear();
+    active_sequence_ = id;
+  }
+  target_version_ = target_->cache_version();
+  draft_version_ = draft_->cache_version();
+  return sequences_[id];
+}
+
+void CascadeEngine::ReleaseSequence(int64_t id) {
+  auto it = sequences_.find(id);
+  if (it == sequences_.end()) return;
+  if (id == active_sequence_) {
+    // Its caches are the models'; they stay there for whoever comes next, holding nothing.
+    it->second.tokens.clear();
+    it->second.target_valid = it->second.draft_valid = 0;
+    return;
+  }
+  sequences_.erase(it);
+}
+
+int64_t CascadeEngine::SequenceBytes() const { return target_->cache_bytes() + draft_->cache_bytes(); }
+
+int64_t CascadeEngine::resident_sequences() const {
+  int64_t n = 1;
+  for (const auto& [key, s] : sequences_)
+    if (!s.target_cache.empty()) ++n;
+  return n;
+}
+
 std::vector<float> CascadeEngine::TargetLogits(const std::vector<int32_t>& tokens) {
   const int64_t T = static_cast<int64_t>(tokens.size());
   if (T < 1) throw InvalidArgumentError("evaluate: no tokens");
@@ -583,6 +650,33 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
   Sequence seq;
   seq.tokens = prompt;
   seq.prompt_length = prompt.size();
+  // Reuse what the sequence's caches hold: the prompt's longest common prefix with the tokens they
+  // saw (keys and values depend only on the tokens before them, and every kernel computes a row
+  // the same in any call shape, so these entries are bit-identical to a fresh prefill's). The
+  // last prompt token is always fed again: its step gives the first new token.
+  ResidentSequence& resident = Activate(options.sequence);
+  resident.last_used = ++use_clock_;
+  {
+    size_t common = 0;
+    const size_t limit = std::min(resident.tokens.size(), prompt.size() - 1);
+    while (common < limit && resident.tokens[common] == prompt[common]) ++common;
+    seq.target_valid = std::min<int64_t>(resident.target_valid, static_cast<int64_t>(common));
+    seq.draft_valid = std::min<int64_t>(resident.draft_valid, static_cast<int64_t>(common));
+  }
+  stats.cached_tokens = seq.target_valid;
+  // However the call ends (done, aborted, failed), remember what the caches now hold.
+  struct Remember {
+    CascadeEngine& engine;
+    ResidentSequence& resident;
+    Sequence& seq;
+    ~Remember() {
+      resident.tokens = seq.tokens;
+      resident.target_valid = std::min<int64_t>(seq.target_valid, static_cast<int64_t>(seq.tokens.size()));
+      resident.draft_valid = std::min<int64_t>(seq.draft_valid, static_cast<int64_t>(seq.tokens.size()));
+      engine.target_version_ = engine.target_->cache_version();
+      engine.draft_version_ = engine.draft_->cache_version();
+    }
+  } remember{*this, resident, seq};
 
   std::vector<int64_t> lengths;
   for (int64_t L : {1, 2, 3, 4, 6, 8, 12, 16})

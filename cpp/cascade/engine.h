@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -39,6 +40,10 @@ struct EngineOptions {
   // pmap-style verification: the target (weights and KV cache) replicated on devices 0..D-1; with
   // several branches, each device verifies a balanced share of them in the same call.
   int64_t devices = 1;
+  // Sequences whose KV caches stay resident for reuse (GenerateOptions::sequence): beyond it, the
+  // least recently used one gives its caches up (its next call prefills from scratch). Each costs
+  // one target and one draft cache (StepBytes' companion: CascadeEngine::SequenceBytes()).
+  int64_t max_sequences = 4;
 };
 
 struct GenerateOptions {
@@ -46,6 +51,10 @@ struct GenerateOptions {
   SamplingParams sampling;
   uint64_t seed = 0;
   int64_t max_tokens = 64;
+  // Which resident sequence (KV caches) to continue: the prompt's longest common prefix with what
+  // that sequence's caches hold is not computed again (llama.cpp's prompt cache). Any id; ids the
+  // engine has not seen start empty. 0 is the default sequence of plain generate calls.
+  int64_t sequence = 0;
   std::vector<int32_t> stop_tokens;  // e.g. EOS ids: generation ends after emitting one
   int64_t proposal_length = 4;       // L (the seed's K1): draft tokens per target call
   int64_t candidates = 64;           // K0: the tiny's candidates per draft step (cascade mode)
@@ -81,6 +90,7 @@ struct StageTimes {
 
 struct GenerationStats {
   int64_t prompt_tokens = 0;
+  int64_t cached_tokens = 0;   // prompt tokens the target's cache already held (not prefilled again)
   int64_t generated_tokens = 0;
   int64_t target_calls = 0;    // verify / decode calls after the prompt
   int64_t draft_calls = 0;
@@ -139,6 +149,12 @@ class CascadeEngine {
   // each; later generations then start without compiling.
   void Warmup(int64_t proposal_length, int64_t candidates, const std::function<void(int64_t, int64_t)>& progress = {});
 
+  // Forgets a sequence and frees its caches (a closed conversation). Unknown ids are ignored.
+  void ReleaseSequence(int64_t id);
+  // Device bytes one resident sequence costs (a target and a draft KV cache).
+  int64_t SequenceBytes() const;
+  int64_t resident_sequences() const;
+
   // Installs the tiny model (stage 0) on the draft: enables DecodeMode::kCascade.
   void SetTiny(const TinyWeights& tiny);
   bool has_tiny() const { return has_tiny_; }
@@ -153,6 +169,18 @@ class CascadeEngine {
 
  private:
   struct Sequence;  // the committed tokens and how far each cache has seen them
+  // A sequence between calls: what its caches hold, and the caches themselves while another
+  // sequence has the models' (the active one's caches are inside the models).
+  struct ResidentSequence {
+    std::vector<int32_t> tokens;  // slots 0..valid-1 of each cache hold these tokens' keys/values
+    int64_t target_valid = 0;
+    int64_t draft_valid = 0;
+    DecoderModel::KvCache target_cache, draft_cache;
+    uint64_t last_used = 0;
+  };
+  // Puts sequence `id`'s caches into the models (stashing the active one's) and returns it, its
+  // valid counts cleared when someone else used a model's cache since (evaluate, a tiny fit).
+  ResidentSequence& Activate(int64_t id);
 
   void CatchUp(DecoderModel& model, int64_t& valid, const std::vector<int32_t>& tokens, int64_t upto,
                const GenerateOptions& options, const char* stage);
@@ -185,6 +213,10 @@ class CascadeEngine {
   std::vector<DraftCandidate> draft_candidates_;
   bool has_tiny_ = false;
   CostModel cost_;  // learned over the engine's lifetime
+  std::map<int64_t, ResidentSequence> sequences_;
+  int64_t active_sequence_ = 0;
+  uint64_t target_version_ = 0, draft_version_ = 0;  // the models' cache_version() after the active sequence's last call
+  uint64_t use_clock_ = 0;
   int64_t draft_steps_ = 0;  // for spacing the gamma0 samples
 };
 

@@ -12,6 +12,7 @@ import { DisposedError, InvalidArgumentError, type OutOfMemoryError } from '../e
 import { call, callSync, native } from '../native.js';
 import { Runtime } from '../runtime/runtime.js';
 import { Tokenizer, type ChatMessage } from '../tokenizer/index.js';
+import { ChatSession, type ChatSessionOptions } from './chat-session.js';
 import { placementReport, type PlacementReport } from './placement.js';
 import { abortReason, onAbort, raceAbort, throwIfAborted } from '../utils/abort.js';
 import { cachePath, sweepCacheTemporaries } from '../utils/cache.js';
@@ -70,6 +71,14 @@ export interface CascadeLoadOptions {
   onProgress?: (stage: 'compile', done: number, total: number) => void;
   /** Measure the memory bandwidth at load (~0.3 s) for {@link Cascade.costModel}. Default false. */
   measureBandwidth?: boolean;
+  /**
+   * Conversations whose KV caches stay resident for reuse: the default one of {@link Cascade.generate}
+   * and one per {@link ChatSession}. A prompt that extends what a conversation's caches hold
+   * prefills only its new tokens. Beyond this many, the least recently used conversation gives
+   * its caches up (its next turn prefills from scratch). Each costs one target and one draft KV
+   * cache of `maxContext` tokens (`info.memory.*.kvCacheBytes`). Default 4.
+   */
+  maxSequences?: number;
   /** Default number of tiny candidates per draft step (K0). */
   k0?: number;
   /** Default number of draft proposals per target call (K1, the proposal length L). */
@@ -158,6 +167,13 @@ export interface StageTimes {
 /** Statistics of one generation (or, on {@link Cascade.stats}, of all of them). */
 export interface CascadeStats {
   promptTokens: number;
+  /**
+   * Prompt tokens whose keys and values were already in the conversation's KV cache (a prompt
+   * that extends the previous one of the same conversation), so they were not prefilled again.
+   */
+  cachedTokens: number;
+  /** Milliseconds from the start of the generation (after waiting in the queue) to its first token. */
+  firstTokenMs: number;
   generatedTokens: number;
   targetCalls: number;
   draftCalls: number;
@@ -204,6 +220,9 @@ export interface StreamPiece {
 
 type NativeStats = CascadeStats;
 
+/** The conversation (KV cache) of plain {@link Cascade.generate} calls; sessions get 1, 2, ... */
+const DEFAULT_SEQUENCE = 0;
+
 /**
  * Engines with a generation in flight. On process exit their native generations are aborted:
  * exit joins Node's thread pool, and a generation paused for its stream's reader (backpressure)
@@ -247,6 +266,8 @@ interface NativeEngine {
   abort(): void;
   /** The stream's reader has taken `tokens` more tokens (the generation pauses while too many are unread). */
   consumed(tokens: number): void;
+  /** Frees a conversation's KV caches (not while a call runs). */
+  releaseSequence(id: number): void;
   dispose(): void;
 }
 
@@ -334,6 +355,8 @@ function checkGenerateOptions(o: GenerateOptions): void {
 function emptyStats(): CascadeStats {
   return {
     promptTokens: 0,
+    cachedTokens: 0,
+    firstTokenMs: 0,
     generatedTokens: 0,
     targetCalls: 0,
     draftCalls: 0,
@@ -441,6 +464,8 @@ export class Cascade {
   readonly #ownsRuntime: boolean;
   readonly #defaults: { k0?: number; k1?: number };
   #queue: Promise<unknown> = Promise.resolve();
+  /** The next {@link ChatSession}'s conversation id (0 is {@link generate}'s). */
+  #nextSequence = DEFAULT_SEQUENCE + 1;
   /** Native calls (generate, evaluate) not settled yet. */
   #inflight = new Set<Promise<unknown>>();
   /** Fires on {@link dispose}: calls running or queued end with DisposedError. */
@@ -470,6 +495,7 @@ export class Cascade {
     checkInteger('draftLayers', options.draftLayers, 1);
     checkInteger('k0', options.k0, 1);
     checkInteger('k1', options.k1, 1, 64);
+    checkInteger('maxSequences', options.maxSequences, 1, 1024);
     if (options.k0 !== undefined && options.k1 !== undefined && options.k1 > options.k0) {
       throw new InvalidArgumentError(`k1 (${options.k1}) must not exceed k0 (${options.k0})`);
     }
@@ -522,6 +548,7 @@ export class Cascade {
           maxContext: options.maxContext ?? 1024,
           draftLayers: options.draftLayers ?? rememberedLayers,
           devices: options.devices ?? 1,
+          maxSequences: options.maxSequences ?? 4,
           k1: options.k1,
           k0: options.k0,
           warmup: options.warmup === true,
@@ -579,18 +606,60 @@ export class Cascade {
    * chat template).
    */
   async generate(prompt: string | ChatMessage[], options: GenerateOptions = {}): Promise<GenerationResult> {
-    const pieces: StreamPiece[] = [];
     let final: GenerationResult | undefined;
-    for await (const piece of this.#run(prompt, options, (r) => (final = r))) pieces.push(piece);
+    for await (const piece of this.#run(prompt, options, (r) => (final = r), DEFAULT_SEQUENCE)) void piece;
     return final!;
   }
 
   /** Like {@link generate}, yielding text pieces as tokens are accepted. */
   stream(prompt: string | ChatMessage[], options: GenerateOptions = {}): AsyncGenerator<StreamPiece, void, undefined> {
-    return this.#run(prompt, options, () => {});
+    return this.#run(prompt, options, () => {}, DEFAULT_SEQUENCE);
   }
 
-  async *#run(prompt: string | ChatMessage[], options: GenerateOptions, done: (r: GenerationResult) => void): AsyncGenerator<StreamPiece, void, undefined> {
+  /**
+   * A conversation with its own KV cache: each turn sends the whole history through the chat
+   * template, and only what the cache has not seen yet is prefilled (see {@link ChatSession}).
+   * Several sessions share the model; {@link CascadeLoadOptions.maxSequences} bounds how many keep
+   * their caches.
+   *
+   * @example
+   * ```ts
+   * const chat = cascade.createChatSession({ systemPrompt: 'You are terse.' });
+   * console.log((await chat.prompt('Name a prime number.')).text);
+   * console.log((await chat.prompt('And the next one?')).text); // reuses the first turn's cache
+   * await chat.dispose();
+   * ```
+   */
+  createChatSession(options: ChatSessionOptions = {}): ChatSession {
+    if (!this.#engine) throw new DisposedError('createChatSession: the Cascade has been disposed');
+    const id = this.#nextSequence++;
+    return new ChatSession(
+      {
+        tokenizer: this.tokenizer,
+        run: (messages, generateOptions, done) => this.#run(messages, generateOptions, done, id),
+        release: () => this.#releaseSequence(id),
+      },
+      options,
+    );
+  }
+
+  /** Frees a conversation's caches, in turn behind the calls queued before. */
+  async #releaseSequence(id: number): Promise<void> {
+    const turn = this.#enqueue();
+    try {
+      await turn.ready;
+      this.#engine?.releaseSequence(id);
+    } finally {
+      turn.release();
+    }
+  }
+
+  async *#run(
+    prompt: string | ChatMessage[],
+    options: GenerateOptions,
+    done: (r: GenerationResult) => void,
+    sequence: number,
+  ): AsyncGenerator<StreamPiece, void, undefined> {
     if (typeof prompt !== 'string' && !Array.isArray(prompt)) {
       throw new InvalidArgumentError('prompt must be a string or an array of chat messages { role, content }');
     }
@@ -608,7 +677,7 @@ export class Cascade {
     const slot: { native?: Promise<unknown> } = {};
     try {
       await this.#waitTurn(turn.ready, options.signal, 'generate');
-      yield* this.#generateNow(ids, options, done, slot);
+      yield* this.#generateNow(ids, options, done, slot, sequence);
     } finally {
       turn.release(slot.native);
     }
@@ -673,6 +742,7 @@ export class Cascade {
     options: GenerateOptions,
     done: (r: GenerationResult) => void,
     slot: { native?: Promise<unknown> },
+    sequence: number,
   ): AsyncGenerator<StreamPiece, void, undefined> {
     const engine = this.#engine;
     if (!engine) throw new DisposedError('generate: the Cascade has been disposed');
@@ -690,7 +760,10 @@ export class Cascade {
     const pending: StreamPiece[] = [];
     let wake: (() => void) | undefined;
 
+    const started = performance.now();
+    let firstTokenMs = 0;
     const onTokens = (fresh: Int32Array) => {
+      if (firstTokenMs === 0 && fresh.length) firstTokenMs = performance.now() - started;
       if (stopped) return;
       const list = Array.from(fresh);
       tokens.push(...list);
@@ -742,6 +815,7 @@ export class Cascade {
           candidates: options.k0 ?? this.#defaults.k0 ?? 64,
           dynamicLength: options.dynamicHorizon ?? options.mode === 'auto',
           branches: options.branches ?? 1,
+          sequence,
           stopTokens: Int32Array.from(eos),
           brokenAcceptanceForTesting: options.brokenAcceptanceForTesting === true,
         },
@@ -794,7 +868,11 @@ export class Cascade {
         const piece = pending.shift()!;
         if (piece.text) yield piece;
       }
-      const stats: CascadeStats = { ...result!.stats, stopReason: stopped ? 'stop_string' : result!.stats.stopReason };
+      const stats: CascadeStats = {
+        ...result!.stats,
+        firstTokenMs,
+        stopReason: stopped ? 'stop_string' : result!.stats.stopReason,
+      };
       this.#accumulate(stats);
       this.lastStats = stats;
       done({ text, tokens: stopped ? tokens : all, stats });
@@ -841,7 +919,7 @@ export class Cascade {
 
   #accumulate(s: CascadeStats): void {
     const t = this.stats;
-    for (const k of ['promptTokens', 'generatedTokens', 'targetCalls', 'draftCalls', 'proposed', 'attempted', 'accepted', 'totalMs'] as const) t[k] += s[k];
+    for (const k of ['promptTokens', 'cachedTokens', 'generatedTokens', 'targetCalls', 'draftCalls', 'proposed', 'attempted', 'accepted', 'totalMs'] as const) t[k] += s[k];
     for (const k of Object.keys(t.stageMs) as (keyof StageTimes)[]) t.stageMs[k] += s.stageMs[k];
     t.tau = t.targetCalls ? t.generatedTokens / t.targetCalls : 0;
     t.gamma21 = t.attempted ? t.accepted / t.attempted : 0;
@@ -853,6 +931,7 @@ export class Cascade {
     t.predictedSpeedup = s.predictedSpeedup;
     t.measuredSpeedup = s.measuredSpeedup;
     t.meanProposalLength = s.meanProposalLength;
+    t.firstTokenMs = s.firstTokenMs;
   }
 
   /**
