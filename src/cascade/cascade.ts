@@ -10,6 +10,7 @@ import path from 'node:path';
 
 import { DisposedError, InvalidArgumentError, type OutOfMemoryError } from '../errors.js';
 import { call, callSync, native } from '../native.js';
+import { resolveModel, type ResolveProgress } from '../models/catalog.js';
 import { Runtime } from '../runtime/runtime.js';
 import { Tokenizer, type ChatMessage } from '../tokenizer/index.js';
 import { ChatSession, type ChatSessionOptions } from './chat-session.js';
@@ -25,9 +26,13 @@ export type DecodeMode = 'target' | 'speculative' | 'cascade' | 'auto';
 
 /** Options of {@link Cascade.load}. */
 export interface CascadeLoadOptions {
-  /** The target model: a GGUF file, or a Hugging Face folder (config.json + safetensors + tokenizer.json). */
+  /**
+   * The target model: a GGUF file, a Hugging Face folder (config.json + safetensors +
+   * tokenizer.json), an http(s) URL of a GGUF file (downloaded into the cache once, see
+   * {@link downloadModel}), or a catalogue name such as `'smollm2-135m-instruct'` (see {@link resolveModel}).
+   */
   target: string;
-  /** A draft model with the same vocabulary. Default: the target's first layers (self-speculative). */
+  /** A draft model with the same vocabulary (path, URL or name, like `target`). Default: the target's first layers (self-speculative). */
   draft?: string;
   /**
    * The tiny projection model for `mode: 'cascade'`: a `.safetensors` file in the cascade-xla tiny
@@ -67,8 +72,11 @@ export interface CascadeLoadOptions {
    * time), instead of on first use. Default false.
    */
   warmup?: boolean;
-  /** Progress while loading: `('compile', done, total)` during the warm-up. */
-  onProgress?: (stage: 'compile', done: number, total: number) => void;
+  /**
+   * Progress while loading: `('download', bytes, totalBytes)` while a URL's file is downloaded
+   * (`totalBytes` 0 when the server did not say), `('compile', done, total)` during the warm-up.
+   */
+  onProgress?: (stage: 'download' | 'compile', done: number, total: number) => void;
   /** Measure the memory bandwidth at load (~0.3 s) for {@link Cascade.costModel}. Default false. */
   measureBandwidth?: boolean;
   /**
@@ -507,6 +515,13 @@ export class Cascade {
     const signal = options.signal;
     const stage = options.onStageForTesting ?? (() => {});
     throwIfAborted(signal);
+    // A URL or a catalogue name becomes a file in the cache (downloaded once).
+    const fetchModel = async (spec: string) => {
+      const onProgress = options.onProgress;
+      const report = onProgress && ((p: ResolveProgress) => p.kind === 'bytes' && p.phase === 'download' && onProgress('download', p.received, p.total ?? 0));
+      return (await resolveModel(spec, { signal, onProgress: report })).path;
+    };
+    options = { ...options, target: await fetchModel(options.target), draft: options.draft === undefined ? undefined : await fetchModel(options.draft) };
     stage('tokenizer');
     const tokenizer = await raceAbort(findTokenizer(options.target), signal);
     // The cost model's choice of draft depth is measured once per model file and remembered.

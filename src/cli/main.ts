@@ -4,6 +4,8 @@
  * @internal
  * @module
  */
+import { readFileSync } from 'node:fs';
+
 import { Command } from 'commander';
 
 import { CascadeError } from '../errors.js';
@@ -11,6 +13,7 @@ import { benchCommand } from './commands/bench.js';
 import { distillCommand } from './commands/distill.js';
 import { infoCommand } from './commands/info.js';
 import { pluginCommand } from './commands/plugin.js';
+import { pullCommand } from './commands/pull.js';
 import { runCommand } from './commands/run.js';
 import { selftestCommand } from './commands/selftest.js';
 
@@ -21,6 +24,8 @@ const program = new Command()
       'Runs on the XLA CPU plugin by default; point --plugin (or CASCADE_PJRT_PLUGIN) at a CUDA or TPU plugin to use those.',
   )
   .showHelpAfterError('(run with --help for usage)')
+  .version((JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version, '-V, --version', 'print the version')
+  .option('-q, --quiet', 'print only the answer (or the path): no progress, no statistics')
   .configureHelp({ sortSubcommands: true });
 
 program.addCommand(runCommand('demo'));
@@ -31,6 +36,8 @@ program.addCommand(pluginCommand());
 program.addCommand(benchCommand());
 program.addCommand(distillCommand());
 
+program.addCommand(serveCommand());
+program.addCommand(pullCommand());
 try {
   await program.parseAsync(process.argv);
 } catch (error) {
