@@ -23,9 +23,9 @@ const program = new Command()
     'Cascaded speculative decoding (tiny -> INT8 draft -> BF16 target) on XLA through the PJRT C API.\n' +
       'Runs on the XLA CPU plugin by default; point --plugin (or CASCADE_PJRT_PLUGIN) at a CUDA or TPU plugin to use those.',
   )
-  .showHelpAfterError('(run with --help for usage)')
   .version((JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version, '-V, --version', 'print the version')
   .option('-q, --quiet', 'print only the answer (or the path): no progress, no statistics')
+  .showHelpAfterError('(run with --help for usage)')
   .configureHelp({ sortSubcommands: true });
 
 program.addCommand(runCommand('demo'));
@@ -35,9 +35,8 @@ program.addCommand(infoCommand());
 program.addCommand(pluginCommand());
 program.addCommand(benchCommand());
 program.addCommand(distillCommand());
-
-program.addCommand(serveCommand());
 program.addCommand(pullCommand());
+
 try {
   await program.parseAsync(process.argv);
 } catch (error) {
