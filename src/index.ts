@@ -47,6 +47,24 @@ export {
 } from './errors.js';
 export { NativeAddonError } from './native.js';
 export { resolvePlugin, ensurePlugin, pluginCacheInfo } from './plugin/index.js';
+export { serve, createServer } from './server/server.js';
+export type { ServerOptions, ServeOptions, CascadeServer, ServerGenerateDefaults, RequestLogEntry } from './server/server.js';
+export { ServerRequestError } from './server/errors.js';
+export type { ExtraSamplingOptions } from './server/requests.js';
+export type {
+  OpenAIChatCompletionRequest,
+  OpenAICompletionRequest,
+  OpenAISamplingFields,
+  OpenAIChatMessage,
+  OpenAIContentPart,
+  OpenAIChatCompletion,
+  OpenAIChatCompletionChunk,
+  OpenAICompletion,
+  OpenAIUsage,
+  OpenAIFinishReason,
+  OpenAIModel,
+  OpenAIErrorBody,
+} from './server/openai-types.js';
 export { ensureDefaultModel, defaultModelPath, DEFAULT_MODEL, ModelNotFoundError } from './models/default-model.js';
 export type { EnsureModelOptions, EnsuredModel, DefaultModelSpec } from './models/default-model.js';
 export type { PluginKind, ResolvedPlugin, ResolveOptions, EnsureOptions, CachedPlugin, PluginCacheInfo } from './plugin/index.js';

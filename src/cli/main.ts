@@ -16,6 +16,7 @@ import { pluginCommand } from './commands/plugin.js';
 import { pullCommand } from './commands/pull.js';
 import { runCommand } from './commands/run.js';
 import { selftestCommand } from './commands/selftest.js';
+import { serveCommand } from './commands/serve.js';
 
 const program = new Command()
   .name('cascade-xla')
@@ -35,6 +36,7 @@ program.addCommand(infoCommand());
 program.addCommand(pluginCommand());
 program.addCommand(benchCommand());
 program.addCommand(distillCommand());
+program.addCommand(serveCommand());
 program.addCommand(pullCommand());
 
 try {

@@ -1,0 +1,180 @@
+import path from 'node:path';
+
+import { Command, Option } from 'commander';
+
+import { Cascade, type DecodeMode, type Precision } from '../../cascade/cascade.js';
+import { ensureDefaultModel } from '../../models/default-model.js';
+import { serve } from '../../server/server.js';
+import { pluginOption, positiveInteger } from '../options.js';
+import { progressBar } from '../progress.js';
+
+interface ServeOptions {
+  host: string;
+  port: number;
+  model?: string;
+  modelName?: string;
+  draft?: string;
+  mode: DecodeMode;
+  k1: number;
+  k0: number;
+  tiny?: string;
+  branches: number;
+  devices: number;
+  dynamic?: boolean;
+  draftLayers?: number;
+  targetPrecision?: Precision;
+  draftPrecision?: Precision;
+  maxContext: number;
+  maxTokens?: number;
+  maxQueue: number;
+  apiKey?: string;
+  shutdownGrace: number;
+  quiet?: boolean;
+  plugin: string;
+}
+
+const port = (v: string) => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new Error(`--port must be an integer in 0..65535, got '${v}'`);
+  return n;
+};
+
+const nonNegativeInteger = (flag: string) => (v: string) => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new Error(`${flag} must be an integer >= 0, got '${v}'`);
+  return n;
+};
+
+/** The id a model file or folder is served under: its name without the extension. */
+export function modelIdFor(target: string): string {
+  const base = path.basename(target.replace(/[\\/]+$/, ''));
+  return base.replace(/\.(gguf|safetensors)$/i, '') || 'cascade-xla';
+}
+
+async function run(opts: ServeOptions): Promise<void> {
+  const progress = (m: string) => process.stderr.write(`${m}\n`);
+  const target = opts.model === undefined || opts.model === 'default' ? (await ensureDefaultModel({ onProgress: progress })).path : opts.model;
+  progress(`loading ${target} (the first run compiles the XLA programs, cached afterwards)`);
+  const bar = progressBar('compiling programs (once per machine)', process.stderr.isTTY === true);
+  const cascade = await Cascade.load({
+    target,
+    draft: opts.draft,
+    plugin: opts.plugin,
+    devices: opts.devices,
+    maxContext: opts.maxContext,
+    draftLayers: opts.draftLayers,
+    k1: opts.k1,
+    k0: opts.k0,
+    warmup: true,
+    onProgress: (_stage, done, total) => bar.update(done, total),
+    tiny: opts.tiny ?? (opts.mode === 'cascade' || opts.mode === 'auto' ? 'fit' : undefined),
+    precision: opts.targetPrecision || opts.draftPrecision ? { target: opts.targetPrecision, draft: opts.draftPrecision } : 'auto',
+  });
+  bar.stop();
+  const modelId = opts.modelName ?? modelIdFor(target);
+  let server;
+  try {
+    server = await serve({
+      cascade,
+      host: opts.host,
+      port: opts.port,
+      modelId,
+      defaults: { mode: opts.mode, k1: opts.k1, k0: opts.k0, branches: opts.branches, ...(opts.dynamic ? { dynamicHorizon: true } : {}) },
+      defaultMaxTokens: opts.maxTokens,
+      maxQueue: opts.maxQueue,
+      apiKey: opts.apiKey ?? (process.env['CASCADE_API_KEY'] || undefined),
+      shutdownGraceMs: opts.shutdownGrace,
+      onRequestLog: opts.quiet
+        ? undefined
+        : (e) => progress(`${new Date().toISOString()} ${e.method} ${e.url} ${e.status} ${e.ms.toFixed(0)} ms${e.completed ? '' : ' (client disconnected)'}`),
+    });
+  } catch (error) {
+    await cascade.dispose();
+    throw error;
+  }
+  // The one line on stdout: scripts and tests read the address from it.
+  process.stdout.write(`listening on ${server.url}\n`);
+  progress(
+    `serving '${modelId}' (${cascade.info.target.family}, ${cascade.info.target.layers} layers, ${cascade.info.targetPrecision}; mode ${opts.mode}; context ${cascade.info.maxContext} tokens)\n` +
+      `OpenAI base URL: ${server.url}/v1   (Ctrl-C stops; a second Ctrl-C aborts the requests in flight)`,
+  );
+
+  await new Promise<void>((resolve) => {
+    let stopping = false;
+    const stop = (signal: NodeJS.Signals) => {
+      if (stopping) {
+        progress(`${signal} again: aborting the requests in flight`);
+        server.app.server.closeAllConnections();
+        return;
+      }
+      stopping = true;
+      progress(`${signal}: closing (requests in flight get ${opts.shutdownGrace} ms to finish)`);
+      void server
+        .close()
+        .catch((e: unknown) => progress(`closing the server failed: ${e instanceof Error ? e.message : String(e)}`))
+        .then(() => cascade.dispose())
+        .finally(() => {
+          process.off('SIGINT', stop);
+          process.off('SIGTERM', stop);
+          resolve();
+        });
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
+  progress('stopped');
+}
+
+export function serveCommand(): Command {
+  return new Command('serve')
+    .description(
+      'Serve the model over an OpenAI-compatible HTTP API: GET /v1/models, POST /v1/chat/completions and POST /v1/completions, ' +
+        'plain or streamed (server-sent events), with usage, stop strings and the usual sampling options. Generations run one ' +
+        'at a time in arrival order; a client that disconnects aborts its own. Every decoding mode returns the target model\'s ' +
+        'exact output, so --mode only changes the speed.',
+    )
+    .option('--host <host>', 'interface to bind (0.0.0.0 for every interface; consider --api-key then)', '127.0.0.1')
+    .option('--port <port>', 'TCP port (0 picks a free one; the address is printed on stdout)', port, 8080)
+    .option('--model <path>', "target model: a GGUF file, a Hugging Face folder, or 'default' (SmolLM2-135M-Instruct, downloaded once)")
+    .option('--model-name <id>', 'the model id clients send and /v1/models lists (default: the file name without its extension)')
+    .option('--draft <path>', "draft model with the same vocabulary (default: the target's first layers)")
+    .addOption(new Option('--mode <mode>', 'decoding mode (all give the target\'s output)').choices(['target', 'speculative', 'cascade', 'auto']).default('speculative'))
+    .option('--k1 <n>', 'draft proposals per target call', positiveInteger('--k1'), 4)
+    .option('--k0 <n>', 'tiny candidates per draft step (cascade mode)', positiveInteger('--k0'), 64)
+    .option('--tiny <path>', "tiny model for --mode cascade: a .safetensors file, or 'fit' to fit one from the draft (cached)")
+    .option('--branches <n>', 'proposal branches per step, verified as a tree in one target call', positiveInteger('--branches'), 1)
+    .option('--devices <n>', 'devices the target is replicated on', positiveInteger('--devices'), 1)
+    .option('--dynamic', 'choose the proposal length per step from the cost model (on by default in auto mode)')
+    .option('--draft-layers <n>', 'layers of the self-speculative draft', positiveInteger('--draft-layers'))
+    .addOption(new Option('--target-precision <p>', 'target weights on the device').choices(['f32', 'bf16', 'int8']))
+    .addOption(new Option('--draft-precision <p>', 'draft weights on the device').choices(['f32', 'bf16', 'int8']))
+    .option('--max-context <n>', 'KV cache length in tokens: prompt plus reply must fit', positiveInteger('--max-context'), 1024)
+    .option('--max-tokens <n>', 'tokens to generate when a request sets no max_tokens (default: the room left in the context; 16 on /v1/completions)', positiveInteger('--max-tokens'))
+    .option('--max-queue <n>', 'most requests running or queued at once; more get 429', positiveInteger('--max-queue'), 64)
+    .option('--api-key <key>', 'require "Authorization: Bearer <key>" on /v1 requests (or set CASCADE_API_KEY)')
+    .option('--shutdown-grace <ms>', 'on SIGINT/SIGTERM, how long requests in flight may finish before they are aborted', nonNegativeInteger('--shutdown-grace'), 5000)
+    .option('--quiet', 'do not log one line per request on stderr')
+    .addOption(pluginOption())
+    .addHelpText(
+      'after',
+      `
+Endpoints (OpenAI's request and response shapes; errors as { error: { message, type, param, code } }):
+  GET  /v1/models              the served model
+  POST /v1/chat/completions    messages rendered with the model's chat template
+  POST /v1/completions         raw text prompt
+  GET  /health                 { "status": "ok" }
+
+Request fields: max_tokens / max_completion_tokens, temperature (default 1), top_p, seed, stop (up to 4),
+stream, stream_options.include_usage, presence_penalty, frequency_penalty, logit_bias, and llama.cpp's
+top_k, min_p, repeat_penalty. n must be 1; logprobs, tools and JSON response formats are refused with a 400.
+See docs/serving.md.
+
+Examples:
+  $ cascade-xla serve                                   # default model on http://127.0.0.1:8080
+  $ cascade-xla serve --port 0 --mode target --max-context 2048
+  $ curl http://127.0.0.1:8080/v1/chat/completions -H 'content-type: application/json' \\
+      -d '{"messages":[{"role":"user","content":"Why is the sky blue?"}],"max_tokens":64}'`,
+    )
+    // `--quiet` may also be the program's global option (commander gives it to the parent then).
+    .action((opts: ServeOptions, cmd: Command) => run({ ...opts, quiet: opts.quiet === true || cmd.optsWithGlobals().quiet === true }));
+}
