@@ -10,6 +10,7 @@ import { Command } from 'commander';
 
 import { CascadeError } from '../errors.js';
 import { benchCommand } from './commands/bench.js';
+import { chatCommand } from './commands/chat.js';
 import { distillCommand } from './commands/distill.js';
 import { infoCommand } from './commands/info.js';
 import { pluginCommand } from './commands/plugin.js';
@@ -38,6 +39,7 @@ program.addCommand(benchCommand());
 program.addCommand(distillCommand());
 program.addCommand(serveCommand());
 program.addCommand(pullCommand());
+program.addCommand(chatCommand());
 
 try {
   await program.parseAsync(process.argv);

@@ -140,8 +140,11 @@ export function phaseTimer(label: string, mode: ProgressMode = progressMode(), d
     tick.unref();
   }, delayMs);
   first.unref();
+  let stopped = false;
   return {
     stop() {
+      if (stopped) return;
+      stopped = true;
       clearTimeout(first);
       clearInterval(tick);
       if (shown && mode === 'bar') process.stderr.write('\r\x1b[K');

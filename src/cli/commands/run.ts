@@ -1,12 +1,17 @@
 import { Command, Option } from 'commander';
 
-import { Cascade, type CascadeStats, type DecodeMode, type Precision } from '../../cascade/cascade.js';
-import { ensureDefaultModel } from '../../models/default-model.js';
-import { printJson, table } from '../output.js';
-import { progressBar } from '../progress.js';
-import { pluginOption, positiveInteger } from '../options.js';
+import { readdir } from 'node:fs/promises';
+import { basename } from 'node:path';
 
-interface RunOptions {
+import { Cascade, type CascadeStats, type DecodeMode, type Precision } from '../../cascade/cascade.js';
+import { resolveModel } from '../../models/catalog.js';
+import { compileCacheDir } from '../../utils/cache.js';
+import { printJson, table } from '../output.js';
+import { phaseTimer, progressBar, progressMode, type Progress } from '../progress.js';
+import { pluginOption, positiveInteger } from '../options.js';
+import { downloadReporter } from './pull.js';
+
+interface RunOptions extends LoadFlags {
   model?: string;
   draft?: string;
   mode: DecodeMode;
@@ -28,6 +33,7 @@ interface RunOptions {
   raw?: boolean;
   compare?: boolean;
   json?: boolean;
+  stats?: boolean;
   plugin: string;
 }
 
@@ -61,83 +67,159 @@ export function statsTable(stats: CascadeStats, baseline?: CascadeStats): string
   return lines.join('\n');
 }
 
-async function run(prompt: string, opts: RunOptions): Promise<void> {
-  const progress = (m: string) => process.stderr.write(`${m}\n`);
-  const target = opts.model ?? (await ensureDefaultModel({ onProgress: progress })).path;
+/** What a command needs to load a Cascade (run and chat share it). */
+export interface LoadFlags {
+  model?: string | undefined;
+  draft?: string | undefined;
+  mode: DecodeMode;
+  k1: number;
+  k0: number;
+  tiny?: string | undefined;
+  devices: number;
+  draftLayers?: number | undefined;
+  targetPrecision?: Precision | undefined;
+  draftPrecision?: Precision | undefined;
+  maxContext: number;
+  plugin: string;
+}
+
+async function compiledProgramCount(): Promise<number> {
+  return (await readdir(compileCacheDir()).catch(() => [] as string[])).length;
+}
+
+/**
+ * Resolves the models (a path, a URL or a catalogue name; default: the default model), then loads
+ * them with the warm-up, showing each phase that lasts over a second: the download (bytes, ETA),
+ * the load (elapsed seconds: reading, uploading, and on a first load measuring the draft and fitting
+ * the tiny model) and the XLA programs (count, ETA), labelled "compiling" only when the compile
+ * cache grew, else "loading ... from the cache".
+ */
+export async function loadForCli(opts: LoadFlags, quiet: boolean): Promise<{ cascade: Cascade; target: string; loadMs: number }> {
+  const mode = progressMode(quiet);
   const started = performance.now();
-  if (!opts.json) progress(`loading ${target} (first run compiles the XLA programs, cached afterwards)`);
-  const bar = progressBar('compiling programs (once per machine)', !opts.json && process.stderr.isTTY === true);
-  await using c = await Cascade.load({
-    target,
-    warmup: true,
-    measureBandwidth: true,
-    k1: opts.k1,
-    k0: opts.k0,
-    onProgress: (_stage, done, total) => bar.update(done, total),
-    draft: opts.draft,
-    plugin: opts.plugin,
-    devices: opts.devices,
-    maxContext: opts.maxContext,
-    draftLayers: opts.draftLayers,
-    tiny: opts.tiny ?? (opts.mode === 'cascade' || opts.mode === 'auto' ? 'fit' : undefined),
-    precision: opts.targetPrecision || opts.draftPrecision ? { target: opts.targetPrecision, draft: opts.draftPrecision } : 'auto',
-  });
-  bar.stop();
-  const generation = {
-    mode: opts.mode,
-    maxTokens: opts.maxTokens,
-    temperature: opts.temperature,
-    topK: opts.topK,
-    topP: opts.topP,
-    seed: opts.seed,
-    k1: opts.k1,
-    k0: opts.k0,
-    branches: opts.branches,
-    ...(opts.dynamic ? { dynamicHorizon: true } : {}),
-  };
-  const input = opts.raw ? prompt : [{ role: 'user', content: prompt }];
-  let text = '';
-  let stats: CascadeStats | undefined;
-  const first = performance.now();
-  for await (const piece of c.stream(input, generation)) {
-    text += piece.text;
-    if (!opts.json) process.stdout.write(piece.text);
+  const reporter = downloadReporter(quiet);
+  let target: string;
+  let draft: string | undefined;
+  try {
+    target = (await resolveModel(opts.model ?? 'default', { onProgress: reporter.onProgress })).path;
+    draft = opts.draft === undefined ? undefined : (await resolveModel(opts.draft, { onProgress: reporter.onProgress })).path;
+  } finally {
+    reporter.stop();
   }
-  stats = c.lastStats!;
-  const firstMs = performance.now() - first;
-  let baseline: CascadeStats | undefined;
-  if (opts.compare && opts.mode !== 'target') {
-    baseline = (await c.generate(input, { ...generation, mode: 'target' })).stats;
+  const cacheOff = /^(0|false|no|off)$/i.test(process.env.CASCADE_COMPILE_CACHE?.trim() ?? '');
+  const programsBefore = cacheOff ? 0 : await compiledProgramCount();
+  const tiny = opts.tiny ?? (opts.mode === 'cascade' || opts.mode === 'auto' ? 'fit' : undefined);
+  const loading = phaseTimer(`loading ${basename(target)}${tiny === 'fit' ? ' (a first load also fits the tiny model, ~1 min, cached)' : ''}`, mode);
+  let bar: Progress | undefined;
+  let programs: Promise<void> = Promise.resolve();
+  try {
+    const cascade = await Cascade.load({
+      target,
+      draft,
+      warmup: true,
+      measureBandwidth: true,
+      k1: opts.k1,
+      k0: opts.k0,
+      onProgress: (stage, done, total) => {
+        if (stage !== 'compile') return;
+        loading.stop();
+        // Label the phase by what happened to the first program: a new compile-cache entry means compiled.
+        programs = programs.then(async () => {
+          if (bar === undefined) {
+            const compiled = cacheOff || (await compiledProgramCount()) > programsBefore;
+            bar = progressBar(compiled ? 'compiling XLA programs (first run; cached afterwards)' : 'loading XLA programs from the cache', mode);
+          }
+          bar.update(done, total);
+        });
+      },
+      plugin: opts.plugin,
+      devices: opts.devices,
+      maxContext: opts.maxContext,
+      draftLayers: opts.draftLayers,
+      tiny,
+      precision: opts.targetPrecision || opts.draftPrecision ? { target: opts.targetPrecision, draft: opts.draftPrecision } : 'auto',
+    });
+    await programs;
+    return { cascade, target, loadMs: performance.now() - started };
+  } finally {
+    loading.stop();
+    bar?.stop();
   }
-  if (opts.json) {
-    printJson({ model: target, mode: opts.mode, text, stats, baseline, loadMs: first - started, generateMs: firstMs, info: c.info, placement: await c.placement() });
-    return;
-  }
-  process.stdout.write('\n\n');
-  console.log(`${c.info.target.family} target: ${c.info.target.layers} layers (${c.info.targetPrecision}); draft: ${c.info.draft.layers} layers (${c.info.draftPrecision}); mode ${opts.mode}, k1 ${opts.k1}`);
-  console.log(statsTable(stats, baseline));
-  const placement = await c.placement();
-  console.log(
-    `placement: ${placement.models.map((m) => `${m.model} ${(m.bytes / 1048576).toFixed(0)} MiB in "${m.memoryKind}"${m.share === null ? '' : ` (${(100 * m.share).toFixed(1)}%)`}`).join(', ')}` +
-      (placement.tinyVersusCache
-        ? `; tiny ${(placement.tinyVersusCache.tinyBytes / 1048576).toFixed(1)} MiB vs largest CPU cache ${(placement.tinyVersusCache.cacheBytes / 1048576).toFixed(1)} MiB (${placement.tinyVersusCache.fits ? 'fits' : 'does not fit'})`
-        : ''),
-  );
-  const cm = c.costModel;
-  if (cm) {
+}
+
+/** One line for stderr after a reply: tokens, speed, and what the mode did. */
+export function summaryLine(stats: CascadeStats, mode: DecodeMode, loadMs?: number): string {
+  const parts = [`${stats.promptTokens} prompt tokens`, `${stats.generatedTokens} tokens`, `${stats.tokensPerSecond.toFixed(1)} tokens/s`, `mode ${mode}`];
+  if (stats.targetCalls > 0 && mode !== 'target') parts.push(`${stats.tau.toFixed(2)} tokens per target call`);
+  if (loadMs !== undefined) parts.push(`load ${(loadMs / 1000).toFixed(1)} s`);
+  return parts.join(', ');
+}
+
+async function run(prompt: string, opts: RunOptions, quiet: boolean): Promise<void> {
+  const { cascade: c, target, loadMs } = await loadForCli(opts, quiet);
+  try {
+    const generation = {
+      mode: opts.mode,
+      maxTokens: opts.maxTokens,
+      temperature: opts.temperature,
+      topK: opts.topK,
+      topP: opts.topP,
+      seed: opts.seed,
+      k1: opts.k1,
+      k0: opts.k0,
+      branches: opts.branches,
+      ...(opts.dynamic ? { dynamicHorizon: true } : {}),
+    };
+    const input = opts.raw ? prompt : [{ role: 'user', content: prompt }];
+    let text = '';
+    const first = performance.now();
+    for await (const piece of c.stream(input, generation)) {
+      text += piece.text;
+      if (!opts.json) process.stdout.write(piece.text);
+    }
+    const stats = c.lastStats!;
+    const firstMs = performance.now() - first;
+    let baseline: CascadeStats | undefined;
+    if (opts.compare && opts.mode !== 'target') {
+      baseline = (await c.generate(input, { ...generation, mode: 'target' })).stats;
+    }
+    if (opts.json) {
+      printJson({ model: target, mode: opts.mode, text, stats, baseline, loadMs, generateMs: firstMs, info: c.info, placement: await c.placement() });
+      return;
+    }
+    process.stdout.write('\n');
+    if (!opts.stats) {
+      if (!quiet) process.stderr.write(`${summaryLine(stats, opts.mode, loadMs)}${baseline ? `; target-only ${baseline.tokensPerSecond.toFixed(1)} tokens/s` : ''}\n`);
+      return;
+    }
+    console.log('');
+    console.log(`${c.info.target.family} target: ${c.info.target.layers} layers (${c.info.targetPrecision}); draft: ${c.info.draft.layers} layers (${c.info.draftPrecision}); mode ${opts.mode}, k1 ${opts.k1}`);
+    console.log(statsTable(stats, baseline));
+    const placement = await c.placement();
     console.log(
-      `memory bandwidth ${cm.bandwidthGBs.toFixed(1)} GB/s: weight-read floor per step target ${cm.targetFloorMs.toFixed(1)} ms ` +
-        `(${(c.info.memory.target.weightBytes / 1048576).toFixed(0)} MiB), draft+tiny ${cm.draftFloorMs.toFixed(1)} ms ` +
-        `(${((c.info.memory.draft.weightBytes + c.info.memory.draft.tinyBytes) / 1048576).toFixed(0)} MiB)`,
+      `placement: ${placement.models.map((m) => `${m.model} ${(m.bytes / 1048576).toFixed(0)} MiB in "${m.memoryKind}"${m.share === null ? '' : ` (${(100 * m.share).toFixed(1)}%)`}`).join(', ')}` +
+        (placement.tinyVersusCache
+          ? `; tiny ${(placement.tinyVersusCache.tinyBytes / 1048576).toFixed(1)} MiB vs largest CPU cache ${(placement.tinyVersusCache.cacheBytes / 1048576).toFixed(1)} MiB (${placement.tinyVersusCache.fits ? 'fits' : 'does not fit'})`
+          : ''),
     );
+    const cm = c.costModel;
+    if (cm) {
+      console.log(
+        `memory bandwidth ${cm.bandwidthGBs.toFixed(1)} GB/s: weight-read floor per step target ${cm.targetFloorMs.toFixed(1)} ms ` +
+          `(${(c.info.memory.target.weightBytes / 1048576).toFixed(0)} MiB), draft+tiny ${cm.draftFloorMs.toFixed(1)} ms ` +
+          `(${((c.info.memory.draft.weightBytes + c.info.memory.draft.tinyBytes) / 1048576).toFixed(0)} MiB)`,
+      );
+    }
+  } finally {
+    await c.dispose();
   }
 }
 
 export function runCommand(name = 'run'): Command {
   const cmd = new Command(name)
     .argument(name === 'demo' ? '[prompt]' : '<prompt>', 'what to ask (rendered with the model chat template unless --raw)')
-    .option('--model <path>', 'target model: a GGUF file or a Hugging Face folder (default: SmolLM2-135M-Instruct, downloaded once)')
-    .option('--draft <path>', 'draft model with the same vocabulary (default: the target\'s first layers)')
+    .option('--model <model>', 'target model: a GGUF file, a Hugging Face folder, an http(s) URL of a GGUF file or a catalogue name (default: SmolLM2-135M-Instruct, downloaded once)')
+    .option('--draft <model>', 'draft model with the same vocabulary, given like --model (default: the target\'s first layers)')
     .addOption(new Option('--mode <mode>', 'decoding mode').choices(['target', 'speculative', 'cascade', 'auto']).default(name === 'demo' ? 'cascade' : 'speculative'))
     .option('--max-tokens <n>', 'most tokens to generate', positiveInteger('--max-tokens'), 128)
     .option('--temperature <t>', '0 is greedy', nonNegativeNumber('--temperature'), 0)
@@ -157,6 +239,7 @@ export function runCommand(name = 'run'): Command {
     .option('--raw', 'send the prompt as plain text, without the chat template')
     .option('--compare', 'also run target-only decoding and report the speedup', name === 'demo')
     .option('--json', 'print one JSON object (text, stats) instead of streaming')
+    .option('--stats', 'after the answer, print the statistics: stage times, acceptance, placement, bandwidth (default: one summary line on stderr)', name === 'demo')
     .addOption(pluginOption());
   if (name === 'demo') {
     cmd.description(
@@ -165,8 +248,10 @@ export function runCommand(name = 'run'): Command {
         'for comparison.',
     );
   } else {
-    cmd.description('Generate a reply to a prompt, streaming it to the terminal, then print the statistics.');
+    cmd.description('Generate a reply to a prompt, streaming it to stdout; one summary line on stderr (--stats for the full statistics, --quiet for none).');
   }
   cmd.addHelpText('after', `\nExamples:\n  $ cascade-xla ${name} "Why is the sky blue?"\n  $ cascade-xla ${name} --mode target --max-tokens 64 --temperature 0.8 --seed 1 "Write a haiku"`);
-  return cmd.action((prompt: string | undefined, opts: RunOptions) => run(prompt ?? 'Write a short story about a robot who learns to paint.', opts));
+  return cmd.action((prompt: string | undefined, opts: RunOptions, command: Command) =>
+    run(prompt ?? 'Write a short story about a robot who learns to paint.', opts, command.optsWithGlobals().quiet === true),
+  );
 }
