@@ -5,16 +5,13 @@
 #include <cmath>
 
 #include "cascade/acceptance.h"
+#include "util/timer.h"
 #include "pjrt/errors.h"
 
 namespace cascade {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double MsSince(Clock::time_point start) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
 
 // Runs `fn` and returns its milliseconds without the time `model` spent compiling programs
 // (first use of a shape): stage times and the cost model measure execution, not compilation.

@@ -1,3 +1,4 @@
+#include "util/float16.h"
 #include "hlo/builder.h"
 
 #include <algorithm>
@@ -53,14 +54,6 @@ const char* CompareTypeFor(DType dtype) {
   return "SIGNED";
 }
 
-uint16_t F32ToBF16Bits(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  if (std::isnan(f)) return 0x7fc0;
-  bits += 0x7fff + ((bits >> 16) & 1);  // round to nearest even
-  return static_cast<uint16_t>(bits >> 16);
-}
-
 // A scalar literal in the element syntax MLIR's dense<> accepts, exact for floats.
 std::string ScalarLiteral(DType dtype, double value) {
   char buf[40];
@@ -73,7 +66,7 @@ std::string ScalarLiteral(DType dtype, double value) {
       return buf;
     }
     case DType::kBF16:
-      std::snprintf(buf, sizeof(buf), "0x%04X", static_cast<unsigned>(F32ToBF16Bits(static_cast<float>(value))));
+      std::snprintf(buf, sizeof(buf), "0x%04X", static_cast<unsigned>(F32ToBF16(static_cast<float>(value))));
       return buf;
     case DType::kF64: {
       uint64_t bits;

@@ -1,3 +1,4 @@
+#include "util/float16.h"
 #include "kernels/int8_matmul.h"
 
 #include "kernels/cpu_relax.h"
@@ -283,12 +284,6 @@ void VnniBlock(const PreparedActivations&, int64_t, const int8_t*, const float*,
 
 // bf16 -> f32 is exact (the bf16 bits are the top half of the f32), so these compute what XLA's
 // upcast path computes (x f32 . W f32), in our summation order.
-inline float Bf16ToF32(uint16_t b) {
-  uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 
 void ScalarRowsBf16(const float* x, const uint16_t* w, float* y, int64_t T, int64_t in, int64_t ldy, int64_t o0,
                     int64_t o1) {
@@ -297,7 +292,7 @@ void ScalarRowsBf16(const float* x, const uint16_t* w, float* y, int64_t T, int6
     for (int64_t t = 0; t < T; ++t) {
       const float* xr = x + t * in;
       float acc = 0.0f;
-      for (int64_t i = 0; i < in; ++i) acc += xr[i] * Bf16ToF32(wr[i]);
+      for (int64_t i = 0; i < in; ++i) acc += xr[i] * BF16ToF32(wr[i]);
       y[t * ldy + o] = acc;
     }
   }
@@ -331,7 +326,7 @@ CASCADE_AVX2 void Avx2BlockBf16(const float* x, const uint16_t* w, float* y, int
     #pragma GCC unroll 16
     for (int o = 0; o < OB; ++o) {
       float s = HSum256(acc[t][o]);
-      for (int64_t j = i; j < in; ++j) s += x[t * in + j] * Bf16ToF32(w[o * in + j]);
+      for (int64_t j = i; j < in; ++j) s += x[t * in + j] * BF16ToF32(w[o * in + j]);
       y[t * ldy + o] = s;
     }
 }

@@ -12,30 +12,6 @@
 namespace cascade {
 namespace {
 
-float F16ToF32(uint16_t h) {
-  uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
-  uint32_t bits;
-  if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {  // subnormal: normalise
-      int e = -1;
-      do {
-        ++e;
-        mant <<= 1;
-      } while ((mant & 0x400) == 0);
-      bits = sign | static_cast<uint32_t>(127 - 15 - e) << 23 | (mant & 0x3ff) << 13;
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | mant << 13;
-  } else {
-    bits = sign | (exp + 127 - 15) << 23 | mant << 13;
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
 void CheckDims(const HostTensor& t, const std::vector<int64_t>& dims, const std::string& name) {
   if (t.dims != dims)
     throw Error(ErrorKind::kModelFormat, "tensor " + name + " is " + ShapeString(t.dtype, t.dims) + ", expected " +
@@ -83,21 +59,6 @@ std::vector<HostTensor> PrepareAt(const ModelWeights& weights, const std::vector
 }
 
 }  // namespace
-
-float BF16ToF32(uint16_t bits) {
-  uint32_t u = static_cast<uint32_t>(bits) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-uint16_t F32ToBF16(float value) {
-  uint32_t bits;
-  std::memcpy(&bits, &value, 4);
-  if (std::isnan(value)) return static_cast<uint16_t>((bits >> 16) | 0x40);
-  bits += 0x7fff + ((bits >> 16) & 1);
-  return static_cast<uint16_t>(bits >> 16);
-}
 
 HostTensor ToF32(const HostTensor& t) {
   if (t.dtype == DType::kF32) return t;

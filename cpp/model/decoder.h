@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "model/programs.h"
+#include "util/float16.h"  // BF16ToF32, F32ToBF16 (callers of this header use them)
 #include "model/tiny.h"
 #include "model/weights.h"
 #include "pjrt/client.h"
@@ -32,8 +33,6 @@ namespace cascade {
 // ---- host-side weight preparation (also used by tests and references) ----
 HostTensor ToF32(const HostTensor& t);   // f32 / f16 / bf16 -> f32
 HostTensor ToBF16(const HostTensor& t);  // f32 / f16 / bf16 -> bf16 (round to nearest even)
-float BF16ToF32(uint16_t bits);
-uint16_t F32ToBF16(float value);
 struct Int8Matrix {
   HostTensor values;  // s8 [out, in]
   HostTensor scales;  // f32 [out]

@@ -1,3 +1,4 @@
+#include "util/float16.h"
 #include "model/gguf.h"
 
 #include <algorithm>
@@ -75,7 +76,7 @@ uint32_t LoadU32(const uint8_t* p) {
   std::memcpy(&v, p, 4);
   return v;
 }
-float LoadF16(const uint8_t* p) { return HalfToFloat(LoadU16(p)); }
+float LoadF16(const uint8_t* p) { return F16ToF32(LoadU16(p)); }
 
 // --- dequantisation, one block at a time (layouts as in ggml-common.h) ---
 
@@ -225,57 +226,6 @@ void DeqQ8_K(const uint8_t* b, float* y) {
 
 // ---------------------------------------------------------------------------------------------
 
-float HalfToFloat(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
-  const uint32_t exp = (h >> 10) & 0x1F;
-  const uint32_t mant = h & 0x3FF;
-  uint32_t bits;
-  if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {
-      float f = std::ldexp(static_cast<float>(mant), -24);  // exact
-      std::memcpy(&bits, &f, 4);
-      bits |= sign;
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7F800000u | (mant << 13);
-  } else {
-    bits = sign | ((exp + 112) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-uint16_t FloatToHalf(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000);
-  x &= 0x7FFFFFFFu;
-  if (x >= 0x7F800000u) return sign | 0x7C00 | (x > 0x7F800000u ? 0x200 : 0);  // inf / nan
-  if (x >= 0x477FF000u) return sign | 0x7C00;                                 // rounds to inf
-  if (x < 0x38800000u) {                                                       // subnormal half
-    float a;
-    std::memcpy(&a, &x, 4);
-    const float r = std::nearbyint(a * 16777216.0f);  // exact scaling, round to nearest even
-    return sign | static_cast<uint16_t>(r);
-  }
-  const uint32_t mant = x & 0x7FFFFF;
-  const uint32_t exp = (x >> 23) - 127 + 15;
-  uint32_t half = (exp << 10) | (mant >> 13);
-  const uint32_t rem = mant & 0x1FFF;
-  if (rem > 0x1000 || (rem == 0x1000 && (half & 1))) ++half;
-  return sign | static_cast<uint16_t>(half);
-}
-
-float Bf16ToFloat(uint16_t b) {
-  const uint32_t bits = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
 std::string GgmlTypeName(uint32_t type) {
   if (const TypeLayout* l = FindLayout(type)) return l->name;
   if (const char* n = OtherTypeName(type)) return n;
@@ -312,7 +262,7 @@ void DequantizeRow(uint32_t type, const uint8_t* src, float* dst, int64_t n) {
       for (int64_t i = 0; i < n; ++i) dst[i] = LoadF16(src + 2 * i);
       return;
     case GgmlType::kBF16:
-      for (int64_t i = 0; i < n; ++i) dst[i] = Bf16ToFloat(LoadU16(src + 2 * i));
+      for (int64_t i = 0; i < n; ++i) dst[i] = BF16ToF32(LoadU16(src + 2 * i));
       return;
     case GgmlType::kQ4_0: fn = DeqQ4_0; break;
     case GgmlType::kQ4_1: fn = DeqQ4_1; break;

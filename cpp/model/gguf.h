@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "util/float16.h"
 #include "model/mapped_file.h"
 #include "pjrt/dtype.h"
 
@@ -41,9 +42,6 @@ bool GgmlTypeCanDequantize(uint32_t type);
 // F32/F16/BF16 are converted too. Throws ModelFormatError for types it cannot convert.
 void DequantizeRow(uint32_t type, const uint8_t* src, float* dst, int64_t n);
 
-float HalfToFloat(uint16_t h);      // IEEE binary16 -> f32 (exact)
-uint16_t FloatToHalf(float f);      // round to nearest even (used by tests and writers)
-float Bf16ToFloat(uint16_t b);      // bfloat16 -> f32 (exact)
 
 // One metadata value. Scalars live in the first fields; arrays in the vector matching their
 // element type (integers and bools widen to int64 / uint64, floats to double).

@@ -119,9 +119,9 @@ HostTensor ToF32(const HostTensor& t) {
   float* dst = out.as<float>();
   const uint16_t* src = t.as<uint16_t>();
   if (t.dtype == DType::kF16) {
-    for (int64_t i = 0; i < n; ++i) dst[i] = HalfToFloat(src[i]);
+    for (int64_t i = 0; i < n; ++i) dst[i] = F16ToF32(src[i]);
   } else if (t.dtype == DType::kBF16) {
-    for (int64_t i = 0; i < n; ++i) dst[i] = Bf16ToFloat(src[i]);
+    for (int64_t i = 0; i < n; ++i) dst[i] = BF16ToF32(src[i]);
   } else {
     throw InvalidArgumentError("cannot convert " + ShapeString(t.dtype, t.dims) + " to f32");
   }

@@ -1,3 +1,4 @@
+#include "util/timer.h"
 #include "model/tiny.h"
 
 #include "model/json.h"
@@ -25,10 +26,6 @@ constexpr const char* kFormat = "cascade-xla-tiny";
 constexpr const char* kVersion = "1";
 constexpr const char* kInput = "draft_input_embedding";
 
-using Clock = std::chrono::steady_clock;
-double MsSince(Clock::time_point start) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
 
 struct TensorSlot {
   const char* name;

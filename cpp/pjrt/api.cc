@@ -64,8 +64,7 @@ std::shared_ptr<const Api> Api::Load(const std::string& path) {
                                   std::to_string(PJRT_API_MAJOR) + "." + std::to_string(kMinPjrtMinorVersion) +
                                   " to " + std::to_string(PJRT_API_MAJOR) + "." + std::to_string(PJRT_API_MINOR));
   if (api->HasSlot(offsetof(PJRT_Api, PJRT_Plugin_Initialize))) {
-    PJRT_Plugin_Initialize_Args args{};
-    args.struct_size = PJRT_Plugin_Initialize_Args_STRUCT_SIZE;
+    auto args = CASCADE_PJRT_STRUCT(PJRT_Plugin_Initialize_Args);
     CASCADE_PJRT_CALL(*api, Plugin_Initialize, &args);
   }
   LoadedPlugins()[key] = api;
@@ -90,20 +89,17 @@ void Api::ThrowMissing(const char* name) const {
 
 void Api::Check(PJRT_Error* error, const char* call) const {
   if (!error) return;
-  PJRT_Error_Message_Args msg{};
-  msg.struct_size = PJRT_Error_Message_Args_STRUCT_SIZE;
+  auto msg = CASCADE_PJRT_STRUCT(PJRT_Error_Message_Args);
   msg.error = error;
   api_->PJRT_Error_Message(&msg);
   std::string message(msg.message ? msg.message : "", msg.message ? msg.message_size : 0);
 
   int code = 2;  // UNKNOWN
-  PJRT_Error_GetCode_Args code_args{};
-  code_args.struct_size = PJRT_Error_GetCode_Args_STRUCT_SIZE;
+  auto code_args = CASCADE_PJRT_STRUCT(PJRT_Error_GetCode_Args);
   code_args.error = error;
   if (api_->PJRT_Error_GetCode && !api_->PJRT_Error_GetCode(&code_args)) code = code_args.code;
 
-  PJRT_Error_Destroy_Args destroy{};
-  destroy.struct_size = PJRT_Error_Destroy_Args_STRUCT_SIZE;
+  auto destroy = CASCADE_PJRT_STRUCT(PJRT_Error_Destroy_Args);
   destroy.error = error;
   api_->PJRT_Error_Destroy(&destroy);
   throw PjrtError(std::string(call) + " failed (" + PjrtErrorCodeName(code) + "): " + message, code);
@@ -112,8 +108,7 @@ void Api::Check(PJRT_Error* error, const char* call) const {
 std::vector<std::pair<std::string, std::string>> Api::Attributes() const {
   std::vector<std::pair<std::string, std::string>> out;
   if (!HasSlot(offsetof(PJRT_Api, PJRT_Plugin_Attributes))) return out;
-  PJRT_Plugin_Attributes_Args args{};
-  args.struct_size = PJRT_Plugin_Attributes_Args_STRUCT_SIZE;
+  auto args = CASCADE_PJRT_STRUCT(PJRT_Plugin_Attributes_Args);
   CASCADE_PJRT_CALL(*this, Plugin_Attributes, &args);
   for (size_t i = 0; i < args.num_attributes; ++i) {
     const PJRT_NamedValue& v = args.attributes[i];

@@ -65,7 +65,19 @@ class Api {
 
 std::string ExtensionTypeName(PJRT_Extension_Type type);
 
+// A PJRT argument struct, zero-initialised, with struct_size set (through CASCADE_PJRT_STRUCT):
+// the one place that fills it, as zml's pjrtStruct does.
+template <typename T>
+T PjrtStruct(size_t struct_size) {
+  T value{};
+  value.struct_size = struct_size;
+  return value;
+}
+
 }  // namespace cascade
+
+// CASCADE_PJRT_STRUCT(PJRT_Client_Create_Args): the struct with its header's *_STRUCT_SIZE.
+#define CASCADE_PJRT_STRUCT(type) ::cascade::PjrtStruct<type>(type##_STRUCT_SIZE)
 
 #define CASCADE_PJRT_FN(api, name) \
   (api).Function<PJRT_##name>(offsetof(PJRT_Api, PJRT_##name), "PJRT_" #name)

@@ -53,8 +53,7 @@ std::shared_ptr<Client> Client::Create(std::shared_ptr<const Api> api, const Cli
     if (*options.cpu_device_count < 1 || *options.cpu_device_count > 1024)
       throw InvalidArgumentError("cpu_device_count must be in 1..1024, got " +
                                  std::to_string(*options.cpu_device_count));
-    PJRT_NamedValue v{};
-    v.struct_size = PJRT_NamedValue_STRUCT_SIZE;
+    auto v = CASCADE_PJRT_STRUCT(PJRT_NamedValue);
     v.name = kCpuDeviceCount;
     v.name_size = sizeof(kCpuDeviceCount) - 1;
     v.type = PJRT_NamedValue_kInt64;
@@ -62,22 +61,19 @@ std::shared_ptr<Client> Client::Create(std::shared_ptr<const Api> api, const Cli
     v.value_size = 1;
     values.push_back(v);
   }
-  PJRT_Client_Create_Args args{};
-  args.struct_size = PJRT_Client_Create_Args_STRUCT_SIZE;
+  auto args = CASCADE_PJRT_STRUCT(PJRT_Client_Create_Args);
   args.create_options = values.data();
   args.num_options = values.size();
   CASCADE_PJRT_CALL(*api, Client_Create, &args);
   std::shared_ptr<Client> client(new Client(api, args.client));
   client->compile_cache_ = options.compile_cache;
 
-  PJRT_Client_PlatformName_Args name{};
-  name.struct_size = PJRT_Client_PlatformName_Args_STRUCT_SIZE;
+  auto name = CASCADE_PJRT_STRUCT(PJRT_Client_PlatformName_Args);
   name.client = client->client_;
   CASCADE_PJRT_CALL(*api, Client_PlatformName, &name);
   client->platform_name_ = View(name.platform_name, name.platform_name_size);
 
-  PJRT_Client_PlatformVersion_Args version{};
-  version.struct_size = PJRT_Client_PlatformVersion_Args_STRUCT_SIZE;
+  auto version = CASCADE_PJRT_STRUCT(PJRT_Client_PlatformVersion_Args);
   version.client = client->client_;
   CASCADE_PJRT_CALL(*api, Client_PlatformVersion, &version);
   client->platform_version_ = View(version.platform_version, version.platform_version_size);
@@ -87,8 +83,7 @@ std::shared_ptr<Client> Client::Create(std::shared_ptr<const Api> api, const Cli
 }
 
 Client::~Client() {
-  PJRT_Client_Destroy_Args args{};
-  args.struct_size = PJRT_Client_Destroy_Args_STRUCT_SIZE;
+  auto args = CASCADE_PJRT_STRUCT(PJRT_Client_Destroy_Args);
   args.client = client_;
   try {
     CASCADE_PJRT_CALL(*api_, Client_Destroy, &args);
@@ -99,40 +94,34 @@ Client::~Client() {
 
 void Client::ReadDevices() {
   const Api& api = *api_;
-  PJRT_Client_AddressableDevices_Args list{};
-  list.struct_size = PJRT_Client_AddressableDevices_Args_STRUCT_SIZE;
+  auto list = CASCADE_PJRT_STRUCT(PJRT_Client_AddressableDevices_Args);
   list.client = client_;
   CASCADE_PJRT_CALL(api, Client_AddressableDevices, &list);
   for (size_t i = 0; i < list.num_addressable_devices; ++i) {
     DeviceInfo info;
     info.raw = list.addressable_devices[i];
 
-    PJRT_Device_GetDescription_Args desc{};
-    desc.struct_size = PJRT_Device_GetDescription_Args_STRUCT_SIZE;
+    auto desc = CASCADE_PJRT_STRUCT(PJRT_Device_GetDescription_Args);
     desc.device = info.raw;
     CASCADE_PJRT_CALL(api, Device_GetDescription, &desc);
 
-    PJRT_DeviceDescription_Id_Args id{};
-    id.struct_size = PJRT_DeviceDescription_Id_Args_STRUCT_SIZE;
+    auto id = CASCADE_PJRT_STRUCT(PJRT_DeviceDescription_Id_Args);
     id.device_description = desc.device_description;
     CASCADE_PJRT_CALL(api, DeviceDescription_Id, &id);
     info.id = id.id;
 
-    PJRT_DeviceDescription_Kind_Args kind{};
-    kind.struct_size = PJRT_DeviceDescription_Kind_Args_STRUCT_SIZE;
+    auto kind = CASCADE_PJRT_STRUCT(PJRT_DeviceDescription_Kind_Args);
     kind.device_description = desc.device_description;
     CASCADE_PJRT_CALL(api, DeviceDescription_Kind, &kind);
     info.kind = View(kind.device_kind, kind.device_kind_size);
 
-    PJRT_DeviceDescription_ToString_Args str{};
-    str.struct_size = PJRT_DeviceDescription_ToString_Args_STRUCT_SIZE;
+    auto str = CASCADE_PJRT_STRUCT(PJRT_DeviceDescription_ToString_Args);
     str.device_description = desc.device_description;
     CASCADE_PJRT_CALL(api, DeviceDescription_ToString, &str);
     info.description = View(str.to_string, str.to_string_size);
 
     if (api.HasSlot(offsetof(PJRT_Api, PJRT_Device_LocalHardwareId))) {
-      PJRT_Device_LocalHardwareId_Args hw{};
-      hw.struct_size = PJRT_Device_LocalHardwareId_Args_STRUCT_SIZE;
+      auto hw = CASCADE_PJRT_STRUCT(PJRT_Device_LocalHardwareId_Args);
       hw.device = info.raw;
       CASCADE_PJRT_CALL(api, Device_LocalHardwareId, &hw);
       info.local_hardware_id = hw.local_hardware_id;
@@ -140,8 +129,7 @@ void Client::ReadDevices() {
 
     PJRT_Memory* default_memory = nullptr;
     if (api.HasSlot(offsetof(PJRT_Api, PJRT_Device_DefaultMemory))) {
-      PJRT_Device_DefaultMemory_Args def{};
-      def.struct_size = PJRT_Device_DefaultMemory_Args_STRUCT_SIZE;
+      auto def = CASCADE_PJRT_STRUCT(PJRT_Device_DefaultMemory_Args);
       def.device = info.raw;
       try {
         CASCADE_PJRT_CALL(api, Device_DefaultMemory, &def);
@@ -151,8 +139,7 @@ void Client::ReadDevices() {
       }
     }
     if (api.HasSlot(offsetof(PJRT_Api, PJRT_Device_AddressableMemories))) {
-      PJRT_Device_AddressableMemories_Args mems{};
-      mems.struct_size = PJRT_Device_AddressableMemories_Args_STRUCT_SIZE;
+      auto mems = CASCADE_PJRT_STRUCT(PJRT_Device_AddressableMemories_Args);
       mems.device = info.raw;
       try {
         CASCADE_PJRT_CALL(api, Device_AddressableMemories, &mems);
@@ -162,13 +149,11 @@ void Client::ReadDevices() {
       for (size_t m = 0; m < mems.num_memories; ++m) {
         MemoryInfo mem;
         mem.raw = mems.memories[m];
-        PJRT_Memory_Kind_Args mk{};
-        mk.struct_size = PJRT_Memory_Kind_Args_STRUCT_SIZE;
+        auto mk = CASCADE_PJRT_STRUCT(PJRT_Memory_Kind_Args);
         mk.memory = mem.raw;
         CASCADE_PJRT_CALL(api, Memory_Kind, &mk);
         mem.kind = View(mk.kind, mk.kind_size);
-        PJRT_Memory_Id_Args mid{};
-        mid.struct_size = PJRT_Memory_Id_Args_STRUCT_SIZE;
+        auto mid = CASCADE_PJRT_STRUCT(PJRT_Memory_Id_Args);
         mid.memory = mem.raw;
         CASCADE_PJRT_CALL(api, Memory_Id, &mid);
         mem.id = mid.id;
@@ -190,8 +175,7 @@ size_t Client::DeviceIndex(PJRT_Device* device) const {
 std::optional<MemoryStats> Client::DeviceMemoryStats(size_t device_index) const {
   if (device_index >= devices_.size()) throw InvalidArgumentError("no device " + std::to_string(device_index));
   if (!api_->HasSlot(offsetof(PJRT_Api, PJRT_Device_MemoryStats))) return std::nullopt;
-  PJRT_Device_MemoryStats_Args args{};
-  args.struct_size = PJRT_Device_MemoryStats_Args_STRUCT_SIZE;
+  auto args = CASCADE_PJRT_STRUCT(PJRT_Device_MemoryStats_Args);
   args.device = devices_[device_index].raw;
   try {
     CASCADE_PJRT_CALL(*api_, Device_MemoryStats, &args);
@@ -252,8 +236,7 @@ PJRT_LoadedExecutable* Client::CompileOrLoad(const std::string& stablehlo, const
   if (cacheable) {
     key = CompileCache::Key(stablehlo, compile_options, api.path(), platform_version_, devices_.size());
     if (auto payload = compile_cache_.Load(key)) {
-      PJRT_Executable_DeserializeAndLoad_Args load{};
-      load.struct_size = PJRT_Executable_DeserializeAndLoad_Args_STRUCT_SIZE;
+      auto load = CASCADE_PJRT_STRUCT(PJRT_Executable_DeserializeAndLoad_Args);
       load.client = client_;
       load.serialized_executable = payload->data();
       load.serialized_executable_size = payload->size();
@@ -268,14 +251,12 @@ PJRT_LoadedExecutable* Client::CompileOrLoad(const std::string& stablehlo, const
 
   static const char kFormat[] = "mlir";
   std::string code = stablehlo;
-  PJRT_Program program{};
-  program.struct_size = PJRT_Program_STRUCT_SIZE;
+  auto program = CASCADE_PJRT_STRUCT(PJRT_Program);
   program.code = code.data();
   program.code_size = code.size();
   program.format = kFormat;
   program.format_size = sizeof(kFormat) - 1;
-  PJRT_Client_Compile_Args args{};
-  args.struct_size = PJRT_Client_Compile_Args_STRUCT_SIZE;
+  auto args = CASCADE_PJRT_STRUCT(PJRT_Client_Compile_Args);
   args.client = client_;
   args.program = &program;
   args.compile_options = compile_options.data();
@@ -283,21 +264,18 @@ PJRT_LoadedExecutable* Client::CompileOrLoad(const std::string& stablehlo, const
   CASCADE_PJRT_CALL(api, Client_Compile, &args);
 
   if (cacheable) {
-    PJRT_LoadedExecutable_GetExecutable_Args get{};
-    get.struct_size = PJRT_LoadedExecutable_GetExecutable_Args_STRUCT_SIZE;
+    auto get = CASCADE_PJRT_STRUCT(PJRT_LoadedExecutable_GetExecutable_Args);
     get.loaded_executable = args.executable;
     try {
       CASCADE_PJRT_CALL(api, LoadedExecutable_GetExecutable, &get);
-      PJRT_Executable_Serialize_Args ser{};
-      ser.struct_size = PJRT_Executable_Serialize_Args_STRUCT_SIZE;
+      auto ser = CASCADE_PJRT_STRUCT(PJRT_Executable_Serialize_Args);
       ser.executable = get.executable;
       PJRT_Error* error = CASCADE_PJRT_FN(api, Executable_Serialize)(&ser);
       if (!error) {
         compile_cache_.Store(key, std::string(ser.serialized_bytes, ser.serialized_bytes_size));
         if (ser.serialized_executable_deleter) ser.serialized_executable_deleter(ser.serialized_executable);
       }
-      PJRT_Executable_Destroy_Args destroy{};
-      destroy.struct_size = PJRT_Executable_Destroy_Args_STRUCT_SIZE;
+      auto destroy = CASCADE_PJRT_STRUCT(PJRT_Executable_Destroy_Args);
       destroy.executable = get.executable;
       api.raw()->PJRT_Executable_Destroy(&destroy);
       api.Check(error, "PJRT_Executable_Serialize");
@@ -316,8 +294,7 @@ std::unique_ptr<Buffer> Client::ToDevice(const HostTensor& tensor, size_t device
   if (tensor.data.size() != expected)
     throw InvalidArgumentError("tensor " + ShapeString(tensor.dtype, tensor.dims) + " needs " +
                                std::to_string(expected) + " bytes, got " + std::to_string(tensor.data.size()));
-  PJRT_Client_BufferFromHostBuffer_Args args{};
-  args.struct_size = PJRT_Client_BufferFromHostBuffer_Args_STRUCT_SIZE;
+  auto args = CASCADE_PJRT_STRUCT(PJRT_Client_BufferFromHostBuffer_Args);
   args.client = client_;
   args.data = tensor.data.data();
   args.type = ToPjrt(tensor.dtype);
@@ -339,8 +316,7 @@ Buffer::Buffer(std::shared_ptr<Client> client, PJRT_Buffer* buffer, size_t devic
     : client_(std::move(client)), buffer_(buffer), device_index_(device_index) {
   const Api& api = client_->api();
   try {
-    PJRT_Buffer_ElementType_Args type{};
-    type.struct_size = PJRT_Buffer_ElementType_Args_STRUCT_SIZE;
+    auto type = CASCADE_PJRT_STRUCT(PJRT_Buffer_ElementType_Args);
     type.buffer = buffer_;
     CASCADE_PJRT_CALL(api, Buffer_ElementType, &type);
     auto dtype = FromPjrt(type.type);
@@ -348,14 +324,12 @@ Buffer::Buffer(std::shared_ptr<Client> client, PJRT_Buffer* buffer, size_t devic
       throw InvalidArgumentError("buffer has PJRT element type " + std::to_string(type.type) +
                                  ", which cascade-xla does not move to the host");
     dtype_ = *dtype;
-    PJRT_Buffer_Dimensions_Args dims{};
-    dims.struct_size = PJRT_Buffer_Dimensions_Args_STRUCT_SIZE;
+    auto dims = CASCADE_PJRT_STRUCT(PJRT_Buffer_Dimensions_Args);
     dims.buffer = buffer_;
     CASCADE_PJRT_CALL(api, Buffer_Dimensions, &dims);
     dims_.assign(dims.dims, dims.dims + dims.num_dims);
   } catch (...) {
-    PJRT_Buffer_Destroy_Args d{};
-    d.struct_size = PJRT_Buffer_Destroy_Args_STRUCT_SIZE;
+    auto d = CASCADE_PJRT_STRUCT(PJRT_Buffer_Destroy_Args);
     d.buffer = buffer_;
     client_->api().raw()->PJRT_Buffer_Destroy(&d);
     throw;
@@ -363,8 +337,7 @@ Buffer::Buffer(std::shared_ptr<Client> client, PJRT_Buffer* buffer, size_t devic
 }
 
 Buffer::~Buffer() {
-  PJRT_Buffer_Destroy_Args args{};
-  args.struct_size = PJRT_Buffer_Destroy_Args_STRUCT_SIZE;
+  auto args = CASCADE_PJRT_STRUCT(PJRT_Buffer_Destroy_Args);
   args.buffer = buffer_;
   try {
     CASCADE_PJRT_CALL(client_->api(), Buffer_Destroy, &args);
@@ -378,15 +351,13 @@ HostTensor Buffer::ToHost() const {
   // Ask for a dense row-major host layout whatever the device layout is.
   std::vector<int64_t> minor_to_major(dims_.size());
   for (size_t i = 0; i < dims_.size(); ++i) minor_to_major[i] = static_cast<int64_t>(dims_.size() - 1 - i);
-  PJRT_Buffer_MemoryLayout layout{};
-  layout.struct_size = PJRT_Buffer_MemoryLayout_STRUCT_SIZE;
+  auto layout = CASCADE_PJRT_STRUCT(PJRT_Buffer_MemoryLayout);
   layout.type = PJRT_Buffer_MemoryLayout_Type_Tiled;
-  layout.tiled.struct_size = PJRT_Buffer_MemoryLayout_Tiled_STRUCT_SIZE;
+  layout.tiled = CASCADE_PJRT_STRUCT(PJRT_Buffer_MemoryLayout_Tiled);
   layout.tiled.minor_to_major = minor_to_major.data();
   layout.tiled.minor_to_major_size = minor_to_major.size();
 
-  PJRT_Buffer_ToHostBuffer_Args args{};
-  args.struct_size = PJRT_Buffer_ToHostBuffer_Args_STRUCT_SIZE;
+  auto args = CASCADE_PJRT_STRUCT(PJRT_Buffer_ToHostBuffer_Args);
   args.src = buffer_;
   args.host_layout = &layout;
   args.dst = nullptr;  // first ask for the size
@@ -411,23 +382,19 @@ LoadedExecutable::LoadedExecutable(std::shared_ptr<Client> client, PJRT_LoadedEx
                                    ProgramSignature signature, int replicas)
     : client_(std::move(client)), exe_(exe), signature_(std::move(signature)), replicas_(replicas) {
   const Api& api = client_->api();
-  PJRT_LoadedExecutable_AddressableDevices_Args devs{};
-  devs.struct_size = PJRT_LoadedExecutable_AddressableDevices_Args_STRUCT_SIZE;
+  auto devs = CASCADE_PJRT_STRUCT(PJRT_LoadedExecutable_AddressableDevices_Args);
   devs.executable = exe_;
   CASCADE_PJRT_CALL(api, LoadedExecutable_AddressableDevices, &devs);
   for (size_t i = 0; i < devs.num_addressable_devices; ++i)
     device_indices_.push_back(client_->DeviceIndex(devs.addressable_devices[i]));
 
-  PJRT_LoadedExecutable_GetExecutable_Args get{};
-  get.struct_size = PJRT_LoadedExecutable_GetExecutable_Args_STRUCT_SIZE;
+  auto get = CASCADE_PJRT_STRUCT(PJRT_LoadedExecutable_GetExecutable_Args);
   get.loaded_executable = exe_;
   CASCADE_PJRT_CALL(api, LoadedExecutable_GetExecutable, &get);
-  PJRT_Executable_NumOutputs_Args outs{};
-  outs.struct_size = PJRT_Executable_NumOutputs_Args_STRUCT_SIZE;
+  auto outs = CASCADE_PJRT_STRUCT(PJRT_Executable_NumOutputs_Args);
   outs.executable = get.executable;
   PJRT_Error* error = CASCADE_PJRT_FN(api, Executable_NumOutputs)(&outs);
-  PJRT_Executable_Destroy_Args destroy{};
-  destroy.struct_size = PJRT_Executable_Destroy_Args_STRUCT_SIZE;
+  auto destroy = CASCADE_PJRT_STRUCT(PJRT_Executable_Destroy_Args);
   destroy.executable = get.executable;
   api.raw()->PJRT_Executable_Destroy(&destroy);
   api.Check(error, "PJRT_Executable_NumOutputs");
@@ -435,8 +402,7 @@ LoadedExecutable::LoadedExecutable(std::shared_ptr<Client> client, PJRT_LoadedEx
 }
 
 LoadedExecutable::~LoadedExecutable() {
-  PJRT_LoadedExecutable_Destroy_Args args{};
-  args.struct_size = PJRT_LoadedExecutable_Destroy_Args_STRUCT_SIZE;
+  auto args = CASCADE_PJRT_STRUCT(PJRT_LoadedExecutable_Destroy_Args);
   args.executable = exe_;
   try {
     CASCADE_PJRT_CALL(client_->api(), LoadedExecutable_Destroy, &args);
@@ -483,10 +449,8 @@ std::vector<std::vector<std::unique_ptr<Buffer>>> LoadedExecutable::Execute(
     arg_lists[d] = arg_raw[d].data();
     out_lists[d] = out_raw[d].data();
   }
-  PJRT_ExecuteOptions options{};
-  options.struct_size = PJRT_ExecuteOptions_STRUCT_SIZE;
-  PJRT_LoadedExecutable_Execute_Args exec{};
-  exec.struct_size = PJRT_LoadedExecutable_Execute_Args_STRUCT_SIZE;
+  auto options = CASCADE_PJRT_STRUCT(PJRT_ExecuteOptions);
+  auto exec = CASCADE_PJRT_STRUCT(PJRT_LoadedExecutable_Execute_Args);
   exec.executable = exe_;
   exec.options = &options;
   exec.argument_lists = arg_lists.data();

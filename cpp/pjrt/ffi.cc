@@ -26,8 +26,7 @@ void RegisterFfiHandler(const Api& api, const std::string& target, const std::st
     throw PluginIncompatibleError(api.path() + " has no PJRT FFI extension with register_handler, so custom call " +
                                   target + " cannot be registered");
   if (!handler) throw InvalidArgumentError("RegisterFfiHandler: null handler for " + target);
-  PJRT_FFI_Register_Handler_Args args{};
-  args.struct_size = PJRT_FFI_Register_Handler_Args_STRUCT_SIZE;
+  auto args = CASCADE_PJRT_STRUCT(PJRT_FFI_Register_Handler_Args);
   args.target_name = target.data();
   args.target_name_size = target.size();
   args.handler = handler;

@@ -430,8 +430,7 @@ TEST(decoder_llama, KvCacheIsDonatedAndUpdatedInPlace) {
   auto client = Cpu();
   DecoderModel m(client, w, o);
   auto address = [&](const Buffer& b) {
-    PJRT_Buffer_UnsafePointer_Args args{};
-    args.struct_size = PJRT_Buffer_UnsafePointer_Args_STRUCT_SIZE;
+    auto args = CASCADE_PJRT_STRUCT(PJRT_Buffer_UnsafePointer_Args);
     args.buffer = b.raw();
     PJRT_Error* e = client->api().raw()->PJRT_Buffer_UnsafePointer(&args);
     EXPECT_EQ(e, nullptr);
@@ -462,8 +461,7 @@ TEST(decoder_llama, KvCacheIsDonatedAndUpdatedInPlace) {
   EXPECT_TRUE(k->donated());
   EXPECT_TRUE(v->donated());
   EXPECT_FALSE(tok->donated());
-  PJRT_Buffer_IsDeleted_Args del{};
-  del.struct_size = PJRT_Buffer_IsDeleted_Args_STRUCT_SIZE;
+  auto del = CASCADE_PJRT_STRUCT(PJRT_Buffer_IsDeleted_Args);
   del.buffer = k->raw();
   ASSERT_EQ(client->api().raw()->PJRT_Buffer_IsDeleted(&del), nullptr);
   EXPECT_TRUE(del.is_deleted);

@@ -141,15 +141,15 @@ TEST(Gguf, HalfConversions) {
   for (uint32_t h = 0; h < 65536; ++h) {
     const uint16_t bits = static_cast<uint16_t>(h);
     if (((bits >> 10) & 0x1F) == 0x1F) continue;  // inf / nan
-    const float f = HalfToFloat(bits);
+    const float f = F16ToF32(bits);
     ASSERT_EQ(F32Bits(f), F32Bits(FromF16(bits))) << h;
-    ASSERT_EQ(FloatToHalf(f), bits) << h;
+    ASSERT_EQ(F32ToF16(f), bits) << h;
   }
-  EXPECT_TRUE(std::isinf(HalfToFloat(0x7C00)));
-  EXPECT_TRUE(std::isnan(HalfToFloat(0x7E00)));
+  EXPECT_TRUE(std::isinf(F16ToF32(0x7C00)));
+  EXPECT_TRUE(std::isnan(F16ToF32(0x7E00)));
   const std::vector<float> v = Signal(4096, 100.0f, 3);
-  for (float x : v) ASSERT_EQ(FloatToHalf(x), ToF16(x)) << x;
-  EXPECT_EQ(Bf16ToFloat(0x3F80), 1.0f);
+  for (float x : v) ASSERT_EQ(F32ToF16(x), ToF16(x)) << x;
+  EXPECT_EQ(BF16ToF32(0x3F80), 1.0f);
 }
 
 struct QuantCase {

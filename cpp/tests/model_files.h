@@ -1,7 +1,7 @@
 // Test helpers that WRITE small model files: a GGUF writer, a safetensors writer, ggml block
 // quantisers (written from the block formulas, independently of cpp/model/gguf.cc), the
 // llama.cpp Q/K row permutation, and a tiny Llama/Gemma model in both formats. Fuzz seeds reuse
-// these. Header-only; no dependency on the loaders under test except HalfToFloat/FloatToHalf
+// these. Header-only; no dependency on the loaders under test except F16ToF32/F32ToF16
 // style conversions, which are re-implemented here too.
 #pragma once
 

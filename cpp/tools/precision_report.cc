@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "util/timer.h"
 #include "cascade/distribution.h"
 #include "cascade/random.h"
 #include "model/decoder.h"
@@ -25,9 +26,6 @@ using namespace cascade;
 
 namespace {
 
-double Ms(std::chrono::steady_clock::time_point s) {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - s).count();
-}
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0 : (v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2);
@@ -59,7 +57,7 @@ void OnePrecision(const std::string& model, WeightPrecision precision) {
   o.precision = precision;
   o.max_context = 512;
   DecoderModel m(client, w, o);
-  const double load_ms = Ms(start);
+  const double load_ms = MsSince(start);
   std::vector<int32_t> prompt = {504, 1296, 3003, 4683, 359};
   m.Forward(prompt, 0, {HeadKind::kArgmax, 0});  // compile / warm
   int32_t next = 28;
@@ -68,7 +66,7 @@ void OnePrecision(const std::string& model, WeightPrecision precision) {
   for (int i = 0; i < 24; ++i) {
     const auto s = std::chrono::steady_clock::now();
     next = m.Forward({next}, 6 + i, {HeadKind::kArgmax, 0}).argmax[0];
-    decode.push_back(Ms(s));
+    decode.push_back(MsSince(s));
   }
   const double d1 = Median(decode);
   std::printf("%s: load %.0f ms, peak RSS %ld MiB, device weights %.0f MiB, decode(1) %.1f ms = %.1f tokens/s\n",
@@ -80,7 +78,7 @@ void OnePrecision(const std::string& model, WeightPrecision precision) {
     for (int i = 0; i < 5; ++i) {
       const auto s = std::chrono::steady_clock::now();
       m.Forward(block, 100, {HeadKind::kArgmax, 0});
-      t.push_back(Ms(s));
+      t.push_back(MsSince(s));
     }
     std::printf("  verify(%lld) %.1f ms = %.2fx decode(1)\n", static_cast<long long>(k), Median(t), Median(t) / d1);
   }

@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "util/timer.h"
 #include "cascade/engine.h"
 #include "model/decoder.h"
 #include "model/loader.h"
@@ -35,10 +36,6 @@ using namespace cascade;
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double MsSince(Clock::time_point start) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
 
 std::vector<int64_t> Ints(const std::string& s) {
   std::vector<int64_t> out;
