@@ -86,6 +86,22 @@ describe('OpenAI-compatible server', () => {
     expect(r.usage!.prompt_tokens_details!.cached_tokens).toBeLessThan(r.usage!.prompt_tokens);
   });
 
+  it('a chat that sends its history again is served from the cached prefix (cached_tokens), exactly', async () => {
+    const first = question('Name a fruit.');
+    const r1 = await client.chat.completions.create({ model: MODEL, messages: first, max_tokens: 8, temperature: 0 });
+    const messages = [
+      ...first,
+      { role: 'assistant' as const, content: r1.choices[0]!.message.content! },
+      { role: 'user' as const, content: 'And a vegetable?' },
+    ];
+    const r2 = await client.chat.completions.create({ model: MODEL, messages, max_tokens: 8, temperature: 0 });
+    const cached = r2.usage!.prompt_tokens_details!.cached_tokens!;
+    expect(r2.usage!.prompt_tokens).toBeGreaterThan(r1.usage!.prompt_tokens);
+    expect(cached).toBeGreaterThanOrEqual(r1.usage!.prompt_tokens - 1);
+    expect(cached).toBeLessThan(r2.usage!.prompt_tokens);
+    expect(r2.choices[0]!.message.content).toBe((await cascade.generate(messages, { temperature: 0, maxTokens: 8, mode: 'target' })).text);
+  });
+
   it('max_tokens ends with finish_reason length; max_completion_tokens wins over max_tokens', async () => {
     const messages = question('Write a long story about a dragon.');
     const r = await client.chat.completions.create({ model: MODEL, messages, max_tokens: 3, temperature: 0 });

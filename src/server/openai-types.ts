@@ -56,6 +56,8 @@ export interface OpenAISamplingFields {
   top_k?: number | null;
   /** Non-standard (llama.cpp): divides positive logits (multiplies negative ones) of tokens already seen; 1 = off. */
   repeat_penalty?: number | null;
+  /** Non-standard (llama.cpp): how many of the last tokens (prompt included) the penalties look at; -1 = all, 0 = penalties off. */
+  repeat_last_n?: number | null;
   /** End-user identifier; accepted and ignored. */
   user?: string;
 }
@@ -216,6 +218,7 @@ const samplingProperties = {
   min_p: nullable({ type: 'number', minimum: 0, maximum: 1 }),
   top_k: nullable({ type: 'integer', minimum: 0 }),
   repeat_penalty: nullable({ type: 'number', exclusiveMinimum: 0 }),
+  repeat_last_n: nullable({ type: 'integer', minimum: -1 }),
   user: { type: 'string' },
 } as const;
 

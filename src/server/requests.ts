@@ -25,6 +25,8 @@ export interface ExtraSamplingOptions {
   frequencyPenalty?: number;
   /** From `repeat_penalty`. */
   repeatPenalty?: number;
+  /** From `repeat_last_n`: the penalty window in tokens. */
+  penaltyLastN?: number;
   /** From `logit_bias`: token id (decimal string) to bias. */
   logitBias?: Record<string, number>;
 }
@@ -128,6 +130,7 @@ function commonOptions(body: OpenAISamplingFields, maxTokens: number | null | un
     ...(body.presence_penalty !== undefined && body.presence_penalty !== null ? { presencePenalty: body.presence_penalty } : {}),
     ...(body.frequency_penalty !== undefined && body.frequency_penalty !== null ? { frequencyPenalty: body.frequency_penalty } : {}),
     ...(body.repeat_penalty !== undefined && body.repeat_penalty !== null ? { repeatPenalty: body.repeat_penalty } : {}),
+    ...(body.repeat_last_n !== undefined && body.repeat_last_n !== null ? { penaltyLastN: body.repeat_last_n } : {}),
     ...(logitBias ? { logitBias } : {}),
   };
   return { options, stream: body.stream === true, includeUsage: body.stream === true && body.stream_options?.include_usage === true };

@@ -2,35 +2,21 @@ import path from 'node:path';
 
 import { Command, Option } from 'commander';
 
-import { Cascade, type DecodeMode, type Precision } from '../../cascade/cascade.js';
-import { ensureDefaultModel } from '../../models/default-model.js';
 import { serve } from '../../server/server.js';
 import { pluginOption, positiveInteger } from '../options.js';
-import { progressBar } from '../progress.js';
+import { loadForCli, type LoadFlags } from './run.js';
 
-interface ServeOptions {
+interface ServeOptions extends LoadFlags {
   host: string;
   port: number;
-  model?: string;
   modelName?: string;
-  draft?: string;
-  mode: DecodeMode;
-  k1: number;
-  k0: number;
-  tiny?: string;
   branches: number;
-  devices: number;
   dynamic?: boolean;
-  draftLayers?: number;
-  targetPrecision?: Precision;
-  draftPrecision?: Precision;
-  maxContext: number;
   maxTokens?: number;
   maxQueue: number;
   apiKey?: string;
   shutdownGrace: number;
   quiet?: boolean;
-  plugin: string;
 }
 
 const port = (v: string) => {
@@ -53,24 +39,8 @@ export function modelIdFor(target: string): string {
 
 async function run(opts: ServeOptions): Promise<void> {
   const progress = (m: string) => process.stderr.write(`${m}\n`);
-  const target = opts.model === undefined || opts.model === 'default' ? (await ensureDefaultModel({ onProgress: progress })).path : opts.model;
-  progress(`loading ${target} (the first run compiles the XLA programs, cached afterwards)`);
-  const bar = progressBar('compiling programs (once per machine)', process.stderr.isTTY === true);
-  const cascade = await Cascade.load({
-    target,
-    draft: opts.draft,
-    plugin: opts.plugin,
-    devices: opts.devices,
-    maxContext: opts.maxContext,
-    draftLayers: opts.draftLayers,
-    k1: opts.k1,
-    k0: opts.k0,
-    warmup: true,
-    onProgress: (_stage, done, total) => bar.update(done, total),
-    tiny: opts.tiny ?? (opts.mode === 'cascade' || opts.mode === 'auto' ? 'fit' : undefined),
-    precision: opts.targetPrecision || opts.draftPrecision ? { target: opts.targetPrecision, draft: opts.draftPrecision } : 'auto',
-  });
-  bar.stop();
+  // The models by path, URL or catalogue name, loaded with the warm-up (as `run` and `chat` do).
+  const { cascade, target } = await loadForCli(opts, opts.quiet === true);
   const modelId = opts.modelName ?? modelIdFor(target);
   let server;
   try {
@@ -135,9 +105,9 @@ export function serveCommand(): Command {
     )
     .option('--host <host>', 'interface to bind (0.0.0.0 for every interface; consider --api-key then)', '127.0.0.1')
     .option('--port <port>', 'TCP port (0 picks a free one; the address is printed on stdout)', port, 8080)
-    .option('--model <path>', "target model: a GGUF file, a Hugging Face folder, or 'default' (SmolLM2-135M-Instruct, downloaded once)")
+    .option('--model <model>', 'target model: a GGUF file, a Hugging Face folder, an http(s) URL of a GGUF file or a catalogue name (default: SmolLM2-135M-Instruct, downloaded once)')
     .option('--model-name <id>', 'the model id clients send and /v1/models lists (default: the file name without its extension)')
-    .option('--draft <path>', "draft model with the same vocabulary (default: the target's first layers)")
+    .option('--draft <model>', "draft model with the same vocabulary, given like --model (default: the target's first layers)")
     .addOption(new Option('--mode <mode>', 'decoding mode (all give the target\'s output)').choices(['target', 'speculative', 'cascade', 'auto']).default('speculative'))
     .option('--k1 <n>', 'draft proposals per target call', positiveInteger('--k1'), 4)
     .option('--k0 <n>', 'tiny candidates per draft step (cascade mode)', positiveInteger('--k0'), 64)
@@ -153,7 +123,7 @@ export function serveCommand(): Command {
     .option('--max-queue <n>', 'most requests running or queued at once; more get 429', positiveInteger('--max-queue'), 64)
     .option('--api-key <key>', 'require "Authorization: Bearer <key>" on /v1 requests (or set CASCADE_API_KEY)')
     .option('--shutdown-grace <ms>', 'on SIGINT/SIGTERM, how long requests in flight may finish before they are aborted', nonNegativeInteger('--shutdown-grace'), 5000)
-    .option('--quiet', 'do not log one line per request on stderr')
+    .option('--quiet', 'no loading progress, and no line per request on stderr')
     .addOption(pluginOption())
     .addHelpText(
       'after',
