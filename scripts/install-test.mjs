@@ -8,7 +8,8 @@
 //    source build happened (no build/ folder in the installed package).
 // 3. In that project: `import { Runtime } from 'cascade-xla'`, open the CPU runtime, compile and
 //    run a tiny StableHLO program, check the numbers; then `Cascade.load()` the default model (when
-//    the cache has it) and generate a few greedy tokens.
+//    the cache has it) and generate a few greedy tokens; `cascade-xla --version`; the README's first
+//    ```js example run as written; `npx cascade-xla chat` with piped input.
 // 4. A broken prebuild (a truncated .node): the install script reports it and falls back to a
 //    source build (which fails here: no cmake), without crashing; at run time the package throws
 //    NativeAddonError naming the file.
@@ -19,7 +20,7 @@
 // so nothing large is downloaded; `--fresh-cache` uses an empty temp cache (downloads ~250 MB).
 // `--keep` keeps the temp folder.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, truncateSync, writeFileSync, cpSync, realpathSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, truncateSync, writeFileSync, cpSync, realpathSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -168,6 +169,23 @@ await c.dispose();
   }
   const help = spawnSync(path.join(project, 'node_modules', '.bin', 'cascade-xla'), ['--help'], { cwd: project, env, encoding: 'utf8' });
   check(help.status === 0 && /info/.test(help.stdout), 'the cascade-xla CLI runs (--help)', `${help.stdout}\n${help.stderr}`);
+  const version = spawnSync(path.join(project, 'node_modules', '.bin', 'cascade-xla'), ['--version'], { cwd: project, env, encoding: 'utf8' });
+  check(version.status === 0 && version.stdout.trim() === packed.version, `cascade-xla --version prints ${packed.version}`, `${version.stdout}\n${version.stderr}`);
+  if (existsSync(model)) {
+    // The README's first example, as a user copies it (the README of the installed package).
+    const readme = readFileSync(path.join(pkgDir, 'README.md'), 'utf8');
+    const example = /```js\n([\s\S]*?)```/.exec(readme)?.[1];
+    if (check(example !== undefined, "the installed README.md has a ```js example")) {
+      writeFileSync(path.join(project, 'hello.mjs'), example);
+      const hello = spawnSync('node', ['hello.mjs'], { cwd: project, env, encoding: 'utf8', timeout: 600_000 });
+      check(hello.status === 0 && /\d+ tokens at [\d.]+ tokens\/s\s*$/.test(hello.stdout), "README.md's example runs as written (node hello.mjs)", `${hello.stdout}\n${hello.stderr}`);
+    }
+    // `npx cascade-xla chat`, its input piped (the terminal case is test/chat-cli.test.ts).
+    const chat = spawnSync('npx', ['--no-install', 'cascade-xla', 'chat', '--max-tokens', '16', '--max-context', '256'], {
+      cwd: project, env, encoding: 'utf8', timeout: 600_000, input: 'What is the capital of France?\n/exit\n',
+    });
+    check(chat.status === 0 && /Paris/.test(chat.stdout), 'npx cascade-xla chat answers (input piped)', `${chat.stdout}\n${chat.stderr}`);
+  }
 
   // --- 4. a broken prebuild ------------------------------------------------------------------------
   // A copy of the installed package inside the project, so it finds the same node_modules.

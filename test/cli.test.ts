@@ -1,6 +1,6 @@
 // The CLI as a user runs it (compiled dist/, real plugin).
 import { execFile } from 'node:child_process';
-import { mkdtempSync, statSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -69,4 +69,52 @@ describe('cascade-xla CLI', () => {
     expect((error as { code: number }).code).not.toBe(0);
     expect((error as { stderr: string }).stderr).toMatch(/--devices must be a positive integer/);
   });
+
+  it('--version prints the package version', async () => {
+    const { version } = JSON.parse(readFileSync(path.resolve(import.meta.dirname, '..', 'package.json'), 'utf8')) as { version: string };
+    for (const flag of ['--version', '-V']) {
+      const { stdout } = await run(process.execPath, [cli, flag]);
+      expect(stdout.trim()).toBe(version);
+    }
+  });
+
+  it('run prints the answer on stdout and one summary line on stderr; --stats adds the tables; --quiet only the answer', async () => {
+    const args = ['--max-tokens', '12', '--max-context', '128', '--draft-layers', '4', 'What is the capital of France?'];
+    const plain = await run(process.execPath, [cli, 'run', ...args], { timeout: 600_000 });
+    expect(plain.stdout).toMatch(/Paris/);
+    expect(plain.stdout.trim().split('\n')).toHaveLength(1); // just the text
+    const summary = plain.stderr.trim().split('\n').filter((l) => /tokens\/s/.test(l));
+    expect(summary).toHaveLength(1);
+    expect(summary[0]).toMatch(/^\d+ prompt tokens, \d+ tokens, [\d.]+ tokens\/s, mode speculative, [\d.]+ tokens per target call, load [\d.]+ s$/);
+    expect(plain.stderr).not.toMatch(/tau|gamma|placement/);
+
+    const stats = await run(process.execPath, [cli, 'run', '--stats', ...args], { timeout: 600_000 });
+    expect(stats.stdout).toMatch(/Paris/);
+    expect(stats.stdout).toMatch(/^stage\s+ms\s+share/m);
+    expect(stats.stdout).toMatch(/tau \(tokens per target call\)/);
+
+    const quiet = await run(process.execPath, [cli, '--quiet', 'run', ...args], { timeout: 600_000 });
+    expect(quiet.stdout.trim()).toBe(plain.stdout.trim()); // greedy: the same answer
+    expect(quiet.stderr).not.toMatch(/tokens\/s|loading|XLA programs/);
+  }, 900_000);
+
+  it("README.md's first js example runs as written (an ESM file importing 'cascade-xla' from node_modules)", async () => {
+    const readme = readFileSync(path.resolve(import.meta.dirname, '..', 'README.md'), 'utf8');
+    const block = /```js\n([\s\S]*?)```/.exec(readme)?.[1];
+    expect(block).toBeDefined();
+    expect(block).not.toMatch(/await using/); // Node 20 has no `await using`
+    // A user's project: package 'cascade-xla' in node_modules (this checkout, built), the example as hello.mjs.
+    const project = mkdtempSync(path.join(os.tmpdir(), 'cascade-readme-'));
+    try {
+      mkdirSync(path.join(project, 'node_modules'));
+      symlinkSync(path.resolve(import.meta.dirname, '..'), path.join(project, 'node_modules', 'cascade-xla'));
+      writeFileSync(path.join(project, 'hello.mjs'), block!);
+      const { stdout } = await run(process.execPath, ['hello.mjs'], { cwd: project, timeout: 600_000 });
+      const lines = stdout.trim().split('\n');
+      expect(lines.at(-1)).toMatch(/^\d+ tokens at [\d.]+ tokens\/s$/);
+      expect(lines.slice(0, -1).join('\n')).toMatch(/\w{3,}/); // some answer text
+    } finally {
+      rmSync(project, { recursive: true, force: true });
+    }
+  }, 600_000);
 });

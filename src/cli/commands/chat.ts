@@ -95,6 +95,8 @@ async function chat(opts: ChatOptions, quiet: boolean): Promise<void> {
   });
   if (opts.history && terminal) rl.on('history', (lines: string[]) => saveHistory(lines));
   rl.on('close', () => {
+    // Ctrl-D in a terminal quits at once; the end of piped input lets the lines read so far run.
+    if (!terminal) return;
     closed = true;
     replying?.abort(new Error('input closed'));
   });
