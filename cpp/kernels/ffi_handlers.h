@@ -23,7 +23,6 @@
 #include <memory>
 #include <string>
 
-#include "model/programs.h"
 #include "pjrt/api.h"
 #include "pjrt/client.h"
 
@@ -47,13 +46,6 @@ struct KernelRegistration {
 // handler, gives registered=false and the reason (callers then keep the XLA-only programs).
 // CASCADE_FFI_KERNELS=0 in the environment disables it.
 KernelRegistration RegisterKernels(const Api& api);
-
-// The matmul mode a program for `precision` on `client` should be emitted with: kAuto on the CPU
-// plugin with int8 weights becomes kFfi when our handlers register (registering them, once); bf16
-// weights too when the CPU has AVX512_BF16 (else only when asked for; see the .cc for why);
-// an explicit kFfi the plugin cannot honour throws PluginIncompatibleError; anything else is
-// returned as is.
-MatmulMode ChooseMatmulMode(const Client& client, WeightPrecision precision, MatmulMode requested);
 
 // Time spent inside our handlers since the process started (all threads' calls, wall time of
 // each call), for profiles: decoder_bench reports it per forward.

@@ -6,7 +6,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "kernels/ffi_handlers.h"
+#include "model/matmul_mode.h"
 #include "pjrt/errors.h"
 
 namespace cascade {
@@ -282,7 +282,7 @@ std::string DecoderModel::ProgramText(int64_t num_tokens, const HeadSpec& head, 
   spec.precision = options_.precision;
   spec.kv_dtype = kv_dtype_;
   // int8 weights on the CPU plugin: our FFI kernel when it registers (kernels/ffi_handlers.h).
-  spec.matmul = kernels::ChooseMatmulMode(*client_, options_.precision, options_.matmul);
+  spec.matmul = ChooseMatmulMode(*client_, options_.precision, options_.matmul);
   return EmitDecoderProgram(config_, spec);
 }
 

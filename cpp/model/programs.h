@@ -65,14 +65,14 @@ enum class MatmulMode {
   // cascade_int8_matmul / cascade_bf16_matmul, kernels/ffi_handlers.h) for T <= kFfiMaxTokens:
   // the weights are read in their stored type, never converted in memory. Needs the handlers
   // registered with the plugin (kernels::RegisterKernels); DecoderModel picks it for kAuto with
-  // int8 weights, and bf16 ones on CPUs with AVX512_BF16 (kernels::ChooseMatmulMode).
+  // int8 weights, and bf16 ones on CPUs with AVX512_BF16 (ChooseMatmulMode).
   // T > kFfiMaxTokens as kAuto.
   kFfi,
   kXlaAuto,  // kAuto's choice without the FFI kernel (XLA ops only, whatever the plugin offers)
   // The whole layer stack as one custom call (cascade_decoder_layers, kernels/decoder_layers.h)
   // for T <= kFfiMaxTokens with an f32 KV cache, every weight precision; the LM head through
   // the matmul custom calls (f32 too: cascade_f32t_matmul). kAuto's choice on the CPU plugin
-  // when the handlers register (kernels::ChooseMatmulMode). Other T as kAuto.
+  // when the handlers register (ChooseMatmulMode). Other T as kAuto.
   kFused,
 };
 constexpr int64_t kFfiMaxTokens = 64;

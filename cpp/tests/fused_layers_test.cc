@@ -13,6 +13,7 @@
 
 #include "kernels/decoder_layers.h"
 #include "kernels/ffi_handlers.h"
+#include "model/matmul_mode.h"
 #include "kernels/thread_team.h"
 #include "model/decoder.h"
 #include "cpu_client.h"
@@ -68,7 +69,7 @@ bool RowsEqual(const float* a, const float* b, int64_t n) { return std::memcmp(a
 
 TEST(fused_layers, ProgramsUseTheFusedCallAndKAutoPicksIt) {
   for (WeightPrecision p : {WeightPrecision::kF32, WeightPrecision::kBF16, WeightPrecision::kInt8}) {
-    EXPECT_EQ(kernels::ChooseMatmulMode(*Cpu(), p, MatmulMode::kAuto), MatmulMode::kFused) << WeightPrecisionName(p);
+    EXPECT_EQ(ChooseMatmulMode(*Cpu(), p, MatmulMode::kAuto), MatmulMode::kFused) << WeightPrecisionName(p);
     ModelConfig c = Config({p, ModelFamily::kLlama, true});
     DecoderModel m = Model(testing::SmallRandomModel(c, 1), p, MatmulMode::kAuto, 2 * kFfiMaxTokens);
     const std::string text = m.ProgramText(4, {HeadKind::kArgmax}, false);

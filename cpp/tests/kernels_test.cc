@@ -12,6 +12,7 @@
 
 #include "hlo/builder.h"
 #include "kernels/ffi_handlers.h"
+#include "model/matmul_mode.h"
 #include "kernels/int8_matmul.h"
 #include "model/decoder.h"
 #include "pjrt/api.h"
@@ -281,11 +282,11 @@ TEST(kernels_ffi, ChooseMatmulMode) {
   auto client = Cpu();
   // kAuto: the fused layer stack for every precision (fused_layers_test covers it).
   for (WeightPrecision p : {WeightPrecision::kF32, WeightPrecision::kBF16, WeightPrecision::kInt8})
-    EXPECT_EQ(kernels::ChooseMatmulMode(*client, p, MatmulMode::kAuto), MatmulMode::kFused);
-  EXPECT_EQ(kernels::ChooseMatmulMode(*client, WeightPrecision::kInt8, MatmulMode::kXlaAuto), MatmulMode::kXlaAuto);
-  EXPECT_EQ(kernels::ChooseMatmulMode(*client, WeightPrecision::kInt8, MatmulMode::kFfi), MatmulMode::kFfi);
-  EXPECT_EQ(kernels::ChooseMatmulMode(*client, WeightPrecision::kBF16, MatmulMode::kFfi), MatmulMode::kFfi);
-  EXPECT_EQ(kernels::ChooseMatmulMode(*client, WeightPrecision::kF32, MatmulMode::kFfi), MatmulMode::kAuto);
+    EXPECT_EQ(ChooseMatmulMode(*client, p, MatmulMode::kAuto), MatmulMode::kFused);
+  EXPECT_EQ(ChooseMatmulMode(*client, WeightPrecision::kInt8, MatmulMode::kXlaAuto), MatmulMode::kXlaAuto);
+  EXPECT_EQ(ChooseMatmulMode(*client, WeightPrecision::kInt8, MatmulMode::kFfi), MatmulMode::kFfi);
+  EXPECT_EQ(ChooseMatmulMode(*client, WeightPrecision::kBF16, MatmulMode::kFfi), MatmulMode::kFfi);
+  EXPECT_EQ(ChooseMatmulMode(*client, WeightPrecision::kF32, MatmulMode::kFfi), MatmulMode::kAuto);
 }
 
 // A random model with int8 weights: our kernel against the XLA-only int8 path (same s8 weights and

@@ -19,6 +19,7 @@
 
 #include "cascade/engine.h"
 #include "kernels/ffi_handlers.h"
+#include "model/matmul_mode.h"
 #include "kernels/int8_matmul.h"
 #include "kernels/thread_team.h"
 #include "model/decoder.h"
@@ -171,7 +172,7 @@ int Main(int argc, char** argv) {
     auto t0 = Clock::now();
     Variant v{entry, std::make_unique<DecoderModel>(client, w, o), std::vector<std::vector<double>>(sizes.size()),
               std::vector<std::vector<double>>(sizes.size()), std::vector<std::vector<double>>(sizes.size())};
-    const MatmulMode chosen = kernels::ChooseMatmulMode(*client, o.precision, o.matmul);
+    const MatmulMode chosen = ChooseMatmulMode(*client, o.precision, o.matmul);
     std::printf("[%s] weights %.1f MB uploaded in %.0f ms; kv %s; matmuls by %s; compile+first run:", entry.c_str(),
                 v.model->weight_bytes() / 1e6, ms(t0, Clock::now()), DTypeName(v.model->kv_dtype()),
                 chosen == MatmulMode::kFused ? "fused layers" : chosen == MatmulMode::kFfi ? "ffi" : "xla");
