@@ -374,6 +374,20 @@ describe('server options', () => {
     }
   });
 
+  it('close() lets a request in flight finish within the grace period', async () => {
+    const s = await serve({ cascade, port: 0, modelId: MODEL, shutdownGraceMs: 60_000 });
+    const c = clientOf(s);
+    const messages = question('What is the capital of France?');
+    const stream = await c.chat.completions.create({ model: MODEL, messages, max_tokens: 12, temperature: 0, stream: true });
+    const it = stream[Symbol.asyncIterator]();
+    let text = (await it.next()).value?.choices[0]?.delta.content ?? '';
+    const closed = s.close();
+    for (let r = await it.next(); !r.done; r = await it.next()) text += r.value.choices[0]?.delta.content ?? '';
+    await closed;
+    expect(text).toBe((await direct(messages, 12)).text);
+    await expect(c.models.list()).rejects.toBeInstanceOf(OpenAI.APIConnectionError);
+  });
+
   it('close() during a stream ends it with an error event, refuses new requests, and leaves the Cascade usable', async () => {
     const s = await serve({ cascade, port: 0, modelId: MODEL, shutdownGraceMs: 0 });
     const c = clientOf(s);

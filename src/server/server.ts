@@ -55,6 +55,8 @@ export interface RequestLogEntry {
   ms: number;
   /** False when the connection closed before the response was complete (the client went away). */
   completed: boolean;
+  /** For a server error (5xx other than 503), or an error sent inside a stream: its message. */
+  error?: string;
 }
 
 /** Options of {@link createServer}. */
@@ -85,6 +87,12 @@ export interface ServerOptions {
   shutdownGraceMs?: number;
   /** Largest request body in bytes (default 4 MiB). */
   bodyLimit?: number;
+  /**
+   * A streamed response whose client reads nothing for this long (its socket buffers full) is
+   * ended, so one stalled reader cannot hold the model from the requests queued behind it.
+   * Default 60000 ms.
+   */
+  stallTimeoutMs?: number;
   /** Called once per request when its response ends or its connection closes. */
   onRequestLog?: (entry: RequestLogEntry) => void;
 }
@@ -167,6 +175,7 @@ function checkOptions(options: ServerOptions): void {
   positive('maxQueue', options.maxQueue, 1);
   positive('shutdownGraceMs', options.shutdownGraceMs, 0);
   positive('bodyLimit', options.bodyLimit, 1);
+  positive('stallTimeoutMs', options.stallTimeoutMs, 1);
   if (options.modelId !== undefined && (typeof options.modelId !== 'string' || options.modelId === '')) {
     throw new InvalidArgumentError('createServer: modelId must be a non-empty string');
   }
@@ -193,6 +202,9 @@ export function createServer(options: ServerOptions): FastifyInstance {
   const modelId = options.modelId ?? 'cascade-xla';
   const maxQueue = options.maxQueue ?? 64;
   const graceMs = options.shutdownGraceMs ?? 5000;
+  const stallMs = options.stallTimeoutMs ?? 60_000;
+  /** The error each failed response reports in its log entry. */
+  const failures = new WeakMap<ServerResponse, string>();
   const created = Math.floor(Date.now() / 1000);
   const ctx: PlanContext = { cascade, modelId, defaults: { ...options.defaults }, defaultMaxTokens: options.defaultMaxTokens };
   /** Controllers of the generations in flight (running or queued in the Cascade). */
@@ -214,10 +226,22 @@ export function createServer(options: ServerOptions): FastifyInstance {
     const res = reply.raw;
     if (options.onRequestLog) {
       const log = options.onRequestLog;
-      res.once('close', () =>
-        log({ method: request.method, url: request.url, status: res.statusCode, ms: performance.now() - started, completed: res.writableFinished }),
-      );
+      res.once('close', () => {
+        const error = failures.get(res);
+        log({
+          method: request.method,
+          url: request.url,
+          status: res.statusCode,
+          ms: performance.now() - started,
+          completed: res.writableFinished,
+          ...(error === undefined ? {} : { error }),
+        });
+      });
     }
+    // While closing, a connection whose response has ended is closed too (keep-alive or not).
+    res.once('finish', () => {
+      if (closing) setImmediate(() => app.server.closeIdleConnections());
+    });
     if (closing) {
       reply.header('connection', 'close');
       done(new ServerRequestError(503, 'the server is shutting down', { code: 'server_shutting_down' }));
@@ -238,7 +262,7 @@ export function createServer(options: ServerOptions): FastifyInstance {
   app.setErrorHandler((error: FastifyError | Error, request, reply) => {
     const e = errorResponse(error);
     if (e.status === 429) reply.header('retry-after', '1');
-    if (e.status >= 500 && e.status !== 503) request.log.error(error);
+    if (e.status >= 500 && e.status !== 503) failures.set(reply.raw, error.stack ?? error.message);
     void reply.code(e.status).send(e.body());
   });
 
@@ -365,15 +389,15 @@ export function createServer(options: ServerOptions): FastifyInstance {
         return { id, object: 'text_completion', created: now, model: modelId, choices: [{ index: 0, text: text ?? '', logprobs: null, finish_reason: finish }], ...tail };
       };
       try {
-        if (kind === 'chat') await send(res, chunk('', null, true), signal);
-        if (plan.echo) await send(res, chunk(plan.echo, null), signal);
-        for (; !next.done; next = await pieces.next()) await send(res, chunk(next.value.text, null), signal);
+        if (kind === 'chat') await send(res, chunk('', null, true), signal, stallMs);
+        if (plan.echo) await send(res, chunk(plan.echo, null), signal, stallMs);
+        for (; !next.done; next = await pieces.next()) await send(res, chunk(next.value.text, null), signal, stallMs);
         // The stream has ended: its statistics are the Cascade's last (the next queued
         // generation cannot finish before this continuation runs).
         const stats = cascade.lastStats!;
-        await send(res, chunk(kind === 'chat' ? undefined : '', finishReason(stats)), signal);
+        await send(res, chunk(kind === 'chat' ? undefined : '', finishReason(stats)), signal, stallMs);
         if (plan.includeUsage) {
-          await send(res, { id, object: kind === 'chat' ? 'chat.completion.chunk' : 'text_completion', created: now, model: modelId, choices: [], usage: usage(stats) }, signal);
+          await send(res, { id, object: kind === 'chat' ? 'chat.completion.chunk' : 'text_completion', created: now, model: modelId, choices: [], usage: usage(stats) }, signal, stallMs);
         }
         res.end('data: [DONE]\n\n');
       } catch (error) {
@@ -382,7 +406,9 @@ export function createServer(options: ServerOptions): FastifyInstance {
           return;
         }
         // Headers are out: the error goes in the stream (the openai client raises it).
-        res.end(`data: ${JSON.stringify(toServerError(error).body())}\n\n`);
+        const e = toServerError(error);
+        failures.set(res, e.status >= 500 && e.status !== 503 && error instanceof Error ? (error.stack ?? e.message) : e.message);
+        res.end(`data: ${JSON.stringify(e.body())}\n\n`);
       }
     } finally {
       await pieces.return?.();
@@ -392,10 +418,19 @@ export function createServer(options: ServerOptions): FastifyInstance {
   return app;
 }
 
-/** Writes one server-sent event, waiting while the client is slow to read (backpressure). */
-async function send(res: ServerResponse, data: unknown, signal: AbortSignal): Promise<void> {
+/**
+ * Writes one server-sent event, waiting while the client is slow to read (backpressure). A client
+ * that reads nothing for `stallMs` loses its connection (whose close aborts the generation).
+ */
+async function send(res: ServerResponse, data: unknown, signal: AbortSignal, stallMs: number): Promise<void> {
   if (res.destroyed) throw new ClientDisconnected();
-  if (!res.write(`data: ${JSON.stringify(data)}\n\n`)) await once(res, 'drain', { signal });
+  if (res.write(`data: ${JSON.stringify(data)}\n\n`)) return;
+  const stalled = setTimeout(() => res.destroy(), stallMs);
+  try {
+    await once(res, 'drain', { signal });
+  } finally {
+    clearTimeout(stalled);
+  }
 }
 
 /** The response for an error thrown while handling a request. */

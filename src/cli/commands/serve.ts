@@ -56,7 +56,11 @@ async function run(opts: ServeOptions): Promise<void> {
       shutdownGraceMs: opts.shutdownGrace,
       onRequestLog: opts.quiet
         ? undefined
-        : (e) => progress(`${new Date().toISOString()} ${e.method} ${e.url} ${e.status} ${e.ms.toFixed(0)} ms${e.completed ? '' : ' (client disconnected)'}`),
+        : (e) =>
+            progress(
+              `${new Date().toISOString()} ${e.method} ${e.url} ${e.status} ${e.ms.toFixed(0)} ms${e.completed ? '' : ' (client disconnected)'}` +
+                (e.error === undefined ? '' : `\n  ${e.error.replace(/\n/g, '\n  ')}`),
+            ),
     });
   } catch (error) {
     await cascade.dispose();
