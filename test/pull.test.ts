@@ -358,6 +358,9 @@ describe('cascade-xla pull', () => {
     const ok = await run(process.execPath, [cli, 'pull', u, '--sha256', sha(DATA)], { env });
     expect(ok.stdout.trim()).toBe(path.join(urlCacheDir(u), 'pulled.gguf'));
     expect(ok.stderr).toMatch(/sha256 ok/);
+    const unpinned = url('other', 'unpinned.gguf');
+    const told = await run(process.execPath, [cli, 'pull', unpinned], { env });
+    expect(told.stderr).toContain(`sha256 ${sha(OTHER)} (pass --sha256 to check it)`);
     const quiet = await run(process.execPath, [cli, 'pull', u, '--quiet'], { env });
     expect(quiet.stdout.trim()).toBe(path.join(urlCacheDir(u), 'pulled.gguf'));
     expect(quiet.stderr).toBe('');

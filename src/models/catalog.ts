@@ -84,6 +84,8 @@ export interface ResolvedModel {
   source: 'path' | 'cache' | 'download';
   /** The catalogue entry, when `spec` was a name. */
   model?: CatalogModel | undefined;
+  /** The file's sha256 (lowercase hex), when it came from a URL (known from its download). */
+  sha256?: string | undefined;
 }
 
 /**
@@ -102,7 +104,7 @@ export async function resolveModel(spec: string, options: ResolveModelOptions = 
       force: options.force,
       onProgress: options.onProgress && ((p) => options.onProgress!({ kind: 'bytes', ...p })),
     });
-    return { path: got.path, source: got.source };
+    return { path: got.path, source: got.source, sha256: got.sha256 };
   }
   const local = await stat(spec).catch(() => undefined);
   if (local && options.force !== true) return { path: spec, source: 'path' };
@@ -123,7 +125,7 @@ export async function resolveModel(spec: string, options: ResolveModelOptions = 
       force: options.force,
       onProgress: options.onProgress && ((p) => options.onProgress!({ kind: 'bytes', ...p })),
     });
-    return { path: got.path, source: got.source, model };
+    return { path: got.path, source: got.source, model, sha256: got.sha256 };
   }
   const got = await ensureDefaultModel({
     signal: options.signal,

@@ -58,7 +58,8 @@ async function pull(spec: string | undefined, opts: PullOptions, quiet: boolean)
   }
   if (!quiet) {
     const how = got.source === 'download' ? `downloaded in ${((Date.now() - started) / 1000).toFixed(1)} s` : got.source === 'cache' ? 'already in the cache' : 'a local path';
-    const pin = opts.sha256 !== undefined ? 'sha256 ok' : got.model ? 'sha256 pinned by the catalogue' : '';
+    const pin =
+      opts.sha256 !== undefined ? 'sha256 ok' : got.model ? 'sha256 pinned by the catalogue' : got.sha256 ? `sha256 ${got.sha256} (pass --sha256 to check it)` : '';
     process.stderr.write(`${how}${pin ? `; ${pin}` : ''}\n`);
   }
   process.stdout.write(`${got.path}\n`);
