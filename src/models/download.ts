@@ -485,11 +485,20 @@ async function transfer(url: string, dir: string, partial: string, partialMeta: 
       const fh = await open(partial, offset === 0 ? 'w' : 'r+');
       let position = offset;
       let lastReport = 0;
+      let trailing: NodeJS.Timeout | undefined;
       const report = (force: boolean) => {
+        if (!options.onProgress) return;
         const now = Date.now();
-        if (!force && now - lastReport < 100) return;
+        clearTimeout(trailing);
+        trailing = undefined;
+        if (!force && now - lastReport < 100) {
+          // The latest count still goes out, 100 ms after the last report, if no chunk comes first.
+          trailing = setTimeout(() => report(true), 100 - (now - lastReport));
+          trailing.unref();
+          return;
+        }
         lastReport = now;
-        options.onProgress?.({ url, received: position, total, resumedFrom, phase: 'download' });
+        options.onProgress({ url, received: position, total, resumedFrom, phase: 'download' });
       };
       try {
         if (offset > 0) await fh.truncate(offset);
@@ -508,6 +517,7 @@ async function transfer(url: string, dir: string, partial: string, partialMeta: 
         }
         await fh.sync();
       } finally {
+        clearTimeout(trailing);
         await fh.close();
         have = position;
       }
