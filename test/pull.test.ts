@@ -332,6 +332,12 @@ describe('resolveModel', () => {
     expect((error as Error).message).toMatch(/no model 'HuggingFaceTB\/NoSuchModel'.*smollm2-135m-instruct/);
   });
 
+  it('Cascade.load rejects a spec that is neither a path, a URL nor a name with ModelNotFoundError (before opening a plugin)', async () => {
+    const { Cascade } = await import('../src/cascade/cascade.js');
+    await expect(Cascade.load({ target: 'HuggingFaceTB/SmolLM2-135M-Instruct' })).rejects.toThrow(ModelNotFoundError);
+    await expect(Cascade.load({ target: url('nothing-here') })).rejects.toThrow(HttpStatusError);
+  });
+
   it('a catalogue entry of kind url is downloaded and checked against its pin', async () => {
     const u = url('other', 'cat.gguf');
     const catalog = [{ name: 'test-model', aliases: ['tm'], description: 'test', bytes: OTHER.length, sha256: sha(OTHER), source: { kind: 'url' as const, url: u } }];

@@ -188,7 +188,7 @@ async function run(prompt: string, opts: RunOptions, quiet: boolean): Promise<vo
       return;
     }
     process.stdout.write('\n');
-    if (!opts.stats) {
+    if (!opts.stats || quiet) {
       if (!quiet) process.stderr.write(`${summaryLine(stats, opts.mode, loadMs)}${baseline ? `; target-only ${baseline.tokensPerSecond.toFixed(1)} tokens/s` : ''}\n`);
       return;
     }
