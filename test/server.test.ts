@@ -7,7 +7,7 @@ import { createInterface } from 'node:readline';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { Cascade, type GenerationResult } from '../src/cascade/cascade.js';
+import { Cascade, type GenerateOptions, type GenerationResult } from '../src/cascade/cascade.js';
 import { ensureDefaultModel } from '../src/models/default-model.js';
 import { serve, type CascadeServer, type RequestLogEntry } from '../src/server/server.js';
 import type { ChatMessage } from '../src/tokenizer/index.js';
@@ -212,6 +212,31 @@ describe('OpenAI-compatible server', () => {
     const greedy = (await direct(messages, 10)).text;
     expect(await ask({ temperature: 1.5, top_k: 1, seed: 3 })).toBe(greedy);
     expect(await ask({ temperature: 1.5, top_p: 0, seed: 3 })).toBe(greedy);
+  });
+
+  it('presence_penalty, frequency_penalty, repeat_penalty, repeat_last_n, min_p and logit_bias reach the sampler', async () => {
+    const prompt = 'the cat the cat the cat the cat the cat';
+    const greedyFirst = (await direct(prompt, 1)).tokens[0]!;
+    const cases: [Record<string, unknown>, Record<string, unknown>][] = [
+      [{ presence_penalty: 2 }, { presencePenalty: 2 }],
+      [{ frequency_penalty: 1.5 }, { frequencyPenalty: 1.5 }],
+      [{ repeat_penalty: 1.8 }, { repeatPenalty: 1.8 }],
+      [{ repeat_penalty: 1.8, repeat_last_n: 0 }, { repeatPenalty: 1.8, penaltyLastN: 0 }],
+      [{ logit_bias: { [greedyFirst]: -100 } }, { logitBias: { [greedyFirst]: -100 } }],
+      [{ temperature: 1.5, seed: 11, min_p: 0.3 }, { temperature: 1.5, seed: 11, minP: 0.3 }],
+    ];
+    for (const [fields, options] of cases) {
+      const r = await client.completions.create({ model: MODEL, prompt, max_tokens: 8, temperature: 0, ...fields });
+      const expected = await cascade.generate(prompt, { maxTokens: 8, temperature: 0, ...options } as GenerateOptions);
+      expect(r.choices[0]!.text, JSON.stringify(fields)).toBe(expected.text);
+    }
+    // The options change the reply (so the equalities above say they were passed, not dropped).
+    const plain = (await direct(prompt, 8)).text;
+    for (const [fields, options] of cases.filter(([f]) => f['repeat_last_n'] === undefined && f['min_p'] === undefined)) {
+      expect((await cascade.generate(prompt, { maxTokens: 8, temperature: 0, ...options } as GenerateOptions)).text, JSON.stringify(fields)).not.toBe(plain);
+    }
+    const sampled = (await cascade.generate(prompt, { maxTokens: 8, temperature: 1.5, seed: 11 })).text;
+    expect((await cascade.generate(prompt, { maxTokens: 8, temperature: 1.5, seed: 11, minP: 0.3 } as GenerateOptions)).text).not.toBe(sampled);
   });
 
   it('bad requests are 400s in OpenAI\'s error shape, and the client raises BadRequestError', async () => {

@@ -20,7 +20,7 @@ import { randomUUID, timingSafeEqual } from 'node:crypto';
 import { once } from 'node:events';
 import type { ServerResponse } from 'node:http';
 
-import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 
 import type { Cascade, CascadeStats, GenerateOptions, StreamPiece } from '../cascade/cascade.js';
 import { InvalidArgumentError } from '../errors.js';
@@ -210,6 +210,8 @@ export function createServer(options: ServerOptions): FastifyInstance {
   /** Controllers of the generations in flight (running or queued in the Cascade). */
   const active = new Set<AbortController>();
   let closing = false;
+  /** Set once the grace period is over: generations are aborted, and none starts. */
+  let aborting = false;
   let graceTimer: NodeJS.Timeout | undefined;
 
   const app = Fastify({
@@ -274,6 +276,7 @@ export function createServer(options: ServerOptions): FastifyInstance {
   app.addHook('preClose', (done) => {
     closing = true;
     const abortAll = () => {
+      aborting = true;
       for (const c of active) c.abort(new ServerRequestError(503, 'the server is shutting down', { code: 'server_shutting_down' }));
     };
     if (graceMs === 0) abortAll();
@@ -300,14 +303,15 @@ export function createServer(options: ServerOptions): FastifyInstance {
   });
 
   app.post<{ Body: OpenAIChatCompletionRequest }>('/v1/chat/completions', { schema: { body: chatCompletionSchema } }, async (request, reply) =>
-    generation('chat', planChat(request.body, ctx), request, reply),
+    generation('chat', planChat(request.body, ctx), reply),
   );
   app.post<{ Body: OpenAICompletionRequest }>('/v1/completions', { schema: { body: completionSchema } }, async (request, reply) =>
-    generation('completion', planCompletion(request.body, ctx), request, reply),
+    generation('completion', planCompletion(request.body, ctx), reply),
   );
 
   /** Runs one generation request: plain JSON, or server-sent events. */
-  async function generation(kind: Kind, plan: GenerationPlan, request: FastifyRequest, reply: FastifyReply): Promise<unknown> {
+  async function generation(kind: Kind, plan: GenerationPlan, reply: FastifyReply): Promise<unknown> {
+    if (aborting) throw new ServerRequestError(503, 'the server is shutting down', { code: 'server_shutting_down' });
     if (active.size >= maxQueue) {
       throw new ServerRequestError(429, `The server is busy: ${active.size} requests are running or queued (the most it holds); retry later`, {
         type: 'rate_limit_error',
@@ -321,6 +325,8 @@ export function createServer(options: ServerOptions): FastifyInstance {
       if (!res.writableFinished) controller.abort(new ClientDisconnected());
     };
     res.once('close', onClose);
+    // Gone already (while the body was read): nothing to generate for.
+    if (res.destroyed || res.socket?.destroyed === true) controller.abort(new ClientDisconnected());
     active.add(controller);
     const signal = controller.signal;
     const options = { ...plan.options, signal };
