@@ -140,7 +140,8 @@ Endpoints (OpenAI's request and response shapes; errors as { error: { message, t
 
 Request fields: max_tokens / max_completion_tokens, temperature (default 1), top_p, seed, stop (up to 4),
 stream, stream_options.include_usage, presence_penalty, frequency_penalty, logit_bias, and llama.cpp's
-top_k, min_p, repeat_penalty. n must be 1; logprobs, tools and JSON response formats are refused with a 400.
+top_k, min_p, repeat_penalty, repeat_last_n. n must be 1; logprobs, tools and JSON response formats are
+refused with a 400.
 See docs/serving.md.
 
 Examples:
