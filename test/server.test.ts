@@ -278,6 +278,14 @@ describe('OpenAI-compatible server', () => {
     expect(broken.status).toBe(400);
     expect(broken.body.error).toMatchObject({ type: 'invalid_request_error', code: 'invalid_json', param: null });
     expect((await post('[1, 2]')).body.error.message).toMatch(/must be a JSON object/);
+    // curl -d without a content type sends form encoding: the body is still read as JSON.
+    const form = await fetch(`${server.url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: JSON.stringify({ prompt: 'Hello', max_tokens: 2, temperature: 0 }),
+    });
+    expect(form.status).toBe(200);
+    expect(((await form.json()) as { usage: { completion_tokens: number } }).usage.completion_tokens).toBe(2);
     const missing = await fetch(`${server.url}/v1/embeddings`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' });
     expect(missing.status).toBe(404);
     expect(((await missing.json()) as { error: { code: string } }).error.code).toBe('not_found');

@@ -223,6 +223,10 @@ export function createServer(options: ServerOptions): FastifyInstance {
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allErrors: false, verbose: true } },
   });
 
+  // `curl -d '{...}'` sends application/x-www-form-urlencoded unless told otherwise: those
+  // bodies, and text/plain ones, are read as JSON too.
+  app.addContentTypeParser(['application/x-www-form-urlencoded', 'text/plain'], { parseAs: 'string' }, app.getDefaultJsonParser('error', 'error'));
+
   app.addHook('onRequest', (request, reply, done) => {
     const started = performance.now();
     const res = reply.raw;
