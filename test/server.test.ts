@@ -45,7 +45,7 @@ async function badRequest(request: Promise<unknown>): Promise<InstanceType<typeo
 beforeAll(async () => {
   const { path: target } = await ensureDefaultModel();
   cascade = await Cascade.load({ target, maxContext: 256 });
-  server = await serve({ cascade, port: 0, modelId: MODEL, onRequestLog: (e) => log.push(e) });
+  server = await serve({ cascade, port: 0, modelId: MODEL, modelAliases: ['smol-alias'], onRequestLog: (e) => log.push(e) });
   client = clientOf(server);
 }, 600_000);
 
@@ -63,6 +63,10 @@ describe('OpenAI-compatible server', () => {
     expect(models.data[0]).toMatchObject({ object: 'model', owned_by: 'cascade-xla' });
     expect((await client.models.retrieve(MODEL)).id).toBe(MODEL);
     await expect(client.models.retrieve('gpt-4o')).rejects.toBeInstanceOf(OpenAI.NotFoundError);
+    // An alias is accepted in requests; responses name the model by its id.
+    expect((await client.models.retrieve('smol-alias')).id).toBe(MODEL);
+    const r = await client.completions.create({ model: 'smol-alias', prompt: 'Hello', max_tokens: 1, temperature: 0 });
+    expect(r.model).toBe(MODEL);
   });
 
   it('a greedy chat completion is exactly what Cascade.generate returns, with consistent usage', async () => {
@@ -459,7 +463,8 @@ describe('cascade-xla serve (the CLI)', () => {
       });
       const c = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'unused', maxRetries: 0 });
       expect((await c.models.list()).data.map((m) => m.id)).toEqual(['smol']);
-      const r = await c.chat.completions.create({ model: 'smol', messages: question('What is the capital of France?'), max_tokens: 8, temperature: 0 });
+      // The default model also answers to its catalogue names.
+      const r = await c.chat.completions.create({ model: 'smollm2', messages: question('What is the capital of France?'), max_tokens: 8, temperature: 0 });
       expect(r.choices[0]!.message.content).toBe((await direct(question('What is the capital of France?'), 8)).text);
       child.kill('SIGTERM');
       expect(await exited).toBe(0);

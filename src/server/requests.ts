@@ -51,8 +51,10 @@ export interface GenerationPlan {
 export interface PlanContext {
   /** The loaded model (tokenizer, context length, vocabulary). */
   cascade: Cascade;
-  /** The served model's id; a request naming another model is a 400. */
+  /** The served model's id (what responses say). */
   modelId: string;
+  /** The names a request may give in `model`: the id and its aliases; another name is a 400. */
+  modelNames: ReadonlySet<string>;
   /** Decoding options every request starts from (mode, k0, k1, branches, ...). */
   defaults: GenerateOptions;
   /** Tokens to generate when the request gives no limit (default: the context's room). */
@@ -82,7 +84,7 @@ function messageText(content: OpenAIChatCompletionRequest['messages'][number]['c
 }
 
 function checkModel(body: OpenAISamplingFields, ctx: PlanContext): void {
-  if (body.model !== undefined && body.model !== ctx.modelId) {
+  if (body.model !== undefined && !ctx.modelNames.has(body.model)) {
     throw new ServerRequestError(400, `The model '${body.model}' does not exist on this server; it serves '${ctx.modelId}' (see GET /v1/models)`, {
       param: 'model',
       code: 'model_not_found',

@@ -65,6 +65,8 @@ export interface ServerOptions {
   cascade: Cascade;
   /** The model's name in `GET /v1/models` and in responses; requests naming another model get a 400. Default `'cascade-xla'`. */
   modelId?: string;
+  /** Other names requests may use for the model (e.g. its catalogue aliases); responses still say `modelId`. */
+  modelAliases?: string[];
   /** Decoding mode and proposal settings for every request (default: the Cascade's defaults, `mode: 'speculative'`). */
   defaults?: ServerGenerateDefaults;
   /**
@@ -179,6 +181,9 @@ function checkOptions(options: ServerOptions): void {
   if (options.modelId !== undefined && (typeof options.modelId !== 'string' || options.modelId === '')) {
     throw new InvalidArgumentError('createServer: modelId must be a non-empty string');
   }
+  if (options.modelAliases !== undefined && (!Array.isArray(options.modelAliases) || options.modelAliases.some((a) => typeof a !== 'string' || a === ''))) {
+    throw new InvalidArgumentError('createServer: modelAliases must be an array of non-empty strings');
+  }
   if (options.apiKey !== undefined && (typeof options.apiKey !== 'string' || options.apiKey === '')) {
     throw new InvalidArgumentError('createServer: apiKey must be a non-empty string');
   }
@@ -206,7 +211,7 @@ export function createServer(options: ServerOptions): FastifyInstance {
   /** The error each failed response reports in its log entry. */
   const failures = new WeakMap<ServerResponse, string>();
   const created = Math.floor(Date.now() / 1000);
-  const ctx: PlanContext = { cascade, modelId, defaults: { ...options.defaults }, defaultMaxTokens: options.defaultMaxTokens };
+  const ctx: PlanContext = { cascade, modelId, modelNames: new Set([modelId, ...(options.modelAliases ?? [])]), defaults: { ...options.defaults }, defaultMaxTokens: options.defaultMaxTokens };
   /** Controllers of the generations in flight (running or queued in the Cascade). */
   const active = new Set<AbortController>();
   let closing = false;
@@ -297,7 +302,7 @@ export function createServer(options: ServerOptions): FastifyInstance {
   const model = (): OpenAIModel => ({ id: modelId, object: 'model', created, owned_by: 'cascade-xla' });
   app.get('/v1/models', async () => ({ object: 'list', data: [model()] }));
   app.get<{ Params: { id: string } }>('/v1/models/:id', async (request) => {
-    if (request.params.id !== modelId) {
+    if (!ctx.modelNames.has(request.params.id)) {
       throw new ServerRequestError(404, `The model '${request.params.id}' does not exist on this server; it serves '${modelId}'`, {
         param: 'model',
         code: 'model_not_found',

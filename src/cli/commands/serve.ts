@@ -2,6 +2,7 @@ import path from 'node:path';
 
 import { Command, Option } from 'commander';
 
+import { findCatalogModel } from '../../models/catalog.js';
 import { serve } from '../../server/server.js';
 import { pluginOption, positiveInteger } from '../options.js';
 import { loadForCli, type LoadFlags } from './run.js';
@@ -37,6 +38,12 @@ export function modelIdFor(target: string): string {
   return base.replace(/\.(gguf|safetensors)$/i, '') || 'cascade-xla';
 }
 
+/** The catalogue name and aliases of `spec` when it names a catalogue model (else none). */
+function catalogNames(spec: string): string[] {
+  const entry = findCatalogModel(spec);
+  return entry ? [entry.name, ...entry.aliases] : [];
+}
+
 async function run(opts: ServeOptions): Promise<void> {
   const progress = (m: string) => process.stderr.write(`${m}\n`);
   // The models by path, URL or catalogue name, loaded with the warm-up (as `run` and `chat` do).
@@ -49,6 +56,8 @@ async function run(opts: ServeOptions): Promise<void> {
       host: opts.host,
       port: opts.port,
       modelId,
+      // A catalogue model also answers to its catalogue names (e.g. 'default', 'smollm2').
+      modelAliases: catalogNames(opts.model ?? 'default'),
       defaults: { mode: opts.mode, k1: opts.k1, k0: opts.k0, branches: opts.branches, ...(opts.dynamic ? { dynamicHorizon: true } : {}) },
       defaultMaxTokens: opts.maxTokens,
       maxQueue: opts.maxQueue,
