@@ -392,6 +392,35 @@ describe('server options', () => {
     }
   });
 
+  it('corsOrigin: the preflight and every response (plain or streamed) carry the CORS headers; without it, none', async () => {
+    const origin = 'http://localhost:3000';
+    const s = await serve({ cascade, port: 0, modelId: MODEL, corsOrigin: origin });
+    try {
+      const preflight = await fetch(`${s.url}/v1/chat/completions`, {
+        method: 'OPTIONS',
+        headers: { origin, 'access-control-request-method': 'POST', 'access-control-request-headers': 'authorization, content-type' },
+      });
+      expect(preflight.status).toBe(204);
+      expect(preflight.headers.get('access-control-allow-origin')).toBe(origin);
+      expect(preflight.headers.get('access-control-allow-methods')).toContain('POST');
+      expect(preflight.headers.get('access-control-allow-headers')).toBe('authorization, content-type');
+      const models = await fetch(`${s.url}/v1/models`, { headers: { origin } });
+      expect(models.headers.get('access-control-allow-origin')).toBe(origin);
+      const stream = await fetch(`${s.url}/v1/completions`, {
+        method: 'POST',
+        headers: { origin, 'content-type': 'application/json' },
+        body: JSON.stringify({ prompt: 'Hello', max_tokens: 2, stream: true }),
+      });
+      expect(stream.headers.get('content-type')).toMatch(/^text\/event-stream/);
+      expect(stream.headers.get('access-control-allow-origin')).toBe(origin);
+      expect(await stream.text()).toMatch(/data: \[DONE\]\n\n$/);
+    } finally {
+      await s.close();
+    }
+    const plain = await fetch(`${server.url}/v1/models`, { headers: { origin } });
+    expect(plain.headers.get('access-control-allow-origin')).toBeNull();
+  });
+
   it('maxQueue: a request past the limit is a 429 (RateLimitError) while the others run', async () => {
     const s = await serve({ cascade, port: 0, modelId: MODEL, maxQueue: 1 });
     try {

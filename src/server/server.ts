@@ -82,6 +82,11 @@ export interface ServerOptions {
   /** When set, every `/v1` request must carry `Authorization: Bearer <apiKey>` (else 401). */
   apiKey?: string;
   /**
+   * Lets web pages of this origin call the server from a browser (CORS): `'*'` for any, or one
+   * origin such as `'http://localhost:3000'`. Default: none (browsers block cross-origin calls).
+   */
+  corsOrigin?: string;
+  /**
    * On shutdown ({@link CascadeServer.close} or fastify's `close()`), how long generations in
    * flight may run on before they are aborted (their clients get a 503, or an error event on a
    * stream). New requests are refused with 503 at once. Default 5000 ms.
@@ -184,6 +189,9 @@ function checkOptions(options: ServerOptions): void {
   if (options.modelAliases !== undefined && (!Array.isArray(options.modelAliases) || options.modelAliases.some((a) => typeof a !== 'string' || a === ''))) {
     throw new InvalidArgumentError('createServer: modelAliases must be an array of non-empty strings');
   }
+  if (options.corsOrigin !== undefined && (typeof options.corsOrigin !== 'string' || options.corsOrigin === '')) {
+    throw new InvalidArgumentError("createServer: corsOrigin must be '*' or an origin such as 'http://localhost:3000'");
+  }
   if (options.apiKey !== undefined && (typeof options.apiKey !== 'string' || options.apiKey === '')) {
     throw new InvalidArgumentError('createServer: apiKey must be a non-empty string');
   }
@@ -253,6 +261,20 @@ export function createServer(options: ServerOptions): FastifyInstance {
     res.once('finish', () => {
       if (closing) setImmediate(() => app.server.closeIdleConnections());
     });
+    if (options.corsOrigin !== undefined) {
+      reply.header('access-control-allow-origin', options.corsOrigin);
+      if (options.corsOrigin !== '*') reply.header('vary', 'Origin');
+      if (request.method === 'OPTIONS') {
+        // A browser's preflight: say what the real request may use, and answer nothing else.
+        void reply
+          .code(204)
+          .header('access-control-allow-methods', 'GET, POST, OPTIONS')
+          .header('access-control-allow-headers', request.headers['access-control-request-headers'] ?? 'authorization, content-type')
+          .header('access-control-max-age', '600')
+          .send();
+        return;
+      }
+    }
     if (closing) {
       reply.header('connection', 'close');
       done(new ServerRequestError(503, 'the server is shutting down', { code: 'server_shutting_down' }));
@@ -393,6 +415,8 @@ export function createServer(options: ServerOptions): FastifyInstance {
       let next: IteratorResult<StreamPiece, void> = await pieces.next();
       reply.hijack();
       const res = reply.raw;
+      // Headers set on the reply before (CORS) go out with the stream's own.
+      for (const [name, value] of Object.entries(reply.getHeaders())) if (value !== undefined) res.setHeader(name, value);
       res.writeHead(200, SSE_HEADERS);
       const chunk = (text: string | undefined, finish: OpenAIFinishReason | null, role = false): OpenAIChatCompletionChunk | OpenAICompletion => {
         // With include_usage, every chunk carries `usage: null` but the last (OpenAI's shape).

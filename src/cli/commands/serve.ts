@@ -16,6 +16,7 @@ interface ServeOptions extends LoadFlags {
   maxTokens?: number;
   maxQueue: number;
   apiKey?: string;
+  cors?: string;
   shutdownGrace: number;
   quiet?: boolean;
 }
@@ -63,6 +64,7 @@ async function run(opts: ServeOptions): Promise<void> {
       maxQueue: opts.maxQueue,
       apiKey: opts.apiKey ?? (process.env['CASCADE_API_KEY'] || undefined),
       shutdownGraceMs: opts.shutdownGrace,
+      ...(opts.cors === undefined ? {} : { corsOrigin: opts.cors }),
       onRequestLog: opts.quiet
         ? undefined
         : (e) =>
@@ -135,6 +137,7 @@ export function serveCommand(): Command {
     .option('--max-tokens <n>', 'tokens to generate when a request sets no max_tokens (default: the room left in the context; 16 on /v1/completions)', positiveInteger('--max-tokens'))
     .option('--max-queue <n>', 'most requests running or queued at once; more get 429', positiveInteger('--max-queue'), 64)
     .option('--api-key <key>', 'require "Authorization: Bearer <key>" on /v1 requests (or set CASCADE_API_KEY)')
+    .option('--cors <origin>', "let web pages of this origin call the server from a browser ('*' for any)")
     .option('--shutdown-grace <ms>', 'on SIGINT/SIGTERM, how long requests in flight may finish before they are aborted', nonNegativeInteger('--shutdown-grace'), 5000)
     .option('--quiet', 'no loading progress, and no line per request on stderr')
     .addOption(pluginOption())
