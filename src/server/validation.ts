@@ -53,10 +53,15 @@ function describe(schema: Record<string, unknown> | undefined): string {
   return 'another type';
 }
 
-/** The one error to report: inside an `anyOf`, a branch's constraint (the type was right) beats the `anyOf` itself. */
+/**
+ * The one error to report: inside an `anyOf`, an error of a branch whose type was right (a
+ * constraint, or something deeper in the value) beats the `anyOf` itself.
+ */
 function explain(errors: readonly SchemaError[], error: SchemaError): ServerRequestError {
   if (error.keyword === 'anyOf') {
-    const inner = errors.filter((e) => e !== error && e.schemaPath.startsWith(`${error.schemaPath}/`) && e.keyword !== 'type');
+    const inner = errors.filter(
+      (e) => e !== error && e.schemaPath.startsWith(`${error.schemaPath}/`) && (e.keyword !== 'type' || e.instancePath !== error.instancePath),
+    );
     const chosen = inner[inner.length - 1];
     if (chosen) return explain(errors, chosen);
     return invalidType(error);
