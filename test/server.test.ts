@@ -258,7 +258,7 @@ describe('OpenAI-compatible server', () => {
     expect((await badRequest(chat({ logit_bias: { hello: 5 } }))).param).toBe('logit_bias');
     expect((await badRequest(chat({ logit_bias: { '999999': 5 } }))).message).toMatch(/outside the vocabulary/);
     const bias = await badRequest(chat({ logit_bias: { '5': 'x' } }));
-    expect([bias.param, bias.message]).toEqual(['logit_bias[5]', "Invalid type for 'logit_bias[5]': expected a number"]);
+    expect([bias.param, (bias.error as { message: string }).message]).toEqual(['logit_bias[5]', "Invalid type for 'logit_bias[5]': expected a number"]);
     expect((await badRequest(chat({ logprobs: true }))).code).toBe('unsupported_parameter');
     expect((await badRequest(chat({ messages: undefined }))).message).toMatch(/Missing required parameter: 'messages'/);
     expect((await badRequest(chat({ messages: [] }))).param).toBe('messages');
