@@ -7,14 +7,12 @@
 #endif
 
 #include <atomic>
-#include <cmath>
-#include <cstdio>
 #include <memory>
 #include <optional>
 
 #include "cascade/engine.h"
+#include "cascade/loading.h"
 #include "marshal.h"
-#include "model/loader.h"
 #include "model/tiny.h"
 #include "promise_worker.h"
 #include "reader_gate.h"
@@ -358,62 +356,6 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
   std::shared_ptr<ReaderGate> gate_ = std::make_shared<ReaderGate>();
 };
 
-// Device bytes of a DecoderModel's weights at `precision`.
-int64_t WeightBytes(const ModelConfig& config, WeightPrecision precision) {
-  int64_t bytes = 0;
-  for (const WeightParam& w : WeightParamLayout(config, precision))
-    bytes += ElementCount(w.dims) * static_cast<int64_t>(DTypeSize(w.dtype));
-  return bytes;
-}
-
-// Device bytes a DecoderModel of `config` uploads: its weights at `precision` and the K and V
-// caches of `max_context` slots (counted as f32, the widest DecoderModel picks).
-int64_t DeviceBytes(const ModelConfig& config, WeightPrecision precision, int64_t max_context) {
-  return WeightBytes(config, precision) + 2 * ElementCount(KvCacheDims(config, max_context)) * 4;
-}
-
-std::string MiB(int64_t bytes) {
-  char text[32];
-  std::snprintf(text, sizeof text, "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
-  return text;
-}
-
-// Throws OutOfMemoryError when the target (on each of its replicas) and the draft would not fit
-// the device's memory, before anything is uploaded. `limit` > 0 overrides what the device reports
-// (the maxDeviceMemory option / CASCADE_DEVICE_MEMORY_LIMIT). The self-speculative draft whose
-// depth is still to be chosen counts as its largest candidate (ChooseDraftLayers: 3/4 of the
-// layers, or all of them when the draft's precision reads fewer bytes than the target's).
-void CheckDeviceMemory(const Client& client, const ModelWeights& target, const std::optional<ModelWeights>& draft,
-                       const EngineOptions& options, int64_t limit) {
-  ValidateDecoderConfig(target.config);
-  if (draft) ValidateDecoderConfig(draft->config);
-  std::optional<Client::AvailableMemory> available;
-  if (limit > 0) available = Client::AvailableMemory{limit, "the limit set by maxDeviceMemory / CASCADE_DEVICE_MEMORY_LIMIT"};
-  else available = client.AvailableDeviceMemory(options.device_index);
-  if (!available) return;  // the plugin does not say: let the upload find out
-  const int64_t target_bytes = DeviceBytes(target.config, options.target_precision, options.max_context);
-  ModelConfig draft_config = draft ? draft->config : target.config;
-  if (!draft) {
-    const int64_t layers = target.config.num_layers;
-    const bool all = WeightBytes(target.config, options.draft_precision) < WeightBytes(target.config, options.target_precision);
-    draft_config.num_layers = options.draft_layers > 0 ? std::min(options.draft_layers, layers)
-                              : all                    ? layers
-                                                       : std::max<int64_t>(1, std::lround(0.75 * layers));
-  }
-  const int64_t draft_bytes = DeviceBytes(draft_config, options.draft_precision, options.max_context);
-  // The CPU plugin's devices share host memory: every replica counts. Elsewhere each device holds one.
-  const int64_t replicas = client.platform_name() == "cpu" ? std::max<int64_t>(1, options.devices) : 1;
-  const int64_t need = target_bytes * replicas + draft_bytes;
-  if (need <= available->bytes) return;
-  throw OutOfMemoryError(
-      "the models need " + MiB(need) + " of device memory (target " + target.source + ": " + MiB(target_bytes) +
-      (replicas > 1 ? " x " + std::to_string(replicas) + " replicas" : "") + ", draft " +
-      (draft ? draft->source : "(first " + std::to_string(draft_config.num_layers) + " layers)") + ": " +
-      MiB(draft_bytes) + ", weights and KV cache of " + std::to_string(options.max_context) +
-      " tokens) but the device has " + MiB(available->bytes) + " available (" + available->source +
-      "); use a smaller maxContext or precision, or a smaller model");
-}
-
 // loadEngine(client, { target, draft?, targetPrecision?, draftPrecision?, maxContext?, draftLayers?,
 //   deviceMemoryLimit?, ... }, onProgress?) -> { promise: Promise<NativeEngine>, cancel(): void }.
 // cancel() makes the load stop at its next stage (after reading a file, after the upload, between
@@ -424,30 +366,27 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
     throw ToJsError(env, InvalidArgumentError("loadEngine(client, options)"));
   std::shared_ptr<Client> client = ClientFromJs(env, info[0]);
   Napi::Object o = info[1].As<Napi::Object>();
-  std::string target, draft, tiny, tiny_cache;
-  bool fit_tiny = false;
-  bool warmup = false;
-  int64_t warm_k0 = 64;
-  int64_t memory_limit = 0;
-  EngineOptions options;
+  EngineLoadOptions load;
+  EngineOptions& options = load.engine;
   try {
     if (!o.Get("target").IsString()) throw InvalidArgumentError("target must be a model file path");
-    target = o.Get("target").As<Napi::String>().Utf8Value();
-    if (o.Get("draft").IsString()) draft = o.Get("draft").As<Napi::String>().Utf8Value();
-    if (o.Get("tiny").IsString()) tiny = o.Get("tiny").As<Napi::String>().Utf8Value();
-    fit_tiny = o.Get("fitTiny").ToBoolean();
-    warmup = o.Get("warmup").ToBoolean();
-    warm_k0 = static_cast<int64_t>(NumberFromJs(o, "k0", 64));
-    if (o.Get("tinyCachePath").IsString()) tiny_cache = o.Get("tinyCachePath").As<Napi::String>().Utf8Value();
+    load.target = o.Get("target").As<Napi::String>().Utf8Value();
+    if (o.Get("draft").IsString()) load.draft = o.Get("draft").As<Napi::String>().Utf8Value();
+    if (o.Get("tiny").IsString()) load.tiny = o.Get("tiny").As<Napi::String>().Utf8Value();
+    load.fit_tiny = o.Get("fitTiny").ToBoolean();
+    load.warmup = o.Get("warmup").ToBoolean();
+    load.warmup_candidates = static_cast<int64_t>(NumberFromJs(o, "k0", static_cast<double>(load.warmup_candidates)));
+    if (o.Get("tinyCachePath").IsString()) load.tiny_cache = o.Get("tinyCachePath").As<Napi::String>().Utf8Value();
     options.target_precision = PrecisionFromJs(o, "targetPrecision", options.target_precision);
     options.draft_precision = PrecisionFromJs(o, "draftPrecision", options.draft_precision);
     options.max_context = static_cast<int64_t>(NumberFromJs(o, "maxContext", static_cast<double>(options.max_context)));
     options.draft_layers = static_cast<int64_t>(NumberFromJs(o, "draftLayers", 0));
-    options.planned_proposal_length = static_cast<int64_t>(NumberFromJs(o, "k1", 4));
+    options.planned_proposal_length =
+        static_cast<int64_t>(NumberFromJs(o, "k1", static_cast<double>(options.planned_proposal_length)));
     options.device_index = static_cast<size_t>(NumberFromJs(o, "deviceIndex", 0));
     options.devices = static_cast<int64_t>(NumberFromJs(o, "devices", 1));
     options.max_sequences = static_cast<int64_t>(NumberFromJs(o, "maxSequences", static_cast<double>(options.max_sequences)));
-    memory_limit = static_cast<int64_t>(NumberFromJs(o, "deviceMemoryLimit", 0));
+    load.device_memory_limit = static_cast<int64_t>(NumberFromJs(o, "deviceMemoryLimit", 0));
   } catch (const Error& e) {
     throw ToJsError(env, e);
   }
@@ -462,68 +401,27 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
   auto cancel = std::make_shared<std::atomic<bool>>(false);
   Napi::Promise promise = PromiseWorker::Start(
       env, "cascade.load",
-      [client, target, draft, tiny, fit_tiny, tiny_cache, options, engine, warmup, warm_k0, memory_limit, tsfn, release,
-       cancel]() mutable {
-       auto check = [&](const char* stage) {
-         if (cancel->load()) throw Error(ErrorKind::kAborted, std::string("load aborted ") + stage);
-       };
-       try {
-        check("before reading the model");
-        ModelWeights t = LoadModel(target);
-        std::optional<ModelWeights> d;
-        if (!draft.empty()) d = LoadModel(draft);
-        check("after reading the model files");
-        CheckDeviceMemory(*client, t, d, options, memory_limit);
-        auto e = std::make_shared<CascadeEngine>(client, t, d, options);
-        check("after uploading the models");
-        if (!tiny.empty()) {
-          e->SetTiny(LoadTiny(tiny, &e->draft_config()));
-        } else if (fit_tiny) {
-          // A closed-form tiny fitted on the draft's own text (model/tiny.h), cached on disk.
-          std::optional<TinyWeights> cached;
-          if (!tiny_cache.empty()) {
-            try {
-              cached = LoadTiny(tiny_cache, &e->draft_config(), /*require_checksum=*/true);
-            } catch (const Error&) {
-            }
-          }
-          if (!cached) {
-            const ModelWeights draft_weights = d ? *d : TruncateLayers(t, e->draft_config().num_layers);
-            // The target writes the text (what the cascade commits; a draft alone falls into loops).
-            TinyFitOptions fit;
-            fit.positions = 1500;
-            fit.sequence_length = std::min<int64_t>(128, options.max_context);
-            fit.text_model = &e->target();
-            fit.draft_name = draft_weights.source;
-            fit.progress = [cancel](int64_t, int64_t) { return !cancel->load(); };
-            cached = FitTinyClosedForm(e->draft(), draft_weights, fit);
-            cached->metadata["fit_text"] = "target";
-            if (!tiny_cache.empty()) SaveTiny(*cached, tiny_cache);
-          }
-          e->SetTiny(*cached);
-        }
-        if (warmup) {
-          e->Warmup(options.planned_proposal_length, warm_k0, [tsfn, &check](int64_t done, int64_t total) {
-            check("during the warm-up compile");
-            if (!tsfn) return;
-            auto* p = new std::pair<int64_t, int64_t>(done, total);
-            if (tsfn->NonBlockingCall(p, [](Napi::Env env, Napi::Function fn, std::pair<int64_t, int64_t>* p) {
-                  fn.Call({Napi::String::New(env, "compile"), Napi::Number::New(env, static_cast<double>(p->first)),
-                           Napi::Number::New(env, static_cast<double>(p->second))});
+      [client, load, engine, tsfn, release, cancel]() mutable {
+        try {
+          *engine = cascade::LoadEngine(
+              client, load, [cancel] { return cancel->load(); },
+              [tsfn](int64_t done, int64_t total) {
+                if (!tsfn) return;
+                auto* p = new std::pair<int64_t, int64_t>(done, total);
+                if (tsfn->NonBlockingCall(p, [](Napi::Env env, Napi::Function fn, std::pair<int64_t, int64_t>* p) {
+                      fn.Call({Napi::String::New(env, "compile"), Napi::Number::New(env, static_cast<double>(p->first)),
+                               Napi::Number::New(env, static_cast<double>(p->second))});
+                      delete p;
+                    }) != napi_ok)
                   delete p;
-                }) != napi_ok)
-              delete p;
-          });
+              });
+        } catch (...) {
+          release();
+          ReleaseFreedMemory();  // the host copies of the weights (and, failed, the uploaded model)
+          throw;
         }
-        check("after the warm-up");
-        *engine = std::move(e);
-       } catch (...) {
         release();
-        ReleaseFreedMemory();  // the host copies of the weights (and, failed, the uploaded model)
-        throw;
-       }
-       release();
-       ReleaseFreedMemory();
+        ReleaseFreedMemory();
       },
       [engine](Napi::Env env) -> Napi::Value {
         Napi::Object obj = g_engine_ctor->New({});
@@ -570,17 +468,15 @@ Napi::Value DistillTiny(const Napi::CallbackInfo& info) {
   if (info.Length() < 2 || !info[1].IsObject()) throw ToJsError(env, InvalidArgumentError("distillTiny(client, options)"));
   std::shared_ptr<Client> client = ClientFromJs(env, info[0]);
   Napi::Object o = info[1].As<Napi::Object>();
-  std::string target, draft, out;
-  int64_t draft_layers = 0;
-  WeightPrecision precision = WeightPrecision::kF32;
-  TinyFitOptions fit;
+  DistillOptions distill;
   try {
     if (!o.Get("target").IsString() || !o.Get("out").IsString()) throw InvalidArgumentError("target and out are required paths");
-    target = o.Get("target").As<Napi::String>().Utf8Value();
-    out = o.Get("out").As<Napi::String>().Utf8Value();
-    if (o.Get("draft").IsString()) draft = o.Get("draft").As<Napi::String>().Utf8Value();
-    draft_layers = static_cast<int64_t>(NumberFromJs(o, "draftLayers", 0));
-    precision = PrecisionFromJs(o, "precision", precision);
+    distill.target = o.Get("target").As<Napi::String>().Utf8Value();
+    distill.out = o.Get("out").As<Napi::String>().Utf8Value();
+    if (o.Get("draft").IsString()) distill.draft = o.Get("draft").As<Napi::String>().Utf8Value();
+    distill.draft_layers = static_cast<int64_t>(NumberFromJs(o, "draftLayers", 0));
+    distill.precision = PrecisionFromJs(o, "precision", distill.precision);
+    TinyFitOptions& fit = distill.fit;
     fit.positions = static_cast<int64_t>(NumberFromJs(o, "positions", static_cast<double>(fit.positions)));
     fit.hidden = static_cast<int64_t>(NumberFromJs(o, "hidden", static_cast<double>(fit.hidden)));
     fit.seed = static_cast<uint64_t>(NumberFromJs(o, "seed", 1));
@@ -592,27 +488,15 @@ Napi::Value DistillTiny(const Napi::CallbackInfo& info) {
     tsfn = Napi::ThreadSafeFunction::New(env, info[2].As<Napi::Function>(), "cascade.distill", 0, 1);
   auto cancel = std::make_shared<std::atomic<bool>>(false);
   auto report = std::make_shared<TinyFitReport>();
-  auto result = Napi::Object::New(env);
   auto release = [tsfn]() mutable {
     if (tsfn) tsfn->Release();
   };
   Napi::Promise promise = PromiseWorker::Start(
       env, "cascade.distill",
-      [client, target, draft, draft_layers, precision, out, fit, report, tsfn, cancel, release]() mutable {
+      [client, distill, report, tsfn, cancel, release]() mutable {
         try {
-          ModelWeights t = LoadModel(target);
-          ModelWeights d = draft.empty() ? TruncateLayers(t, draft_layers > 0 ? draft_layers
-                                                                               : std::max<int64_t>(1, t.config.num_layers / 4))
-                                         : LoadModel(draft);
-          DecoderOptions options;
-          options.precision = precision;
-          options.max_context = fit.sequence_length;
-          DecoderModel draft_model(client, d, options);
-          DecoderModel text_model(client, t, options);
-          fit.text_model = &text_model;
-          fit.draft_name = d.source;
           int64_t last = -1;
-          fit.progress = [tsfn, cancel, last](int64_t done, int64_t total) mutable {
+          *report = DistillTinyToFile(client, distill, [tsfn, cancel, last](int64_t done, int64_t total) mutable {
             if (tsfn && (done - last >= 10 || done == total)) {
               last = done;
               auto* p = new std::pair<int64_t, int64_t>(done, total);
@@ -624,17 +508,14 @@ Napi::Value DistillTiny(const Napi::CallbackInfo& info) {
                 delete p;
             }
             return !cancel->load();
-          };
-          TinyWeights tiny = FitTinyClosedForm(draft_model, d, fit, report.get());
-          tiny.metadata["fit_text"] = "target";
-          SaveTiny(tiny, out);
+          });
         } catch (...) {
           release();
           throw;
         }
         release();
       },
-      [report, out](Napi::Env env) -> Napi::Value {
+      [report, out = distill.out](Napi::Env env) -> Napi::Value {
         Napi::Object r = Napi::Object::New(env);
         r.Set("path", out);
         Napi::Array g = Napi::Array::New(env, report->gamma0.size());
@@ -662,7 +543,6 @@ Napi::Value DistillTiny(const Napi::CallbackInfo& info) {
                cancel->store(true);
                return info.Env().Undefined();
              }));
-  (void)result;
   return handle;
 }
 

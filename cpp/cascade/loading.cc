@@ -1,0 +1,139 @@
+#include "cascade/loading.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+#include "model/loader.h"
+#include "pjrt/errors.h"
+
+namespace cascade {
+namespace {
+
+// Device bytes a DecoderModel of `config` uploads: its weights at `precision` and the K and V
+// caches of `max_context` slots (counted as f32, the widest DecoderModel picks).
+int64_t DeviceBytes(const ModelConfig& config, WeightPrecision precision, int64_t max_context) {
+  return WeightBytes(config, precision) + 2 * ElementCount(KvCacheDims(config, max_context)) * 4;
+}
+
+std::string MiB(int64_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+  return text;
+}
+
+}  // namespace
+
+int64_t WeightBytes(const ModelConfig& config, WeightPrecision precision) {
+  int64_t bytes = 0;
+  for (const WeightParam& w : WeightParamLayout(config, precision))
+    bytes += ElementCount(w.dims) * static_cast<int64_t>(DTypeSize(w.dtype));
+  return bytes;
+}
+
+void CheckDeviceMemory(const Client& client, const ModelWeights& target, const std::optional<ModelWeights>& draft,
+                       const EngineOptions& options, int64_t limit) {
+  ValidateDecoderConfig(target.config);
+  if (draft) ValidateDecoderConfig(draft->config);
+  std::optional<Client::AvailableMemory> available;
+  if (limit > 0) available = Client::AvailableMemory{limit, "the limit set by maxDeviceMemory / CASCADE_DEVICE_MEMORY_LIMIT"};
+  else available = client.AvailableDeviceMemory(options.device_index);
+  if (!available) return;  // the plugin does not say: let the upload find out
+  const int64_t target_bytes = DeviceBytes(target.config, options.target_precision, options.max_context);
+  ModelConfig draft_config = draft ? draft->config : target.config;
+  if (!draft) {
+    const int64_t layers = target.config.num_layers;
+    const bool all = WeightBytes(target.config, options.draft_precision) < WeightBytes(target.config, options.target_precision);
+    draft_config.num_layers = options.draft_layers > 0 ? std::min(options.draft_layers, layers)
+                              : all                    ? layers
+                                                       : std::max<int64_t>(1, std::lround(0.75 * layers));
+  }
+  const int64_t draft_bytes = DeviceBytes(draft_config, options.draft_precision, options.max_context);
+  // The CPU plugin's devices share host memory: every replica counts. Elsewhere each device holds one.
+  const int64_t replicas = client.platform_name() == "cpu" ? std::max<int64_t>(1, options.devices) : 1;
+  const int64_t need = target_bytes * replicas + draft_bytes;
+  if (need <= available->bytes) return;
+  throw OutOfMemoryError(
+      "the models need " + MiB(need) + " of device memory (target " + target.source + ": " + MiB(target_bytes) +
+      (replicas > 1 ? " x " + std::to_string(replicas) + " replicas" : "") + ", draft " +
+      (draft ? draft->source : "(first " + std::to_string(draft_config.num_layers) + " layers)") + ": " +
+      MiB(draft_bytes) + ", weights and KV cache of " + std::to_string(options.max_context) +
+      " tokens) but the device has " + MiB(available->bytes) + " available (" + available->source +
+      "); use a smaller maxContext or precision, or a smaller model");
+}
+
+std::shared_ptr<CascadeEngine> LoadEngine(std::shared_ptr<Client> client, const EngineLoadOptions& options,
+                                          const std::function<bool()>& cancelled,
+                                          const std::function<void(int64_t, int64_t)>& compile_progress) {
+  auto check = [&](const char* stage) {
+    if (cancelled && cancelled()) throw Error(ErrorKind::kAborted, std::string("load aborted ") + stage);
+  };
+  check("before reading the model");
+  ModelWeights target = LoadModel(options.target);
+  std::optional<ModelWeights> draft;
+  if (!options.draft.empty()) draft = LoadModel(options.draft);
+  check("after reading the model files");
+  CheckDeviceMemory(*client, target, draft, options.engine, options.device_memory_limit);
+  auto engine = std::make_shared<CascadeEngine>(client, target, draft, options.engine);
+  check("after uploading the models");
+  if (!options.tiny.empty()) {
+    engine->SetTiny(LoadTiny(options.tiny, &engine->draft_config()));
+  } else if (options.fit_tiny) {
+    std::optional<TinyWeights> tiny;
+    if (!options.tiny_cache.empty()) {
+      try {
+        tiny = LoadTiny(options.tiny_cache, &engine->draft_config(), /*require_checksum=*/true);
+      } catch (const Error&) {
+        // Missing, stale or damaged: fitted again below (and the cache rewritten).
+      }
+    }
+    if (!tiny) {
+      const ModelWeights draft_weights = draft ? *draft : TruncateLayers(target, engine->draft_config().num_layers);
+      // The target writes the text (what the cascade commits; a draft alone falls into loops).
+      TinyFitOptions fit;
+      fit.positions = options.tiny_fit_positions;
+      fit.sequence_length = std::min<int64_t>(128, options.engine.max_context);
+      fit.text_model = &engine->target();
+      fit.draft_name = draft_weights.source;
+      fit.progress = [&](int64_t, int64_t) { return !(cancelled && cancelled()); };
+      tiny = FitTinyClosedForm(engine->draft(), draft_weights, fit);
+      tiny->metadata["fit_text"] = "target";
+      if (!options.tiny_cache.empty()) SaveTiny(*tiny, options.tiny_cache);
+    }
+    engine->SetTiny(*tiny);
+  }
+  if (options.warmup) {
+    engine->Warmup(options.engine.planned_proposal_length, options.warmup_candidates, [&](int64_t done, int64_t total) {
+      check("during the warm-up compile");
+      if (compile_progress) compile_progress(done, total);
+    });
+  }
+  check("after the warm-up");
+  return engine;
+}
+
+TinyFitReport DistillTinyToFile(std::shared_ptr<Client> client, const DistillOptions& options,
+                                const std::function<bool(int64_t, int64_t)>& progress) {
+  ModelWeights target = LoadModel(options.target);
+  ModelWeights draft = options.draft.empty()
+                           ? TruncateLayers(target, options.draft_layers > 0
+                                                        ? options.draft_layers
+                                                        : std::max<int64_t>(1, target.config.num_layers / 4))
+                           : LoadModel(options.draft);
+  DecoderOptions decoder;
+  decoder.precision = options.precision;
+  decoder.max_context = options.fit.sequence_length;
+  DecoderModel draft_model(client, draft, decoder);
+  DecoderModel text_model(client, target, decoder);
+  TinyFitOptions fit = options.fit;
+  fit.text_model = &text_model;
+  fit.draft_name = draft.source;
+  fit.progress = progress;
+  TinyFitReport report;
+  TinyWeights tiny = FitTinyClosedForm(draft_model, draft, fit, &report);
+  tiny.metadata["fit_text"] = "target";
+  SaveTiny(tiny, options.out);
+  return report;
+}
+
+}  // namespace cascade

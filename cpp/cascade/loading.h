@@ -1,0 +1,69 @@
+// Loading an engine and distilling a tiny, without Node: read the model files, check that they fit
+// the device before uploading, build the engine, install (or fit and cache) the tiny, warm up.
+// binding/engine.cc only converts the JS options and runs these on a worker thread.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "cascade/engine.h"
+#include "model/tiny.h"
+#include "pjrt/client.h"
+
+namespace cascade {
+
+struct EngineLoadOptions {
+  std::string target;  // a model file (GGUF) or folder (config.json + safetensors)
+  std::string draft;   // empty: the self-speculative draft (EngineOptions::draft_layers)
+  EngineOptions engine;
+  // Stage 0: a tiny file to install, or (fit_tiny) one fitted in closed form on text the target
+  // writes, read from / saved to tiny_cache when that is set.
+  std::string tiny;
+  bool fit_tiny = false;
+  std::string tiny_cache;
+  int64_t tiny_fit_positions = 1500;  // positions of target-written text the load-time fit uses
+  // Compile the programs a greedy generation uses now (EngineOptions::planned_proposal_length,
+  // warmup_candidates) instead of on first use.
+  bool warmup = false;
+  int64_t warmup_candidates = 64;
+  // Device memory the models may use, bytes; 0: what the device reports (CheckDeviceMemory).
+  int64_t device_memory_limit = 0;
+};
+
+// Loads as `options` says. `cancelled` is polled between stages (and during a tiny fit and the
+// warm-up): when it returns true the load throws Error(kAborted) naming the stage, and what was
+// uploaded is released. `compile_progress(done, total)` reports the warm-up.
+std::shared_ptr<CascadeEngine> LoadEngine(std::shared_ptr<Client> client, const EngineLoadOptions& options,
+                                          const std::function<bool()>& cancelled = {},
+                                          const std::function<void(int64_t, int64_t)>& compile_progress = {});
+
+// Throws OutOfMemoryError when the target (on each of its replicas) and the draft would not fit
+// the device's memory, before anything is uploaded. `limit` > 0 overrides what the device reports.
+// The self-speculative draft whose depth is still to be chosen counts as its largest candidate
+// (CascadeEngine::ChooseDraftLayers: 3/4 of the layers, or all of them when the draft's precision
+// reads fewer bytes than the target's).
+void CheckDeviceMemory(const Client& client, const ModelWeights& target, const std::optional<ModelWeights>& draft,
+                       const EngineOptions& options, int64_t limit);
+
+// Device bytes of a DecoderModel's weights at `precision` (all of them; StepBytes counts what a
+// step reads).
+int64_t WeightBytes(const ModelConfig& config, WeightPrecision precision);
+
+struct DistillOptions {
+  std::string target;
+  std::string draft;          // empty: the target's first draft_layers layers
+  int64_t draft_layers = 0;   // 0: a quarter of the target's layers
+  WeightPrecision precision = WeightPrecision::kF32;
+  std::string out;            // where the tiny (.safetensors) is written
+  TinyFitOptions fit;         // text_model, draft_name and progress are set here
+};
+
+// Fits a tiny on text the target writes (what the cascade will commit), with the draft's logits
+// as what it learns, and saves it to options.out. `progress(done, total)` returns false to cancel.
+TinyFitReport DistillTinyToFile(std::shared_ptr<Client> client, const DistillOptions& options,
+                                const std::function<bool(int64_t, int64_t)>& progress = {});
+
+}  // namespace cascade
