@@ -440,7 +440,7 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
 }  // namespace
 
 // measureBandwidth(): Promise<number>: this machine's memory read bandwidth in GB/s (the BW_i of
-// the seed's cost model, for the host-memory devices of the CPU plugin).
+// the cost model, for the host-memory devices of the CPU plugin).
 Napi::Value MeasureBandwidth(const Napi::CallbackInfo& info) {
   auto gbs = std::make_shared<double>(0);
   return PromiseWorker::Start(

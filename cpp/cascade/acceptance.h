@@ -1,4 +1,4 @@
-// Verification of speculated tokens against the target: brief section 5, steps 4 and 6.
+// Verification of speculated tokens against the target: docs/how-the-cascade-works.md, 'The exact algorithm', steps 4 and 6.
 //
 // A speculation is B branches from the current position. Branch b proposes x_b1..x_bL; its
 // first tokens were drawn i.i.d. from the same q~_1, and x_bj (j > 1) from q~_bj. The target

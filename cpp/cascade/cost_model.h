@@ -2,9 +2,9 @@
 // step (dynamic horizon) and, in `auto` mode, which of target-only / draft -> target /
 // tiny -> draft -> target to run.
 //
-//   C_total = sum_i [W_i / BW_i + T_i] * E[N_i]                       (seed, "Cost Model")
+//   C_total = sum_i [W_i / BW_i + T_i] * E[N_i]                       (docs/how-the-cascade-works.md, "Metrics and the cost model")
 //   tokens per target call with per-position acceptance a and length L:
-//     E = (1 - a^(L+1)) / (1 - a)                                      (brief section 6)
+//     E = (1 - a^(L+1)) / (1 - a)                                      (same section)
 //   throughput(target)    = 1 / c_decode
 //   throughput(spec, L)   = E(a_spec, L)    / (L * c_draft + c_verify(L))
 //   throughput(cascade, L)= E(a_cascade, L) / (L * c_tiny_draft + c_verify(L))
@@ -66,7 +66,7 @@ class CostModel {
 };
 
 // Memory read bandwidth of this machine in GB/s (sums a buffer larger than the caches; takes
-// ~100 ms). For the W_i / BW_i term of the seed's cost model.
+// ~100 ms). For the W_i / BW_i term of the cost model.
 double MeasureReadBandwidthGBs(size_t bytes = size_t{256} << 20);
 
 }  // namespace cascade

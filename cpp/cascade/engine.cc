@@ -172,7 +172,7 @@ int64_t CascadeEngine::ChooseDraftLayers(const ModelWeights& target, const Decod
   }
   const std::vector<int32_t> input(text.begin(), text.end() - 1);
   const std::vector<int32_t> target_argmax = ArgmaxOf(*target_, input);
-  // A step's cost ~ the weight bytes it reads (decoding is memory-bound: W / BW of the seed's cost
+  // A step's cost ~ the weight bytes it reads (decoding is memory-bound: W / BW of the cost
   // model), at each model's precision.
   const double full = static_cast<double>(StepBytes(c, target_->options().precision));
   std::vector<int64_t> candidates;
@@ -180,7 +180,7 @@ int64_t CascadeEngine::ChooseDraftLayers(const ModelWeights& target, const Decod
     const int64_t n = std::max<int64_t>(1, static_cast<int64_t>(std::lround(share * c.num_layers)));
     if (std::find(candidates.begin(), candidates.end(), n) == candidates.end() && n < c.num_layers) candidates.push_back(n);
   }
-  // All layers at a lower precision: the seed's INT8 draft of the target itself (top-1 agreement
+  // All layers at a lower precision: the design's INT8 draft, of the target itself (top-1 agreement
   // ~98% on SmolLM2, docs/precision.md), where no smaller model of the family exists.
   if (StepBytes(c, draft_options.precision) < full) candidates.push_back(c.num_layers);
   const int64_t L = std::max<int64_t>(1, options_.planned_proposal_length);
@@ -742,7 +742,7 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
   }
   stats.generated_tokens = static_cast<int64_t>(result.tokens.size());
   stats.total_ms = MsSince(start);
-  // Predicted vs measured speedup over target-only decoding (the seed's speedup prediction).
+  // Predicted vs measured speedup over target-only decoding (the cost model's).
   const int64_t spec_rounds = stats.steps_speculative + stats.steps_cascade;
   const int64_t rounds = stats.steps_target + spec_rounds;
   if (rounds > 0) {

@@ -1,6 +1,6 @@
 // The generation loop: target-only decoding and speculative decoding (draft -> target), and the
 // cascade (tiny -> draft -> target) built on them. One readable function per stage; the loop in
-// Generate() reads like the algorithm of brief section 5:
+// Generate() reads like the algorithm of docs/how-the-cascade-works.md:
 //   catch up the caches -> propose (draft, restricted to the tiny's candidates) -> verify (one
 //   target call) -> accept (exact) -> commit.
 #pragma once
@@ -56,9 +56,9 @@ struct GenerateOptions {
   // engine has not seen start empty. 0 is the default sequence of plain generate calls.
   int64_t sequence = 0;
   std::vector<int32_t> stop_tokens;  // e.g. EOS ids: generation ends after emitting one
-  int64_t proposal_length = 4;       // L (the seed's K1): draft tokens per target call
+  int64_t proposal_length = 4;       // L (the design's K1): draft tokens per target call
   int64_t candidates = 64;           // K0: the tiny's candidates per draft step (cascade mode)
-  // B: proposal branches per step (the seed's several proposals). Their first tokens are drawn
+  // B: proposal branches per step (the design's several proposals). Their first tokens are drawn
   // i.i.d. from q~_1 (at T = 0: its top B), each continued as a chain; all are verified in one
   // target call with a tree mask and accepted by multi-step speculative sampling (SpecInfer).
   int64_t branches = 1;

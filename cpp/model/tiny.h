@@ -1,4 +1,4 @@
-// The tiny model of the cascade (stage 0, brief section 5.1): a two-layer projection from the
+// The tiny model of the cascade (stage 0; docs/how-the-cascade-works.md, 'The exact algorithm', step 1): a two-layer projection from the
 // draft's input embedding of the last token to a candidate set C = TopK0(logits) of next tokens.
 //
 //   e      = the draft's input embedding of the last token, f32 [d]: exactly what the draft's

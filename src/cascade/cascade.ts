@@ -51,7 +51,7 @@ export interface CascadeLoadOptions {
   /** Share an open runtime between several models (it is not closed by {@link Cascade.dispose}). */
   runtime?: Runtime;
   /**
-   * Weight precision per model. Default `'auto'`: the seed's BF16 target and INT8 draft on every
+   * Weight precision per model. Default `'auto'`: the design's BF16 target and INT8 draft on every
    * plugin. On the XLA CPU plugin both run through our fused layer kernel (docs/precision.md), where
    * a BF16 target decodes ~1.8x faster than an f32 one; `{ target: 'f32' }` gives the model's
    * exact f32 arithmetic (the reference of the oracle tests).
@@ -131,7 +131,7 @@ export interface GenerateOptions {
   /** Draft proposals per target call (K1 = L). */
   k1?: number;
   /**
-   * Proposal branches per step (the seed's several proposals, B): their first tokens are drawn
+   * Proposal branches per step (B; the design's several proposals): their first tokens are drawn
    * independently from the draft (at temperature 0: its B best), each is continued as a chain, and
    * the target verifies all of them in one call with a tree mask (SpecInfer's multi-step
    * speculative sampling keeps the output exact). Default 1.
@@ -156,7 +156,7 @@ export interface GenerateOptions {
   brokenAcceptanceForTesting?: boolean;
 }
 
-/** Per-stage milliseconds, as in the seed's throughput table. */
+/** Per-stage milliseconds, as in the design's throughput table. */
 export interface StageTimes {
   /** Catching the caches up with the prompt. */
   prefill: number;

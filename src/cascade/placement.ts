@@ -1,6 +1,6 @@
 /**
  * Where the models live: per model, the device, its memory kind, the bytes, and the share of the
- * memory's capacity; and the tiny model's bytes against the CPU's caches (brief section 7).
+ * memory's capacity; and the tiny model's bytes against the CPU's caches (docs/how-the-cascade-works.md, "Placement").
  * @module
  */
 import { readFile, readdir } from 'node:fs/promises';
