@@ -194,6 +194,23 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       options->sampling.temperature = NumberFromJs(o, "temperature", 0);
       options->sampling.top_k = static_cast<int>(NumberFromJs(o, "topK", 0));
       options->sampling.top_p = NumberFromJs(o, "topP", 1);
+      options->sampling.min_p = NumberFromJs(o, "minP", 0);
+      options->sampling.repeat_penalty = NumberFromJs(o, "repeatPenalty", 1);
+      options->sampling.presence_penalty = NumberFromJs(o, "presencePenalty", 0);
+      options->sampling.frequency_penalty = NumberFromJs(o, "frequencyPenalty", 0);
+      options->sampling.penalty_last_n = static_cast<int64_t>(NumberFromJs(o, "penaltyLastN", 64));
+      // logitBias as two arrays: token ids (Int32Array) and their biases (Float64Array, -Infinity bans).
+      Napi::Value bias_ids = o.Get("logitBiasIds");
+      Napi::Value bias_values = o.Get("logitBiasValues");
+      if (!bias_ids.IsUndefined() || !bias_values.IsUndefined()) {
+        if (!bias_ids.IsTypedArray() || bias_ids.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
+            !bias_values.IsTypedArray() || bias_values.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
+            bias_ids.As<Napi::TypedArray>().ElementLength() != bias_values.As<Napi::TypedArray>().ElementLength())
+          throw InvalidArgumentError("logitBiasIds (Int32Array) and logitBiasValues (Float64Array) must come together, of the same length");
+        Napi::Int32Array ids = bias_ids.As<Napi::Int32Array>();
+        Napi::Float64Array values = bias_values.As<Napi::Float64Array>();
+        for (size_t i = 0; i < ids.ElementLength(); ++i) options->sampling.logit_bias[ids[i]] = values[i];
+      }
       options->seed = static_cast<uint64_t>(NumberFromJs(o, "seed", 0));
       options->max_tokens = static_cast<int64_t>(NumberFromJs(o, "maxTokens", 64));
       options->proposal_length = static_cast<int64_t>(NumberFromJs(o, "proposalLength", 4));

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <string>
 
@@ -9,12 +10,30 @@
 
 namespace cascade {
 
-void ValidateSamplingParams(const SamplingParams& params) {
+void ValidateSamplingParams(const SamplingParams& params, int64_t vocab_size) {
   if (!std::isfinite(params.temperature) || params.temperature < 0)
     throw InvalidArgumentError("temperature must be a finite number >= 0, got " + std::to_string(params.temperature));
   if (params.top_k < 0) throw InvalidArgumentError("topK must be >= 0, got " + std::to_string(params.top_k));
   if (!(params.top_p > 0 && params.top_p <= 1))
     throw InvalidArgumentError("topP must be in (0, 1], got " + std::to_string(params.top_p));
+  if (!(params.min_p >= 0 && params.min_p <= 1))
+    throw InvalidArgumentError("minP must be in [0, 1], got " + std::to_string(params.min_p));
+  if (!std::isfinite(params.repeat_penalty) || params.repeat_penalty <= 0)
+    throw InvalidArgumentError("repeatPenalty must be a finite number > 0, got " + std::to_string(params.repeat_penalty));
+  if (!std::isfinite(params.presence_penalty))
+    throw InvalidArgumentError("presencePenalty must be a finite number, got " + std::to_string(params.presence_penalty));
+  if (!std::isfinite(params.frequency_penalty))
+    throw InvalidArgumentError("frequencyPenalty must be a finite number, got " + std::to_string(params.frequency_penalty));
+  if (params.penalty_last_n < -1)
+    throw InvalidArgumentError("penaltyLastN must be >= -1 (-1: the whole context), got " + std::to_string(params.penalty_last_n));
+  for (const auto& [id, bias] : params.logit_bias) {
+    if (id < 0 || (vocab_size > 0 && id >= vocab_size))
+      throw InvalidArgumentError("logitBias: token id " + std::to_string(id) + " is outside the vocabulary" +
+                                 (vocab_size > 0 ? " (0.." + std::to_string(vocab_size - 1) + ")" : std::string()));
+    if (std::isnan(bias) || bias == std::numeric_limits<double>::infinity())
+      throw InvalidArgumentError("logitBias[" + std::to_string(id) + "] must be a finite number or -Infinity, got " +
+                                 std::to_string(bias));
+  }
 }
 
 TokenDist::TokenDist(std::vector<int32_t> ids, std::vector<double> probs) {
@@ -83,9 +102,78 @@ TokenDist TokenDist::Residual(const TokenDist& p, const TokenDist& q) {
   return TokenDist(std::move(ids), std::move(probs));
 }
 
-TokenDist Transform(const float* logits, size_t count, const SamplingParams& params, const int32_t* candidates) {
+namespace {
+
+// Stores `value` as a logit: finite values past float's range saturate (a huge bias must not turn
+// into +inf and then NaN); -inf (a ban) stays.
+float ToLogit(double value) {
+  constexpr double kMax = std::numeric_limits<float>::max();
+  if (value > kMax) return static_cast<float>(kMax);
+  if (value < -kMax && std::isfinite(value)) return static_cast<float>(-kMax);
+  return static_cast<float>(value);
+}
+
+// The logits after logit_bias and the penalties (same layout as the input: per vocabulary id, or
+// per candidate).
+void ShapeLogits(const float* logits, size_t count, const SamplingParams& params, const int32_t* candidates,
+                 const TokenHistory& history, std::vector<float>& out) {
+  out.assign(logits, logits + count);
+  if (!params.logit_bias.empty()) {
+    if (candidates) {
+      for (size_t i = 0; i < count; ++i) {
+        auto it = params.logit_bias.find(candidates[i]);
+        if (it != params.logit_bias.end()) out[i] = ToLogit(static_cast<double>(out[i]) + it->second);
+      }
+    } else {
+      for (const auto& [id, bias] : params.logit_bias)
+        if (id >= 0 && static_cast<size_t>(id) < count) out[id] = ToLogit(static_cast<double>(out[id]) + bias);
+    }
+  }
+  if (!params.penalized()) return;
+  // The window: the last penalty_last_n tokens of committed ++ pending, sorted so equal ids are adjacent.
+  const size_t total = history.committed_size + history.pending_size;
+  const size_t n = params.penalty_last_n < 0 ? total : std::min(total, static_cast<size_t>(params.penalty_last_n));
+  std::vector<int32_t> window;
+  window.reserve(n);
+  for (size_t k = total - n; k < total; ++k)
+    window.push_back(k < history.committed_size ? history.committed[k] : history.pending[k - history.committed_size]);
+  std::sort(window.begin(), window.end());
+  auto penalize = [&](float& logit, size_t times) {
+    double l = logit;
+    if (params.repeat_penalty != 1.0) l = l > 0 ? l / params.repeat_penalty : l * params.repeat_penalty;
+    l -= params.presence_penalty + params.frequency_penalty * static_cast<double>(times);
+    logit = ToLogit(l);
+  };
+  if (candidates) {
+    for (size_t i = 0; i < count; ++i) {
+      auto [lo, hi] = std::equal_range(window.begin(), window.end(), candidates[i]);
+      if (hi != lo) penalize(out[i], static_cast<size_t>(hi - lo));
+    }
+  } else {
+    for (size_t a = 0; a < window.size();) {
+      size_t b = a;
+      while (b < window.size() && window[b] == window[a]) ++b;
+      if (window[a] >= 0 && static_cast<size_t>(window[a]) < count) penalize(out[window[a]], b - a);
+      a = b;
+    }
+  }
+}
+
+}  // namespace
+
+TokenDist Transform(const float* logits, size_t count, const SamplingParams& params, const int32_t* candidates,
+                    const TokenHistory& history) {
   if (count == 0) throw InvalidArgumentError("Transform: no logits");
   auto id_of = [&](size_t i) { return candidates ? candidates[i] : static_cast<int32_t>(i); };
+  std::vector<float> shaped;  // only with bias or penalties
+  if (params.shapes_logits()) {
+    ShapeLogits(logits, count, params, candidates, history, shaped);
+    logits = shaped.data();
+    if (std::all_of(shaped.begin(), shaped.end(), [](float l) { return l == -std::numeric_limits<float>::infinity(); })) {
+      if (!candidates) throw InvalidArgumentError("logitBias bans every token: nothing is left to sample");
+      return TokenDist(std::vector<int32_t>(candidates, candidates + count), std::vector<double>(count, 1.0));
+    }
+  }
   if (params.greedy()) {
     size_t best = 0;
     for (size_t i = 1; i < count; ++i)
@@ -123,11 +211,14 @@ TokenDist Transform(const float* logits, size_t count, const SamplingParams& par
     }
     keep = cut;
   }
+  // min-p: p_i >= min_p * p_max compares the unnormalised weights alike (same normaliser).
+  const double floor =
+      params.min_p > 0 ? params.min_p * *std::max_element(weights.begin(), weights.begin() + static_cast<std::ptrdiff_t>(keep)) : 0.0;
   std::vector<int32_t> ids(keep);
   std::vector<double> probs(keep);
   for (size_t i = 0; i < keep; ++i) {
     ids[i] = id_of(order[i]);
-    probs[i] = weights[i];
+    probs[i] = weights[i] >= floor ? weights[i] : 0.0;  // TokenDist drops the zeros
   }
   return TokenDist(std::move(ids), std::move(probs));
 }

@@ -63,15 +63,25 @@ void CheckInterrupted(const GenerateOptions& options, const char* stage) {
     throw Error(ErrorKind::kAborted, std::string("generation aborted during ") + stage);
 }
 
+// Plain greedy decoding: the model's argmax head is the answer. Bias and penalties move the
+// argmax, so with them even T = 0 takes the full logits and the argmax after the transform.
+bool ArgmaxOnly(const SamplingParams& sampling) { return sampling.greedy() && !sampling.shapes_logits(); }
+
 HeadSpec HeadFor(const SamplingParams& sampling) {
-  return {sampling.greedy() ? HeadKind::kArgmax : HeadKind::kLogits, 0};
+  return {ArgmaxOnly(sampling) ? HeadKind::kArgmax : HeadKind::kLogits, 0};
+}
+
+// The token taken from a transformed distribution: its argmax at T = 0 (no randomness used), else a draw.
+int32_t Choose(const TokenDist& dist, const SamplingParams& sampling, Rng& rng) {
+  return sampling.greedy() ? dist.Argmax() : dist.Sample(rng);
 }
 
 // The draft distribution as used in the acceptance ratio: the transformed one, or (testing
 // only) the plain softmax, which breaks exactness.
 TokenDist RatioDist(const float* logits, size_t vocab, const SamplingParams& sampling, bool broken) {
   if (!broken) return Transform(logits, vocab, sampling);
-  SamplingParams plain{1.0, 0, 1.0};
+  SamplingParams plain;
+  plain.temperature = 1.0;
   return Transform(logits, vocab, plain);
 }
 
@@ -234,7 +244,10 @@ void CascadeEngine::TargetOnlyStep(Sequence& seq, const GenerateOptions& options
   ++stats.target_calls;
   seq.target_valid = n;
   const size_t vocab = static_cast<size_t>(target_->config().vocab_size);
-  const int32_t y = options.sampling.greedy() ? r.argmax[0] : Transform(r.logits.data(), vocab, options.sampling).Sample(rng);
+  const int32_t y =
+      ArgmaxOnly(options.sampling)
+          ? r.argmax[0]
+          : Choose(Transform(r.logits.data(), vocab, options.sampling, nullptr, TokenHistory(seq.tokens)), options.sampling, rng);
   seq.tokens.push_back(y);
 }
 
@@ -269,7 +282,8 @@ void CascadeEngine::SetTiny(const TinyWeights& tiny) {
 // Stage 0 + 1: the draft's next-token distribution at `position` (cascade: restricted to the
 // tiny's K0 candidates, computed in the same program), and a proposal drawn from it.
 int32_t CascadeEngine::DraftPropose(const std::vector<int32_t>& inputs, int64_t position, const GenerateOptions& options, bool cascade,
-                                    Rng& rng, GenerationStats& stats, Proposal& proposal) {
+                                    Rng& rng, GenerationStats& stats, Proposal& proposal,
+                                    const std::vector<int32_t>& committed) {
   const size_t vocab = static_cast<size_t>(draft_->config().vocab_size);
   const bool greedy = options.sampling.greedy();
   CheckInterrupted(options, "draft");
@@ -279,10 +293,13 @@ int32_t CascadeEngine::DraftPropose(const std::vector<int32_t>& inputs, int64_t 
   const size_t last = inputs.size() - 1;
   const int32_t input = inputs.back();
   const int64_t input_position = position + static_cast<int64_t>(last);
+  // The context of this proposal: the committed tokens and the chain's proposals so far.
+  const TokenHistory history(committed, proposal.tokens.data(), proposal.tokens.size());
   if (!cascade) {
     ForwardResult r = draft_->Forward(inputs, position, HeadFor(options.sampling));
-    if (greedy) return r.argmax[last];
-    TokenDist q = Transform(r.logits.data() + last * vocab, vocab, options.sampling);
+    if (ArgmaxOnly(options.sampling)) return r.argmax[last];
+    TokenDist q = Transform(r.logits.data() + last * vocab, vocab, options.sampling, nullptr, history);
+    if (greedy) return q.Argmax();
     const int32_t x = q.Sample(rng);
     proposal.q.push_back(options.broken_acceptance_for_testing
                              ? RatioDist(r.logits.data() + last * vocab, vocab, options.sampling, true)
@@ -299,9 +316,10 @@ int32_t CascadeEngine::DraftPropose(const std::vector<int32_t>& inputs, int64_t 
     ++stats.coverage_samples;
     if (std::find(ids, ids + k0, r.full_argmax[last]) != ids + k0) ++stats.coverage_hits;
   }
-  if (greedy) return r.argmax[last];  // the best candidate
+  if (ArgmaxOnly(options.sampling)) return r.argmax[last];  // the best candidate
   // q~: the user's transform of the draft's logits over the candidates, zero elsewhere.
-  TokenDist q = Transform(r.candidate_logits.data() + last * k0, k0, options.sampling, ids);
+  TokenDist q = Transform(r.candidate_logits.data() + last * k0, k0, options.sampling, ids, history);
+  if (greedy) return q.Argmax();
   const int32_t x = q.Sample(rng);
   if (options.broken_acceptance_for_testing) {
     // Negative control: the draft's unrestricted softmax in the ratio (biased; see brief 5.4).
@@ -314,20 +332,28 @@ int32_t CascadeEngine::DraftPropose(const std::vector<int32_t>& inputs, int64_t 
 }
 
 TokenDist CascadeEngine::DraftDistribution(int32_t input, int64_t position, const GenerateOptions& options, bool cascade,
-                                           GenerationStats& stats, std::vector<int32_t>* ranked, size_t top) {
+                                           GenerationStats& stats, std::vector<int32_t>* ranked, size_t top,
+                                           const std::vector<int32_t>& committed) {
   const size_t vocab = static_cast<size_t>(draft_->config().vocab_size);
   CheckInterrupted(options, "draft");
   ++stats.draft_calls;
   // Always the logits (not the argmax head): several branches need the ranking even at T = 0.
+  // (T = 0 ranks by the plain softmax after bias and penalties: its first is the transform's argmax.)
   SamplingParams ranking = options.sampling;
-  if (ranking.greedy()) ranking = {1.0, 0, 1.0};
+  if (ranking.greedy()) {
+    ranking.temperature = 1.0;
+    ranking.top_k = 0;
+    ranking.top_p = 1.0;
+    ranking.min_p = 0.0;
+  }
+  const TokenHistory history(committed);
   TokenDist q;
   if (cascade) {
     ForwardResult r = draft_->Forward({input}, position, {HeadKind::kCandidates, options.candidates});
-    q = Transform(r.candidate_logits.data(), static_cast<size_t>(options.candidates), ranking, r.candidate_ids.data());
+    q = Transform(r.candidate_logits.data(), static_cast<size_t>(options.candidates), ranking, r.candidate_ids.data(), history);
   } else {
     ForwardResult r = draft_->Forward({input}, position, {HeadKind::kLogits, 0});
-    q = Transform(r.logits.data(), vocab, ranking);
+    q = Transform(r.logits.data(), vocab, ranking, nullptr, history);
   }
   if (ranked) *ranked = q.TopN(top);
   return q;
@@ -353,7 +379,7 @@ void CascadeEngine::BranchingStep(Sequence& seq, const GenerateOptions& options,
     std::vector<int32_t> ranked;
     TokenDist q1;
     draft_ms += TimedExecution(*draft_, stats.times.compile_ms, [&] {
-      q1 = DraftDistribution(seq.tokens.back(), n - 1, options, cascade, stats, &ranked, static_cast<size_t>(B));
+      q1 = DraftDistribution(seq.tokens.back(), n - 1, options, cascade, stats, &ranked, static_cast<size_t>(B), seq.tokens);
     });
     for (int64_t b = 0; b < B; ++b) {
       Proposal& p = branches[b];
@@ -365,7 +391,7 @@ void CascadeEngine::BranchingStep(Sequence& seq, const GenerateOptions& options,
       for (int64_t j = 1; j < L; ++j) {
         int32_t x = -1;
         draft_ms += TimedExecution(*draft_, stats.times.compile_ms,
-                                   [&] { x = DraftPropose({input}, n - 1 + j, options, cascade, rng, stats, p); });
+                                   [&] { x = DraftPropose({input}, n - 1 + j, options, cascade, rng, stats, p, seq.tokens); });
         p.tokens.push_back(x);
         input = x;
       }
@@ -414,23 +440,24 @@ void CascadeEngine::BranchingStep(Sequence& seq, const GenerateOptions& options,
   auto node_of = [&](size_t b, size_t j) -> size_t {
     return j == 0 ? 0 : 1 + (b % static_cast<size_t>(per)) * static_cast<size_t>(L) + (j - 1);
   };
+  // p at (b, j) is transformed in branch b's own context: the committed tokens and x_b1..x_bj-1.
+  auto target_dist = [&](size_t b, size_t j) {
+    return Transform(replica_of(b).logits.data() + node_of(b, j) * vocab, vocab, options.sampling, nullptr,
+                     TokenHistory(seq.tokens, branches[b].tokens.data(), j));
+  };
   Verdict verdict;
   if (greedy) {
     std::vector<std::vector<int32_t>> tokens, target_argmax;
     for (int64_t b = 0; b < B; ++b) {
       tokens.push_back(branches[b].tokens);
       std::vector<int32_t> am;
-      for (int64_t j = 0; j <= L; ++j) am.push_back(replica_of(b).argmax[node_of(b, j)]);
+      for (int64_t j = 0; j <= L; ++j)
+        am.push_back(ArgmaxOnly(options.sampling) ? replica_of(b).argmax[node_of(b, j)] : target_dist(b, j).Argmax());
       target_argmax.push_back(am);
     }
     verdict = VerifyGreedy(tokens, target_argmax);
   } else {
-    verdict = VerifySampled(
-        branches,
-        [&](size_t b, size_t j) {
-          return Transform(replica_of(b).logits.data() + node_of(b, j) * vocab, vocab, options.sampling);
-        },
-        rng);
+    verdict = VerifySampled(branches, target_dist, rng);
   }
   const int64_t k = static_cast<int64_t>(verdict.accepted);
   stats.proposed += B * L;
@@ -478,7 +505,7 @@ void CascadeEngine::SpeculativeStep(Sequence& seq, const GenerateOptions& option
   for (int64_t j = 0; j < L; ++j) {
     int32_t x = -1;
     const double ms = TimedExecution(*draft_, stats.times.compile_ms,
-                                     [&] { x = DraftPropose(inputs, position, options, cascade, rng, stats, proposal); });
+                                     [&] { x = DraftPropose(inputs, position, options, cascade, rng, stats, proposal, seq.tokens); });
     stats.times.draft_ms += ms;
     cost_.ObserveDraftStep(cascade, ms);
     proposal.tokens.push_back(x);
@@ -504,13 +531,21 @@ void CascadeEngine::SpeculativeStep(Sequence& seq, const GenerateOptions& option
 
   // 3. Accept.
   StageTimer host(stats.times.host_ms);
+  // p_j is transformed in the context it is used in: the committed tokens and x_1..x_j-1.
+  auto target_dist = [&](size_t, size_t j) {
+    return Transform(v.logits.data() + j * vocab, vocab, options.sampling, nullptr,
+                     TokenHistory(seq.tokens, proposal.tokens.data(), j));
+  };
   Verdict verdict;
   if (greedy) {
-    verdict = VerifyGreedy({proposal.tokens}, {v.argmax});
+    std::vector<int32_t> target_argmax = v.argmax;
+    if (!ArgmaxOnly(options.sampling)) {
+      target_argmax.clear();
+      for (int64_t j = 0; j <= L; ++j) target_argmax.push_back(target_dist(0, static_cast<size_t>(j)).Argmax());
+    }
+    verdict = VerifyGreedy({proposal.tokens}, {target_argmax});
   } else {
-    verdict = VerifySampled(
-        {proposal},
-        [&](size_t, size_t j) { return Transform(v.logits.data() + j * vocab, vocab, options.sampling); }, rng);
+    verdict = VerifySampled({proposal}, target_dist, rng);
   }
   stats.proposed += L;
   const int64_t examined = std::min<int64_t>(static_cast<int64_t>(verdict.accepted) + 1, L);
@@ -615,7 +650,7 @@ std::vector<float> CascadeEngine::TargetLogits(const std::vector<int32_t>& token
 }
 
 GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const GenerateOptions& options) {
-  ValidateSamplingParams(options.sampling);
+  ValidateSamplingParams(options.sampling, target_->config().vocab_size);
   if (prompt.empty()) throw InvalidArgumentError("the prompt has no tokens");
   if (options.max_tokens < 0) throw InvalidArgumentError("maxTokens must be >= 0");
   if (options.branches < 1 || options.branches > 16)

@@ -192,13 +192,15 @@ class CascadeEngine {
   void SpeculativeStep(Sequence& seq, const GenerateOptions& options, bool cascade, int64_t length, Rng& rng,
                        GenerationStats& stats);
   // One draft step: `inputs` (usually one token) at positions `position`.., the proposal after the
-  // last of them and the distribution it was drawn from.
+  // last of them and the distribution it was drawn from. The penalties see `committed` followed by
+  // the chain's earlier proposals (`proposal.tokens`), as the target's p at that position does.
   int32_t DraftPropose(const std::vector<int32_t>& inputs, int64_t position, const GenerateOptions& options, bool cascade, Rng& rng,
-                       GenerationStats& stats, Proposal& proposal);
+                       GenerationStats& stats, Proposal& proposal, const std::vector<int32_t>& committed);
   // The draft's (restricted) distribution at `position` without sampling: q~ and, for T = 0, the
-  // candidates ranked; used for the shared first step of several branches.
+  // candidates ranked; used for the shared first step of several branches (after `committed`).
   TokenDist DraftDistribution(int32_t input, int64_t position, const GenerateOptions& options, bool cascade,
-                              GenerationStats& stats, std::vector<int32_t>* ranked, size_t top);
+                              GenerationStats& stats, std::vector<int32_t>* ranked, size_t top,
+                              const std::vector<int32_t>& committed);
 
   std::shared_ptr<Client> client_;
   EngineOptions options_;

@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <cstdint>
 #include <map>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "cascade/acceptance.h"
@@ -34,10 +36,23 @@ struct World {
   double draft_scale = 2.5;
   size_t candidates = 5;      // K0 of the tiny model
   bool broken_ratio = false;  // negative control: use the draft's unrestricted softmax in the ratio
+  // Negative control of the penalties: p_j counts only the committed tokens, not the chain's
+  // x_1..x_j-1 it is used after.
+  bool stale_target_history = false;
 
-  TokenDist Target(const std::vector<int32_t>& ctx) const {
+  // The penalties' context for `ctx`, whose first `committed` tokens are committed and the rest a
+  // speculative chain's proposals (`stale`: the chain left out).
+  static TokenHistory History(const std::vector<int32_t>& ctx, size_t committed = SIZE_MAX, bool stale = false) {
+    TokenHistory h;
+    h.committed = ctx.data();
+    h.committed_size = std::min(committed, ctx.size());
+    h.pending = ctx.data() + h.committed_size;
+    h.pending_size = stale ? 0 : ctx.size() - h.committed_size;
+    return h;
+  }
+  TokenDist Target(const std::vector<int32_t>& ctx, size_t committed = SIZE_MAX) const {
     auto l = Logits(ctx, 1, 2.0);
-    return Transform(l.data(), l.size(), params);
+    return Transform(l.data(), l.size(), params, nullptr, History(ctx, committed, stale_target_history));
   }
   // The tiny model's candidate set: a context-dependent subset that may miss target mass.
   std::vector<int32_t> Candidates(const std::vector<int32_t>& ctx) const {
@@ -51,11 +66,11 @@ struct World {
     auto cand = Candidates(ctx);
     std::vector<float> l;
     for (int32_t c : cand) l.push_back(full[c]);
-    return Transform(l.data(), l.size(), params, cand.data());
+    return Transform(l.data(), l.size(), params, cand.data(), History(ctx));
   }
   TokenDist DraftUnrestricted(const std::vector<int32_t>& ctx) const {
     auto full = Logits(ctx, 2, draft_scale);
-    return Transform(full.data(), full.size(), params);
+    return Transform(full.data(), full.size(), params, nullptr, History(ctx));
   }
 
   // One speculation step from `ctx` with `branches` x length `L`; returns the emitted tokens.
@@ -75,7 +90,7 @@ struct World {
       }
       contexts[b].push_back(c);
     }
-    Verdict v = VerifySampled(props, [&](size_t b, size_t j) { return Target(contexts[b][j]); }, rng);
+    Verdict v = VerifySampled(props, [&](size_t b, size_t j) { return Target(contexts[b][j], ctx.size()); }, rng);
     std::vector<int32_t> out(props[v.branch].tokens.begin(), props[v.branch].tokens.begin() + v.accepted);
     out.push_back(v.next);
     return out;
@@ -209,6 +224,264 @@ TEST(VerifySampled, NegativeControlUnrestrictedDraftInTheRatioIsCaught) {
   w.broken_ratio = true;
   auto r = RunJointTest(w, 1, 2, kSamples, 400);
   EXPECT_LT(r.p_value, 1e-3) << "the broken rule went unnoticed: chi2=" << r.statistic;
+}
+
+
+// ---- minP, penalties, logit bias -------------------------------------------------------------
+
+SamplingParams AtTemperature(double t) {
+  SamplingParams p;
+  p.temperature = t;
+  return p;
+}
+
+// Softmax of `logits` (temperature 1) at `id`.
+double Softmax(const std::vector<double>& logits, size_t id) {
+  double z = 0;
+  for (double l : logits) z += std::exp(l);
+  return std::exp(logits[id]) / z;
+}
+
+TEST(Transform, LogitBiasIsAddedFirstAndMinusInfinityBans) {
+  std::vector<float> l = {0.5f, 2.0f, 1.0f, -1.0f};
+  SamplingParams p = AtTemperature(1.0);
+  p.logit_bias = {{1, -INFINITY}, {3, 1.5}};
+  TokenDist t = Transform(l.data(), 4, p);
+  EXPECT_EQ(t.Prob(1), 0.0);
+  const double z = std::exp(0.5) + std::exp(1.0) + std::exp(0.5);
+  EXPECT_NEAR(t.Prob(0), std::exp(0.5) / z, 1e-7);
+  EXPECT_NEAR(t.Prob(3), std::exp(0.5) / z, 1e-7);
+  p.temperature = 0;  // greedy takes the argmax after the bias: 0.5, -inf, 1.0, 0.5
+  EXPECT_EQ(Transform(l.data(), 4, p).Argmax(), 2);
+  // Over candidates the bias goes by token id: ids 3, 1, 0 with logits 0.5, 2.0, 1.0.
+  std::vector<int32_t> cand = {3, 1, 0};
+  p.temperature = 1.0;
+  TokenDist c = Transform(l.data(), 3, p, cand.data());
+  EXPECT_EQ(c.ids(), (std::vector<int32_t>{0, 3}));
+  EXPECT_NEAR(c.Prob(3), std::exp(2.0) / (std::exp(2.0) + std::exp(1.0)), 1e-7);
+  // Everything banned: an error over the vocabulary, the uniform distribution over candidates.
+  p.logit_bias = {{0, -INFINITY}, {1, -INFINITY}, {2, -INFINITY}, {3, -INFINITY}};
+  EXPECT_THROW(Transform(l.data(), 4, p), InvalidArgumentError);
+  p.temperature = 0;
+  EXPECT_THROW(Transform(l.data(), 4, p), InvalidArgumentError);
+  p.temperature = 1.0;
+  TokenDist u = Transform(l.data(), 3, p, cand.data());
+  EXPECT_EQ(u.ids(), (std::vector<int32_t>{0, 1, 3}));
+  EXPECT_NEAR(u.Prob(1), 1.0 / 3, 1e-12);
+  // A huge finite bias saturates (no +inf, no NaN).
+  p.logit_bias = {{2, 1e300}};
+  EXPECT_NEAR(Transform(l.data(), 4, p).Prob(2), 1.0, 1e-12);
+}
+
+TEST(Transform, RepeatPenaltyDividesPositiveAndMultipliesNegativeLogitsOfRecentTokens) {
+  std::vector<float> l = {2.0f, -1.0f, 1.0f, 0.5f};
+  SamplingParams p = AtTemperature(1.0);
+  p.repeat_penalty = 2.0;
+  const std::vector<int32_t> history = {0, 1, 0};
+  TokenDist t = Transform(l.data(), 4, p, nullptr, TokenHistory(history));
+  const std::vector<double> expected = {1.0, -2.0, 1.0, 0.5};  // counts do not matter, presence does
+  for (size_t i = 0; i < 4; ++i) EXPECT_NEAR(t.Prob(static_cast<int32_t>(i)), Softmax(expected, i), 1e-7) << i;
+  // The chain's pending proposals count like committed tokens.
+  const std::vector<int32_t> none;
+  const int32_t pending[] = {2};
+  TokenDist q = Transform(l.data(), 4, p, nullptr, TokenHistory(none, pending, 1));
+  EXPECT_NEAR(q.Prob(2), Softmax({2.0, -1.0, 0.5, 0.5}, 2), 1e-7);
+  // The window: the last penalty_last_n tokens of committed ++ pending.
+  p.penalty_last_n = 1;
+  TokenDist w = Transform(l.data(), 4, p, nullptr, TokenHistory(history, pending, 1));  // only 2 counts
+  EXPECT_NEAR(w.Prob(0), Softmax({2.0, -1.0, 0.5, 0.5}, 0), 1e-7);
+  p.penalty_last_n = 0;  // off
+  TokenDist off = Transform(l.data(), 4, p, nullptr, TokenHistory(history));
+  EXPECT_NEAR(off.Prob(0), Softmax({2.0, -1.0, 1.0, 0.5}, 0), 1e-7);
+  p.penalty_last_n = -1;  // the whole context
+  std::vector<int32_t> long_history(200, 3);
+  long_history[0] = 0;
+  TokenDist all = Transform(l.data(), 4, p, nullptr, TokenHistory(long_history));
+  EXPECT_NEAR(all.Prob(0), Softmax({1.0, -1.0, 1.0, 0.25}, 0), 1e-7);
+  p.penalty_last_n = 64;  // the default window misses the first token
+  TokenDist recent = Transform(l.data(), 4, p, nullptr, TokenHistory(long_history));
+  EXPECT_NEAR(recent.Prob(0), Softmax({2.0, -1.0, 1.0, 0.25}, 0), 1e-7);
+  // Greedy: the argmax after the penalty (2.0 / 2 < 1.5).
+  std::vector<float> g = {2.0f, 1.5f};
+  p.temperature = 0;
+  const std::vector<int32_t> zero = {0};
+  EXPECT_EQ(Transform(g.data(), 2, p, nullptr, TokenHistory(zero)).Argmax(), 1);
+  EXPECT_EQ(Transform(g.data(), 2, p).Argmax(), 0);  // no history: no penalty
+}
+
+TEST(Transform, PresenceAndFrequencyPenaltiesSubtractPerOccurrence) {
+  std::vector<float> l = {1.0f, 1.0f, 1.0f, 1.0f};
+  SamplingParams p = AtTemperature(1.0);
+  p.presence_penalty = 0.5;
+  p.frequency_penalty = 0.25;
+  const std::vector<int32_t> history = {2, 2, 1};
+  const int32_t pending[] = {2};
+  // Token 2 occurs 3 times: 1 - 0.5 - 0.75; token 1 once: 1 - 0.5 - 0.25.
+  TokenDist t = Transform(l.data(), 4, p, nullptr, TokenHistory(history, pending, 1));
+  const std::vector<double> expected = {1.0, 0.25, -0.25, 1.0};
+  for (size_t i = 0; i < 4; ++i) EXPECT_NEAR(t.Prob(static_cast<int32_t>(i)), Softmax(expected, i), 1e-7) << i;
+  // Over candidates, by token id.
+  std::vector<int32_t> cand = {2, 3};
+  TokenDist c = Transform(l.data(), 2, p, cand.data(), TokenHistory(history, pending, 1));
+  EXPECT_NEAR(c.Prob(2), Softmax({-0.25, 1.0}, 0), 1e-7);
+  // Window of 2: {1, 2}, once each.
+  p.penalty_last_n = 2;
+  TokenDist w = Transform(l.data(), 4, p, nullptr, TokenHistory(history, pending, 1));
+  EXPECT_NEAR(w.Prob(2), Softmax({1.0, 0.25, 0.25, 1.0}, 2), 1e-7);
+  // Negative penalties encourage repeats.
+  p.penalty_last_n = 64;
+  p.presence_penalty = -1.0;
+  p.frequency_penalty = 0;
+  p.temperature = 0;
+  EXPECT_EQ(Transform(l.data(), 4, p, nullptr, TokenHistory(history)).Argmax(), 1);
+}
+
+TEST(Transform, MinPKeepsTokensWithinAFactorOfTheMostLikelyAfterTemperature) {
+  // Weights 1, 0.5, 0.2, 0.05 at temperature 1.
+  std::vector<float> l = {0.0f, std::log(0.5f), std::log(0.2f), std::log(0.05f)};
+  SamplingParams p = AtTemperature(1.0);
+  p.min_p = 0.3;
+  TokenDist t = Transform(l.data(), 4, p);
+  EXPECT_EQ(t.ids(), (std::vector<int32_t>{0, 1}));
+  EXPECT_NEAR(t.Prob(0), 2.0 / 3, 1e-6);
+  p.min_p = 0.1;
+  EXPECT_EQ(Transform(l.data(), 4, p).ids(), (std::vector<int32_t>{0, 1, 2}));
+  // Temperature 2 flattens first: weights 1, 0.71, 0.45, 0.22.
+  p.temperature = 2.0;
+  p.min_p = 0.3;
+  EXPECT_EQ(Transform(l.data(), 4, p).ids(), (std::vector<int32_t>{0, 1, 2}));
+  p.min_p = 1.0;  // only the most likely
+  EXPECT_EQ(Transform(l.data(), 4, p).ids(), (std::vector<int32_t>{0}));
+  p.min_p = 0.0;
+  EXPECT_EQ(Transform(l.data(), 4, p).size(), 4u);
+  // With candidates.
+  std::vector<int32_t> cand = {9, 4, 6, 2};
+  p.temperature = 1.0;
+  p.min_p = 0.3;
+  EXPECT_EQ(Transform(l.data(), 4, p, cand.data()).ids(), (std::vector<int32_t>{4, 9}));
+}
+
+// Expects `params` to be rejected with a message naming `field`.
+void ExpectRejected(const SamplingParams& params, const std::string& field, int64_t vocab = 0) {
+  try {
+    ValidateSamplingParams(params, vocab);
+    ADD_FAILURE() << field << " was accepted";
+  } catch (const InvalidArgumentError& e) {
+    EXPECT_NE(std::string(e.what()).find(field), std::string::npos) << e.what();
+  }
+}
+
+TEST(Transform, TheNewOptionsAreValidatedByName) {
+  SamplingParams ok = AtTemperature(0.7);
+  ok.min_p = 0.1;
+  ok.repeat_penalty = 1.1;
+  ok.presence_penalty = -2;
+  ok.frequency_penalty = 2;
+  ok.penalty_last_n = -1;
+  ok.logit_bias = {{0, -INFINITY}, {99, 3.5}};
+  EXPECT_NO_THROW(ValidateSamplingParams(ok, 100));
+  SamplingParams p = ok;
+  for (double bad : {-0.1, 1.5, static_cast<double>(NAN)}) {
+    p.min_p = bad;
+    ExpectRejected(p, "minP");
+  }
+  p = ok;
+  for (double bad : {0.0, -1.0, static_cast<double>(INFINITY), static_cast<double>(NAN)}) {
+    p.repeat_penalty = bad;
+    ExpectRejected(p, "repeatPenalty");
+  }
+  p = ok;
+  p.presence_penalty = NAN;
+  ExpectRejected(p, "presencePenalty");
+  p = ok;
+  p.frequency_penalty = INFINITY;
+  ExpectRejected(p, "frequencyPenalty");
+  p = ok;
+  p.penalty_last_n = -2;
+  ExpectRejected(p, "penaltyLastN");
+  p = ok;
+  p.logit_bias[100] = 1;
+  ExpectRejected(p, "logitBias", 100);  // outside the vocabulary
+  p = ok;
+  p.logit_bias[-1] = 1;
+  ExpectRejected(p, "logitBias");
+  p = ok;
+  p.logit_bias[5] = INFINITY;
+  ExpectRejected(p, "logitBias");
+  p.logit_bias[5] = NAN;
+  ExpectRejected(p, "logitBias");
+}
+
+// Each option (and all together), applied to p and q~ alike with the chain's own history (p_j and
+// q~_j both see x_1..x_j-1), keeps the output distributed as the target's: chains and branches.
+TEST(VerifySampled, MinPPenaltiesAndLogitBiasKeepSpeculativeSamplingExact) {
+  std::vector<std::pair<const char*, SamplingParams>> cases;
+  const SamplingParams base = AtTemperature(0.9);
+  SamplingParams p = base;
+  p.min_p = 0.2;
+  cases.push_back({"minP", p});
+  p = base;
+  p.repeat_penalty = 1.8;
+  cases.push_back({"repeatPenalty", p});
+  p = base;
+  p.presence_penalty = 1.2;
+  cases.push_back({"presencePenalty", p});
+  p = base;
+  p.frequency_penalty = 0.9;
+  cases.push_back({"frequencyPenalty", p});
+  p.penalty_last_n = 2;
+  cases.push_back({"frequencyPenalty, penaltyLastN 2", p});
+  p = base;
+  p.logit_bias = {{3, -INFINITY}, {5, 1.5}, {8, -0.7}};
+  cases.push_back({"logitBias", p});
+  p = AtTemperature(0.8);
+  p.top_k = 8;
+  p.top_p = 0.95;
+  p.min_p = 0.05;
+  p.repeat_penalty = 1.3;
+  p.presence_penalty = 0.4;
+  p.frequency_penalty = 0.3;
+  p.logit_bias = {{3, -INFINITY}, {5, 1.0}};
+  cases.push_back({"all together", p});
+  uint64_t seed = 500;
+  for (const auto& [name, params] : cases) {
+    World w;
+    w.params = params;
+    for (auto [B, L] : {std::pair<size_t, size_t>{1, 3}, {2, 2}}) {
+      auto r = RunJointTest(w, B, L, kSamples, seed++);
+      EXPECT_GT(r.p_value, 1e-3) << name << " B=" << B << " L=" << L << " chi2=" << r.statistic;
+    }
+  }
+}
+
+// A bias that bans every candidate of some contexts: q~ falls back to the uniform over the
+// candidates, which the target (probability 0 on all of them) always rejects: still exact.
+TEST(VerifySampled, BiasBanningEveryCandidateStaysExact) {
+  World w;
+  w.params = AtTemperature(1.0);
+  for (int32_t id : {0, 1, 2, 4, 6, 8, 9, 11}) w.params.logit_bias[id] = -INFINITY;
+  w.candidates = 3;
+  auto r = RunJointTest(w, 2, 2, kSamples, 600);
+  EXPECT_GT(r.p_value, 1e-3) << "chi2=" << r.statistic;
+}
+
+// Negative controls with the new options: the draft's unrestricted softmax in the ratio, and a
+// target whose penalties forget the chain's earlier proposals, are both caught.
+TEST(VerifySampled, NegativeControlsWithPenaltiesAreCaught) {
+  World w;
+  w.params = AtTemperature(1.0);
+  w.params.frequency_penalty = 1.5;
+  w.params.logit_bias = {{5, 1.0}};
+  w.broken_ratio = true;
+  auto broken = RunJointTest(w, 1, 2, kSamples, 700);
+  EXPECT_LT(broken.p_value, 1e-3) << "the broken ratio went unnoticed: chi2=" << broken.statistic;
+  w.broken_ratio = false;
+  w.stale_target_history = true;
+  auto stale = RunJointTest(w, 1, 3, kSamples, 701);
+  EXPECT_LT(stale.p_value, 1e-3) << "a stale penalty history went unnoticed: chi2=" << stale.statistic;
+  w.stale_target_history = false;  // the same world, correct: passes
+  auto right = RunJointTest(w, 1, 3, kSamples, 702);
+  EXPECT_GT(right.p_value, 1e-3) << "chi2=" << right.statistic;
 }
 
 }  // namespace

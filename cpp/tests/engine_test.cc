@@ -3,8 +3,10 @@
 // distribution when sampling (with a negative control that must fail).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <string>
 
 #include "cascade/chi_square.h"
 #include "cascade/engine.h"
@@ -252,10 +254,12 @@ ChiSquareResult FirstTwoTokens(CascadeEngine& engine, GenerateOptions g, int sam
   // Exact joint: p1(a) p2(b | a) from the target's own logits.
   std::vector<double> exact(V * V, 0.0);
   auto logits1 = engine.target().Forward(prompt, 0, {HeadKind::kLogits, 0}).logits;
-  TokenDist p1 = Transform(logits1.data() + V, V, g.sampling);
+  // (The penalties count the prompt, then the prompt and the first token.)
+  TokenDist p1 = Transform(logits1.data() + V, V, g.sampling, nullptr, TokenHistory(prompt));
   for (size_t i = 0; i < p1.size(); ++i) {
     auto l2 = engine.target().Forward({p1.ids()[i]}, 2, {HeadKind::kLogits, 0}).logits;
-    TokenDist p2 = Transform(l2.data(), V, g.sampling);
+    const std::vector<int32_t> context = {prompt[0], prompt[1], p1.ids()[i]};
+    TokenDist p2 = Transform(l2.data(), V, g.sampling, nullptr, TokenHistory(context));
     for (size_t k = 0; k < p2.size(); ++k) exact[p1.ids()[i] * V + p2.ids()[k]] = p1.probs()[i] * p2.probs()[k];
   }
   std::vector<int64_t> counts(V * V, 0);
@@ -266,7 +270,8 @@ ChiSquareResult FirstTwoTokens(CascadeEngine& engine, GenerateOptions g, int sam
     counts[t[0] * V + t[1]]++;
   }
   auto r = ChiSquareTest(counts, exact);
-  std::printf("  %s: chi2 %.1f dof %d p %.3g\n", DecodeModeName(g.mode), r.statistic, r.degrees_of_freedom, r.p_value);
+  std::printf("  %s B=%lld: chi2 %.1f dof %d p %.3g\n", DecodeModeName(g.mode), static_cast<long long>(g.branches),
+              r.statistic, r.degrees_of_freedom, r.p_value);
   return r;
 }
 
@@ -302,6 +307,153 @@ TEST(Engine, SampledOutputFollowsTheTargetDistribution) {
           << "negative control passed: " << DecodeModeName(mode) << " B=" << B;
     }
   }
+}
+
+
+// minP, penalties and logit bias, applied to p and q~ alike (q~ over the tiny's candidates by token
+// id; each position with its own chain's history): every mode samples the target's distribution.
+// Each option alone in one of the modes, all of them together in every mode, and the negative
+// control still caught with them.
+TEST(Engine, SamplingOptionsKeepTheTargetDistribution) {
+  ModelWeights target = testing::SmallRandomModel(testing::SmallLlama(false, 24), 31, 1.0f);
+  CascadeEngine engine(Cpu(), target, std::nullopt, Options(WeightPrecision::kF32, 8));
+  engine.SetTiny(RandomTiny(target.config.hidden_size, 16, target.config.vocab_size, 9));
+  GenerateOptions g;
+  g.candidates = 6;
+  g.proposal_length = 3;
+  const SamplingParams base{0.9, 0, 1.0};
+  struct Case {
+    const char* name;
+    SamplingParams sampling;
+    DecodeMode mode;
+    int64_t branches;
+  };
+  std::vector<Case> cases;
+  SamplingParams s = base;
+  s.min_p = 0.15;
+  cases.push_back({"minP", s, DecodeMode::kSpeculative, 1});
+  s = base;
+  s.repeat_penalty = 1.8;
+  cases.push_back({"repeatPenalty", s, DecodeMode::kCascade, 1});
+  s = base;
+  s.presence_penalty = 1.2;
+  cases.push_back({"presencePenalty", s, DecodeMode::kCascade, 2});
+  s = base;
+  s.frequency_penalty = 1.0;
+  s.penalty_last_n = 2;
+  cases.push_back({"frequencyPenalty, penaltyLastN 2", s, DecodeMode::kSpeculative, 2});
+  s = base;
+  s.logit_bias = {{3, -INFINITY}, {5, 2.0}, {11, -1.0}};
+  cases.push_back({"logitBias", s, DecodeMode::kCascade, 1});
+  s = SamplingParams{0.8, 12, 0.95};
+  s.min_p = 0.05;
+  s.repeat_penalty = 1.3;
+  s.presence_penalty = 0.5;
+  s.frequency_penalty = 0.4;
+  s.logit_bias = {{3, -INFINITY}, {5, 1.5}};
+  cases.push_back({"all together", s, DecodeMode::kTarget, 1});
+  cases.push_back({"all together", s, DecodeMode::kSpeculative, 1});
+  cases.push_back({"all together", s, DecodeMode::kCascade, 1});
+  cases.push_back({"all together", s, DecodeMode::kCascade, 2});
+  for (const Case& c : cases) {
+    g.sampling = c.sampling;
+    g.mode = c.mode;
+    g.branches = c.branches;
+    std::printf("  %s\n", c.name);
+    const int samples = std::string(c.name) == "all together" ? kSamples : kSamples / 2;
+    EXPECT_GT(FirstTwoTokens(engine, g, samples).p_value, 1e-3) << c.name << ", " << DecodeModeName(c.mode) << " B=" << c.branches;
+  }
+  g.sampling = s;
+  g.broken_acceptance_for_testing = true;
+  for (DecodeMode mode : {DecodeMode::kSpeculative, DecodeMode::kCascade}) {
+    g.mode = mode;
+    g.branches = mode == DecodeMode::kCascade ? 2 : 1;
+    EXPECT_LT(FirstTwoTokens(engine, g, kSamples / 4).p_value, 1e-3)
+        << "negative control passed with the sampling options: " << DecodeModeName(mode);
+  }
+}
+
+// T = 0 with bias and penalties: the argmax after the transform, in every mode the same tokens as
+// target-only decoding, which itself follows the transform of the target's logits step by step.
+// Two settings: mixed options with bans, and a strongly biased token that a presence penalty over
+// a short window pushes out for three tokens at a time (it recurs inside speculative chains, so a
+// p_j or q~_j that missed the chain's earlier proposals would pick it again).
+TEST(Engine, GreedyWithPenaltiesAndBiasIsIdenticalAcrossModes) {
+  ModelConfig config = testing::SmallLlama(false, 300);
+  ModelWeights target = testing::SmallRandomModel(config, 13, 1.0f);
+  CascadeEngine engine(Cpu(), target, std::nullopt, Options());
+  engine.SetTiny(RandomTiny(config.hidden_size, 32, config.vocab_size, 5));
+  const std::vector<int32_t> prompt = {5, 17, 3, 88, 41};
+  GenerateOptions g;
+  g.max_tokens = 24;
+  g.mode = DecodeMode::kTarget;
+  const auto plain = engine.Generate(prompt, g).tokens;
+  ASSERT_EQ(plain.size(), 24u);
+  SamplingParams mixed;
+  mixed.repeat_penalty = 1.5;
+  mixed.presence_penalty = 0.3;
+  mixed.frequency_penalty = 0.2;
+  mixed.penalty_last_n = 16;
+  mixed.logit_bias = {{plain[0], -INFINITY}, {plain[3], -INFINITY}, {42, 0.5}};
+  SamplingParams periodic;
+  periodic.logit_bias = {{42, 30.0}};
+  periodic.presence_penalty = 60.0;
+  periodic.penalty_last_n = 4;
+  for (const bool is_mixed : {true, false}) {
+    const SamplingParams& shaped = is_mixed ? mixed : periodic;
+    g.sampling = shaped;
+    g.mode = DecodeMode::kTarget;
+    g.proposal_length = 4;
+    g.branches = 1;
+    g.candidates = 64;
+    const auto reference = engine.Generate(prompt, g).tokens;
+    ASSERT_EQ(reference.size(), 24u);
+    EXPECT_NE(reference, plain);  // the options do change greedy decoding
+    if (is_mixed) {
+      for (int32_t t : reference) {
+        EXPECT_NE(t, plain[0]);
+        EXPECT_NE(t, plain[3]);
+      }
+    } else {
+      EXPECT_EQ(std::count(reference.begin(), reference.end(), 42), 5);  // every 5th token (positions 0, 5, ..., 20)
+    }
+    // Target-only by hand: the argmax of the transformed logits after each context.
+    std::vector<int32_t> context = prompt;
+    const int64_t V = config.vocab_size;
+    for (size_t i = 0; i < reference.size(); ++i) {
+      const auto logits = engine.TargetLogits(context);
+      const int32_t expected =
+          Transform(logits.data() + (context.size() - 1) * V, V, shaped, nullptr, TokenHistory(context)).Argmax();
+      ASSERT_EQ(reference[i], expected) << "token " << i;
+      context.push_back(expected);
+    }
+    struct Run {
+      DecodeMode mode;
+      int64_t length, branches, candidates;
+    };
+    for (const Run& run : {Run{DecodeMode::kSpeculative, 1, 1, 64}, Run{DecodeMode::kSpeculative, 4, 1, 64},
+                           Run{DecodeMode::kSpeculative, 8, 1, 64}, Run{DecodeMode::kCascade, 4, 1, 8},
+                           Run{DecodeMode::kCascade, 6, 1, 64}, Run{DecodeMode::kSpeculative, 3, 3, 64},
+                           Run{DecodeMode::kCascade, 3, 2, 64}, Run{DecodeMode::kAuto, 4, 1, 64}}) {
+      g.mode = run.mode;
+      g.proposal_length = run.length;
+      g.branches = run.branches;
+      g.candidates = run.candidates;
+      auto r = engine.Generate(prompt, g);
+      EXPECT_EQ(r.tokens, reference) << (is_mixed ? "mixed " : "periodic ") << DecodeModeName(run.mode)
+                                     << " L=" << run.length << " B=" << run.branches << " K0=" << run.candidates;
+      std::printf("  %s %s L=%lld B=%lld K0=%lld: tau %.2f\n", is_mixed ? "mixed" : "periodic", DecodeModeName(run.mode),
+                  static_cast<long long>(run.length), static_cast<long long>(run.branches),
+                  static_cast<long long>(run.candidates), r.stats.tau());
+    }
+  }
+  // Validation reaches Generate: a bias id outside the vocabulary, a bad penalty.
+  g.sampling = mixed;
+  g.sampling.logit_bias[300] = 1.0;
+  EXPECT_THROW(engine.Generate(prompt, g), InvalidArgumentError);
+  g.sampling = mixed;
+  g.sampling.repeat_penalty = 0;
+  EXPECT_THROW(engine.Generate(prompt, g), InvalidArgumentError);
 }
 
 }  // namespace

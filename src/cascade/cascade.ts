@@ -119,6 +119,46 @@ export interface GenerateOptions {
   topK?: number;
   /** Nucleus sampling threshold in (0, 1] (1 = off). */
   topP?: number;
+  /**
+   * Min-p sampling, in [0, 1] (0 = off, the default): keeps the tokens whose probability, after
+   * temperature, top-k and top-p, is at least `minP` times the most likely token's (as in
+   * llama.cpp and node-llama-cpp). It never changes the most likely token, so it has no effect at
+   * temperature 0.
+   */
+  minP?: number;
+  /**
+   * llama.cpp's repetition penalty, a finite number > 0 (1 = off, the default; above 1 discourages
+   * repeats): a token that occurs in the penalty window (`penaltyLastN`) has its logit divided by
+   * it when positive and multiplied by it otherwise.
+   *
+   * The sampling transform runs in this order: `logitBias`, the penalties (repeat, then presence
+   * and frequency), `temperature`, `topK`, softmax, `topP`, `minP`. The target's distribution and
+   * the draft's get the same transform, each speculated position with the tokens proposed before
+   * it counted as context, so speculative decoding stays exact: at temperature 0 the tokens are
+   * the argmax after bias and penalties, identical to `mode: 'target'`.
+   */
+  repeatPenalty?: number;
+  /**
+   * OpenAI's presence penalty, a finite number (0 = off, the default): subtracted once from the
+   * logit of every token that occurs in the penalty window. Negative values encourage repeats.
+   */
+  presencePenalty?: number;
+  /**
+   * OpenAI's frequency penalty, a finite number (0 = off, the default): subtracted from a token's
+   * logit once per occurrence in the penalty window. Negative values encourage repeats.
+   */
+  frequencyPenalty?: number;
+  /**
+   * The penalty window: how many of the context's last tokens, prompt included, the penalties
+   * count (default 64; -1 = the whole context; 0 turns the penalties off).
+   */
+  penaltyLastN?: number;
+  /**
+   * Added to the logits of these token ids before anything else: `{ [tokenId]: bias }`, ids in
+   * the vocabulary; `-Infinity` bans a token (it is never generated; banning every token is an
+   * error).
+   */
+  logitBias?: Record<number, number>;
   /** Seed of the sampler: the same seed gives the same output. */
   seed?: number;
   /**
@@ -334,6 +374,34 @@ function checkPrecision(p: unknown): void {
   }
 }
 
+function checkNumber(name: string, v: unknown, ok: (v: number) => boolean, expected: string): void {
+  if (v === undefined) return;
+  if (typeof v !== 'number' || !ok(v)) throw new InvalidArgumentError(`${name} must be ${expected}, got ${String(v)}`);
+}
+
+/** Checks `logitBias` against the vocabulary and returns it as the native side's two arrays. */
+function logitBiasArrays(bias: unknown, vocabSize: number): { logitBiasIds?: Int32Array; logitBiasValues?: Float64Array } {
+  if (bias === undefined) return {};
+  if (bias === null || typeof bias !== 'object' || Array.isArray(bias)) {
+    throw new InvalidArgumentError(`logitBias must be an object { [tokenId]: bias }, got ${Array.isArray(bias) ? 'an array' : String(bias)}`);
+  }
+  const entries = Object.entries(bias as Record<string, unknown>);
+  const ids = new Int32Array(entries.length);
+  const values = new Float64Array(entries.length);
+  entries.forEach(([key, value], i) => {
+    const id = Number(key);
+    if (!/^\d+$/.test(key) || id >= vocabSize) {
+      throw new InvalidArgumentError(`logitBias: token id ${key} is outside the vocabulary (0..${vocabSize - 1})`);
+    }
+    if (typeof value !== 'number' || Number.isNaN(value) || value === Infinity) {
+      throw new InvalidArgumentError(`logitBias[${key}] must be a finite number or -Infinity, got ${String(value)}`);
+    }
+    ids[i] = id;
+    values[i] = value;
+  });
+  return entries.length ? { logitBiasIds: ids, logitBiasValues: values } : {};
+}
+
 function checkGenerateOptions(o: GenerateOptions): void {
   if (o === null || typeof o !== 'object') throw new InvalidArgumentError('generate: options must be an object');
   checkSignal(o.signal);
@@ -352,6 +420,11 @@ function checkGenerateOptions(o: GenerateOptions): void {
   if (o.topP !== undefined && (typeof o.topP !== 'number' || !(o.topP > 0 && o.topP <= 1))) {
     throw new InvalidArgumentError(`topP must be in (0, 1], got ${String(o.topP)}`);
   }
+  checkNumber('minP', o.minP, (v) => v >= 0 && v <= 1, 'a number in [0, 1]');
+  checkNumber('repeatPenalty', o.repeatPenalty, (v) => Number.isFinite(v) && v > 0, 'a finite number > 0');
+  checkNumber('presencePenalty', o.presencePenalty, Number.isFinite, 'a finite number');
+  checkNumber('frequencyPenalty', o.frequencyPenalty, Number.isFinite, 'a finite number');
+  checkInteger('penaltyLastN', o.penaltyLastN, -1);
   if (o.mode !== undefined && !MODES.includes(o.mode)) {
     throw new InvalidArgumentError(`mode must be one of ${MODES.join(', ')}, got ${String(o.mode)}`);
   }
@@ -680,6 +753,7 @@ export class Cascade {
     }
     checkGenerateOptions(options);
     if (!this.#engine) throw new DisposedError('generate: the Cascade has been disposed');
+    logitBiasArrays(options.logitBias, this.info.target.vocabSize);
     throwIfAborted(options.signal);
     if (Array.isArray(prompt) && prompt.some((m) => typeof m?.role !== 'string' || typeof m?.content !== 'string')) {
       throw new InvalidArgumentError('prompt: every chat message needs a string role and a string content');
@@ -824,6 +898,12 @@ export class Cascade {
           temperature: options.temperature ?? 0,
           topK: options.topK ?? 0,
           topP: options.topP ?? 1,
+          minP: options.minP ?? 0,
+          repeatPenalty: options.repeatPenalty ?? 1,
+          presencePenalty: options.presencePenalty ?? 0,
+          frequencyPenalty: options.frequencyPenalty ?? 0,
+          penaltyLastN: options.penaltyLastN ?? 64,
+          ...logitBiasArrays(options.logitBias, this.info.target.vocabSize),
           seed: options.seed ?? 0,
           maxTokens: options.maxTokens ?? 128,
           proposalLength: options.k1 ?? this.#defaults.k1 ?? 4,
