@@ -117,22 +117,28 @@ export function progressBar(label: string, mode: ProgressMode | boolean = progre
 
 /**
  * A phase whose progress cannot be measured (reading and uploading a model): after `delayMs` it
- * shows the label and the seconds elapsed (a live counter on a terminal, one line otherwise), and
- * `stop()` clears it.
+ * shows the label and the seconds elapsed (a live counter on a terminal, one line otherwise), with
+ * an ETA when `expectedMs` (the same phase's duration last time) is known; `stop()` clears it.
  */
-export function phaseTimer(label: string, mode: ProgressMode = progressMode(), delayMs = 1000): { stop(): void } {
+export function phaseTimer(label: string, mode: ProgressMode = progressMode(), delayMs = 1000, expectedMs?: number): { stop(): void } {
   if (mode === 'off') return { stop() {} };
   const started = Date.now();
   let shown = false;
   let tick: NodeJS.Timeout | undefined;
+  // With a duration measured last time: an ETA from it while the phase is within it.
+  const eta = () => {
+    if (expectedMs === undefined) return '';
+    const left = (expectedMs - (Date.now() - started)) / 1000;
+    return left >= 1 ? `, eta ${seconds(left)} (as long as last time)` : '';
+  };
   const render = () => {
     shown = true;
-    process.stderr.write(`\r${label} ... ${seconds((Date.now() - started) / 1000)}\x1b[K`);
+    process.stderr.write(`\r${label} ... ${seconds((Date.now() - started) / 1000)}${eta()}\x1b[K`);
   };
   const first = setTimeout(() => {
     if (mode === 'lines') {
       shown = true;
-      process.stderr.write(`${label} ...\n`);
+      process.stderr.write(`${label} ...${expectedMs !== undefined ? ` (${seconds(expectedMs / 1000)} last time)` : ''}\n`);
       return;
     }
     render();

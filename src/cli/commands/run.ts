@@ -1,11 +1,11 @@
 import { Command, Option } from 'commander';
 
-import { readdir } from 'node:fs/promises';
-import { basename } from 'node:path';
+import { mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { basename, dirname } from 'node:path';
 
 import { Cascade, type CascadeStats, type DecodeMode, type Precision } from '../../cascade/cascade.js';
 import { resolveModel } from '../../models/catalog.js';
-import { compileCacheDir } from '../../utils/cache.js';
+import { cachePath, compileCacheDir } from '../../utils/cache.js';
 import { printJson, table } from '../output.js';
 import { phaseTimer, progressBar, progressMode, type Progress } from '../progress.js';
 import { pluginOption, positiveInteger } from '../options.js';
@@ -83,6 +83,38 @@ export interface LoadFlags {
   plugin: string;
 }
 
+/** How long each model setup took to load last time (`<cache>/load-times.json`), for the load phase's ETA. */
+type LoadTimes = Record<string, number>;
+const LOAD_TIMES_KEPT = 50;
+
+async function loadKey(target: string, draft: string | undefined, opts: LoadFlags, tiny: string | undefined): Promise<string> {
+  const st = await stat(target).catch(() => undefined);
+  return JSON.stringify([target, st?.size, st?.mtimeMs, draft, opts.targetPrecision, opts.draftPrecision, opts.draftLayers, opts.maxContext, opts.devices, tiny, opts.plugin]);
+}
+
+async function readLoadTimes(): Promise<LoadTimes> {
+  try {
+    const t = JSON.parse(await readFile(cachePath('load-times.json'), 'utf8')) as unknown;
+    return t !== null && typeof t === 'object' && !Array.isArray(t) ? (t as LoadTimes) : {};
+  } catch {
+    return {};
+  }
+}
+
+async function writeLoadTimes(times: LoadTimes): Promise<void> {
+  // The newest entries win; a failed write only loses the next ETA.
+  const kept = Object.fromEntries(Object.entries(times).slice(-LOAD_TIMES_KEPT));
+  const file = cachePath('load-times.json');
+  const tmp = `${file}.tmp${process.pid}`;
+  try {
+    await mkdir(dirname(file), { recursive: true });
+    await writeFile(tmp, `${JSON.stringify(kept)}\n`);
+    await rename(tmp, file);
+  } catch {
+    await rm(tmp, { force: true }).catch(() => undefined);
+  }
+}
+
 async function compiledProgramCount(): Promise<number> {
   return (await readdir(compileCacheDir()).catch(() => [] as string[])).length;
 }
@@ -109,7 +141,15 @@ export async function loadForCli(opts: LoadFlags, quiet: boolean): Promise<{ cas
   const cacheOff = /^(0|false|no|off)$/i.test(process.env.CASCADE_COMPILE_CACHE?.trim() ?? '');
   const programsBefore = cacheOff ? 0 : await compiledProgramCount();
   const tiny = opts.tiny ?? (opts.mode === 'cascade' || opts.mode === 'auto' ? 'fit' : undefined);
-  const loading = phaseTimer(`loading ${basename(target)}${tiny === 'fit' ? ' (a first load also fits the tiny model, ~1 min, cached)' : ''}`, mode);
+  const key = await loadKey(target, draft, opts, tiny);
+  const times = await readLoadTimes();
+  const expected = times[key];
+  const label =
+    expected === undefined
+      ? `loading ${basename(target)} (a first load measures the draft${tiny === 'fit' ? ', fits the tiny model' : ''} and compiles XLA programs; all cached afterwards)`
+      : `loading ${basename(target)}`;
+  const loading = phaseTimer(label, mode, 1000, expected);
+  const loadStarted = performance.now();
   let bar: Progress | undefined;
   let programs: Promise<void> = Promise.resolve();
   try {
@@ -140,6 +180,8 @@ export async function loadForCli(opts: LoadFlags, quiet: boolean): Promise<{ cas
       precision: opts.targetPrecision || opts.draftPrecision ? { target: opts.targetPrecision, draft: opts.draftPrecision } : 'auto',
     });
     await programs;
+    times[key] = Math.round(performance.now() - loadStarted);
+    await writeLoadTimes(times);
     return { cascade, target, loadMs: performance.now() - started };
   } finally {
     loading.stop();
