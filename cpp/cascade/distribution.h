@@ -1,9 +1,12 @@
-// Token distributions and the user's sampling transform (temperature, top-k, top-p).
+// Token distributions and the user's sampling transform (logit bias, repetition / presence /
+// frequency penalties, temperature, top-k, top-p, min-p).
 //
 // The same transform is applied to the target's logits (giving p) and to the draft's logits
 // restricted to the tiny model's candidates (giving q~): the output distribution of the cascade
 // is transform(target logits), exactly, because acceptance uses the q~ the proposal was really
 // drawn from.
+// The penalties depend on the context, so both are computed with the same TokenHistory: at
+// position j of a speculative chain, the committed tokens and the chain's x_1..x_j-1.
 #pragma once
 
 #include <cstddef>
