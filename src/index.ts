@@ -67,8 +67,8 @@ export type {
 } from './server/openai-types.js';
 export { ensureDefaultModel, defaultModelPath, DEFAULT_MODEL, ModelNotFoundError } from './models/default-model.js';
 export type { EnsureModelOptions, EnsuredModel, DefaultModelSpec } from './models/default-model.js';
-export type { PluginKind, ResolvedPlugin, ResolveOptions, EnsureOptions, CachedPlugin, PluginCacheInfo } from './plugin/index.js';
 export { downloadModel, isModelUrl, urlCacheDir, ChecksumMismatchError, HttpStatusError } from './models/download.js';
 export type { DownloadModelOptions, DownloadedModel, DownloadProgress } from './models/download.js';
 export { resolveModel, findCatalogModel, MODEL_CATALOG } from './models/catalog.js';
 export type { CatalogModel, ResolveModelOptions, ResolvedModel, ResolveProgress } from './models/catalog.js';
+export type { PluginKind, ResolvedPlugin, ResolveOptions, EnsureOptions, CachedPlugin, PluginCacheInfo } from './plugin/index.js';
