@@ -50,7 +50,6 @@ export { resolvePlugin, ensurePlugin, pluginCacheInfo } from './plugin/index.js'
 export { serve, createServer } from './server/server.js';
 export type { ServerOptions, ServeOptions, CascadeServer, ServerGenerateDefaults, RequestLogEntry } from './server/server.js';
 export { ServerRequestError } from './server/errors.js';
-export type { ExtraSamplingOptions } from './server/requests.js';
 export type {
   OpenAIChatCompletionRequest,
   OpenAICompletionRequest,

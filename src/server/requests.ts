@@ -11,26 +11,6 @@ import type { ChatMessage } from '../tokenizer/index.js';
 import { ServerRequestError } from './errors.js';
 import type { OpenAIChatCompletionRequest, OpenAICompletionRequest, OpenAISamplingFields } from './openai-types.js';
 
-/**
- * Sampling options of issue 17 that {@link GenerateOptions} is gaining (minP, penalties, logit
- * bias). The server validates and passes them under these names; a Cascade whose
- * GenerateOptions does not know one yet ignores it.
- */
-export interface ExtraSamplingOptions {
-  /** From `min_p`. */
-  minP?: number;
-  /** From `presence_penalty`. */
-  presencePenalty?: number;
-  /** From `frequency_penalty`. */
-  frequencyPenalty?: number;
-  /** From `repeat_penalty`. */
-  repeatPenalty?: number;
-  /** From `repeat_last_n`: the penalty window in tokens. */
-  penaltyLastN?: number;
-  /** From `logit_bias`: token id (decimal string) to bias. */
-  logitBias?: Record<string, number>;
-}
-
 /** What a handler runs: the prompt, the options, and how to answer. */
 export interface GenerationPlan {
   /** Chat messages (rendered with the chat template by the Cascade) or raw text. */
@@ -38,7 +18,7 @@ export interface GenerationPlan {
   /** Tokens of the prompt as the Cascade will encode it. */
   promptTokens: number;
   /** Options of `Cascade.generate` / `stream` (the signal is added by the handler). */
-  options: GenerateOptions & ExtraSamplingOptions;
+  options: GenerateOptions;
   /** Answer as server-sent events. */
   stream: boolean;
   /** With `stream`: end with a chunk carrying `usage`. */
@@ -119,7 +99,7 @@ function commonOptions(body: OpenAISamplingFields, maxTokens: number | null | un
   // OpenAI's default temperature is 1; top_p 0 keeps only the most likely token, which is greedy decoding.
   const temperature = topP === 0 ? 0 : (body.temperature ?? 1);
   const stop = body.stop === undefined || body.stop === null ? undefined : typeof body.stop === 'string' ? [body.stop] : body.stop;
-  const options: GenerateOptions & ExtraSamplingOptions = {
+  const options: GenerateOptions = {
     ...ctx.defaults,
     maxTokens: maxTokens ?? ctx.defaultMaxTokens ?? maxContext - promptTokens,
     temperature,

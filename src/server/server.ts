@@ -153,13 +153,12 @@ function finishReason(stats: CascadeStats): OpenAIFinishReason {
 }
 
 function usage(stats: CascadeStats): OpenAIUsage {
-  // `cachedTokens`: prompt tokens served from a reused KV-cache prefix (set by Cascades that reuse one).
-  const cached = (stats as CascadeStats & { cachedTokens?: number }).cachedTokens;
   return {
     prompt_tokens: stats.promptTokens,
     completion_tokens: stats.generatedTokens,
     total_tokens: stats.promptTokens + stats.generatedTokens,
-    prompt_tokens_details: { cached_tokens: typeof cached === 'number' ? cached : 0 },
+    // The prompt tokens whose KV cache was reused from the previous generation (not prefilled again).
+    prompt_tokens_details: { cached_tokens: stats.cachedTokens ?? 0 },
   };
 }
 
