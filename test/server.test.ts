@@ -1,6 +1,7 @@
 // The OpenAI-compatible server, driven by the official `openai` client over real HTTP on
 // 127.0.0.1, against the real default model (SmolLM2-135M-Instruct) on the XLA CPU plugin.
 import { spawn } from 'node:child_process';
+import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 
@@ -504,6 +505,23 @@ describe('cascade-xla serve (the CLI)', () => {
       if (child.exitCode === null) child.kill('SIGKILL');
     }
   }, 600_000);
+
+  it('a port in use fails at once with a clear message, before loading the model', async () => {
+    const holder = createNetServer();
+    await new Promise<void>((r) => holder.listen(0, '127.0.0.1', r));
+    const taken = (holder.address() as AddressInfo).port;
+    try {
+      const child = spawn(process.execPath, [cli, 'serve', '--port', String(taken)], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let stderr = '';
+      child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      const code = await new Promise<number | null>((r) => child.once('exit', r));
+      expect(code).toBe(1);
+      expect(stderr).toContain(`127.0.0.1:${taken} is in use`);
+      expect(stderr).not.toMatch(/loading/);
+    } finally {
+      await new Promise((r) => holder.close(r));
+    }
+  });
 
   it('--help reads like documentation', async () => {
     const child = spawn(process.execPath, [cli, 'serve', '--help'], { stdio: ['ignore', 'pipe', 'pipe'] });

@@ -1,3 +1,4 @@
+import { createServer } from 'node:net';
 import path from 'node:path';
 
 import { Command, Option } from 'commander';
@@ -45,8 +46,21 @@ function catalogNames(spec: string): string[] {
   return entry ? [entry.name, ...entry.aliases] : [];
 }
 
+/** Fails at once when host:port cannot be bound, rather than after the model has loaded. */
+async function checkBindable(host: string, port: number): Promise<void> {
+  if (port === 0) return;
+  await new Promise<void>((resolve, reject) => {
+    const probe = createServer();
+    probe.once('error', (e: NodeJS.ErrnoException) =>
+      reject(new Error(e.code === 'EADDRINUSE' ? `${host}:${port} is in use (another server?); pick another --port` : `cannot listen on ${host}:${port}: ${e.message}`)),
+    );
+    probe.listen({ host, port, exclusive: true }, () => probe.close(() => resolve()));
+  });
+}
+
 async function run(opts: ServeOptions): Promise<void> {
   const progress = (m: string) => process.stderr.write(`${m}\n`);
+  await checkBindable(opts.host, opts.port);
   // The models by path, URL or catalogue name, loaded with the warm-up (as `run` and `chat` do).
   const { cascade, target } = await loadForCli(opts, opts.quiet === true);
   const modelId = opts.modelName ?? modelIdFor(target);
