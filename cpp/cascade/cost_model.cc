@@ -38,17 +38,16 @@ void CostModel::ObserveVerify(int64_t tokens, double ms) {
   ++verify_n_;
 }
 
-void CostModel::ObserveDraftStep(bool cascade, double ms) {
-  if (cascade) Ema(draft_cascade_ms_, draft_cascade_n_, ms);
-  else Ema(draft_spec_ms_, draft_spec_n_, ms);
+void CostModel::ObserveDraftStep(StepKind kind, double ms) {
+  DraftingCosts& d = Drafting(kind);
+  Ema(d.step_ms, d.steps, ms);
 }
 
-void CostModel::ObserveAcceptance(bool cascade, int64_t examined, int64_t accepted) {
+void CostModel::ObserveAcceptance(StepKind kind, int64_t examined, int64_t accepted) {
   if (examined <= 0) return;
   // Per-position acceptance: accepted of the examined positions.
-  const double rate = static_cast<double>(accepted) / static_cast<double>(examined);
-  if (cascade) Ema(accept_cascade_, accept_cascade_n_, rate);
-  else Ema(accept_spec_, accept_spec_n_, rate);
+  DraftingCosts& d = Drafting(kind);
+  Ema(d.acceptance, d.rounds, static_cast<double>(accepted) / static_cast<double>(examined));
 }
 
 double CostModel::ExpectedTokens(double a, int64_t length) {
@@ -81,9 +80,8 @@ double CostModel::VerifyMs(int64_t length) const {
 double CostModel::Throughput(StepKind kind, int64_t length) const {
   const double decode = DecodeEstimate();
   if (kind == StepKind::kTarget) return 1.0 / decode;
-  const bool cascade = kind == StepKind::kCascade;
-  const double draft = draft_ms(cascade) > 0 ? draft_ms(cascade) : decode * 0.25;
-  return ExpectedTokens(acceptance(cascade), length) / (static_cast<double>(length) * draft + VerifyMs(length));
+  const double draft = draft_ms(kind) > 0 ? draft_ms(kind) : decode * 0.25;
+  return ExpectedTokens(acceptance(kind), length) / (static_cast<double>(length) * draft + VerifyMs(length));
 }
 
 double CostModel::PredictedSpeedup(StepKind kind, int64_t length) const {
@@ -105,9 +103,9 @@ StepChoice CostModel::Choose(bool allow_speculative, bool allow_cascade, const s
   const bool reexplore = step % kReexploreEvery == kReexploreEvery - 1;
   if (decode_n_ < kExploreRounds || (reexplore && step % (3 * kReexploreEvery) == kReexploreEvery - 1))
     return {StepKind::kTarget, 0, Throughput(StepKind::kTarget, 0)};
-  if (allow_speculative && (draft_spec_n_ < kExploreRounds || (reexplore && step % (3 * kReexploreEvery) == 2 * kReexploreEvery - 1)))
+  if (allow_speculative && (speculative_.steps < kExploreRounds || (reexplore && step % (3 * kReexploreEvery) == 2 * kReexploreEvery - 1)))
     return BestLength(StepKind::kSpeculative, lengths);
-  if (allow_cascade && (draft_cascade_n_ < kExploreRounds || (reexplore && step % (3 * kReexploreEvery) == 3 * kReexploreEvery - 1)))
+  if (allow_cascade && (cascade_.steps < kExploreRounds || (reexplore && step % (3 * kReexploreEvery) == 3 * kReexploreEvery - 1)))
     return BestLength(StepKind::kCascade, lengths);
   StepChoice best{StepKind::kTarget, 0, Throughput(StepKind::kTarget, 0)};
   if (allow_speculative) {

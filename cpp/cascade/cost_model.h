@@ -34,8 +34,8 @@ class CostModel {
   // Observations.
   void ObserveDecode(double ms);                          // target, T = 1
   void ObserveVerify(int64_t tokens, double ms);          // target, T = L + 1
-  void ObserveDraftStep(bool cascade, double ms);         // one draft call
-  void ObserveAcceptance(bool cascade, int64_t examined, int64_t accepted);
+  void ObserveDraftStep(StepKind kind, double ms);        // one draft call of a proposer
+  void ObserveAcceptance(StepKind kind, int64_t examined, int64_t accepted);
 
   // Expected tokens per target call.
   static double ExpectedTokens(double acceptance, int64_t length);
@@ -46,20 +46,30 @@ class CostModel {
   // The best of the allowed kinds (auto mode). Kinds never observed are explored first.
   StepChoice Choose(bool allow_speculative, bool allow_cascade, const std::vector<int64_t>& lengths, uint64_t step);
 
-  double acceptance(bool cascade) const { return cascade ? accept_cascade_ : accept_spec_; }
+  // Per-position acceptance of a proposer's rounds (a prior of 0.5 until observed).
+  double acceptance(StepKind kind) const { return Drafting(kind).acceptance; }
   double decode_ms() const { return decode_ms_; }
   // The target decode cost: measured, else read off the verify line at one token, else 1 ms.
   double DecodeEstimate() const;
-  double draft_ms(bool cascade) const { return cascade ? draft_cascade_ms_ : draft_spec_ms_; }
+  // One draft call of a proposer, ms (0 until observed).
+  double draft_ms(StepKind kind) const { return Drafting(kind).step_ms; }
   // Predicted speedup of a choice over target-only decoding.
   double PredictedSpeedup(StepKind kind, int64_t length) const;
 
  private:
   static void Ema(double& value, int64_t& count, double sample);
-  double decode_ms_ = 0, draft_spec_ms_ = 0, draft_cascade_ms_ = 0;
-  int64_t decode_n_ = 0, draft_spec_n_ = 0, draft_cascade_n_ = 0;
-  double accept_spec_ = 0.5, accept_cascade_ = 0.5;  // priors, replaced as soon as observed
-  int64_t accept_spec_n_ = 0, accept_cascade_n_ = 0;
+  // What the model has learned about one proposer (StepKind::kSpeculative, kCascade).
+  struct DraftingCosts {
+    double step_ms = 0;
+    int64_t steps = 0;
+    double acceptance = 0.5;  // prior, replaced as soon as observed
+    int64_t rounds = 0;
+  };
+  const DraftingCosts& Drafting(StepKind kind) const { return kind == StepKind::kCascade ? cascade_ : speculative_; }
+  DraftingCosts& Drafting(StepKind kind) { return kind == StepKind::kCascade ? cascade_ : speculative_; }
+  double decode_ms_ = 0;
+  int64_t decode_n_ = 0;
+  DraftingCosts speculative_, cascade_;
   // Least-squares line through (tokens, ms) of verify calls.
   double sx_ = 0, sy_ = 0, sxx_ = 0, sxy_ = 0;
   int64_t verify_n_ = 0;

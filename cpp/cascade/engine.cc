@@ -57,34 +57,6 @@ std::vector<int32_t> ArgmaxOf(DecoderModel& model, const std::vector<int32_t>& t
   return out;
 }
 
-// Throws Error(kAborted) when the caller asked to stop (GenerateOptions::interrupted).
-void CheckInterrupted(const GenerateOptions& options, const char* stage) {
-  if (options.interrupted && options.interrupted())
-    throw Error(ErrorKind::kAborted, std::string("generation aborted during ") + stage);
-}
-
-// Plain greedy decoding: the model's argmax head is the answer. Bias and penalties move the
-// argmax, so with them even T = 0 takes the full logits and the argmax after the transform.
-bool ArgmaxOnly(const SamplingParams& sampling) { return sampling.greedy() && !sampling.shapes_logits(); }
-
-HeadSpec HeadFor(const SamplingParams& sampling) {
-  return {ArgmaxOnly(sampling) ? HeadKind::kArgmax : HeadKind::kLogits, 0};
-}
-
-// The token taken from a transformed distribution: its argmax at T = 0 (no randomness used), else a draw.
-int32_t Choose(const TokenDist& dist, const SamplingParams& sampling, Rng& rng) {
-  return sampling.greedy() ? dist.Argmax() : dist.Sample(rng);
-}
-
-// The draft distribution as used in the acceptance ratio: the transformed one, or (testing
-// only) the plain softmax, which breaks exactness.
-TokenDist RatioDist(const float* logits, size_t vocab, const SamplingParams& sampling, bool broken) {
-  if (!broken) return Transform(logits, vocab, sampling);
-  SamplingParams plain;
-  plain.temperature = 1.0;
-  return Transform(logits, vocab, plain);
-}
-
 }  // namespace
 
 const char* DecodeModeName(DecodeMode mode) {
@@ -161,6 +133,7 @@ CascadeEngine::CascadeEngine(std::shared_ptr<Client> client, const ModelWeights&
     const int64_t layers = options.draft_layers > 0 ? options.draft_layers : ChooseDraftLayers(target, d);
     draft_ = std::make_unique<DecoderModel>(client_, TruncateLayers(target, layers), d);
   }
+  draft_proposer_ = std::make_unique<DraftProposer>(*draft_);
 }
 
 int64_t CascadeEngine::ChooseDraftLayers(const ModelWeights& target, const DecoderOptions& draft_options) {
@@ -276,101 +249,23 @@ void CascadeEngine::Warmup(int64_t proposal_length, int64_t candidates,
 void CascadeEngine::SetTiny(const TinyWeights& tiny) {
   CheckTinyFitsDraft(tiny, draft_->config());
   draft_->SetTiny(tiny);
+  tiny_draft_proposer_ = std::make_unique<TinyDraftProposer>(*draft_);
   has_tiny_ = true;
-}
-
-// Stage 0 + 1: the draft's next-token distribution at `position` (cascade: restricted to the
-// tiny's K0 candidates, computed in the same program), and a proposal drawn from it.
-int32_t CascadeEngine::DraftPropose(const std::vector<int32_t>& inputs, int64_t position, const GenerateOptions& options, bool cascade,
-                                    Rng& rng, GenerationStats& stats, Proposal& proposal,
-                                    const std::vector<int32_t>& committed) {
-  const size_t vocab = static_cast<size_t>(draft_->config().vocab_size);
-  const bool greedy = options.sampling.greedy();
-  CheckInterrupted(options, "draft");
-  ++stats.draft_calls;
-  // The proposal comes from the last input's row; the rows before it only fill the draft's cache
-  // (the tokens of the previous round it has not seen yet: one call instead of two).
-  const size_t last = inputs.size() - 1;
-  const int32_t input = inputs.back();
-  const int64_t input_position = position + static_cast<int64_t>(last);
-  // The context of this proposal: the committed tokens and the chain's proposals so far.
-  const TokenHistory history(committed, proposal.tokens.data(), proposal.tokens.size());
-  if (!cascade) {
-    ForwardResult r = draft_->Forward(inputs, position, HeadFor(options.sampling));
-    if (ArgmaxOnly(options.sampling)) return r.argmax[last];
-    TokenDist q = Transform(r.logits.data() + last * vocab, vocab, options.sampling, nullptr, history);
-    if (greedy) return q.Argmax();
-    const int32_t x = q.Sample(rng);
-    proposal.q.push_back(options.broken_acceptance_for_testing
-                             ? RatioDist(r.logits.data() + last * vocab, vocab, options.sampling, true)
-                             : std::move(q));
-    return x;
-  }
-  const bool measure = options.coverage_every > 0 && draft_steps_++ % options.coverage_every == 0;
-  HeadSpec head{HeadKind::kCandidates, options.candidates};
-  head.full_argmax = measure;
-  ForwardResult r = draft_->Forward(inputs, position, head);
-  const size_t k0 = static_cast<size_t>(options.candidates);
-  const int32_t* ids = r.candidate_ids.data() + last * k0;
-  if (measure) {
-    ++stats.coverage_samples;
-    if (std::find(ids, ids + k0, r.full_argmax[last]) != ids + k0) ++stats.coverage_hits;
-  }
-  if (ArgmaxOnly(options.sampling)) return r.argmax[last];  // the best candidate
-  // q~: the user's transform of the draft's logits over the candidates, zero elsewhere.
-  TokenDist q = Transform(r.candidate_logits.data() + last * k0, k0, options.sampling, ids, history);
-  if (greedy) return q.Argmax();
-  const int32_t x = q.Sample(rng);
-  if (options.broken_acceptance_for_testing) {
-    // Negative control: the draft's unrestricted softmax in the ratio (biased; see brief 5.4).
-    ForwardResult full = draft_->Forward({input}, input_position, {HeadKind::kLogits, 0});
-    proposal.q.push_back(RatioDist(full.logits.data(), vocab, options.sampling, true));
-  } else {
-    proposal.q.push_back(std::move(q));
-  }
-  return x;
-}
-
-TokenDist CascadeEngine::DraftDistribution(int32_t input, int64_t position, const GenerateOptions& options, bool cascade,
-                                           GenerationStats& stats, std::vector<int32_t>* ranked, size_t top,
-                                           const std::vector<int32_t>& committed) {
-  const size_t vocab = static_cast<size_t>(draft_->config().vocab_size);
-  CheckInterrupted(options, "draft");
-  ++stats.draft_calls;
-  // Always the logits (not the argmax head): several branches need the ranking even at T = 0.
-  // (T = 0 ranks by the plain softmax after bias and penalties: its first is the transform's argmax.)
-  SamplingParams ranking = options.sampling;
-  if (ranking.greedy()) {
-    ranking.temperature = 1.0;
-    ranking.top_k = 0;
-    ranking.top_p = 1.0;
-    ranking.min_p = 0.0;
-  }
-  const TokenHistory history(committed);
-  TokenDist q;
-  if (cascade) {
-    ForwardResult r = draft_->Forward({input}, position, {HeadKind::kCandidates, options.candidates});
-    q = Transform(r.candidate_logits.data(), static_cast<size_t>(options.candidates), ranking, r.candidate_ids.data(), history);
-  } else {
-    ForwardResult r = draft_->Forward({input}, position, {HeadKind::kLogits, 0});
-    q = Transform(r.logits.data(), vocab, ranking, nullptr, history);
-  }
-  if (ranked) *ranked = q.TopN(top);
-  return q;
 }
 
 // Several branches: the first tokens are B draws from q~_1 (T = 0: its B best), each branch is
 // continued by the draft as a chain, and the target verifies the whole tree in one call
 // ([last, branch 0, branch 1, ...] with a tree mask: a token sees the root and its own branch).
-void CascadeEngine::BranchingStep(Sequence& seq, const GenerateOptions& options, bool cascade, int64_t length, Rng& rng,
-                                  GenerationStats& stats) {
+void CascadeEngine::BranchingStep(Sequence& seq, const GenerateOptions& options, Proposer& proposer, int64_t length,
+                                  Rng& rng, GenerationStats& stats) {
   const int64_t n = static_cast<int64_t>(seq.tokens.size());
   const size_t vocab = static_cast<size_t>(target_->config().vocab_size);
   const bool greedy = options.sampling.greedy();
   const int64_t B = options.branches;
   const int64_t per_replica = (B + options_.devices - 1) / options_.devices;
   const int64_t L = std::min<int64_t>(length, (options_.max_context - n) / per_replica);
-  if (L < 1) return SpeculativeStep(seq, options, cascade, std::min<int64_t>(length, options_.max_context - n), rng, stats);
+  if (L < 1) return SpeculativeStep(seq, options, proposer, std::min<int64_t>(length, options_.max_context - n), rng, stats);
+  const ProposeContext context{options, rng, stats, seq.tokens};
 
   // 1. Propose: the shared first draft step, then each branch's chain.
   std::vector<Proposal> branches(static_cast<size_t>(B));
@@ -379,7 +274,7 @@ void CascadeEngine::BranchingStep(Sequence& seq, const GenerateOptions& options,
     std::vector<int32_t> ranked;
     TokenDist q1;
     draft_ms += TimedExecution(*draft_, stats.times.compile_ms, [&] {
-      q1 = DraftDistribution(seq.tokens.back(), n - 1, options, cascade, stats, &ranked, static_cast<size_t>(B), seq.tokens);
+      q1 = proposer.Distribution(seq.tokens.back(), n - 1, context, &ranked, static_cast<size_t>(B));
     });
     for (int64_t b = 0; b < B; ++b) {
       Proposal& p = branches[b];
@@ -391,14 +286,14 @@ void CascadeEngine::BranchingStep(Sequence& seq, const GenerateOptions& options,
       for (int64_t j = 1; j < L; ++j) {
         int32_t x = -1;
         draft_ms += TimedExecution(*draft_, stats.times.compile_ms,
-                                   [&] { x = DraftPropose({input}, n - 1 + j, options, cascade, rng, stats, p, seq.tokens); });
+                                   [&] { x = proposer.Propose({input}, n - 1 + j, context, p); });
         p.tokens.push_back(x);
         input = x;
       }
     }
   }
   stats.times.draft_ms += draft_ms;
-  ++(cascade ? stats.steps_cascade : stats.steps_speculative);
+  ++(proposer.kind() == StepKind::kCascade ? stats.steps_cascade : stats.steps_speculative);
   stats.length_sum += L;
 
   // 2. Verify the tree in one target call: replica d gets the root and branches
@@ -464,7 +359,7 @@ void CascadeEngine::BranchingStep(Sequence& seq, const GenerateOptions& options,
   const int64_t examined = std::min<int64_t>(k + 1, L);
   stats.attempted += examined;
   stats.accepted += k;
-  cost_.ObserveAcceptance(cascade, examined, k);
+  cost_.ObserveAcceptance(proposer.kind(), examined, k);
   if (static_cast<int64_t>(stats.position_attempted.size()) < L) {
     stats.position_attempted.resize(L, 0);
     stats.position_accepted.resize(L, 0);
@@ -485,7 +380,7 @@ void CascadeEngine::BranchingStep(Sequence& seq, const GenerateOptions& options,
 }
 
 // Draft -> target: propose L tokens with the draft, verify them in one target call, accept.
-void CascadeEngine::SpeculativeStep(Sequence& seq, const GenerateOptions& options, bool cascade, int64_t length,
+void CascadeEngine::SpeculativeStep(Sequence& seq, const GenerateOptions& options, Proposer& proposer, int64_t length,
                                     Rng& rng, GenerationStats& stats) {
   const int64_t n = static_cast<int64_t>(seq.tokens.size());
   const size_t vocab = static_cast<size_t>(target_->config().vocab_size);
@@ -499,20 +394,21 @@ void CascadeEngine::SpeculativeStep(Sequence& seq, const GenerateOptions& option
   //    The first draft call also feeds what the draft has not seen of the last round (the main
   //    loop leaves it one token: the last accepted proposal before the bonus token).
   Proposal proposal;
+  const ProposeContext context{options, rng, stats, seq.tokens};
   const int64_t seen = std::min(seq.draft_valid, n - 1);
   std::vector<int32_t> inputs(seq.tokens.begin() + seen, seq.tokens.end());
   int64_t position = seen;
   for (int64_t j = 0; j < L; ++j) {
     int32_t x = -1;
     const double ms = TimedExecution(*draft_, stats.times.compile_ms,
-                                     [&] { x = DraftPropose(inputs, position, options, cascade, rng, stats, proposal, seq.tokens); });
+                                     [&] { x = proposer.Propose(inputs, position, context, proposal); });
     stats.times.draft_ms += ms;
-    cost_.ObserveDraftStep(cascade, ms);
+    cost_.ObserveDraftStep(proposer.kind(), ms);
     proposal.tokens.push_back(x);
     position += static_cast<int64_t>(inputs.size());
     inputs = {x};
   }
-  ++(cascade ? stats.steps_cascade : stats.steps_speculative);
+  ++(proposer.kind() == StepKind::kCascade ? stats.steps_cascade : stats.steps_speculative);
   stats.length_sum += L;
   seq.draft_valid = n - 1 + L;  // holds [last, x_1..x_{L-1}]
 
@@ -550,7 +446,7 @@ void CascadeEngine::SpeculativeStep(Sequence& seq, const GenerateOptions& option
   stats.proposed += L;
   const int64_t examined = std::min<int64_t>(static_cast<int64_t>(verdict.accepted) + 1, L);
   stats.attempted += examined;
-  cost_.ObserveAcceptance(cascade, examined, static_cast<int64_t>(verdict.accepted));
+  cost_.ObserveAcceptance(proposer.kind(), examined, static_cast<int64_t>(verdict.accepted));
   stats.accepted += static_cast<int64_t>(verdict.accepted);
   if (static_cast<int64_t>(stats.position_attempted.size()) < L) {
     stats.position_attempted.resize(L, 0);
@@ -748,10 +644,11 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
       const int64_t upto = options.branches == 1 && n - 1 - seq.draft_valid == 1 ? n - 2 : n - 1;
       (generated == 0 ? stats.times.prefill_ms : stats.times.draft_ms) += TimedExecution(
           *draft_, stats.times.compile_ms, [&] { CatchUp(*draft_, seq.draft_valid, seq.tokens, upto, options, generated == 0 ? "prefill" : "catch-up"); });
+      Proposer& proposer = kind == StepKind::kCascade ? *tiny_draft_proposer_ : *draft_proposer_;
       if (options.branches > 1)
-        BranchingStep(seq, options, kind == StepKind::kCascade, length, rng, stats);
+        BranchingStep(seq, options, proposer, length, rng, stats);
       else
-        SpeculativeStep(seq, options, kind == StepKind::kCascade, length, rng, stats);
+        SpeculativeStep(seq, options, proposer, length, rng, stats);
     }
     // Deliver the new tokens, cut at max_tokens and after a stop token.
     std::vector<int32_t> fresh(seq.tokens.begin() + before, seq.tokens.end());

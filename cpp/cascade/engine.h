@@ -1,8 +1,8 @@
 // The generation loop: target-only decoding and speculative decoding (draft -> target), and the
 // cascade (tiny -> draft -> target) built on them. One readable function per stage; the loop in
 // Generate() reads like the algorithm of docs/how-the-cascade-works.md:
-//   catch up the caches -> propose (draft, restricted to the tiny's candidates) -> verify (one
-//   target call) -> accept (exact) -> commit.
+//   catch up the caches -> propose (a Proposer: the draft, or tiny -> draft; cascade/proposer.h)
+//   -> verify (one target call) -> accept (exact) -> commit.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +16,7 @@
 #include "cascade/acceptance.h"
 #include "cascade/cost_model.h"
 #include "cascade/distribution.h"
+#include "cascade/proposer.h"
 #include "cascade/random.h"
 #include "model/decoder.h"
 #include "model/tiny.h"
@@ -186,21 +187,11 @@ class CascadeEngine {
                const GenerateOptions& options, const char* stage);
   void TargetOnlyStep(Sequence& seq, const GenerateOptions& options, Rng& rng, GenerationStats& stats);
   // B > 1 branches: proposals as a tree, one tree-masked verify call.
-  void BranchingStep(Sequence& seq, const GenerateOptions& options, bool cascade, int64_t length, Rng& rng,
+  void BranchingStep(Sequence& seq, const GenerateOptions& options, Proposer& proposer, int64_t length, Rng& rng,
                      GenerationStats& stats);
-  // Draft -> target (cascade: tiny -> draft -> target when `cascade`).
-  void SpeculativeStep(Sequence& seq, const GenerateOptions& options, bool cascade, int64_t length, Rng& rng,
+  // Proposer -> target: L proposals, verified in one target call, accepted exactly.
+  void SpeculativeStep(Sequence& seq, const GenerateOptions& options, Proposer& proposer, int64_t length, Rng& rng,
                        GenerationStats& stats);
-  // One draft step: `inputs` (usually one token) at positions `position`.., the proposal after the
-  // last of them and the distribution it was drawn from. The penalties see `committed` followed by
-  // the chain's earlier proposals (`proposal.tokens`), as the target's p at that position does.
-  int32_t DraftPropose(const std::vector<int32_t>& inputs, int64_t position, const GenerateOptions& options, bool cascade, Rng& rng,
-                       GenerationStats& stats, Proposal& proposal, const std::vector<int32_t>& committed);
-  // The draft's (restricted) distribution at `position` without sampling: q~ and, for T = 0, the
-  // candidates ranked; used for the shared first step of several branches (after `committed`).
-  TokenDist DraftDistribution(int32_t input, int64_t position, const GenerateOptions& options, bool cascade,
-                              GenerationStats& stats, std::vector<int32_t>* ranked, size_t top,
-                              const std::vector<int32_t>& committed);
 
   std::shared_ptr<Client> client_;
   EngineOptions options_;
@@ -214,12 +205,13 @@ class CascadeEngine {
 
   std::vector<DraftCandidate> draft_candidates_;
   bool has_tiny_ = false;
+  // The drafting strategies (cascade/proposer.h): the draft alone, and (with a tiny) tiny -> draft.
+  std::unique_ptr<Proposer> draft_proposer_, tiny_draft_proposer_;
   CostModel cost_;  // learned over the engine's lifetime
   std::map<int64_t, ResidentSequence> sequences_;
   int64_t active_sequence_ = 0;
   uint64_t target_version_ = 0, draft_version_ = 0;  // the models' cache_version() after the active sequence's last call
   uint64_t use_clock_ = 0;
-  int64_t draft_steps_ = 0;  // for spacing the gamma0 samples
 };
 
 // The first `layers` layers of `model` with its final norm and head: a self-speculative draft.

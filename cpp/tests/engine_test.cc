@@ -148,13 +148,13 @@ TEST(Engine, AutoModeAndDynamicHorizonKeepGreedyOutputIdentical) {
   EXPECT_NEAR(CostModel::ExpectedTokens(0.9, 4), (1 - std::pow(0.9, 5)) / 0.1, 1e-9);
   CostModel m;
   m.ObserveDecode(10);
-  m.ObserveDraftStep(false, 1);
+  m.ObserveDraftStep(StepKind::kSpeculative, 1);
   m.ObserveVerify(2, 12);
   m.ObserveVerify(5, 15);
-  m.ObserveAcceptance(false, 4, 4);
+  m.ObserveAcceptance(StepKind::kSpeculative, 4, 4);
   EXPECT_NEAR(m.VerifyMs(4), 15, 1e-9);  // the line through (2, 12) and (5, 15)
   EXPECT_GT(m.BestLength(StepKind::kSpeculative, {1, 2, 4, 8}).length, 1);  // high acceptance: long proposals pay
-  for (int i = 0; i < 20; ++i) m.ObserveAcceptance(false, 1, 0);
+  for (int i = 0; i < 20; ++i) m.ObserveAcceptance(StepKind::kSpeculative, 1, 0);
   EXPECT_EQ(m.BestLength(StepKind::kSpeculative, {1, 2, 4, 8}).length, 1);
   EXPECT_LT(m.PredictedSpeedup(StepKind::kSpeculative, 1), 1.0);  // no acceptance: slower than the target
 }

@@ -1,0 +1,131 @@
+#include "cascade/proposer.h"
+
+#include <algorithm>
+#include <string>
+
+#include "cascade/engine.h"
+#include "pjrt/errors.h"
+
+namespace cascade {
+namespace {
+
+// The draft distribution as used in the acceptance ratio: the transformed one, or (testing
+// only) the plain softmax, which breaks exactness.
+TokenDist RatioDist(const float* logits, size_t vocab, const SamplingParams& sampling, bool broken) {
+  if (!broken) return Transform(logits, vocab, sampling);
+  SamplingParams plain;
+  plain.temperature = 1.0;
+  return Transform(logits, vocab, plain);
+}
+
+// T = 0 ranks by the plain softmax after bias and penalties: its first is the transform's argmax.
+SamplingParams RankingParams(const SamplingParams& sampling) {
+  SamplingParams ranking = sampling;
+  if (ranking.greedy()) {
+    ranking.temperature = 1.0;
+    ranking.top_k = 0;
+    ranking.top_p = 1.0;
+    ranking.min_p = 0.0;
+  }
+  return ranking;
+}
+
+}  // namespace
+
+void CheckInterrupted(const GenerateOptions& options, const char* stage) {
+  if (options.interrupted && options.interrupted())
+    throw Error(ErrorKind::kAborted, std::string("generation aborted during ") + stage);
+}
+
+bool ArgmaxOnly(const SamplingParams& sampling) { return sampling.greedy() && !sampling.shapes_logits(); }
+
+HeadSpec HeadFor(const SamplingParams& sampling) {
+  return {ArgmaxOnly(sampling) ? HeadKind::kArgmax : HeadKind::kLogits, 0};
+}
+
+int32_t Choose(const TokenDist& dist, const SamplingParams& sampling, Rng& rng) {
+  return sampling.greedy() ? dist.Argmax() : dist.Sample(rng);
+}
+
+int32_t DraftProposer::Propose(const std::vector<int32_t>& inputs, int64_t position, const ProposeContext& context,
+                               Proposal& proposal) {
+  const GenerateOptions& options = context.options;
+  const size_t vocab = static_cast<size_t>(draft_.config().vocab_size);
+  CheckInterrupted(options, "draft");
+  ++context.stats.draft_calls;
+  // The proposal comes from the last input's row; the rows before it only fill the draft's cache.
+  const size_t last = inputs.size() - 1;
+  ForwardResult r = draft_.Forward(inputs, position, HeadFor(options.sampling));
+  if (ArgmaxOnly(options.sampling)) return r.argmax[last];
+  // The context of this proposal: the committed tokens and the chain's proposals so far.
+  const TokenHistory history(context.committed, proposal.tokens.data(), proposal.tokens.size());
+  TokenDist q = Transform(r.logits.data() + last * vocab, vocab, options.sampling, nullptr, history);
+  if (options.sampling.greedy()) return q.Argmax();
+  const int32_t x = q.Sample(context.rng);
+  proposal.q.push_back(options.broken_acceptance_for_testing
+                           ? RatioDist(r.logits.data() + last * vocab, vocab, options.sampling, true)
+                           : std::move(q));
+  return x;
+}
+
+TokenDist DraftProposer::Distribution(int32_t input, int64_t position, const ProposeContext& context,
+                                      std::vector<int32_t>* ranked, size_t top) {
+  CheckInterrupted(context.options, "draft");
+  ++context.stats.draft_calls;
+  // Always the logits (not the argmax head): several branches need the ranking even at T = 0.
+  const size_t vocab = static_cast<size_t>(draft_.config().vocab_size);
+  ForwardResult r = draft_.Forward({input}, position, {HeadKind::kLogits, 0});
+  TokenDist q = Transform(r.logits.data(), vocab, RankingParams(context.options.sampling), nullptr,
+                          TokenHistory(context.committed));
+  if (ranked) *ranked = q.TopN(top);
+  return q;
+}
+
+int32_t TinyDraftProposer::Propose(const std::vector<int32_t>& inputs, int64_t position, const ProposeContext& context,
+                                   Proposal& proposal) {
+  const GenerateOptions& options = context.options;
+  CheckInterrupted(options, "draft");
+  ++context.stats.draft_calls;
+  const size_t last = inputs.size() - 1;
+  const bool measure = options.coverage_every > 0 && calls_++ % options.coverage_every == 0;
+  HeadSpec head{HeadKind::kCandidates, options.candidates};
+  head.full_argmax = measure;
+  ForwardResult r = draft_.Forward(inputs, position, head);
+  const size_t k0 = static_cast<size_t>(options.candidates);
+  const int32_t* ids = r.candidate_ids.data() + last * k0;
+  if (measure) {
+    ++context.stats.coverage_samples;
+    if (std::find(ids, ids + k0, r.full_argmax[last]) != ids + k0) ++context.stats.coverage_hits;
+  }
+  if (ArgmaxOnly(options.sampling)) return r.argmax[last];  // the best candidate
+  // q~: the user's transform of the draft's logits over the candidates, zero elsewhere.
+  const TokenHistory history(context.committed, proposal.tokens.data(), proposal.tokens.size());
+  TokenDist q = Transform(r.candidate_logits.data() + last * k0, k0, options.sampling, ids, history);
+  if (options.sampling.greedy()) return q.Argmax();
+  const int32_t x = q.Sample(context.rng);
+  if (options.broken_acceptance_for_testing) {
+    // Negative control: the draft's unrestricted softmax in the ratio (biased; see
+    // docs/how-the-cascade-works.md, step 4).
+    const int64_t input_position = position + static_cast<int64_t>(last);
+    ForwardResult full = draft_.Forward({inputs.back()}, input_position, {HeadKind::kLogits, 0});
+    const size_t vocab = static_cast<size_t>(draft_.config().vocab_size);
+    proposal.q.push_back(RatioDist(full.logits.data(), vocab, options.sampling, true));
+  } else {
+    proposal.q.push_back(std::move(q));
+  }
+  return x;
+}
+
+TokenDist TinyDraftProposer::Distribution(int32_t input, int64_t position, const ProposeContext& context,
+                                          std::vector<int32_t>* ranked, size_t top) {
+  CheckInterrupted(context.options, "draft");
+  ++context.stats.draft_calls;
+  const GenerateOptions& options = context.options;
+  ForwardResult r = draft_.Forward({input}, position, {HeadKind::kCandidates, options.candidates});
+  TokenDist q = Transform(r.candidate_logits.data(), static_cast<size_t>(options.candidates),
+                          RankingParams(options.sampling), r.candidate_ids.data(), TokenHistory(context.committed));
+  if (ranked) *ranked = q.TopN(top);
+  return q;
+}
+
+}  // namespace cascade

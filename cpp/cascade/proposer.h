@@ -1,0 +1,89 @@
+// Drafting strategies: how a round's proposals are made. One implementation per strategy behind
+// one interface (as llama.cpp's common/speculative.cpp has one per drafting method); the engine's
+// speculative and branching steps take whichever the round uses:
+//   DraftProposer      the draft model alone, over the whole vocabulary (mode 'speculative')
+//   TinyDraftProposer  the tiny's K0 candidates, then the draft restricted to them, in one
+//                      program (mode 'cascade'; docs/how-the-cascade-works.md, steps 1-2)
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "cascade/acceptance.h"
+#include "cascade/cost_model.h"
+#include "cascade/distribution.h"
+#include "cascade/random.h"
+#include "model/decoder.h"
+
+namespace cascade {
+
+struct GenerateOptions;   // cascade/engine.h
+struct GenerationStats;   // cascade/engine.h
+
+// What one draft call needs from the round: the user's options, the sampler's randomness, the
+// statistics to count into, and the committed tokens (the penalties' context).
+struct ProposeContext {
+  const GenerateOptions& options;
+  Rng& rng;
+  GenerationStats& stats;
+  const std::vector<int32_t>& committed;
+};
+
+class Proposer {
+ public:
+  virtual ~Proposer() = default;
+  // The cost model's name for the rounds this strategy drives.
+  virtual StepKind kind() const = 0;
+  // One draft call: `inputs` (usually one token; a round's first call also feeds what the draft
+  // has not seen) at positions position..; returns the proposal after the last of them. At T > 0
+  // appends the distribution it was drawn from to proposal.q (the q~ of the acceptance ratio).
+  virtual int32_t Propose(const std::vector<int32_t>& inputs, int64_t position, const ProposeContext& context,
+                          Proposal& proposal) = 0;
+  // The distribution after `input` at `position` without sampling, and (ranked) its `top` most
+  // likely tokens: the shared first step of several branches. T = 0 ranks by the plain softmax.
+  virtual TokenDist Distribution(int32_t input, int64_t position, const ProposeContext& context,
+                                 std::vector<int32_t>* ranked, size_t top) = 0;
+};
+
+// The draft model's full next-token distribution.
+class DraftProposer : public Proposer {
+ public:
+  explicit DraftProposer(DecoderModel& draft) : draft_(draft) {}
+  StepKind kind() const override { return StepKind::kSpeculative; }
+  int32_t Propose(const std::vector<int32_t>& inputs, int64_t position, const ProposeContext& context,
+                  Proposal& proposal) override;
+  TokenDist Distribution(int32_t input, int64_t position, const ProposeContext& context, std::vector<int32_t>* ranked,
+                         size_t top) override;
+
+ private:
+  DecoderModel& draft_;
+};
+
+// The tiny's K0 candidates, then the draft's distribution restricted to them (zero elsewhere),
+// computed in one program (HeadKind::kCandidates). Every GenerateOptions::coverage_every-th call
+// also measures gamma0 (the draft's unrestricted argmax among the candidates).
+class TinyDraftProposer : public Proposer {
+ public:
+  explicit TinyDraftProposer(DecoderModel& draft) : draft_(draft) {}
+  StepKind kind() const override { return StepKind::kCascade; }
+  int32_t Propose(const std::vector<int32_t>& inputs, int64_t position, const ProposeContext& context,
+                  Proposal& proposal) override;
+  TokenDist Distribution(int32_t input, int64_t position, const ProposeContext& context, std::vector<int32_t>* ranked,
+                         size_t top) override;
+
+ private:
+  DecoderModel& draft_;
+  int64_t calls_ = 0;  // for spacing the gamma0 samples
+};
+
+// ---- shared by the proposers and the engine's steps ----
+// Throws Error(kAborted) when the caller asked to stop (GenerateOptions::interrupted).
+void CheckInterrupted(const GenerateOptions& options, const char* stage);
+// Plain greedy decoding: the model's argmax head is the answer. Bias and penalties move the
+// argmax, so with them even T = 0 takes the full logits and the argmax after the transform.
+bool ArgmaxOnly(const SamplingParams& sampling);
+HeadSpec HeadFor(const SamplingParams& sampling);
+// The token taken from a transformed distribution: its argmax at T = 0 (no randomness), else a draw.
+int32_t Choose(const TokenDist& dist, const SamplingParams& sampling, Rng& rng);
+
+}  // namespace cascade
