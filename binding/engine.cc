@@ -185,20 +185,26 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       Napi::Int32Array ids = array.As<Napi::Int32Array>();
       prompt.assign(ids.Data(), ids.Data() + ids.ElementLength());
       Napi::Object o = info[1].As<Napi::Object>();
-      const std::string mode = o.Get("mode").IsString() ? o.Get("mode").As<Napi::String>().Utf8Value() : "target";
-      if (mode == "target") options->mode = DecodeMode::kTarget;
-      else if (mode == "speculative") options->mode = DecodeMode::kSpeculative;
-      else if (mode == "cascade") options->mode = DecodeMode::kCascade;
-      else if (mode == "auto") options->mode = DecodeMode::kAuto;
-      else throw InvalidArgumentError("mode must be 'target', 'speculative', 'cascade' or 'auto'");
-      options->sampling.temperature = NumberFromJs(o, "temperature", 0);
-      options->sampling.top_k = static_cast<int>(NumberFromJs(o, "topK", 0));
-      options->sampling.top_p = NumberFromJs(o, "topP", 1);
-      options->sampling.min_p = NumberFromJs(o, "minP", 0);
-      options->sampling.repeat_penalty = NumberFromJs(o, "repeatPenalty", 1);
-      options->sampling.presence_penalty = NumberFromJs(o, "presencePenalty", 0);
-      options->sampling.frequency_penalty = NumberFromJs(o, "frequencyPenalty", 0);
-      options->sampling.penalty_last_n = static_cast<int64_t>(NumberFromJs(o, "penaltyLastN", 64));
+      // Every value is optional: what is missing keeps the default of the C++ options structs
+      // (GenerateOptions, SamplingParams; k1/k0: the engine's), the one place defaults live.
+      GenerateOptions& g = *options;
+      if (!o.Get("mode").IsUndefined()) {
+        const std::string mode = o.Get("mode").IsString() ? o.Get("mode").As<Napi::String>().Utf8Value() : "";
+        if (mode == "target") g.mode = DecodeMode::kTarget;
+        else if (mode == "speculative") g.mode = DecodeMode::kSpeculative;
+        else if (mode == "cascade") g.mode = DecodeMode::kCascade;
+        else if (mode == "auto") g.mode = DecodeMode::kAuto;
+        else throw InvalidArgumentError("mode must be 'target', 'speculative', 'cascade' or 'auto'");
+      }
+      SamplingParams& sp = g.sampling;
+      sp.temperature = NumberFromJs(o, "temperature", sp.temperature);
+      sp.top_k = static_cast<int>(NumberFromJs(o, "topK", sp.top_k));
+      sp.top_p = NumberFromJs(o, "topP", sp.top_p);
+      sp.min_p = NumberFromJs(o, "minP", sp.min_p);
+      sp.repeat_penalty = NumberFromJs(o, "repeatPenalty", sp.repeat_penalty);
+      sp.presence_penalty = NumberFromJs(o, "presencePenalty", sp.presence_penalty);
+      sp.frequency_penalty = NumberFromJs(o, "frequencyPenalty", sp.frequency_penalty);
+      sp.penalty_last_n = static_cast<int64_t>(NumberFromJs(o, "penaltyLastN", static_cast<double>(sp.penalty_last_n)));
       // logitBias as two arrays: token ids (Int32Array) and their biases (Float64Array, -Infinity bans).
       Napi::Value bias_ids = o.Get("logitBiasIds");
       Napi::Value bias_values = o.Get("logitBiasValues");
@@ -211,13 +217,13 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
         Napi::Float64Array values = bias_values.As<Napi::Float64Array>();
         for (size_t i = 0; i < ids.ElementLength(); ++i) options->sampling.logit_bias[ids[i]] = values[i];
       }
-      options->seed = static_cast<uint64_t>(NumberFromJs(o, "seed", 0));
-      options->max_tokens = static_cast<int64_t>(NumberFromJs(o, "maxTokens", 64));
-      options->proposal_length = static_cast<int64_t>(NumberFromJs(o, "proposalLength", 4));
-      options->candidates = static_cast<int64_t>(NumberFromJs(o, "candidates", 64));
-      options->dynamic_length = o.Get("dynamicLength").ToBoolean();
-      options->branches = static_cast<int64_t>(NumberFromJs(o, "branches", 1));
-      options->sequence = static_cast<int64_t>(NumberFromJs(o, "sequence", 0));
+      g.seed = static_cast<uint64_t>(NumberFromJs(o, "seed", static_cast<double>(g.seed)));
+      g.max_tokens = static_cast<int64_t>(NumberFromJs(o, "maxTokens", static_cast<double>(g.max_tokens)));
+      g.proposal_length = static_cast<int64_t>(NumberFromJs(o, "k1", static_cast<double>(g.proposal_length)));
+      g.candidates = static_cast<int64_t>(NumberFromJs(o, "k0", static_cast<double>(g.candidates)));
+      if (!o.Get("dynamicHorizon").IsUndefined()) g.dynamic_length = o.Get("dynamicHorizon").ToBoolean();
+      g.branches = static_cast<int64_t>(NumberFromJs(o, "branches", static_cast<double>(g.branches)));
+      g.sequence = static_cast<int64_t>(NumberFromJs(o, "sequence", static_cast<double>(g.sequence)));
       options->broken_acceptance_for_testing = o.Get("brokenAcceptanceForTesting").ToBoolean();
       Napi::Value stops = o.Get("stopTokens");
       if (stops.IsTypedArray()) {
@@ -392,14 +398,13 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
     if (o.Get("tiny").IsString()) load.tiny = o.Get("tiny").As<Napi::String>().Utf8Value();
     load.fit_tiny = o.Get("fitTiny").ToBoolean();
     load.warmup = o.Get("warmup").ToBoolean();
-    load.warmup_candidates = static_cast<int64_t>(NumberFromJs(o, "k0", static_cast<double>(load.warmup_candidates)));
     if (o.Get("tinyCachePath").IsString()) load.tiny_cache = o.Get("tinyCachePath").As<Napi::String>().Utf8Value();
     options.target_precision = PrecisionFromJs(o, "targetPrecision", options.target_precision);
     options.draft_precision = PrecisionFromJs(o, "draftPrecision", options.draft_precision);
     options.max_context = static_cast<int64_t>(NumberFromJs(o, "maxContext", static_cast<double>(options.max_context)));
     options.draft_layers = static_cast<int64_t>(NumberFromJs(o, "draftLayers", 0));
-    options.planned_proposal_length =
-        static_cast<int64_t>(NumberFromJs(o, "k1", static_cast<double>(options.planned_proposal_length)));
+    options.proposal_length = static_cast<int64_t>(NumberFromJs(o, "k1", static_cast<double>(options.proposal_length)));
+    options.candidates = static_cast<int64_t>(NumberFromJs(o, "k0", static_cast<double>(options.candidates)));
     options.device_index = static_cast<size_t>(NumberFromJs(o, "deviceIndex", 0));
     options.devices = static_cast<int64_t>(NumberFromJs(o, "devices", 1));
     options.max_sequences = static_cast<int64_t>(NumberFromJs(o, "maxSequences", static_cast<double>(options.max_sequences)));

@@ -69,10 +69,68 @@ export interface NativeClient {
   close(): void;
 }
 
+/**
+ * What `loadEngine` reads (binding/engine.cc -> EngineLoadOptions in cpp/cascade/loading.h).
+ * Every field is optional where it has a default: a missing one keeps the C++ struct's default,
+ * the one place defaults live.
+ * @internal
+ */
+export interface NativeLoadOptions {
+  target: string;
+  draft?: string;
+  tiny?: string;
+  fitTiny?: boolean;
+  tinyCachePath?: string;
+  targetPrecision?: 'f32' | 'bf16' | 'int8';
+  draftPrecision?: 'f32' | 'bf16' | 'int8';
+  maxContext?: number;
+  draftLayers?: number;
+  devices?: number;
+  maxSequences?: number;
+  /** Default L and K0 of generations (and what warm-up compiles for). */
+  k1?: number;
+  k0?: number;
+  warmup?: boolean;
+  deviceMemoryLimit?: number;
+}
+
+/**
+ * What `NativeEngine.generate` reads (-> GenerateOptions / SamplingParams in cpp/cascade/engine.h
+ * and distribution.h); missing fields keep those structs' defaults.
+ * @internal
+ */
+export interface NativeGenerateOptions {
+  mode?: 'target' | 'speculative' | 'cascade' | 'auto';
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  minP?: number;
+  repeatPenalty?: number;
+  presencePenalty?: number;
+  frequencyPenalty?: number;
+  penaltyLastN?: number;
+  logitBiasIds?: Int32Array;
+  logitBiasValues?: Float64Array;
+  seed?: number;
+  maxTokens?: number;
+  k1?: number;
+  k0?: number;
+  dynamicHorizon?: boolean;
+  branches?: number;
+  /** The conversation whose KV caches to continue (0: plain generate calls). */
+  sequence?: number;
+  stopTokens?: Int32Array;
+  brokenAcceptanceForTesting?: boolean;
+}
+
 /** @internal */
 export interface NativeAddon {
   openClient(pluginPath: string, options: { cpuDeviceCount?: number }): Promise<NativeClient>;
-  loadEngine(client: NativeClient, options: object, onProgress?: (stage: 'compile', done: number, total: number) => void): { promise: Promise<unknown>; cancel(): void };
+  loadEngine(
+    client: NativeClient,
+    options: NativeLoadOptions,
+    onProgress?: (stage: 'compile', done: number, total: number) => void,
+  ): { promise: Promise<unknown>; cancel(): void };
   distillTiny(client: NativeClient, options: object, onProgress?: (done: number, total: number) => void): { promise: Promise<unknown>; cancel(): void };
   pjrtHeaderVersion: string;
   measureBandwidth(): Promise<number>;

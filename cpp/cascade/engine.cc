@@ -166,7 +166,7 @@ int64_t CascadeEngine::ChooseDraftLayers(const ModelWeights& target, const Decod
   // All layers at a lower precision: the design's INT8 draft, of the target itself (top-1 agreement
   // ~98% on SmolLM2, docs/precision.md), where no smaller model of the family exists.
   if (StepBytes(c, draft_options.precision) < full) candidates.push_back(c.num_layers);
-  const int64_t L = std::max<int64_t>(1, options_.planned_proposal_length);
+  const int64_t L = std::max<int64_t>(1, options_.proposal_length);
   int64_t best = candidates.front();
   double best_speedup = -1;
   for (int64_t n : candidates) {
@@ -545,7 +545,12 @@ std::vector<float> CascadeEngine::TargetLogits(const std::vector<int32_t>& token
   return out;
 }
 
-GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const GenerateOptions& options) {
+GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const GenerateOptions& requested) {
+  // What the call left unset takes the engine's defaults (one default per setting: EngineOptions).
+  GenerateOptions options = requested;
+  if (options.proposal_length == 0) options.proposal_length = options_.proposal_length;
+  if (options.candidates == 0) options.candidates = options_.candidates;
+  const bool dynamic_length = options.dynamic_length.value_or(options.mode == DecodeMode::kAuto);
   ValidateSamplingParams(options.sampling, target_->config().vocab_size);
   if (prompt.empty()) throw InvalidArgumentError("the prompt has no tokens");
   if (options.max_tokens < 0) throw InvalidArgumentError("maxTokens must be >= 0");
@@ -633,8 +638,8 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
     if (mode == DecodeMode::kAuto) {
       StepChoice choice = cost_.Choose(true, has_tiny_, lengths, round++);
       kind = choice.kind;
-      length = options.dynamic_length ? choice.length : options.proposal_length;
-    } else if (options.dynamic_length && kind != StepKind::kTarget) {
+      length = dynamic_length ? choice.length : options.proposal_length;
+    } else if (dynamic_length && kind != StepKind::kTarget) {
       length = cost_.BestLength(kind, lengths).length;
     }
     if (kind == StepKind::kTarget) {

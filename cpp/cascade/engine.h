@@ -35,8 +35,11 @@ struct EngineOptions {
   // Self-speculative draft: the target's first `draft_layers` layers + final norm + head, used
   // when no draft model is given. 0: chosen by the cost model (see ChooseDraftLayers).
   int64_t draft_layers = 0;
-  // The proposal length the draft choice is optimised for.
-  int64_t planned_proposal_length = 4;
+  // L (k1): draft tokens per target call, for generations that do not set their own, and what the
+  // self-speculative draft's depth is chosen for.
+  int64_t proposal_length = 4;
+  // K0 (k0): the tiny's candidates per draft step, for generations that do not set their own.
+  int64_t candidates = 64;
   size_t device_index = 0;
   // pmap-style verification: the target (weights and KV cache) replicated on devices 0..D-1; with
   // several branches, each device verifies a balanced share of them in the same call.
@@ -48,17 +51,17 @@ struct EngineOptions {
 };
 
 struct GenerateOptions {
-  DecodeMode mode = DecodeMode::kTarget;
+  DecodeMode mode = DecodeMode::kSpeculative;
   SamplingParams sampling;
   uint64_t seed = 0;
-  int64_t max_tokens = 64;
+  int64_t max_tokens = 128;
   // Which resident sequence (KV caches) to continue: the prompt's longest common prefix with what
   // that sequence's caches hold is not computed again (llama.cpp's prompt cache). Any id; ids the
   // engine has not seen start empty. 0 is the default sequence of plain generate calls.
   int64_t sequence = 0;
   std::vector<int32_t> stop_tokens;  // e.g. EOS ids: generation ends after emitting one
-  int64_t proposal_length = 4;       // L (the design's K1): draft tokens per target call
-  int64_t candidates = 64;           // K0: the tiny's candidates per draft step (cascade mode)
+  int64_t proposal_length = 0;  // L (k1; the design's K1): draft tokens per target call. 0: EngineOptions'
+  int64_t candidates = 0;       // K0 (k0): the tiny's candidates per draft step (cascade). 0: EngineOptions'
   // B: proposal branches per step (the design's several proposals). Their first tokens are drawn
   // i.i.d. from q~_1 (at T = 0: its top B), each continued as a chain; all are verified in one
   // target call with a tree mask and accepted by multi-step speculative sampling (SpecInfer).
@@ -68,7 +71,8 @@ struct GenerateOptions {
   int64_t coverage_every = 8;
   // Dynamic horizon (seed: future optimisation 1): pick L per step from the measured costs and
   // acceptance, among 1, 2, 3, 4, 6, 8, 12, 16 up to proposal_length.
-  bool dynamic_length = false;
+  // Unset: on in DecodeMode::kAuto, off otherwise.
+  std::optional<bool> dynamic_length;
   // Called with each batch of newly committed tokens; return false to stop (abort, stop strings).
   std::function<bool(const std::vector<int32_t>&)> on_tokens;
   // Polled before every device call (each prefill chunk, draft step and verify): when it returns

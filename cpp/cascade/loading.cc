@@ -103,7 +103,7 @@ std::shared_ptr<CascadeEngine> LoadEngine(std::shared_ptr<Client> client, const 
     engine->SetTiny(*tiny);
   }
   if (options.warmup) {
-    engine->Warmup(options.engine.planned_proposal_length, options.warmup_candidates, [&](int64_t done, int64_t total) {
+    engine->Warmup(options.engine.proposal_length, options.engine.candidates, [&](int64_t done, int64_t total) {
       check("during the warm-up compile");
       if (compile_progress) compile_progress(done, total);
     });

@@ -25,10 +25,9 @@ struct EngineLoadOptions {
   bool fit_tiny = false;
   std::string tiny_cache;
   int64_t tiny_fit_positions = 1500;  // positions of target-written text the load-time fit uses
-  // Compile the programs a greedy generation uses now (EngineOptions::planned_proposal_length,
-  // warmup_candidates) instead of on first use.
+  // Compile the programs a greedy generation with the engine's default k1 and k0 uses now,
+  // instead of on first use.
   bool warmup = false;
-  int64_t warmup_candidates = 64;
   // Device memory the models may use, bytes; 0: what the device reports (CheckDeviceMemory).
   int64_t device_memory_limit = 0;
 };

@@ -190,6 +190,7 @@ TEST(Engine, ShardedVerificationGivesTheSameTokensOnOneTwoAndFourDevices) {
   ModelWeights target = testing::SmallRandomModel(config, 16, 1.0f);
   const std::vector<int32_t> prompt = {3, 1, 4, 1, 5};
   GenerateOptions g;
+  g.mode = DecodeMode::kTarget;
   g.max_tokens = 24;
   const auto greedy_reference = [&] {
     CascadeEngine one(client, target, std::nullopt, Options());
@@ -224,6 +225,7 @@ TEST(Engine, StopTokensMaxTokensAndCallbacks) {
   ModelWeights target = testing::SmallRandomModel(testing::SmallLlama(false), 21, 1.0f);
   CascadeEngine engine(Cpu(), target, std::nullopt, Options());
   GenerateOptions g;
+  g.mode = DecodeMode::kTarget;
   g.max_tokens = 12;
   auto full = engine.Generate({1, 2, 3}, g).tokens;
   ASSERT_EQ(full.size(), 12u);

@@ -35,6 +35,7 @@ TEST(SmolLM2, EveryModeIsIdenticalToTargetGreedy) {
   // "The three primary colors are" in SmolLM2's vocabulary (ids from its tokenizer).
   const std::vector<int32_t> prompt = {504, 1296, 3003, 4683, 359};
   GenerateOptions g;
+  g.mode = DecodeMode::kTarget;
   g.max_tokens = 20;
   const auto reference = engine.Generate(prompt, g).tokens;
   ASSERT_EQ(reference.size(), 20u);

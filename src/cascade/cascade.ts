@@ -9,7 +9,7 @@ import { access, copyFile, mkdir, readFile, rename, rm, stat, writeFile } from '
 import path from 'node:path';
 
 import { DisposedError, InvalidArgumentError, type OutOfMemoryError } from '../errors.js';
-import { call, callSync, native } from '../native.js';
+import { call, callSync, native, type NativeGenerateOptions } from '../native.js';
 import { resolveModel, type ResolveProgress } from '../models/catalog.js';
 import { Runtime } from '../runtime/runtime.js';
 import { Tokenizer, type ChatMessage } from '../tokenizer/index.js';
@@ -87,9 +87,12 @@ export interface CascadeLoadOptions {
    * cache of `maxContext` tokens (`info.memory.*.kvCacheBytes`). Default 4.
    */
   maxSequences?: number;
-  /** Default number of tiny candidates per draft step (K0). */
+  /** Tiny candidates per draft step (K0) for generations that do not set `k0`. Default 64. */
   k0?: number;
-  /** Default number of draft proposals per target call (K1, the proposal length L). */
+  /**
+   * Draft proposals per target call (K1, the proposal length L) for generations that do not set
+   * `k1`, and what the self-speculative draft's depth is chosen for. Default 4.
+   */
   k1?: number;
   /**
    * Device memory the models may use, in bytes. Before anything is uploaded, the weights at their
@@ -166,9 +169,9 @@ export interface GenerateOptions {
    * lets the cost model pick target-only, speculative or cascade decoding per step.
    */
   mode?: DecodeMode;
-  /** Tiny candidates per draft step (K0). */
+  /** Tiny candidates per draft step (K0). Default: the load's `k0` (64). */
   k0?: number;
-  /** Draft proposals per target call (K1 = L). */
+  /** Draft proposals per target call (K1 = L). Default: the load's `k1` (4). */
   k1?: number;
   /**
    * Proposal branches per step (B; the design's several proposals): their first tokens are drawn
@@ -306,7 +309,7 @@ interface NativeEngine {
      */
     draftChoice: { layers: number; agreement: number; relativeCost: number; predictedSpeedup: number }[];
   };
-  generate(prompt: Int32Array, options: object, onTokens?: (ids: Int32Array) => void): Promise<{ tokens: Int32Array; stats: NativeStats }>;
+  generate(prompt: Int32Array, options: NativeGenerateOptions, onTokens?: (ids: Int32Array) => void): Promise<{ tokens: Int32Array; stats: NativeStats }>;
   evaluate(tokens: Int32Array): Promise<Float32Array>;
   /** Ends the generation after the current step (it resolves). */
   cancel(): void;
@@ -543,7 +546,6 @@ export class Cascade {
   lastStats: CascadeStats | undefined;
   #engine: NativeEngine | undefined;
   readonly #ownsRuntime: boolean;
-  readonly #defaults: { k0?: number; k1?: number };
   #queue: Promise<unknown> = Promise.resolve();
   /** The next {@link ChatSession}'s conversation id (0 is {@link generate}'s). */
   #nextSequence = DEFAULT_SEQUENCE + 1;
@@ -552,12 +554,11 @@ export class Cascade {
   /** Fires on {@link dispose}: calls running or queued end with DisposedError. */
   readonly #disposing = new AbortController();
 
-  private constructor(engine: NativeEngine, tokenizer: Tokenizer, runtime: Runtime, ownsRuntime: boolean, defaults: { k0?: number; k1?: number }) {
+  private constructor(engine: NativeEngine, tokenizer: Tokenizer, runtime: Runtime, ownsRuntime: boolean) {
     this.#engine = engine;
     this.tokenizer = tokenizer;
     this.runtime = runtime;
     this.#ownsRuntime = ownsRuntime;
-    this.#defaults = defaults;
     this.info = callSync(() => engine.info());
   }
 
@@ -633,10 +634,10 @@ export class Cascade {
           draft: options.draft,
           targetPrecision,
           draftPrecision,
-          maxContext: options.maxContext ?? 1024,
+          maxContext: options.maxContext,
           draftLayers: options.draftLayers ?? rememberedLayers,
-          devices: options.devices ?? 1,
-          maxSequences: options.maxSequences ?? 4,
+          devices: options.devices,
+          maxSequences: options.maxSequences,
           k1: options.k1,
           k0: options.k0,
           warmup: options.warmup === true,
@@ -657,7 +658,7 @@ export class Cascade {
         unsubscribe();
       }
       throwIfAborted(signal);
-      const cascade = new Cascade(engine, tokenizer, runtime, ownsRuntime, { k0: options.k0, k1: options.k1 });
+      const cascade = new Cascade(engine, tokenizer, runtime, ownsRuntime);
       if (options.measureBandwidth) {
         const gbs = await native().measureBandwidth();
         const m = cascade.info.memory;
@@ -699,9 +700,14 @@ export class Cascade {
     return final!;
   }
 
-  /** Like {@link generate}, yielding text pieces as tokens are accepted. */
-  stream(prompt: string | ChatMessage[], options: GenerateOptions = {}): AsyncGenerator<StreamPiece, void, undefined> {
-    return this.#run(prompt, options, () => {}, DEFAULT_SEQUENCE);
+  /**
+   * Like {@link generate}, yielding text pieces as tokens are accepted; the generator's return
+   * value (what `next()` gives with `done: true`) is the whole result, statistics included.
+   */
+  async *stream(prompt: string | ChatMessage[], options: GenerateOptions = {}): AsyncGenerator<StreamPiece, GenerationResult, undefined> {
+    let final: GenerationResult | undefined;
+    yield* this.#run(prompt, options, (r) => (final = r), DEFAULT_SEQUENCE);
+    return final!;
   }
 
   /**
@@ -894,22 +900,23 @@ export class Cascade {
       engine.generate(
         Int32Array.from(ids),
         {
-          mode: options.mode ?? 'speculative',
-          temperature: options.temperature ?? 0,
-          topK: options.topK ?? 0,
-          topP: options.topP ?? 1,
-          minP: options.minP ?? 0,
-          repeatPenalty: options.repeatPenalty ?? 1,
-          presencePenalty: options.presencePenalty ?? 0,
-          frequencyPenalty: options.frequencyPenalty ?? 0,
-          penaltyLastN: options.penaltyLastN ?? 64,
+          // Unset options stay unset: the engine's defaults apply (documented on GenerateOptions).
+          mode: options.mode,
+          temperature: options.temperature,
+          topK: options.topK,
+          topP: options.topP,
+          minP: options.minP,
+          repeatPenalty: options.repeatPenalty,
+          presencePenalty: options.presencePenalty,
+          frequencyPenalty: options.frequencyPenalty,
+          penaltyLastN: options.penaltyLastN,
           ...logitBiasArrays(options.logitBias, this.info.target.vocabSize),
-          seed: options.seed ?? 0,
-          maxTokens: options.maxTokens ?? 128,
-          proposalLength: options.k1 ?? this.#defaults.k1 ?? 4,
-          candidates: options.k0 ?? this.#defaults.k0 ?? 64,
-          dynamicLength: options.dynamicHorizon ?? options.mode === 'auto',
-          branches: options.branches ?? 1,
+          seed: options.seed,
+          maxTokens: options.maxTokens,
+          k1: options.k1,
+          k0: options.k0,
+          dynamicHorizon: options.dynamicHorizon,
+          branches: options.branches,
           sequence,
           stopTokens: Int32Array.from(eos),
           brokenAcceptanceForTesting: options.brokenAcceptanceForTesting === true,

@@ -89,9 +89,11 @@ export class ChatSession {
     return result!;
   }
 
-  /** Like {@link prompt}, yielding the reply's text as it is generated. */
-  stream(message: string, options: GenerateOptions = {}): AsyncGenerator<StreamPiece, void, undefined> {
-    return this.#turn(message, options, () => {});
+  /** Like {@link prompt}, yielding the reply's text as it is generated; returns the whole result. */
+  async *stream(message: string, options: GenerateOptions = {}): AsyncGenerator<StreamPiece, GenerationResult, undefined> {
+    let result: GenerationResult | undefined;
+    yield* this.#turn(message, options, (r) => (result = r));
+    return result!;
   }
 
   async *#turn(message: string, options: GenerateOptions, done: (r: GenerationResult) => void): AsyncGenerator<StreamPiece, void, undefined> {

@@ -22,7 +22,7 @@ import type { ServerResponse } from 'node:http';
 
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 
-import type { Cascade, CascadeStats, GenerateOptions, StreamPiece } from '../cascade/cascade.js';
+import type { Cascade, CascadeStats, GenerateOptions, GenerationResult, StreamPiece } from '../cascade/cascade.js';
 import { InvalidArgumentError } from '../errors.js';
 import { isAbortError, ServerRequestError, toServerError } from './errors.js';
 import {
@@ -411,7 +411,7 @@ export function createServer(options: ServerOptions): FastifyInstance {
     const signal = options.signal!;
     const pieces = cascade.stream(plan.prompt, options)[Symbol.asyncIterator]();
     try {
-      let next: IteratorResult<StreamPiece, void> = await pieces.next();
+      let next: IteratorResult<StreamPiece, GenerationResult> = await pieces.next();
       reply.hijack();
       const res = reply.raw;
       // Headers set on the reply before (CORS) go out with the stream's own.
@@ -430,9 +430,8 @@ export function createServer(options: ServerOptions): FastifyInstance {
         if (kind === 'chat') await send(res, chunk('', null, true), signal, stallMs);
         if (plan.echo) await send(res, chunk(plan.echo, null), signal, stallMs);
         for (; !next.done; next = await pieces.next()) await send(res, chunk(next.value.text, null), signal, stallMs);
-        // The stream has ended: its statistics are the Cascade's last (the next queued
-        // generation cannot finish before this continuation runs).
-        const stats = cascade.lastStats!;
+        // The stream has ended: its return value is the whole result.
+        const stats = next.value.stats;
         await send(res, chunk(kind === 'chat' ? undefined : '', finishReason(stats)), signal, stallMs);
         if (plan.includeUsage) {
           await send(res, { id, object: kind === 'chat' ? 'chat.completion.chunk' : 'text_completion', created: now, model: modelId, choices: [], usage: usage(stats) }, signal, stallMs);
@@ -449,7 +448,7 @@ export function createServer(options: ServerOptions): FastifyInstance {
         res.end(`data: ${JSON.stringify(e.body())}\n\n`);
       }
     } finally {
-      await pieces.return?.();
+      await pieces.return?.(undefined as unknown as GenerationResult);
     }
   }
 

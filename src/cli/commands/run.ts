@@ -29,7 +29,7 @@ interface RunOptions extends LoadFlags {
   draftLayers?: number;
   targetPrecision?: Precision;
   draftPrecision?: Precision;
-  maxContext: number;
+  maxContext?: number;
   raw?: boolean;
   compare?: boolean;
   json?: boolean;
@@ -79,7 +79,7 @@ export interface LoadFlags {
   draftLayers?: number | undefined;
   targetPrecision?: Precision | undefined;
   draftPrecision?: Precision | undefined;
-  maxContext: number;
+  maxContext?: number;
   plugin: string;
 }
 
@@ -278,7 +278,7 @@ export function runCommand(name = 'run'): Command {
     .option('--draft-layers <n>', 'layers of the self-speculative draft', positiveInteger('--draft-layers'))
     .addOption(new Option('--target-precision <p>', 'target weights on the device').choices(['f32', 'bf16', 'int8']))
     .addOption(new Option('--draft-precision <p>', 'draft weights on the device').choices(['f32', 'bf16', 'int8']))
-    .option('--max-context <n>', 'KV cache length in tokens', positiveInteger('--max-context'), 512)
+    .option('--max-context <n>', "KV cache length in tokens (default: the library's, 1024)", positiveInteger('--max-context'))
     .option('--raw', 'send the prompt as plain text, without the chat template')
     .option('--compare', 'also run target-only decoding and report the speedup', name === 'demo')
     .option('--json', 'print one JSON object (text, stats) instead of streaming')
