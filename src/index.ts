@@ -12,6 +12,7 @@
 export { Runtime, Executable } from './runtime/runtime.js';
 export { Cascade } from './cascade/cascade.js';
 export { ChatSession } from './cascade/chat-session.js';
+export { ConversationCache } from './cascade/conversation-cache.js';
 export type { ChatSessionOptions } from './cascade/chat-session.js';
 export { distillTiny } from './cascade/distill.js';
 export { cpuCaches } from './cascade/placement.js';

@@ -78,6 +78,23 @@ describe('ChatSession on SmolLM2-135M-Instruct', () => {
     }
   });
 
+  it('generate with a ConversationCache reuses it; foreign or disposed caches are refused', async () => {
+    const cache = c.createConversationCache();
+    const history: ChatMessage[] = [{ role: 'user', content: 'Write one word about the sea.' }];
+    const first = await c.generate(history, { cache, maxTokens: 6 });
+    // Plain calls in between use the default conversation: this cache keeps its tokens.
+    await c.generate('Something else entirely', { maxTokens: 3 });
+    const next: ChatMessage[] = [...history, { role: 'assistant', content: first.text }, { role: 'user', content: 'And the sky?' }];
+    const second = await c.generate(next, { cache, maxTokens: 6 });
+    expect(second.stats.cachedTokens).toBeGreaterThanOrEqual(first.stats.promptTokens - 1);
+    expect(second.tokens).toEqual((await fromScratch(next, 6)).tokens);
+    const foreign = fresh.createConversationCache();
+    await expect(c.generate('x', { cache: foreign, maxTokens: 1 })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await foreign.dispose();
+    await cache.dispose();
+    await expect(c.generate('x', { cache, maxTokens: 1 })).rejects.toBeInstanceOf(DisposedError);
+  });
+
   it('an aborted turn leaves the history unchanged; turns do not overlap; dispose ends the session', async () => {
     const chat = c.createChatSession();
     await chat.prompt('Say yes.', { maxTokens: 4 });

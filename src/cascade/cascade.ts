@@ -14,6 +14,7 @@ import { resolveModel, type ResolveProgress } from '../models/catalog.js';
 import { Runtime } from '../runtime/runtime.js';
 import { Tokenizer, type ChatMessage } from '../tokenizer/index.js';
 import { ChatSession, type ChatSessionOptions } from './chat-session.js';
+import { ConversationCache, conversationId, registerConversationCache } from './conversation-cache.js';
 import { placementReport, type PlacementReport } from './placement.js';
 import { abortReason, onAbort, raceAbort, throwIfAborted } from '../utils/abort.js';
 import { cachePath, sweepCacheTemporaries } from '../utils/cache.js';
@@ -197,6 +198,11 @@ export interface GenerateOptions {
   signal?: AbortSignal;
   /** @internal Testing only: breaks the acceptance rule (negative control of the distribution tests). */
   brokenAcceptanceForTesting?: boolean;
+  /**
+   * The conversation whose KV caches to continue ({@link Cascade.createConversationCache}).
+   * Default: the Cascade's default conversation, shared by every call without one.
+   */
+  cache?: ConversationCache;
 }
 
 /** Per-stage milliseconds, as in the design's throughput table. */
@@ -696,7 +702,7 @@ export class Cascade {
    */
   async generate(prompt: string | ChatMessage[], options: GenerateOptions = {}): Promise<GenerationResult> {
     let final: GenerationResult | undefined;
-    for await (const piece of this.#run(prompt, options, (r) => (final = r), DEFAULT_SEQUENCE)) void piece;
+    for await (const piece of this.#run(prompt, options, (r) => (final = r), this.#sequenceOf(options))) void piece;
     return final!;
   }
 
@@ -706,7 +712,7 @@ export class Cascade {
    */
   async *stream(prompt: string | ChatMessage[], options: GenerateOptions = {}): AsyncGenerator<StreamPiece, GenerationResult, undefined> {
     let final: GenerationResult | undefined;
-    yield* this.#run(prompt, options, (r) => (final = r), DEFAULT_SEQUENCE);
+    yield* this.#run(prompt, options, (r) => (final = r), this.#sequenceOf(options));
     return final!;
   }
 
@@ -726,15 +732,47 @@ export class Cascade {
    */
   createChatSession(options: ChatSessionOptions = {}): ChatSession {
     if (!this.#engine) throw new DisposedError('createChatSession: the Cascade has been disposed');
-    const id = this.#nextSequence++;
+    const cache = this.createConversationCache();
+    const id = conversationId(cache, this)!;
     return new ChatSession(
       {
         tokenizer: this.tokenizer,
         run: (messages, generateOptions, done) => this.#run(messages, generateOptions, done, id),
-        release: () => this.#releaseSequence(id),
+        release: () => cache.dispose(),
       },
       options,
     );
+  }
+
+  /**
+   * A conversation's own KV caches, for `generate(prompt, { cache })` / `stream(prompt, { cache })`:
+   * a prompt that extends what the cache holds prefills only its new tokens (see
+   * {@link ConversationCache}). {@link CascadeLoadOptions.maxSequences} bounds how many keep
+   * their caches on the device (least recently used first to give them up).
+   *
+   * @example
+   * ```ts
+   * const cache = c.createConversationCache();
+   * const first = await c.generate(history, { cache });
+   * const next = await c.generate([...history, { role: 'assistant', content: first.text }, question], { cache });
+   * console.log(next.stats.cachedTokens); // most of the prompt
+   * await cache.dispose();
+   * ```
+   */
+  createConversationCache(): ConversationCache {
+    if (!this.#engine) throw new DisposedError('createConversationCache: the Cascade has been disposed');
+    const id = this.#nextSequence++;
+    const cache = new ConversationCache(() => this.#releaseSequence(id));
+    registerConversationCache(cache, this, id);
+    return cache;
+  }
+
+  /** The engine conversation of a call: its cache's, else the default one. */
+  #sequenceOf(options: GenerateOptions): number {
+    if (options?.cache === undefined) return DEFAULT_SEQUENCE;
+    const id = options.cache instanceof ConversationCache ? conversationId(options.cache, this) : undefined;
+    if (id === undefined) throw new InvalidArgumentError('generate: cache must be a ConversationCache made by this Cascade');
+    return id;
   }
 
   /** Frees a conversation's caches, in turn behind the calls queued before. */
