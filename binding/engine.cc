@@ -427,12 +427,16 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
         try {
           *engine = cascade::LoadEngine(
               client, load, [cancel] { return cancel->load(); },
-              [tsfn](int64_t done, int64_t total) {
+              [tsfn](const char* stage, int64_t done, int64_t total) {
                 if (!tsfn) return;
-                auto* p = new std::pair<int64_t, int64_t>(done, total);
-                if (tsfn->NonBlockingCall(p, [](Napi::Env env, Napi::Function fn, std::pair<int64_t, int64_t>* p) {
-                      fn.Call({Napi::String::New(env, "compile"), Napi::Number::New(env, static_cast<double>(p->first)),
-                               Napi::Number::New(env, static_cast<double>(p->second))});
+                struct Update {
+                  std::string stage;
+                  int64_t done, total;
+                };
+                auto* p = new Update{stage, done, total};
+                if (tsfn->NonBlockingCall(p, [](Napi::Env env, Napi::Function fn, Update* p) {
+                      fn.Call({Napi::String::New(env, p->stage), Napi::Number::New(env, static_cast<double>(p->done)),
+                               Napi::Number::New(env, static_cast<double>(p->total))});
                       delete p;
                     }) != napi_ok)
                   delete p;

@@ -129,7 +129,7 @@ export interface NativeAddon {
   loadEngine(
     client: NativeClient,
     options: NativeLoadOptions,
-    onProgress?: (stage: 'compile', done: number, total: number) => void,
+    onProgress?: (stage: 'fit' | 'compile', done: number, total: number) => void,
   ): { promise: Promise<unknown>; cancel(): void };
   distillTiny(client: NativeClient, options: object, onProgress?: (done: number, total: number) => void): { promise: Promise<unknown>; cancel(): void };
   pjrtHeaderVersion: string;

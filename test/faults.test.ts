@@ -227,7 +227,8 @@ describe('4. cache files and temporaries left by killed processes', () => {
     const plugin = (await resolvePlugin('cpu')).path;
     const script = `
 import { Cascade } from ${JSON.stringify(DIST)};
-const c = await Cascade.load({ target: process.argv[2], maxContext: 128, precision: { target: 'f32', draft: 'f32' }, ${options.chooseDraft ? '' : 'draftLayers: 1, '}tiny: 'fit' });
+const c = await Cascade.load({ target: process.argv[2], maxContext: 128, precision: { target: 'f32', draft: 'f32' }, ${options.chooseDraft ? '' : 'draftLayers: 1, '}tiny: 'fit',
+  onProgress: (stage, done, total) => { if (stage === 'fit' && done === total) console.log('progress fit ' + done + '/' + total); } });
 const r = await c.generate('Hi', { maxTokens: 4, mode: 'cascade' });
 console.log('tokens', r.tokens.length);
 await c.dispose();`;
@@ -290,6 +291,8 @@ await c.dispose();`;
     // First load: fits and caches the tiny.
     const first = await loadInChild(cache);
     expect(first.code, first.output).toBe(0);
+    // The fit reports its progress to the end (the CLI's bar and ETA).
+    expect(first.output).toMatch(/progress fit (\d+)\/\1\b/);
     const tinyDir = path.join(cache, 'tiny');
     const [tinyName] = readdirSync(tinyDir).filter((n) => n.endsWith('.safetensors'));
     expect(tinyName).toBeDefined();

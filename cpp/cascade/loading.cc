@@ -63,8 +63,7 @@ void CheckDeviceMemory(const Client& client, const ModelWeights& target, const s
 }
 
 std::shared_ptr<CascadeEngine> LoadEngine(std::shared_ptr<Client> client, const EngineLoadOptions& options,
-                                          const std::function<bool()>& cancelled,
-                                          const std::function<void(int64_t, int64_t)>& compile_progress) {
+                                          const std::function<bool()>& cancelled, const LoadProgress& progress) {
   auto check = [&](const char* stage) {
     if (cancelled && cancelled()) throw Error(ErrorKind::kAborted, std::string("load aborted ") + stage);
   };
@@ -95,7 +94,14 @@ std::shared_ptr<CascadeEngine> LoadEngine(std::shared_ptr<Client> client, const 
       fit.sequence_length = std::min<int64_t>(128, options.engine.max_context);
       fit.text_model = &engine->target();
       fit.draft_name = draft_weights.source;
-      fit.progress = [&](int64_t, int64_t) { return !(cancelled && cancelled()); };
+      int64_t last = -1;
+      fit.progress = [&](int64_t done, int64_t total) {
+        if (progress && (done - last >= 10 || done == total)) {
+          last = done;
+          progress("fit", done, total);
+        }
+        return !(cancelled && cancelled());
+      };
       tiny = FitTinyClosedForm(engine->draft(), draft_weights, fit);
       tiny->metadata["fit_text"] = "target";
       if (!options.tiny_cache.empty()) SaveTiny(*tiny, options.tiny_cache);
@@ -105,7 +111,7 @@ std::shared_ptr<CascadeEngine> LoadEngine(std::shared_ptr<Client> client, const 
   if (options.warmup) {
     engine->Warmup(options.engine.proposal_length, options.engine.candidates, [&](int64_t done, int64_t total) {
       check("during the warm-up compile");
-      if (compile_progress) compile_progress(done, total);
+      if (progress) progress("compile", done, total);
     });
   }
   check("after the warm-up");

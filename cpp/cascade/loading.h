@@ -32,12 +32,15 @@ struct EngineLoadOptions {
   int64_t device_memory_limit = 0;
 };
 
+// Progress of a load stage: ("fit", positions done, total) while the tiny is fitted, ("compile",
+// programs done, total) during the warm-up.
+using LoadProgress = std::function<void(const char* stage, int64_t done, int64_t total)>;
+
 // Loads as `options` says. `cancelled` is polled between stages (and during a tiny fit and the
 // warm-up): when it returns true the load throws Error(kAborted) naming the stage, and what was
-// uploaded is released. `compile_progress(done, total)` reports the warm-up.
+// uploaded is released.
 std::shared_ptr<CascadeEngine> LoadEngine(std::shared_ptr<Client> client, const EngineLoadOptions& options,
-                                          const std::function<bool()>& cancelled = {},
-                                          const std::function<void(int64_t, int64_t)>& compile_progress = {});
+                                          const std::function<bool()>& cancelled = {}, const LoadProgress& progress = {});
 
 // Throws OutOfMemoryError when the target (on each of its replicas) and the draft would not fit
 // the device's memory, before anything is uploaded. `limit` > 0 overrides what the device reports.

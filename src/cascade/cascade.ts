@@ -75,9 +75,11 @@ export interface CascadeLoadOptions {
   warmup?: boolean;
   /**
    * Progress while loading: `('download', bytes, totalBytes)` while a URL's file is downloaded
-   * (`totalBytes` 0 when the server did not say), `('compile', done, total)` during the warm-up.
+   * (`totalBytes` 0 when the server did not say), `('fit', positions, total)` while `tiny: 'fit'`
+   * fits the tiny model (first load only; cached afterwards), `('compile', done, total)` during the
+   * warm-up.
    */
-  onProgress?: (stage: 'download' | 'compile', done: number, total: number) => void;
+  onProgress?: (stage: 'download' | 'fit' | 'compile', done: number, total: number) => void;
   /** Measure the memory bandwidth at load (~0.3 s) for {@link Cascade.costModel}. Default false. */
   measureBandwidth?: boolean;
   /**

@@ -151,6 +151,7 @@ export async function loadForCli(opts: LoadFlags, quiet: boolean): Promise<{ cas
   const loading = phaseTimer(label, mode, 1000, expected);
   const loadStarted = performance.now();
   let bar: Progress | undefined;
+  let fitBar: Progress | undefined;
   let programs: Promise<void> = Promise.resolve();
   try {
     const cascade = await Cascade.load({
@@ -161,8 +162,15 @@ export async function loadForCli(opts: LoadFlags, quiet: boolean): Promise<{ cas
       k1: opts.k1,
       k0: opts.k0,
       onProgress: (stage, done, total) => {
+        if (stage === 'fit') {
+          loading.stop();
+          fitBar ??= progressBar('fitting the tiny model on text the target writes (first load; cached afterwards)', mode);
+          fitBar.update(done, total);
+          return;
+        }
         if (stage !== 'compile') return;
         loading.stop();
+        fitBar?.stop();
         // Label the phase by what happened to the first program: a new compile-cache entry means compiled.
         programs = programs.then(async () => {
           if (bar === undefined) {
@@ -185,6 +193,7 @@ export async function loadForCli(opts: LoadFlags, quiet: boolean): Promise<{ cas
     return { cascade, target, loadMs: performance.now() - started };
   } finally {
     loading.stop();
+    fitBar?.stop();
     bar?.stop();
   }
 }
