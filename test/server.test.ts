@@ -10,7 +10,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { Cascade, type GenerateOptions, type GenerationResult } from '../src/cascade/cascade.js';
 import { ensureDefaultModel } from '../src/models/default-model.js';
-import { serve, type CascadeServer, type RequestLogEntry } from '../src/server/server.js';
+import { createServer, serve, type CascadeServer, type RequestLogEntry } from '../src/server/server.js';
+import { SlotPool } from '../src/server/slots.js';
 import type { ChatMessage } from '../src/tokenizer/index.js';
 
 const MODEL = 'smollm2-test';
@@ -384,6 +385,167 @@ describe('OpenAI-compatible server', () => {
   });
 });
 
+describe('prompt caching across clients (slots)', () => {
+  const system = (topic: string) =>
+    `You are a patient teacher who explains ${topic} to curious students. Answer in one short sentence, use plain words, ` +
+    `avoid jargon, never use lists, and if a question is unclear, say what you would need to know to answer it well. ` +
+    `Your favourite subject is ${topic}, and you like to end with a tiny fact about it.`;
+  type Message = { role: 'system' | 'user' | 'assistant'; content: string };
+  const turns: Record<'A' | 'B', [string, string]> = {
+    A: ['What is a volcano?', 'Why do they erupt?'],
+    B: ['What is a comet?', 'Where do they come from?'],
+  };
+  const topics = { A: 'geology', B: 'astronomy' };
+  const maxTokens = 6;
+
+  /** A1, B1, A2, B2 through `c`: each reply, its usage, and the messages sent. */
+  async function alternate(c: OpenAI) {
+    const history: Record<'A' | 'B', Message[]> = { A: [{ role: 'system', content: system(topics.A) }], B: [{ role: 'system', content: system(topics.B) }] };
+    const out: { who: 'A' | 'B'; turn: number; messages: Message[]; text: string; usage: OpenAI.CompletionUsage }[] = [];
+    for (const turn of [0, 1]) {
+      for (const who of ['A', 'B'] as const) {
+        history[who].push({ role: 'user', content: turns[who][turn]! });
+        const messages = [...history[who]];
+        const r = await c.chat.completions.create({ model: MODEL, messages, max_tokens: maxTokens, temperature: 0 });
+        const text = r.choices[0]!.message.content!;
+        history[who].push({ role: 'assistant', content: text });
+        out.push({ who, turn, messages, text, usage: r.usage! });
+      }
+    }
+    return out;
+  }
+
+  it('two clients taking turns each keep their prompt cached (A1, B1, A2, B2), and every reply is exact', async () => {
+    const [a1, b1, a2, b2] = await alternate(client);
+    // Before slots (one shared cache, as `slots: 1` still gives): B1 evicts A1's prefix and back.
+    const s = await serve({ cascade, port: 0, modelId: MODEL, slots: 1 });
+    let shared;
+    try {
+      shared = await alternate(clientOf(s));
+    } finally {
+      await s.close();
+    }
+    const cached = (r: { usage: OpenAI.CompletionUsage }) => r.usage.prompt_tokens_details!.cached_tokens!;
+    console.log(
+      `alternating clients, cached_tokens/prompt_tokens of A1 B1 A2 B2: ${[a1!, b1!, a2!, b2!].map((r) => `${cached(r)}/${r.usage.prompt_tokens}`).join(' ')} ` +
+        `(4 slots); ${shared.map((r) => `${cached(r)}/${r.usage.prompt_tokens}`).join(' ')} (1 slot)`,
+    );
+    expect(a1!.usage.prompt_tokens).toBeGreaterThan(50);
+    expect(cached(a2!)).toBeGreaterThanOrEqual(a1!.usage.prompt_tokens - 3);
+    expect(cached(b2!)).toBeGreaterThanOrEqual(b1!.usage.prompt_tokens - 3);
+    expect(cached(a2!)).toBeLessThan(a2!.usage.prompt_tokens);
+    expect(cached(shared[2]!)).toBeLessThan(a1!.usage.prompt_tokens / 2);
+    expect(cached(shared[3]!)).toBeLessThan(b1!.usage.prompt_tokens / 2);
+    for (const [i, r] of [a1!, b1!, a2!, b2!].entries()) {
+      expect(r.text).toBe((await cascade.generate(r.messages, { temperature: 0, maxTokens })).text);
+      expect(shared[i]!.text).toBe(r.text);
+    }
+  });
+
+  it('more conversations than slots: every reply is still exact (plain and streamed)', async () => {
+    const s = await serve({ cascade, port: 0, modelId: MODEL, slots: 2 });
+    try {
+      const c = clientOf(s);
+      const histories: Message[][] = [['a cat', 'its food'], ['the moon', 'its phases'], ['a train', 'its engine'], ['bread', 'its flour']].map(([x]) => [
+        { role: 'user', content: `Tell me about ${x}.` },
+      ]);
+      const followUps = ['And its food?', 'And its phases?', 'And its engine?', 'And its flour?'];
+      for (const round of [0, 1]) {
+        for (const [i, messages] of histories.entries()) {
+          if (round === 1) messages.push({ role: 'user', content: followUps[i]! });
+          const body = { model: MODEL, messages: [...messages], max_tokens: maxTokens, temperature: 0 };
+          let text = '';
+          let usage: OpenAI.CompletionUsage | undefined | null;
+          if (i % 2 === 1) {
+            for await (const chunk of await c.chat.completions.create({ ...body, stream: true, stream_options: { include_usage: true } })) {
+              text += chunk.choices[0]?.delta.content ?? '';
+              usage = chunk.usage ?? usage;
+            }
+          } else {
+            const r = await c.chat.completions.create(body);
+            text = r.choices[0]!.message.content!;
+            usage = r.usage;
+          }
+          const d = await cascade.generate(body.messages, { temperature: 0, maxTokens });
+          expect(text).toBe(d.text);
+          expect(usage!.prompt_tokens).toBe(d.stats.promptTokens);
+          expect(usage!.prompt_tokens_details!.cached_tokens).toBeLessThan(usage!.prompt_tokens);
+          messages.push({ role: 'assistant', content: text });
+        }
+      }
+      // Raw completions share the slots too.
+      const prompt = 'The three primary colours are';
+      const r = await c.completions.create({ model: MODEL, prompt, max_tokens: maxTokens, temperature: 0 });
+      expect(r.choices[0]!.text).toBe((await cascade.generate(prompt, { temperature: 0, maxTokens })).text);
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('routing: a continuation goes to its slot, a new conversation to an unused or the least recently used one', async () => {
+    const made: { disposed: boolean; dispose(): Promise<void> }[] = [];
+    const fake = {
+      createConversationCache: () => {
+        const c = {
+          disposed: false,
+          dispose: async () => {
+            c.disposed = true;
+          },
+        };
+        made.push(c);
+        return c;
+      },
+    } as unknown as Cascade;
+    const pool = new SlotPool(fake, 3);
+    const range = (from: number, n: number) => Array.from({ length: n }, (_, i) => from + i);
+    const result = (tokens: number[]) => ({ text: '', tokens, stats: {} }) as unknown as GenerationResult;
+    const template = range(1, 10); // what every chat prompt starts with (say, a default system prompt)
+    const a1 = [...template, ...range(100, 4)];
+    const a = pool.acquire(a1);
+    expect(a.index).toBe(0);
+    a.done(result([7, 7]));
+    // Shares the template only: an unused slot rather than cutting A's history short.
+    const b1 = [...template, ...range(200, 4)];
+    const b = pool.acquire(b1);
+    expect(b.index).toBe(1);
+    expect(b.cache).not.toBe(a.cache);
+    b.done(result([8]));
+    // A's next turn extends what slot 0 holds.
+    expect(pool.route([...a1, 7, 7, 300])).toBe(0);
+    expect(pool.route([...b1, 8, 301])).toBe(1);
+    const c1 = pool.acquire([...template, ...range(400, 3)]);
+    expect(c1.index).toBe(2);
+    c1.done(result([]));
+    // Every slot in use: a prompt sharing at least half of the shorter goes to the longest match...
+    expect(pool.route([...template, 100, 101, 999])).toBe(0);
+    // ... and one sharing nothing to the least recently used slot (A's, routed first).
+    expect(pool.route(range(500, 20))).toBe(0);
+    const d = pool.acquire(range(500, 20));
+    expect(d.index).toBe(0);
+    // Failed (never ran): the slot is taken to hold only what it shared with the prompt (nothing).
+    d.failed();
+    expect(pool.held(0)).toEqual([]);
+    // A's history is gone; the template matches B's and C's slots alike, and the tie goes to the less recently used (B's).
+    expect(pool.route([...a1, 7, 7, 300])).toBe(1);
+    // A request superseded on its slot does not overwrite its successor's tokens.
+    const e = pool.acquire(range(600, 10));
+    const f = pool.acquire([...range(600, 10), 1, 2]);
+    expect(f.index).toBe(e.index);
+    e.done(result([42]));
+    expect(pool.held(f.index)).toEqual([...range(600, 10), 1, 2]);
+    f.done(result([3]));
+    expect(pool.held(f.index)).toEqual([...range(600, 10), 1, 2, 3]);
+    await pool.close();
+    expect(made).toHaveLength(3);
+    expect(made.every((c) => c.disposed)).toBe(true);
+    expect(() => pool.acquire([1])).toThrow(/shutting down/);
+  });
+
+  it('slots must be an integer >= 1', () => {
+    for (const slots of [0, 1.5, -1]) expect(() => createServer({ cascade, slots })).toThrow(/slots must be an integer >= 1/);
+  });
+});
+
 describe('server options', () => {
   it('apiKey: a wrong key is a 401 (AuthenticationError), the right one works', async () => {
     const s = await serve({ cascade, port: 0, modelId: MODEL, apiKey: 'sesame' });
@@ -528,7 +690,7 @@ describe('cascade-xla serve (the CLI)', () => {
     let out = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
     await new Promise((r) => child.once('exit', r));
-    for (const text of ['--host', '--port', '--model', '--mode', '--max-context', '--target-precision', '/v1/chat/completions', 'stream_options.include_usage', 'Examples:']) {
+    for (const text of ['--host', '--port', '--model', '--mode', '--max-context', '--slots', '--target-precision', '/v1/chat/completions', 'stream_options.include_usage', 'Examples:']) {
       expect(out).toContain(text);
     }
   });

@@ -17,6 +17,8 @@ export interface GenerationPlan {
   prompt: string | ChatMessage[];
   /** Tokens of the prompt as the Cascade will encode it. */
   promptTokens: number;
+  /** Their ids (what slot routing compares). */
+  promptIds: number[];
   /** Options of `Cascade.generate` / `stream` (the signal is added by the handler). */
   options: GenerateOptions;
   /** Answer as server-sent events. */
@@ -127,11 +129,11 @@ export function chatMessages(messages: OpenAIChatCompletionRequest['messages']):
   });
 }
 
-/** Tokens of `prompt` as {@link Cascade.generate} encodes it (chat: the rendered template, no extra BOS). */
-export function countPromptTokens(cascade: Cascade, prompt: string | ChatMessage[]): number {
-  if (typeof prompt === 'string') return cascade.tokenizer.encode(prompt).length;
+/** Token ids of `prompt` as {@link Cascade.generate} encodes it (chat: the rendered template, no extra BOS). */
+export function promptTokenIds(cascade: Cascade, prompt: string | ChatMessage[]): number[] {
+  if (typeof prompt === 'string') return cascade.tokenizer.encode(prompt);
   const text = cascade.tokenizer.applyChatTemplate(prompt, { addGenerationPrompt: true });
-  return cascade.tokenizer.encode(text, { addBos: false }).length;
+  return cascade.tokenizer.encode(text, { addBos: false });
 }
 
 /** The plan of a `/v1/chat/completions` request. */
@@ -145,9 +147,10 @@ export function planChat(body: OpenAIChatCompletionRequest, ctx: PlanContext): G
     throw unsupported('response_format', `response_format '${body.response_format.type}' is not supported by this server (only 'text')`);
   }
   const prompt = chatMessages(body.messages);
-  const promptTokens = countPromptTokens(ctx.cascade, prompt);
+  const promptIds = promptTokenIds(ctx.cascade, prompt);
+  const promptTokens = promptIds.length;
   const common = commonOptions(body, body.max_completion_tokens ?? body.max_tokens, promptTokens, 'messages', ctx);
-  return { prompt, promptTokens, ...common };
+  return { prompt, promptTokens, promptIds, ...common };
 }
 
 /** The plan of a `/v1/completions` request (OpenAI's default `max_tokens` there is 16). */
@@ -165,7 +168,8 @@ export function planCompletion(body: OpenAICompletionRequest, ctx: PlanContext):
   if ((body.best_of ?? 1) !== 1) throw unsupported('best_of', "'best_of' must be 1: this server returns one choice per request");
   if ((body.logprobs ?? 0) > 0) throw unsupported('logprobs', 'logprobs are not supported by this server');
   if (body.suffix) throw unsupported('suffix', 'suffix (insertion) is not supported by this server');
-  const promptTokens = countPromptTokens(ctx.cascade, prompt);
+  const promptIds = promptTokenIds(ctx.cascade, prompt);
+  const promptTokens = promptIds.length;
   const common = commonOptions(body, body.max_tokens ?? ctx.defaultMaxTokens ?? 16, promptTokens, 'prompt', ctx);
-  return { prompt, promptTokens, ...common, ...(body.echo === true ? { echo: prompt } : {}) };
+  return { prompt, promptTokens, promptIds, ...common, ...(body.echo === true ? { echo: prompt } : {}) };
 }

@@ -2,7 +2,9 @@
  * An OpenAI-compatible HTTP server over a loaded {@link Cascade}: `GET /v1/models`,
  * `POST /v1/chat/completions` and `POST /v1/completions` (plain JSON or server-sent events),
  * built on fastify. Generations run one at a time in arrival order (the Cascade's own queue); a
- * client that disconnects aborts its generation, running or queued.
+ * client that disconnects aborts its generation, running or queued. Each request continues one of
+ * a few conversation caches ({@link ServerOptions.slots}), the one whose last request shares the
+ * longest prefix with its prompt, so clients taking turns keep their prompts cached.
  *
  * @example
  * ```ts
@@ -22,7 +24,7 @@ import type { ServerResponse } from 'node:http';
 
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 
-import type { Cascade, CascadeStats, GenerateOptions, GenerationResult, StreamPiece } from '../cascade/cascade.js';
+import type { Cascade, CascadeLoadOptions, CascadeStats, GenerateOptions, GenerationResult, StreamPiece } from '../cascade/cascade.js';
 import { InvalidArgumentError } from '../errors.js';
 import { isAbortError, ServerRequestError, toServerError } from './errors.js';
 import {
@@ -38,6 +40,7 @@ import {
   type OpenAIUsage,
 } from './openai-types.js';
 import { planChat, planCompletion, type GenerationPlan, type PlanContext } from './requests.js';
+import { SlotPool, type SlotLease } from './slots.js';
 import { validationError, type SchemaError } from './validation.js';
 
 /** Decoding options every request of a server starts from (requests set sampling and limits). */
@@ -79,6 +82,20 @@ export interface ServerOptions {
    * `retry-after` header. Default 64.
    */
   maxQueue?: number;
+  /**
+   * Conversation caches ({@link Cascade.createConversationCache}) the server keeps for prompt
+   * caching across clients, as llama.cpp's slots. Each request goes to the slot whose last request
+   * (prompt and reply) shares the longest common prefix with its prompt, when that prefix is at
+   * least half of the shorter of the two (but to an unused slot, while there is one, rather than
+   * keep less than three quarters of the matched slot's tokens); otherwise to the least recently
+   * used slot. The shared prefix is not prefilled again (`usage.prompt_tokens_details.cached_tokens`).
+   * Replies are exact whichever slot serves them. Each slot in use holds a target and a draft KV
+   * cache of the context's length; beyond the Cascade's {@link CascadeLoadOptions.maxSequences}
+   * (default 4) the slots evict each other's caches, so keep this at most that. Default 4 (or the
+   * Cascade's `maxSequences` when it is smaller and `cascade.info` reports it). The slots are
+   * freed when the server closes.
+   */
+  slots?: number;
   /** When set, every `/v1` request must carry `Authorization: Bearer <apiKey>` (else 401). */
   apiKey?: string;
   /**
@@ -182,6 +199,7 @@ function checkOptions(options: ServerOptions): void {
   positive('shutdownGraceMs', options.shutdownGraceMs, 0);
   positive('bodyLimit', options.bodyLimit, 1);
   positive('stallTimeoutMs', options.stallTimeoutMs, 1);
+  positive('slots', options.slots, 1);
   if (options.modelId !== undefined && (typeof options.modelId !== 'string' || options.modelId === '')) {
     throw new InvalidArgumentError('createServer: modelId must be a non-empty string');
   }
@@ -218,6 +236,7 @@ export function createServer(options: ServerOptions): FastifyInstance {
   /** The error each failed response reports in its log entry. */
   const failures = new WeakMap<ServerResponse, string>();
   const created = Math.floor(Date.now() / 1000);
+  const slots = new SlotPool(cascade, options.slots ?? defaultSlots(cascade));
   const ctx: PlanContext = { cascade, modelId, modelNames: new Set([modelId, ...(options.modelAliases ?? [])]), defaults: { ...options.defaults }, defaultMaxTokens: options.defaultMaxTokens };
   /** Controllers of the generations in flight (running or queued in the Cascade). */
   const active = new Set<AbortController>();
@@ -313,9 +332,10 @@ export function createServer(options: ServerOptions): FastifyInstance {
     else graceTimer = setTimeout(abortAll, graceMs);
     done();
   });
-  app.addHook('onClose', (_instance, done) => {
+  app.addHook('onClose', async () => {
     clearTimeout(graceTimer);
-    done();
+    // After the generations still queued (the Cascade's queue); a disposed Cascade has nothing to free.
+    await slots.close();
   });
 
   app.get('/health', async () => ({ status: 'ok' }));
@@ -359,15 +379,27 @@ export function createServer(options: ServerOptions): FastifyInstance {
     if (res.destroyed || res.socket?.destroyed === true) controller.abort(new ClientDisconnected());
     active.add(controller);
     const signal = controller.signal;
-    const options = { ...plan.options, signal };
+    let lease: SlotLease;
+    try {
+      lease = slots.acquire(plan.promptIds);
+    } catch (error) {
+      res.off('close', onClose);
+      active.delete(controller);
+      throw error;
+    }
+    const options = { ...plan.options, signal, cache: lease.cache };
     const id = `${kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomUUID().replaceAll('-', '')}`;
     const now = Math.floor(Date.now() / 1000);
     try {
       if (plan.stream) {
-        await streamGeneration(kind, plan, options, id, now, reply);
+        await streamGeneration(kind, plan, options, id, now, reply, lease);
         return reply;
       }
-      const r = await cascade.generate(plan.prompt, options);
+      const r = await cascade.generate(plan.prompt, options).catch((error: unknown) => {
+        lease.failed();
+        throw error;
+      });
+      lease.done(r);
       if (kind === 'chat') {
         const body: OpenAIChatCompletion = {
           id,
@@ -407,9 +439,18 @@ export function createServer(options: ServerOptions): FastifyInstance {
    * a request the Cascade rejects (or one aborted while queued) still gets a proper status code;
    * after them, an error is sent as an error event and the stream ends.
    */
-  async function streamGeneration(kind: Kind, plan: GenerationPlan, options: GenerateOptions, id: string, now: number, reply: FastifyReply): Promise<void> {
+  async function streamGeneration(
+    kind: Kind,
+    plan: GenerationPlan,
+    options: GenerateOptions,
+    id: string,
+    now: number,
+    reply: FastifyReply,
+    lease: SlotLease,
+  ): Promise<void> {
     const signal = options.signal!;
     const pieces = cascade.stream(plan.prompt, options)[Symbol.asyncIterator]();
+    let ended = false;
     try {
       let next: IteratorResult<StreamPiece, GenerationResult> = await pieces.next();
       reply.hijack();
@@ -431,6 +472,8 @@ export function createServer(options: ServerOptions): FastifyInstance {
         if (plan.echo) await send(res, chunk(plan.echo, null), signal, stallMs);
         for (; !next.done; next = await pieces.next()) await send(res, chunk(next.value.text, null), signal, stallMs);
         // The stream has ended: its return value is the whole result.
+        ended = true;
+        lease.done(next.value);
         const stats = next.value.stats;
         await send(res, chunk(kind === 'chat' ? undefined : '', finishReason(stats)), signal, stallMs);
         if (plan.includeUsage) {
@@ -448,11 +491,19 @@ export function createServer(options: ServerOptions): FastifyInstance {
         res.end(`data: ${JSON.stringify(e.body())}\n\n`);
       }
     } finally {
+      if (!ended) lease.failed();
       await pieces.return?.(undefined as unknown as GenerationResult);
     }
   }
 
   return app;
+}
+
+/** {@link ServerOptions.slots}'s default: 4, or the Cascade's `maxSequences` when smaller. */
+function defaultSlots(cascade: Cascade): number {
+  // `maxSequences` is a load option the Cascade does not report yet; read it should it appear.
+  const resident = (cascade.info as { maxSequences?: unknown }).maxSequences;
+  return typeof resident === 'number' && Number.isInteger(resident) && resident >= 1 ? Math.min(4, resident) : 4;
 }
 
 /**

@@ -16,6 +16,7 @@ interface ServeOptions extends LoadFlags {
   dynamic?: boolean;
   maxTokens?: number;
   maxQueue: number;
+  slots?: number;
   apiKey?: string;
   cors?: string;
   shutdownGrace: number;
@@ -76,6 +77,7 @@ async function run(opts: ServeOptions): Promise<void> {
       defaults: { mode: opts.mode, k1: opts.k1, k0: opts.k0, branches: opts.branches, ...(opts.dynamic ? { dynamicHorizon: true } : {}) },
       defaultMaxTokens: opts.maxTokens,
       maxQueue: opts.maxQueue,
+      ...(opts.slots === undefined ? {} : { slots: opts.slots }),
       apiKey: opts.apiKey ?? (process.env['CASCADE_API_KEY'] || undefined),
       shutdownGraceMs: opts.shutdownGrace,
       ...(opts.cors === undefined ? {} : { corsOrigin: opts.cors }),
@@ -150,6 +152,11 @@ export function serveCommand(): Command {
     .option('--max-context <n>', 'KV cache length in tokens: prompt plus reply must fit', positiveInteger('--max-context'), 1024)
     .option('--max-tokens <n>', 'tokens to generate when a request sets no max_tokens (default: the room left in the context; 16 on /v1/completions)', positiveInteger('--max-tokens'))
     .option('--max-queue <n>', 'most requests running or queued at once; more get 429', positiveInteger('--max-queue'), 64)
+    .option(
+      '--slots <n>',
+      "conversation caches kept for prompt caching across clients: each request continues the one whose last request shares the longest prefix with its prompt (default: 4; more than 4 evict each other's caches)",
+      positiveInteger('--slots'),
+    )
     .option('--api-key <key>', 'require "Authorization: Bearer <key>" on /v1 requests (or set CASCADE_API_KEY)')
     .option('--cors <origin>', "let web pages of this origin call the server from a browser ('*' for any)")
     .option('--shutdown-grace <ms>', 'on SIGINT/SIGTERM, how long requests in flight may finish before they are aborted', nonNegativeInteger('--shutdown-grace'), 5000)
