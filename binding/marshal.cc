@@ -113,4 +113,21 @@ Napi::Object TensorTypeToJs(Napi::Env env, const TensorType& type) {
   return obj;
 }
 
+WeightPrecision PrecisionFromJs(const Napi::Object& o, const char* key, WeightPrecision fallback) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined()) return fallback;
+  const std::string s = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
+  if (s == "f32") return WeightPrecision::kF32;
+  if (s == "bf16") return WeightPrecision::kBF16;
+  if (s == "int8") return WeightPrecision::kInt8;
+  throw InvalidArgumentError(std::string(key) + " must be 'f32', 'bf16' or 'int8'");
+}
+
+double NumberFromJs(const Napi::Object& o, const char* key, double fallback) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined()) return fallback;
+  if (!v.IsNumber()) throw InvalidArgumentError(std::string(key) + " must be a number");
+  return v.As<Napi::Number>().DoubleValue();
+}
+
 }  // namespace cascade::binding

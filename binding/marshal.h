@@ -9,6 +9,7 @@
 #include "pjrt/dtype.h"
 #include "pjrt/errors.h"
 #include "pjrt/program_signature.h"
+#include "model/programs.h"  // WeightPrecision
 
 namespace cascade::binding {
 
@@ -23,5 +24,9 @@ HostTensor TensorFromJs(const Napi::Value& value, const std::string& where);
 // Builds { dtype, shape, data } with a fresh typed array of the dtype's JS type.
 Napi::Object TensorToJs(Napi::Env env, HostTensor&& tensor);
 Napi::Object TensorTypeToJs(Napi::Env env, const TensorType& type);
+
+// Option fields: a missing (undefined) field gives `fallback`, the C++ struct's default.
+WeightPrecision PrecisionFromJs(const Napi::Object& o, const char* key, WeightPrecision fallback);
+double NumberFromJs(const Napi::Object& o, const char* key, double fallback);
 
 }  // namespace cascade::binding

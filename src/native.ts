@@ -4,6 +4,7 @@
  * @internal
  * @module
  */
+import type { CascadeStats, ModelInfo, Precision } from './cascade/types.js';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -256,4 +257,42 @@ export function callSync<T>(fn: () => T): T {
   } catch (error) {
     throw typedError(error);
   }
+}
+
+/**
+ * A loaded engine (binding/native_engine.cc).
+ * @internal
+ */
+export interface NativeEngine {
+  info(): {
+    target: ModelInfo;
+    draft: ModelInfo;
+    targetWeightBytes: number;
+    draftWeightBytes: number;
+    targetPrecision: Precision;
+    draftPrecision: Precision;
+    maxContext: number;
+    /** Devices the target is replicated on. */
+    devices: number;
+    hasTiny: boolean;
+    /** Device memory per model: weights, KV cache and (draft) the tiny model, in bytes. */
+    memory: Record<'target' | 'draft', { weightBytes: number; kvCacheBytes: number; tinyBytes: number }>;
+    /**
+     * How the self-speculative draft's depth was chosen when `draftLayers` was not given: per
+     * candidate depth, the greedy agreement with the target on calibration text, the estimated
+     * step cost relative to the target, and the cost model's predicted speedup (the best is used).
+     */
+    draftChoice: { layers: number; agreement: number; relativeCost: number; predictedSpeedup: number }[];
+  };
+  generate(prompt: Int32Array, options: NativeGenerateOptions, onTokens?: (ids: Int32Array) => void): Promise<{ tokens: Int32Array; stats: CascadeStats }>;
+  evaluate(tokens: Int32Array): Promise<Float32Array>;
+  /** Ends the generation after the current step (it resolves). */
+  cancel(): void;
+  /** Ends the generation before its next device call (it rejects with an AbortError). */
+  abort(): void;
+  /** The stream's reader has taken `tokens` more tokens (the generation pauses while too many are unread). */
+  consumed(tokens: number): void;
+  /** Frees a conversation's KV caches (not while a call runs). */
+  releaseSequence(id: number): void;
+  dispose(): void;
 }

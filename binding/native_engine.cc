@@ -1,55 +1,24 @@
-// NativeEngine: the generation engine (cpp/cascade/engine.h) for JS. Loading and generating run
-// on the thread pool; new tokens reach JS through a thread-safe function as they are committed;
-// cancel() stops a generation at the next step.
-#include <napi.h>
+// NativeEngine: the generation engine (cpp/cascade/engine.h) for JS. Generating runs on the thread
+// pool; new tokens reach JS through a thread-safe function as they are committed; cancel() stops a
+// generation at the next step.
+#include "native_engine.h"
+
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
 
 #include <atomic>
 #include <memory>
-#include <optional>
 
-#include "cascade/engine.h"
-#include "cascade/loading.h"
 #include "marshal.h"
-#include "model/tiny.h"
 #include "promise_worker.h"
 #include "reader_gate.h"
-#include "runtime.h"
 
 namespace cascade::binding {
 
 namespace {
 
 Napi::FunctionReference* g_engine_ctor = nullptr;
-
-// Hands the memory of a released model back to the system. The host copies of the weights and the
-// CPU plugin's device buffers are large blocks freed on pool threads; glibc keeps them in its
-// per-thread arenas (its mmap threshold grows with each large free), so without a trim every
-// load/dispose cycle left ~0.5 GB of RSS behind (measured: 5 cycles of SmolLM2 f32, 0.9 -> 3.5 GB).
-void ReleaseFreedMemory() {
-#if defined(__GLIBC__)
-  malloc_trim(0);
-#endif
-}
-
-WeightPrecision PrecisionFromJs(const Napi::Object& o, const char* key, WeightPrecision fallback) {
-  Napi::Value v = o.Get(key);
-  if (v.IsUndefined()) return fallback;
-  const std::string s = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
-  if (s == "f32") return WeightPrecision::kF32;
-  if (s == "bf16") return WeightPrecision::kBF16;
-  if (s == "int8") return WeightPrecision::kInt8;
-  throw InvalidArgumentError(std::string(key) + " must be 'f32', 'bf16' or 'int8'");
-}
-
-double NumberFromJs(const Napi::Object& o, const char* key, double fallback) {
-  Napi::Value v = o.Get(key);
-  if (v.IsUndefined()) return fallback;
-  if (!v.IsNumber()) throw InvalidArgumentError(std::string(key) + " must be a number");
-  return v.As<Napi::Number>().DoubleValue();
-}
 
 Napi::Object ConfigToJs(Napi::Env env, const ModelConfig& c) {
   Napi::Object o = Napi::Object::New(env);
@@ -379,203 +348,26 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
   std::shared_ptr<ReaderGate> gate_ = std::make_shared<ReaderGate>();
 };
 
-// loadEngine(client, { target, draft?, targetPrecision?, draftPrecision?, maxContext?, draftLayers?,
-//   deviceMemoryLimit?, ... }, onProgress?) -> { promise: Promise<NativeEngine>, cancel(): void }.
-// cancel() makes the load stop at its next stage (after reading a file, after the upload, between
-// warm-up compiles, during a tiny fit) with an AbortError; what it had uploaded is released.
-Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() < 2 || !info[1].IsObject())
-    throw ToJsError(env, InvalidArgumentError("loadEngine(client, options)"));
-  std::shared_ptr<Client> client = ClientFromJs(env, info[0]);
-  Napi::Object o = info[1].As<Napi::Object>();
-  EngineLoadOptions load;
-  EngineOptions& options = load.engine;
-  try {
-    if (!o.Get("target").IsString()) throw InvalidArgumentError("target must be a model file path");
-    load.target = o.Get("target").As<Napi::String>().Utf8Value();
-    if (o.Get("draft").IsString()) load.draft = o.Get("draft").As<Napi::String>().Utf8Value();
-    if (o.Get("tiny").IsString()) load.tiny = o.Get("tiny").As<Napi::String>().Utf8Value();
-    load.fit_tiny = o.Get("fitTiny").ToBoolean();
-    load.warmup = o.Get("warmup").ToBoolean();
-    if (o.Get("tinyCachePath").IsString()) load.tiny_cache = o.Get("tinyCachePath").As<Napi::String>().Utf8Value();
-    options.target_precision = PrecisionFromJs(o, "targetPrecision", options.target_precision);
-    options.draft_precision = PrecisionFromJs(o, "draftPrecision", options.draft_precision);
-    options.max_context = static_cast<int64_t>(NumberFromJs(o, "maxContext", static_cast<double>(options.max_context)));
-    options.draft_layers = static_cast<int64_t>(NumberFromJs(o, "draftLayers", 0));
-    options.proposal_length = static_cast<int64_t>(NumberFromJs(o, "k1", static_cast<double>(options.proposal_length)));
-    options.candidates = static_cast<int64_t>(NumberFromJs(o, "k0", static_cast<double>(options.candidates)));
-    options.device_index = static_cast<size_t>(NumberFromJs(o, "deviceIndex", 0));
-    options.devices = static_cast<int64_t>(NumberFromJs(o, "devices", 1));
-    options.max_sequences = static_cast<int64_t>(NumberFromJs(o, "maxSequences", static_cast<double>(options.max_sequences)));
-    load.device_memory_limit = static_cast<int64_t>(NumberFromJs(o, "deviceMemoryLimit", 0));
-  } catch (const Error& e) {
-    throw ToJsError(env, e);
-  }
-  auto engine = std::make_shared<std::shared_ptr<CascadeEngine>>();
-  // Progress of the load: (stage, done, total), stage "compile".
-  std::optional<Napi::ThreadSafeFunction> tsfn;
-  if (info.Length() > 2 && info[2].IsFunction())
-    tsfn = Napi::ThreadSafeFunction::New(env, info[2].As<Napi::Function>(), "cascade.load.progress", 0, 1);
-  auto release = [tsfn]() mutable {
-    if (tsfn) tsfn->Release();
-  };
-  auto cancel = std::make_shared<std::atomic<bool>>(false);
-  Napi::Promise promise = PromiseWorker::Start(
-      env, "cascade.load",
-      [client, load, engine, tsfn, release, cancel]() mutable {
-        try {
-          *engine = cascade::LoadEngine(
-              client, load, [cancel] { return cancel->load(); },
-              [tsfn](const char* stage, int64_t done, int64_t total) {
-                if (!tsfn) return;
-                struct Update {
-                  std::string stage;
-                  int64_t done, total;
-                };
-                auto* p = new Update{stage, done, total};
-                if (tsfn->NonBlockingCall(p, [](Napi::Env env, Napi::Function fn, Update* p) {
-                      fn.Call({Napi::String::New(env, p->stage), Napi::Number::New(env, static_cast<double>(p->done)),
-                               Napi::Number::New(env, static_cast<double>(p->total))});
-                      delete p;
-                    }) != napi_ok)
-                  delete p;
-              });
-        } catch (...) {
-          release();
-          ReleaseFreedMemory();  // the host copies of the weights (and, failed, the uploaded model)
-          throw;
-        }
-        release();
-        ReleaseFreedMemory();
-      },
-      [engine](Napi::Env env) -> Napi::Value {
-        Napi::Object obj = g_engine_ctor->New({});
-        NativeEngine::Unwrap(obj)->Attach(std::move(*engine));
-        return obj;
-      });
-  Napi::Object handle = Napi::Object::New(env);
-  handle.Set("promise", promise);
-  handle.Set("cancel", Napi::Function::New(env, [cancel](const Napi::CallbackInfo& info) {
-               cancel->store(true);
-               return info.Env().Undefined();
-             }));
-  return handle;
-}
-
 }  // namespace
 
-// measureBandwidth(): Promise<number>: this machine's memory read bandwidth in GB/s (the BW_i of
-// the cost model, for the host-memory devices of the CPU plugin).
-Napi::Value MeasureBandwidth(const Napi::CallbackInfo& info) {
-  auto gbs = std::make_shared<double>(0);
-  return PromiseWorker::Start(
-      info.Env(), "cascade.bandwidth", [gbs] { *gbs = MeasureReadBandwidthGBs(); },
-      [gbs](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *gbs); });
+// Hands the memory of a released model back to the system. The host copies of the weights and the
+// CPU plugin's device buffers are large blocks freed on pool threads; glibc keeps them in its
+// per-thread arenas (its mmap threshold grows with each large free), so without a trim every
+// load/dispose cycle left ~0.5 GB of RSS behind (measured: 5 cycles of SmolLM2 f32, 0.9 -> 3.5 GB).
+void ReleaseFreedMemory() {
+#if defined(__GLIBC__)
+  malloc_trim(0);
+#endif
 }
 
-void InitEngine(Napi::Env env, Napi::Object exports) {
+void DefineNativeEngine(Napi::Env env) {
   g_engine_ctor = new Napi::FunctionReference(Napi::Persistent(NativeEngine::Define(env)));
-  exports.Set("loadEngine", Napi::Function::New(env, LoadEngine, "loadEngine"));
-  exports.Set("measureBandwidth", Napi::Function::New(env, MeasureBandwidth, "measureBandwidth"));
 }
 
-}  // namespace cascade::binding
-
-namespace cascade::binding {
-namespace {
-
-// distillTiny(client, { target, draft?, draftLayers?, precision?, out, positions?, hidden?, seed? }, onProgress?)
-//   -> Promise<{ path, gamma0: [[k0, coverage]], trainPositions, heldoutPositions, ms: {...} }>
-// The tiny is fitted on text the *target* writes (what the cascade will commit); the draft gives
-// the logits it learns.
-Napi::Value DistillTiny(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() < 2 || !info[1].IsObject()) throw ToJsError(env, InvalidArgumentError("distillTiny(client, options)"));
-  std::shared_ptr<Client> client = ClientFromJs(env, info[0]);
-  Napi::Object o = info[1].As<Napi::Object>();
-  DistillOptions distill;
-  try {
-    if (!o.Get("target").IsString() || !o.Get("out").IsString()) throw InvalidArgumentError("target and out are required paths");
-    distill.target = o.Get("target").As<Napi::String>().Utf8Value();
-    distill.out = o.Get("out").As<Napi::String>().Utf8Value();
-    if (o.Get("draft").IsString()) distill.draft = o.Get("draft").As<Napi::String>().Utf8Value();
-    distill.draft_layers = static_cast<int64_t>(NumberFromJs(o, "draftLayers", 0));
-    distill.precision = PrecisionFromJs(o, "precision", distill.precision);
-    TinyFitOptions& fit = distill.fit;
-    fit.positions = static_cast<int64_t>(NumberFromJs(o, "positions", static_cast<double>(fit.positions)));
-    fit.hidden = static_cast<int64_t>(NumberFromJs(o, "hidden", static_cast<double>(fit.hidden)));
-    fit.seed = static_cast<uint64_t>(NumberFromJs(o, "seed", 1));
-  } catch (const Error& e) {
-    throw ToJsError(env, e);
-  }
-  std::optional<Napi::ThreadSafeFunction> tsfn;
-  if (info.Length() > 2 && info[2].IsFunction())
-    tsfn = Napi::ThreadSafeFunction::New(env, info[2].As<Napi::Function>(), "cascade.distill", 0, 1);
-  auto cancel = std::make_shared<std::atomic<bool>>(false);
-  auto report = std::make_shared<TinyFitReport>();
-  auto release = [tsfn]() mutable {
-    if (tsfn) tsfn->Release();
-  };
-  Napi::Promise promise = PromiseWorker::Start(
-      env, "cascade.distill",
-      [client, distill, report, tsfn, cancel, release]() mutable {
-        try {
-          int64_t last = -1;
-          *report = DistillTinyToFile(client, distill, [tsfn, cancel, last](int64_t done, int64_t total) mutable {
-            if (tsfn && (done - last >= 10 || done == total)) {
-              last = done;
-              auto* p = new std::pair<int64_t, int64_t>(done, total);
-              if (tsfn->NonBlockingCall(p, [](Napi::Env env, Napi::Function fn, std::pair<int64_t, int64_t>* p) {
-                    fn.Call({Napi::Number::New(env, static_cast<double>(p->first)),
-                             Napi::Number::New(env, static_cast<double>(p->second))});
-                    delete p;
-                  }) != napi_ok)
-                delete p;
-            }
-            return !cancel->load();
-          });
-        } catch (...) {
-          release();
-          throw;
-        }
-        release();
-      },
-      [report, out = distill.out](Napi::Env env) -> Napi::Value {
-        Napi::Object r = Napi::Object::New(env);
-        r.Set("path", out);
-        Napi::Array g = Napi::Array::New(env, report->gamma0.size());
-        for (size_t i = 0; i < report->gamma0.size(); ++i) {
-          Napi::Array pair = Napi::Array::New(env, 2);
-          pair.Set(0u, static_cast<double>(report->gamma0[i].first));
-          pair.Set(1u, report->gamma0[i].second);
-          g.Set(i, pair);
-        }
-        r.Set("gamma0", g);
-        r.Set("trainPositions", static_cast<double>(report->train_positions));
-        r.Set("heldoutPositions", static_cast<double>(report->heldout_positions));
-        Napi::Object ms = Napi::Object::New(env);
-        ms.Set("generate", report->generate_ms);
-        ms.Set("solve", report->projection_ms + report->accumulate_ms + report->solve_ms);
-        ms.Set("evaluate", report->eval_ms);
-        ms.Set("total", report->total_ms());
-        r.Set("ms", ms);
-        return r;
-      });
-  // The JS side cancels through this function (AbortSignal).
-  Napi::Object handle = Napi::Object::New(env);
-  handle.Set("promise", promise);
-  handle.Set("cancel", Napi::Function::New(env, [cancel](const Napi::CallbackInfo& info) {
-               cancel->store(true);
-               return info.Env().Undefined();
-             }));
-  return handle;
-}
-
-}  // namespace
-
-void InitDistill(Napi::Env env, Napi::Object exports) {
-  exports.Set("distillTiny", Napi::Function::New(env, DistillTiny, "distillTiny"));
+Napi::Object WrapEngine(std::shared_ptr<CascadeEngine> engine) {
+  Napi::Object obj = g_engine_ctor->New({});
+  NativeEngine::Unwrap(obj)->Attach(std::move(engine));
+  return obj;
 }
 
 }  // namespace cascade::binding

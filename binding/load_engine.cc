@@ -1,0 +1,118 @@
+// loadEngine and measureBandwidth: loading runs cpp/cascade/loading.h's LoadEngine on the thread
+// pool and hands the engine to JS as a NativeEngine (binding/native_engine.h).
+#include <napi.h>
+
+#include <atomic>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "cascade/cost_model.h"
+#include "cascade/loading.h"
+#include "marshal.h"
+#include "native_engine.h"
+#include "promise_worker.h"
+#include "runtime.h"
+
+namespace cascade::binding {
+
+namespace {
+
+// loadEngine(client, { target, draft?, targetPrecision?, draftPrecision?, maxContext?, draftLayers?,
+//   deviceMemoryLimit?, ... }, onProgress?) -> { promise: Promise<NativeEngine>, cancel(): void }.
+// cancel() makes the load stop at its next stage (after reading a file, after the upload, between
+// warm-up compiles, during a tiny fit) with an AbortError; what it had uploaded is released.
+Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[1].IsObject())
+    throw ToJsError(env, InvalidArgumentError("loadEngine(client, options)"));
+  std::shared_ptr<Client> client = ClientFromJs(env, info[0]);
+  Napi::Object o = info[1].As<Napi::Object>();
+  EngineLoadOptions load;
+  EngineOptions& options = load.engine;
+  try {
+    if (!o.Get("target").IsString()) throw InvalidArgumentError("target must be a model file path");
+    load.target = o.Get("target").As<Napi::String>().Utf8Value();
+    if (o.Get("draft").IsString()) load.draft = o.Get("draft").As<Napi::String>().Utf8Value();
+    if (o.Get("tiny").IsString()) load.tiny = o.Get("tiny").As<Napi::String>().Utf8Value();
+    load.fit_tiny = o.Get("fitTiny").ToBoolean();
+    load.warmup = o.Get("warmup").ToBoolean();
+    if (o.Get("tinyCachePath").IsString()) load.tiny_cache = o.Get("tinyCachePath").As<Napi::String>().Utf8Value();
+    options.target_precision = PrecisionFromJs(o, "targetPrecision", options.target_precision);
+    options.draft_precision = PrecisionFromJs(o, "draftPrecision", options.draft_precision);
+    options.max_context = static_cast<int64_t>(NumberFromJs(o, "maxContext", static_cast<double>(options.max_context)));
+    options.draft_layers = static_cast<int64_t>(NumberFromJs(o, "draftLayers", 0));
+    options.proposal_length = static_cast<int64_t>(NumberFromJs(o, "k1", static_cast<double>(options.proposal_length)));
+    options.candidates = static_cast<int64_t>(NumberFromJs(o, "k0", static_cast<double>(options.candidates)));
+    options.device_index = static_cast<size_t>(NumberFromJs(o, "deviceIndex", 0));
+    options.devices = static_cast<int64_t>(NumberFromJs(o, "devices", 1));
+    options.max_sequences = static_cast<int64_t>(NumberFromJs(o, "maxSequences", static_cast<double>(options.max_sequences)));
+    load.device_memory_limit = static_cast<int64_t>(NumberFromJs(o, "deviceMemoryLimit", 0));
+  } catch (const Error& e) {
+    throw ToJsError(env, e);
+  }
+  auto engine = std::make_shared<std::shared_ptr<CascadeEngine>>();
+  // Progress of the load: (stage, done, total), stage "compile".
+  std::optional<Napi::ThreadSafeFunction> tsfn;
+  if (info.Length() > 2 && info[2].IsFunction())
+    tsfn = Napi::ThreadSafeFunction::New(env, info[2].As<Napi::Function>(), "cascade.load.progress", 0, 1);
+  auto release = [tsfn]() mutable {
+    if (tsfn) tsfn->Release();
+  };
+  auto cancel = std::make_shared<std::atomic<bool>>(false);
+  Napi::Promise promise = PromiseWorker::Start(
+      env, "cascade.load",
+      [client, load, engine, tsfn, release, cancel]() mutable {
+        try {
+          *engine = cascade::LoadEngine(
+              client, load, [cancel] { return cancel->load(); },
+              [tsfn](const char* stage, int64_t done, int64_t total) {
+                if (!tsfn) return;
+                struct Update {
+                  std::string stage;
+                  int64_t done, total;
+                };
+                auto* p = new Update{stage, done, total};
+                if (tsfn->NonBlockingCall(p, [](Napi::Env env, Napi::Function fn, Update* p) {
+                      fn.Call({Napi::String::New(env, p->stage), Napi::Number::New(env, static_cast<double>(p->done)),
+                               Napi::Number::New(env, static_cast<double>(p->total))});
+                      delete p;
+                    }) != napi_ok)
+                  delete p;
+              });
+        } catch (...) {
+          release();
+          ReleaseFreedMemory();  // the host copies of the weights (and, failed, the uploaded model)
+          throw;
+        }
+        release();
+        ReleaseFreedMemory();
+      },
+      [engine](Napi::Env) -> Napi::Value { return WrapEngine(std::move(*engine)); });
+  Napi::Object handle = Napi::Object::New(env);
+  handle.Set("promise", promise);
+  handle.Set("cancel", Napi::Function::New(env, [cancel](const Napi::CallbackInfo& info) {
+               cancel->store(true);
+               return info.Env().Undefined();
+             }));
+  return handle;
+}
+
+}  // namespace
+
+// measureBandwidth(): Promise<number>: this machine's memory read bandwidth in GB/s (the BW_i of
+// the cost model, for the host-memory devices of the CPU plugin).
+Napi::Value MeasureBandwidth(const Napi::CallbackInfo& info) {
+  auto gbs = std::make_shared<double>(0);
+  return PromiseWorker::Start(
+      info.Env(), "cascade.bandwidth", [gbs] { *gbs = MeasureReadBandwidthGBs(); },
+      [gbs](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *gbs); });
+}
+
+void InitEngine(Napi::Env env, Napi::Object exports) {
+  DefineNativeEngine(env);
+  exports.Set("loadEngine", Napi::Function::New(env, LoadEngine, "loadEngine"));
+  exports.Set("measureBandwidth", Napi::Function::New(env, MeasureBandwidth, "measureBandwidth"));
+}
+
+}  // namespace cascade::binding
