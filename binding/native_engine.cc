@@ -113,6 +113,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
     o.Set("draftPrecision", WeightPrecisionName(engine->draft().options().precision));
     o.Set("maxContext", static_cast<double>(engine->target().max_context()));
     o.Set("devices", static_cast<double>(engine->target().replicas()));
+    o.Set("maxSequences", static_cast<double>(engine->max_sequences()));
     o.Set("hasTiny", engine->has_tiny());
     // Device memory per model (XLA CPU reports no memory stats, so these are the buffers we own).
     auto memory = [&](DecoderModel& m) {

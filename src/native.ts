@@ -274,6 +274,8 @@ export interface NativeEngine {
     maxContext: number;
     /** Devices the target is replicated on. */
     devices: number;
+    /** Conversations whose KV caches stay resident (the load's `maxSequences`). */
+    maxSequences: number;
     hasTiny: boolean;
     /** Device memory per model: weights, KV cache and (draft) the tiny model, in bytes. */
     memory: Record<'target' | 'draft', { weightBytes: number; kvCacheBytes: number; tinyBytes: number }>;

@@ -5,6 +5,7 @@
 //   -> verify (one target call) -> accept (exact) -> commit.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -159,6 +160,7 @@ class CascadeEngine {
   // Device bytes one resident sequence costs (a target and a draft KV cache).
   int64_t SequenceBytes() const;
   int64_t resident_sequences() const;
+  int64_t max_sequences() const { return std::max<int64_t>(1, options_.max_sequences); }
 
   // Installs the tiny model (stage 0) on the draft: enables DecodeMode::kCascade.
   void SetTiny(const TinyWeights& tiny);

@@ -92,7 +92,7 @@ export interface ServerOptions {
    * Replies are exact whichever slot serves them. Each slot in use holds a target and a draft KV
    * cache of the context's length; beyond the Cascade's {@link CascadeLoadOptions.maxSequences}
    * (default 4) the slots evict each other's caches, so keep this at most that. Default 4 (or the
-   * Cascade's `maxSequences` when it is smaller and `cascade.info` reports it). The slots are
+   * Cascade's `maxSequences`, `cascade.info.maxSequences`, when that is smaller). The slots are
    * freed when the server closes.
    */
   slots?: number;
@@ -501,9 +501,7 @@ export function createServer(options: ServerOptions): FastifyInstance {
 
 /** {@link ServerOptions.slots}'s default: 4, or the Cascade's `maxSequences` when smaller. */
 function defaultSlots(cascade: Cascade): number {
-  // `maxSequences` is a load option the Cascade does not report yet; read it should it appear.
-  const resident = (cascade.info as { maxSequences?: unknown }).maxSequences;
-  return typeof resident === 'number' && Number.isInteger(resident) && resident >= 1 ? Math.min(4, resident) : 4;
+  return Math.min(4, cascade.info.maxSequences);
 }
 
 /**

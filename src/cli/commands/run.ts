@@ -80,6 +80,8 @@ export interface LoadFlags {
   targetPrecision?: Precision | undefined;
   draftPrecision?: Precision | undefined;
   maxContext?: number;
+  /** Conversations whose KV caches stay resident (serve sets it to its slots). */
+  maxSequences?: number;
   plugin: string;
 }
 
@@ -183,6 +185,7 @@ export async function loadForCli(opts: LoadFlags, quiet: boolean): Promise<{ cas
       plugin: opts.plugin,
       devices: opts.devices,
       maxContext: opts.maxContext,
+      maxSequences: opts.maxSequences,
       draftLayers: opts.draftLayers,
       tiny,
       precision: opts.targetPrecision || opts.draftPrecision ? { target: opts.targetPrecision, draft: opts.draftPrecision } : 'auto',

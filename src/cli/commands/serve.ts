@@ -63,7 +63,8 @@ async function run(opts: ServeOptions): Promise<void> {
   const progress = (m: string) => process.stderr.write(`${m}\n`);
   await checkBindable(opts.host, opts.port);
   // The models by path, URL or catalogue name, loaded with the warm-up (as `run` and `chat` do).
-  const { cascade, target } = await loadForCli(opts, opts.quiet === true);
+  // One resident KV cache per slot, so the slots do not evict each other's.
+  const { cascade, target } = await loadForCli({ ...opts, maxSequences: Math.max(4, opts.slots ?? 4) }, opts.quiet === true);
   const modelId = opts.modelName ?? modelIdFor(target);
   let server;
   try {
