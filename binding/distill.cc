@@ -9,6 +9,7 @@
 
 #include "cascade/loading.h"
 #include "marshal.h"
+#include "async_call.h"
 #include "promise_worker.h"
 #include "runtime.h"
 
@@ -40,37 +41,26 @@ Napi::Value DistillTiny(const Napi::CallbackInfo& info) {
   } catch (const Error& e) {
     throw ToJsError(env, e);
   }
-  std::optional<Napi::ThreadSafeFunction> tsfn;
-  if (info.Length() > 2 && info[2].IsFunction())
-    tsfn = Napi::ThreadSafeFunction::New(env, info[2].As<Napi::Function>(), "cascade.distill", 0, 1);
+  ProgressCallback progress(info, 2, "cascade.distill");  // (done, total)
   auto cancel = std::make_shared<std::atomic<bool>>(false);
   auto report = std::make_shared<TinyFitReport>();
-  auto release = [tsfn]() mutable {
-    if (tsfn) tsfn->Release();
-  };
   Napi::Promise promise = PromiseWorker::Start(
       env, "cascade.distill",
-      [client, distill, report, tsfn, cancel, release]() mutable {
+      [client, distill, report, progress, cancel]() mutable {
         try {
           int64_t last = -1;
-          *report = DistillTinyToFile(client, distill, [tsfn, cancel, last](int64_t done, int64_t total) mutable {
-            if (tsfn && (done - last >= 10 || done == total)) {
+          *report = DistillTinyToFile(client, distill, [&progress, cancel, &last](int64_t done, int64_t total) {
+            if (done - last >= 10 || done == total) {
               last = done;
-              auto* p = new std::pair<int64_t, int64_t>(done, total);
-              if (tsfn->NonBlockingCall(p, [](Napi::Env env, Napi::Function fn, std::pair<int64_t, int64_t>* p) {
-                    fn.Call({Napi::Number::New(env, static_cast<double>(p->first)),
-                             Napi::Number::New(env, static_cast<double>(p->second))});
-                    delete p;
-                  }) != napi_ok)
-                delete p;
+              progress(nullptr, done, total);
             }
             return !cancel->load();
           });
         } catch (...) {
-          release();
+          progress.Release();
           throw;
         }
-        release();
+        progress.Release();
       },
       [report, out = distill.out](Napi::Env env) -> Napi::Value {
         Napi::Object r = Napi::Object::New(env);
@@ -93,14 +83,8 @@ Napi::Value DistillTiny(const Napi::CallbackInfo& info) {
         r.Set("ms", ms);
         return r;
       });
-  // The JS side cancels through this function (AbortSignal).
-  Napi::Object handle = Napi::Object::New(env);
-  handle.Set("promise", promise);
-  handle.Set("cancel", Napi::Function::New(env, [cancel](const Napi::CallbackInfo& info) {
-               cancel->store(true);
-               return info.Env().Undefined();
-             }));
-  return handle;
+  // The JS side cancels through this (AbortSignal).
+  return CancellableHandle(env, promise, cancel);
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include "cascade/loading.h"
 #include "marshal.h"
 #include "native_engine.h"
+#include "async_call.h"
 #include "promise_worker.h"
 #include "runtime.h"
 
@@ -52,50 +53,23 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
     throw ToJsError(env, e);
   }
   auto engine = std::make_shared<std::shared_ptr<CascadeEngine>>();
-  // Progress of the load: (stage, done, total), stage "compile".
-  std::optional<Napi::ThreadSafeFunction> tsfn;
-  if (info.Length() > 2 && info[2].IsFunction())
-    tsfn = Napi::ThreadSafeFunction::New(env, info[2].As<Napi::Function>(), "cascade.load.progress", 0, 1);
-  auto release = [tsfn]() mutable {
-    if (tsfn) tsfn->Release();
-  };
+  ProgressCallback progress(info, 2, "cascade.load.progress");  // (stage, done, total)
   auto cancel = std::make_shared<std::atomic<bool>>(false);
   Napi::Promise promise = PromiseWorker::Start(
       env, "cascade.load",
-      [client, load, engine, tsfn, release, cancel]() mutable {
+      [client, load, engine, progress, cancel]() mutable {
         try {
-          *engine = cascade::LoadEngine(
-              client, load, [cancel] { return cancel->load(); },
-              [tsfn](const char* stage, int64_t done, int64_t total) {
-                if (!tsfn) return;
-                struct Update {
-                  std::string stage;
-                  int64_t done, total;
-                };
-                auto* p = new Update{stage, done, total};
-                if (tsfn->NonBlockingCall(p, [](Napi::Env env, Napi::Function fn, Update* p) {
-                      fn.Call({Napi::String::New(env, p->stage), Napi::Number::New(env, static_cast<double>(p->done)),
-                               Napi::Number::New(env, static_cast<double>(p->total))});
-                      delete p;
-                    }) != napi_ok)
-                  delete p;
-              });
+          *engine = cascade::LoadEngine(client, load, [cancel] { return cancel->load(); }, progress);
         } catch (...) {
-          release();
+          progress.Release();
           ReleaseFreedMemory();  // the host copies of the weights (and, failed, the uploaded model)
           throw;
         }
-        release();
+        progress.Release();
         ReleaseFreedMemory();
       },
       [engine](Napi::Env) -> Napi::Value { return WrapEngine(std::move(*engine)); });
-  Napi::Object handle = Napi::Object::New(env);
-  handle.Set("promise", promise);
-  handle.Set("cancel", Napi::Function::New(env, [cancel](const Napi::CallbackInfo& info) {
-               cancel->store(true);
-               return info.Env().Undefined();
-             }));
-  return handle;
+  return CancellableHandle(env, promise, cancel);
 }
 
 }  // namespace

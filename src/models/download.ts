@@ -40,7 +40,7 @@ import { join } from 'node:path';
 
 import { DownloadError, ModelFormatError } from '../errors.js';
 import { sha256File } from '../plugin/wheel.js';
-import { cachePath } from '../utils/cache.js';
+import { cachePath, processAlive } from '../utils/cache.js';
 
 /**
  * The downloaded file's sha256 is not the one asked for. The partial file is removed and nothing
@@ -227,15 +227,6 @@ async function isGguf(path: string): Promise<boolean> {
   }
 }
 
-function alive(pid: number): boolean {
-  if (pid === process.pid) return true;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /**
  * Takes `<dir>/.lock` (our pid inside). A lock whose writer is gone is taken over; a live one is
@@ -253,7 +244,7 @@ async function lock(dir: string, signal: AbortSignal | undefined, onWait: () => 
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
     }
     const owner = Number((await readFile(file, 'utf8').catch(() => '')).trim());
-    if (!Number.isInteger(owner) || owner <= 0 || !alive(owner)) {
+    if (!Number.isInteger(owner) || owner <= 0 || !processAlive(owner)) {
       await rm(file, { force: true });
       continue;
     }

@@ -50,7 +50,8 @@ function temporaryOwner(name: string): number | undefined {
   return m ? Number(m[1]) : undefined;
 }
 
-function alive(pid: number): boolean {
+/** Whether process `pid` exists (this one counts; another user's too). @internal */
+export function processAlive(pid: number): boolean {
   if (pid === process.pid) return true;
   try {
     process.kill(pid, 0);
@@ -77,7 +78,7 @@ export async function removeStaleTemps(dir: string): Promise<void> {
     const owner = temporaryOwner(n);
     const p = join(dir, n);
     try {
-      if (owner !== undefined && !alive(owner)) {
+      if (owner !== undefined && !processAlive(owner)) {
         await rm(p, { recursive: true, force: true });
         continue;
       }

@@ -7,7 +7,7 @@ import { Command, Option } from 'commander';
 import type { Cascade, DecodeMode, GenerateOptions } from '../../cascade/cascade.js';
 import type { ChatMessage } from '../../tokenizer/index.js';
 import { cachePath } from '../../utils/cache.js';
-import { pluginOption, positiveInteger } from '../options.js';
+import { addModelOptions, positiveInteger } from '../options.js';
 import { loadForCli, summaryLine, type LoadFlags } from './run.js';
 
 interface ChatOptions extends LoadFlags {
@@ -201,14 +201,12 @@ const nonNegativeNumber = (flag: string) => (v: string) => {
 };
 
 export function chatCommand(): Command {
-  return new Command('chat')
+  return addModelOptions(new Command('chat'))
     .description(
       'Talk with a model in the terminal: each turn sends the whole conversation through the model\'s chat template and streams ' +
         'the reply. /reset starts over, /exit or Ctrl-D quits, Ctrl-C stops a reply (twice at an empty prompt quits). ' +
         `Input lines are remembered in <cache>/chat-history (up arrow).`,
     )
-    .option('--model <model>', 'a GGUF file, a Hugging Face folder, an http(s) URL of a GGUF file or a catalogue name (default: SmolLM2-135M-Instruct)')
-    .option('--draft <model>', 'draft model with the same vocabulary, given like --model (default: the target\'s first layers)')
     .option('--system <text>', 'a system message that starts the conversation (and survives /reset)')
     .addOption(new Option('--mode <mode>', 'decoding mode').choices(['target', 'speculative', 'cascade', 'auto']).default('speculative'))
     .option('--max-tokens <n>', 'most tokens per reply', positiveInteger('--max-tokens'), 256)
@@ -218,15 +216,9 @@ export function chatCommand(): Command {
     .option('--seed <n>', 'sampler seed', nonNegativeNumber('--seed'), 0)
     .option('--k1 <n>', 'draft proposals per target call', positiveInteger('--k1'), 4)
     .option('--k0 <n>', 'tiny candidates per draft step (cascade mode)', positiveInteger('--k0'), 64)
-    .option('--tiny <path>', "tiny model for --mode cascade: a .safetensors file, or 'fit'")
-    .option('--devices <n>', 'devices the target is replicated on', positiveInteger('--devices'), 1)
-    .option('--draft-layers <n>', 'layers of the self-speculative draft', positiveInteger('--draft-layers'))
-    .addOption(new Option('--target-precision <p>', 'target weights on the device').choices(['f32', 'bf16', 'int8']))
-    .addOption(new Option('--draft-precision <p>', 'draft weights on the device').choices(['f32', 'bf16', 'int8']))
     .option('--max-context <n>', 'KV cache length in tokens: the conversation plus a reply (older turns are dropped to fit)', positiveInteger('--max-context'), 2048)
     .option('--stats', 'after each reply, a summary line on stderr (tokens, speed)')
     .option('--no-history', 'do not read or write the input history file')
-    .addOption(pluginOption())
     .addHelpText('after', '\nExamples:\n  $ cascade-xla chat\n  $ cascade-xla chat --model https://example.com/model.gguf --system "You are terse." --temperature 0.7')
     .action((opts: ChatOptions, command: Command) => chat(opts, command.optsWithGlobals().quiet === true));
 }

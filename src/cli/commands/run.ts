@@ -8,7 +8,7 @@ import { resolveModel } from '../../models/catalog.js';
 import { cachePath, compileCacheDir } from '../../utils/cache.js';
 import { printJson, table } from '../output.js';
 import { phaseTimer, progressBar, progressMode, type Progress } from '../progress.js';
-import { pluginOption, positiveInteger } from '../options.js';
+import { addModelOptions, positiveInteger } from '../options.js';
 import { downloadReporter } from './pull.js';
 
 interface RunOptions extends LoadFlags {
@@ -271,10 +271,8 @@ async function run(prompt: string, opts: RunOptions, quiet: boolean): Promise<vo
 }
 
 export function runCommand(name = 'run'): Command {
-  const cmd = new Command(name)
-    .argument(name === 'demo' ? '[prompt]' : '<prompt>', 'what to ask (rendered with the model chat template unless --raw)')
-    .option('--model <model>', 'target model: a GGUF file, a Hugging Face folder, an http(s) URL of a GGUF file or a catalogue name (default: SmolLM2-135M-Instruct, downloaded once)')
-    .option('--draft <model>', 'draft model with the same vocabulary, given like --model (default: the target\'s first layers)')
+  const cmd = new Command(name).argument(name === 'demo' ? '[prompt]' : '<prompt>', 'what to ask (rendered with the model chat template unless --raw)');
+  addModelOptions(cmd)
     .addOption(new Option('--mode <mode>', 'decoding mode').choices(['target', 'speculative', 'cascade', 'auto']).default(name === 'demo' ? 'cascade' : 'speculative'))
     .option('--max-tokens <n>', 'most tokens to generate', positiveInteger('--max-tokens'), 128)
     .option('--temperature <t>', '0 is greedy', nonNegativeNumber('--temperature'), 0)
@@ -283,19 +281,13 @@ export function runCommand(name = 'run'): Command {
     .option('--seed <n>', 'sampler seed', nonNegativeNumber('--seed'), 0)
     .option('--k1 <n>', 'draft proposals per target call (the most, with --dynamic)', positiveInteger('--k1'), 4)
     .option('--k0 <n>', 'tiny candidates per draft step (cascade mode)', positiveInteger('--k0'), 64)
-    .option('--tiny <path>', "tiny model for --mode cascade: a .safetensors file, or 'fit' to fit one from the draft (cached)")
-    .option('--devices <n>', 'devices the target is replicated on; branches are split across them', positiveInteger('--devices'), 1)
     .option('--branches <n>', 'proposal branches per step, verified as a tree in one target call', positiveInteger('--branches'), 1)
     .option('--dynamic', 'choose the proposal length per step from the cost model (on by default in auto mode)')
-    .option('--draft-layers <n>', 'layers of the self-speculative draft', positiveInteger('--draft-layers'))
-    .addOption(new Option('--target-precision <p>', 'target weights on the device').choices(['f32', 'bf16', 'int8']))
-    .addOption(new Option('--draft-precision <p>', 'draft weights on the device').choices(['f32', 'bf16', 'int8']))
     .option('--max-context <n>', "KV cache length in tokens (default: the library's, 1024)", positiveInteger('--max-context'))
     .option('--raw', 'send the prompt as plain text, without the chat template')
     .option('--compare', 'also run target-only decoding and report the speedup', name === 'demo')
     .option('--json', 'print one JSON object (text, stats) instead of streaming')
-    .option('--stats', 'after the answer, print the statistics: stage times, acceptance, placement, bandwidth (default: one summary line on stderr)', name === 'demo')
-    .addOption(pluginOption());
+    .option('--stats', 'after the answer, print the statistics: stage times, acceptance, placement, bandwidth (default: one summary line on stderr)', name === 'demo');
   if (name === 'demo') {
     cmd.description(
       'The demo: fetch SmolLM2-135M-Instruct and build its default draft and tiny model (once, cached), stream an ' +

@@ -5,7 +5,7 @@ import { Command, Option } from 'commander';
 
 import { findCatalogModel } from '../../models/catalog.js';
 import { serve } from '../../server/server.js';
-import { pluginOption, positiveInteger } from '../options.js';
+import { addModelOptions, positiveInteger } from '../options.js';
 import { loadForCli, type LoadFlags } from './run.js';
 
 interface ServeOptions extends LoadFlags {
@@ -128,7 +128,7 @@ async function run(opts: ServeOptions): Promise<void> {
 }
 
 export function serveCommand(): Command {
-  return new Command('serve')
+  return addModelOptions(new Command('serve'))
     .description(
       'Serve the model over an OpenAI-compatible HTTP API: GET /v1/models, POST /v1/chat/completions and POST /v1/completions, ' +
         'plain or streamed (server-sent events), with usage, stop strings and the usual sampling options. Generations run one ' +
@@ -137,19 +137,12 @@ export function serveCommand(): Command {
     )
     .option('--host <host>', 'interface to bind (0.0.0.0 for every interface; consider --api-key then)', '127.0.0.1')
     .option('--port <port>', 'TCP port (0 picks a free one; the address is printed on stdout)', port, 8080)
-    .option('--model <model>', 'target model: a GGUF file, a Hugging Face folder, an http(s) URL of a GGUF file or a catalogue name (default: SmolLM2-135M-Instruct, downloaded once)')
     .option('--model-name <id>', 'the model id clients send and /v1/models lists (default: the file name without its extension)')
-    .option('--draft <model>', "draft model with the same vocabulary, given like --model (default: the target's first layers)")
     .addOption(new Option('--mode <mode>', 'decoding mode (all give the target\'s output)').choices(['target', 'speculative', 'cascade', 'auto']).default('speculative'))
     .option('--k1 <n>', 'draft proposals per target call', positiveInteger('--k1'), 4)
     .option('--k0 <n>', 'tiny candidates per draft step (cascade mode)', positiveInteger('--k0'), 64)
-    .option('--tiny <path>', "tiny model for --mode cascade: a .safetensors file, or 'fit' to fit one from the draft (cached)")
     .option('--branches <n>', 'proposal branches per step, verified as a tree in one target call', positiveInteger('--branches'), 1)
-    .option('--devices <n>', 'devices the target is replicated on', positiveInteger('--devices'), 1)
     .option('--dynamic', 'choose the proposal length per step from the cost model (on by default in auto mode)')
-    .option('--draft-layers <n>', 'layers of the self-speculative draft', positiveInteger('--draft-layers'))
-    .addOption(new Option('--target-precision <p>', 'target weights on the device').choices(['f32', 'bf16', 'int8']))
-    .addOption(new Option('--draft-precision <p>', 'draft weights on the device').choices(['f32', 'bf16', 'int8']))
     .option('--max-context <n>', 'KV cache length in tokens: prompt plus reply must fit', positiveInteger('--max-context'), 1024)
     .option('--max-tokens <n>', 'tokens to generate when a request sets no max_tokens (default: the room left in the context; 16 on /v1/completions)', positiveInteger('--max-tokens'))
     .option('--max-queue <n>', 'most requests running or queued at once; more get 429', positiveInteger('--max-queue'), 64)
@@ -162,7 +155,6 @@ export function serveCommand(): Command {
     .option('--cors <origin>', "let web pages of this origin call the server from a browser ('*' for any)")
     .option('--shutdown-grace <ms>', 'on SIGINT/SIGTERM, how long requests in flight may finish before they are aborted', nonNegativeInteger('--shutdown-grace'), 5000)
     .option('--quiet', 'no loading progress, and no line per request on stderr')
-    .addOption(pluginOption())
     .addHelpText(
       'after',
       `
