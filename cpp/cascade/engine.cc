@@ -253,6 +253,25 @@ void CascadeEngine::SetTiny(const TinyWeights& tiny) {
   has_tiny_ = true;
 }
 
+// A round's acceptance, into the statistics and the cost model: of a chain of `length`, the
+// target examined the accepted positions and the first rejected one.
+void CascadeEngine::RecordAcceptance(StepKind kind, int64_t proposed, int64_t length, int64_t accepted,
+                                     GenerationStats& stats) {
+  const int64_t examined = std::min<int64_t>(accepted + 1, length);
+  stats.proposed += proposed;
+  stats.attempted += examined;
+  stats.accepted += accepted;
+  cost_.ObserveAcceptance(kind, examined, accepted);
+  if (static_cast<int64_t>(stats.position_attempted.size()) < length) {
+    stats.position_attempted.resize(length, 0);
+    stats.position_accepted.resize(length, 0);
+  }
+  for (int64_t j = 0; j < examined; ++j) {
+    ++stats.position_attempted[j];
+    if (j < accepted) ++stats.position_accepted[j];
+  }
+}
+
 // Several branches: the first tokens are B draws from q~_1 (T = 0: its B best), each branch is
 // continued by the draft as a chain, and the target verifies the whole tree in one call
 // ([last, branch 0, branch 1, ...] with a tree mask: a token sees the root and its own branch).
@@ -355,19 +374,7 @@ void CascadeEngine::BranchingStep(Sequence& seq, const GenerateOptions& options,
     verdict = VerifySampled(branches, target_dist, rng);
   }
   const int64_t k = static_cast<int64_t>(verdict.accepted);
-  stats.proposed += B * L;
-  const int64_t examined = std::min<int64_t>(k + 1, L);
-  stats.attempted += examined;
-  stats.accepted += k;
-  cost_.ObserveAcceptance(proposer.kind(), examined, k);
-  if (static_cast<int64_t>(stats.position_attempted.size()) < L) {
-    stats.position_attempted.resize(L, 0);
-    stats.position_accepted.resize(L, 0);
-  }
-  for (int64_t j = 0; j < examined; ++j) {
-    ++stats.position_attempted[j];
-    if (j < k) ++stats.position_accepted[j];
-  }
+  RecordAcceptance(proposer.kind(), B * L, L, k, stats);
 
   // 4. Commit. Branch 0 sits in the target's cache slots n.. contiguously; any other accepted
   //    branch is re-fed by the next round's catch-up (its slots are not contiguous). The draft's
@@ -443,19 +450,7 @@ void CascadeEngine::SpeculativeStep(Sequence& seq, const GenerateOptions& option
   } else {
     verdict = VerifySampled({proposal}, target_dist, rng);
   }
-  stats.proposed += L;
-  const int64_t examined = std::min<int64_t>(static_cast<int64_t>(verdict.accepted) + 1, L);
-  stats.attempted += examined;
-  cost_.ObserveAcceptance(proposer.kind(), examined, static_cast<int64_t>(verdict.accepted));
-  stats.accepted += static_cast<int64_t>(verdict.accepted);
-  if (static_cast<int64_t>(stats.position_attempted.size()) < L) {
-    stats.position_attempted.resize(L, 0);
-    stats.position_accepted.resize(L, 0);
-  }
-  for (int64_t j = 0; j < examined; ++j) {
-    ++stats.position_attempted[j];
-    if (j < static_cast<int64_t>(verdict.accepted)) ++stats.position_accepted[j];
-  }
+  RecordAcceptance(proposer.kind(), L, L, static_cast<int64_t>(verdict.accepted), stats);
 
   // 4. Commit: the accepted prefix and the target's token. The caches keep what matches.
   const int64_t k = static_cast<int64_t>(verdict.accepted);
@@ -545,12 +540,14 @@ std::vector<float> CascadeEngine::TargetLogits(const std::vector<int32_t>& token
   return out;
 }
 
-GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const GenerateOptions& requested) {
+// The call's options with the engine's defaults filled in (one default per setting:
+// EngineOptions), checked against the prompt and the models; throws InvalidArgumentError.
+GenerateOptions CascadeEngine::Resolve(const std::vector<int32_t>& prompt, const GenerateOptions& requested) const {
   // What the call left unset takes the engine's defaults (one default per setting: EngineOptions).
   GenerateOptions options = requested;
   if (options.proposal_length == 0) options.proposal_length = options_.proposal_length;
   if (options.candidates == 0) options.candidates = options_.candidates;
-  const bool dynamic_length = options.dynamic_length.value_or(options.mode == DecodeMode::kAuto);
+  if (!options.dynamic_length) options.dynamic_length = options.mode == DecodeMode::kAuto;
   ValidateSamplingParams(options.sampling, target_->config().vocab_size);
   if (prompt.empty()) throw InvalidArgumentError("the prompt has no tokens");
   if (options.max_tokens < 0) throw InvalidArgumentError("maxTokens must be >= 0");
@@ -565,8 +562,7 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
   const int64_t vocab = target_->config().vocab_size;
   for (int32_t t : prompt)
     if (t < 0 || t >= vocab) throw InvalidArgumentError("prompt token id " + std::to_string(t) + " is outside the vocabulary");
-  DecodeMode mode = options.mode;
-  if (mode == DecodeMode::kCascade || (mode == DecodeMode::kAuto && has_tiny_)) {
+  if (options.mode == DecodeMode::kCascade || (options.mode == DecodeMode::kAuto && has_tiny_)) {
     if (!has_tiny_) throw InvalidArgumentError("mode 'cascade' needs a tiny model (load one, or fit one from the draft)");
     if (options.candidates < 1 || options.candidates > vocab)
       throw InvalidArgumentError("k0 must be in 1.." + std::to_string(vocab) + ", got " + std::to_string(options.candidates));
@@ -574,6 +570,41 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
       throw InvalidArgumentError("k1 (" + std::to_string(options.proposal_length) + ") must not exceed k0 (" +
                                  std::to_string(options.candidates) + ")");
   }
+  return options;
+}
+
+// Reuse what the sequence's caches hold: the prompt's longest common prefix with the tokens they
+// saw (keys and values depend only on the tokens before them, and every kernel computes a row the
+// same in any call shape, so these entries are bit-identical to a fresh prefill's). The last
+// prompt token is always fed again: its step gives the first new token.
+void CascadeEngine::Resume(const ResidentSequence& resident, Sequence& seq) {
+  size_t common = 0;
+  const size_t limit = std::min(resident.tokens.size(), seq.prompt_length - 1);
+  while (common < limit && resident.tokens[common] == seq.tokens[common]) ++common;
+  seq.target_valid = std::min<int64_t>(resident.target_valid, static_cast<int64_t>(common));
+  seq.draft_valid = std::min<int64_t>(resident.draft_valid, static_cast<int64_t>(common));
+}
+
+// Predicted vs measured speedup over target-only decoding, for the rounds this generation ran.
+void CascadeEngine::PredictSpeedup(GenerationStats& stats) const {
+  const int64_t spec_rounds = stats.steps_speculative + stats.steps_cascade;
+  const int64_t rounds = stats.steps_target + spec_rounds;
+  if (rounds > 0) {
+    const int64_t mean_length = spec_rounds ? std::max<int64_t>(1, stats.length_sum / spec_rounds) : 0;
+    stats.predicted_speedup = (stats.steps_target * 1.0 +
+                               stats.steps_speculative * cost_.PredictedSpeedup(StepKind::kSpeculative, mean_length) +
+                               stats.steps_cascade * cost_.PredictedSpeedup(StepKind::kCascade, mean_length)) /
+                              static_cast<double>(rounds);
+  }
+  if (cost_.decode_ms() > 0 && stats.tokens_per_second() > 0)
+    stats.measured_speedup = stats.tokens_per_second() / (1000.0 / cost_.decode_ms());
+}
+
+GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const GenerateOptions& requested) {
+  const GenerateOptions options = Resolve(prompt, requested);
+  const bool dynamic_length = *options.dynamic_length;
+  const DecodeMode mode = options.mode;
+  const int64_t context = options_.max_context;
 
   const auto start = Clock::now();
   GenerateResult result;
@@ -583,19 +614,9 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
   Sequence seq;
   seq.tokens = prompt;
   seq.prompt_length = prompt.size();
-  // Reuse what the sequence's caches hold: the prompt's longest common prefix with the tokens they
-  // saw (keys and values depend only on the tokens before them, and every kernel computes a row
-  // the same in any call shape, so these entries are bit-identical to a fresh prefill's). The
-  // last prompt token is always fed again: its step gives the first new token.
   ResidentSequence& resident = Activate(options.sequence);
   resident.last_used = ++use_clock_;
-  {
-    size_t common = 0;
-    const size_t limit = std::min(resident.tokens.size(), prompt.size() - 1);
-    while (common < limit && resident.tokens[common] == prompt[common]) ++common;
-    seq.target_valid = std::min<int64_t>(resident.target_valid, static_cast<int64_t>(common));
-    seq.draft_valid = std::min<int64_t>(resident.draft_valid, static_cast<int64_t>(common));
-  }
+  Resume(resident, seq);
   stats.cached_tokens = seq.target_valid;
   // However the call ends (done, aborted, failed), remember what the caches now hold.
   struct Remember {
@@ -679,18 +700,7 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
   }
   stats.generated_tokens = static_cast<int64_t>(result.tokens.size());
   stats.total_ms = MsSince(start);
-  // Predicted vs measured speedup over target-only decoding (the cost model's).
-  const int64_t spec_rounds = stats.steps_speculative + stats.steps_cascade;
-  const int64_t rounds = stats.steps_target + spec_rounds;
-  if (rounds > 0) {
-    const int64_t mean_length = spec_rounds ? std::max<int64_t>(1, stats.length_sum / spec_rounds) : 0;
-    stats.predicted_speedup = (stats.steps_target * 1.0 +
-                               stats.steps_speculative * cost_.PredictedSpeedup(StepKind::kSpeculative, mean_length) +
-                               stats.steps_cascade * cost_.PredictedSpeedup(StepKind::kCascade, mean_length)) /
-                              static_cast<double>(rounds);
-  }
-  if (cost_.decode_ms() > 0 && stats.tokens_per_second() > 0)
-    stats.measured_speedup = stats.tokens_per_second() / (1000.0 / cost_.decode_ms());
+  PredictSpeedup(stats);
   return result;
 }
 

@@ -189,12 +189,16 @@ class CascadeEngine {
   // valid counts cleared when someone else used a model's cache since (evaluate, a tiny fit).
   ResidentSequence& Activate(int64_t id);
 
+  GenerateOptions Resolve(const std::vector<int32_t>& prompt, const GenerateOptions& requested) const;
+  static void Resume(const ResidentSequence& resident, Sequence& seq);
+  void PredictSpeedup(GenerationStats& stats) const;
   void CatchUp(DecoderModel& model, int64_t& valid, const std::vector<int32_t>& tokens, int64_t upto,
                const GenerateOptions& options, const char* stage);
   void TargetOnlyStep(Sequence& seq, const GenerateOptions& options, Rng& rng, GenerationStats& stats);
   // B > 1 branches: proposals as a tree, one tree-masked verify call.
   void BranchingStep(Sequence& seq, const GenerateOptions& options, Proposer& proposer, int64_t length, Rng& rng,
                      GenerationStats& stats);
+  void RecordAcceptance(StepKind kind, int64_t proposed, int64_t length, int64_t accepted, GenerationStats& stats);
   // Proposer -> target: L proposals, verified in one target call, accepted exactly.
   void SpeculativeStep(Sequence& seq, const GenerateOptions& options, Proposer& proposer, int64_t length, Rng& rng,
                        GenerationStats& stats);

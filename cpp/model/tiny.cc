@@ -426,6 +426,221 @@ double TinyCoverage(const TinyWeights& t, const HostTensor& inputs_e, const std:
 
 // ------------------------------------------------------------------------------ closed-form fit
 
+namespace {
+
+// ---- the phases of FitTinyClosedForm ----
+
+// W1, b1: a projection of the input rows (PCA directions at unit variance, then random rows),
+// centred by the rows' mean.
+void FitProjection(TinyWeights& t, const float* e, int64_t V, int64_t d, int64_t H, const TinyFitOptions& o,
+                   std::mt19937_64& rng) {
+  // Mean and covariance of (up to 4096 sampled) rows.
+  std::vector<int64_t> rows(static_cast<size_t>(V));
+  std::iota(rows.begin(), rows.end(), 0);
+  std::shuffle(rows.begin(), rows.end(), rng);
+  rows.resize(static_cast<size_t>(std::min<int64_t>(V, 4096)));
+  std::vector<double> mean(static_cast<size_t>(d), 0.0);
+  for (int64_t r : rows)
+    for (int64_t i = 0; i < d; ++i) mean[i] += e[r * d + i];
+  for (double& m : mean) m /= static_cast<double>(rows.size());
+  std::normal_distribution<double> normal(0, 1);
+  std::vector<double> w1(static_cast<size_t>(H * d));
+  int64_t pca_rows = 0;
+  if (o.projection == TinyFitOptions::Projection::kPca) {
+    std::vector<double> cov(static_cast<size_t>(d * d), 0.0), x(static_cast<size_t>(d));
+    for (int64_t r : rows) {
+      for (int64_t i = 0; i < d; ++i) x[i] = e[r * d + i] - mean[i];
+      for (int64_t i = 0; i < d; ++i) {
+        const double xi = x[i];
+        double* row = &cov[i * d];
+        for (int64_t j = 0; j <= i; ++j) row[j] += xi * x[j];
+      }
+    }
+    for (int64_t i = 0; i < d; ++i)
+      for (int64_t j = 0; j <= i; ++j) cov[j * d + i] = cov[i * d + j] /= static_cast<double>(rows.size());
+    std::vector<double> values, vectors;
+    SymmetricEigen(cov, d, values, vectors);
+    pca_rows = std::min(H, d);
+    for (int64_t j = 0; j < pca_rows; ++j) {
+      const double s = 1 / std::sqrt(std::max(values[j], 1e-12));  // unit variance along each direction
+      for (int64_t i = 0; i < d; ++i) w1[j * d + i] = vectors[j * d + i] * s;
+    }
+  }
+  // Random rows (all of them for kRandom, those beyond d for kPca), scaled to unit variance.
+  double total_var = 0;
+  for (int64_t r : rows)
+    for (int64_t i = 0; i < d; ++i) total_var += (e[r * d + i] - mean[i]) * (e[r * d + i] - mean[i]);
+  total_var /= static_cast<double>(rows.size());
+  for (int64_t j = pca_rows; j < H; ++j)
+    for (int64_t i = 0; i < d; ++i) w1[j * d + i] = normal(rng) / std::sqrt(std::max(total_var, 1e-12));
+  for (int64_t j = 0; j < H; ++j) {
+    double b = 0;
+    for (int64_t i = 0; i < d; ++i) {
+      t.w1.as<float>()[j * d + i] = static_cast<float>(w1[j * d + i]);
+      b -= static_cast<double>(t.w1.as<float>()[j * d + i]) * mean[i];
+    }
+    t.b1.as<float>()[j] = static_cast<float>(b);
+  }
+}
+
+// What the fit learns from: per step of the text, the input token and the draft's argmax; for
+// training steps, the centred logits summed per input token.
+struct FitSteps {
+  std::vector<int32_t> inputs, argmaxes;
+  std::unordered_map<int32_t, std::pair<int64_t, std::vector<float>>> sums;  // token -> (count, sum of centred y)
+  std::vector<double> sum_y;
+};
+
+// The text model writes `o.positions` steps (training sequences end at n_train, so held-out steps
+// come from fresh sequences); the draft gives the logits at each.
+FitSteps CollectSteps(DecoderModel& draft, DecoderModel* text, const TinyFitOptions& o, int64_t V, int64_t seq_len,
+                      int64_t n_train, std::mt19937_64& rng) {
+  FitSteps steps;
+  steps.sum_y.assign(static_cast<size_t>(V), 0.0);
+  std::uniform_int_distribution<int32_t> any_token(0, static_cast<int32_t>(V - 1));
+  std::uniform_real_distribution<double> uniform(0, 1);
+  std::vector<double> probs(static_cast<size_t>(V));
+  int64_t step = 0;
+  while (step < o.positions) {
+    // Training sequences end at n_train, so held-out steps come from fresh sequences.
+    const int64_t limit = step < n_train ? n_train : o.positions;
+    int32_t token = any_token(rng);
+    for (int64_t pos = 0; pos < seq_len && step < limit; ++pos, ++step) {
+      ForwardResult r = draft.Forward({token}, pos, {HeadKind::kLogits, 0});
+      const float* y = r.logits.data();
+      const int32_t am = static_cast<int32_t>(std::max_element(y, y + V) - y);
+      ForwardResult text_r;
+      if (text != &draft) text_r = text->Forward({token}, pos, {HeadKind::kLogits, 0});
+      const float* ty = text != &draft ? text_r.logits.data() : y;
+      const int32_t text_am = static_cast<int32_t>(std::max_element(ty, ty + V) - ty);
+      steps.inputs.push_back(token);
+      steps.argmaxes.push_back(am);
+      if (step < n_train) {
+        double mean = 0;
+        for (int64_t v = 0; v < V; ++v) mean += y[v];
+        mean /= static_cast<double>(V);
+        auto& slot = steps.sums[token];
+        if (slot.second.empty()) slot.second.assign(static_cast<size_t>(V), 0.f);
+        ++slot.first;
+        for (int64_t v = 0; v < V; ++v) {
+          const float yc = static_cast<float>(y[v] - mean);
+          slot.second[v] += yc;
+          steps.sum_y[v] += yc;
+        }
+      }
+      int32_t next = text_am;
+      if (o.temperature > 0) {
+        double z = 0;
+        for (int64_t v = 0; v < V; ++v) z += (probs[v] = std::exp((ty[v] - ty[text_am]) / o.temperature));
+        double u = uniform(rng) * z;
+        next = static_cast<int32_t>(V - 1);
+        for (int64_t v = 0; v < V; ++v)
+          if ((u -= probs[v]) <= 0) {
+            next = static_cast<int32_t>(v);
+            break;
+          }
+      }
+      token = next;
+      if (o.progress && !o.progress(step + 1, o.positions)) throw Error(ErrorKind::kAborted, "tiny fit: cancelled");
+    }
+  }
+  return steps;
+}
+
+// Sufficient statistics over the training steps, grouped by input token.
+struct FitMoments {
+  std::vector<double> shh, sh, shy;
+};
+
+FitMoments AccumulateMoments(const TinyWeights& t, const float* e, int64_t d, int64_t H, int64_t V, const FitSteps& steps) {
+  FitMoments m;
+  m.shh.assign(static_cast<size_t>(H * H), 0.0);
+  m.sh.assign(static_cast<size_t>(H), 0.0);
+  m.shy.assign(static_cast<size_t>(H * V), 0.0);  // sum_i h_i y_i^T
+  std::vector<float> block(static_cast<size_t>(V));
+  for (const auto& [token, slot] : steps.sums) {
+    const std::vector<double> h = TinyFeatures(t, e + static_cast<int64_t>(token) * d);
+    const double n = static_cast<double>(slot.first);
+    for (int64_t a = 0; a < H; ++a) {
+      m.sh[a] += n * h[a];
+      if (h[a] == 0) continue;
+      for (int64_t b = 0; b <= a; ++b) m.shh[a * H + b] += n * h[a] * h[b];
+      const float ha = static_cast<float>(h[a]);
+      for (int64_t v = 0; v < V; ++v) block[v] = ha * slot.second[v];
+      double* row = &m.shy[a * V];
+      for (int64_t v = 0; v < V; ++v) row[v] += block[v];
+    }
+  }
+  return m;
+}
+
+// Ridge solve: (Hc^T Hc + lambda I) W2^T = Hc^T Yc, then W2 and b2 (consumes m.shy).
+void SolveRidge(TinyWeights& t, FitMoments& m, const std::vector<double>& sum_y, double N, int64_t H, int64_t V,
+                double ridge) {
+  std::vector<double> mh(static_cast<size_t>(H)), my(static_cast<size_t>(V));
+  for (int64_t a = 0; a < H; ++a) mh[a] = m.sh[a] / N;
+  for (int64_t v = 0; v < V; ++v) my[v] = sum_y[v] / N;
+  std::vector<double> A(static_cast<size_t>(H * H));
+  double trace = 0;
+  for (int64_t a = 0; a < H; ++a)
+    for (int64_t b = 0; b <= a; ++b) {
+      const double x = m.shh[a * H + b] - N * mh[a] * mh[b];
+      A[a * H + b] = A[b * H + a] = x;
+      if (a == b) trace += x;
+    }
+  const double lambda = ridge * std::max(trace, 1e-12) / static_cast<double>(H);
+  for (int64_t a = 0; a < H; ++a) A[a * H + a] += lambda;
+  const std::vector<double> Ainv = CholeskyInverse(Cholesky(A, H), H);
+  // B = Hc^T Yc = shy - N mh my^T, in place.
+  for (int64_t a = 0; a < H; ++a) {
+    double* row = &m.shy[a * V];
+    const double s = N * mh[a];
+    for (int64_t v = 0; v < V; ++v) row[v] -= s * my[v];
+  }
+  // W2^T [H, V] = Ainv B.
+  std::vector<double> w2t(static_cast<size_t>(H * V), 0.0);
+  for (int64_t a = 0; a < H; ++a) {
+    double* out = &w2t[a * V];
+    for (int64_t b = 0; b < H; ++b) {
+      const double k = Ainv[a * H + b];
+      const double* in = &m.shy[b * V];
+      for (int64_t v = 0; v < V; ++v) out[v] += k * in[v];
+    }
+  }
+  float* w2 = t.w2.as<float>();
+  for (int64_t v = 0; v < V; ++v) {
+    double b = my[v];
+    for (int64_t a = 0; a < H; ++a) {
+      w2[v * H + a] = static_cast<float>(w2t[a * V + v]);
+      b -= w2t[a * V + v] * mh[a];
+    }
+    t.b2.as<float>()[v] = static_cast<float>(b);
+  }
+}
+
+// Held-out and training coverage (gamma0) at each K0 of eval_k.
+void EvaluateCoverage(const TinyWeights& t, const HostTensor& E, const FitSteps& steps, int64_t n_train,
+                      const std::vector<int64_t>& eval_k, int64_t V, TinyFitReport& rep) {
+  const std::vector<int32_t>& inputs = steps.inputs;
+  const std::vector<int32_t>& argmaxes = steps.argmaxes;
+  const std::vector<int32_t> train_in(inputs.begin(), inputs.begin() + n_train),
+      train_am(argmaxes.begin(), argmaxes.begin() + n_train), held_in(inputs.begin() + n_train, inputs.end()),
+      held_am(argmaxes.begin() + n_train, argmaxes.end());
+  const std::vector<int64_t> held_rank = TinyRanks(t, E, held_in, held_am), train_rank = TinyRanks(t, E, train_in, train_am);
+  auto share = [](const std::vector<int64_t>& ranks, int64_t k) {
+    int64_t hit = 0;
+    for (int64_t r : ranks) hit += r < k;
+    return ranks.empty() ? 0.0 : static_cast<double>(hit) / static_cast<double>(ranks.size());
+  };
+  for (int64_t k : eval_k) {
+    if (k < 1 || k > V) continue;
+    if (!held_in.empty()) rep.gamma0.push_back({k, share(held_rank, k)});
+    rep.train_gamma0.push_back({k, share(train_rank, k)});
+  }
+}
+
+}  // namespace
+
 TinyWeights FitTinyClosedForm(DecoderModel& draft, const ModelWeights& dw, const TinyFitOptions& o,
                               TinyFitReport* report) {
   const ModelConfig& c = draft.config();
@@ -446,7 +661,7 @@ TinyWeights FitTinyClosedForm(DecoderModel& draft, const ModelWeights& dw, const
   TinyFitReport rep;
   std::mt19937_64 rng(o.seed);
 
-  // ---- W1, b1: a projection of the input rows ----
+  // W1, b1: a projection of the input rows.
   auto t0 = Clock::now();
   const HostTensor E = TinyInputEmbeddings(dw, draft.options().precision);
   const float* e = E.as<float>();
@@ -461,195 +676,28 @@ TinyWeights FitTinyClosedForm(DecoderModel& draft, const ModelWeights& dw, const
   t.w2 = HostTensor(DType::kF32, {V, H});
   t.b2 = HostTensor(DType::kF32, {V});
   for (int64_t j = 0; j < H; ++j) t.ln_w.as<float>()[j] = 1;
-  {
-    // Mean and covariance of (up to 4096 sampled) rows.
-    std::vector<int64_t> rows(static_cast<size_t>(V));
-    std::iota(rows.begin(), rows.end(), 0);
-    std::shuffle(rows.begin(), rows.end(), rng);
-    rows.resize(static_cast<size_t>(std::min<int64_t>(V, 4096)));
-    std::vector<double> mean(static_cast<size_t>(d), 0.0);
-    for (int64_t r : rows)
-      for (int64_t i = 0; i < d; ++i) mean[i] += e[r * d + i];
-    for (double& m : mean) m /= static_cast<double>(rows.size());
-    std::normal_distribution<double> normal(0, 1);
-    std::vector<double> w1(static_cast<size_t>(H * d));
-    int64_t pca_rows = 0;
-    if (o.projection == TinyFitOptions::Projection::kPca) {
-      std::vector<double> cov(static_cast<size_t>(d * d), 0.0), x(static_cast<size_t>(d));
-      for (int64_t r : rows) {
-        for (int64_t i = 0; i < d; ++i) x[i] = e[r * d + i] - mean[i];
-        for (int64_t i = 0; i < d; ++i) {
-          const double xi = x[i];
-          double* row = &cov[i * d];
-          for (int64_t j = 0; j <= i; ++j) row[j] += xi * x[j];
-        }
-      }
-      for (int64_t i = 0; i < d; ++i)
-        for (int64_t j = 0; j <= i; ++j) cov[j * d + i] = cov[i * d + j] /= static_cast<double>(rows.size());
-      std::vector<double> values, vectors;
-      SymmetricEigen(cov, d, values, vectors);
-      pca_rows = std::min(H, d);
-      for (int64_t j = 0; j < pca_rows; ++j) {
-        const double s = 1 / std::sqrt(std::max(values[j], 1e-12));  // unit variance along each direction
-        for (int64_t i = 0; i < d; ++i) w1[j * d + i] = vectors[j * d + i] * s;
-      }
-    }
-    // Random rows (all of them for kRandom, those beyond d for kPca), scaled to unit variance.
-    double total_var = 0;
-    for (int64_t r : rows)
-      for (int64_t i = 0; i < d; ++i) total_var += (e[r * d + i] - mean[i]) * (e[r * d + i] - mean[i]);
-    total_var /= static_cast<double>(rows.size());
-    for (int64_t j = pca_rows; j < H; ++j)
-      for (int64_t i = 0; i < d; ++i) w1[j * d + i] = normal(rng) / std::sqrt(std::max(total_var, 1e-12));
-    for (int64_t j = 0; j < H; ++j) {
-      double b = 0;
-      for (int64_t i = 0; i < d; ++i) {
-        t.w1.as<float>()[j * d + i] = static_cast<float>(w1[j * d + i]);
-        b -= static_cast<double>(t.w1.as<float>()[j * d + i]) * mean[i];
-      }
-      t.b1.as<float>()[j] = static_cast<float>(b);
-    }
-  }
+  FitProjection(t, e, V, d, H, o, rng);
   rep.projection_ms = MsSince(t0);
 
-  // ---- data: the draft's own text, (input token, logits) per step ----
+  // The data: the text model's text, (input token, the draft's logits) per step.
   t0 = Clock::now();
-  std::vector<int32_t> inputs, argmaxes;  // every step
-  std::unordered_map<int32_t, std::pair<int64_t, std::vector<float>>> sums;  // train: token -> (count, sum of centred y)
-  std::vector<double> sum_y(static_cast<size_t>(V), 0.0);
-  std::uniform_int_distribution<int32_t> any_token(0, static_cast<int32_t>(V - 1));
-  std::uniform_real_distribution<double> uniform(0, 1);
-  std::vector<double> probs(static_cast<size_t>(V));
-  int64_t step = 0;
-  while (step < o.positions) {
-    // Training sequences end at n_train, so held-out steps come from fresh sequences.
-    const int64_t limit = step < n_train ? n_train : o.positions;
-    int32_t token = any_token(rng);
-    for (int64_t pos = 0; pos < seq_len && step < limit; ++pos, ++step) {
-      ForwardResult r = draft.Forward({token}, pos, {HeadKind::kLogits, 0});
-      const float* y = r.logits.data();
-      const int32_t am = static_cast<int32_t>(std::max_element(y, y + V) - y);
-      ForwardResult text_r;
-      if (text != &draft) text_r = text->Forward({token}, pos, {HeadKind::kLogits, 0});
-      const float* ty = text != &draft ? text_r.logits.data() : y;
-      const int32_t text_am = static_cast<int32_t>(std::max_element(ty, ty + V) - ty);
-      inputs.push_back(token);
-      argmaxes.push_back(am);
-      if (step < n_train) {
-        double mean = 0;
-        for (int64_t v = 0; v < V; ++v) mean += y[v];
-        mean /= static_cast<double>(V);
-        auto& slot = sums[token];
-        if (slot.second.empty()) slot.second.assign(static_cast<size_t>(V), 0.f);
-        ++slot.first;
-        for (int64_t v = 0; v < V; ++v) {
-          const float yc = static_cast<float>(y[v] - mean);
-          slot.second[v] += yc;
-          sum_y[v] += yc;
-        }
-      }
-      int32_t next = text_am;
-      if (o.temperature > 0) {
-        double z = 0;
-        for (int64_t v = 0; v < V; ++v) z += (probs[v] = std::exp((ty[v] - ty[text_am]) / o.temperature));
-        double u = uniform(rng) * z;
-        next = static_cast<int32_t>(V - 1);
-        for (int64_t v = 0; v < V; ++v)
-          if ((u -= probs[v]) <= 0) {
-            next = static_cast<int32_t>(v);
-            break;
-          }
-      }
-      token = next;
-      if (o.progress && !o.progress(step + 1, o.positions)) throw Error(ErrorKind::kAborted, "tiny fit: cancelled");
-    }
-  }
+  FitSteps steps = CollectSteps(draft, text, o, V, seq_len, n_train, rng);
   rep.generate_ms = MsSince(t0);
   rep.train_positions = n_train;
   rep.heldout_positions = o.positions - n_train;
-  rep.distinct_train_tokens = static_cast<int64_t>(sums.size());
+  rep.distinct_train_tokens = static_cast<int64_t>(steps.sums.size());
 
-  // ---- sufficient statistics: sums over training steps, grouped by input token ----
   t0 = Clock::now();
-  const double N = static_cast<double>(n_train);
-  std::vector<double> shh(static_cast<size_t>(H * H), 0.0), sh(static_cast<size_t>(H), 0.0);
-  std::vector<double> shy(static_cast<size_t>(H * V), 0.0);  // sum_i h_i y_i^T
-  std::vector<float> block(static_cast<size_t>(V));
-  for (const auto& [token, slot] : sums) {
-    const std::vector<double> h = TinyFeatures(t, e + static_cast<int64_t>(token) * d);
-    const double n = static_cast<double>(slot.first);
-    for (int64_t a = 0; a < H; ++a) {
-      sh[a] += n * h[a];
-      if (h[a] == 0) continue;
-      for (int64_t b = 0; b <= a; ++b) shh[a * H + b] += n * h[a] * h[b];
-      const float ha = static_cast<float>(h[a]);
-      for (int64_t v = 0; v < V; ++v) block[v] = ha * slot.second[v];
-      double* row = &shy[a * V];
-      for (int64_t v = 0; v < V; ++v) row[v] += block[v];
-    }
-  }
-  sums.clear();
+  FitMoments moments = AccumulateMoments(t, e, d, H, V, steps);
+  steps.sums.clear();
   rep.accumulate_ms = MsSince(t0);
 
-  // ---- ridge solve: (Hc^T Hc + lambda I) W2^T = Hc^T Yc ----
   t0 = Clock::now();
-  std::vector<double> mh(static_cast<size_t>(H)), my(static_cast<size_t>(V));
-  for (int64_t a = 0; a < H; ++a) mh[a] = sh[a] / N;
-  for (int64_t v = 0; v < V; ++v) my[v] = sum_y[v] / N;
-  std::vector<double> A(static_cast<size_t>(H * H));
-  double trace = 0;
-  for (int64_t a = 0; a < H; ++a)
-    for (int64_t b = 0; b <= a; ++b) {
-      const double x = shh[a * H + b] - N * mh[a] * mh[b];
-      A[a * H + b] = A[b * H + a] = x;
-      if (a == b) trace += x;
-    }
-  const double lambda = o.ridge * std::max(trace, 1e-12) / static_cast<double>(H);
-  for (int64_t a = 0; a < H; ++a) A[a * H + a] += lambda;
-  const std::vector<double> Ainv = CholeskyInverse(Cholesky(A, H), H);
-  // B = Hc^T Yc = shy - N mh my^T, in place.
-  for (int64_t a = 0; a < H; ++a) {
-    double* row = &shy[a * V];
-    const double s = N * mh[a];
-    for (int64_t v = 0; v < V; ++v) row[v] -= s * my[v];
-  }
-  // W2^T [H, V] = Ainv B.
-  std::vector<double> w2t(static_cast<size_t>(H * V), 0.0);
-  for (int64_t a = 0; a < H; ++a) {
-    double* out = &w2t[a * V];
-    for (int64_t b = 0; b < H; ++b) {
-      const double k = Ainv[a * H + b];
-      const double* in = &shy[b * V];
-      for (int64_t v = 0; v < V; ++v) out[v] += k * in[v];
-    }
-  }
-  float* w2 = t.w2.as<float>();
-  for (int64_t v = 0; v < V; ++v) {
-    double b = my[v];
-    for (int64_t a = 0; a < H; ++a) {
-      w2[v * H + a] = static_cast<float>(w2t[a * V + v]);
-      b -= w2t[a * V + v] * mh[a];
-    }
-    t.b2.as<float>()[v] = static_cast<float>(b);
-  }
+  SolveRidge(t, moments, steps.sum_y, static_cast<double>(n_train), H, V, o.ridge);
   rep.solve_ms = MsSince(t0);
 
-  // ---- evaluation ----
   t0 = Clock::now();
-  const std::vector<int32_t> train_in(inputs.begin(), inputs.begin() + n_train),
-      train_am(argmaxes.begin(), argmaxes.begin() + n_train), held_in(inputs.begin() + n_train, inputs.end()),
-      held_am(argmaxes.begin() + n_train, argmaxes.end());
-  const std::vector<int64_t> held_rank = TinyRanks(t, E, held_in, held_am), train_rank = TinyRanks(t, E, train_in, train_am);
-  auto share = [](const std::vector<int64_t>& ranks, int64_t k) {
-    int64_t hit = 0;
-    for (int64_t r : ranks) hit += r < k;
-    return ranks.empty() ? 0.0 : static_cast<double>(hit) / static_cast<double>(ranks.size());
-  };
-  for (int64_t k : o.eval_k) {
-    if (k < 1 || k > V) continue;
-    if (!held_in.empty()) rep.gamma0.push_back({k, share(held_rank, k)});
-    rep.train_gamma0.push_back({k, share(train_rank, k)});
-  }
+  EvaluateCoverage(t, E, steps, n_train, o.eval_k, V, rep);
   rep.eval_ms = MsSince(t0);
 
   t.metadata["fit"] = "closed_form_ridge";
