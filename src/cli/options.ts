@@ -1,6 +1,8 @@
 /** Options shared by several commands. @internal @module */
 import { type Command, Option } from 'commander';
 
+import type { DecodeMode, GenerateOptions } from '../cascade/cascade.js';
+
 export const pluginOption = () =>
   new Option('--plugin <plugin>', "PJRT plugin: 'cpu', 'cuda', 'tpu' or a path to a plugin .so (CASCADE_PJRT_PLUGIN overrides 'cpu')").default('cpu');
 
@@ -11,6 +13,14 @@ export function positiveInteger(flag: string): (v: string) => number {
   return (v: string) => {
     const n = Number(v);
     if (!Number.isInteger(n) || n < 1) throw new Error(`${flag} must be a positive integer, got '${v}'`);
+    return n;
+  };
+}
+
+export function nonNegativeNumber(flag: string): (v: string) => number {
+  return (v: string) => {
+    const n = Number(v);
+    if (!Number.isFinite(n) || n < 0) throw new Error(`${flag} must be a number >= 0, got '${v}'`);
     return n;
   };
 }
@@ -29,4 +39,62 @@ export function addModelOptions(cmd: Command): Command {
     .addOption(new Option('--target-precision <p>', 'target weights on the device').choices(['f32', 'bf16', 'int8']))
     .addOption(new Option('--draft-precision <p>', 'draft weights on the device').choices(['f32', 'bf16', 'int8']))
     .addOption(pluginOption());
+}
+
+/** The decoding flags as commander parses them ({@link addDecodingOptions}). */
+export interface DecodingFlags {
+  mode: DecodeMode;
+  k1: number;
+  k0: number;
+  /** Only on commands that offer --branches and --dynamic. */
+  branches?: number;
+  dynamic?: boolean;
+}
+
+/**
+ * How tokens are proposed (run, demo, chat, serve): --mode (default `mode`), --k1, --k0, and where
+ * `branches` is set, --branches and --dynamic. Read them with {@link decodingFromFlags}.
+ */
+export function addDecodingOptions(cmd: Command, defaults: { mode: DecodeMode; branches: boolean }): Command {
+  cmd
+    .addOption(new Option('--mode <mode>', "decoding mode (all give the target's output; they differ in speed)").choices(['target', 'speculative', 'cascade', 'auto']).default(defaults.mode))
+    .option('--k1 <n>', `draft proposals per target call${defaults.branches ? ' (the most, with --dynamic)' : ''}`, positiveInteger('--k1'), 4)
+    .option('--k0 <n>', 'tiny candidates per draft step (cascade mode)', positiveInteger('--k0'), 64);
+  if (!defaults.branches) return cmd;
+  return cmd
+    .option('--branches <n>', 'proposal branches per step, verified as a tree in one target call', positiveInteger('--branches'), 1)
+    .option('--dynamic', 'choose the proposal length per step from the cost model (on by default in auto mode)');
+}
+
+/** The flags of {@link addDecodingOptions} as generation options. */
+export function decodingFromFlags(opts: DecodingFlags): Pick<GenerateOptions, 'mode' | 'k1' | 'k0' | 'branches' | 'dynamicHorizon'> {
+  return {
+    mode: opts.mode,
+    k1: opts.k1,
+    k0: opts.k0,
+    ...(opts.branches === undefined ? {} : { branches: opts.branches }),
+    ...(opts.dynamic ? { dynamicHorizon: true } : {}),
+  };
+}
+
+/** The sampling flags as commander parses them ({@link addSamplingOptions}). */
+export interface SamplingFlags {
+  temperature: number;
+  topK: number;
+  topP: number;
+  seed: number;
+}
+
+/** How each token is drawn (run, demo, chat): --temperature, --top-k, --top-p, --seed. Read them with {@link samplingFromFlags}. */
+export function addSamplingOptions(cmd: Command): Command {
+  return cmd
+    .option('--temperature <t>', '0 is greedy', nonNegativeNumber('--temperature'), 0)
+    .option('--top-k <k>', 'keep the k most likely tokens (0 = off)', nonNegativeNumber('--top-k'), 0)
+    .option('--top-p <p>', 'nucleus sampling threshold (1 = off)', nonNegativeNumber('--top-p'), 1)
+    .option('--seed <n>', 'sampler seed', nonNegativeNumber('--seed'), 0);
+}
+
+/** The flags of {@link addSamplingOptions} as generation options. */
+export function samplingFromFlags(opts: SamplingFlags): Pick<GenerateOptions, keyof SamplingFlags> {
+  return { temperature: opts.temperature, topK: opts.topK, topP: opts.topP, seed: opts.seed };
 }

@@ -2,20 +2,16 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import * as readline from 'node:readline';
 
-import { Command, Option } from 'commander';
+import { Command } from 'commander';
 
 import type { Cascade, DecodeMode, GenerateOptions } from '../../cascade/cascade.js';
 import type { ChatMessage } from '../../tokenizer/index.js';
 import { cachePath } from '../../utils/cache.js';
-import { addModelOptions, positiveInteger } from '../options.js';
+import { addDecodingOptions, addModelOptions, addSamplingOptions, decodingFromFlags, positiveInteger, samplingFromFlags, type SamplingFlags } from '../options.js';
 import { loadForCli, summaryLine, type LoadFlags } from './run.js';
 
-interface ChatOptions extends LoadFlags {
+interface ChatOptions extends LoadFlags, SamplingFlags {
   maxTokens: number;
-  temperature: number;
-  topK: number;
-  topP: number;
-  seed: number;
   system?: string;
   stats?: boolean;
   history: boolean;
@@ -69,15 +65,7 @@ function fitContext(cascade: Cascade, messages: ChatMessage[], maxTokens: number
 async function chat(opts: ChatOptions, quiet: boolean): Promise<void> {
   const terminal = process.stdin.isTTY === true && process.stdout.isTTY === true;
   const { cascade, target } = await loadForCli(opts, quiet);
-  const generation: GenerateOptions = {
-    mode: opts.mode,
-    maxTokens: opts.maxTokens,
-    temperature: opts.temperature,
-    topK: opts.topK,
-    topP: opts.topP,
-    seed: opts.seed,
-    k1: opts.k1,
-  };
+  const generation: GenerateOptions = { ...decodingFromFlags(opts), maxTokens: opts.maxTokens, ...samplingFromFlags(opts) };
   const system: ChatMessage[] = opts.system ? [{ role: 'system', content: opts.system }] : [];
   let messages: ChatMessage[] = [...system];
   let replying: AbortController | undefined;
@@ -194,28 +182,16 @@ async function chat(opts: ChatOptions, quiet: boolean): Promise<void> {
   if (terminal) process.stdout.write('\n');
 }
 
-const nonNegativeNumber = (flag: string) => (v: string) => {
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) throw new Error(`${flag} must be a number >= 0, got '${v}'`);
-  return n;
-};
-
 export function chatCommand(): Command {
-  return addModelOptions(new Command('chat'))
+  const cmd = addModelOptions(new Command('chat'))
     .description(
       'Talk with a model in the terminal: each turn sends the whole conversation through the model\'s chat template and streams ' +
         'the reply. /reset starts over, /exit or Ctrl-D quits, Ctrl-C stops a reply (twice at an empty prompt quits). ' +
         `Input lines are remembered in <cache>/chat-history (up arrow).`,
     )
-    .option('--system <text>', 'a system message that starts the conversation (and survives /reset)')
-    .addOption(new Option('--mode <mode>', 'decoding mode').choices(['target', 'speculative', 'cascade', 'auto']).default('speculative'))
-    .option('--max-tokens <n>', 'most tokens per reply', positiveInteger('--max-tokens'), 256)
-    .option('--temperature <t>', '0 is greedy', nonNegativeNumber('--temperature'), 0)
-    .option('--top-k <k>', 'keep the k most likely tokens (0 = off)', nonNegativeNumber('--top-k'), 0)
-    .option('--top-p <p>', 'nucleus sampling threshold (1 = off)', nonNegativeNumber('--top-p'), 1)
-    .option('--seed <n>', 'sampler seed', nonNegativeNumber('--seed'), 0)
-    .option('--k1 <n>', 'draft proposals per target call', positiveInteger('--k1'), 4)
-    .option('--k0 <n>', 'tiny candidates per draft step (cascade mode)', positiveInteger('--k0'), 64)
+    .option('--system <text>', 'a system message that starts the conversation (and survives /reset)');
+  addDecodingOptions(cmd, { mode: 'speculative', branches: false }).option('--max-tokens <n>', 'most tokens per reply', positiveInteger('--max-tokens'), 256);
+  return addSamplingOptions(cmd)
     .option('--max-context <n>', 'KV cache length in tokens: the conversation plus a reply (older turns are dropped to fit)', positiveInteger('--max-context'), 2048)
     .option('--stats', 'after each reply, a summary line on stderr (tokens, speed)')
     .option('--no-history', 'do not read or write the input history file')

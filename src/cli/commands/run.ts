@@ -1,4 +1,4 @@
-import { Command, Option } from 'commander';
+import { Command } from 'commander';
 
 import { mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
@@ -8,40 +8,18 @@ import { resolveModel } from '../../models/catalog.js';
 import { cachePath, compileCacheDir } from '../../utils/cache.js';
 import { printJson, table } from '../output.js';
 import { phaseTimer, progressBar, progressMode, type Progress } from '../progress.js';
-import { addModelOptions, positiveInteger } from '../options.js';
+import { addDecodingOptions, addModelOptions, addSamplingOptions, decodingFromFlags, positiveInteger, samplingFromFlags, type DecodingFlags, type SamplingFlags } from '../options.js';
 import { downloadReporter } from './pull.js';
 
-interface RunOptions extends LoadFlags {
-  model?: string;
-  draft?: string;
-  mode: DecodeMode;
+interface RunOptions extends LoadFlags, SamplingFlags {
   maxTokens: number;
-  temperature: number;
-  topK: number;
-  topP: number;
-  seed: number;
-  k1: number;
-  k0: number;
-  tiny?: string;
-  dynamic?: boolean;
   branches: number;
-  devices: number;
-  draftLayers?: number;
-  targetPrecision?: Precision;
-  draftPrecision?: Precision;
-  maxContext?: number;
+  dynamic?: boolean;
   raw?: boolean;
   compare?: boolean;
   json?: boolean;
   stats?: boolean;
-  plugin: string;
 }
-
-const nonNegativeNumber = (flag: string) => (v: string) => {
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) throw new Error(`${flag} must be a number >= 0, got '${v}'`);
-  return n;
-};
 
 /** The seed's throughput table for one run, plus the acceptance figures. */
 export function statsTable(stats: CascadeStats, baseline?: CascadeStats): string {
@@ -68,12 +46,9 @@ export function statsTable(stats: CascadeStats, baseline?: CascadeStats): string
 }
 
 /** What a command needs to load a Cascade (run and chat share it). */
-export interface LoadFlags {
+export interface LoadFlags extends DecodingFlags {
   model?: string | undefined;
   draft?: string | undefined;
-  mode: DecodeMode;
-  k1: number;
-  k0: number;
   tiny?: string | undefined;
   devices: number;
   draftLayers?: number | undefined;
@@ -213,18 +188,7 @@ export function summaryLine(stats: CascadeStats, mode: DecodeMode, loadMs?: numb
 async function run(prompt: string, opts: RunOptions, quiet: boolean): Promise<void> {
   const { cascade: c, target, loadMs } = await loadForCli(opts, quiet);
   try {
-    const generation = {
-      mode: opts.mode,
-      maxTokens: opts.maxTokens,
-      temperature: opts.temperature,
-      topK: opts.topK,
-      topP: opts.topP,
-      seed: opts.seed,
-      k1: opts.k1,
-      k0: opts.k0,
-      branches: opts.branches,
-      ...(opts.dynamic ? { dynamicHorizon: true } : {}),
-    };
+    const generation = { ...decodingFromFlags(opts), maxTokens: opts.maxTokens, ...samplingFromFlags(opts) };
     const input = opts.raw ? prompt : [{ role: 'user', content: prompt }];
     let text = '';
     const first = performance.now();
@@ -272,17 +236,9 @@ async function run(prompt: string, opts: RunOptions, quiet: boolean): Promise<vo
 
 export function runCommand(name = 'run'): Command {
   const cmd = new Command(name).argument(name === 'demo' ? '[prompt]' : '<prompt>', 'what to ask (rendered with the model chat template unless --raw)');
-  addModelOptions(cmd)
-    .addOption(new Option('--mode <mode>', 'decoding mode').choices(['target', 'speculative', 'cascade', 'auto']).default(name === 'demo' ? 'cascade' : 'speculative'))
-    .option('--max-tokens <n>', 'most tokens to generate', positiveInteger('--max-tokens'), 128)
-    .option('--temperature <t>', '0 is greedy', nonNegativeNumber('--temperature'), 0)
-    .option('--top-k <k>', 'keep the k most likely tokens (0 = off)', nonNegativeNumber('--top-k'), 0)
-    .option('--top-p <p>', 'nucleus sampling threshold (1 = off)', nonNegativeNumber('--top-p'), 1)
-    .option('--seed <n>', 'sampler seed', nonNegativeNumber('--seed'), 0)
-    .option('--k1 <n>', 'draft proposals per target call (the most, with --dynamic)', positiveInteger('--k1'), 4)
-    .option('--k0 <n>', 'tiny candidates per draft step (cascade mode)', positiveInteger('--k0'), 64)
-    .option('--branches <n>', 'proposal branches per step, verified as a tree in one target call', positiveInteger('--branches'), 1)
-    .option('--dynamic', 'choose the proposal length per step from the cost model (on by default in auto mode)')
+  addDecodingOptions(addModelOptions(cmd), { mode: name === 'demo' ? 'cascade' : 'speculative', branches: true })
+    .option('--max-tokens <n>', 'most tokens to generate', positiveInteger('--max-tokens'), 128);
+  addSamplingOptions(cmd)
     .option('--max-context <n>', "KV cache length in tokens (default: the library's, 1024)", positiveInteger('--max-context'))
     .option('--raw', 'send the prompt as plain text, without the chat template')
     .option('--compare', 'also run target-only decoding and report the speedup', name === 'demo')

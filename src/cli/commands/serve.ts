@@ -1,11 +1,11 @@
 import { createServer } from 'node:net';
 import path from 'node:path';
 
-import { Command, Option } from 'commander';
+import { Command } from 'commander';
 
 import { findCatalogModel } from '../../models/catalog.js';
 import { serve } from '../../server/server.js';
-import { addModelOptions, positiveInteger } from '../options.js';
+import { addDecodingOptions, addModelOptions, decodingFromFlags, positiveInteger } from '../options.js';
 import { loadForCli, type LoadFlags } from './run.js';
 
 interface ServeOptions extends LoadFlags {
@@ -13,7 +13,6 @@ interface ServeOptions extends LoadFlags {
   port: number;
   modelName?: string;
   branches: number;
-  dynamic?: boolean;
   maxTokens?: number;
   maxQueue: number;
   slots?: number;
@@ -75,7 +74,7 @@ async function run(opts: ServeOptions): Promise<void> {
       modelId,
       // A catalogue model also answers to its catalogue names (e.g. 'default', 'smollm2').
       modelAliases: catalogNames(opts.model ?? 'default'),
-      defaults: { mode: opts.mode, k1: opts.k1, k0: opts.k0, branches: opts.branches, ...(opts.dynamic ? { dynamicHorizon: true } : {}) },
+      defaults: decodingFromFlags(opts),
       defaultMaxTokens: opts.maxTokens,
       maxQueue: opts.maxQueue,
       ...(opts.slots === undefined ? {} : { slots: opts.slots }),
@@ -128,7 +127,7 @@ async function run(opts: ServeOptions): Promise<void> {
 }
 
 export function serveCommand(): Command {
-  return addModelOptions(new Command('serve'))
+  const cmd = addModelOptions(new Command('serve'))
     .description(
       'Serve the model over an OpenAI-compatible HTTP API: GET /v1/models, POST /v1/chat/completions and POST /v1/completions, ' +
         'plain or streamed (server-sent events), with usage, stop strings and the usual sampling options. Generations run one ' +
@@ -137,12 +136,8 @@ export function serveCommand(): Command {
     )
     .option('--host <host>', 'interface to bind (0.0.0.0 for every interface; consider --api-key then)', '127.0.0.1')
     .option('--port <port>', 'TCP port (0 picks a free one; the address is printed on stdout)', port, 8080)
-    .option('--model-name <id>', 'the model id clients send and /v1/models lists (default: the file name without its extension)')
-    .addOption(new Option('--mode <mode>', 'decoding mode (all give the target\'s output)').choices(['target', 'speculative', 'cascade', 'auto']).default('speculative'))
-    .option('--k1 <n>', 'draft proposals per target call', positiveInteger('--k1'), 4)
-    .option('--k0 <n>', 'tiny candidates per draft step (cascade mode)', positiveInteger('--k0'), 64)
-    .option('--branches <n>', 'proposal branches per step, verified as a tree in one target call', positiveInteger('--branches'), 1)
-    .option('--dynamic', 'choose the proposal length per step from the cost model (on by default in auto mode)')
+    .option('--model-name <id>', 'the model id clients send and /v1/models lists (default: the file name without its extension)');
+  return addDecodingOptions(cmd, { mode: 'speculative', branches: true })
     .option('--max-context <n>', 'KV cache length in tokens: prompt plus reply must fit', positiveInteger('--max-context'), 1024)
     .option('--max-tokens <n>', 'tokens to generate when a request sets no max_tokens (default: the room left in the context; 16 on /v1/completions)', positiveInteger('--max-tokens'))
     .option('--max-queue <n>', 'most requests running or queued at once; more get 429', positiveInteger('--max-queue'), 64)
