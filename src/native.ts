@@ -4,7 +4,8 @@
  * @internal
  * @module
  */
-import type { CascadeStats, ModelInfo, Precision } from './cascade/types.js';
+import type { Cascade } from './cascade/cascade.js';
+import type { CascadeLoadOptions, CascadeStats, GenerateOptions, ModelInfo, Precision } from './cascade/types.js';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -71,57 +72,70 @@ export interface NativeClient {
 }
 
 /**
- * What `loadEngine` reads (binding/engine.cc -> EngineLoadOptions in cpp/cascade/loading.h).
- * Every field is optional where it has a default: a missing one keeps the C++ struct's default,
- * the one place defaults live.
+ * What `loadEngine` reads (binding/load_engine.cc -> EngineLoadOptions in cpp/cascade/loading.h):
+ * these {@link CascadeLoadOptions} under the same names and meanings, plus what {@link Cascade.load}
+ * resolves from the others. A missing field keeps the C++ struct's default, the one place
+ * defaults live.
  * @internal
  */
-export interface NativeLoadOptions {
-  target: string;
-  draft?: string;
-  tiny?: string;
+export interface NativeLoadOptions
+  extends Pick<CascadeLoadOptions, 'target' | 'draft' | 'tiny' | 'maxContext' | 'draftLayers' | 'devices' | 'maxSequences' | 'k1' | 'k0' | 'warmup'> {
+  /** `precision`, resolved per model. */
+  targetPrecision?: Precision;
+  draftPrecision?: Precision;
+  /** `tiny: 'fit'`: fit one in closed form, read from / saved to `tinyCachePath` when set (instead of `tiny`). */
   fitTiny?: boolean;
   tinyCachePath?: string;
-  targetPrecision?: 'f32' | 'bf16' | 'int8';
-  draftPrecision?: 'f32' | 'bf16' | 'int8';
-  maxContext?: number;
-  draftLayers?: number;
-  devices?: number;
-  maxSequences?: number;
-  /** Default L and K0 of generations (and what warm-up compiles for). */
-  k1?: number;
-  k0?: number;
-  warmup?: boolean;
+  /** `maxDeviceMemory`, resolved (0: what the device reports). */
   deviceMemoryLimit?: number;
 }
 
 /**
- * What `NativeEngine.generate` reads (-> GenerateOptions / SamplingParams in cpp/cascade/engine.h
- * and distribution.h); missing fields keep those structs' defaults.
+ * The {@link GenerateOptions} that `NativeEngine.generate` reads under the same names and
+ * meanings (binding/native_engine.cc -> GenerateOptions / SamplingParams in cpp/cascade/engine.h
+ * and distribution.h); a missing one keeps those structs' default.
  * @internal
  */
-export interface NativeGenerateOptions {
-  mode?: 'target' | 'speculative' | 'cascade' | 'auto';
-  temperature?: number;
-  topK?: number;
-  topP?: number;
-  minP?: number;
-  repeatPenalty?: number;
-  presencePenalty?: number;
-  frequencyPenalty?: number;
-  penaltyLastN?: number;
+export const NATIVE_GENERATE_FIELDS = [
+  'mode',
+  'maxTokens',
+  'temperature',
+  'topK',
+  'topP',
+  'minP',
+  'repeatPenalty',
+  'presencePenalty',
+  'frequencyPenalty',
+  'penaltyLastN',
+  'seed',
+  'k1',
+  'k0',
+  'dynamicHorizon',
+  'branches',
+  'brokenAcceptanceForTesting',
+] as const satisfies readonly (keyof GenerateOptions)[];
+
+/** @internal The fields of {@link NATIVE_GENERATE_FIELDS}. */
+export type NativeGenerateFields = Pick<GenerateOptions, (typeof NATIVE_GENERATE_FIELDS)[number]>;
+
+/** @internal The {@link NATIVE_GENERATE_FIELDS} of `options` (unset ones stay unset). */
+export function nativeGenerateFields(options: GenerateOptions): NativeGenerateFields {
+  return Object.fromEntries(NATIVE_GENERATE_FIELDS.map((key) => [key, options[key]])) as NativeGenerateFields;
+}
+
+/**
+ * What `NativeEngine.generate` reads: {@link NATIVE_GENERATE_FIELDS}, plus what {@link Cascade}
+ * converts from the other options.
+ * @internal
+ */
+export interface NativeGenerateOptions extends NativeGenerateFields {
+  /** `logitBias` as two parallel arrays (ids checked against the vocabulary). */
   logitBiasIds?: Int32Array;
   logitBiasValues?: Float64Array;
-  seed?: number;
-  maxTokens?: number;
-  k1?: number;
-  k0?: number;
-  dynamicHorizon?: boolean;
-  branches?: number;
-  /** The conversation whose KV caches to continue (0: plain generate calls). */
+  /** The conversation whose KV caches to continue, from `cache` (0: plain generate calls). */
   sequence?: number;
+  /** The end-of-generation token ids (`stopAtEos`; stop strings stay in TypeScript). */
   stopTokens?: Int32Array;
-  brokenAcceptanceForTesting?: boolean;
 }
 
 /** @internal */

@@ -7,14 +7,14 @@
 import { copyFile, readFile } from 'node:fs/promises';
 
 import { DisposedError, InvalidArgumentError } from '../errors.js';
-import { call, callSync, native, type NativeEngine, type NativeGenerateOptions } from '../native.js';
+import { call, callSync, native, nativeGenerateFields, type NativeEngine } from '../native.js';
 import { resolveModel, type ResolveProgress } from '../models/catalog.js';
 import { Runtime } from '../runtime/runtime.js';
 import type { Tokenizer, ChatMessage } from '../tokenizer/index.js';
 import { ChatSession, type ChatSessionOptions } from './chat-session.js';
 import { ConversationCache, conversationId, registerConversationCache } from './conversation-cache.js';
 import { choiceChecksum, draftChoicePath, findTokenizer, tinyCachePath, writeFileAtomic } from './model-files.js';
-import { checkGenerateOptions, checkInteger, checkPrecision, checkSignal, deviceMemoryLimit, emptyStats, logitBiasArrays } from './options.js';
+import { checkGenerateOptions, checkInteger, checkPrecision, checkProposal, checkSignal, deviceMemoryLimit, emptyStats, logitBiasArrays } from './options.js';
 import { placementReport, type PlacementReport } from './placement.js';
 import { StopStringStream } from './text-stream.js';
 import type { CascadeLoadOptions, CascadeStats, GenerateOptions, GenerationResult, StageTimes, StreamPiece } from './types.js';
@@ -115,12 +115,8 @@ export class Cascade {
     checkInteger('maxContext', options.maxContext, 2, 1 << 20);
     checkInteger('devices', options.devices, 1, 1024);
     checkInteger('draftLayers', options.draftLayers, 1);
-    checkInteger('k0', options.k0, 1);
-    checkInteger('k1', options.k1, 1, 64);
+    checkProposal(options);
     checkInteger('maxSequences', options.maxSequences, 1, 1024);
-    if (options.k0 !== undefined && options.k1 !== undefined && options.k1 > options.k0) {
-      throw new InvalidArgumentError(`k1 (${options.k1}) must not exceed k0 (${options.k0})`);
-    }
     if (options.tiny !== undefined && (typeof options.tiny !== 'string' || options.tiny === '')) {
       throw new InvalidArgumentError("Cascade.load: tiny must be a .safetensors path or 'fit'");
     }
@@ -450,22 +446,8 @@ export class Cascade {
         Int32Array.from(ids),
         {
           // Unset options stay unset: the engine's defaults apply (documented on GenerateOptions).
-          mode: options.mode,
-          temperature: options.temperature,
-          topK: options.topK,
-          topP: options.topP,
-          minP: options.minP,
-          repeatPenalty: options.repeatPenalty,
-          presencePenalty: options.presencePenalty,
-          frequencyPenalty: options.frequencyPenalty,
-          penaltyLastN: options.penaltyLastN,
+          ...nativeGenerateFields(options),
           ...logitBiasArrays(options.logitBias, this.info.target.vocabSize),
-          seed: options.seed,
-          maxTokens: options.maxTokens,
-          k1: options.k1,
-          k0: options.k0,
-          dynamicHorizon: options.dynamicHorizon,
-          branches: options.branches,
           sequence,
           stopTokens: Int32Array.from(eos),
           brokenAcceptanceForTesting: options.brokenAcceptanceForTesting === true,

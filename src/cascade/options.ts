@@ -17,6 +17,15 @@ export function checkInteger(name: string, v: unknown, min: number, max = Number
   }
 }
 
+/** `k0` and `k1` (of a load, as the generations' defaults, or of one generation): K1 <= K0. */
+export function checkProposal(o: { k0?: number | undefined; k1?: number | undefined }): void {
+  checkInteger('k0', o.k0, 1);
+  checkInteger('k1', o.k1, 1, 64);
+  if (o.k0 !== undefined && o.k1 !== undefined && o.k1 > o.k0) {
+    throw new InvalidArgumentError(`k1 (${o.k1}) must not exceed k0 (${o.k0})`);
+  }
+}
+
 /** The device memory limit: the option, else `CASCADE_DEVICE_MEMORY_LIMIT` (bytes), else none (0). */
 export function deviceMemoryLimit(option: number | undefined): number {
   if (option !== undefined) return option;
@@ -82,12 +91,8 @@ export function checkGenerateOptions(o: GenerateOptions): void {
   checkInteger('maxTokens', o.maxTokens, 0);
   checkInteger('topK', o.topK, 0);
   checkInteger('seed', o.seed, 0);
-  checkInteger('k0', o.k0, 1);
-  checkInteger('k1', o.k1, 1, 64);
+  checkProposal(o);
   checkInteger('branches', o.branches, 1, 16);
-  if (o.k0 !== undefined && o.k1 !== undefined && o.k1 > o.k0) {
-    throw new InvalidArgumentError(`k1 (${o.k1}) must not exceed k0 (${o.k0})`);
-  }
   if (o.temperature !== undefined && (typeof o.temperature !== 'number' || !Number.isFinite(o.temperature) || o.temperature < 0)) {
     throw new InvalidArgumentError(`temperature must be a finite number >= 0, got ${String(o.temperature)}`);
   }
