@@ -25,6 +25,7 @@ import {
   PluginIncompatibleError,
 } from '../src/index.js';
 import { ensureDefaultModel } from '../src/models/default-model.js';
+import { withDefaultCascade } from './helpers/default-cascade.js';
 
 // ------------------------------------------------------------------ small model files, written here
 
@@ -335,12 +336,7 @@ describe('bad Cascade.load options', () => {
 
 describe('bad generate / evaluate calls on a loaded cascade', () => {
   let c: Cascade;
-  beforeAll(async () => {
-    c = await Cascade.load({ target: model, ...BASE });
-  }, 600_000);
-  afterAll(async () => {
-    await c?.dispose();
-  });
+  withDefaultCascade((loaded) => (c = loaded), BASE);
 
   it('a prompt exactly as long as the context is InvalidArgumentError naming both lengths', async () => {
     const ids = c.tokenizer.encode('word '.repeat(100)).slice(0, 64);

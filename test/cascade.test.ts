@@ -1,22 +1,17 @@
 // The Cascade API on the real SmolLM2-135M-Instruct GGUF through the XLA CPU plugin: speculative
 // decoding gives exactly the target's tokens, streaming equals generate, and the lifecycle
 // (abort, queueing, dispose, bad options) behaves.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 
 import { Cascade, DisposedError, InvalidArgumentError } from '../src/index.js';
 import { ensureDefaultModel } from '../src/models/default-model.js';
+import { SMALL_F32, withDefaultCascade } from './helpers/default-cascade.js';
 
 const PROMPTS = ['The three primary colors are', 'def fibonacci(n):'];
 
 describe('Cascade on SmolLM2-135M-Instruct', () => {
   let c: Cascade;
-  beforeAll(async () => {
-    const { path } = await ensureDefaultModel();
-    c = await Cascade.load({ target: path, maxContext: 128, precision: { target: 'f32', draft: 'f32' }, draftLayers: 8 });
-  }, 600_000);
-  afterAll(async () => {
-    await c?.dispose();
-  });
+  withDefaultCascade((loaded) => (c = loaded), SMALL_F32);
 
   it('loads the model and its tokenizer', () => {
     expect(c.info.target.family).toBe('llama');

@@ -2,23 +2,16 @@
 // CPU plugin: a second turn prefills only what the cache has not seen, and its reply is exactly
 // what a generation of the same history from scratch gives; sessions keep their own caches; a
 // failed or aborted turn leaves the history as it was.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 
 import { Cascade, DisposedError, InvalidArgumentError, type ChatMessage } from '../src/index.js';
-import { ensureDefaultModel } from '../src/models/default-model.js';
+import { withDefaultCascade } from './helpers/default-cascade.js';
 
 describe('ChatSession on SmolLM2-135M-Instruct', () => {
   let c: Cascade;
   let fresh: Cascade; // maxSequences 1 and only plain generate calls with other histories in between
-  beforeAll(async () => {
-    const { path } = await ensureDefaultModel();
-    c = await Cascade.load({ target: path, maxContext: 384, maxSequences: 3 });
-    fresh = await Cascade.load({ target: path, maxContext: 384, maxSequences: 1 });
-  }, 600_000);
-  afterAll(async () => {
-    await c?.dispose();
-    await fresh?.dispose();
-  });
+  withDefaultCascade((loaded) => (c = loaded), { maxContext: 384, maxSequences: 3 });
+  withDefaultCascade((loaded) => (fresh = loaded), { maxContext: 384, maxSequences: 1 });
 
   /** The reply to `messages` from a cache that holds none of them (evaluate() overwrites it first). */
   async function fromScratch(messages: ChatMessage[], maxTokens: number) {

@@ -2,22 +2,16 @@
 // logitBias on the real SmolLM2-135M-Instruct GGUF: bad values are rejected by name, a banned
 // token never appears, penalties change the output, and at temperature 0 speculative decoding
 // (chains and branches) stays token-for-token identical to target-only decoding with them.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 
 import { Cascade, InvalidArgumentError, type GenerateOptions } from '../src/index.js';
-import { ensureDefaultModel } from '../src/models/default-model.js';
+import { SMALL_F32, withDefaultCascade } from './helpers/default-cascade.js';
 
 const PROMPT = 'Repeat after me: the cat sat on the mat, the cat sat on the mat, the cat sat on the mat,';
 
 describe('sampling options on SmolLM2-135M-Instruct', () => {
   let c: Cascade;
-  beforeAll(async () => {
-    const { path } = await ensureDefaultModel();
-    c = await Cascade.load({ target: path, maxContext: 128, precision: { target: 'f32', draft: 'f32' }, draftLayers: 8 });
-  }, 600_000);
-  afterAll(async () => {
-    await c?.dispose();
-  });
+  withDefaultCascade((loaded) => (c = loaded), SMALL_F32);
 
   it('rejects bad values with an InvalidArgumentError naming the option', async () => {
     const bad: [GenerateOptions, RegExp][] = [
