@@ -82,6 +82,8 @@ std::shared_ptr<CascadeEngine> LoadEngine(std::shared_ptr<Client> client, const 
     if (!options.tiny_cache.empty()) {
       try {
         tiny = LoadTiny(options.tiny_cache, &engine->draft_config(), /*require_checksum=*/true);
+        auto version = tiny->metadata.find("fit_version");
+        if (version == tiny->metadata.end() || version->second != kTinyFitVersion) tiny.reset();  // an older fit
       } catch (const Error&) {
         // Missing, stale or damaged: fitted again below (and the cache rewritten).
       }

@@ -11,6 +11,7 @@
 #include "kernels/decoder_layers.h"
 #include "kernels/int8_matmul.h"
 #include "kernels/thread_team.h"
+#include "kernels/tiny_candidates.h"
 #include "pjrt/ffi.h"
 // The XLA FFI header (third party) trips -Wall/-Wextra here; its warnings are not ours.
 #pragma GCC diagnostic push
@@ -128,6 +129,45 @@ ffi::Error Int8GatherMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> i
                      y->typed_data(), shape, id[1]);
   } catch (const std::exception& e) {
     return ffi::Error::Internal(std::string(kInt8GatherMatmulTarget) + ": " + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error TinyCandidatesImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w1t, ffi::Buffer<ffi::F32> b1,
+                              ffi::Buffer<ffi::F32> ln_w, ffi::Buffer<ffi::F32> ln_b, ffi::Buffer<ffi::S8> w2,
+                              ffi::Buffer<ffi::F32> w2_scale, ffi::Buffer<ffi::F32> b2, ffi::ResultBuffer<ffi::S32> ids,
+                              float eps) {
+  Timed timed;
+  auto xd = x.dimensions(), w1d = w1t.dimensions(), w2d = w2.dimensions(), od = ids->dimensions();
+  const bool ranks = xd.size() == 2 && w1d.size() == 2 && w2d.size() == 2 && od.size() == 2 &&
+                     b1.dimensions().size() == 1 && ln_w.dimensions().size() == 1 && ln_b.dimensions().size() == 1 &&
+                     w2_scale.dimensions().size() == 1 && b2.dimensions().size() == 1;
+  if (!ranks || w1d[0] != xd[1] || b1.dimensions()[0] != w1d[1] || ln_w.dimensions()[0] != w1d[1] ||
+      ln_b.dimensions()[0] != w1d[1] || w2d[1] != w1d[1] || w2_scale.dimensions()[0] != w2d[0] ||
+      b2.dimensions()[0] != w2d[0] || od[0] != xd[0] || od[1] < 1 || od[1] > w2d[0])
+    return ffi::Error::InvalidArgument(std::string(kTinyCandidatesTarget) +
+                                       ": expected x[T,d], w1t[d,H], b1/ln_w/ln_b[H], w2[V,H], w2_scale[V], b2[V] -> "
+                                       "ids[T,K] with 1 <= K <= V; got x" +
+                                       DimsText(xd) + " w1t" + DimsText(w1d) + " w2" + DimsText(w2d) + " ids" +
+                                       DimsText(od));
+  const std::string bad = ValidateInt8Matmul({xd[0], w2d[1], w2d[0]});
+  if (!bad.empty()) return ffi::Error::InvalidArgument(bad);
+  TinyParams p;
+  p.w1t = w1t.typed_data();
+  p.b1 = b1.typed_data();
+  p.ln_w = ln_w.typed_data();
+  p.ln_b = ln_b.typed_data();
+  p.w2 = w2.typed_data();
+  p.w2_scale = w2_scale.typed_data();
+  p.b2 = b2.typed_data();
+  p.d = xd[1];
+  p.hidden = w1d[1];
+  p.vocab = w2d[0];
+  p.eps = eps;
+  try {
+    TinyCandidates(p, Impls(), x.typed_data(), xd[0], od[1], ids->typed_data(), ThreadTeam::Global());
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string(kTinyCandidatesTarget) + ": " + e.what());
   }
   return ffi::Error::Success();
 }
@@ -351,6 +391,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeInt8MatmulHandler, Int8MatmulImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeTinyCandidatesHandler, TinyCandidatesImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Attr<float>("eps"));
+
 KernelRegistration RegisterKernels(const Api& api) {
   static std::mutex mu;
   static auto* done = new std::map<const PJRT_Api*, KernelRegistration>();
@@ -374,6 +427,7 @@ KernelRegistration RegisterKernels(const Api& api) {
                          reinterpret_cast<void*>(&CascadeBf16GatherMatmulHandler));
       RegisterFfiHandler(api, kF32TMatmulTarget, "Host", reinterpret_cast<void*>(&CascadeF32TMatmulHandler));
       RegisterFfiHandler(api, kDecoderLayersTarget, "Host", reinterpret_cast<void*>(&CascadeDecoderLayersHandler));
+      RegisterFfiHandler(api, kTinyCandidatesTarget, "Host", reinterpret_cast<void*>(&CascadeTinyCandidatesHandler));
       r.registered = true;
     } catch (const std::exception& e) {
       r.reason = e.what();

@@ -17,6 +17,9 @@
 //     attributes layers, heads, kv_heads, head_dim, intermediate (i64), eps (f32), gemma (bool).
 //     The whole layer stack in one call (kernels/decoder_layers.h); the caller writes k_new/v_new
 //     into the caches at start_pos.
+//   cascade_tiny_candidates(x f32[T, d], w1t f32[d, H], b1 f32[H], ln_w f32[H], ln_b f32[H],
+//       w2 s8[V, H], w2_scale f32[V], b2 f32[V]) -> ids s32[T, K], attribute eps (f32)
+//     the top K of a tiny on the draft's hidden state (kernels/tiny_candidates.h).
 // Every matmul runs on kernels::ThreadTeam::Global() (both cores).
 #pragma once
 
@@ -35,6 +38,7 @@ inline constexpr char kBf16MatmulTarget[] = "cascade_bf16_matmul";
 inline constexpr char kBf16GatherMatmulTarget[] = "cascade_bf16_gather_matmul";
 inline constexpr char kF32TMatmulTarget[] = "cascade_f32t_matmul";
 inline constexpr char kDecoderLayersTarget[] = "cascade_decoder_layers";
+inline constexpr char kTinyCandidatesTarget[] = "cascade_tiny_candidates";
 
 struct KernelRegistration {
   bool registered = false;

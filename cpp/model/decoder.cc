@@ -207,7 +207,11 @@ void DecoderModel::SetTiny(const TinyWeights& tiny) {
     replicas_[r].tiny = std::move(uploaded[r]);
     replicas_[r].candidate_tables.clear();
   }
+  if (tiny.hidden != tiny_hidden_ || tiny.input != tiny_input_)  // the candidates programs hold the tiny's shape
+    for (auto it = programs_.begin(); it != programs_.end();)
+      it = std::get<1>(it->first).kind == HeadKind::kCandidates ? programs_.erase(it) : std::next(it);
   tiny_hidden_ = tiny.hidden;
+  tiny_input_ = tiny.input;
 }
 
 int64_t DecoderModel::tiny_bytes() const {
@@ -218,6 +222,7 @@ int64_t DecoderModel::tiny_bytes() const {
 
 void DecoderModel::BuildCandidateTable(int64_t k0) {
   if (!has_tiny()) throw InvalidArgumentError("BuildCandidateTable: no tiny model (SetTiny)");
+  if (tiny_input_ != TinyInput::kInputEmbedding) return;  // the tiny runs inside the draft step
   if (k0 < 1 || k0 > config_.vocab_size)
     throw InvalidArgumentError("BuildCandidateTable: needs 1 <= K0 <= vocab, got " + std::to_string(k0));
   if (replicas_[0].candidate_tables.count(k0)) return;
@@ -281,6 +286,10 @@ std::string DecoderModel::ProgramText(int64_t num_tokens, const HeadSpec& head, 
   spec.tree_mask = tree;
   spec.precision = options_.precision;
   spec.kv_dtype = kv_dtype_;
+  if (head.kind == HeadKind::kCandidates) {
+    spec.tiny_hidden = tiny_hidden_;
+    spec.tiny_input = tiny_input_;
+  }
   // int8 weights on the CPU plugin: our FFI kernel when it registers (kernels/ffi_handlers.h).
   spec.matmul = ChooseMatmulMode(*client_, options_.precision, options_.matmul);
   return EmitDecoderProgram(config_, spec);
@@ -377,7 +386,12 @@ std::vector<ForwardResult> DecoderModel::ForwardSharded(const std::vector<Shard>
     args[r].push_back(replicas_[r].k_cache.get());
     args[r].push_back(replicas_[r].v_cache.get());
     for (auto& x : e) args[r].push_back(x.get());
-    if (head.kind == HeadKind::kCandidates) args[r].push_back(replicas_[r].candidate_tables.at(head.k).get());
+    if (head.kind == HeadKind::kCandidates) {
+      if (tiny_input_ == TinyInput::kInputEmbedding)
+        args[r].push_back(replicas_[r].candidate_tables.at(head.k).get());
+      else
+        for (auto& t : replicas_[r].tiny) args[r].push_back(t.get());
+    }
   }
 
   std::vector<std::vector<std::unique_ptr<Buffer>>> out;
@@ -429,6 +443,10 @@ std::vector<ForwardResult> DecoderModel::ForwardSharded(const std::vector<Shard>
         r.candidate_logits = floats(*o[3]);
         r.argmax = ints(*o[4]);
         if (head.full_argmax) r.full_argmax = ints(*o[5]);
+        break;
+      case HeadKind::kHidden:
+        r.hidden = floats(*o[2]);
+        r.logits = floats(*o[3]);
         break;
     }
   }

@@ -82,6 +82,7 @@ struct ForwardResult {
   std::vector<int32_t> candidate_ids;   // [T * K0]
   std::vector<float> candidate_logits;  // [T * K0]
   std::vector<int32_t> full_argmax;     // [T], only with HeadSpec::full_argmax
+  std::vector<float> hidden;            // kHidden: [T * d] (logits then holds the logits)
 };
 
 class DecoderModel {
@@ -133,10 +134,12 @@ class DecoderModel {
   void SetTiny(const TinyWeights& tiny);
   bool has_tiny() const { return tiny_hidden_ > 0; }
   int64_t tiny_hidden() const { return tiny_hidden_; }
+  TinyInput tiny_input() const { return tiny_input_; }
   int64_t tiny_bytes() const;  // device bytes of the tiny's params (0 without one)
-  // The tiny's top-K0 candidates for every input token, s32[vocab, K0] on each replica's device
-  // (model/programs.h, 7.): evaluated on the device, in blocks of vocabulary rows spread over
-  // the replicas, the first time a candidates head with this K0 is prepared or run.
+  // A tiny on the input embedding (TinyInput::kInputEmbedding): its top-K0 candidates for every
+  // input token, s32[vocab, K0] on each replica's device (model/programs.h, 7.): evaluated on the
+  // device, in blocks of vocabulary rows spread over the replicas, the first time a candidates
+  // head with this K0 is prepared or run. Nothing to build for a kDraftHidden tiny.
   void BuildCandidateTable(int64_t k0);
   int64_t candidate_table_bytes() const;  // device bytes of the tables built so far (one replica)
 
@@ -175,6 +178,7 @@ class DecoderModel {
   std::vector<Replica> replicas_;
 
   int64_t tiny_hidden_ = 0;
+  TinyInput tiny_input_ = TinyInput::kInputEmbedding;
   std::map<std::tuple<int64_t, HeadSpec, bool>, std::shared_ptr<LoadedExecutable>> programs_;
 };
 

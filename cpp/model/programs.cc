@@ -46,15 +46,7 @@ class Emitter {
 
   std::string Emit() {
     const int64_t T = s_.num_tokens, C = s_.max_context;
-    for (const WeightParam& p : WeightParamLayout(c_, s_.precision)) {
-      Value v = f_.Param(p.name(), p.dtype, p.dims);
-      if (p.role == WeightParam::Role::kInt8Scales) {
-        weights_[p.tensor].scale = v;
-      } else {
-        weights_[p.tensor].w = v;
-        weights_[p.tensor].transposed = p.transposed;
-      }
-    }
+    AddParams(WeightParamLayout(c_, s_.precision));
     std::vector<int64_t> kv_dims = KvCacheDims(c_, C);
     Value k_cache = f_.Param("k_cache", s_.kv_dtype, kv_dims, 0);
     Value v_cache = f_.Param("v_cache", s_.kv_dtype, kv_dims, 1);
@@ -67,8 +59,10 @@ class Emitter {
       offsets = f_.Param("position_offsets", DType::kS32, {T});
     }
     const bool candidates = s_.head.kind == HeadKind::kCandidates;
+    const bool tiny_in_program = candidates && s_.tiny_input == TinyInput::kDraftHidden;
     std::optional<Value> table;  // s32[vocab, K0]: the tiny's candidates per input token
-    if (candidates) table = f_.Param("candidate_table", DType::kS32, {c_.vocab_size, s_.head.k});
+    if (candidates && !tiny_in_program) table = f_.Param("candidate_table", DType::kS32, {c_.vocab_size, s_.head.k});
+    if (tiny_in_program) AddParams(TinyParamLayout(c_, s_.tiny_hidden, s_.tiny_input));
 
     Value h = Embed(tokens);
 
@@ -123,8 +117,13 @@ class Emitter {
         results.push_back(f_.Sub(f_.TakeAlongLastDim(logits, *target_ids), f_.LogSumExp(logits, 1)));
         results.push_back(f_.Argmax(logits, 1));
         break;
+      case HeadKind::kHidden:
+        results.push_back(h);
+        results.push_back(logits);
+        break;
       case HeadKind::kCandidates: {
-        Value ids = f_.GatherRows(*table, tokens);  // [T, K0]
+        Value ids = tiny_in_program ? TinyCandidates(h, s_.head.k)  // [T, K0]
+                                    : f_.GatherRows(*table, tokens);
         Value cand = CandidateLogits(h, head_name, ids);       // [T, K0]
         results.push_back(ids);
         results.push_back(cand);
@@ -147,13 +146,25 @@ class Emitter {
         weights_[p.tensor].transposed = p.transposed;
       }
     Value tokens = f_.Param("tokens", DType::kS32, {s_.num_tokens});
-    std::vector<Value> tiny;
-    for (const WeightParam& p : TinyParamLayout(c_, s_.tiny_hidden)) tiny.push_back(f_.Param(p.name(), p.dtype, p.dims));
-    f_.Return({TinyCandidates(Embed(tokens), tiny, s_.head.k)});
+    AddParams(TinyParamLayout(c_, s_.tiny_hidden, TinyInput::kInputEmbedding));
+    f_.Return({f_.TopK(TinyLogits(Embed(tokens)), s_.head.k).second});
     return f_.ToText();
   }
 
  private:
+  // Params for `layout`, entered in weights_ by tensor name (an int8 matrix's scales beside it).
+  void AddParams(const std::vector<WeightParam>& layout) {
+    for (const WeightParam& p : layout) {
+      Value v = f_.Param(p.name(), p.dtype, p.dims);
+      if (p.role == WeightParam::Role::kInt8Scales) {
+        weights_[p.tensor].scale = v;
+      } else {
+        weights_[p.tensor].w = v;
+        weights_[p.tensor].transposed = p.transposed;
+      }
+    }
+  }
+
   // Token embeddings [T, d] in f32 (Gemma scales by sqrt(d)); also the tiny's input e (model/tiny.h).
   Value Embed(const Value& tokens) {
     const WeightRef& emb = W("model.embed_tokens.weight");
@@ -237,21 +248,41 @@ class Emitter {
     return y;
   }
 
-  // The tiny model on the input embeddings e [T, d]: top-K0 ids s32[T, K0] of
-  // W2 ReLU(LayerNorm(W1 e + b1)) + b2.
-  Value TinyCandidates(const Value& e, const std::vector<Value>& p, int64_t k) {
-    const int64_t T = e.dims[0], H = s_.tiny_hidden, V = c_.vocab_size;
-    Value z = f_.Add(f_.DotGeneral(e, p[0], {}, {}, {1}, {0}), f_.BroadcastInDim(p[1], {T, H}, {1}));
+  // The top-k ids s32[T, k] of a tiny on the draft's hidden state: one kernel on the CPU plugin
+  // (kernels/tiny_candidates.h), else TinyLogits and XLA's top-k.
+  Value TinyCandidates(const Value& x, int64_t k) {
+    const int64_t T = x.dims[0];
+    if (ffi_ && T <= kFfiMaxTokens) {
+      std::vector<Value> operands = {x};
+      for (const char* name : {"tiny.proj_in.weight", "tiny.proj_in.bias", "tiny.norm.weight", "tiny.norm.bias",
+                               "tiny.proj_out.weight"})
+        operands.push_back(W(name).w);
+      operands.push_back(*W("tiny.proj_out.weight").scale);
+      operands.push_back(W("tiny.proj_out.bias").w);
+      char eps[64];
+      std::snprintf(eps, sizeof(eps), "%.9e : f32", 1e-5f);
+      return f_.CustomCall(kernels::kTinyCandidatesTarget, operands, {{DType::kS32, {T, k}}}, {{"eps", eps}})[0];
+    }
+    return f_.TopK(TinyLogits(x), k).second;
+  }
+
+  // The tiny model's logits f32[T, vocab] on its inputs x [T, d] (model/tiny.h):
+  // W2 ReLU(LayerNorm(W1 x + b1)) + b2, with W2 through Linear (int8 for kDraftHidden).
+  Value TinyLogits(const Value& x) {
+    const int64_t T = x.dims[0], H = s_.tiny_hidden, V = c_.vocab_size;
+    auto w = [&](const char* name) { return W(name).w; };
+    Value z = f_.Add(f_.DotGeneral(x, w("tiny.proj_in.weight"), {}, {}, {1}, {0}),
+                     f_.BroadcastInDim(w("tiny.proj_in.bias"), {T, H}, {1}));
     Value inv_n = f_.Constant(DType::kF32, 1.0 / static_cast<double>(H), {T});
     Value mean = f_.Mul(f_.Reduce(z, hlo::ReduceKind::kSum, {1}), inv_n);
     Value zc = f_.Sub(z, f_.BroadcastInDim(mean, {T, H}, {0}));
     Value var = f_.Mul(f_.Reduce(f_.Mul(zc, zc), hlo::ReduceKind::kSum, {1}), inv_n);
     Value r = f_.Rsqrt(f_.Add(var, f_.Constant(DType::kF32, 1e-5, {T})));
     Value n = f_.Mul(zc, f_.BroadcastInDim(r, {T, H}, {0}));
-    n = f_.Add(f_.Mul(n, f_.BroadcastInDim(p[2], {T, H}, {1})), f_.BroadcastInDim(p[3], {T, H}, {1}));
+    n = f_.Add(f_.Mul(n, f_.BroadcastInDim(w("tiny.norm.weight"), {T, H}, {1})),
+               f_.BroadcastInDim(w("tiny.norm.bias"), {T, H}, {1}));
     Value act = f_.Max(n, f_.ScalarLike(n, 0.0));
-    Value logits = f_.Add(f_.DotGeneral(act, p[4], {}, {}, {1}, {0}), f_.BroadcastInDim(p[5], {T, V}, {1}));
-    return f_.TopK(logits, k).second;
+    return f_.Add(Linear(act, "tiny.proj_out.weight"), f_.BroadcastInDim(w("tiny.proj_out.bias"), {T, V}, {1}));
   }
 
   // The LM head's logits at ids s32[T, K] only: K gathered rows of the head per token, dotted
@@ -379,6 +410,7 @@ const char* HeadKindName(HeadKind kind) {
     case HeadKind::kTopK: return "topk";
     case HeadKind::kTokenLogprob: return "token_logprob";
     case HeadKind::kCandidates: return "candidates";
+    case HeadKind::kHidden: return "hidden";
   }
   return "unknown";
 }
@@ -445,16 +477,27 @@ std::vector<WeightParam> WeightParamLayout(const ModelConfig& c, WeightPrecision
   return out;
 }
 
-std::vector<WeightParam> TinyParamLayout(const ModelConfig& c, int64_t tiny_hidden) {
+const char* TinyInputName(TinyInput input) {
+  return input == TinyInput::kDraftHidden ? "draft_final_hidden" : "draft_input_embedding";
+}
+
+std::vector<WeightParam> TinyParamLayout(const ModelConfig& c, int64_t tiny_hidden, TinyInput input) {
   if (tiny_hidden < 1) throw InvalidArgumentError("tiny model: hidden width must be >= 1");
   const int64_t d = c.hidden_size, H = tiny_hidden, V = c.vocab_size;
   using R = WeightParam::Role;
-  return {{"tiny.proj_in.weight", R::kDense, DType::kF32, {d, H}, true},
-          {"tiny.proj_in.bias", R::kDense, DType::kF32, {H}, false},
-          {"tiny.norm.weight", R::kDense, DType::kF32, {H}, false},
-          {"tiny.norm.bias", R::kDense, DType::kF32, {H}, false},
-          {"tiny.proj_out.weight", R::kDense, DType::kF32, {H, V}, true},
-          {"tiny.proj_out.bias", R::kDense, DType::kF32, {V}, false}};
+  std::vector<WeightParam> out = {{"tiny.proj_in.weight", R::kDense, DType::kF32, {d, H}, true},
+                                  {"tiny.proj_in.bias", R::kDense, DType::kF32, {H}, false},
+                                  {"tiny.norm.weight", R::kDense, DType::kF32, {H}, false},
+                                  {"tiny.norm.bias", R::kDense, DType::kF32, {H}, false}};
+  if (input == TinyInput::kDraftHidden) {
+    // Read every step: int8 (a quarter of f32; 12.6 MB at 256 x 49152, within a last-level cache).
+    out.push_back({"tiny.proj_out.weight", R::kInt8Values, DType::kS8, {V, H}, false});
+    out.push_back({"tiny.proj_out.weight", R::kInt8Scales, DType::kF32, {V}, false});
+  } else {
+    out.push_back({"tiny.proj_out.weight", R::kDense, DType::kF32, {H, V}, true});
+  }
+  out.push_back({"tiny.proj_out.bias", R::kDense, DType::kF32, {V}, false});
+  return out;
 }
 
 std::vector<int64_t> KvCacheDims(const ModelConfig& c, int64_t max_context) {
@@ -481,6 +524,8 @@ std::vector<HeadOutput> HeadOutputs(const ModelConfig& c, const ProgramSpec& s) 
       if (s.head.full_argmax) out.push_back({"full_argmax", DType::kS32, {T}});
       return out;
     }
+    case HeadKind::kHidden:
+      return {{"hidden", DType::kF32, {T, c.hidden_size}}, {"logits", DType::kF32, {T, c.vocab_size}}};
   }
   return {};
 }
@@ -499,6 +544,8 @@ std::string EmitDecoderProgram(const ModelConfig& config, const ProgramSpec& spe
     if (spec.head.k < 1 || spec.head.k > config.vocab_size)
       throw InvalidArgumentError("decoder program: the candidates head needs 1 <= K0 <= vocab_size, got K0=" +
                                  std::to_string(spec.head.k));
+    if (spec.tiny_input == TinyInput::kDraftHidden && spec.tiny_hidden < 1)
+      throw InvalidArgumentError("decoder program: a tiny on the draft's hidden state needs tiny_hidden >= 1");
   }
   if (spec.head.full_argmax && spec.head.kind != HeadKind::kCandidates)
     throw InvalidArgumentError("decoder program: full_argmax is an option of the candidates head only");

@@ -14,11 +14,13 @@
 //   6. only with tree_mask: tree_mask pred[T,T] (new token i may attend new token j, j <= i; the
 //      diagonal is always allowed) and position_offsets s32[T] (RoPE position = start_pos +
 //      offset[i], e.g. the depth of token i in the tree).
-//   7. only for HeadKind::kCandidates: candidate_table s32[vocab, K0], row t = the tiny model's
-//      top-K0 ids (model/tiny.h) for input token t. The tiny's input is the embedding of the last
-//      token, so its candidates are a function of that token alone: DecoderModel evaluates the
-//      tiny once per vocabulary entry (EmitTinyTableProgram) and a draft step gathers one row,
-//      instead of reading the tiny's [hidden, vocab] matrix and sorting its logits every step.
+//   7. only for HeadKind::kCandidates, by what the tiny reads (TinyInput below, model/tiny.h):
+//      kInputEmbedding: candidate_table s32[vocab, K0], row t = the tiny model's top-K0 ids for
+//      input token t. Its input is the embedding of the last token, so its candidates are a
+//      function of that token alone: DecoderModel evaluates the tiny once per vocabulary entry
+//      (EmitTinyTableProgram) and a draft step gathers one row.
+//      kDraftHidden: the tiny's params (TinyParamLayout; W2 int8 with per-row scales), run in the
+//      program on each token's final hidden state (after the final norm: the head's input).
 // Attention: query i sees cache slots 0 .. start_pos+i (slots beyond are masked, whatever they
 // hold), further restricted to tree_mask inside the new block. So rolling the cache back after a
 // rejected speculation is free: the next call simply starts at an earlier start_pos and
@@ -111,7 +113,17 @@ enum class HeadKind {
   // also full_argmax s32[T], the argmax of the full head (costs the full matmul: for measuring
   // gamma0 on a sample of steps).
   kCandidates,
+  // The final hidden state f32[T, d] (after the final norm: what the LM head reads) and the
+  // logits f32[T, vocab]: the data a kDraftHidden tiny is fitted on.
+  kHidden,
 };
+
+// What the tiny model (stage 0, model/tiny.h) reads.
+enum class TinyInput {
+  kInputEmbedding,  // the last token's input embedding: the candidates are a per-token table
+  kDraftHidden,     // the draft's final hidden state at the same position: sees the context
+};
+const char* TinyInputName(TinyInput input);  // "draft_input_embedding" | "draft_final_hidden"
 const char* HeadKindName(HeadKind kind);
 
 struct HeadSpec {
@@ -134,11 +146,16 @@ struct ProgramSpec {
   WeightPrecision precision = WeightPrecision::kF32;
   DType kv_dtype = DType::kF32;  // f32 or bf16
   MatmulMode matmul = MatmulMode::kAuto;
-  int64_t tiny_hidden = 0;   // EmitTinyTableProgram only: the tiny model's hidden width
+  // The tiny model (kCandidates, and EmitTinyTableProgram): its hidden width and input.
+  int64_t tiny_hidden = 0;
+  TinyInput tiny_input = TinyInput::kInputEmbedding;
 };
 
-// The tiny model's params of a tiny table program (after the embedding and the tokens).
-std::vector<WeightParam> TinyParamLayout(const ModelConfig& config, int64_t tiny_hidden);
+// The tiny model's params: after the embedding and the tokens of a tiny table program
+// (kInputEmbedding: all f32, W1 and W2 transposed), or in a kCandidates program after the
+// other inputs (kDraftHidden: W1^T f32, then W2 as int8 [vocab, hidden] with f32 scales [vocab]).
+std::vector<WeightParam> TinyParamLayout(const ModelConfig& config, int64_t tiny_hidden,
+                                         TinyInput input = TinyInput::kInputEmbedding);
 
 // kv_dtype[layers, kv_heads, C, head_dim]
 std::vector<int64_t> KvCacheDims(const ModelConfig& config, int64_t max_context);

@@ -24,7 +24,6 @@ namespace {
 
 constexpr const char* kFormat = "cascade-xla-tiny";
 constexpr const char* kVersion = "1";
-constexpr const char* kInput = "draft_input_embedding";
 
 
 struct TensorSlot {
@@ -217,8 +216,15 @@ TinyWeights LoadTiny(const std::string& path, const ModelConfig* draft, bool req
   t.input_dim = size("input_dim");
   t.hidden = size("hidden");
   t.vocab = size("vocab");
-  if (meta.count("input") && meta.at("input") != kInput)
-    fail("__metadata__ \"input\" is \"" + meta.at("input") + "\", expected \"" + kInput + "\"");
+  if (meta.count("input")) {
+    const std::string& input = meta.at("input");
+    if (input == TinyInputName(TinyInput::kDraftHidden)) {
+      t.input = TinyInput::kDraftHidden;
+    } else if (input != TinyInputName(TinyInput::kInputEmbedding)) {
+      fail("__metadata__ \"input\" is \"" + input + "\", expected \"" + TinyInputName(TinyInput::kDraftHidden) +
+           "\" or \"" + TinyInputName(TinyInput::kInputEmbedding) + "\"");
+    }
+  }
   for (const auto& [k, v] : meta)
     if (!IsFormatKey(k)) t.metadata[k] = v;
   for (const auto& info : file.tensors()) {
@@ -259,7 +265,7 @@ void SaveTiny(const TinyWeights& t, const std::string& path) {
   meta["input_dim"] = std::to_string(t.input_dim);
   meta["hidden"] = std::to_string(t.hidden);
   meta["vocab"] = std::to_string(t.vocab);
-  meta["input"] = kInput;
+  meta["input"] = TinyInputName(t.input);
   meta["layer_norm_eps"] = "1e-05";
   std::string header = "{\"__metadata__\":{";
   bool first = true;
@@ -294,10 +300,11 @@ void SaveTiny(const TinyWeights& t, const std::string& path) {
   }
 }
 
-TinyWeights RandomTiny(int64_t input_dim, int64_t hidden, int64_t vocab, uint32_t seed, float scale) {
+TinyWeights RandomTiny(int64_t input_dim, int64_t hidden, int64_t vocab, uint32_t seed, float scale, TinyInput input) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0, 1);
   TinyWeights t;
+  t.input = input;
   t.input_dim = input_dim;
   t.hidden = hidden;
   t.vocab = vocab;
@@ -371,6 +378,27 @@ std::vector<int32_t> TopKIds(const float* logits, int64_t count, int64_t k) {
   return ids;
 }
 
+namespace {
+
+// W2 [vocab, hidden] as int8 rows with scale max|row| / 127 (as model/weights.h quantises).
+void QuantizeRows(const HostTensor& w, HostTensor& values, HostTensor& scales) {
+  const int64_t rows = w.dims[0], cols = w.dims[1];
+  values = HostTensor(DType::kS8, {rows, cols});
+  scales = HostTensor(DType::kF32, {rows});
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* in = w.as<float>() + r * cols;
+    float m = 0;
+    for (int64_t c = 0; c < cols; ++c) m = std::max(m, std::fabs(in[c]));
+    const float scale = m > 0 ? m / 127.0f : 1.0f;
+    scales.as<float>()[r] = scale;
+    int8_t* out = reinterpret_cast<int8_t*>(values.data.data()) + r * cols;
+    for (int64_t c = 0; c < cols; ++c)
+      out[c] = static_cast<int8_t>(std::max(-127.0f, std::min(127.0f, std::nearbyint(in[c] / scale))));
+  }
+}
+
+}  // namespace
+
 std::vector<HostTensor> PrepareTinyParams(const TinyWeights& t) {
   ValidateTiny(t);
   std::vector<HostTensor> out;
@@ -378,20 +406,41 @@ std::vector<HostTensor> PrepareTinyParams(const TinyWeights& t) {
   out.push_back(t.b1);
   out.push_back(t.ln_w);
   out.push_back(t.ln_b);
-  out.push_back(Transposed(t.w2));
+  if (t.input == TinyInput::kDraftHidden) {
+    HostTensor values, scales;
+    QuantizeRows(t.w2, values, scales);
+    out.push_back(std::move(values));
+    out.push_back(std::move(scales));
+  } else {
+    out.push_back(Transposed(t.w2));
+  }
   out.push_back(t.b2);
   return out;
 }
 
-std::vector<int64_t> TinyRanks(const TinyWeights& t, const HostTensor& inputs_e, const std::vector<int32_t>& inputs,
-                               const std::vector<int32_t>& targets) {
-  if (inputs.size() != targets.size()) throw InvalidArgumentError("TinyRanks: inputs and targets differ in length");
+HostTensor RoundedTinyW2(const TinyWeights& t) {
+  HostTensor values, scales;
+  QuantizeRows(t.w2, values, scales);
+  HostTensor out(DType::kF32, t.w2.dims);
+  const int8_t* v = reinterpret_cast<const int8_t*>(values.data.data());
+  for (int64_t r = 0; r < t.vocab; ++r)
+    for (int64_t c = 0; c < t.hidden; ++c)
+      out.as<float>()[r * t.hidden + c] = static_cast<float>(v[r * t.hidden + c]) * scales.as<float>()[r];
+  return out;
+}
+
+namespace {
+
+// The rank of targets[i] among the tiny's logits for rows[i]; rows repeated by pointer (one
+// token's embedding) are evaluated once.
+std::vector<int64_t> RanksOfRowPointers(const TinyWeights& t, const std::vector<const float*>& rows,
+                                        const std::vector<int32_t>& targets) {
   // Logits in f32 as rows of W2^T (axpy over the vocabulary, skipping ReLU zeros): ~10x faster
   // than TinyLogits' double dot products; ranks can differ from it only at f32 near-ties.
   const int64_t H = t.hidden, V = t.vocab;
   const HostTensor w2t = Transposed(t.w2);
-  auto logits_of = [&](int32_t token) {
-    const std::vector<double> h = TinyFeatures(t, inputs_e.as<float>() + static_cast<int64_t>(token) * t.input_dim);
+  auto logits_of = [&](const float* x) {
+    const std::vector<double> h = TinyFeatures(t, x);
     std::vector<float> out(t.b2.as<float>(), t.b2.as<float>() + V);
     for (int64_t a = 0; a < H; ++a) {
       if (h[a] == 0) continue;
@@ -401,12 +450,15 @@ std::vector<int64_t> TinyRanks(const TinyWeights& t, const HostTensor& inputs_e,
     }
     return out;
   };
-  std::unordered_map<int32_t, std::vector<float>> logits_cache;  // token -> tiny logits
+  std::unordered_map<const float*, std::vector<float>> logits_cache;
   std::vector<int64_t> ranks;
-  ranks.reserve(inputs.size());
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    auto it = logits_cache.find(inputs[i]);
-    if (it == logits_cache.end()) it = logits_cache.emplace(inputs[i], logits_of(inputs[i])).first;
+  ranks.reserve(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    auto it = logits_cache.find(rows[i]);
+    if (it == logits_cache.end()) {
+      if (logits_cache.size() > 4096) logits_cache.clear();  // rows of hidden states rarely repeat
+      it = logits_cache.emplace(rows[i], logits_of(rows[i])).first;
+    }
     const std::vector<float>& l = it->second;
     const int32_t y = targets[i];
     int64_t rank = 0;  // ids ranked before y: larger logits, or equal logits with lower ids
@@ -414,6 +466,24 @@ std::vector<int64_t> TinyRanks(const TinyWeights& t, const HostTensor& inputs_e,
     ranks.push_back(rank);
   }
   return ranks;
+}
+
+}  // namespace
+
+std::vector<int64_t> TinyRanks(const TinyWeights& t, const HostTensor& inputs_e, const std::vector<int32_t>& inputs,
+                               const std::vector<int32_t>& targets) {
+  if (inputs.size() != targets.size()) throw InvalidArgumentError("TinyRanks: inputs and targets differ in length");
+  std::vector<const float*> rows;
+  rows.reserve(inputs.size());
+  for (int32_t token : inputs) rows.push_back(inputs_e.as<float>() + static_cast<int64_t>(token) * t.input_dim);
+  return RanksOfRowPointers(t, rows, targets);
+}
+
+std::vector<int64_t> TinyRanksOfRows(const TinyWeights& t, const float* x, const std::vector<int32_t>& targets) {
+  std::vector<const float*> rows;
+  rows.reserve(targets.size());
+  for (size_t i = 0; i < targets.size(); ++i) rows.push_back(x + static_cast<int64_t>(i) * t.input_dim);
+  return RanksOfRowPointers(t, rows, targets);
 }
 
 double TinyCoverage(const TinyWeights& t, const HostTensor& inputs_e, const std::vector<int32_t>& inputs,
@@ -430,10 +500,11 @@ namespace {
 
 // ---- the phases of FitTinyClosedForm ----
 
-// W1, b1: a projection of the input rows (PCA directions at unit variance, then random rows),
-// centred by the rows' mean.
-void FitProjection(TinyWeights& t, const float* e, int64_t V, int64_t d, int64_t H, const TinyFitOptions& o,
+// W1, b1: a projection of the input rows e [count, d] (PCA directions at unit variance, then
+// random rows), centred by the rows' mean.
+void FitProjection(TinyWeights& t, const float* e, int64_t count, int64_t d, int64_t H, const TinyFitOptions& o,
                    std::mt19937_64& rng) {
+  const int64_t V = count;
   // Mean and covariance of (up to 4096 sampled) rows.
   std::vector<int64_t> rows(static_cast<size_t>(V));
   std::iota(rows.begin(), rows.end(), 0);
@@ -483,11 +554,165 @@ void FitProjection(TinyWeights& t, const float* e, int64_t V, int64_t d, int64_t
   }
 }
 
+// kHeadSvd (a kDraftHidden tiny only). The draft's logits are a linear map of x, y = W x (W the
+// LM head [V, d]), so the best rank-k stand-in for y over the x the text produces is
+// U_k U_k^T W x, with U_k S_k the k leading left singular vectors and values of W R (R = S^(1/2),
+// S = E[x x^T]). With k = min(hidden - 1, d) the tiny computes a positive multiple of it:
+//   z' = U_k^T W x                the rank-k logits' coordinates
+//   z  = B z'                     B [hidden, k]: orthonormal random columns orthogonal to 1, so
+//                                 mean(z) = 0 (LayerNorm only divides z by its rms) and every unit
+//                                 mixes all k coordinates (about the same, near-Gaussian spread)
+//   h  = ReLU(z / rms(z) + c)     ln_b = c = 4: the offset keeps ReLU from cutting (|n| > 4 is rare)
+//   W2 = U_k B^T, b2 = -c W2 1    (W2 after its int8 rounding, so the offset cancels exactly)
+// so W2 h + b2 = U_k z' / rms(z) = U_k U_k^T W x / rms(z): the ranking of the rank-k logits.
+// Nothing is regressed on the training logits: only S is estimated from the text (shrunk by
+// `ridge` x its mean eigenvalue towards I, for directions the text never took).
+constexpr float kHeadSvdOffset = 4.0f;
+
+void FitHeadSvd(TinyWeights& t, const ModelWeights& dw, const float* x, int64_t n, int64_t d, int64_t H, int64_t V,
+                double ridge, std::mt19937_64& rng) {
+  if (H < 2) throw InvalidArgumentError("tiny fit: the head-SVD fit needs hidden >= 2, got " + std::to_string(H));
+  int64_t k = std::min(H - 1, d);  // hidden > d: the whole head, exactly
+  const HostTensor head = ToF32(dw.at(dw.tensors.count("lm_head.weight") ? "lm_head.weight" : "model.embed_tokens.weight"));
+  const float* w = head.as<float>();
+  // S = E[x x^T] and R = S^(1/2).
+  std::vector<double> S(static_cast<size_t>(d * d), 0.0);
+  for (int64_t r = 0; r < n; ++r) {
+    const float* xr = x + r * d;
+    for (int64_t i = 0; i < d; ++i) {
+      const double xi = xr[i];
+      double* row = &S[i * d];
+      for (int64_t j = 0; j <= i; ++j) row[j] += xi * xr[j];
+    }
+  }
+  double trace = 0;
+  for (int64_t i = 0; i < d; ++i) {
+    for (int64_t j = 0; j <= i; ++j) S[j * d + i] = S[i * d + j] /= static_cast<double>(n);
+    trace += S[i * d + i];
+  }
+  // Shrunk towards a multiple of I: directions the text never took still get (a little) weight,
+  // so the stand-in covers the head's own leading directions there.
+  for (int64_t i = 0; i < d; ++i) S[i * d + i] += ridge * trace / static_cast<double>(d);
+  std::vector<double> values, vectors;
+  SymmetricEigen(S, d, values, vectors);
+  std::vector<double> root(static_cast<size_t>(d * d), 0.0);
+  for (int64_t e = 0; e < d; ++e) {
+    const double l = std::sqrt(std::max(values[e], 0.0));
+    const double* v = &vectors[e * d];
+    for (int64_t i = 0; i < d; ++i)
+      for (int64_t j = 0; j < d; ++j) root[i * d + j] += l * v[i] * v[j];
+  }
+  // G = W^T W, accumulated in f32 per block of rows, in double across blocks.
+  std::vector<double> G(static_cast<size_t>(d * d), 0.0);
+  std::vector<float> block(static_cast<size_t>(d * d));
+  for (int64_t v0 = 0; v0 < V; v0 += 512) {
+    std::fill(block.begin(), block.end(), 0.0f);
+    for (int64_t v = v0; v < std::min(V, v0 + 512); ++v) {
+      const float* wr = w + v * d;
+      for (int64_t i = 0; i < d; ++i) {
+        const float wi = wr[i];
+        float* row = &block[i * d];
+        for (int64_t j = 0; j < d; ++j) row[j] += wi * wr[j];
+      }
+    }
+    for (int64_t i = 0; i < d * d; ++i) G[i] += block[i];
+  }
+  auto mul = [d](const std::vector<double>& a, const std::vector<double>& b) {
+    std::vector<double> c(static_cast<size_t>(d * d), 0.0);
+    for (int64_t i = 0; i < d; ++i)
+      for (int64_t l = 0; l < d; ++l) {
+        const double ail = a[i * d + l];
+        for (int64_t j = 0; j < d; ++j) c[i * d + j] += ail * b[l * d + j];
+      }
+    return c;
+  };
+  // R G R = V diag(s^2) V^T: V the right singular vectors of W R.
+  const std::vector<double> RG = mul(root, G);
+  std::vector<double> sv, right;
+  SymmetricEigen(mul(RG, root), d, sv, right);
+  // Directions the text never moves along (s ~ 0) carry no signal, only noise divided by s.
+  int64_t significant = 0;
+  while (significant < d && sv[significant] > 1e-9 * std::max(sv[0], 1e-300)) ++significant;
+  k = std::max<int64_t>(1, std::min(k, significant));
+  // B: random Gaussian columns, centred (orthogonal to 1), then Gram-Schmidt.
+  std::normal_distribution<double> normal(0, 1);
+  std::vector<double> B(static_cast<size_t>(H * k));  // [H, k]
+  for (int64_t j = 0; j < k; ++j) {
+    double mean = 0;
+    for (int64_t i = 0; i < H; ++i) mean += (B[i * k + j] = normal(rng));
+    mean /= static_cast<double>(H);
+    for (int64_t i = 0; i < H; ++i) B[i * k + j] -= mean;
+    for (int pass = 0; pass < 2; ++pass)
+      for (int64_t p = 0; p < j; ++p) {
+        double dot = 0;
+        for (int64_t i = 0; i < H; ++i) dot += B[i * k + j] * B[i * k + p];
+        for (int64_t i = 0; i < H; ++i) B[i * k + j] -= dot * B[i * k + p];
+      }
+    double norm = 0;
+    for (int64_t i = 0; i < H; ++i) norm += B[i * k + j] * B[i * k + j];
+    norm = std::sqrt(norm);
+    for (int64_t i = 0; i < H; ++i) B[i * k + j] /= norm;
+  }
+  // Q [k, d]: row j = u_j^T W = v_j^T R G / s_j; P [d, k]: column j = R v_j / s_j (W P = U_k).
+  std::vector<double> Q(static_cast<size_t>(k * d)), P(static_cast<size_t>(d * k));
+  for (int64_t j = 0; j < k; ++j) {
+    const double s = std::sqrt(std::max(sv[j], 1e-300));
+    for (int64_t i = 0; i < d; ++i) {
+      double q = 0, p = 0;
+      for (int64_t l = 0; l < d; ++l) {
+        q += right[j * d + l] * RG[l * d + i];
+        p += root[i * d + l] * right[j * d + l];
+      }
+      Q[j * d + i] = q / s;
+      P[i * k + j] = p / s;
+    }
+  }
+  // W1 = B Q [H, d]; M = P B^T [d, H], so W2 = W M.
+  float* w1 = t.w1.as<float>();
+  for (int64_t i = 0; i < H; ++i)
+    for (int64_t c = 0; c < d; ++c) {
+      double a = 0;
+      for (int64_t j = 0; j < k; ++j) a += B[i * k + j] * Q[j * d + c];
+      w1[i * d + c] = static_cast<float>(a);
+    }
+  std::vector<float> M(static_cast<size_t>(d * H));
+  for (int64_t i = 0; i < d; ++i)
+    for (int64_t h = 0; h < H; ++h) {
+      double a = 0;
+      for (int64_t j = 0; j < k; ++j) a += P[i * k + j] * B[h * k + j];
+      M[i * H + h] = static_cast<float>(a);
+    }
+  float* w2 = t.w2.as<float>();
+  for (int64_t v = 0; v < V; ++v) {
+    float* out = w2 + v * H;
+    std::fill(out, out + H, 0.0f);
+    const float* wr = w + v * d;
+    for (int64_t i = 0; i < d; ++i) {
+      const float wi = wr[i];
+      const float* m = &M[i * H];
+      for (int64_t h = 0; h < H; ++h) out[h] += wi * m[h];
+    }
+  }
+  t.w2 = RoundedTinyW2(t);  // as the program holds it (rounding it again changes nothing)
+  w2 = t.w2.as<float>();
+  std::fill(t.b1.as<float>(), t.b1.as<float>() + H, 0.0f);
+  std::fill(t.ln_w.as<float>(), t.ln_w.as<float>() + H, 1.0f);
+  std::fill(t.ln_b.as<float>(), t.ln_b.as<float>() + H, kHeadSvdOffset);
+  for (int64_t v = 0; v < V; ++v) {
+    double sum = 0;
+    for (int64_t h = 0; h < H; ++h) sum += w2[v * H + h];
+    t.b2.as<float>()[v] = static_cast<float>(-kHeadSvdOffset * sum);
+  }
+}
+
 // What the fit learns from: per step of the text, the input token and the draft's argmax; for
-// training steps, the centred logits summed per input token.
+// training steps, the centred logits: summed per input token (kInputEmbedding), or per step with
+// the step's hidden state (kDraftHidden).
 struct FitSteps {
   std::vector<int32_t> inputs, argmaxes;
   std::unordered_map<int32_t, std::pair<int64_t, std::vector<float>>> sums;  // token -> (count, sum of centred y)
+  std::vector<float> rows;     // kDraftHidden: every step's hidden state [steps, d]
+  std::vector<float> train_y;  // kDraftHidden: every training step's centred y [n_train, V]
   std::vector<double> sum_y;
 };
 
@@ -496,7 +721,9 @@ struct FitSteps {
 FitSteps CollectSteps(DecoderModel& draft, DecoderModel* text, const TinyFitOptions& o, int64_t V, int64_t seq_len,
                       int64_t n_train, std::mt19937_64& rng) {
   FitSteps steps;
+  const bool hidden_input = o.input == TinyInput::kDraftHidden;
   steps.sum_y.assign(static_cast<size_t>(V), 0.0);
+  if (hidden_input) steps.train_y.reserve(static_cast<size_t>(n_train * V));
   std::uniform_int_distribution<int32_t> any_token(0, static_cast<int32_t>(V - 1));
   std::uniform_real_distribution<double> uniform(0, 1);
   std::vector<double> probs(static_cast<size_t>(V));
@@ -506,8 +733,9 @@ FitSteps CollectSteps(DecoderModel& draft, DecoderModel* text, const TinyFitOpti
     const int64_t limit = step < n_train ? n_train : o.positions;
     int32_t token = any_token(rng);
     for (int64_t pos = 0; pos < seq_len && step < limit; ++pos, ++step) {
-      ForwardResult r = draft.Forward({token}, pos, {HeadKind::kLogits, 0});
+      ForwardResult r = draft.Forward({token}, pos, {hidden_input ? HeadKind::kHidden : HeadKind::kLogits, 0});
       const float* y = r.logits.data();
+      if (hidden_input) steps.rows.insert(steps.rows.end(), r.hidden.begin(), r.hidden.end());
       const int32_t am = static_cast<int32_t>(std::max_element(y, y + V) - y);
       ForwardResult text_r;
       if (text != &draft) text_r = text->Forward({token}, pos, {HeadKind::kLogits, 0});
@@ -519,12 +747,19 @@ FitSteps CollectSteps(DecoderModel& draft, DecoderModel* text, const TinyFitOpti
         double mean = 0;
         for (int64_t v = 0; v < V; ++v) mean += y[v];
         mean /= static_cast<double>(V);
-        auto& slot = steps.sums[token];
-        if (slot.second.empty()) slot.second.assign(static_cast<size_t>(V), 0.f);
-        ++slot.first;
+        float* sum = nullptr;
+        if (hidden_input) {
+          steps.train_y.resize(steps.train_y.size() + static_cast<size_t>(V));
+          sum = steps.train_y.data() + steps.train_y.size() - V;
+        } else {
+          auto& slot = steps.sums[token];
+          if (slot.second.empty()) slot.second.assign(static_cast<size_t>(V), 0.f);
+          ++slot.first;
+          sum = slot.second.data();
+        }
         for (int64_t v = 0; v < V; ++v) {
           const float yc = static_cast<float>(y[v] - mean);
-          slot.second[v] += yc;
+          sum[v] += yc;
           steps.sum_y[v] += yc;
         }
       }
@@ -558,19 +793,23 @@ FitMoments AccumulateMoments(const TinyWeights& t, const float* e, int64_t d, in
   m.sh.assign(static_cast<size_t>(H), 0.0);
   m.shy.assign(static_cast<size_t>(H * V), 0.0);  // sum_i h_i y_i^T
   std::vector<float> block(static_cast<size_t>(V));
-  for (const auto& [token, slot] : steps.sums) {
-    const std::vector<double> h = TinyFeatures(t, e + static_cast<int64_t>(token) * d);
-    const double n = static_cast<double>(slot.first);
+  // One group: input row x seen n times with centred logits summing to y_sum.
+  auto add = [&](const float* x, double n, const float* y_sum) {
+    const std::vector<double> h = TinyFeatures(t, x);
     for (int64_t a = 0; a < H; ++a) {
       m.sh[a] += n * h[a];
       if (h[a] == 0) continue;
       for (int64_t b = 0; b <= a; ++b) m.shh[a * H + b] += n * h[a] * h[b];
       const float ha = static_cast<float>(h[a]);
-      for (int64_t v = 0; v < V; ++v) block[v] = ha * slot.second[v];
+      for (int64_t v = 0; v < V; ++v) block[v] = ha * y_sum[v];
       double* row = &m.shy[a * V];
       for (int64_t v = 0; v < V; ++v) row[v] += block[v];
     }
-  }
+  };
+  for (const auto& [token, slot] : steps.sums)
+    add(e + static_cast<int64_t>(token) * d, static_cast<double>(slot.first), slot.second.data());
+  for (size_t i = 0; i * V < steps.train_y.size(); ++i)
+    add(steps.rows.data() + i * d, 1.0, steps.train_y.data() + i * V);
   return m;
 }
 
@@ -626,7 +865,12 @@ void EvaluateCoverage(const TinyWeights& t, const HostTensor& E, const FitSteps&
   const std::vector<int32_t> train_in(inputs.begin(), inputs.begin() + n_train),
       train_am(argmaxes.begin(), argmaxes.begin() + n_train), held_in(inputs.begin() + n_train, inputs.end()),
       held_am(argmaxes.begin() + n_train, argmaxes.end());
-  const std::vector<int64_t> held_rank = TinyRanks(t, E, held_in, held_am), train_rank = TinyRanks(t, E, train_in, train_am);
+  const bool hidden_input = t.input == TinyInput::kDraftHidden;
+  const float* rows = steps.rows.data();
+  const std::vector<int64_t> held_rank = hidden_input ? TinyRanksOfRows(t, rows + n_train * t.input_dim, held_am)
+                                                      : TinyRanks(t, E, held_in, held_am);
+  const std::vector<int64_t> train_rank =
+      hidden_input ? TinyRanksOfRows(t, rows, train_am) : TinyRanks(t, E, train_in, train_am);
   auto share = [](const std::vector<int64_t>& ranks, int64_t k) {
     int64_t hit = 0;
     for (int64_t r : ranks) hit += r < k;
@@ -661,11 +905,12 @@ TinyWeights FitTinyClosedForm(DecoderModel& draft, const ModelWeights& dw, const
   TinyFitReport rep;
   std::mt19937_64 rng(o.seed);
 
-  // W1, b1: a projection of the input rows.
+  const bool hidden_input = o.input == TinyInput::kDraftHidden;
   auto t0 = Clock::now();
   const HostTensor E = TinyInputEmbeddings(dw, draft.options().precision);
   const float* e = E.as<float>();
   TinyWeights t;
+  t.input = o.input;
   t.input_dim = d;
   t.hidden = H;
   t.vocab = V;
@@ -676,25 +921,39 @@ TinyWeights FitTinyClosedForm(DecoderModel& draft, const ModelWeights& dw, const
   t.w2 = HostTensor(DType::kF32, {V, H});
   t.b2 = HostTensor(DType::kF32, {V});
   for (int64_t j = 0; j < H; ++j) t.ln_w.as<float>()[j] = 1;
-  FitProjection(t, e, V, d, H, o, rng);
+  // W1, b1: a projection of the input rows (the vocabulary's embeddings are known up front).
+  if (!hidden_input) FitProjection(t, e, V, d, H, o, rng);
   rep.projection_ms = MsSince(t0);
 
-  // The data: the text model's text, (input token, the draft's logits) per step.
+  // The data: the text model's text, (input row, the draft's logits) per step.
   t0 = Clock::now();
   FitSteps steps = CollectSteps(draft, text, o, V, seq_len, n_train, rng);
   rep.generate_ms = MsSince(t0);
+  const bool head_svd = o.projection == TinyFitOptions::Projection::kHeadSvd;
+  if (head_svd && !hidden_input) throw InvalidArgumentError("tiny fit: the head-SVD projection needs the hidden-state input");
+  if (hidden_input) {  // from the training steps' hidden states
+    t0 = Clock::now();
+    if (head_svd) {
+      FitHeadSvd(t, dw, steps.rows.data(), n_train, d, H, V, o.ridge, rng);
+    } else {
+      FitProjection(t, steps.rows.data(), n_train, d, H, o, rng);
+    }
+    rep.projection_ms += MsSince(t0);
+  }
   rep.train_positions = n_train;
   rep.heldout_positions = o.positions - n_train;
   rep.distinct_train_tokens = static_cast<int64_t>(steps.sums.size());
 
-  t0 = Clock::now();
-  FitMoments moments = AccumulateMoments(t, e, d, H, V, steps);
-  steps.sums.clear();
-  rep.accumulate_ms = MsSince(t0);
-
-  t0 = Clock::now();
-  SolveRidge(t, moments, steps.sum_y, static_cast<double>(n_train), H, V, o.ridge);
-  rep.solve_ms = MsSince(t0);
+  if (!head_svd) {  // W2, b2 by ridge regression on the training logits
+    t0 = Clock::now();
+    FitMoments moments = AccumulateMoments(t, e, d, H, V, steps);
+    steps.sums.clear();
+    steps.train_y = {};
+    rep.accumulate_ms = MsSince(t0);
+    t0 = Clock::now();
+    SolveRidge(t, moments, steps.sum_y, static_cast<double>(n_train), H, V, o.ridge);
+    rep.solve_ms = MsSince(t0);
+  }
 
   t0 = Clock::now();
   EvaluateCoverage(t, E, steps, n_train, o.eval_k, V, rep);
@@ -702,7 +961,10 @@ TinyWeights FitTinyClosedForm(DecoderModel& draft, const ModelWeights& dw, const
 
   t.metadata["fit"] = "closed_form_ridge";
   t.metadata["fit_positions"] = std::to_string(n_train);
-  t.metadata["fit_projection"] = o.projection == TinyFitOptions::Projection::kPca ? "pca" : "random";
+  t.metadata["fit_version"] = kTinyFitVersion;
+  t.metadata["fit_projection"] = o.projection == TinyFitOptions::Projection::kPca      ? "pca"
+                                 : o.projection == TinyFitOptions::Projection::kHeadSvd ? "head_svd"
+                                                                                        : "random";
   t.metadata["draft_family"] = ModelFamilyName(c.family);
   t.metadata["draft_precision"] = WeightPrecisionName(draft.options().precision);
   t.metadata["draft"] = o.draft_name.empty() ? dw.source : o.draft_name;

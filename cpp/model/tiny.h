@@ -1,28 +1,35 @@
-// The tiny model of the cascade (stage 0; docs/how-the-cascade-works.md, 'The exact algorithm', step 1): a two-layer projection from the
-// draft's input embedding of the last token to a candidate set C = TopK0(logits) of next tokens.
+// The tiny model of the cascade (stage 0; docs/how-the-cascade-works.md, 'The exact algorithm', step 1): a
+// two-layer projection from an input row x [d] to a candidate set C = TopK0(logits) of next tokens.
 //
-//   e      = the draft's input embedding of the last token, f32 [d]: exactly what the draft's
-//            first layer sees, i.e. the `model.embed_tokens.weight` row (as the draft program
-//            holds it: bf16-rounded for bf16 / int8 drafts, f32 for f32 drafts), times sqrt(d) for
-//            Gemma-family drafts (the scaling the draft itself applies). TinyInputEmbeddings()
-//            computes these rows on the host.
-//   z      = W1 e + b1                                   W1: [hidden, d], b1: [hidden]
+//   x      = what the tiny reads (TinyInput, model/programs.h; metadata "input"):
+//            "draft_final_hidden" (kDraftHidden, the default fit): the draft's final hidden state
+//            at the same position, after its final norm: what the draft's LM head reads. It
+//            carries the whole context, so the tiny is a cheap stand-in for the draft's head.
+//            "draft_input_embedding" (kInputEmbedding): the draft's input embedding of the last
+//            token: exactly what the draft's first layer sees, i.e. the `model.embed_tokens.weight`
+//            row (as the draft program holds it: bf16-rounded for bf16 / int8 drafts, f32 for f32
+//            drafts), times sqrt(d) for Gemma-family drafts. TinyInputEmbeddings() computes
+//            these rows on the host. A function of the last token only: a bigram model.
+//   z      = W1 x + b1                                   W1: [hidden, d], b1: [hidden]
 //   h      = ReLU(LayerNorm(z) * ln_w + ln_b)            LayerNorm over hidden, eps 1e-5 (biased var)
 //   logits = W2 h + b2                                   W2: [vocab, hidden], b2: [vocab]
 //   C      = the K0 largest logits (ties: lowest id first, as chlo.top_k)
 //
-// Since the input is a function of the last token only, so is C: the tiny is a learned map
-// token -> K0 candidates. It is fused into the draft's step (HeadKind::kCandidates in
-// model/programs.h): the draft then computes its logits only for those K0 candidates.
+// It is fused into the draft's step (HeadKind::kCandidates in model/programs.h): the draft then
+// computes its logits only for those K0 candidates. A kInputEmbedding tiny becomes a table
+// token -> K0 candidates evaluated once; a kDraftHidden tiny runs in every draft step after the
+// draft's layers, with W2 in int8 (per-row scales; the candidates only shape the proposals, never
+// the output, so its rounding costs acceptance at most, not exactness).
 //
 // File format (safetensors, little-endian F32, canonical [out, in] layout like nn.Linear):
 //   proj_in.weight  [hidden, input_dim]     proj_in.bias  [hidden]
 //   norm.weight     [hidden]                norm.bias     [hidden]
 //   proj_out.weight [vocab, hidden]         proj_out.bias [vocab]
 //   __metadata__ (all strings): format = "cascade-xla-tiny", version = "1", input_dim, hidden,
-//   vocab (decimal), input = "draft_input_embedding" (e as defined above), layer_norm_eps = "1e-05",
-//   and optional provenance: draft (the draft it was fitted for, e.g. its file and layer count),
-//   draft_family ("llama" | "gemma"), fit (how it was made, e.g. "closed_form_ridge").
+//   vocab (decimal), input = "draft_final_hidden" | "draft_input_embedding" (x as defined above;
+//   absent: the input embedding), layer_norm_eps = "1e-05", and optional provenance: draft (the
+//   draft it was fitted for, e.g. its file and layer count), draft_family ("llama" | "gemma"), fit
+//   (how it was made, e.g. "closed_form_ridge").
 // F16 / BF16 tensors are accepted on load (converted to f32).
 #pragma once
 
@@ -43,9 +50,13 @@ class DecoderModel;
 
 constexpr double kTinyLayerNormEps = 1e-5;
 constexpr int64_t kTinyDefaultHidden = 256;
+// Written by FitTinyClosedForm as metadata "fit_version"; the load-time cache refits a tiny of
+// another version (a better fit of the same kind).
+constexpr const char* kTinyFitVersion = "2";
 
 struct TinyWeights {
   int64_t input_dim = 0, hidden = 0, vocab = 0;
+  TinyInput input = TinyInput::kInputEmbedding;
   HostTensor w1, b1, ln_w, ln_b, w2, b2;  // f32, shapes as in the file format above
   // Free-form provenance written to / read from __metadata__ (draft, draft_family, fit, ...);
   // the format keys (format, version, input_dim, hidden, vocab, input, layer_norm_eps) are not
@@ -73,22 +84,27 @@ TinyWeights LoadTiny(const std::string& path, const ModelConfig* draft = nullptr
 void SaveTiny(const TinyWeights& tiny, const std::string& path);
 
 // Random weights (for tests): W1, W2 ~ N(0, 1/fan_in) * scale, biases small, ln_w ~ 1.
-TinyWeights RandomTiny(int64_t input_dim, int64_t hidden, int64_t vocab, uint32_t seed, float scale = 1.0f);
+TinyWeights RandomTiny(int64_t input_dim, int64_t hidden, int64_t vocab, uint32_t seed, float scale = 1.0f,
+                       TinyInput input = TinyInput::kInputEmbedding);
 
 // The tiny's input rows e for every token of the draft, f32 [vocab, d], as defined above (bf16
 // rounding when `precision` is not kF32, sqrt(d) scaling for Gemma).
 HostTensor TinyInputEmbeddings(const ModelWeights& draft, WeightPrecision precision);
 
-// Host reference forward: the tiny's logits for one input row e [input_dim] (double accumulation).
-std::vector<float> TinyLogits(const TinyWeights& tiny, const float* e);
+// Host reference forward: the tiny's logits for one input row x [input_dim] (double accumulation).
+std::vector<float> TinyLogits(const TinyWeights& tiny, const float* x);
 // The features h [hidden] for one input row.
-std::vector<double> TinyFeatures(const TinyWeights& tiny, const float* e);
+std::vector<double> TinyFeatures(const TinyWeights& tiny, const float* x);
 // The K largest of `logits` (descending, lowest id first on ties).
 std::vector<int32_t> TopKIds(const float* logits, int64_t count, int64_t k);
 
-// The six tensors as the decoder program takes them (TinyParamLayout order): W1^T [d, hidden],
-// b1, ln_w, ln_b, W2^T [hidden, vocab], b2, all f32.
+// The tensors as the programs take them (TinyParamLayout order for tiny.input): W1^T [d, hidden],
+// b1, ln_w, ln_b (f32), then W2^T [hidden, vocab] f32 (kInputEmbedding) or W2 int8 [vocab, hidden]
+// and its f32 row scales (kDraftHidden), then b2.
 std::vector<HostTensor> PrepareTinyParams(const TinyWeights& tiny);
+// W2 as a kDraftHidden program computes with it: each row rounded to int8 with scale max|row| / 127,
+// back in f32 (for host references of the fused head).
+HostTensor RoundedTinyW2(const TinyWeights& tiny);
 
 // ---- closed-form fit (until a trained tiny exists) ----
 //
@@ -96,29 +112,35 @@ std::vector<HostTensor> PrepareTinyParams(const TinyWeights& tiny);
 //    draft itself by default, or `text_model`, e.g. the target, whose text is what the cascade
 //    commits) samples at `temperature` (0 = greedy) one token at a time, `positions` steps in
 //    all, each sequence at most `sequence_length` tokens (and the caches). Each step gives a
-//    pair (input token x, the draft's next-token logits y [vocab]) on that text.
-// 2. W1, b1: `projection`: kPca = the leading principal directions of the input rows e (the
-//    covariance of up to 4,096 rows sampled uniformly from the vocabulary; Jacobi eigensolver),
-//    each scaled to unit variance, then random Gaussian rows for hidden > d; kRandom = Gaussian
-//    rows scaled to unit total variance. b1 = -W1 mean(e) (centred). LayerNorm weight 1, bias 0.
+//    pair (input row x, the draft's next-token logits y [vocab]) on that text.
+// 2. W1, b1: `projection`: kPca = the leading principal directions of the input rows x (the
+//    covariance of up to 4,096 rows: sampled uniformly from the vocabulary for the input
+//    embedding, the training steps' rows for the hidden state; Jacobi eigensolver), each scaled
+//    to unit variance, then random Gaussian rows for hidden > d; kRandom = Gaussian rows scaled
+//    to unit total variance. b1 = -W1 mean(x) (centred). LayerNorm weight 1, bias 0.
+//    kHeadSvd (the default; kDraftHidden only): the whole tiny in closed form from the draft's
+//    head W and the second moment of the training steps' hidden states: a rank-(hidden - 1)
+//    stand-in for W x (see FitHeadSvd in tiny.cc); steps 3 is then skipped.
 // 3. W2, b2: ridge regression of the centred logits (each y minus its own mean over the
 //    vocabulary: logits are shift invariant) on the features h, with an unpenalised intercept:
 //    W2^T = (Hc^T Hc + lambda I)^-1 Hc^T Yc, b2 = mean(y) - W2 mean(h), lambda = ridge *
 //    trace(Hc^T Hc) / hidden; the hidden x hidden system is solved by Cholesky in double. The
-//    sums are accumulated as the positions stream by, grouped by input token (h depends on the
-//    token only): host memory ~ distinct input tokens x vocab x 4 bytes, not positions x vocab.
+//    sums are grouped by input token for the input embedding (h depends on the token only: host
+//    memory ~ distinct input tokens x vocab x 4 bytes); for the hidden state every training step
+//    keeps its logits (positions x vocab x 4 bytes, ~240 MB for 1,200 steps at a 49152 vocabulary).
 // 4. Evaluation: the last `holdout` share of the positions (whole sequences, generated after
 //    the training ones) are not used for fitting; gamma0(K0) = share of those steps whose draft
 //    argmax is among the tiny's top-K0.
 struct TinyFitOptions {
-  enum class Projection { kPca, kRandom };
+  enum class Projection { kPca, kRandom, kHeadSvd };
+  TinyInput input = TinyInput::kDraftHidden;
   int64_t hidden = kTinyDefaultHidden;
   int64_t positions = 3000;
   int64_t sequence_length = 256;
   double temperature = 1.0;
   double ridge = 1e-3;
   double holdout = 0.2;
-  Projection projection = Projection::kPca;
+  Projection projection = Projection::kHeadSvd;
   std::vector<int64_t> eval_k = {8, 64, 256};  // values > vocab are skipped
   uint64_t seed = 1;
   std::string draft_name;  // provenance written into metadata["draft"]
@@ -147,6 +169,8 @@ TinyWeights FitTinyClosedForm(DecoderModel& draft, const ModelWeights& draft_wei
 // rank the lower id first, as TopKIds): targets[i] is among the top-k iff rank < k.
 std::vector<int64_t> TinyRanks(const TinyWeights& tiny, const HostTensor& input_embeddings,
                                const std::vector<int32_t>& inputs, const std::vector<int32_t>& targets);
+// The same for input rows given directly: rows [count, input_dim] (a kDraftHidden tiny's hidden states).
+std::vector<int64_t> TinyRanksOfRows(const TinyWeights& tiny, const float* rows, const std::vector<int32_t>& targets);
 // gamma0 on given steps: share of `inputs[i]` whose `draft_argmax[i]` is in the tiny's top-k.
 double TinyCoverage(const TinyWeights& tiny, const HostTensor& input_embeddings, const std::vector<int32_t>& inputs,
                     const std::vector<int32_t>& draft_argmax, int64_t k);

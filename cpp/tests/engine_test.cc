@@ -66,14 +66,24 @@ TEST(Engine, CascadeGreedyIsIdenticalToTargetGreedyForEveryK0AndL) {
   ModelConfig config = testing::SmallLlama(false, 300);
   ModelWeights target = testing::SmallRandomModel(config, 13, 1.0f);
   CascadeEngine engine(Cpu(), target, std::nullopt, Options());
-  engine.SetTiny(RandomTiny(config.hidden_size, 32, config.vocab_size, 5));
   const std::vector<int32_t> prompt = {5, 17, 3, 88, 41};
   GenerateOptions g;
   g.max_tokens = 24;
   g.mode = DecodeMode::kTarget;
   const auto reference = engine.Generate(prompt, g).tokens;
+  // The tiny on the draft's hidden state (in the draft step), then on the input embedding (a table).
+  engine.SetTiny(RandomTiny(config.hidden_size, 32, config.vocab_size, 5, 1.0f, TinyInput::kDraftHidden));
   g.mode = DecodeMode::kCascade;
   g.coverage_every = 1;
+  for (int64_t k0 : {8, 64}) {
+    g.candidates = k0;
+    g.proposal_length = 4;
+    EXPECT_EQ(engine.Generate(prompt, g).tokens, reference) << "hidden-state tiny, K0=" << k0;
+    g.branches = 2;
+    EXPECT_EQ(engine.Generate(prompt, g).tokens, reference) << "hidden-state tiny, 2 branches, K0=" << k0;
+    g.branches = 1;
+  }
+  engine.SetTiny(RandomTiny(config.hidden_size, 32, config.vocab_size, 5));
   for (int64_t k0 : {8, 64, 256}) {
     for (int64_t L : {1, 4, 16}) {
       if (L > k0) continue;
@@ -204,6 +214,10 @@ TEST(Engine, ShardedVerificationGivesTheSameTokensOnOneTwoAndFourDevices) {
     EngineOptions o = Options();
     o.devices = D;
     CascadeEngine engine(client, target, std::nullopt, o);
+    // Each replica runs the tiny on its own shard's hidden states.
+    engine.SetTiny(RandomTiny(config.hidden_size, 32, config.vocab_size, 8, 1.0f, TinyInput::kDraftHidden));
+    g.sampling = {};
+    EXPECT_EQ(engine.Generate(prompt, g).tokens, greedy_reference) << "hidden-state tiny, D=" << D;
     engine.SetTiny(RandomTiny(config.hidden_size, 32, config.vocab_size, 8));
     for (int64_t B : {1, 3, 4}) {
       g.branches = B;
@@ -299,6 +313,19 @@ TEST(Engine, SampledOutputFollowsTheTargetDistribution) {
   g.branches = 2;
   g.proposal_length = 2;
   EXPECT_GT(FirstTwoTokens(engine, g, kSamples).p_value, 1e-3) << "cascade, 2 branches";
+  {  // The tiny on the draft's hidden state: q~ over candidates that change with the context.
+    CascadeEngine hidden(Cpu(), target, std::nullopt, Options(WeightPrecision::kF32, 8));
+    hidden.SetTiny(RandomTiny(target.config.hidden_size, 16, target.config.vocab_size, 9, 1.0f, TinyInput::kDraftHidden));
+    GenerateOptions h = g;
+    for (int64_t B : {1, 2}) {
+      h.branches = B;
+      EXPECT_GT(FirstTwoTokens(hidden, h, kSamples).p_value, 1e-3) << "cascade, hidden-state tiny, B=" << B;
+    }
+    h.branches = 1;
+    h.proposal_length = 3;
+    h.broken_acceptance_for_testing = true;
+    EXPECT_LT(FirstTwoTokens(hidden, h, kSamples / 4).p_value, 1e-3) << "negative control passed: hidden-state tiny";
+  }
   g.proposal_length = 3;
   g.broken_acceptance_for_testing = true;  // fails by a wide margin (chi2 in the thousands)
   for (DecodeMode mode : {DecodeMode::kSpeculative, DecodeMode::kCascade}) {

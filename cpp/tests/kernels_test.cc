@@ -14,6 +14,7 @@
 #include "kernels/ffi_handlers.h"
 #include "model/matmul_mode.h"
 #include "kernels/int8_matmul.h"
+#include "kernels/tiny_candidates.h"
 #include "model/decoder.h"
 #include "pjrt/api.h"
 #include "pjrt/client.h"
@@ -175,6 +176,32 @@ TEST(kernels_bf16, MatchesReferenceAndRowsBitIdentical) {
       kernels::Bf16GatherMatmul(impl, p.x.data(), w.data(), ids.data(), g.data(), {T, in, out}, K);
       for (int64_t t = 0; t < T; ++t)
         for (int64_t j = 0; j < K; ++j) ASSERT_EQ(0, std::memcmp(&g[t * K + j], &y[t * out + ids[t * K + j]], 4));
+    }
+  }
+}
+
+TEST(kernels_tiny, TopKIdsOrderTiesAndNaN) {
+  const float nan = std::nanf("");
+  const std::vector<float> v = {1, 5, 3, 5, nan, 2, 5, -1};
+  std::vector<int32_t> ids(3);
+  kernels::TopKIds(v.data(), static_cast<int64_t>(v.size()), 3, ids.data());
+  EXPECT_EQ(ids, (std::vector<int32_t>{1, 3, 6})) << "equal values: lower id first";
+  ids.resize(5);
+  kernels::TopKIds(v.data(), static_cast<int64_t>(v.size()), 5, ids.data());
+  EXPECT_EQ(ids, (std::vector<int32_t>{1, 3, 6, 2, 5})) << "a NaN is never a candidate";
+  // Against a full sort on random rows (ties made common by rounding).
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int> small(-20, 20);
+  for (int64_t n : {1, 7, 64, 1000}) {
+    std::vector<float> r(static_cast<size_t>(n));
+    for (float& x : r) x = static_cast<float>(small(rng)) / 4;
+    for (int64_t k : {int64_t{1}, std::min<int64_t>(n, 5), n}) {
+      std::vector<int32_t> got(static_cast<size_t>(k)), want(static_cast<size_t>(n));
+      kernels::TopKIds(r.data(), n, k, got.data());
+      for (int64_t i = 0; i < n; ++i) want[i] = static_cast<int32_t>(i);
+      std::stable_sort(want.begin(), want.end(), [&](int32_t a, int32_t b) { return r[a] > r[b]; });
+      want.resize(static_cast<size_t>(k));
+      EXPECT_EQ(got, want) << "n=" << n << " k=" << k;
     }
   }
 }

@@ -71,14 +71,22 @@ struct HeadCase {
 // Prefill T=7, then three decode steps, on two models of the same weights: one with the full
 // logits head (the reference the decoder tests check against a C++ forward), one with the fused
 // candidates head (+ full argmax).
-void CheckCandidatesHead(const HeadCase& hc, int64_t K0) {
-  SCOPED_TRACE(std::string(hc.name) + " K0=" + std::to_string(K0));
+// With TinyInput::kDraftHidden the tiny runs in the program on the final hidden state (the
+// kHidden head of a third model gives the reference rows), with W2 in int8: the reference uses
+// the rounded W2, and the kernel's activation rounding leaves `tie` of slack.
+void CheckCandidatesHead(const HeadCase& hc, int64_t K0, TinyInput input = TinyInput::kInputEmbedding,
+                         MatmulMode matmul = MatmulMode::kAuto) {
+  SCOPED_TRACE(std::string(hc.name) + " K0=" + std::to_string(K0) + " input " + TinyInputName(input));
   ModelWeights w = testing::SmallRandomModel(hc.config, 7, 1.0f);
   DecoderOptions o;
   o.precision = hc.precision;
+  o.matmul = matmul;
   o.max_context = 32;
-  DecoderModel full(Cpu(), w, o), cascade(Cpu(), w, o);
-  TinyWeights tiny = RandomTiny(hc.config.hidden_size, 48, hc.config.vocab_size, 3);
+  DecoderModel full(Cpu(), w, o), cascade(Cpu(), w, o), hidden(Cpu(), w, o);
+  TinyWeights tiny = RandomTiny(hc.config.hidden_size, 48, hc.config.vocab_size, 3, 1.0f, input);
+  const bool on_hidden = input == TinyInput::kDraftHidden;
+  if (on_hidden) tiny.w2 = RoundedTinyW2(tiny);
+  const float tie = on_hidden ? 0.05f : 1e-4f;
   cascade.SetTiny(tiny);
   const HostTensor E = TinyInputEmbeddings(w, hc.precision);
   const int64_t V = hc.config.vocab_size, d = hc.config.hidden_size;
@@ -90,6 +98,9 @@ void CheckCandidatesHead(const HeadCase& hc, int64_t K0) {
     const int64_t T = static_cast<int64_t>(tokens.size());
     ForwardResult f = full.Forward(tokens, pos, {HeadKind::kLogits, 0});
     ForwardResult c = cascade.Forward(tokens, pos, {HeadKind::kCandidates, K0, /*full_argmax=*/true});
+    ForwardResult h = hidden.Forward(tokens, pos, {HeadKind::kHidden, 0});
+    ASSERT_EQ(h.hidden.size(), static_cast<size_t>(T * d));
+    EXPECT_EQ(h.logits, f.logits) << "the hidden head's logits are the logits head's";
     ASSERT_EQ(c.candidate_ids.size(), static_cast<size_t>(T * K0));
     ASSERT_EQ(c.candidate_logits.size(), static_cast<size_t>(T * K0));
     ASSERT_EQ(c.argmax.size(), static_cast<size_t>(T));
@@ -99,7 +110,8 @@ void CheckCandidatesHead(const HeadCase& hc, int64_t K0) {
       const float* logits = f.logits.data() + t * V;
       const int32_t* ids = c.candidate_ids.data() + t * K0;
       const float* cl = c.candidate_logits.data() + t * K0;
-      ExpectSameCandidates(TinyLogits(tiny, E.as<float>() + tokens[t] * d), ids, K0, 1e-4f, where);
+      const float* x = on_hidden ? h.hidden.data() + t * d : E.as<float>() + tokens[t] * d;
+      ExpectSameCandidates(TinyLogits(tiny, x), ids, K0, tie, where);
       int64_t best = 0;
       for (int64_t j = 0; j < K0; ++j) {
         worst = std::max(worst, std::fabs(cl[j] - logits[ids[j]]));
@@ -123,6 +135,19 @@ TEST(tiny_program, CandidatesHeadMatchesReferenceF32) {
   CheckCandidatesHead({testing::SmallLlama(true), WeightPrecision::kF32, 1e-4f, "llama tied f32"}, 16);
   CheckCandidatesHead({testing::SmallLlama(false), WeightPrecision::kF32, 1e-4f, "llama untied f32"}, 8);
   CheckCandidatesHead({SmallGemma(), WeightPrecision::kF32, 1e-4f, "gemma f32"}, 16);
+}
+
+TEST(tiny_program, CandidatesHeadOnTheDraftsHiddenState) {
+  CheckCandidatesHead({testing::SmallLlama(true), WeightPrecision::kF32, 1e-4f, "llama tied f32"}, 16,
+                      TinyInput::kDraftHidden);
+  CheckCandidatesHead({SmallGemma(), WeightPrecision::kF32, 1e-4f, "gemma f32"}, 8, TinyInput::kDraftHidden);
+  CheckCandidatesHead({testing::SmallLlama(false), WeightPrecision::kInt8, 2e-3f, "llama untied int8"}, 16,
+                      TinyInput::kDraftHidden);
+  CheckCandidatesHead({testing::SmallLlama(true), WeightPrecision::kBF16, 2e-3f, "llama tied bf16"}, 1,
+                      TinyInput::kDraftHidden);
+  // Without our kernels (other plugins): the tiny as XLA ops and XLA's top-k.
+  CheckCandidatesHead({testing::SmallLlama(false), WeightPrecision::kInt8, 2e-3f, "llama untied int8, XLA only"}, 16,
+                      TinyInput::kDraftHidden, MatmulMode::kXlaAuto);
 }
 
 TEST(tiny_program, CandidatesHeadEdgeSizes) {
@@ -300,6 +325,8 @@ TEST(tiny_fit, ClosedFormCoversTheDraftsChoice) {
   o.max_context = 64;
   DecoderModel draft(Cpu(), w, o);
   TinyFitOptions fo;
+  fo.input = TinyInput::kInputEmbedding;
+  fo.projection = TinyFitOptions::Projection::kPca;
   fo.hidden = 48;
   fo.positions = 1200;
   fo.sequence_length = 8;  // many random seed tokens: every input token gets seen
@@ -337,6 +364,52 @@ TEST(tiny_fit, ClosedFormCoversTheDraftsChoice) {
     token = r.argmax[0];  // greedy cascade draft: the best candidate
   }
   EXPECT_NEAR(hits / 40.0, TinyCoverage(tiny, E, inputs, draft_argmax, 24), 1.0 / 40 + 1e-9);
+}
+
+// The default fit: the tiny on the draft's final hidden state, in closed form from the head
+// (kHeadSvd). Wider than the draft (80 > 64 + 1), it stands in for the whole head, so it ranks
+// the draft's own argmax first up to the int8 rounding of W2 and of the activations.
+TEST(tiny_fit, HeadSvdOnTheHiddenStateCoversTheDraftsChoice) {
+  ModelConfig c = testing::SmallLlama(true, 97);
+  ModelWeights w = testing::SmallRandomModel(c, 41, 1.0f);
+  DecoderOptions o;
+  o.max_context = 64;
+  DecoderModel draft(Cpu(), w, o);
+  TinyFitOptions fo;
+  fo.hidden = 80;
+  fo.positions = 300;
+  fo.sequence_length = 32;
+  fo.eval_k = {1, 4, 8};
+  TinyFitReport rep;
+  TinyWeights tiny = FitTinyClosedForm(draft, w, fo, &rep);
+  EXPECT_EQ(tiny.input, TinyInput::kDraftHidden);
+  EXPECT_EQ(tiny.metadata.at("fit_projection"), "head_svd");
+  ValidateTiny(tiny);
+  ASSERT_EQ(rep.gamma0.size(), 3u);
+  for (const auto& [k, g] : rep.gamma0) std::printf("  K0=%lld: gamma0 held-out %.3f\n", static_cast<long long>(k), g);
+  EXPECT_GE(rep.gamma0[0].second, 0.9) << "K0 = 1";
+  EXPECT_GE(rep.gamma0[2].second, 0.99) << "K0 = 8";
+
+  // Saved and loaded, it keeps its input kind; in the fused head it covers the draft's argmax.
+  tf::TempDir dir;
+  SaveTiny(tiny, dir.File("hidden.safetensors"));
+  TinyWeights loaded = LoadTiny(dir.File("hidden.safetensors"), &c, true);
+  EXPECT_EQ(loaded.input, TinyInput::kDraftHidden);
+  draft.SetTiny(loaded);
+  int64_t hits = 0;
+  int32_t token = 3;
+  for (int64_t pos = 0; pos < 40; ++pos) {
+    auto r = draft.Forward({token}, pos, {HeadKind::kCandidates, 4, true});
+    hits += std::find(r.candidate_ids.begin(), r.candidate_ids.end(), r.full_argmax[0]) != r.candidate_ids.end();
+    token = r.argmax[0];
+  }
+  EXPECT_GE(hits, 39) << "of 40 greedy steps";
+
+  fo.hidden = 1;
+  EXPECT_THROW(FitTinyClosedForm(draft, w, fo), InvalidArgumentError);
+  fo.hidden = 8;
+  fo.input = TinyInput::kInputEmbedding;  // head-SVD needs the hidden state
+  EXPECT_THROW(FitTinyClosedForm(draft, w, fo), InvalidArgumentError);
 }
 
 TEST(tiny_fit, RejectsBadOptions) {
