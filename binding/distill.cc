@@ -17,7 +17,7 @@ namespace cascade::binding {
 
 namespace {
 
-// distillTiny(client, { target, draft?, draftLayers?, precision?, out, positions?, hidden?, seed? }, onProgress?)
+// distillTiny(client, { target, draft?, draftLayers?, precision?, out, positions?, hidden?, seed?, prompts? }, onProgress?)
 //   -> Promise<{ path, gamma0: [[k0, coverage]], trainPositions, heldoutPositions, ms: {...} }>
 // The tiny is fitted on text the *target* writes (what the cascade will commit); the draft gives
 // the logits it learns.
@@ -38,6 +38,7 @@ Napi::Value DistillTiny(const Napi::CallbackInfo& info) {
     fit.positions = static_cast<int64_t>(NumberFromJs(o, "positions", static_cast<double>(fit.positions)));
     fit.hidden = static_cast<int64_t>(NumberFromJs(o, "hidden", static_cast<double>(fit.hidden)));
     fit.seed = static_cast<uint64_t>(NumberFromJs(o, "seed", 1));
+    fit.prompts = TokenListsFromJs(o, "prompts");
   } catch (const Error& e) {
     throw ToJsError(env, e);
   }

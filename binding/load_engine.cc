@@ -39,6 +39,7 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
     load.fit_tiny = o.Get("fitTiny").ToBoolean();
     load.warmup = o.Get("warmup").ToBoolean();
     if (o.Get("tinyCachePath").IsString()) load.tiny_cache = o.Get("tinyCachePath").As<Napi::String>().Utf8Value();
+    load.tiny_fit_prompts = TokenListsFromJs(o, "tinyFitPrompts");
     options.target_precision = PrecisionFromJs(o, "targetPrecision", options.target_precision);
     options.draft_precision = PrecisionFromJs(o, "draftPrecision", options.draft_precision);
     options.max_context = static_cast<int64_t>(NumberFromJs(o, "maxContext", static_cast<double>(options.max_context)));

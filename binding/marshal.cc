@@ -130,4 +130,20 @@ double NumberFromJs(const Napi::Object& o, const char* key, double fallback) {
   return v.As<Napi::Number>().DoubleValue();
 }
 
+std::vector<std::vector<int32_t>> TokenListsFromJs(const Napi::Object& o, const char* key) {
+  std::vector<std::vector<int32_t>> lists;
+  Napi::Value value = o.Get(key);
+  if (value.IsUndefined()) return lists;
+  if (!value.IsArray()) throw InvalidArgumentError(std::string(key) + " must be an array of Int32Array");
+  Napi::Array array = value.As<Napi::Array>();
+  for (uint32_t i = 0; i < array.Length(); ++i) {
+    Napi::Value item = array.Get(i);
+    if (!item.IsTypedArray() || item.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+      throw InvalidArgumentError(std::string(key) + "[" + std::to_string(i) + "] must be an Int32Array");
+    Napi::Int32Array ids = item.As<Napi::Int32Array>();
+    lists.emplace_back(ids.Data(), ids.Data() + ids.ElementLength());
+  }
+  return lists;
+}
+
 }  // namespace cascade::binding

@@ -28,5 +28,7 @@ Napi::Object TensorTypeToJs(Napi::Env env, const TensorType& type);
 // Option fields: a missing (undefined) field gives `fallback`, the C++ struct's default.
 WeightPrecision PrecisionFromJs(const Napi::Object& o, const char* key, WeightPrecision fallback);
 double NumberFromJs(const Napi::Object& o, const char* key, double fallback);
+// o[key] as token id lists (an array of Int32Array); absent: none. Throws InvalidArgumentError.
+std::vector<std::vector<int32_t>> TokenListsFromJs(const Napi::Object& o, const char* key);
 
 }  // namespace cascade::binding

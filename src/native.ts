@@ -86,6 +86,8 @@ export interface NativeLoadOptions
   /** `tiny: 'fit'`: fit one in closed form, read from / saved to `tinyCachePath` when set (instead of `tiny`). */
   fitTiny?: boolean;
   tinyCachePath?: string;
+  /** The fit's text starts from these token ids, in turn (src/cascade/tiny-fit-prompts.ts). */
+  tinyFitPrompts?: Int32Array[];
   /** `maxDeviceMemory`, resolved (0: what the device reports). */
   deviceMemoryLimit?: number;
 }

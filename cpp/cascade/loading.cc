@@ -93,6 +93,7 @@ std::shared_ptr<CascadeEngine> LoadEngine(std::shared_ptr<Client> client, const 
       // The target writes the text (what the cascade commits; a draft alone falls into loops).
       TinyFitOptions fit;
       fit.positions = options.tiny_fit_positions;
+      fit.prompts = options.tiny_fit_prompts;
       fit.sequence_length = std::min<int64_t>(128, options.engine.max_context);
       fit.text_model = &engine->target();
       fit.draft_name = draft_weights.source;

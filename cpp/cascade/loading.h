@@ -25,6 +25,8 @@ struct EngineLoadOptions {
   bool fit_tiny = false;
   std::string tiny_cache;
   int64_t tiny_fit_positions = 1500;  // positions of target-written text the load-time fit uses
+  // Token ids the fit's sequences start from (TinyFitOptions::prompts), e.g. chat-formatted requests.
+  std::vector<std::vector<int32_t>> tiny_fit_prompts;
   // Compile the programs a greedy generation with the engine's default k1 and k0 uses now,
   // instead of on first use.
   bool warmup = false;

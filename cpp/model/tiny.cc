@@ -728,10 +728,14 @@ FitSteps CollectSteps(DecoderModel& draft, DecoderModel* text, const TinyFitOpti
   std::uniform_real_distribution<double> uniform(0, 1);
   std::vector<double> probs(static_cast<size_t>(V));
   int64_t step = 0;
+  size_t sequences = 0;
   while (step < o.positions) {
     // Training sequences end at n_train, so held-out steps come from fresh sequences.
     const int64_t limit = step < n_train ? n_train : o.positions;
-    int32_t token = any_token(rng);
+    // A sequence starts from one of the prompts (in turn), else from a random token.
+    static const std::vector<int32_t> kNone;
+    const std::vector<int32_t>& prompt = o.prompts.empty() ? kNone : o.prompts[sequences++ % o.prompts.size()];
+    int32_t token = prompt.empty() ? any_token(rng) : prompt[0];
     for (int64_t pos = 0; pos < seq_len && step < limit; ++pos, ++step) {
       ForwardResult r = draft.Forward({token}, pos, {hidden_input ? HeadKind::kHidden : HeadKind::kLogits, 0});
       const float* y = r.logits.data();
@@ -775,7 +779,7 @@ FitSteps CollectSteps(DecoderModel& draft, DecoderModel* text, const TinyFitOpti
             break;
           }
       }
-      token = next;
+      token = pos + 1 < static_cast<int64_t>(prompt.size()) ? prompt[pos + 1] : next;
       if (o.progress && !o.progress(step + 1, o.positions)) throw Error(ErrorKind::kAborted, "tiny fit: cancelled");
     }
   }
@@ -896,6 +900,10 @@ TinyWeights FitTinyClosedForm(DecoderModel& draft, const ModelWeights& dw, const
   if (!(o.holdout >= 0 && o.holdout < 1)) throw InvalidArgumentError("tiny fit: holdout must be in [0, 1)");
   if (!(o.ridge > 0)) throw InvalidArgumentError("tiny fit: ridge must be positive");
   if (!(o.temperature >= 0)) throw InvalidArgumentError("tiny fit: temperature must be >= 0");
+  for (const auto& prompt : o.prompts)
+    for (int32_t t : prompt)
+      if (t < 0 || t >= draft.config().vocab_size)
+        throw InvalidArgumentError("tiny fit: prompt token " + std::to_string(t) + " is outside the vocabulary");
   const int64_t V = c.vocab_size, d = c.hidden_size, H = o.hidden;
   DecoderModel* text = o.text_model ? o.text_model : &draft;
   if (text->config().vocab_size != V)

@@ -52,7 +52,7 @@ constexpr double kTinyLayerNormEps = 1e-5;
 constexpr int64_t kTinyDefaultHidden = 256;
 // Written by FitTinyClosedForm as metadata "fit_version"; the load-time cache refits a tiny of
 // another version (a better fit of the same kind).
-constexpr const char* kTinyFitVersion = "2";
+constexpr const char* kTinyFitVersion = "4";
 
 struct TinyWeights {
   int64_t input_dim = 0, hidden = 0, vocab = 0;
@@ -138,6 +138,9 @@ struct TinyFitOptions {
   int64_t positions = 3000;
   int64_t sequence_length = 256;
   double temperature = 1.0;
+  // Token ids each sequence starts from, in turn (e.g. chat-formatted requests: the hidden states
+  // the tiny meets in use); empty: a random token. The text model continues from the prompt.
+  std::vector<std::vector<int32_t>> prompts;
   double ridge = 1e-3;
   double holdout = 0.2;
   Projection projection = Projection::kHeadSvd;

@@ -4,12 +4,14 @@
 //   cascade_run --plugin cpu|PATH --model M.gguf|--random-smollm2 [--mode target|speculative|cascade|auto]
 //               [--precision f32|bf16|int8] [--draft-precision P] [--draft-layers N] [--k1 L] [--k0 K0] [--branches B]
 //               [--devices D] [--max-tokens N] [--temperature T] [--seed S] [--compare] [--tiny FILE]
+//               [--prompt-ids 1,2,3] [--coverage-every N] [--tiny FILE]
 // The prompt is a fixed list of token ids (no tokenizer in C++); with --random-smollm2 the model
 // is a random SmolLM2-135M-shaped one (weights do not matter for speed, and no file is needed).
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <sstream>
 #include <string>
 
 #include "cascade/engine.h"
@@ -88,6 +90,7 @@ int main(int argc, char** argv) {
   std::string plugin = "cpu", model, mode = "speculative", precision = "f32", draft_precision;
   bool random_model = false, compare = false;
   std::string tiny_path;  // a tiny file (tiny_fit --out); else a random tiny
+  std::vector<int32_t> prompt = {1, 504, 1296, 3003, 4683, 359};
   EngineOptions eo;
   eo.max_context = 512;
   GenerateOptions g;
@@ -117,11 +120,16 @@ int main(int argc, char** argv) {
     else if (a == "--seed") g.seed = std::stoull(next());
     else if (a == "--compare") compare = true;
     else if (a == "--tiny") tiny_path = next();
+    else if (a == "--prompt-ids") {
+      prompt.clear();
+      std::stringstream ids(next());
+      for (std::string id; std::getline(ids, id, ',');) prompt.push_back(static_cast<int32_t>(std::stoi(id)));
+    } else if (a == "--coverage-every") g.coverage_every = std::stoll(next());
     else {
       std::fprintf(stderr,
                    "usage: cascade_run --plugin cpu|PATH (--model M.gguf | --random-smollm2) [--mode target|speculative|"
                    "cascade|auto] [--precision f32|bf16|int8] [--draft-precision P] [--draft-layers N] [--k1 L] [--k0 K0] [--branches B] "
-                   "[--devices D] [--max-tokens N] [--temperature T] [--seed S] [--compare] [--tiny FILE]\n");
+                   "[--devices D] [--max-tokens N] [--temperature T] [--seed S] [--compare] [--tiny FILE] [--prompt-ids 1,2,3] [--coverage-every N]\n");
       return 2;
     }
   }
@@ -142,7 +150,6 @@ int main(int argc, char** argv) {
     if (g.mode == DecodeMode::kCascade || g.mode == DecodeMode::kAuto)
       engine.SetTiny(tiny_path.empty() ? RandomTiny(target.config.hidden_size, 256, target.config.vocab_size, 1)
                                        : LoadTiny(tiny_path, &engine.draft_config()));
-    const std::vector<int32_t> prompt = {1, 504, 1296, 3003, 4683, 359};
     engine.Warmup(g.proposal_length, g.candidates);
     engine.Generate(prompt, g);  // warm every shape once
     auto r = engine.Generate(prompt, g);

@@ -8,6 +8,7 @@
 //   tiny_fit [--model PATH|random] [--draft-layers 3] [--precision f32|bf16|int8]
 //            [--positions 3000] [--hidden 256] [--ridge 1e-3] [--projection head-svd|pca|random]
 //            [--input hidden|embedding (the draft's final hidden state, or the last token's embedding)]
+//            [--prompt-ids "1,2,3;4,5" (each sequence starts from one of these, in turn)]
 //            [--temperature 1] [--seq-len 256] [--k 8,64,256] [--seed 1] [--check 0]
 //            [--text-layers 0 (0: the draft writes the text; 30: the whole model does)]
 //            [--out tiny.safetensors] [--plugin cpu]
@@ -107,6 +108,13 @@ int main(int argc, char** argv) {
     else if (a == "--precision") precision = v;
     else if (a == "--positions") fo.positions = std::stoll(v);
     else if (a == "--hidden") fo.hidden = std::stoll(v);
+    else if (a == "--prompt-ids") {  // sequences' prompts: "1,2,3;4,5"
+      std::stringstream all(v);
+      for (std::string one; std::getline(all, one, ';');) {
+        fo.prompts.emplace_back();
+        for (int64_t id : Ints(one)) fo.prompts.back().push_back(static_cast<int32_t>(id));
+      }
+    }
     else if (a == "--input") fo.input = v == "embedding" ? TinyInput::kInputEmbedding : TinyInput::kDraftHidden;
     else if (a == "--ridge") fo.ridge = std::stod(v);
     else if (a == "--projection") projection = v;
@@ -204,11 +212,23 @@ int main(int argc, char** argv) {
       auto run_pairs = [&](const HeadSpec& head) {
         draft.Forward({1, 1}, 0, head);  // compile
         double ms = 0;
+        int64_t hits = 0, rows = 0;
+        int32_t a = 1, b = 2;
         for (int64_t pos = 0; pos + 2 <= n; pos += 2) {
           auto s = Clock::now();
-          draft.Forward({1, 2}, pos, head);
+          ForwardResult r = draft.Forward({a, b}, pos, head);
           ms += MsSince(s);
+          if (head.full_argmax)
+            for (int t = 0; t < 2; ++t, ++rows) {
+              const int32_t* ids = r.candidate_ids.data() + t * head.k;
+              hits += std::find(ids, ids + head.k, r.full_argmax[t]) != ids + head.k;
+            }
+          if (head.kind == HeadKind::kCandidates) {
+            a = r.argmax[1];
+            b = r.argmax[1];
+          }
         }
+        if (rows) std::printf("  two-token calls: gamma0 %.3f over %lld rows\n", static_cast<double>(hits) / rows, static_cast<long long>(rows));
         return ms / std::max<int64_t>(1, n / 2);
       };
       std::printf("full-head draft step (argmax): %.2f ms; of two tokens %.2f ms\n", run({HeadKind::kArgmax, 0}, nullptr),
@@ -219,6 +239,7 @@ int main(int argc, char** argv) {
         const double with_full = run({HeadKind::kCandidates, k, true}, &hits);
         const double fused = run({HeadKind::kCandidates, k, false}, nullptr);
         const double fused_pairs = run_pairs({HeadKind::kCandidates, k, false});
+        run_pairs({HeadKind::kCandidates, k, true});
         std::printf("K0=%-5lld fused cascade step %.2f ms, of two tokens %.2f ms (with full argmax %.2f ms); gamma0 over "
                     "%lld greedy steps %.3f\n",
                     static_cast<long long>(k), fused, fused_pairs, with_full, static_cast<long long>(n),

@@ -14,6 +14,7 @@ import type { Tokenizer, ChatMessage } from '../tokenizer/index.js';
 import { ChatSession, type ChatSessionOptions } from './chat-session.js';
 import { ConversationCache, conversationId, registerConversationCache } from './conversation-cache.js';
 import { choiceChecksum, draftChoicePath, findTokenizer, tinyCachePath, writeFileAtomic } from './model-files.js';
+import { tinyFitPrompts } from './tiny-fit-prompts.js';
 import { checkGenerateOptions, checkInteger, checkPrecision, checkProposal, checkSignal, deviceMemoryLimit, emptyStats, logitBiasArrays } from './options.js';
 import { placementReport, type PlacementReport } from './placement.js';
 import { StopStringStream } from './text-stream.js';
@@ -178,7 +179,7 @@ export class Cascade {
           k0: options.k0,
           warmup: options.warmup === true,
           deviceMemoryLimit: memoryLimit,
-          ...(tinyFile ? { fitTiny: true, tinyCachePath: tinyFile } : { tiny: options.tiny }),
+          ...(tinyFile ? { fitTiny: true, tinyCachePath: tinyFile, tinyFitPrompts: tinyFitPrompts(tokenizer) } : { tiny: options.tiny }),
         },
         options.onProgress,
       );

@@ -7,6 +7,8 @@ import { call, native } from '../native.js';
 import { Runtime } from '../runtime/runtime.js';
 import { abortReason, onAbort, throwIfAborted } from '../utils/abort.js';
 import type { Precision } from './cascade.js';
+import { findTokenizer } from './model-files.js';
+import { tinyFitPrompts } from './tiny-fit-prompts.js';
 
 /** Options of {@link distillTiny}. */
 export interface DistillOptions {
@@ -64,6 +66,7 @@ export async function distillTiny(options: DistillOptions): Promise<DistillRepor
     if (v !== undefined && (!Number.isInteger(v) || v < min)) throw new InvalidArgumentError(`${name} must be an integer >= ${min}, got ${String(v)}`);
   }
   throwIfAborted(options.signal);
+  const tokenizer = await findTokenizer(options.target).catch(() => undefined);  // the fit's prompts
   await using rt = await Runtime.open({ plugin: options.plugin, devices: 1, signal: options.signal });
   const handle = native().distillTiny(
     rt.nativeClient(),
@@ -76,6 +79,7 @@ export async function distillTiny(options: DistillOptions): Promise<DistillRepor
       hidden: options.hidden,
       precision: options.precision,
       seed: options.seed,
+      prompts: tokenizer ? tinyFitPrompts(tokenizer) : undefined,
     },
     options.onProgress,
   );
