@@ -151,7 +151,7 @@ int64_t CascadeEngine::ChooseDraftLayers(const ModelWeights& target, const Decod
     r = target_->Forward({text.back()}, static_cast<int64_t>(text.size()) - 1, {HeadKind::kArgmax, 0});
     const double ms = MsSince(start) - (target_->compile_ms() - compiled);
     decode_ms.push_back(ms);
-    cost_.ObserveDecode(ms);
+    for (CostModel& cost : costs_) cost.ObserveDecode(ms);
   }
   const std::vector<int32_t> input(text.begin(), text.end() - 1);
   const std::vector<int32_t> target_argmax = ArgmaxOf(*target_, input);
@@ -178,9 +178,9 @@ int64_t CascadeEngine::ChooseDraftLayers(const ModelWeights& target, const Decod
     cand.layers = n;
     cand.agreement = static_cast<double>(agree) / static_cast<double>(draft_argmax.size());
     cand.relative_cost = static_cast<double>(StepBytes(draft.config(), draft_options.precision)) / full;
-    const double c_decode = cost_.decode_ms() > 0 ? cost_.decode_ms() : 1.0;
+    const double c_decode = cost_->decode_ms() > 0 ? cost_->decode_ms() : 1.0;
     const double throughput = CostModel::ExpectedTokens(cand.agreement, L) /
-                              (L * cand.relative_cost * c_decode + cost_.VerifyMs(L));
+                              (L * cand.relative_cost * c_decode + cost_->VerifyMs(L));
     cand.predicted_speedup = throughput * c_decode;
     draft_candidates_.push_back(cand);
     if (cand.predicted_speedup > best_speedup) {
@@ -210,7 +210,7 @@ void CascadeEngine::TargetOnlyStep(Sequence& seq, const GenerateOptions& options
     const double ms = TimedExecution(*target_, stats.times.compile_ms,
                                      [&] { r = target_->Forward({seq.tokens.back()}, n - 1, HeadFor(options.sampling)); });
     stats.times.target_ms += ms;
-    cost_.ObserveDecode(ms);
+    cost_->ObserveDecode(ms);
   }
   ++stats.steps_target;
   StageTimer host(stats.times.host_ms);
@@ -261,7 +261,7 @@ void CascadeEngine::RecordAcceptance(StepKind kind, int64_t proposed, int64_t le
   stats.proposed += proposed;
   stats.attempted += examined;
   stats.accepted += accepted;
-  cost_.ObserveAcceptance(kind, examined, accepted);
+  cost_->ObserveAcceptance(kind, examined, accepted);
   if (static_cast<int64_t>(stats.position_attempted.size()) < length) {
     stats.position_attempted.resize(length, 0);
     stats.position_accepted.resize(length, 0);
@@ -344,7 +344,7 @@ void CascadeEngine::BranchingStep(Sequence& seq, const GenerateOptions& options,
   const double ms = TimedExecution(*target_, stats.times.compile_ms,
                                    [&] { v = target_->ForwardSharded(shards, n - 1, HeadFor(options.sampling)); });
   stats.times.target_ms += ms;
-  cost_.ObserveVerify(T, ms);
+  cost_->ObserveVerify(T, ms);
   ++stats.target_calls;
 
   // 3. Accept: p at branch b position j is the output of the root (j = 0) or of node (b, j-1) on
@@ -410,7 +410,7 @@ void CascadeEngine::SpeculativeStep(Sequence& seq, const GenerateOptions& option
     const double ms = TimedExecution(*draft_, stats.times.compile_ms,
                                      [&] { x = proposer.Propose(inputs, position, context, proposal); });
     stats.times.draft_ms += ms;
-    cost_.ObserveDraftStep(proposer.kind(), ms);
+    cost_->ObserveDraftStep(proposer.kind(), ms);
     proposal.tokens.push_back(x);
     position += static_cast<int64_t>(inputs.size());
     inputs = {x};
@@ -428,7 +428,7 @@ void CascadeEngine::SpeculativeStep(Sequence& seq, const GenerateOptions& option
     const double ms = TimedExecution(*target_, stats.times.compile_ms,
                                      [&] { v = target_->Forward(block, n - 1, HeadFor(options.sampling)); });
     stats.times.target_ms += ms;
-    cost_.ObserveVerify(L + 1, ms);
+    cost_->ObserveVerify(L + 1, ms);
   }
   ++stats.target_calls;
 
@@ -592,12 +592,12 @@ void CascadeEngine::PredictSpeedup(GenerationStats& stats) const {
   if (rounds > 0) {
     const int64_t mean_length = spec_rounds ? std::max<int64_t>(1, stats.length_sum / spec_rounds) : 0;
     stats.predicted_speedup = (stats.steps_target * 1.0 +
-                               stats.steps_speculative * cost_.PredictedSpeedup(StepKind::kSpeculative, mean_length) +
-                               stats.steps_cascade * cost_.PredictedSpeedup(StepKind::kCascade, mean_length)) /
+                               stats.steps_speculative * cost_->PredictedSpeedup(StepKind::kSpeculative, mean_length) +
+                               stats.steps_cascade * cost_->PredictedSpeedup(StepKind::kCascade, mean_length)) /
                               static_cast<double>(rounds);
   }
-  if (cost_.decode_ms() > 0 && stats.tokens_per_second() > 0)
-    stats.measured_speedup = stats.tokens_per_second() / (1000.0 / cost_.decode_ms());
+  if (cost_->decode_ms() > 0 && stats.tokens_per_second() > 0)
+    stats.measured_speedup = stats.tokens_per_second() / (1000.0 / cost_->decode_ms());
 }
 
 GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const GenerateOptions& requested) {
@@ -607,6 +607,7 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
   const int64_t context = options_.max_context;
 
   const auto start = Clock::now();
+  cost_ = &costs_[options.sampling.greedy() ? 0 : 1];
   GenerateResult result;
   GenerationStats& stats = result.stats;
   stats.prompt_tokens = static_cast<int64_t>(prompt.size());
@@ -657,11 +658,11 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
                                                        : StepKind::kCascade;
     int64_t length = options.proposal_length;
     if (mode == DecodeMode::kAuto) {
-      StepChoice choice = cost_.Choose(true, has_tiny_, lengths, round++);
+      StepChoice choice = cost_->Choose(true, has_tiny_, lengths, round++);
       kind = choice.kind;
       length = dynamic_length ? choice.length : options.proposal_length;
     } else if (dynamic_length && kind != StepKind::kTarget) {
-      length = cost_.BestLength(kind, lengths).length;
+      length = cost_->BestLength(kind, lengths).length;
     }
     if (kind == StepKind::kTarget) {
       TargetOnlyStep(seq, options, rng, stats);

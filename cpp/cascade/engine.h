@@ -166,7 +166,7 @@ class CascadeEngine {
   void SetTiny(const TinyWeights& tiny);
   bool has_tiny() const { return has_tiny_; }
 
-  const CostModel& cost_model() const { return cost_; }
+  const CostModel& cost_model() const { return *cost_; }  // the last generation's regime
   // How the self-speculative draft's depth was chosen (empty when given or fixed).
   const std::vector<DraftCandidate>& draft_candidates() const { return draft_candidates_; }
   const ModelConfig& target_config() const { return target_->config(); }
@@ -217,7 +217,11 @@ class CascadeEngine {
   bool has_tiny_ = false;
   // The drafting strategies (cascade/proposer.h): the draft alone, and (with a tiny) tiny -> draft.
   std::unique_ptr<Proposer> draft_proposer_, tiny_draft_proposer_;
-  CostModel cost_;  // learned over the engine's lifetime
+  // Learned over the engine's lifetime, one per sampling regime: greedy steps read argmax heads,
+  // sampled ones full logits (host sampling; far cheaper over the cascade's K0 candidates), and
+  // acceptance differs with the temperature. cost_ points at the current generation's.
+  CostModel costs_[2];
+  CostModel* cost_ = &costs_[0];
   std::map<int64_t, ResidentSequence> sequences_;
   int64_t active_sequence_ = 0;
   uint64_t target_version_ = 0, draft_version_ = 0;  // the models' cache_version() after the active sequence's last call
