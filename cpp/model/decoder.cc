@@ -321,8 +321,10 @@ ForwardResult DecoderModel::Forward(const std::vector<int32_t>& tokens, int64_t 
   return std::move(ForwardSharded(shards, start_pos, head)[0]);
 }
 
-std::vector<ForwardResult> DecoderModel::ForwardSharded(const std::vector<Shard>& shards, int64_t start_pos,
-                                                        const HeadSpec& head) {
+// The phases of ForwardSharded: CheckShards (what the plugin must never see), UploadInputs (the
+// per-call buffers and the argument lists), ExecuteDonatingCaches, ReadResults.
+
+void DecoderModel::CheckShards(const std::vector<Shard>& shards, int64_t start_pos, const HeadSpec& head) const {
   if (shards.size() != replicas_.size())
     throw InvalidArgumentError("Forward: one shard per replica (" + std::to_string(replicas_.size()) + "), got " +
                                std::to_string(shards.size()));
@@ -330,7 +332,6 @@ std::vector<ForwardResult> DecoderModel::ForwardSharded(const std::vector<Shard>
   const bool logprob = head.kind == HeadKind::kTokenLogprob;
   const bool tree = !shards[0].inputs.tree_mask.empty();
   if (T < 1) throw InvalidArgumentError("Forward: no tokens");
-  ++cache_version_;
   if (start_pos < 0 || start_pos + T > options_.max_context)
     throw InvalidArgumentError("Forward: slots " + std::to_string(start_pos) + ".." + std::to_string(start_pos + T - 1) +
                                " do not fit the cache of " + std::to_string(options_.max_context));
@@ -359,20 +360,28 @@ std::vector<ForwardResult> DecoderModel::ForwardSharded(const std::vector<Shard>
     if (!inputs.position_offsets.empty() && (!tree || static_cast<int64_t>(inputs.position_offsets.size()) != T))
       throw InvalidArgumentError("Forward: position_offsets need a tree_mask and one offset per token");
   }
+}
 
-  auto exe = Program(T, head, tree);
-  if (head.kind == HeadKind::kCandidates) BuildCandidateTable(head.k);
-  std::vector<std::vector<std::unique_ptr<Buffer>>> extra(replicas_.size());
+// Uploads each replica's tokens, start position and head / tree inputs into `uploaded`, and
+// returns the argument lists in @main's order (model/programs.h).
+std::vector<std::vector<Buffer*>> DecoderModel::UploadInputs(const std::vector<Shard>& shards, int64_t start_pos,
+                                                             const HeadSpec& head,
+                                                             std::vector<std::vector<std::unique_ptr<Buffer>>>& uploaded) {
+  const int64_t T = static_cast<int64_t>(shards[0].tokens.size());
+  const bool tree = !shards[0].inputs.tree_mask.empty();
+  const int32_t start32 = static_cast<int32_t>(start_pos);
+  uploaded.clear();
+  uploaded.resize(replicas_.size());
   std::vector<std::vector<Buffer*>> args(replicas_.size());
-  int32_t start32 = static_cast<int32_t>(start_pos);
   for (size_t r = 0; r < replicas_.size(); ++r) {
     const size_t dev = replicas_[r].device;
     const auto& tokens = shards[r].tokens;
     const auto& inputs = shards[r].inputs;
-    auto& e = extra[r];
+    auto& e = uploaded[r];
     e.push_back(client_->ToDevice(HostTensor(DType::kS32, {T}, tokens.data(), tokens.size() * 4), dev));
     e.push_back(client_->ToDevice(HostTensor(DType::kS32, {}, &start32, 4), dev));
-    if (logprob) e.push_back(client_->ToDevice(HostTensor(DType::kS32, {T}, inputs.target_ids.data(), T * 4), dev));
+    if (head.kind == HeadKind::kTokenLogprob)
+      e.push_back(client_->ToDevice(HostTensor(DType::kS32, {T}, inputs.target_ids.data(), T * 4), dev));
     if (tree) {
       HostTensor m(DType::kPred, {T, T});
       for (int64_t i = 0; i < T * T; ++i) m.data[i] = inputs.tree_mask[i] ? 1 : 0;
@@ -393,10 +402,16 @@ std::vector<ForwardResult> DecoderModel::ForwardSharded(const std::vector<Shard>
         for (auto& t : replicas_[r].tiny) args[r].push_back(t.get());
     }
   }
+  return args;
+}
 
+// Runs `exe`; the caches are donated (results 0 and 1 are the same device memory, updated in
+// place) and become the new ones. A failure after the old caches were given up resets them.
+std::vector<std::vector<std::unique_ptr<Buffer>>> DecoderModel::ExecuteDonatingCaches(
+    LoadedExecutable& exe, const std::vector<std::vector<Buffer*>>& args) {
   std::vector<std::vector<std::unique_ptr<Buffer>>> out;
   try {
-    out = exe->Execute(args);
+    out = exe.Execute(args);
   } catch (...) {
     for (auto& rep : replicas_)
       if (rep.k_cache->donated() || rep.v_cache->donated()) {
@@ -405,9 +420,15 @@ std::vector<ForwardResult> DecoderModel::ForwardSharded(const std::vector<Shard>
       }
     throw;
   }
-  // The old cache buffers were donated (Execute marked them); results 0 and 1 are the same
-  // device memory, updated in place.
-  std::vector<ForwardResult> results(replicas_.size());
+  for (size_t r = 0; r < replicas_.size(); ++r) {
+    replicas_[r].k_cache = std::move(out[r][0]);
+    replicas_[r].v_cache = std::move(out[r][1]);
+  }
+  return out;
+}
+
+// The head's outputs (results 2..) of one replica, as HeadOutputs lists them.
+ForwardResult DecoderModel::ReadResults(const std::vector<std::unique_ptr<Buffer>>& o, int64_t T, const HeadSpec& head) {
   auto floats = [](const Buffer& b) {
     HostTensor t = b.ToHost();
     return std::vector<float>(t.as<float>(), t.as<float>() + t.element_count());
@@ -416,40 +437,50 @@ std::vector<ForwardResult> DecoderModel::ForwardSharded(const std::vector<Shard>
     HostTensor t = b.ToHost();
     return std::vector<int32_t>(t.as<int32_t>(), t.as<int32_t>() + t.element_count());
   };
-  for (size_t rep = 0; rep < replicas_.size(); ++rep) {
-    replicas_[rep].k_cache = std::move(out[rep][0]);
-    replicas_[rep].v_cache = std::move(out[rep][1]);
-    ForwardResult& r = results[rep];
-    r.num_tokens = T;
-    const auto& o = out[rep];
-    switch (head.kind) {
-      case HeadKind::kLogits:
-        r.logits = floats(*o[2]);
-        break;
-      case HeadKind::kArgmax:
-        r.argmax = ints(*o[2]);
-        break;
-      case HeadKind::kTopK:
-        r.topk_values = floats(*o[2]);
-        r.topk_indices = ints(*o[3]);
-        r.logsumexp = floats(*o[4]);
-        break;
-      case HeadKind::kTokenLogprob:
-        r.token_logprobs = floats(*o[2]);
-        r.argmax = ints(*o[3]);
-        break;
-      case HeadKind::kCandidates:
-        r.candidate_ids = ints(*o[2]);
-        r.candidate_logits = floats(*o[3]);
-        r.argmax = ints(*o[4]);
-        if (head.full_argmax) r.full_argmax = ints(*o[5]);
-        break;
-      case HeadKind::kHidden:
-        r.hidden = floats(*o[2]);
-        r.logits = floats(*o[3]);
-        break;
-    }
+  ForwardResult r;
+  r.num_tokens = T;
+  switch (head.kind) {
+    case HeadKind::kLogits:
+      r.logits = floats(*o[2]);
+      break;
+    case HeadKind::kArgmax:
+      r.argmax = ints(*o[2]);
+      break;
+    case HeadKind::kTopK:
+      r.topk_values = floats(*o[2]);
+      r.topk_indices = ints(*o[3]);
+      r.logsumexp = floats(*o[4]);
+      break;
+    case HeadKind::kTokenLogprob:
+      r.token_logprobs = floats(*o[2]);
+      r.argmax = ints(*o[3]);
+      break;
+    case HeadKind::kCandidates:
+      r.candidate_ids = ints(*o[2]);
+      r.candidate_logits = floats(*o[3]);
+      r.argmax = ints(*o[4]);
+      if (head.full_argmax) r.full_argmax = ints(*o[5]);
+      break;
+    case HeadKind::kHidden:
+      r.hidden = floats(*o[2]);
+      r.logits = floats(*o[3]);
+      break;
   }
+  return r;
+}
+
+std::vector<ForwardResult> DecoderModel::ForwardSharded(const std::vector<Shard>& shards, int64_t start_pos,
+                                                        const HeadSpec& head) {
+  CheckShards(shards, start_pos, head);
+  ++cache_version_;
+  const int64_t T = static_cast<int64_t>(shards[0].tokens.size());
+  auto exe = Program(T, head, !shards[0].inputs.tree_mask.empty());
+  if (head.kind == HeadKind::kCandidates) BuildCandidateTable(head.k);
+  std::vector<std::vector<std::unique_ptr<Buffer>>> uploaded;
+  const std::vector<std::vector<Buffer*>> args = UploadInputs(shards, start_pos, head, uploaded);
+  const auto out = ExecuteDonatingCaches(*exe, args);
+  std::vector<ForwardResult> results;
+  for (const auto& o : out) results.push_back(ReadResults(o, T, head));
   return results;
 }
 

@@ -160,6 +160,14 @@ class DecoderModel {
 
  private:
   std::shared_ptr<LoadedExecutable> Program(int64_t num_tokens, const HeadSpec& head, bool tree);
+  // ForwardSharded's phases (decoder.cc).
+  void CheckShards(const std::vector<Shard>& shards, int64_t start_pos, const HeadSpec& head) const;
+  std::vector<std::vector<Buffer*>> UploadInputs(const std::vector<Shard>& shards, int64_t start_pos,
+                                                 const HeadSpec& head,
+                                                 std::vector<std::vector<std::unique_ptr<Buffer>>>& uploaded);
+  std::vector<std::vector<std::unique_ptr<Buffer>>> ExecuteDonatingCaches(LoadedExecutable& exe,
+                                                                          const std::vector<std::vector<Buffer*>>& args);
+  static ForwardResult ReadResults(const std::vector<std::unique_ptr<Buffer>>& outputs, int64_t T, const HeadSpec& head);
 
   double compile_ms_ = 0;
   uint64_t cache_version_ = 0;
