@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include "util/float16.h"
+
 namespace cascade {
 namespace testing_files {
 
@@ -86,16 +88,8 @@ void PutAt(Bytes& b, size_t at, T v) {
 
 // ---------------------------------------------------------------- float formats
 
-inline uint32_t F32Bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-inline float F32FromBits(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+using cascade::F32Bits;  // util/float16.h
+using cascade::F32FromBits;
 // f32 -> f16, round to nearest even (normal and subnormal ranges; tests stay within them).
 inline uint16_t ToF16(float f) {
   uint32_t x = F32Bits(f);

@@ -317,13 +317,22 @@ TEST(tiny_file, BadFilesGiveTypedErrors) {
 
 // ------------------------------------------------------------------------------------ fit
 
+// The fits' draft: a peaked random model (its next token depends mostly, not only, on the last
+// token), vocabulary 97, a 64-slot cache.
+struct FitDraft {
+  ModelConfig config = testing::SmallLlama(true, 97);
+  ModelWeights weights = testing::SmallRandomModel(config, 41, 1.0f);
+  DecoderModel model{Cpu(), weights, [] {
+                       DecoderOptions o;
+                       o.max_context = 64;
+                       return o;
+                     }()};
+};
+
 TEST(tiny_fit, ClosedFormCoversTheDraftsChoice) {
-  // A peaked random draft: its next token depends mostly, not only, on the last token.
-  ModelConfig c = testing::SmallLlama(true, 97);
-  ModelWeights w = testing::SmallRandomModel(c, 41, 1.0f);
-  DecoderOptions o;
-  o.max_context = 64;
-  DecoderModel draft(Cpu(), w, o);
+  FitDraft f;
+  const ModelWeights& w = f.weights;
+  DecoderModel& draft = f.model;
   TinyFitOptions fo;
   fo.input = TinyInput::kInputEmbedding;
   fo.projection = TinyFitOptions::Projection::kPca;
@@ -370,11 +379,10 @@ TEST(tiny_fit, ClosedFormCoversTheDraftsChoice) {
 // (kHeadSvd). Wider than the draft (80 > 64 + 1), it stands in for the whole head, so it ranks
 // the draft's own argmax first up to the int8 rounding of W2 and of the activations.
 TEST(tiny_fit, HeadSvdOnTheHiddenStateCoversTheDraftsChoice) {
-  ModelConfig c = testing::SmallLlama(true, 97);
-  ModelWeights w = testing::SmallRandomModel(c, 41, 1.0f);
-  DecoderOptions o;
-  o.max_context = 64;
-  DecoderModel draft(Cpu(), w, o);
+  FitDraft f;
+  const ModelConfig& c = f.config;
+  const ModelWeights& w = f.weights;
+  DecoderModel& draft = f.model;
   TinyFitOptions fo;
   fo.hidden = 80;
   fo.positions = 300;

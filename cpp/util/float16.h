@@ -9,18 +9,24 @@
 
 namespace cascade {
 
-// bf16 -> f32 is exact: the bf16 bits are the top half of the f32's.
-inline float BF16ToF32(uint16_t bits) {
-  const uint32_t u = static_cast<uint32_t>(bits) << 16;
+// A float's bits and back.
+inline uint32_t F32Bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+inline float F32FromBits(uint32_t u) {
   float f;
   std::memcpy(&f, &u, 4);
   return f;
 }
 
+// bf16 -> f32 is exact: the bf16 bits are the top half of the f32's.
+inline float BF16ToF32(uint16_t bits) { return F32FromBits(static_cast<uint32_t>(bits) << 16); }
+
 // f32 -> bf16, round to nearest even; a NaN stays a (quiet) NaN with its sign.
 inline uint16_t F32ToBF16(float value) {
-  uint32_t bits;
-  std::memcpy(&bits, &value, 4);
+  uint32_t bits = F32Bits(value);
   if (std::isnan(value)) return static_cast<uint16_t>((bits >> 16) | 0x40);
   bits += 0x7fff + ((bits >> 16) & 1);
   return static_cast<uint16_t>(bits >> 16);
@@ -33,35 +39,24 @@ inline float F16ToF32(uint16_t h) {
   const uint32_t mant = h & 0x3FF;
   uint32_t bits;
   if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {
-      const float f = std::ldexp(static_cast<float>(mant), -24);  // exact
-      std::memcpy(&bits, &f, 4);
-      bits |= sign;
-    }
+    bits = mant == 0 ? sign : F32Bits(std::ldexp(static_cast<float>(mant), -24)) | sign;  // exact
   } else if (exp == 31) {
     bits = sign | 0x7F800000u | (mant << 13);
   } else {
     bits = sign | ((exp + 112) << 23) | (mant << 13);
   }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
+  return F32FromBits(bits);
 }
 
 // f32 -> f16, round to nearest even (overflow to infinity, NaN stays NaN).
 inline uint16_t F32ToF16(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
+  uint32_t x = F32Bits(f);
   const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000);
   x &= 0x7FFFFFFFu;
   if (x >= 0x7F800000u) return sign | 0x7C00 | (x > 0x7F800000u ? 0x200 : 0);  // inf / nan
   if (x >= 0x477FF000u) return sign | 0x7C00;                                 // rounds to inf
   if (x < 0x38800000u) {                                                       // subnormal half
-    float a;
-    std::memcpy(&a, &x, 4);
-    const float r = std::nearbyint(a * 16777216.0f);  // exact scaling, round to nearest even
+    const float r = std::nearbyint(F32FromBits(x) * 16777216.0f);  // exact scaling, round to nearest even
     return sign | static_cast<uint16_t>(r);
   }
   const uint32_t mant = x & 0x7FFFFF;

@@ -439,41 +439,11 @@ export class Cascade {
       if (signal?.aborted) throw abortReason(signal);
       if (disposing.aborted) throw new DisposedError('generate: the Cascade was disposed during the generation');
     };
-    const eos = options.stopAtEos === false ? [] : this.tokenizer.eosIds;
-    let finished = false;
-    let failure: unknown;
-    const run = call(
-      engine.generate(
-        Int32Array.from(ids),
-        {
-          // Unset options stay unset: the engine's defaults apply (documented on GenerateOptions).
-          ...nativeGenerateFields(options),
-          ...logitBiasArrays(options.logitBias, this.info.target.vocabSize),
-          sequence,
-          stopTokens: Int32Array.from(eos),
-          brokenAcceptanceForTesting: options.brokenAcceptanceForTesting === true,
-        },
-        onTokens,
-      ),
-    ).then(
-      (r) => {
-        finished = true;
-        wake?.();
-        return r;
-      },
-      (e: unknown) => {
-        finished = true;
-        failure = e;
-        wake?.();
-        return undefined;
-      },
-    );
+    const native = this.#startNative(engine, ids, options, sequence, onTokens, () => wake?.());
+    const run = native.run;
     slot.native = run;
-    this.#track(run);
-    generating.add(engine);
-    void run.then(() => generating.delete(engine));
     try {
-      while (!finished || pending.length) {
+      while (!native.finished || pending.length) {
         interrupted();
         if (pending.length) {
           const piece = pending.shift()!;
@@ -487,7 +457,7 @@ export class Cascade {
       }
       const result = await run;
       interrupted();
-      if (failure !== undefined) throw failure;
+      if (native.failure !== undefined) throw native.failure;
       // Tokens the thread-safe callback had not delivered yet, and text held back for stop strings.
       const all = Array.from(result!.tokens);
       if (!text.stopped && all.length > text.tokens.length) onTokens(Int32Array.from(all.slice(text.tokens.length)));
@@ -509,8 +479,63 @@ export class Cascade {
       for (const u of unsubscribe) u();
       // Rejected early, or the consumer stopped iterating: end the native generation before its
       // next device call (the queue waits for it).
-      if (!finished) engine.abort();
+      if (!native.finished) engine.abort();
     }
+  }
+
+  /**
+   * Starts the native generation: the options as the engine takes them, tracked for dispose and
+   * process exit. `run` settles with the result (undefined on failure, then in `failure`);
+   * `finished` turns true when it settles, and `settled` is called then.
+   */
+  #startNative(
+    engine: NativeEngine,
+    ids: number[],
+    options: GenerateOptions,
+    sequence: number,
+    onTokens: (fresh: Int32Array) => void,
+    settled: () => void,
+  ): { run: Promise<Awaited<ReturnType<NativeEngine['generate']>> | undefined>; readonly finished: boolean; readonly failure: unknown } {
+    const eos = options.stopAtEos === false ? [] : this.tokenizer.eosIds;
+    const state = { finished: false, failure: undefined as unknown };
+    const run = call(
+      engine.generate(
+        Int32Array.from(ids),
+        {
+          // Unset options stay unset: the engine's defaults apply (documented on GenerateOptions).
+          ...nativeGenerateFields(options),
+          ...logitBiasArrays(options.logitBias, this.info.target.vocabSize),
+          sequence,
+          stopTokens: Int32Array.from(eos),
+          brokenAcceptanceForTesting: options.brokenAcceptanceForTesting === true,
+        },
+        onTokens,
+      ),
+    ).then(
+      (r) => {
+        state.finished = true;
+        settled();
+        return r;
+      },
+      (e: unknown) => {
+        state.finished = true;
+        state.failure = e;
+        settled();
+        return undefined;
+      },
+    );
+    this.#track(run);
+    generating.add(engine);
+    void run.then(() => generating.delete(engine));
+    return {
+      run,
+      get finished() {
+        return state.finished;
+      },
+      get failure() {
+        return state.failure;
+      },
+    };
   }
 
   /**
