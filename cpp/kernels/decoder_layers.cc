@@ -55,9 +55,85 @@ CASCADE_AVX512_FN void AxpyAvx512(float s, const float* x, float* y, int64_t n) 
 }
 #endif
 
+// Attention's two loops over the visible slots, one call each (rows given by pointer: cache slots,
+// then the visible new tokens). Every slot's score goes through the same instruction sequence
+// whichever group it falls in, and out[:] accumulates the rows in slot order with one FMA per
+// element, as `n` axpy calls would: rows stay bit-identical between a decode(1) and a verify(T).
+void ScoresScalar(const float* q, const float* const* rows, int64_t n, int64_t hd, float* scores) {
+  for (int64_t i = 0; i < n; ++i) scores[i] = DotScalar(q, rows[i], hd);
+}
+void WeightedRowsScalar(const float* w, const float* const* rows, int64_t n, int64_t hd, float* out) {
+  for (int64_t i = 0; i < n; ++i) AxpyScalar(w[i], rows[i], out, hd);
+}
+
+#if CASCADE_HAS_X86
+// GCC 12's AVX-512 headers build these intrinsics from _mm*_undefined_*() values and then warn
+// that those "may be used uninitialized" wherever they are inlined; they are never read.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// Four dots of q against rows a..d (hd % 16 == 0): 16-lane FMA partial sums, then per row the tree
+// (lanes i + i+8) + (i+4 + i+12) -> ((0 + 2) + (1 + 3)), four rows at once in the last step.
+CASCADE_AVX512_FN __m128 Dot4Avx512(const float* q, const float* a, const float* b, const float* c, const float* d,
+                                     int64_t hd) {
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  const float* rows[4] = {a, b, c, d};
+  for (int64_t i = 0; i < hd; i += 16) {
+    const __m512 qv = _mm512_loadu_ps(q + i);
+    for (int r = 0; r < 4; ++r) acc[r] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(rows[r] + i), acc[r]);
+  }
+  __m128 s[4];
+  for (int r = 0; r < 4; ++r) {  // quarters e0..e3: (e0 + e2) + (e1 + e3)
+    const __m128 e0 = _mm512_castps512_ps128(acc[r]), e1 = _mm512_extractf32x4_ps(acc[r], 1),
+                 e2 = _mm512_extractf32x4_ps(acc[r], 2), e3 = _mm512_extractf32x4_ps(acc[r], 3);
+    s[r] = _mm_add_ps(_mm_add_ps(e0, e2), _mm_add_ps(e1, e3));
+  }
+  _MM_TRANSPOSE4_PS(s[0], s[1], s[2], s[3]);  // s[k] lane r = row r's lane k
+  return _mm_add_ps(_mm_add_ps(s[0], s[2]), _mm_add_ps(s[1], s[3]));
+}
+
+CASCADE_AVX512_FN void ScoresAvx512(const float* q, const float* const* rows, int64_t n, int64_t hd, float* scores) {
+  if (hd % 16 != 0) {
+    for (int64_t i = 0; i < n; ++i) scores[i] = DotAvx512(q, rows[i], hd);
+    return;
+  }
+  for (int64_t i = 0; i < n; i += 4) {
+    // A short last group repeats its last row (those results are dropped).
+    const float* r[4];
+    for (int k = 0; k < 4; ++k) r[k] = rows[std::min(i + k, n - 1)];
+    alignas(16) float out[4];
+    _mm_store_ps(out, Dot4Avx512(q, r[0], r[1], r[2], r[3], hd));
+    for (int k = 0; k < 4 && i + k < n; ++k) scores[i + k] = out[k];
+  }
+}
+
+#pragma GCC diagnostic pop
+
+// out (64 floats) in registers across all rows.
+CASCADE_AVX512_FN void WeightedRowsAvx512(const float* w, const float* const* rows, int64_t n, int64_t hd, float* out) {
+  if (hd != 64) {
+    for (int64_t i = 0; i < n; ++i) AxpyAvx512(w[i], rows[i], out, hd);
+    return;
+  }
+  __m512 o0 = _mm512_loadu_ps(out), o1 = _mm512_loadu_ps(out + 16), o2 = _mm512_loadu_ps(out + 32),
+         o3 = _mm512_loadu_ps(out + 48);
+  for (int64_t i = 0; i < n; ++i) {
+    const __m512 s = _mm512_set1_ps(w[i]);
+    const float* x = rows[i];
+    o0 = _mm512_fmadd_ps(s, _mm512_loadu_ps(x), o0);
+    o1 = _mm512_fmadd_ps(s, _mm512_loadu_ps(x + 16), o1);
+    o2 = _mm512_fmadd_ps(s, _mm512_loadu_ps(x + 32), o2);
+    o3 = _mm512_fmadd_ps(s, _mm512_loadu_ps(x + 48), o3);
+  }
+  _mm512_storeu_ps(out, o0);
+  _mm512_storeu_ps(out + 16, o1);
+  _mm512_storeu_ps(out + 32, o2);
+  _mm512_storeu_ps(out + 48, o3);
+}
+#endif
+
 struct VectorOps {
-  float (*dot)(const float*, const float*, int64_t) = DotScalar;
-  void (*axpy)(float, const float*, float*, int64_t) = AxpyScalar;
+  void (*scores)(const float*, const float* const*, int64_t, int64_t, float*) = ScoresScalar;
+  void (*weighted_rows)(const float*, const float* const*, int64_t, int64_t, float*) = WeightedRowsScalar;
 };
 
 const VectorOps& Ops() {
@@ -65,8 +141,8 @@ const VectorOps& Ops() {
     VectorOps o;
 #if CASCADE_HAS_X86
     if (BestF32Impl() == Int8Impl::kAvx512) {
-      o.dot = DotAvx512;
-      o.axpy = AxpyAvx512;
+      o.scores = ScoresAvx512;
+      o.weighted_rows = WeightedRowsAvx512;
     }
 #endif
     return o;
@@ -203,21 +279,28 @@ class LayerRunner {
     const float* kn = call_.k_new + (l * KV + g) * T * hd;
     const float* vn = call_.v_new + (l * KV + g) * T * hd;
     const bool* mask = call_.block_mask + t * T;
+    // The visible slots: the cache's 0..start-1, then the new tokens this one may see.
+    thread_local std::vector<const float*> keys, values;
     thread_local std::vector<float> scores;
-    scores.resize(static_cast<size_t>(start + T));
-    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    float mx = -std::numeric_limits<float>::infinity();
-    int64_t n = 0;
+    keys.clear();
+    values.clear();
     for (int64_t s = 0; s < start; ++s) {
-      const float v = ops.dot(q, kc + s * hd, hd) * scale;
-      scores[n++] = v;
-      mx = std::max(mx, v);
+      keys.push_back(kc + s * hd);
+      values.push_back(vc + s * hd);
     }
     for (int64_t j = 0; j < T; ++j) {
       if (j != t && !mask[j]) continue;
-      const float v = ops.dot(q, kn + j * hd, hd) * scale;
-      scores[n++] = v;
-      mx = std::max(mx, v);
+      keys.push_back(kn + j * hd);
+      values.push_back(vn + j * hd);
+    }
+    const int64_t n = static_cast<int64_t>(keys.size());
+    scores.resize(static_cast<size_t>(n));
+    ops.scores(q, keys.data(), n, hd, scores.data());
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int64_t i = 0; i < n; ++i) {
+      scores[i] *= scale;
+      mx = std::max(mx, scores[i]);
     }
     float sum = 0.0f;
     for (int64_t i = 0; i < n; ++i) {
@@ -225,14 +308,10 @@ class LayerRunner {
       sum += scores[i];
     }
     const float inv = 1.0f / sum;
+    for (int64_t i = 0; i < n; ++i) scores[i] *= inv;
     float* out = attn_.data() + (t * c_.heads + h) * hd;
     std::fill(out, out + hd, 0.0f);
-    int64_t i = 0;
-    for (int64_t s = 0; s < start; ++s) ops.axpy(scores[i++] * inv, vc + s * hd, out, hd);
-    for (int64_t j = 0; j < T; ++j) {
-      if (j != t && !mask[j]) continue;
-      ops.axpy(scores[i++] * inv, vn + j * hd, out, hd);
-    }
+    ops.weighted_rows(scores.data(), values.data(), n, hd, out);
   }
 
   const DecoderLayersConfig& c_;
