@@ -84,10 +84,25 @@ Napi::Value MeasureBandwidth(const Napi::CallbackInfo& info) {
       [gbs](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *gbs); });
 }
 
+// engineDefaults: what a load uses for an option it is not given (EngineOptions, the one owner of
+// these defaults), for the layers above that show or need them (cache file names, --help).
+Napi::Object EngineDefaults(Napi::Env env) {
+  const EngineOptions d;
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("targetPrecision", WeightPrecisionName(d.target_precision));
+  o.Set("draftPrecision", WeightPrecisionName(d.draft_precision));
+  o.Set("maxContext", static_cast<double>(d.max_context));
+  o.Set("maxSequences", static_cast<double>(d.max_sequences));
+  o.Set("k1", static_cast<double>(d.proposal_length));
+  o.Set("k0", static_cast<double>(d.candidates));
+  return o;
+}
+
 void InitEngine(Napi::Env env, Napi::Object exports) {
   DefineNativeEngine(env);
   exports.Set("loadEngine", Napi::Function::New(env, LoadEngine, "loadEngine"));
   exports.Set("measureBandwidth", Napi::Function::New(env, MeasureBandwidth, "measureBandwidth"));
+  exports.Set("engineDefaults", EngineDefaults(env));
 }
 
 }  // namespace cascade::binding

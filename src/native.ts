@@ -151,6 +151,8 @@ export interface NativeAddon {
   distillTiny(client: NativeClient, options: object, onProgress?: (done: number, total: number) => void): { promise: Promise<unknown>; cancel(): void };
   pjrtHeaderVersion: string;
   measureBandwidth(): Promise<number>;
+  /** What a load uses for an option it is not given (the C++ EngineOptions own these defaults). */
+  engineDefaults: { targetPrecision: Precision; draftPrecision: Precision; maxContext: number; maxSequences: number; k1: number; k0: number };
 }
 
 /**

@@ -145,8 +145,8 @@ export class Cascade {
       // What killed processes left in the caches goes first (once per process).
       await sweepCacheTemporaries();
       const precision = options.precision === undefined || options.precision === 'auto' ? {} : options.precision;
-      const targetPrecision = precision.target ?? 'bf16';
-      const draftPrecision = precision.draft ?? 'int8';
+      const targetPrecision = precision.target ?? native().engineDefaults.targetPrecision;
+      const draftPrecision = precision.draft ?? native().engineDefaults.draftPrecision;
       // The cost model's choice of draft depth is measured once per model file and precisions, and remembered.
       const choiceFile =
         options.draft === undefined && options.draftLayers === undefined ? await draftChoicePath(options.target, targetPrecision, draftPrecision) : undefined;

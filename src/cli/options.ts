@@ -2,12 +2,25 @@
 import { type Command, Option } from 'commander';
 
 import type { DecodeMode, GenerateOptions } from '../cascade/cascade.js';
+import { type NativeAddon, native } from '../native.js';
 
 export const pluginOption = () =>
   new Option('--plugin <plugin>', "PJRT plugin: 'cpu', 'cuda', 'tpu' or a path to a plugin .so (CASCADE_PJRT_PLUGIN overrides 'cpu')").default('cpu');
 
 export const devicesOption = () =>
   new Option('--devices <n>', 'number of devices (CPU plugin: how many CPU devices to create)').argParser(positiveInteger('--devices'));
+
+/**
+ * The library's defaults (owned by the native engine) for help texts and flag defaults; undefined
+ * when the addon cannot load (then `--help` still works and the library applies its own).
+ */
+export function engineDefaults(): NativeAddon['engineDefaults'] | undefined {
+  try {
+    return native().engineDefaults;
+  } catch {
+    return undefined;
+  }
+}
 
 export function positiveInteger(flag: string): (v: string) => number {
   return (v: string) => {
@@ -44,8 +57,9 @@ export function addModelOptions(cmd: Command): Command {
 /** The decoding flags as commander parses them ({@link addDecodingOptions}). */
 export interface DecodingFlags {
   mode: DecodeMode;
-  k1: number;
-  k0: number;
+  /** Undefined only when the addon cannot load (no default to show). */
+  k1?: number;
+  k0?: number;
   /** Only on commands that offer --branches and --dynamic. */
   branches?: number;
   dynamic?: boolean;
@@ -58,8 +72,8 @@ export interface DecodingFlags {
 export function addDecodingOptions(cmd: Command, defaults: { mode: DecodeMode; branches: boolean }): Command {
   cmd
     .addOption(new Option('--mode <mode>', "decoding mode (all give the target's output; they differ in speed)").choices(['target', 'speculative', 'cascade', 'auto']).default(defaults.mode))
-    .option('--k1 <n>', `draft proposals per target call${defaults.branches ? ' (the most, with --dynamic)' : ''}`, positiveInteger('--k1'), 4)
-    .option('--k0 <n>', 'tiny candidates per draft step (cascade mode)', positiveInteger('--k0'), 64);
+    .option('--k1 <n>', `draft proposals per target call${defaults.branches ? ' (the most, with --dynamic)' : ''}`, positiveInteger('--k1'), engineDefaults()?.k1)
+    .option('--k0 <n>', 'tiny candidates per draft step (cascade mode)', positiveInteger('--k0'), engineDefaults()?.k0);
   if (!defaults.branches) return cmd;
   return cmd
     .option('--branches <n>', 'proposal branches per step, verified as a tree in one target call', positiveInteger('--branches'), 1)

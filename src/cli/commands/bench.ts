@@ -7,7 +7,7 @@ import { benchCompare } from './bench-compare.js';
 import { benchChat } from './bench-chat.js';
 import { tensor } from '../../runtime/tensor.js';
 import { median, printJson, table } from '../output.js';
-import { pluginOption, positiveInteger } from '../options.js';
+import { engineDefaults, pluginOption, positiveInteger } from '../options.js';
 
 const MATMUL = (n: number) => `
 func.func public @main(%a: tensor<${n}x${n}xf32>, %b: tensor<${n}x${n}xf32>) -> tensor<${n}x${n}xf32> {
@@ -58,8 +58,8 @@ export function benchCommand(): Command {
     .option('--modes <list>', 'modes: comma-separated decoding modes', 'target,speculative,cascade,auto')
     .option('--temperatures <list>', 'modes: comma-separated temperatures', '0,0.8')
     .option('--max-tokens <n>', 'modes: tokens per generation', positiveInteger('--max-tokens'), 64)
-    .option('--k1 <n>', 'modes: draft proposals per target call', positiveInteger('--k1'), 4)
-    .option('--k0 <n>', 'modes: tiny candidates per draft step', positiveInteger('--k0'), 64)
+    .option('--k1 <n>', 'modes: draft proposals per target call', positiveInteger('--k1'), engineDefaults()?.k1)
+    .option('--k0 <n>', 'modes: tiny candidates per draft step', positiveInteger('--k0'), engineDefaults()?.k0)
     .option('--draft-layers <n>', 'modes: layers of the self-speculative draft', positiveInteger('--draft-layers'))
     .option('--out <dir>', 'modes, chat: where to write their .json and .md', 'docs/bench')
     .option('--mode <mode>', 'chat: the decoding mode', 'speculative')

@@ -8,7 +8,7 @@ import { resolveModel } from '../../models/catalog.js';
 import { cachePath, compileCacheDir } from '../../utils/cache.js';
 import { printJson, table } from '../output.js';
 import { phaseTimer, progressBar, progressMode, type Progress } from '../progress.js';
-import { addDecodingOptions, addModelOptions, addSamplingOptions, decodingFromFlags, positiveInteger, samplingFromFlags, type DecodingFlags, type SamplingFlags } from '../options.js';
+import { addDecodingOptions, addModelOptions, addSamplingOptions, decodingFromFlags, engineDefaults, positiveInteger, samplingFromFlags, type DecodingFlags, type SamplingFlags } from '../options.js';
 import { downloadReporter } from './pull.js';
 
 interface RunOptions extends LoadFlags, SamplingFlags {
@@ -239,7 +239,7 @@ export function runCommand(name = 'run'): Command {
   addDecodingOptions(addModelOptions(cmd), { mode: name === 'demo' ? 'cascade' : 'speculative', branches: true })
     .option('--max-tokens <n>', 'most tokens to generate', positiveInteger('--max-tokens'), 128);
   addSamplingOptions(cmd)
-    .option('--max-context <n>', "KV cache length in tokens (default: the library's, 1024)", positiveInteger('--max-context'))
+    .option('--max-context <n>', `KV cache length in tokens (default: the library's${engineDefaults() ? `, ${engineDefaults()!.maxContext}` : ''})`, positiveInteger('--max-context'))
     .option('--raw', 'send the prompt as plain text, without the chat template')
     .option('--compare', 'also run target-only decoding and report the speedup', name === 'demo')
     .option('--json', 'print one JSON object (text, stats) instead of streaming')

@@ -5,7 +5,7 @@ import { Command } from 'commander';
 
 import { findCatalogModel } from '../../models/catalog.js';
 import { serve } from '../../server/server.js';
-import { addDecodingOptions, addModelOptions, decodingFromFlags, positiveInteger } from '../options.js';
+import { addDecodingOptions, addModelOptions, decodingFromFlags, engineDefaults, positiveInteger } from '../options.js';
 import { loadForCli, type LoadFlags } from './run.js';
 
 interface ServeOptions extends LoadFlags {
@@ -63,7 +63,8 @@ async function run(opts: ServeOptions): Promise<void> {
   await checkBindable(opts.host, opts.port);
   // The models by path, URL or catalogue name, loaded with the warm-up (as `run` and `chat` do).
   // One resident KV cache per slot, so the slots do not evict each other's.
-  const { cascade, target } = await loadForCli({ ...opts, maxSequences: Math.max(4, opts.slots ?? 4) }, opts.quiet === true);
+  const fewest = engineDefaults()?.maxSequences ?? 1;
+  const { cascade, target } = await loadForCli({ ...opts, maxSequences: opts.slots === undefined ? undefined : Math.max(fewest, opts.slots) }, opts.quiet === true);
   const modelId = opts.modelName ?? modelIdFor(target);
   let server;
   try {
@@ -138,12 +139,12 @@ export function serveCommand(): Command {
     .option('--port <port>', 'TCP port (0 picks a free one; the address is printed on stdout)', port, 8080)
     .option('--model-name <id>', 'the model id clients send and /v1/models lists (default: the file name without its extension)');
   return addDecodingOptions(cmd, { mode: 'speculative', branches: true })
-    .option('--max-context <n>', 'KV cache length in tokens: prompt plus reply must fit', positiveInteger('--max-context'), 1024)
+    .option('--max-context <n>', 'KV cache length in tokens: prompt plus reply must fit', positiveInteger('--max-context'), engineDefaults()?.maxContext)
     .option('--max-tokens <n>', 'tokens to generate when a request sets no max_tokens (default: the room left in the context; 16 on /v1/completions)', positiveInteger('--max-tokens'))
     .option('--max-queue <n>', 'most requests running or queued at once; more get 429', positiveInteger('--max-queue'), 64)
     .option(
       '--slots <n>',
-      "conversation caches kept for prompt caching across clients: each request continues the one whose last request shares the longest prefix with its prompt (default: 4; more than 4 evict each other's caches)",
+      `conversation caches kept for prompt caching across clients: each request continues the one whose last request shares the longest prefix with its prompt (default: the library's maxSequences${engineDefaults() ? `, ${engineDefaults()!.maxSequences}` : ''})`,
       positiveInteger('--slots'),
     )
     .option('--api-key <key>', 'require "Authorization: Bearer <key>" on /v1 requests (or set CASCADE_API_KEY)')
