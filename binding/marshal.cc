@@ -117,10 +117,9 @@ WeightPrecision PrecisionFromJs(const Napi::Object& o, const char* key, WeightPr
   Napi::Value v = o.Get(key);
   if (v.IsUndefined()) return fallback;
   const std::string s = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
-  if (s == "f32") return WeightPrecision::kF32;
-  if (s == "bf16") return WeightPrecision::kBF16;
-  if (s == "int8") return WeightPrecision::kInt8;
-  throw InvalidArgumentError(std::string(key) + " must be 'f32', 'bf16' or 'int8'");
+  WeightPrecision p = fallback;
+  if (!ParseWeightPrecision(s, &p)) throw InvalidArgumentError(std::string(key) + " must be 'f32', 'bf16', 'int8' or 'q4'");
+  return p;
 }
 
 double NumberFromJs(const Napi::Object& o, const char* key, double fallback) {

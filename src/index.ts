@@ -11,6 +11,7 @@
  */
 export { Runtime, Executable } from './runtime/runtime.js';
 export { Cascade } from './cascade/cascade.js';
+export { PRECISIONS } from './cascade/types.js';
 export { ChatSession } from './cascade/chat-session.js';
 export { ConversationCache } from './cascade/conversation-cache.js';
 export type { ChatSessionOptions } from './cascade/chat-session.js';

@@ -325,6 +325,7 @@ class LayerRunner {
 
 bool CheckMatrix(const WeightMatrix& m, int64_t in, int64_t out) {
   if (!m.data || m.in != in || m.out != out) return false;
+  if (m.kind == WeightMatrix::Kind::kQ4) return m.block_scale && m.block_min && ValidateQ4Matrix(in, out).empty();
   return m.kind != WeightMatrix::Kind::kInt8 || m.scale != nullptr;
 }
 

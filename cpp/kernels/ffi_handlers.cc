@@ -252,8 +252,25 @@ ffi::Error NextMatrix(const ffi::RemainingArgs& args, size_t* i, WeightMatrix* m
       *m = {WeightMatrix::Kind::kInt8, b->untyped_data(), static_cast<const float*>(s->untyped_data()), d[1], d[0]};
       return ffi::Error::Success();
     }
+    case ffi::DataType::U8: {
+      // q4 blocks: u8 [out, in / 2], then f16 scales and minimums [out, in / 32].
+      auto s = args.get<ffi::AnyBuffer>((*i)++);
+      auto mn = args.get<ffi::AnyBuffer>((*i)++);
+      const int64_t in = d[1] * 2;
+      auto is_blocks = [&](const auto& b) {
+        return b.has_value() && b->element_type() == ffi::DataType::F16 && b->dimensions().size() == 2 &&
+               b->dimensions()[0] == d[0] && b->dimensions()[1] * kQ4Block == in;
+      };
+      if (!is_blocks(s) || !is_blocks(mn) || !ValidateQ4Matrix(in, d[0]).empty())
+        return ffi::Error::InvalidArgument(std::string(kDecoderLayersTarget) +
+                                           ": a u8 (q4) matrix [out, in/2] needs f16 scales and minimums [out, in/32], "
+                                           "in a multiple of 64");
+      *m = {WeightMatrix::Kind::kQ4, b->untyped_data(), nullptr, in, d[0],
+            static_cast<const uint16_t*>(s->untyped_data()), static_cast<const uint16_t*>(mn->untyped_data())};
+      return ffi::Error::Success();
+    }
     default:
-      return ffi::Error::InvalidArgument(std::string(kDecoderLayersTarget) + ": matrices must be f32, bf16 or s8");
+      return ffi::Error::InvalidArgument(std::string(kDecoderLayersTarget) + ": matrices must be f32, bf16, s8 or u8 (q4)");
   }
 }
 

@@ -280,6 +280,110 @@ template <int TB, int OB>
 void VnniBlock(const PreparedActivations&, int64_t, const int8_t*, const float*, float*, int64_t, int64_t) { NoSimd(); }
 #endif  // CASCADE_X86
 
+// ---------------------------------------------------------------- 4-bit weights (Q4Layout)
+
+// Portable: the row dequantised to f32 (exactly: d * q + m in f32), then an f32 dot in order.
+void ScalarRowsQ4(const float* x, const uint8_t* w, const uint16_t* bs, const uint16_t* bm, float* y, int64_t T,
+                  int64_t in, int64_t out, int64_t o0, int64_t o1) {
+  std::vector<float> row(static_cast<size_t>(in));
+  for (int64_t o = o0; o < o1; ++o) {
+    DequantizeQ4Row(w, bs, bm, in, o, row.data());
+    for (int64_t t = 0; t < T; ++t) {
+      const float* xr = x + t * in;
+      float acc = 0.0f;
+      for (int64_t i = 0; i < in; ++i) acc += xr[i] * row[i];
+      y[t * out + o] = acc;
+    }
+  }
+}
+
+#if CASCADE_X86
+// Activations as the int8 VNNI kernel quantises them (per 32-block, s8): per block, the exact
+// integer sum of q * x_q (vpdpbusd: q is unsigned 0..15, x_q signed) times d * d_x, plus
+// m * (d_x * sum of x_q) (block_sum) for the minimum: llama.cpp's Q4_1 x Q8_1 dot.
+template <int TB, int OB>
+CASCADE_VNNI void Q4VnniBlock(const QuantizedX& qx, int64_t t0, const uint8_t* w, const uint16_t* bs,
+                              const uint16_t* bm, float* y, int64_t in, int64_t ldy) {
+  const int64_t chunks = in / 64, blocks = in / kQ4Block, padded = qx.chunks * 64, row_bytes = in / 2;
+  const int64_t x_blocks = qx.chunks * 2;
+  __m512 acc[TB][OB];
+  #pragma GCC unroll 16
+  for (int t = 0; t < TB; ++t)
+    #pragma GCC unroll 16
+    for (int o = 0; o < OB; ++o) acc[t][o] = _mm512_setzero_ps();
+  // The 32 packed bytes go to both halves of a vector; the lower half keeps the low nibbles (the
+  // chunk's first block), the upper half the high nibbles in place, i.e. 16 q: its scales are
+  // divided by 16 (exact), which saves a shift per row and chunk.
+  const __m512i nibbles = _mm512_set_epi64(-0x0F0F0F0F0F0F0F10, -0x0F0F0F0F0F0F0F10, -0x0F0F0F0F0F0F0F10,
+                                           -0x0F0F0F0F0F0F0F10, 0x0F0F0F0F0F0F0F0F, 0x0F0F0F0F0F0F0F0F,
+                                           0x0F0F0F0F0F0F0F0F, 0x0F0F0F0F0F0F0F0F);
+  const __m512 sixteenth = _mm512_set1_ps(1.0f / 16.0f);
+  // Per group of 8 chunks (16 blocks): the weight block scales (and, for one token, times the
+  // token's block scales), low halves and high halves / 16, converted together.
+  __m512 lo[OB], hi[OB], xs[TB];
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int group = static_cast<int>(c % 8);
+    if (group == 0) {
+      const int64_t left = blocks - c * 2;
+      const __mmask16 m = left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1);
+      #pragma GCC unroll 16
+      for (int t = 0; t < TB; ++t) xs[t] = _mm512_maskz_loadu_ps(m, qx.block_scale.data() + (t0 + t) * x_blocks + c * 2);
+      #pragma GCC unroll 16
+      for (int o = 0; o < OB; ++o) {
+        lo[o] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, bs + o * blocks + c * 2));
+        if constexpr (TB == 1) lo[o] = _mm512_mul_ps(lo[o], xs[0]);
+        hi[o] = _mm512_mul_ps(lo[o], sixteenth);
+      }
+    }
+    // Lanes 0-7: the chunk's first block (from lo); lanes 8-15: its second (from hi: index + 16).
+    const __m512i pick = _mm512_add_epi32(_mm512_set1_epi32(group * 2),
+                                          _mm512_set_epi32(17, 17, 17, 17, 17, 17, 17, 17, 0, 0, 0, 0, 0, 0, 0, 0));
+    __m512i wq[OB];
+    __m512 wd[OB];
+    #pragma GCC unroll 16
+    for (int o = 0; o < OB; ++o) {
+      const uint8_t* p = w + o * row_bytes + c * 32;
+      _mm_prefetch(reinterpret_cast<const char*>(p) + 1024, _MM_HINT_T0);
+      wq[o] = _mm512_and_si512(_mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), nibbles);
+      wd[o] = _mm512_permutex2var_ps(lo[o], pick, hi[o]);
+    }
+    #pragma GCC unroll 16
+    for (int t = 0; t < TB; ++t) {
+      const __m512i xq = _mm512_loadu_si512(qx.q.data() + (t0 + t) * padded + c * 64);
+      __m512 ds = _mm512_setzero_ps();
+      if constexpr (TB > 1) ds = _mm512_permutexvar_ps(_mm512_and_si512(pick, _mm512_set1_epi32(15)), xs[t]);
+      #pragma GCC unroll 16
+      for (int o = 0; o < OB; ++o) {
+        const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[o], xq);  // exact per lane
+        const __m512 scale = TB == 1 ? wd[o] : _mm512_mul_ps(ds, wd[o]);
+        acc[t][o] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[t][o]);
+      }
+    }
+  }
+  #pragma GCC unroll 16
+  for (int t = 0; t < TB; ++t) {
+    const float* sums = qx.block_sum.data() + (t0 + t) * x_blocks;
+    #pragma GCC unroll 16
+    for (int o = 0; o < OB; ++o) {
+      __m512 total = acc[t][o];
+      for (int64_t b = 0; b < blocks; b += 16) {
+        const __mmask16 m = blocks - b >= 16 ? static_cast<__mmask16>(0xffff)
+                                             : static_cast<__mmask16>((1u << (blocks - b)) - 1);
+        const __m512 mv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, bm + o * blocks + b));
+        total = _mm512_fmadd_ps(mv, _mm512_maskz_loadu_ps(m, sums + b), total);
+      }
+      y[t * ldy + o] = _mm512_reduce_add_ps(total);
+    }
+  }
+}
+#else
+template <int TB, int OB>
+void Q4VnniBlock(const PreparedActivations&, int64_t, const uint8_t*, const uint16_t*, const uint16_t*, float*,
+                 int64_t, int64_t) {
+  NoSimd();
+}
+#endif  // CASCADE_X86
+
 // ---------------------------------------------------------------- bf16 weights (no scale)
 
 // bf16 -> f32 is exact (the bf16 bits are the top half of the f32), so these compute what XLA's
@@ -675,6 +779,15 @@ struct VnniB {
   }
 };
 
+template <int TB, int OB>
+struct Q4VnniB {
+  static void Run(int64_t t, int64_t o, const QuantizedX& qx, const uint8_t* w, const uint16_t* bs,
+                  const uint16_t* bm, float* y, int64_t in, int64_t out) {
+    const int64_t blocks = in / kQ4Block;
+    Q4VnniBlock<TB, OB>(qx, t, w + o * (in / 2), bs + o * blocks, bm + o * blocks, y + t * out + o, in, out);
+  }
+};
+
 bool CpuHas(const char* feature);
 bool HasAvx512() {
   static const bool has = CpuHas("avx512");
@@ -974,12 +1087,77 @@ Int8Impl BestF32Impl() {
   return best;
 }
 
+std::string ValidateQ4Matrix(int64_t in, int64_t out) {
+  if (in < 1 || out < 1) return "q4 matrix: sizes must be positive";
+  if (in % 64 != 0) return "q4 matrix: the input size " + std::to_string(in) + " is not a multiple of 64";
+  if (in > kMaxIn) return "q4 matrix: the input size is too large";
+  return "";
+}
+
+void QuantizeQ4Rows(const float* w, int64_t in, int64_t out, uint8_t* packed, uint16_t* block_scale,
+                    uint16_t* block_min) {
+  const std::string why = ValidateQ4Matrix(in, out);
+  if (!why.empty()) throw std::invalid_argument(why);
+  const int64_t blocks = in / kQ4Block;
+  std::vector<uint8_t> q(static_cast<size_t>(in));
+  for (int64_t o = 0; o < out; ++o) {
+    const float* row = w + o * in;
+    for (int64_t b = 0; b < blocks; ++b) {
+      const float* x = row + b * kQ4Block;
+      float lo = x[0], hi = x[0];
+      for (int64_t i = 1; i < kQ4Block; ++i) {
+        lo = std::min(lo, x[i]);
+        hi = std::max(hi, x[i]);
+      }
+      const uint16_t d16 = F32ToF16((hi - lo) / 15.0f), m16 = F32ToF16(lo);
+      block_scale[o * blocks + b] = d16;
+      block_min[o * blocks + b] = m16;
+      const float d = F16ToF32(d16), m = F16ToF32(m16);
+      const float inv = d > 0.0f ? 1.0f / d : 0.0f;
+      for (int64_t i = 0; i < kQ4Block; ++i)
+        q[b * kQ4Block + i] = static_cast<uint8_t>(std::clamp(std::nearbyint((x[i] - m) * inv), 0.0f, 15.0f));
+    }
+    uint8_t* p = packed + o * (in / 2);
+    for (int64_t c = 0; c < in / 64; ++c)
+      for (int64_t j = 0; j < 32; ++j) p[c * 32 + j] = static_cast<uint8_t>(q[c * 64 + j] | q[c * 64 + 32 + j] << 4);
+  }
+}
+
+void DequantizeQ4Row(const uint8_t* packed, const uint16_t* block_scale, const uint16_t* block_min, int64_t in,
+                     int64_t o, float* w) {
+  const int64_t blocks = in / kQ4Block;
+  const uint8_t* p = packed + o * (in / 2);
+  for (int64_t i = 0; i < in; ++i) {
+    const int64_t c = i / 64, j = i % 64;
+    const uint8_t byte = p[c * 32 + j % 32];
+    const float q = static_cast<float>(j < 32 ? byte & 0x0F : byte >> 4);
+    const int64_t b = o * blocks + i / kQ4Block;
+    w[i] = F16ToF32(block_scale[b]) * q + F16ToF32(block_min[b]);
+  }
+}
+
 void PrepareActivations(WeightMatrix::Kind kind, const KernelImpls& impls, const float* x, int64_t T, int64_t in,
                         PreparedActivations* a) {
   a->x = x;
   a->T = T;
   a->in = in;
-  if (kind == WeightMatrix::Kind::kInt8 && impls.int8 == Int8Impl::kAvx512Vnni) QuantizeRows(x, T, in, a);
+  if ((kind == WeightMatrix::Kind::kInt8 || kind == WeightMatrix::Kind::kQ4) && impls.int8 == Int8Impl::kAvx512Vnni)
+    QuantizeRows(x, T, in, a);
+  if (kind == WeightMatrix::Kind::kQ4 && impls.int8 == Int8Impl::kAvx512Vnni) {
+    // Per 32-block: its scale times the sum of its s8 values (from the lane biases: -128 * sums).
+    const int64_t chunks = a->chunks;
+    a->block_sum.assign(static_cast<size_t>(T * chunks * 2), 0.0f);
+    a->block_scale.assign(static_cast<size_t>(T * chunks * 2), 0.0f);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t c = 0; c < chunks; ++c)
+        for (int half = 0; half < 2; ++half) {
+          const int64_t lane0 = (t * chunks + c) * 16 + half * 8;
+          int32_t sum = 0;
+          for (int j = 0; j < 8; ++j) sum += a->lane_bias[lane0 + j];
+          a->block_sum[(t * chunks + c) * 2 + half] = a->lane_scale[lane0] * static_cast<float>(sum / -128);
+          a->block_scale[(t * chunks + c) * 2 + half] = a->lane_scale[lane0];
+        }
+  }
   if (kind == WeightMatrix::Kind::kBf16 && (impls.bf16 == Int8Impl::kAvx512Bf16 || impls.bf16 == Int8Impl::kAmxBf16))
     a->xb = RoundRowsToBf16(x, T, in, &a->ldx);
   if (kind == WeightMatrix::Kind::kBf16 && impls.bf16 == Int8Impl::kAmxBf16 && in % 32 == 0)
@@ -988,7 +1166,7 @@ void PrepareActivations(WeightMatrix::Kind kind, const KernelImpls& impls, const
 
 int64_t MatmulTaskOutputs(const WeightMatrix& m) {
   if (m.kind == WeightMatrix::Kind::kF32Transposed) return 64;
-  const int64_t row_bytes = m.in * (m.kind == WeightMatrix::Kind::kInt8 ? 1 : 2);
+  const int64_t row_bytes = m.kind == WeightMatrix::Kind::kQ4 ? m.in / 2 : m.in * (m.kind == WeightMatrix::Kind::kInt8 ? 1 : 2);
   const int64_t rows = std::max<int64_t>(16, (int64_t{32} << 10) / std::max<int64_t>(1, row_bytes));
   // Whole 16-row blocks (AMX tiles; a multiple of kOB too).
   return (rows + 15) / 16 * 16;
@@ -1012,6 +1190,12 @@ void MatmulRange(const WeightMatrix& m, const KernelImpls& impls, const Prepared
         case Int8Impl::kAvx2: Tile<Avx2B>(T, o0, o1, a.x, w, m.scale, y, in, out); return;
         default: ScalarRows(a.x, w, m.scale, y, T, in, out, o0, o1); return;
       }
+    }
+    case WeightMatrix::Kind::kQ4: {
+      const uint8_t* w = static_cast<const uint8_t*>(m.data);
+      if (impls.int8 == Int8Impl::kAvx512Vnni) Tile<Q4VnniB>(T, o0, o1, a, w, m.block_scale, m.block_min, y, in, out);
+      else ScalarRowsQ4(a.x, w, m.block_scale, m.block_min, y, T, in, out, o0, o1);
+      return;
     }
     case WeightMatrix::Kind::kBf16: {
       const uint16_t* w = static_cast<const uint16_t*>(m.data);

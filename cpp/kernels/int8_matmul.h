@@ -80,14 +80,32 @@ void Bf16GatherMatmul(Int8Impl impl, const float* x, const uint16_t* w, const in
 // ---- Building blocks of the fused decoder step (kernels/decoder_layers.h) ----
 
 // A weight matrix as stored on the device. kF32Transposed: f32 [in, out] (the f32 upload layout,
-// model/programs.h); kBf16: bf16 bits [out, in]; kInt8: s8 [out, in] with f32 scale[out].
+// model/programs.h); kBf16: bf16 bits [out, in]; kInt8: s8 [out, in] with f32 scale[out]; kQ4:
+// 4-bit blocks (Q4Layout below) with f16 block scales and minimums [out, in / 32].
 struct WeightMatrix {
-  enum class Kind { kF32Transposed, kBf16, kInt8 };
+  enum class Kind { kF32Transposed, kBf16, kInt8, kQ4 };
   Kind kind = Kind::kF32Transposed;
   const void* data = nullptr;
   const float* scale = nullptr;
   int64_t in = 0, out = 0;
+  const uint16_t* block_scale = nullptr;  // kQ4: f16 bits [out, in / 32]
+  const uint16_t* block_min = nullptr;    // kQ4: f16 bits [out, in / 32]
 };
+
+// ---- 4-bit weights (the draft's "q4" precision; the blocks of GGUF's Q4_1) ----
+// Per 32-block b of a row: w = d[b] * q + m[b], q in 0..15, d and m f16. Stored per row as in / 2
+// bytes: per 64 weights (two blocks), byte j holds weight j in its low nibble and weight 32 + j in
+// its high nibble, so one load and two masks give the 64 weights in order. `in` must be a multiple
+// of 64. A Q4_1 GGUF tensor's dequantised values quantise back to its own blocks.
+constexpr int64_t kQ4Block = 32;
+std::string ValidateQ4Matrix(int64_t in, int64_t out);  // empty when in % 64 == 0 and both positive
+// Quantises rows w[out, in] (f32) as ggml's Q4_1: d = (max - min) / 15, m = min (both rounded to
+// f16 first), q = round((w - m) / d) clamped to 0..15.
+void QuantizeQ4Rows(const float* w, int64_t in, int64_t out, uint8_t* packed, uint16_t* block_scale,
+                    uint16_t* block_min);
+// The f32 weights of row o: what every Q4 kernel multiplies by.
+void DequantizeQ4Row(const uint8_t* packed, const uint16_t* block_scale, const uint16_t* block_min, int64_t in,
+                     int64_t o, float* w);
 
 // The implementations a process uses per weight kind (chosen once: rows computed by different
 // programs then agree bit for bit).
@@ -106,6 +124,8 @@ struct PreparedActivations {
   std::vector<int8_t> q;             // VNNI: [T][chunks * 64]
   std::vector<float> lane_scale;     // VNNI: [T][chunks][16]
   std::vector<int32_t> lane_bias;    // VNNI: [T][chunks][16]
+  std::vector<float> block_sum;      // VNNI, Q4 weights: [T][chunks * 2] block scale * sum of its s8 values
+  std::vector<float> block_scale;    // VNNI, Q4 weights: [T][chunks * 2] the block scales
   int64_t ldx = 0;                   // bf16 dot: row stride of xb
   std::vector<uint16_t> xb;          // bf16 dot: [T][ldx]
   std::vector<uint16_t> amx;         // AMX: B tiles [ceil(T/16)][in/32][16 pairs][16 tokens][2]

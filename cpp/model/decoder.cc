@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/int8_matmul.h"
 #include "model/matmul_mode.h"
 #include "pjrt/errors.h"
 
@@ -37,11 +38,24 @@ std::vector<HostTensor> PrepareAt(const ModelWeights& weights, const std::vector
   const HostTensor& src = weights.at(tied_copy ? "model.embed_tokens.weight" : p.tensor);
   std::vector<int64_t> canonical = p.dims;
   if (p.transposed) std::swap(canonical[0], canonical[1]);
+  if (p.role == WeightParam::Role::kQ4Values) canonical[1] *= 2;  // two weights per byte
   CheckDims(src, canonical, p.tensor);
   if (p.transposed) {
     ++i;
     std::vector<HostTensor> out;
     out.push_back(Transpose(ToF32(src)));
+    return out;
+  }
+  if (p.role == WeightParam::Role::kQ4Values) {
+    HostTensor f = ToF32(src);
+    const int64_t out_rows = canonical[0], in = canonical[1];
+    std::vector<HostTensor> out;
+    out.emplace_back(DType::kU8, p.dims);
+    out.emplace_back(DType::kF16, std::vector<int64_t>{out_rows, in / kernels::kQ4Block});
+    out.emplace_back(DType::kF16, std::vector<int64_t>{out_rows, in / kernels::kQ4Block});
+    kernels::QuantizeQ4Rows(f.as<float>(), in, out_rows, out[0].as<uint8_t>(), out[1].as<uint16_t>(),
+                            out[2].as<uint16_t>());
+    i += 3;
     return out;
   }
   if (p.role == WeightParam::Role::kInt8Values) {
@@ -123,7 +137,14 @@ ModelWeights EffectiveWeights(const ModelWeights& weights, WeightPrecision preci
     const bool transposed = layout[i].transposed;
     auto prepared = PrepareAt(weights, layout, i);
     if (transposed) prepared[0] = Transpose(prepared[0]);
-    if (prepared.size() == 2) {
+    if (prepared.size() == 3) {  // q4 blocks
+      const int64_t rows = prepared[0].dims[0], in = prepared[0].dims[1] * 2;
+      HostTensor f(DType::kF32, {rows, in});
+      for (int64_t r = 0; r < rows; ++r)
+        kernels::DequantizeQ4Row(prepared[0].as<uint8_t>(), prepared[1].as<uint16_t>(), prepared[2].as<uint16_t>(), in,
+                                 r, f.as<float>() + r * in);
+      out.tensors[name] = std::move(f);
+    } else if (prepared.size() == 2) {
       const HostTensor& v = prepared[0];
       const HostTensor& s = prepared[1];
       HostTensor f(DType::kF32, v.dims);

@@ -25,8 +25,9 @@ bool IsMatrix(const std::string& name) {
 
 // Where each weight param lives in @main's param list.
 struct WeightRef {
-  Value w;                   // dense weight, or int8 values
-  std::optional<Value> scale;  // int8 only
+  Value w;                   // dense weight, or int8 / q4 values
+  std::optional<Value> scale;  // int8 per row, q4 per block (f16)
+  std::optional<Value> min;    // q4 per block (f16)
   bool transposed = false;     // w is [in, out]
 };
 
@@ -156,8 +157,10 @@ class Emitter {
   void AddParams(const std::vector<WeightParam>& layout) {
     for (const WeightParam& p : layout) {
       Value v = f_.Param(p.name(), p.dtype, p.dims);
-      if (p.role == WeightParam::Role::kInt8Scales) {
+      if (p.role == WeightParam::Role::kInt8Scales || p.role == WeightParam::Role::kQ4Scales) {
         weights_[p.tensor].scale = v;
+      } else if (p.role == WeightParam::Role::kQ4Mins) {
+        weights_[p.tensor].min = v;
       } else {
         weights_[p.tensor].w = v;
         weights_[p.tensor].transposed = p.transposed;
@@ -199,6 +202,7 @@ class Emitter {
       const WeightRef& r = W(name);
       operands.push_back(r.w);
       if (r.scale) operands.push_back(*r.scale);
+      if (r.min) operands.push_back(*r.min);
     };
     for (int64_t l = 0; l < L; ++l)
       for (const char* t : {"input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
@@ -232,6 +236,7 @@ class Emitter {
       return f_.CustomCall(kernels::kF32TMatmulTarget, {x, w}, DType::kF32, {x.dims[0], w.dims[1]});
     if (w.dtype == DType::kF32) return f_.DotGeneral(x, w, {}, {}, {1}, {ref.transposed ? 0 : 1});
     if (ref.transposed) throw InvalidArgumentError("programs: transposed low-precision weights are not emitted");
+    if (w.dtype == DType::kU8) return f_.DotGeneral(x, DequantizeQ4(ref), {}, {}, {1}, {1});
     if (ffi_ && x.rank() == 2 && w.rank() == 2 && x.dims[0] <= kFfiMaxTokens && x.dims[1] == w.dims[1]) {
       if (w.dtype == DType::kS8 && ref.scale && ref.scale->dims == std::vector<int64_t>{w.dims[0]})
         return f_.CustomCall(kernels::kInt8MatmulTarget, {x, w, *ref.scale}, DType::kF32, {x.dims[0], w.dims[0]});
@@ -246,6 +251,20 @@ class Emitter {
     }
     if (ref.scale) y = f_.Mul(y, f_.BroadcastInDim(*ref.scale, y.dims, {1}));
     return y;
+  }
+
+  // 4-bit blocks (kernels/int8_matmul.h, Q4Layout) as f32 [out, in]: per 64 weights, byte j's low
+  // nibble is weight j and its high nibble weight 32 + j; w = d * q + m per 32-block.
+  Value DequantizeQ4(const WeightRef& ref) {
+    const int64_t out = ref.w.dims[0], in = ref.w.dims[1] * 2, chunks = in / 64, blocks = in / 32;
+    Value bytes = f_.Reshape(f_.Convert(ref.w, DType::kS32), {out, chunks, 32});
+    Value low = f_.And(bytes, f_.ScalarLike(bytes, 15));
+    Value high = f_.Div(bytes, f_.ScalarLike(bytes, 16));
+    Value q = f_.Convert(f_.Reshape(f_.Concatenate({low, high}, 2), {out, blocks, 32}), DType::kF32);
+    auto per_block = [&](const Value& v) {
+      return f_.BroadcastInDim(f_.Convert(v, DType::kF32), {out, blocks, 32}, {0, 1});
+    };
+    return f_.Reshape(f_.Add(f_.Mul(q, per_block(*ref.scale)), per_block(*ref.min)), {out, in});
   }
 
   // The top-k ids s32[T, k] of a tiny on the draft's hidden state: one kernel on the CPU plugin
@@ -399,8 +418,18 @@ const char* WeightPrecisionName(WeightPrecision precision) {
     case WeightPrecision::kF32: return "f32";
     case WeightPrecision::kBF16: return "bf16";
     case WeightPrecision::kInt8: return "int8";
+    case WeightPrecision::kQ4: return "q4";
   }
   return "unknown";
+}
+
+bool ParseWeightPrecision(const std::string& name, WeightPrecision* precision) {
+  for (WeightPrecision p : {WeightPrecision::kF32, WeightPrecision::kBF16, WeightPrecision::kInt8, WeightPrecision::kQ4})
+    if (name == WeightPrecisionName(p)) {
+      *precision = p;
+      return true;
+    }
+  return false;
 }
 
 const char* HeadKindName(HeadKind kind) {
@@ -420,6 +449,9 @@ std::string WeightParam::name() const {
     case Role::kDense: return tensor;
     case Role::kInt8Values: return tensor + ":int8";
     case Role::kInt8Scales: return tensor + ":scale";
+    case Role::kQ4Values: return tensor + ":q4";
+    case Role::kQ4Scales: return tensor + ":q4scale";
+    case Role::kQ4Mins: return tensor + ":q4min";
   }
   return tensor;
 }
@@ -457,14 +489,25 @@ std::vector<WeightParam> WeightParamLayout(const ModelConfig& c, WeightPrecision
     tensors.push_back({Layer(l, "mlp.down_proj.weight"), {d, c.intermediate_size}});
   }
   tensors.push_back({"model.norm.weight", {d}});
-  // kInt8 with a tied head: an int8 copy of the embedding as lm_head (the embedding itself stays
-  // bf16 for the lookup): a draft step then reads 28 MB of head instead of 57 MB on SmolLM2.
-  if (!c.tied_embeddings || precision == WeightPrecision::kInt8) tensors.push_back({"lm_head.weight", {c.vocab_size, d}});
+  // kInt8 (and kQ4) with a tied head: an int8 copy of the embedding as lm_head (the embedding
+  // itself stays bf16 for the lookup): a draft step then reads 28 MB of head instead of 57 MB on
+  // SmolLM2.
+  const bool quantised = precision == WeightPrecision::kInt8 || precision == WeightPrecision::kQ4;
+  if (!c.tied_embeddings || quantised) tensors.push_back({"lm_head.weight", {c.vocab_size, d}});
+  if (precision == WeightPrecision::kQ4)
+    for (auto& [name, dims] : tensors)
+      if (IsMatrix(name) && name != "lm_head.weight" && dims[1] % 64 != 0)
+        throw InvalidArgumentError("q4 weights need every layer matrix's input size to be a multiple of 64; " + name +
+                                   " has " + std::to_string(dims[1]));
 
   std::vector<WeightParam> out;
   for (auto& [name, dims] : tensors) {
     bool norm = dims.size() == 1;
-    if (precision == WeightPrecision::kInt8 && IsMatrix(name)) {
+    if (precision == WeightPrecision::kQ4 && IsMatrix(name) && name != "lm_head.weight") {
+      out.push_back({name, WeightParam::Role::kQ4Values, DType::kU8, {dims[0], dims[1] / 2}});
+      out.push_back({name, WeightParam::Role::kQ4Scales, DType::kF16, {dims[0], dims[1] / 32}});
+      out.push_back({name, WeightParam::Role::kQ4Mins, DType::kF16, {dims[0], dims[1] / 32}});
+    } else if (quantised && IsMatrix(name)) {
       out.push_back({name, WeightParam::Role::kInt8Values, DType::kS8, dims});
       out.push_back({name, WeightParam::Role::kInt8Scales, DType::kF32, {dims[0]}});
     } else {

@@ -54,8 +54,12 @@
 
 namespace cascade {
 
-enum class WeightPrecision { kF32, kBF16, kInt8 };
-const char* WeightPrecisionName(WeightPrecision precision);  // "f32", "bf16", "int8"
+// kQ4: the layer matrices in 4-bit blocks (kernels::kQ4Block, GGUF's Q4_1), the head int8 (as
+// kInt8's), the embedding bf16: a draft's precision (a step reads ~5 bits per layer weight).
+enum class WeightPrecision { kF32, kBF16, kInt8, kQ4 };
+const char* WeightPrecisionName(WeightPrecision precision);  // "f32", "bf16", "int8", "q4"
+// The inverse of WeightPrecisionName; false when the name is none of them.
+bool ParseWeightPrecision(const std::string& name, WeightPrecision* precision);
 
 // How a matmul against low-precision (bf16 / int8) weights is written. Both are exact in the
 // weights; they differ in what XLA does with the activations and how fast it runs per backend.
@@ -80,7 +84,8 @@ enum class MatmulMode {
 constexpr int64_t kFfiMaxTokens = 64;
 
 struct WeightParam {
-  enum class Role { kDense, kInt8Values, kInt8Scales };
+  // kQ4Values u8 [out, in / 2], kQ4Scales and kQ4Mins f16 [out, in / 32] (kernels/int8_matmul.h).
+  enum class Role { kDense, kInt8Values, kInt8Scales, kQ4Values, kQ4Scales, kQ4Mins };
   std::string tensor;  // the canonical tensor it comes from (model/config.h)
   Role role = Role::kDense;
   DType dtype = DType::kF32;

@@ -27,10 +27,11 @@ std::shared_ptr<Client> Cpu() {
   return client;
 }
 
-EngineOptions Options(WeightPrecision target = WeightPrecision::kF32, int64_t max_context = 128) {
+EngineOptions Options(WeightPrecision target = WeightPrecision::kF32, int64_t max_context = 128,
+                      WeightPrecision draft = WeightPrecision::kInt8) {
   EngineOptions o;
   o.target_precision = target;
-  o.draft_precision = WeightPrecision::kInt8;
+  o.draft_precision = draft;
   o.max_context = max_context;
   o.draft_layers = 1;
   return o;
@@ -41,13 +42,14 @@ TEST(Engine, SpeculativeGreedyIsIdenticalToTargetGreedy) {
   CascadeEngine self_spec(Cpu(), target, std::nullopt, Options());
   ModelWeights other = testing::SmallRandomModel(testing::SmallLlama(false), 12, 1.0f);
   CascadeEngine separate(Cpu(), target, other, Options());
+  CascadeEngine q4_draft(Cpu(), target, std::nullopt, Options(WeightPrecision::kF32, 128, WeightPrecision::kQ4));
   const std::vector<int32_t> prompt = {5, 17, 3, 88, 41, 9, 60};
   GenerateOptions g;
   g.max_tokens = 40;
   g.mode = DecodeMode::kTarget;
   const auto reference = self_spec.Generate(prompt, g).tokens;
   ASSERT_EQ(reference.size(), 40u);
-  for (CascadeEngine* engine : {&self_spec, &separate}) {
+  for (CascadeEngine* engine : {&self_spec, &separate, &q4_draft}) {
     for (int64_t L : {1, 4, 16}) {
       g.mode = DecodeMode::kSpeculative;
       g.proposal_length = L;
@@ -56,7 +58,8 @@ TEST(Engine, SpeculativeGreedyIsIdenticalToTargetGreedy) {
       EXPECT_GT(r.stats.target_calls, 0);
       EXPECT_LE(r.stats.target_calls, 40);
       EXPECT_GE(r.stats.tau(), 1.0);
-      std::printf("  %s L=%lld: tau %.2f, gamma21 %.2f\n", engine == &self_spec ? "self" : "separate",
+      std::printf("  %s L=%lld: tau %.2f, gamma21 %.2f\n",
+                  engine == &self_spec ? "self" : engine == &separate ? "separate" : "self, q4 draft",
                   static_cast<long long>(L), r.stats.tau(), r.stats.gamma21());
     }
   }
@@ -82,6 +85,14 @@ TEST(Engine, CascadeGreedyIsIdenticalToTargetGreedyForEveryK0AndL) {
     g.branches = 2;
     EXPECT_EQ(engine.Generate(prompt, g).tokens, reference) << "hidden-state tiny, 2 branches, K0=" << k0;
     g.branches = 1;
+  }
+  {  // The same with a q4 draft (4-bit blocks): the draft changes, the tokens do not.
+    CascadeEngine q4(Cpu(), target, std::nullopt, Options(WeightPrecision::kF32, 128, WeightPrecision::kQ4));
+    q4.SetTiny(RandomTiny(config.hidden_size, 32, config.vocab_size, 5, 1.0f, TinyInput::kDraftHidden));
+    for (int64_t k0 : {8, 64}) {
+      g.candidates = k0;
+      EXPECT_EQ(q4.Generate(prompt, g).tokens, reference) << "q4 draft, hidden-state tiny, K0=" << k0;
+    }
   }
   engine.SetTiny(RandomTiny(config.hidden_size, 32, config.vocab_size, 5));
   for (int64_t k0 : {8, 64, 256}) {
@@ -325,6 +336,17 @@ TEST(Engine, SampledOutputFollowsTheTargetDistribution) {
     h.proposal_length = 3;
     h.broken_acceptance_for_testing = true;
     EXPECT_LT(FirstTwoTokens(hidden, h, kSamples / 4).p_value, 1e-3) << "negative control passed: hidden-state tiny";
+  }
+  {  // A q4 draft (4-bit blocks): its q~ is its own distribution, so the target's stays exact.
+    CascadeEngine q4(Cpu(), target, std::nullopt, Options(WeightPrecision::kF32, 8, WeightPrecision::kQ4));
+    q4.SetTiny(RandomTiny(target.config.hidden_size, 16, target.config.vocab_size, 9, 1.0f, TinyInput::kDraftHidden));
+    GenerateOptions h = g;
+    h.branches = 1;
+    h.proposal_length = 3;
+    h.mode = DecodeMode::kCascade;  // (speculative's q~ is computed by the same code on the same draft)
+    EXPECT_GT(FirstTwoTokens(q4, h, kSamples).p_value, 1e-3) << "q4 draft, cascade";
+    h.broken_acceptance_for_testing = true;
+    EXPECT_LT(FirstTwoTokens(q4, h, kSamples / 4).p_value, 1e-3) << "negative control passed: q4 draft";
   }
   g.proposal_length = 3;
   g.broken_acceptance_for_testing = true;  // fails by a wide margin (chi2 in the thousands)

@@ -36,7 +36,7 @@ std::string Name(const Case& c) {
 
 std::vector<Case> AllCases() {
   std::vector<Case> out;
-  for (WeightPrecision p : {WeightPrecision::kF32, WeightPrecision::kBF16, WeightPrecision::kInt8}) {
+  for (WeightPrecision p : {WeightPrecision::kF32, WeightPrecision::kBF16, WeightPrecision::kInt8, WeightPrecision::kQ4}) {
     out.push_back({p, ModelFamily::kLlama, true});
     out.push_back({p, ModelFamily::kLlama, false});
     out.push_back({p, ModelFamily::kGemma, true});
@@ -68,7 +68,7 @@ const std::vector<int32_t> kPrompt = {3, 17, 42, 99, 5, 150, 7, 8};
 bool RowsEqual(const float* a, const float* b, int64_t n) { return std::memcmp(a, b, sizeof(float) * n) == 0; }
 
 TEST(fused_layers, ProgramsUseTheFusedCallAndKAutoPicksIt) {
-  for (WeightPrecision p : {WeightPrecision::kF32, WeightPrecision::kBF16, WeightPrecision::kInt8}) {
+  for (WeightPrecision p : {WeightPrecision::kF32, WeightPrecision::kBF16, WeightPrecision::kInt8, WeightPrecision::kQ4}) {
     EXPECT_EQ(ChooseMatmulMode(*Cpu(), p, MatmulMode::kAuto), MatmulMode::kFused) << WeightPrecisionName(p);
     ModelConfig c = Config({p, ModelFamily::kLlama, true});
     DecoderModel m = Model(testing::SmallRandomModel(c, 1), p, MatmulMode::kAuto, 2 * kFfiMaxTokens);
@@ -107,7 +107,7 @@ TEST(fused_layers, VerifyRowsBitIdenticalToDecodeEveryPrecision) {
 
 // Two branches verified as one tree: each branch's rows equal its chain decoded alone.
 TEST(fused_layers, TreeRowsBitIdenticalToTheirChains) {
-  for (WeightPrecision p : {WeightPrecision::kF32, WeightPrecision::kInt8}) {
+  for (WeightPrecision p : {WeightPrecision::kF32, WeightPrecision::kInt8, WeightPrecision::kQ4}) {
     ModelConfig c = Config({p, ModelFamily::kLlama, true});
     ModelWeights w = testing::SmallRandomModel(c, 9, 1.0f);
     DecoderModel tree = Model(w, p, MatmulMode::kFused), chain = Model(w, p, MatmulMode::kFused);

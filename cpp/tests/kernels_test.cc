@@ -11,7 +11,9 @@
 #include <thread>
 
 #include "hlo/builder.h"
+#include "kernels/decoder_layers.h"
 #include "kernels/ffi_handlers.h"
+#include "kernels/thread_team.h"
 #include "model/matmul_mode.h"
 #include "kernels/int8_matmul.h"
 #include "kernels/tiny_candidates.h"
@@ -136,6 +138,78 @@ TEST(kernels_int8, RowsBitIdenticalWhateverTAndThreads) {
         }
       std::printf("[ measured ] %s in=%lld out=%lld: %lld rows bit-identical across T in {1..16} vs T=64, threads, gather\n",
                   kernels::Int8ImplName(impl), (long long)in, (long long)out, (long long)compared);
+    }
+  }
+}
+
+// 4-bit weights (the q4 draft precision): quantising a Q4_1 matrix's own dequantised values gives
+// back its blocks; every impl against a double reference on the dequantised weights (the VNNI impl
+// quantises activations per 32-block, as for int8); rows bit-identical whatever T and threads.
+TEST(kernels_q4, BlocksRoundTripMatchReferenceAndRowsBitIdentical) {
+  using kernels::WeightMatrix;
+  EXPECT_NE("", kernels::ValidateQ4Matrix(96, 4));  // not a multiple of 64
+  EXPECT_NE("", kernels::ValidateQ4Matrix(64, 0));
+  EXPECT_EQ("", kernels::ValidateQ4Matrix(576, 3));
+  std::vector<Int8Impl> impls = {Int8Impl::kScalar};
+  if (kernels::Int8ImplSupported(Int8Impl::kAvx512Vnni)) impls.push_back(Int8Impl::kAvx512Vnni);
+  kernels::ThreadTeam one(0), two(1);
+  for (auto [in, out] : std::vector<std::pair<int64_t, int64_t>>{{64, 5}, {576, 67}, {1536, 40}}) {
+    Problem p = MakeProblem(1, in, out, static_cast<uint32_t>(in + out));
+    std::vector<float> wf(static_cast<size_t>(in * out));
+    for (size_t i = 0; i < wf.size(); ++i) wf[i] = static_cast<float>(p.w[i]) * 0.01f + (i % 97 == 0 ? 0.5f : 0.0f);
+    const int64_t blocks = in / kernels::kQ4Block;
+    std::vector<uint8_t> packed(static_cast<size_t>(out * in / 2));
+    std::vector<uint16_t> scale(static_cast<size_t>(out * blocks)), mins(scale.size());
+    kernels::QuantizeQ4Rows(wf.data(), in, out, packed.data(), scale.data(), mins.data());
+    std::vector<float> deq(wf.size());
+    for (int64_t o = 0; o < out; ++o) kernels::DequantizeQ4Row(packed.data(), scale.data(), mins.data(), in, o, deq.data() + o * in);
+    for (size_t i = 0; i < wf.size(); ++i) {
+      const int64_t b = static_cast<int64_t>(i) / kernels::kQ4Block;
+      ASSERT_LE(std::fabs(deq[i] - wf[i]), F16ToF32(scale[b]) * 0.5f + 1e-3f * std::fabs(wf[i]) + 1e-6f) << i;
+    }
+    {
+      std::vector<uint8_t> packed2(packed.size());
+      std::vector<uint16_t> scale2(scale.size()), mins2(mins.size());
+      kernels::QuantizeQ4Rows(deq.data(), in, out, packed2.data(), scale2.data(), mins2.data());
+      EXPECT_EQ(packed, packed2) << "in=" << in;
+      EXPECT_EQ(mins, mins2) << "in=" << in;
+    }
+    const WeightMatrix m{WeightMatrix::Kind::kQ4, packed.data(), nullptr, in, out, scale.data(), mins.data()};
+    const int64_t T = 16;
+    Problem xs = MakeProblem(T, in, 1, 11);
+    for (Int8Impl impl : impls) {
+      kernels::KernelImpls k;
+      k.int8 = impl;
+      std::vector<float> all(static_cast<size_t>(T * out)), threaded(all.size());
+      kernels::TeamMatmul(m, k, xs.x.data(), T, all.data(), one);
+      kernels::TeamMatmul(m, k, xs.x.data(), T, threaded.data(), two);
+      ASSERT_EQ(0, std::memcmp(all.data(), threaded.data(), all.size() * 4)) << kernels::Int8ImplName(impl);
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t o = 0; o < out; ++o) {
+          double ref = 0, mag = 0, qerr = 0;
+          for (int64_t i = 0; i < in; ++i) {
+            const double xv = xs.x[t * in + i], wv = deq[o * in + i];
+            ref += xv * wv;
+            mag += std::fabs(xv * wv);
+            if (impl == Int8Impl::kAvx512Vnni) {
+              const int64_t b0 = i / 32 * 32;
+              double amax = 0;
+              for (int64_t j = b0; j < b0 + 32; ++j) amax = std::max(amax, static_cast<double>(std::fabs(xs.x[t * in + j])));
+              qerr += std::fabs(wv) * amax / 127.0 / 2.0;
+            }
+          }
+          const double bound = (qerr + mag * 1e-5 * (1 + in / 64.0)) * 1.001 + 1e-6;
+          ASSERT_LE(std::fabs(all[t * out + o] - ref), bound)
+              << kernels::Int8ImplName(impl) << " in=" << in << " t=" << t << " o=" << o;
+        }
+      for (int64_t k1 : {1, 3, 5}) {
+        for (int64_t r0 = 0; r0 + k1 <= T; r0 += k1 + 2) {
+          std::vector<float> y(static_cast<size_t>(k1 * out));
+          kernels::TeamMatmul(m, k, xs.x.data() + r0 * in, k1, y.data(), k1 % 2 ? two : one);
+          ASSERT_EQ(0, std::memcmp(y.data(), all.data() + r0 * out, y.size() * 4))
+              << kernels::Int8ImplName(impl) << ": rows " << r0 << ".. differ between T=" << T << " and T=" << k1;
+        }
+      }
     }
   }
 }

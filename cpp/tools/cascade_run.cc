@@ -57,9 +57,12 @@ ModelWeights RandomSmolLM2() {
 }
 
 WeightPrecision Precision(const std::string& s) {
-  if (s == "bf16") return WeightPrecision::kBF16;
-  if (s == "int8") return WeightPrecision::kInt8;
-  return WeightPrecision::kF32;
+  WeightPrecision p = WeightPrecision::kF32;
+  if (!ParseWeightPrecision(s, &p)) {
+    std::fprintf(stderr, "precision must be f32, bf16, int8 or q4, got %s\n", s.c_str());
+    std::exit(2);
+  }
+  return p;
 }
 
 DecodeMode Mode(const std::string& s) {

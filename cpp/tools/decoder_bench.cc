@@ -2,7 +2,7 @@
 // d=576, 9 heads, 3 KV heads, head_dim 64, ffn 1536, vocab 49152, tied) on the XLA CPU plugin:
 // decode(1) per weight precision, and verify(k) / decode(1) for several k. Medians of --runs.
 //
-//   decoder_bench [--precision f32,bf16,int8] [--matmul auto|fused|upcast|bf16act|ffi|xla] [--k 2,4,8,16,32]
+//   decoder_bench [--precision f32,bf16,int8,q4] [--matmul auto|fused|upcast|bf16act|ffi|xla] [--k 2,4,8,16,32]
 //                 [--context 512] [--pos 128] [--runs 7] [--layers 30] [--plugin cpu]
 // A precision may name its matmul mode, so modes run side by side in one process:
 //   --precision f32,int8:xla,int8:ffi   (xla = the XLA-only int8 path, ffi = our int8 kernel)
@@ -161,7 +161,10 @@ int Main(int argc, char** argv) {
     const std::string pname = entry.substr(0, colon);
     const std::string mode = colon == std::string::npos ? matmul : entry.substr(colon + 1);
     DecoderOptions o;
-    o.precision = pname == "bf16" ? WeightPrecision::kBF16 : pname == "int8" ? WeightPrecision::kInt8 : WeightPrecision::kF32;
+    if (!ParseWeightPrecision(pname, &o.precision)) {
+      std::fprintf(stderr, "decoder_bench: precision must be f32, bf16, int8 or q4, got %s\n", pname.c_str());
+      return 2;
+    }
     o.max_context = context;
     o.matmul = mode == "upcast" ? MatmulMode::kUpcastWeights
                : mode == "bf16act" ? MatmulMode::kBF16Activations

@@ -65,20 +65,33 @@ int main(int argc, char** argv) {
     bw2.push_back(Bandwidth(all, big));
   }
   std::printf("read bandwidth: 1 thread %.1f GB/s, %d threads %.1f GB/s\n", Median(bw1), all.helpers() + 1, Median(bw2));
-  for (WeightMatrix::Kind kind : {WeightMatrix::Kind::kF32Transposed, WeightMatrix::Kind::kBf16, WeightMatrix::Kind::kInt8}) {
+  for (WeightMatrix::Kind kind : {WeightMatrix::Kind::kF32Transposed, WeightMatrix::Kind::kBf16, WeightMatrix::Kind::kInt8,
+                                  WeightMatrix::Kind::kQ4}) {
+    const bool q4 = kind == WeightMatrix::Kind::kQ4;
     const int64_t elem = kind == WeightMatrix::Kind::kInt8 ? 1 : kind == WeightMatrix::Kind::kBf16 ? 2 : 4;
     std::vector<std::vector<uint8_t>> data;
     std::vector<std::vector<float>> scales;
+    std::vector<std::vector<uint16_t>> blocks;  // q4: f16 scales and minimums per 32-block
     std::vector<WeightMatrix> ms;
     int64_t bytes = 0;
     for (int l = 0; l < layers; ++l)
       for (const Shape& s : layer) {
-        data.emplace_back(static_cast<size_t>(s.in * s.out * elem), uint8_t{1});
+        const int64_t matrix_bytes = q4 ? s.in * s.out / 2 : s.in * s.out * elem;
+        // Varied bytes: pages of one repeated value may be shared by the host (a VM's page
+        // merging) and then read from the cache, not DRAM.
+        data.emplace_back(static_cast<size_t>(matrix_bytes));
+        for (size_t i = 0; i < data.back().size(); ++i) data.back()[i] = static_cast<uint8_t>((i * 2654435761u + data.size()) >> 13);
         scales.emplace_back(static_cast<size_t>(s.out), 0.01f);
         ms.push_back({kind, data.back().data(), scales.back().data(), s.in, s.out});
-        bytes += s.in * s.out * elem;
+        bytes += matrix_bytes;
+        if (q4) {
+          blocks.emplace_back(static_cast<size_t>(s.out * s.in / 32 * 2), uint16_t{0x2000});
+          ms.back().block_scale = blocks.back().data();
+          ms.back().block_min = blocks.back().data() + s.out * s.in / 32;
+          bytes += s.out * s.in / 32 * 4;
+        }
       }
-    const char* name = kind == WeightMatrix::Kind::kInt8 ? "int8" : kind == WeightMatrix::Kind::kBf16 ? "bf16" : "f32";
+    const char* name = q4 ? "q4" : kind == WeightMatrix::Kind::kInt8 ? "int8" : kind == WeightMatrix::Kind::kBf16 ? "bf16" : "f32";
     for (int64_t T : {1, 5}) {
       std::vector<float> x(static_cast<size_t>(T * 1536), 0.5f), y(static_cast<size_t>(T * 1536));
       for (ThreadTeam* team : {&one, &all}) {

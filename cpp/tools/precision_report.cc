@@ -1,8 +1,8 @@
 // Precision report for a model (issue: models): per weight precision, load time, peak RSS,
-// decode(1) tokens/s and verify(k)/decode(1); and the accuracy retention of bf16 and int8 against
+// decode(1) tokens/s and verify(k)/decode(1); and the accuracy retention of bf16, int8 and q4 against
 // f32: top-1 agreement and mean KL(p_f32 || p_x) over positions of text the f32 model samples.
 //
-//   precision_report --model M.gguf --precision f32|bf16|int8     (one precision, run one per process for RSS)
+//   precision_report --model M.gguf --precision f32|bf16|int8|q4     (one precision, run one per process for RSS)
 //   precision_report --model M.gguf --retention [--positions 2048]
 #include <sys/resource.h>
 
@@ -36,10 +36,9 @@ long PeakRssMb() {
   return u.ru_maxrss / 1024;
 }
 WeightPrecision Parse(const std::string& s) {
-  if (s == "f32") return WeightPrecision::kF32;
-  if (s == "bf16") return WeightPrecision::kBF16;
-  if (s == "int8") return WeightPrecision::kInt8;
-  std::fprintf(stderr, "precision must be f32, bf16 or int8\n");
+  WeightPrecision p = WeightPrecision::kF32;
+  if (ParseWeightPrecision(s, &p)) return p;
+  std::fprintf(stderr, "precision must be f32, bf16, int8 or q4\n");
   std::exit(2);
 }
 
@@ -123,7 +122,7 @@ void Retention(const std::string& model, int64_t positions) {
   };
   std::vector<std::vector<float>> reference;
   for (auto& t : texts) reference.push_back(logits_of(f32, t));
-  for (WeightPrecision p : {WeightPrecision::kBF16, WeightPrecision::kInt8}) {
+  for (WeightPrecision p : {WeightPrecision::kBF16, WeightPrecision::kInt8, WeightPrecision::kQ4}) {
     DecoderOptions po = o;
     po.precision = p;
     DecoderModel m(client, w, po);

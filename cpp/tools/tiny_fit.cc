@@ -139,9 +139,11 @@ int main(int argc, char** argv) {
   fo.projection = projection == "pca"        ? TinyFitOptions::Projection::kPca
                   : projection == "head-svd" ? TinyFitOptions::Projection::kHeadSvd
                                              : TinyFitOptions::Projection::kRandom;
-  WeightPrecision prec = precision == "int8" ? WeightPrecision::kInt8
-                         : precision == "bf16" ? WeightPrecision::kBF16
-                                               : WeightPrecision::kF32;
+  WeightPrecision prec = WeightPrecision::kF32;
+  if (!ParseWeightPrecision(precision, &prec)) {
+    std::fprintf(stderr, "tiny_fit: precision must be f32, bf16, int8 or q4, got %s\n", precision.c_str());
+    return 2;
+  }
   try {
     auto t0 = Clock::now();
     ModelWeights full = model_path.empty() ? RandomSmolLM2(std::max(draft_layers, text_layers)) : LoadModel(model_path);

@@ -6,7 +6,7 @@
  */
 import { InvalidArgumentError } from '../errors.js';
 import type { Cascade } from './cascade.js';
-import type { CascadeStats, DecodeMode, GenerateOptions, Precision } from './types.js';
+import { type CascadeStats, type DecodeMode, type GenerateOptions, PRECISIONS, type Precision } from './types.js';
 
 const MODES: readonly DecodeMode[] = ['target', 'speculative', 'cascade', 'auto'];
 
@@ -42,17 +42,16 @@ export function checkSignal(signal: unknown): void {
   if (signal !== undefined && !(signal instanceof AbortSignal)) throw new InvalidArgumentError('signal must be an AbortSignal');
 }
 
-const PRECISIONS: readonly Precision[] = ['f32', 'bf16', 'int8'];
 
 export function checkPrecision(p: unknown): void {
   if (p === undefined || p === 'auto') return;
   if (typeof p !== 'object' || p === null) {
-    throw new InvalidArgumentError(`precision must be 'auto' or { target?, draft? } with 'f32' | 'bf16' | 'int8', got ${JSON.stringify(p)}`);
+    throw new InvalidArgumentError(`precision must be 'auto' or { target?, draft? } with ${PRECISIONS.map((x) => `'${x}'`).join(' | ')}, got ${JSON.stringify(p)}`);
   }
   for (const key of ['target', 'draft'] as const) {
     const v = (p as Record<string, unknown>)[key];
     if (v !== undefined && !PRECISIONS.includes(v as Precision)) {
-      throw new InvalidArgumentError(`precision.${key} must be 'f32', 'bf16' or 'int8', got ${JSON.stringify(v)}`);
+      throw new InvalidArgumentError(`precision.${key} must be one of ${PRECISIONS.join(', ')}, got ${JSON.stringify(v)}`);
     }
   }
 }

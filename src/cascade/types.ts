@@ -7,8 +7,13 @@ import type { Runtime } from '../runtime/runtime.js';
 import type { Cascade } from './cascade.js';
 import type { ConversationCache } from './conversation-cache.js';
 
+/**
+ * Weight precisions a model can take on the device. 'q4': the layer matrices in 4-bit blocks of 32
+ * (GGUF's Q4_1; a Q4_1 file's own blocks), the head int8: a draft's precision.
+ */
+export const PRECISIONS = ['f32', 'bf16', 'int8', 'q4'] as const;
 /** Weight precision of a model on the device. */
-export type Precision = 'f32' | 'bf16' | 'int8';
+export type Precision = (typeof PRECISIONS)[number];
 
 /** How tokens are produced. All modes give the target's output; they differ in speed. */
 export type DecodeMode = 'target' | 'speculative' | 'cascade' | 'auto';

@@ -2,6 +2,7 @@
 import { type Command, Option } from 'commander';
 
 import type { DecodeMode, GenerateOptions } from '../cascade/cascade.js';
+import { PRECISIONS } from '../cascade/types.js';
 import { type NativeAddon, native } from '../native.js';
 
 export const pluginOption = () =>
@@ -49,8 +50,8 @@ export function addModelOptions(cmd: Command): Command {
     .option('--tiny <path>', "tiny model for --mode cascade: a .safetensors file, or 'fit' to fit one from the draft (cached)")
     .option('--devices <n>', 'devices the target is replicated on; branches are split across them', positiveInteger('--devices'), 1)
     .option('--draft-layers <n>', 'layers of the self-speculative draft', positiveInteger('--draft-layers'))
-    .addOption(new Option('--target-precision <p>', 'target weights on the device').choices(['f32', 'bf16', 'int8']))
-    .addOption(new Option('--draft-precision <p>', 'draft weights on the device').choices(['f32', 'bf16', 'int8']))
+    .addOption(new Option('--target-precision <p>', 'target weights on the device').choices(PRECISIONS))
+    .addOption(new Option('--draft-precision <p>', 'draft weights on the device').choices(PRECISIONS))
     .addOption(pluginOption());
 }
 

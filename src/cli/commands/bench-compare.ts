@@ -173,9 +173,10 @@ export async function benchCompare(o: CompareBenchOptions): Promise<Row[]> {
   else blocked.set('cx-f32-target', `cascade-xla f32 worker: ${cxF32Ready.error}`), blocked.set('cx-f32-speculative', `cascade-xla f32 worker: ${cxF32Ready.error}`);
   const targetName = cxReady.info.targetPrecision;
   const draftLayers = cxReady.info.draft.layers;
-  // The same draft in each runtime: its first N layers, at int8 when cascade-xla's draft is int8.
+  // The same draft in each runtime: its first N layers, at int8 (Q8_0 for llama.cpp) when
+  // cascade-xla's draft is int8; a q4 draft is the GGUF's own 4-bit blocks in both.
   const int8Draft = cxReady.info.draftPrecision === 'int8';
-  const draftName = `${int8Draft ? 'int8 copy of the ' : ''}first ${draftLayers} layers`;
+  const draftName = `${cxReady.info.draftPrecision} copy of the first ${draftLayers} layers`;
   const cxBytes = cxReady.info.memory.target.weightBytes;
   const f32Bytes = cxF32Ready.ready ? cxF32Ready.info.memory.target.weightBytes : cxBytes;
   const bandwidthGBs = cxReady.costModel?.bandwidthGBs ?? 0;

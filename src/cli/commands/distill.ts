@@ -3,6 +3,7 @@ import path from 'node:path';
 import { Command, Option } from 'commander';
 
 import type { Precision } from '../../cascade/cascade.js';
+import { PRECISIONS } from '../../cascade/types.js';
 import { distillTiny } from '../../cascade/distill.js';
 import { ensureDefaultModel } from '../../models/default-model.js';
 import { pluginOption, positiveInteger } from '../options.js';
@@ -23,7 +24,7 @@ export function distillCommand(): Command {
     .requiredOption('--out <file>', 'where to write the tiny model (.safetensors)')
     .option('--positions <n>', 'positions of generated text to fit on', positiveInteger('--positions'), 3000)
     .option('--hidden <n>', 'hidden width of the tiny', positiveInteger('--hidden'), 256)
-    .addOption(new Option('--precision <p>', 'weights while generating').choices(['f32', 'bf16', 'int8']).default('f32'))
+    .addOption(new Option('--precision <p>', 'weights while generating').choices(PRECISIONS).default('f32'))
     .option('--seed <n>', 'seed of the generated text', positiveInteger('--seed'), 1)
     .option('--json', 'print the report as JSON')
     .addOption(pluginOption())
