@@ -45,10 +45,11 @@ export interface CascadeLoadOptions {
   /** Share an open runtime between several models (it is not closed by {@link Cascade.dispose}). */
   runtime?: Runtime;
   /**
-   * Weight precision per model. Default `'auto'`: the design's BF16 target and INT8 draft on every
-   * plugin. On the XLA CPU plugin both run through our fused layer kernel (docs/precision.md), where
-   * a BF16 target decodes ~1.8x faster than an f32 one; `{ target: 'f32' }` gives the model's
-   * exact f32 arithmetic (the reference of the oracle tests).
+   * Weight precision per model. Default `'auto'`: a BF16 target and a q4 draft (4-bit blocks; a
+   * 4-bit GGUF's own weights) on every plugin. On the XLA CPU plugin both run through our fused
+   * layer kernel (docs/precision.md), where a BF16 target decodes ~1.8x faster than an f32 one;
+   * `{ target: 'f32' }` gives the model's exact f32 arithmetic (the reference of the oracle tests).
+   * A draft from an 8- or 16-bit file may do better as `{ draft: 'int8' }`.
    */
   precision?: 'auto' | { target?: Precision; draft?: Precision };
   /** KV cache length in tokens (prompt + generated). Default 1024 (capped at the model's context). */

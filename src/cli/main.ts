@@ -22,7 +22,7 @@ import { serveCommand } from './commands/serve.js';
 const program = new Command()
   .name('cascade-xla')
   .description(
-    'Cascaded speculative decoding (tiny -> INT8 draft -> BF16 target) on XLA through the PJRT C API.\n' +
+    'Cascaded speculative decoding (tiny -> 4-bit draft -> BF16 target) on XLA through the PJRT C API.\n' +
       'Runs on the XLA CPU plugin by default; point --plugin (or CASCADE_PJRT_PLUGIN) at a CUDA or TPU plugin to use those.',
   )
   .version((JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version, '-V, --version', 'print the version')

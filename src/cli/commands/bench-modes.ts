@@ -7,7 +7,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
-import { Cascade, type CascadeStats, type DecodeMode } from '../../cascade/cascade.js';
+import { Cascade, type CascadeStats, type DecodeMode, type Precision } from '../../cascade/cascade.js';
 import { ensureDefaultModel } from '../../models/default-model.js';
 import { median, table } from '../output.js';
 
@@ -25,6 +25,7 @@ export interface ModesBenchOptions {
   k1: number;
   k0: number;
   draftLayers?: number;
+  draftPrecision?: Precision;
   out: string;
   plugin: string;
 }
@@ -47,7 +48,14 @@ export async function benchModes(o: ModesBenchOptions): Promise<Row[]> {
   const target = o.model ?? (await ensureDefaultModel({ onProgress: progress })).path;
   const needsTiny = o.modes.includes('cascade') || o.modes.includes('auto');
   progress(`loading ${target}${needsTiny ? ' and fitting/loading the tiny model (cached)' : ''}`);
-  await using c = await Cascade.load({ target, plugin: o.plugin, maxContext: 512, draftLayers: o.draftLayers, tiny: needsTiny ? 'fit' : undefined });
+  await using c = await Cascade.load({
+    target,
+    plugin: o.plugin,
+    maxContext: 512,
+    draftLayers: o.draftLayers,
+    precision: o.draftPrecision ? { draft: o.draftPrecision } : undefined,
+    tiny: needsTiny ? 'fit' : undefined,
+  });
   const base = { maxTokens: o.maxTokens, k1: o.k1, k0: o.k0, stopAtEos: false };
   // Warm up every program shape the runs will use (compile time is excluded anyway).
   for (const mode of o.modes) for (const temperature of o.temperatures) await c.generate(BENCH_PROMPTS[0]!, { ...base, maxTokens: 8, mode, temperature, seed: 1 });

@@ -1,6 +1,7 @@
 import { Command, Option } from 'commander';
 
-import type { DecodeMode } from '../../cascade/cascade.js';
+import type { DecodeMode, Precision } from '../../cascade/cascade.js';
+import { PRECISIONS } from '../../cascade/types.js';
 import { Runtime } from '../../runtime/runtime.js';
 import { benchModes } from './bench-modes.js';
 import { benchCompare } from './bench-compare.js';
@@ -61,6 +62,7 @@ export function benchCommand(): Command {
     .option('--k1 <n>', 'modes: draft proposals per target call', positiveInteger('--k1'), engineDefaults()?.k1)
     .option('--k0 <n>', 'modes: tiny candidates per draft step', positiveInteger('--k0'), engineDefaults()?.k0)
     .option('--draft-layers <n>', 'modes: layers of the self-speculative draft', positiveInteger('--draft-layers'))
+    .addOption(new Option('--draft-precision <p>', 'modes: draft weights on the device').choices(PRECISIONS).default(engineDefaults()?.draftPrecision))
     .option('--out <dir>', 'modes, chat: where to write their .json and .md', 'docs/bench')
     .option('--mode <mode>', 'chat: the decoding mode', 'speculative')
     .option('--runs <n>', 'chat: measured runs (medians)', positiveInteger('--runs'), 5)
@@ -73,7 +75,7 @@ export function benchCommand(): Command {
     .addHelpText('after', '\nExamples:\n  $ cascade-xla bench                      # the side-by-side comparison (~15 min)\n  $ cascade-xla bench --suite runtime --devices 1,4 --size 1024 --rounds 5')
     .action(async (opts: { suite: string; plugin: string; devices: string; size: number; rounds: number; repeats: number; json?: boolean;
       model?: string; modes: string; temperatures: string; maxTokens: number; k1: number; k0: number; draftLayers?: number; out: string;
-      mode: string; runs: number }) => {
+      mode: string; runs: number; draftPrecision?: Precision }) => {
       if (opts.suite === 'chat') {
         await benchChat({ model: opts.model, plugin: opts.plugin, mode: opts.mode as DecodeMode, runs: opts.runs, out: opts.out });
         return;
@@ -91,6 +93,7 @@ export function benchCommand(): Command {
           k1: opts.k1,
           k0: opts.k0,
           draftLayers: opts.draftLayers,
+          draftPrecision: opts.draftPrecision,
           out: opts.out,
           plugin: opts.plugin,
         });
