@@ -65,6 +65,28 @@ void ScoresScalar(const float* q, const float* const* rows, int64_t n, int64_t h
 void WeightedRowsScalar(const float* w, const float* const* rows, int64_t n, int64_t hd, float* out) {
   for (int64_t i = 0; i < n; ++i) AxpyScalar(w[i], rows[i], out, hd);
 }
+// s[i] = softmax(scale * s)[i] in place.
+void SoftmaxScalar(float* s, int64_t n, float scale) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) {
+    s[i] *= scale;
+    mx = std::max(mx, s[i]);
+  }
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    s[i] = std::exp(s[i] - mx);
+    sum += s[i];
+  }
+  const float inv = 1.0f / sum;
+  for (int64_t i = 0; i < n; ++i) s[i] *= inv;
+}
+
+// heads weight vectors w[heads][n] over the same rows into out[heads][hd]: each head as
+// WeightedRows alone would compute it.
+void WeightedRowsHeadsScalar(const float* w, int64_t heads, const float* const* rows, int64_t n, int64_t hd,
+                             float* out) {
+  for (int64_t k = 0; k < heads; ++k) WeightedRowsScalar(w + k * n, rows, n, hd, out + k * hd);
+}
 
 #if CASCADE_HAS_X86
 // GCC 12's AVX-512 headers build these intrinsics from _mm*_undefined_*() values and then warn
@@ -129,11 +151,97 @@ CASCADE_AVX512_FN void WeightedRowsAvx512(const float* w, const float* const* ro
   _mm512_storeu_ps(out + 32, o2);
   _mm512_storeu_ps(out + 48, o3);
 }
+
+// Up to 4 heads' outputs (64 floats each) in registers at once, each row read once for all of
+// them; per head the same FMAs in the same order as WeightedRowsAvx512.
+template <int K>
+CASCADE_AVX512_FN void WeightedRowsHeadsAvx512(const float* w, const float* const* rows, int64_t n, float* out) {
+  __m512 o[K][4];
+  for (int k = 0; k < K; ++k)
+    for (int j = 0; j < 4; ++j) o[k][j] = _mm512_loadu_ps(out + k * 64 + j * 16);
+  for (int64_t i = 0; i < n; ++i) {
+    const float* x = rows[i];
+    const __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16), x2 = _mm512_loadu_ps(x + 32),
+                 x3 = _mm512_loadu_ps(x + 48);
+    for (int k = 0; k < K; ++k) {
+      const __m512 s = _mm512_set1_ps(w[k * n + i]);
+      o[k][0] = _mm512_fmadd_ps(s, x0, o[k][0]);
+      o[k][1] = _mm512_fmadd_ps(s, x1, o[k][1]);
+      o[k][2] = _mm512_fmadd_ps(s, x2, o[k][2]);
+      o[k][3] = _mm512_fmadd_ps(s, x3, o[k][3]);
+    }
+  }
+  for (int k = 0; k < K; ++k)
+    for (int j = 0; j < 4; ++j) _mm512_storeu_ps(out + k * 64 + j * 16, o[k][j]);
+}
+
+// e^x for x <= 0 (softmax after subtracting the max): x = n ln2 + r with |r| <= ln2 / 2, e^r by
+// its degree-6 Taylor polynomial (relative error ~1e-7), times 2^n. Each lane on its own, so a
+// score's weight does not depend on its neighbours.
+CASCADE_AVX512_FN __m512 ExpNonPositiveAvx512(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// As SoftmaxScalar, 16 lanes at a time: the sum in 16 lane partial sums then _mm512_reduce_add_ps,
+// an order fixed by n alone.
+CASCADE_AVX512_FN void SoftmaxAvx512(float* s, int64_t n, float scale) {
+  const __m512 sv = _mm512_set1_ps(scale);
+  __m512 mx = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + i), sv);
+    _mm512_mask_storeu_ps(s + i, m, v);
+    mx = _mm512_mask_max_ps(mx, m, mx, v);
+  }
+  const __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 e = ExpNonPositiveAvx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + i), top));
+    _mm512_mask_storeu_ps(s + i, m, e);
+    sum = _mm512_mask_add_ps(sum, m, sum, e);
+  }
+  const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(s + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + i), inv));
+  }
+}
+
+void WeightedRowsHeadsAvx512Any(const float* w, int64_t heads, const float* const* rows, int64_t n, int64_t hd,
+                                float* out) {
+  if (hd != 64) {
+    for (int64_t k = 0; k < heads; ++k) WeightedRowsAvx512(w + k * n, rows, n, hd, out + k * hd);
+    return;
+  }
+  int64_t k = 0;
+  for (; k + 4 <= heads; k += 4) WeightedRowsHeadsAvx512<4>(w + k * n, rows, n, out + k * 64);
+  switch (heads - k) {
+    case 3: WeightedRowsHeadsAvx512<3>(w + k * n, rows, n, out + k * 64); break;
+    case 2: WeightedRowsHeadsAvx512<2>(w + k * n, rows, n, out + k * 64); break;
+    case 1: WeightedRowsHeadsAvx512<1>(w + k * n, rows, n, out + k * 64); break;
+    default: break;
+  }
+}
 #endif
 
 struct VectorOps {
   void (*scores)(const float*, const float* const*, int64_t, int64_t, float*) = ScoresScalar;
-  void (*weighted_rows)(const float*, const float* const*, int64_t, int64_t, float*) = WeightedRowsScalar;
+  void (*weighted_rows_heads)(const float*, int64_t, const float* const*, int64_t, int64_t, float*) =
+      WeightedRowsHeadsScalar;
+  void (*softmax)(float*, int64_t, float) = SoftmaxScalar;
 };
 
 const VectorOps& Ops() {
@@ -142,7 +250,8 @@ const VectorOps& Ops() {
 #if CASCADE_HAS_X86
     if (BestF32Impl() == Int8Impl::kAvx512) {
       o.scores = ScoresAvx512;
-      o.weighted_rows = WeightedRowsAvx512;
+      o.weighted_rows_heads = WeightedRowsHeadsAvx512Any;
+      o.softmax = SoftmaxAvx512;
     }
 #endif
     return o;
@@ -229,7 +338,7 @@ class LayerRunner {
         std::copy(k_.begin() + src, k_.begin() + src + hd, call_.k_new + dst);
         std::copy(v_.begin() + src, v_.begin() + src + hd, call_.v_new + dst);
       }
-    team_.Run(H * T, [&](int64_t i) { Attention(l, i / T, i % T); });
+    team_.Run(KV * T, [&](int64_t i) { Attention(l, i / T, i % T); });
     PrepareActivations(w.o.kind, impls_, attn_.data(), T, H * hd, &aa_);
     Matmuls({{&w.o, &aa_, tmp_.data()}});
     for (int64_t i = 0; i < T * d; ++i) h_[i] += tmp_[i];
@@ -268,12 +377,13 @@ class LayerRunner {
           std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
   }
 
-  // Query head h of new token t: softmax over cache slots 0..start-1 and the visible new tokens.
-  void Attention(int64_t l, int64_t h, int64_t t) {
+  // The query heads of KV group g for new token t: each a softmax over cache slots 0..start-1 and
+  // the visible new tokens. One task per group: the heads share the slot list, their keys stay in
+  // the cache between heads, and the values are read once for all of them (weighted_rows_heads).
+  void Attention(int64_t l, int64_t g, int64_t t) {
     const VectorOps& ops = Ops();
     const int64_t T = call_.num_tokens, C = call_.max_context, start = call_.start_pos, hd = c_.head_dim,
-                  KV = c_.kv_heads, G = c_.heads / KV, g = h / G;
-    const float* q = q_.data() + (t * c_.heads + h) * hd;
+                  KV = c_.kv_heads, G = c_.heads / KV;
     const float* kc = call_.k_cache + (l * KV + g) * C * hd;
     const float* vc = call_.v_cache + (l * KV + g) * C * hd;
     const float* kn = call_.k_new + (l * KV + g) * T * hd;
@@ -294,24 +404,18 @@ class LayerRunner {
       values.push_back(vn + j * hd);
     }
     const int64_t n = static_cast<int64_t>(keys.size());
-    scores.resize(static_cast<size_t>(n));
-    ops.scores(q, keys.data(), n, hd, scores.data());
+    scores.resize(static_cast<size_t>(n * G));
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    float mx = -std::numeric_limits<float>::infinity();
-    for (int64_t i = 0; i < n; ++i) {
-      scores[i] *= scale;
-      mx = std::max(mx, scores[i]);
+    for (int64_t k = 0; k < G; ++k) {
+      const int64_t h = g * G + k;
+      float* sc = scores.data() + k * n;
+      ops.scores(q_.data() + (t * c_.heads + h) * hd, keys.data(), n, hd, sc);
+      ops.softmax(sc, n, scale);
     }
-    float sum = 0.0f;
-    for (int64_t i = 0; i < n; ++i) {
-      scores[i] = std::exp(scores[i] - mx);
-      sum += scores[i];
-    }
-    const float inv = 1.0f / sum;
-    for (int64_t i = 0; i < n; ++i) scores[i] *= inv;
-    float* out = attn_.data() + (t * c_.heads + h) * hd;
-    std::fill(out, out + hd, 0.0f);
-    ops.weighted_rows(scores.data(), values.data(), n, hd, out);
+    // The group's heads are consecutive in attn_ (head h of token t at (t * heads + h) * hd).
+    float* out = attn_.data() + (t * c_.heads + g * G) * hd;
+    std::fill(out, out + G * hd, 0.0f);
+    ops.weighted_rows_heads(scores.data(), G, values.data(), n, hd, out);
   }
 
   const DecoderLayersConfig& c_;

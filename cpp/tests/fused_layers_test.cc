@@ -50,7 +50,10 @@ ModelConfig Config(const Case& k) {
   c.hidden_size = 128;  // several 32-blocks per row (the VNNI activation blocks)
   c.intermediate_size = 320;
   c.head_dim = 32;
-  if (k.family == ModelFamily::kGemma) c.num_kv_heads = 1;  // multi-query, as Gemma-2B
+  if (k.family == ModelFamily::kGemma) {
+    c.num_kv_heads = 1;  // multi-query, as Gemma-2B: 4 heads per group
+    c.head_dim = 64;     // the AVX-512 attention's register-resident path (kernels/decoder_layers.cc)
+  }
   return c;
 }
 
