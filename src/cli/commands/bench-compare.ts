@@ -222,7 +222,7 @@ export async function benchCompare(o: CompareBenchOptions): Promise<Row[]> {
     { id: 'llama-t2', runtime: 'node-llama-cpp', label: 'node-llama-cpp 2 threads', worker: 'node-llama-cpp', weightBytes: fileBytes, request: (p) => ({ variant: 't2', tokens: ids[p], maxTokens: n }) },
     { id: 'llama-draft', runtime: 'node-llama-cpp', label: `node-llama-cpp 2 threads + draft (${int8Draft ? 'Q8_0 copy of the ' : ''}first ${draftLayers} layers)`, worker: 'node-llama-cpp', weightBytes: fileBytes, request: (p) => ({ variant: 'draft', tokens: ids[p], maxTokens: n }) },
     { id: 'hf-greedy', runtime: 'transformers', label: 'transformers generate (f32, 2 threads)', worker: 'transformers', weightBytes: f32Bytes, request: (p) => ({ variant: 'greedy', tokens: ids[p], maxTokens: n }) },
-    { id: 'hf-assisted', runtime: 'transformers', label: `transformers assisted (${draftName})`, worker: 'transformers', weightBytes: f32Bytes, request: (p) => ({ variant: 'assisted', tokens: ids[p], maxTokens: n }) },
+    { id: 'hf-assisted', runtime: 'transformers', label: `transformers assisted (${int8Draft ? 'int8 copy of the ' : 'f32 '}first ${draftLayers} layers)`, worker: 'transformers', weightBytes: f32Bytes, request: (p) => ({ variant: 'assisted', tokens: ids[p], maxTokens: n }) },
   ];
   if (!draftGguf && !blocked.has('llama-draft')) blocked.set('llama-draft', 'no draft GGUF');
   const active = () => variants.filter((v) => !blocked.has(v.id) && workers.has(v.worker));
