@@ -81,6 +81,11 @@ void SoftmaxScalar(float* s, int64_t n, float scale) {
   for (int64_t i = 0; i < n; ++i) s[i] *= inv;
 }
 
+// gate[i] = SiLU(gate[i]) * up[i].
+void SiluGateScalar(float* gate, const float* up, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
 // heads weight vectors w[heads][n] over the same rows into out[heads][hd]: each head as
 // WeightedRows alone would compute it.
 void WeightedRowsHeadsScalar(const float* w, int64_t heads, const float* const* rows, int64_t n, int64_t hd,
@@ -175,11 +180,11 @@ CASCADE_AVX512_FN void WeightedRowsHeadsAvx512(const float* w, const float* cons
     for (int j = 0; j < 4; ++j) _mm512_storeu_ps(out + k * 64 + j * 16, o[k][j]);
 }
 
-// e^x for x <= 0 (softmax after subtracting the max): x = n ln2 + r with |r| <= ln2 / 2, e^r by
+// e^x (x clamped to [-87, 88]): x = n ln2 + r with |r| <= ln2 / 2, e^r by
 // its degree-6 Taylor polynomial (relative error ~1e-7), times 2^n. Each lane on its own, so a
 // score's weight does not depend on its neighbours.
-CASCADE_AVX512_FN __m512 ExpNonPositiveAvx512(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+CASCADE_AVX512_FN __m512 ExpAvx512(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
@@ -209,7 +214,7 @@ CASCADE_AVX512_FN void SoftmaxAvx512(float* s, int64_t n, float scale) {
   __m512 sum = _mm512_setzero_ps();
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n - i)) - 1);
-    const __m512 e = ExpNonPositiveAvx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + i), top));
+    const __m512 e = ExpAvx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + i), top));
     _mm512_mask_storeu_ps(s + i, m, e);
     sum = _mm512_mask_add_ps(sum, m, sum, e);
   }
@@ -217,6 +222,17 @@ CASCADE_AVX512_FN void SoftmaxAvx512(float* s, int64_t n, float scale) {
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n - i)) - 1);
     _mm512_mask_storeu_ps(s + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + i), inv));
+  }
+}
+
+// gate[i] = SiLU(gate[i]) * up[i] = gate / (1 + e^-gate) * up, 16 lanes at a time.
+CASCADE_AVX512_FN void SiluGateAvx512(float* gate, const float* up, int64_t n) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 g = _mm512_maskz_loadu_ps(m, gate + i);
+    const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(one, ExpAvx512(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+    _mm512_mask_storeu_ps(gate + i, m, _mm512_mul_ps(silu, _mm512_maskz_loadu_ps(m, up + i)));
   }
 }
 
@@ -242,6 +258,7 @@ struct VectorOps {
   void (*weighted_rows_heads)(const float*, int64_t, const float* const*, int64_t, int64_t, float*) =
       WeightedRowsHeadsScalar;
   void (*softmax)(float*, int64_t, float) = SoftmaxScalar;
+  void (*silu_gate)(float*, const float*, int64_t) = SiluGateScalar;
 };
 
 const VectorOps& Ops() {
@@ -252,6 +269,7 @@ const VectorOps& Ops() {
       o.scores = ScoresAvx512;
       o.weighted_rows_heads = WeightedRowsHeadsAvx512Any;
       o.softmax = SoftmaxAvx512;
+      o.silu_gate = SiluGateAvx512;
     }
 #endif
     return o;
@@ -288,7 +306,6 @@ void Rope(float* x, int64_t T, int64_t heads, int64_t hd, const float* cos, cons
     }
 }
 
-float Silu(float g) { return g / (1.0f + std::exp(-g)); }
 float GeluTanh(float g) {
   const float inner = (g + g * g * g * 0.044715f) * 0.7978845608028654f;
   return g * (std::tanh(inner) + 1.0f) * 0.5f;
@@ -347,7 +364,11 @@ class LayerRunner {
     PrepareActivations(w.gate.kind, impls_, x_.data(), T, d, &ax_);
     Matmuls({{&w.gate, &ax_, gate_.data()}, {&w.up, &ax_, up_.data()}});
     const int64_t I = c_.intermediate;
-    for (int64_t i = 0; i < T * I; ++i) gate_[i] = (c_.gemma ? GeluTanh(gate_[i]) : Silu(gate_[i])) * up_[i];
+    if (c_.gemma) {
+      for (int64_t i = 0; i < T * I; ++i) gate_[i] = GeluTanh(gate_[i]) * up_[i];
+    } else {
+      Ops().silu_gate(gate_.data(), up_.data(), T * I);
+    }
     PrepareActivations(w.down.kind, impls_, gate_.data(), T, I, &ag_);
     Matmuls({{&w.down, &ag_, tmp_.data()}});
     for (int64_t i = 0; i < T * d; ++i) h_[i] += tmp_[i];
