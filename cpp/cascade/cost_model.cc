@@ -45,9 +45,16 @@ void CostModel::ObserveDraftStep(StepKind kind, double ms) {
 
 void CostModel::ObserveAcceptance(StepKind kind, int64_t examined, int64_t accepted) {
   if (examined <= 0) return;
-  // Per-position acceptance: accepted of the examined positions.
+  // Per-position acceptance: accepted of the examined positions, pooled over recent rounds (the
+  // ratio of two moving averages). An average of per-round ratios let one round rejected at its
+  // first position (0 of 1) weigh as much as a round of 6 of 6: the estimate swung by 0.2 a round
+  // and auto mode left a mode for dozens of rounds after one unlucky round.
   DraftingCosts& d = Drafting(kind);
-  Ema(d.acceptance, d.rounds, static_cast<double>(accepted) / static_cast<double>(examined));
+  ++d.rounds;
+  const double w = std::max(kEmaWeight, 1.0 / static_cast<double>(d.rounds));
+  d.examined += w * (static_cast<double>(examined) - d.examined);
+  d.accepted += w * (static_cast<double>(accepted) - d.accepted);
+  d.acceptance = d.accepted / d.examined;
 }
 
 double CostModel::ExpectedTokens(double a, int64_t length) {

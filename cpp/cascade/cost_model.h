@@ -62,7 +62,8 @@ class CostModel {
   struct DraftingCosts {
     double step_ms = 0;
     int64_t steps = 0;
-    double acceptance = 0.5;  // prior, replaced as soon as observed
+    double acceptance = 0.5;  // prior, replaced as soon as observed: accepted / examined
+    double accepted = 0, examined = 0;  // moving averages per round
     int64_t rounds = 0;
   };
   const DraftingCosts& Drafting(StepKind kind) const { return kind == StepKind::kCascade ? cascade_ : speculative_; }
