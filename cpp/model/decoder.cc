@@ -55,6 +55,13 @@ std::vector<HostTensor> PrepareAt(const ModelWeights& weights, const std::vector
     out.emplace_back(DType::kF16, std::vector<int64_t>{out_rows, in / kernels::kQ4Block});
     kernels::QuantizeQ4Rows(f.as<float>(), in, out_rows, out[0].as<uint8_t>(), out[1].as<uint16_t>(),
                             out[2].as<uint16_t>());
+    // f16 block scales and minimums hold |values| <= 65504: beyond that (or NaN weights) the
+    // draft would compute NaN; say so instead.
+    for (const HostTensor* t : {&out[1], &out[2]})
+      for (int64_t j = 0; j < t->element_count(); ++j)
+        if ((t->as<uint16_t>()[j] & 0x7C00) == 0x7C00)
+          throw InvalidArgumentError("q4 weights: " + p.tensor + " has a 32-weight block q4 cannot hold (|w| or its " +
+                                     "range beyond 65504, or NaN); use another precision for this model");
     i += 3;
     return out;
   }

@@ -175,6 +175,17 @@ TEST(kernels_q4, BlocksRoundTripMatchReferenceAndRowsBitIdentical) {
       EXPECT_EQ(mins, mins2) << "in=" << in;
     }
     const WeightMatrix m{WeightMatrix::Kind::kQ4, packed.data(), nullptr, in, out, scale.data(), mins.data()};
+    if (in == 64) {  // a weight f16 cannot hold: the decoder's weight preparation refuses the model
+      ModelConfig c = testing::SmallLlama(true);
+      ModelWeights w = testing::SmallRandomModel(c, 3);
+      w.tensors.at("model.layers.0.mlp.up_proj.weight").as<float>()[5] = 1e6f;
+      try {
+        PrepareWeightParams(w, WeightPrecision::kQ4);
+        ADD_FAILURE() << "no error for a weight of 1e6 at q4";
+      } catch (const InvalidArgumentError& e) {
+        EXPECT_NE(std::string(e.what()).find("up_proj"), std::string::npos) << e.what();
+      }
+    }
     const int64_t T = 16;
     Problem xs = MakeProblem(T, in, 1, 11);
     for (Int8Impl impl : impls) {
