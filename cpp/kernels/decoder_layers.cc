@@ -205,7 +205,7 @@ CASCADE_AVX512_FN void SoftmaxAvx512(float* s, int64_t n, float scale) {
   const __m512 sv = _mm512_set1_ps(scale);
   __m512 mx = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __mmask16 m = FirstLanes16(n - i);
     const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + i), sv);
     _mm512_mask_storeu_ps(s + i, m, v);
     mx = _mm512_mask_max_ps(mx, m, mx, v);
@@ -213,14 +213,14 @@ CASCADE_AVX512_FN void SoftmaxAvx512(float* s, int64_t n, float scale) {
   const __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
   __m512 sum = _mm512_setzero_ps();
   for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __mmask16 m = FirstLanes16(n - i);
     const __m512 e = ExpAvx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + i), top));
     _mm512_mask_storeu_ps(s + i, m, e);
     sum = _mm512_mask_add_ps(sum, m, sum, e);
   }
   const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
   for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __mmask16 m = FirstLanes16(n - i);
     _mm512_mask_storeu_ps(s + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + i), inv));
   }
 }
@@ -229,7 +229,7 @@ CASCADE_AVX512_FN void SoftmaxAvx512(float* s, int64_t n, float scale) {
 CASCADE_AVX512_FN void SiluGateAvx512(float* gate, const float* up, int64_t n) {
   const __m512 one = _mm512_set1_ps(1.0f);
   for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __mmask16 m = FirstLanes16(n - i);
     const __m512 g = _mm512_maskz_loadu_ps(m, gate + i);
     const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(one, ExpAvx512(_mm512_sub_ps(_mm512_setzero_ps(), g))));
     _mm512_mask_storeu_ps(gate + i, m, _mm512_mul_ps(silu, _mm512_maskz_loadu_ps(m, up + i)));

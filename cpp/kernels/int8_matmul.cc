@@ -325,7 +325,7 @@ CASCADE_VNNI void Q4VnniBlock(const QuantizedX& qx, int64_t t0, const uint8_t* w
     const int group = static_cast<int>(c % 8);
     if (group == 0) {
       const int64_t left = blocks - c * 2;
-      const __mmask16 m = left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1);
+      const __mmask16 m = FirstLanes16(left);
       #pragma GCC unroll 16
       for (int t = 0; t < TB; ++t) xs[t] = _mm512_maskz_loadu_ps(m, qx.block_scale.data() + (t0 + t) * x_blocks + c * 2);
       #pragma GCC unroll 16
@@ -367,8 +367,7 @@ CASCADE_VNNI void Q4VnniBlock(const QuantizedX& qx, int64_t t0, const uint8_t* w
     for (int o = 0; o < OB; ++o) {
       __m512 total = acc[t][o];
       for (int64_t b = 0; b < blocks; b += 16) {
-        const __mmask16 m = blocks - b >= 16 ? static_cast<__mmask16>(0xffff)
-                                             : static_cast<__mmask16>((1u << (blocks - b)) - 1);
+        const __mmask16 m = FirstLanes16(blocks - b);
         const __m512 mv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, bm + o * blocks + b));
         total = _mm512_fmadd_ps(mv, _mm512_maskz_loadu_ps(m, sums + b), total);
       }
@@ -512,7 +511,7 @@ void Bf16DotBlock(const uint16_t*, int64_t, const uint16_t*, float*, int64_t, in
 CASCADE_AVX512 void RoundToBf16Avx512(const float* x, int64_t n, uint16_t* out) {
   int64_t i = 0;
   for (; i < n; i += 16) {
-    const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __mmask16 m = FirstLanes16(n - i);
     const __m512i u = _mm512_maskz_loadu_epi32(m, x + i);
     const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
     const __m512i hi = _mm512_srli_epi32(u, 16);

@@ -149,6 +149,12 @@ Int8Impl BestF32Impl();
 // physical bound a decode step is measured against, tools/decoder_bench and kernel_bench).
 float SumForBandwidth(const float* begin, const float* end);
 
+// The mask of a 16-lane vector's first min(left, 16) lanes (left >= 0): loop tails of the AVX-512
+// paths.
+inline uint16_t FirstLanes16(int64_t left) {
+  return left >= 16 ? uint16_t{0xffff} : static_cast<uint16_t>((1u << left) - 1);
+}
+
 // Runs task(0..n-1), each exactly once, on the calling thread and up to `helpers` spawned tasks
 // that pull indices from a shared counter. Returns when all n are done. Safe when spawned tasks
 // start late or never (the caller then claims every index) and when they outlive the call.
