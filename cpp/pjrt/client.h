@@ -80,6 +80,9 @@ class Buffer {
   bool donated() const { return donated_; }
 
  private:
+  // The buffer's bytes when the plugin keeps it in host memory, dense and row-major (client.cc).
+  const void* ReadableHostData() const;
+
   std::shared_ptr<Client> client_;
   PJRT_Buffer* buffer_;
   size_t device_index_;
