@@ -286,6 +286,17 @@ Value Function::Convert(const Value& x, DType dtype) {
               x.dims);
 }
 
+Value Function::BitcastConvert(const Value& x, DType dtype, std::vector<int64_t> dims) {
+  CheckDims("BitcastConvert", dims);
+  const size_t from = DTypeSize(x.dtype), to = DTypeSize(dtype);
+  bool ok = from == to && dims == x.dims;
+  if (from < to && x.rank() == static_cast<int64_t>(dims.size()) + 1 && x.dims.back() * from == to)
+    ok = std::equal(dims.begin(), dims.end(), x.dims.begin());
+  if (!ok) Fail("BitcastConvert", Shape(x) + " cannot be read as " + TensorTypeText(dtype, dims));
+  return Emit("stablehlo.bitcast_convert " + x.ref + " : (" + TypeText(x) + ") -> " + TensorTypeText(dtype, dims), dtype,
+              dims);
+}
+
 Value Function::Compare(CompareDirection direction, const Value& a, const Value& b) {
   if (a.dtype != b.dtype || a.dims != b.dims) Fail("Compare", "operand types differ: " + Shape(a) + " vs " + Shape(b));
   static const char* kNames[] = {"EQ", "NE", "LT", "LE", "GT", "GE"};

@@ -82,6 +82,9 @@ class Function {
   Value Cos(const Value& x);
   Value Sin(const Value& x);
   Value Convert(const Value& x, DType dtype);
+  // The same bytes as another type: x's element width equals dtype's (dims unchanged), or x has
+  // one extra minor dimension of (dtype's width / x's width) elements (dims: x's without it).
+  Value BitcastConvert(const Value& x, DType dtype, std::vector<int64_t> dims);
   Value Compare(CompareDirection direction, const Value& a, const Value& b);  // -> pred, same dims
   // pred is a scalar or has x's dims; on_true and on_false have identical types.
   Value Select(const Value& pred, const Value& on_true, const Value& on_false);

@@ -456,6 +456,101 @@ bool CheckMatrix(const WeightMatrix& m, int64_t in, int64_t out) {
 
 }  // namespace
 
+namespace {
+
+// The matrices of a layer in arena order, as (out, in).
+std::vector<std::pair<int64_t, int64_t>> LayerMatrixShapes(const DecoderLayersConfig& c) {
+  const int64_t q = c.heads * c.head_dim, kv = c.kv_heads * c.head_dim;
+  return {{q, c.hidden}, {kv, c.hidden}, {kv, c.hidden}, {c.hidden, q},
+          {c.intermediate, c.hidden}, {c.intermediate, c.hidden}, {c.hidden, c.intermediate}};
+}
+
+void AddMatrixPieces(WeightMatrix::Kind kind, int64_t out, int64_t in, std::vector<int64_t>* bytes) {
+  switch (kind) {
+    case WeightMatrix::Kind::kF32Transposed: bytes->push_back(out * in * 4); break;
+    case WeightMatrix::Kind::kBf16: bytes->push_back(out * in * 2); break;
+    case WeightMatrix::Kind::kInt8: bytes->insert(bytes->end(), {out * in, out * 4}); break;
+    case WeightMatrix::Kind::kQ4: bytes->insert(bytes->end(), {out * in / 2, out * (in / kQ4Block) * 2, out * (in / kQ4Block) * 2}); break;
+  }
+}
+
+int64_t AlignUp(int64_t n) { return (n + kArenaAlignment - 1) / kArenaAlignment * kArenaAlignment; }
+
+}  // namespace
+
+std::vector<int64_t> ArenaPieceBytes(const DecoderLayersConfig& c, WeightMatrix::Kind kind) {
+  std::vector<int64_t> bytes;
+  const auto shapes = LayerMatrixShapes(c);
+  for (int64_t l = 0; l < c.layers; ++l) {
+    bytes.push_back(c.hidden * 4);  // input norm
+    for (size_t m = 0; m < shapes.size(); ++m) {
+      if (m == 4) bytes.push_back(c.hidden * 4);  // post-attention norm, before gate
+      AddMatrixPieces(kind, shapes[m].first, shapes[m].second, &bytes);
+    }
+  }
+  return bytes;
+}
+
+int64_t ArenaBytes(const DecoderLayersConfig& c, WeightMatrix::Kind kind) {
+  int64_t end = 0;
+  for (int64_t b : ArenaPieceBytes(c, kind)) end = AlignUp(end) + b;
+  return AlignUp(end);
+}
+
+std::string ArenaLayers(const DecoderLayersConfig& c, WeightMatrix::Kind kind, const uint8_t* arena, int64_t bytes,
+                        std::vector<DecoderLayerWeights>* layers) {
+  if (c.layers < 1 || c.hidden < 1 || c.heads < 1 || c.kv_heads < 1 || c.head_dim < 1 || c.intermediate < 1)
+    return "decoder layers: sizes must be positive";
+  if (kind == WeightMatrix::Kind::kQ4 && (c.hidden % 64 != 0 || (c.heads * c.head_dim) % 64 != 0 || c.intermediate % 64 != 0))
+    return "decoder layers: q4 weights need every matrix's input size to be a multiple of 64";
+  const int64_t want = ArenaBytes(c, kind);
+  if (bytes != want)
+    return "decoder layers: the weight arena holds " + std::to_string(bytes) + " bytes; these layers need " +
+           std::to_string(want);
+  if (reinterpret_cast<uintptr_t>(arena) % 16 != 0) return "decoder layers: the weight arena is not 16-byte aligned";
+  int64_t offset = 0;
+  auto next = [&](int64_t piece_bytes) {
+    offset = AlignUp(offset);
+    const uint8_t* p = arena + offset;
+    offset += piece_bytes;
+    return p;
+  };
+  auto matrix = [&](int64_t out, int64_t in) {
+    WeightMatrix m;
+    m.kind = kind;
+    m.in = in;
+    m.out = out;
+    switch (kind) {
+      case WeightMatrix::Kind::kF32Transposed: m.data = next(out * in * 4); break;
+      case WeightMatrix::Kind::kBf16: m.data = next(out * in * 2); break;
+      case WeightMatrix::Kind::kInt8:
+        m.data = next(out * in);
+        m.scale = reinterpret_cast<const float*>(next(out * 4));
+        break;
+      case WeightMatrix::Kind::kQ4:
+        m.data = next(out * in / 2);
+        m.block_scale = reinterpret_cast<const uint16_t*>(next(out * (in / kQ4Block) * 2));
+        m.block_min = reinterpret_cast<const uint16_t*>(next(out * (in / kQ4Block) * 2));
+        break;
+    }
+    return m;
+  };
+  const auto shapes = LayerMatrixShapes(c);
+  layers->assign(static_cast<size_t>(c.layers), {});
+  for (DecoderLayerWeights& w : *layers) {
+    w.input_norm = reinterpret_cast<const float*>(next(c.hidden * 4));
+    w.q = matrix(shapes[0].first, shapes[0].second);
+    w.k = matrix(shapes[1].first, shapes[1].second);
+    w.v = matrix(shapes[2].first, shapes[2].second);
+    w.o = matrix(shapes[3].first, shapes[3].second);
+    w.post_attention_norm = reinterpret_cast<const float*>(next(c.hidden * 4));
+    w.gate = matrix(shapes[4].first, shapes[4].second);
+    w.up = matrix(shapes[5].first, shapes[5].second);
+    w.down = matrix(shapes[6].first, shapes[6].second);
+  }
+  return "";
+}
+
 std::string ValidateDecoderLayers(const DecoderLayersConfig& c, const std::vector<DecoderLayerWeights>& layers,
                                   const DecoderLayersCall& call) {
   if (c.layers < 1 || c.hidden < 1 || c.heads < 1 || c.kv_heads < 1 || c.head_dim < 2 || c.intermediate < 1)

@@ -230,65 +230,12 @@ ffi::Error F32TMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> wt, ffi
   return ffi::Error::Success();
 }
 
-// Reads one matrix (and an int8 matrix's scale) from the weight args at *i.
-ffi::Error NextMatrix(const ffi::RemainingArgs& args, size_t* i, WeightMatrix* m) {
-  auto b = args.get<ffi::AnyBuffer>((*i)++);
-  if (!b.has_value()) return ffi::Error::InvalidArgument(std::string(kDecoderLayersTarget) + ": too few weights");
-  auto d = b->dimensions();
-  if (d.size() != 2) return ffi::Error::InvalidArgument(std::string(kDecoderLayersTarget) + ": a matrix must be rank 2");
-  m->data = b->untyped_data();
-  switch (b->element_type()) {
-    case ffi::DataType::F32:
-      *m = {WeightMatrix::Kind::kF32Transposed, b->untyped_data(), nullptr, d[0], d[1]};
-      return ffi::Error::Success();
-    case ffi::DataType::BF16:
-      *m = {WeightMatrix::Kind::kBf16, b->untyped_data(), nullptr, d[1], d[0]};
-      return ffi::Error::Success();
-    case ffi::DataType::S8: {
-      auto s = args.get<ffi::AnyBuffer>((*i)++);
-      if (!s.has_value() || s->element_type() != ffi::DataType::F32 || s->dimensions().size() != 1 ||
-          s->dimensions()[0] != d[0])
-        return ffi::Error::InvalidArgument(std::string(kDecoderLayersTarget) + ": an s8 matrix needs f32 scales[out]");
-      *m = {WeightMatrix::Kind::kInt8, b->untyped_data(), static_cast<const float*>(s->untyped_data()), d[1], d[0]};
-      return ffi::Error::Success();
-    }
-    case ffi::DataType::U8: {
-      // q4 blocks: u8 [out, in / 2], then f16 scales and minimums [out, in / 32].
-      auto s = args.get<ffi::AnyBuffer>((*i)++);
-      auto mn = args.get<ffi::AnyBuffer>((*i)++);
-      const int64_t in = d[1] * 2;
-      auto is_blocks = [&](const auto& b) {
-        return b.has_value() && b->element_type() == ffi::DataType::F16 && b->dimensions().size() == 2 &&
-               b->dimensions()[0] == d[0] && b->dimensions()[1] * kQ4Block == in;
-      };
-      if (!is_blocks(s) || !is_blocks(mn) || !ValidateQ4Matrix(in, d[0]).empty())
-        return ffi::Error::InvalidArgument(std::string(kDecoderLayersTarget) +
-                                           ": a u8 (q4) matrix [out, in/2] needs f16 scales and minimums [out, in/32], "
-                                           "in a multiple of 64");
-      *m = {WeightMatrix::Kind::kQ4, b->untyped_data(), nullptr, in, d[0],
-            static_cast<const uint16_t*>(s->untyped_data()), static_cast<const uint16_t*>(mn->untyped_data())};
-      return ffi::Error::Success();
-    }
-    default:
-      return ffi::Error::InvalidArgument(std::string(kDecoderLayersTarget) + ": matrices must be f32, bf16, s8 or u8 (q4)");
-  }
-}
-
-ffi::Error NextVector(const ffi::RemainingArgs& args, size_t* i, int64_t n, const float** v) {
-  auto b = args.get<ffi::AnyBuffer>((*i)++);
-  if (!b.has_value() || b->element_type() != ffi::DataType::F32 || b->dimensions().size() != 1 ||
-      b->dimensions()[0] != n)
-    return ffi::Error::InvalidArgument(std::string(kDecoderLayersTarget) + ": a norm weight must be f32[hidden]");
-  *v = static_cast<const float*>(b->untyped_data());
-  return ffi::Error::Success();
-}
-
 ffi::Error DecoderLayersImpl(ffi::Buffer<ffi::F32> hidden, ffi::Buffer<ffi::F32> cos, ffi::Buffer<ffi::F32> sin,
                              ffi::Buffer<ffi::PRED> mask, ffi::Buffer<ffi::S32> start, ffi::Buffer<ffi::F32> k_cache,
-                             ffi::Buffer<ffi::F32> v_cache, ffi::RemainingArgs weights,
+                             ffi::Buffer<ffi::F32> v_cache, ffi::Buffer<ffi::U8> arena,
                              ffi::ResultBuffer<ffi::F32> hidden_out, ffi::ResultBuffer<ffi::F32> k_new,
                              ffi::ResultBuffer<ffi::F32> v_new, int64_t layers, int64_t heads, int64_t kv_heads,
-                             int64_t head_dim, int64_t intermediate, float eps, bool gemma) {
+                             int64_t head_dim, int64_t intermediate, float eps, bool gemma, int64_t weights) {
   Timed timed;
   DecoderLayersConfig c;
   c.layers = layers;
@@ -314,18 +261,12 @@ ffi::Error DecoderLayersImpl(ffi::Buffer<ffi::F32> hidden, ffi::Buffer<ffi::F32>
       !shape_is(hidden_out->dimensions(), {T, hd[1]}) || !shape_is(k_new->dimensions(), {layers, kv_heads, T, head_dim}) ||
       !shape_is(v_new->dimensions(), {layers, kv_heads, T, head_dim}))
     return ffi::Error::InvalidArgument(name + ": rope tables, mask, start_pos or results do not match hidden" + DimsText(hd));
-  std::vector<DecoderLayerWeights> w(static_cast<size_t>(layers));
-  size_t i = 0;
-  for (DecoderLayerWeights& lw : w) {
-    ffi::Error e = NextVector(weights, &i, c.hidden, &lw.input_norm);
-    for (WeightMatrix* m : {&lw.q, &lw.k, &lw.v, &lw.o})
-      if (e.success()) e = NextMatrix(weights, &i, m);
-    if (e.success()) e = NextVector(weights, &i, c.hidden, &lw.post_attention_norm);
-    for (WeightMatrix* m : {&lw.gate, &lw.up, &lw.down})
-      if (e.success()) e = NextMatrix(weights, &i, m);
-    if (!e.success()) return e;
-  }
-  if (i != weights.size()) return ffi::Error::InvalidArgument(name + ": more weights than the layers take");
+  if (weights < 0 || weights > static_cast<int64_t>(WeightMatrix::Kind::kQ4) || arena.dimensions().size() != 1)
+    return ffi::Error::InvalidArgument(name + ": expected a u8[bytes] weight arena and weights = 0..3 (its matrix kind)");
+  std::vector<DecoderLayerWeights> w;
+  const std::string bad_arena = ArenaLayers(c, static_cast<WeightMatrix::Kind>(weights), arena.typed_data(),
+                                            arena.dimensions()[0], &w);
+  if (!bad_arena.empty()) return ffi::Error::InvalidArgument(bad_arena);
   DecoderLayersCall call;
   call.num_tokens = T;
   call.max_context = kd[2];
@@ -368,7 +309,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeDecoderLayersHandler, DecoderLayersImpl,
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .RemainingArgs()
+                                  .Arg<ffi::Buffer<ffi::U8>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
@@ -378,7 +319,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeDecoderLayersHandler, DecoderLayersImpl,
                                   .Attr<int64_t>("head_dim")
                                   .Attr<int64_t>("intermediate")
                                   .Attr<float>("eps")
-                                  .Attr<bool>("gemma"));
+                                  .Attr<bool>("gemma")
+                                  .Attr<int64_t>("weights"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeBf16MatmulHandler, Bf16MatmulImpl,
                               ffi::Ffi::Bind()

@@ -10,11 +10,11 @@
 //   cascade_bf16_gather_matmul(x f32[T, in], ids s32[T, K], w bf16[out, in]) -> f32[T, K]
 //   cascade_f32t_matmul(x f32[T, in], wt f32[in, out]) -> f32[T, out]       y = x . wt (f32 upload layout)
 //   cascade_decoder_layers(hidden f32[T, d], rope_cos f32[T, hd/2], rope_sin, block_mask pred[T, T],
-//       start_pos s32[], k_cache f32[L, KV, C, hd], v_cache, then per layer: input_norm f32[d],
-//       q, k, v, o, post_attention_norm f32[d], gate, up, down (each matrix f32 [in, out], bf16
-//       [out, in], or s8 [out, in] followed by its f32 scale[out]))
+//       start_pos s32[], k_cache f32[L, KV, C, hd], v_cache, arena u8[bytes]: every layer's
+//       weights in one buffer, laid out as kernels/decoder_layers.h (ArenaLayers) says)
 //     -> hidden f32[T, d] (before the final norm), k_new f32[L, KV, T, hd], v_new (RoPE applied)
-//     attributes layers, heads, kv_heads, head_dim, intermediate (i64), eps (f32), gemma (bool).
+//     attributes layers, heads, kv_heads, head_dim, intermediate (i64), eps (f32), gemma (bool),
+//     weights (i64: the matrices' WeightMatrix::Kind, 0 f32 [in, out] .. 3 q4).
 //     The whole layer stack in one call (kernels/decoder_layers.h); the caller writes k_new/v_new
 //     into the caches at start_pos.
 //   cascade_tiny_candidates(x f32[T, d], w1t f32[d, H], b1 f32[H], ln_w f32[H], ln_b f32[H],

@@ -184,11 +184,34 @@ DecoderModel::DecoderModel(std::shared_ptr<Client> client, const ModelWeights& w
   kv_dtype_ = options_.kv_dtype.value_or(cpu || options_.precision == WeightPrecision::kF32 ? DType::kF32 : DType::kBF16);
   if (kv_dtype_ != DType::kF32 && kv_dtype_ != DType::kBF16)
     throw InvalidArgumentError("DecoderModel: kv_dtype must be f32 or bf16");
-  // One tensor group at a time, so the host holds at most one converted matrix at once.
+  layer_arena_ = UsesLayerArena(ChooseMatmulMode(*client_, options_.precision, options_.matmul), kv_dtype_);
+  // One tensor group at a time, so the host holds at most one converted matrix at once (besides
+  // the layer arena, which is filled piece by piece and uploaded whole after the last layer).
   auto layout = WeightParamLayout(config_, options_.precision);
-  for (size_t i = 0; i < layout.size();)
-    for (auto& t : PrepareAt(weights, layout, i))
+  std::vector<ArenaPiece> pieces;
+  HostTensor arena;
+  if (layer_arena_) {
+    pieces = LayerArenaPieces(config_, options_.precision);
+    arena = HostTensor(DType::kU8, {LayerArenaBytes(config_, options_.precision)});
+  }
+  size_t next_piece = 0;
+  for (size_t i = 0; i < layout.size();) {
+    const size_t first = i;
+    std::vector<HostTensor> group = PrepareAt(weights, layout, i);
+    if (next_piece < pieces.size() && pieces[next_piece].param == first) {
+      for (const HostTensor& t : group) {
+        const ArenaPiece& piece = pieces[next_piece++];
+        if (static_cast<int64_t>(t.data.size()) != piece.bytes)
+          throw Error(ErrorKind::kInternal, "DecoderModel: " + layout[piece.param].name() + " does not fit its arena piece");
+        std::memcpy(arena.data.data() + piece.offset, t.data.data(), t.data.size());
+      }
+      if (next_piece == pieces.size())
+        for (auto& rep : replicas_) rep.weights.push_back(client_->ToDevice(arena, rep.device));
+      continue;
+    }
+    for (const HostTensor& t : group)
       for (auto& rep : replicas_) rep.weights.push_back(client_->ToDevice(t, rep.device));
+  }
   ResetCache();
 }
 
@@ -263,7 +286,7 @@ void DecoderModel::BuildCandidateTable(int64_t k0) {
                               {static_cast<int>(options_.replicas)});
   compile_ms_ += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   size_t embedding = 0;
-  const auto layout = WeightParamLayout(config_, options_.precision);
+  const auto layout = ModelParamLayout(config_, options_.precision, layer_arena_);
   while (layout[embedding].tensor != "model.embed_tokens.weight") ++embedding;
 
   HostTensor table(DType::kS32, {V, k0});
@@ -320,6 +343,7 @@ std::string DecoderModel::ProgramText(int64_t num_tokens, const HeadSpec& head, 
   }
   // int8 weights on the CPU plugin: our FFI kernel when it registers (kernels/ffi_handlers.h).
   spec.matmul = ChooseMatmulMode(*client_, options_.precision, options_.matmul);
+  spec.layer_arena = layer_arena_;
   return EmitDecoderProgram(config_, spec);
 }
 

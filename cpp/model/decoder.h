@@ -185,6 +185,7 @@ class DecoderModel {
   };
   std::vector<Replica> replicas_;
 
+  bool layer_arena_ = false;  // the layer weights live in one buffer (model/programs.h, ModelParamLayout)
   int64_t tiny_hidden_ = 0;
   TinyInput tiny_input_ = TinyInput::kInputEmbedding;
   std::map<std::tuple<int64_t, HeadSpec, bool>, std::shared_ptr<LoadedExecutable>> programs_;

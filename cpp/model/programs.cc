@@ -6,6 +6,7 @@
 #include <map>
 
 #include "hlo/builder.h"
+#include "kernels/decoder_layers.h"
 #include "kernels/ffi_handlers.h"
 #include "pjrt/errors.h"
 
@@ -23,6 +24,18 @@ bool IsMatrix(const std::string& name) {
   return name == "lm_head.weight";
 }
 
+kernels::WeightMatrix::Kind ArenaMatrixKind(WeightPrecision precision) {
+  switch (precision) {
+    case WeightPrecision::kF32: return kernels::WeightMatrix::Kind::kF32Transposed;
+    case WeightPrecision::kBF16: return kernels::WeightMatrix::Kind::kBf16;
+    case WeightPrecision::kInt8: return kernels::WeightMatrix::Kind::kInt8;
+    case WeightPrecision::kQ4: return kernels::WeightMatrix::Kind::kQ4;
+  }
+  return kernels::WeightMatrix::Kind::kF32Transposed;
+}
+
+bool IsLayerParam(const WeightParam& p) { return p.tensor.rfind("model.layers.", 0) == 0; }
+
 // Where each weight param lives in @main's param list.
 struct WeightRef {
   Value w;                   // dense weight, or int8 / q4 values
@@ -34,6 +47,9 @@ struct WeightRef {
 class Emitter {
  public:
   Emitter(const ModelConfig& c, const ProgramSpec& s) : c_(c), s_(s) {
+    if (s.matmul == MatmulMode::kFused && s.kv_dtype == DType::kF32 && !s.layer_arena)
+      throw InvalidArgumentError("programs: the fused layer stack takes its weights as the layer arena "
+                                 "(ProgramSpec::layer_arena)");
     fused_ = s.matmul == MatmulMode::kFused && s.num_tokens <= kFfiMaxTokens && s.kv_dtype == DType::kF32;
     ffi_ = s.matmul == MatmulMode::kFfi || s.matmul == MatmulMode::kFused;
     mode_ = s.matmul;
@@ -47,7 +63,7 @@ class Emitter {
 
   std::string Emit() {
     const int64_t T = s_.num_tokens, C = s_.max_context;
-    AddParams(WeightParamLayout(c_, s_.precision));
+    AddParams(ModelParamLayout(c_, s_.precision, s_.layer_arena));
     std::vector<int64_t> kv_dims = KvCacheDims(c_, C);
     Value k_cache = f_.Param("k_cache", s_.kv_dtype, kv_dims, 0);
     Value v_cache = f_.Param("v_cache", s_.kv_dtype, kv_dims, 1);
@@ -157,6 +173,10 @@ class Emitter {
   void AddParams(const std::vector<WeightParam>& layout) {
     for (const WeightParam& p : layout) {
       Value v = f_.Param(p.name(), p.dtype, p.dims);
+      if (p.role == WeightParam::Role::kLayerArena) {
+        arena_ = v;
+        continue;
+      }
       if (p.role == WeightParam::Role::kInt8Scales || p.role == WeightParam::Role::kQ4Scales) {
         weights_[p.tensor].scale = v;
       } else if (p.role == WeightParam::Role::kQ4Mins) {
@@ -179,8 +199,38 @@ class Emitter {
 
   const WeightRef& W(const std::string& name) {
     auto it = weights_.find(name);
+    if (it == weights_.end() && arena_) return ArenaWeight(name);
     if (it == weights_.end()) throw InvalidArgumentError("programs: no weight param " + name);
     return it->second;
+  }
+
+  // A layer tensor as slices of the arena, reinterpreted as its params' types (the plain layers of
+  // a program with more tokens than the fused call takes).
+  const WeightRef& ArenaWeight(const std::string& name) {
+    const std::vector<WeightParam> layout = WeightParamLayout(c_, s_.precision);
+    bool found = false;
+    for (const ArenaPiece& piece : LayerArenaPieces(c_, s_.precision)) {
+      const WeightParam& p = layout[piece.param];
+      if (p.tensor != name) continue;
+      found = true;
+      Value bytes = f_.Slice(*arena_, {piece.offset}, {piece.offset + piece.bytes});
+      const int64_t width = DTypeSize(p.dtype), n = piece.bytes / width;
+      Value v = width == 1 ? bytes
+                           : f_.BitcastConvert(f_.Reshape(bytes, {n, width}), p.dtype, {n});
+      if (width == 1 && p.dtype != DType::kU8) v = f_.BitcastConvert(v, p.dtype, {n});
+      v = f_.Reshape(v, p.dims);
+      WeightRef& ref = weights_[name];
+      if (p.role == WeightParam::Role::kInt8Scales || p.role == WeightParam::Role::kQ4Scales) {
+        ref.scale = v;
+      } else if (p.role == WeightParam::Role::kQ4Mins) {
+        ref.min = v;
+      } else {
+        ref.w = v;
+        ref.transposed = p.transposed;
+      }
+    }
+    if (!found) throw InvalidArgumentError("programs: no weight param " + name);
+    return weights_.at(name);
   }
   Value Zero() { return f_.Constant(DType::kS32, 0); }
 
@@ -197,18 +247,7 @@ class Emitter {
     Value eye = f_.Compare(CompareDirection::kEq, f_.Iota(DType::kS32, {T, T}, 0), f_.Iota(DType::kS32, {T, T}, 1));
     Value block = tree ? f_.Or(*tree, eye)
                        : f_.Compare(CompareDirection::kGe, f_.Iota(DType::kS32, {T, T}, 0), f_.Iota(DType::kS32, {T, T}, 1));
-    std::vector<Value> operands = {h, cos_, sin_, block, start, k_cache, v_cache};
-    auto add = [&](const std::string& name) {
-      const WeightRef& r = W(name);
-      operands.push_back(r.w);
-      if (r.scale) operands.push_back(*r.scale);
-      if (r.min) operands.push_back(*r.min);
-    };
-    for (int64_t l = 0; l < L; ++l)
-      for (const char* t : {"input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
-                            "self_attn.v_proj.weight", "self_attn.o_proj.weight", "post_attention_layernorm.weight",
-                            "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"})
-        add(Layer(l, t));
+    std::vector<Value> operands = {h, cos_, sin_, block, start, k_cache, v_cache, *arena_};
     char eps[64];
     std::snprintf(eps, sizeof(eps), "%.9e : f32", static_cast<float>(c_.rms_norm_eps));
     auto i64 = [](int64_t v) { return std::to_string(v) + " : i64"; };
@@ -221,7 +260,8 @@ class Emitter {
          {"head_dim", i64(hd)},
          {"intermediate", i64(c_.intermediate_size)},
          {"eps", eps},
-         {"gemma", c_.family == ModelFamily::kGemma ? "true" : "false"}});
+         {"gemma", c_.family == ModelFamily::kGemma ? "true" : "false"},
+         {"weights", i64(static_cast<int64_t>(ArenaMatrixKind(s_.precision)))}});
     std::vector<Value> at = {Zero(), Zero(), start, Zero()};
     k_cache = f_.DynamicUpdateSlice(k_cache, r[1], at);
     v_cache = f_.DynamicUpdateSlice(v_cache, r[2], at);
@@ -408,6 +448,7 @@ class Emitter {
   bool fused_ = false;  // the layer stack as one custom call (MatmulMode::kFused)
   hlo::Function f_;
   std::map<std::string, WeightRef> weights_;
+  std::optional<Value> arena_;  // the layer arena param (ProgramSpec::layer_arena)
   Value cos_, sin_;
 };
 
@@ -452,6 +493,7 @@ std::string WeightParam::name() const {
     case Role::kQ4Values: return tensor + ":q4";
     case Role::kQ4Scales: return tensor + ":q4scale";
     case Role::kQ4Mins: return tensor + ":q4min";
+    case Role::kLayerArena: return tensor;
   }
   return tensor;
 }
@@ -519,6 +561,54 @@ std::vector<WeightParam> WeightParamLayout(const ModelConfig& c, WeightPrecision
   }
   return out;
 }
+
+std::vector<ArenaPiece> LayerArenaPieces(const ModelConfig& c, WeightPrecision precision) {
+  const std::vector<WeightParam> layout = WeightParamLayout(c, precision);
+  std::vector<ArenaPiece> pieces;
+  int64_t end = 0;
+  for (size_t i = 0; i < layout.size(); ++i) {
+    if (!IsLayerParam(layout[i])) continue;
+    const int64_t offset = (end + kernels::kArenaAlignment - 1) / kernels::kArenaAlignment * kernels::kArenaAlignment;
+    const int64_t bytes = ElementCount(layout[i].dims) * static_cast<int64_t>(DTypeSize(layout[i].dtype));
+    pieces.push_back({i, offset, bytes});
+    end = offset + bytes;
+  }
+  // The fused call reads the arena by the kernels' own account of the same order: they must agree.
+  kernels::DecoderLayersConfig k;
+  k.layers = c.num_layers;
+  k.hidden = c.hidden_size;
+  k.heads = c.num_heads;
+  k.kv_heads = c.num_kv_heads;
+  k.head_dim = c.head_dim;
+  k.intermediate = c.intermediate_size;
+  const std::vector<int64_t> kernel_bytes = kernels::ArenaPieceBytes(k, ArenaMatrixKind(precision));
+  bool agree = kernel_bytes.size() == pieces.size();
+  for (size_t i = 0; agree && i < pieces.size(); ++i) agree = kernel_bytes[i] == pieces[i].bytes;
+  if (!agree) throw Error(ErrorKind::kInternal, "programs: the layer arena's pieces disagree with kernels::ArenaPieceBytes");
+  return pieces;
+}
+
+int64_t LayerArenaBytes(const ModelConfig& c, WeightPrecision precision) {
+  const std::vector<ArenaPiece> pieces = LayerArenaPieces(c, precision);
+  const int64_t end = pieces.empty() ? 0 : pieces.back().offset + pieces.back().bytes;
+  return (end + kernels::kArenaAlignment - 1) / kernels::kArenaAlignment * kernels::kArenaAlignment;
+}
+
+std::vector<WeightParam> ModelParamLayout(const ModelConfig& c, WeightPrecision precision, bool layer_arena) {
+  std::vector<WeightParam> layout = WeightParamLayout(c, precision);
+  if (!layer_arena) return layout;
+  std::vector<WeightParam> out;
+  for (const WeightParam& p : layout) {
+    if (!IsLayerParam(p)) {
+      out.push_back(p);
+    } else if (out.empty() || out.back().role != WeightParam::Role::kLayerArena) {
+      out.push_back({"model.layers", WeightParam::Role::kLayerArena, DType::kU8, {LayerArenaBytes(c, precision)}});
+    }
+  }
+  return out;
+}
+
+bool UsesLayerArena(MatmulMode chosen, DType kv_dtype) { return chosen == MatmulMode::kFused && kv_dtype == DType::kF32; }
 
 const char* TinyInputName(TinyInput input) {
   return input == TinyInput::kDraftHidden ? "draft_final_hidden" : "draft_input_embedding";

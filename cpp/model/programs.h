@@ -85,7 +85,8 @@ constexpr int64_t kFfiMaxTokens = 64;
 
 struct WeightParam {
   // kQ4Values u8 [out, in / 2], kQ4Scales and kQ4Mins f16 [out, in / 32] (kernels/int8_matmul.h).
-  enum class Role { kDense, kInt8Values, kInt8Scales, kQ4Values, kQ4Scales, kQ4Mins };
+  // kLayerArena: u8 [bytes], every layer's weights in one buffer (LayerArenaPieces).
+  enum class Role { kDense, kInt8Values, kInt8Scales, kQ4Values, kQ4Scales, kQ4Mins, kLayerArena };
   std::string tensor;  // the canonical tensor it comes from (model/config.h)
   Role role = Role::kDense;
   DType dtype = DType::kF32;
@@ -99,6 +100,23 @@ struct WeightParam {
 // embed_tokens; per layer input_layernorm, q, k, v, o, post_attention_layernorm, gate, up, down;
 // model.norm; lm_head (when untied, and kInt8's copy of a tied head).
 std::vector<WeightParam> WeightParamLayout(const ModelConfig& config, WeightPrecision precision);
+
+// The weights of a model whose programs take the layer arena (ProgramSpec::layer_arena): every
+// "model.layers.*" param of WeightParamLayout, in that order, packed into one u8 buffer at the
+// offsets kernels/decoder_layers.h (ArenaLayers) reads them from. The fused layer call then takes
+// one operand instead of ~700 (q4 SmolLM2), and programs with more tokens than the fused call
+// takes slice their weights out of it.
+struct ArenaPiece {
+  size_t param = 0;  // index into WeightParamLayout
+  int64_t offset = 0, bytes = 0;
+};
+std::vector<ArenaPiece> LayerArenaPieces(const ModelConfig& config, WeightPrecision precision);
+int64_t LayerArenaBytes(const ModelConfig& config, WeightPrecision precision);
+// WeightParamLayout with the layer params replaced by one kLayerArena param ("model.layers") when
+// `layer_arena`: the params a model's programs take, in order.
+std::vector<WeightParam> ModelParamLayout(const ModelConfig& config, WeightPrecision precision, bool layer_arena);
+// Whether a model's programs take the layer arena: the fused layer stack (which needs an f32 KV cache).
+bool UsesLayerArena(MatmulMode chosen, DType kv_dtype);
 
 // Checks that the config is one we can emit (positive sizes, heads divisible by kv heads, even
 // head_dim, ...). Throws InvalidArgumentError naming the field.
@@ -151,6 +169,7 @@ struct ProgramSpec {
   WeightPrecision precision = WeightPrecision::kF32;
   DType kv_dtype = DType::kF32;  // f32 or bf16
   MatmulMode matmul = MatmulMode::kAuto;
+  bool layer_arena = false;  // the layer weights come as one arena param (ModelParamLayout)
   // The tiny model (kCandidates, and EmitTinyTableProgram): its hidden width and input.
   int64_t tiny_hidden = 0;
   TinyInput tiny_input = TinyInput::kInputEmbedding;

@@ -83,6 +83,33 @@ TEST(fused_layers, ProgramsUseTheFusedCallAndKAutoPicksIt) {
   }
 }
 
+// A fused model keeps every layer weight in one arena buffer (model/programs.h, ModelParamLayout):
+// its prefill programs longer than the fused call takes read them as slices of it, and compute
+// what the plain program over separate weight buffers computes.
+TEST(fused_layers, LongPrefillReadsTheLayerArena) {
+  for (WeightPrecision p : {WeightPrecision::kF32, WeightPrecision::kBF16, WeightPrecision::kInt8, WeightPrecision::kQ4}) {
+    ModelConfig c = Config({p, ModelFamily::kLlama, false});
+    ModelWeights w = testing::SmallRandomModel(c, 3, 1.0f);
+    DecoderModel fused = Model(w, p, MatmulMode::kFused, 2 * kFfiMaxTokens);
+    DecoderModel plain = Model(w, p, MatmulMode::kXlaAuto, 2 * kFfiMaxTokens);
+    const std::string text = fused.ProgramText(kFfiMaxTokens + 1, {HeadKind::kLogits}, false);
+    EXPECT_NE(text.find("%model_layers: tensor<"), std::string::npos) << WeightPrecisionName(p);
+    EXPECT_EQ(text.find("model_layers_0_"), std::string::npos) << WeightPrecisionName(p);
+    std::vector<int32_t> prompt;
+    for (int64_t i = 0; i <= kFfiMaxTokens; ++i) prompt.push_back(static_cast<int32_t>((i * 37 + 5) % c.vocab_size));
+    ForwardResult a = fused.Forward(prompt, 0, {HeadKind::kLogits});
+    ForwardResult b = plain.Forward(prompt, 0, {HeadKind::kLogits});
+    ASSERT_EQ(a.logits.size(), b.logits.size());
+    float worst = 0;
+    for (size_t i = 0; i < a.logits.size(); ++i) worst = std::max(worst, std::fabs(a.logits[i] - b.logits[i]));
+    EXPECT_LT(worst, 1e-3f) << WeightPrecisionName(p);
+    // Then the fused decode continues from that cache like the plain model.
+    ForwardResult x = fused.Forward({9}, kFfiMaxTokens + 1, {HeadKind::kArgmax});
+    ForwardResult y = plain.Forward({9}, kFfiMaxTokens + 1, {HeadKind::kArgmax});
+    EXPECT_EQ(x.argmax, y.argmax) << WeightPrecisionName(p);
+  }
+}
+
 // The cascade's exactness rests on this: a block of T proposals verified at once gives, row by
 // row, the very bits the target gives decoding them one at a time.
 TEST(fused_layers, VerifyRowsBitIdenticalToDecodeEveryPrecision) {
