@@ -481,12 +481,10 @@ int64_t AlignUp(int64_t n) { return (n + kArenaAlignment - 1) / kArenaAlignment 
 std::vector<int64_t> ArenaPieceBytes(const DecoderLayersConfig& c, WeightMatrix::Kind kind) {
   std::vector<int64_t> bytes;
   const auto shapes = LayerMatrixShapes(c);
-  for (int64_t l = 0; l < c.layers; ++l) {
-    bytes.push_back(c.hidden * 4);  // input norm
-    for (size_t m = 0; m < shapes.size(); ++m) {
-      if (m == 4) bytes.push_back(c.hidden * 4);  // post-attention norm, before gate
-      AddMatrixPieces(kind, shapes[m].first, shapes[m].second, &bytes);
-    }
+  bytes.push_back(c.hidden * 4);  // input norm
+  for (size_t m = 0; m < shapes.size(); ++m) {
+    if (m == 4) bytes.push_back(c.hidden * 4);  // post-attention norm, before gate
+    AddMatrixPieces(kind, shapes[m].first, shapes[m].second, &bytes);
   }
   return bytes;
 }
@@ -497,17 +495,18 @@ int64_t ArenaBytes(const DecoderLayersConfig& c, WeightMatrix::Kind kind) {
   return AlignUp(end);
 }
 
-std::string ArenaLayers(const DecoderLayersConfig& c, WeightMatrix::Kind kind, const uint8_t* arena, int64_t bytes,
-                        std::vector<DecoderLayerWeights>* layers) {
-  if (c.layers < 1 || c.hidden < 1 || c.heads < 1 || c.kv_heads < 1 || c.head_dim < 1 || c.intermediate < 1)
+std::string ArenaLayer(const DecoderLayersConfig& c, WeightMatrix::Kind kind, const uint8_t* arena, int64_t bytes,
+                       DecoderLayerWeights* layer) {
+  if (c.hidden < 1 || c.heads < 1 || c.kv_heads < 1 || c.head_dim < 1 || c.intermediate < 1)
     return "decoder layers: sizes must be positive";
   if (kind == WeightMatrix::Kind::kQ4 && (c.hidden % 64 != 0 || (c.heads * c.head_dim) % 64 != 0 || c.intermediate % 64 != 0))
     return "decoder layers: q4 weights need every matrix's input size to be a multiple of 64";
   const int64_t want = ArenaBytes(c, kind);
   if (bytes != want)
-    return "decoder layers: the weight arena holds " + std::to_string(bytes) + " bytes; these layers need " +
+    return "decoder layers: a layer's weight arena holds " + std::to_string(bytes) + " bytes; the layer needs " +
            std::to_string(want);
-  if (reinterpret_cast<uintptr_t>(arena) % 16 != 0) return "decoder layers: the weight arena is not 16-byte aligned";
+  if (!arena || reinterpret_cast<uintptr_t>(arena) % 16 != 0)
+    return "decoder layers: a layer's weight arena is not 16-byte aligned";
   int64_t offset = 0;
   auto next = [&](int64_t piece_bytes) {
     offset = AlignUp(offset);
@@ -536,18 +535,16 @@ std::string ArenaLayers(const DecoderLayersConfig& c, WeightMatrix::Kind kind, c
     return m;
   };
   const auto shapes = LayerMatrixShapes(c);
-  layers->assign(static_cast<size_t>(c.layers), {});
-  for (DecoderLayerWeights& w : *layers) {
-    w.input_norm = reinterpret_cast<const float*>(next(c.hidden * 4));
-    w.q = matrix(shapes[0].first, shapes[0].second);
-    w.k = matrix(shapes[1].first, shapes[1].second);
-    w.v = matrix(shapes[2].first, shapes[2].second);
-    w.o = matrix(shapes[3].first, shapes[3].second);
-    w.post_attention_norm = reinterpret_cast<const float*>(next(c.hidden * 4));
-    w.gate = matrix(shapes[4].first, shapes[4].second);
-    w.up = matrix(shapes[5].first, shapes[5].second);
-    w.down = matrix(shapes[6].first, shapes[6].second);
-  }
+  DecoderLayerWeights& w = *layer;
+  w.input_norm = reinterpret_cast<const float*>(next(c.hidden * 4));
+  w.q = matrix(shapes[0].first, shapes[0].second);
+  w.k = matrix(shapes[1].first, shapes[1].second);
+  w.v = matrix(shapes[2].first, shapes[2].second);
+  w.o = matrix(shapes[3].first, shapes[3].second);
+  w.post_attention_norm = reinterpret_cast<const float*>(next(c.hidden * 4));
+  w.gate = matrix(shapes[4].first, shapes[4].second);
+  w.up = matrix(shapes[5].first, shapes[5].second);
+  w.down = matrix(shapes[6].first, shapes[6].second);
   return "";
 }
 

@@ -52,23 +52,25 @@ struct DecoderLayersCall {
   float* v_new = nullptr;
 };
 
-// ---- the layer arena: every layer's weights in one buffer ----
-// The fused call takes the layer stack's weights as one u8 operand instead of one per tensor: a q4
+// ---- layer arenas: each layer's weights in one buffer ----
+// The fused call takes a layer's weights as one u8 operand instead of one per tensor: a q4
 // SmolLM2 step passed ~700 buffers, and the plugin's per-buffer work (usage holds, events, the
-// call frame) cost ~1 us each per step (issue #13). Per layer, in order: input norm f32[hidden];
-// q, k, v, o; post-attention norm f32[hidden]; gate, up, down. A matrix [out, in] is, by kind:
-// kF32Transposed f32[in, out]; kBf16 bf16[out, in]; kInt8 s8[out, in] then f32 scales[out]; kQ4
-// u8[out, in / 2] then f16 scales and minimums [out, in / 32] (int8_matmul.h). Every piece starts
-// at a multiple of kArenaAlignment bytes. model/programs.h (LayerArenaPieces) packs the same order.
+// call frame) cost ~1 us each per step (issue #13). One buffer per layer, not one for the whole
+// stack, so a load never holds more than one extra layer on the host. Per layer, in order: input
+// norm f32[hidden]; q, k, v, o; post-attention norm f32[hidden]; gate, up, down. A matrix
+// [out, in] is, by kind: kF32Transposed f32[in, out]; kBf16 bf16[out, in]; kInt8 s8[out, in]
+// then f32 scales[out]; kQ4 u8[out, in / 2] then f16 scales and minimums [out, in / 32]
+// (int8_matmul.h). Every piece starts at a multiple of kArenaAlignment bytes from the arena's
+// start. model/programs.h (LayerArenaPieces) packs the same order.
 constexpr int64_t kArenaAlignment = 64;
-// Byte sizes of the pieces in order.
+// Byte sizes of one layer's pieces in order.
 std::vector<int64_t> ArenaPieceBytes(const DecoderLayersConfig& config, WeightMatrix::Kind kind);
-// Total bytes of an arena (the last piece's end, rounded up to kArenaAlignment).
+// Bytes of one layer's arena (the last piece's end, rounded up to kArenaAlignment).
 int64_t ArenaBytes(const DecoderLayersConfig& config, WeightMatrix::Kind kind);
-// The layers' weights inside `arena` (of `bytes` bytes, kArenaAlignment-aligned). Empty string on
-// success; otherwise what is wrong (a size that does not match the config).
-std::string ArenaLayers(const DecoderLayersConfig& config, WeightMatrix::Kind kind, const uint8_t* arena, int64_t bytes,
-                        std::vector<DecoderLayerWeights>* layers);
+// A layer's weights inside `arena` (of `bytes` bytes; its start 16-byte aligned at least). Empty
+// string on success; otherwise what is wrong (a size that does not match the config).
+std::string ArenaLayer(const DecoderLayersConfig& config, WeightMatrix::Kind kind, const uint8_t* arena, int64_t bytes,
+                       DecoderLayerWeights* layer);
 
 // Empty when the config and call are ones we compute; otherwise what is wrong.
 std::string ValidateDecoderLayers(const DecoderLayersConfig& config, const std::vector<DecoderLayerWeights>& layers,

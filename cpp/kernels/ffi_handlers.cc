@@ -232,7 +232,7 @@ ffi::Error F32TMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> wt, ffi
 
 ffi::Error DecoderLayersImpl(ffi::Buffer<ffi::F32> hidden, ffi::Buffer<ffi::F32> cos, ffi::Buffer<ffi::F32> sin,
                              ffi::Buffer<ffi::PRED> mask, ffi::Buffer<ffi::S32> start, ffi::Buffer<ffi::F32> k_cache,
-                             ffi::Buffer<ffi::F32> v_cache, ffi::Buffer<ffi::U8> arena,
+                             ffi::Buffer<ffi::F32> v_cache, ffi::RemainingArgs arenas,
                              ffi::ResultBuffer<ffi::F32> hidden_out, ffi::ResultBuffer<ffi::F32> k_new,
                              ffi::ResultBuffer<ffi::F32> v_new, int64_t layers, int64_t heads, int64_t kv_heads,
                              int64_t head_dim, int64_t intermediate, float eps, bool gemma, int64_t weights) {
@@ -261,12 +261,19 @@ ffi::Error DecoderLayersImpl(ffi::Buffer<ffi::F32> hidden, ffi::Buffer<ffi::F32>
       !shape_is(hidden_out->dimensions(), {T, hd[1]}) || !shape_is(k_new->dimensions(), {layers, kv_heads, T, head_dim}) ||
       !shape_is(v_new->dimensions(), {layers, kv_heads, T, head_dim}))
     return ffi::Error::InvalidArgument(name + ": rope tables, mask, start_pos or results do not match hidden" + DimsText(hd));
-  if (weights < 0 || weights > static_cast<int64_t>(WeightMatrix::Kind::kQ4) || arena.dimensions().size() != 1)
-    return ffi::Error::InvalidArgument(name + ": expected a u8[bytes] weight arena and weights = 0..3 (its matrix kind)");
-  std::vector<DecoderLayerWeights> w;
-  const std::string bad_arena = ArenaLayers(c, static_cast<WeightMatrix::Kind>(weights), arena.typed_data(),
-                                            arena.dimensions()[0], &w);
-  if (!bad_arena.empty()) return ffi::Error::InvalidArgument(bad_arena);
+  if (weights < 0 || weights > static_cast<int64_t>(WeightMatrix::Kind::kQ4) ||
+      static_cast<int64_t>(arenas.size()) != layers)
+    return ffi::Error::InvalidArgument(name + ": expected one u8[bytes] weight arena per layer (" + std::to_string(layers) +
+                                       "), got " + std::to_string(arenas.size()) + ", and weights = 0..3 (the matrix kind)");
+  std::vector<DecoderLayerWeights> w(static_cast<size_t>(layers));
+  for (int64_t l = 0; l < layers; ++l) {
+    auto b = arenas.get<ffi::AnyBuffer>(static_cast<size_t>(l));
+    if (!b.has_value() || b->element_type() != ffi::DataType::U8 || b->dimensions().size() != 1)
+      return ffi::Error::InvalidArgument(name + ": layer " + std::to_string(l) + "'s weight arena must be u8[bytes]");
+    const std::string bad = ArenaLayer(c, static_cast<WeightMatrix::Kind>(weights),
+                                       static_cast<const uint8_t*>(b->untyped_data()), b->dimensions()[0], &w[l]);
+    if (!bad.empty()) return ffi::Error::InvalidArgument(bad + " (layer " + std::to_string(l) + ")");
+  }
   DecoderLayersCall call;
   call.num_tokens = T;
   call.max_context = kd[2];
@@ -309,7 +316,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeDecoderLayersHandler, DecoderLayersImpl,
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::U8>>()
+                                  .RemainingArgs()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()

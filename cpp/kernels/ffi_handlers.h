@@ -10,8 +10,8 @@
 //   cascade_bf16_gather_matmul(x f32[T, in], ids s32[T, K], w bf16[out, in]) -> f32[T, K]
 //   cascade_f32t_matmul(x f32[T, in], wt f32[in, out]) -> f32[T, out]       y = x . wt (f32 upload layout)
 //   cascade_decoder_layers(hidden f32[T, d], rope_cos f32[T, hd/2], rope_sin, block_mask pred[T, T],
-//       start_pos s32[], k_cache f32[L, KV, C, hd], v_cache, arena u8[bytes]: every layer's
-//       weights in one buffer, laid out as kernels/decoder_layers.h (ArenaLayers) says)
+//       start_pos s32[], k_cache f32[L, KV, C, hd], v_cache, then per layer an arena u8[bytes]:
+//       the layer's weights in one buffer, laid out as kernels/decoder_layers.h (ArenaLayer) says)
 //     -> hidden f32[T, d] (before the final norm), k_new f32[L, KV, T, hd], v_new (RoPE applied)
 //     attributes layers, heads, kv_heads, head_dim, intermediate (i64), eps (f32), gemma (bool),
 //     weights (i64: the matrices' WeightMatrix::Kind, 0 f32 [in, out] .. 3 q4).

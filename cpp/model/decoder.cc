@@ -186,7 +186,7 @@ DecoderModel::DecoderModel(std::shared_ptr<Client> client, const ModelWeights& w
     throw InvalidArgumentError("DecoderModel: kv_dtype must be f32 or bf16");
   layer_arena_ = UsesLayerArena(ChooseMatmulMode(*client_, options_.precision, options_.matmul), kv_dtype_);
   // One tensor group at a time, so the host holds at most one converted matrix at once (besides
-  // the layer arena, which is filled piece by piece and uploaded whole after the last layer).
+  // the current layer's arena, filled piece by piece and uploaded after the layer's last piece).
   auto layout = WeightParamLayout(config_, options_.precision);
   std::vector<ArenaPiece> pieces;
   HostTensor arena;
@@ -205,7 +205,7 @@ DecoderModel::DecoderModel(std::shared_ptr<Client> client, const ModelWeights& w
           throw Error(ErrorKind::kInternal, "DecoderModel: " + layout[piece.param].name() + " does not fit its arena piece");
         std::memcpy(arena.data.data() + piece.offset, t.data.data(), t.data.size());
       }
-      if (next_piece == pieces.size())
+      if (next_piece == pieces.size() || pieces[next_piece].layer != pieces[next_piece - 1].layer)
         for (auto& rep : replicas_) rep.weights.push_back(client_->ToDevice(arena, rep.device));
       continue;
     }

@@ -39,7 +39,8 @@ struct Int8Matrix {
 };
 // Per output row c: s_c = max|W_c| / 127 (1 for an all-zero row), W_int8 = round(W / s_c).
 Int8Matrix QuantizeInt8PerChannel(const HostTensor& w);
-// The tensors to upload, in WeightParamLayout(config, precision) order.
+// The tensors of WeightParamLayout(config, precision), in its order (a model with layer arenas
+// packs the layers' ones: model/programs.h, LayerArenaPieces).
 std::vector<HostTensor> PrepareWeightParams(const ModelWeights& weights, WeightPrecision precision);
 // The weights as the program sees them, as f32 (bf16 rounding / int8 dequantisation applied):
 // a reference forward on these should match the program tightly.
@@ -185,7 +186,7 @@ class DecoderModel {
   };
   std::vector<Replica> replicas_;
 
-  bool layer_arena_ = false;  // the layer weights live in one buffer (model/programs.h, ModelParamLayout)
+  bool layer_arena_ = false;  // each layer's weights live in one buffer (model/programs.h, ModelParamLayout)
   int64_t tiny_hidden_ = 0;
   TinyInput tiny_input_ = TinyInput::kInputEmbedding;
   std::map<std::tuple<int64_t, HeadSpec, bool>, std::shared_ptr<LoadedExecutable>> programs_;

@@ -34,7 +34,12 @@ kernels::WeightMatrix::Kind ArenaMatrixKind(WeightPrecision precision) {
   return kernels::WeightMatrix::Kind::kF32Transposed;
 }
 
-bool IsLayerParam(const WeightParam& p) { return p.tensor.rfind("model.layers.", 0) == 0; }
+// The layer index of a "model.layers.<l>.*" param, else -1.
+int64_t LayerOf(const WeightParam& p) {
+  static const std::string kPrefix = "model.layers.";
+  if (p.tensor.rfind(kPrefix, 0) != 0) return -1;
+  return std::stoll(p.tensor.substr(kPrefix.size()));
+}
 
 // Where each weight param lives in @main's param list.
 struct WeightRef {
@@ -174,7 +179,7 @@ class Emitter {
     for (const WeightParam& p : layout) {
       Value v = f_.Param(p.name(), p.dtype, p.dims);
       if (p.role == WeightParam::Role::kLayerArena) {
-        arena_ = v;
+        arenas_.push_back(v);  // layer l's arena is the l-th
         continue;
       }
       if (p.role == WeightParam::Role::kInt8Scales || p.role == WeightParam::Role::kQ4Scales) {
@@ -199,12 +204,12 @@ class Emitter {
 
   const WeightRef& W(const std::string& name) {
     auto it = weights_.find(name);
-    if (it == weights_.end() && arena_) return ArenaWeight(name);
+    if (it == weights_.end() && !arenas_.empty()) return ArenaWeight(name);
     if (it == weights_.end()) throw InvalidArgumentError("programs: no weight param " + name);
     return it->second;
   }
 
-  // A layer tensor as slices of the arena, reinterpreted as its params' types (the plain layers of
+  // A layer tensor as slices of its layer's arena, reinterpreted as its params' types (the plain layers of
   // a program with more tokens than the fused call takes).
   const WeightRef& ArenaWeight(const std::string& name) {
     const std::vector<WeightParam> layout = WeightParamLayout(c_, s_.precision);
@@ -213,7 +218,7 @@ class Emitter {
       const WeightParam& p = layout[piece.param];
       if (p.tensor != name) continue;
       found = true;
-      Value bytes = f_.Slice(*arena_, {piece.offset}, {piece.offset + piece.bytes});
+      Value bytes = f_.Slice(arenas_.at(static_cast<size_t>(piece.layer)), {piece.offset}, {piece.offset + piece.bytes});
       const int64_t width = DTypeSize(p.dtype), n = piece.bytes / width;
       Value v = width == 1 ? bytes
                            : f_.BitcastConvert(f_.Reshape(bytes, {n, width}), p.dtype, {n});
@@ -247,7 +252,8 @@ class Emitter {
     Value eye = f_.Compare(CompareDirection::kEq, f_.Iota(DType::kS32, {T, T}, 0), f_.Iota(DType::kS32, {T, T}, 1));
     Value block = tree ? f_.Or(*tree, eye)
                        : f_.Compare(CompareDirection::kGe, f_.Iota(DType::kS32, {T, T}, 0), f_.Iota(DType::kS32, {T, T}, 1));
-    std::vector<Value> operands = {h, cos_, sin_, block, start, k_cache, v_cache, *arena_};
+    std::vector<Value> operands = {h, cos_, sin_, block, start, k_cache, v_cache};
+    operands.insert(operands.end(), arenas_.begin(), arenas_.end());
     char eps[64];
     std::snprintf(eps, sizeof(eps), "%.9e : f32", static_cast<float>(c_.rms_norm_eps));
     auto i64 = [](int64_t v) { return std::to_string(v) + " : i64"; };
@@ -448,7 +454,7 @@ class Emitter {
   bool fused_ = false;  // the layer stack as one custom call (MatmulMode::kFused)
   hlo::Function f_;
   std::map<std::string, WeightRef> weights_;
-  std::optional<Value> arena_;  // the layer arena param (ProgramSpec::layer_arena)
+  std::vector<Value> arenas_;  // the layer arena params, one per layer (ProgramSpec::layer_arena)
   Value cos_, sin_;
 };
 
@@ -565,15 +571,18 @@ std::vector<WeightParam> WeightParamLayout(const ModelConfig& c, WeightPrecision
 std::vector<ArenaPiece> LayerArenaPieces(const ModelConfig& c, WeightPrecision precision) {
   const std::vector<WeightParam> layout = WeightParamLayout(c, precision);
   std::vector<ArenaPiece> pieces;
-  int64_t end = 0;
+  int64_t end = 0, layer = -1;
   for (size_t i = 0; i < layout.size(); ++i) {
-    if (!IsLayerParam(layout[i])) continue;
+    const int64_t l = LayerOf(layout[i]);
+    if (l < 0) continue;
+    if (l != layer) end = 0;  // a new layer's arena
+    layer = l;
     const int64_t offset = (end + kernels::kArenaAlignment - 1) / kernels::kArenaAlignment * kernels::kArenaAlignment;
     const int64_t bytes = ElementCount(layout[i].dims) * static_cast<int64_t>(DTypeSize(layout[i].dtype));
-    pieces.push_back({i, offset, bytes});
+    pieces.push_back({i, l, offset, bytes});
     end = offset + bytes;
   }
-  // The fused call reads the arena by the kernels' own account of the same order: they must agree.
+  // The fused call reads each arena by the kernels' own account of the same order: they must agree.
   kernels::DecoderLayersConfig k;
   k.layers = c.num_layers;
   k.hidden = c.hidden_size;
@@ -582,27 +591,34 @@ std::vector<ArenaPiece> LayerArenaPieces(const ModelConfig& c, WeightPrecision p
   k.head_dim = c.head_dim;
   k.intermediate = c.intermediate_size;
   const std::vector<int64_t> kernel_bytes = kernels::ArenaPieceBytes(k, ArenaMatrixKind(precision));
-  bool agree = kernel_bytes.size() == pieces.size();
-  for (size_t i = 0; agree && i < pieces.size(); ++i) agree = kernel_bytes[i] == pieces[i].bytes;
-  if (!agree) throw Error(ErrorKind::kInternal, "programs: the layer arena's pieces disagree with kernels::ArenaPieceBytes");
+  bool agree = static_cast<int64_t>(pieces.size()) == c.num_layers * static_cast<int64_t>(kernel_bytes.size());
+  for (size_t i = 0; agree && i < pieces.size(); ++i)
+    agree = kernel_bytes[i % kernel_bytes.size()] == pieces[i].bytes &&
+            pieces[i].layer == static_cast<int64_t>(i / kernel_bytes.size());
+  if (!agree) throw Error(ErrorKind::kInternal, "programs: the layer arenas' pieces disagree with kernels::ArenaPieceBytes");
   return pieces;
 }
 
 int64_t LayerArenaBytes(const ModelConfig& c, WeightPrecision precision) {
-  const std::vector<ArenaPiece> pieces = LayerArenaPieces(c, precision);
-  const int64_t end = pieces.empty() ? 0 : pieces.back().offset + pieces.back().bytes;
+  int64_t end = 0;
+  for (const ArenaPiece& piece : LayerArenaPieces(c, precision))
+    if (piece.layer == 0) end = piece.offset + piece.bytes;
   return (end + kernels::kArenaAlignment - 1) / kernels::kArenaAlignment * kernels::kArenaAlignment;
 }
 
 std::vector<WeightParam> ModelParamLayout(const ModelConfig& c, WeightPrecision precision, bool layer_arena) {
   std::vector<WeightParam> layout = WeightParamLayout(c, precision);
   if (!layer_arena) return layout;
+  const int64_t bytes = LayerArenaBytes(c, precision);
   std::vector<WeightParam> out;
+  int64_t last = -1;
   for (const WeightParam& p : layout) {
-    if (!IsLayerParam(p)) {
+    const int64_t l = LayerOf(p);
+    if (l < 0) {
       out.push_back(p);
-    } else if (out.empty() || out.back().role != WeightParam::Role::kLayerArena) {
-      out.push_back({"model.layers", WeightParam::Role::kLayerArena, DType::kU8, {LayerArenaBytes(c, precision)}});
+    } else if (l != last) {
+      out.push_back({"model.layers." + std::to_string(l), WeightParam::Role::kLayerArena, DType::kU8, {bytes}});
+      last = l;
     }
   }
   return out;

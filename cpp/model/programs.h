@@ -3,8 +3,9 @@
 // on the device, and returns what the caller asked for (the "head").
 //
 // Parameters of @main, in this order:
-//   1. the weights, in WeightParamLayout(config, precision) order (one param per canonical
-//      tensor; an INT8 matrix is two params: its s8 values, then its f32 per-row scales);
+//   1. the weights, in ModelParamLayout(config, precision, spec.layer_arena) order: one param per
+//      canonical tensor (an INT8 matrix is two params: its s8 values, then its f32 per-row scales;
+//      a q4 matrix three), or with layer arenas one u8 param per layer in place of its tensors;
 //   2. k_cache, v_cache: kv_dtype[layers, kv_heads, C, head_dim], aliased with results 0 and 1
 //      (`tf.aliasing_output`), so XLA updates them in place and the caller's buffers are donated;
 //   3. tokens s32[T];
@@ -85,7 +86,7 @@ constexpr int64_t kFfiMaxTokens = 64;
 
 struct WeightParam {
   // kQ4Values u8 [out, in / 2], kQ4Scales and kQ4Mins f16 [out, in / 32] (kernels/int8_matmul.h).
-  // kLayerArena: u8 [bytes], every layer's weights in one buffer (LayerArenaPieces).
+  // kLayerArena: u8 [bytes], one layer's weights in one buffer (LayerArenaPieces).
   enum class Role { kDense, kInt8Values, kInt8Scales, kQ4Values, kQ4Scales, kQ4Mins, kLayerArena };
   std::string tensor;  // the canonical tensor it comes from (model/config.h)
   Role role = Role::kDense;
@@ -101,19 +102,20 @@ struct WeightParam {
 // model.norm; lm_head (when untied, and kInt8's copy of a tied head).
 std::vector<WeightParam> WeightParamLayout(const ModelConfig& config, WeightPrecision precision);
 
-// The weights of a model whose programs take the layer arena (ProgramSpec::layer_arena): every
-// "model.layers.*" param of WeightParamLayout, in that order, packed into one u8 buffer at the
-// offsets kernels/decoder_layers.h (ArenaLayers) reads them from. The fused layer call then takes
-// one operand instead of ~700 (q4 SmolLM2), and programs with more tokens than the fused call
-// takes slice their weights out of it.
+// The weights of a model whose programs take layer arenas (ProgramSpec::layer_arena): each layer's
+// "model.layers.<l>.*" params of WeightParamLayout, in that order, packed into one u8 buffer per
+// layer at the offsets kernels/decoder_layers.h (ArenaLayer) reads them from. The fused layer call
+// then takes one operand per layer instead of ~23 (q4 SmolLM2: ~700 in all), and programs with
+// more tokens than the fused call takes slice their weights out of the arenas.
 struct ArenaPiece {
   size_t param = 0;  // index into WeightParamLayout
-  int64_t offset = 0, bytes = 0;
+  int64_t layer = 0;
+  int64_t offset = 0, bytes = 0;  // within the layer's arena
 };
 std::vector<ArenaPiece> LayerArenaPieces(const ModelConfig& config, WeightPrecision precision);
-int64_t LayerArenaBytes(const ModelConfig& config, WeightPrecision precision);
-// WeightParamLayout with the layer params replaced by one kLayerArena param ("model.layers") when
-// `layer_arena`: the params a model's programs take, in order.
+int64_t LayerArenaBytes(const ModelConfig& config, WeightPrecision precision);  // of one layer's arena
+// WeightParamLayout with each layer's params replaced by one kLayerArena param ("model.layers.<l>")
+// when `layer_arena`: the params a model's programs take, in order.
 std::vector<WeightParam> ModelParamLayout(const ModelConfig& config, WeightPrecision precision, bool layer_arena);
 // Whether a model's programs take the layer arena: the fused layer stack (which needs an f32 KV cache).
 bool UsesLayerArena(MatmulMode chosen, DType kv_dtype);
@@ -169,7 +171,7 @@ struct ProgramSpec {
   WeightPrecision precision = WeightPrecision::kF32;
   DType kv_dtype = DType::kF32;  // f32 or bf16
   MatmulMode matmul = MatmulMode::kAuto;
-  bool layer_arena = false;  // the layer weights come as one arena param (ModelParamLayout)
+  bool layer_arena = false;  // each layer's weights come as one arena param (ModelParamLayout)
   // The tiny model (kCandidates, and EmitTinyTableProgram): its hidden width and input.
   int64_t tiny_hidden = 0;
   TinyInput tiny_input = TinyInput::kInputEmbedding;

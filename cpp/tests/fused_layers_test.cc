@@ -83,8 +83,8 @@ TEST(fused_layers, ProgramsUseTheFusedCallAndKAutoPicksIt) {
   }
 }
 
-// A fused model keeps every layer weight in one arena buffer (model/programs.h, ModelParamLayout):
-// its prefill programs longer than the fused call takes read them as slices of it, and compute
+// A fused model keeps each layer's weights in one arena buffer (model/programs.h, ModelParamLayout):
+// its prefill programs longer than the fused call takes read them as slices of those, and compute
 // what the plain program over separate weight buffers computes.
 TEST(fused_layers, LongPrefillReadsTheLayerArena) {
   for (WeightPrecision p : {WeightPrecision::kF32, WeightPrecision::kBF16, WeightPrecision::kInt8, WeightPrecision::kQ4}) {
@@ -93,7 +93,7 @@ TEST(fused_layers, LongPrefillReadsTheLayerArena) {
     DecoderModel fused = Model(w, p, MatmulMode::kFused, 2 * kFfiMaxTokens);
     DecoderModel plain = Model(w, p, MatmulMode::kXlaAuto, 2 * kFfiMaxTokens);
     const std::string text = fused.ProgramText(kFfiMaxTokens + 1, {HeadKind::kLogits}, false);
-    EXPECT_NE(text.find("%model_layers: tensor<"), std::string::npos) << WeightPrecisionName(p);
+    EXPECT_NE(text.find("%model_layers_0: tensor<"), std::string::npos) << WeightPrecisionName(p);
     EXPECT_EQ(text.find("model_layers_0_"), std::string::npos) << WeightPrecisionName(p);
     std::vector<int32_t> prompt;
     for (int64_t i = 0; i <= kFfiMaxTokens; ++i) prompt.push_back(static_cast<int32_t>((i * 37 + 5) % c.vocab_size));
