@@ -17,8 +17,10 @@ namespace cascade::binding {
 
 namespace {
 
-// distillTiny(client, { target, draft?, draftLayers?, precision?, out, positions?, hidden?, seed?, prompts? }, onProgress?)
-//   -> Promise<{ path, gamma0: [[k0, coverage]], trainPositions, heldoutPositions, ms: {...} }>
+// distillTiny(client, { target, draft?, draftLayers?, targetPrecision?, draftPrecision?, out, positions?, hidden?,
+//                       steps?, batch?, learningRate?, seed?, prompts? }, onProgress?(phase, done, total))
+//   -> Promise<{ path, gamma0: [[k0, coverage]], closedFormGamma0, trainPositions, heldoutPositions, train: {...},
+//                ms: {...} }>
 // The tiny is fitted on text the *target* writes (what the cascade will commit); the draft gives
 // the logits it learns.
 Napi::Value DistillTiny(const Napi::CallbackInfo& info) {
@@ -33,11 +35,15 @@ Napi::Value DistillTiny(const Napi::CallbackInfo& info) {
     distill.out = o.Get("out").As<Napi::String>().Utf8Value();
     if (o.Get("draft").IsString()) distill.draft = o.Get("draft").As<Napi::String>().Utf8Value();
     distill.draft_layers = static_cast<int64_t>(NumberFromJs(o, "draftLayers", 0));
-    distill.precision = PrecisionFromJs(o, "precision", distill.precision);
+    distill.target_precision = PrecisionFromJs(o, "targetPrecision", distill.target_precision);
+    distill.draft_precision = PrecisionFromJs(o, "draftPrecision", distill.draft_precision);
     TinyFitOptions& fit = distill.fit;
     fit.positions = static_cast<int64_t>(NumberFromJs(o, "positions", static_cast<double>(fit.positions)));
     fit.hidden = static_cast<int64_t>(NumberFromJs(o, "hidden", static_cast<double>(fit.hidden)));
     fit.seed = static_cast<uint64_t>(NumberFromJs(o, "seed", 1));
+    fit.train.steps = static_cast<int64_t>(NumberFromJs(o, "steps", static_cast<double>(fit.train.steps)));
+    fit.train.batch = static_cast<int64_t>(NumberFromJs(o, "batch", static_cast<double>(fit.train.batch)));
+    fit.train.learning_rate = NumberFromJs(o, "learningRate", fit.train.learning_rate);
     fit.prompts = TokenListsFromJs(o, "prompts");
   } catch (const Error& e) {
     throw ToJsError(env, e);
@@ -50,10 +56,13 @@ Napi::Value DistillTiny(const Napi::CallbackInfo& info) {
       [client, distill, report, progress, cancel]() mutable {
         try {
           int64_t last = -1;
-          *report = DistillTinyToFile(client, distill, [&progress, cancel, &last](int64_t done, int64_t total) {
-            if (done - last >= 10 || done == total) {
+          const char* last_phase = "";
+          *report = DistillTinyToFile(client, distill, [&](const char* phase, int64_t done, int64_t total) {
+            if (std::string(phase) != last_phase) last = -1;
+            last_phase = phase;
+            if (done - last >= 10 || done == total || phase[0] == 't') {  // every training step: they are slow
               last = done;
-              progress(nullptr, done, total);
+              progress(phase, done, total);
             }
             return !cancel->load();
           });
@@ -66,19 +75,40 @@ Napi::Value DistillTiny(const Napi::CallbackInfo& info) {
       [report, out = distill.out](Napi::Env env) -> Napi::Value {
         Napi::Object r = Napi::Object::New(env);
         r.Set("path", out);
-        Napi::Array g = Napi::Array::New(env, report->gamma0.size());
-        for (size_t i = 0; i < report->gamma0.size(); ++i) {
+        auto coverage = [&](const std::vector<std::pair<int64_t, double>>& pairs) {
+          Napi::Array g = Napi::Array::New(env, pairs.size());
+          for (size_t i = 0; i < pairs.size(); ++i) {
+            Napi::Array pair = Napi::Array::New(env, 2);
+            pair.Set(0u, static_cast<double>(pairs[i].first));
+            pair.Set(1u, pairs[i].second);
+            g.Set(i, pair);
+          }
+          return g;
+        };
+        r.Set("gamma0", coverage(report->gamma0));
+        r.Set("closedFormGamma0", coverage(report->closed_form_gamma0));
+        Napi::Object train = Napi::Object::New(env);
+        train.Set("steps", static_cast<double>(report->train.steps));
+        train.Set("batch", static_cast<double>(report->train.batch));
+        train.Set("firstLoss", report->train.first_loss);
+        train.Set("lastLoss", report->train.last_loss);
+        train.Set("bestStep", static_cast<double>(report->train.best_step));
+        train.Set("validationK", static_cast<double>(report->train.validation_k));
+        Napi::Array validation = Napi::Array::New(env, report->train.validation.size());
+        for (size_t i = 0; i < report->train.validation.size(); ++i) {
           Napi::Array pair = Napi::Array::New(env, 2);
-          pair.Set(0u, static_cast<double>(report->gamma0[i].first));
-          pair.Set(1u, report->gamma0[i].second);
-          g.Set(i, pair);
+          pair.Set(0u, static_cast<double>(report->train.validation[i].first));
+          pair.Set(1u, report->train.validation[i].second);
+          validation.Set(i, pair);
         }
-        r.Set("gamma0", g);
+        train.Set("validation", validation);
+        r.Set("train", train);
         r.Set("trainPositions", static_cast<double>(report->train_positions));
         r.Set("heldoutPositions", static_cast<double>(report->heldout_positions));
         Napi::Object ms = Napi::Object::New(env);
         ms.Set("generate", report->generate_ms);
         ms.Set("solve", report->projection_ms + report->accumulate_ms + report->solve_ms);
+        ms.Set("train", report->train.compile_ms + report->train.train_ms);
         ms.Set("evaluate", report->eval_ms);
         ms.Set("total", report->total_ms());
         r.Set("ms", ms);
@@ -92,6 +122,15 @@ Napi::Value DistillTiny(const Napi::CallbackInfo& info) {
 
 void InitDistill(Napi::Env env, Napi::Object exports) {
   exports.Set("distillTiny", Napi::Function::New(env, DistillTiny, "distillTiny"));
+  // What distillTiny uses for an option it is not given (DistillOptions owns these defaults).
+  const DistillOptions d;
+  Napi::Object defaults = Napi::Object::New(env);
+  defaults.Set("positions", static_cast<double>(d.fit.positions));
+  defaults.Set("hidden", static_cast<double>(d.fit.hidden));
+  defaults.Set("steps", static_cast<double>(d.fit.train.steps));
+  defaults.Set("batch", static_cast<double>(d.fit.train.batch));
+  defaults.Set("learningRate", d.fit.train.learning_rate);
+  exports.Set("distillDefaults", defaults);
 }
 
 }  // namespace cascade::binding

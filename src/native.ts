@@ -148,7 +148,9 @@ export interface NativeAddon {
     options: NativeLoadOptions,
     onProgress?: (stage: 'fit' | 'compile', done: number, total: number) => void,
   ): { promise: Promise<unknown>; cancel(): void };
-  distillTiny(client: NativeClient, options: object, onProgress?: (done: number, total: number) => void): { promise: Promise<unknown>; cancel(): void };
+  distillTiny(client: NativeClient, options: object, onProgress?: (phase: string, done: number, total: number) => void): { promise: Promise<unknown>; cancel(): void };
+  /** What distillTiny uses for an option it is not given (the C++ DistillOptions own these defaults). */
+  distillDefaults: { positions: number; hidden: number; steps: number; batch: number; learningRate: number };
   pjrtHeaderVersion: string;
   measureBandwidth(): Promise<number>;
   /** What a load uses for an option it is not given (the C++ EngineOptions own these defaults). */

@@ -40,18 +40,27 @@ describe('cascade-xla CLI', () => {
     expect(out.info.target.layers).toBe(30);
   }, 600_000);
 
-  it('distill writes a tiny model and reports gamma0; run --mode cascade uses it', async () => {
+  it('distill trains a tiny model (closed form, then Adam on the device) and reports gamma0; run --mode cascade uses it', async () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'cascade-distill-'));
     const out = path.join(dir, 'tiny.safetensors');
-    const { stdout } = await run(process.execPath, [cli, 'distill', '--json', '--draft-layers', '4', '--positions', '60', '--hidden', '32', '--out', out], {
-      timeout: 600_000,
-      maxBuffer: 1 << 24,
-    });
+    const { stdout } = await run(
+      process.execPath,
+      [cli, 'distill', '--json', '--draft-layers', '4', '--positions', '60', '--hidden', '32', '--steps', '20', '--batch', '16', '--out', out],
+      { timeout: 600_000, maxBuffer: 1 << 24 },
+    );
     const report = JSON.parse(stdout);
     expect(report.path).toBe(out);
     expect(report.trainPositions + report.heldoutPositions).toBe(60);
     expect(report.gamma0.map((g: [number, number]) => g[0])).toEqual([8, 64, 256]);
+    expect(report.closedFormGamma0.map((g: [number, number]) => g[0])).toEqual([8, 64, 256]);
     for (const [, g] of report.gamma0) expect(g).toBeGreaterThanOrEqual(0);
+    expect(report.train).toMatchObject({ steps: 20, batch: 16, validationK: 8 });
+    expect(report.train.validation[0][0]).toBe(0);
+    expect(report.train.validation.at(-1)[0]).toBe(20);
+    expect(report.train.validation.map((p: [number, number]) => p[0])).toContain(report.train.bestStep);
+    expect(report.train.firstLoss).toBeGreaterThan(0);
+    expect(Number.isFinite(report.train.lastLoss)).toBe(true);
+    expect(report.ms.train).toBeGreaterThan(0);
     expect(statSync(out).size).toBeGreaterThan(32 * 49152 * 4);
     const answer = await run(
       process.execPath,
@@ -62,6 +71,32 @@ describe('cascade-xla CLI', () => {
     expect(r.text).toMatch(/Paris/);
     expect(r.stats.rounds.cascade).toBeGreaterThan(0);
     expect(r.stats.gamma0).not.toBeNull();
+  }, 900_000);
+
+  it('distill writes to the load cache by default, and the next cascade load reuses it instead of fitting', async () => {
+    // A cache of its own (the models and plugins linked from the real one), so the user's stays as it is.
+    const real = process.env.CASCADE_CACHE_DIR || path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'cascade-xla');
+    const cache = mkdtempSync(path.join(os.tmpdir(), 'cascade-distill-cache-'));
+    for (const sub of ['models', 'plugins']) symlinkSync(path.join(real, sub), path.join(cache, sub));
+    const env = { ...process.env, CASCADE_CACHE_DIR: cache };
+    const { stdout } = await run(process.execPath, [cli, 'distill', '--json', '--draft-layers', '3', '--positions', '30', '--hidden', '16', '--steps', '3'], {
+      timeout: 600_000,
+      maxBuffer: 1 << 24,
+      env,
+    });
+    const report = JSON.parse(stdout);
+    expect(path.dirname(report.path)).toBe(path.join(cache, 'tiny'));
+    expect(path.basename(report.path)).toMatch(/-L3-q4\.safetensors$/);
+    const written = readFileSync(report.path);
+    const answer = await run(
+      process.execPath,
+      [cli, 'run', '--json', '--mode', 'cascade', '--draft-layers', '3', '--max-tokens', '4', '--max-context', '128', 'Hi'],
+      { timeout: 600_000, maxBuffer: 1 << 24, env },
+    );
+    expect(JSON.parse(answer.stdout).stats.rounds.cascade).toBeGreaterThan(0);
+    expect(answer.stderr).not.toMatch(/fitting the tiny model/);
+    expect(readFileSync(report.path).equals(written)).toBe(true);  // reused, not fitted again
+    rmSync(cache, { recursive: true, force: true });
   }, 900_000);
 
   it('bad flags fail with a message and a non-zero exit', async () => {

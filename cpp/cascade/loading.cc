@@ -84,6 +84,18 @@ std::shared_ptr<CascadeEngine> LoadEngine(std::shared_ptr<Client> client, const 
         tiny = LoadTiny(options.tiny_cache, &engine->draft_config(), /*require_checksum=*/true);
         auto version = tiny->metadata.find("fit_version");
         if (version == tiny->metadata.end() || version->second != kTinyFitVersion) tiny.reset();  // an older fit
+        // One fitted (or distilled) for another draft: its depth or precision differs.
+        if (tiny) {
+          const std::string expected_draft =
+              draft ? draft->source
+                    : target.source + " (first " + std::to_string(engine->draft_config().num_layers) + " layers)";
+          const auto& meta = tiny->metadata;
+          auto fitted_for = meta.find("draft"), fitted_precision = meta.find("draft_precision");
+          if ((fitted_for != meta.end() && fitted_for->second != expected_draft) ||
+              (fitted_precision != meta.end() &&
+               fitted_precision->second != WeightPrecisionName(options.engine.draft_precision)))
+            tiny.reset();
+        }
       } catch (const Error&) {
         // Missing, stale or damaged: fitted again below (and the cache rewritten).
       }
@@ -98,14 +110,14 @@ std::shared_ptr<CascadeEngine> LoadEngine(std::shared_ptr<Client> client, const 
       fit.text_model = &engine->target();
       fit.draft_name = draft_weights.source;
       int64_t last = -1;
-      fit.progress = [&](int64_t done, int64_t total) {
+      fit.progress = [&](const char*, int64_t done, int64_t total) {  // the load's fit generates only
         if (progress && (done - last >= 10 || done == total)) {
           last = done;
           progress("fit", done, total);
         }
         return !(cancelled && cancelled());
       };
-      tiny = FitTinyClosedForm(engine->draft(), draft_weights, fit);
+      tiny = FitTiny(engine->draft(), draft_weights, fit);
       tiny->metadata["fit_text"] = "target";
       if (!options.tiny_cache.empty()) SaveTiny(*tiny, options.tiny_cache);
     }
@@ -122,24 +134,23 @@ std::shared_ptr<CascadeEngine> LoadEngine(std::shared_ptr<Client> client, const 
 }
 
 TinyFitReport DistillTinyToFile(std::shared_ptr<Client> client, const DistillOptions& options,
-                                const std::function<bool(int64_t, int64_t)>& progress) {
+                                const std::function<bool(const char*, int64_t, int64_t)>& progress) {
   ModelWeights target = LoadModel(options.target);
   ModelWeights draft = options.draft.empty()
-                           ? TruncateLayers(target, options.draft_layers > 0
-                                                        ? options.draft_layers
-                                                        : std::max<int64_t>(1, target.config.num_layers / 4))
+                           ? TruncateLayers(target, options.draft_layers > 0 ? options.draft_layers : target.config.num_layers)
                            : LoadModel(options.draft);
-  DecoderOptions decoder;
-  decoder.precision = options.precision;
-  decoder.max_context = options.fit.sequence_length;
-  DecoderModel draft_model(client, draft, decoder);
-  DecoderModel text_model(client, target, decoder);
+  DecoderOptions text_options, draft_options;
+  text_options.precision = options.target_precision;
+  draft_options.precision = options.draft_precision;
+  text_options.max_context = draft_options.max_context = options.fit.sequence_length;
+  DecoderModel draft_model(client, draft, draft_options);
+  DecoderModel text_model(client, target, text_options);
   TinyFitOptions fit = options.fit;
   fit.text_model = &text_model;
   fit.draft_name = draft.source;
   fit.progress = progress;
   TinyFitReport report;
-  TinyWeights tiny = FitTinyClosedForm(draft_model, draft, fit, &report);
+  TinyWeights tiny = FitTiny(draft_model, draft, fit, &report);
   tiny.metadata["fit_text"] = "target";
   SaveTiny(tiny, options.out);
   return report;

@@ -59,15 +59,37 @@ int64_t WeightBytes(const ModelConfig& config, WeightPrecision precision);
 struct DistillOptions {
   std::string target;
   std::string draft;          // empty: the target's first draft_layers layers
-  int64_t draft_layers = 0;   // 0: a quarter of the target's layers
-  WeightPrecision precision = WeightPrecision::kF32;
+  int64_t draft_layers = 0;   // 0: all of the target's layers (the draft is its low-precision copy)
+  // As the engine's defaults (EngineOptions): the tiny reads the draft's hidden state at the
+  // draft's precision, and the target writes the text at its own.
+  WeightPrecision target_precision = EngineOptions{}.target_precision;
+  WeightPrecision draft_precision = EngineOptions{}.draft_precision;
   std::string out;            // where the tiny (.safetensors) is written
-  TinyFitOptions fit;         // text_model, draft_name and progress are set here
+  TinyFitOptions fit = DistillFit();  // text_model, draft_name and progress are set here
+
+  // The fit `cascade-xla distill` runs by default: the closed form, then Adam distillation on the
+  // draft's top 8 tokens, the weights chosen by coverage at K0 = 8 (at 64 the closed form's ~0.99
+  // leaves a validation of a few hundred rows nothing to tell apart). On SmolLM2 (3,000
+  // positions, docs/how-the-cascade-works.md) the validation coverage peaked within 16-48 steps
+  // at this step size and fell after (the tiny's 12.7M weights learn the training text).
+  static TinyFitOptions DistillFit() {
+    TinyFitOptions fit;
+    fit.train.steps = 64;
+    fit.train.learning_rate = 1e-5;
+    fit.train.teacher_top_k = 8;
+    fit.train.validation_k = 8;
+    // 128-token sequences (as the load's fit): more of them, so a fifth of them held back for
+    // the validation is several whole sequences.
+    fit.sequence_length = 128;
+    fit.train.validation_share = 0.2;
+    return fit;
+  }
 };
 
 // Fits a tiny on text the target writes (what the cascade will commit), with the draft's logits
-// as what it learns, and saves it to options.out. `progress(done, total)` returns false to cancel.
+// as what it learns (closed form, then fit.train.steps of Adam distillation), and saves it to
+// options.out. `progress(phase, done, total)` ("generate" / "train") returns false to cancel.
 TinyFitReport DistillTinyToFile(std::shared_ptr<Client> client, const DistillOptions& options,
-                                const std::function<bool(int64_t, int64_t)>& progress = {});
+                                const std::function<bool(const char*, int64_t, int64_t)>& progress = {});
 
 }  // namespace cascade

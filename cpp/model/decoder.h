@@ -109,6 +109,8 @@ class DecoderModel {
   // holds its own shard's entries at slots start_pos.. (callers re-feed what they keep).
   std::vector<ForwardResult> ForwardSharded(const std::vector<Shard>& shards, int64_t start_pos, const HeadSpec& head);
   int64_t replicas() const { return options_.replicas; }
+  // The client the model's programs run on (e.g. to train the tiny on the same device).
+  const std::shared_ptr<Client>& client() const { return client_; }
 
   // Zeroes the cache (not needed for correctness: unwritten slots are always masked).
   void ResetCache();

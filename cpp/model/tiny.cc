@@ -17,6 +17,7 @@
 
 #include "model/decoder.h"
 #include "model/safetensors.h"
+#include "model/tiny_training.h"
 #include "pjrt/errors.h"
 
 namespace cascade {
@@ -498,7 +499,7 @@ double TinyCoverage(const TinyWeights& t, const HostTensor& inputs_e, const std:
 
 namespace {
 
-// ---- the phases of FitTinyClosedForm ----
+// ---- the phases of FitTiny ----
 
 // W1, b1: a projection of the input rows e [count, d] (PCA directions at unit variance, then
 // random rows), centred by the rows' mean.
@@ -780,7 +781,7 @@ FitSteps CollectSteps(DecoderModel& draft, DecoderModel* text, const TinyFitOpti
           }
       }
       token = pos + 1 < static_cast<int64_t>(prompt.size()) ? prompt[pos + 1] : next;
-      if (o.progress && !o.progress(step + 1, o.positions)) throw Error(ErrorKind::kAborted, "tiny fit: cancelled");
+      if (o.progress && !o.progress("generate", step + 1, o.positions)) throw Error(ErrorKind::kAborted, "tiny fit: cancelled");
     }
   }
   return steps;
@@ -863,7 +864,7 @@ void SolveRidge(TinyWeights& t, FitMoments& m, const std::vector<double>& sum_y,
 
 // Held-out and training coverage (gamma0) at each K0 of eval_k.
 void EvaluateCoverage(const TinyWeights& t, const HostTensor& E, const FitSteps& steps, int64_t n_train,
-                      const std::vector<int64_t>& eval_k, int64_t V, TinyFitReport& rep) {
+                      const std::vector<int64_t>& eval_k, int64_t V, TinyFitReport& rep, bool train_steps) {
   const std::vector<int32_t>& inputs = steps.inputs;
   const std::vector<int32_t>& argmaxes = steps.argmaxes;
   const std::vector<int32_t> train_in(inputs.begin(), inputs.begin() + n_train),
@@ -874,7 +875,8 @@ void EvaluateCoverage(const TinyWeights& t, const HostTensor& E, const FitSteps&
   const std::vector<int64_t> held_rank = hidden_input ? TinyRanksOfRows(t, rows + n_train * t.input_dim, held_am)
                                                       : TinyRanks(t, E, held_in, held_am);
   const std::vector<int64_t> train_rank =
-      hidden_input ? TinyRanksOfRows(t, rows, train_am) : TinyRanks(t, E, train_in, train_am);
+      !train_steps ? std::vector<int64_t>{}
+      : hidden_input ? TinyRanksOfRows(t, rows, train_am) : TinyRanks(t, E, train_in, train_am);
   auto share = [](const std::vector<int64_t>& ranks, int64_t k) {
     int64_t hit = 0;
     for (int64_t r : ranks) hit += r < k;
@@ -883,13 +885,58 @@ void EvaluateCoverage(const TinyWeights& t, const HostTensor& E, const FitSteps&
   for (int64_t k : eval_k) {
     if (k < 1 || k > V) continue;
     if (!held_in.empty()) rep.gamma0.push_back({k, share(held_rank, k)});
-    rep.train_gamma0.push_back({k, share(train_rank, k)});
+    if (train_steps) rep.train_gamma0.push_back({k, share(train_rank, k)});
   }
+}
+
+// The closed forms rank well but are not calibrated (kHeadSvd's logits are the draft's divided by
+// rms(z)): before distillation, W2 and b2 are scaled by the s that minimises the KL from the
+// draft's distribution to softmax(s logits) on up to 64 training rows (a log-spaced grid, then a
+// finer one), so Adam starts from the closed form's ranking instead of spending its steps (and
+// the ranking) on the scale.
+void CalibrateTinyScale(TinyWeights& t, const float* rows, const float* y, int64_t n, double tau, std::mt19937_64& rng) {
+  const int64_t V = t.vocab, count = std::min<int64_t>(64, n);
+  std::vector<int64_t> pick(static_cast<size_t>(n));
+  std::iota(pick.begin(), pick.end(), 0);
+  std::shuffle(pick.begin(), pick.end(), rng);
+  std::vector<std::vector<float>> logits;
+  for (int64_t i = 0; i < count; ++i) logits.push_back(TinyLogits(t, rows + pick[i] * t.input_dim));
+  auto kl = [&](double scale) {
+    double total = 0;
+    for (int64_t i = 0; i < count; ++i) {
+      const float* yi = y + pick[i] * V;
+      const std::vector<float>& q = logits[i];
+      double ym = -INFINITY, qm = -INFINITY;
+      for (int64_t v = 0; v < V; ++v) ym = std::max(ym, yi[v] / tau), qm = std::max(qm, scale * q[v]);
+      double zy = 0, zq = 0;
+      for (int64_t v = 0; v < V; ++v) zy += std::exp(yi[v] / tau - ym), zq += std::exp(scale * q[v] - qm);
+      const double ly = std::log(zy) + ym, lq = std::log(zq) + qm;
+      for (int64_t v = 0; v < V; ++v) {
+        const double lp = yi[v] / tau - ly;
+        total += std::exp(lp) * (lp - (scale * q[v] - lq));
+      }
+    }
+    return total / static_cast<double>(count);
+  };
+  double best = 1, best_kl = kl(1);
+  for (double step : {std::pow(2.0, 0.5), std::pow(2.0, 0.125)}) {
+    const double centre = best;
+    for (int j = -8; j <= 8; ++j) {
+      const double s = centre * std::pow(step, j);
+      const double k = kl(s);
+      if (k < best_kl) best_kl = k, best = s;
+    }
+  }
+  float* w2 = t.w2.as<float>();
+  for (int64_t i = 0; i < t.w2.element_count(); ++i) w2[i] = static_cast<float>(w2[i] * best);
+  float* b2 = t.b2.as<float>();
+  for (int64_t v = 0; v < V; ++v) b2[v] = static_cast<float>(b2[v] * best);
+  t.metadata["kd_scale"] = std::to_string(best);
 }
 
 }  // namespace
 
-TinyWeights FitTinyClosedForm(DecoderModel& draft, const ModelWeights& dw, const TinyFitOptions& o,
+TinyWeights FitTiny(DecoderModel& draft, const ModelWeights& dw, const TinyFitOptions& o,
                               TinyFitReport* report) {
   const ModelConfig& c = draft.config();
   if (dw.config.vocab_size != c.vocab_size || dw.config.hidden_size != c.hidden_size)
@@ -900,6 +947,8 @@ TinyWeights FitTinyClosedForm(DecoderModel& draft, const ModelWeights& dw, const
   if (!(o.holdout >= 0 && o.holdout < 1)) throw InvalidArgumentError("tiny fit: holdout must be in [0, 1)");
   if (!(o.ridge > 0)) throw InvalidArgumentError("tiny fit: ridge must be positive");
   if (!(o.temperature >= 0)) throw InvalidArgumentError("tiny fit: temperature must be >= 0");
+  if (o.train.steps > 0 && o.input != TinyInput::kDraftHidden)
+    throw InvalidArgumentError("tiny fit: distillation (train.steps > 0) needs the hidden-state input");
   for (const auto& prompt : o.prompts)
     for (int32_t t : prompt)
       if (t < 0 || t >= draft.config().vocab_size)
@@ -956,18 +1005,60 @@ TinyWeights FitTinyClosedForm(DecoderModel& draft, const ModelWeights& dw, const
     t0 = Clock::now();
     FitMoments moments = AccumulateMoments(t, e, d, H, V, steps);
     steps.sums.clear();
-    steps.train_y = {};
+    if (o.train.steps == 0) steps.train_y = {};  // step 5 learns from them
     rep.accumulate_ms = MsSince(t0);
     t0 = Clock::now();
     SolveRidge(t, moments, steps.sum_y, static_cast<double>(n_train), H, V, o.ridge);
     rep.solve_ms = MsSince(t0);
   }
 
-  t0 = Clock::now();
-  EvaluateCoverage(t, E, steps, n_train, o.eval_k, V, rep);
-  rep.eval_ms = MsSince(t0);
+  const bool train = o.train.steps > 0;
+  if (train) {
+    t0 = Clock::now();
+    TinyFitReport closed_form;
+    EvaluateCoverage(t, E, steps, n_train, o.eval_k, V, closed_form, /*train_steps=*/false);
+    rep.closed_form_gamma0 = closed_form.gamma0;
+    rep.eval_ms += MsSince(t0);
+    CalibrateTinyScale(t, steps.rows.data(), steps.train_y.data(), n_train, o.train.teacher_temperature, rng);
+    // Whole sequences spread over the text choose the weights (early stopping), the rest teach:
+    // every 1/share-th training sequence (neighbouring positions of one sequence are alike, so a
+    // validation from the same sequences as the training, or from one sequence, measures little).
+    std::vector<int64_t> teach;
+    std::vector<float> val_rows;
+    std::vector<int32_t> val_ids;
+    const int64_t every = o.train.validation_share > 0 ? std::max<int64_t>(2, std::llround(1 / o.train.validation_share)) : 0;
+    const int64_t sequences = (n_train + seq_len - 1) / seq_len;
+    for (int64_t i = 0; i < n_train; ++i) {
+      const int64_t sequence = i / seq_len;
+      const bool held = every > 0 && (sequences >= every ? sequence % every == every - 1
+                                                         : i >= n_train - std::llround(n_train * o.train.validation_share));
+      if (!held) {
+        teach.push_back(i);
+        continue;
+      }
+      val_rows.insert(val_rows.end(), steps.rows.begin() + i * d, steps.rows.begin() + (i + 1) * d);
+      val_ids.push_back(steps.argmaxes[i]);
+    }
+    if (teach.empty()) throw InvalidArgumentError("tiny fit: no training positions are left beside the validation");
+    TinyValidation validation{val_rows.data(), val_ids.data(), static_cast<int64_t>(val_ids.size()),
+                              std::min(o.train.validation_k, V), 0};
+    TrainTinyKd(*draft.client(), t, steps.rows.data(), steps.train_y.data(), n_train, o.train,
+                [&](int64_t done, int64_t total) { return !o.progress || o.progress("train", done, total); }, &rep.train,
+                val_ids.empty() ? nullptr : &validation, teach);
+    t.w2 = RoundedTinyW2(t);  // as the program holds it
+  }
 
-  t.metadata["fit"] = "closed_form_ridge";
+  t0 = Clock::now();
+  EvaluateCoverage(t, E, steps, n_train, o.eval_k, V, rep, /*train_steps=*/true);
+  rep.eval_ms += MsSince(t0);
+
+  t.metadata["fit"] = train && rep.train.best_step > 0 ? "closed_form_ridge+kd_adam" : "closed_form_ridge";
+  if (train) {
+    t.metadata["kd_steps"] = std::to_string(o.train.steps);
+    t.metadata["kd_batch"] = std::to_string(rep.train.batch);
+    t.metadata["kd_learning_rate"] = std::to_string(o.train.learning_rate);
+    t.metadata["kd_best_step"] = std::to_string(rep.train.best_step);
+  }
   t.metadata["fit_positions"] = std::to_string(n_train);
   t.metadata["fit_version"] = kTinyFitVersion;
   t.metadata["fit_projection"] = o.projection == TinyFitOptions::Projection::kPca      ? "pca"

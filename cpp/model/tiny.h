@@ -50,7 +50,7 @@ class DecoderModel;
 
 constexpr double kTinyLayerNormEps = 1e-5;
 constexpr int64_t kTinyDefaultHidden = 256;
-// Written by FitTinyClosedForm as metadata "fit_version"; the load-time cache refits a tiny of
+// Written by FitTiny as metadata "fit_version"; the load-time cache refits a tiny of
 // another version (a better fit of the same kind).
 constexpr const char* kTinyFitVersion = "4";
 
@@ -106,7 +106,39 @@ std::vector<HostTensor> PrepareTinyParams(const TinyWeights& tiny);
 // back in f32 (for host references of the fused head).
 HostTensor RoundedTinyW2(const TinyWeights& tiny);
 
-// ---- closed-form fit (until a trained tiny exists) ----
+// Knowledge distillation with Adam on the PJRT device (model/tiny_training.h).
+struct TinyTrainOptions {
+  int64_t steps = 0;             // Adam updates; 0 = no training
+  int64_t batch = 128;           // rows per minibatch (at most the training rows)
+  double learning_rate = 2e-4;   // Adam's alpha
+  double beta1 = 0.9, beta2 = 0.999, epsilon = 1e-8;
+  double teacher_temperature = 1.0;  // tau of p = softmax(y / tau)
+  // > 0: the teacher is its top `teacher_top_k` tokens only (p renormalised over them, 0
+  // elsewhere): coverage asks for the draft's top choices to rank high, and the full KL spends the
+  // tiny's capacity on the tail of 49k tokens (measured: it lowers coverage). 0: the full p.
+  int64_t teacher_top_k = 0;
+  // Whether W2 [vocab, hidden] (all but ~1% of the parameters) is trained too; false trains W1,
+  // b1, the LayerNorm and b2 on the closed form's output projection.
+  bool train_output = true;
+  uint64_t seed = 1;             // minibatch order
+  // FitTiny: this share of the training steps (whole sequences, every 1/share-th) is kept out of
+  // the training to choose the weights it ends with (coverage at validation_k; the closed form's
+  // when no step beats it).
+  double validation_share = 0.1;
+  int64_t validation_k = 64;
+};
+
+struct TinyTrainReport {
+  int64_t steps = 0, batch = 0;
+  double first_loss = 0, last_loss = 0;  // the KL of the first step / mean of the last epoch's steps
+  // With validation rows: (step, coverage at the validation K0) per validation (step 0: the
+  // starting weights), and the step whose weights the tiny ends with.
+  std::vector<std::pair<int64_t, double>> validation;
+  int64_t validation_k = 0, best_step = 0;
+  double compile_ms = 0, train_ms = 0;
+};
+
+// ---- the fit: closed form, then (optionally) distillation with Adam ----
 //
 // 1. Data: text the models generate themselves: from random seed tokens, the text model (the
 //    draft itself by default, or `text_model`, e.g. the target, whose text is what the cascade
@@ -131,6 +163,12 @@ HostTensor RoundedTinyW2(const TinyWeights& tiny);
 // 4. Evaluation: the last `holdout` share of the positions (whole sequences, generated after
 //    the training ones) are not used for fitting; gamma0(K0) = share of those steps whose draft
 //    argmax is among the tiny's top-K0.
+// 5. Distillation (`train.steps` > 0; kDraftHidden only): from the closed-form weights (their
+//    logit scale calibrated first), Adam on the KL from the draft's distribution (or its top k)
+//    over the training steps (TrainTinyKd, model/tiny_training.h, a StableHLO program on the
+//    draft's PJRT device), `train.validation_share` of them (whole sequences) held back to keep
+//    the best weights (the closed form's when no step beats them); W2 is then rounded as the
+//    program holds it. The report keeps the closed form's held-out coverage beside the result's.
 struct TinyFitOptions {
   enum class Projection { kPca, kRandom, kHeadSvd };
   TinyInput input = TinyInput::kDraftHidden;
@@ -149,9 +187,10 @@ struct TinyFitOptions {
   std::string draft_name;  // provenance written into metadata["draft"]
   // Generates the text (same vocabulary; its cache is overwritten); nullptr: the draft.
   DecoderModel* text_model = nullptr;
-  // Called after every generated position with (done, total); returning false cancels the fit
-  // (it then throws Error(kAborted)).
-  std::function<bool(int64_t, int64_t)> progress;
+  TinyTrainOptions train;  // step 5; steps = 0 skips it
+  // Called with (phase, done, total): phase "generate" after every generated position, "train"
+  // after every Adam step; returning false cancels the fit (it then throws Error(kAborted)).
+  std::function<bool(const char*, int64_t, int64_t)> progress;
 };
 
 struct TinyFitReport {
@@ -159,13 +198,18 @@ struct TinyFitReport {
   int64_t distinct_train_tokens = 0;
   std::vector<std::pair<int64_t, double>> gamma0;        // (K0, held-out coverage)
   std::vector<std::pair<int64_t, double>> train_gamma0;  // (K0, coverage on the training steps)
+  // With distillation: the closed form's held-out coverage (before training), and the training.
+  std::vector<std::pair<int64_t, double>> closed_form_gamma0;
+  TinyTrainReport train;
   double generate_ms = 0, projection_ms = 0, accumulate_ms = 0, solve_ms = 0, eval_ms = 0;
-  double total_ms() const { return generate_ms + projection_ms + accumulate_ms + solve_ms + eval_ms; }
+  double total_ms() const {
+    return generate_ms + projection_ms + accumulate_ms + solve_ms + eval_ms + train.compile_ms + train.train_ms;
+  }
 };
 
 // `draft` must be a DecoderModel of `draft_weights` (its cache is overwritten). Throws
 // InvalidArgumentError on bad options.
-TinyWeights FitTinyClosedForm(DecoderModel& draft, const ModelWeights& draft_weights, const TinyFitOptions& options = {},
+TinyWeights FitTiny(DecoderModel& draft, const ModelWeights& draft_weights, const TinyFitOptions& options = {},
                               TinyFitReport* report = nullptr);
 
 // The rank of targets[i] among the tiny's logits for inputs[i] (0 = its top candidate; ties

@@ -341,7 +341,7 @@ TEST(tiny_fit, ClosedFormCoversTheDraftsChoice) {
   fo.sequence_length = 8;  // many random seed tokens: every input token gets seen
   fo.eval_k = {1, 8, 24, 48};
   TinyFitReport rep;
-  TinyWeights tiny = FitTinyClosedForm(draft, w, fo, &rep);
+  TinyWeights tiny = FitTiny(draft, w, fo, &rep);
   ValidateTiny(tiny);
   EXPECT_EQ(rep.train_positions, 960);
   EXPECT_EQ(rep.heldout_positions, 240);
@@ -389,7 +389,7 @@ TEST(tiny_fit, HeadSvdOnTheHiddenStateCoversTheDraftsChoice) {
   fo.sequence_length = 32;
   fo.eval_k = {1, 4, 8};
   TinyFitReport rep;
-  TinyWeights tiny = FitTinyClosedForm(draft, w, fo, &rep);
+  TinyWeights tiny = FitTiny(draft, w, fo, &rep);
   EXPECT_EQ(tiny.input, TinyInput::kDraftHidden);
   EXPECT_EQ(tiny.metadata.at("fit_projection"), "head_svd");
   ValidateTiny(tiny);
@@ -414,10 +414,63 @@ TEST(tiny_fit, HeadSvdOnTheHiddenStateCoversTheDraftsChoice) {
   EXPECT_GE(hits, 39) << "of 40 greedy steps";
 
   fo.hidden = 1;
-  EXPECT_THROW(FitTinyClosedForm(draft, w, fo), InvalidArgumentError);
+  EXPECT_THROW(FitTiny(draft, w, fo), InvalidArgumentError);
   fo.hidden = 8;
   fo.input = TinyInput::kInputEmbedding;  // head-SVD needs the hidden state
-  EXPECT_THROW(FitTinyClosedForm(draft, w, fo), InvalidArgumentError);
+  EXPECT_THROW(FitTiny(draft, w, fo), InvalidArgumentError);
+}
+
+TEST(tiny_fit, DistillationAfterTheClosedFormReportsBoth) {
+  FitDraft f;
+  TinyFitOptions fo;
+  fo.hidden = 12;  // below the draft's width: the closed form is a rank-11 stand-in, with room to learn
+  fo.positions = 300;
+  fo.sequence_length = 32;
+  fo.eval_k = {1, 4, 8};
+  fo.train.steps = 60;
+  fo.train.batch = 32;
+  fo.train.learning_rate = 1e-3;
+  fo.train.validation_k = 1;  // K0 = 1 leaves the closed form room to be beaten here
+  std::vector<std::string> phases;
+  fo.progress = [&](const char* phase, int64_t done, int64_t total) {
+    if (phases.empty() || phases.back() != phase) phases.push_back(phase);
+    EXPECT_LE(done, total);
+    return true;
+  };
+  TinyFitReport rep;
+  TinyWeights tiny = FitTiny(f.model, f.weights, fo, &rep);
+  ValidateTiny(tiny);
+  EXPECT_EQ(phases, (std::vector<std::string>{"generate", "train"}));
+  EXPECT_EQ(tiny.metadata.at("kd_steps"), "60");
+  // Validation on the last 10% of the training steps, before the first step and once per epoch.
+  ASSERT_GE(rep.train.validation.size(), 2u);
+  EXPECT_EQ(rep.train.validation.front().first, 0);
+  EXPECT_EQ(rep.train.validation.back().first, 60);
+  EXPECT_EQ(tiny.metadata.at("kd_best_step"), std::to_string(rep.train.best_step));
+  EXPECT_EQ(tiny.metadata.at("fit"), rep.train.best_step > 0 ? "closed_form_ridge+kd_adam" : "closed_form_ridge");
+  EXPECT_EQ(rep.train.steps, 60);
+  EXPECT_EQ(rep.train.batch, 32);
+  ASSERT_EQ(rep.closed_form_gamma0.size(), 3u);
+  ASSERT_EQ(rep.gamma0.size(), 3u);
+  for (size_t i = 0; i < 3; ++i)
+    std::printf("  K0=%lld: gamma0 held-out %.3f (closed form %.3f)\n", static_cast<long long>(rep.gamma0[i].first),
+                rep.gamma0[i].second, rep.closed_form_gamma0[i].second);
+  EXPECT_LT(rep.train.last_loss, rep.train.first_loss) << "the KL fell";
+  EXPECT_GT(rep.train.compile_ms + rep.train.train_ms, 0);
+  // W2 is held as the program holds it (int8 rows).
+  EXPECT_EQ(tiny.w2.data, RoundedTinyW2(tiny).data);
+  // Cancelling during training throws kAborted.
+  fo.progress = [](const char* phase, int64_t done, int64_t) { return !(std::string(phase) == "train" && done == 3); };
+  try {
+    FitTiny(f.model, f.weights, fo);
+    ADD_FAILURE() << "not cancelled";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kAborted);
+  }
+  fo.progress = nullptr;
+  fo.input = TinyInput::kInputEmbedding;  // distillation needs the hidden state's rows
+  fo.projection = TinyFitOptions::Projection::kPca;
+  EXPECT_THROW(FitTiny(f.model, f.weights, fo), InvalidArgumentError);
 }
 
 TEST(tiny_fit, RejectsBadOptions) {
@@ -428,15 +481,15 @@ TEST(tiny_fit, RejectsBadOptions) {
   DecoderModel draft(Cpu(), w, o);
   TinyFitOptions fo;
   fo.positions = 1;
-  EXPECT_THROW(FitTinyClosedForm(draft, w, fo), InvalidArgumentError);
+  EXPECT_THROW(FitTiny(draft, w, fo), InvalidArgumentError);
   fo = {};
   fo.ridge = 0;
-  EXPECT_THROW(FitTinyClosedForm(draft, w, fo), InvalidArgumentError);
+  EXPECT_THROW(FitTiny(draft, w, fo), InvalidArgumentError);
   fo = {};
   fo.holdout = 1;
-  EXPECT_THROW(FitTinyClosedForm(draft, w, fo), InvalidArgumentError);
+  EXPECT_THROW(FitTiny(draft, w, fo), InvalidArgumentError);
   ModelWeights other = testing::SmallRandomModel(testing::SmallLlama(true, 50), 1);
-  EXPECT_THROW(FitTinyClosedForm(draft, other, {}), InvalidArgumentError);
+  EXPECT_THROW(FitTiny(draft, other, {}), InvalidArgumentError);
 }
 
 }  // namespace

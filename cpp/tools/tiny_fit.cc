@@ -11,7 +11,8 @@
 //            [--prompt-ids "1,2,3;4,5" (each sequence starts from one of these, in turn)]
 //            [--temperature 1] [--seq-len 256] [--k 8,64,256] [--seed 1] [--check 0]
 //            [--text-layers 0 (0: the draft writes the text; 30: the whole model does)]
-//            [--out tiny.safetensors] [--plugin cpu]
+//            [--train-steps 0 (Adam distillation steps after the closed form)] [--batch 128] [--lr 2e-4]
+//            [--kd-temperature 1] [--kd-top-k 0] [--out tiny.safetensors] [--plugin cpu]
 #include <dirent.h>
 
 #include <algorithm>
@@ -124,6 +125,13 @@ int main(int argc, char** argv) {
     else if (a == "--k") fo.eval_k = Ints(v);
     else if (a == "--seed") fo.seed = std::stoull(v);
     else if (a == "--check") check = std::stoll(v);
+    else if (a == "--train-steps") fo.train.steps = std::stoll(v);
+    else if (a == "--batch") fo.train.batch = std::stoll(v);
+    else if (a == "--lr") fo.train.learning_rate = std::stod(v);
+    else if (a == "--train-output") fo.train.train_output = v == "1";
+    else if (a == "--kd-temperature") fo.train.teacher_temperature = std::stod(v);
+    else if (a == "--kd-top-k") fo.train.teacher_top_k = std::stoll(v);
+    else if (a == "--validation-k") fo.train.validation_k = std::stoll(v);
     else if (a == "--context") context = std::stoll(v);
     else if (a == "--out") out = v;
     else if (a == "--plugin") plugin = v;
@@ -171,7 +179,7 @@ int main(int argc, char** argv) {
     }
 
     TinyFitReport rep;
-    TinyWeights tiny = FitTinyClosedForm(draft, draft_weights, fo, &rep);
+    TinyWeights tiny = FitTiny(draft, draft_weights, fo, &rep);
     std::printf("fit: hidden %lld, projection %s, ridge %g, temperature %g; %lld train positions (%lld distinct inputs), "
                 "%lld held out\n",
                 static_cast<long long>(fo.hidden), projection.c_str(), fo.ridge, fo.temperature,
@@ -181,6 +189,19 @@ int main(int argc, char** argv) {
                 "fit excluding generation %.0f ms\n",
                 rep.generate_ms, rep.projection_ms, rep.accumulate_ms, rep.solve_ms, rep.eval_ms,
                 rep.projection_ms + rep.accumulate_ms + rep.solve_ms);
+    if (rep.train.steps > 0)
+      std::printf("distillation: %lld Adam steps of %lld rows, lr %g, KL %.4f -> %.4f (last epoch), compile %.0f ms, "
+                  "train %.0f ms (%.1f ms/step)\n",
+                  static_cast<long long>(rep.train.steps), static_cast<long long>(rep.train.batch), fo.train.learning_rate,
+                  rep.train.first_loss, rep.train.last_loss, rep.train.compile_ms, rep.train.train_ms,
+                  rep.train.train_ms / rep.train.steps);
+    for (const auto& [step, coverage] : rep.train.validation)
+      std::printf("  validation after %lld steps: coverage at K0=%lld %.3f\n", static_cast<long long>(step),
+                  static_cast<long long>(rep.train.validation_k), coverage);
+    if (rep.train.steps > 0) std::printf("  kept the weights of step %lld\n", static_cast<long long>(rep.train.best_step));
+    for (size_t i = 0; i < rep.closed_form_gamma0.size(); ++i)
+      std::printf("K0=%-5lld gamma0 held-out, closed form before distillation %.3f\n",
+                  static_cast<long long>(rep.closed_form_gamma0[i].first), rep.closed_form_gamma0[i].second);
     for (size_t i = 0; i < rep.train_gamma0.size(); ++i) {
       const int64_t k = rep.train_gamma0[i].first;
       const double held = i < rep.gamma0.size() ? rep.gamma0[i].second : NAN;

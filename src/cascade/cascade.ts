@@ -13,7 +13,7 @@ import { Runtime } from '../runtime/runtime.js';
 import type { Tokenizer, ChatMessage } from '../tokenizer/index.js';
 import { ChatSession, type ChatSessionOptions } from './chat-session.js';
 import { ConversationCache, conversationId, registerConversationCache } from './conversation-cache.js';
-import { choiceChecksum, draftChoicePath, findTokenizer, tinyCachePath, writeFileAtomic } from './model-files.js';
+import { choiceChecksum, draftChoicePath, findTokenizer, rememberedDraftLayers, tinyCachePath, writeFileAtomic } from './model-files.js';
 import { tinyFitPrompts } from './tiny-fit-prompts.js';
 import { checkGenerateOptions, checkInteger, checkPrecision, checkProposal, checkSignal, deviceMemoryLimit, emptyStats, logitBiasArrays } from './options.js';
 import { placementReport, type PlacementReport } from './placement.js';
@@ -151,15 +151,7 @@ export class Cascade {
       const choiceFile =
         options.draft === undefined && options.draftLayers === undefined ? await draftChoicePath(options.target, targetPrecision, draftPrecision) : undefined;
       // A remembered choice that does not parse, or is no positive integer, is measured again.
-      const rememberedLayers = choiceFile
-        ? await readFile(choiceFile, 'utf8')
-            .then((t) => {
-              const { layers, candidates, checksum } = JSON.parse(t) as { layers?: unknown; candidates?: unknown; checksum?: unknown };
-              if (checksum !== choiceChecksum(layers, candidates)) return undefined;
-              return typeof layers === 'number' && Number.isInteger(layers) && layers > 0 ? layers : undefined;
-            })
-            .catch(() => undefined)
-        : undefined;
+      const rememberedLayers = choiceFile ? await rememberedDraftLayers(choiceFile) : undefined;
       const tinyFile =
         options.tiny === 'fit' ? await tinyCachePath(options.target, options.draft, options.draftLayers ?? rememberedLayers, draftPrecision) : undefined;
       throwIfAborted(signal);

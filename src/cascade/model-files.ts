@@ -5,7 +5,7 @@
  * @module
  */
 import { createHash } from 'node:crypto';
-import { access, mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { access, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
 import { InvalidArgumentError } from '../errors.js';
@@ -26,6 +26,17 @@ export async function tinyCachePath(target: string, draft: string | undefined, d
 /** The sha256 a remembered draft choice carries over its content (a file of other bytes is measured again). */
 export function choiceChecksum(layers: unknown, candidates: unknown): string {
   return createHash('sha256').update(JSON.stringify({ layers, candidates })).digest('hex');
+}
+
+/** The draft depth a load measured and remembered in `choiceFile` (undefined: none, or a file that does not check out). */
+export async function rememberedDraftLayers(choiceFile: string): Promise<number | undefined> {
+  return readFile(choiceFile, 'utf8')
+    .then((t) => {
+      const { layers, candidates, checksum } = JSON.parse(t) as { layers?: unknown; candidates?: unknown; checksum?: unknown };
+      if (checksum !== choiceChecksum(layers, candidates)) return undefined;
+      return typeof layers === 'number' && Number.isInteger(layers) && layers > 0 ? layers : undefined;
+    })
+    .catch(() => undefined);
 }
 
 /** Writes `text` to a temporary next to `file` (named for this process) and renames it into place. */
