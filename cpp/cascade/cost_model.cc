@@ -15,7 +15,17 @@ namespace cascade {
 namespace {
 constexpr double kEmaWeight = 0.2;      // weight of a new sample once warmed up
 constexpr int64_t kExploreRounds = 2;   // auto mode: rounds of each kind before exploiting
-constexpr uint64_t kReexploreEvery = 16;  // auto mode: retry the other kinds now and then
+constexpr uint64_t kReexploreEvery = 16;  // auto mode: retry a kind now and then (they take turns)
+// ...but only a kind predicted at >= this share of the best: the drift re-exploring guards
+// against is ~10-20% (the text changes, the machine's load), and a round of a kind far behind
+// costs a round's worth of tokens (a target-only round at ~0.5x of speculation gave up ~4% of a
+// 128-token generation in `bench --suite modes`, session 8).
+constexpr double kReexploreShare = 0.75;
+// Exploiting, the kind of the last round is kept unless another is predicted this much faster:
+// the per-call costs are EMAs of samples that vary ~10% round to round, and speculation and the
+// cascade are predicted within ~5% of each other here, so without it auto flipped between them on
+// noise.
+constexpr double kSwitchMargin = 0.04;
 }  // namespace
 
 CostModel::CostModel() = default;
@@ -104,24 +114,44 @@ StepChoice CostModel::BestLength(StepKind kind, const std::vector<int64_t>& leng
   return best;
 }
 
-StepChoice CostModel::Choose(bool allow_speculative, bool allow_cascade, const std::vector<int64_t>& lengths,
-                             uint64_t step) {
-  // Explore: every kind a couple of rounds first, and again now and then (costs drift, the text changes).
-  const bool reexplore = step % kReexploreEvery == kReexploreEvery - 1;
-  if (decode_n_ < kExploreRounds || (reexplore && step % (3 * kReexploreEvery) == kReexploreEvery - 1))
-    return {StepKind::kTarget, 0, Throughput(StepKind::kTarget, 0)};
-  if (allow_speculative && (speculative_.steps < kExploreRounds || (reexplore && step % (3 * kReexploreEvery) == 2 * kReexploreEvery - 1)))
-    return BestLength(StepKind::kSpeculative, lengths);
-  if (allow_cascade && (cascade_.steps < kExploreRounds || (reexplore && step % (3 * kReexploreEvery) == 3 * kReexploreEvery - 1)))
-    return BestLength(StepKind::kCascade, lengths);
+StepChoice CostModel::Choose(bool allow_speculative, bool allow_cascade, const std::vector<int64_t>& lengths) {
+  const uint64_t round = auto_rounds_++;
+  // Explore: every kind a couple of rounds first.
+  if (decode_n_ < kExploreRounds) return {StepKind::kTarget, 0, Throughput(StepKind::kTarget, 0)};
+  if (allow_speculative && speculative_.steps < kExploreRounds) return BestLength(StepKind::kSpeculative, lengths);
+  if (allow_cascade && cascade_.steps < kExploreRounds) return BestLength(StepKind::kCascade, lengths);
+  // Exploit: the best prediction.
   StepChoice best{StepKind::kTarget, 0, Throughput(StepKind::kTarget, 0)};
+  StepChoice speculative, cascade;
   if (allow_speculative) {
-    StepChoice s = BestLength(StepKind::kSpeculative, lengths);
-    if (s.predicted_tokens_per_ms > best.predicted_tokens_per_ms) best = s;
+    speculative = BestLength(StepKind::kSpeculative, lengths);
+    if (speculative.predicted_tokens_per_ms > best.predicted_tokens_per_ms) best = speculative;
   }
   if (allow_cascade) {
-    StepChoice c = BestLength(StepKind::kCascade, lengths);
-    if (c.predicted_tokens_per_ms > best.predicted_tokens_per_ms) best = c;
+    cascade = BestLength(StepKind::kCascade, lengths);
+    if (cascade.predicted_tokens_per_ms > best.predicted_tokens_per_ms) best = cascade;
+  }
+  // Stay with the last exploited kind unless the best is clearly ahead of it.
+  const StepChoice& previous = last_exploited_ == StepKind::kSpeculative ? speculative
+                               : last_exploited_ == StepKind::kCascade   ? cascade
+                                                                         : StepChoice{};
+  const bool previous_allowed = last_exploited_ == StepKind::kSpeculative ? allow_speculative
+                                : last_exploited_ == StepKind::kCascade   ? allow_cascade
+                                                                          : false;
+  if (previous_allowed && previous.kind != best.kind &&
+      previous.predicted_tokens_per_ms >= (1 - kSwitchMargin) * best.predicted_tokens_per_ms)
+    best = previous;
+  last_exploited_ = best.kind;
+  // Re-explore now and then (costs drift): the kinds take turns, each only when it is close.
+  if (round % kReexploreEvery == kReexploreEvery - 1) {
+    const uint64_t turn = (round / kReexploreEvery) % 3;
+    StepChoice candidate = turn == 0 ? StepChoice{StepKind::kTarget, 0, Throughput(StepKind::kTarget, 0)}
+                           : turn == 1 ? (allow_speculative ? speculative : StepChoice{})
+                                       : (allow_cascade ? cascade : StepChoice{});
+    const bool allowed = turn == 0 || (turn == 1 ? allow_speculative : allow_cascade);
+    if (allowed && candidate.kind != best.kind &&
+        candidate.predicted_tokens_per_ms >= kReexploreShare * best.predicted_tokens_per_ms)
+      return candidate;
   }
   return best;
 }

@@ -43,8 +43,11 @@ class CostModel {
   double Throughput(StepKind kind, int64_t length) const;  // tokens per ms
   // The best L in `lengths` for a kind (speculative or cascade).
   StepChoice BestLength(StepKind kind, const std::vector<int64_t>& lengths) const;
-  // The best of the allowed kinds (auto mode). Kinds never observed are explored first.
-  StepChoice Choose(bool allow_speculative, bool allow_cascade, const std::vector<int64_t>& lengths, uint64_t step);
+  // The best of the allowed kinds for the next auto-mode round. Kinds never observed are explored
+  // first; then the best prediction, keeping the last choice unless another is predicted >4%
+  // faster; every 16th round (counted over the model's life, not per generation) one kind, in
+  // turn, is tried again if its prediction is within 75% of the best.
+  StepChoice Choose(bool allow_speculative, bool allow_cascade, const std::vector<int64_t>& lengths);
 
   // Per-position acceptance of a proposer's rounds (a prior of 0.5 until observed).
   double acceptance(StepKind kind) const { return Drafting(kind).acceptance; }
@@ -74,6 +77,8 @@ class CostModel {
   // Least-squares line through (tokens, ms) of verify calls.
   double sx_ = 0, sy_ = 0, sxx_ = 0, sxy_ = 0;
   int64_t verify_n_ = 0;
+  uint64_t auto_rounds_ = 0;  // Choose calls so far
+  StepKind last_exploited_ = StepKind::kTarget;  // Choose's last exploiting choice
 };
 
 // Memory read bandwidth of this machine in GB/s (sums a buffer larger than the caches; takes

@@ -636,7 +636,6 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
   std::vector<int64_t> lengths;
   for (int64_t L : {1, 2, 3, 4, 6, 8, 12, 16})
     if (L <= options.proposal_length) lengths.push_back(L);
-  uint64_t round = 0;
   while (true) {
     const int64_t generated = static_cast<int64_t>(seq.tokens.size() - seq.prompt_length);
     if (generated >= options.max_tokens) {
@@ -658,7 +657,7 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
                                                        : StepKind::kCascade;
     int64_t length = options.proposal_length;
     if (mode == DecodeMode::kAuto) {
-      StepChoice choice = cost_->Choose(true, has_tiny_, lengths, round++);
+      StepChoice choice = cost_->Choose(true, has_tiny_, lengths);
       kind = choice.kind;
       length = dynamic_length ? choice.length : options.proposal_length;
     } else if (dynamic_length && kind != StepKind::kTarget) {

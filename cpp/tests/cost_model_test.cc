@@ -1,0 +1,86 @@
+// The cost model's auto-mode choices (cascade/cost_model.h): every kind is explored first, then
+// the best prediction is exploited, and a kind is tried again now and then only when its
+// prediction is close to the best (counted over the model's life, not per generation).
+#include <gtest/gtest.h>
+
+#include <map>
+
+#include "cascade/cost_model.h"
+
+namespace cascade {
+namespace {
+
+const std::vector<int64_t> kLengths = {1, 2, 4, 6};
+
+// Feeds a round of a kind as the engine does: its costs and its acceptance.
+void Observe(CostModel& m, StepKind kind, double decode_ms, double draft_ms, double acceptance) {
+  if (kind == StepKind::kTarget) {
+    m.ObserveDecode(decode_ms);
+    return;
+  }
+  for (int i = 0; i < 6; ++i) m.ObserveDraftStep(kind, draft_ms);
+  m.ObserveVerify(7, decode_ms * 1.3);
+  m.ObserveAcceptance(kind, 6, static_cast<int64_t>(acceptance * 6 + 0.5));
+}
+
+std::map<StepKind, int> RunRounds(CostModel& m, int rounds, double spec_draft_ms, double cascade_draft_ms) {
+  std::map<StepKind, int> counts;
+  for (int r = 0; r < rounds; ++r) {
+    const StepChoice c = m.Choose(true, true, kLengths);
+    ++counts[c.kind];
+    Observe(m, c.kind, 10.0, c.kind == StepKind::kCascade ? cascade_draft_ms : spec_draft_ms, 0.95);
+  }
+  return counts;
+}
+
+TEST(cost_model, ExploresEveryKindThenExploitsTheBest) {
+  CostModel m;
+  // Speculation at ~1.8x target-only, the cascade ~8% ahead of it.
+  std::map<StepKind, int> first = RunRounds(m, 6, 5.0, 4.5);
+  EXPECT_EQ(first[StepKind::kTarget], 2);  // two decodes; a proposer's first round gives it six draft steps
+  EXPECT_GE(first[StepKind::kSpeculative], 1);
+  EXPECT_GE(first[StepKind::kCascade], 1);
+  std::map<StepKind, int> later = RunRounds(m, 96, 5.0, 4.5);
+  // Target-only (~0.55x the best) is never tried again; speculation (within 75%) now and then.
+  EXPECT_EQ(later[StepKind::kTarget], 0);
+  EXPECT_GE(later[StepKind::kSpeculative], 1);
+  EXPECT_LE(later[StepKind::kSpeculative], 3);
+  EXPECT_GE(later[StepKind::kCascade], 93);
+}
+
+TEST(cost_model, ReexplorationIsCountedOverTheModelsLife) {
+  // Generations of 12 rounds each (shorter than the re-exploration period): a per-generation
+  // count would never reach a re-exploration round; the model's own count does.
+  CostModel m;
+  RunRounds(m, 6, 5.0, 4.5);
+  int speculative = 0;
+  for (int generation = 0; generation < 8; ++generation) speculative += RunRounds(m, 12, 5.0, 4.5)[StepKind::kSpeculative];
+  EXPECT_GE(speculative, 1);
+}
+
+TEST(cost_model, AKindThatFallsBehindIsLeft) {
+  CostModel m;
+  RunRounds(m, 6, 5.0, 4.5);
+  // The cascade's draft becomes slow (e.g. its tiny no longer fits a cache): speculation takes over.
+  std::map<StepKind, int> counts = RunRounds(m, 48, 5.0, 12.0);
+  EXPECT_GE(counts[StepKind::kSpeculative], 40);
+}
+
+TEST(cost_model, NearTiesDoNotFlipTheChoice) {
+  CostModel m;
+  RunRounds(m, 6, 5.0, 4.9);
+  // Draft costs that wobble +-6% round to round around a 2% gap: the choice stays put.
+  StepKind last = m.Choose(true, true, kLengths).kind;
+  int switches = 0;
+  for (int r = 0; r < 60; ++r) {
+    const StepChoice c = m.Choose(true, true, kLengths);
+    if (c.kind != last) ++switches;
+    last = c.kind;
+    const double wobble = (r % 2 ? 1.06 : 0.94);
+    Observe(m, c.kind, 10.0, (c.kind == StepKind::kCascade ? 4.9 : 5.0) * wobble, 0.95);
+  }
+  EXPECT_LE(switches, 8) << "re-explorations go and come back (4 in 60 rounds); noise should add none";
+}
+
+}  // namespace
+}  // namespace cascade
