@@ -212,9 +212,13 @@ class Emitter {
   // A layer tensor as slices of its layer's arena, reinterpreted as its params' types (the plain layers of
   // a program with more tokens than the fused call takes).
   const WeightRef& ArenaWeight(const std::string& name) {
-    const std::vector<WeightParam> layout = WeightParamLayout(c_, s_.precision);
+    if (arena_pieces_.empty()) {  // once per program (a few hundred tensors look them up)
+      arena_layout_ = WeightParamLayout(c_, s_.precision);
+      arena_pieces_ = LayerArenaPieces(c_, s_.precision);
+    }
+    const std::vector<WeightParam>& layout = arena_layout_;
     bool found = false;
-    for (const ArenaPiece& piece : LayerArenaPieces(c_, s_.precision)) {
+    for (const ArenaPiece& piece : arena_pieces_) {
       const WeightParam& p = layout[piece.param];
       if (p.tensor != name) continue;
       found = true;
@@ -455,6 +459,8 @@ class Emitter {
   hlo::Function f_;
   std::map<std::string, WeightRef> weights_;
   std::vector<Value> arenas_;  // the layer arena params, one per layer (ProgramSpec::layer_arena)
+  std::vector<WeightParam> arena_layout_;  // ArenaWeight's layout and pieces, computed on first use
+  std::vector<ArenaPiece> arena_pieces_;
   Value cos_, sin_;
 };
 

@@ -405,7 +405,6 @@ HostTensor Buffer::ToHost() const {
     throw Error(ErrorKind::kInternal, "device-to-host copy of " + ShapeString(dtype_, dims_) + " needs " +
                                           std::to_string(args.dst_size) + " bytes, expected " +
                                           std::to_string(out.data.size()));
-  if (out.data.empty()) return out;
   args.dst = out.data.data();
   args.dst_size = out.data.size();
   args.event = nullptr;
