@@ -84,16 +84,13 @@ std::shared_ptr<CascadeEngine> LoadEngine(std::shared_ptr<Client> client, const 
         tiny = LoadTiny(options.tiny_cache, &engine->draft_config(), /*require_checksum=*/true);
         auto version = tiny->metadata.find("fit_version");
         if (version == tiny->metadata.end() || version->second != kTinyFitVersion) tiny.reset();  // an older fit
-        // One fitted (or distilled) for another draft: its depth or precision differs.
+        // One fitted (or distilled) for another draft: its depth or precision differs. (The cache
+        // file's name already says which model file; a path spelled another way is the same file.)
         if (tiny) {
-          const std::string expected_draft =
-              draft ? draft->source
-                    : target.source + " (first " + std::to_string(engine->draft_config().num_layers) + " layers)";
           const auto& meta = tiny->metadata;
-          auto fitted_for = meta.find("draft"), fitted_precision = meta.find("draft_precision");
-          if ((fitted_for != meta.end() && fitted_for->second != expected_draft) ||
-              (fitted_precision != meta.end() &&
-               fitted_precision->second != WeightPrecisionName(options.engine.draft_precision)))
+          auto layers = meta.find("draft_layers"), precision = meta.find("draft_precision");
+          if ((layers != meta.end() && layers->second != std::to_string(engine->draft_config().num_layers)) ||
+              (precision != meta.end() && precision->second != WeightPrecisionName(options.engine.draft_precision)))
             tiny.reset();
         }
       } catch (const Error&) {

@@ -1066,6 +1066,7 @@ TinyWeights FitTiny(DecoderModel& draft, const ModelWeights& dw, const TinyFitOp
                                                                                         : "random";
   t.metadata["draft_family"] = ModelFamilyName(c.family);
   t.metadata["draft_precision"] = WeightPrecisionName(draft.options().precision);
+  t.metadata["draft_layers"] = std::to_string(c.num_layers);
   t.metadata["draft"] = o.draft_name.empty() ? dw.source : o.draft_name;
   if (report) *report = rep;
   return t;

@@ -143,17 +143,28 @@ TEST(Engine, AutoModeAndDynamicHorizonKeepGreedyOutputIdentical) {
   const auto reference = engine.Generate(prompt, g).tokens;
   g.proposal_length = 8;
   g.candidates = 64;
-  for (DecodeMode mode : {DecodeMode::kSpeculative, DecodeMode::kCascade, DecodeMode::kAuto}) {
+  // Auto on a fresh engine (its cost model has seen nothing), then again on the same one.
+  CascadeEngine fresh(Cpu(), target, std::nullopt, Options());
+  fresh.SetTiny(RandomTiny(config.hidden_size, 32, config.vocab_size, 6));
+  int auto_runs = 0;
+  for (DecodeMode mode : {DecodeMode::kSpeculative, DecodeMode::kCascade, DecodeMode::kAuto, DecodeMode::kAuto}) {
     g.mode = mode;
     g.dynamic_length = true;
-    auto r = engine.Generate(prompt, g);
+    auto r = (mode == DecodeMode::kAuto ? fresh : engine).Generate(prompt, g);
     EXPECT_EQ(r.tokens, reference) << DecodeModeName(mode);
     EXPECT_GT(r.stats.predicted_speedup, 0);
-    if (mode == DecodeMode::kAuto) {
+    if (mode == DecodeMode::kAuto && auto_runs++ == 0) {
       // Auto explores every kind before settling.
       EXPECT_GT(r.stats.steps_target, 0);
       EXPECT_GT(r.stats.steps_speculative, 0);
       EXPECT_GT(r.stats.steps_cascade, 0);
+    } else if (mode == DecodeMode::kAuto) {
+      // This random model's drafts are predicted far below target-only (their proposals are
+      // rarely accepted): once measured, they are not tried again.
+      // (Per-generation re-exploration ran one of each in rounds 31 and 47; one is allowed here
+      // for a timing outlier that lifts a prediction to 75% of target-only's.)
+      EXPECT_LE(r.stats.steps_speculative + r.stats.steps_cascade, 1);
+      EXPECT_GE(r.stats.steps_target, 62);
     }
     std::printf("  %s dynamic: rounds t/s/c %lld/%lld/%lld, mean L %.1f, predicted %.2fx, measured %.2fx\n",
                 DecodeModeName(mode), static_cast<long long>(r.stats.steps_target),
