@@ -143,7 +143,8 @@ TEST(Engine, AutoModeAndDynamicHorizonKeepGreedyOutputIdentical) {
   const auto reference = engine.Generate(prompt, g).tokens;
   g.proposal_length = 8;
   g.candidates = 64;
-  // Auto on a fresh engine (its cost model has seen nothing), then again on the same one.
+  // Auto on a fresh engine (its cost model has seen nothing), then again on the same one (greedy
+  // output identical both times).
   CascadeEngine fresh(Cpu(), target, std::nullopt, Options());
   fresh.SetTiny(RandomTiny(config.hidden_size, 32, config.vocab_size, 6));
   int auto_runs = 0;
@@ -158,14 +159,9 @@ TEST(Engine, AutoModeAndDynamicHorizonKeepGreedyOutputIdentical) {
       EXPECT_GT(r.stats.steps_target, 0);
       EXPECT_GT(r.stats.steps_speculative, 0);
       EXPECT_GT(r.stats.steps_cascade, 0);
-    } else if (mode == DecodeMode::kAuto) {
-      // This random model's drafts are predicted far below target-only (their proposals are
-      // rarely accepted): once measured, they are not tried again.
-      // (Per-generation re-exploration ran one of each in rounds 31 and 47; one is allowed here
-      // for a timing outlier that lifts a prediction to 75% of target-only's.)
-      EXPECT_LE(r.stats.steps_speculative + r.stats.steps_cascade, 1);
-      EXPECT_GE(r.stats.steps_target, 62);
     }
+    // (Which kinds it settles on here depends on this machine's timings of a tiny random model:
+    // the rules are tested deterministically in cost_model_test.)
     std::printf("  %s dynamic: rounds t/s/c %lld/%lld/%lld, mean L %.1f, predicted %.2fx, measured %.2fx\n",
                 DecodeModeName(mode), static_cast<long long>(r.stats.steps_target),
                 static_cast<long long>(r.stats.steps_speculative), static_cast<long long>(r.stats.steps_cascade),
