@@ -78,7 +78,7 @@ struct GenerateOptions {
   int64_t coverage_every = 8;
   // Dynamic horizon (seed: future optimisation 1): pick L per step from the measured costs and
   // acceptance, among 1, 2, 3, 4, 6, 8, 12, 16 up to proposal_length.
-  // Unset: on in DecodeMode::kAuto, off otherwise.
+  // Unset: off (in every mode since session 8; engine.cc Resolve says why).
   std::optional<bool> dynamic_length;
   // Called with each batch of newly committed tokens; return false to stop (abort, stop strings).
   std::function<bool(const std::vector<int32_t>&)> on_tokens;

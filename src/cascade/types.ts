@@ -179,7 +179,8 @@ export interface GenerateOptions {
   branches?: number;
   /**
    * Dynamic horizon: choose the proposal length per step (up to `k1`) from the measured stage
-   * costs and acceptance (default: on in `'auto'` mode, off otherwise).
+   * costs and acceptance. Default off in every mode: with the q4 draft `k1` itself was as fast
+   * or faster (docs/how-the-cascade-works.md).
    */
   dynamicHorizon?: boolean;
   /** Stop when the text contains one of these (the stop string is not included). */

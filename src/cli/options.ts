@@ -78,7 +78,7 @@ export function addDecodingOptions(cmd: Command, defaults: { mode: DecodeMode; b
   if (!defaults.branches) return cmd;
   return cmd
     .option('--branches <n>', 'proposal branches per step, verified as a tree in one target call', positiveInteger('--branches'), 1)
-    .option('--dynamic', 'choose the proposal length per step from the cost model (on by default in auto mode)');
+    .option('--dynamic', 'choose the proposal length per step from the cost model');
 }
 
 /** The flags of {@link addDecodingOptions} as generation options. */
