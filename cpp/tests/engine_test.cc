@@ -14,18 +14,12 @@
 #include "pjrt/api.h"
 #include "pjrt/plugin_locator.h"
 #include "random_model.h"
+#include "cpu_client.h"
 
 namespace cascade {
 namespace {
 
-std::shared_ptr<Client> Cpu() {
-  static std::shared_ptr<Client> client = [] {
-    ClientOptions o;
-    o.cpu_device_count = 1;
-    return Client::Create(Api::Load(LocatePlugin("cpu")), o);
-  }();
-  return client;
-}
+std::shared_ptr<Client> Cpu() { return testing::CpuClient(); }
 
 EngineOptions Options(WeightPrecision target = WeightPrecision::kF32, int64_t max_context = 128,
                       WeightPrecision draft = WeightPrecision::kInt8) {

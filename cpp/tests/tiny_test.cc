@@ -19,20 +19,14 @@
 #include "pjrt/errors.h"
 #include "pjrt/plugin_locator.h"
 #include "random_model.h"
+#include "cpu_client.h"
 
 namespace cascade {
 namespace {
 
 namespace tf = testing_files;
 
-std::shared_ptr<Client> Cpu() {
-  static std::shared_ptr<Client> client = [] {
-    ClientOptions o;
-    o.cpu_device_count = 1;
-    return Client::Create(Api::Load(LocatePlugin("cpu")), o);
-  }();
-  return client;
-}
+std::shared_ptr<Client> Cpu() { return testing::CpuClient(); }
 
 ModelConfig SmallGemma() {
   ModelConfig c = testing::SmallLlama(true);

@@ -14,21 +14,13 @@
 #include "hlo/builder.h"
 #include "model/tiny.h"
 #include "model/tiny_training.h"
-#include "pjrt/api.h"
 #include "pjrt/errors.h"
-#include "pjrt/plugin_locator.h"
+#include "cpu_client.h"
 
 namespace cascade {
 namespace {
 
-std::shared_ptr<Client> Cpu() {
-  static std::shared_ptr<Client> client = [] {
-    ClientOptions o;
-    o.cpu_device_count = 1;
-    return Client::Create(Api::Load(LocatePlugin("cpu")), o);
-  }();
-  return client;
-}
+std::shared_ptr<Client> Cpu() { return testing::CpuClient(); }
 
 std::vector<float> Gaussian(int64_t n, uint32_t seed, float scale) {
   std::mt19937 rng(seed);
@@ -38,7 +30,7 @@ std::vector<float> Gaussian(int64_t n, uint32_t seed, float scale) {
   return out;
 }
 
-class tiny_train_gradient : public testing::TestWithParam<int64_t> {};  // the teacher's top k (0: all)
+class tiny_train_gradient : public ::testing::TestWithParam<int64_t> {};  // the teacher's top k (0: all)
 
 TEST_P(tiny_train_gradient, OneStepsLossAndGradientMatchTheHostReference) {
   const int64_t d = 7, H = 5, V = 11, B = 4;
@@ -99,7 +91,7 @@ TEST_P(tiny_train_gradient, OneStepsLossAndGradientMatchTheHostReference) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Teachers, tiny_train_gradient, testing::Values(int64_t{0}, int64_t{1}, int64_t{3}));
+INSTANTIATE_TEST_SUITE_P(Teachers, tiny_train_gradient, ::testing::Values(int64_t{0}, int64_t{1}, int64_t{3}));
 
 TEST(tiny_train, DistillationLearnsATeacherItCanRepresent) {
   // The teacher's logits are a linear map of the rows (as the draft's head is of its hidden
