@@ -48,6 +48,12 @@ void CostModel::ObserveVerify(int64_t tokens, double ms) {
   ++verify_n_;
 }
 
+void CostModel::ObserveHost(StepKind kind, int64_t rows, double ms) {
+  if (rows <= 0) return;
+  const int i = static_cast<int>(kind);
+  Ema(host_row_ms_[i], host_n_[i], ms / static_cast<double>(rows));
+}
+
 void CostModel::ObserveDraftStep(StepKind kind, double ms) {
   DraftingCosts& d = Drafting(kind);
   Ema(d.step_ms, d.steps, ms);
@@ -96,9 +102,11 @@ double CostModel::VerifyMs(int64_t length) const {
 
 double CostModel::Throughput(StepKind kind, int64_t length) const {
   const double decode = DecodeEstimate();
-  if (kind == StepKind::kTarget) return 1.0 / decode;
+  const double host_row = host_row_ms_[static_cast<int>(kind)];
+  if (kind == StepKind::kTarget) return 1.0 / (decode + host_row);
   const double draft = draft_ms(kind) > 0 ? draft_ms(kind) : decode * 0.25;
-  return ExpectedTokens(acceptance(kind), length) / (static_cast<double>(length) * draft + VerifyMs(length));
+  return ExpectedTokens(acceptance(kind), length) /
+         (static_cast<double>(length) * draft + VerifyMs(length) + static_cast<double>(length + 1) * host_row);
 }
 
 double CostModel::PredictedSpeedup(StepKind kind, int64_t length) const {

@@ -5,9 +5,10 @@
 //   C_total = sum_i [W_i / BW_i + T_i] * E[N_i]                       (docs/how-the-cascade-works.md, "Metrics and the cost model")
 //   tokens per target call with per-position acceptance a and length L:
 //     E = (1 - a^(L+1)) / (1 - a)                                      (same section)
-//   throughput(target)    = 1 / c_decode
-//   throughput(spec, L)   = E(a_spec, L)    / (L * c_draft + c_verify(L))
-//   throughput(cascade, L)= E(a_cascade, L) / (L * c_tiny_draft + c_verify(L))
+//   throughput(target)    = 1 / (c_decode + h_target)
+//   throughput(spec, L)   = E(a_spec, L)    / (L * c_draft + c_verify(L) + (L + 1) h_spec)
+//   throughput(cascade, L)= E(a_cascade, L) / (L * c_tiny_draft + c_verify(L) + (L + 1) h_cascade)
+// (h_kind: the host's work per target row after the call, ObserveHost).
 // Costs are per call and measured as the engine runs (exponential moving averages); c_verify(L)
 // is a line a + b * (L + 1) fitted to the verify calls seen; the acceptance rates are EMAs too.
 // The bandwidth term W_i / BW_i is reported as the memory-bound floor of each call.
@@ -36,6 +37,10 @@ class CostModel {
   void ObserveVerify(int64_t tokens, double ms);          // target, T = L + 1
   void ObserveDraftStep(StepKind kind, double ms);        // one draft call of a proposer
   void ObserveAcceptance(StepKind kind, int64_t examined, int64_t accepted);
+  // Host work after a target call (sampling transforms, acceptance) over `rows` target rows: at
+  // T > 0 it is ~10% of a round (a transform of 49,152 logits per row), and without it the model
+  // predicted speculation at T = 0.8 18% too fast (session 8).
+  void ObserveHost(StepKind kind, int64_t rows, double ms);
 
   // Expected tokens per target call.
   static double ExpectedTokens(double acceptance, int64_t length);
@@ -73,6 +78,8 @@ class CostModel {
   DraftingCosts& Drafting(StepKind kind) { return kind == StepKind::kCascade ? cascade_ : speculative_; }
   double decode_ms_ = 0;
   int64_t decode_n_ = 0;
+  double host_row_ms_[3] = {0, 0, 0};  // per StepKind
+  int64_t host_n_[3] = {0, 0, 0};
   DraftingCosts speculative_, cascade_;
   // Least-squares line through (tokens, ms) of verify calls.
   double sx_ = 0, sy_ = 0, sxx_ = 0, sxy_ = 0;

@@ -1,6 +1,7 @@
 #include "cascade/engine.h"
 
 #include <algorithm>
+#include <functional>
 #include <chrono>
 #include <cmath>
 
@@ -28,11 +29,18 @@ double TimedExecution(const DecoderModel& model, double& compile_sink, Fn&& fn) 
 // Adds the time of a scope to a counter.
 class StageTimer {
  public:
-  explicit StageTimer(double& sink) : sink_(sink), start_(Clock::now()) {}
-  ~StageTimer() { sink_ += MsSince(start_); }
+  // `also` (optional) receives the same milliseconds (e.g. the cost model's observation).
+  explicit StageTimer(double& sink, std::function<void(double)> also = {})
+      : sink_(sink), also_(std::move(also)), start_(Clock::now()) {}
+  ~StageTimer() {
+    const double ms = MsSince(start_);
+    sink_ += ms;
+    if (also_) also_(ms);
+  }
 
  private:
   double& sink_;
+  std::function<void(double)> also_;
   Clock::time_point start_;
 };
 
@@ -213,7 +221,7 @@ void CascadeEngine::TargetOnlyStep(Sequence& seq, const GenerateOptions& options
     cost_->ObserveDecode(ms);
   }
   ++stats.steps_target;
-  StageTimer host(stats.times.host_ms);
+  StageTimer host(stats.times.host_ms, [&](double ms) { cost_->ObserveHost(StepKind::kTarget, 1, ms); });
   ++stats.target_calls;
   seq.target_valid = n;
   const size_t vocab = static_cast<size_t>(target_->config().vocab_size);
@@ -349,7 +357,7 @@ void CascadeEngine::BranchingStep(Sequence& seq, const GenerateOptions& options,
 
   // 3. Accept: p at branch b position j is the output of the root (j = 0) or of node (b, j-1) on
   //    the replica that verified branch b.
-  StageTimer host(stats.times.host_ms);
+  StageTimer host(stats.times.host_ms, [&](double ms) { cost_->ObserveHost(proposer.kind(), L + 1, ms); });
   auto replica_of = [&](size_t b) -> const ForwardResult& { return v[b / static_cast<size_t>(per)]; };
   auto node_of = [&](size_t b, size_t j) -> size_t {
     return j == 0 ? 0 : 1 + (b % static_cast<size_t>(per)) * static_cast<size_t>(L) + (j - 1);
@@ -433,7 +441,7 @@ void CascadeEngine::SpeculativeStep(Sequence& seq, const GenerateOptions& option
   ++stats.target_calls;
 
   // 3. Accept.
-  StageTimer host(stats.times.host_ms);
+  StageTimer host(stats.times.host_ms, [&](double ms) { cost_->ObserveHost(proposer.kind(), L + 1, ms); });
   // p_j is transformed in the context it is used in: the committed tokens and x_1..x_j-1.
   auto target_dist = [&](size_t, size_t j) {
     return Transform(v.logits.data() + j * vocab, vocab, options.sampling, nullptr,

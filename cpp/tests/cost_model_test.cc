@@ -82,5 +82,28 @@ TEST(cost_model, NearTiesDoNotFlipTheChoice) {
   EXPECT_LE(switches, 8) << "re-explorations go and come back (4 in 60 rounds); noise should add none";
 }
 
+TEST(cost_model, HostWorkCountsInThePrediction) {
+  CostModel m;
+  m.ObserveDecode(10);
+  m.ObserveDecode(10);  // past the exploration rounds
+  m.ObserveVerify(7, 13);
+  for (StepKind kind : {StepKind::kSpeculative, StepKind::kCascade}) {
+    m.ObserveDraftStep(kind, 5);
+    m.ObserveDraftStep(kind, 5);
+    m.ObserveAcceptance(kind, 6, 6);
+  }
+  const double before = m.Throughput(StepKind::kSpeculative, 6);
+  EXPECT_DOUBLE_EQ(before, m.Throughput(StepKind::kCascade, 6));
+  // Sampling over the whole vocabulary after speculation's verify: 2 ms per target row.
+  m.ObserveHost(StepKind::kSpeculative, 7, 14.0);
+  m.ObserveHost(StepKind::kCascade, 7, 0.7);
+  m.ObserveHost(StepKind::kTarget, 1, 1.0);
+  const double e = CostModel::ExpectedTokens(m.acceptance(StepKind::kSpeculative), 6);
+  EXPECT_NEAR(m.Throughput(StepKind::kSpeculative, 6), e / (6 * 5 + m.VerifyMs(6) + 7 * 2.0), 1e-12);
+  EXPECT_NEAR(m.Throughput(StepKind::kTarget, 0), 1.0 / 11.0, 1e-12);
+  EXPECT_LT(m.Throughput(StepKind::kSpeculative, 6), before);
+  EXPECT_EQ(m.Choose(true, true, kLengths).kind, StepKind::kCascade);
+}
+
 }  // namespace
 }  // namespace cascade
