@@ -2,6 +2,7 @@
 #include <napi.h>
 
 #include <atomic>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
@@ -60,7 +61,7 @@ Napi::Value DistillTiny(const Napi::CallbackInfo& info) {
           *report = DistillTinyToFile(client, distill, [&](const char* phase, int64_t done, int64_t total) {
             if (std::string(phase) != last_phase) last = -1;
             last_phase = phase;
-            if (done - last >= 10 || done == total || phase[0] == 't') {  // every training step: they are slow
+            if (done - last >= 10 || done == total || std::strcmp(phase, "train") == 0) {  // every training step: they are slow
               last = done;
               progress(phase, done, total);
             }

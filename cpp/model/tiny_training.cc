@@ -29,6 +29,33 @@ void CheckTrainOptions(const TinyTrainOptions& o) {
     throw InvalidArgumentError("tiny training: teacher_temperature must be a positive number");
 }
 
+// The tiny's forward pass on x [N, d] (model/tiny.h), with what the backward pass reads.
+struct TinyForward {
+  hlo::Value rstd, zhat;   // LayerNorm's 1/std [N] and normalised z [N, H]
+  hlo::Value active;       // pred [N, H]: where ReLU passes
+  hlo::Value h, logits;    // [N, H], [N, V]
+};
+
+TinyForward EmitTinyForward(hlo::Function& f, const hlo::Value& x, const hlo::Value& w1, const hlo::Value& b1,
+                            const hlo::Value& ln_w, const hlo::Value& ln_b, const hlo::Value& w2, const hlo::Value& b2) {
+  const int64_t N = x.dims[0], H = w1.dims[0], V = w2.dims[0];
+  auto rows = [&](const hlo::Value& r, std::vector<int64_t> dims) { return f.BroadcastInDim(r, std::move(dims), {0}); };
+  auto cols = [&](const hlo::Value& c, std::vector<int64_t> dims) { return f.BroadcastInDim(c, std::move(dims), {1}); };
+  const hlo::Value inv_h = f.Constant(DType::kF32, 1.0 / static_cast<double>(H), {N});
+  TinyForward out;
+  const hlo::Value z = f.Add(f.DotGeneral(x, w1, {}, {}, {1}, {1}), cols(b1, {N, H}));  // x W1^T + b1
+  const hlo::Value zc = f.Sub(z, rows(f.Mul(f.Reduce(z, hlo::ReduceKind::kSum, {1}), inv_h), {N, H}));
+  const hlo::Value var = f.Mul(f.Reduce(f.Mul(zc, zc), hlo::ReduceKind::kSum, {1}), inv_h);  // biased, as LayerNorm
+  out.rstd = f.Rsqrt(f.Add(var, f.Constant(DType::kF32, kTinyLayerNormEps, {N})));
+  out.zhat = f.Mul(zc, rows(out.rstd, {N, H}));
+  const hlo::Value ln = f.Add(f.Mul(out.zhat, cols(ln_w, {N, H})), cols(ln_b, {N, H}));
+  const hlo::Value zero = f.ScalarLike(ln, 0.0);
+  out.active = f.Compare(hlo::CompareDirection::kGt, ln, zero);
+  out.h = f.Select(out.active, ln, zero);  // ReLU
+  out.logits = f.Add(f.DotGeneral(out.h, w2, {}, {}, {1}, {1}), cols(b2, {N, V}));  // h W2^T + b2
+  return out;
+}
+
 }  // namespace
 
 std::string TinyTrainStepProgram(int64_t d, int64_t H, int64_t V, int64_t B, const TinyTrainOptions& o) {
@@ -55,16 +82,9 @@ std::string TinyTrainStepProgram(int64_t d, int64_t H, int64_t V, int64_t B, con
   };
 
   // ---- forward (model/tiny.h) ----
-  const hlo::Value z = f.Add(f.DotGeneral(x, w1, {}, {}, {1}, {1}), f.BroadcastInDim(b1, {B, H}, {1}));  // x W1^T + b1
-  const hlo::Value zc = f.Sub(z, rows(mean_rows(z), z));
-  const hlo::Value var = mean_rows(f.Mul(zc, zc));  // biased, as LayerNorm
-  const hlo::Value rstd = f.Rsqrt(f.Add(var, scalar(var, kTinyLayerNormEps)));
-  const hlo::Value zhat = f.Mul(zc, rows(rstd, zc));
-  const hlo::Value ln = f.Add(f.Mul(zhat, cols(ln_w, zhat)), cols(ln_b, zhat));
-  const hlo::Value zero_bh = scalar(ln, 0.0);
-  const hlo::Value active = f.Compare(hlo::CompareDirection::kGt, ln, zero_bh);
-  const hlo::Value h = f.Select(active, ln, zero_bh);                                  // ReLU
-  const hlo::Value logits = f.Add(f.DotGeneral(h, w2, {}, {}, {1}, {1}), cols(b2, y));  // h W2^T + b2 [B, V]
+  const TinyForward fwd = EmitTinyForward(f, x, w1, b1, ln_w, ln_b, w2, b2);
+  const hlo::Value &rstd = fwd.rstd, &zhat = fwd.zhat, &active = fwd.active, &h = fwd.h, &logits = fwd.logits;
+  const hlo::Value zero_bh = scalar(h, 0.0);
   const hlo::Value log_q = f.LogSoftmax(logits, 1);
   const hlo::Value scaled_y = o.teacher_temperature == 1.0 ? y : f.Div(y, scalar(y, o.teacher_temperature));
   hlo::Value teacher_logits = scaled_y;
@@ -92,7 +112,7 @@ std::string TinyTrainStepProgram(int64_t d, int64_t H, int64_t V, int64_t B, con
   // Through the normalisation: dz = rstd (dzhat - mean(dzhat) - zhat mean(dzhat zhat)).
   const hlo::Value g_zhat = f.Mul(g_ln, cols(ln_w, g_ln));
   const hlo::Value g_z =
-      f.Mul(rows(rstd, zc), f.Sub(f.Sub(g_zhat, rows(mean_rows(g_zhat), zc)), f.Mul(zhat, rows(mean_rows(f.Mul(g_zhat, zhat)), zc))));
+      f.Mul(rows(rstd, zhat), f.Sub(f.Sub(g_zhat, rows(mean_rows(g_zhat), zhat)), f.Mul(zhat, rows(mean_rows(f.Mul(g_zhat, zhat)), zhat))));
   const hlo::Value g_w1 = f.DotGeneral(g_z, x, {}, {}, {0}, {0});                     // [H, d] = dz^T x
   const hlo::Value g_b1 = f.Reduce(g_z, hlo::ReduceKind::kSum, {0});
   const hlo::Value grads[6] = {g_w1, g_b1, g_ln_w, g_ln_b, g_w2, g_b2};
@@ -131,14 +151,7 @@ std::string TinyRanksProgram(int64_t d, int64_t H, int64_t V, int64_t N) {
                    ln_b = f.Param("ln_b", f32, {H}), w2 = f.Param("w2", f32, {V, H}), b2 = f.Param("b2", f32, {V});
   const hlo::Value x = f.Param("x", f32, {N, d}), ids = f.Param("ids", DType::kS32, {N});
   auto bcast = [&](const hlo::Value& v, std::vector<int64_t> dims, std::vector<int64_t> at) { return f.BroadcastInDim(v, dims, at); };
-  const hlo::Value z = f.Add(f.DotGeneral(x, w1, {}, {}, {1}, {1}), bcast(b1, {N, H}, {1}));
-  const hlo::Value inv_h = f.Constant(f32, 1.0 / static_cast<double>(H), {N});
-  const hlo::Value zc = f.Sub(z, bcast(f.Mul(f.Reduce(z, hlo::ReduceKind::kSum, {1}), inv_h), {N, H}, {0}));
-  const hlo::Value var = f.Mul(f.Reduce(f.Mul(zc, zc), hlo::ReduceKind::kSum, {1}), inv_h);
-  const hlo::Value rstd = f.Rsqrt(f.Add(var, f.Constant(f32, kTinyLayerNormEps, {N})));
-  hlo::Value h = f.Add(f.Mul(f.Mul(zc, bcast(rstd, {N, H}, {0})), bcast(ln_w, {N, H}, {1})), bcast(ln_b, {N, H}, {1}));
-  h = f.Max(h, f.ScalarLike(h, 0.0));
-  const hlo::Value logits = f.Add(f.DotGeneral(h, w2, {}, {}, {1}, {1}), bcast(b2, {N, V}, {1}));
+  const hlo::Value logits = EmitTinyForward(f, x, w1, b1, ln_w, ln_b, w2, b2).logits;
   const hlo::Value mine = bcast(f.TakeAlongLastDim(logits, ids), {N, V}, {0});
   const hlo::Value above = f.Compare(hlo::CompareDirection::kGt, logits, mine);
   const hlo::Value tie_before = f.And(f.Compare(hlo::CompareDirection::kEq, logits, mine),

@@ -31,6 +31,22 @@ export function positiveInteger(flag: string): (v: string) => number {
   };
 }
 
+export function nonNegativeInteger(flag: string): (v: string) => number {
+  return (v: string) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 0) throw new Error(`${flag} must be an integer >= 0, got '${v}'`);
+    return n;
+  };
+}
+
+export function positiveNumber(flag: string): (v: string) => number {
+  return (v: string) => {
+    const n = Number(v);
+    if (!Number.isFinite(n) || n <= 0) throw new Error(`${flag} must be a positive number, got '${v}'`);
+    return n;
+  };
+}
+
 export function nonNegativeNumber(flag: string): (v: string) => number {
   return (v: string) => {
     const n = Number(v);

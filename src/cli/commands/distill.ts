@@ -7,7 +7,7 @@ import { PRECISIONS } from '../../cascade/types.js';
 import { distillTiny } from '../../cascade/distill.js';
 import { ensureDefaultModel } from '../../models/default-model.js';
 import { native } from '../../native.js';
-import { pluginOption, positiveInteger } from '../options.js';
+import { nonNegativeInteger, pluginOption, positiveInteger, positiveNumber } from '../options.js';
 import { printJson, table } from '../output.js';
 import { type Progress, progressBar, progressMode } from '../progress.js';
 
@@ -17,22 +17,6 @@ function defaults(): { positions: number; hidden: number; steps: number; batch: 
   } catch {
     return undefined;  // --help works without the addon
   }
-}
-
-function nonNegativeInteger(flag: string): (v: string) => number {
-  return (v: string) => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 0) throw new Error(`${flag} must be an integer >= 0, got '${v}'`);
-    return n;
-  };
-}
-
-function positiveNumber(flag: string): (v: string) => number {
-  return (v: string) => {
-    const n = Number(v);
-    if (!Number.isFinite(n) || n <= 0) throw new Error(`${flag} must be a positive number, got '${v}'`);
-    return n;
-  };
 }
 
 export function distillCommand(): Command {
