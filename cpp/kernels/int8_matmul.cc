@@ -44,6 +44,12 @@ constexpr int64_t kMaxIn = int64_t{1} << 24;
 // Output rows per register block. Every (t, o) element is computed by the same instruction
 // sequence whichever block sizes are used around it: that is what makes rows independent of T.
 constexpr int kOB = 4;
+// How far ahead of its loads a weight-streaming kernel prefetches, in bytes of the row stream
+// (a task's rows are contiguous). The weights come from DRAM once per call. Session 9's sweep of
+// decoder_bench decode(1): q4 5.9 ms at 1 KB (the old value, which for a q4 block of 4 rows of
+// 288 bytes prefetched within the block being read), 4.1-4.5 ms at 4-12 KB; int8 ~6% faster at
+// 6 KB than at 2 KB. The AMX bf16 tiles were slower with any software prefetch (hardware only).
+constexpr int kPrefetchBytes = 6144;
 
 #if !CASCADE_X86
 // Stand-ins with the SIMD blocks' signatures on other CPUs: never called (the dispatch only
@@ -251,9 +257,8 @@ CASCADE_VNNI void VnniBlock(const QuantizedX& qx, int64_t t0, const int8_t* w, c
     __m512i wu[OB];
     #pragma GCC unroll 16
     for (int o = 0; o < OB; ++o) {
-      // The weights stream from DRAM once per call: prefetching 2 KB ahead (about the next row
-      // block) measured 10-25% faster than the hardware prefetcher alone (T=1 and T=4).
-      _mm_prefetch(reinterpret_cast<const char*>(w + (o0 + o) * in + i) + 2048, _MM_HINT_T0);
+      // Software prefetch measured 10-25% faster than the hardware prefetcher alone (kPrefetchBytes).
+      _mm_prefetch(reinterpret_cast<const char*>(w + (o0 + o) * in + i) + kPrefetchBytes, _MM_HINT_T0);
       wu[o] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, w + (o0 + o) * in + i), flip);
     }
     #pragma GCC unroll 16
@@ -343,7 +348,7 @@ CASCADE_VNNI void Q4VnniBlock(const QuantizedX& qx, int64_t t0, const uint8_t* w
     #pragma GCC unroll 16
     for (int o = 0; o < OB; ++o) {
       const uint8_t* p = w + o * row_bytes + c * 32;
-      _mm_prefetch(reinterpret_cast<const char*>(p) + 1024, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T0);
       wq[o] = _mm512_and_si512(_mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), nibbles);
       wd[o] = _mm512_permutex2var_ps(lo[o], pick, hi[o]);
     }
