@@ -355,7 +355,11 @@ class LayerRunner {
         std::copy(k_.begin() + src, k_.begin() + src + hd, call_.k_new + dst);
         std::copy(v_.begin() + src, v_.begin() + src + hd, call_.v_new + dst);
       }
+    const auto a0 = std::chrono::steady_clock::now();
     team_.Run(KV * T, [&](int64_t i) { Attention(l, i / T, i % T); });
+    if (stats_)
+      stats_->attention_nanoseconds +=
+          std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - a0).count();
     PrepareActivations(w.o.kind, impls_, attn_.data(), T, H * hd, &aa_);
     Matmuls({{&w.o, &aa_, tmp_.data()}});
     for (int64_t i = 0; i < T * d; ++i) h_[i] += tmp_[i];

@@ -76,9 +76,11 @@ std::string ArenaLayer(const DecoderLayersConfig& config, WeightMatrix::Kind kin
 std::string ValidateDecoderLayers(const DecoderLayersConfig& config, const std::vector<DecoderLayerWeights>& layers,
                                   const DecoderLayersCall& call);
 
-// Time inside MatmulRange tasks on the calling thread (ns), for profiles (decoder_bench).
+// Wall time of the matmul and attention jobs as the calling thread sees them (ns), for profiles
+// (decoder_bench).
 struct DecoderLayersStats {
   int64_t matmul_nanoseconds = 0;
+  int64_t attention_nanoseconds = 0;
 };
 
 // Runs the layer stack. Throws std::invalid_argument when ValidateDecoderLayers complains.

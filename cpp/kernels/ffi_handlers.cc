@@ -63,7 +63,7 @@ KernelImpls Impls() {
   return k;
 }
 
-std::atomic<int64_t> g_calls{0}, g_nanoseconds{0}, g_matmul_nanoseconds{0};
+std::atomic<int64_t> g_calls{0}, g_nanoseconds{0}, g_matmul_nanoseconds{0}, g_attention_nanoseconds{0};
 
 // Adds the wall time of one handler call to the stats.
 // (A plain matmul call counts as matmul time too.)
@@ -296,6 +296,7 @@ ffi::Error DecoderLayersImpl(ffi::Buffer<ffi::F32> hidden, ffi::Buffer<ffi::F32>
     return ffi::Error::Internal(name + ": " + e.what());
   }
   g_matmul_nanoseconds.fetch_add(stats.matmul_nanoseconds, std::memory_order_relaxed);
+  g_attention_nanoseconds.fetch_add(stats.attention_nanoseconds, std::memory_order_relaxed);
   return ffi::Error::Success();
 }
 
@@ -405,7 +406,7 @@ KernelRegistration RegisterKernels(const Api& api) {
 
 KernelStats GetKernelStats() {
   return {g_calls.load(std::memory_order_relaxed), g_nanoseconds.load(std::memory_order_relaxed),
-          g_matmul_nanoseconds.load(std::memory_order_relaxed)};
+          g_matmul_nanoseconds.load(std::memory_order_relaxed), g_attention_nanoseconds.load(std::memory_order_relaxed)};
 }
 
 std::string KernelDescription() {

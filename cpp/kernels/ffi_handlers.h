@@ -58,6 +58,7 @@ struct KernelStats {
   int64_t nanoseconds = 0;
   // Of which inside the fused layer stack's matmuls (cascade_decoder_layers), caller's view.
   int64_t matmul_nanoseconds = 0;
+  int64_t attention_nanoseconds = 0;  // and inside its attention
 };
 KernelStats GetKernelStats();
 

@@ -3,7 +3,7 @@
 // decode(1) per weight precision, and verify(k) / decode(1) for several k. Medians of --runs.
 //
 //   decoder_bench [--precision f32,bf16,int8,q4] [--matmul auto|fused|upcast|bf16act|ffi|xla] [--k 2,4,8,16,32]
-//                 [--context 512] [--pos 128] [--runs 7] [--layers 30] [--plugin cpu]
+//                 [--context 512] [--pos 128] [--runs 7] [--layers 30] [--plugin cpu] [--head argmax|logits]
 // A precision may name its matmul mode, so modes run side by side in one process:
 //   --precision f32,int8:xla,int8:ffi   (xla = the XLA-only int8 path, ffi = our int8 kernel)
 #include <algorithm>
@@ -99,7 +99,7 @@ int main(int argc, char** argv) {
 int Main(int argc, char** argv) {
   std::vector<std::string> precisions = {"f32", "bf16", "int8"};
   std::vector<int64_t> ks = {4, 8, 16, 32};
-  std::string matmul = "auto", plugin = "cpu";
+  std::string matmul = "auto", plugin = "cpu", head_name = "argmax";
   int64_t context = 512, pos = 128, runs = 7, layers = 30;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i], v = argv[i + 1];
@@ -111,8 +111,14 @@ int Main(int argc, char** argv) {
     else if (a == "--runs") runs = std::stoll(v);
     else if (a == "--layers") layers = std::stoll(v);
     else if (a == "--plugin") plugin = v;
+    else if (a == "--head") head_name = v;
     else { std::fprintf(stderr, "unknown flag %s\n", a.c_str()); return 2; }
   }
+  if (head_name != "argmax" && head_name != "logits") {
+    std::fprintf(stderr, "decoder_bench: --head must be argmax or logits, got %s\n", head_name.c_str());
+    return 2;
+  }
+  const HeadSpec head{head_name == "argmax" ? HeadKind::kArgmax : HeadKind::kLogits, 0};
   ModelConfig c;
   c.family = ModelFamily::kLlama;
   c.vocab_size = 49152;
@@ -149,6 +155,7 @@ int Main(int argc, char** argv) {
     std::vector<std::vector<double>> times;  // per size
     std::vector<std::vector<double>> kernel;  // ms inside our FFI handlers, per size
     std::vector<std::vector<double>> matmul;  // ms inside the fused stack's matmuls, per size
+    std::vector<std::vector<double>> attention;  // ms inside its attention, per size
   };
   std::vector<Variant> variants;
   auto tokens_of = [&](int64_t T) {
@@ -174,16 +181,17 @@ int Main(int argc, char** argv) {
                                    : MatmulMode::kAuto;
     auto t0 = Clock::now();
     Variant v{entry, std::make_unique<DecoderModel>(client, w, o), std::vector<std::vector<double>>(sizes.size()),
-              std::vector<std::vector<double>>(sizes.size()), std::vector<std::vector<double>>(sizes.size())};
+              std::vector<std::vector<double>>(sizes.size()), std::vector<std::vector<double>>(sizes.size()),
+              std::vector<std::vector<double>>(sizes.size())};
     const MatmulMode chosen = ChooseMatmulMode(*client, o.precision, o.matmul);
     std::printf("[%s] weights %.1f MB uploaded in %.0f ms; kv %s; matmuls by %s; compile+first run:", entry.c_str(),
                 v.model->weight_bytes() / 1e6, ms(t0, Clock::now()), DTypeName(v.model->kv_dtype()),
                 chosen == MatmulMode::kFused ? "fused layers" : chosen == MatmulMode::kFfi ? "ffi" : "xla");
     for (int64_t T : sizes) {
       auto c0 = Clock::now();
-      v.model->Forward(tokens_of(T), pos, {HeadKind::kArgmax});
+      v.model->Forward(tokens_of(T), pos, head);
       std::printf(" T=%lld %.0f ms", (long long)T, ms(c0, Clock::now()));
-      v.model->Forward(tokens_of(T), pos, {HeadKind::kArgmax});
+      v.model->Forward(tokens_of(T), pos, head);
     }
     std::printf("\n");
     std::fflush(stdout);
@@ -197,11 +205,12 @@ int Main(int argc, char** argv) {
         const std::vector<int32_t> tokens = tokens_of(sizes[i]);
         const kernels::KernelStats k0 = kernels::GetKernelStats();
         auto a = Clock::now();
-        v.model->Forward(tokens, pos, {HeadKind::kArgmax});  // same slots every run: a rollback each time
+        v.model->Forward(tokens, pos, head);  // same slots every run: a rollback each time
         v.times[i].push_back(ms(a, Clock::now()));
         const kernels::KernelStats k1 = kernels::GetKernelStats();
         v.kernel[i].push_back((k1.nanoseconds - k0.nanoseconds) / 1e6);
         v.matmul[i].push_back((k1.matmul_nanoseconds - k0.matmul_nanoseconds) / 1e6);
+        v.attention[i].push_back((k1.attention_nanoseconds - k0.attention_nanoseconds) / 1e6);
       }
     if (bandwidth_every_run) bandwidth.push_back(ReadBandwidth());
   const double bw = Median(bandwidth);
@@ -219,9 +228,10 @@ int Main(int argc, char** argv) {
       const int64_t T = sizes[i];
       const double med = Median(v.times[i]);
       std::printf("  T=%-3lld median %8.2f ms  (min %8.2f)  ratio to decode(1) %.2f  per token %.2f ms  (%.1f tokens/s)"
-                  "  in FFI kernels %.2f ms  outside matmuls %.2f ms\n",
+                  "  in FFI kernels %.2f ms  outside matmuls %.2f ms (attention %.2f ms)\n",
                   (long long)T, med, *std::min_element(v.times[i].begin(), v.times[i].end()), med / decode, med / T,
-                  1000.0 * T / med, Median(v.kernel[i]), med - Median(v.matmul[i]));
+                  1000.0 * T / med, Median(v.kernel[i]), med - Median(v.matmul[i]),
+                  Median(v.attention[i]));
     }
   }
   return 0;
