@@ -8,6 +8,7 @@
 #include <mutex>
 #include <stdexcept>
 
+#include "kernels/argmax.h"
 #include "kernels/decoder_layers.h"
 #include "kernels/int8_matmul.h"
 #include "kernels/thread_team.h"
@@ -169,6 +170,16 @@ ffi::Error TinyCandidatesImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w1t
   } catch (const std::exception& e) {
     return ffi::Error::Internal(std::string(kTinyCandidatesTarget) + ": " + e.what());
   }
+  return ffi::Error::Success();
+}
+
+ffi::Error ArgmaxImpl(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::S32> ids) {
+  Timed timed;
+  auto xd = x.dimensions(), od = ids->dimensions();
+  if (xd.size() != 2 || od.size() != 1 || od[0] != xd[0] || xd[1] < 1)
+    return ffi::Error::InvalidArgument(std::string(kArgmaxTarget) + ": expected x[T,n] with n >= 1 -> ids[T]; got x" +
+                                       DimsText(xd) + " ids" + DimsText(od));
+  ArgmaxRows(x.typed_data(), xd[0], xd[1], ids->typed_data());
   return ffi::Error::Success();
 }
 
@@ -371,6 +382,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeTinyCandidatesHandler, TinyCandidatesImpl,
                                   .Ret<ffi::Buffer<ffi::S32>>()
                                   .Attr<float>("eps"));
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeArgmaxHandler, ArgmaxImpl,
+                              ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::S32>>());
+
 KernelRegistration RegisterKernels(const Api& api) {
   static std::mutex mu;
   static auto* done = new std::map<const PJRT_Api*, KernelRegistration>();
@@ -395,6 +409,7 @@ KernelRegistration RegisterKernels(const Api& api) {
       RegisterFfiHandler(api, kF32TMatmulTarget, "Host", reinterpret_cast<void*>(&CascadeF32TMatmulHandler));
       RegisterFfiHandler(api, kDecoderLayersTarget, "Host", reinterpret_cast<void*>(&CascadeDecoderLayersHandler));
       RegisterFfiHandler(api, kTinyCandidatesTarget, "Host", reinterpret_cast<void*>(&CascadeTinyCandidatesHandler));
+      RegisterFfiHandler(api, kArgmaxTarget, "Host", reinterpret_cast<void*>(&CascadeArgmaxHandler));
       r.registered = true;
     } catch (const std::exception& e) {
       r.reason = e.what();

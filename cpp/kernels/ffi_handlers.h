@@ -20,6 +20,8 @@
 //   cascade_tiny_candidates(x f32[T, d], w1t f32[d, H], b1 f32[H], ln_w f32[H], ln_b f32[H],
 //       w2 s8[V, H], w2_scale f32[V], b2 f32[V]) -> ids s32[T, K], attribute eps (f32)
 //     the top K of a tiny on the draft's hidden state (kernels/tiny_candidates.h).
+//   cascade_argmax(x f32[T, n]) -> s32[T]
+//     each row's argmax as StableHLO's argmax reduce gives it (kernels/argmax.h).
 // Every matmul runs on kernels::ThreadTeam::Global() (both cores).
 #pragma once
 
@@ -39,6 +41,7 @@ inline constexpr char kBf16GatherMatmulTarget[] = "cascade_bf16_gather_matmul";
 inline constexpr char kF32TMatmulTarget[] = "cascade_f32t_matmul";
 inline constexpr char kDecoderLayersTarget[] = "cascade_decoder_layers";
 inline constexpr char kTinyCandidatesTarget[] = "cascade_tiny_candidates";
+inline constexpr char kArgmaxTarget[] = "cascade_argmax";
 
 struct KernelRegistration {
   bool registered = false;

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "hlo/builder.h"
+#include "kernels/argmax.h"
 #include "kernels/decoder_layers.h"
 #include "kernels/ffi_handlers.h"
 #include "kernels/thread_team.h"
@@ -367,6 +368,46 @@ TEST(kernels_ffi, CustomCallRunsOurKernelInThePlugin) {
   EXPECT_EQ(0, std::memcmp(bouts[0].as<float>(), bwant.data(), bwant.size() * 4)) << "bf16: plugin != direct call";
   for (int64_t t = 0; t < T; ++t)
     for (int j = 0; j < 2; ++j) EXPECT_EQ(bouts[1].as<float>()[t * 2 + j], bwant[t * out + id[t * 2 + j]]);
+}
+
+// cascade_argmax (the greedy head's argmax on the CPU plugin) against StableHLO's argmax reduce in
+// the same plugin, on rows built to have ties (lowest index wins), -0 beside +0, all -inf, a
+// maximum in the last lanes, and lengths that are not a multiple of 16; and a NaN row directly.
+TEST(kernels_ffi, ArgmaxMatchesTheStableHloArgmax) {
+  auto client = Cpu();
+  ASSERT_TRUE(kernels::RegisterKernels(client->api()).registered);
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int> small(-6, 6);
+  for (int64_t n : {int64_t{1}, int64_t{15}, int64_t{16}, int64_t{17}, int64_t{100}, int64_t{49152}}) {
+    const int64_t T = 6;
+    std::vector<float> x(static_cast<size_t>(T * n));
+    for (float& v : x) v = static_cast<float>(small(rng));  // many equal maxima per row
+    float* last = x.data() + 1 * n;
+    std::fill(last, last + n, 0.0f);
+    last[n - 1] = 1.0f;  // the largest in the last lane
+    float* inf = x.data() + 2 * n;
+    std::fill(inf, inf + n, -INFINITY);
+    float* zeros = x.data() + 3 * n;
+    std::fill(zeros, zeros + n, -1.0f);
+    zeros[n / 2] = -0.0f;
+    zeros[n - 1] = 0.0f;  // -0 == +0: the first of them
+    hlo::Function f;
+    auto p = f.Param("x", DType::kF32, {T, n});
+    f.Return({f.CustomCall(kernels::kArgmaxTarget, {p}, DType::kS32, {T}), f.Argmax(p, 1)});
+    auto outs = client->Compile(f.ToText(), {1})
+                    ->ExecuteHost({{HostTensor(DType::kF32, {T, n}, x.data(), x.size() * 4)}})[0];
+    for (int64_t t = 0; t < T; ++t) {
+      EXPECT_EQ(outs[0].as<int32_t>()[t], outs[1].as<int32_t>()[t]) << "n=" << n << " row " << t;
+      EXPECT_EQ(outs[0].as<int32_t>()[t], kernels::ArgmaxScalar(x.data() + t * n, n)) << "n=" << n << " row " << t;
+    }
+  }
+  std::vector<float> row(40, 1.0f);
+  row[7] = 9.0f;
+  row[20] = std::nanf("");
+  row[30] = std::nanf("");
+  int32_t id = -1;
+  kernels::ArgmaxRows(row.data(), 1, 40, &id);
+  EXPECT_EQ(id, 20) << "a NaN wins, the first of them";
 }
 
 TEST(kernels_ffi, HandlerRejectsMismatchedShapesWithAnError) {
