@@ -28,6 +28,20 @@ constexpr double kReexploreShare = 0.75;
 constexpr double kSwitchMargin = 0.04;
 }  // namespace
 
+void RecentMedian::Add(double sample) {
+  samples_[static_cast<size_t>(count_ % kWindow)] = sample;
+  ++count_;
+}
+
+double RecentMedian::value() const {
+  const int64_t n = std::min<int64_t>(count_, kWindow);
+  if (n == 0) return 0;
+  std::array<double, kWindow> sorted = samples_;
+  std::sort(sorted.begin(), sorted.begin() + n);
+  // An even count (only before the window fills): the mean of the middle two.
+  return n % 2 ? sorted[static_cast<size_t>(n / 2)] : 0.5 * (sorted[static_cast<size_t>(n / 2 - 1)] + sorted[static_cast<size_t>(n / 2)]);
+}
+
 CostModel::CostModel() = default;
 
 void CostModel::Ema(double& value, int64_t& count, double sample) {
@@ -37,7 +51,7 @@ void CostModel::Ema(double& value, int64_t& count, double sample) {
   value += w * (sample - value);
 }
 
-void CostModel::ObserveDecode(double ms) { Ema(decode_ms_, decode_n_, ms); }
+void CostModel::ObserveDecode(double ms) { decode_ms_.Add(ms); }
 
 void CostModel::ObserveVerify(int64_t tokens, double ms) {
   const double x = static_cast<double>(tokens);
@@ -56,7 +70,7 @@ void CostModel::ObserveHost(StepKind kind, int64_t rows, double ms) {
 
 void CostModel::ObserveDraftStep(StepKind kind, double ms) {
   DraftingCosts& d = Drafting(kind);
-  Ema(d.step_ms, d.steps, ms);
+  d.step_ms.Add(ms);
 }
 
 void CostModel::ObserveAcceptance(StepKind kind, int64_t examined, int64_t accepted) {
@@ -79,7 +93,7 @@ double CostModel::ExpectedTokens(double a, int64_t length) {
 }
 
 double CostModel::DecodeEstimate() const {
-  if (decode_n_ > 0) return decode_ms_;
+  if (decode_ms_.count() > 0) return decode_ms_.value();
   if (verify_n_ > 0) {  // no decode timed yet: the verify line at one token
     const double mean_x = sx_ / verify_n_, mean_y = sy_ / verify_n_;
     const double var = sxx_ / verify_n_ - mean_x * mean_x;
@@ -125,9 +139,9 @@ StepChoice CostModel::BestLength(StepKind kind, const std::vector<int64_t>& leng
 StepChoice CostModel::Choose(bool allow_speculative, bool allow_cascade, const std::vector<int64_t>& lengths) {
   const uint64_t round = auto_rounds_++;
   // Explore: every kind a couple of rounds first.
-  if (decode_n_ < kExploreRounds) return {StepKind::kTarget, 0, Throughput(StepKind::kTarget, 0)};
-  if (allow_speculative && speculative_.steps < kExploreRounds) return BestLength(StepKind::kSpeculative, lengths);
-  if (allow_cascade && cascade_.steps < kExploreRounds) return BestLength(StepKind::kCascade, lengths);
+  if (decode_ms_.count() < kExploreRounds) return {StepKind::kTarget, 0, Throughput(StepKind::kTarget, 0)};
+  if (allow_speculative && speculative_.step_ms.count() < kExploreRounds) return BestLength(StepKind::kSpeculative, lengths);
+  if (allow_cascade && cascade_.step_ms.count() < kExploreRounds) return BestLength(StepKind::kCascade, lengths);
   // Exploit: the best prediction.
   StepChoice best{StepKind::kTarget, 0, Throughput(StepKind::kTarget, 0)};
   StepChoice speculative, cascade;

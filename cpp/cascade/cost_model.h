@@ -9,11 +9,13 @@
 //   throughput(spec, L)   = E(a_spec, L)    / (L * c_draft + c_verify(L) + (L + 1) h_spec)
 //   throughput(cascade, L)= E(a_cascade, L) / (L * c_tiny_draft + c_verify(L) + (L + 1) h_cascade)
 // (h_kind: the host's work per target row after the call, ObserveHost).
-// Costs are per call and measured as the engine runs (exponential moving averages); c_verify(L)
-// is a line a + b * (L + 1) fitted to the verify calls seen; the acceptance rates are EMAs too.
+// Costs are per call and measured as the engine runs: c_decode and c_draft the median of the last
+// few calls (RecentMedian), c_verify(L) a line a + b * (L + 1) fitted to the verify calls seen;
+// the acceptance rates and host work are exponential moving averages.
 // The bandwidth term W_i / BW_i is reported as the memory-bound floor of each call.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -26,6 +28,23 @@ struct StepChoice {
   StepKind kind = StepKind::kTarget;
   int64_t length = 0;             // L (0 for target-only)
   double predicted_tokens_per_ms = 0;
+};
+
+// The median of the last kWindow samples (about four rounds of draft steps). On this shared 2-core
+// machine a whole round now and then runs 1.5-2x slow; with an EMA one such cascade round left the
+// cascade predicted ~15% slow, and since a kind not run is not measured, auto kept speculation for
+// the rest of the generation and the next (session 9, a script like `bench --suite modes`: 16
+// speculative rounds in a row while the cascade was as fast). One slow round is a minority here.
+class RecentMedian {
+ public:
+  static constexpr int kWindow = 25;
+  void Add(double sample);
+  double value() const;  // 0 before the first sample
+  int64_t count() const { return count_; }
+
+ private:
+  std::array<double, kWindow> samples_{};
+  int64_t count_ = 0;
 };
 
 class CostModel {
@@ -56,11 +75,11 @@ class CostModel {
 
   // Per-position acceptance of a proposer's rounds (a prior of 0.5 until observed).
   double acceptance(StepKind kind) const { return Drafting(kind).acceptance; }
-  double decode_ms() const { return decode_ms_; }
+  double decode_ms() const { return decode_ms_.value(); }
   // The target decode cost: measured, else read off the verify line at one token, else 1 ms.
   double DecodeEstimate() const;
   // One draft call of a proposer, ms (0 until observed).
-  double draft_ms(StepKind kind) const { return Drafting(kind).step_ms; }
+  double draft_ms(StepKind kind) const { return Drafting(kind).step_ms.value(); }
   // Predicted speedup of a choice over target-only decoding.
   double PredictedSpeedup(StepKind kind, int64_t length) const;
 
@@ -68,16 +87,14 @@ class CostModel {
   static void Ema(double& value, int64_t& count, double sample);
   // What the model has learned about one proposer (StepKind::kSpeculative, kCascade).
   struct DraftingCosts {
-    double step_ms = 0;
-    int64_t steps = 0;
+    RecentMedian step_ms;
     double acceptance = 0.5;  // prior, replaced as soon as observed: accepted / examined
     double accepted = 0, examined = 0;  // moving averages per round
     int64_t rounds = 0;
   };
   const DraftingCosts& Drafting(StepKind kind) const { return kind == StepKind::kCascade ? cascade_ : speculative_; }
   DraftingCosts& Drafting(StepKind kind) { return kind == StepKind::kCascade ? cascade_ : speculative_; }
-  double decode_ms_ = 0;
-  int64_t decode_n_ = 0;
+  RecentMedian decode_ms_;
   double host_row_ms_[3] = {0, 0, 0};  // per StepKind
   int64_t host_n_[3] = {0, 0, 0};
   DraftingCosts speculative_, cascade_;

@@ -66,6 +66,18 @@ TEST(cost_model, AKindThatFallsBehindIsLeft) {
   EXPECT_GE(counts[StepKind::kSpeculative], 40);
 }
 
+TEST(cost_model, OneSlowRoundDoesNotFlipTheChoice) {
+  CostModel m;
+  RunRounds(m, 6, 5.0, 4.5);
+  RunRounds(m, 10, 5.0, 4.5);
+  // A round of the cascade at 1.7x its cost (the machine busy for ~50 ms), then its usual cost.
+  ASSERT_EQ(m.Choose(true, true, kLengths).kind, StepKind::kCascade);
+  Observe(m, StepKind::kCascade, 10.0, 4.5 * 1.7, 0.95);
+  std::map<StepKind, int> counts = RunRounds(m, 12, 5.0, 4.5);
+  EXPECT_EQ(counts[StepKind::kSpeculative], 0) << "one slow round must not hand the next rounds to the slower kind";
+  EXPECT_NEAR(m.draft_ms(StepKind::kCascade), 4.5, 1e-9);
+}
+
 TEST(cost_model, NearTiesDoNotFlipTheChoice) {
   CostModel m;
   RunRounds(m, 6, 5.0, 4.9);
