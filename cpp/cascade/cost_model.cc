@@ -19,8 +19,10 @@ constexpr uint64_t kReexploreEvery = 16;  // auto mode: retry a kind now and the
 // ...but only a kind predicted at >= this share of the best: the drift re-exploring guards
 // against is ~10-20% (the text changes, the machine's load), and a round of a kind far behind
 // costs a round's worth of tokens (a target-only round at ~0.5x of speculation gave up ~4% of a
-// 128-token generation in `bench --suite modes`, session 8).
-constexpr double kReexploreShare = 0.75;
+// 128-token generation in `bench --suite modes`, session 8). At T = 0.8 speculation is predicted
+// at ~0.8 of the cascade: with a share of 0.75 it was re-tried every 48 rounds, each time a round
+// at ~0.75x (session 9), though no drift seen here closes a 20% gap.
+constexpr double kReexploreShare = 0.85;
 // Exploiting, the kind of the last round is kept unless another is predicted this much faster:
 // the per-call costs are EMAs of samples that vary ~10% round to round, and speculation and the
 // cascade are predicted within ~5% of each other here, so without it auto flipped between them on

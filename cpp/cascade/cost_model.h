@@ -70,7 +70,7 @@ class CostModel {
   // The best of the allowed kinds for the next auto-mode round. Kinds never observed are explored
   // first; then the best prediction, keeping the last choice unless another is predicted >4%
   // faster; every 16th round (counted over the model's life, not per generation) one kind, in
-  // turn, is tried again if its prediction is within 75% of the best.
+  // turn, is tried again if its prediction is at least 85% of the best.
   StepChoice Choose(bool allow_speculative, bool allow_cascade, const std::vector<int64_t>& lengths);
 
   // Per-position acceptance of a proposer's rounds (a prior of 0.5 until observed).
