@@ -28,6 +28,12 @@ constexpr double kReexploreShare = 0.85;
 // cascade are predicted within ~5% of each other here, so without it auto flipped between them on
 // noise.
 constexpr double kSwitchMargin = 0.04;
+// Until both are timed, a verify of x tokens is taken to cost a decode times (1 + s (x - 1)): the
+// BF16 target (AMX) verifies 5 tokens for 1.16-1.2 decodes and 7 for ~1.35 (decoder_bench,
+// session 9). With s = 0.1 of the verify's own cost instead, a cascade run that never decoded
+// alone put the decode at 15.8 ms against 12.8 and the demo predicted 2.34x for a measured 1.77x.
+constexpr double kVerifyTokenShare = 0.06;
+double VerifyOverDecode(double tokens) { return 1.0 + kVerifyTokenShare * (tokens - 1.0); }
 }  // namespace
 
 void RecentMedian::Add(double sample) {
@@ -99,7 +105,8 @@ double CostModel::DecodeEstimate() const {
   if (verify_n_ > 0) {  // no decode timed yet: the verify line at one token
     const double mean_x = sx_ / verify_n_, mean_y = sy_ / verify_n_;
     const double var = sxx_ / verify_n_ - mean_x * mean_x;
-    const double b = var > 1e-9 ? std::max(0.0, (sxy_ / verify_n_ - mean_x * mean_y) / var) : 0.1 * mean_y / mean_x;
+    if (var <= 1e-9) return std::max(1e-3, mean_y / VerifyOverDecode(mean_x));  // one length seen
+    const double b = std::max(0.0, (sxy_ / verify_n_ - mean_x * mean_y) / var);
     return std::max(1e-3, mean_y - b * (mean_x - 1.0));
   }
   return 1.0;
@@ -108,10 +115,10 @@ double CostModel::DecodeEstimate() const {
 double CostModel::VerifyMs(int64_t length) const {
   const double x = static_cast<double>(length + 1);
   const double decode = DecodeEstimate();
-  if (verify_n_ == 0) return decode * (1.0 + 0.1 * length);  // prior: ~10% of a decode per extra token
+  if (verify_n_ == 0) return decode * VerifyOverDecode(x);
   const double mean_x = sx_ / verify_n_, mean_y = sy_ / verify_n_;
   const double var = sxx_ / verify_n_ - mean_x * mean_x;
-  if (var < 1e-9) return mean_y * (1.0 + 0.1 * (x - mean_x));  // one length seen: scale mildly
+  if (var < 1e-9) return mean_y * VerifyOverDecode(x) / VerifyOverDecode(mean_x);  // one length seen
   const double b = std::max(0.0, (sxy_ / verify_n_ - mean_x * mean_y) / var);
   return std::max(decode, mean_y + b * (x - mean_x));
 }

@@ -117,5 +117,16 @@ TEST(cost_model, HostWorkCountsInThePrediction) {
   EXPECT_EQ(m.Choose(true, true, kLengths).kind, StepKind::kCascade);
 }
 
+TEST(cost_model, DecodeReadOffVerifiesOfOneLength) {
+  // A cascade generation never decodes alone: the speedup it reports divides by a decode the
+  // model infers from its verify calls (all of one length). A BF16 verify of 7 tokens costs
+  // ~1.35 decodes (decoder_bench): a 12.8 ms decode gives 17.3 ms verifies.
+  CostModel m;
+  for (int i = 0; i < 20; ++i) m.ObserveVerify(7, 17.3);
+  EXPECT_NEAR(m.DecodeEstimate(), 12.8, 0.05 * 12.8);
+  EXPECT_NEAR(m.VerifyMs(6), 17.3, 1e-9);
+  EXPECT_NEAR(m.VerifyMs(4), 12.8 * 1.24, 0.05 * 12.8);
+}
+
 }  // namespace
 }  // namespace cascade
