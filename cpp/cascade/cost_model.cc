@@ -24,7 +24,7 @@ constexpr uint64_t kReexploreEvery = 16;  // auto mode: retry a kind now and the
 // at ~0.75x (session 9), though no drift seen here closes a 20% gap.
 constexpr double kReexploreShare = 0.85;
 // Exploiting, the kind of the last round is kept unless another is predicted this much faster:
-// the per-call costs are EMAs of samples that vary ~10% round to round, and speculation and the
+// the per-call costs are medians of samples that vary ~10% round to round, and speculation and the
 // cascade are predicted within ~5% of each other here, so without it auto flipped between them on
 // noise.
 constexpr double kSwitchMargin = 0.04;
