@@ -26,8 +26,10 @@
 #include "pjrt/api.h"
 #include "pjrt/client.h"
 #include "pjrt/plugin_locator.h"
+#include "tools/median.h"
 
 using namespace cascade;
+using tools::Median;
 
 namespace {
 
@@ -76,11 +78,6 @@ double ReadBandwidth() {
   volatile float sink = sums[0];
   (void)sink;
   return kBandwidthBytes / sec / 1e9;
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
 }
 
 }  // namespace

@@ -16,16 +16,13 @@
 #include "kernels/int8_matmul.h"
 #include "kernels/tiny_candidates.h"
 #include "kernels/thread_team.h"
+#include "tools/median.h"
 
 using namespace cascade::kernels;
 using Clock = std::chrono::steady_clock;
+using cascade::tools::Median;
 
 namespace {
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 double Bandwidth(ThreadTeam& team, const std::vector<float>& buf) {
   const int64_t chunk = int64_t{1} << 16, n = static_cast<int64_t>(buf.size());

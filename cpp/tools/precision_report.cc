@@ -21,8 +21,10 @@
 #include "model/loader.h"
 #include "pjrt/api.h"
 #include "pjrt/plugin_locator.h"
+#include "tools/median.h"
 
 using namespace cascade;
+using tools::Median;
 
 namespace {
 

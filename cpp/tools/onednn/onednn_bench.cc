@@ -29,16 +29,13 @@
 #include "kernels/ffi_handlers.h"
 #include "kernels/int8_matmul.h"
 #include "kernels/thread_team.h"
+#include "tools/median.h"
 
 using namespace cascade::kernels;
 using Clock = std::chrono::steady_clock;
+using cascade::tools::Median;
 
 namespace {
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 struct Shape {
   int64_t in, out;
