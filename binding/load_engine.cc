@@ -60,7 +60,7 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
       env, "cascade.load",
       [client, load, engine, progress, cancel]() mutable {
         try {
-          *engine = cascade::LoadEngine(client, load, [cancel] { return cancel->load(); }, progress);
+          *engine = TrimmedWhenReleased(cascade::LoadEngine(client, load, [cancel] { return cancel->load(); }, progress));
         } catch (...) {
           progress.Release();
           ReleaseFreedMemory();  // the host copies of the weights (and, failed, the uploaded model)

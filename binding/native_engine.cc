@@ -336,9 +336,9 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
     cancel_->store(true);
     abort_->store(true);
     gate_->Wake();
-    const bool last = engine_ && engine_.use_count() == 1;
-    engine_.reset();  // a generation in flight keeps its own reference and finishes at the next step
-    if (last) ReleaseFreedMemory();
+    // A generation in flight keeps its own reference and finishes at the next step; whichever
+    // reference goes last trims (TrimmedWhenReleased).
+    engine_.reset();
     return info.Env().Undefined();
   }
 
@@ -359,6 +359,18 @@ void ReleaseFreedMemory() {
 #if defined(__GLIBC__)
   malloc_trim(0);
 #endif
+}
+
+// Trimming in dispose() only when it held the last reference was a race: a generation's worker
+// can still hold one for a moment after its promise settled (more often on a loaded machine), and
+// that release did not trim: one load/dispose cycle in CI kept ~400 MiB (test/reliability.test.ts
+// "memory of loads"). The deleter trims on whichever thread lets the engine go.
+std::shared_ptr<CascadeEngine> TrimmedWhenReleased(std::shared_ptr<CascadeEngine> engine) {
+  CascadeEngine* raw = engine.get();
+  return std::shared_ptr<CascadeEngine>(raw, [owner = std::move(engine)](CascadeEngine*) mutable {
+    owner.reset();
+    ReleaseFreedMemory();
+  });
 }
 
 void DefineNativeEngine(Napi::Env env) {

@@ -17,4 +17,7 @@ Napi::Object WrapEngine(std::shared_ptr<CascadeEngine> engine);
 // Hands the memory of a released model back to the system (glibc's malloc_trim).
 void ReleaseFreedMemory();
 
+// The engine, owned so that when its last reference goes, on any thread, ReleaseFreedMemory runs.
+std::shared_ptr<CascadeEngine> TrimmedWhenReleased(std::shared_ptr<CascadeEngine> engine);
+
 }  // namespace cascade::binding
