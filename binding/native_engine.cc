@@ -66,6 +66,8 @@ Napi::Object StatsToJs(Napi::Env env, const GenerationStats& s) {
   o.Set("gammaTotal", s.gamma_total());
   if (s.gamma0() >= 0) o.Set("gamma0", s.gamma0());
   else o.Set("gamma0", env.Null());
+  o.Set("lookaheadGuesses", static_cast<double>(s.lookahead_guesses));
+  o.Set("lookaheadHits", static_cast<double>(s.lookahead_hits));
   o.Set("tokensPerSecond", s.tokens_per_second());
   o.Set("stopReason", s.stop_reason);
   o.Set("predictedSpeedup", s.predicted_speedup);
@@ -192,6 +194,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       g.proposal_length = static_cast<int64_t>(NumberFromJs(o, "k1", static_cast<double>(g.proposal_length)));
       g.candidates = static_cast<int64_t>(NumberFromJs(o, "k0", static_cast<double>(g.candidates)));
       if (!o.Get("dynamicHorizon").IsUndefined()) g.dynamic_length = o.Get("dynamicHorizon").ToBoolean();
+      if (!o.Get("lookahead").IsUndefined()) g.lookahead = o.Get("lookahead").ToBoolean();
       g.branches = static_cast<int64_t>(NumberFromJs(o, "branches", static_cast<double>(g.branches)));
       g.sequence = static_cast<int64_t>(NumberFromJs(o, "sequence", static_cast<double>(g.sequence)));
       options->broken_acceptance_for_testing = o.Get("brokenAcceptanceForTesting").ToBoolean();

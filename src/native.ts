@@ -113,6 +113,7 @@ export const NATIVE_GENERATE_FIELDS = [
   'k1',
   'k0',
   'dynamicHorizon',
+  'lookahead',
   'branches',
   'brokenAcceptanceForTesting',
 ] as const satisfies readonly (keyof GenerateOptions)[];

@@ -54,7 +54,7 @@ class CostModel {
   // Observations.
   void ObserveDecode(double ms);                          // target, T = 1
   void ObserveVerify(int64_t tokens, double ms);          // target, T = L + 1
-  void ObserveDraftStep(StepKind kind, double ms);        // one draft call of a proposer
+  void ObserveDraftStep(StepKind kind, double ms);        // a round's draft time per proposal
   void ObserveAcceptance(StepKind kind, int64_t examined, int64_t accepted);
   // Host work after a target call (sampling transforms, acceptance) over `rows` target rows: at
   // T > 0 it is ~10% of a round (a transform of 49,152 logits per row), and without it the model

@@ -76,6 +76,12 @@ struct GenerateOptions {
   // Cascade mode: measure gamma0 (the draft's own argmax among the candidates) on one draft
   // step in `coverage_every` (that step also runs the full head). 0 turns it off.
   int64_t coverage_every = 8;
+  // Draft lookahead (speculative and cascade rounds): when the text so far has an earlier
+  // occurrence of its last two tokens, a draft call also feeds the token that followed them
+  // there, a guess of its own proposal; when the proposal equals it, the next draft step is
+  // already computed (rows of one call are bit-identical to separate calls, so the output does not
+  // change). proposer.h, LookaheadGuess.
+  bool lookahead = true;
   // Dynamic horizon (seed: future optimisation 1): pick L per step from the measured costs and
   // acceptance, among 1, 2, 3, 4, 6, 8, 12, 16 up to proposal_length.
   // Unset: off (in every mode since session 8; engine.cc Resolve says why).
@@ -111,6 +117,8 @@ struct GenerationStats {
   int64_t accepted = 0;
   int64_t coverage_samples = 0;  // draft steps where gamma0 was measured
   int64_t coverage_hits = 0;     // ... whose unrestricted draft argmax was among the candidates
+  int64_t lookahead_guesses = 0;  // draft calls that fed a guess of their proposal (GenerateOptions::lookahead)
+  int64_t lookahead_hits = 0;     // ... whose proposal was the guess: a draft step without a call
   std::vector<int64_t> position_attempted;  // per proposal position j
   std::vector<int64_t> position_accepted;
   StageTimes times;

@@ -47,15 +47,65 @@ int32_t Choose(const TokenDist& dist, const SamplingParams& sampling, Rng& rng) 
   return sampling.greedy() ? dist.Argmax() : dist.Sample(rng);
 }
 
+std::vector<int32_t> LookaheadGuess(const std::vector<int32_t>& committed, const std::vector<int32_t>& proposed,
+                                    size_t count, size_t window) {
+  const size_t n = committed.size() + proposed.size();
+  if (n < 3 || count == 0) return {};
+  auto at = [&](size_t i) { return i < committed.size() ? committed[i] : proposed[i - committed.size()]; };
+  const int32_t a = at(n - 2), b = at(n - 1);
+  const size_t stop = n > window ? n - window : 0;
+  // (at(i - 1), at(i)) == (a, b) for the largest i < n - 1; the guesses are at(i + 1), ...
+  for (size_t i = n - 2; i >= stop + 1; --i)
+    if (at(i) == b && at(i - 1) == a) {
+      std::vector<int32_t> guesses;
+      for (size_t j = i + 1; j < n && guesses.size() < count; ++j) guesses.push_back(at(j));
+      return guesses;
+    }
+  return {};
+}
+
+const ForwardResult& Proposer::DraftRows(DecoderModel& draft, const std::vector<int32_t>& inputs, int64_t position,
+                                         const HeadSpec& head, const ProposeContext& context, const Proposal& proposal,
+                                         size_t* row) {
+  Ahead& a = ahead_;
+  const size_t k = a.used;
+  if (a.valid && k < a.tokens.size() && a.proposal == &proposal && proposal.tokens.size() == a.proposed + 1 + k &&
+      inputs.size() == 1 && inputs[0] == a.tokens[k] && position == a.position + static_cast<int64_t>(k) &&
+      head.kind == a.head.kind && head.k == a.head.k) {
+    ++context.stats.lookahead_hits;
+    ++a.used;
+    *row = a.first_row + k;
+    return rows_;
+  }
+  a.valid = false;
+  ++context.stats.draft_calls;
+  std::vector<int32_t> guesses;
+  if (context.lookahead > 0 && context.options.lookahead)
+    guesses = LookaheadGuess(context.committed, proposal.tokens, static_cast<size_t>(context.lookahead));
+  const int64_t vocab = draft.config().vocab_size;
+  if (std::any_of(guesses.begin(), guesses.end(), [&](int32_t g) { return g < 0 || g >= vocab; })) guesses.clear();
+  *row = inputs.size() - 1;
+  if (guesses.empty()) {
+    rows_ = draft.Forward(inputs, position, head);
+    return rows_;
+  }
+  std::vector<int32_t> fed = inputs;
+  fed.insert(fed.end(), guesses.begin(), guesses.end());
+  rows_ = draft.Forward(fed, position, head);
+  ++context.stats.lookahead_guesses;
+  a = {true, &proposal, proposal.tokens.size(), position + static_cast<int64_t>(inputs.size()), std::move(guesses), 0,
+       head, inputs.size()};
+  return rows_;
+}
+
 int32_t DraftProposer::Propose(const std::vector<int32_t>& inputs, int64_t position, const ProposeContext& context,
                                Proposal& proposal) {
   const GenerateOptions& options = context.options;
   const size_t vocab = static_cast<size_t>(draft_.config().vocab_size);
   CheckInterrupted(options, "draft");
-  ++context.stats.draft_calls;
   // The proposal comes from the last input's row; the rows before it only fill the draft's cache.
-  const size_t last = inputs.size() - 1;
-  ForwardResult r = draft_.Forward(inputs, position, HeadFor(options.sampling));
+  size_t last = 0;
+  const ForwardResult& r = DraftRows(draft_, inputs, position, HeadFor(options.sampling), context, proposal, &last);
   if (ArgmaxOnly(options.sampling)) return r.argmax[last];
   // The context of this proposal: the committed tokens and the chain's proposals so far.
   const TokenHistory history(context.committed, proposal.tokens.data(), proposal.tokens.size());
@@ -71,6 +121,7 @@ int32_t DraftProposer::Propose(const std::vector<int32_t>& inputs, int64_t posit
 TokenDist DraftProposer::Distribution(int32_t input, int64_t position, const ProposeContext& context,
                                       std::vector<int32_t>* ranked, size_t top) {
   CheckInterrupted(context.options, "draft");
+  ForgetAhead();
   ++context.stats.draft_calls;
   // Always the logits (not the argmax head): several branches need the ranking even at T = 0.
   const size_t vocab = static_cast<size_t>(draft_.config().vocab_size);
@@ -85,12 +136,12 @@ int32_t TinyDraftProposer::Propose(const std::vector<int32_t>& inputs, int64_t p
                                    Proposal& proposal) {
   const GenerateOptions& options = context.options;
   CheckInterrupted(options, "draft");
-  ++context.stats.draft_calls;
-  const size_t last = inputs.size() - 1;
-  const bool measure = options.coverage_every > 0 && calls_++ % options.coverage_every == 0;
+  bool measure = options.coverage_every > 0 && calls_++ % options.coverage_every == 0;
   HeadSpec head{HeadKind::kCandidates, options.candidates};
   head.full_argmax = measure;
-  ForwardResult r = draft_.Forward(inputs, position, head);
+  size_t last = 0;
+  const ForwardResult& r = DraftRows(draft_, inputs, position, head, context, proposal, &last);
+  measure = measure && r.full_argmax.size() > last;  // a step computed ahead may lack it
   const size_t k0 = static_cast<size_t>(options.candidates);
   const int32_t* ids = r.candidate_ids.data() + last * k0;
   if (measure) {
@@ -119,6 +170,7 @@ int32_t TinyDraftProposer::Propose(const std::vector<int32_t>& inputs, int64_t p
 TokenDist TinyDraftProposer::Distribution(int32_t input, int64_t position, const ProposeContext& context,
                                           std::vector<int32_t>* ranked, size_t top) {
   CheckInterrupted(context.options, "draft");
+  ForgetAhead();
   ++context.stats.draft_calls;
   const GenerateOptions& options = context.options;
   ForwardResult r = draft_.Forward({input}, position, {HeadKind::kCandidates, options.candidates});

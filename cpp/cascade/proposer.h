@@ -27,7 +27,19 @@ struct ProposeContext {
   Rng& rng;
   GenerationStats& stats;
   const std::vector<int32_t>& committed;
+  // How many guessed tokens this call may feed after its inputs (the chain's steps left after
+  // it, at most kLookaheadTokens; 0: none).
+  int64_t lookahead = 0;
 };
+
+// Up to `count` guesses of the tokens after committed ++ proposed: the tokens that followed the
+// latest earlier occurrence of the last two (searching back at most `window` tokens); empty when
+// there is none. Measured on SmolLM2 chat answers (session 10): a first guess exists at 27% of
+// positions and is the draft's greedy token at 65% of those; a linear predictor from the draft's
+// hidden state and the last token reached 19% top-1.
+std::vector<int32_t> LookaheadGuess(const std::vector<int32_t>& committed, const std::vector<int32_t>& proposed,
+                                    size_t count, size_t window = 4096);
+constexpr int64_t kLookaheadTokens = 3;
 
 class Proposer {
  public:
@@ -43,6 +55,34 @@ class Proposer {
   // likely tokens: the shared first step of several branches. T = 0 ranks by the plain softmax.
   virtual TokenDist Distribution(int32_t input, int64_t position, const ProposeContext& context,
                                  std::vector<int32_t>* ranked, size_t top) = 0;
+
+ protected:
+  // The draft's rows for `inputs` at `position`; *row is the last input's. When the call before
+  // fed a guess that this call's input turned out to be (same chain, next position, same head),
+  // its rows already hold this step and no call is made. Otherwise one draft call, which with
+  // context.lookahead also feeds LookaheadGuess's token after the inputs.
+  const ForwardResult& DraftRows(DecoderModel& draft, const std::vector<int32_t>& inputs, int64_t position,
+                                 const HeadSpec& head, const ProposeContext& context, const Proposal& proposal,
+                                 size_t* row);
+  // Calls outside a chain's steps (the branches' shared first step) end any lookahead. (A chain's
+  // first step always does: a round that ended early, e.g. aborted, leaves nothing usable.)
+  void ForgetAhead() { ahead_.valid = false; }
+
+ private:
+  ForwardResult rows_;
+  // The guessed rows of rows_ (valid: the last call fed guesses, the first `used` of them were
+  // right): guess k is the step of the chain `proposal` with `proposed` + 1 + k tokens, input
+  // tokens[k] at position + k, head `head`, in row first_row + k.
+  struct Ahead {
+    bool valid = false;
+    const Proposal* proposal = nullptr;
+    size_t proposed = 0;
+    int64_t position = 0;
+    std::vector<int32_t> tokens;
+    size_t used = 0;
+    HeadSpec head;
+    size_t first_row = 0;
+  } ahead_;
 };
 
 // The draft model's full next-token distribution.

@@ -59,6 +59,54 @@ TEST(Engine, SpeculativeGreedyIsIdenticalToTargetGreedy) {
   }
 }
 
+// The draft lookahead (GenerateOptions::lookahead) guesses the draft's next tokens from an earlier
+// occurrence of the last two; rows of one call are bit-identical to separate calls, so turning it
+// on changes nothing but how many draft calls a generation makes, greedy or sampled, in every mode.
+TEST(Engine, LookaheadChangesNothingButTheDraftCalls) {
+  EXPECT_EQ(LookaheadGuess({1, 2, 3, 4, 1, 2}, {}, 3), (std::vector<int32_t>{3, 4, 1}));
+  EXPECT_EQ(LookaheadGuess({1, 2, 3, 1, 2, 9, 1}, {2}, 2), (std::vector<int32_t>{9, 1}));  // the latest match
+  EXPECT_EQ(LookaheadGuess({1, 2, 3, 4}, {1, 2}, 8), (std::vector<int32_t>{3, 4, 1, 2}));  // up to the end
+  EXPECT_TRUE(LookaheadGuess({1, 2, 3, 4, 5}, {}, 3).empty());
+  EXPECT_TRUE(LookaheadGuess({7, 7}, {}, 3).empty());
+  EXPECT_TRUE(LookaheadGuess({1, 2, 3, 1, 2}, {}, 0).empty());
+  EXPECT_TRUE(LookaheadGuess({1, 2, 3, 4, 5, 6, 1, 2}, {}, 3, 4).empty());  // beyond the window
+
+  ModelConfig config = testing::SmallLlama(false, 300);
+  ModelWeights target = testing::SmallRandomModel(config, 13, 1.0f);
+  EngineOptions o = Options(WeightPrecision::kF32, 128, WeightPrecision::kQ4);
+  o.draft_layers = config.num_layers;  // a draft that agrees with the target: long chains
+  CascadeEngine engine(Cpu(), target, std::nullopt, o);
+  engine.SetTiny(RandomTiny(config.hidden_size, 32, config.vocab_size, 5, 1.0f, TinyInput::kDraftHidden));
+  const std::vector<int32_t> prompt = {5, 17, 3, 88, 41, 5, 17, 3, 88, 41, 5, 17};
+  int64_t hits[2] = {0, 0};  // greedy, sampled
+  for (double temperature : {0.0, 0.3}) {
+    for (DecodeMode mode : {DecodeMode::kSpeculative, DecodeMode::kCascade, DecodeMode::kAuto}) {
+      GenerateOptions g;
+      g.max_tokens = 60;
+      g.mode = mode;
+      g.proposal_length = 6;
+      g.candidates = 32;
+      g.sampling.temperature = temperature;
+      g.seed = 3;
+      g.lookahead = false;
+      const GenerateResult off = engine.Generate(prompt, g);
+      g.lookahead = true;
+      const GenerateResult on = engine.Generate(prompt, g);
+      const std::string what = std::string(DecodeModeName(mode)) + " T=" + std::to_string(temperature);
+      EXPECT_EQ(on.tokens, off.tokens) << what;
+      EXPECT_EQ(off.stats.lookahead_guesses + off.stats.lookahead_hits, 0) << what;
+      EXPECT_LE(on.stats.lookahead_hits, on.stats.lookahead_guesses * kLookaheadTokens) << what;
+      hits[temperature > 0] += on.stats.lookahead_hits;
+      std::printf("  %s: draft calls %lld -> %lld, guesses %lld, hits %lld\n", what.c_str(),
+                  static_cast<long long>(off.stats.draft_calls), static_cast<long long>(on.stats.draft_calls),
+                  static_cast<long long>(on.stats.lookahead_guesses), static_cast<long long>(on.stats.lookahead_hits));
+    }
+  }
+  // The test exercised computed-ahead steps, greedy and sampled.
+  EXPECT_GT(hits[0], 0);
+  EXPECT_GT(hits[1], 0);
+}
+
 TEST(Engine, CascadeGreedyIsIdenticalToTargetGreedyForEveryK0AndL) {
   ModelConfig config = testing::SmallLlama(false, 300);
   ModelWeights target = testing::SmallRandomModel(config, 13, 1.0f);

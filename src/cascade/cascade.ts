@@ -565,7 +565,7 @@ export class Cascade {
 
   #accumulate(s: CascadeStats): void {
     const t = this.stats;
-    for (const k of ['promptTokens', 'cachedTokens', 'generatedTokens', 'targetCalls', 'draftCalls', 'proposed', 'attempted', 'accepted', 'totalMs'] as const) t[k] += s[k];
+    for (const k of ['promptTokens', 'cachedTokens', 'generatedTokens', 'targetCalls', 'draftCalls', 'lookaheadGuesses', 'lookaheadHits', 'proposed', 'attempted', 'accepted', 'totalMs'] as const) t[k] += s[k];
     for (const k of Object.keys(t.stageMs) as (keyof StageTimes)[]) t.stageMs[k] += s.stageMs[k];
     t.tau = t.targetCalls ? t.generatedTokens / t.targetCalls : 0;
     t.gamma21 = t.attempted ? t.accepted / t.attempted : 0;

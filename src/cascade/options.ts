@@ -119,6 +119,8 @@ export function emptyStats(): CascadeStats {
     generatedTokens: 0,
     targetCalls: 0,
     draftCalls: 0,
+    lookaheadGuesses: 0,
+    lookaheadHits: 0,
     proposed: 0,
     attempted: 0,
     accepted: 0,

@@ -183,6 +183,13 @@ export interface GenerateOptions {
    * or faster (docs/how-the-cascade-works.md).
    */
   dynamicHorizon?: boolean;
+  /**
+   * Draft lookahead (speculative and cascade rounds): where the text so far has an earlier
+   * occurrence of its last two tokens, a draft call also computes the token that followed them
+   * there, a guess of its own proposal; when the draft proposes that token, its next step is
+   * already done. The output is the same either way (only the speed changes). Default true.
+   */
+  lookahead?: boolean;
   /** Stop when the text contains one of these (the stop string is not included). */
   stop?: string[];
   /** Stop at the model's end-of-generation tokens (default true). */
@@ -234,6 +241,10 @@ export interface CascadeStats {
   proposed: number;
   attempted: number;
   accepted: number;
+  /** Draft calls that also computed a guess of their proposal (the `lookahead` option). */
+  lookaheadGuesses: number;
+  /** Draft steps that needed no call: the call before had computed them from a right guess. */
+  lookaheadHits: number;
   /** Share of the draft's own choices among the tiny's candidates (null without a tiny model). */
   gamma0: number | null;
   /** Target acceptance rate of the proposals it examined (alpha). */
