@@ -238,12 +238,13 @@ void CascadeEngine::Warmup(int64_t proposal_length, int64_t candidates,
       {target_.get(), {1, {HeadKind::kArgmax, 0}}},
       {target_.get(), {proposal_length + 1, {HeadKind::kArgmax, 0}}},
       {draft_.get(), {1, {HeadKind::kArgmax, 0}}},
-      {draft_.get(), {2, {HeadKind::kArgmax, 0}}},  // a round's first draft call (SpeculativeStep)
   };
+  // A round's first draft call feeds 2 tokens (SpeculativeStep); with lookahead guesses a call
+  // feeds up to kLookaheadTokens more.
+  for (int64_t T = 2; T <= 2 + kLookaheadTokens; ++T) shapes.push_back({draft_.get(), {T, {HeadKind::kArgmax, 0}}});
   if (has_tiny_) {
     HeadSpec cand{HeadKind::kCandidates, std::min<int64_t>(candidates, draft_->config().vocab_size)};
-    shapes.push_back({draft_.get(), {1, cand}});
-    shapes.push_back({draft_.get(), {2, cand}});
+    for (int64_t T = 1; T <= 2 + kLookaheadTokens; ++T) shapes.push_back({draft_.get(), {T, cand}});
     cand.full_argmax = true;
     shapes.push_back({draft_.get(), {1, cand}});
   }

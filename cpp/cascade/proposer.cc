@@ -140,8 +140,12 @@ int32_t TinyDraftProposer::Propose(const std::vector<int32_t>& inputs, int64_t p
   HeadSpec head{HeadKind::kCandidates, options.candidates};
   head.full_argmax = measure;
   size_t last = 0;
-  const ForwardResult& r = DraftRows(draft_, inputs, position, head, context, proposal, &last);
-  measure = measure && r.full_argmax.size() > last;  // a step computed ahead may lack it
+  // A measuring call feeds no guesses (fewer program shapes); a step computed ahead may lack the
+  // full argmax, and is then not measured.
+  ProposeContext call = context;
+  if (measure) call.lookahead = 0;
+  const ForwardResult& r = DraftRows(draft_, inputs, position, head, call, proposal, &last);
+  measure = measure && r.full_argmax.size() > last;
   const size_t k0 = static_cast<size_t>(options.candidates);
   const int32_t* ids = r.candidate_ids.data() + last * k0;
   if (measure) {
