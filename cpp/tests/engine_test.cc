@@ -61,7 +61,7 @@ TEST(Engine, SpeculativeGreedyIsIdenticalToTargetGreedy) {
 
 // The draft lookahead (GenerateOptions::lookahead) guesses the draft's next tokens from an earlier
 // occurrence of the last two; rows of one call are bit-identical to separate calls, so turning it
-// on changes nothing but how many draft calls a generation makes, greedy or sampled, in every mode.
+// on changes nothing but how many draft calls a generation makes, greedy or sampled.
 TEST(Engine, LookaheadChangesNothingButTheDraftCalls) {
   EXPECT_EQ(LookaheadGuess({1, 2, 3, 4, 1, 2}, {}, 3), (std::vector<int32_t>{3, 4, 1}));
   EXPECT_EQ(LookaheadGuess({1, 2, 3, 1, 2, 9, 1}, {2}, 2), (std::vector<int32_t>{9, 1}));  // the latest match
@@ -81,6 +81,9 @@ TEST(Engine, LookaheadChangesNothingButTheDraftCalls) {
   int64_t hits[2] = {0, 0};  // greedy, sampled
   for (double temperature : {0.0, 0.3}) {
     for (DecodeMode mode : {DecodeMode::kSpeculative, DecodeMode::kCascade, DecodeMode::kAuto}) {
+      // Sampled auto output is not a function of the seed alone: which kind a round runs follows
+      // the measured times, and the kinds draw different random numbers.
+      if (mode == DecodeMode::kAuto && temperature > 0) continue;
       GenerateOptions g;
       g.max_tokens = 60;
       g.mode = mode;
