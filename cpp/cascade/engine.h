@@ -78,7 +78,7 @@ struct GenerateOptions {
   int64_t coverage_every = 8;
   // Draft lookahead (speculative and cascade rounds): when the text so far has an earlier
   // occurrence of its last two tokens, a draft call also feeds the token that followed them
-  // there, a guess of its own proposal; when the proposal equals it, the next draft step is
+  // there (kLookaheadTokens), a guess of its own proposal; when the proposal equals it, the next draft step is
   // already computed (rows of one call are bit-identical to separate calls, so the output does not
   // change). proposer.h, LookaheadGuess.
   bool lookahead = true;

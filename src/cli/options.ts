@@ -80,6 +80,8 @@ export interface DecodingFlags {
   /** Only on commands that offer --branches and --dynamic. */
   branches?: number;
   dynamic?: boolean;
+  /** --no-lookahead sets it false. */
+  lookahead?: boolean;
 }
 
 /**
@@ -90,7 +92,8 @@ export function addDecodingOptions(cmd: Command, defaults: { mode: DecodeMode; b
   cmd
     .addOption(new Option('--mode <mode>', "decoding mode (all give the target's output; they differ in speed)").choices(['target', 'speculative', 'cascade', 'auto']).default(defaults.mode))
     .option('--k1 <n>', `draft proposals per target call${defaults.branches ? ' (the most, with --dynamic)' : ''}`, positiveInteger('--k1'), engineDefaults()?.k1)
-    .option('--k0 <n>', 'tiny candidates per draft step (cascade mode)', positiveInteger('--k0'), engineDefaults()?.k0);
+    .option('--k0 <n>', 'tiny candidates per draft step (cascade mode)', positiveInteger('--k0'), engineDefaults()?.k0)
+    .option('--no-lookahead', "do not compute a guessed draft step ahead (the same output; it only changes the speed)");
   if (!defaults.branches) return cmd;
   return cmd
     .option('--branches <n>', 'proposal branches per step, verified as a tree in one target call', positiveInteger('--branches'), 1)
@@ -98,13 +101,14 @@ export function addDecodingOptions(cmd: Command, defaults: { mode: DecodeMode; b
 }
 
 /** The flags of {@link addDecodingOptions} as generation options. */
-export function decodingFromFlags(opts: DecodingFlags): Pick<GenerateOptions, 'mode' | 'k1' | 'k0' | 'branches' | 'dynamicHorizon'> {
+export function decodingFromFlags(opts: DecodingFlags): Pick<GenerateOptions, 'mode' | 'k1' | 'k0' | 'branches' | 'dynamicHorizon' | 'lookahead'> {
   return {
     mode: opts.mode,
     k1: opts.k1,
     k0: opts.k0,
     ...(opts.branches === undefined ? {} : { branches: opts.branches }),
     ...(opts.dynamic ? { dynamicHorizon: true } : {}),
+    ...(opts.lookahead === false ? { lookahead: false } : {}),
   };
 }
 

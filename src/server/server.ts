@@ -44,7 +44,7 @@ import { SlotPool, type SlotLease } from './slots.js';
 import { validationError, type SchemaError } from './validation.js';
 
 /** Decoding options every request of a server starts from (requests set sampling and limits). */
-export type ServerGenerateDefaults = Pick<GenerateOptions, 'mode' | 'k0' | 'k1' | 'branches' | 'dynamicHorizon'>;
+export type ServerGenerateDefaults = Pick<GenerateOptions, 'mode' | 'k0' | 'k1' | 'branches' | 'dynamicHorizon' | 'lookahead'>;
 
 /** One line of the request log (see {@link ServerOptions.onRequestLog}). */
 export interface RequestLogEntry {

@@ -26,6 +26,8 @@ export interface ModesBenchOptions {
   k0: number;
   draftLayers?: number;
   draftPrecision?: Precision;
+  /** false: no draft lookahead (GenerateOptions.lookahead), for a side-by-side. */
+  lookahead?: boolean;
   out: string;
   plugin: string;
 }
@@ -56,7 +58,7 @@ export async function benchModes(o: ModesBenchOptions): Promise<Row[]> {
     precision: o.draftPrecision ? { draft: o.draftPrecision } : undefined,
     tiny: needsTiny ? 'fit' : undefined,
   });
-  const base = { maxTokens: o.maxTokens, k1: o.k1, k0: o.k0, stopAtEos: false };
+  const base = { maxTokens: o.maxTokens, k1: o.k1, k0: o.k0, stopAtEos: false, ...(o.lookahead === false ? { lookahead: false } : {}) };
   // Warm up every program shape the runs will use (compile time is excluded anyway).
   for (const mode of o.modes) for (const temperature of o.temperatures) await c.generate(BENCH_PROMPTS[0]!, { ...base, maxTokens: 8, mode, temperature, seed: 1 });
   const samples = new Map<string, { stats: CascadeStats; baseline: number }[]>();
