@@ -138,7 +138,7 @@ void PrepareActivations(WeightMatrix::Kind kind, const KernelImpls& impls, const
 // T-independent, bit for bit (the contract above).
 void MatmulRange(const WeightMatrix& m, const KernelImpls& impls, const PreparedActivations& a, float* y, int64_t o0,
                  int64_t o1);
-// How many outputs one task of a parallel matmul should cover (a multiple of 4, about 32 KB of
+// How many outputs one task of a parallel matmul should cover (a multiple of 16, about 128 KB of
 // weights; 64 columns for f32 [in, out]).
 int64_t MatmulTaskOutputs(const WeightMatrix& m);
 
