@@ -30,14 +30,15 @@ struct StepChoice {
   double predicted_tokens_per_ms = 0;
 };
 
-// The median of the last kWindow samples (about four rounds of draft steps). On this shared 2-core
-// machine a whole round now and then runs 1.5-2x slow; with an EMA one such cascade round left the
-// cascade predicted ~15% slow, and since a kind not run is not measured, auto kept speculation for
-// the rest of the generation and the next (session 9, a script like `bench --suite modes`: 16
+// The median of the last kWindow samples (draft costs: one per round since session 10, the round's
+// draft time per proposal; target decodes: one per call). On this shared 2-core machine a whole
+// round now and then runs 1.5-2x slow; with an EMA one such cascade round left the cascade
+// predicted ~15% slow, and since a kind not run is not measured, auto kept speculation for the
+// rest of the generation and the next (session 9, a script like `bench --suite modes`: 16
 // speculative rounds in a row while the cascade was as fast). One slow round is a minority here.
 class RecentMedian {
  public:
-  static constexpr int kWindow = 25;
+  static constexpr int kWindow = 9;
   void Add(double sample);
   double value() const;  // 0 before the first sample
   int64_t count() const { return count_; }
