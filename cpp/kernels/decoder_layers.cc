@@ -311,6 +311,23 @@ float GeluTanh(float g) {
   return g * (std::tanh(inner) + 1.0f) * 0.5f;
 }
 
+// Adds the wall time of its scope to *total (nothing when total is null): the profile's split of
+// a step (decoder_bench: matmuls, attention).
+class Timed {
+ public:
+  explicit Timed(int64_t* total) : total_(total), start_(std::chrono::steady_clock::now()) {}
+  ~Timed() {
+    if (total_)
+      *total_ += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start_).count();
+  }
+  Timed(const Timed&) = delete;
+  Timed& operator=(const Timed&) = delete;
+
+ private:
+  int64_t* total_;
+  std::chrono::steady_clock::time_point start_;
+};
+
 // Several matrices that read the same activations, as one parallel job of output ranges.
 struct MatmulJob {
   const WeightMatrix* m;
@@ -355,11 +372,10 @@ class LayerRunner {
         std::copy(k_.begin() + src, k_.begin() + src + hd, call_.k_new + dst);
         std::copy(v_.begin() + src, v_.begin() + src + hd, call_.v_new + dst);
       }
-    const auto a0 = std::chrono::steady_clock::now();
-    team_.Run(KV * T, [&](int64_t i) { Attention(l, i / T, i % T); });
-    if (stats_)
-      stats_->attention_nanoseconds +=
-          std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - a0).count();
+    {
+      const Timed timed(stats_ ? &stats_->attention_nanoseconds : nullptr);
+      team_.Run(KV * T, [&](int64_t i) { Attention(l, i / T, i % T); });
+    }
     PrepareActivations(w.o.kind, impls_, attn_.data(), T, H * hd, &aa_);
     Matmuls({{&w.o, &aa_, tmp_.data()}});
     for (int64_t i = 0; i < T * d; ++i) h_[i] += tmp_[i];
@@ -388,7 +404,7 @@ class LayerRunner {
       n += (job.m->out + per - 1) / per;
     }
     const int64_t count = static_cast<int64_t>(jobs.size());
-    const auto t0 = std::chrono::steady_clock::now();
+    const Timed timed(stats_ ? &stats_->matmul_nanoseconds : nullptr);
     team_.Run(n, [&](int64_t task) {
       int64_t k = count - 1;
       while (starts[k] > task) --k;
@@ -397,9 +413,6 @@ class LayerRunner {
       const int64_t o0 = (task - starts[k]) * per, o1 = std::min(job.m->out, o0 + per);
       MatmulRange(*job.m, impls_, *job.a, job.y, o0, o1);
     });
-    if (stats_)
-      stats_->matmul_nanoseconds +=
-          std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
   }
 
   // The query heads of KV group g for new token t: each a softmax over cache slots 0..start-1 and
