@@ -285,14 +285,14 @@ template <int TB, int OB>
 void VnniBlock(const PreparedActivations&, int64_t, const int8_t*, const float*, float*, int64_t, int64_t) { NoSimd(); }
 #endif  // CASCADE_X86
 
-// ---------------------------------------------------------------- 4-bit weights (Q4Layout)
+// ---------------------------------------------------------------- 4-bit weights (panels of 16 rows)
 
 // Portable: the row dequantised to f32 (exactly: d * q + m in f32), then an f32 dot in order.
 void ScalarRowsQ4(const float* x, const uint8_t* w, const uint16_t* bs, const uint16_t* bm, float* y, int64_t T,
                   int64_t in, int64_t out, int64_t o0, int64_t o1) {
   std::vector<float> row(static_cast<size_t>(in));
   for (int64_t o = o0; o < o1; ++o) {
-    DequantizeQ4Row(w, bs, bm, in, o, row.data());
+    DequantizeQ4Row(w, bs, bm, in, out, o, row.data());
     for (int64_t t = 0; t < T; ++t) {
       const float* xr = x + t * in;
       float acc = 0.0f;
@@ -303,87 +303,116 @@ void ScalarRowsQ4(const float* x, const uint8_t* w, const uint16_t* bs, const ui
 }
 
 #if CASCADE_X86
-// Activations as the int8 VNNI kernel quantises them (per 32-block, s8): per block, the exact
-// integer sum of q * x_q (vpdpbusd: q is unsigned 0..15, x_q signed) times d * d_x, plus
-// m * (d_x * sum of x_q) (block_sum) for the minimum: llama.cpp's Q4_1 x Q8_1 dot.
-template <int TB, int OB>
-CASCADE_VNNI void Q4VnniBlock(const QuantizedX& qx, int64_t t0, const uint8_t* w, const uint16_t* bs,
-                              const uint16_t* bm, float* y, int64_t in, int64_t ldy) {
-  const int64_t chunks = in / 64, blocks = in / kQ4Block, padded = qx.chunks * 64, row_bytes = in / 2;
-  const int64_t x_blocks = qx.chunks * 2;
-  __m512 acc[TB][OB];
+// PG consecutive panels (16 outputs each; kFull false: one panel of n < 16 rows) x TB tokens from
+// row t0 of qx (activations quantised per 32-block as for int8). Per 32-block b and 16 outputs:
+// 8 vpdpbusd, each a token's 4 inputs (broadcast) times a panel row of 16 x 4 weights (q, 0..15),
+// give the exact integer dot of every output's block; then
+//   acc += float(dot) * (d[b] * d_x[b]) + m[b] * (d_x[b] * sum of x_q over b)   (llama.cpp's Q4_1 x Q8_1).
+// The second block of a chunk keeps its nibbles in place (16 q; the scale is divided by 16, exact),
+// which saves a shift. Every (t, o) element gets this sequence whatever TB, PG or the range: rows
+// are T-independent. Against the earlier row-major kernel (one vector per output row, a float
+// conversion per 4 inputs): about half the instructions per weight at T = 1 (session 11).
+template <int TB, int PG, bool kFull>
+CASCADE_VNNI void Q4PanelBlock(const QuantizedX& qx, int64_t t0, const uint8_t* w, const uint16_t* bs,
+                               const uint16_t* bm, float* y, int64_t in, int64_t ldy, int64_t n) {
+  const int64_t chunks = in / 64, blocks = in / kQ4Block, padded = qx.chunks * 64, x_blocks = qx.chunks * 2;
+  const int64_t panel_bytes = kQ4PanelRows * (in / 2), panel_scales = kQ4PanelRows * blocks;
+  const int64_t row_stride = kFull ? 64 : 4 * n;  // bytes per r (16 or n rows x 4)
+  const __mmask64 byte_mask = kFull ? ~__mmask64{0} : (__mmask64{1} << (4 * n)) - 1;
+  const __mmask16 out_mask = kFull ? __mmask16{0xffff} : FirstLanes16(n);
+  const __m512i low_nibbles = _mm512_set1_epi8(0x0F), high_nibbles = _mm512_set1_epi8(static_cast<char>(0xF0));
+  const __m512 sixteenth = _mm512_set1_ps(1.0f / 16.0f);
+  __m512 acc[TB][PG];
   #pragma GCC unroll 16
   for (int t = 0; t < TB; ++t)
     #pragma GCC unroll 16
-    for (int o = 0; o < OB; ++o) acc[t][o] = _mm512_setzero_ps();
-  // The 32 packed bytes go to both halves of a vector; the lower half keeps the low nibbles (the
-  // chunk's first block), the upper half the high nibbles in place, i.e. 16 q: its scales are
-  // divided by 16 (exact), which saves a shift per row and chunk.
-  const __m512i nibbles = _mm512_set_epi64(-0x0F0F0F0F0F0F0F10, -0x0F0F0F0F0F0F0F10, -0x0F0F0F0F0F0F0F10,
-                                           -0x0F0F0F0F0F0F0F10, 0x0F0F0F0F0F0F0F0F, 0x0F0F0F0F0F0F0F0F,
-                                           0x0F0F0F0F0F0F0F0F, 0x0F0F0F0F0F0F0F0F);
-  const __m512 sixteenth = _mm512_set1_ps(1.0f / 16.0f);
-  // Per group of 8 chunks (16 blocks): the weight block scales (and, for one token, times the
-  // token's block scales), low halves and high halves / 16, converted together.
-  __m512 lo[OB], hi[OB], xs[TB];
+    for (int g = 0; g < PG; ++g) acc[t][g] = _mm512_setzero_ps();
   for (int64_t c = 0; c < chunks; ++c) {
-    const int group = static_cast<int>(c % 8);
-    if (group == 0) {
-      const int64_t left = blocks - c * 2;
-      const __mmask16 m = FirstLanes16(left);
+    #pragma GCC unroll 2
+    for (int half = 0; half < 2; ++half) {
+      const int64_t b = c * 2 + half;
+      __m512i dot[TB][PG];
       #pragma GCC unroll 16
-      for (int t = 0; t < TB; ++t) xs[t] = _mm512_maskz_loadu_ps(m, qx.block_scale.data() + (t0 + t) * x_blocks + c * 2);
-      #pragma GCC unroll 16
-      for (int o = 0; o < OB; ++o) {
-        lo[o] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, bs + o * blocks + c * 2));
-        if constexpr (TB == 1) lo[o] = _mm512_mul_ps(lo[o], xs[0]);
-        hi[o] = _mm512_mul_ps(lo[o], sixteenth);
+      for (int t = 0; t < TB; ++t)
+        #pragma GCC unroll 16
+        for (int g = 0; g < PG; ++g) dot[t][g] = _mm512_setzero_si512();
+      #pragma GCC unroll 8
+      for (int r = 0; r < 8; ++r) {
+        __m512i wq[PG];
+        #pragma GCC unroll 16
+        for (int g = 0; g < PG; ++g) {
+          const uint8_t* p = w + g * panel_bytes + c * 8 * row_stride + r * row_stride;
+          if (half == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T0);
+          const __m512i v = kFull ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(byte_mask, p);
+          wq[g] = _mm512_and_si512(v, half == 0 ? low_nibbles : high_nibbles);
+        }
+        #pragma GCC unroll 16
+        for (int t = 0; t < TB; ++t) {
+          int32_t four;
+          std::memcpy(&four, qx.q.data() + (t0 + t) * padded + b * kQ4Block + r * 4, 4);
+          const __m512i xb = _mm512_set1_epi32(four);
+          #pragma GCC unroll 16
+          for (int g = 0; g < PG; ++g) dot[t][g] = _mm512_dpbusd_epi32(dot[t][g], wq[g], xb);  // exact
+        }
       }
-    }
-    // Lanes 0-7: the chunk's first block (from lo); lanes 8-15: its second (from hi: index + 16).
-    const __m512i pick = _mm512_add_epi32(_mm512_set1_epi32(group * 2),
-                                          _mm512_set_epi32(17, 17, 17, 17, 17, 17, 17, 17, 0, 0, 0, 0, 0, 0, 0, 0));
-    __m512i wq[OB];
-    __m512 wd[OB];
-    #pragma GCC unroll 16
-    for (int o = 0; o < OB; ++o) {
-      const uint8_t* p = w + o * row_bytes + c * 32;
-      _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T0);
-      wq[o] = _mm512_and_si512(_mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), nibbles);
-      wd[o] = _mm512_permutex2var_ps(lo[o], pick, hi[o]);
-    }
-    #pragma GCC unroll 16
-    for (int t = 0; t < TB; ++t) {
-      const __m512i xq = _mm512_loadu_si512(qx.q.data() + (t0 + t) * padded + c * 64);
-      __m512 ds = _mm512_setzero_ps();
-      if constexpr (TB > 1) ds = _mm512_permutexvar_ps(_mm512_and_si512(pick, _mm512_set1_epi32(15)), xs[t]);
+      __m512 d[PG], m[PG];
       #pragma GCC unroll 16
-      for (int o = 0; o < OB; ++o) {
-        const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[o], xq);  // exact per lane
-        const __m512 scale = TB == 1 ? wd[o] : _mm512_mul_ps(ds, wd[o]);
-        acc[t][o] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[t][o]);
+      for (int g = 0; g < PG; ++g) {
+        const int64_t at = g * panel_scales + b * (kFull ? kQ4PanelRows : n);
+        d[g] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(out_mask, bs + at));
+        if (half == 1) d[g] = _mm512_mul_ps(d[g], sixteenth);
+        m[g] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(out_mask, bm + at));
+      }
+      #pragma GCC unroll 16
+      for (int t = 0; t < TB; ++t) {
+        const __m512 dx = _mm512_set1_ps(qx.block_scale[(t0 + t) * x_blocks + b]);
+        const __m512 sum = _mm512_set1_ps(qx.block_sum[(t0 + t) * x_blocks + b]);
+        #pragma GCC unroll 16
+        for (int g = 0; g < PG; ++g) {
+          acc[t][g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[t][g]), _mm512_mul_ps(d[g], dx), acc[t][g]);
+          acc[t][g] = _mm512_fmadd_ps(m[g], sum, acc[t][g]);
+        }
       }
     }
   }
   #pragma GCC unroll 16
-  for (int t = 0; t < TB; ++t) {
-    const float* sums = qx.block_sum.data() + (t0 + t) * x_blocks;
+  for (int t = 0; t < TB; ++t)
     #pragma GCC unroll 16
-    for (int o = 0; o < OB; ++o) {
-      __m512 total = acc[t][o];
-      for (int64_t b = 0; b < blocks; b += 16) {
-        const __mmask16 m = FirstLanes16(blocks - b);
-        const __m512 mv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, bm + o * blocks + b));
-        total = _mm512_fmadd_ps(mv, _mm512_maskz_loadu_ps(m, sums + b), total);
-      }
-      y[t * ldy + o] = _mm512_reduce_add_ps(total);
-    }
+    for (int g = 0; g < PG; ++g) _mm512_mask_storeu_ps(y + t * ldy + g * kQ4PanelRows, out_mask, acc[t][g]);
+}
+
+// Tokens in blocks of up to 4 over PG panels starting at output o.
+template <int PG, bool kFull>
+void Q4PanelTokens(const QuantizedX& qx, const uint8_t* w, const uint16_t* bs, const uint16_t* bm, float* y,
+                   int64_t in, int64_t out, int64_t o, int64_t n) {
+  const int64_t T = qx.T, blocks = in / kQ4Block;
+  const uint8_t* wp = w + o * (in / 2);
+  const uint16_t *sp = bs + o * blocks, *mp = bm + o * blocks;
+  int64_t t = 0;
+  for (; t + 4 <= T; t += 4) Q4PanelBlock<4, PG, kFull>(qx, t, wp, sp, mp, y + t * out + o, in, out, n);
+  switch (T - t) {
+    case 3: Q4PanelBlock<3, PG, kFull>(qx, t, wp, sp, mp, y + t * out + o, in, out, n); break;
+    case 2: Q4PanelBlock<2, PG, kFull>(qx, t, wp, sp, mp, y + t * out + o, in, out, n); break;
+    case 1: Q4PanelBlock<1, PG, kFull>(qx, t, wp, sp, mp, y + t * out + o, in, out, n); break;
+    default: break;
   }
 }
+
+// Outputs [o0, o1) (o0 a multiple of 16; o1 too unless it is `out`): one token at a time over 4
+// panels (8 accumulators), more tokens over 2 panels (up to 16), so each stays in registers.
+void Q4Panels(const QuantizedX& qx, const uint8_t* w, const uint16_t* bs, const uint16_t* bm, float* y, int64_t in,
+              int64_t out, int64_t o0, int64_t o1) {
+  int64_t o = o0;
+  if (qx.T == 1) {
+    for (; o + 4 * kQ4PanelRows <= o1; o += 4 * kQ4PanelRows) Q4PanelTokens<4, true>(qx, w, bs, bm, y, in, out, o, 16);
+  }
+  for (; o + 2 * kQ4PanelRows <= o1; o += 2 * kQ4PanelRows) Q4PanelTokens<2, true>(qx, w, bs, bm, y, in, out, o, 16);
+  for (; o + kQ4PanelRows <= o1; o += kQ4PanelRows) Q4PanelTokens<1, true>(qx, w, bs, bm, y, in, out, o, 16);
+  if (o < o1) Q4PanelTokens<1, false>(qx, w, bs, bm, y, in, out, o, o1 - o);
+}
 #else
-template <int TB, int OB>
-void Q4VnniBlock(const PreparedActivations&, int64_t, const uint8_t*, const uint16_t*, const uint16_t*, float*,
-                 int64_t, int64_t) {
+void Q4Panels(const PreparedActivations&, const uint8_t*, const uint16_t*, const uint16_t*, float*, int64_t, int64_t,
+              int64_t, int64_t) {
   NoSimd();
 }
 #endif  // CASCADE_X86
@@ -783,15 +812,6 @@ struct VnniB {
   }
 };
 
-template <int TB, int OB>
-struct Q4VnniB {
-  static void Run(int64_t t, int64_t o, const QuantizedX& qx, const uint8_t* w, const uint16_t* bs,
-                  const uint16_t* bm, float* y, int64_t in, int64_t out) {
-    const int64_t blocks = in / kQ4Block;
-    Q4VnniBlock<TB, OB>(qx, t, w + o * (in / 2), bs + o * blocks, bm + o * blocks, y + t * out + o, in, out);
-  }
-};
-
 bool CpuHas(const char* feature);
 bool HasAvx512() {
   static const bool has = CpuHas("avx512");
@@ -1098,12 +1118,30 @@ std::string ValidateQ4Matrix(int64_t in, int64_t out) {
   return "";
 }
 
+namespace {
+// Where weight (o, i) of a q4 matrix lives (int8_matmul.h): its byte, and whether it is the high
+// nibble; and where its block's scale and minimum are.
+struct Q4Place {
+  int64_t byte = 0, scale = 0;
+  bool high = false;
+};
+Q4Place Q4Where(int64_t in, int64_t out, int64_t o, int64_t i) {
+  const int64_t p = o / kQ4PanelRows, j = o % kQ4PanelRows, n = std::min(kQ4PanelRows, out - p * kQ4PanelRows);
+  const int64_t c = i / 64, k = i % 32;
+  Q4Place at;
+  at.high = i % 64 >= 32;
+  at.byte = p * kQ4PanelRows * (in / 2) + c * 32 * n + (k / 4) * 4 * n + j * 4 + k % 4;
+  at.scale = p * kQ4PanelRows * (in / kQ4Block) + (i / kQ4Block) * n + j;
+  return at;
+}
+}  // namespace
+
 void QuantizeQ4Rows(const float* w, int64_t in, int64_t out, uint8_t* packed, uint16_t* block_scale,
                     uint16_t* block_min) {
   const std::string why = ValidateQ4Matrix(in, out);
   if (!why.empty()) throw std::invalid_argument(why);
   const int64_t blocks = in / kQ4Block;
-  std::vector<uint8_t> q(static_cast<size_t>(in));
+  std::memset(packed, 0, static_cast<size_t>(out * in / 2));
   for (int64_t o = 0; o < out; ++o) {
     const float* row = w + o * in;
     for (int64_t b = 0; b < blocks; ++b) {
@@ -1114,29 +1152,27 @@ void QuantizeQ4Rows(const float* w, int64_t in, int64_t out, uint8_t* packed, ui
         hi = std::max(hi, x[i]);
       }
       const uint16_t d16 = F32ToF16((hi - lo) / 15.0f), m16 = F32ToF16(lo);
-      block_scale[o * blocks + b] = d16;
-      block_min[o * blocks + b] = m16;
+      const Q4Place first = Q4Where(in, out, o, b * kQ4Block);
+      block_scale[first.scale] = d16;
+      block_min[first.scale] = m16;
       const float d = F16ToF32(d16), m = F16ToF32(m16);
       const float inv = d > 0.0f ? 1.0f / d : 0.0f;
-      for (int64_t i = 0; i < kQ4Block; ++i)
-        q[b * kQ4Block + i] = static_cast<uint8_t>(std::clamp(std::nearbyint((x[i] - m) * inv), 0.0f, 15.0f));
+      for (int64_t i = 0; i < kQ4Block; ++i) {
+        const auto q = static_cast<uint8_t>(std::clamp(std::nearbyint((x[i] - m) * inv), 0.0f, 15.0f));
+        const Q4Place at = Q4Where(in, out, o, b * kQ4Block + i);
+        packed[at.byte] = static_cast<uint8_t>(packed[at.byte] | (at.high ? q << 4 : q));
+      }
     }
-    uint8_t* p = packed + o * (in / 2);
-    for (int64_t c = 0; c < in / 64; ++c)
-      for (int64_t j = 0; j < 32; ++j) p[c * 32 + j] = static_cast<uint8_t>(q[c * 64 + j] | q[c * 64 + 32 + j] << 4);
   }
 }
 
 void DequantizeQ4Row(const uint8_t* packed, const uint16_t* block_scale, const uint16_t* block_min, int64_t in,
-                     int64_t o, float* w) {
-  const int64_t blocks = in / kQ4Block;
-  const uint8_t* p = packed + o * (in / 2);
+                     int64_t out, int64_t o, float* w) {
   for (int64_t i = 0; i < in; ++i) {
-    const int64_t c = i / 64, j = i % 64;
-    const uint8_t byte = p[c * 32 + j % 32];
-    const float q = static_cast<float>(j < 32 ? byte & 0x0F : byte >> 4);
-    const int64_t b = o * blocks + i / kQ4Block;
-    w[i] = F16ToF32(block_scale[b]) * q + F16ToF32(block_min[b]);
+    const Q4Place at = Q4Where(in, out, o, i);
+    const uint8_t byte = packed[at.byte];
+    const float q = static_cast<float>(at.high ? byte >> 4 : byte & 0x0F);
+    w[i] = F16ToF32(block_scale[at.scale]) * q + F16ToF32(block_min[at.scale]);
   }
 }
 
@@ -1202,7 +1238,7 @@ void MatmulRange(const WeightMatrix& m, const KernelImpls& impls, const Prepared
     }
     case WeightMatrix::Kind::kQ4: {
       const uint8_t* w = static_cast<const uint8_t*>(m.data);
-      if (impls.int8 == Int8Impl::kAvx512Vnni) Tile<Q4VnniB>(T, o0, o1, a, w, m.block_scale, m.block_min, y, in, out);
+      if (impls.int8 == Int8Impl::kAvx512Vnni) Q4Panels(a, w, m.block_scale, m.block_min, y, in, out, o0, o1);
       else ScalarRowsQ4(a.x, w, m.block_scale, m.block_min, y, T, in, out, o0, o1);
       return;
     }

@@ -81,7 +81,7 @@ void Bf16GatherMatmul(Int8Impl impl, const float* x, const uint16_t* w, const in
 
 // A weight matrix as stored on the device. kF32Transposed: f32 [in, out] (the f32 upload layout,
 // model/programs.h); kBf16: bf16 bits [out, in]; kInt8: s8 [out, in] with f32 scale[out]; kQ4:
-// 4-bit blocks (Q4Layout below) with f16 block scales and minimums [out, in / 32].
+// 4-bit blocks in panels of 16 rows (kQ4PanelRows below) with f16 block scales and minimums.
 struct WeightMatrix {
   enum class Kind { kF32Transposed, kBf16, kInt8, kQ4 };
   Kind kind = Kind::kF32Transposed;
@@ -93,11 +93,18 @@ struct WeightMatrix {
 };
 
 // ---- 4-bit weights (the draft's "q4" precision; the blocks of GGUF's Q4_1) ----
-// Per 32-block b of a row: w = d[b] * q + m[b], q in 0..15, d and m f16. Stored per row as in / 2
-// bytes: per 64 weights (two blocks), byte j holds weight j in its low nibble and weight 32 + j in
-// its high nibble, so one load and two masks give the 64 weights in order. `in` must be a multiple
-// of 64. A Q4_1 GGUF tensor's dequantised values quantise back to its own blocks.
+// Per 32-block b of a row: w = d[b] * q + m[b], q in 0..15, d and m f16. The rows are stored in
+// panels of 16 (kQ4PanelRows; the last panel holds out % 16 rows when that is not 0), so that a
+// kernel computes 16 outputs per instruction (vpdpbusd with one token's 4 inputs broadcast):
+//   values: panel p (width n) starts at byte 16p * in / 2; in it, per 64 inputs (chunk c, blocks
+//     2c and 2c + 1), per r in 0..7, per row j < n, 4 bytes: byte k holds the weight of input
+//     64c + 4r + k in its low nibble and of input 64c + 32 + 4r + k in its high nibble;
+//   block scales and minimums: panel p starts at element 16p * in / 32; in it [block][row j < n].
+// The tensors keep the shapes u8 [out, in / 2] and f16 [out, in / 32]: a panel is a run of whole
+// rows of those shapes. `in` must be a multiple of 64. A Q4_1 GGUF tensor's dequantised values
+// quantise back to its own blocks.
 constexpr int64_t kQ4Block = 32;
+constexpr int64_t kQ4PanelRows = 16;
 std::string ValidateQ4Matrix(int64_t in, int64_t out);  // empty when in % 64 == 0 and both positive
 // Quantises rows w[out, in] (f32) as ggml's Q4_1: d = (max - min) / 15, m = min (both rounded to
 // f16 first), q = round((w - m) / d) clamped to 0..15.
@@ -105,7 +112,7 @@ void QuantizeQ4Rows(const float* w, int64_t in, int64_t out, uint8_t* packed, ui
                     uint16_t* block_min);
 // The f32 weights of row o: what every Q4 kernel multiplies by.
 void DequantizeQ4Row(const uint8_t* packed, const uint16_t* block_scale, const uint16_t* block_min, int64_t in,
-                     int64_t o, float* w);
+                     int64_t out, int64_t o, float* w);
 
 // The implementations a process uses per weight kind (chosen once: rows computed by different
 // programs then agree bit for bit).

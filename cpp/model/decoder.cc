@@ -149,7 +149,7 @@ ModelWeights EffectiveWeights(const ModelWeights& weights, WeightPrecision preci
       HostTensor f(DType::kF32, {rows, in});
       for (int64_t r = 0; r < rows; ++r)
         kernels::DequantizeQ4Row(prepared[0].as<uint8_t>(), prepared[1].as<uint16_t>(), prepared[2].as<uint16_t>(), in,
-                                 r, f.as<float>() + r * in);
+                                 rows, r, f.as<float>() + r * in);
       out.tensors[name] = std::move(f);
     } else if (prepared.size() == 2) {
       const HostTensor& v = prepared[0];

@@ -311,18 +311,35 @@ class Emitter {
     return y;
   }
 
-  // 4-bit blocks (kernels/int8_matmul.h, Q4Layout) as f32 [out, in]: per 64 weights, byte j's low
-  // nibble is weight j and its high nibble weight 32 + j; w = d * q + m per 32-block.
+  // 4-bit blocks (kernels/int8_matmul.h: panels of 16 rows) as f32 [out, in]: per panel of n rows
+  // and 64 inputs, 8 x n x 4 bytes (low nibbles the first 32-block, high the second); scales and
+  // minimums [block][n] per panel. A panel is a run of whole rows of the stored shapes.
   Value DequantizeQ4(const WeightRef& ref) {
-    const int64_t out = ref.w.dims[0], in = ref.w.dims[1] * 2, chunks = in / 64, blocks = in / 32;
-    Value bytes = f_.Reshape(f_.Convert(ref.w, DType::kS32), {out, chunks, 32});
-    Value low = f_.And(bytes, f_.ScalarLike(bytes, 15));
-    Value high = f_.Div(bytes, f_.ScalarLike(bytes, 16));
-    Value q = f_.Convert(f_.Reshape(f_.Concatenate({low, high}, 2), {out, blocks, 32}), DType::kF32);
-    auto per_block = [&](const Value& v) {
-      return f_.BroadcastInDim(f_.Convert(v, DType::kF32), {out, blocks, 32}, {0, 1});
+    const int64_t out = ref.w.dims[0], half = ref.w.dims[1], in = half * 2, chunks = in / 64, blocks = in / 32;
+    const int64_t panel = kernels::kQ4PanelRows, full = out / panel * panel;
+    auto rows = [&](const Value& v, int64_t r0, int64_t r1) {
+      return r0 == 0 && r1 == v.dims[0] ? v : f_.Slice(v, {r0, 0}, {r1, v.dims[1]});
     };
-    return f_.Reshape(f_.Add(f_.Mul(q, per_block(*ref.scale)), per_block(*ref.min)), {out, in});
+    // Rows [r0, r1): panels of n rows each.
+    auto panels = [&](int64_t r0, int64_t r1, int64_t n) {
+      const int64_t count = (r1 - r0) / n;
+      Value bytes = f_.Reshape(f_.Convert(rows(ref.w, r0, r1), DType::kS32), {count, chunks, 8, n, 4});
+      auto in_order = [&](const Value& q) {  // [count, chunks, 8, n, 4] -> [count * n, chunks, 32]
+        return f_.Reshape(f_.Transpose(q, {0, 3, 1, 2, 4}), {count * n, chunks, 32});
+      };
+      Value low = in_order(f_.And(bytes, f_.ScalarLike(bytes, 15)));
+      Value high = in_order(f_.Div(bytes, f_.ScalarLike(bytes, 16)));
+      Value q = f_.Convert(f_.Reshape(f_.Concatenate({low, high}, 2), {count * n, blocks, 32}), DType::kF32);
+      auto per_block = [&](const Value& v) {
+        Value by_row = f_.Reshape(f_.Transpose(f_.Reshape(rows(v, r0, r1), {count, blocks, n}), {0, 2, 1}),
+                                  {count * n, blocks});
+        return f_.BroadcastInDim(f_.Convert(by_row, DType::kF32), {count * n, blocks, 32}, {0, 1});
+      };
+      return f_.Reshape(f_.Add(f_.Mul(q, per_block(*ref.scale)), per_block(*ref.min)), {count * n, in});
+    };
+    if (full == out) return panels(0, out, panel);
+    if (full == 0) return panels(0, out, out);
+    return f_.Concatenate({panels(0, full, panel), panels(full, out, out - full)}, 0);
   }
 
   // The top-k ids s32[T, k] of a tiny on the draft's hidden state: one kernel on the CPU plugin

@@ -196,6 +196,40 @@ TEST(fused_layers, MatchesThePlainProgram) {
   }
 }
 
+// q4 matrices are stored in panels of 16 rows (kernels/int8_matmul.h); k/v projections of 24 and
+// 8 rows end in a narrower panel (24 = 16 + 8) or are one (8). The fused kernels and the plain
+// program's dequantisation read those the same way: close logits, verify rows equal to decodes.
+TEST(fused_layers, Q4PanelsNarrowerThan16) {
+  for (int64_t head_dim : {24, 8}) {
+    ModelConfig c = testing::SmallLlama(true, 211);
+    c.hidden_size = 128;
+    c.intermediate_size = 192;
+    c.num_heads = 8;
+    c.num_kv_heads = 1;
+    c.head_dim = head_dim;
+    ModelWeights w = testing::SmallRandomModel(c, 13, 1.0f);
+    DecoderModel fused = Model(w, WeightPrecision::kQ4, MatmulMode::kFused),
+                 plain = Model(w, WeightPrecision::kQ4, MatmulMode::kXlaAuto),
+                 single = Model(w, WeightPrecision::kQ4, MatmulMode::kFused);
+    const int64_t V = c.vocab_size, P = static_cast<int64_t>(kPrompt.size());
+    ForwardResult a = fused.Forward(kPrompt, 0, {HeadKind::kLogits});
+    ForwardResult b = plain.Forward(kPrompt, 0, {HeadKind::kLogits});
+    single.Forward(kPrompt, 0);
+    double worst = 0, span = 0;
+    for (size_t i = 0; i < a.logits.size(); ++i) {
+      worst = std::max(worst, static_cast<double>(std::fabs(a.logits[i] - b.logits[i])));
+      span = std::max(span, static_cast<double>(std::fabs(b.logits[i])));
+    }
+    EXPECT_LE(worst, 0.05 * span) << "head_dim " << head_dim;
+    const std::vector<int32_t> block = {11, 70, 2};
+    ForwardResult verify = fused.Forward(block, P, {HeadKind::kLogits});
+    for (size_t t = 0; t < block.size(); ++t) {
+      ForwardResult one = single.Forward({block[t]}, P + static_cast<int64_t>(t), {HeadKind::kLogits});
+      EXPECT_TRUE(RowsEqual(verify.logits.data() + t * V, one.logits.data(), V)) << "head_dim " << head_dim << " row " << t;
+    }
+  }
+}
+
 TEST(fused_layers, RejectsWhatItCannotCompute) {
   kernels::DecoderLayersConfig c;
   c.layers = 1;
