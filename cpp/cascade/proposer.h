@@ -39,11 +39,13 @@ struct ProposeContext {
 // hidden state and the last token reached 19% top-1.
 std::vector<int32_t> LookaheadGuess(const std::vector<int32_t>& committed, const std::vector<int32_t>& proposed,
                                     size_t count, size_t window = 4096);
-// Guessed tokens per call. Measured (6 chat requests x 128 tokens, T = 0, q4 draft, session 10):
-// 3 cut the speculative draft calls 18% but each guessing call cost ~1.8 draft steps (the q4
-// kernel is compute-bound at T >= 3), draft time -4%; 1 cut them 13% for ~1.35 steps a call,
-// draft time -6%, tokens/s +4% (cascade +1%).
-constexpr int64_t kLookaheadTokens = 1;
+// Guessed tokens per call. Measured (6 chat requests x 128 tokens, T = 0, q4 draft): session 10,
+// row-major q4 kernel: 3 cut the speculative draft calls 18% but each guessing call cost ~1.8
+// draft steps, so 1 was better (draft time -6%). Session 11, q4 in panels (verify(3) ~ decode(1)):
+// draft calls 1224 without lookahead, 1064 / 1016 / 1002 / 986 with 1 / 2 / 3 / 4 guesses; draft
+// time -11% / -13% / -9% / -11% (speculative), -7% / -9% / -8% / -6% (cascade), one run each
+// against its own run without (runs without varied +-8% among themselves).
+constexpr int64_t kLookaheadTokens = 2;
 
 class Proposer {
  public:

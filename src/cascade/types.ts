@@ -185,9 +185,9 @@ export interface GenerateOptions {
   dynamicHorizon?: boolean;
   /**
    * Draft lookahead (speculative and cascade rounds): where the text so far has an earlier
-   * occurrence of its last two tokens, a draft call also computes the token that followed them
-   * there, a guess of its own proposal; when the draft proposes that token, its next step is
-   * already done. The output is the same either way (only the speed changes). Default true.
+   * occurrence of its last two tokens, a draft call also computes the tokens that followed them
+   * there (up to 2), guesses of its own next proposals; while the draft proposes those tokens,
+   * its next steps are already done. The output is the same either way (only the speed changes). Default true.
    */
   lookahead?: boolean;
   /** Stop when the text contains one of these (the stop string is not included). */
