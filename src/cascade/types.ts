@@ -84,7 +84,7 @@ export interface CascadeLoadOptions {
    * cache of `maxContext` tokens (`info.memory.*.kvCacheBytes`). Default 4.
    */
   maxSequences?: number;
-  /** Tiny candidates per draft step (K0) for generations that do not set `k0`. Default 64. */
+  /** Tiny candidates per draft step (K0) for generations that do not set `k0`. Default 256. */
   k0?: number;
   /**
    * Draft proposals per target call (K1, the proposal length L) for generations that do not set
@@ -166,7 +166,7 @@ export interface GenerateOptions {
    * lets the cost model pick target-only, speculative or cascade decoding per step.
    */
   mode?: DecodeMode;
-  /** Tiny candidates per draft step (K0). Default: the load's `k0` (64). */
+  /** Tiny candidates per draft step (K0). Default: the load's `k0` (256). */
   k0?: number;
   /** Draft proposals per target call (K1 = L). Default: the load's `k1` (4). */
   k1?: number;
