@@ -559,8 +559,13 @@ std::vector<float> CascadeEngine::TargetLogits(const std::vector<int32_t>& token
 GenerateOptions CascadeEngine::Resolve(const std::vector<int32_t>& prompt, const GenerateOptions& requested) const {
   // What the call left unset takes the engine's defaults (one default per setting: EngineOptions).
   GenerateOptions options = requested;
-  if (options.proposal_length == 0) options.proposal_length = options_.proposal_length;
   if (options.candidates == 0) options.candidates = options_.candidates;
+  if (options.proposal_length == 0) {
+    options.proposal_length = options_.proposal_length;
+    // The default k1 never exceeds a k0 the call asked for (k1 <= k0 is checked below).
+    if (options.mode == DecodeMode::kCascade || (options.mode == DecodeMode::kAuto && has_tiny_))
+      options.proposal_length = std::min(options.proposal_length, std::max<int64_t>(1, options.candidates));
+  }
   // Off unless asked, auto included: its per-step L followed the acceptance estimate down at
   // T = 0.8 (L ~3 against k1 = 6) and gave up 13% of the cascade's median (session 8, bench
   // --suite modes-style runs, 64 tokens; 5% with it off).
