@@ -13,7 +13,6 @@ namespace cascade {
 
 namespace {
 
-
 // Runs `fn` and returns its milliseconds without the time `model` spent compiling programs
 // (first use of a shape): stage times and the cost model measure execution, not compilation.
 template <typename Fn>
@@ -685,6 +684,12 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
     } else if (dynamic_length && kind != StepKind::kTarget) {
       length = cost_->BestLength(kind, lengths).length;
     }
+    // A generation's first round proposes at most kFirstRoundLength, so its first tokens reach
+    // the caller after a few draft steps rather than k1 of them.
+    if (generated == 0) length = std::min(length, kFirstRoundLength);
+    // A round gives at most length + 1 tokens: no proposals past max_tokens (the last round's
+    // draft steps beyond it were wasted work, up to k1 - 1 of them).
+    length = std::min(length, std::max<int64_t>(1, options.max_tokens - generated - 1));
     if (kind == StepKind::kTarget) {
       TargetOnlyStep(seq, options, rng, stats);
     } else {

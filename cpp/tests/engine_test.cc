@@ -322,6 +322,27 @@ TEST(Engine, StopTokensMaxTokensAndCallbacks) {
   EXPECT_LT(r.tokens.size(), 12u);
   EXPECT_THROW(engine.Generate({}, g), InvalidArgumentError);
   EXPECT_THROW(engine.Generate({1, 500}, g), InvalidArgumentError);
+  {
+    // The first round proposes at most kFirstRoundLength (time to first token), later rounds k1:
+    // with a draft that agrees with the target, the first chunk is short and a later one longer.
+    ModelConfig config = testing::SmallLlama(false, 300);
+    EngineOptions o = Options(WeightPrecision::kF32, 128, WeightPrecision::kQ4);
+    o.draft_layers = config.num_layers;
+    CascadeEngine agreeing(Cpu(), testing::SmallRandomModel(config, 13, 1.0f), std::nullopt, o);
+    GenerateOptions s;
+    s.mode = DecodeMode::kSpeculative;
+    s.proposal_length = 12;
+    s.max_tokens = 60;
+    std::vector<size_t> chunks;
+    s.on_tokens = [&](const std::vector<int32_t>& c) {
+      chunks.push_back(c.size());
+      return true;
+    };
+    agreeing.Generate({5, 17, 3}, s);
+    ASSERT_GE(chunks.size(), 2u);
+    EXPECT_LE(chunks[0], static_cast<size_t>(kFirstRoundLength + 1));
+    EXPECT_GT(*std::max_element(chunks.begin() + 1, chunks.end()), static_cast<size_t>(kFirstRoundLength + 1));
+  }
   std::vector<int32_t> too_long(128, 1);
   EXPECT_THROW(engine.Generate(too_long, g), InvalidArgumentError);
 }
@@ -342,7 +363,9 @@ ChiSquareResult FirstTwoTokens(CascadeEngine& engine, GenerateOptions g, int sam
     for (size_t k = 0; k < p2.size(); ++k) exact[p1.ids()[i] * V + p2.ids()[k]] = p1.probs()[i] * p2.probs()[k];
   }
   std::vector<int64_t> counts(V * V, 0);
-  g.max_tokens = 2;
+  // 3, not 2: a round proposes at most max_tokens - 1 tokens, and both counted tokens should come
+  // from one chain's acceptances (x_1 and x_2 of a round of L >= 2).
+  g.max_tokens = 3;
   for (int s = 0; s < samples; ++s) {
     g.seed = 1000 + s;
     auto t = engine.Generate(prompt, g).tokens;
