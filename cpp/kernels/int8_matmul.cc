@@ -753,7 +753,7 @@ void Avx512ColsF32T(const float* x, const float* wt, float* y, int64_t T, int64_
   for (int64_t o = o0; o < o1; o += 64) {
     const int64_t n = std::min<int64_t>(64, o1 - o);
     // A verify of up to 6 tokens streams the weights once (24 accumulators + 4 weight vectors;
-    // T = 5 was a pass of 4 and a pass of 1: verify(5) 1.56x decode(1), now 1.45x). Longer calls
+    // T = 5 was a pass of 4 and a pass of 1: verify(5) 1.56x decode(1), now 1.46x). Longer calls
     // go 4 tokens a pass (T = 8 as 6 + 2 measured 50.9 ms against 45.8 as 4 + 4).
     int64_t t = 0;
     if (T > 6)
