@@ -10,7 +10,8 @@
 // Exactness: row t of a T-token call is bit-identical to the same token run alone at
 // start_pos + t after the rows before it (verify(T) equals decode(1) row by row): every matrix
 // row is T-independent (int8_matmul.h), and attention visits the same keys in the same order
-// (cache slots 0 .. start_pos-1, then the visible new tokens in order).
+// (cache slots 0 .. start_pos-1, then the visible new tokens in order), split into the same
+// chunks of 64 (decoder_layers.cc, kAttentionChunk) whatever else the call holds.
 #pragma once
 
 #include <cstdint>

@@ -70,6 +70,22 @@ const std::vector<int32_t> kPrompt = {3, 17, 42, 99, 5, 150, 7, 8};
 
 bool RowsEqual(const float* a, const float* b, int64_t n) { return std::memcmp(a, b, sizeof(float) * n) == 0; }
 
+// 130 tokens: attention then spans three 64-slot chunks (kernels/decoder_layers.cc,
+// kAttentionChunk), the last one partly filled.
+std::vector<int32_t> LongPrompt(int64_t vocab) {
+  std::vector<int32_t> p;
+  for (int i = 0; i < 130; ++i) p.push_back(static_cast<int32_t>((i * 37 + 11) % vocab));
+  return p;
+}
+
+// Fills the cache with `prompt` in fused calls of at most 50 tokens (longer ones take the plain program).
+void Prefill(DecoderModel& m, const std::vector<int32_t>& prompt) {
+  for (size_t at = 0; at < prompt.size(); at += 50) {
+    const size_t end = std::min(prompt.size(), at + 50);
+    m.Forward(std::vector<int32_t>(prompt.begin() + at, prompt.begin() + end), static_cast<int64_t>(at));
+  }
+}
+
 TEST(fused_layers, ProgramsUseTheFusedCallAndKAutoPicksIt) {
   for (WeightPrecision p : {WeightPrecision::kF32, WeightPrecision::kBF16, WeightPrecision::kInt8, WeightPrecision::kQ4}) {
     EXPECT_EQ(ChooseMatmulMode(*Cpu(), p, MatmulMode::kAuto), MatmulMode::kFused) << WeightPrecisionName(p);
@@ -135,27 +151,62 @@ TEST(fused_layers, VerifyRowsBitIdenticalToDecodeEveryPrecision) {
   }
 }
 
+// Past one attention chunk: verify rows still equal decodes bit for bit, and the logits stay
+// close to the plain StableHLO program's (attention is the same code for every precision; both
+// families, grouped and multi-query attention).
+TEST(fused_layers, RowsBitIdenticalAndCloseToPlainAcrossAttentionChunks) {
+  const std::vector<Case> cases = {{WeightPrecision::kF32, ModelFamily::kLlama, true},
+                                   {WeightPrecision::kQ4, ModelFamily::kLlama, false},
+                                   {WeightPrecision::kBF16, ModelFamily::kGemma, true}};
+  for (const Case& k : cases) {
+    ModelConfig c = Config(k);
+    ModelWeights w = testing::SmallRandomModel(c, 8, 1.0f);
+    DecoderModel a = Model(w, k.precision, MatmulMode::kFused, 160), b = Model(w, k.precision, MatmulMode::kFused, 160),
+                 plain = Model(w, k.precision, MatmulMode::kXlaAuto, 160);
+    const std::vector<int32_t> prompt = LongPrompt(c.vocab_size);
+    const int64_t V = c.vocab_size, P = static_cast<int64_t>(prompt.size());
+    Prefill(a, prompt);
+    Prefill(b, prompt);
+    Prefill(plain, prompt);
+    const std::vector<int32_t> block = {11, 70, 2, 33, 190, 4};
+    ForwardResult verify = a.Forward(block, P, {HeadKind::kLogits});
+    ForwardResult reference = plain.Forward(block, P, {HeadKind::kLogits});
+    double worst = 0, span = 0;
+    for (size_t i = 0; i < verify.logits.size(); ++i) {
+      worst = std::max(worst, static_cast<double>(std::fabs(verify.logits[i] - reference.logits[i])));
+      span = std::max(span, static_cast<double>(std::fabs(reference.logits[i])));
+    }
+    EXPECT_LE(worst, (k.precision == WeightPrecision::kF32 ? 1e-4 : 0.05) * span) << Name(k);
+    for (size_t t = 0; t < block.size(); ++t) {
+      ForwardResult one = b.Forward({block[t]}, P + static_cast<int64_t>(t), {HeadKind::kLogits});
+      EXPECT_TRUE(RowsEqual(verify.logits.data() + t * V, one.logits.data(), V)) << Name(k) << " row " << t;
+    }
+  }
+}
+
 // Two branches verified as one tree: each branch's rows equal its chain decoded alone.
 TEST(fused_layers, TreeRowsBitIdenticalToTheirChains) {
   for (WeightPrecision p : {WeightPrecision::kF32, WeightPrecision::kInt8, WeightPrecision::kQ4}) {
     ModelConfig c = Config({p, ModelFamily::kLlama, true});
     ModelWeights w = testing::SmallRandomModel(c, 9, 1.0f);
-    DecoderModel tree = Model(w, p, MatmulMode::kFused), chain = Model(w, p, MatmulMode::kFused);
-    const int64_t V = c.vocab_size, P = static_cast<int64_t>(kPrompt.size());
-    tree.Forward(kPrompt, 0);
-    chain.Forward(kPrompt, 0);
-    // Tokens: root 40, branch A (41, 42), branch B (43): parents root <- A1 <- A2, root <- B1.
-    ForwardInputs in;
-    in.tree_mask = {1, 0, 0, 0,  //
-                    1, 1, 0, 0,  //
-                    1, 1, 1, 0,  //
-                    1, 0, 0, 1};
-    in.position_offsets = {0, 1, 2, 1};
-    ForwardResult t = tree.Forward({40, 41, 42, 43}, P, {HeadKind::kLogits}, in);
-    ForwardResult a = chain.Forward({40, 41, 42}, P, {HeadKind::kLogits});
-    for (int r = 0; r < 3; ++r) EXPECT_TRUE(RowsEqual(t.logits.data() + r * V, a.logits.data() + r * V, V)) << r;
-    ForwardResult b = chain.Forward({43}, P + 1, {HeadKind::kLogits});
-    EXPECT_TRUE(RowsEqual(t.logits.data() + 3 * V, b.logits.data(), V)) << WeightPrecisionName(p);
+    for (const std::vector<int32_t>& prompt : {kPrompt, LongPrompt(c.vocab_size)}) {
+      DecoderModel tree = Model(w, p, MatmulMode::kFused, 160), chain = Model(w, p, MatmulMode::kFused, 160);
+      const int64_t V = c.vocab_size, P = static_cast<int64_t>(prompt.size());
+      Prefill(tree, prompt);
+      Prefill(chain, prompt);
+      // Tokens: root 40, branch A (41, 42), branch B (43): parents root <- A1 <- A2, root <- B1.
+      ForwardInputs in;
+      in.tree_mask = {1, 0, 0, 0,  //
+                      1, 1, 0, 0,  //
+                      1, 1, 1, 0,  //
+                      1, 0, 0, 1};
+      in.position_offsets = {0, 1, 2, 1};
+      ForwardResult t = tree.Forward({40, 41, 42, 43}, P, {HeadKind::kLogits}, in);
+      ForwardResult a = chain.Forward({40, 41, 42}, P, {HeadKind::kLogits});
+      for (int r = 0; r < 3; ++r) EXPECT_TRUE(RowsEqual(t.logits.data() + r * V, a.logits.data() + r * V, V)) << r;
+      ForwardResult b = chain.Forward({43}, P + 1, {HeadKind::kLogits});
+      EXPECT_TRUE(RowsEqual(t.logits.data() + 3 * V, b.logits.data(), V)) << WeightPrecisionName(p) << " prompt " << P;
+    }
   }
 }
 

@@ -85,6 +85,11 @@ void Print(const char* label, const GenerationStats& s) {
   std::printf("  tau %.2f  gamma2|1 %.2f  gammaTotal %.2f  gamma0 %s  tokens/s %.1f  predicted %.2fx\n", s.tau(),
               s.gamma21(), s.gamma_total(), s.gamma0() < 0 ? "n/a" : std::to_string(s.gamma0()).substr(0, 4).c_str(),
               s.tokens_per_second(), s.predicted_speedup);
+  std::printf("  target calls %lld (%.2f ms each)  draft calls %lld (%.2f ms each)  proposed %lld  lookahead %lld/%lld\n",
+              static_cast<long long>(s.target_calls), s.target_calls ? t.target_ms / s.target_calls : 0.0,
+              static_cast<long long>(s.draft_calls), s.draft_calls ? t.draft_ms / s.draft_calls : 0.0,
+              static_cast<long long>(s.proposed), static_cast<long long>(s.lookahead_hits),
+              static_cast<long long>(s.lookahead_guesses));
 }
 
 }  // namespace
