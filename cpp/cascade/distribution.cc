@@ -6,6 +6,8 @@
 #include <numeric>
 #include <string>
 
+#include "kernels/argmax.h"
+#include "kernels/exp_weights.h"
 #include "pjrt/errors.h"
 
 namespace cascade {
@@ -49,13 +51,30 @@ TokenDist::TokenDist(std::vector<int32_t> ids, std::vector<double> probs) {
     total += p;
     ++kept;
   };
-  if (std::is_sorted(ids.begin(), ids.end())) {
+  bool increasing = true;
+  for (size_t i = 1; i < ids.size(); ++i) increasing &= ids[i - 1] < ids[i];
+  if (increasing) {
     // Already in id order (a whole-vocabulary distribution): compacted in place, no index sort
-    // and no new buffers, the same result. At 49152 ids the sort and the buffers' page faults
-    // were ~60% of a T > 0 Transform (session 11).
+    // and no new buffers. At 49152 ids the sort and the buffers' page faults were ~60% of a
+    // T > 0 Transform (session 11); then the one-at-a-time checks and the serial sum were ~70%
+    // (session 12): now one vector pass checks and sums (a fixed order, kernels/exp_weights.h),
+    // and the zeros are dropped only if there are any.
     ids_ = std::move(ids);
     probs_ = std::move(probs);
-    for (size_t i = 0; i < ids_.size(); ++i) take(ids_[i], probs_[i]);
+    const size_t n = probs_.size();
+    bool invalid = false, zeros = false;
+    total = kernels::SumOfWeights(probs_.data(), static_cast<int64_t>(n), &invalid, &zeros);
+    if (invalid) throw InvalidArgumentError("TokenDist: probabilities must be finite and >= 0");
+    if (zeros) {
+      for (size_t j = 0; j < n; ++j)
+        if (probs_[j] != 0) {
+          ids_[kept] = ids_[j];
+          probs_[kept] = probs_[j];
+          ++kept;
+        }
+    } else {
+      kept = n;
+    }
   } else {
     std::vector<size_t> order(ids.size());
     std::iota(order.begin(), order.end(), 0);
@@ -67,7 +86,8 @@ TokenDist::TokenDist(std::vector<int32_t> ids, std::vector<double> probs) {
   ids_.resize(kept);
   probs_.resize(kept);
   if (ids_.empty()) throw InvalidArgumentError("TokenDist: no token has positive probability");
-  for (double& p : probs_) p /= total;
+  const double inv = 1.0 / total;
+  for (double& p : probs_) p *= inv;
 }
 
 double TokenDist::Prob(int32_t id) const {
@@ -196,7 +216,26 @@ TokenDist Transform(const float* logits, size_t count, const SamplingParams& par
       if (logits[i] > logits[best] || (logits[i] == logits[best] && id_of(i) < id_of(best))) best = i;
     return TokenDist({id_of(best)}, {1.0});
   }
-  // Order by logit (then id) so top-k and top-p cut deterministically (no cut: the id order).
+  const bool cuts = (params.top_k > 0 && static_cast<size_t>(params.top_k) < count) || params.top_p < 1.0;
+  if (!cuts) {
+    // Every token stays, in id order: the max and the weights by vector kernels, no index order.
+    int32_t top = 0;
+    kernels::ArgmaxRows(logits, 1, static_cast<int64_t>(count), &top);
+    if (!std::isnan(logits[top])) {  // (NaN: the general path below reports it)
+      std::vector<double> weights(count);
+      kernels::ExpWeights(logits, static_cast<int64_t>(count), logits[top], 1.0 / params.temperature, weights.data());
+      if (params.min_p > 0) {
+        const double floor = params.min_p * *std::max_element(weights.begin(), weights.end());
+        for (double& w : weights)
+          if (w < floor) w = 0.0;
+      }
+      std::vector<int32_t> ids(count);
+      if (candidates) std::copy(candidates, candidates + count, ids.begin());
+      else std::iota(ids.begin(), ids.end(), 0);
+      return TokenDist(std::move(ids), std::move(weights));
+    }
+  }
+  // Order by logit (then id) so top-k and top-p cut deterministically.
   thread_local std::vector<size_t> order;
   order.resize(count);
   std::iota(order.begin(), order.end(), 0);

@@ -7,12 +7,14 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <thread>
 
 #include "hlo/builder.h"
 #include "kernels/argmax.h"
 #include "kernels/decoder_layers.h"
+#include "kernels/exp_weights.h"
 #include "kernels/ffi_handlers.h"
 #include "kernels/thread_team.h"
 #include "model/matmul_mode.h"
@@ -266,6 +268,48 @@ TEST(kernels_bf16, MatchesReferenceAndRowsBitIdentical) {
       for (int64_t t = 0; t < T; ++t)
         for (int64_t j = 0; j < K; ++j) ASSERT_EQ(0, std::memcmp(&g[t * K + j], &y[t * out + ids[t * K + j]], 4));
     }
+  }
+}
+
+// The sampler's softmax weights (cascade/distribution.cc Transform): the vector exp within a few
+// ulp of exp, exactly 0 where exp underflows, and the checked sum bit for bit the plain loop's.
+TEST(kernels_sampling, ExpWeightsAndSumOfWeightsMatchThePlainLoops) {
+  std::mt19937 rng(4);
+  std::normal_distribution<float> normal(0.0f, 4.0f);
+  for (int64_t n : {1, 7, 8, 9, 49152}) {
+    std::vector<float> x(static_cast<size_t>(n));
+    for (float& v : x) v = normal(rng);
+    if (n > 1) x[0] = -std::numeric_limits<float>::infinity();
+    if (n > 2) x[2] = -3000.0f;  // e^(-3000 / 0.8) underflows to 0
+    const double top = *std::max_element(x.begin(), x.end());
+    std::vector<double> fast(x.size()), plain(x.size());
+    kernels::ExpWeights(x.data(), n, top, 1.0 / 0.8, fast.data());
+    kernels::ExpWeightsScalar(x.data(), n, top, 1.0 / 0.8, plain.data());
+    double worst = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      if (plain[i] == 0) {
+        EXPECT_EQ(fast[i], 0.0) << "n " << n << " i " << i;
+        continue;
+      }
+      worst = std::max(worst, std::fabs(fast[i] - plain[i]) / plain[i]);
+    }
+    EXPECT_LT(worst, 1e-15) << "n " << n;
+    bool bad_fast = true, zero_fast = false, bad_plain = true, zero_plain = false;
+    const double a = kernels::SumOfWeights(fast.data(), n, &bad_fast, &zero_fast);
+    const double b = kernels::SumOfWeightsScalar(fast.data(), n, &bad_plain, &zero_plain);
+    EXPECT_EQ(std::memcmp(&a, &b, sizeof a), 0) << "n " << n;
+    EXPECT_FALSE(bad_fast);
+    EXPECT_FALSE(bad_plain);
+    EXPECT_EQ(zero_fast, n > 1);
+    EXPECT_EQ(zero_plain, n > 1);
+  }
+  for (double poison : {-1.0, std::numeric_limits<double>::infinity(), std::nan("")}) {
+    std::vector<double> p(13, 0.5);
+    p[9] = poison;
+    bool bad = false, zero = true;
+    kernels::SumOfWeights(p.data(), 13, &bad, &zero);
+    EXPECT_TRUE(bad) << poison;
+    EXPECT_FALSE(zero) << poison;
   }
 }
 
