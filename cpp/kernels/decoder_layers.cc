@@ -1,9 +1,11 @@
 #include "kernels/decoder_layers.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <stdexcept>
 
 #include "kernels/thread_team.h"
@@ -377,6 +379,7 @@ class LayerRunner {
     part_max_.resize(static_cast<size_t>(c.kv_heads * chunks_ * T * G));
     part_sum_.resize(part_max_.size());
     part_acc_.resize(part_max_.size() * static_cast<size_t>(c.head_dim));
+    chunks_left_ = std::make_unique<std::atomic<int64_t>[]>(static_cast<size_t>(c.kv_heads));
   }
 
   void Run(const std::vector<DecoderLayerWeights>& layers) {
@@ -401,8 +404,14 @@ class LayerRunner {
       }
     {
       const Timed timed(stats_ ? &stats_->attention_nanoseconds : nullptr);
-      team_.Run(KV * chunks_, [&](int64_t i) { AttentionChunk(l, i / chunks_, i % chunks_); });
-      team_.Run(KV * T, [&](int64_t i) { CombineChunks(i / T, i % T); });
+      // The last chunk task of a group to finish merges the group's chunks (no second job).
+      for (int64_t g = 0; g < KV; ++g) chunks_left_[g].store(chunks_, std::memory_order_relaxed);
+      team_.Run(KV * chunks_, [&](int64_t i) {
+        const int64_t g = i / chunks_;
+        AttentionChunk(l, g, i % chunks_);
+        if (chunks_left_[g].fetch_sub(1, std::memory_order_acq_rel) == 1)
+          for (int64_t t = 0; t < T; ++t) CombineChunks(g, t);
+      });
     }
     PrepareActivations(w.o.kind, impls_, attn_.data(), T, H * hd, &aa_);
     Matmuls({{&w.o, &aa_, tmp_.data()}});
@@ -523,6 +532,7 @@ class LayerRunner {
   std::vector<std::vector<int32_t>> visible_new_;
   int64_t chunks_ = 0;
   std::vector<float> part_max_, part_sum_, part_acc_;
+  std::unique_ptr<std::atomic<int64_t>[]> chunks_left_;  // per KV group, during a layer's attention
 };
 
 bool CheckMatrix(const WeightMatrix& m, int64_t in, int64_t out) {
