@@ -134,32 +134,29 @@ ffi::Error Int8GatherMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> i
   return ffi::Error::Success();
 }
 
-ffi::Error TinyCandidatesImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w1t, ffi::Buffer<ffi::F32> b1,
-                              ffi::Buffer<ffi::F32> ln_w, ffi::Buffer<ffi::F32> ln_b, ffi::Buffer<ffi::S8> w2,
-                              ffi::Buffer<ffi::F32> w2_scale, ffi::Buffer<ffi::F32> b2, ffi::ResultBuffer<ffi::S32> ids,
-                              float eps) {
-  Timed timed;
-  auto xd = x.dimensions(), w1d = w1t.dimensions(), w2d = w2.dimensions(), od = ids->dimensions();
+// The tiny's shapes (W2 as stored, w2d; w2_hidden: the width H it holds) and its call.
+ffi::Error RunTinyCandidates(const char* target, ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& w1t,
+                             ffi::Buffer<ffi::F32>& b1, ffi::Buffer<ffi::F32>& ln_w, ffi::Buffer<ffi::F32>& ln_b,
+                             ffi::Span<const int64_t> w2d, int64_t w2_hidden, ffi::Buffer<ffi::F32>& b2,
+                             ffi::ResultBuffer<ffi::S32>& ids, float eps, TinyParams p) {
+  auto xd = x.dimensions(), w1d = w1t.dimensions(), od = ids->dimensions();
   const bool ranks = xd.size() == 2 && w1d.size() == 2 && w2d.size() == 2 && od.size() == 2 &&
                      b1.dimensions().size() == 1 && ln_w.dimensions().size() == 1 && ln_b.dimensions().size() == 1 &&
-                     w2_scale.dimensions().size() == 1 && b2.dimensions().size() == 1;
+                     b2.dimensions().size() == 1;
   if (!ranks || w1d[0] != xd[1] || b1.dimensions()[0] != w1d[1] || ln_w.dimensions()[0] != w1d[1] ||
-      ln_b.dimensions()[0] != w1d[1] || w2d[1] != w1d[1] || w2_scale.dimensions()[0] != w2d[0] ||
+      ln_b.dimensions()[0] != w1d[1] || w2_hidden != w1d[1] ||
       b2.dimensions()[0] != w2d[0] || od[0] != xd[0] || od[1] < 1 || od[1] > w2d[0])
-    return ffi::Error::InvalidArgument(std::string(kTinyCandidatesTarget) +
-                                       ": expected x[T,d], w1t[d,H], b1/ln_w/ln_b[H], w2[V,H], w2_scale[V], b2[V] -> "
+    return ffi::Error::InvalidArgument(std::string(target) +
+                                       ": expected x[T,d], w1t[d,H], b1/ln_w/ln_b[H], w2[V,H] (q4: [V,H/2]), b2[V] -> "
                                        "ids[T,K] with 1 <= K <= V; got x" +
                                        DimsText(xd) + " w1t" + DimsText(w1d) + " w2" + DimsText(w2d) + " ids" +
                                        DimsText(od));
-  const std::string bad = ValidateInt8Matmul({xd[0], w2d[1], w2d[0]});
+  const std::string bad = p.w2_q4 ? ValidateQ4Matrix(w1d[1], w2d[0]) : ValidateInt8Matmul({xd[0], w2d[1], w2d[0]});
   if (!bad.empty()) return ffi::Error::InvalidArgument(bad);
-  TinyParams p;
   p.w1t = w1t.typed_data();
   p.b1 = b1.typed_data();
   p.ln_w = ln_w.typed_data();
   p.ln_b = ln_b.typed_data();
-  p.w2 = w2.typed_data();
-  p.w2_scale = w2_scale.typed_data();
   p.b2 = b2.typed_data();
   p.d = xd[1];
   p.hidden = w1d[1];
@@ -168,9 +165,43 @@ ffi::Error TinyCandidatesImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w1t
   try {
     TinyCandidates(p, Impls(), x.typed_data(), xd[0], od[1], ids->typed_data(), ThreadTeam::Global());
   } catch (const std::exception& e) {
-    return ffi::Error::Internal(std::string(kTinyCandidatesTarget) + ": " + e.what());
+    return ffi::Error::Internal(std::string(target) + ": " + e.what());
   }
   return ffi::Error::Success();
+}
+
+ffi::Error TinyCandidatesImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w1t, ffi::Buffer<ffi::F32> b1,
+                              ffi::Buffer<ffi::F32> ln_w, ffi::Buffer<ffi::F32> ln_b, ffi::Buffer<ffi::S8> w2,
+                              ffi::Buffer<ffi::F32> w2_scale, ffi::Buffer<ffi::F32> b2, ffi::ResultBuffer<ffi::S32> ids,
+                              float eps) {
+  Timed timed;
+  if (w2_scale.dimensions().size() != 1 || w2.dimensions().size() != 2 || w2_scale.dimensions()[0] != w2.dimensions()[0])
+    return ffi::Error::InvalidArgument(std::string(kTinyCandidatesTarget) + ": w2_scale must be [V] for w2[V,H], got " +
+                                       DimsText(w2_scale.dimensions()) + " for " + DimsText(w2.dimensions()));
+  TinyParams p;
+  p.w2 = w2.typed_data();
+  p.w2_scale = w2_scale.typed_data();
+  return RunTinyCandidates(kTinyCandidatesTarget, x, w1t, b1, ln_w, ln_b, w2.dimensions(), w2.dimensions()[1], b2, ids,
+                           eps, p);
+}
+
+ffi::Error TinyCandidatesQ4Impl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w1t, ffi::Buffer<ffi::F32> b1,
+                                ffi::Buffer<ffi::F32> ln_w, ffi::Buffer<ffi::F32> ln_b, ffi::Buffer<ffi::U8> w2,
+                                ffi::Buffer<ffi::F16> w2_scale, ffi::Buffer<ffi::F16> w2_min, ffi::Buffer<ffi::F32> b2,
+                                ffi::ResultBuffer<ffi::S32> ids, float eps) {
+  Timed timed;
+  auto wd = w2.dimensions(), sd = w2_scale.dimensions(), md = w2_min.dimensions();
+  if (wd.size() != 2 || sd.size() != 2 || md.size() != 2 || sd[0] != wd[0] || md[0] != wd[0] ||
+      sd[1] * kQ4Block != wd[1] * 2 || md[1] != sd[1])
+    return ffi::Error::InvalidArgument(std::string(kTinyCandidatesQ4Target) +
+                                       ": w2_scale and w2_min must be [V,H/32] for w2[V,H/2], got " + DimsText(sd) +
+                                       " and " + DimsText(md) + " for " + DimsText(wd));
+  TinyParams p;
+  p.w2_q4 = true;
+  p.w2 = w2.typed_data();
+  p.w2_block_scale = reinterpret_cast<const uint16_t*>(w2_scale.untyped_data());
+  p.w2_block_min = reinterpret_cast<const uint16_t*>(w2_min.untyped_data());
+  return RunTinyCandidates(kTinyCandidatesQ4Target, x, w1t, b1, ln_w, ln_b, wd, wd[1] * 2, b2, ids, eps, p);
 }
 
 ffi::Error ArgmaxImpl(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::S32> ids) {
@@ -382,6 +413,20 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeTinyCandidatesHandler, TinyCandidatesImpl,
                                   .Ret<ffi::Buffer<ffi::S32>>()
                                   .Attr<float>("eps"));
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeTinyCandidatesQ4Handler, TinyCandidatesQ4Impl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::U8>>()
+                                  .Arg<ffi::Buffer<ffi::F16>>()
+                                  .Arg<ffi::Buffer<ffi::F16>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Attr<float>("eps"));
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeArgmaxHandler, ArgmaxImpl,
                               ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::S32>>());
 
@@ -409,6 +454,8 @@ KernelRegistration RegisterKernels(const Api& api) {
       RegisterFfiHandler(api, kF32TMatmulTarget, "Host", reinterpret_cast<void*>(&CascadeF32TMatmulHandler));
       RegisterFfiHandler(api, kDecoderLayersTarget, "Host", reinterpret_cast<void*>(&CascadeDecoderLayersHandler));
       RegisterFfiHandler(api, kTinyCandidatesTarget, "Host", reinterpret_cast<void*>(&CascadeTinyCandidatesHandler));
+      RegisterFfiHandler(api, kTinyCandidatesQ4Target, "Host",
+                         reinterpret_cast<void*>(&CascadeTinyCandidatesQ4Handler));
       RegisterFfiHandler(api, kArgmaxTarget, "Host", reinterpret_cast<void*>(&CascadeArgmaxHandler));
       r.registered = true;
     } catch (const std::exception& e) {

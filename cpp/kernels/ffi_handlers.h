@@ -41,6 +41,7 @@ inline constexpr char kBf16GatherMatmulTarget[] = "cascade_bf16_gather_matmul";
 inline constexpr char kF32TMatmulTarget[] = "cascade_f32t_matmul";
 inline constexpr char kDecoderLayersTarget[] = "cascade_decoder_layers";
 inline constexpr char kTinyCandidatesTarget[] = "cascade_tiny_candidates";
+inline constexpr char kTinyCandidatesQ4Target[] = "cascade_tiny_candidates_q4";
 inline constexpr char kArgmaxTarget[] = "cascade_argmax";
 
 struct KernelRegistration {

@@ -61,7 +61,9 @@ void TinyCandidates(const TinyParams& p, const KernelImpls& impls, const float* 
   }
   // Logits [T, V] (b2 added), then the top k of each row.
   std::vector<float> logits(static_cast<size_t>(T * V));
-  TeamMatmul({WeightMatrix::Kind::kInt8, p.w2, p.w2_scale, H, V}, impls, h.data(), T, logits.data(), team);
+  WeightMatrix w2{WeightMatrix::Kind::kInt8, p.w2, p.w2_scale, H, V};
+  if (p.w2_q4) w2 = {WeightMatrix::Kind::kQ4, p.w2, nullptr, H, V, p.w2_block_scale, p.w2_block_min};
+  TeamMatmul(w2, impls, h.data(), T, logits.data(), team);
   for (int64_t t = 0; t < T; ++t) {
     float* row = logits.data() + t * V;
     for (int64_t v = 0; v < V; ++v) row[v] += p.b2[v];

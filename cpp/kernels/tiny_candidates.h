@@ -23,8 +23,13 @@ struct TinyParams {
   const float* b1 = nullptr;        // [hidden]
   const float* ln_w = nullptr;      // [hidden]
   const float* ln_b = nullptr;      // [hidden]
-  const int8_t* w2 = nullptr;       // [vocab, hidden]
-  const float* w2_scale = nullptr;  // [vocab]
+  // W2 [vocab, hidden]: int8 with per-row scales, or (w2_q4) 4-bit blocks as the q4 draft's
+  // (kernels/int8_matmul.h: u8 [vocab, hidden / 2], f16 scales and minimums [vocab, hidden / 32]).
+  bool w2_q4 = false;
+  const void* w2 = nullptr;
+  const float* w2_scale = nullptr;             // int8: [vocab]
+  const uint16_t* w2_block_scale = nullptr;    // q4
+  const uint16_t* w2_block_min = nullptr;      // q4
   const float* b2 = nullptr;        // [vocab]
   int64_t d = 0, hidden = 0, vocab = 0;
   float eps = 1e-5f;

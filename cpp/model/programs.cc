@@ -351,11 +351,14 @@ class Emitter {
       for (const char* name : {"tiny.proj_in.weight", "tiny.proj_in.bias", "tiny.norm.weight", "tiny.norm.bias",
                                "tiny.proj_out.weight"})
         operands.push_back(W(name).w);
-      operands.push_back(*W("tiny.proj_out.weight").scale);
+      const WeightRef& w2 = W("tiny.proj_out.weight");
+      operands.push_back(*w2.scale);
+      if (w2.min) operands.push_back(*w2.min);  // q4 blocks
       operands.push_back(W("tiny.proj_out.bias").w);
       char eps[64];
       std::snprintf(eps, sizeof(eps), "%.9e : f32", 1e-5f);
-      return f_.CustomCall(kernels::kTinyCandidatesTarget, operands, {{DType::kS32, {T, k}}}, {{"eps", eps}})[0];
+      return f_.CustomCall(w2.min ? kernels::kTinyCandidatesQ4Target : kernels::kTinyCandidatesTarget, operands,
+                           {{DType::kS32, {T, k}}}, {{"eps", eps}})[0];
     }
     return f_.TopK(TinyLogits(x), k).second;
   }
@@ -661,6 +664,8 @@ const char* TinyInputName(TinyInput input) {
   return input == TinyInput::kDraftHidden ? "draft_final_hidden" : "draft_input_embedding";
 }
 
+bool TinyW2InQ4(int64_t tiny_hidden) { return tiny_hidden % 64 == 0; }
+
 std::vector<WeightParam> TinyParamLayout(const ModelConfig& c, int64_t tiny_hidden, TinyInput input) {
   if (tiny_hidden < 1) throw InvalidArgumentError("tiny model: hidden width must be >= 1");
   const int64_t d = c.hidden_size, H = tiny_hidden, V = c.vocab_size;
@@ -669,8 +674,14 @@ std::vector<WeightParam> TinyParamLayout(const ModelConfig& c, int64_t tiny_hidd
                                   {"tiny.proj_in.bias", R::kDense, DType::kF32, {H}, false},
                                   {"tiny.norm.weight", R::kDense, DType::kF32, {H}, false},
                                   {"tiny.norm.bias", R::kDense, DType::kF32, {H}, false}};
-  if (input == TinyInput::kDraftHidden) {
-    // Read every step: int8 (a quarter of f32; 12.6 MB at 256 x 49152, within a last-level cache).
+  if (input == TinyInput::kDraftHidden && TinyW2InQ4(H)) {
+    // Read every draft step: 4-bit blocks as the q4 draft's (7.9 MB at 256 x 49152 with the
+    // f16 scales and minimums; int8 was 12.6 MB).
+    out.push_back({"tiny.proj_out.weight", R::kQ4Values, DType::kU8, {V, H / 2}, false});
+    out.push_back({"tiny.proj_out.weight", R::kQ4Scales, DType::kF16, {V, H / kernels::kQ4Block}, false});
+    out.push_back({"tiny.proj_out.weight", R::kQ4Mins, DType::kF16, {V, H / kernels::kQ4Block}, false});
+  } else if (input == TinyInput::kDraftHidden) {
+    // int8 (a quarter of f32) where the width is no multiple of 64 (the q4 blocks' requirement).
     out.push_back({"tiny.proj_out.weight", R::kInt8Values, DType::kS8, {V, H}, false});
     out.push_back({"tiny.proj_out.weight", R::kInt8Scales, DType::kF32, {V}, false});
   } else {

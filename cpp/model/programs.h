@@ -20,7 +20,7 @@
 //      input token t. Its input is the embedding of the last token, so its candidates are a
 //      function of that token alone: DecoderModel evaluates the tiny once per vocabulary entry
 //      (EmitTinyTableProgram) and a draft step gathers one row.
-//      kDraftHidden: the tiny's params (TinyParamLayout; W2 int8 with per-row scales), run in the
+//      kDraftHidden: the tiny's params (TinyParamLayout; W2 in q4 blocks or int8), run in the
 //      program on each token's final hidden state (after the final norm: the head's input).
 // Attention: query i sees cache slots 0 .. start_pos+i (slots beyond are masked, whatever they
 // hold), further restricted to tree_mask inside the new block. So rolling the cache back after a
@@ -179,7 +179,10 @@ struct ProgramSpec {
 
 // The tiny model's params: after the embedding and the tokens of a tiny table program
 // (kInputEmbedding: all f32, W1 and W2 transposed), or in a kCandidates program after the
-// other inputs (kDraftHidden: W1^T f32, then W2 as int8 [vocab, hidden] with f32 scales [vocab]).
+// other inputs (kDraftHidden: W1^T f32, then W2 in q4 blocks [vocab, hidden / 2] with f16 scales
+// and minimums [vocab, hidden / 32] when TinyW2InQ4(hidden), else int8 [vocab, hidden] with f32
+// scales [vocab]).
+bool TinyW2InQ4(int64_t tiny_hidden);  // hidden % 64 == 0 (kernels/int8_matmul.h, the q4 blocks)
 std::vector<WeightParam> TinyParamLayout(const ModelConfig& config, int64_t tiny_hidden,
                                          TinyInput input = TinyInput::kInputEmbedding);
 

@@ -15,7 +15,9 @@
 #include <random>
 #include <unordered_map>
 
+#include "kernels/int8_matmul.h"
 #include "model/decoder.h"
+#include "model/programs.h"
 #include "model/safetensors.h"
 #include "model/tiny_training.h"
 #include "pjrt/errors.h"
@@ -400,14 +402,29 @@ void QuantizeRows(const HostTensor& w, HostTensor& values, HostTensor& scales) {
 
 }  // namespace
 
-std::vector<HostTensor> PrepareTinyParams(const TinyWeights& t) {
-  ValidateTiny(t);
+std::vector<HostTensor> PrepareTinyParams(const TinyWeights& tiny) {
+  ValidateTiny(tiny);
+  TinyWeights rounded;
+  const bool q4 = tiny.input == TinyInput::kDraftHidden && TinyW2InQ4(tiny.hidden);
+  if (q4) {
+    rounded = tiny;
+    RoundTinyAsProgramHolds(rounded);  // b2 corrected for the rounding (its blocks quantise back exactly)
+  }
+  const TinyWeights& t = q4 ? rounded : tiny;
   std::vector<HostTensor> out;
   out.push_back(Transposed(t.w1));
   out.push_back(t.b1);
   out.push_back(t.ln_w);
   out.push_back(t.ln_b);
-  if (t.input == TinyInput::kDraftHidden) {
+  if (t.input == TinyInput::kDraftHidden && TinyW2InQ4(t.hidden)) {
+    const int64_t V = t.vocab, H = t.hidden;
+    out.emplace_back(DType::kU8, std::vector<int64_t>{V, H / 2});
+    out.emplace_back(DType::kF16, std::vector<int64_t>{V, H / kernels::kQ4Block});
+    out.emplace_back(DType::kF16, std::vector<int64_t>{V, H / kernels::kQ4Block});
+    const size_t n = out.size();
+    kernels::QuantizeQ4Rows(t.w2.as<float>(), H, V, out[n - 3].as<uint8_t>(), out[n - 2].as<uint16_t>(),
+                            out[n - 1].as<uint16_t>());
+  } else if (t.input == TinyInput::kDraftHidden) {
     HostTensor values, scales;
     QuantizeRows(t.w2, values, scales);
     out.push_back(std::move(values));
@@ -419,7 +436,39 @@ std::vector<HostTensor> PrepareTinyParams(const TinyWeights& t) {
   return out;
 }
 
+void RoundTinyAsProgramHolds(TinyWeights& t) {
+  if (t.input != TinyInput::kDraftHidden) return;
+  HostTensor rounded = RoundedTinyW2(t);
+  if (TinyW2InQ4(t.hidden)) {
+    // The features h are ~ relu(ln_b) + a zero-mean part (the closed form puts every unit at 4,
+    // docs/how-the-cascade-works.md), so (W2 - rounded) h carries a large common part that b2 can
+    // take: b2 += (W2 - rounded) mu with mu = relu(ln_b). A W2 already in q4 blocks changes nothing.
+    const int64_t V = t.vocab, H = t.hidden;
+    const float* w = t.w2.as<float>();
+    const float* r = rounded.as<float>();
+    const float* lb = t.ln_b.as<float>();
+    float* b2 = t.b2.as<float>();
+    for (int64_t v = 0; v < V; ++v) {
+      double shift = 0;
+      for (int64_t j = 0; j < H; ++j)
+        shift += (static_cast<double>(w[v * H + j]) - r[v * H + j]) * std::max(0.0f, lb[j]);
+      b2[v] = static_cast<float>(b2[v] + shift);
+    }
+  }
+  t.w2 = std::move(rounded);
+}
+
 HostTensor RoundedTinyW2(const TinyWeights& t) {
+  if (TinyW2InQ4(t.hidden)) {
+    const int64_t V = t.vocab, H = t.hidden;
+    std::vector<uint8_t> packed(static_cast<size_t>(V * H / 2));
+    std::vector<uint16_t> scale(static_cast<size_t>(V * H / kernels::kQ4Block)), min(scale.size());
+    kernels::QuantizeQ4Rows(t.w2.as<float>(), H, V, packed.data(), scale.data(), min.data());
+    HostTensor out(DType::kF32, t.w2.dims);
+    for (int64_t r = 0; r < V; ++r)
+      kernels::DequantizeQ4Row(packed.data(), scale.data(), min.data(), H, V, r, out.as<float>() + r * H);
+    return out;
+  }
   HostTensor values, scales;
   QuantizeRows(t.w2, values, scales);
   HostTensor out(DType::kF32, t.w2.dims);
@@ -694,7 +743,7 @@ void FitHeadSvd(TinyWeights& t, const ModelWeights& dw, const float* x, int64_t 
       for (int64_t h = 0; h < H; ++h) out[h] += wi * m[h];
     }
   }
-  t.w2 = RoundedTinyW2(t);  // as the program holds it (rounding it again changes nothing)
+  t.w2 = RoundedTinyW2(t);  // as the program holds it (rounding it again changes nothing; b2 follows below)
   w2 = t.w2.as<float>();
   std::fill(t.b1.as<float>(), t.b1.as<float>() + H, 0.0f);
   std::fill(t.ln_w.as<float>(), t.ln_w.as<float>() + H, 1.0f);
@@ -1045,7 +1094,7 @@ TinyWeights FitTiny(DecoderModel& draft, const ModelWeights& dw, const TinyFitOp
     TrainTinyKd(*draft.client(), t, steps.rows.data(), steps.train_y.data(), n_train, o.train,
                 [&](int64_t done, int64_t total) { return !o.progress || o.progress("train", done, total); }, &rep.train,
                 val_ids.empty() ? nullptr : &validation, teach);
-    t.w2 = RoundedTinyW2(t);  // as the program holds it
+    RoundTinyAsProgramHolds(t);  // W2 (and b2) as the program holds them
   }
 
   t0 = Clock::now();

@@ -99,12 +99,18 @@ std::vector<double> TinyFeatures(const TinyWeights& tiny, const float* x);
 std::vector<int32_t> TopKIds(const float* logits, int64_t count, int64_t k);
 
 // The tensors as the programs take them (TinyParamLayout order for tiny.input): W1^T [d, hidden],
-// b1, ln_w, ln_b (f32), then W2^T [hidden, vocab] f32 (kInputEmbedding) or W2 int8 [vocab, hidden]
-// and its f32 row scales (kDraftHidden), then b2.
+// b1, ln_w, ln_b (f32), then W2^T [hidden, vocab] f32 (kInputEmbedding) or, for kDraftHidden,
+// W2 in q4 blocks (u8 [vocab, hidden / 2], f16 scales and minimums [vocab, hidden / 32]) when
+// hidden is a multiple of 64, else int8 [vocab, hidden] and its f32 row scales; then b2.
 std::vector<HostTensor> PrepareTinyParams(const TinyWeights& tiny);
-// W2 as a kDraftHidden program computes with it: each row rounded to int8 with scale max|row| / 127,
-// back in f32 (for host references of the fused head).
+// W2 as a kDraftHidden program computes with it, back in f32 (for host references of the fused
+// head and the coverage a fitted tiny will have): q4 blocks as the q4 draft's weights, or each
+// row rounded to int8 with scale max|row| / 127.
 HostTensor RoundedTinyW2(const TinyWeights& tiny);
+// The tiny as a kDraftHidden program holds it: W2 = RoundedTinyW2, and with q4 blocks b2 takes
+// the rounding's share at the features' typical value (relu(ln_b)). PrepareTinyParams applies
+// this; evaluating the result on the host then measures what the program computes.
+void RoundTinyAsProgramHolds(TinyWeights& tiny);
 
 // Knowledge distillation with Adam on the PJRT device (model/tiny_training.h).
 struct TinyTrainOptions {

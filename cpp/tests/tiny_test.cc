@@ -68,16 +68,18 @@ struct HeadCase {
 // With TinyInput::kDraftHidden the tiny runs in the program on the final hidden state (the
 // kHidden head of a third model gives the reference rows), with W2 in int8: the reference uses
 // the rounded W2, and the kernel's activation rounding leaves `tie` of slack.
+// A tiny 64 (or any multiple of 64) wide keeps W2 in q4 blocks instead (programs.h, TinyW2InQ4).
 void CheckCandidatesHead(const HeadCase& hc, int64_t K0, TinyInput input = TinyInput::kInputEmbedding,
-                         MatmulMode matmul = MatmulMode::kAuto) {
-  SCOPED_TRACE(std::string(hc.name) + " K0=" + std::to_string(K0) + " input " + TinyInputName(input));
+                         MatmulMode matmul = MatmulMode::kAuto, int64_t tiny_hidden = 48) {
+  SCOPED_TRACE(std::string(hc.name) + " K0=" + std::to_string(K0) + " input " + TinyInputName(input) + " tiny width " +
+               std::to_string(tiny_hidden));
   ModelWeights w = testing::SmallRandomModel(hc.config, 7, 1.0f);
   DecoderOptions o;
   o.precision = hc.precision;
   o.matmul = matmul;
   o.max_context = 32;
   DecoderModel full(Cpu(), w, o), cascade(Cpu(), w, o), hidden(Cpu(), w, o);
-  TinyWeights tiny = RandomTiny(hc.config.hidden_size, 48, hc.config.vocab_size, 3, 1.0f, input);
+  TinyWeights tiny = RandomTiny(hc.config.hidden_size, tiny_hidden, hc.config.vocab_size, 3, 1.0f, input);
   const bool on_hidden = input == TinyInput::kDraftHidden;
   if (on_hidden) tiny.w2 = RoundedTinyW2(tiny);
   const float tie = on_hidden ? 0.05f : 1e-4f;
@@ -142,6 +144,13 @@ TEST(tiny_program, CandidatesHeadOnTheDraftsHiddenState) {
   // Without our kernels (other plugins): the tiny as XLA ops and XLA's top-k.
   CheckCandidatesHead({testing::SmallLlama(false), WeightPrecision::kInt8, 2e-3f, "llama untied int8, XLA only"}, 16,
                       TinyInput::kDraftHidden, MatmulMode::kXlaAuto);
+  // W2 in q4 blocks: our kernel, and the plain program's dequantisation of the same blocks.
+  CheckCandidatesHead({testing::SmallLlama(true), WeightPrecision::kF32, 1e-4f, "llama tied f32, q4 W2"}, 16,
+                      TinyInput::kDraftHidden, MatmulMode::kAuto, 64);
+  CheckCandidatesHead({testing::SmallLlama(false), WeightPrecision::kQ4, 2e-3f, "llama untied q4, q4 W2"}, 16,
+                      TinyInput::kDraftHidden, MatmulMode::kAuto, 128);
+  CheckCandidatesHead({testing::SmallLlama(false), WeightPrecision::kInt8, 2e-3f, "llama untied int8, q4 W2, XLA only"},
+                      16, TinyInput::kDraftHidden, MatmulMode::kXlaAuto, 64);
 }
 
 TEST(tiny_program, CandidatesHeadEdgeSizes) {

@@ -107,35 +107,57 @@ int main(int argc, char** argv) {
     }
   }
 
-  // The tiny (stage 0) on its own: is its step served from the cache? The same call back to back
-  // (its 12.6 MB of int8 W2 stay in the last-level cache if it holds them) against the same call
-  // after 1 GiB was read in between (W2 then comes from DRAM).
+  // The tiny (stage 0) on its own, W2 in int8 and in q4 blocks (what a 256-wide tiny uses): the
+  // same call back to back (W2 stays in the last-level cache if it holds it) against the same
+  // call after 1 GiB was read in between (W2 then comes from DRAM).
   {
-    const int64_t d = 576, H = 256, V = 49152, K = 64;
+    const int64_t d = 576, H = 256, V = 49152, K = 256;
     std::vector<float> w1t(static_cast<size_t>(d * H), 0.01f), b1(H, 0.f), ln_w(H, 1.f), ln_b(H, 4.f),
-        w2_scale(V, 0.01f), b2(V, 0.f), x(d);
+        w2_scale(V, 0.01f), b2(V, 0.f), x(d), w2f(static_cast<size_t>(V * H));
     std::vector<int8_t> w2(static_cast<size_t>(V * H));
-    for (size_t i = 0; i < w2.size(); ++i) w2[i] = static_cast<int8_t>((i * 2654435761u >> 24) % 255 - 127);
-    for (int64_t i = 0; i < d; ++i) x[i] = std::sin(static_cast<float>(i));
-    TinyParams p{w1t.data(), b1.data(), ln_w.data(), ln_b.data(), w2.data(), w2_scale.data(), b2.data(), d, H, V, 1e-5f};
-    std::vector<int32_t> ids(K);
-    std::vector<double> hot, cold;
-    for (int r = 0; r < runs; ++r) {
-      Bandwidth(all, big);  // evicts W2
-      auto t0 = Clock::now();
-      TinyCandidates(p, impls, x.data(), 1, K, ids.data(), all);
-      cold.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
-      for (int again = 0; again < 3; ++again) {
-        t0 = Clock::now();
-        TinyCandidates(p, impls, x.data(), 1, K, ids.data(), all);
-        hot.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
-      }
+    for (size_t i = 0; i < w2.size(); ++i) {
+      w2[i] = static_cast<int8_t>((i * 2654435761u >> 24) % 255 - 127);
+      w2f[i] = 0.01f * w2[i];
     }
-    const double mb = static_cast<double>(V * H) / 1e6;
-    std::printf("tiny step (%.1f MB int8 W2, top-%lld of %lld): back to back %.3f ms (%.1f GB/s), after reading 1 GiB "
-                "%.3f ms (%.1f GB/s); DRAM bound %.3f ms\n",
-                mb, (long long)K, (long long)V, Median(hot), mb / Median(hot), Median(cold), mb / Median(cold),
-                mb / Median(bw2));
+    std::vector<uint8_t> q4(static_cast<size_t>(V * H / 2));
+    std::vector<uint16_t> q4_scale(static_cast<size_t>(V * H / kQ4Block)), q4_min(q4_scale.size());
+    QuantizeQ4Rows(w2f.data(), H, V, q4.data(), q4_scale.data(), q4_min.data());
+    for (int64_t i = 0; i < d; ++i) x[i] = std::sin(static_cast<float>(i));
+    for (bool q4_w2 : {false, true}) {
+      TinyParams p;
+      p.w1t = w1t.data();
+      p.b1 = b1.data();
+      p.ln_w = ln_w.data();
+      p.ln_b = ln_b.data();
+      p.w2_q4 = q4_w2;
+      p.w2 = q4_w2 ? static_cast<const void*>(q4.data()) : static_cast<const void*>(w2.data());
+      p.w2_scale = w2_scale.data();
+      p.w2_block_scale = q4_scale.data();
+      p.w2_block_min = q4_min.data();
+      p.b2 = b2.data();
+      p.d = d;
+      p.hidden = H;
+      p.vocab = V;
+      std::vector<int32_t> ids(K);
+      std::vector<double> hot, cold;
+      for (int r = 0; r < runs; ++r) {
+        Bandwidth(all, big);  // evicts W2
+        auto t0 = Clock::now();
+        TinyCandidates(p, impls, x.data(), 1, K, ids.data(), all);
+        cold.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+        for (int again = 0; again < 3; ++again) {
+          t0 = Clock::now();
+          TinyCandidates(p, impls, x.data(), 1, K, ids.data(), all);
+          hot.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+        }
+      }
+      const double mb = q4_w2 ? static_cast<double>(V * H / 2 + 2 * 2 * V * H / kQ4Block) / 1e6
+                              : static_cast<double>(V * H + 4 * V) / 1e6;
+      std::printf("tiny step (%.1f MB %s W2, top-%lld of %lld): back to back %.3f ms (%.1f GB/s), after reading 1 GiB "
+                  "%.3f ms (%.1f GB/s); DRAM bound %.3f ms\n",
+                  mb, q4_w2 ? "q4" : "int8", (long long)K, (long long)V, Median(hot), mb / Median(hot), Median(cold),
+                  mb / Median(cold), mb / Median(bw2));
+    }
   }
   return 0;
 }

@@ -13,11 +13,15 @@ import { Tokenizer } from '../tokenizer/index.js';
 import { cachePath } from '../utils/cache.js';
 import type { Precision } from './types.js';
 
-/** Where a fitted tiny for this target/draft is cached. */
+/**
+ * Where a fitted tiny for this target/draft is cached. `-w2q4`: fitted for W2 in 4-bit blocks (the
+ * closed form's b2 cancels that rounding exactly; files fitted for int8 W2 still load, with b2
+ * corrected approximately, cpp/model/tiny.h RoundTinyAsProgramHolds).
+ */
 export async function tinyCachePath(target: string, draft: string | undefined, draftLayers: number | undefined, precision: string): Promise<string> {
   const source = draft ?? target;
   const st = await stat(source).catch(() => undefined);
-  const name = `${path.basename(source).replace(/[^A-Za-z0-9._-]/g, '_')}-${st?.size ?? 0}-${draft ? 'draft' : `L${draftLayers ?? 'auto'}`}-${precision}.safetensors`;
+  const name = `${path.basename(source).replace(/[^A-Za-z0-9._-]/g, '_')}-${st?.size ?? 0}-${draft ? 'draft' : `L${draftLayers ?? 'auto'}`}-${precision}-w2q4.safetensors`;
   const dir = cachePath('tiny');
   await mkdir(dir, { recursive: true });
   return path.join(dir, name);
