@@ -86,7 +86,7 @@ describe('cascade-xla CLI', () => {
     });
     const report = JSON.parse(stdout);
     expect(path.dirname(report.path)).toBe(path.join(cache, 'tiny'));
-    expect(path.basename(report.path)).toMatch(/-L3-q4\.safetensors$/);
+    expect(path.basename(report.path)).toMatch(/-L3-q4-w2q4\.safetensors$/);
     const written = readFileSync(report.path);
     const answer = await run(
       process.execPath,
