@@ -23,6 +23,7 @@
 #include "kernels/int8_matmul.h"
 #include "kernels/thread_team.h"
 #include "model/decoder.h"
+#include "model/tiny.h"
 #include "pjrt/api.h"
 #include "pjrt/client.h"
 #include "pjrt/plugin_locator.h"
@@ -111,11 +112,15 @@ int Main(int argc, char** argv) {
     else if (a == "--head") head_name = v;
     else { std::fprintf(stderr, "unknown flag %s\n", a.c_str()); return 2; }
   }
-  if (head_name != "argmax" && head_name != "logits") {
-    std::fprintf(stderr, "decoder_bench: --head must be argmax or logits, got %s\n", head_name.c_str());
+  if (head_name != "argmax" && head_name != "logits" && head_name != "candidates") {
+    std::fprintf(stderr, "decoder_bench: --head must be argmax, logits or candidates, got %s\n", head_name.c_str());
     return 2;
   }
-  const HeadSpec head{head_name == "argmax" ? HeadKind::kArgmax : HeadKind::kLogits, 0};
+  // candidates: the cascade's draft step (a random 256-wide tiny on the hidden state, K0 256).
+  const HeadSpec head{head_name == "argmax"   ? HeadKind::kArgmax
+                      : head_name == "logits" ? HeadKind::kLogits
+                                              : HeadKind::kCandidates,
+                      head_name == "candidates" ? 256 : 0};
   ModelConfig c;
   c.family = ModelFamily::kLlama;
   c.vocab_size = 49152;
@@ -180,6 +185,8 @@ int Main(int argc, char** argv) {
     Variant v{entry, std::make_unique<DecoderModel>(client, w, o), std::vector<std::vector<double>>(sizes.size()),
               std::vector<std::vector<double>>(sizes.size()), std::vector<std::vector<double>>(sizes.size()),
               std::vector<std::vector<double>>(sizes.size())};
+    if (head.kind == HeadKind::kCandidates)
+      v.model->SetTiny(RandomTiny(c.hidden_size, 256, c.vocab_size, 5, 1.0f, TinyInput::kDraftHidden));
     const MatmulMode chosen = ChooseMatmulMode(*client, o.precision, o.matmul);
     std::printf("[%s] weights %.1f MB uploaded in %.0f ms; kv %s; matmuls by %s; compile+first run:", entry.c_str(),
                 v.model->weight_bytes() / 1e6, ms(t0, Clock::now()), DTypeName(v.model->kv_dtype()),
