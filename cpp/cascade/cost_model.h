@@ -101,6 +101,7 @@ class CostModel {
   DraftingCosts speculative_, cascade_;
   // Least-squares line through (tokens, ms) of verify calls.
   double sx_ = 0, sy_ = 0, sxx_ = 0, sxy_ = 0;
+  double decode_equivalent_sum_ = 0;  // sum over verify calls of ms / (1 + s (tokens - 1))
   int64_t verify_n_ = 0;
   uint64_t auto_rounds_ = 0;  // Choose calls so far
   StepKind last_exploited_ = StepKind::kTarget;  // Choose's last exploiting choice
