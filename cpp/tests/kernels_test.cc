@@ -235,7 +235,10 @@ TEST(kernels_q4, BlocksRoundTripMatchReferenceAndRowsBitIdentical) {
 // bit-identical across T, threads and the gather, as for int8.
 TEST(kernels_bf16, MatchesReferenceAndRowsBitIdentical) {
   for (Int8Impl impl : SupportedImpls()) {
-    for (auto [T, in, out] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 1, 1}, {3, 17, 9}, {64, 576, 70}}) {
+    // AMX (in % 32 == 0, whole 16-row blocks of W): 13 tokens in one tile, 17 (a last tile of one
+    // token) and 64 (four full tiles) each write their rows from a transposed C tile.
+    for (auto [T, in, out] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+             {1, 1, 1}, {3, 17, 9}, {13, 576, 48}, {17, 64, 35}, {64, 576, 70}}) {
       Problem p = MakeProblem(T, in, out, 11);
       std::vector<uint16_t> w(static_cast<size_t>(out * in));
       for (size_t i = 0; i < w.size(); ++i) w[i] = F32ToBF16(p.x[i % p.x.size()] * 0.1f + 0.01f * p.w[i]);
