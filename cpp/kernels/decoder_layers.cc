@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include "kernels/thread_team.h"
+#include "kernels/transpose16.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -63,6 +64,11 @@ CASCADE_AVX512_FN void AxpyAvx512(float s, const float* x, float* y, int64_t n) 
 // element, as `n` axpy calls would: rows stay bit-identical between a decode(1) and a verify(T).
 void ScoresScalar(const float* q, const float* const* rows, int64_t n, int64_t hd, float* scores) {
   for (int64_t i = 0; i < n; ++i) scores[i] = DotScalar(q, rows[i], hd);
+}
+// The scores of `heads` consecutive query vectors q[heads][hd] against the same rows, into
+// scores[heads][n].
+void ScoresHeadsScalar(const float* q, int64_t heads, const float* const* rows, int64_t n, int64_t hd, float* scores) {
+  for (int64_t k = 0; k < heads; ++k) ScoresScalar(q + k * hd, rows, n, hd, scores + k * n);
 }
 void WeightedRowsScalar(const float* w, const float* const* rows, int64_t n, int64_t hd, float* out) {
   for (int64_t i = 0; i < n; ++i) AxpyScalar(w[i], rows[i], out, hd);
@@ -141,6 +147,38 @@ CASCADE_AVX512_FN void ScoresAvx512(const float* q, const float* const* rows, in
     alignas(16) float out[4];
     _mm_store_ps(out, Dot4Avx512(q, r[0], r[1], r[2], r[3], hd));
     for (int k = 0; k < 4 && i + k < n; ++k) scores[i + k] = out[k];
+  }
+}
+
+// As ScoresHeadsScalar for hd % 16 == 0 and G heads, 16 slots in the lanes of a vector: each
+// block of 16 keys x 16 dimensions is transposed in registers (a vector then holds one dimension
+// of 16 slots) and a score is two FMA chains, over its even and its odd dimensions in order, then
+// their sum. No horizontal sums (ScoresAvx512 pays ~3 shuffles and adds per slot and head for
+// them), and each key is loaded once for the G heads. A score depends only on q and its key,
+// never on n or which block the slot falls in: rows stay bit-identical between a decode(1) and a
+// verify(T).
+template <int G>
+CASCADE_AVX512_FN void ScoresHeadsLanes(const float* q, const float* const* rows, int64_t n, int64_t hd, float* s) {
+  for (int64_t i = 0; i < n; i += 16) {
+    for (int64_t k = i + 16; k < std::min(i + 32, n); ++k)
+      for (int64_t b = 0; b < hd; b += 16) _mm_prefetch(reinterpret_cast<const char*>(rows[k] + b), _MM_HINT_T0);
+    // A short last block repeats its last row (those lanes are not stored).
+    const float* r[16];
+    for (int64_t k = 0; k < 16; ++k) r[k] = rows[std::min(i + k, n - 1)];
+    __m512 even[G], odd[G];
+    for (int h = 0; h < G; ++h) even[h] = odd[h] = _mm512_setzero_ps();
+    for (int64_t d0 = 0; d0 < hd; d0 += 16) {
+      __m512 v[16];
+      for (int k = 0; k < 16; ++k) v[k] = _mm512_loadu_ps(r[k] + d0);
+      Transpose16x16(v);  // v[j] = dimension d0 + j of the 16 slots
+      for (int j = 0; j < 16; j += 2)
+        for (int h = 0; h < G; ++h) {
+          even[h] = _mm512_fmadd_ps(_mm512_set1_ps(q[h * hd + d0 + j]), v[j], even[h]);
+          odd[h] = _mm512_fmadd_ps(_mm512_set1_ps(q[h * hd + d0 + j + 1]), v[j + 1], odd[h]);
+        }
+    }
+    const __mmask16 m = FirstLanes16(n - i);
+    for (int h = 0; h < G; ++h) _mm512_mask_storeu_ps(s + h * n + i, m, _mm512_add_ps(even[h], odd[h]));
   }
 }
 
@@ -264,8 +302,31 @@ void WeightedRowsHeadsAvx512Any(const float* w, int64_t heads, const float* cons
 }
 #endif
 
+#if CASCADE_HAS_X86
+void ScoresHeadsAvx512(const float* q, int64_t heads, const float* const* rows, int64_t n, int64_t hd, float* scores) {
+  if (hd % 16 == 0) switch (heads) {
+      case 1: return ScoresHeadsLanes<1>(q, rows, n, hd, scores);
+      case 2: return ScoresHeadsLanes<2>(q, rows, n, hd, scores);
+      case 3: return ScoresHeadsLanes<3>(q, rows, n, hd, scores);
+      case 4: return ScoresHeadsLanes<4>(q, rows, n, hd, scores);
+      case 5: return ScoresHeadsLanes<5>(q, rows, n, hd, scores);
+      case 6: return ScoresHeadsLanes<6>(q, rows, n, hd, scores);
+      case 7: return ScoresHeadsLanes<7>(q, rows, n, hd, scores);
+      case 8: return ScoresHeadsLanes<8>(q, rows, n, hd, scores);
+      default: break;
+    }
+  for (int64_t k = 0; k < heads; ++k) ScoresAvx512(q + k * hd, rows, n, hd, scores + k * n);
+}
+#endif
+
+float SumSquaresScalar(const float* x, int64_t n) { return DotScalar(x, x, n); }
+#if CASCADE_HAS_X86
+float SumSquaresAvx512(const float* x, int64_t n) { return DotAvx512(x, x, n); }
+#endif
+
 struct VectorOps {
-  void (*scores)(const float*, const float* const*, int64_t, int64_t, float*) = ScoresScalar;
+  float (*sum_squares)(const float*, int64_t) = SumSquaresScalar;
+  void (*scores_heads)(const float*, int64_t, const float* const*, int64_t, int64_t, float*) = ScoresHeadsScalar;
   void (*weighted_rows_heads)(const float*, int64_t, const float* const*, int64_t, int64_t, float*) =
       WeightedRowsHeadsScalar;
   float (*exp_shifted)(float*, int64_t, float, float*) = ExpShiftedScalar;
@@ -277,7 +338,8 @@ const VectorOps& Ops() {
     VectorOps o;
 #if CASCADE_HAS_X86
     if (BestF32Impl() == Int8Impl::kAvx512) {
-      o.scores = ScoresAvx512;
+      o.scores_heads = ScoresHeadsAvx512;
+      o.sum_squares = SumSquaresAvx512;
       o.weighted_rows_heads = WeightedRowsHeadsAvx512Any;
       o.exp_shifted = ExpShiftedAvx512;
       o.silu_gate = SiluGateAvx512;
@@ -295,13 +357,12 @@ const VectorOps& Ops() {
 // KV groups at position ~128 make 6 tasks for the 2 cores, not 3.
 constexpr int64_t kAttentionChunk = 64;
 
-// y[t] = x[t] * rsqrt(mean(x[t]^2) + eps) * w  (w + 1 for Gemma), per row.
+// y[t] = x[t] * rsqrt(mean(x[t]^2) + eps) * w  (w + 1 for Gemma), per row; the sum of squares
+// by Ops().sum_squares (one order per implementation).
 void RmsNorm(const float* x, const float* w, float* y, int64_t T, int64_t d, float eps, bool plus_one) {
   for (int64_t t = 0; t < T; ++t) {
     const float* xr = x + t * d;
-    float ss = 0.0f;
-    for (int64_t i = 0; i < d; ++i) ss += xr[i] * xr[i];
-    const float r = 1.0f / std::sqrt(ss / static_cast<float>(d) + eps);
+    const float r = 1.0f / std::sqrt(Ops().sum_squares(xr, d) / static_cast<float>(d) + eps);
     for (int64_t i = 0; i < d; ++i) y[t * d + i] = xr[i] * r * (plus_one ? w[i] + 1.0f : w[i]);
   }
 }
@@ -342,6 +403,56 @@ class Timed {
  private:
   int64_t* total_;
   std::chrono::steady_clock::time_point start_;
+};
+
+// The tasks of one parallel job over up to 4 matrices: output ranges of about
+// MatmulTaskOutputs rows (~128 KB of weights), whole 16-row blocks split evenly within a matrix,
+// and as many tasks in all as a multiple of the team's threads, the extra ones going to the
+// matrix with the largest tasks. Tasks are claimed dynamically, so tasks of one size end
+// together; ranges of exactly MatmulTaskOutputs rows left each matrix a short last task (a q4
+// layer's o projection, 576 rows, ran as 464 + 112 on the 2 threads, its down projection as
+// 176 x 3 + 48). Every output is computed alike whatever its range (MatmulRange).
+class MatmulSplit {
+ public:
+  MatmulSplit(const WeightMatrix* const* matrices, int64_t count, int64_t threads) : count_(count) {
+    int64_t total = 0;
+    for (int64_t j = 0; j < count; ++j) {
+      const WeightMatrix& m = *matrices[j];
+      // f32 [in, out] ranges are columns (64 a task), as they were.
+      const int64_t unit = m.kind == WeightMatrix::Kind::kF32Transposed ? 64 : 16;
+      blocks_[j] = (m.out + unit - 1) / unit;
+      unit_[j] = unit;
+      out_[j] = m.out;
+      parts_[j] = (m.out + MatmulTaskOutputs(m) - 1) / MatmulTaskOutputs(m);
+      bytes_per_block_[j] = unit * (m.kind == WeightMatrix::Kind::kQ4 ? m.in / 2 : m.in * (m.kind == WeightMatrix::Kind::kInt8 ? 1 : m.kind == WeightMatrix::Kind::kBf16 ? 2 : 4));
+      total += parts_[j];
+    }
+    for (int64_t extra = (threads - total % threads) % threads; extra > 0; --extra) {
+      int64_t widest = -1;
+      double widest_bytes = 0;
+      for (int64_t j = 0; j < count; ++j) {
+        const double bytes = static_cast<double>(bytes_per_block_[j]) * blocks_[j] / parts_[j];
+        if (parts_[j] < blocks_[j] && bytes > widest_bytes) widest = j, widest_bytes = bytes;
+      }
+      if (widest < 0) break;
+      ++parts_[widest];
+    }
+    for (int64_t j = 0; j < count; ++j) first_[j + 1] = first_[j] + parts_[j];
+  }
+  int64_t tasks() const { return first_[count_]; }
+  // Task `task`'s matrix (the return value) and its output range [*o0, *o1).
+  int64_t Range(int64_t task, int64_t* o0, int64_t* o1) const {
+    int64_t j = count_ - 1;
+    while (first_[j] > task) --j;
+    const int64_t i = task - first_[j];
+    *o0 = i * blocks_[j] / parts_[j] * unit_[j];
+    *o1 = std::min(out_[j], (i + 1) * blocks_[j] / parts_[j] * unit_[j]);
+    return j;
+  }
+
+ private:
+  int64_t count_;
+  int64_t blocks_[4] = {}, unit_[4] = {}, out_[4] = {}, parts_[4] = {}, bytes_per_block_[4] = {}, first_[5] = {};
 };
 
 // Several matrices that read the same activations, as one parallel job of output ranges.
@@ -432,22 +543,14 @@ class LayerRunner {
   }
 
   void Matmuls(std::initializer_list<MatmulJob> jobs) {
-    // Tasks: consecutive output ranges of each matrix in turn.
-    int64_t starts[4] = {0, 0, 0, 0}, n = 0, j = 0;
-    const MatmulJob* list = jobs.begin();
-    for (const MatmulJob& job : jobs) {
-      starts[j++] = n;
-      const int64_t per = MatmulTaskOutputs(*job.m);
-      n += (job.m->out + per - 1) / per;
-    }
     const int64_t count = static_cast<int64_t>(jobs.size());
+    const WeightMatrix* matrices[4] = {};
+    for (int64_t j = 0; j < count; ++j) matrices[j] = jobs.begin()[j].m;
+    const MatmulSplit split(matrices, count, team_.helpers() + 1);
     const Timed timed(stats_ ? &stats_->matmul_nanoseconds : nullptr);
-    team_.Run(n, [&](int64_t task) {
-      int64_t k = count - 1;
-      while (starts[k] > task) --k;
-      const MatmulJob& job = list[k];
-      const int64_t per = MatmulTaskOutputs(*job.m);
-      const int64_t o0 = (task - starts[k]) * per, o1 = std::min(job.m->out, o0 + per);
+    team_.Run(split.tasks(), [&](int64_t task) {
+      int64_t o0 = 0, o1 = 0;
+      const MatmulJob& job = jobs.begin()[split.Range(task, &o0, &o1)];
       MatmulRange(*job.m, impls_, *job.a, job.y, o0, o1);
     });
   }
@@ -486,11 +589,9 @@ class LayerRunner {
       }
       scores.resize(static_cast<size_t>(n * G));
       const size_t part = static_cast<size_t>(((g * chunks_ + c) * T + t) * G);
-      for (int64_t k = 0; k < G; ++k) {
-        float* sc = scores.data() + k * n;
-        ops.scores(q_.data() + (t * c_.heads + g * G + k) * hd, keys.data(), n, hd, sc);
-        part_sum_[part + k] = ops.exp_shifted(sc, n, scale, &part_max_[part + k]);
-      }
+      ops.scores_heads(q_.data() + (t * c_.heads + g * G) * hd, G, keys.data(), n, hd, scores.data());
+      for (int64_t k = 0; k < G; ++k)
+        part_sum_[part + k] = ops.exp_shifted(scores.data() + k * n, n, scale, &part_max_[part + k]);
       float* acc = part_acc_.data() + part * hd;
       std::fill(acc, acc + G * hd, 0.0f);
       ops.weighted_rows_heads(scores.data(), G, values.data(), n, hd, acc);
@@ -673,10 +774,12 @@ void RunDecoderLayers(const DecoderLayersConfig& config, const std::vector<Decod
 void TeamMatmul(const WeightMatrix& m, const KernelImpls& impls, const float* x, int64_t T, float* y, ThreadTeam& team) {
   PreparedActivations a;
   PrepareActivations(m.kind, impls, x, T, m.in, &a);
-  const int64_t per = MatmulTaskOutputs(m);
-  team.Run((m.out + per - 1) / per, [&](int64_t task) {
-    const int64_t o0 = task * per;
-    MatmulRange(m, impls, a, y, o0, std::min(m.out, o0 + per));
+  const WeightMatrix* matrices[1] = {&m};
+  const MatmulSplit split(matrices, 1, team.helpers() + 1);
+  team.Run(split.tasks(), [&](int64_t task) {
+    int64_t o0 = 0, o1 = 0;
+    split.Range(task, &o0, &o1);
+    MatmulRange(m, impls, a, y, o0, o1);
   });
 }
 

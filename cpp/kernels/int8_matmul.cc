@@ -2,6 +2,7 @@
 #include "kernels/int8_matmul.h"
 
 #include "kernels/cpu_relax.h"
+#include "kernels/transpose16.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -636,36 +637,6 @@ void PackAmxActivations(const uint16_t* xb, int64_t ldx, int64_t T, int64_t in, 
   }
 }
 
-// GCC 12's AVX-512 headers build the shuffles from _mm512_undefined_ps() and then warn that it
-// "may be used uninitialized" where they are inlined (as in kernels/decoder_layers.cc); never read.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-// r[j] = column j of the 16 x 16 floats c (c row-major, 64-byte aligned).
-CASCADE_AMX void TransposeTile16(const float (*c)[16], __m512* r) {
-  __m512 t[16];
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_load_ps(c[i]);
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-  }
-  for (int i = 0; i < 2; ++i)
-    for (int j = 0; j < 4; ++j) {
-      t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0x88);
-      t[8 * i + 4 + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0xdd);
-    }
-  for (int j = 0; j < 8; ++j) {
-    r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
-    r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xdd);
-  }
-}
-
 // y rows [o0, o1) (whole 16-row blocks) of y = x . W^T: C[16 rows of W][16 tokens] accumulates
 // A (16 weight rows x 32 k, straight from W) times B (the packed activations) over the k blocks,
 // one C tile per 16-token group (at most 4: T <= 64).
@@ -719,13 +690,13 @@ CASCADE_AMX void AmxBf16Rows(const std::vector<uint16_t>& packed, int64_t T, con
       // outputs with one store. Reading the columns back element by element cost a verify of 13
       // tokens ~2 ms more than a decode (bf16 target, 269 MB: 14.6k blocks x 208 loads and stores).
       __m512 r[16];
-      TransposeTile16(c, r);
+      for (int i = 0; i < 16; ++i) r[i] = _mm512_load_ps(c[i]);
+      Transpose16x16(r);
       for (int64_t m = 0; m < tokens; ++m) _mm512_storeu_ps(y + (g * 16 + m) * out + n0, r[m]);
     }
   }
   _tile_release();
 }
-#pragma GCC diagnostic pop
 #else
 [[maybe_unused]] bool AmxPermitted() { return false; }
 void PackAmxActivations(const uint16_t*, int64_t, int64_t, int64_t, std::vector<uint16_t>*) { NoSimd(); }
