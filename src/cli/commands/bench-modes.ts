@@ -1,6 +1,8 @@
 /**
  * `bench --suite modes`: target / speculative / cascade / auto on one model, same prompts, one
- * process, interleaved, medians over the prompts. Writes docs/bench/modes.{json,md}.
+ * process, interleaved, medians over the prompts (and, at T > 0, over several seeds per prompt:
+ * each mode samples its own text, so one seed per prompt left the T = 0.8 ratios swinging by
+ * ~10% between runs). Writes docs/bench/modes.{json,md}.
  * @internal
  * @module
  */
@@ -28,6 +30,8 @@ export interface ModesBenchOptions {
   draftPrecision?: Precision;
   /** false: no draft lookahead (GenerateOptions.lookahead), for a side-by-side. */
   lookahead?: boolean;
+  /** Seeds per prompt at T > 0 (greedy runs once). */
+  seeds: number;
   out: string;
   plugin: string;
 }
@@ -37,6 +41,8 @@ interface Row {
   temperature: number;
   tokensPerSecond: number;
   speedupVsTarget: number;
+  /** Against speculative decoding on the same prompt and seed (null without that mode). */
+  speedupVsSpeculative: number | null;
   tau: number;
   gamma0: number | null;
   gamma21: number;
@@ -61,18 +67,24 @@ export async function benchModes(o: ModesBenchOptions): Promise<Row[]> {
   const base = { maxTokens: o.maxTokens, k1: o.k1, k0: o.k0, stopAtEos: false, ...(o.lookahead === false ? { lookahead: false } : {}) };
   // Warm up every program shape the runs will use (compile time is excluded anyway).
   for (const mode of o.modes) for (const temperature of o.temperatures) await c.generate(BENCH_PROMPTS[0]!, { ...base, maxTokens: 8, mode, temperature, seed: 1 });
-  const samples = new Map<string, { stats: CascadeStats; baseline: number }[]>();
+  const samples = new Map<string, { stats: CascadeStats; baseline: number; speculative: number | null }[]>();
   for (const temperature of o.temperatures) {
+    const seeds = temperature > 0 ? Math.max(1, o.seeds) : 1;
     for (const prompt of BENCH_PROMPTS) {
-      const chat = [{ role: 'user', content: prompt }];
-      let baseline = 0;
-      for (const mode of ['target' as const, ...o.modes.filter((m) => m !== 'target')]) {
-        const r = await c.generate(chat, { ...base, mode, temperature, seed: 7 });
-        if (mode === 'target') baseline = r.stats.tokensPerSecond;
-        const key = `${mode}@${temperature}`;
-        if (!samples.has(key)) samples.set(key, []);
-        samples.get(key)!.push({ stats: r.stats, baseline });
-        progress(`${mode} T=${temperature}: ${r.stats.tokensPerSecond.toFixed(1)} tok/s, tau ${r.stats.tau.toFixed(2)}`);
+      for (let seed = 7; seed < 7 + seeds; seed++) {
+        const chat = [{ role: 'user', content: prompt }];
+        let baseline = 0;
+        let speculative: number | null = null;
+        const order = ['target' as const, ...o.modes.filter((m) => m === 'speculative'), ...o.modes.filter((m) => m !== 'target' && m !== 'speculative')];
+        for (const mode of order) {
+          const r = await c.generate(chat, { ...base, mode, temperature, seed });
+          if (mode === 'target') baseline = r.stats.tokensPerSecond;
+          if (mode === 'speculative') speculative = r.stats.tokensPerSecond;
+          const key = `${mode}@${temperature}`;
+          if (!samples.has(key)) samples.set(key, []);
+          samples.get(key)!.push({ stats: r.stats, baseline, speculative });
+          progress(`${mode} T=${temperature} seed ${seed}: ${r.stats.tokensPerSecond.toFixed(1)} tok/s, tau ${r.stats.tau.toFixed(2)}`);
+        }
       }
     }
   }
@@ -87,6 +99,7 @@ export async function benchModes(o: ModesBenchOptions): Promise<Row[]> {
         temperature,
         tokensPerSecond: median(s.map((x) => x.stats.tokensPerSecond)),
         speedupVsTarget: median(s.map((x) => x.stats.tokensPerSecond / x.baseline)),
+        speedupVsSpeculative: s.every((x) => x.speculative !== null) ? median(s.map((x) => x.stats.tokensPerSecond / x.speculative!)) : null,
         tau: median(s.map((x) => x.stats.tau)),
         gamma0: g0.length ? median(g0) : null,
         gamma21: median(s.map((x) => x.stats.gamma21)),
@@ -101,15 +114,17 @@ export async function benchModes(o: ModesBenchOptions): Promise<Row[]> {
     `# Decoding modes on ${path.basename(target)}`,
     '',
     `${info.target.layers}-layer target (${info.targetPrecision}), ${info.draft.layers}-layer self-speculative draft (${info.draftPrecision}), ` +
-      `tiny: closed-form fit; k1 ${o.k1}, k0 ${o.k0}, ${o.maxTokens} tokens, medians over ${BENCH_PROMPTS.length} prompts, ` +
+      `tiny: closed-form fit; k1 ${o.k1}, k0 ${o.k0}, ${o.maxTokens} tokens, medians over ${BENCH_PROMPTS.length} prompts ` +
+      `(x ${o.seeds} seeds at T > 0; "vs" columns: per prompt and seed against that mode), ` +
       `interleaved in one process, XLA CPU plugin. Reproduce: \`node dist/cli/main.js bench --suite modes\`.`,
     '',
   ];
   const md = [
-    '| mode | T | tokens/s | vs target | tau | gamma0 | gamma2\\|1 | predicted speedup | draft ms/token | target ms/token |',
-    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+    '| mode | T | tokens/s | vs target | vs speculative | tau | gamma0 | gamma2\\|1 | predicted speedup | draft ms/token | target ms/token |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
     ...rows.map((r) =>
-      `| ${r.mode} | ${r.temperature} | ${r.tokensPerSecond.toFixed(1)} | ${r.speedupVsTarget.toFixed(2)}x | ${r.tau.toFixed(2)} | ` +
+      `| ${r.mode} | ${r.temperature} | ${r.tokensPerSecond.toFixed(1)} | ${r.speedupVsTarget.toFixed(2)}x | ` +
+        `${r.speedupVsSpeculative === null ? '-' : `${r.speedupVsSpeculative.toFixed(2)}x`} | ${r.tau.toFixed(2)} | ` +
         `${r.gamma0 === null ? '-' : r.gamma0.toFixed(2)} | ${r.gamma21.toFixed(2)} | ${r.predictedSpeedup.toFixed(2)}x | ` +
         `${r.stageMsPerToken.draft.toFixed(1)} | ${r.stageMsPerToken.target.toFixed(1)} |`,
     ),
@@ -119,8 +134,9 @@ export async function benchModes(o: ModesBenchOptions): Promise<Row[]> {
   await writeFile(path.join(o.out, 'modes.json'), `${JSON.stringify({ model: target, info, options: o, rows }, null, 2)}\n`);
   console.log(
     table([
-      ['mode', 'T', 'tok/s', 'vs target', 'tau', 'gamma0', 'gamma21', 'predicted'],
-      ...rows.map((r) => [r.mode, String(r.temperature), r.tokensPerSecond.toFixed(1), `${r.speedupVsTarget.toFixed(2)}x`, r.tau.toFixed(2), r.gamma0 === null ? '-' : r.gamma0.toFixed(2), r.gamma21.toFixed(2), `${r.predictedSpeedup.toFixed(2)}x`]),
+      ['mode', 'T', 'tok/s', 'vs target', 'vs spec.', 'tau', 'gamma0', 'gamma21', 'predicted'],
+      ...rows.map((r) => [r.mode, String(r.temperature), r.tokensPerSecond.toFixed(1), `${r.speedupVsTarget.toFixed(2)}x`,
+        r.speedupVsSpeculative === null ? '-' : `${r.speedupVsSpeculative.toFixed(2)}x`, r.tau.toFixed(2), r.gamma0 === null ? '-' : r.gamma0.toFixed(2), r.gamma21.toFixed(2), `${r.predictedSpeedup.toFixed(2)}x`]),
     ]),
   );
   console.log(`wrote ${path.join(o.out, 'modes.md')} and modes.json`);

@@ -63,6 +63,7 @@ export function benchCommand(): Command {
     .option('--k0 <n>', 'modes: tiny candidates per draft step', positiveInteger('--k0'), engineDefaults()?.k0)
     .option('--draft-layers <n>', 'modes: layers of the self-speculative draft', positiveInteger('--draft-layers'))
     .option('--no-lookahead', 'modes: no draft lookahead (the same tokens; for a side-by-side)')
+    .option('--seeds <n>', 'modes: seeds per prompt at T > 0 (each mode samples its own text; greedy runs once)', positiveInteger('--seeds'), 3)
     .addOption(new Option('--draft-precision <p>', 'modes: draft weights on the device').choices(PRECISIONS).default(engineDefaults()?.draftPrecision))
     .option('--out <dir>', 'modes, chat: where to write their .json and .md', 'docs/bench')
     .option('--mode <mode>', 'chat: the decoding mode', 'speculative')
@@ -75,7 +76,7 @@ export function benchCommand(): Command {
     .option('--json', 'print JSON')
     .addHelpText('after', '\nExamples:\n  $ cascade-xla bench                      # the side-by-side comparison (~15 min)\n  $ cascade-xla bench --suite runtime --devices 1,4 --size 1024 --rounds 5')
     .action(async (opts: { suite: string; plugin: string; devices: string; size: number; rounds: number; repeats: number; json?: boolean;
-      model?: string; modes: string; temperatures: string; maxTokens: number; k1: number; k0: number; draftLayers?: number; lookahead: boolean; out: string;
+      model?: string; modes: string; temperatures: string; maxTokens: number; k1: number; k0: number; draftLayers?: number; lookahead: boolean; seeds: number; out: string;
       mode: string; runs: number; draftPrecision?: Precision }) => {
       if (opts.suite === 'chat') {
         await benchChat({ model: opts.model, plugin: opts.plugin, mode: opts.mode as DecodeMode, runs: opts.runs, out: opts.out });
@@ -96,6 +97,7 @@ export function benchCommand(): Command {
           draftLayers: opts.draftLayers,
           draftPrecision: opts.draftPrecision,
           lookahead: opts.lookahead,
+          seeds: opts.seeds,
           out: opts.out,
           plugin: opts.plugin,
         });
