@@ -414,6 +414,15 @@ class Timed {
 // 176 x 3 + 48). Every output is computed alike whatever its range (MatmulRange).
 class MatmulSplit {
  public:
+  static int64_t RowBytes(const WeightMatrix& m) {
+    switch (m.kind) {
+      case WeightMatrix::Kind::kQ4: return m.in / 2;
+      case WeightMatrix::Kind::kInt8: return m.in;
+      case WeightMatrix::Kind::kBf16: return m.in * 2;
+      default: return m.in * 4;
+    }
+  }
+
   MatmulSplit(const WeightMatrix* const* matrices, int64_t count, int64_t threads) : count_(count) {
     int64_t total = 0;
     for (int64_t j = 0; j < count; ++j) {
@@ -424,7 +433,7 @@ class MatmulSplit {
       unit_[j] = unit;
       out_[j] = m.out;
       parts_[j] = (m.out + MatmulTaskOutputs(m) - 1) / MatmulTaskOutputs(m);
-      bytes_per_block_[j] = unit * (m.kind == WeightMatrix::Kind::kQ4 ? m.in / 2 : m.in * (m.kind == WeightMatrix::Kind::kInt8 ? 1 : m.kind == WeightMatrix::Kind::kBf16 ? 2 : 4));
+      bytes_per_block_[j] = unit * RowBytes(m);
       total += parts_[j];
     }
     for (int64_t extra = (threads - total % threads) % threads; extra > 0; --extra) {
