@@ -4,7 +4,7 @@
 // values, so it changes no result.
 #pragma once
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
 namespace cascade {
