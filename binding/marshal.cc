@@ -118,7 +118,9 @@ WeightPrecision PrecisionFromJs(const Napi::Object& o, const char* key, WeightPr
   if (v.IsUndefined()) return fallback;
   const std::string s = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
   WeightPrecision p = fallback;
-  if (!ParseWeightPrecision(s, &p)) throw InvalidArgumentError(std::string(key) + " must be 'f32', 'bf16', 'int8' or 'q4'");
+  // kBF16Q4 is chosen by the load (EngineLoadOptions::bf16_from_blocks), not asked for.
+  if (!ParseWeightPrecision(s, &p) || p == WeightPrecision::kBF16Q4)
+    throw InvalidArgumentError(std::string(key) + " must be 'f32', 'bf16', 'int8' or 'q4'");
   return p;
 }
 

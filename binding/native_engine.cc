@@ -111,7 +111,11 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
     o.Set("draft", ConfigToJs(env, engine->draft_config()));
     o.Set("targetWeightBytes", static_cast<double>(engine->target().weight_bytes()));
     o.Set("draftWeightBytes", static_cast<double>(engine->draft().weight_bytes()));
-    o.Set("targetPrecision", WeightPrecisionName(engine->target().options().precision));
+    // kBF16Q4 is the bf16 model (its arithmetic and weights, bit for bit) stored as 4-bit blocks:
+    // precision 'bf16', storage 'q4-blocks'.
+    const WeightPrecision tp = engine->target().options().precision;
+    o.Set("targetPrecision", WeightPrecisionName(tp == WeightPrecision::kBF16Q4 ? WeightPrecision::kBF16 : tp));
+    o.Set("targetStorage", tp == WeightPrecision::kBF16Q4 ? "q4-blocks" : "dense");
     o.Set("draftPrecision", WeightPrecisionName(engine->draft().options().precision));
     o.Set("maxContext", static_cast<double>(engine->target().max_context()));
     o.Set("devices", static_cast<double>(engine->target().replicas()));

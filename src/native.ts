@@ -291,6 +291,13 @@ export interface NativeEngine {
     targetWeightBytes: number;
     draftWeightBytes: number;
     targetPrecision: Precision;
+    /**
+     * How the target's weights are stored: 'dense' (as its precision says), or 'q4-blocks' (a bf16
+     * target whose layer weights are 4-bit block values, e.g. a Q4_1 GGUF's, kept as those blocks
+     * and expanded to bf16 in our CPU kernels: the same model bit for bit, ~2.2x fewer bytes a
+     * step; chosen by the load where it applies).
+     */
+    targetStorage: 'dense' | 'q4-blocks';
     draftPrecision: Precision;
     maxContext: number;
     /** Devices the target is replicated on. */

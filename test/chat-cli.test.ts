@@ -17,8 +17,11 @@ const model = defaultModelPath();
 const session = `cascade-chat-test-${process.pid}`;
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'cascade-chat-'));
 
+// Each chat session gets its own tmux server (-L): killing a server's last session makes it exit,
+// and a new-session that reaches the exiting server fails with "server exited unexpectedly".
+let socket = `cascade-chat-test-${process.pid}-0`;
 const tmux = (...args: string[]) => {
-  const r = spawnSync('tmux', args, { encoding: 'utf8' });
+  const r = spawnSync('tmux', ['-L', socket, ...args], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`tmux ${args.join(' ')}: ${r.stderr}`);
   return r.stdout;
 };
@@ -43,6 +46,7 @@ const reused = (s: string) => [...s.matchAll(/^\(\d+ prompt tokens(?: \((\d+) re
 /** True when the last non-empty line is an empty prompt. */
 const atPrompt = (s: string) => s.trimEnd().split('\n').at(-1) === '>';
 
+let starts = 0;
 function start(extra = ''): void {
   // The test's own cache root (for the history file), the real plugin, model and compiled programs.
   const env = [
@@ -50,12 +54,13 @@ function start(extra = ''): void {
     `CASCADE_COMPILE_CACHE_DIR=${compileCacheDir()}`,
     `CASCADE_PJRT_PLUGIN=${process.env.CASCADE_PJRT_PLUGIN ?? path.join(cacheRoot(), 'plugins', 'xla-cpu-pjrt-0.0.1', 'xla_cpu_pjrt.so')}`,
   ].join(' ');
+  socket = `cascade-chat-test-${process.pid}-${++starts}`;
   const cmd = `cd ${root} && env ${env} ${process.execPath} dist/cli/main.js chat --model ${model} --draft-layers 4 --max-tokens 160 --max-context 768 --stats ${extra}; echo EXIT=$?; sleep 120`;
   tmux('new-session', '-d', '-s', session, '-x', '160', '-y', '50', cmd);
 }
 
 afterAll(() => {
-  spawnSync('tmux', ['kill-session', '-t', session]);
+  spawnSync('tmux', ['-L', socket, 'kill-server']);
   rmSync(tmp, { recursive: true, force: true });
 });
 
@@ -115,7 +120,7 @@ describe.skipIf(!hasTmux)('cascade-xla chat in a terminal (tmux)', () => {
     const history = readFileSync(path.join(tmp, 'chat-history'), 'utf8').trim().split('\n');
     expect(history.at(-1)).toBe('Write a long story about a dragon who learns to paint, with many chapters.');
     expect(history).toContain('/reset');
-    spawnSync('tmux', ['kill-session', '-t', session]);
+    spawnSync('tmux', ['-L', socket, 'kill-server']);
 
     // A new session recalls the previous one's lines from the history file.
     start('--mode target');

@@ -4,7 +4,10 @@
 #include <cmath>
 #include <cstdio>
 
+#include "kernels/int8_matmul.h"
+#include "model/decoder.h"
 #include "model/loader.h"
+#include "model/matmul_mode.h"
 #include "pjrt/errors.h"
 
 namespace cascade {
@@ -29,6 +32,20 @@ int64_t WeightBytes(const ModelConfig& config, WeightPrecision precision) {
   for (const WeightParam& w : WeightParamLayout(config, precision))
     bytes += ElementCount(w.dims) * static_cast<int64_t>(DTypeSize(w.dtype));
   return bytes;
+}
+
+bool Bf16FromBlocksApplies(const Client& client, const ModelWeights& target) {
+  for (const WeightParam& p : WeightParamLayout(target.config, WeightPrecision::kBF16Q4)) {
+    if (p.role != WeightParam::Role::kQ4Values) continue;
+    const HostTensor w = ToF32(target.at(p.tensor));
+    const int64_t in = w.dims[1], rows = std::min<int64_t>(w.dims[0], 32);
+    if (!kernels::ValidateQ4Matrix(in, rows).empty()) return false;
+    std::vector<uint8_t> packed(static_cast<size_t>(rows * in / 2));
+    std::vector<uint16_t> scales(static_cast<size_t>(rows * in / kernels::kQ4Block)), mins(scales.size());
+    kernels::QuantizeQ4Rows(w.as<float>(), in, rows, packed.data(), scales.data(), mins.data());
+    if (!kernels::Q4HoldsBf16Exactly(w.as<float>(), in, rows, packed.data(), scales.data(), mins.data())) return false;
+  }
+  return ChooseMatmulMode(client, WeightPrecision::kBF16Q4, MatmulMode::kAuto) == MatmulMode::kFused;
 }
 
 void CheckDeviceMemory(const Client& client, const ModelWeights& target, const std::optional<ModelWeights>& draft,
@@ -72,8 +89,21 @@ std::shared_ptr<CascadeEngine> LoadEngine(std::shared_ptr<Client> client, const 
   std::optional<ModelWeights> draft;
   if (!options.draft.empty()) draft = LoadModel(options.draft);
   check("after reading the model files");
-  CheckDeviceMemory(*client, target, draft, options.engine, options.device_memory_limit);
-  auto engine = std::make_shared<CascadeEngine>(client, target, draft, options.engine);
+  EngineOptions engine_options = options.engine;
+  const bool blocks = options.bf16_from_blocks && engine_options.target_precision == WeightPrecision::kBF16 &&
+                      Bf16FromBlocksApplies(*client, target);
+  if (blocks) engine_options.target_precision = WeightPrecision::kBF16Q4;
+  CheckDeviceMemory(*client, target, draft, engine_options, options.device_memory_limit);
+  std::shared_ptr<CascadeEngine> engine;
+  try {
+    engine = std::make_shared<CascadeEngine>(client, target, draft, engine_options);
+  } catch (const InvalidArgumentError&) {
+    if (!blocks) throw;
+    // A row past the probe's that its blocks do not hold: the bf16 weights as they are.
+    engine_options.target_precision = WeightPrecision::kBF16;
+    CheckDeviceMemory(*client, target, draft, engine_options, options.device_memory_limit);
+    engine = std::make_shared<CascadeEngine>(client, target, draft, engine_options);
+  }
   check("after uploading the models");
   if (!options.tiny.empty()) {
     engine->SetTiny(LoadTiny(options.tiny, &engine->draft_config()));

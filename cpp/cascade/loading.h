@@ -32,7 +32,16 @@ struct EngineLoadOptions {
   bool warmup = false;
   // Device memory the models may use, bytes; 0: what the device reports (CheckDeviceMemory).
   int64_t device_memory_limit = 0;
+  // A bf16 target whose layer weights are 4-bit block values (a Q4_1 GGUF's) is uploaded as
+  // those blocks where our CPU kernels run (WeightPrecision::kBF16Q4: the same model bit for bit,
+  // ~2.2x fewer bytes a step). False: the bf16 weights as they are.
+  bool bf16_from_blocks = true;
 };
+
+// Whether `target`'s layer matrices look like 4-bit block values whose bf16 weights the blocks
+// hold exactly (the first rows of each checked; the upload checks every row), and `client` runs
+// the fused CPU kernels kBF16Q4 needs.
+bool Bf16FromBlocksApplies(const Client& client, const ModelWeights& target);
 
 // Progress of a load stage: ("fit", positions done, total) while the tiny is fitted, ("compile",
 // programs done, total) during the warm-up.

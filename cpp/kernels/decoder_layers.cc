@@ -416,7 +416,8 @@ class MatmulSplit {
  public:
   static int64_t RowBytes(const WeightMatrix& m) {
     switch (m.kind) {
-      case WeightMatrix::Kind::kQ4: return m.in / 2;
+      case WeightMatrix::Kind::kQ4:
+      case WeightMatrix::Kind::kQ4Bf16: return m.in / 2;
       case WeightMatrix::Kind::kInt8: return m.in;
       case WeightMatrix::Kind::kBf16: return m.in * 2;
       default: return m.in * 4;
@@ -647,7 +648,7 @@ class LayerRunner {
 
 bool CheckMatrix(const WeightMatrix& m, int64_t in, int64_t out) {
   if (!m.data || m.in != in || m.out != out) return false;
-  if (m.kind == WeightMatrix::Kind::kQ4) return m.block_scale && m.block_min && ValidateQ4Matrix(in, out).empty();
+  if (m.kind == WeightMatrix::Kind::kQ4 || m.kind == WeightMatrix::Kind::kQ4Bf16) return m.block_scale && m.block_min && ValidateQ4Matrix(in, out).empty();
   return m.kind != WeightMatrix::Kind::kInt8 || m.scale != nullptr;
 }
 
@@ -667,7 +668,8 @@ void AddMatrixPieces(WeightMatrix::Kind kind, int64_t out, int64_t in, std::vect
     case WeightMatrix::Kind::kF32Transposed: bytes->push_back(out * in * 4); break;
     case WeightMatrix::Kind::kBf16: bytes->push_back(out * in * 2); break;
     case WeightMatrix::Kind::kInt8: bytes->insert(bytes->end(), {out * in, out * 4}); break;
-    case WeightMatrix::Kind::kQ4: bytes->insert(bytes->end(), {out * in / 2, out * (in / kQ4Block) * 2, out * (in / kQ4Block) * 2}); break;
+    case WeightMatrix::Kind::kQ4:
+    case WeightMatrix::Kind::kQ4Bf16: bytes->insert(bytes->end(), {out * in / 2, out * (in / kQ4Block) * 2, out * (in / kQ4Block) * 2}); break;
   }
 }
 
@@ -696,7 +698,7 @@ std::string ArenaLayer(const DecoderLayersConfig& c, WeightMatrix::Kind kind, co
                        DecoderLayerWeights* layer) {
   if (c.hidden < 1 || c.heads < 1 || c.kv_heads < 1 || c.head_dim < 1 || c.intermediate < 1)
     return "decoder layers: sizes must be positive";
-  if (kind == WeightMatrix::Kind::kQ4 && (c.hidden % 64 != 0 || (c.heads * c.head_dim) % 64 != 0 || c.intermediate % 64 != 0))
+  if ((kind == WeightMatrix::Kind::kQ4 || kind == WeightMatrix::Kind::kQ4Bf16) && (c.hidden % 64 != 0 || (c.heads * c.head_dim) % 64 != 0 || c.intermediate % 64 != 0))
     return "decoder layers: q4 weights need every matrix's input size to be a multiple of 64";
   const int64_t want = ArenaBytes(c, kind);
   if (bytes != want)
@@ -724,6 +726,7 @@ std::string ArenaLayer(const DecoderLayersConfig& c, WeightMatrix::Kind kind, co
         m.scale = reinterpret_cast<const float*>(next(out * 4));
         break;
       case WeightMatrix::Kind::kQ4:
+      case WeightMatrix::Kind::kQ4Bf16:
         m.data = next(out * in / 2);
         m.block_scale = reinterpret_cast<const uint16_t*>(next(out * (in / kQ4Block) * 2));
         m.block_min = reinterpret_cast<const uint16_t*>(next(out * (in / kQ4Block) * 2));

@@ -303,10 +303,10 @@ ffi::Error DecoderLayersImpl(ffi::Buffer<ffi::F32> hidden, ffi::Buffer<ffi::F32>
       !shape_is(hidden_out->dimensions(), {T, hd[1]}) || !shape_is(k_new->dimensions(), {layers, kv_heads, T, head_dim}) ||
       !shape_is(v_new->dimensions(), {layers, kv_heads, T, head_dim}))
     return ffi::Error::InvalidArgument(name + ": rope tables, mask, start_pos or results do not match hidden" + DimsText(hd));
-  if (weights < 0 || weights > static_cast<int64_t>(WeightMatrix::Kind::kQ4) ||
+  if (weights < 0 || weights > static_cast<int64_t>(WeightMatrix::Kind::kQ4Bf16) ||
       static_cast<int64_t>(arenas.size()) != layers)
     return ffi::Error::InvalidArgument(name + ": expected one u8[bytes] weight arena per layer (" + std::to_string(layers) +
-                                       "), got " + std::to_string(arenas.size()) + ", and weights = 0..3 (the matrix kind)");
+                                       "), got " + std::to_string(arenas.size()) + ", and weights = 0..4 (the matrix kind)");
   std::vector<DecoderLayerWeights> w(static_cast<size_t>(layers));
   for (int64_t l = 0; l < layers; ++l) {
     auto b = arenas.get<ffi::AnyBuffer>(static_cast<size_t>(l));

@@ -697,10 +697,137 @@ CASCADE_AMX void AmxBf16Rows(const std::vector<uint16_t>& packed, int64_t T, con
   }
   _tile_release();
 }
+
+// kQ4Bf16: y rows [o0, o1) (o0, o1 multiples of 16: whole 16-row panels) of y = x . W^T, W the
+// bf16 rounding of a q4 matrix's values d * q + m. AmxBf16Rows's arithmetic exactly (its tiles in
+// its roles and k order), the A tiles built from the blocks instead of loaded from bf16 rows: per
+// 64-input chunk of a panel, the 8 x 16 dwords (kQ4 layout: per r, per row, 4 bytes) transposed
+// to 16 rows of 32 bytes (byte i: input i low, input 32 + i high), then per row and block a
+// 16-entry table of bf16(d * q + m) (fma over q = 0..15, exact before the rounding since d * q
+// has at most 15 significant bits) looked up with the nibbles as word indices (vpermw). y points
+// at output o0 of token 0; token rows ldy floats apart.
+// One 64-input chunk of a kQ4 panel as AmxQ4Bf16Rows's two A tiles a[0] (its first 32 inputs)
+// and a[1] (the next 32), bf16 [16 rows][32].
+CASCADE_AMX inline void Q4ChunkToBf16Tiles(const uint8_t* v, const uint16_t* ps, const uint16_t* pm,
+                                           uint16_t (*a)[16][32]) {
+  const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i upper = _mm512_set1_epi16(0x10);  // word index bit 4: the table's upper 16 entries
+  alignas(64) float sc[4][16];       // per row: d and m of the chunk's two blocks
+  _mm512_store_ps(sc[0], _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ps))));
+  _mm512_store_ps(sc[1], _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pm))));
+  _mm512_store_ps(sc[2], _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ps + 16))));
+  _mm512_store_ps(sc[3], _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pm + 16))));
+  // 8 x 16 dwords -> 16 x 8: two 8 x 8 transposes side by side (rows 0-7 and 8-15 of the panel
+  // in the vectors' 256-bit halves), then the 128-bit lanes regrouped.
+  for (int k = 0; k < 8; ++k) _mm_prefetch(reinterpret_cast<const char*>(v + 12 * 512 + k * 64), _MM_HINT_T0);
+  __m512i r[8], t[8];
+  for (int k = 0; k < 8; ++k) r[k] = _mm512_loadu_si512(v + k * 64);
+  for (int k = 0; k < 8; k += 2) {
+    t[k] = _mm512_unpacklo_epi32(r[k], r[k + 1]);
+    t[k + 1] = _mm512_unpackhi_epi32(r[k], r[k + 1]);
+  }
+  for (int k = 0; k < 8; k += 4) {
+    r[k] = _mm512_unpacklo_epi64(t[k], t[k + 2]);
+    r[k + 1] = _mm512_unpackhi_epi64(t[k], t[k + 2]);
+    r[k + 2] = _mm512_unpacklo_epi64(t[k + 1], t[k + 3]);
+    r[k + 3] = _mm512_unpackhi_epi64(t[k + 1], t[k + 3]);
+  }
+  // Now lane L of r[i] (i < 4) holds dwords r = 0..3 of row 4L + i, of r[4 + i] dwords 4..7:
+  // pair[i] holds rows i and 4 + i (256 bits each), pair[4 + i] rows 8 + i and 12 + i. Kept in
+  // registers: through memory, a 256-bit reload of a 512-bit store's upper half is not
+  // store-forwarded (perf: the loads stalled).
+  const __m512i first = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), last = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+  __m512i pair[8];
+  for (int i = 0; i < 4; ++i) {
+    pair[i] = _mm512_permutex2var_epi64(r[i], first, r[4 + i]);
+    pair[4 + i] = _mm512_permutex2var_epi64(r[i], last, r[4 + i]);
+  }
+#pragma GCC unroll 16
+  for (int j = 0; j < 16; ++j) {
+    const __m512 flo = _mm512_fmadd_ps(iota, _mm512_set1_ps(sc[0][j]), _mm512_set1_ps(sc[1][j]));
+    const __m512 fhi = _mm512_fmadd_ps(iota, _mm512_set1_ps(sc[2][j]), _mm512_set1_ps(sc[3][j]));
+    const __m512i table = (__m512i)_mm512_cvtne2ps_pbh(flo, fhi);  // words 0..15 the high block's, 16..31 the low's
+    const __m512i p = pair[(j & 8) / 2 + (j & 3)];
+    const __m512i idx = _mm512_cvtepu8_epi16((j & 4) ? _mm512_extracti64x4_epi64(p, 1) : _mm512_castsi512_si256(p));
+    _mm512_store_si512(a[0][j], _mm512_permutexvar_epi16(_mm512_or_si512(idx, upper), table));
+    _mm512_store_si512(a[1][j], _mm512_permutexvar_epi16(_mm512_srli_epi16(idx, 4), table));
+  }
+}
+
+CASCADE_AMX void AmxQ4Bf16Rows(const std::vector<uint16_t>& packed, int64_t T, const uint8_t* w, const uint16_t* bs,
+                               const uint16_t* bm, float* y, int64_t ldy, int64_t in, int64_t o0, int64_t o1) {
+  AmxTileConfig cfg;
+  for (int i = 0; i < 7; ++i) {
+    cfg.rows[i] = 16;
+    cfg.colsb[i] = 64;
+  }
+  _tile_loadconfig(&cfg);
+  const int64_t groups = (T + 15) / 16, kblocks = in / 32, chunks = in / 64;
+  alignas(64) float c[16][16];
+  alignas(64) uint16_t a[2][2][16][32];  // two chunks' two A tiles each: 16 rows x 32 k, bf16
+  for (int64_t n0 = o0; n0 + 16 <= o1; n0 += 16) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    const uint8_t* panel = w + n0 * (in / 2);
+    const uint16_t* ps = bs + n0 * (in / kQ4Block);
+    const uint16_t* pm = bm + n0 * (in / kQ4Block);
+    // Software-pipelined: chunk ch + 1's tiles are built before chunk ch's are loaded, so a tile
+    // load never waits on the stores that just wrote it (a tile load takes no store forwarding:
+    // perf showed ~25% of this kernel's time stalled there).
+    Q4ChunkToBf16Tiles(panel, ps, pm, a[0]);
+    for (int64_t ch = 0; ch < chunks; ++ch) {
+      if (ch + 1 < chunks) Q4ChunkToBf16Tiles(panel + (ch + 1) * 512, ps + (ch + 1) * 32, pm + (ch + 1) * 32, a[(ch + 1) & 1]);
+      for (int h = 0; h < 2; ++h) {
+        const int64_t kb = 2 * ch + h;
+        _tile_loadd(4, a[ch & 1][h], 64);
+        const uint16_t* bt = packed.data() + kb * 512;
+        _tile_loadd(5, bt, 64);
+        _tile_dpbf16ps(0, 4, 5);
+        if (groups > 1) {
+          _tile_loadd(5, bt + kblocks * 512, 64);
+          _tile_dpbf16ps(1, 4, 5);
+        }
+        if (groups > 2) {
+          _tile_loadd(5, bt + 2 * kblocks * 512, 64);
+          _tile_dpbf16ps(2, 4, 5);
+        }
+        if (groups > 3) {
+          _tile_loadd(5, bt + 3 * kblocks * 512, 64);
+          _tile_dpbf16ps(3, 4, 5);
+        }
+      }
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      switch (g) {
+        case 0: _tile_stored(0, c, 64); break;
+        case 1: _tile_stored(1, c, 64); break;
+        case 2: _tile_stored(2, c, 64); break;
+        default: _tile_stored(3, c, 64); break;
+      }
+      const int64_t tokens = std::min<int64_t>(16, T - g * 16);
+      float* yg = y + g * 16 * ldy + (n0 - o0);
+      if (tokens == 1) {
+        for (int64_t i = 0; i < 16; ++i) yg[i] = c[i][0];
+        continue;
+      }
+      __m512 cr[16];
+      for (int i = 0; i < 16; ++i) cr[i] = _mm512_load_ps(c[i]);
+      Transpose16x16(cr);
+      for (int64_t m = 0; m < tokens; ++m) _mm512_storeu_ps(yg + m * ldy, cr[m]);
+    }
+  }
+  _tile_release();
+}
 #else
 [[maybe_unused]] bool AmxPermitted() { return false; }
 void PackAmxActivations(const uint16_t*, int64_t, int64_t, int64_t, std::vector<uint16_t>*) { NoSimd(); }
 void AmxBf16Rows(const std::vector<uint16_t>&, int64_t, const uint16_t*, float*, int64_t, int64_t, int64_t, int64_t) {
+  NoSimd();
+}
+void AmxQ4Bf16Rows(const std::vector<uint16_t>&, int64_t, const uint8_t*, const uint16_t*, const uint16_t*, float*,
+                   int64_t, int64_t, int64_t, int64_t) {
   NoSimd();
 }
 #endif  // CASCADE_X86
@@ -1194,6 +1321,17 @@ void DequantizeQ4Row(const uint8_t* packed, const uint16_t* block_scale, const u
   }
 }
 
+bool Q4HoldsBf16Exactly(const float* w, int64_t in, int64_t out, const uint8_t* packed, const uint16_t* block_scale,
+                        const uint16_t* block_min) {
+  std::vector<float> row(static_cast<size_t>(in));
+  for (int64_t o = 0; o < out; ++o) {
+    DequantizeQ4Row(packed, block_scale, block_min, in, out, o, row.data());
+    for (int64_t i = 0; i < in; ++i)
+      if (F32ToBF16(row[i]) != F32ToBF16(w[o * in + i])) return false;
+  }
+  return true;
+}
+
 void PrepareActivations(WeightMatrix::Kind kind, const KernelImpls& impls, const float* x, int64_t T, int64_t in,
                         PreparedActivations* a) {
   a->x = x;
@@ -1216,16 +1354,18 @@ void PrepareActivations(WeightMatrix::Kind kind, const KernelImpls& impls, const
           a->block_scale[(t * chunks + c) * 2 + half] = a->lane_scale[lane0];
         }
   }
-  if (kind == WeightMatrix::Kind::kBf16 && (impls.bf16 == Int8Impl::kAvx512Bf16 || impls.bf16 == Int8Impl::kAmxBf16))
+  const bool bf16_dot = kind == WeightMatrix::Kind::kBf16 || kind == WeightMatrix::Kind::kQ4Bf16;
+  if (bf16_dot && (impls.bf16 == Int8Impl::kAvx512Bf16 || impls.bf16 == Int8Impl::kAmxBf16))
     a->xb = RoundRowsToBf16(x, T, in, &a->ldx);
-  if (kind == WeightMatrix::Kind::kBf16 && impls.bf16 == Int8Impl::kAmxBf16 && in % 32 == 0)
+  if (bf16_dot && impls.bf16 == Int8Impl::kAmxBf16 && in % 32 == 0)
     PackAmxActivations(a->xb.data(), a->ldx, T, in, &a->amx);
 }
 
 int64_t MatmulTaskOutputs(const WeightMatrix& m) {
   // f32 [in, out]: 64 columns (128 and 256 measured no better in session 10).
   if (m.kind == WeightMatrix::Kind::kF32Transposed) return 64;
-  const int64_t row_bytes = m.kind == WeightMatrix::Kind::kQ4 ? m.in / 2 : m.in * (m.kind == WeightMatrix::Kind::kInt8 ? 1 : 2);
+  const bool q4 = m.kind == WeightMatrix::Kind::kQ4 || m.kind == WeightMatrix::Kind::kQ4Bf16;
+  const int64_t row_bytes = q4 ? m.in / 2 : m.in * (m.kind == WeightMatrix::Kind::kInt8 ? 1 : 2);
   // ~128 KB of weights a task. decoder_bench decode(1), three interleaved rounds (session 10):
   // bf16 13.4-14.1 ms at 32 KB, 12.4-13.2 at 64 KB, 12.0-13.2 at 128 KB; int8 7.2-7.9 / 6.9-7.5 /
   // 6.7-7.3; q4 5.6-6.4 / 5.4-6.1 / 5.5-5.9; 256 KB and 1 MB slower again (fewer, longer streams
@@ -1235,10 +1375,62 @@ int64_t MatmulTaskOutputs(const WeightMatrix& m) {
   return (rows + 15) / 16 * 16;
 }
 
+namespace {
+// kQ4Bf16 rows [o0, o1) through the bf16 weights' kernel itself: the rows expanded to their bf16
+// weights (as the upload rounds a bf16 tensor: model/decoder.cc ToBF16), a kBf16 matrix of just
+// those rows, its outputs copied into y. For the CPUs without AMX and a last panel of < 16 rows;
+// a kBf16 matrix's rows past out / 16 * 16 take the same non-AMX path.
+void Q4Bf16ThroughBf16(const WeightMatrix& m, const KernelImpls& impls, const PreparedActivations& a, float* y,
+                       int64_t o0, int64_t o1) {
+  const int64_t T = a.T, in = m.in, n = o1 - o0;
+  const auto* w = static_cast<const uint8_t*>(m.data);
+  std::vector<float> row(static_cast<size_t>(in));
+  std::vector<uint16_t> wb(static_cast<size_t>(n * in));
+  for (int64_t o = o0; o < o1; ++o) {
+    DequantizeQ4Row(w, m.block_scale, m.block_min, in, m.out, o, row.data());
+    for (int64_t i = 0; i < in; ++i) wb[(o - o0) * in + i] = F32ToBF16(row[i]);
+  }
+  for (int64_t s = 0; s < n; s += 16) {
+    // 16 rows at a time: AMX (whole blocks of 16) exactly where the kBf16 matrix would use it.
+    const int64_t e = std::min(n, s + 16);
+    const WeightMatrix part{WeightMatrix::Kind::kBf16, wb.data() + s * in, nullptr, in, e - s};
+    std::vector<float> yp(static_cast<size_t>(T * (e - s)));
+    MatmulRange(part, impls, a, yp.data(), 0, e - s);
+    for (int64_t t = 0; t < T; ++t)
+      std::memcpy(y + t * m.out + o0 + s, yp.data() + t * (e - s), static_cast<size_t>(e - s) * sizeof(float));
+  }
+}
+
+// kQ4Bf16 rows [o0, o1) with AMX: whole panels in place; a panel the range cuts computed whole
+// into a scratch and the range's rows copied (a row's arithmetic never depends on the range);
+// the rows past the last whole panel through kBf16 as a kBf16 matrix computes them.
+void AmxQ4Bf16Range(const WeightMatrix& m, const KernelImpls& impls, const PreparedActivations& a, float* y,
+                    int64_t o0, int64_t o1) {
+  const int64_t T = a.T, in = m.in, out = m.out, whole = out / 16 * 16;
+  if (T > 64) throw std::invalid_argument("bf16 matmul: the AMX kernel takes T <= 64");
+  const auto* w = static_cast<const uint8_t*>(m.data);
+  const int64_t a0 = std::min((o0 + 15) / 16 * 16, whole), a1 = std::max(a0, std::min(o1, whole) / 16 * 16);
+  auto cut_panel = [&](int64_t p0, int64_t r0, int64_t r1) {  // rows [r0, r1) of the panel at p0
+    std::vector<float> tmp(static_cast<size_t>(T * 16));
+    AmxQ4Bf16Rows(a.amx, T, w, m.block_scale, m.block_min, tmp.data(), 16, in, p0, p0 + 16);
+    for (int64_t t = 0; t < T; ++t)
+      std::memcpy(y + t * out + r0, tmp.data() + t * 16 + (r0 - p0), static_cast<size_t>(r1 - r0) * sizeof(float));
+  };
+  if (o0 < a0) cut_panel(a0 - 16, o0, std::min(o1, a0));
+  if (a1 > a0) AmxQ4Bf16Rows(a.amx, T, w, m.block_scale, m.block_min, y + a0, out, in, a0, a1);
+  if (a1 < o1 && a1 < whole) cut_panel(a1, std::max(o0, a1), std::min(o1, a1 + 16));
+  if (o1 > whole) Q4Bf16ThroughBf16(m, impls, a, y, std::max(o0, whole), o1);
+}
+}  // namespace
+
 void MatmulRange(const WeightMatrix& m, const KernelImpls& impls, const PreparedActivations& a, float* y, int64_t o0,
                  int64_t o1) {
   const int64_t T = a.T, in = m.in, out = m.out;
   switch (m.kind) {
+    case WeightMatrix::Kind::kQ4Bf16:
+      if (impls.bf16 == Int8Impl::kAmxBf16) AmxQ4Bf16Range(m, impls, a, y, o0, o1);
+      else Q4Bf16ThroughBf16(m, impls, a, y, o0, o1);
+      return;
     case WeightMatrix::Kind::kF32Transposed: {
       const float* wt = static_cast<const float*>(m.data);
       if (impls.f32 == Int8Impl::kAvx512) Avx512ColsF32T(a.x, wt, y, T, in, out, o0, o1);

@@ -81,15 +81,18 @@ void Bf16GatherMatmul(Int8Impl impl, const float* x, const uint16_t* w, const in
 
 // A weight matrix as stored on the device. kF32Transposed: f32 [in, out] (the f32 upload layout,
 // model/programs.h); kBf16: bf16 bits [out, in]; kInt8: s8 [out, in] with f32 scale[out]; kQ4:
-// 4-bit blocks in panels of 16 rows (kQ4PanelRows below) with f16 block scales and minimums.
+// 4-bit blocks in panels of 16 rows (kQ4PanelRows below) with f16 block scales and minimums;
+// kQ4Bf16: stored as kQ4, computed as kBf16 with the bf16 rounding of each weight d * q + m: the
+// rows equal, bit for bit, kBf16's on those bf16 weights (a bf16 target whose weights came from
+// 4-bit blocks, e.g. a Q4_1 GGUF's, read at ~5 bits a weight instead of 16).
 struct WeightMatrix {
-  enum class Kind { kF32Transposed, kBf16, kInt8, kQ4 };
+  enum class Kind { kF32Transposed, kBf16, kInt8, kQ4, kQ4Bf16 };
   Kind kind = Kind::kF32Transposed;
   const void* data = nullptr;
   const float* scale = nullptr;
   int64_t in = 0, out = 0;
-  const uint16_t* block_scale = nullptr;  // kQ4: f16 bits [out, in / 32]
-  const uint16_t* block_min = nullptr;    // kQ4: f16 bits [out, in / 32]
+  const uint16_t* block_scale = nullptr;  // kQ4, kQ4Bf16: f16 bits [out, in / 32]
+  const uint16_t* block_min = nullptr;    // kQ4, kQ4Bf16: f16 bits [out, in / 32]
 };
 
 // ---- 4-bit weights (the draft's "q4" precision; the blocks of GGUF's Q4_1) ----
@@ -113,6 +116,11 @@ void QuantizeQ4Rows(const float* w, int64_t in, int64_t out, uint8_t* packed, ui
 // The f32 weights of row o: what every Q4 kernel multiplies by.
 void DequantizeQ4Row(const uint8_t* packed, const uint16_t* block_scale, const uint16_t* block_min, int64_t in,
                      int64_t out, int64_t o, float* w);
+// Whether the q4 blocks of w[out, in] (f32) hold every weight's bf16 rounding exactly: the bf16
+// rounding of QuantizeQ4Rows's dequantised values equals that of w, weight for weight (then
+// kQ4Bf16 computes what kBf16 computes on the bf16 weights). True for a Q4_1 GGUF tensor's values.
+bool Q4HoldsBf16Exactly(const float* w, int64_t in, int64_t out, const uint8_t* packed, const uint16_t* block_scale,
+                        const uint16_t* block_min);
 
 // The implementations a process uses per weight kind (chosen once: rows computed by different
 // programs then agree bit for bit).

@@ -31,7 +31,8 @@ HostTensor Transpose(const HostTensor& t) {
 
 // The host tensors for the layout entries starting at `i` (one dense tensor, or int8 values and
 // scales); advances i past them.
-std::vector<HostTensor> PrepareAt(const ModelWeights& weights, const std::vector<WeightParam>& layout, size_t& i) {
+std::vector<HostTensor> PrepareAt(const ModelWeights& weights, const std::vector<WeightParam>& layout, size_t& i,
+                                  WeightPrecision precision) {
   const WeightParam& p = layout[i];
   // kInt8's copy of a tied head quantises the embedding (model/programs.h).
   const bool tied_copy = p.tensor == "lm_head.weight" && weights.config.tied_embeddings;
@@ -62,6 +63,11 @@ std::vector<HostTensor> PrepareAt(const ModelWeights& weights, const std::vector
         if ((t->as<uint16_t>()[j] & 0x7C00) == 0x7C00)
           throw InvalidArgumentError("q4 weights: " + p.tensor + " has a 32-weight block q4 cannot hold (|w| or its " +
                                      "range beyond 65504, or NaN); use another precision for this model");
+    if (precision == WeightPrecision::kBF16Q4 &&
+        !kernels::Q4HoldsBf16Exactly(f.as<float>(), in, out_rows, out[0].as<uint8_t>(), out[1].as<uint16_t>(),
+                                     out[2].as<uint16_t>()))
+      throw InvalidArgumentError("bf16q4 weights: " + p.tensor + " is not made of 4-bit blocks (its bf16 weights " +
+                                 "differ from what its q4 blocks hold); use bf16 for this model");
     i += 3;
     return out;
   }
@@ -127,7 +133,7 @@ std::vector<HostTensor> PrepareWeightParams(const ModelWeights& weights, WeightP
   auto layout = WeightParamLayout(weights.config, precision);
   std::vector<HostTensor> out;
   for (size_t i = 0; i < layout.size();)
-    for (auto& t : PrepareAt(weights, layout, i)) out.push_back(std::move(t));
+    for (auto& t : PrepareAt(weights, layout, i, precision)) out.push_back(std::move(t));
   return out;
 }
 
@@ -142,7 +148,7 @@ ModelWeights EffectiveWeights(const ModelWeights& weights, WeightPrecision preci
   for (size_t i = 0; i < layout.size();) {
     const std::string name = layout[i].tensor;
     const bool transposed = layout[i].transposed;
-    auto prepared = PrepareAt(weights, layout, i);
+    auto prepared = PrepareAt(weights, layout, i, precision);
     if (transposed) prepared[0] = Transpose(prepared[0]);
     if (prepared.size() == 3) {  // q4 blocks
       const int64_t rows = prepared[0].dims[0], in = prepared[0].dims[1] * 2;
@@ -150,6 +156,7 @@ ModelWeights EffectiveWeights(const ModelWeights& weights, WeightPrecision preci
       for (int64_t r = 0; r < rows; ++r)
         kernels::DequantizeQ4Row(prepared[0].as<uint8_t>(), prepared[1].as<uint16_t>(), prepared[2].as<uint16_t>(), in,
                                  rows, r, f.as<float>() + r * in);
+      if (precision == WeightPrecision::kBF16Q4) f = ToF32(ToBF16(f));  // the bf16 weights they hold
       out.tensors[name] = std::move(f);
     } else if (prepared.size() == 2) {
       const HostTensor& v = prepared[0];
@@ -197,7 +204,7 @@ DecoderModel::DecoderModel(std::shared_ptr<Client> client, const ModelWeights& w
   size_t next_piece = 0;
   for (size_t i = 0; i < layout.size();) {
     const size_t first = i;
-    std::vector<HostTensor> group = PrepareAt(weights, layout, i);
+    std::vector<HostTensor> group = PrepareAt(weights, layout, i, options_.precision);
     if (next_piece < pieces.size() && pieces[next_piece].param == first) {
       for (const HostTensor& t : group) {
         const ArenaPiece& piece = pieces[next_piece++];

@@ -30,6 +30,7 @@ kernels::WeightMatrix::Kind ArenaMatrixKind(WeightPrecision precision) {
     case WeightPrecision::kBF16: return kernels::WeightMatrix::Kind::kBf16;
     case WeightPrecision::kInt8: return kernels::WeightMatrix::Kind::kInt8;
     case WeightPrecision::kQ4: return kernels::WeightMatrix::Kind::kQ4;
+    case WeightPrecision::kBF16Q4: return kernels::WeightMatrix::Kind::kQ4Bf16;
   }
   return kernels::WeightMatrix::Kind::kF32Transposed;
 }
@@ -294,11 +295,18 @@ class Emitter {
       return f_.CustomCall(kernels::kF32TMatmulTarget, {x, w}, DType::kF32, {x.dims[0], w.dims[1]});
     if (w.dtype == DType::kF32) return f_.DotGeneral(x, w, {}, {}, {1}, {ref.transposed ? 0 : 1});
     if (ref.transposed) throw InvalidArgumentError("programs: transposed low-precision weights are not emitted");
-    if (w.dtype == DType::kU8) return f_.DotGeneral(x, DequantizeQ4(ref), {}, {}, {1}, {1});
+    const std::optional<Value>* scale = &ref.scale;
+    static const std::optional<Value> kNoScale;
+    if (w.dtype == DType::kU8) {
+      if (s_.precision != WeightPrecision::kBF16Q4) return f_.DotGeneral(x, DequantizeQ4(ref), {}, {}, {1}, {1});
+      // bf16q4: the bf16 weights the blocks hold (each d * q + m rounded to bf16), then as bf16.
+      w = f_.Convert(DequantizeQ4(ref), DType::kBF16);
+      scale = &kNoScale;
+    }
     if (ffi_ && x.rank() == 2 && w.rank() == 2 && x.dims[0] <= kFfiMaxTokens && x.dims[1] == w.dims[1]) {
-      if (w.dtype == DType::kS8 && ref.scale && ref.scale->dims == std::vector<int64_t>{w.dims[0]})
-        return f_.CustomCall(kernels::kInt8MatmulTarget, {x, w, *ref.scale}, DType::kF32, {x.dims[0], w.dims[0]});
-      if (w.dtype == DType::kBF16 && !ref.scale)
+      if (w.dtype == DType::kS8 && *scale && (*scale)->dims == std::vector<int64_t>{w.dims[0]})
+        return f_.CustomCall(kernels::kInt8MatmulTarget, {x, w, **scale}, DType::kF32, {x.dims[0], w.dims[0]});
+      if (w.dtype == DType::kBF16 && !*scale)
         return f_.CustomCall(kernels::kBf16MatmulTarget, {x, w}, DType::kF32, {x.dims[0], w.dims[0]});
     }
     Value y;
@@ -307,7 +315,7 @@ class Emitter {
     } else {
       y = f_.DotGeneral(x, f_.Convert(w, DType::kF32), {}, {}, {1}, {1});
     }
-    if (ref.scale) y = f_.Mul(y, f_.BroadcastInDim(*ref.scale, y.dims, {1}));
+    if (*scale) y = f_.Mul(y, f_.BroadcastInDim(**scale, y.dims, {1}));
     return y;
   }
 
@@ -500,12 +508,14 @@ const char* WeightPrecisionName(WeightPrecision precision) {
     case WeightPrecision::kBF16: return "bf16";
     case WeightPrecision::kInt8: return "int8";
     case WeightPrecision::kQ4: return "q4";
+    case WeightPrecision::kBF16Q4: return "bf16q4";
   }
   return "unknown";
 }
 
 bool ParseWeightPrecision(const std::string& name, WeightPrecision* precision) {
-  for (WeightPrecision p : {WeightPrecision::kF32, WeightPrecision::kBF16, WeightPrecision::kInt8, WeightPrecision::kQ4})
+  for (WeightPrecision p : {WeightPrecision::kF32, WeightPrecision::kBF16, WeightPrecision::kInt8, WeightPrecision::kQ4,
+                            WeightPrecision::kBF16Q4})
     if (name == WeightPrecisionName(p)) {
       *precision = p;
       return true;
@@ -576,16 +586,17 @@ std::vector<WeightParam> WeightParamLayout(const ModelConfig& c, WeightPrecision
   // SmolLM2.
   const bool quantised = precision == WeightPrecision::kInt8 || precision == WeightPrecision::kQ4;
   if (!c.tied_embeddings || quantised) tensors.push_back({"lm_head.weight", {c.vocab_size, d}});
-  if (precision == WeightPrecision::kQ4)
+  const bool blocks = precision == WeightPrecision::kQ4 || precision == WeightPrecision::kBF16Q4;
+  if (blocks)
     for (auto& [name, dims] : tensors)
       if (IsMatrix(name) && name != "lm_head.weight" && dims[1] % 64 != 0)
-        throw InvalidArgumentError("q4 weights need every layer matrix's input size to be a multiple of 64; " + name +
+        throw InvalidArgumentError(std::string(WeightPrecisionName(precision)) + " weights need every layer matrix's input size to be a multiple of 64; " + name +
                                    " has " + std::to_string(dims[1]));
 
   std::vector<WeightParam> out;
   for (auto& [name, dims] : tensors) {
     bool norm = dims.size() == 1;
-    if (precision == WeightPrecision::kQ4 && IsMatrix(name) && name != "lm_head.weight") {
+    if (blocks && IsMatrix(name) && name != "lm_head.weight") {
       out.push_back({name, WeightParam::Role::kQ4Values, DType::kU8, {dims[0], dims[1] / 2}});
       out.push_back({name, WeightParam::Role::kQ4Scales, DType::kF16, {dims[0], dims[1] / 32}});
       out.push_back({name, WeightParam::Role::kQ4Mins, DType::kF16, {dims[0], dims[1] / 32}});

@@ -57,8 +57,13 @@ namespace cascade {
 
 // kQ4: the layer matrices in 4-bit blocks (kernels::kQ4Block, GGUF's Q4_1), the head int8 (as
 // kInt8's), the embedding bf16: a draft's precision (a step reads ~5 bits per layer weight).
-enum class WeightPrecision { kF32, kBF16, kInt8, kQ4 };
-const char* WeightPrecisionName(WeightPrecision precision);  // "f32", "bf16", "int8", "q4"
+// kBF16Q4: kBF16's arithmetic and weights (the bf16 rounding of each weight), the layer matrices
+// stored as kQ4's blocks and expanded in registers: for a model whose weights come from 4-bit
+// blocks (a Q4_1 GGUF), the bf16 target bit for bit at ~5 bits a layer weight instead of 16.
+// The upload refuses a tensor whose blocks do not hold its bf16 weights exactly
+// (kernels::Q4HoldsBf16Exactly). The head and embedding as kBF16's.
+enum class WeightPrecision { kF32, kBF16, kInt8, kQ4, kBF16Q4 };
+const char* WeightPrecisionName(WeightPrecision precision);  // "f32", "bf16", "int8", "q4", "bf16q4"
 // The inverse of WeightPrecisionName; false when the name is none of them.
 bool ParseWeightPrecision(const std::string& name, WeightPrecision* precision);
 

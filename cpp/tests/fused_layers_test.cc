@@ -13,6 +13,7 @@
 
 #include "kernels/decoder_layers.h"
 #include "kernels/ffi_handlers.h"
+#include "kernels/int8_matmul.h"
 #include "model/matmul_mode.h"
 #include "kernels/thread_team.h"
 #include "model/decoder.h"
@@ -277,6 +278,64 @@ TEST(fused_layers, Q4PanelsNarrowerThan16) {
     for (size_t t = 0; t < block.size(); ++t) {
       ForwardResult one = single.Forward({block[t]}, P + static_cast<int64_t>(t), {HeadKind::kLogits});
       EXPECT_TRUE(RowsEqual(verify.logits.data() + t * V, one.logits.data(), V)) << "head_dim " << head_dim << " row " << t;
+    }
+  }
+}
+
+// bf16q4 (model/programs.h): the bf16 target with its layer matrices stored as 4-bit blocks. On
+// a model whose layer weights are 4-bit block values (as a Q4_1 GGUF's), every logit equals the
+// bf16 model's bit for bit: prefill, verify rows and decodes, narrow panels (k/v of 24 rows)
+// included; the plain program agrees; a model whose weights are not block values is refused.
+TEST(fused_layers, Bf16Q4IsTheBf16ModelBitForBit) {
+  auto block_valued = [](ModelWeights& w) {
+    for (auto& [name, t] : w.tensors) {
+      if (t.dims.size() != 2 || name.rfind("model.layers.", 0) != 0) continue;
+      const int64_t out = t.dims[0], in = t.dims[1];
+      std::vector<uint8_t> packed(static_cast<size_t>(out * in / 2));
+      std::vector<uint16_t> scales(static_cast<size_t>(out * in / kernels::kQ4Block)), mins(scales.size());
+      kernels::QuantizeQ4Rows(t.as<float>(), in, out, packed.data(), scales.data(), mins.data());
+      for (int64_t o = 0; o < out; ++o)
+        kernels::DequantizeQ4Row(packed.data(), scales.data(), mins.data(), in, out, o, t.as<float>() + o * in);
+    }
+  };
+  for (int64_t head_dim : {32, 24}) {
+    for (const Case& k : {Case{WeightPrecision::kBF16Q4, ModelFamily::kLlama, true},
+                          Case{WeightPrecision::kBF16Q4, ModelFamily::kLlama, false},
+                          Case{WeightPrecision::kBF16Q4, ModelFamily::kGemma, true}}) {
+      ModelConfig c = Config(k);
+      if (k.family == ModelFamily::kLlama && head_dim == 24) {  // k/v of 24 rows: a panel of 16, then one of 8
+        c.head_dim = 24;
+        c.num_heads = 8;
+        c.num_kv_heads = 1;
+      }
+      ModelWeights w = testing::SmallRandomModel(c, 17, 1.0f);
+      if (head_dim == 32) {  // random weights are not block values: refused, naming the tensor
+        try {
+          Model(w, WeightPrecision::kBF16Q4, MatmulMode::kFused);
+          ADD_FAILURE() << "bf16q4 accepted weights its blocks cannot hold";
+        } catch (const InvalidArgumentError& e) {
+          EXPECT_NE(std::string(e.what()).find("model.layers.0."), std::string::npos) << e.what();
+        }
+      }
+      block_valued(w);
+      const std::string name = Name(k) + " head_dim " + std::to_string(c.head_dim);
+      DecoderModel bf16 = Model(w, WeightPrecision::kBF16, MatmulMode::kFused),
+                   q4 = Model(w, WeightPrecision::kBF16Q4, MatmulMode::kFused),
+                   q4_plain = Model(w, WeightPrecision::kBF16Q4, MatmulMode::kXlaAuto),
+                   bf16_plain = Model(w, WeightPrecision::kBF16, MatmulMode::kXlaAuto);
+      const int64_t V = c.vocab_size, P = static_cast<int64_t>(kPrompt.size());
+      ForwardResult a = bf16.Forward(kPrompt, 0, {HeadKind::kLogits});
+      ForwardResult b = q4.Forward(kPrompt, 0, {HeadKind::kLogits});
+      EXPECT_TRUE(RowsEqual(a.logits.data(), b.logits.data(), static_cast<int64_t>(a.logits.size()))) << name;
+      ForwardResult pa = bf16_plain.Forward(kPrompt, 0, {HeadKind::kLogits});
+      ForwardResult pb = q4_plain.Forward(kPrompt, 0, {HeadKind::kLogits});
+      EXPECT_TRUE(RowsEqual(pa.logits.data(), pb.logits.data(), static_cast<int64_t>(pa.logits.size()))) << name;
+      const std::vector<int32_t> block = {11, 70, 2, 33, 190};
+      ForwardResult verify = q4.Forward(block, P, {HeadKind::kLogits});
+      for (size_t t = 0; t < block.size(); ++t) {
+        ForwardResult one = bf16.Forward({block[t]}, P + static_cast<int64_t>(t), {HeadKind::kLogits});
+        EXPECT_TRUE(RowsEqual(verify.logits.data() + t * V, one.logits.data(), V)) << name << " row " << t;
+      }
     }
   }
 }

@@ -274,6 +274,58 @@ TEST(kernels_bf16, MatchesReferenceAndRowsBitIdentical) {
   }
 }
 
+// kQ4Bf16 (the bf16 target stored as 4-bit blocks): every row bit-identical to kBf16's on the
+// bf16 weights the blocks hold, with each bf16 impl, whatever T (1..64, a last tile of 1), the
+// output range (ranges cutting a 16-row panel, a last panel of < 16 rows) or the thread count.
+TEST(kernels_q4bf16, RowsEqualTheBf16KernelsOnTheWeightsTheBlocksHold) {
+  using kernels::WeightMatrix;
+  kernels::ThreadTeam one(0), two(1);
+  for (Int8Impl impl : SupportedImpls()) {
+    kernels::KernelImpls k;
+    k.bf16 = impl;
+    k.int8 = impl;
+    for (auto [T, in, out] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+             {1, 64, 16}, {13, 576, 48}, {17, 576, 35}, {5, 128, 5}, {64, 1536, 70}, {33, 192, 64}}) {
+      Problem p = MakeProblem(T, in, out, static_cast<uint32_t>(T * 7 + in + out));
+      std::vector<float> wf(static_cast<size_t>(in * out));
+      for (size_t i = 0; i < wf.size(); ++i) wf[i] = static_cast<float>(p.w[i]) * 0.013f - (i % 89 == 0 ? 0.7f : 0.0f);
+      const int64_t blocks = in / kernels::kQ4Block;
+      std::vector<uint8_t> packed(static_cast<size_t>(out * in / 2));
+      std::vector<uint16_t> scale(static_cast<size_t>(out * blocks)), mins(scale.size());
+      kernels::QuantizeQ4Rows(wf.data(), in, out, packed.data(), scale.data(), mins.data());
+      std::vector<float> deq(wf.size());
+      std::vector<uint16_t> wb(wf.size());
+      for (int64_t o = 0; o < out; ++o)
+        kernels::DequantizeQ4Row(packed.data(), scale.data(), mins.data(), in, out, o, deq.data() + o * in);
+      for (size_t i = 0; i < wf.size(); ++i) wb[i] = F32ToBF16(deq[i]);
+      // The blocks hold their own values' bf16 weights; not the bf16 weights of arbitrary values.
+      EXPECT_TRUE(kernels::Q4HoldsBf16Exactly(deq.data(), in, out, packed.data(), scale.data(), mins.data()));
+      EXPECT_FALSE(kernels::Q4HoldsBf16Exactly(wf.data(), in, out, packed.data(), scale.data(), mins.data()));
+      const WeightMatrix dense{WeightMatrix::Kind::kBf16, wb.data(), nullptr, in, out};
+      const WeightMatrix q4{WeightMatrix::Kind::kQ4Bf16, packed.data(), nullptr, in, out, scale.data(), mins.data()};
+      std::vector<float> want(static_cast<size_t>(T * out)), got(want.size()), threaded(want.size());
+      kernels::TeamMatmul(dense, k, p.x.data(), T, want.data(), one);
+      kernels::TeamMatmul(q4, k, p.x.data(), T, got.data(), one);
+      kernels::TeamMatmul(q4, k, p.x.data(), T, threaded.data(), two);
+      for (int64_t i = 0; i < T * out; ++i)
+        ASSERT_EQ(0, std::memcmp(&want[i], &got[i], 4))
+            << kernels::Int8ImplName(impl) << " T=" << T << " in=" << in << " row " << i / out << " out " << i % out
+            << ": " << want[i] << " vs " << got[i];
+      ASSERT_EQ(0, std::memcmp(got.data(), threaded.data(), got.size() * 4)) << kernels::Int8ImplName(impl);
+      // Ranges that cut panels, one token at a time.
+      kernels::PreparedActivations a;
+      for (int64_t t = 0; t < T; t += std::max<int64_t>(1, T / 3)) {
+        kernels::PrepareActivations(WeightMatrix::Kind::kQ4Bf16, k, p.x.data() + t * in, 1, in, &a);
+        std::vector<float> row(static_cast<size_t>(out), -1.0f);
+        const int64_t cut = std::min<int64_t>(out, 5);
+        kernels::MatmulRange(q4, k, a, row.data(), 0, cut);
+        kernels::MatmulRange(q4, k, a, row.data(), cut, out);
+        ASSERT_EQ(0, std::memcmp(row.data(), want.data() + t * out, out * 4)) << kernels::Int8ImplName(impl) << " t=" << t;
+      }
+    }
+  }
+}
+
 // The sampler's softmax weights (cascade/distribution.cc Transform): the vector exp within a few
 // ulp of exp, exactly 0 where exp underflows, and the checked sum bit for bit the plain loop's.
 TEST(kernels_sampling, ExpWeightsAndSumOfWeightsMatchThePlainLoops) {

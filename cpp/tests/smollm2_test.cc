@@ -5,8 +5,11 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #include "cascade/engine.h"
+#include "cascade/loading.h"
+#include "model/decoder.h"
 #include "model/loader.h"
 #include "model/tiny.h"
 #include "pjrt/api.h"
@@ -59,6 +62,52 @@ TEST(SmolLM2, EveryModeIsIdenticalToTargetGreedy) {
   g.candidates = 64;
   g.proposal_length = 8;
   EXPECT_EQ(engine.Generate(prompt, g).tokens, reference) << "auto";
+}
+
+// The GGUF's layer matrices are Q4_1 blocks: the load stores its bf16 target as those blocks
+// (kBF16Q4), and that target is the bf16 one bit for bit: every logit of a prompt and of a
+// verify block, and the greedy tokens of target-only and speculative decoding.
+TEST(SmolLM2, Bf16TargetFromItsBlocksIsTheBf16TargetBitForBit) {
+  const char* path = std::getenv("CASCADE_TEST_MODEL");
+  ASSERT_NE(path, nullptr) << "set CASCADE_TEST_MODEL to the SmolLM2 GGUF (npm test does)";
+  ModelWeights target = LoadModel(path);
+  ClientOptions client_options;
+  client_options.cpu_device_count = 1;
+  auto client = Client::Create(Api::Load(LocatePlugin("cpu")), client_options);
+  ASSERT_TRUE(Bf16FromBlocksApplies(*client, target));
+  DecoderOptions o;
+  o.max_context = 64;
+  o.precision = WeightPrecision::kBF16;
+  DecoderModel dense(client, target, o);
+  o.precision = WeightPrecision::kBF16Q4;
+  DecoderModel blocks(client, target, o);
+  EXPECT_LT(blocks.weight_bytes() * 2, dense.weight_bytes());
+  const std::vector<int32_t> prompt = {504, 1296, 3003, 4683, 359};
+  ForwardResult a = dense.Forward(prompt, 0, {HeadKind::kLogits});
+  ForwardResult b = blocks.Forward(prompt, 0, {HeadKind::kLogits});
+  ASSERT_EQ(a.logits.size(), b.logits.size());
+  EXPECT_EQ(0, std::memcmp(a.logits.data(), b.logits.data(), a.logits.size() * sizeof(float))) << "prompt logits";
+  const std::vector<int32_t> block = {260, 2380, 30, 3656, 28, 284, 1017, 1744, 30, 11, 1022, 8};
+  a = dense.Forward(block, 5, {HeadKind::kLogits});
+  b = blocks.Forward(block, 5, {HeadKind::kLogits});
+  EXPECT_EQ(0, std::memcmp(a.logits.data(), b.logits.data(), a.logits.size() * sizeof(float))) << "verify logits";
+
+  EngineOptions options;
+  options.target_precision = WeightPrecision::kBF16;
+  options.draft_precision = WeightPrecision::kQ4;
+  options.max_context = 96;
+  options.draft_layers = 30;
+  CascadeEngine dense_engine(client, target, std::nullopt, options);
+  options.target_precision = WeightPrecision::kBF16Q4;
+  CascadeEngine blocks_engine(client, target, std::nullopt, options);
+  GenerateOptions g;
+  g.mode = DecodeMode::kTarget;
+  g.max_tokens = 48;
+  const auto reference = dense_engine.Generate(prompt, g).tokens;
+  EXPECT_EQ(blocks_engine.Generate(prompt, g).tokens, reference) << "target-only";
+  g.mode = DecodeMode::kSpeculative;
+  g.proposal_length = 12;
+  EXPECT_EQ(blocks_engine.Generate(prompt, g).tokens, reference) << "speculative";
 }
 
 }  // namespace

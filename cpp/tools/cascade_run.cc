@@ -2,7 +2,7 @@
 // GPU machines have none), and prints the same stage/acceptance table as `cascade-xla run`.
 //
 //   cascade_run --plugin cpu|PATH --model M.gguf|--random-smollm2 [--mode target|speculative|cascade|auto]
-//               [--precision f32|bf16|int8] [--draft-precision P] [--draft-layers N] [--k1 L] [--k0 K0] [--branches B]
+//               [--precision f32|bf16|int8|q4|bf16q4] [--draft-precision P] [--draft-layers N] [--k1 L] [--k0 K0] [--branches B]
 //               [--devices D] [--max-tokens N] [--temperature T] [--seed S] [--compare] [--tiny FILE]
 //               [--prompt-ids 1,2,3] [--coverage-every N] [--tiny FILE]
 // The prompt is a fixed list of token ids (no tokenizer in C++); with --random-smollm2 the model
@@ -59,7 +59,7 @@ ModelWeights RandomSmolLM2() {
 WeightPrecision Precision(const std::string& s) {
   WeightPrecision p = WeightPrecision::kF32;
   if (!ParseWeightPrecision(s, &p)) {
-    std::fprintf(stderr, "precision must be f32, bf16, int8 or q4, got %s\n", s.c_str());
+    std::fprintf(stderr, "precision must be f32, bf16, int8, q4 or bf16q4, got %s\n", s.c_str());
     std::exit(2);
   }
   return p;
@@ -136,7 +136,7 @@ int main(int argc, char** argv) {
     else {
       std::fprintf(stderr,
                    "usage: cascade_run --plugin cpu|PATH (--model M.gguf | --random-smollm2) [--mode target|speculative|"
-                   "cascade|auto] [--precision f32|bf16|int8] [--draft-precision P] [--draft-layers N] [--k1 L] [--k0 K0] [--branches B] "
+                   "cascade|auto] [--precision f32|bf16|int8|q4|bf16q4] [--draft-precision P] [--draft-layers N] [--k1 L] [--k0 K0] [--branches B] "
                    "[--devices D] [--max-tokens N] [--temperature T] [--seed S] [--compare] [--tiny FILE] [--prompt-ids 1,2,3] [--coverage-every N]\n");
       return 2;
     }

@@ -58,6 +58,16 @@ ModelWeights RandomWeights(const ModelConfig& c) {
       float u = static_cast<float>((state >> 40) & 0xffffff) / 16777216.0f;  // [0, 1)
       v[i] = (p.dims.size() == 1 ? 1.0f : 0.0f) + scale * 3.4641f * (u - 0.5f);  // unit variance * scale
     }
+    // The layer matrices as the values of 4-bit blocks (as a Q4_1 GGUF's, e.g. SmolLM2's), so
+    // that every precision, bf16q4 included, runs on the same weights.
+    if (dims.size() == 2 && p.tensor.rfind("model.layers.", 0) == 0 && dims[1] % 64 == 0) {
+      const int64_t out = dims[0], in = dims[1];
+      std::vector<uint8_t> packed(static_cast<size_t>(out * in / 2));
+      std::vector<uint16_t> scales(static_cast<size_t>(out * in / kernels::kQ4Block)), mins(scales.size());
+      kernels::QuantizeQ4Rows(v, in, out, packed.data(), scales.data(), mins.data());
+      for (int64_t o = 0; o < out; ++o)
+        kernels::DequantizeQ4Row(packed.data(), scales.data(), mins.data(), in, out, o, v + o * in);
+    }
     w.tensors[p.tensor] = std::move(t);
   }
   return w;

@@ -9,7 +9,9 @@ import type { ConversationCache } from './conversation-cache.js';
 
 /**
  * Weight precisions a model can take on the device. 'q4': the layer matrices in 4-bit blocks of 32
- * (GGUF's Q4_1; a Q4_1 file's own blocks), the head int8: a draft's precision.
+ * (GGUF's Q4_1; a Q4_1 file's own blocks), the head int8: a draft's precision. A 'bf16' target whose
+ * layer weights are 4-bit block values (a Q4_1 GGUF's) is stored as those blocks on the CPU plugin
+ * (the same model bit for bit; `info.targetStorage` says 'q4-blocks').
  */
 export const PRECISIONS = ['f32', 'bf16', 'int8', 'q4'] as const;
 /** Weight precision of a model on the device. */
