@@ -35,7 +35,13 @@ int64_t WeightBytes(const ModelConfig& config, WeightPrecision precision) {
 }
 
 bool Bf16FromBlocksApplies(const Client& client, const ModelWeights& target) {
-  for (const WeightParam& p : WeightParamLayout(target.config, WeightPrecision::kBF16Q4)) {
+  std::vector<WeightParam> layout;
+  try {
+    layout = WeightParamLayout(target.config, WeightPrecision::kBF16Q4);
+  } catch (const InvalidArgumentError&) {
+    return false;  // a layer matrix's input size is no multiple of 64
+  }
+  for (const WeightParam& p : layout) {
     if (p.role != WeightParam::Role::kQ4Values) continue;
     const HostTensor w = ToF32(target.at(p.tensor));
     const int64_t in = w.dims[1], rows = std::min<int64_t>(w.dims[0], 32);

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <thread>
 
+#include "cascade/loading.h"
 #include "kernels/decoder_layers.h"
 #include "kernels/ffi_handlers.h"
 #include "kernels/int8_matmul.h"
@@ -298,6 +299,11 @@ TEST(fused_layers, Bf16Q4IsTheBf16ModelBitForBit) {
         kernels::DequantizeQ4Row(packed.data(), scales.data(), mins.data(), in, out, o, t.as<float>() + o * in);
     }
   };
+  {  // a layer matrix whose input size is no multiple of 64: not applicable, no error
+    ModelConfig odd = testing::SmallLlama(true, 211);
+    odd.intermediate_size = 96;
+    EXPECT_FALSE(Bf16FromBlocksApplies(*Cpu(), testing::SmallRandomModel(odd, 3, 1.0f)));
+  }
   for (int64_t head_dim : {32, 24}) {
     for (const Case& k : {Case{WeightPrecision::kBF16Q4, ModelFamily::kLlama, true},
                           Case{WeightPrecision::kBF16Q4, ModelFamily::kLlama, false},
@@ -317,7 +323,9 @@ TEST(fused_layers, Bf16Q4IsTheBf16ModelBitForBit) {
           EXPECT_NE(std::string(e.what()).find("model.layers.0."), std::string::npos) << e.what();
         }
       }
+      EXPECT_FALSE(Bf16FromBlocksApplies(*Cpu(), w));  // the load keeps such weights dense
       block_valued(w);
+      EXPECT_TRUE(Bf16FromBlocksApplies(*Cpu(), w));
       const std::string name = Name(k) + " head_dim " + std::to_string(c.head_dim);
       DecoderModel bf16 = Model(w, WeightPrecision::kBF16, MatmulMode::kFused),
                    q4 = Model(w, WeightPrecision::kBF16Q4, MatmulMode::kFused),
