@@ -160,7 +160,7 @@ export async function benchCompare(o: CompareBenchOptions): Promise<Row[]> {
 
   progress('starting cascade-xla (load, tiny fit/cache, warm-up compile)');
   const workers = new Map<string, Worker>();
-  type CxReady = { ready: boolean; error?: string; loadMs: number; warmupMs: number; info: { draft: { layers: number }; targetPrecision: string; draftPrecision: string; memory: { target: { weightBytes: number } } }; costModel?: { bandwidthGBs: number } };
+  type CxReady = { ready: boolean; error?: string; loadMs: number; warmupMs: number; info: { draft: { layers: number }; targetPrecision: string; targetStorage?: string; draftPrecision: string; memory: { target: { weightBytes: number } } }; costModel?: { bandwidthGBs: number } };
   const cx = new Worker('cascade-xla', process.execPath, [path.join(ROOT, 'scripts/bench-cascade-worker.mjs'), JSON.stringify({ gguf: target, plugin: o.plugin, k1: o.k1, k0: o.k0 })]);
   const cxReady = await cx.next<CxReady>();
   if (!cxReady.ready) throw new Error(`cascade-xla worker failed: ${cxReady.error}`);
@@ -311,7 +311,7 @@ export async function benchCompare(o: CompareBenchOptions): Promise<Row[]> {
   const command = 'npm run build && npm run bench';
   await mkdir(o.out, { recursive: true });
   const result = {
-    model: path.basename(target), modelFileBytes: fileBytes, f32WeightBytes: f32Bytes, draftLayers, int8Draft, draftPrecision: cxReady.info.draftPrecision, prompts: BENCH_PROMPTS,
+    model: path.basename(target), modelFileBytes: fileBytes, f32WeightBytes: f32Bytes, draftLayers, int8Draft, draftPrecision: cxReady.info.draftPrecision, targetStorage: cxReady.info.targetStorage ?? 'dense', prompts: BENCH_PROMPTS,
     promptLengthCheck, options: o, machine, command, suiteSeconds: seconds,
     workers: { cascadeXla: { loadMs: cxReady.loadMs, warmupMs: cxReady.warmupMs }, cascadeXlaF32: cxF32Ready.ready ? { loadMs: cxF32Ready.loadMs, warmupMs: cxF32Ready.warmupMs } : cxF32Ready.error, nodeLlamaCpp: llReady, transformers: hfReady ?? py.error },
     rows,
@@ -339,7 +339,7 @@ export async function benchCompare(o: CompareBenchOptions): Promise<Row[]> {
 const mib = (b: number | null | undefined) => (b == null ? '-' : `${(b / 2 ** 20).toFixed(0)}`);
 
 function markdown(r: {
-  model: string; modelFileBytes: number; f32WeightBytes: number; draftLayers: number; int8Draft: boolean; draftPrecision: string; options: CompareBenchOptions; command: string; suiteSeconds: number;
+  model: string; modelFileBytes: number; f32WeightBytes: number; draftLayers: number; int8Draft: boolean; draftPrecision: string; targetStorage: string; options: CompareBenchOptions; command: string; suiteSeconds: number;
   machine: { cpus: number; cpuModel?: string; memoryGiB: number; loadAverageAtEnd: number[]; node: string; platform: string; bandwidthGBs: number };
   rows: Row[];
 }): string {
@@ -373,7 +373,7 @@ function markdown(r: {
     '## What the rows and columns mean',
     '',
     `- **cascade-xla target / speculative / cascade / auto**: \`Cascade.load({ tiny: 'fit', warmup: true, measureBandwidth: true })\` ` +
-      `on the XLA CPU plugin (the default target precision, bf16, dequantised from the GGUF; the "f32 target" rows pass ` +
+      `on the XLA CPU plugin (the default target precision, bf16, ${r.targetStorage === 'q4-blocks' ? "its layer weights kept as the GGUF's Q4_1 blocks and expanded to the same bf16 weights in our kernels (bit for bit the dense bf16 target; the embedding and head dense bf16)" : 'dequantised from the GGUF'}; the "f32 target" rows pass ` +
       `\`precision: { target: 'f32' }\`, in a second process), \`generate\` with \`mode\` = target-only, ` +
       `speculative (draft = ${r.draftPrecision === 'int8' ? 'an int8 copy (per-channel scales, our FFI kernels) of ' : r.draftPrecision === 'q4' ? "a q4 copy (the GGUF's own 4-bit blocks, our FFI kernels) of " : ''}the target's first ${r.draftLayers} layers, as the cost model chose, k1 ${r.options.k1}), cascade (+ the fitted tiny model, k0 ${r.options.k0}), ` +
       `and auto (the cost model picks per step). Compile time is excluded (warm-up at load and an untimed warm-up pass).`,
