@@ -42,6 +42,16 @@ bool Bf16FromBlocksApplies(const Client& client, const ModelWeights& target) {
     return false;  // a layer matrix's input size is no multiple of 64
   }
   for (const WeightParam& p : layout) {
+    if (p.role == WeightParam::Role::kQ8Values) {  // the head (a tied one: the embedding)
+      const std::string& name = target.config.tied_embeddings ? "model.embed_tokens.weight" : p.tensor;
+      const HostTensor w = ToF32(target.at(name));
+      const int64_t in = w.dims[1], rows = std::min<int64_t>(w.dims[0], 32);
+      if (in % 32 != 0) return false;
+      std::vector<int8_t> q(static_cast<size_t>(rows * in));
+      std::vector<uint16_t> scales(static_cast<size_t>(rows * in / 32));
+      if (!kernels::QuantizeQ8Rows(w.as<float>(), in, rows, q.data(), scales.data())) return false;
+      continue;
+    }
     if (p.role != WeightParam::Role::kQ4Values) continue;
     const HostTensor w = ToF32(target.at(p.tensor));
     const int64_t in = w.dims[1], rows = std::min<int64_t>(w.dims[0], 32);

@@ -418,7 +418,8 @@ class MatmulSplit {
     switch (m.kind) {
       case WeightMatrix::Kind::kQ4:
       case WeightMatrix::Kind::kQ4Bf16: return m.in / 2;
-      case WeightMatrix::Kind::kInt8: return m.in;
+      case WeightMatrix::Kind::kInt8:
+      case WeightMatrix::Kind::kQ8Bf16: return m.in;
       case WeightMatrix::Kind::kBf16: return m.in * 2;
       default: return m.in * 4;
     }
@@ -648,6 +649,7 @@ class LayerRunner {
 
 bool CheckMatrix(const WeightMatrix& m, int64_t in, int64_t out) {
   if (!m.data || m.in != in || m.out != out) return false;
+  if (m.kind == WeightMatrix::Kind::kQ8Bf16) return m.block_scale && in % 32 == 0;
   if (m.kind == WeightMatrix::Kind::kQ4 || m.kind == WeightMatrix::Kind::kQ4Bf16) return m.block_scale && m.block_min && ValidateQ4Matrix(in, out).empty();
   return m.kind != WeightMatrix::Kind::kInt8 || m.scale != nullptr;
 }
@@ -670,6 +672,7 @@ void AddMatrixPieces(WeightMatrix::Kind kind, int64_t out, int64_t in, std::vect
     case WeightMatrix::Kind::kInt8: bytes->insert(bytes->end(), {out * in, out * 4}); break;
     case WeightMatrix::Kind::kQ4:
     case WeightMatrix::Kind::kQ4Bf16: bytes->insert(bytes->end(), {out * in / 2, out * (in / kQ4Block) * 2, out * (in / kQ4Block) * 2}); break;
+    case WeightMatrix::Kind::kQ8Bf16: bytes->insert(bytes->end(), {out * in, out * (in / 32) * 2}); break;
   }
 }
 
@@ -698,6 +701,8 @@ std::string ArenaLayer(const DecoderLayersConfig& c, WeightMatrix::Kind kind, co
                        DecoderLayerWeights* layer) {
   if (c.hidden < 1 || c.heads < 1 || c.kv_heads < 1 || c.head_dim < 1 || c.intermediate < 1)
     return "decoder layers: sizes must be positive";
+  if (kind == WeightMatrix::Kind::kQ8Bf16 && (c.hidden % 32 != 0 || (c.heads * c.head_dim) % 32 != 0 || c.intermediate % 32 != 0))
+    return "decoder layers: q8 blocks need every matrix's input size to be a multiple of 32";
   if ((kind == WeightMatrix::Kind::kQ4 || kind == WeightMatrix::Kind::kQ4Bf16) && (c.hidden % 64 != 0 || (c.heads * c.head_dim) % 64 != 0 || c.intermediate % 64 != 0))
     return "decoder layers: q4 weights need every matrix's input size to be a multiple of 64";
   const int64_t want = ArenaBytes(c, kind);
@@ -724,6 +729,10 @@ std::string ArenaLayer(const DecoderLayersConfig& c, WeightMatrix::Kind kind, co
       case WeightMatrix::Kind::kInt8:
         m.data = next(out * in);
         m.scale = reinterpret_cast<const float*>(next(out * 4));
+        break;
+      case WeightMatrix::Kind::kQ8Bf16:
+        m.data = next(out * in);
+        m.block_scale = reinterpret_cast<const uint16_t*>(next(out * (in / 32) * 2));
         break;
       case WeightMatrix::Kind::kQ4:
       case WeightMatrix::Kind::kQ4Bf16:

@@ -233,6 +233,28 @@ ffi::Error Bf16MatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::BF16> w,
   return ffi::Error::Success();
 }
 
+ffi::Error Q8Bf16MatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> w, ffi::Buffer<ffi::F16> scale,
+                           ffi::ResultBuffer<ffi::F32> y) {
+  Timed timed(/*matmul=*/true);
+  auto xd = x.dimensions(), wd = w.dimensions(), sd = scale.dimensions(), yd = y->dimensions();
+  if (xd.size() != 2 || wd.size() != 2 || sd.size() != 2 || yd.size() != 2 || xd[1] != wd[1] || wd[1] % 32 != 0 ||
+      sd[0] != wd[0] || sd[1] * 32 != wd[1] || yd[0] != xd[0] || yd[1] != wd[0])
+    return ffi::Error::InvalidArgument(std::string(kQ8Bf16MatmulTarget) +
+                                       ": expected x[T,in], w[out,in], scale[out,in/32] (in a multiple of 32) -> y[T,out]; got x" +
+                                       DimsText(xd) + " w" + DimsText(wd) + " scale" + DimsText(sd) + " y" + DimsText(yd));
+  const Int8MatmulShape shape{xd[0], xd[1], wd[0]};
+  const std::string bad = ValidateInt8Matmul(shape);
+  if (!bad.empty()) return ffi::Error::InvalidArgument(bad);
+  try {
+    WeightMatrix m{WeightMatrix::Kind::kQ8Bf16, w.typed_data(), nullptr, shape.in, shape.out};
+    m.block_scale = reinterpret_cast<const uint16_t*>(scale.untyped_data());
+    TeamMatmul(m, Impls(), x.typed_data(), shape.T, y->typed_data(), ThreadTeam::Global());
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string(kQ8Bf16MatmulTarget) + ": " + e.what());
+  }
+  return ffi::Error::Success();
+}
+
 ffi::Error Bf16GatherMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> ids, ffi::Buffer<ffi::BF16> w,
                                 ffi::ResultBuffer<ffi::F32> y) {
   Timed timed;
@@ -378,6 +400,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeBf16MatmulHandler, Bf16MatmulImpl,
                                   .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeQ8Bf16MatmulHandler, Q8Bf16MatmulImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::F16>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeBf16GatherMatmulHandler, Bf16GatherMatmulImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
@@ -449,6 +478,7 @@ KernelRegistration RegisterKernels(const Api& api) {
       RegisterFfiHandler(api, kInt8GatherMatmulTarget, "Host",
                          reinterpret_cast<void*>(&CascadeInt8GatherMatmulHandler));
       RegisterFfiHandler(api, kBf16MatmulTarget, "Host", reinterpret_cast<void*>(&CascadeBf16MatmulHandler));
+      RegisterFfiHandler(api, kQ8Bf16MatmulTarget, "Host", reinterpret_cast<void*>(&CascadeQ8Bf16MatmulHandler));
       RegisterFfiHandler(api, kBf16GatherMatmulTarget, "Host",
                          reinterpret_cast<void*>(&CascadeBf16GatherMatmulHandler));
       RegisterFfiHandler(api, kF32TMatmulTarget, "Host", reinterpret_cast<void*>(&CascadeF32TMatmulHandler));

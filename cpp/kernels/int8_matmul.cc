@@ -820,6 +820,86 @@ CASCADE_AMX void AmxQ4Bf16Rows(const std::vector<uint16_t>& packed, int64_t T, c
   }
   _tile_release();
 }
+
+// One 32-input block of 16 rows of a kQ8Bf16 matrix as an A tile: bf16(d * q) per weight (d * q
+// has at most 19 significant bits: exact in f32 before the rounding).
+CASCADE_AMX inline void Q8BlockToBf16Tile(const int8_t* w, const uint16_t* bs, int64_t in, int64_t kb,
+                                          uint16_t (*a)[32]) {
+  const int64_t blocks = in / 32;
+#pragma GCC unroll 16
+  for (int j = 0; j < 16; ++j) {
+    const int8_t* row = w + j * in + kb * 32;
+    const __m512 d = _mm512_cvtph_ps(_mm256_set1_epi16(static_cast<short>(bs[j * blocks + kb])));
+    const __m512 lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row)))), d);
+    const __m512 hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16)))), d);
+    _mm512_store_si512(a[j], (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+  }
+}
+
+// kQ8Bf16: y rows [o0, o1) (whole 16-row blocks) of y = x . W^T with W the bf16 rounding of
+// d * q: AmxBf16Rows's tiles, roles and k order (bit-identical to the bf16 weights' kernel), the
+// A tiles built from the blocks one k block ahead of their loads (as AmxQ4Bf16Rows). y points at
+// output o0 of token 0; token rows ldy floats apart.
+CASCADE_AMX void AmxQ8Bf16Rows(const std::vector<uint16_t>& packed, int64_t T, const int8_t* w, const uint16_t* bs,
+                               float* y, int64_t ldy, int64_t in, int64_t o0, int64_t o1) {
+  AmxTileConfig cfg;
+  for (int i = 0; i < 6; ++i) {
+    cfg.rows[i] = 16;
+    cfg.colsb[i] = 64;
+  }
+  _tile_loadconfig(&cfg);
+  const int64_t groups = (T + 15) / 16, kblocks = in / 32;
+  alignas(64) float c[16][16];
+  alignas(64) uint16_t a[2][16][32];
+  for (int64_t n0 = o0; n0 + 16 <= o1; n0 += 16) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    const int8_t* rows = w + n0 * in;
+    const uint16_t* scales = bs + n0 * kblocks;
+    for (int64_t k = 0; k < 16; ++k) _mm_prefetch(reinterpret_cast<const char*>(rows + 16 * in + k * in), _MM_HINT_T0);
+    Q8BlockToBf16Tile(rows, scales, in, 0, a[0]);
+    for (int64_t kb = 0; kb < kblocks; ++kb) {
+      if (kb + 1 < kblocks) Q8BlockToBf16Tile(rows, scales, in, kb + 1, a[(kb + 1) & 1]);
+      _tile_loadd(4, a[kb & 1], 64);
+      const uint16_t* bt = packed.data() + kb * 512;
+      _tile_loadd(5, bt, 64);
+      _tile_dpbf16ps(0, 4, 5);
+      if (groups > 1) {
+        _tile_loadd(5, bt + kblocks * 512, 64);
+        _tile_dpbf16ps(1, 4, 5);
+      }
+      if (groups > 2) {
+        _tile_loadd(5, bt + 2 * kblocks * 512, 64);
+        _tile_dpbf16ps(2, 4, 5);
+      }
+      if (groups > 3) {
+        _tile_loadd(5, bt + 3 * kblocks * 512, 64);
+        _tile_dpbf16ps(3, 4, 5);
+      }
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      switch (g) {
+        case 0: _tile_stored(0, c, 64); break;
+        case 1: _tile_stored(1, c, 64); break;
+        case 2: _tile_stored(2, c, 64); break;
+        default: _tile_stored(3, c, 64); break;
+      }
+      const int64_t tokens = std::min<int64_t>(16, T - g * 16);
+      float* yg = y + g * 16 * ldy + (n0 - o0);
+      if (tokens == 1) {
+        for (int64_t i = 0; i < 16; ++i) yg[i] = c[i][0];
+        continue;
+      }
+      __m512 cr[16];
+      for (int i = 0; i < 16; ++i) cr[i] = _mm512_load_ps(c[i]);
+      Transpose16x16(cr);
+      for (int64_t m = 0; m < tokens; ++m) _mm512_storeu_ps(yg + m * ldy, cr[m]);
+    }
+  }
+  _tile_release();
+}
 #else
 [[maybe_unused]] bool AmxPermitted() { return false; }
 void PackAmxActivations(const uint16_t*, int64_t, int64_t, int64_t, std::vector<uint16_t>*) { NoSimd(); }
@@ -828,6 +908,10 @@ void AmxBf16Rows(const std::vector<uint16_t>&, int64_t, const uint16_t*, float*,
 }
 void AmxQ4Bf16Rows(const std::vector<uint16_t>&, int64_t, const uint8_t*, const uint16_t*, const uint16_t*, float*,
                    int64_t, int64_t, int64_t, int64_t) {
+  NoSimd();
+}
+void AmxQ8Bf16Rows(const std::vector<uint16_t>&, int64_t, const int8_t*, const uint16_t*, float*, int64_t, int64_t,
+                   int64_t, int64_t) {
   NoSimd();
 }
 #endif  // CASCADE_X86
@@ -1332,6 +1416,26 @@ bool Q4HoldsBf16Exactly(const float* w, int64_t in, int64_t out, const uint8_t* 
   return true;
 }
 
+bool QuantizeQ8Rows(const float* w, int64_t in, int64_t out, int8_t* q, uint16_t* block_scale) {
+  if (in % 32 != 0) throw std::invalid_argument("q8 blocks: the input size is not a multiple of 32");
+  bool exact = true;
+  for (int64_t o = 0; o < out; ++o)
+    for (int64_t b = 0; b < in / 32; ++b) {
+      const float* x = w + o * in + b * 32;
+      float amax = 0.0f;
+      for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[i]));
+      const uint16_t d16 = F32ToF16(amax / 127.0f);
+      block_scale[o * (in / 32) + b] = d16;
+      const float d = F16ToF32(d16);
+      for (int i = 0; i < 32; ++i) {
+        const float v = d > 0.0f ? std::clamp(std::nearbyint(x[i] / d), -127.0f, 127.0f) : 0.0f;
+        q[o * in + b * 32 + i] = static_cast<int8_t>(v);
+        exact = exact && F32ToBF16(v * d) == F32ToBF16(x[i]);
+      }
+    }
+  return exact;
+}
+
 void PrepareActivations(WeightMatrix::Kind kind, const KernelImpls& impls, const float* x, int64_t T, int64_t in,
                         PreparedActivations* a) {
   a->x = x;
@@ -1354,7 +1458,8 @@ void PrepareActivations(WeightMatrix::Kind kind, const KernelImpls& impls, const
           a->block_scale[(t * chunks + c) * 2 + half] = a->lane_scale[lane0];
         }
   }
-  const bool bf16_dot = kind == WeightMatrix::Kind::kBf16 || kind == WeightMatrix::Kind::kQ4Bf16;
+  const bool bf16_dot = kind == WeightMatrix::Kind::kBf16 || kind == WeightMatrix::Kind::kQ4Bf16 ||
+                        kind == WeightMatrix::Kind::kQ8Bf16;
   if (bf16_dot && (impls.bf16 == Int8Impl::kAvx512Bf16 || impls.bf16 == Int8Impl::kAmxBf16))
     a->xb = RoundRowsToBf16(x, T, in, &a->ldx);
   if (bf16_dot && impls.bf16 == Int8Impl::kAmxBf16 && in % 32 == 0)
@@ -1365,7 +1470,8 @@ int64_t MatmulTaskOutputs(const WeightMatrix& m) {
   // f32 [in, out]: 64 columns (128 and 256 measured no better in session 10).
   if (m.kind == WeightMatrix::Kind::kF32Transposed) return 64;
   const bool q4 = m.kind == WeightMatrix::Kind::kQ4 || m.kind == WeightMatrix::Kind::kQ4Bf16;
-  const int64_t row_bytes = q4 ? m.in / 2 : m.in * (m.kind == WeightMatrix::Kind::kInt8 ? 1 : 2);
+  const bool bytes1 = m.kind == WeightMatrix::Kind::kInt8 || m.kind == WeightMatrix::Kind::kQ8Bf16;
+  const int64_t row_bytes = q4 ? m.in / 2 : m.in * (bytes1 ? 1 : 2);
   // ~128 KB of weights a task. decoder_bench decode(1), three interleaved rounds (session 10):
   // bf16 13.4-14.1 ms at 32 KB, 12.4-13.2 at 64 KB, 12.0-13.2 at 128 KB; int8 7.2-7.9 / 6.9-7.5 /
   // 6.7-7.3; q4 5.6-6.4 / 5.4-6.1 / 5.5-5.9; 256 KB and 1 MB slower again (fewer, longer streams
@@ -1380,16 +1486,29 @@ namespace {
 // weights (as the upload rounds a bf16 tensor: model/decoder.cc ToBF16), a kBf16 matrix of just
 // those rows, its outputs copied into y. For the CPUs without AMX and a last panel of < 16 rows;
 // a kBf16 matrix's rows past out / 16 * 16 take the same non-AMX path.
-void Q4Bf16ThroughBf16(const WeightMatrix& m, const KernelImpls& impls, const PreparedActivations& a, float* y,
+// The bf16 weights of row o of a kQ4Bf16 / kQ8Bf16 matrix (rounded as the upload rounds a bf16
+// tensor: model/decoder.cc ToBF16).
+void BlocksRowToBf16(const WeightMatrix& m, int64_t o, float* scratch, uint16_t* row) {
+  const int64_t in = m.in;
+  if (m.kind == WeightMatrix::Kind::kQ4Bf16) {
+    DequantizeQ4Row(static_cast<const uint8_t*>(m.data), m.block_scale, m.block_min, in, m.out, o, scratch);
+  } else {
+    const int8_t* q = static_cast<const int8_t*>(m.data) + o * in;
+    for (int64_t i = 0; i < in; ++i) scratch[i] = static_cast<float>(q[i]) * F16ToF32(m.block_scale[o * (in / 32) + i / 32]);
+  }
+  for (int64_t i = 0; i < in; ++i) row[i] = F32ToBF16(scratch[i]);
+}
+
+// kQ4Bf16 / kQ8Bf16 rows [o0, o1) through the bf16 weights' kernel itself: the rows expanded to
+// their bf16 weights, a kBf16 matrix of just those rows, its outputs copied into y. For the CPUs
+// without AMX and the rows past the last whole 16 (a kBf16 matrix's rows past out / 16 * 16 take
+// the same non-AMX path).
+void BlocksThroughBf16(const WeightMatrix& m, const KernelImpls& impls, const PreparedActivations& a, float* y,
                        int64_t o0, int64_t o1) {
   const int64_t T = a.T, in = m.in, n = o1 - o0;
-  const auto* w = static_cast<const uint8_t*>(m.data);
-  std::vector<float> row(static_cast<size_t>(in));
+  std::vector<float> scratch(static_cast<size_t>(in));
   std::vector<uint16_t> wb(static_cast<size_t>(n * in));
-  for (int64_t o = o0; o < o1; ++o) {
-    DequantizeQ4Row(w, m.block_scale, m.block_min, in, m.out, o, row.data());
-    for (int64_t i = 0; i < in; ++i) wb[(o - o0) * in + i] = F32ToBF16(row[i]);
-  }
+  for (int64_t o = o0; o < o1; ++o) BlocksRowToBf16(m, o, scratch.data(), wb.data() + (o - o0) * in);
   for (int64_t s = 0; s < n; s += 16) {
     // 16 rows at a time: AMX (whole blocks of 16) exactly where the kBf16 matrix would use it.
     const int64_t e = std::min(n, s + 16);
@@ -1401,25 +1520,30 @@ void Q4Bf16ThroughBf16(const WeightMatrix& m, const KernelImpls& impls, const Pr
   }
 }
 
-// kQ4Bf16 rows [o0, o1) with AMX: whole panels in place; a panel the range cuts computed whole
-// into a scratch and the range's rows copied (a row's arithmetic never depends on the range);
-// the rows past the last whole panel through kBf16 as a kBf16 matrix computes them.
-void AmxQ4Bf16Range(const WeightMatrix& m, const KernelImpls& impls, const PreparedActivations& a, float* y,
+// kQ4Bf16 / kQ8Bf16 rows [o0, o1) with AMX: whole 16-row blocks (q4: panels) in place; a block
+// the range cuts computed whole into a scratch and the range's rows copied (a row's arithmetic
+// never depends on the range); the rows past the last whole block through BlocksThroughBf16.
+void AmxBlocksRange(const WeightMatrix& m, const KernelImpls& impls, const PreparedActivations& a, float* y,
                     int64_t o0, int64_t o1) {
   const int64_t T = a.T, in = m.in, out = m.out, whole = out / 16 * 16;
   if (T > 64) throw std::invalid_argument("bf16 matmul: the AMX kernel takes T <= 64");
-  const auto* w = static_cast<const uint8_t*>(m.data);
+  auto rows = [&](float* yr, int64_t ldy, int64_t r0, int64_t r1) {  // whole blocks [r0, r1)
+    if (m.kind == WeightMatrix::Kind::kQ4Bf16)
+      AmxQ4Bf16Rows(a.amx, T, static_cast<const uint8_t*>(m.data), m.block_scale, m.block_min, yr, ldy, in, r0, r1);
+    else
+      AmxQ8Bf16Rows(a.amx, T, static_cast<const int8_t*>(m.data), m.block_scale, yr, ldy, in, r0, r1);
+  };
   const int64_t a0 = std::min((o0 + 15) / 16 * 16, whole), a1 = std::max(a0, std::min(o1, whole) / 16 * 16);
-  auto cut_panel = [&](int64_t p0, int64_t r0, int64_t r1) {  // rows [r0, r1) of the panel at p0
+  auto cut_block = [&](int64_t p0, int64_t r0, int64_t r1) {  // rows [r0, r1) of the block at p0
     std::vector<float> tmp(static_cast<size_t>(T * 16));
-    AmxQ4Bf16Rows(a.amx, T, w, m.block_scale, m.block_min, tmp.data(), 16, in, p0, p0 + 16);
+    rows(tmp.data(), 16, p0, p0 + 16);
     for (int64_t t = 0; t < T; ++t)
       std::memcpy(y + t * out + r0, tmp.data() + t * 16 + (r0 - p0), static_cast<size_t>(r1 - r0) * sizeof(float));
   };
-  if (o0 < a0) cut_panel(a0 - 16, o0, std::min(o1, a0));
-  if (a1 > a0) AmxQ4Bf16Rows(a.amx, T, w, m.block_scale, m.block_min, y + a0, out, in, a0, a1);
-  if (a1 < o1 && a1 < whole) cut_panel(a1, std::max(o0, a1), std::min(o1, a1 + 16));
-  if (o1 > whole) Q4Bf16ThroughBf16(m, impls, a, y, std::max(o0, whole), o1);
+  if (o0 < a0) cut_block(a0 - 16, o0, std::min(o1, a0));
+  if (a1 > a0) rows(y + a0, out, a0, a1);
+  if (a1 < o1 && a1 < whole) cut_block(a1, std::max(o0, a1), std::min(o1, a1 + 16));
+  if (o1 > whole) BlocksThroughBf16(m, impls, a, y, std::max(o0, whole), o1);
 }
 }  // namespace
 
@@ -1428,8 +1552,9 @@ void MatmulRange(const WeightMatrix& m, const KernelImpls& impls, const Prepared
   const int64_t T = a.T, in = m.in, out = m.out;
   switch (m.kind) {
     case WeightMatrix::Kind::kQ4Bf16:
-      if (impls.bf16 == Int8Impl::kAmxBf16) AmxQ4Bf16Range(m, impls, a, y, o0, o1);
-      else Q4Bf16ThroughBf16(m, impls, a, y, o0, o1);
+    case WeightMatrix::Kind::kQ8Bf16:
+      if (impls.bf16 == Int8Impl::kAmxBf16) AmxBlocksRange(m, impls, a, y, o0, o1);
+      else BlocksThroughBf16(m, impls, a, y, o0, o1);
       return;
     case WeightMatrix::Kind::kF32Transposed: {
       const float* wt = static_cast<const float*>(m.data);

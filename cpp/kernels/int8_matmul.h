@@ -84,14 +84,16 @@ void Bf16GatherMatmul(Int8Impl impl, const float* x, const uint16_t* w, const in
 // 4-bit blocks in panels of 16 rows (kQ4PanelRows below) with f16 block scales and minimums;
 // kQ4Bf16: stored as kQ4, computed as kBf16 with the bf16 rounding of each weight d * q + m: the
 // rows equal, bit for bit, kBf16's on those bf16 weights (a bf16 target whose weights came from
-// 4-bit blocks, e.g. a Q4_1 GGUF's, read at ~5 bits a weight instead of 16).
+// 4-bit blocks, e.g. a Q4_1 GGUF's, read at ~5 bits a weight instead of 16); kQ8Bf16: s8 [out, in]
+// with an f16 scale per 32-block (block_scale [out, in / 32], GGUF's Q8_0), computed as kBf16 with
+// the bf16 rounding of each weight d * q (the bf16 target's head from a Q8_0 embedding).
 struct WeightMatrix {
-  enum class Kind { kF32Transposed, kBf16, kInt8, kQ4, kQ4Bf16 };
+  enum class Kind { kF32Transposed, kBf16, kInt8, kQ4, kQ4Bf16, kQ8Bf16 };
   Kind kind = Kind::kF32Transposed;
   const void* data = nullptr;
   const float* scale = nullptr;
   int64_t in = 0, out = 0;
-  const uint16_t* block_scale = nullptr;  // kQ4, kQ4Bf16: f16 bits [out, in / 32]
+  const uint16_t* block_scale = nullptr;  // kQ4, kQ4Bf16, kQ8Bf16: f16 bits (kQ4: panels; kQ8Bf16: [out, in / 32])
   const uint16_t* block_min = nullptr;    // kQ4, kQ4Bf16: f16 bits [out, in / 32]
 };
 
@@ -116,6 +118,12 @@ void QuantizeQ4Rows(const float* w, int64_t in, int64_t out, uint8_t* packed, ui
 // The f32 weights of row o: what every Q4 kernel multiplies by.
 void DequantizeQ4Row(const uint8_t* packed, const uint16_t* block_scale, const uint16_t* block_min, int64_t in,
                      int64_t out, int64_t o, float* w);
+// ---- 8-bit blocks (kQ8Bf16: GGUF's Q8_0, row-major) ----
+// Quantises rows w[out, in] (in % 32 == 0) as ggml's Q8_0: d = amax / 127 rounded to f16, q =
+// round(w / d). Returns whether the blocks hold every weight's bf16 rounding exactly (bf16(d * q)
+// == bf16(w)), as they do for a Q8_0 GGUF tensor's values.
+bool QuantizeQ8Rows(const float* w, int64_t in, int64_t out, int8_t* q, uint16_t* block_scale);
+
 // Whether the q4 blocks of w[out, in] (f32) hold every weight's bf16 rounding exactly: the bf16
 // rounding of QuantizeQ4Rows's dequantised values equals that of w, weight for weight (then
 // kQ4Bf16 computes what kBf16 computes on the bf16 weights). True for a Q4_1 GGUF tensor's values.

@@ -71,6 +71,18 @@ std::vector<HostTensor> PrepareAt(const ModelWeights& weights, const std::vector
     i += 3;
     return out;
   }
+  if (p.role == WeightParam::Role::kQ8Values) {  // kBF16Q4's head: 8-bit blocks holding its bf16 weights
+    HostTensor f = ToF32(src);
+    const int64_t out_rows = canonical[0], in = canonical[1];
+    std::vector<HostTensor> out;
+    out.emplace_back(DType::kS8, p.dims);
+    out.emplace_back(DType::kF16, std::vector<int64_t>{out_rows, in / 32});
+    if (!kernels::QuantizeQ8Rows(f.as<float>(), in, out_rows, out[0].as<int8_t>(), out[1].as<uint16_t>()))
+      throw InvalidArgumentError("bf16q4 weights: " + p.tensor + " (the head) is not made of 8-bit blocks (its bf16 " +
+                                 "weights differ from what its q8 blocks hold); use bf16 for this model");
+    i += 2;
+    return out;
+  }
   if (p.role == WeightParam::Role::kInt8Values) {
     Int8Matrix q = QuantizeInt8PerChannel(src);
     i += 2;
@@ -158,6 +170,16 @@ ModelWeights EffectiveWeights(const ModelWeights& weights, WeightPrecision preci
                                  rows, r, f.as<float>() + r * in);
       if (precision == WeightPrecision::kBF16Q4) f = ToF32(ToBF16(f));  // the bf16 weights they hold
       out.tensors[name] = std::move(f);
+    } else if (prepared.size() == 2 && prepared[1].dtype == DType::kF16) {  // 8-bit blocks (bf16q4's head)
+      const HostTensor& v = prepared[0];
+      const HostTensor& s = prepared[1];
+      HostTensor f(DType::kF32, v.dims);
+      const int64_t rows = v.dims[0], cols = v.dims[1];
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c)
+          f.as<float>()[r * cols + c] =
+              static_cast<float>(v.as<int8_t>()[r * cols + c]) * F16ToF32(s.as<uint16_t>()[r * (cols / 32) + c / 32]);
+      out.tensors[name] = ToF32(ToBF16(f));  // the bf16 weights they hold
     } else if (prepared.size() == 2) {
       const HostTensor& v = prepared[0];
       const HostTensor& s = prepared[1];

@@ -183,7 +183,8 @@ class Emitter {
         arenas_.push_back(v);  // layer l's arena is the l-th
         continue;
       }
-      if (p.role == WeightParam::Role::kInt8Scales || p.role == WeightParam::Role::kQ4Scales) {
+      if (p.role == WeightParam::Role::kInt8Scales || p.role == WeightParam::Role::kQ4Scales ||
+          p.role == WeightParam::Role::kQ8Scales) {
         weights_[p.tensor].scale = v;
       } else if (p.role == WeightParam::Role::kQ4Mins) {
         weights_[p.tensor].min = v;
@@ -230,7 +231,8 @@ class Emitter {
       if (width == 1 && p.dtype != DType::kU8) v = f_.BitcastConvert(v, p.dtype, {n});
       v = f_.Reshape(v, p.dims);
       WeightRef& ref = weights_[name];
-      if (p.role == WeightParam::Role::kInt8Scales || p.role == WeightParam::Role::kQ4Scales) {
+      if (p.role == WeightParam::Role::kInt8Scales || p.role == WeightParam::Role::kQ4Scales ||
+          p.role == WeightParam::Role::kQ8Scales) {
         ref.scale = v;
       } else if (p.role == WeightParam::Role::kQ4Mins) {
         ref.min = v;
@@ -301,6 +303,16 @@ class Emitter {
       if (s_.precision != WeightPrecision::kBF16Q4) return f_.DotGeneral(x, DequantizeQ4(ref), {}, {}, {1}, {1});
       // bf16q4: the bf16 weights the blocks hold (each d * q + m rounded to bf16), then as bf16.
       w = f_.Convert(DequantizeQ4(ref), DType::kBF16);
+      scale = &kNoScale;
+    }
+    if (w.dtype == DType::kS8 && ref.scale && ref.scale->rank() == 2) {  // 8-bit blocks (bf16q4's head)
+      if (ffi_ && x.rank() == 2 && x.dims[0] <= kFfiMaxTokens && x.dims[1] == w.dims[1])
+        return f_.CustomCall(kernels::kQ8Bf16MatmulTarget, {x, w, *ref.scale}, DType::kF32, {x.dims[0], w.dims[0]});
+      // The bf16 weights d * q rounds to, then as bf16.
+      const int64_t out = w.dims[0], in = w.dims[1];
+      Value q = f_.Reshape(f_.Convert(w, DType::kF32), {out, in / 32, 32});
+      Value d = f_.BroadcastInDim(f_.Convert(*ref.scale, DType::kF32), {out, in / 32, 32}, {0, 1});
+      w = f_.Convert(f_.Reshape(f_.Mul(q, d), {out, in}), DType::kBF16);
       scale = &kNoScale;
     }
     if (ffi_ && x.rank() == 2 && w.rank() == 2 && x.dims[0] <= kFfiMaxTokens && x.dims[1] == w.dims[1]) {
@@ -394,6 +406,9 @@ class Emitter {
   // with h [T, d], computed as Linear computes the full head (same dtypes, mode and scale).
   Value CandidateLogits(const Value& h, const std::string& name, const Value& ids) {
     const WeightRef& ref = W(name);
+    // Candidates are a draft's head (int8 / q4 / bf16); bf16q4 is a target's precision.
+    if (ref.w.dtype == DType::kS8 && ref.scale && ref.scale->rank() == 2)
+      throw InvalidArgumentError("programs: the candidates head is not emitted for bf16q4 weights");
     const int64_t T = ids.dims[0], K = ids.dims[1], d = c_.hidden_size;
     if (ffi_ && !ref.transposed && T <= kFfiMaxTokens && h.rank() == 2 && ref.w.rank() == 2 &&
         h.dims[1] == ref.w.dims[1]) {
@@ -540,6 +555,8 @@ std::string WeightParam::name() const {
     case Role::kDense: return tensor;
     case Role::kInt8Values: return tensor + ":int8";
     case Role::kInt8Scales: return tensor + ":scale";
+    case Role::kQ8Values: return tensor + ":q8";
+    case Role::kQ8Scales: return tensor + ":q8scale";
     case Role::kQ4Values: return tensor + ":q4";
     case Role::kQ4Scales: return tensor + ":q4scale";
     case Role::kQ4Mins: return tensor + ":q4min";
@@ -585,7 +602,9 @@ std::vector<WeightParam> WeightParamLayout(const ModelConfig& c, WeightPrecision
   // itself stays bf16 for the lookup): a draft step then reads 28 MB of head instead of 57 MB on
   // SmolLM2.
   const bool quantised = precision == WeightPrecision::kInt8 || precision == WeightPrecision::kQ4;
-  if (!c.tied_embeddings || quantised) tensors.push_back({"lm_head.weight", {c.vocab_size, d}});
+  // kBF16Q4: the head as 8-bit blocks (a tied one as a copy of the embedding's).
+  if (!c.tied_embeddings || quantised || precision == WeightPrecision::kBF16Q4)
+    tensors.push_back({"lm_head.weight", {c.vocab_size, d}});
   const bool blocks = precision == WeightPrecision::kQ4 || precision == WeightPrecision::kBF16Q4;
   if (blocks)
     for (auto& [name, dims] : tensors)
@@ -596,7 +615,10 @@ std::vector<WeightParam> WeightParamLayout(const ModelConfig& c, WeightPrecision
   std::vector<WeightParam> out;
   for (auto& [name, dims] : tensors) {
     bool norm = dims.size() == 1;
-    if (blocks && IsMatrix(name) && name != "lm_head.weight") {
+    if (precision == WeightPrecision::kBF16Q4 && name == "lm_head.weight") {
+      out.push_back({name, WeightParam::Role::kQ8Values, DType::kS8, dims});
+      out.push_back({name, WeightParam::Role::kQ8Scales, DType::kF16, {dims[0], dims[1] / 32}});
+    } else if (blocks && IsMatrix(name) && name != "lm_head.weight") {
       out.push_back({name, WeightParam::Role::kQ4Values, DType::kU8, {dims[0], dims[1] / 2}});
       out.push_back({name, WeightParam::Role::kQ4Scales, DType::kF16, {dims[0], dims[1] / 32}});
       out.push_back({name, WeightParam::Role::kQ4Mins, DType::kF16, {dims[0], dims[1] / 32}});

@@ -61,7 +61,9 @@ namespace cascade {
 // stored as kQ4's blocks and expanded in registers: for a model whose weights come from 4-bit
 // blocks (a Q4_1 GGUF), the bf16 target bit for bit at ~5 bits a layer weight instead of 16.
 // The upload refuses a tensor whose blocks do not hold its bf16 weights exactly
-// (kernels::Q4HoldsBf16Exactly). The head and embedding as kBF16's.
+// (kernels::Q4HoldsBf16Exactly). The embedding as kBF16's; the head (lm_head, or a tied
+// embedding's copy) stored as 8-bit blocks (GGUF's Q8_0: the default SmolLM2 file's embedding)
+// expanded to its bf16 weights likewise (kernels::QuantizeQ8Rows says whether they hold them).
 enum class WeightPrecision { kF32, kBF16, kInt8, kQ4, kBF16Q4 };
 const char* WeightPrecisionName(WeightPrecision precision);  // "f32", "bf16", "int8", "q4", "bf16q4"
 // The inverse of WeightPrecisionName; false when the name is none of them.
@@ -92,7 +94,8 @@ constexpr int64_t kFfiMaxTokens = 64;
 struct WeightParam {
   // kQ4Values u8 [out, in / 2], kQ4Scales and kQ4Mins f16 [out, in / 32] (kernels/int8_matmul.h).
   // kLayerArena: u8 [bytes], one layer's weights in one buffer (LayerArenaPieces).
-  enum class Role { kDense, kInt8Values, kInt8Scales, kQ4Values, kQ4Scales, kQ4Mins, kLayerArena };
+  // kQ8Values / kQ8Scales: s8 [out, in] and f16 [out, in / 32] (GGUF's Q8_0 blocks; kBF16Q4's head).
+  enum class Role { kDense, kInt8Values, kInt8Scales, kQ4Values, kQ4Scales, kQ4Mins, kQ8Values, kQ8Scales, kLayerArena };
   std::string tensor;  // the canonical tensor it comes from (model/config.h)
   Role role = Role::kDense;
   DType dtype = DType::kF32;

@@ -290,6 +290,14 @@ TEST(fused_layers, Q4PanelsNarrowerThan16) {
 TEST(fused_layers, Bf16Q4IsTheBf16ModelBitForBit) {
   auto block_valued = [](ModelWeights& w) {
     for (auto& [name, t] : w.tensors) {
+      if (t.dims.size() == 2 && (name == "lm_head.weight" || name == "model.embed_tokens.weight")) {  // Q8_0 values
+        const int64_t out = t.dims[0], in = t.dims[1];
+        std::vector<int8_t> q(static_cast<size_t>(out * in));
+        std::vector<uint16_t> scales(static_cast<size_t>(out * in / 32));
+        kernels::QuantizeQ8Rows(t.as<float>(), in, out, q.data(), scales.data());
+        for (int64_t i = 0; i < out * in; ++i) t.as<float>()[i] = static_cast<float>(q[i]) * F16ToF32(scales[i / 32]);
+        continue;
+      }
       if (t.dims.size() != 2 || name.rfind("model.layers.", 0) != 0) continue;
       const int64_t out = t.dims[0], in = t.dims[1];
       std::vector<uint8_t> packed(static_cast<size_t>(out * in / 2));

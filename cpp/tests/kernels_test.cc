@@ -326,6 +326,56 @@ TEST(kernels_q4bf16, RowsEqualTheBf16KernelsOnTheWeightsTheBlocksHold) {
   }
 }
 
+// kQ8Bf16 (the bf16 target's head from a Q8_0 embedding): rows bit-identical to kBf16's on the
+// bf16 weights d * q rounds to, whatever T, range or threads; QuantizeQ8Rows gives a Q8_0
+// tensor's blocks back and says whether they hold the weights' bf16 rounding.
+TEST(kernels_q8bf16, RowsEqualTheBf16KernelsOnTheWeightsTheBlocksHold) {
+  using kernels::WeightMatrix;
+  kernels::ThreadTeam one(0), two(1);
+  for (Int8Impl impl : SupportedImpls()) {
+    kernels::KernelImpls k;
+    k.bf16 = impl;
+    k.int8 = impl;
+    for (auto [T, in, out] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+             {1, 64, 16}, {13, 576, 48}, {17, 96, 35}, {5, 32, 5}, {64, 1536, 70}}) {
+      Problem p = MakeProblem(T, in, out, static_cast<uint32_t>(T * 5 + in + out));
+      std::vector<float> wf(static_cast<size_t>(in * out));
+      for (size_t i = 0; i < wf.size(); ++i) wf[i] = static_cast<float>(p.w[i]) * 0.0137f + (i % 71 == 0 ? 0.9f : 0.0f);
+      std::vector<int8_t> q(wf.size()), q2(wf.size());
+      std::vector<uint16_t> scale(static_cast<size_t>(out * in / 32)), scale2(scale.size());
+      EXPECT_FALSE(kernels::QuantizeQ8Rows(wf.data(), in, out, q.data(), scale.data()));  // arbitrary values
+      std::vector<float> deq(wf.size());
+      std::vector<uint16_t> wb(wf.size());
+      for (size_t i = 0; i < wf.size(); ++i) {
+        deq[i] = static_cast<float>(q[i]) * F16ToF32(scale[i / 32]);
+        wb[i] = F32ToBF16(deq[i]);
+      }
+      EXPECT_TRUE(kernels::QuantizeQ8Rows(deq.data(), in, out, q2.data(), scale2.data()));
+      EXPECT_EQ(q, q2);
+      EXPECT_EQ(scale, scale2);
+      const WeightMatrix dense{WeightMatrix::Kind::kBf16, wb.data(), nullptr, in, out};
+      const WeightMatrix q8{WeightMatrix::Kind::kQ8Bf16, q.data(), nullptr, in, out, scale.data(), nullptr};
+      std::vector<float> want(static_cast<size_t>(T * out)), got(want.size()), threaded(want.size());
+      kernels::TeamMatmul(dense, k, p.x.data(), T, want.data(), one);
+      kernels::TeamMatmul(q8, k, p.x.data(), T, got.data(), one);
+      kernels::TeamMatmul(q8, k, p.x.data(), T, threaded.data(), two);
+      for (int64_t i = 0; i < T * out; ++i)
+        ASSERT_EQ(0, std::memcmp(&want[i], &got[i], 4))
+            << kernels::Int8ImplName(impl) << " T=" << T << " in=" << in << " row " << i / out << " out " << i % out;
+      ASSERT_EQ(0, std::memcmp(got.data(), threaded.data(), got.size() * 4)) << kernels::Int8ImplName(impl);
+      kernels::PreparedActivations a;
+      for (int64_t t = 0; t < T; t += std::max<int64_t>(1, T / 3)) {
+        kernels::PrepareActivations(WeightMatrix::Kind::kQ8Bf16, k, p.x.data() + t * in, 1, in, &a);
+        std::vector<float> row(static_cast<size_t>(out), -1.0f);
+        const int64_t cut = std::min<int64_t>(out, 7);
+        kernels::MatmulRange(q8, k, a, row.data(), 0, cut);
+        kernels::MatmulRange(q8, k, a, row.data(), cut, out);
+        ASSERT_EQ(0, std::memcmp(row.data(), want.data() + t * out, out * 4)) << kernels::Int8ImplName(impl) << " t=" << t;
+      }
+    }
+  }
+}
+
 // The sampler's softmax weights (cascade/distribution.cc Transform): the vector exp within a few
 // ulp of exp, exactly 0 where exp underflows, and the checked sum bit for bit the plain loop's.
 TEST(kernels_sampling, ExpWeightsAndSumOfWeightsMatchThePlainLoops) {

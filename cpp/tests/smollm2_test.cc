@@ -81,7 +81,7 @@ TEST(SmolLM2, Bf16TargetFromItsBlocksIsTheBf16TargetBitForBit) {
   DecoderModel dense(client, target, o);
   o.precision = WeightPrecision::kBF16Q4;
   DecoderModel blocks(client, target, o);
-  EXPECT_LT(blocks.weight_bytes() * 2, dense.weight_bytes());
+  EXPECT_LT(blocks.weight_bytes() * 10, dense.weight_bytes() * 6);  // 153 MB against 269 (the lookup embedding stays dense)
   const std::vector<int32_t> prompt = {504, 1296, 3003, 4683, 359};
   ForwardResult a = dense.Forward(prompt, 0, {HeadKind::kLogits});
   ForwardResult b = blocks.Forward(prompt, 0, {HeadKind::kLogits});

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "cascade/engine.h"
+#include "util/float16.h"
 #include "kernels/ffi_handlers.h"
 #include "model/matmul_mode.h"
 #include "kernels/int8_matmul.h"
@@ -58,8 +59,16 @@ ModelWeights RandomWeights(const ModelConfig& c) {
       float u = static_cast<float>((state >> 40) & 0xffffff) / 16777216.0f;  // [0, 1)
       v[i] = (p.dims.size() == 1 ? 1.0f : 0.0f) + scale * 3.4641f * (u - 0.5f);  // unit variance * scale
     }
-    // The layer matrices as the values of 4-bit blocks (as a Q4_1 GGUF's, e.g. SmolLM2's), so
-    // that every precision, bf16q4 included, runs on the same weights.
+    // The layer matrices as the values of 4-bit blocks and the embedding / head as those of 8-bit
+    // blocks (as a Q4_1 GGUF's, e.g. SmolLM2's), so that every precision, bf16q4 included, runs on
+    // the same weights.
+    if (dims.size() == 2 && (p.tensor == "model.embed_tokens.weight" || p.tensor == "lm_head.weight")) {
+      const int64_t out = dims[0], in = dims[1];
+      std::vector<int8_t> q(static_cast<size_t>(out * in));
+      std::vector<uint16_t> scales(static_cast<size_t>(out * in / 32));
+      kernels::QuantizeQ8Rows(v, in, out, q.data(), scales.data());
+      for (int64_t i = 0; i < out * in; ++i) v[i] = static_cast<float>(q[i]) * F16ToF32(scales[i / 32]);
+    }
     if (dims.size() == 2 && p.tensor.rfind("model.layers.", 0) == 0 && dims[1] % 64 == 0) {
       const int64_t out = dims[0], in = dims[1];
       std::vector<uint8_t> packed(static_cast<size_t>(out * in / 2));
