@@ -305,8 +305,11 @@ export interface NativeEngine {
     /** Conversations whose KV caches stay resident (the load's `maxSequences`). */
     maxSequences: number;
     hasTiny: boolean;
-    /** Device memory per model: weights, KV cache and (draft) the tiny model, in bytes. */
-    memory: Record<'target' | 'draft', { weightBytes: number; kvCacheBytes: number; tinyBytes: number }>;
+    /**
+     * Device memory per model: weights, KV cache and (draft) the tiny model, in bytes; and the
+     * weight bytes a one-token step reads (`stepBytes`: the lookup embedding reads a row).
+     */
+    memory: Record<'target' | 'draft', { weightBytes: number; kvCacheBytes: number; tinyBytes: number; stepBytes: number }>;
     /**
      * How the self-speculative draft's depth was chosen when `draftLayers` was not given: per
      * candidate depth, the greedy agreement with the target on calibration text, the estimated

@@ -143,6 +143,16 @@ CascadeEngine::CascadeEngine(std::shared_ptr<Client> client, const ModelWeights&
   draft_proposer_ = std::make_unique<DraftProposer>(*draft_);
 }
 
+namespace {
+// What a step costs, as bytes of a memory-bound read: StepBytes, except for kBF16Q4, whose
+// expansion of its blocks is bound by instructions rather than its 97 MB: decoder_bench measured
+// its decode(1) at ~0.6 of the dense bf16 step (docs/bench/decoder.md, session 14).
+double StepCostBytes(const ModelConfig& config, WeightPrecision precision) {
+  if (precision == WeightPrecision::kBF16Q4) return 0.6 * static_cast<double>(StepBytes(config, WeightPrecision::kBF16));
+  return static_cast<double>(StepBytes(config, precision));
+}
+}  // namespace
+
 int64_t CascadeEngine::ChooseDraftLayers(const ModelWeights& target, const DecoderOptions& draft_options) {
   const ModelConfig& c = target.config;
   if (c.num_layers <= 2) return 1;
@@ -163,8 +173,8 @@ int64_t CascadeEngine::ChooseDraftLayers(const ModelWeights& target, const Decod
   const std::vector<int32_t> input(text.begin(), text.end() - 1);
   const std::vector<int32_t> target_argmax = ArgmaxOf(*target_, input);
   // A step's cost ~ the weight bytes it reads (decoding is memory-bound: W / BW of the cost
-  // model), at each model's precision.
-  const double full = static_cast<double>(StepBytes(c, target_->options().precision));
+  // model), at each model's precision (StepCostBytes).
+  const double full = StepCostBytes(c, target_->options().precision);
   std::vector<int64_t> candidates;
   for (double share : {0.125, 0.25, 0.5, 0.75}) {
     const int64_t n = std::max<int64_t>(1, static_cast<int64_t>(std::lround(share * c.num_layers)));
@@ -172,7 +182,7 @@ int64_t CascadeEngine::ChooseDraftLayers(const ModelWeights& target, const Decod
   }
   // All layers at a lower precision: the design's INT8 draft, of the target itself (top-1 agreement
   // ~98% on SmolLM2, docs/precision.md), where no smaller model of the family exists.
-  if (StepBytes(c, draft_options.precision) < full) candidates.push_back(c.num_layers);
+  if (StepCostBytes(c, draft_options.precision) < full) candidates.push_back(c.num_layers);
   const int64_t L = std::max<int64_t>(1, options_.proposal_length);
   int64_t best = candidates.front();
   double best_speedup = -1;
@@ -184,7 +194,7 @@ int64_t CascadeEngine::ChooseDraftLayers(const ModelWeights& target, const Decod
     DraftCandidate cand;
     cand.layers = n;
     cand.agreement = static_cast<double>(agree) / static_cast<double>(draft_argmax.size());
-    cand.relative_cost = static_cast<double>(StepBytes(draft.config(), draft_options.precision)) / full;
+    cand.relative_cost = StepCostBytes(draft.config(), draft_options.precision) / full;
     const double c_decode = cost_->decode_ms() > 0 ? cost_->decode_ms() : 1.0;
     const double throughput = CostModel::ExpectedTokens(cand.agreement, L) /
                               (L * cand.relative_cost * c_decode + cost_->VerifyMs(L));

@@ -154,7 +154,7 @@ struct GenerationStats {
 struct DraftCandidate {
   int64_t layers = 0;
   double agreement = 0;          // share of calibration positions where draft and target argmax agree
-  double relative_cost = 0;      // estimated draft step cost / target decode cost (weight bytes read, StepBytes)
+  double relative_cost = 0;      // estimated draft step cost / target decode cost (weight bytes read, StepBytes; engine.cc StepCostBytes)
   double predicted_speedup = 0;  // the cost model's speedup over target-only at the planned L
 };
 

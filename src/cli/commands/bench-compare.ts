@@ -160,7 +160,7 @@ export async function benchCompare(o: CompareBenchOptions): Promise<Row[]> {
 
   progress('starting cascade-xla (load, tiny fit/cache, warm-up compile)');
   const workers = new Map<string, Worker>();
-  type CxReady = { ready: boolean; error?: string; loadMs: number; warmupMs: number; info: { draft: { layers: number }; targetPrecision: string; targetStorage?: string; draftPrecision: string; memory: { target: { weightBytes: number } } }; costModel?: { bandwidthGBs: number } };
+  type CxReady = { ready: boolean; error?: string; loadMs: number; warmupMs: number; info: { draft: { layers: number }; targetPrecision: string; targetStorage?: string; draftPrecision: string; memory: { target: { weightBytes: number; stepBytes?: number } } }; costModel?: { bandwidthGBs: number } };
   const cx = new Worker('cascade-xla', process.execPath, [path.join(ROOT, 'scripts/bench-cascade-worker.mjs'), JSON.stringify({ gguf: target, plugin: o.plugin, k1: o.k1, k0: o.k0 })]);
   const cxReady = await cx.next<CxReady>();
   if (!cxReady.ready) throw new Error(`cascade-xla worker failed: ${cxReady.error}`);
@@ -177,8 +177,9 @@ export async function benchCompare(o: CompareBenchOptions): Promise<Row[]> {
   // cascade-xla's draft is int8; a q4 draft is the GGUF's own 4-bit blocks in both.
   const int8Draft = cxReady.info.draftPrecision === 'int8';
   const draftName = `${cxReady.info.draftPrecision} copy of the first ${draftLayers} layers`;
-  const cxBytes = cxReady.info.memory.target.weightBytes;
-  const f32Bytes = cxF32Ready.ready ? cxF32Ready.info.memory.target.weightBytes : cxBytes;
+  // The bytes a step reads (a bf16 target stored as blocks keeps a dense embedding for the lookup).
+  const cxBytes = cxReady.info.memory.target.stepBytes ?? cxReady.info.memory.target.weightBytes;
+  const f32Bytes = cxF32Ready.ready ? (cxF32Ready.info.memory.target.stepBytes ?? cxF32Ready.info.memory.target.weightBytes) : cxBytes;
   const bandwidthGBs = cxReady.costModel?.bandwidthGBs ?? 0;
 
   const py = oraclePython();
@@ -392,7 +393,7 @@ function markdown(r: {
       `transformers: (tokens - target calls) / assistant forward calls).`,
     `- **peak RSS**: \`process.resourceUsage().maxRSS\` (Node) / \`getrusage\` (Python) of that runtime's child process, all its variants together.`,
     `- **W/BW bound**: measured read bandwidth / weight bytes, the memory-bound ceiling of one-token-per-step decoding: ` +
-      `the target's weights for cascade-xla (weights MiB column), f32 for transformers (${mib(r.f32WeightBytes)} MiB), the Q4_1 file for llama.cpp (${mib(r.modelFileBytes)} MiB). ` +
+      `the weight bytes a target step reads for cascade-xla (weights MiB column; \`info.memory.target.stepBytes\`), f32 for transformers (${mib(r.f32WeightBytes)} MiB), the Q4_1 file for llama.cpp (${mib(r.modelFileBytes)} MiB). ` +
       `**of bound** = tokens/s over that ceiling (speculative rows can exceed it).`,
     `- **same tokens as cascade-xla target**: median length of the prefix that equals cascade-xla's target-only output ` +
       `at the same target precision (every cascade-xla mode must give all of them; llama.cpp computes in Q4_1/Q8 and ` +
