@@ -637,6 +637,52 @@ void PackAmxActivations(const uint16_t* xb, int64_t ldx, int64_t T, int64_t in, 
   }
 }
 
+// The AMX kernels' shared steps. C tile g (0..3) accumulates A (tile 4: 16 weight rows x 32 k)
+// times the packed activations' B tile of k block kb for token group g.
+CASCADE_AMX inline void DotTokenGroups(const std::vector<uint16_t>& packed, int64_t kb, int64_t kblocks, int64_t groups) {
+  const uint16_t* bt = packed.data() + kb * 512;
+  _tile_loadd(5, bt, 64);
+  _tile_dpbf16ps(0, 4, 5);
+  if (groups > 1) {
+    _tile_loadd(5, bt + kblocks * 512, 64);
+    _tile_dpbf16ps(1, 4, 5);
+  }
+  if (groups > 2) {
+    _tile_loadd(5, bt + 2 * kblocks * 512, 64);
+    _tile_dpbf16ps(2, 4, 5);
+  }
+  if (groups > 3) {
+    _tile_loadd(5, bt + 3 * kblocks * 512, 64);
+    _tile_dpbf16ps(3, 4, 5);
+  }
+}
+
+// The C tiles' 16 outputs per token into y (token m's at y + m * ldy). C holds the tokens in
+// columns; a register transpose writes each token's 16 outputs with one store (reading the
+// columns back element by element cost a verify of 13 tokens ~2 ms more than a decode: bf16
+// target, 269 MB, 14.6k blocks x 208 loads and stores).
+CASCADE_AMX inline void StoreTokenGroups(int64_t T, int64_t groups, float* y, int64_t ldy) {
+  alignas(64) float c[16][16];
+  for (int64_t g = 0; g < groups; ++g) {
+    switch (g) {
+      case 0: _tile_stored(0, c, 64); break;
+      case 1: _tile_stored(1, c, 64); break;
+      case 2: _tile_stored(2, c, 64); break;
+      default: _tile_stored(3, c, 64); break;
+    }
+    const int64_t tokens = std::min<int64_t>(16, T - g * 16);
+    float* yg = y + g * 16 * ldy;
+    if (tokens == 1) {
+      for (int64_t i = 0; i < 16; ++i) yg[i] = c[i][0];
+      continue;
+    }
+    __m512 r[16];
+    for (int i = 0; i < 16; ++i) r[i] = _mm512_load_ps(c[i]);
+    Transpose16x16(r);
+    for (int64_t m = 0; m < tokens; ++m) _mm512_storeu_ps(yg + m * ldy, r[m]);
+  }
+}
+
 // y rows [o0, o1) (whole 16-row blocks) of y = x . W^T: C[16 rows of W][16 tokens] accumulates
 // A (16 weight rows x 32 k, straight from W) times B (the packed activations) over the k blocks,
 // one C tile per 16-token group (at most 4: T <= 64).
@@ -649,7 +695,6 @@ CASCADE_AMX void AmxBf16Rows(const std::vector<uint16_t>& packed, int64_t T, con
   }
   _tile_loadconfig(&cfg);
   const int64_t groups = (T + 15) / 16, kblocks = in / 32;
-  alignas(64) float c[16][16];
   for (int64_t n0 = o0; n0 + 16 <= o1; n0 += 16) {
     _tile_zero(0);
     _tile_zero(1);
@@ -658,42 +703,9 @@ CASCADE_AMX void AmxBf16Rows(const std::vector<uint16_t>& packed, int64_t T, con
     const uint16_t* a = w + n0 * in;
     for (int64_t kb = 0; kb < kblocks; ++kb) {
       _tile_loadd(4, a + kb * 32, in * 2);
-      const uint16_t* bt = packed.data() + kb * 512;
-      _tile_loadd(5, bt, 64);
-      _tile_dpbf16ps(0, 4, 5);
-      if (groups > 1) {
-        _tile_loadd(5, bt + kblocks * 512, 64);
-        _tile_dpbf16ps(1, 4, 5);
-      }
-      if (groups > 2) {
-        _tile_loadd(5, bt + 2 * kblocks * 512, 64);
-        _tile_dpbf16ps(2, 4, 5);
-      }
-      if (groups > 3) {
-        _tile_loadd(5, bt + 3 * kblocks * 512, 64);
-        _tile_dpbf16ps(3, 4, 5);
-      }
+      DotTokenGroups(packed, kb, kblocks, groups);
     }
-    for (int64_t g = 0; g < groups; ++g) {
-      switch (g) {
-        case 0: _tile_stored(0, c, 64); break;
-        case 1: _tile_stored(1, c, 64); break;
-        case 2: _tile_stored(2, c, 64); break;
-        default: _tile_stored(3, c, 64); break;
-      }
-      const int64_t tokens = std::min<int64_t>(16, T - g * 16);
-      if (tokens == 1) {
-        for (int64_t i = 0; i < 16; ++i) y[g * 16 * out + n0 + i] = c[i][0];
-        continue;
-      }
-      // Several tokens: C holds them in columns; a register transpose writes each token's 16
-      // outputs with one store. Reading the columns back element by element cost a verify of 13
-      // tokens ~2 ms more than a decode (bf16 target, 269 MB: 14.6k blocks x 208 loads and stores).
-      __m512 r[16];
-      for (int i = 0; i < 16; ++i) r[i] = _mm512_load_ps(c[i]);
-      Transpose16x16(r);
-      for (int64_t m = 0; m < tokens; ++m) _mm512_storeu_ps(y + (g * 16 + m) * out + n0, r[m]);
-    }
+    StoreTokenGroups(T, groups, y + n0, out);
   }
   _tile_release();
 }
@@ -763,7 +775,6 @@ CASCADE_AMX void AmxQ4Bf16Rows(const std::vector<uint16_t>& packed, int64_t T, c
   }
   _tile_loadconfig(&cfg);
   const int64_t groups = (T + 15) / 16, kblocks = in / 32, chunks = in / 64;
-  alignas(64) float c[16][16];
   alignas(64) uint16_t a[2][2][16][32];  // two chunks' two A tiles each: 16 rows x 32 k, bf16
   for (int64_t n0 = o0; n0 + 16 <= o1; n0 += 16) {
     _tile_zero(0);
@@ -780,43 +791,11 @@ CASCADE_AMX void AmxQ4Bf16Rows(const std::vector<uint16_t>& packed, int64_t T, c
     for (int64_t ch = 0; ch < chunks; ++ch) {
       if (ch + 1 < chunks) Q4ChunkToBf16Tiles(panel + (ch + 1) * 512, ps + (ch + 1) * 32, pm + (ch + 1) * 32, a[(ch + 1) & 1]);
       for (int h = 0; h < 2; ++h) {
-        const int64_t kb = 2 * ch + h;
         _tile_loadd(4, a[ch & 1][h], 64);
-        const uint16_t* bt = packed.data() + kb * 512;
-        _tile_loadd(5, bt, 64);
-        _tile_dpbf16ps(0, 4, 5);
-        if (groups > 1) {
-          _tile_loadd(5, bt + kblocks * 512, 64);
-          _tile_dpbf16ps(1, 4, 5);
-        }
-        if (groups > 2) {
-          _tile_loadd(5, bt + 2 * kblocks * 512, 64);
-          _tile_dpbf16ps(2, 4, 5);
-        }
-        if (groups > 3) {
-          _tile_loadd(5, bt + 3 * kblocks * 512, 64);
-          _tile_dpbf16ps(3, 4, 5);
-        }
+        DotTokenGroups(packed, 2 * ch + h, kblocks, groups);
       }
     }
-    for (int64_t g = 0; g < groups; ++g) {
-      switch (g) {
-        case 0: _tile_stored(0, c, 64); break;
-        case 1: _tile_stored(1, c, 64); break;
-        case 2: _tile_stored(2, c, 64); break;
-        default: _tile_stored(3, c, 64); break;
-      }
-      const int64_t tokens = std::min<int64_t>(16, T - g * 16);
-      float* yg = y + g * 16 * ldy + (n0 - o0);
-      if (tokens == 1) {
-        for (int64_t i = 0; i < 16; ++i) yg[i] = c[i][0];
-        continue;
-      }
-      __m512 cr[16];
-      for (int i = 0; i < 16; ++i) cr[i] = _mm512_load_ps(c[i]);
-      Transpose16x16(cr);
-      for (int64_t m = 0; m < tokens; ++m) _mm512_storeu_ps(yg + m * ldy, cr[m]);
-    }
+    StoreTokenGroups(T, groups, y + (n0 - o0), ldy);
   }
   _tile_release();
 }
@@ -849,7 +828,6 @@ CASCADE_AMX void AmxQ8Bf16Rows(const std::vector<uint16_t>& packed, int64_t T, c
   }
   _tile_loadconfig(&cfg);
   const int64_t groups = (T + 15) / 16, kblocks = in / 32;
-  alignas(64) float c[16][16];
   alignas(64) uint16_t a[2][16][32];
   for (int64_t n0 = o0; n0 + 16 <= o1; n0 += 16) {
     _tile_zero(0);
@@ -863,40 +841,9 @@ CASCADE_AMX void AmxQ8Bf16Rows(const std::vector<uint16_t>& packed, int64_t T, c
     for (int64_t kb = 0; kb < kblocks; ++kb) {
       if (kb + 1 < kblocks) Q8BlockToBf16Tile(rows, scales, in, kb + 1, a[(kb + 1) & 1]);
       _tile_loadd(4, a[kb & 1], 64);
-      const uint16_t* bt = packed.data() + kb * 512;
-      _tile_loadd(5, bt, 64);
-      _tile_dpbf16ps(0, 4, 5);
-      if (groups > 1) {
-        _tile_loadd(5, bt + kblocks * 512, 64);
-        _tile_dpbf16ps(1, 4, 5);
-      }
-      if (groups > 2) {
-        _tile_loadd(5, bt + 2 * kblocks * 512, 64);
-        _tile_dpbf16ps(2, 4, 5);
-      }
-      if (groups > 3) {
-        _tile_loadd(5, bt + 3 * kblocks * 512, 64);
-        _tile_dpbf16ps(3, 4, 5);
-      }
+      DotTokenGroups(packed, kb, kblocks, groups);
     }
-    for (int64_t g = 0; g < groups; ++g) {
-      switch (g) {
-        case 0: _tile_stored(0, c, 64); break;
-        case 1: _tile_stored(1, c, 64); break;
-        case 2: _tile_stored(2, c, 64); break;
-        default: _tile_stored(3, c, 64); break;
-      }
-      const int64_t tokens = std::min<int64_t>(16, T - g * 16);
-      float* yg = y + g * 16 * ldy + (n0 - o0);
-      if (tokens == 1) {
-        for (int64_t i = 0; i < 16; ++i) yg[i] = c[i][0];
-        continue;
-      }
-      __m512 cr[16];
-      for (int i = 0; i < 16; ++i) cr[i] = _mm512_load_ps(c[i]);
-      Transpose16x16(cr);
-      for (int64_t m = 0; m < tokens; ++m) _mm512_storeu_ps(yg + m * ldy, cr[m]);
-    }
+    StoreTokenGroups(T, groups, y + (n0 - o0), ldy);
   }
   _tile_release();
 }

@@ -170,25 +170,18 @@ ModelWeights EffectiveWeights(const ModelWeights& weights, WeightPrecision preci
                                  rows, r, f.as<float>() + r * in);
       if (precision == WeightPrecision::kBF16Q4) f = ToF32(ToBF16(f));  // the bf16 weights they hold
       out.tensors[name] = std::move(f);
-    } else if (prepared.size() == 2 && prepared[1].dtype == DType::kF16) {  // 8-bit blocks (bf16q4's head)
+    } else if (prepared.size() == 2) {  // int8 with a scale per row, or 8-bit blocks (bf16q4's head)
       const HostTensor& v = prepared[0];
       const HostTensor& s = prepared[1];
+      const bool blocks = s.dtype == DType::kF16;
       HostTensor f(DType::kF32, v.dims);
       const int64_t rows = v.dims[0], cols = v.dims[1];
       for (int64_t r = 0; r < rows; ++r)
-        for (int64_t c = 0; c < cols; ++c)
-          f.as<float>()[r * cols + c] =
-              static_cast<float>(v.as<int8_t>()[r * cols + c]) * F16ToF32(s.as<uint16_t>()[r * (cols / 32) + c / 32]);
-      out.tensors[name] = ToF32(ToBF16(f));  // the bf16 weights they hold
-    } else if (prepared.size() == 2) {
-      const HostTensor& v = prepared[0];
-      const HostTensor& s = prepared[1];
-      HostTensor f(DType::kF32, v.dims);
-      const int64_t rows = v.dims[0], cols = v.dims[1];
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t c = 0; c < cols; ++c)
-          f.as<float>()[r * cols + c] = static_cast<float>(v.as<int8_t>()[r * cols + c]) * s.as<float>()[r];
-      out.tensors[name] = std::move(f);
+        for (int64_t c = 0; c < cols; ++c) {
+          const float scale = blocks ? F16ToF32(s.as<uint16_t>()[r * (cols / 32) + c / 32]) : s.as<float>()[r];
+          f.as<float>()[r * cols + c] = static_cast<float>(v.as<int8_t>()[r * cols + c]) * scale;
+        }
+      out.tensors[name] = blocks ? ToF32(ToBF16(f)) : std::move(f);  // blocks: the bf16 weights they hold
     } else {
       out.tensors[name] = ToF32(prepared[0]);
     }

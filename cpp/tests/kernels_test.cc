@@ -274,12 +274,38 @@ TEST(kernels_bf16, MatchesReferenceAndRowsBitIdentical) {
   }
 }
 
+// A block-stored bf16 matrix (kQ4Bf16 / kQ8Bf16) against the dense kBf16 one on the bf16 weights
+// its blocks hold: every row bit-identical, whatever T, the thread count, or output ranges that
+// cut a 16-row block (one token at a time).
+void ExpectBlocksEqualDense(const kernels::WeightMatrix& blocks, const kernels::WeightMatrix& dense,
+                            const kernels::KernelImpls& k, const Problem& p, int64_t T, int64_t cut) {
+  kernels::ThreadTeam one(0), two(1);
+  const int64_t in = dense.in, out = dense.out;
+  const char* impl = kernels::Int8ImplName(k.bf16);
+  std::vector<float> want(static_cast<size_t>(T * out)), got(want.size()), threaded(want.size());
+  kernels::TeamMatmul(dense, k, p.x.data(), T, want.data(), one);
+  kernels::TeamMatmul(blocks, k, p.x.data(), T, got.data(), one);
+  kernels::TeamMatmul(blocks, k, p.x.data(), T, threaded.data(), two);
+  for (int64_t i = 0; i < T * out; ++i)
+    ASSERT_EQ(0, std::memcmp(&want[i], &got[i], 4))
+        << impl << " T=" << T << " in=" << in << " row " << i / out << " out " << i % out << ": " << want[i] << " vs " << got[i];
+  ASSERT_EQ(0, std::memcmp(got.data(), threaded.data(), got.size() * 4)) << impl;
+  kernels::PreparedActivations a;
+  for (int64_t t = 0; t < T; t += std::max<int64_t>(1, T / 3)) {
+    kernels::PrepareActivations(blocks.kind, k, p.x.data() + t * in, 1, in, &a);
+    std::vector<float> row(static_cast<size_t>(out), -1.0f);
+    const int64_t c = std::min(out, cut);
+    kernels::MatmulRange(blocks, k, a, row.data(), 0, c);
+    kernels::MatmulRange(blocks, k, a, row.data(), c, out);
+    ASSERT_EQ(0, std::memcmp(row.data(), want.data() + t * out, out * 4)) << impl << " t=" << t;
+  }
+}
+
 // kQ4Bf16 (the bf16 target stored as 4-bit blocks): every row bit-identical to kBf16's on the
 // bf16 weights the blocks hold, with each bf16 impl, whatever T (1..64, a last tile of 1), the
 // output range (ranges cutting a 16-row panel, a last panel of < 16 rows) or the thread count.
 TEST(kernels_q4bf16, RowsEqualTheBf16KernelsOnTheWeightsTheBlocksHold) {
   using kernels::WeightMatrix;
-  kernels::ThreadTeam one(0), two(1);
   for (Int8Impl impl : SupportedImpls()) {
     kernels::KernelImpls k;
     k.bf16 = impl;
@@ -303,25 +329,7 @@ TEST(kernels_q4bf16, RowsEqualTheBf16KernelsOnTheWeightsTheBlocksHold) {
       EXPECT_FALSE(kernels::Q4HoldsBf16Exactly(wf.data(), in, out, packed.data(), scale.data(), mins.data()));
       const WeightMatrix dense{WeightMatrix::Kind::kBf16, wb.data(), nullptr, in, out};
       const WeightMatrix q4{WeightMatrix::Kind::kQ4Bf16, packed.data(), nullptr, in, out, scale.data(), mins.data()};
-      std::vector<float> want(static_cast<size_t>(T * out)), got(want.size()), threaded(want.size());
-      kernels::TeamMatmul(dense, k, p.x.data(), T, want.data(), one);
-      kernels::TeamMatmul(q4, k, p.x.data(), T, got.data(), one);
-      kernels::TeamMatmul(q4, k, p.x.data(), T, threaded.data(), two);
-      for (int64_t i = 0; i < T * out; ++i)
-        ASSERT_EQ(0, std::memcmp(&want[i], &got[i], 4))
-            << kernels::Int8ImplName(impl) << " T=" << T << " in=" << in << " row " << i / out << " out " << i % out
-            << ": " << want[i] << " vs " << got[i];
-      ASSERT_EQ(0, std::memcmp(got.data(), threaded.data(), got.size() * 4)) << kernels::Int8ImplName(impl);
-      // Ranges that cut panels, one token at a time.
-      kernels::PreparedActivations a;
-      for (int64_t t = 0; t < T; t += std::max<int64_t>(1, T / 3)) {
-        kernels::PrepareActivations(WeightMatrix::Kind::kQ4Bf16, k, p.x.data() + t * in, 1, in, &a);
-        std::vector<float> row(static_cast<size_t>(out), -1.0f);
-        const int64_t cut = std::min<int64_t>(out, 5);
-        kernels::MatmulRange(q4, k, a, row.data(), 0, cut);
-        kernels::MatmulRange(q4, k, a, row.data(), cut, out);
-        ASSERT_EQ(0, std::memcmp(row.data(), want.data() + t * out, out * 4)) << kernels::Int8ImplName(impl) << " t=" << t;
-      }
+      ExpectBlocksEqualDense(q4, dense, k, p, T, 5);
     }
   }
 }
@@ -331,7 +339,6 @@ TEST(kernels_q4bf16, RowsEqualTheBf16KernelsOnTheWeightsTheBlocksHold) {
 // tensor's blocks back and says whether they hold the weights' bf16 rounding.
 TEST(kernels_q8bf16, RowsEqualTheBf16KernelsOnTheWeightsTheBlocksHold) {
   using kernels::WeightMatrix;
-  kernels::ThreadTeam one(0), two(1);
   for (Int8Impl impl : SupportedImpls()) {
     kernels::KernelImpls k;
     k.bf16 = impl;
@@ -355,23 +362,7 @@ TEST(kernels_q8bf16, RowsEqualTheBf16KernelsOnTheWeightsTheBlocksHold) {
       EXPECT_EQ(scale, scale2);
       const WeightMatrix dense{WeightMatrix::Kind::kBf16, wb.data(), nullptr, in, out};
       const WeightMatrix q8{WeightMatrix::Kind::kQ8Bf16, q.data(), nullptr, in, out, scale.data(), nullptr};
-      std::vector<float> want(static_cast<size_t>(T * out)), got(want.size()), threaded(want.size());
-      kernels::TeamMatmul(dense, k, p.x.data(), T, want.data(), one);
-      kernels::TeamMatmul(q8, k, p.x.data(), T, got.data(), one);
-      kernels::TeamMatmul(q8, k, p.x.data(), T, threaded.data(), two);
-      for (int64_t i = 0; i < T * out; ++i)
-        ASSERT_EQ(0, std::memcmp(&want[i], &got[i], 4))
-            << kernels::Int8ImplName(impl) << " T=" << T << " in=" << in << " row " << i / out << " out " << i % out;
-      ASSERT_EQ(0, std::memcmp(got.data(), threaded.data(), got.size() * 4)) << kernels::Int8ImplName(impl);
-      kernels::PreparedActivations a;
-      for (int64_t t = 0; t < T; t += std::max<int64_t>(1, T / 3)) {
-        kernels::PrepareActivations(WeightMatrix::Kind::kQ8Bf16, k, p.x.data() + t * in, 1, in, &a);
-        std::vector<float> row(static_cast<size_t>(out), -1.0f);
-        const int64_t cut = std::min<int64_t>(out, 7);
-        kernels::MatmulRange(q8, k, a, row.data(), 0, cut);
-        kernels::MatmulRange(q8, k, a, row.data(), cut, out);
-        ASSERT_EQ(0, std::memcmp(row.data(), want.data() + t * out, out * 4)) << kernels::Int8ImplName(impl) << " t=" << t;
-      }
+      ExpectBlocksEqualDense(q8, dense, k, p, T, 7);
     }
   }
 }
