@@ -78,7 +78,7 @@ export class Cascade {
   readonly stats: CascadeStats = emptyStats();
   /**
    * The seed's cost-model inputs per model, measured at load when `measureBandwidth` is set:
-   * W_i (device weight bytes), BW_i (this machine's memory read bandwidth, GB/s) and the
+   * W_i (the weight bytes a step reads, `info.memory.*.stepBytes`), BW_i (this machine's memory read bandwidth, GB/s) and the
    * memory-bound floor W_i / BW_i of one step, in ms. The T_i terms are measured as generations
    * run (see {@link CascadeStats.predictedSpeedup}).
    */
@@ -193,8 +193,8 @@ export class Cascade {
         const m = cascade.info.memory;
         cascade.costModel = {
           bandwidthGBs: gbs,
-          targetFloorMs: m.target.weightBytes / (gbs * 1e6),
-          draftFloorMs: (m.draft.weightBytes + m.draft.tinyBytes) / (gbs * 1e6),
+          targetFloorMs: m.target.stepBytes / (gbs * 1e6),
+          draftFloorMs: (m.draft.stepBytes + m.draft.tinyBytes) / (gbs * 1e6),
         };
       }
       if (choiceFile && rememberedLayers === undefined && cascade.info.draftChoice.length) {

@@ -225,8 +225,8 @@ async function run(prompt: string, opts: RunOptions, quiet: boolean): Promise<vo
     if (cm) {
       console.log(
         `memory bandwidth ${cm.bandwidthGBs.toFixed(1)} GB/s: weight-read floor per step target ${cm.targetFloorMs.toFixed(1)} ms ` +
-          `(${(c.info.memory.target.weightBytes / 1048576).toFixed(0)} MiB), draft+tiny ${cm.draftFloorMs.toFixed(1)} ms ` +
-          `(${((c.info.memory.draft.weightBytes + c.info.memory.draft.tinyBytes) / 1048576).toFixed(0)} MiB)`,
+          `(${(c.info.memory.target.stepBytes / 1048576).toFixed(0)} MiB), draft+tiny ${cm.draftFloorMs.toFixed(1)} ms ` +
+          `(${((c.info.memory.draft.stepBytes + c.info.memory.draft.tinyBytes) / 1048576).toFixed(0)} MiB)`,
       );
     }
   } finally {
