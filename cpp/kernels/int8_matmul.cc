@@ -620,6 +620,27 @@ struct AmxTileConfig {
   uint8_t rows[16] = {};
 };
 
+// A float broadcast to 16 lanes by a load (vbroadcastss from memory: a load port only). With
+// _mm512_set1_ps on a value just stored from a vector, GCC forwards it through registers as
+// vpermd, a shuffle-port uop each: 4 per row of the tile builders below, where the shuffle port
+// is their bottleneck.
+CASCADE_AMX inline __m512 BroadcastFromMemory(const float* p) {
+  __m512 r;
+  asm("vbroadcastss %1, %0" : "=v"(r) : "m"(*p));
+  return r;
+}
+
+// Tiles 0..5 as 16 rows x 64 bytes: C 0..3 (f32 [16][16], one per 16-token group), A 4 (16 weight
+// rows x 32 bf16), B 5 (16 pairs x 16 tokens), as every AMX kernel here uses them.
+CASCADE_AMX inline void LoadSquareTileConfig() {
+  AmxTileConfig cfg;
+  for (int i = 0; i < 6; ++i) {
+    cfg.rows[i] = 16;
+    cfg.colsb[i] = 64;
+  }
+  _tile_loadconfig(&cfg);
+}
+
 // B tiles from activations x[T, in] (in % 32 == 0): per 16-token group g and k block kb, tile
 // row r holds, for token m, the bf16 pair x[16g + m][32 kb + 2r .. +1] (zeros past T).
 void PackAmxActivations(const uint16_t* xb, int64_t ldx, int64_t T, int64_t in, std::vector<uint16_t>* b) {
@@ -688,12 +709,7 @@ CASCADE_AMX inline void StoreTokenGroups(int64_t T, int64_t groups, float* y, in
 // one C tile per 16-token group (at most 4: T <= 64).
 CASCADE_AMX void AmxBf16Rows(const std::vector<uint16_t>& packed, int64_t T, const uint16_t* w, float* y, int64_t in,
                              int64_t out, int64_t o0, int64_t o1) {
-  AmxTileConfig cfg;
-  for (int i = 0; i < 6; ++i) {
-    cfg.rows[i] = 16;
-    cfg.colsb[i] = 64;
-  }
-  _tile_loadconfig(&cfg);
+  LoadSquareTileConfig();
   const int64_t groups = (T + 15) / 16, kblocks = in / 32;
   for (int64_t n0 = o0; n0 + 16 <= o1; n0 += 16) {
     _tile_zero(0);
@@ -713,12 +729,12 @@ CASCADE_AMX void AmxBf16Rows(const std::vector<uint16_t>& packed, int64_t T, con
 // kQ4Bf16: y rows [o0, o1) (o0, o1 multiples of 16: whole 16-row panels) of y = x . W^T, W the
 // bf16 rounding of a q4 matrix's values d * q + m. AmxBf16Rows's arithmetic exactly (its tiles in
 // its roles and k order), the A tiles built from the blocks instead of loaded from bf16 rows: per
-// 64-input chunk of a panel, the 8 x 16 dwords (kQ4 layout: per r, per row, 4 bytes) transposed
-// to 16 rows of 32 bytes (byte i: input i low, input 32 + i high), then per row and block a
-// 16-entry table of bf16(d * q + m) (fma over q = 0..15, exact before the rounding since d * q
-// has at most 15 significant bits) looked up with the nibbles as word indices (vpermw). y points
-// at output o0 of token 0; token rows ldy floats apart.
-// One 64-input chunk of a kQ4 panel as AmxQ4Bf16Rows's two A tiles a[0] (its first 32 inputs)
+// 64-input chunk of a panel and row (Q4Order::kRows: the row's 32 bytes together; byte i holds
+// input i low, input 32 + i high), a 32-entry table of bf16(d * q + m) for the chunk's two blocks
+// (fma over q = 0..15, exact before the rounding since d * q has at most 15 significant bits)
+// looked up with the bytes widened to word indices (vpermw reads an index's low 5 bits: bit 4 set
+// picks the low block's half). y points at output o0 of token 0; token rows ldy floats apart.
+// One 64-input chunk of a kQ4Bf16 panel as AmxQ4Bf16Rows's two A tiles a[0] (its first 32 inputs)
 // and a[1] (the next 32), bf16 [16 rows][32].
 CASCADE_AMX inline void Q4ChunkToBf16Tiles(const uint8_t* v, const uint16_t* ps, const uint16_t* pm,
                                            uint16_t (*a)[16][32]) {
@@ -729,38 +745,14 @@ CASCADE_AMX inline void Q4ChunkToBf16Tiles(const uint8_t* v, const uint16_t* ps,
   _mm512_store_ps(sc[1], _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pm))));
   _mm512_store_ps(sc[2], _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ps + 16))));
   _mm512_store_ps(sc[3], _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pm + 16))));
-  // 8 x 16 dwords -> 16 x 8: two 8 x 8 transposes side by side (rows 0-7 and 8-15 of the panel
-  // in the vectors' 256-bit halves), then the 128-bit lanes regrouped.
-  for (int k = 0; k < 8; ++k) _mm_prefetch(reinterpret_cast<const char*>(v + 12 * 512 + k * 64), _MM_HINT_T0);
-  __m512i r[8], t[8];
-  for (int k = 0; k < 8; ++k) r[k] = _mm512_loadu_si512(v + k * 64);
-  for (int k = 0; k < 8; k += 2) {
-    t[k] = _mm512_unpacklo_epi32(r[k], r[k + 1]);
-    t[k + 1] = _mm512_unpackhi_epi32(r[k], r[k + 1]);
-  }
-  for (int k = 0; k < 8; k += 4) {
-    r[k] = _mm512_unpacklo_epi64(t[k], t[k + 2]);
-    r[k + 1] = _mm512_unpackhi_epi64(t[k], t[k + 2]);
-    r[k + 2] = _mm512_unpacklo_epi64(t[k + 1], t[k + 3]);
-    r[k + 3] = _mm512_unpackhi_epi64(t[k + 1], t[k + 3]);
-  }
-  // Now lane L of r[i] (i < 4) holds dwords r = 0..3 of row 4L + i, of r[4 + i] dwords 4..7:
-  // pair[i] holds rows i and 4 + i (256 bits each), pair[4 + i] rows 8 + i and 12 + i. Kept in
-  // registers: through memory, a 256-bit reload of a 512-bit store's upper half is not
-  // store-forwarded (perf: the loads stalled).
-  const __m512i first = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), last = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
-  __m512i pair[8];
-  for (int i = 0; i < 4; ++i) {
-    pair[i] = _mm512_permutex2var_epi64(r[i], first, r[4 + i]);
-    pair[4 + i] = _mm512_permutex2var_epi64(r[i], last, r[4 + i]);
-  }
+  // 4 chunks (2 KB) ahead: 2, 4, 8, 16 and 32 measured alike within ~10%, 4 best (session 15).
+  for (int k = 0; k < 8; ++k) _mm_prefetch(reinterpret_cast<const char*>(v + 4 * 512 + k * 64), _MM_HINT_T0);
 #pragma GCC unroll 16
   for (int j = 0; j < 16; ++j) {
-    const __m512 flo = _mm512_fmadd_ps(iota, _mm512_set1_ps(sc[0][j]), _mm512_set1_ps(sc[1][j]));
-    const __m512 fhi = _mm512_fmadd_ps(iota, _mm512_set1_ps(sc[2][j]), _mm512_set1_ps(sc[3][j]));
+    const __m512 flo = _mm512_fmadd_ps(iota, BroadcastFromMemory(&sc[0][j]), BroadcastFromMemory(&sc[1][j]));
+    const __m512 fhi = _mm512_fmadd_ps(iota, BroadcastFromMemory(&sc[2][j]), BroadcastFromMemory(&sc[3][j]));
     const __m512i table = (__m512i)_mm512_cvtne2ps_pbh(flo, fhi);  // words 0..15 the high block's, 16..31 the low's
-    const __m512i p = pair[(j & 8) / 2 + (j & 3)];
-    const __m512i idx = _mm512_cvtepu8_epi16((j & 4) ? _mm512_extracti64x4_epi64(p, 1) : _mm512_castsi512_si256(p));
+    const __m512i idx = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + 32 * j)));
     _mm512_store_si512(a[0][j], _mm512_permutexvar_epi16(_mm512_or_si512(idx, upper), table));
     _mm512_store_si512(a[1][j], _mm512_permutexvar_epi16(_mm512_srli_epi16(idx, 4), table));
   }
@@ -768,12 +760,7 @@ CASCADE_AMX inline void Q4ChunkToBf16Tiles(const uint8_t* v, const uint16_t* ps,
 
 CASCADE_AMX void AmxQ4Bf16Rows(const std::vector<uint16_t>& packed, int64_t T, const uint8_t* w, const uint16_t* bs,
                                const uint16_t* bm, float* y, int64_t ldy, int64_t in, int64_t o0, int64_t o1) {
-  AmxTileConfig cfg;
-  for (int i = 0; i < 7; ++i) {
-    cfg.rows[i] = 16;
-    cfg.colsb[i] = 64;
-  }
-  _tile_loadconfig(&cfg);
+  LoadSquareTileConfig();
   const int64_t groups = (T + 15) / 16, kblocks = in / 32, chunks = in / 64;
   alignas(64) uint16_t a[2][2][16][32];  // two chunks' two A tiles each: 16 rows x 32 k, bf16
   for (int64_t n0 = o0; n0 + 16 <= o1; n0 += 16) {
@@ -800,33 +787,30 @@ CASCADE_AMX void AmxQ4Bf16Rows(const std::vector<uint16_t>& packed, int64_t T, c
   _tile_release();
 }
 
-// One 32-input block of 16 rows of a kQ8Bf16 matrix as an A tile: bf16(d * q) per weight (d * q
-// has at most 19 significant bits: exact in f32 before the rounding).
-CASCADE_AMX inline void Q8BlockToBf16Tile(const int8_t* w, const uint16_t* bs, int64_t in, int64_t kb,
-                                          uint16_t (*a)[32]) {
-  const int64_t blocks = in / 32;
+// One 32-input block of a kQ8Bf16 panel (16 rows x 32 bytes, then 16 f16 scales) as an A tile:
+// bf16(d * q) per weight (d * q has at most 19 significant bits: exact in f32 before the rounding).
+CASCADE_AMX inline void Q8BlockToBf16Tile(const int8_t* v, const uint16_t* s, uint16_t (*a)[32]) {
+  alignas(64) float d[16];
+  _mm512_store_ps(d, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s))));
+  // 4 blocks (2 KB) ahead, as the q4 kernel.
+  for (int k = 0; k < 8; ++k) _mm_prefetch(reinterpret_cast<const char*>(v + 4 * 512 + k * 64), _MM_HINT_T0);
 #pragma GCC unroll 16
   for (int j = 0; j < 16; ++j) {
-    const int8_t* row = w + j * in + kb * 32;
-    const __m512 d = _mm512_cvtph_ps(_mm256_set1_epi16(static_cast<short>(bs[j * blocks + kb])));
-    const __m512 lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row)))), d);
-    const __m512 hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16)))), d);
+    const __m512 dj = BroadcastFromMemory(&d[j]);
+    const int8_t* row = v + 32 * j;
+    const __m512 lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row)))), dj);
+    const __m512 hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16)))), dj);
     _mm512_store_si512(a[j], (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
   }
 }
 
-// kQ8Bf16: y rows [o0, o1) (whole 16-row blocks) of y = x . W^T with W the bf16 rounding of
+// kQ8Bf16: y rows [o0, o1) (whole 16-row panels) of y = x . W^T with W the bf16 rounding of
 // d * q: AmxBf16Rows's tiles, roles and k order (bit-identical to the bf16 weights' kernel), the
 // A tiles built from the blocks one k block ahead of their loads (as AmxQ4Bf16Rows). y points at
 // output o0 of token 0; token rows ldy floats apart.
 CASCADE_AMX void AmxQ8Bf16Rows(const std::vector<uint16_t>& packed, int64_t T, const int8_t* w, const uint16_t* bs,
                                float* y, int64_t ldy, int64_t in, int64_t o0, int64_t o1) {
-  AmxTileConfig cfg;
-  for (int i = 0; i < 6; ++i) {
-    cfg.rows[i] = 16;
-    cfg.colsb[i] = 64;
-  }
-  _tile_loadconfig(&cfg);
+  LoadSquareTileConfig();
   const int64_t groups = (T + 15) / 16, kblocks = in / 32;
   alignas(64) uint16_t a[2][16][32];
   for (int64_t n0 = o0; n0 + 16 <= o1; n0 += 16) {
@@ -834,12 +818,11 @@ CASCADE_AMX void AmxQ8Bf16Rows(const std::vector<uint16_t>& packed, int64_t T, c
     _tile_zero(1);
     _tile_zero(2);
     _tile_zero(3);
-    const int8_t* rows = w + n0 * in;
+    const int8_t* panel = w + n0 * in;
     const uint16_t* scales = bs + n0 * kblocks;
-    for (int64_t k = 0; k < 16; ++k) _mm_prefetch(reinterpret_cast<const char*>(rows + 16 * in + k * in), _MM_HINT_T0);
-    Q8BlockToBf16Tile(rows, scales, in, 0, a[0]);
+    Q8BlockToBf16Tile(panel, scales, a[0]);
     for (int64_t kb = 0; kb < kblocks; ++kb) {
-      if (kb + 1 < kblocks) Q8BlockToBf16Tile(rows, scales, in, kb + 1, a[(kb + 1) & 1]);
+      if (kb + 1 < kblocks) Q8BlockToBf16Tile(panel + (kb + 1) * 512, scales + (kb + 1) * 16, a[(kb + 1) & 1]);
       _tile_loadd(4, a[kb & 1], 64);
       DotTokenGroups(packed, kb, kblocks, groups);
     }
@@ -1301,19 +1284,20 @@ struct Q4Place {
   int64_t byte = 0, scale = 0;
   bool high = false;
 };
-Q4Place Q4Where(int64_t in, int64_t out, int64_t o, int64_t i) {
+Q4Place Q4Where(int64_t in, int64_t out, int64_t o, int64_t i, Q4Order order) {
   const int64_t p = o / kQ4PanelRows, j = o % kQ4PanelRows, n = std::min(kQ4PanelRows, out - p * kQ4PanelRows);
   const int64_t c = i / 64, k = i % 32;
   Q4Place at;
   at.high = i % 64 >= 32;
-  at.byte = p * kQ4PanelRows * (in / 2) + c * 32 * n + (k / 4) * 4 * n + j * 4 + k % 4;
+  at.byte = p * kQ4PanelRows * (in / 2) + c * 32 * n +
+            (order == Q4Order::kRows ? j * 32 + k : (k / 4) * 4 * n + j * 4 + k % 4);
   at.scale = p * kQ4PanelRows * (in / kQ4Block) + (i / kQ4Block) * n + j;
   return at;
 }
 }  // namespace
 
 void QuantizeQ4Rows(const float* w, int64_t in, int64_t out, uint8_t* packed, uint16_t* block_scale,
-                    uint16_t* block_min) {
+                    uint16_t* block_min, Q4Order order) {
   const std::string why = ValidateQ4Matrix(in, out);
   if (!why.empty()) throw std::invalid_argument(why);
   const int64_t blocks = in / kQ4Block;
@@ -1328,14 +1312,14 @@ void QuantizeQ4Rows(const float* w, int64_t in, int64_t out, uint8_t* packed, ui
         hi = std::max(hi, x[i]);
       }
       const uint16_t d16 = F32ToF16((hi - lo) / 15.0f), m16 = F32ToF16(lo);
-      const Q4Place first = Q4Where(in, out, o, b * kQ4Block);
+      const Q4Place first = Q4Where(in, out, o, b * kQ4Block, order);
       block_scale[first.scale] = d16;
       block_min[first.scale] = m16;
       const float d = F16ToF32(d16), m = F16ToF32(m16);
       const float inv = d > 0.0f ? 1.0f / d : 0.0f;
       for (int64_t i = 0; i < kQ4Block; ++i) {
         const auto q = static_cast<uint8_t>(std::clamp(std::nearbyint((x[i] - m) * inv), 0.0f, 15.0f));
-        const Q4Place at = Q4Where(in, out, o, b * kQ4Block + i);
+        const Q4Place at = Q4Where(in, out, o, b * kQ4Block + i, order);
         packed[at.byte] = static_cast<uint8_t>(packed[at.byte] | (at.high ? q << 4 : q));
       }
     }
@@ -1343,9 +1327,9 @@ void QuantizeQ4Rows(const float* w, int64_t in, int64_t out, uint8_t* packed, ui
 }
 
 void DequantizeQ4Row(const uint8_t* packed, const uint16_t* block_scale, const uint16_t* block_min, int64_t in,
-                     int64_t out, int64_t o, float* w) {
+                     int64_t out, int64_t o, float* w, Q4Order order) {
   for (int64_t i = 0; i < in; ++i) {
-    const Q4Place at = Q4Where(in, out, o, i);
+    const Q4Place at = Q4Where(in, out, o, i, order);
     const uint8_t byte = packed[at.byte];
     const float q = static_cast<float>(at.high ? byte >> 4 : byte & 0x0F);
     w[i] = F16ToF32(block_scale[at.scale]) * q + F16ToF32(block_min[at.scale]);
@@ -1353,15 +1337,26 @@ void DequantizeQ4Row(const uint8_t* packed, const uint16_t* block_scale, const u
 }
 
 bool Q4HoldsBf16Exactly(const float* w, int64_t in, int64_t out, const uint8_t* packed, const uint16_t* block_scale,
-                        const uint16_t* block_min) {
+                        const uint16_t* block_min, Q4Order order) {
   std::vector<float> row(static_cast<size_t>(in));
   for (int64_t o = 0; o < out; ++o) {
-    DequantizeQ4Row(packed, block_scale, block_min, in, out, o, row.data());
+    DequantizeQ4Row(packed, block_scale, block_min, in, out, o, row.data(), order);
     for (int64_t i = 0; i < in; ++i)
       if (F32ToBF16(row[i]) != F32ToBF16(w[o * in + i])) return false;
   }
   return true;
 }
+
+namespace {
+// Where block b of row o of a kQ8Bf16 matrix lives (int8_matmul.h): its first byte and its scale.
+struct Q8Place {
+  int64_t byte = 0, scale = 0;
+};
+Q8Place Q8Where(int64_t in, int64_t out, int64_t o, int64_t b) {
+  const int64_t p = o / kQ4PanelRows, j = o % kQ4PanelRows, n = std::min(kQ4PanelRows, out - p * kQ4PanelRows);
+  return {p * kQ4PanelRows * in + (b * n + j) * 32, p * kQ4PanelRows * (in / 32) + b * n + j};
+}
+}  // namespace
 
 bool QuantizeQ8Rows(const float* w, int64_t in, int64_t out, int8_t* q, uint16_t* block_scale) {
   if (in % 32 != 0) throw std::invalid_argument("q8 blocks: the input size is not a multiple of 32");
@@ -1372,15 +1367,24 @@ bool QuantizeQ8Rows(const float* w, int64_t in, int64_t out, int8_t* q, uint16_t
       float amax = 0.0f;
       for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[i]));
       const uint16_t d16 = F32ToF16(amax / 127.0f);
-      block_scale[o * (in / 32) + b] = d16;
+      const Q8Place at = Q8Where(in, out, o, b);
+      block_scale[at.scale] = d16;
       const float d = F16ToF32(d16);
       for (int i = 0; i < 32; ++i) {
         const float v = d > 0.0f ? std::clamp(std::nearbyint(x[i] / d), -127.0f, 127.0f) : 0.0f;
-        q[o * in + b * 32 + i] = static_cast<int8_t>(v);
+        q[at.byte + i] = static_cast<int8_t>(v);
         exact = exact && F32ToBF16(v * d) == F32ToBF16(x[i]);
       }
     }
   return exact;
+}
+
+void DequantizeQ8Row(const int8_t* q, const uint16_t* block_scale, int64_t in, int64_t out, int64_t o, float* w) {
+  for (int64_t b = 0; b < in / 32; ++b) {
+    const Q8Place at = Q8Where(in, out, o, b);
+    const float d = F16ToF32(block_scale[at.scale]);
+    for (int i = 0; i < 32; ++i) w[b * 32 + i] = static_cast<float>(q[at.byte + i]) * d;
+  }
 }
 
 void PrepareActivations(WeightMatrix::Kind kind, const KernelImpls& impls, const float* x, int64_t T, int64_t in,
@@ -1437,12 +1441,11 @@ namespace {
 // tensor: model/decoder.cc ToBF16).
 void BlocksRowToBf16(const WeightMatrix& m, int64_t o, float* scratch, uint16_t* row) {
   const int64_t in = m.in;
-  if (m.kind == WeightMatrix::Kind::kQ4Bf16) {
-    DequantizeQ4Row(static_cast<const uint8_t*>(m.data), m.block_scale, m.block_min, in, m.out, o, scratch);
-  } else {
-    const int8_t* q = static_cast<const int8_t*>(m.data) + o * in;
-    for (int64_t i = 0; i < in; ++i) scratch[i] = static_cast<float>(q[i]) * F16ToF32(m.block_scale[o * (in / 32) + i / 32]);
-  }
+  if (m.kind == WeightMatrix::Kind::kQ4Bf16)
+    DequantizeQ4Row(static_cast<const uint8_t*>(m.data), m.block_scale, m.block_min, in, m.out, o, scratch,
+                    Q4Order::kRows);
+  else
+    DequantizeQ8Row(static_cast<const int8_t*>(m.data), m.block_scale, in, m.out, o, scratch);
   for (int64_t i = 0; i < in; ++i) row[i] = F32ToBF16(scratch[i]);
 }
 

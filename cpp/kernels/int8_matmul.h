@@ -82,10 +82,10 @@ void Bf16GatherMatmul(Int8Impl impl, const float* x, const uint16_t* w, const in
 // A weight matrix as stored on the device. kF32Transposed: f32 [in, out] (the f32 upload layout,
 // model/programs.h); kBf16: bf16 bits [out, in]; kInt8: s8 [out, in] with f32 scale[out]; kQ4:
 // 4-bit blocks in panels of 16 rows (kQ4PanelRows below) with f16 block scales and minimums;
-// kQ4Bf16: stored as kQ4, computed as kBf16 with the bf16 rounding of each weight d * q + m: the
+// kQ4Bf16: stored as kQ4 with each row's values together (Q4Order::kRows), computed as kBf16 with the bf16 rounding of each weight d * q + m: the
 // rows equal, bit for bit, kBf16's on those bf16 weights (a bf16 target whose weights came from
-// 4-bit blocks, e.g. a Q4_1 GGUF's, read at ~5 bits a weight instead of 16); kQ8Bf16: s8 [out, in]
-// with an f16 scale per 32-block (block_scale [out, in / 32], GGUF's Q8_0), computed as kBf16 with
+// 4-bit blocks, e.g. a Q4_1 GGUF's, read at ~5 bits a weight instead of 16); kQ8Bf16: s8 blocks of 32
+// with an f16 scale each (GGUF's Q8_0) in panels of 16 rows (below), computed as kBf16 with
 // the bf16 rounding of each weight d * q (the bf16 target's head from a Q8_0 embedding).
 struct WeightMatrix {
   enum class Kind { kF32Transposed, kBf16, kInt8, kQ4, kQ4Bf16, kQ8Bf16 };
@@ -93,7 +93,7 @@ struct WeightMatrix {
   const void* data = nullptr;
   const float* scale = nullptr;
   int64_t in = 0, out = 0;
-  const uint16_t* block_scale = nullptr;  // kQ4, kQ4Bf16, kQ8Bf16: f16 bits (kQ4: panels; kQ8Bf16: [out, in / 32])
+  const uint16_t* block_scale = nullptr;  // kQ4, kQ4Bf16, kQ8Bf16: f16 bits (panels of 16 rows)
   const uint16_t* block_min = nullptr;    // kQ4, kQ4Bf16: f16 bits [out, in / 32]
 };
 
@@ -110,25 +110,41 @@ struct WeightMatrix {
 // quantise back to its own blocks.
 constexpr int64_t kQ4Block = 32;
 constexpr int64_t kQ4PanelRows = 16;
+// The order of the values within a panel's 64-input chunk. kInterleaved (kQ4, above) serves the
+// VNNI kernel's 16-row dword loads. kRows (kQ4Bf16) keeps a row's 32 bytes together: per chunk c,
+// per row j < n, 32 bytes, byte k holding input 64c + k low and 64c + 32 + k high, so the AMX
+// kernel loads each row of a tile as it is (kInterleaved cost it an 8 x 16 dword transpose per
+// chunk: ~20% of its time, docs/bench/decoder.md session 15). Scales and minimums alike in both.
+enum class Q4Order { kInterleaved, kRows };
+inline Q4Order Q4OrderOf(WeightMatrix::Kind kind) {
+  return kind == WeightMatrix::Kind::kQ4Bf16 ? Q4Order::kRows : Q4Order::kInterleaved;
+}
 std::string ValidateQ4Matrix(int64_t in, int64_t out);  // empty when in % 64 == 0 and both positive
 // Quantises rows w[out, in] (f32) as ggml's Q4_1: d = (max - min) / 15, m = min (both rounded to
 // f16 first), q = round((w - m) / d) clamped to 0..15.
 void QuantizeQ4Rows(const float* w, int64_t in, int64_t out, uint8_t* packed, uint16_t* block_scale,
-                    uint16_t* block_min);
+                    uint16_t* block_min, Q4Order order = Q4Order::kInterleaved);
 // The f32 weights of row o: what every Q4 kernel multiplies by.
 void DequantizeQ4Row(const uint8_t* packed, const uint16_t* block_scale, const uint16_t* block_min, int64_t in,
-                     int64_t out, int64_t o, float* w);
-// ---- 8-bit blocks (kQ8Bf16: GGUF's Q8_0, row-major) ----
+                     int64_t out, int64_t o, float* w, Q4Order order = Q4Order::kInterleaved);
+// ---- 8-bit blocks (kQ8Bf16: GGUF's Q8_0, in panels) ----
+// Per 32-block b of a row: w = d[b] * q, q in -127..127, d f16. Stored in panels of 16 rows (the
+// last one holds out % 16 when that is not 0): panel p (n rows) starts at byte 16p * in; in it, per
+// block b, per row j < n, the block's 32 bytes; its scales start at element 16p * in / 32: [b][j].
+// A panel is a run of whole rows of the shapes s8 [out, in] and f16 [out, in / 32], and
+// AmxQ8Bf16Rows reads it front to back (row-major, its 16 rows' blocks were 16 streams a tile).
 // Quantises rows w[out, in] (in % 32 == 0) as ggml's Q8_0: d = amax / 127 rounded to f16, q =
 // round(w / d). Returns whether the blocks hold every weight's bf16 rounding exactly (bf16(d * q)
 // == bf16(w)), as they do for a Q8_0 GGUF tensor's values.
 bool QuantizeQ8Rows(const float* w, int64_t in, int64_t out, int8_t* q, uint16_t* block_scale);
+// The f32 values d * q of row o.
+void DequantizeQ8Row(const int8_t* q, const uint16_t* block_scale, int64_t in, int64_t out, int64_t o, float* w);
 
 // Whether the q4 blocks of w[out, in] (f32) hold every weight's bf16 rounding exactly: the bf16
 // rounding of QuantizeQ4Rows's dequantised values equals that of w, weight for weight (then
 // kQ4Bf16 computes what kBf16 computes on the bf16 weights). True for a Q4_1 GGUF tensor's values.
 bool Q4HoldsBf16Exactly(const float* w, int64_t in, int64_t out, const uint8_t* packed, const uint16_t* block_scale,
-                        const uint16_t* block_min);
+                        const uint16_t* block_min, Q4Order order = Q4Order::kInterleaved);
 
 // The implementations a process uses per weight kind (chosen once: rows computed by different
 // programs then agree bit for bit).

@@ -54,8 +54,11 @@ std::vector<HostTensor> PrepareAt(const ModelWeights& weights, const std::vector
     out.emplace_back(DType::kU8, p.dims);
     out.emplace_back(DType::kF16, std::vector<int64_t>{out_rows, in / kernels::kQ4Block});
     out.emplace_back(DType::kF16, std::vector<int64_t>{out_rows, in / kernels::kQ4Block});
+    // bf16q4 keeps each row's values together (its AMX kernel's order, kernels/int8_matmul.h).
+    const kernels::Q4Order order =
+        precision == WeightPrecision::kBF16Q4 ? kernels::Q4Order::kRows : kernels::Q4Order::kInterleaved;
     kernels::QuantizeQ4Rows(f.as<float>(), in, out_rows, out[0].as<uint8_t>(), out[1].as<uint16_t>(),
-                            out[2].as<uint16_t>());
+                            out[2].as<uint16_t>(), order);
     // f16 block scales and minimums hold |values| <= 65504: beyond that (or NaN weights) the
     // draft would compute NaN; say so instead.
     for (const HostTensor* t : {&out[1], &out[2]})
@@ -65,7 +68,7 @@ std::vector<HostTensor> PrepareAt(const ModelWeights& weights, const std::vector
                                      "range beyond 65504, or NaN); use another precision for this model");
     if (precision == WeightPrecision::kBF16Q4 &&
         !kernels::Q4HoldsBf16Exactly(f.as<float>(), in, out_rows, out[0].as<uint8_t>(), out[1].as<uint16_t>(),
-                                     out[2].as<uint16_t>()))
+                                     out[2].as<uint16_t>(), order))
       throw InvalidArgumentError("bf16q4 weights: " + p.tensor + " is not made of 4-bit blocks (its bf16 weights " +
                                  "differ from what its q4 blocks hold); use bf16 for this model");
     i += 3;
@@ -167,7 +170,9 @@ ModelWeights EffectiveWeights(const ModelWeights& weights, WeightPrecision preci
       HostTensor f(DType::kF32, {rows, in});
       for (int64_t r = 0; r < rows; ++r)
         kernels::DequantizeQ4Row(prepared[0].as<uint8_t>(), prepared[1].as<uint16_t>(), prepared[2].as<uint16_t>(), in,
-                                 rows, r, f.as<float>() + r * in);
+                                 rows, r, f.as<float>() + r * in,
+                                 precision == WeightPrecision::kBF16Q4 ? kernels::Q4Order::kRows
+                                                                       : kernels::Q4Order::kInterleaved);
       if (precision == WeightPrecision::kBF16Q4) f = ToF32(ToBF16(f));  // the bf16 weights they hold
       out.tensors[name] = std::move(f);
     } else if (prepared.size() == 2) {  // int8 with a scale per row, or 8-bit blocks (bf16q4's head)
@@ -176,11 +181,14 @@ ModelWeights EffectiveWeights(const ModelWeights& weights, WeightPrecision preci
       const bool blocks = s.dtype == DType::kF16;
       HostTensor f(DType::kF32, v.dims);
       const int64_t rows = v.dims[0], cols = v.dims[1];
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t c = 0; c < cols; ++c) {
-          const float scale = blocks ? F16ToF32(s.as<uint16_t>()[r * (cols / 32) + c / 32]) : s.as<float>()[r];
-          f.as<float>()[r * cols + c] = static_cast<float>(v.as<int8_t>()[r * cols + c]) * scale;
+      for (int64_t r = 0; r < rows; ++r) {
+        if (blocks) {
+          kernels::DequantizeQ8Row(v.as<int8_t>(), s.as<uint16_t>(), cols, rows, r, f.as<float>() + r * cols);
+          continue;
         }
+        for (int64_t c = 0; c < cols; ++c)
+          f.as<float>()[r * cols + c] = static_cast<float>(v.as<int8_t>()[r * cols + c]) * s.as<float>()[r];
+      }
       out.tensors[name] = blocks ? ToF32(ToBF16(f)) : std::move(f);  // blocks: the bf16 weights they hold
     } else {
       out.tensors[name] = ToF32(prepared[0]);

@@ -309,10 +309,7 @@ class Emitter {
       if (ffi_ && x.rank() == 2 && x.dims[0] <= kFfiMaxTokens && x.dims[1] == w.dims[1])
         return f_.CustomCall(kernels::kQ8Bf16MatmulTarget, {x, w, *ref.scale}, DType::kF32, {x.dims[0], w.dims[0]});
       // The bf16 weights d * q rounds to, then as bf16.
-      const int64_t out = w.dims[0], in = w.dims[1];
-      Value q = f_.Reshape(f_.Convert(w, DType::kF32), {out, in / 32, 32});
-      Value d = f_.BroadcastInDim(f_.Convert(*ref.scale, DType::kF32), {out, in / 32, 32}, {0, 1});
-      w = f_.Convert(f_.Reshape(f_.Mul(q, d), {out, in}), DType::kBF16);
+      w = f_.Convert(DequantizeQ8(ref), DType::kBF16);
       scale = &kNoScale;
     }
     if (ffi_ && x.rank() == 2 && w.rank() == 2 && x.dims[0] <= kFfiMaxTokens && x.dims[1] == w.dims[1]) {
@@ -331,35 +328,58 @@ class Emitter {
     return y;
   }
 
-  // 4-bit blocks (kernels/int8_matmul.h: panels of 16 rows) as f32 [out, in]: per panel of n rows
-  // and 64 inputs, 8 x n x 4 bytes (low nibbles the first 32-block, high the second); scales and
-  // minimums [block][n] per panel. A panel is a run of whole rows of the stored shapes.
-  Value DequantizeQ4(const WeightRef& ref) {
-    const int64_t out = ref.w.dims[0], half = ref.w.dims[1], in = half * 2, chunks = in / 64, blocks = in / 32;
+  // Rows [0, out) of panels of 16 (the last one n = out % 16 rows when that is not 0) from
+  // panels(r0, r1, n), each panel a run of whole rows of the stored shapes.
+  template <typename Panels>
+  Value ByPanels(int64_t out, const Panels& panels) {
     const int64_t panel = kernels::kQ4PanelRows, full = out / panel * panel;
-    auto rows = [&](const Value& v, int64_t r0, int64_t r1) {
-      return r0 == 0 && r1 == v.dims[0] ? v : f_.Slice(v, {r0, 0}, {r1, v.dims[1]});
-    };
-    // Rows [r0, r1): panels of n rows each.
-    auto panels = [&](int64_t r0, int64_t r1, int64_t n) {
-      const int64_t count = (r1 - r0) / n;
-      Value bytes = f_.Reshape(f_.Convert(rows(ref.w, r0, r1), DType::kS32), {count, chunks, 8, n, 4});
-      auto in_order = [&](const Value& q) {  // [count, chunks, 8, n, 4] -> [count * n, chunks, 32]
-        return f_.Reshape(f_.Transpose(q, {0, 3, 1, 2, 4}), {count * n, chunks, 32});
-      };
-      Value low = in_order(f_.And(bytes, f_.ScalarLike(bytes, 15)));
-      Value high = in_order(f_.Div(bytes, f_.ScalarLike(bytes, 16)));
-      Value q = f_.Convert(f_.Reshape(f_.Concatenate({low, high}, 2), {count * n, blocks, 32}), DType::kF32);
-      auto per_block = [&](const Value& v) {
-        Value by_row = f_.Reshape(f_.Transpose(f_.Reshape(rows(v, r0, r1), {count, blocks, n}), {0, 2, 1}),
-                                  {count * n, blocks});
-        return f_.BroadcastInDim(f_.Convert(by_row, DType::kF32), {count * n, blocks, 32}, {0, 1});
-      };
-      return f_.Reshape(f_.Add(f_.Mul(q, per_block(*ref.scale)), per_block(*ref.min)), {count * n, in});
-    };
     if (full == out) return panels(0, out, panel);
     if (full == 0) return panels(0, out, out);
     return f_.Concatenate({panels(0, full, panel), panels(full, out, out - full)}, 0);
+  }
+  Value RowsOf(const Value& v, int64_t r0, int64_t r1) {
+    return r0 == 0 && r1 == v.dims[0] ? v : f_.Slice(v, {r0, 0}, {r1, v.dims[1]});
+  }
+  // A panel's per-block values [blocks][n] (scales, minimums) as [n, blocks, 32] f32.
+  Value PerBlock(const Value& v, int64_t r0, int64_t r1, int64_t n, int64_t blocks) {
+    const int64_t count = (r1 - r0) / n;
+    Value by_row = f_.Reshape(f_.Transpose(f_.Reshape(RowsOf(v, r0, r1), {count, blocks, n}), {0, 2, 1}),
+                              {count * n, blocks});
+    return f_.BroadcastInDim(f_.Convert(by_row, DType::kF32), {count * n, blocks, 32}, {0, 1});
+  }
+
+  // 8-bit blocks (kernels/int8_matmul.h: panels of 16 rows, per block the n rows' 32 bytes; scales
+  // [block][n] per panel) as f32 [out, in].
+  Value DequantizeQ8(const WeightRef& ref) {
+    const int64_t out = ref.w.dims[0], in = ref.w.dims[1], blocks = in / 32;
+    return ByPanels(out, [&](int64_t r0, int64_t r1, int64_t n) {
+      const int64_t count = (r1 - r0) / n;
+      Value q = f_.Reshape(f_.Convert(RowsOf(ref.w, r0, r1), DType::kF32), {count, blocks, n, 32});
+      q = f_.Reshape(f_.Transpose(q, {0, 2, 1, 3}), {count * n, blocks, 32});
+      return f_.Reshape(f_.Mul(q, PerBlock(*ref.scale, r0, r1, n, blocks)), {count * n, in});
+    });
+  }
+
+  // 4-bit blocks (kernels/int8_matmul.h: panels of 16 rows) as f32 [out, in]: per panel of n rows
+  // and 64 inputs, 8 x n x 4 bytes (Q4Order::kInterleaved) or n x 32 bytes (kRows: bf16q4), low
+  // nibbles the first 32-block, high the second; scales and minimums [block][n] per panel.
+  Value DequantizeQ4(const WeightRef& ref) {
+    const int64_t out = ref.w.dims[0], half = ref.w.dims[1], in = half * 2, chunks = in / 64, blocks = in / 32;
+    const bool rows_order = s_.precision == WeightPrecision::kBF16Q4;
+    return ByPanels(out, [&](int64_t r0, int64_t r1, int64_t n) {
+      const int64_t count = (r1 - r0) / n;
+      Value bytes = f_.Convert(RowsOf(ref.w, r0, r1), DType::kS32);
+      auto in_order = [&](const Value& q) {  // -> [count * n, chunks, 32]
+        if (rows_order) return f_.Reshape(f_.Transpose(q, {0, 2, 1, 3}), {count * n, chunks, 32});
+        return f_.Reshape(f_.Transpose(q, {0, 3, 1, 2, 4}), {count * n, chunks, 32});
+      };
+      bytes = rows_order ? f_.Reshape(bytes, {count, chunks, n, 32}) : f_.Reshape(bytes, {count, chunks, 8, n, 4});
+      Value low = in_order(f_.And(bytes, f_.ScalarLike(bytes, 15)));
+      Value high = in_order(f_.Div(bytes, f_.ScalarLike(bytes, 16)));
+      Value q = f_.Convert(f_.Reshape(f_.Concatenate({low, high}, 2), {count * n, blocks, 32}), DType::kF32);
+      return f_.Reshape(f_.Add(f_.Mul(q, PerBlock(*ref.scale, r0, r1, n, blocks)), PerBlock(*ref.min, r0, r1, n, blocks)),
+                        {count * n, in});
+    });
   }
 
   // The top-k ids s32[T, k] of a tiny on the draft's hidden state: one kernel on the CPU plugin

@@ -295,7 +295,7 @@ TEST(fused_layers, Bf16Q4IsTheBf16ModelBitForBit) {
         std::vector<int8_t> q(static_cast<size_t>(out * in));
         std::vector<uint16_t> scales(static_cast<size_t>(out * in / 32));
         kernels::QuantizeQ8Rows(t.as<float>(), in, out, q.data(), scales.data());
-        for (int64_t i = 0; i < out * in; ++i) t.as<float>()[i] = static_cast<float>(q[i]) * F16ToF32(scales[i / 32]);
+        for (int64_t o = 0; o < out; ++o) kernels::DequantizeQ8Row(q.data(), scales.data(), in, out, o, t.as<float>() + o * in);
         continue;
       }
       if (t.dims.size() != 2 || name.rfind("model.layers.", 0) != 0) continue;

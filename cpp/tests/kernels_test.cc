@@ -318,15 +318,26 @@ TEST(kernels_q4bf16, RowsEqualTheBf16KernelsOnTheWeightsTheBlocksHold) {
       const int64_t blocks = in / kernels::kQ4Block;
       std::vector<uint8_t> packed(static_cast<size_t>(out * in / 2));
       std::vector<uint16_t> scale(static_cast<size_t>(out * blocks)), mins(scale.size());
-      kernels::QuantizeQ4Rows(wf.data(), in, out, packed.data(), scale.data(), mins.data());
+      const kernels::Q4Order rows = kernels::Q4Order::kRows;
+      kernels::QuantizeQ4Rows(wf.data(), in, out, packed.data(), scale.data(), mins.data(), rows);
       std::vector<float> deq(wf.size());
       std::vector<uint16_t> wb(wf.size());
       for (int64_t o = 0; o < out; ++o)
-        kernels::DequantizeQ4Row(packed.data(), scale.data(), mins.data(), in, out, o, deq.data() + o * in);
+        kernels::DequantizeQ4Row(packed.data(), scale.data(), mins.data(), in, out, o, deq.data() + o * in, rows);
       for (size_t i = 0; i < wf.size(); ++i) wb[i] = F32ToBF16(deq[i]);
       // The blocks hold their own values' bf16 weights; not the bf16 weights of arbitrary values.
-      EXPECT_TRUE(kernels::Q4HoldsBf16Exactly(deq.data(), in, out, packed.data(), scale.data(), mins.data()));
-      EXPECT_FALSE(kernels::Q4HoldsBf16Exactly(wf.data(), in, out, packed.data(), scale.data(), mins.data()));
+      EXPECT_TRUE(kernels::Q4HoldsBf16Exactly(deq.data(), in, out, packed.data(), scale.data(), mins.data(), rows));
+      EXPECT_FALSE(kernels::Q4HoldsBf16Exactly(wf.data(), in, out, packed.data(), scale.data(), mins.data(), rows));
+      {  // the two orders hold the same values
+        std::vector<uint8_t> interleaved(packed.size());
+        std::vector<float> deq2(static_cast<size_t>(in));
+        kernels::QuantizeQ4Rows(wf.data(), in, out, interleaved.data(), scale.data(), mins.data());
+        if (out > 16) EXPECT_NE(interleaved, packed);
+        for (int64_t o = 0; o < out; ++o) {
+          kernels::DequantizeQ4Row(interleaved.data(), scale.data(), mins.data(), in, out, o, deq2.data());
+          ASSERT_EQ(0, std::memcmp(deq2.data(), deq.data() + o * in, in * 4)) << "row " << o;
+        }
+      }
       const WeightMatrix dense{WeightMatrix::Kind::kBf16, wb.data(), nullptr, in, out};
       const WeightMatrix q4{WeightMatrix::Kind::kQ4Bf16, packed.data(), nullptr, in, out, scale.data(), mins.data()};
       ExpectBlocksEqualDense(q4, dense, k, p, T, 5);
@@ -353,8 +364,13 @@ TEST(kernels_q8bf16, RowsEqualTheBf16KernelsOnTheWeightsTheBlocksHold) {
       EXPECT_FALSE(kernels::QuantizeQ8Rows(wf.data(), in, out, q.data(), scale.data()));  // arbitrary values
       std::vector<float> deq(wf.size());
       std::vector<uint16_t> wb(wf.size());
+      for (int64_t o = 0; o < out; ++o) kernels::DequantizeQ8Row(q.data(), scale.data(), in, out, o, deq.data() + o * in);
       for (size_t i = 0; i < wf.size(); ++i) {
-        deq[i] = static_cast<float>(q[i]) * F16ToF32(scale[i / 32]);
+        // Q8_0's value: the block's scale times the byte (row-major reference).
+        float amax = 0.0f;
+        for (int64_t j = i / 32 * 32; j < static_cast<int64_t>(i / 32 * 32 + 32); ++j) amax = std::max(amax, std::fabs(wf[j]));
+        const float d = F16ToF32(F32ToF16(amax / 127.0f));
+        ASSERT_EQ(deq[i], d > 0.0f ? std::clamp(std::nearbyint(wf[i] / d), -127.0f, 127.0f) * d : 0.0f) << i;
         wb[i] = F32ToBF16(deq[i]);
       }
       EXPECT_TRUE(kernels::QuantizeQ8Rows(deq.data(), in, out, q2.data(), scale2.data()));

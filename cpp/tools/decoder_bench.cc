@@ -67,7 +67,7 @@ ModelWeights RandomWeights(const ModelConfig& c) {
       std::vector<int8_t> q(static_cast<size_t>(out * in));
       std::vector<uint16_t> scales(static_cast<size_t>(out * in / 32));
       kernels::QuantizeQ8Rows(v, in, out, q.data(), scales.data());
-      for (int64_t i = 0; i < out * in; ++i) v[i] = static_cast<float>(q[i]) * F16ToF32(scales[i / 32]);
+      for (int64_t o = 0; o < out; ++o) kernels::DequantizeQ8Row(q.data(), scales.data(), in, out, o, v + o * in);
     }
     if (dims.size() == 2 && p.tensor.rfind("model.layers.", 0) == 0 && dims[1] % 64 == 0) {
       const int64_t out = dims[0], in = dims[1];
