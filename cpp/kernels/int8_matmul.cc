@@ -630,13 +630,17 @@ CASCADE_AMX inline __m512 BroadcastFromMemory(const float* p) {
   return r;
 }
 
-// Tiles 0..5 as 16 rows x 64 bytes: C 0..3 (f32 [16][16], one per 16-token group), A 4 (16 weight
-// rows x 32 bf16), B 5 (16 pairs x 16 tokens), as every AMX kernel here uses them.
-CASCADE_AMX inline void LoadSquareTileConfig() {
+// Tiles 0..5 as every AMX kernel here uses them: C 0..3 (f32 [16 rows][n tokens], one per
+// 16-token group), A 4 (16 weight rows x 32 bf16), B 5 (16 pairs x n tokens), n = min(T, 16).
+// Narrow C and B tiles when T < 16: a decode's tdpbf16ps then computes one column, not 16 (the
+// q4 kernel 0.058 -> 0.046 ns a weight, session 15); each element's arithmetic is the same
+// whatever the width (kernels_q4bf16 and kernels_bf16 check rows of every T against T = 1).
+CASCADE_AMX inline void LoadTileConfig(int64_t T) {
+  const auto n = static_cast<uint16_t>(4 * std::min<int64_t>(T, 16));
   AmxTileConfig cfg;
   for (int i = 0; i < 6; ++i) {
     cfg.rows[i] = 16;
-    cfg.colsb[i] = 64;
+    cfg.colsb[i] = i == 4 ? 64 : n;
   }
   _tile_loadconfig(&cfg);
 }
@@ -709,7 +713,7 @@ CASCADE_AMX inline void StoreTokenGroups(int64_t T, int64_t groups, float* y, in
 // one C tile per 16-token group (at most 4: T <= 64).
 CASCADE_AMX void AmxBf16Rows(const std::vector<uint16_t>& packed, int64_t T, const uint16_t* w, float* y, int64_t in,
                              int64_t out, int64_t o0, int64_t o1) {
-  LoadSquareTileConfig();
+  LoadTileConfig(T);
   const int64_t groups = (T + 15) / 16, kblocks = in / 32;
   for (int64_t n0 = o0; n0 + 16 <= o1; n0 += 16) {
     _tile_zero(0);
@@ -760,7 +764,7 @@ CASCADE_AMX inline void Q4ChunkToBf16Tiles(const uint8_t* v, const uint16_t* ps,
 
 CASCADE_AMX void AmxQ4Bf16Rows(const std::vector<uint16_t>& packed, int64_t T, const uint8_t* w, const uint16_t* bs,
                                const uint16_t* bm, float* y, int64_t ldy, int64_t in, int64_t o0, int64_t o1) {
-  LoadSquareTileConfig();
+  LoadTileConfig(T);
   const int64_t groups = (T + 15) / 16, kblocks = in / 32, chunks = in / 64;
   alignas(64) uint16_t a[2][2][16][32];  // two chunks' two A tiles each: 16 rows x 32 k, bf16
   for (int64_t n0 = o0; n0 + 16 <= o1; n0 += 16) {
@@ -810,7 +814,7 @@ CASCADE_AMX inline void Q8BlockToBf16Tile(const int8_t* v, const uint16_t* s, ui
 // output o0 of token 0; token rows ldy floats apart.
 CASCADE_AMX void AmxQ8Bf16Rows(const std::vector<uint16_t>& packed, int64_t T, const int8_t* w, const uint16_t* bs,
                                float* y, int64_t ldy, int64_t in, int64_t o0, int64_t o1) {
-  LoadSquareTileConfig();
+  LoadTileConfig(T);
   const int64_t groups = (T + 15) / 16, kblocks = in / 32;
   alignas(64) uint16_t a[2][16][32];
   for (int64_t n0 = o0; n0 + 16 <= o1; n0 += 16) {
