@@ -645,18 +645,20 @@ CASCADE_AMX inline void LoadTileConfig(int64_t T) {
   _tile_loadconfig(&cfg);
 }
 
-// B tiles from activations x[T, in] (in % 32 == 0): per 16-token group g and k block kb, tile
-// row r holds, for token m, the bf16 pair x[16g + m][32 kb + 2r .. +1] (zeros past T).
+// B tiles from activations x[T, in] (in % 32 == 0), n = min(T, 16) tokens wide (LoadTileConfig):
+// per 16-token group g and k block kb, a tile of 16 rows x n pairs, row r holding for token m the
+// bf16 pair x[16g + m][32 kb + 2r .. +1] (zeros past T). A decode's tiles are x itself, in order
+// (the full 16-token width zeroed and wrote 18-48 KB a matrix for one token's 1-3 KB).
 void PackAmxActivations(const uint16_t* xb, int64_t ldx, int64_t T, int64_t in, std::vector<uint16_t>* b) {
-  const int64_t groups = (T + 15) / 16, kblocks = in / 32;
-  b->assign(static_cast<size_t>(groups * kblocks * 512), 0);
+  const int64_t n = std::min<int64_t>(T, 16), groups = (T + 15) / 16, kblocks = in / 32, tile = 32 * n;
+  b->assign(static_cast<size_t>(groups * kblocks * tile), 0);
   for (int64_t t = 0; t < T; ++t) {
     const int64_t g = t / 16, m = t % 16;
     for (int64_t kb = 0; kb < kblocks; ++kb) {
-      uint16_t* tile = b->data() + (g * kblocks + kb) * 512;
+      uint16_t* bt = b->data() + (g * kblocks + kb) * tile;
       for (int64_t r = 0; r < 16; ++r) {
-        tile[r * 32 + m * 2] = xb[t * ldx + kb * 32 + 2 * r];
-        tile[r * 32 + m * 2 + 1] = xb[t * ldx + kb * 32 + 2 * r + 1];
+        bt[r * 2 * n + m * 2] = xb[t * ldx + kb * 32 + 2 * r];
+        bt[r * 2 * n + m * 2 + 1] = xb[t * ldx + kb * 32 + 2 * r + 1];
       }
     }
   }
@@ -664,20 +666,22 @@ void PackAmxActivations(const uint16_t* xb, int64_t ldx, int64_t T, int64_t in, 
 
 // The AMX kernels' shared steps. C tile g (0..3) accumulates A (tile 4: 16 weight rows x 32 k)
 // times the packed activations' B tile of k block kb for token group g.
-CASCADE_AMX inline void DotTokenGroups(const std::vector<uint16_t>& packed, int64_t kb, int64_t kblocks, int64_t groups) {
-  const uint16_t* bt = packed.data() + kb * 512;
-  _tile_loadd(5, bt, 64);
+CASCADE_AMX inline void DotTokenGroups(const std::vector<uint16_t>& packed, int64_t T, int64_t kb, int64_t kblocks,
+                                       int64_t groups) {
+  const int64_t n = std::min<int64_t>(T, 16), tile = 32 * n, stride = 4 * n;
+  const uint16_t* bt = packed.data() + kb * tile;
+  _tile_loadd(5, bt, stride);
   _tile_dpbf16ps(0, 4, 5);
   if (groups > 1) {
-    _tile_loadd(5, bt + kblocks * 512, 64);
+    _tile_loadd(5, bt + kblocks * tile, stride);
     _tile_dpbf16ps(1, 4, 5);
   }
   if (groups > 2) {
-    _tile_loadd(5, bt + 2 * kblocks * 512, 64);
+    _tile_loadd(5, bt + 2 * kblocks * tile, stride);
     _tile_dpbf16ps(2, 4, 5);
   }
   if (groups > 3) {
-    _tile_loadd(5, bt + 3 * kblocks * 512, 64);
+    _tile_loadd(5, bt + 3 * kblocks * tile, stride);
     _tile_dpbf16ps(3, 4, 5);
   }
 }
@@ -723,7 +727,7 @@ CASCADE_AMX void AmxBf16Rows(const std::vector<uint16_t>& packed, int64_t T, con
     const uint16_t* a = w + n0 * in;
     for (int64_t kb = 0; kb < kblocks; ++kb) {
       _tile_loadd(4, a + kb * 32, in * 2);
-      DotTokenGroups(packed, kb, kblocks, groups);
+      DotTokenGroups(packed, T, kb, kblocks, groups);
     }
     StoreTokenGroups(T, groups, y + n0, out);
   }
@@ -783,7 +787,7 @@ CASCADE_AMX void AmxQ4Bf16Rows(const std::vector<uint16_t>& packed, int64_t T, c
       if (ch + 1 < chunks) Q4ChunkToBf16Tiles(panel + (ch + 1) * 512, ps + (ch + 1) * 32, pm + (ch + 1) * 32, a[(ch + 1) & 1]);
       for (int h = 0; h < 2; ++h) {
         _tile_loadd(4, a[ch & 1][h], 64);
-        DotTokenGroups(packed, 2 * ch + h, kblocks, groups);
+        DotTokenGroups(packed, T, 2 * ch + h, kblocks, groups);
       }
     }
     StoreTokenGroups(T, groups, y + (n0 - o0), ldy);
@@ -828,7 +832,7 @@ CASCADE_AMX void AmxQ8Bf16Rows(const std::vector<uint16_t>& packed, int64_t T, c
     for (int64_t kb = 0; kb < kblocks; ++kb) {
       if (kb + 1 < kblocks) Q8BlockToBf16Tile(panel + (kb + 1) * 512, scales + (kb + 1) * 16, a[(kb + 1) & 1]);
       _tile_loadd(4, a[kb & 1], 64);
-      DotTokenGroups(packed, kb, kblocks, groups);
+      DotTokenGroups(packed, T, kb, kblocks, groups);
     }
     StoreTokenGroups(T, groups, y + (n0 - o0), ldy);
   }

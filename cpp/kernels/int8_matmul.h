@@ -167,7 +167,7 @@ struct PreparedActivations {
   std::vector<float> block_scale;    // VNNI, Q4 weights: [T][chunks * 2] the block scales
   int64_t ldx = 0;                   // bf16 dot: row stride of xb
   std::vector<uint16_t> xb;          // bf16 dot: [T][ldx]
-  std::vector<uint16_t> amx;         // AMX: B tiles [ceil(T/16)][in/32][16 pairs][16 tokens][2]
+  std::vector<uint16_t> amx;         // AMX: B tiles [ceil(T/16)][in/32][16 pairs][min(T, 16) tokens][2]
 };
 void PrepareActivations(WeightMatrix::Kind kind, const KernelImpls& impls, const float* x, int64_t T, int64_t in,
                         PreparedActivations* a);
