@@ -146,9 +146,9 @@ CascadeEngine::CascadeEngine(std::shared_ptr<Client> client, const ModelWeights&
 namespace {
 // What a step costs, as bytes of a memory-bound read: StepBytes, except for kBF16Q4, whose
 // expansion of its blocks is bound by instructions rather than its 97 MB: decoder_bench measured
-// its decode(1) at ~0.6 of the dense bf16 step (docs/bench/decoder.md, session 14).
+// its decode(1) at ~0.55 of the dense bf16 step (6.1 / 11.2 ms, docs/bench/decoder.md, session 15).
 double StepCostBytes(const ModelConfig& config, WeightPrecision precision) {
-  if (precision == WeightPrecision::kBF16Q4) return 0.6 * static_cast<double>(StepBytes(config, WeightPrecision::kBF16));
+  if (precision == WeightPrecision::kBF16Q4) return 0.55 * static_cast<double>(StepBytes(config, WeightPrecision::kBF16));
   return static_cast<double>(StepBytes(config, precision));
 }
 }  // namespace

@@ -3,7 +3,7 @@
 //
 //   cascade_run --plugin cpu|PATH --model M.gguf|--random-smollm2 [--mode target|speculative|cascade|auto]
 //               [--precision f32|bf16|int8|q4|bf16q4] [--draft-precision P] [--draft-layers N] [--k1 L] [--k0 K0] [--branches B]
-//               [--devices D] [--max-tokens N] [--temperature T] [--seed S] [--compare] [--tiny FILE]
+//               [--devices D] [--max-tokens N] [--max-context C] [--temperature T] [--seed S] [--compare] [--tiny FILE]
 //               [--prompt-ids 1,2,3] [--coverage-every N] [--tiny FILE]
 // The prompt is a fixed list of token ids (no tokenizer in C++); with --random-smollm2 the model
 // is a random SmolLM2-135M-shaped one (weights do not matter for speed, and no file is needed).
@@ -124,6 +124,7 @@ int main(int argc, char** argv) {
     else if (a == "--branches") g.branches = std::stoll(next());
     else if (a == "--devices") eo.devices = std::stoll(next());
     else if (a == "--max-tokens") g.max_tokens = std::stoll(next());
+    else if (a == "--max-context") eo.max_context = std::stoll(next());
     else if (a == "--temperature") g.sampling.temperature = std::stod(next());
     else if (a == "--seed") g.seed = std::stoull(next());
     else if (a == "--compare") compare = true;
@@ -137,7 +138,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr,
                    "usage: cascade_run --plugin cpu|PATH (--model M.gguf | --random-smollm2) [--mode target|speculative|"
                    "cascade|auto] [--precision f32|bf16|int8|q4|bf16q4] [--draft-precision P] [--draft-layers N] [--k1 L] [--k0 K0] [--branches B] "
-                   "[--devices D] [--max-tokens N] [--temperature T] [--seed S] [--compare] [--tiny FILE] [--prompt-ids 1,2,3] [--coverage-every N]\n");
+                   "[--devices D] [--max-tokens N] [--max-context C] [--temperature T] [--seed S] [--compare] [--tiny FILE] [--prompt-ids 1,2,3] [--coverage-every N]\n");
       return 2;
     }
   }
