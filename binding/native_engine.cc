@@ -8,6 +8,7 @@
 #endif
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 
 #include "marshal.h"
@@ -19,6 +20,8 @@ namespace cascade::binding {
 namespace {
 
 Napi::FunctionReference* g_engine_ctor = nullptr;
+// The least time between two deliveries of streamed tokens to JavaScript (Generate below).
+constexpr int64_t kStreamIntervalMs = 20;
 
 Napi::Object ConfigToJs(Napi::Env env, const ModelConfig& c) {
   Napi::Object o = Napi::Object::New(env);
@@ -228,9 +231,27 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
     auto busy = busy_;
     auto gate = gate_;
     options->interrupted = [abort] { return abort->load(); };
-    options->on_tokens = [tsfn, cancel, abort, gate](const std::vector<int32_t>& fresh) {
+    // Tokens reach JavaScript at most every kStreamIntervalMs after the first: each delivery runs
+    // JavaScript on the main thread, which on a 2-core host preempts a kernel thread of the next
+    // step (target-only with one delivery a token: 5.18-5.63 ms a step, against 5.08-5.44 with
+    // this; 4 alternations). Tokens held back at the end arrive with the result (Cascade's
+    // reconciliation of result.tokens); a speculative round outlasts the interval anyway.
+    struct Held {
+      std::vector<int32_t> tokens;
+      std::chrono::steady_clock::time_point last{};
+      bool sent = false;
+    };
+    auto held = std::make_shared<Held>();
+    options->on_tokens = [tsfn, cancel, abort, gate, held](const std::vector<int32_t>& fresh) {
       if (tsfn) {
-        auto* copy = new std::vector<int32_t>(fresh);
+        held->tokens.insert(held->tokens.end(), fresh.begin(), fresh.end());
+        const auto now = std::chrono::steady_clock::now();
+        if (held->sent && now - held->last < std::chrono::milliseconds(kStreamIntervalMs)) return !cancel->load();
+        held->sent = true;
+        held->last = now;
+        auto* copy = new std::vector<int32_t>(std::move(held->tokens));
+        held->tokens.clear();
+        const size_t copy_size = copy->size();
         napi_status status = tsfn->NonBlockingCall(copy, [](Napi::Env env, Napi::Function fn, std::vector<int32_t>* ids) {
           Napi::Int32Array out = Napi::Int32Array::New(env, ids->size());
           std::copy(ids->begin(), ids->end(), out.Data());
@@ -241,7 +262,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
           delete copy;  // the JavaScript side is closing: nobody will read, so never wait for a reader
         } else {
           // Backpressure: a stream whose consumer stops reading pauses the generation here.
-          gate->Sent(static_cast<int64_t>(fresh.size()));
+          gate->Sent(static_cast<int64_t>(copy_size));
           gate->WaitForReader(*abort);
         }
       }
