@@ -1,6 +1,7 @@
 #include "kernels/tiny_candidates.h"
 
 #include <algorithm>
+#include <functional>
 #include <cmath>
 #include <limits>
 #include <utility>
@@ -13,12 +14,50 @@ namespace cascade {
 namespace kernels {
 
 void TopKIds(const float* values, int64_t n, int64_t k, int32_t* ids) {
-  // A min-heap of the best k so far: its top is the worst kept (smallest value; of equal values,
-  // the highest id). Ids arrive in increasing order, so an equal value never displaces a kept one.
   using Entry = std::pair<float, int32_t>;
   auto worse = [](const Entry& a, const Entry& b) {  // a ranks above b
     return a.first != b.first ? a.first > b.first : a.second < b.second;
   };
+  // A threshold first (a cascade draft step's top 256 of 49152: 79 us with the heap alone, most
+  // of it in ~1400 heap insertions): t = the k-th largest of the maxima of groups of 64 values.
+  // At least k values are >= t (one in each of those groups), so the top k are among the values
+  // >= t: usually a few hundred, sorted in the order below. (NaN never passes a comparison.)
+  constexpr int64_t kGroup = 64;
+  const int64_t groups = n / kGroup;
+  if (k >= 1 && groups >= 2 * k) {
+    std::vector<float> maxima(static_cast<size_t>(groups));
+    for (int64_t g = 0; g < groups; ++g) {
+      // 8 independent maxima (vectorised; one chain of maxss took 4 cycles a value).
+      float m[8];
+      for (int j = 0; j < 8; ++j) m[j] = -std::numeric_limits<float>::infinity();
+      for (int64_t i = g * kGroup; i < (g + 1) * kGroup; i += 8)
+        for (int j = 0; j < 8; ++j) m[j] = values[i + j] > m[j] ? values[i + j] : m[j];
+      float top = m[0];
+      for (int j = 1; j < 8; ++j) top = m[j] > top ? m[j] : top;
+      maxima[g] = top;
+    }
+    std::nth_element(maxima.begin(), maxima.begin() + (k - 1), maxima.end(), std::greater<float>());
+    const float t = maxima[k - 1];
+    if (t > -std::numeric_limits<float>::infinity()) {
+      std::vector<Entry> kept;
+      kept.reserve(static_cast<size_t>(2 * k));
+      int64_t v = 0;
+      for (; v + 8 <= n; v += 8) {  // 8 at a time: most blocks hold none
+        int any = 0;
+        for (int j = 0; j < 8; ++j) any |= values[v + j] >= t;
+        if (any)
+          for (int j = 0; j < 8; ++j)
+            if (values[v + j] >= t) kept.push_back({values[v + j], static_cast<int32_t>(v + j)});
+      }
+      for (; v < n; ++v)
+        if (values[v] >= t) kept.push_back({values[v], static_cast<int32_t>(v)});
+      std::partial_sort(kept.begin(), kept.begin() + k, kept.end(), worse);
+      for (int64_t j = 0; j < k; ++j) ids[j] = kept[j].second;
+      return;
+    }
+  }
+  // A min-heap of the best k so far: its top is the worst kept (smallest value; of equal values,
+  // the highest id). Ids arrive in increasing order, so an equal value never displaces a kept one.
   // NaN ranks below everything (as -inf, after every real -inf by id).
   auto value = [&](int64_t v) { return std::isnan(values[v]) ? -std::numeric_limits<float>::infinity() : values[v]; };
   std::vector<Entry> heap;
