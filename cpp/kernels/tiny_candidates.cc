@@ -41,15 +41,7 @@ void TopKIds(const float* values, int64_t n, int64_t k, int32_t* ids) {
     if (t > -std::numeric_limits<float>::infinity()) {
       std::vector<Entry> kept;
       kept.reserve(static_cast<size_t>(2 * k));
-      int64_t v = 0;
-      for (; v + 8 <= n; v += 8) {  // 8 at a time: most blocks hold none
-        int any = 0;
-        for (int j = 0; j < 8; ++j) any |= values[v + j] >= t;
-        if (any)
-          for (int j = 0; j < 8; ++j)
-            if (values[v + j] >= t) kept.push_back({values[v + j], static_cast<int32_t>(v + j)});
-      }
-      for (; v < n; ++v)
+      for (int64_t v = 0; v < n; ++v)
         if (values[v] >= t) kept.push_back({values[v], static_cast<int32_t>(v)});
       std::partial_sort(kept.begin(), kept.begin() + k, kept.end(), worse);
       for (int64_t j = 0; j < k; ++j) ids[j] = kept[j].second;

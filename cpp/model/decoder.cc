@@ -13,6 +13,12 @@
 namespace cascade {
 namespace {
 
+// The order of a precision's q4 values: bf16q4 keeps each row's values together (its AMX
+// kernel's order), the q4 draft interleaves them (kernels/int8_matmul.h).
+kernels::Q4Order Q4OrderOf(WeightPrecision precision) {
+  return precision == WeightPrecision::kBF16Q4 ? kernels::Q4Order::kRows : kernels::Q4Order::kInterleaved;
+}
+
 void CheckDims(const HostTensor& t, const std::vector<int64_t>& dims, const std::string& name) {
   if (t.dims != dims)
     throw Error(ErrorKind::kModelFormat, "tensor " + name + " is " + ShapeString(t.dtype, t.dims) + ", expected " +
@@ -54,9 +60,7 @@ std::vector<HostTensor> PrepareAt(const ModelWeights& weights, const std::vector
     out.emplace_back(DType::kU8, p.dims);
     out.emplace_back(DType::kF16, std::vector<int64_t>{out_rows, in / kernels::kQ4Block});
     out.emplace_back(DType::kF16, std::vector<int64_t>{out_rows, in / kernels::kQ4Block});
-    // bf16q4 keeps each row's values together (its AMX kernel's order, kernels/int8_matmul.h).
-    const kernels::Q4Order order =
-        precision == WeightPrecision::kBF16Q4 ? kernels::Q4Order::kRows : kernels::Q4Order::kInterleaved;
+    const kernels::Q4Order order = Q4OrderOf(precision);
     kernels::QuantizeQ4Rows(f.as<float>(), in, out_rows, out[0].as<uint8_t>(), out[1].as<uint16_t>(),
                             out[2].as<uint16_t>(), order);
     // f16 block scales and minimums hold |values| <= 65504: beyond that (or NaN weights) the
@@ -170,9 +174,7 @@ ModelWeights EffectiveWeights(const ModelWeights& weights, WeightPrecision preci
       HostTensor f(DType::kF32, {rows, in});
       for (int64_t r = 0; r < rows; ++r)
         kernels::DequantizeQ4Row(prepared[0].as<uint8_t>(), prepared[1].as<uint16_t>(), prepared[2].as<uint16_t>(), in,
-                                 rows, r, f.as<float>() + r * in,
-                                 precision == WeightPrecision::kBF16Q4 ? kernels::Q4Order::kRows
-                                                                       : kernels::Q4Order::kInterleaved);
+                                 rows, r, f.as<float>() + r * in, Q4OrderOf(precision));
       if (precision == WeightPrecision::kBF16Q4) f = ToF32(ToBF16(f));  // the bf16 weights they hold
       out.tensors[name] = std::move(f);
     } else if (prepared.size() == 2) {  // int8 with a scale per row, or 8-bit blocks (bf16q4's head)

@@ -365,7 +365,7 @@ class Emitter {
   // nibbles the first 32-block, high the second; scales and minimums [block][n] per panel.
   Value DequantizeQ4(const WeightRef& ref) {
     const int64_t out = ref.w.dims[0], half = ref.w.dims[1], in = half * 2, chunks = in / 64, blocks = in / 32;
-    const bool rows_order = s_.precision == WeightPrecision::kBF16Q4;
+    const bool rows_order = kernels::Q4OrderOf(ArenaMatrixKind(s_.precision)) == kernels::Q4Order::kRows;
     return ByPanels(out, [&](int64_t r0, int64_t r1, int64_t n) {
       const int64_t count = (r1 - r0) / n;
       Value bytes = f_.Convert(RowsOf(ref.w, r0, r1), DType::kS32);
