@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include "kernels/argmax.h"
+#include "kernels/head_argmax.h"
 #include "kernels/decoder_layers.h"
 #include "kernels/int8_matmul.h"
 #include "kernels/thread_team.h"
@@ -255,6 +256,29 @@ ffi::Error Q8Bf16MatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> w, ffi
   return ffi::Error::Success();
 }
 
+// The greedy head of a Q8_0-blocks head: the ids ArgmaxRows gives over Q8Bf16MatmulImpl's logits.
+ffi::Error Q8Bf16ArgmaxImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> w, ffi::Buffer<ffi::F16> scale,
+                            ffi::ResultBuffer<ffi::S32> ids) {
+  Timed timed(/*matmul=*/true);
+  auto xd = x.dimensions(), wd = w.dimensions(), sd = scale.dimensions(), od = ids->dimensions();
+  if (xd.size() != 2 || wd.size() != 2 || sd.size() != 2 || od.size() != 1 || xd[1] != wd[1] || wd[1] % 32 != 0 ||
+      sd[0] != wd[0] || sd[1] * 32 != wd[1] || od[0] != xd[0] || wd[0] < 1)
+    return ffi::Error::InvalidArgument(std::string(kQ8Bf16ArgmaxTarget) +
+                                       ": expected x[T,in], w[out,in], scale[out,in/32] (in a multiple of 32, out >= 1) -> ids[T]; got x" +
+                                       DimsText(xd) + " w" + DimsText(wd) + " scale" + DimsText(sd) + " ids" + DimsText(od));
+  const Int8MatmulShape shape{xd[0], xd[1], wd[0]};
+  const std::string bad = ValidateInt8Matmul(shape);
+  if (!bad.empty()) return ffi::Error::InvalidArgument(bad);
+  try {
+    WeightMatrix m{WeightMatrix::Kind::kQ8Bf16, w.typed_data(), nullptr, shape.in, shape.out};
+    m.block_scale = reinterpret_cast<const uint16_t*>(scale.untyped_data());
+    Q8Bf16HeadArgmax(m, Impls(), x.typed_data(), shape.T, ids->typed_data(), ThreadTeam::Global());
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string(kQ8Bf16ArgmaxTarget) + ": " + e.what());
+  }
+  return ffi::Error::Success();
+}
+
 ffi::Error Bf16GatherMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> ids, ffi::Buffer<ffi::BF16> w,
                                 ffi::ResultBuffer<ffi::F32> y) {
   Timed timed;
@@ -459,6 +483,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeTinyCandidatesQ4Handler, TinyCandidatesQ4Im
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeArgmaxHandler, ArgmaxImpl,
                               ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::S32>>());
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeQ8Bf16ArgmaxHandler, Q8Bf16ArgmaxImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::F16>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>());
+
 KernelRegistration RegisterKernels(const Api& api) {
   static std::mutex mu;
   static auto* done = new std::map<const PJRT_Api*, KernelRegistration>();
@@ -487,6 +518,7 @@ KernelRegistration RegisterKernels(const Api& api) {
       RegisterFfiHandler(api, kTinyCandidatesQ4Target, "Host",
                          reinterpret_cast<void*>(&CascadeTinyCandidatesQ4Handler));
       RegisterFfiHandler(api, kArgmaxTarget, "Host", reinterpret_cast<void*>(&CascadeArgmaxHandler));
+      RegisterFfiHandler(api, kQ8Bf16ArgmaxTarget, "Host", reinterpret_cast<void*>(&CascadeQ8Bf16ArgmaxHandler));
       r.registered = true;
     } catch (const std::exception& e) {
       r.reason = e.what();

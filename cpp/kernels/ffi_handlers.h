@@ -44,6 +44,8 @@ inline constexpr char kDecoderLayersTarget[] = "cascade_decoder_layers";
 inline constexpr char kTinyCandidatesTarget[] = "cascade_tiny_candidates";
 inline constexpr char kTinyCandidatesQ4Target[] = "cascade_tiny_candidates_q4";
 inline constexpr char kArgmaxTarget[] = "cascade_argmax";
+// ids[T] = the argmax of x . W^T for W = bf16(d * q) (Q8_0 blocks): kernels/head_argmax.h.
+inline constexpr char kQ8Bf16ArgmaxTarget[] = "cascade_q8bf16_argmax";
 
 struct KernelRegistration {
   bool registered = false;

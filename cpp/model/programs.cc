@@ -119,7 +119,9 @@ class Emitter {
     h = Norm(h, "model.norm.weight");
     const std::string head_name = weights_.count("lm_head.weight") ? "lm_head.weight" : "model.embed_tokens.weight";
     const bool full_head = !candidates || s_.head.full_argmax;
-    Value logits = full_head ? Linear(h, head_name) : Value{};  // [T, V]
+    // A greedy head over 8-bit blocks (bf16q4's) goes to one kernel that needs no logits.
+    const std::optional<Value> q8_argmax = s_.head.kind == HeadKind::kArgmax ? Q8HeadArgmax(h, head_name) : std::nullopt;
+    Value logits = full_head && !q8_argmax ? Linear(h, head_name) : Value{};  // [T, V]
 
     std::vector<Value> results = {k_cache, v_cache};
     switch (s_.head.kind) {
@@ -127,7 +129,7 @@ class Emitter {
         results.push_back(logits);
         break;
       case HeadKind::kArgmax:
-        results.push_back(HeadArgmax(logits));
+        results.push_back(q8_argmax ? *q8_argmax : HeadArgmax(logits));
         break;
       case HeadKind::kTopK: {
         auto top = f_.TopK(logits, s_.head.k);
@@ -287,6 +289,18 @@ class Emitter {
     if (ffi_ && logits.rank() == 2 && logits.dtype == DType::kF32)
       return f_.CustomCall(kernels::kArgmaxTarget, {logits}, DType::kS32, {logits.dims[0]});
     return f_.Argmax(logits, 1);
+  }
+
+  // The argmax of x [T, in] . W^T for a head stored as 8-bit blocks, on the CPU plugin: one
+  // kernel (kernels/head_argmax.h) that bounds every logit cheaply and computes exactly only the
+  // rows that can be the largest, the same ids as HeadArgmax(Linear(x, name)). Otherwise none.
+  std::optional<Value> Q8HeadArgmax(const Value& x, const std::string& name) {
+    const WeightRef& ref = W(name);
+    const Value& w = ref.w;
+    if (!ffi_ || w.dtype != DType::kS8 || !ref.scale || ref.scale->rank() != 2 || ref.transposed || x.rank() != 2 ||
+        x.dims[0] > kFfiMaxTokens || x.dims[1] != w.dims[1])
+      return std::nullopt;
+    return f_.CustomCall(kernels::kQ8Bf16ArgmaxTarget, {x, w, *ref.scale}, DType::kS32, {x.dims[0]});
   }
 
   // x [T, in] f32 times W^T (W [out, in]) -> [T, out] f32.

@@ -15,6 +15,7 @@
 #include "kernels/argmax.h"
 #include "kernels/decoder_layers.h"
 #include "kernels/exp_weights.h"
+#include "kernels/head_argmax.h"
 #include "kernels/ffi_handlers.h"
 #include "kernels/thread_team.h"
 #include "model/matmul_mode.h"
@@ -379,6 +380,151 @@ TEST(kernels_q8bf16, RowsEqualTheBf16KernelsOnTheWeightsTheBlocksHold) {
       const WeightMatrix dense{WeightMatrix::Kind::kBf16, wb.data(), nullptr, in, out};
       const WeightMatrix q8{WeightMatrix::Kind::kQ8Bf16, q.data(), nullptr, in, out, scale.data(), nullptr};
       ExpectBlocksEqualDense(q8, dense, k, p, T, 7);
+    }
+  }
+}
+
+// The greedy head over 8-bit blocks (kernels/head_argmax.h): the ids ArgmaxRows gives over every
+// logit of the kQ8Bf16 kernel, with each bf16 impl and thread count: activations the bound serves
+// (it must then run: bounded, few exact rows), exact ties (the lowest index wins), a row one
+// quantisation step from the best, a last panel of < 16 rows, several tokens, zeros, a NaN, an
+// infinity, huge activations and a NaN block scale (the full head then).
+TEST(kernels_q8bf16_argmax, SameIdsAsArgmaxOfEveryLogit) {
+  using kernels::WeightMatrix;
+  for (Int8Impl impl : SupportedImpls()) {
+    kernels::KernelImpls k;
+    k.bf16 = impl;
+    k.int8 = impl;
+    const bool bf16_dot = impl == Int8Impl::kAmxBf16 || impl == Int8Impl::kAvx512Bf16;
+    for (auto [in, out] : std::vector<std::pair<int64_t, int64_t>>{{576, 4099}, {64, 35}, {96, 16}}) {
+      std::mt19937 rng(static_cast<uint32_t>(in + out));
+      std::uniform_real_distribution<float> uniform(-0.1f, 0.1f);
+      std::normal_distribution<float> normal(0.0f, 3.0f);
+      std::vector<float> wf(static_cast<size_t>(in * out));
+      for (float& v : wf) v = uniform(rng);
+      std::vector<int8_t> q(wf.size());
+      std::vector<uint16_t> scale(static_cast<size_t>(out * in / 32));
+      const WeightMatrix m{WeightMatrix::Kind::kQ8Bf16, q.data(), nullptr, in, out, scale.data(), nullptr};
+      auto expect_same = [&](const std::vector<float>& x, int64_t T, const char* what, bool must_bound) {
+        std::vector<float> logits(static_cast<size_t>(T * out));
+        std::vector<int32_t> want(static_cast<size_t>(T)), got(want.size(), -1), threaded(want.size(), -1);
+        kernels::ThreadTeam one(0), two(1);
+        kernels::TeamMatmul(m, k, x.data(), T, logits.data(), one);
+        kernels::ArgmaxRows(logits.data(), T, out, want.data());
+        kernels::HeadArgmaxStats stats, stats2;
+        kernels::Q8Bf16HeadArgmax(m, k, x.data(), T, got.data(), one, &stats);
+        kernels::Q8Bf16HeadArgmax(m, k, x.data(), T, threaded.data(), two, &stats2);
+        EXPECT_EQ(want, got) << kernels::Int8ImplName(impl) << " in=" << in << " out=" << out << " " << what;
+        EXPECT_EQ(want, threaded) << kernels::Int8ImplName(impl) << " in=" << in << " out=" << out << " " << what;
+        if (must_bound) {
+          EXPECT_TRUE(stats.bounded) << kernels::Int8ImplName(impl) << " " << what;
+          EXPECT_LE(stats.candidates, 16) << what;
+          EXPECT_GE(stats.candidates, 1) << what;
+        }
+        return want[0];
+      };
+      kernels::QuantizeQ8Rows(wf.data(), in, out, q.data(), scale.data());
+      std::vector<float> x(static_cast<size_t>(in));
+      for (float& v : x) v = normal(rng);
+      x[1] = 40.0f;  // an outlier channel, as real hidden states have
+      const int32_t best = expect_same(x, 1, "normal activations", bf16_dot && out == 4099);
+      // Exact ties: the best row copied below and above it, and to its panel's neighbour.
+      const int64_t copies[] = {best / 2, best + (out - best) / 2, best ^ 1};
+      for (int64_t c : copies) std::copy(wf.begin() + best * in, wf.begin() + best * in + in, wf.begin() + c * in);
+      kernels::QuantizeQ8Rows(wf.data(), in, out, q.data(), scale.data());
+      EXPECT_EQ(std::min<int64_t>(best / 2, best ^ 1), expect_same(x, 1, "ties", false));
+      // A row one step of its block's scale above the best in one input: both can be the largest.
+      {
+        const int64_t near = (best + 7) % out;
+        std::copy(wf.begin() + best * in, wf.begin() + best * in + in, wf.begin() + near * in);
+        int64_t i = 2;  // not the outlier input; the step's sign follows x so the logit grows
+        while (std::fabs(wf[near * in + i]) > 0.05f) ++i;
+        float amax = 0.0f;
+        for (int64_t j = i / 32 * 32; j < i / 32 * 32 + 32; ++j) amax = std::max(amax, std::fabs(wf[near * in + j]));
+        wf[near * in + i] += (x[i] > 0 ? 1.0f : -1.0f) * F16ToF32(F32ToF16(amax / 127.0f));
+        kernels::QuantizeQ8Rows(wf.data(), in, out, q.data(), scale.data());
+        expect_same(x, 1, "a row one step from the best", false);
+      }
+      std::vector<float> three(static_cast<size_t>(3 * in));
+      for (float& v : three) v = normal(rng);
+      expect_same(three, 3, "three tokens", false);
+      std::vector<float> odd = x;
+      expect_same(std::vector<float>(static_cast<size_t>(in), 0.0f), 1, "zeros", false);
+      odd[5] = std::numeric_limits<float>::quiet_NaN();
+      expect_same(odd, 1, "a NaN", false);
+      odd[5] = std::numeric_limits<float>::infinity();
+      expect_same(odd, 1, "an infinity", false);
+      odd[5] = 3e7f;
+      expect_same(odd, 1, "huge", false);
+      scale[scale.size() / 2] = 0x7e00;  // f16 NaN
+      expect_same(x, 1, "a NaN scale", false);
+    }
+  }
+}
+
+// Two rows the approximation orders one way and the exact head the other (a row a little above
+// another only through the bf16 rounding of its weights): the exact one wins, so the answer comes
+// from the bound's candidates computed exactly, not from the approximate order. The best row is a
+// strong match of x; a copy later in the matrix is one 8-bit step higher in input i and one lower
+// in input j (same block), with x_i = 1 + 2^-7 > x_j = 1: the approximation gains d (x_i - x_j) > 0
+// while the exact bf16 steps are chosen so that step_i x_i < step_j x_j.
+TEST(kernels_q8bf16_argmax, TheExactLogitsNotTheApproximationDecide) {
+  using kernels::WeightMatrix;
+  const int64_t in = 64, out = 48, best = 5, copy = 40;
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> small(-0.01f, 0.01f), unit(0.0f, 1.0f);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(in)), wf(static_cast<size_t>(in * out));
+  for (float& v : x) v = normal(rng);
+  for (float& v : wf) v = small(rng);
+  for (int64_t k = 0; k < in; ++k) wf[best * in + k] = (x[k] > 0 ? 1.0f : -1.0f) * (0.05f + 0.05f * unit(rng));
+  std::vector<int8_t> q(wf.size());
+  std::vector<uint16_t> scale(static_cast<size_t>(out * in / 32));
+  kernels::QuantizeQ8Rows(wf.data(), in, out, q.data(), scale.data());
+  std::vector<float> row(static_cast<size_t>(in));
+  kernels::DequantizeQ8Row(q.data(), scale.data(), in, out, best, row.data());
+  // In block 0: i with the smallest bf16 step up, j with the largest bf16 step down (weights > 0).
+  float amax = 0.0f;
+  for (int64_t k = 0; k < 32; ++k) amax = std::max(amax, std::fabs(row[k]));
+  const float step = F16ToF32(F32ToF16(amax / 127.0f));
+  auto up = [&](int64_t k) { return BF16ToF32(F32ToBF16(row[k] + step)) - BF16ToF32(F32ToBF16(row[k])); };
+  auto down = [&](int64_t k) { return BF16ToF32(F32ToBF16(row[k])) - BF16ToF32(F32ToBF16(row[k] - step)); };
+  int64_t i = -1, j = -1;
+  for (int64_t k = 0; k < 32; ++k) {
+    if (row[k] <= 0 || row[k] + step >= amax) continue;
+    if (i < 0 || up(k) < up(i)) i = k;
+  }
+  for (int64_t k = 0; k < 32; ++k) {
+    if (row[k] <= 0 || k == i) continue;
+    if (j < 0 || down(k) > down(j)) j = k;
+  }
+  ASSERT_TRUE(i >= 0 && j >= 0);
+  ASSERT_LT(up(i) * (1.0f + 1.0f / 128), down(j)) << "no pair of inputs with unequal bf16 steps";
+  x[i] = 1.0f + 1.0f / 128;
+  x[j] = 1.0f;
+  std::copy(row.begin(), row.end(), wf.begin() + best * in);
+  std::copy(row.begin(), row.end(), wf.begin() + copy * in);
+  wf[copy * in + i] += step;
+  wf[copy * in + j] -= step;
+  kernels::QuantizeQ8Rows(wf.data(), in, out, q.data(), scale.data());
+  const WeightMatrix m{WeightMatrix::Kind::kQ8Bf16, q.data(), nullptr, in, out, scale.data(), nullptr};
+  for (Int8Impl impl : SupportedImpls()) {
+    kernels::KernelImpls k;
+    k.bf16 = impl;
+    k.int8 = impl;
+    kernels::ThreadTeam one(0);
+    std::vector<float> logits(static_cast<size_t>(out));
+    kernels::TeamMatmul(m, k, x.data(), 1, logits.data(), one);
+    int32_t want = -1, got = -1;
+    kernels::ArgmaxRows(logits.data(), 1, out, &want);
+    ASSERT_EQ(best, want) << kernels::Int8ImplName(impl) << ": the setup's exact logits " << logits[best] << " vs "
+                          << logits[copy];
+    kernels::HeadArgmaxStats stats;
+    kernels::Q8Bf16HeadArgmax(m, k, x.data(), 1, &got, one, &stats);
+    EXPECT_EQ(want, got) << kernels::Int8ImplName(impl);
+    if (impl == Int8Impl::kAmxBf16 || impl == Int8Impl::kAvx512Bf16) {
+      EXPECT_TRUE(stats.bounded) << kernels::Int8ImplName(impl);
+      EXPECT_EQ(2, stats.candidates) << kernels::Int8ImplName(impl);
     }
   }
 }

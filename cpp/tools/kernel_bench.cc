@@ -12,7 +12,9 @@
 #include <vector>
 
 #include "kernels/decoder_layers.h"
+#include "kernels/argmax.h"
 #include "kernels/ffi_handlers.h"
+#include "kernels/head_argmax.h"
 #include "kernels/int8_matmul.h"
 #include "kernels/tiny_candidates.h"
 #include "kernels/thread_team.h"
@@ -105,6 +107,49 @@ int main(int argc, char** argv) {
                     bytes / ms_med / 1e6 / bw);
       }
     }
+  }
+
+  // The greedy head of the default (bf16q4) target: SmolLM2's 49152 x 576 Q8_0 embedding as
+  // bf16 weights, one token. Every logit exactly (the kQ8Bf16 kernel, then ArgmaxRows) against
+  // Q8Bf16HeadArgmax (an int16 bound, then the candidates exactly: head_argmax.h), both hot
+  // (back to back) and cold (after reading 1 GiB), with the ids compared.
+  {
+    const int64_t in = 576, out = 49152;
+    std::vector<float> wf(static_cast<size_t>(in * out)), x(in);
+    uint64_t state = 7;
+    auto uniform = [&] {
+      state = state * 6364136223846793005ull + 1442695040888963407ull;
+      return static_cast<float>((state >> 40) & 0xffffff) / 16777216.0f - 0.5f;
+    };
+    for (float& v : wf) v = 0.2f * uniform();
+    for (float& v : x) v = 8.0f * uniform();
+    std::vector<int8_t> q(wf.size());
+    std::vector<uint16_t> scale(static_cast<size_t>(out * in / 32));
+    QuantizeQ8Rows(wf.data(), in, out, q.data(), scale.data());
+    const WeightMatrix head{WeightMatrix::Kind::kQ8Bf16, q.data(), nullptr, in, out, scale.data(), nullptr};
+    std::vector<float> logits(static_cast<size_t>(out));
+    std::vector<double> full_hot, full_cold, bound_hot, bound_cold;
+    int32_t full_id = -1, bound_id = -1;
+    HeadArgmaxStats stats;
+    for (int r = 0; r < runs; ++r)
+      for (bool cold : {true, false})
+        for (bool bounded : {false, true}) {
+          if (cold) Bandwidth(all, big);
+          auto t0 = Clock::now();
+          if (bounded) {
+            Q8Bf16HeadArgmax(head, impls, x.data(), 1, &bound_id, all, &stats);
+          } else {
+            TeamMatmul(head, impls, x.data(), 1, logits.data(), all);
+            ArgmaxRows(logits.data(), 1, out, &full_id);
+          }
+          const double t = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+          (bounded ? (cold ? bound_cold : bound_hot) : (cold ? full_cold : full_hot)).push_back(t);
+        }
+    const double mb = static_cast<double>(in * out + 2 * out * in / 32) / 1e6;
+    std::printf("greedy head (%.1f MB Q8_0 as bf16, 1 token): every logit %.3f ms hot / %.3f cold; bound + %lld exact "
+                "rows %.3f hot / %.3f cold (%s); DRAM bound %.3f ms\n",
+                mb, Median(full_hot), Median(full_cold), (long long)stats.candidates, Median(bound_hot),
+                Median(bound_cold), full_id == bound_id ? "same id" : "DIFFERENT ID", mb / Median(bw2));
   }
 
   // The tiny (stage 0) on its own, W2 in int8 and in q4 blocks (what a 256-wide tiny uses): the
