@@ -233,7 +233,7 @@ describe('AbortSignal during a generation (prefill, draft, verify)', () => {
     }, 300_000);
 
     it(`${how}: aborts during drafting and verifying reject promptly; the same output after`, async () => {
-      const opts = { maxTokens: 24, stopAtEos: false, k1: 4, mode: 'speculative' as const };
+      const opts = { maxTokens: 24, stopAtEos: false, k1: 4 };
       const ref = await c.generate(short, opts);
       const perRound = (ref.stats.stageMs.draft + ref.stats.stageMs.target) / Math.max(1, ref.stats.targetCalls);
       const draftShare = ref.stats.stageMs.draft / (ref.stats.stageMs.draft + ref.stats.stageMs.target);

@@ -68,10 +68,7 @@ struct EngineOptions {
 };
 
 struct GenerateOptions {
-  // auto: the cost model picks target-only, speculative or (with a tiny) cascade per round. Since
-  // session 15's faster target, speculation alone can lose to the target at T = 0.8 (0.91-1.04x),
-  // while auto ran at or above speculative in every bench run (docs/how-the-cascade-works.md).
-  DecodeMode mode = DecodeMode::kAuto;
+  DecodeMode mode = DecodeMode::kSpeculative;
   SamplingParams sampling;
   uint64_t seed = 0;
   int64_t max_tokens = 128;

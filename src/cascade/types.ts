@@ -164,8 +164,8 @@ export interface GenerateOptions {
   /** Seed of the sampler: the same seed gives the same output. */
   seed?: number;
   /**
-   * Default `'auto'`: the cost model picks target-only, speculative or (with a tiny model) cascade
-   * decoding per step, from what it measures. `'cascade'` needs a tiny model (`Cascade.load({ tiny })`).
+   * Default `'speculative'`. `'cascade'` needs a tiny model (`Cascade.load({ tiny })`). `'auto'`
+   * lets the cost model pick target-only, speculative or cascade decoding per step.
    */
   mode?: DecodeMode;
   /** Tiny candidates per draft step (K0). Default: the load's `k0` (256). */

@@ -74,8 +74,6 @@ export function addModelOptions(cmd: Command): Command {
 /** The decoding flags as commander parses them ({@link addDecodingOptions}). */
 export interface DecodingFlags {
   mode: DecodeMode;
-  /** Whether --mode was on the command line (set before the action runs). */
-  modeGiven?: boolean;
   /** Undefined only when the addon cannot load (no default to show). */
   k1?: number;
   k0?: number;
@@ -96,11 +94,6 @@ export function addDecodingOptions(cmd: Command, defaults: { mode: DecodeMode; b
     .option('--k1 <n>', `draft proposals per target call${defaults.branches ? ' (the most, with --dynamic)' : ''}`, positiveInteger('--k1'), engineDefaults()?.k1)
     .option('--k0 <n>', 'tiny candidates per draft step (cascade mode)', positiveInteger('--k0'), engineDefaults()?.k0)
     .option('--no-lookahead', "do not compute a guessed draft step ahead (the same output; it only changes the speed)");
-  // Whether --mode was given: a default 'auto' does not fit a tiny model on a first load (a minute
-  // here); an explicit --mode auto or cascade does (loadForCli).
-  cmd.hook('preAction', (command) => {
-    command.setOptionValue('modeGiven', command.getOptionValueSource('mode') !== 'default');
-  });
   if (!defaults.branches) return cmd;
   return cmd
     .option('--branches <n>', 'proposal branches per step, verified as a tree in one target call', positiveInteger('--branches'), 1)

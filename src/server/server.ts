@@ -70,7 +70,7 @@ export interface ServerOptions {
   modelId?: string;
   /** Other names requests may use for the model (e.g. its catalogue aliases); responses still say `modelId`. */
   modelAliases?: string[];
-  /** Decoding mode and proposal settings for every request (default: the Cascade's defaults, `mode: 'auto'`). */
+  /** Decoding mode and proposal settings for every request (default: the Cascade's defaults, `mode: 'speculative'`). */
   defaults?: ServerGenerateDefaults;
   /**
    * Tokens to generate when a request sets no `max_tokens` / `max_completion_tokens`. Default:

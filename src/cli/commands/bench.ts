@@ -66,7 +66,7 @@ export function benchCommand(): Command {
     .option('--seeds <n>', 'modes: seeds per prompt at T > 0 (each mode samples its own text; greedy runs once)', positiveInteger('--seeds'), 3)
     .addOption(new Option('--draft-precision <p>', 'modes: draft weights on the device').choices(PRECISIONS).default(engineDefaults()?.draftPrecision))
     .option('--out <dir>', 'modes, chat: where to write their .json and .md', 'docs/bench')
-    .option('--mode <mode>', 'chat: the decoding mode', 'auto')
+    .option('--mode <mode>', 'chat: the decoding mode', 'speculative')
     .option('--runs <n>', 'chat: measured runs (medians)', positiveInteger('--runs'), 5)
     .addOption(pluginOption())
     .option('--devices <list>', 'comma-separated device counts', '1,4')

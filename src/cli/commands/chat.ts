@@ -190,7 +190,7 @@ export function chatCommand(): Command {
         `Input lines are remembered in <cache>/chat-history (up arrow).`,
     )
     .option('--system <text>', 'a system message that starts the conversation (and survives /reset)');
-  addDecodingOptions(cmd, { mode: 'auto', branches: false }).option('--max-tokens <n>', 'most tokens per reply', positiveInteger('--max-tokens'), 256);
+  addDecodingOptions(cmd, { mode: 'speculative', branches: false }).option('--max-tokens <n>', 'most tokens per reply', positiveInteger('--max-tokens'), 256);
   return addSamplingOptions(cmd)
     .option('--max-context <n>', 'KV cache length in tokens: the conversation plus a reply (older turns are dropped to fit)', positiveInteger('--max-context'), 2048)
     .option('--stats', 'after each reply, a summary line on stderr (tokens, speed)')

@@ -117,7 +117,7 @@ export async function loadForCli(opts: LoadFlags, quiet: boolean): Promise<{ cas
   }
   const cacheOff = /^(0|false|no|off)$/i.test(process.env.CASCADE_COMPILE_CACHE?.trim() ?? '');
   const programsBefore = cacheOff ? 0 : await compiledProgramCount();
-  const tiny = opts.tiny ?? (opts.mode === 'cascade' || (opts.mode === 'auto' && opts.modeGiven !== false) ? 'fit' : undefined);
+  const tiny = opts.tiny ?? (opts.mode === 'cascade' || opts.mode === 'auto' ? 'fit' : undefined);
   const key = await loadKey(target, draft, opts, tiny);
   const times = await readLoadTimes();
   const expected = times[key];
@@ -236,7 +236,7 @@ async function run(prompt: string, opts: RunOptions, quiet: boolean): Promise<vo
 
 export function runCommand(name = 'run'): Command {
   const cmd = new Command(name).argument(name === 'demo' ? '[prompt]' : '<prompt>', 'what to ask (rendered with the model chat template unless --raw)');
-  addDecodingOptions(addModelOptions(cmd), { mode: name === 'demo' ? 'cascade' : 'auto', branches: true })
+  addDecodingOptions(addModelOptions(cmd), { mode: name === 'demo' ? 'cascade' : 'speculative', branches: true })
     .option('--max-tokens <n>', 'most tokens to generate', positiveInteger('--max-tokens'), 128);
   addSamplingOptions(cmd)
     .option('--max-context <n>', `KV cache length in tokens (default: the library's${engineDefaults() ? `, ${engineDefaults()!.maxContext}` : ''})`, positiveInteger('--max-context'))

@@ -138,7 +138,7 @@ export function serveCommand(): Command {
     .option('--host <host>', 'interface to bind (0.0.0.0 for every interface; consider --api-key then)', '127.0.0.1')
     .option('--port <port>', 'TCP port (0 picks a free one; the address is printed on stdout)', port, 8080)
     .option('--model-name <id>', 'the model id clients send and /v1/models lists (default: the file name without its extension)');
-  return addDecodingOptions(cmd, { mode: 'auto', branches: true })
+  return addDecodingOptions(cmd, { mode: 'speculative', branches: true })
     .option('--max-context <n>', 'KV cache length in tokens: prompt plus reply must fit', positiveInteger('--max-context'), engineDefaults()?.maxContext)
     .option('--max-tokens <n>', 'tokens to generate when a request sets no max_tokens (default: the room left in the context; 16 on /v1/completions)', positiveInteger('--max-tokens'))
     .option('--max-queue <n>', 'most requests running or queued at once; more get 429', positiveInteger('--max-queue'), 64)
