@@ -161,7 +161,12 @@ export interface GenerateOptions {
    * error).
    */
   logitBias?: Record<number, number>;
-  /** Seed of the sampler: the same seed gives the same output. */
+  /**
+   * Seed of the sampler: the same seed and mode give the same output. Each mode draws its random
+   * numbers in its own way (every mode samples the target's distribution), so with sampling the
+   * text for a seed differs between modes, and under `mode: 'auto'` (whose choice per step follows
+   * measured times) it can differ from call to call.
+   */
   seed?: number;
   /**
    * Default `'speculative'`. `'cascade'` needs a tiny model (`Cascade.load({ tiny })`). `'auto'`
