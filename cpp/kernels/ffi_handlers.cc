@@ -234,24 +234,39 @@ ffi::Error Bf16MatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::BF16> w,
   return ffi::Error::Success();
 }
 
+// x[T,in], w[out,in] and scale[out,in/32] (in a multiple of 32) as a kQ8Bf16 matrix and its shape,
+// when they and the result (`result_ok`, described by `result` for the message) agree.
+ffi::Error Q8Operands(const char* target, ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::S8>& w,
+                      ffi::Buffer<ffi::F16>& scale, bool result_ok, const std::string& result, WeightMatrix* m,
+                      Int8MatmulShape* shape) {
+  auto xd = x.dimensions(), wd = w.dimensions(), sd = scale.dimensions();
+  if (xd.size() != 2 || wd.size() != 2 || sd.size() != 2 || xd[1] != wd[1] || wd[1] % 32 != 0 || sd[0] != wd[0] ||
+      sd[1] * 32 != wd[1] || wd[0] < 1 || !result_ok)
+    return ffi::Error::InvalidArgument(std::string(target) +
+                                       ": expected x[T,in], w[out,in], scale[out,in/32] (in a multiple of 32) -> " +
+                                       result + "; got x" + DimsText(xd) + " w" + DimsText(wd) + " scale" + DimsText(sd));
+  *shape = {xd[0], xd[1], wd[0]};
+  const std::string bad = ValidateInt8Matmul(*shape);
+  if (!bad.empty()) return ffi::Error::InvalidArgument(bad);
+  *m = {WeightMatrix::Kind::kQ8Bf16, w.typed_data(), nullptr, shape->in, shape->out};
+  m->block_scale = reinterpret_cast<const uint16_t*>(scale.untyped_data());
+  return ffi::Error::Success();
+}
+
 ffi::Error Q8Bf16MatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> w, ffi::Buffer<ffi::F16> scale,
                            ffi::ResultBuffer<ffi::F32> y) {
   Timed timed(/*matmul=*/true);
-  auto xd = x.dimensions(), wd = w.dimensions(), sd = scale.dimensions(), yd = y->dimensions();
-  if (xd.size() != 2 || wd.size() != 2 || sd.size() != 2 || yd.size() != 2 || xd[1] != wd[1] || wd[1] % 32 != 0 ||
-      sd[0] != wd[0] || sd[1] * 32 != wd[1] || yd[0] != xd[0] || yd[1] != wd[0])
-    return ffi::Error::InvalidArgument(std::string(kQ8Bf16MatmulTarget) +
-                                       ": expected x[T,in], w[out,in], scale[out,in/32] (in a multiple of 32) -> y[T,out]; got x" +
-                                       DimsText(xd) + " w" + DimsText(wd) + " scale" + DimsText(sd) + " y" + DimsText(yd));
-  const Int8MatmulShape shape{xd[0], xd[1], wd[0]};
-  const std::string bad = ValidateInt8Matmul(shape);
-  if (!bad.empty()) return ffi::Error::InvalidArgument(bad);
+  auto yd = y->dimensions();
+  const bool y_ok = yd.size() == 2 && x.dimensions().size() == 2 && w.dimensions().size() == 2 &&
+                    yd[0] == x.dimensions()[0] && yd[1] == w.dimensions()[0];
+  WeightMatrix m;
+  Int8MatmulShape shape;
+  ffi::Error e = Q8Operands(kQ8Bf16MatmulTarget, x, w, scale, y_ok, "y[T,out], y" + DimsText(yd), &m, &shape);
+  if (e.failure()) return e;
   try {
-    WeightMatrix m{WeightMatrix::Kind::kQ8Bf16, w.typed_data(), nullptr, shape.in, shape.out};
-    m.block_scale = reinterpret_cast<const uint16_t*>(scale.untyped_data());
     TeamMatmul(m, Impls(), x.typed_data(), shape.T, y->typed_data(), ThreadTeam::Global());
-  } catch (const std::exception& e) {
-    return ffi::Error::Internal(std::string(kQ8Bf16MatmulTarget) + ": " + e.what());
+  } catch (const std::exception& ex) {
+    return ffi::Error::Internal(std::string(kQ8Bf16MatmulTarget) + ": " + ex.what());
   }
   return ffi::Error::Success();
 }
@@ -260,21 +275,16 @@ ffi::Error Q8Bf16MatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> w, ffi
 ffi::Error Q8Bf16ArgmaxImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> w, ffi::Buffer<ffi::F16> scale,
                             ffi::ResultBuffer<ffi::S32> ids) {
   Timed timed(/*matmul=*/true);
-  auto xd = x.dimensions(), wd = w.dimensions(), sd = scale.dimensions(), od = ids->dimensions();
-  if (xd.size() != 2 || wd.size() != 2 || sd.size() != 2 || od.size() != 1 || xd[1] != wd[1] || wd[1] % 32 != 0 ||
-      sd[0] != wd[0] || sd[1] * 32 != wd[1] || od[0] != xd[0] || wd[0] < 1)
-    return ffi::Error::InvalidArgument(std::string(kQ8Bf16ArgmaxTarget) +
-                                       ": expected x[T,in], w[out,in], scale[out,in/32] (in a multiple of 32, out >= 1) -> ids[T]; got x" +
-                                       DimsText(xd) + " w" + DimsText(wd) + " scale" + DimsText(sd) + " ids" + DimsText(od));
-  const Int8MatmulShape shape{xd[0], xd[1], wd[0]};
-  const std::string bad = ValidateInt8Matmul(shape);
-  if (!bad.empty()) return ffi::Error::InvalidArgument(bad);
+  auto od = ids->dimensions();
+  const bool ids_ok = od.size() == 1 && x.dimensions().size() == 2 && od[0] == x.dimensions()[0];
+  WeightMatrix m;
+  Int8MatmulShape shape;
+  ffi::Error e = Q8Operands(kQ8Bf16ArgmaxTarget, x, w, scale, ids_ok, "ids[T], ids" + DimsText(od), &m, &shape);
+  if (e.failure()) return e;
   try {
-    WeightMatrix m{WeightMatrix::Kind::kQ8Bf16, w.typed_data(), nullptr, shape.in, shape.out};
-    m.block_scale = reinterpret_cast<const uint16_t*>(scale.untyped_data());
     Q8Bf16HeadArgmax(m, Impls(), x.typed_data(), shape.T, ids->typed_data(), ThreadTeam::Global());
-  } catch (const std::exception& e) {
-    return ffi::Error::Internal(std::string(kQ8Bf16ArgmaxTarget) + ": " + e.what());
+  } catch (const std::exception& ex) {
+    return ffi::Error::Internal(std::string(kQ8Bf16ArgmaxTarget) + ": " + ex.what());
   }
   return ffi::Error::Success();
 }

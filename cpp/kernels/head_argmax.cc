@@ -49,7 +49,7 @@ struct BoundConstants {
   float sx = 1, c_s = 0, c_m = 0;
 };
 
-BoundConstants MakeBoundConstants(int64_t in, float sx) {
+[[maybe_unused]] BoundConstants MakeBoundConstants(int64_t in, float sx) {  // x86 only
   const double u = std::ldexp(1.0, -24);
   auto gamma = [&](double n) { return n * u / (1 - n * u); };
   const double blocks_gamma = gamma(static_cast<double>(in / 32 + 16));
