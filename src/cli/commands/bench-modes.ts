@@ -43,6 +43,12 @@ interface Row {
   speedupVsTarget: number;
   /** Against speculative decoding on the same prompt and seed (null without that mode). */
   speedupVsSpeculative: number | null;
+  /**
+   * auto only: against the fastest fixed mode of the same prompt and seed (null for other modes
+   * or without one). A ratio per generation: the rates cluster by prompt, so a median of rates
+   * jumps between the clusters on one generation (issue #14's "auto within 5% of the best").
+   */
+  autoVsBestFixed: number | null;
   tau: number;
   gamma0: number | null;
   gamma21: number;
@@ -67,7 +73,7 @@ export async function benchModes(o: ModesBenchOptions): Promise<Row[]> {
   const base = { maxTokens: o.maxTokens, k1: o.k1, k0: o.k0, stopAtEos: false, ...(o.lookahead === false ? { lookahead: false } : {}) };
   // Warm up every program shape the runs will use (compile time is excluded anyway).
   for (const mode of o.modes) for (const temperature of o.temperatures) await c.generate(BENCH_PROMPTS[0]!, { ...base, maxTokens: 8, mode, temperature, seed: 1 });
-  const samples = new Map<string, { stats: CascadeStats; baseline: number; speculative: number | null }[]>();
+  const samples = new Map<string, { stats: CascadeStats; baseline: number; speculative: number | null; vsBestFixed: number | null }[]>();
   for (const temperature of o.temperatures) {
     const seeds = temperature > 0 ? Math.max(1, o.seeds) : 1;
     for (const prompt of BENCH_PROMPTS) {
@@ -75,6 +81,7 @@ export async function benchModes(o: ModesBenchOptions): Promise<Row[]> {
         const chat = [{ role: 'user', content: prompt }];
         let baseline = 0;
         let speculative: number | null = null;
+        const rates = new Map<DecodeMode, number>();
         const order = ['target' as const, ...o.modes.filter((m) => m === 'speculative'), ...o.modes.filter((m) => m !== 'target' && m !== 'speculative')];
         for (const mode of order) {
           const r = await c.generate(chat, { ...base, mode, temperature, seed });
@@ -82,9 +89,13 @@ export async function benchModes(o: ModesBenchOptions): Promise<Row[]> {
           if (mode === 'speculative') speculative = r.stats.tokensPerSecond;
           const key = `${mode}@${temperature}`;
           if (!samples.has(key)) samples.set(key, []);
-          samples.get(key)!.push({ stats: r.stats, baseline, speculative });
+          samples.get(key)!.push({ stats: r.stats, baseline, speculative, vsBestFixed: null });
+          rates.set(mode, r.stats.tokensPerSecond);
           progress(`${mode} T=${temperature} seed ${seed}: ${r.stats.tokensPerSecond.toFixed(1)} tok/s, tau ${r.stats.tau.toFixed(2)}`);
         }
+        const fixed = [...rates].filter(([m]) => m !== 'auto').map(([, v]) => v);
+        const autoRuns = samples.get(`auto@${temperature}`);
+        if (rates.has('auto') && fixed.length && autoRuns) autoRuns[autoRuns.length - 1]!.vsBestFixed = rates.get('auto')! / Math.max(...fixed);
       }
     }
   }
@@ -100,6 +111,7 @@ export async function benchModes(o: ModesBenchOptions): Promise<Row[]> {
         tokensPerSecond: median(s.map((x) => x.stats.tokensPerSecond)),
         speedupVsTarget: median(s.map((x) => x.stats.tokensPerSecond / x.baseline)),
         speedupVsSpeculative: s.every((x) => x.speculative !== null) ? median(s.map((x) => x.stats.tokensPerSecond / x.speculative!)) : null,
+        autoVsBestFixed: s.every((x) => x.vsBestFixed !== null) ? median(s.map((x) => x.vsBestFixed!)) : null,
         tau: median(s.map((x) => x.stats.tau)),
         gamma0: g0.length ? median(g0) : null,
         gamma21: median(s.map((x) => x.stats.gamma21)),
@@ -115,16 +127,17 @@ export async function benchModes(o: ModesBenchOptions): Promise<Row[]> {
     '',
     `${info.target.layers}-layer target (${info.targetPrecision}), ${info.draft.layers}-layer self-speculative draft (${info.draftPrecision}), ` +
       `tiny: closed-form fit; k1 ${o.k1}, k0 ${o.k0}, ${o.maxTokens} tokens, medians over ${BENCH_PROMPTS.length} prompts ` +
-      `(x ${o.seeds} seeds at T > 0; "vs" columns: per prompt and seed against that mode), ` +
+      `(x ${o.seeds} seeds at T > 0; "vs" columns: medians of ratios per prompt and seed), ` +
       `interleaved in one process, XLA CPU plugin. Reproduce: \`node dist/cli/main.js bench --suite modes\`.`,
     '',
   ];
   const md = [
-    '| mode | T | tokens/s | vs target | vs speculative | tau | gamma0 | gamma2\\|1 | predicted speedup | draft ms/token | target ms/token |',
-    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+    '| mode | T | tokens/s | vs target | vs speculative | vs best fixed mode | tau | gamma0 | gamma2\\|1 | predicted speedup | draft ms/token | target ms/token |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
     ...rows.map((r) =>
       `| ${r.mode} | ${r.temperature} | ${r.tokensPerSecond.toFixed(1)} | ${r.speedupVsTarget.toFixed(2)}x | ` +
-        `${r.speedupVsSpeculative === null ? '-' : `${r.speedupVsSpeculative.toFixed(2)}x`} | ${r.tau.toFixed(2)} | ` +
+        `${r.speedupVsSpeculative === null ? '-' : `${r.speedupVsSpeculative.toFixed(2)}x`} | ` +
+        `${r.autoVsBestFixed === null ? '-' : `${r.autoVsBestFixed.toFixed(2)}x`} | ${r.tau.toFixed(2)} | ` +
         `${r.gamma0 === null ? '-' : r.gamma0.toFixed(2)} | ${r.gamma21.toFixed(2)} | ${r.predictedSpeedup.toFixed(2)}x | ` +
         `${r.stageMsPerToken.draft.toFixed(1)} | ${r.stageMsPerToken.target.toFixed(1)} |`,
     ),
@@ -134,9 +147,10 @@ export async function benchModes(o: ModesBenchOptions): Promise<Row[]> {
   await writeFile(path.join(o.out, 'modes.json'), `${JSON.stringify({ model: target, info, options: o, rows }, null, 2)}\n`);
   console.log(
     table([
-      ['mode', 'T', 'tok/s', 'vs target', 'vs spec.', 'tau', 'gamma0', 'gamma21', 'predicted'],
+      ['mode', 'T', 'tok/s', 'vs target', 'vs spec.', 'vs best', 'tau', 'gamma0', 'gamma21', 'predicted'],
       ...rows.map((r) => [r.mode, String(r.temperature), r.tokensPerSecond.toFixed(1), `${r.speedupVsTarget.toFixed(2)}x`,
-        r.speedupVsSpeculative === null ? '-' : `${r.speedupVsSpeculative.toFixed(2)}x`, r.tau.toFixed(2), r.gamma0 === null ? '-' : r.gamma0.toFixed(2), r.gamma21.toFixed(2), `${r.predictedSpeedup.toFixed(2)}x`]),
+        r.speedupVsSpeculative === null ? '-' : `${r.speedupVsSpeculative.toFixed(2)}x`,
+        r.autoVsBestFixed === null ? '-' : `${r.autoVsBestFixed.toFixed(2)}x`, r.tau.toFixed(2), r.gamma0 === null ? '-' : r.gamma0.toFixed(2), r.gamma21.toFixed(2), `${r.predictedSpeedup.toFixed(2)}x`]),
     ]),
   );
   console.log(`wrote ${path.join(o.out, 'modes.md')} and modes.json`);
