@@ -67,7 +67,9 @@ void ScoresScalar(const float* q, const float* const* rows, int64_t n, int64_t h
 }
 // The scores of `heads` consecutive query vectors q[heads][hd] against the same rows, into
 // scores[heads][n].
-void ScoresHeadsScalar(const float* q, int64_t heads, const float* const* rows, int64_t n, int64_t hd, float* scores) {
+// (kt, ready: ScoresHeadsLanes's pre-transposed key blocks, which only the AVX-512 one reads.)
+void ScoresHeadsScalar(const float* q, int64_t heads, const float* const* rows, int64_t n, int64_t hd, float* scores,
+                       const float*, int64_t) {
   for (int64_t k = 0; k < heads; ++k) ScoresScalar(q + k * hd, rows, n, hd, scores + k * n);
 }
 void WeightedRowsScalar(const float* w, const float* const* rows, int64_t n, int64_t hd, float* out) {
@@ -88,6 +90,25 @@ float ExpShiftedScalar(float* s, int64_t n, float scale, float* max_out) {
   }
   *max_out = mx;
   return sum;
+}
+
+// y[i] = x[i] * r * w[i] (w[i] + 1 with plus_one): RmsNorm's scaling of one row.
+void ScaleRowScalar(const float* x, float r, const float* w, bool plus_one, float* y, int64_t d) {
+  for (int64_t i = 0; i < d; ++i) y[i] = x[i] * r * (plus_one ? w[i] + 1.0f : w[i]);
+}
+
+// Rotate-half RoPE of one head vector v[2 half] in place.
+void RopeHeadScalar(float* v, const float* c, const float* s, int64_t half) {
+  for (int64_t i = 0; i < half; ++i) {
+    const float x1 = v[i], x2 = v[i + half];
+    v[i] = x1 * c[i] - x2 * s[i];
+    v[i + half] = x2 * c[i] + x1 * s[i];
+  }
+}
+
+// h[i] += a[i].
+void AddScalar(float* h, const float* a, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) h[i] += a[i];
 }
 
 // gate[i] = SiLU(gate[i]) * up[i].
@@ -156,12 +177,17 @@ CASCADE_AVX512_FN void ScoresAvx512(const float* q, const float* const* rows, in
 // their sum. No horizontal sums (ScoresAvx512 pays ~3 shuffles and adds per slot and head for
 // them), and each key is loaded once for the G heads. A score depends only on q and its key,
 // never on n or which block the slot falls in: rows stay bit-identical between a decode(1) and a
-// verify(T).
+// verify(T). The first `ready` blocks come already transposed in kt ([block][hd][16], made by
+// TransposeKeyBlocks once for all rows of a verify, whose cached slots are the same keys): the
+// same vectors, so the same FMAs.
 template <int G>
-CASCADE_AVX512_FN void ScoresHeadsLanes(const float* q, const float* const* rows, int64_t n, int64_t hd, float* s) {
+CASCADE_AVX512_FN void ScoresHeadsLanes(const float* q, const float* const* rows, int64_t n, int64_t hd, float* s,
+                                        const float* kt, int64_t ready) {
   for (int64_t i = 0; i < n; i += 16) {
-    for (int64_t k = i + 16; k < std::min(i + 32, n); ++k)
-      for (int64_t b = 0; b < hd; b += 16) _mm_prefetch(reinterpret_cast<const char*>(rows[k] + b), _MM_HINT_T0);
+    const bool transposed = i / 16 < ready;
+    if (!transposed)
+      for (int64_t k = i + 16; k < std::min(i + 32, n); ++k)
+        for (int64_t b = 0; b < hd; b += 16) _mm_prefetch(reinterpret_cast<const char*>(rows[k] + b), _MM_HINT_T0);
     // A short last block repeats its last row (those lanes are not stored).
     const float* r[16];
     for (int64_t k = 0; k < 16; ++k) r[k] = rows[std::min(i + k, n - 1)];
@@ -169,8 +195,13 @@ CASCADE_AVX512_FN void ScoresHeadsLanes(const float* q, const float* const* rows
     for (int h = 0; h < G; ++h) even[h] = odd[h] = _mm512_setzero_ps();
     for (int64_t d0 = 0; d0 < hd; d0 += 16) {
       __m512 v[16];
-      for (int k = 0; k < 16; ++k) v[k] = _mm512_loadu_ps(r[k] + d0);
-      Transpose16x16(v);  // v[j] = dimension d0 + j of the 16 slots
+      if (transposed) {
+        const float* block = kt + ((i / 16) * hd + d0) * 16;
+        for (int j = 0; j < 16; ++j) v[j] = _mm512_loadu_ps(block + j * 16);
+      } else {
+        for (int k = 0; k < 16; ++k) v[k] = _mm512_loadu_ps(r[k] + d0);
+        Transpose16x16(v);  // v[j] = dimension d0 + j of the 16 slots
+      }
       for (int j = 0; j < 16; j += 2)
         for (int h = 0; h < G; ++h) {
           even[h] = _mm512_fmadd_ps(_mm512_set1_ps(q[h * hd + d0 + j]), v[j], even[h]);
@@ -180,6 +211,17 @@ CASCADE_AVX512_FN void ScoresHeadsLanes(const float* q, const float* const* rows
     const __mmask16 m = FirstLanes16(n - i);
     for (int h = 0; h < G; ++h) _mm512_mask_storeu_ps(s + h * n + i, m, _mm512_add_ps(even[h], odd[h]));
   }
+}
+
+// kt[b][d][k] = rows[16 b + k][d] for `blocks` whole blocks of 16 keys (hd % 16 == 0).
+CASCADE_AVX512_FN void TransposeKeyBlocksAvx512(const float* const* rows, int64_t blocks, int64_t hd, float* kt) {
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int64_t d0 = 0; d0 < hd; d0 += 16) {
+      __m512 v[16];
+      for (int k = 0; k < 16; ++k) v[k] = _mm512_loadu_ps(rows[16 * b + k] + d0);
+      Transpose16x16(v);
+      for (int j = 0; j < 16; ++j) _mm512_storeu_ps(kt + (b * hd + d0 + j) * 16, v[j]);
+    }
 }
 
 // out (64 floats) in registers across all rows.
@@ -283,6 +325,36 @@ CASCADE_AVX512_FN void SiluGateAvx512(float* gate, const float* up, int64_t n) {
   }
 }
 
+// The element loops above, 16 lanes at a time with each lane's arithmetic the scalar loop's:
+// multiplies and adds with explicit rounding (GCC contracts a plain vector a * b - c * d into an
+// FMA, which rounds once where the scalar code rounds twice).
+constexpr int kRne = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+CASCADE_AVX512_FN void ScaleRowAvx512(const float* x, float r, const float* w, bool plus_one, float* y, int64_t d) {
+  const __m512 rv = _mm512_set1_ps(r), one = _mm512_set1_ps(1.0f);
+  for (int64_t i = 0; i < d; i += 16) {
+    const __mmask16 m = FirstLanes16(d - i);
+    __m512 wv = _mm512_maskz_loadu_ps(m, w + i);
+    if (plus_one) wv = _mm512_add_round_ps(wv, one, kRne);
+    _mm512_mask_storeu_ps(y + i, m, _mm512_mul_round_ps(_mm512_mul_round_ps(_mm512_maskz_loadu_ps(m, x + i), rv, kRne), wv, kRne));
+  }
+}
+CASCADE_AVX512_FN void RopeHeadAvx512(float* v, const float* c, const float* s, int64_t half) {
+  for (int64_t i = 0; i < half; i += 16) {
+    const __mmask16 m = FirstLanes16(half - i);
+    const __m512 x1 = _mm512_maskz_loadu_ps(m, v + i), x2 = _mm512_maskz_loadu_ps(m, v + i + half),
+                 cv = _mm512_maskz_loadu_ps(m, c + i), sv = _mm512_maskz_loadu_ps(m, s + i);
+    _mm512_mask_storeu_ps(v + i, m, _mm512_sub_round_ps(_mm512_mul_round_ps(x1, cv, kRne), _mm512_mul_round_ps(x2, sv, kRne), kRne));
+    _mm512_mask_storeu_ps(v + i + half, m,
+                          _mm512_add_round_ps(_mm512_mul_round_ps(x2, cv, kRne), _mm512_mul_round_ps(x1, sv, kRne), kRne));
+  }
+}
+CASCADE_AVX512_FN void AddAvx512(float* h, const float* a, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = FirstLanes16(n - i);
+    _mm512_mask_storeu_ps(h + i, m, _mm512_add_round_ps(_mm512_maskz_loadu_ps(m, h + i), _mm512_maskz_loadu_ps(m, a + i), kRne));
+  }
+}
+
 #pragma GCC diagnostic pop
 
 void WeightedRowsHeadsAvx512Any(const float* w, int64_t heads, const float* const* rows, int64_t n, int64_t hd,
@@ -303,16 +375,17 @@ void WeightedRowsHeadsAvx512Any(const float* w, int64_t heads, const float* cons
 #endif
 
 #if CASCADE_HAS_X86
-void ScoresHeadsAvx512(const float* q, int64_t heads, const float* const* rows, int64_t n, int64_t hd, float* scores) {
+void ScoresHeadsAvx512(const float* q, int64_t heads, const float* const* rows, int64_t n, int64_t hd, float* scores,
+                       const float* kt, int64_t ready) {
   if (hd % 16 == 0) switch (heads) {
-      case 1: return ScoresHeadsLanes<1>(q, rows, n, hd, scores);
-      case 2: return ScoresHeadsLanes<2>(q, rows, n, hd, scores);
-      case 3: return ScoresHeadsLanes<3>(q, rows, n, hd, scores);
-      case 4: return ScoresHeadsLanes<4>(q, rows, n, hd, scores);
-      case 5: return ScoresHeadsLanes<5>(q, rows, n, hd, scores);
-      case 6: return ScoresHeadsLanes<6>(q, rows, n, hd, scores);
-      case 7: return ScoresHeadsLanes<7>(q, rows, n, hd, scores);
-      case 8: return ScoresHeadsLanes<8>(q, rows, n, hd, scores);
+      case 1: return ScoresHeadsLanes<1>(q, rows, n, hd, scores, kt, ready);
+      case 2: return ScoresHeadsLanes<2>(q, rows, n, hd, scores, kt, ready);
+      case 3: return ScoresHeadsLanes<3>(q, rows, n, hd, scores, kt, ready);
+      case 4: return ScoresHeadsLanes<4>(q, rows, n, hd, scores, kt, ready);
+      case 5: return ScoresHeadsLanes<5>(q, rows, n, hd, scores, kt, ready);
+      case 6: return ScoresHeadsLanes<6>(q, rows, n, hd, scores, kt, ready);
+      case 7: return ScoresHeadsLanes<7>(q, rows, n, hd, scores, kt, ready);
+      case 8: return ScoresHeadsLanes<8>(q, rows, n, hd, scores, kt, ready);
       default: break;
     }
   for (int64_t k = 0; k < heads; ++k) ScoresAvx512(q + k * hd, rows, n, hd, scores + k * n);
@@ -326,11 +399,17 @@ float SumSquaresAvx512(const float* x, int64_t n) { return DotAvx512(x, x, n); }
 
 struct VectorOps {
   float (*sum_squares)(const float*, int64_t) = SumSquaresScalar;
-  void (*scores_heads)(const float*, int64_t, const float* const*, int64_t, int64_t, float*) = ScoresHeadsScalar;
+  void (*scores_heads)(const float*, int64_t, const float* const*, int64_t, int64_t, float*, const float*, int64_t) =
+      ScoresHeadsScalar;
+  // Key blocks transposed once for every row of a verify (ScoresHeadsLanes); null: not used.
+  void (*transpose_key_blocks)(const float* const*, int64_t, int64_t, float*) = nullptr;
   void (*weighted_rows_heads)(const float*, int64_t, const float* const*, int64_t, int64_t, float*) =
       WeightedRowsHeadsScalar;
   float (*exp_shifted)(float*, int64_t, float, float*) = ExpShiftedScalar;
   void (*silu_gate)(float*, const float*, int64_t) = SiluGateScalar;
+  void (*scale_row)(const float*, float, const float*, bool, float*, int64_t) = ScaleRowScalar;
+  void (*rope_head)(float*, const float*, const float*, int64_t) = RopeHeadScalar;
+  void (*add)(float*, const float*, int64_t) = AddScalar;
 };
 
 const VectorOps& Ops() {
@@ -339,10 +418,14 @@ const VectorOps& Ops() {
 #if CASCADE_HAS_X86
     if (BestF32Impl() == Int8Impl::kAvx512) {
       o.scores_heads = ScoresHeadsAvx512;
+      o.transpose_key_blocks = TransposeKeyBlocksAvx512;
       o.sum_squares = SumSquaresAvx512;
       o.weighted_rows_heads = WeightedRowsHeadsAvx512Any;
       o.exp_shifted = ExpShiftedAvx512;
       o.silu_gate = SiluGateAvx512;
+      o.scale_row = ScaleRowAvx512;
+      o.rope_head = RopeHeadAvx512;
+      o.add = AddAvx512;
     }
 #endif
     return o;
@@ -357,13 +440,16 @@ const VectorOps& Ops() {
 // KV groups at position ~128 make 6 tasks for the 2 cores, not 3.
 constexpr int64_t kAttentionChunk = 64;
 
+// From how many tokens the gate's SiLU runs on both threads (a verify of 13: ~10 us a layer alone).
+constexpr int64_t kParallelGateTokens = 4;
+
 // y[t] = x[t] * rsqrt(mean(x[t]^2) + eps) * w  (w + 1 for Gemma), per row; the sum of squares
 // by Ops().sum_squares (one order per implementation).
 void RmsNorm(const float* x, const float* w, float* y, int64_t T, int64_t d, float eps, bool plus_one) {
   for (int64_t t = 0; t < T; ++t) {
     const float* xr = x + t * d;
     const float r = 1.0f / std::sqrt(Ops().sum_squares(xr, d) / static_cast<float>(d) + eps);
-    for (int64_t i = 0; i < d; ++i) y[t * d + i] = xr[i] * r * (plus_one ? w[i] + 1.0f : w[i]);
+    Ops().scale_row(xr, r, w, plus_one, y + t * d, d);
   }
 }
 
@@ -371,16 +457,7 @@ void RmsNorm(const float* x, const float* w, float* y, int64_t T, int64_t d, flo
 void Rope(float* x, int64_t T, int64_t heads, int64_t hd, const float* cos, const float* sin) {
   const int64_t half = hd / 2;
   for (int64_t t = 0; t < T; ++t)
-    for (int64_t h = 0; h < heads; ++h) {
-      float* v = x + (t * heads + h) * hd;
-      const float* c = cos + t * half;
-      const float* s = sin + t * half;
-      for (int64_t i = 0; i < half; ++i) {
-        const float x1 = v[i], x2 = v[i + half];
-        v[i] = x1 * c[i] - x2 * s[i];
-        v[i + half] = x2 * c[i] + x1 * s[i];
-      }
-    }
+    for (int64_t h = 0; h < heads; ++h) Ops().rope_head(x + (t * heads + h) * hd, cos + t * half, sin + t * half, half);
 }
 
 float GeluTanh(float g) {
@@ -537,7 +614,7 @@ class LayerRunner {
     }
     PrepareActivations(w.o.kind, impls_, attn_.data(), T, H * hd, &aa_);
     Matmuls({{&w.o, &aa_, tmp_.data()}});
-    for (int64_t i = 0; i < T * d; ++i) h_[i] += tmp_[i];
+    Ops().add(h_.data(), tmp_.data(), T * d);
 
     RmsNorm(h_.data(), w.post_attention_norm, x_.data(), T, d, c_.rms_norm_eps, c_.gemma);
     PrepareActivations(w.gate.kind, impls_, x_.data(), T, d, &ax_);
@@ -545,12 +622,19 @@ class LayerRunner {
     const int64_t I = c_.intermediate;
     if (c_.gemma) {
       for (int64_t i = 0; i < T * I; ++i) gate_[i] = GeluTanh(gate_[i]) * up_[i];
+    } else if (T >= kParallelGateTokens) {
+      // Both threads, halves at a multiple of 16 (each element's arithmetic is its own).
+      const int64_t n = T * I, mid = n / 32 * 16;
+      team_.Run(2, [&](int64_t part) {
+        const int64_t lo = part == 0 ? 0 : mid, hi = part == 0 ? mid : n;
+        Ops().silu_gate(gate_.data() + lo, up_.data() + lo, hi - lo);
+      });
     } else {
       Ops().silu_gate(gate_.data(), up_.data(), T * I);
     }
     PrepareActivations(w.down.kind, impls_, gate_.data(), T, I, &ag_);
     Matmuls({{&w.down, &ag_, tmp_.data()}});
-    for (int64_t i = 0; i < T * d; ++i) h_[i] += tmp_[i];
+    Ops().add(h_.data(), tmp_.data(), T * d);
   }
 
   void Matmuls(std::initializer_list<MatmulJob> jobs) {
@@ -584,7 +668,19 @@ class LayerRunner {
     const float* vn = call_.v_new + (l * KV + g) * T * hd;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     thread_local std::vector<const float*> keys, values;
-    thread_local std::vector<float> scores;
+    thread_local std::vector<float> scores, kt;
+    // The chunk's whole blocks of 16 cached slots are the same keys for every row: with several
+    // rows, transposed once here instead of once per row (verify(13): attention 1.5 -> ? ms).
+    int64_t ready = 0;
+    if (T > 1 && ops.transpose_key_blocks && hd % 16 == 0 && G <= 8) {
+      ready = std::max<int64_t>(0, std::min(lo + kAttentionChunk, start) - lo) / 16;
+      if (ready > 0) {
+        keys.resize(static_cast<size_t>(16 * ready));
+        for (int64_t i = 0; i < 16 * ready; ++i) keys[i] = kc + (lo + i) * hd;
+        kt.resize(static_cast<size_t>(16 * ready * hd));
+        ops.transpose_key_blocks(keys.data(), ready, hd, kt.data());
+      }
+    }
     for (int64_t t = 0; t < T; ++t) {
       const std::vector<int32_t>& fresh = visible_new_[t];
       const int64_t hi = std::min(lo + kAttentionChunk, start + static_cast<int64_t>(fresh.size()));
@@ -600,7 +696,8 @@ class LayerRunner {
       }
       scores.resize(static_cast<size_t>(n * G));
       const size_t part = static_cast<size_t>(((g * chunks_ + c) * T + t) * G);
-      ops.scores_heads(q_.data() + (t * c_.heads + g * G) * hd, G, keys.data(), n, hd, scores.data());
+      ops.scores_heads(q_.data() + (t * c_.heads + g * G) * hd, G, keys.data(), n, hd, scores.data(), kt.data(),
+                       std::min(ready, n / 16));
       for (int64_t k = 0; k < G; ++k)
         part_sum_[part + k] = ops.exp_shifted(scores.data() + k * n, n, scale, &part_max_[part + k]);
       float* acc = part_acc_.data() + part * hd;

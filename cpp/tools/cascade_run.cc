@@ -96,7 +96,7 @@ void Print(const char* label, const GenerationStats& s) {
 
 int main(int argc, char** argv) {
   std::string plugin = "cpu", model, mode = "speculative", precision = "f32", draft_precision;
-  bool random_model = false, compare = false;
+  bool random_model = false, compare = false, print_tokens = false;
   std::string tiny_path;  // a tiny file (tiny_fit --out); else a random tiny
   std::vector<int32_t> prompt = {1, 504, 1296, 3003, 4683, 359};
   EngineOptions eo;
@@ -128,6 +128,7 @@ int main(int argc, char** argv) {
     else if (a == "--temperature") g.sampling.temperature = std::stod(next());
     else if (a == "--seed") g.seed = std::stoull(next());
     else if (a == "--compare") compare = true;
+    else if (a == "--print-tokens") print_tokens = true;
     else if (a == "--tiny") tiny_path = next();
     else if (a == "--prompt-ids") {
       prompt.clear();
@@ -138,7 +139,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr,
                    "usage: cascade_run --plugin cpu|PATH (--model M.gguf | --random-smollm2) [--mode target|speculative|"
                    "cascade|auto] [--precision f32|bf16|int8|q4|bf16q4] [--draft-precision P] [--draft-layers N] [--k1 L] [--k0 K0] [--branches B] "
-                   "[--devices D] [--max-tokens N] [--max-context C] [--temperature T] [--seed S] [--compare] [--tiny FILE] [--prompt-ids 1,2,3] [--coverage-every N]\n");
+                   "[--devices D] [--max-tokens N] [--max-context C] [--temperature T] [--seed S] [--compare] [--tiny FILE] [--prompt-ids 1,2,3] [--coverage-every N] [--print-tokens]\n");
       return 2;
     }
   }
@@ -167,6 +168,11 @@ int main(int argc, char** argv) {
                 static_cast<long long>(engine.draft_config().num_layers), static_cast<long long>(g.proposal_length),
                 static_cast<long long>(g.candidates), static_cast<long long>(g.branches), static_cast<long long>(eo.devices));
     Print(DecodeModeName(g.mode), r.stats);
+    if (print_tokens) {  // the generated ids, to compare builds token for token
+      std::printf("  tokens");
+      for (int32_t id : r.tokens) std::printf(" %d", id);
+      std::printf("\n");
+    }
     if (compare && g.mode != DecodeMode::kTarget) {
       GenerateOptions t = g;
       t.mode = DecodeMode::kTarget;
