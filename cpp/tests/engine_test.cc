@@ -67,6 +67,10 @@ TEST(Engine, LookaheadChangesNothingButTheDraftCalls) {
   EXPECT_EQ(LookaheadGuess({1, 2, 3, 1, 2, 9, 1}, {2}, 2), (std::vector<int32_t>{9, 1}));  // the latest match
   EXPECT_EQ(LookaheadGuess({1, 2, 3, 4}, {1, 2}, 8), (std::vector<int32_t>{3, 4, 1, 2}));  // up to the end
   EXPECT_TRUE(LookaheadGuess({1, 2, 3, 4, 5}, {}, 3).empty());
+  // No earlier pair: what followed the last token's latest earlier occurrence, one guess.
+  EXPECT_EQ(LookaheadGuess({5, 2, 8, 9, 4, 2, 7, 6, 2}, {}, 3), (std::vector<int32_t>{7}));
+  EXPECT_EQ(LookaheadGuess({5, 2, 8, 9}, {4, 2}, 2), (std::vector<int32_t>{8}));
+  EXPECT_TRUE(LookaheadGuess({5, 2, 8, 9, 4, 2}, {}, 3, 3).empty());  // beyond the window
   EXPECT_TRUE(LookaheadGuess({7, 7}, {}, 3).empty());
   EXPECT_TRUE(LookaheadGuess({1, 2, 3, 1, 2}, {}, 0).empty());
   EXPECT_TRUE(LookaheadGuess({1, 2, 3, 4, 5, 6, 1, 2}, {}, 3, 4).empty());  // beyond the window
