@@ -69,6 +69,11 @@ std::vector<int32_t> LookaheadGuess(const std::vector<int32_t>& committed, const
   return {};
 }
 
+bool Proposer::WouldGuess(const ProposeContext& context, const Proposal& proposal) {
+  return context.lookahead > 0 && context.options.lookahead &&
+         !LookaheadGuess(context.committed, proposal.tokens, 1).empty();
+}
+
 const ForwardResult& Proposer::DraftRows(DecoderModel& draft, const std::vector<int32_t>& inputs, int64_t position,
                                          const HeadSpec& head, const ProposeContext& context, const Proposal& proposal,
                                          size_t* row) {
@@ -85,7 +90,7 @@ const ForwardResult& Proposer::DraftRows(DecoderModel& draft, const std::vector<
   a.valid = false;
   ++context.stats.draft_calls;
   std::vector<int32_t> guesses;
-  if (context.lookahead > 0 && context.options.lookahead)
+  if (WouldGuess(context, proposal))
     guesses = LookaheadGuess(context.committed, proposal.tokens, static_cast<size_t>(context.lookahead));
   const int64_t vocab = draft.config().vocab_size;
   if (std::any_of(guesses.begin(), guesses.end(), [&](int32_t g) { return g < 0 || g >= vocab; })) guesses.clear();
@@ -141,16 +146,18 @@ int32_t TinyDraftProposer::Propose(const std::vector<int32_t>& inputs, int64_t p
                                    Proposal& proposal) {
   const GenerateOptions& options = context.options;
   CheckInterrupted(options, "draft");
-  bool measure = options.coverage_every > 0 && calls_++ % options.coverage_every == 0;
+  if (options.coverage_every > 0 && calls_++ % options.coverage_every == 0) sample_due_ = true;
+  bool measure = sample_due_ && !WouldGuess(context, proposal);
   HeadSpec head{HeadKind::kCandidates, options.candidates};
   head.full_argmax = measure;
   size_t last = 0;
-  // A measuring call feeds no guesses (fewer program shapes); a step computed ahead may lack the
-  // full argmax, and is then not measured.
+  // A measuring call feeds no guesses (fewer program shapes); a step computed ahead lacks the
+  // full argmax, and is then not measured (the sample waits for the next call).
   ProposeContext call = context;
   if (measure) call.lookahead = 0;
   const ForwardResult& r = DraftRows(draft_, inputs, position, head, call, proposal, &last);
   measure = measure && r.full_argmax.size() > last;
+  if (measure) sample_due_ = false;
   const size_t k0 = static_cast<size_t>(options.candidates);
   const int32_t* ids = r.candidate_ids.data() + last * k0;
   if (measure) {
