@@ -131,15 +131,16 @@ int Main(int argc, char** argv) {
     else if (a == "--head") head_name = v;
     else { std::fprintf(stderr, "unknown flag %s\n", a.c_str()); return 2; }
   }
-  if (head_name != "argmax" && head_name != "logits" && head_name != "candidates") {
-    std::fprintf(stderr, "decoder_bench: --head must be argmax, logits or candidates, got %s\n", head_name.c_str());
+  if (head_name != "argmax" && head_name != "logits" && head_name != "candidates" && head_name != "topk") {
+    std::fprintf(stderr, "decoder_bench: --head must be argmax, logits, candidates or topk, got %s\n", head_name.c_str());
     return 2;
   }
   // candidates: the cascade's draft step (a random 256-wide tiny on the hidden state, K0 256).
   const HeadSpec head{head_name == "argmax"   ? HeadKind::kArgmax
                       : head_name == "logits" ? HeadKind::kLogits
+                      : head_name == "topk"   ? HeadKind::kTopK
                                               : HeadKind::kCandidates,
-                      head_name == "candidates" ? 256 : 0};
+                      head_name == "candidates" || head_name == "topk" ? 256 : 0};
   ModelConfig c;
   c.family = ModelFamily::kLlama;
   c.vocab_size = 49152;
