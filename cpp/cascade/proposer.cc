@@ -90,7 +90,7 @@ const ForwardResult& Proposer::DraftRows(DecoderModel& draft, const std::vector<
   a.valid = false;
   ++context.stats.draft_calls;
   std::vector<int32_t> guesses;
-  if (WouldGuess(context, proposal))
+  if (context.lookahead > 0 && context.options.lookahead)
     guesses = LookaheadGuess(context.committed, proposal.tokens, static_cast<size_t>(context.lookahead));
   const int64_t vocab = draft.config().vocab_size;
   if (std::any_of(guesses.begin(), guesses.end(), [&](int32_t g) { return g < 0 || g >= vocab; })) guesses.clear();
