@@ -26,7 +26,8 @@ napi_typedarray_type JsArrayType(DType dtype) {
     case DType::kF32: return napi_float32_array;
     case DType::kF64: return napi_float64_array;
     case DType::kF16:
-    case DType::kBF16: return napi_uint16_array;  // raw bits; Node 20 has no Float16Array
+    case DType::kBF16:
+    case DType::kU16: return napi_uint16_array;  // f16/bf16: raw bits; Node 20 has no Float16Array
     case DType::kS32: return napi_int32_array;
     case DType::kU32: return napi_uint32_array;
     case DType::kS8: return napi_int8_array;

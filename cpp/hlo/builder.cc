@@ -50,7 +50,7 @@ void CheckScalarIndex(const std::string& op, const Value& v) {
 
 const char* CompareTypeFor(DType dtype) {
   if (IsFloat(dtype)) return "FLOAT";
-  if (dtype == DType::kU8 || dtype == DType::kU32 || dtype == DType::kPred) return "UNSIGNED";
+  if (dtype == DType::kU8 || dtype == DType::kU16 || dtype == DType::kU32 || dtype == DType::kPred) return "UNSIGNED";
   return "SIGNED";
 }
 
@@ -76,7 +76,7 @@ std::string ScalarLiteral(DType dtype, double value) {
     }
     case DType::kPred:
       return value != 0 ? "true" : "false";
-    case DType::kS32: case DType::kS8: case DType::kS64: case DType::kU8: case DType::kU32:
+    case DType::kS32: case DType::kS8: case DType::kS64: case DType::kU8: case DType::kU16: case DType::kU32:
       if (value != std::floor(value)) Fail("Constant", "non-integer value for " + std::string(DTypeName(dtype)));
       return std::to_string(static_cast<long long>(value));
     default:
@@ -130,7 +130,7 @@ bool IsFloat(DType dtype) {
 
 bool IsInteger(DType dtype) {
   return dtype == DType::kS32 || dtype == DType::kS8 || dtype == DType::kU8 || dtype == DType::kS64 ||
-         dtype == DType::kU32;
+         dtype == DType::kU16 || dtype == DType::kU32;
 }
 
 // ---------------------------------------------------------------- signature and text

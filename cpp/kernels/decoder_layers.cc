@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <stdexcept>
@@ -121,6 +122,22 @@ void SiluGateScalar(float* gate, const float* up, int64_t n) {
 void WeightedRowsHeadsScalar(const float* w, int64_t heads, const float* const* rows, int64_t n, int64_t hd,
                              float* out) {
   for (int64_t k = 0; k < heads; ++k) WeightedRowsScalar(w + k * n, rows, n, hd, out + k * hd);
+}
+
+// bf16 bit patterns -> f32 (exact: the top half of the f32's bits).
+void WidenBf16Scalar(const uint16_t* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t u = static_cast<uint32_t>(x[i]) << 16;
+    std::memcpy(y + i, &u, sizeof(u));
+  }
+}
+
+// f32 -> bf16 bit patterns, rounded to nearest even as XLA's convert rounds (NaN stays a quiet NaN).
+uint16_t Bf16Bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
+  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
 #if CASCADE_HAS_X86
@@ -348,6 +365,18 @@ CASCADE_AVX512_FN void RopeHeadAvx512(float* v, const float* c, const float* s, 
                           _mm512_add_round_ps(_mm512_mul_round_ps(x2, cv, kRne), _mm512_mul_round_ps(x1, sv, kRne), kRne));
   }
 }
+// How far ahead (elements) the widening prefetches: a chunk's rows are a few KB, so the
+// hardware's stream prefetch barely starts before they end.
+constexpr int64_t kWidenPrefetch = 2048;
+CASCADE_AVX512_FN void WidenBf16Avx512(const uint16_t* x, float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    if (i % 32 == 0) _mm_prefetch(reinterpret_cast<const char*>(x + i + kWidenPrefetch), _MM_HINT_T0);
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)));
+    _mm512_storeu_ps(y + i, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+  }
+  WidenBf16Scalar(x + i, y + i, n - i);
+}
 CASCADE_AVX512_FN void AddAvx512(float* h, const float* a, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = FirstLanes16(n - i);
@@ -410,6 +439,7 @@ struct VectorOps {
   void (*scale_row)(const float*, float, const float*, bool, float*, int64_t) = ScaleRowScalar;
   void (*rope_head)(float*, const float*, const float*, int64_t) = RopeHeadScalar;
   void (*add)(float*, const float*, int64_t) = AddScalar;
+  void (*widen_bf16)(const uint16_t*, float*, int64_t) = WidenBf16Scalar;
 };
 
 const VectorOps& Ops() {
@@ -426,6 +456,7 @@ const VectorOps& Ops() {
       o.scale_row = ScaleRowAvx512;
       o.rope_head = RopeHeadAvx512;
       o.add = AddAvx512;
+      o.widen_bf16 = WidenBf16Avx512;
     }
 #endif
     return o;
@@ -588,6 +619,7 @@ class LayerRunner {
 
  private:
   void Layer(int64_t l, const DecoderLayerWeights& w) {
+    const VectorOps& ops = Ops();
     const int64_t T = call_.num_tokens, d = c_.hidden, hd = c_.head_dim, H = c_.heads, KV = c_.kv_heads;
     RmsNorm(h_.data(), w.input_norm, x_.data(), T, d, c_.rms_norm_eps, c_.gemma);
     PrepareActivations(w.q.kind, impls_, x_.data(), T, d, &ax_);
@@ -595,12 +627,30 @@ class LayerRunner {
     Rope(q_.data(), T, H, hd, call_.rope_cos, call_.rope_sin);
     Rope(k_.data(), T, KV, hd, call_.rope_cos, call_.rope_sin);
     // The new keys/values, heads first: [l, g, t, :] (the caller writes them into the cache).
-    for (int64_t g = 0; g < KV; ++g)
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t dst = ((l * KV + g) * T + t) * hd, src = (t * KV + g) * hd;
-        std::copy(k_.begin() + src, k_.begin() + src + hd, call_.k_new + dst);
-        std::copy(v_.begin() + src, v_.begin() + src + hd, call_.v_new + dst);
-      }
+    // Attention reads the new rows from k_ / v_, so with a bf16 cache they are rounded first.
+    if (call_.kv_bf16) {
+      uint16_t* kn = static_cast<uint16_t*>(call_.k_new);
+      uint16_t* vn = static_cast<uint16_t*>(call_.v_new);
+      for (int64_t g = 0; g < KV; ++g)
+        for (int64_t t = 0; t < T; ++t) {
+          const int64_t dst = ((l * KV + g) * T + t) * hd, src = (t * KV + g) * hd;
+          for (int64_t i = 0; i < hd; ++i) {
+            kn[dst + i] = Bf16Bits(k_[src + i]);
+            vn[dst + i] = Bf16Bits(v_[src + i]);
+          }
+          ops.widen_bf16(kn + dst, &k_[src], hd);
+          ops.widen_bf16(vn + dst, &v_[src], hd);
+        }
+    } else {
+      float* kn = static_cast<float*>(call_.k_new);
+      float* vn = static_cast<float*>(call_.v_new);
+      for (int64_t g = 0; g < KV; ++g)
+        for (int64_t t = 0; t < T; ++t) {
+          const int64_t dst = ((l * KV + g) * T + t) * hd, src = (t * KV + g) * hd;
+          std::copy(k_.begin() + src, k_.begin() + src + hd, kn + dst);
+          std::copy(v_.begin() + src, v_.begin() + src + hd, vn + dst);
+        }
+    }
     {
       const Timed timed(stats_ ? &stats_->attention_nanoseconds : nullptr);
       // The last chunk task of a group to finish merges the group's chunks (no second job).
@@ -662,22 +712,38 @@ class LayerRunner {
     const VectorOps& ops = Ops();
     const int64_t T = call_.num_tokens, C = call_.max_context, start = call_.start_pos, hd = c_.head_dim,
                   KV = c_.kv_heads, G = c_.heads / KV, lo = c * kAttentionChunk;
-    const float* kc = call_.k_cache + (l * KV + g) * C * hd;
-    const float* vc = call_.v_cache + (l * KV + g) * C * hd;
-    const float* kn = call_.k_new + (l * KV + g) * T * hd;
-    const float* vn = call_.v_new + (l * KV + g) * T * hd;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     thread_local std::vector<const float*> keys, values;
-    thread_local std::vector<float> scores, kt;
+    thread_local std::vector<float> scores, kt, k_wide, v_wide;
+    // The chunk's cached slots [lo, lo + cached); the new tokens' rows are k_ / v_ ([T, KV, hd]).
+    const int64_t cached = std::max<int64_t>(0, std::min(lo + kAttentionChunk, start) - lo);
+    const float* kc = nullptr;  // slot lo's key; slot lo + i at kc + i * hd
+    const float* vc = nullptr;
+    if (call_.kv_bf16) {
+      // A bf16 cache halves the bytes attention reads; the chunk's rows are widened once here for
+      // every row and head of the call (the same f32 values whoever reads them).
+      const size_t at = static_cast<size_t>(((l * KV + g) * C + lo) * hd);
+      k_wide.resize(static_cast<size_t>(cached * hd));
+      v_wide.resize(k_wide.size());
+      ops.widen_bf16(static_cast<const uint16_t*>(call_.k_cache) + at, k_wide.data(), cached * hd);
+      ops.widen_bf16(static_cast<const uint16_t*>(call_.v_cache) + at, v_wide.data(), cached * hd);
+      kc = k_wide.data();
+      vc = v_wide.data();
+    } else {
+      kc = static_cast<const float*>(call_.k_cache) + ((l * KV + g) * C + lo) * hd;
+      vc = static_cast<const float*>(call_.v_cache) + ((l * KV + g) * C + lo) * hd;
+    }
+    const float* kn = k_.data() + g * hd;  // new token j's key at kn + j * KV * hd
+    const float* vn = v_.data() + g * hd;
     // The chunk's whole blocks of 16 cached slots are the same keys for every row: with several
     // rows, transposed once here instead of once per row (decoder_bench bf16q4 verify(13): attention
     // 1.80 -> 1.43-1.65 ms, session 17).
     int64_t ready = 0;
     if (T > 1 && ops.transpose_key_blocks && hd % 16 == 0 && G <= 8) {
-      ready = std::max<int64_t>(0, std::min(lo + kAttentionChunk, start) - lo) / 16;
+      ready = cached / 16;
       if (ready > 0) {
         keys.resize(static_cast<size_t>(16 * ready));
-        for (int64_t i = 0; i < 16 * ready; ++i) keys[i] = kc + (lo + i) * hd;
+        for (int64_t i = 0; i < 16 * ready; ++i) keys[i] = kc + i * hd;
         kt.resize(static_cast<size_t>(16 * ready * hd));
         ops.transpose_key_blocks(keys.data(), ready, hd, kt.data());
       }
@@ -690,10 +756,14 @@ class LayerRunner {
       keys.resize(static_cast<size_t>(n));
       values.resize(static_cast<size_t>(n));
       for (int64_t i = lo; i < hi; ++i) {
-        const bool cached = i < start;
-        const int64_t row = cached ? i : fresh[i - start];
-        keys[i - lo] = (cached ? kc : kn) + row * hd;
-        values[i - lo] = (cached ? vc : vn) + row * hd;
+        if (i < start) {
+          keys[i - lo] = kc + (i - lo) * hd;
+          values[i - lo] = vc + (i - lo) * hd;
+        } else {
+          const int64_t j = fresh[i - start];
+          keys[i - lo] = kn + j * KV * hd;
+          values[i - lo] = vn + j * KV * hd;
+        }
       }
       scores.resize(static_cast<size_t>(n * G));
       const size_t part = static_cast<size_t>(((g * chunks_ + c) * T + t) * G);

@@ -46,11 +46,16 @@ struct DecoderLayersCall {
   const float* rope_cos = nullptr;           // [T, head_dim / 2] at each token's position
   const float* rope_sin = nullptr;           // [T, head_dim / 2]
   const bool* block_mask = nullptr;          // [T, T]: new token t may attend new token j (diagonal forced)
-  const float* k_cache = nullptr;            // [layers, kv_heads, C, head_dim]
-  const float* v_cache = nullptr;
+  // The caches' element type, also that of k_new / v_new: f32, or bf16 (uint16 bit patterns).
+  // With bf16 the new keys and values are rounded to bf16 (nearest even, as XLA converts) before
+  // any row attends to them: a later decode reads them back from the cache, so a verify's rows
+  // must see the rounded values too to stay bit-identical to it.
+  bool kv_bf16 = false;
+  const void* k_cache = nullptr;             // [layers, kv_heads, C, head_dim]
+  const void* v_cache = nullptr;
   float* hidden_out = nullptr;               // [T, hidden]
-  float* k_new = nullptr;                    // [layers, kv_heads, T, head_dim] (after RoPE)
-  float* v_new = nullptr;
+  void* k_new = nullptr;                     // [layers, kv_heads, T, head_dim] (after RoPE)
+  void* v_new = nullptr;
 };
 
 // ---- layer arenas: each layer's weights in one buffer ----

@@ -329,10 +329,10 @@ ffi::Error F32TMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> wt, ffi
 }
 
 ffi::Error DecoderLayersImpl(ffi::Buffer<ffi::F32> hidden, ffi::Buffer<ffi::F32> cos, ffi::Buffer<ffi::F32> sin,
-                             ffi::Buffer<ffi::PRED> mask, ffi::Buffer<ffi::S32> start, ffi::Buffer<ffi::F32> k_cache,
-                             ffi::Buffer<ffi::F32> v_cache, ffi::RemainingArgs arenas,
-                             ffi::ResultBuffer<ffi::F32> hidden_out, ffi::ResultBuffer<ffi::F32> k_new,
-                             ffi::ResultBuffer<ffi::F32> v_new, int64_t layers, int64_t heads, int64_t kv_heads,
+                             ffi::Buffer<ffi::PRED> mask, ffi::Buffer<ffi::S32> start, ffi::AnyBuffer k_cache,
+                             ffi::AnyBuffer v_cache, ffi::RemainingArgs arenas,
+                             ffi::ResultBuffer<ffi::F32> hidden_out, ffi::Result<ffi::AnyBuffer> k_new,
+                             ffi::Result<ffi::AnyBuffer> v_new, int64_t layers, int64_t heads, int64_t kv_heads,
                              int64_t head_dim, int64_t intermediate, float eps, bool gemma, int64_t weights) {
   Timed timed;
   DecoderLayersConfig c;
@@ -359,6 +359,11 @@ ffi::Error DecoderLayersImpl(ffi::Buffer<ffi::F32> hidden, ffi::Buffer<ffi::F32>
       !shape_is(hidden_out->dimensions(), {T, hd[1]}) || !shape_is(k_new->dimensions(), {layers, kv_heads, T, head_dim}) ||
       !shape_is(v_new->dimensions(), {layers, kv_heads, T, head_dim}))
     return ffi::Error::InvalidArgument(name + ": rope tables, mask, start_pos or results do not match hidden" + DimsText(hd));
+  // bf16 caches come as u16 bits (model/programs.h, KvCacheStorage); bf16 itself is taken too.
+  const ffi::DataType kv = k_cache.element_type();
+  if ((kv != ffi::DataType::F32 && kv != ffi::DataType::BF16 && kv != ffi::DataType::U16) ||
+      v_cache.element_type() != kv || k_new->element_type() != kv || v_new->element_type() != kv)
+    return ffi::Error::InvalidArgument(name + ": the caches and the new keys/values must all be f32, or all bf16 (or u16 bf16 bits)");
   if (weights < 0 || weights > static_cast<int64_t>(WeightMatrix::Kind::kQ4Bf16) ||
       static_cast<int64_t>(arenas.size()) != layers)
     return ffi::Error::InvalidArgument(name + ": expected one u8[bytes] weight arena per layer (" + std::to_string(layers) +
@@ -380,11 +385,12 @@ ffi::Error DecoderLayersImpl(ffi::Buffer<ffi::F32> hidden, ffi::Buffer<ffi::F32>
   call.rope_cos = cos.typed_data();
   call.rope_sin = sin.typed_data();
   call.block_mask = mask.typed_data();
-  call.k_cache = k_cache.typed_data();
-  call.v_cache = v_cache.typed_data();
+  call.kv_bf16 = kv != ffi::DataType::F32;
+  call.k_cache = k_cache.untyped_data();
+  call.v_cache = v_cache.untyped_data();
   call.hidden_out = hidden_out->typed_data();
-  call.k_new = k_new->typed_data();
-  call.v_new = v_new->typed_data();
+  call.k_new = k_new->untyped_data();
+  call.v_new = v_new->untyped_data();
   const std::string bad = ValidateDecoderLayers(c, w, call);
   if (!bad.empty()) return ffi::Error::InvalidArgument(bad);
   DecoderLayersStats stats;
@@ -413,12 +419,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeDecoderLayersHandler, DecoderLayersImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::PRED>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
                                   .RemainingArgs()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
                                   .Attr<int64_t>("layers")
                                   .Attr<int64_t>("heads")
                                   .Attr<int64_t>("kv_heads")

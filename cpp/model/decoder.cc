@@ -213,10 +213,15 @@ DecoderModel::DecoderModel(std::shared_ptr<Client> client, const ModelWeights& w
   replicas_.resize(static_cast<size_t>(options_.replicas));
   for (size_t r = 0; r < replicas_.size(); ++r) replicas_[r].device = options_.replicas > 1 ? r : options_.device_index;
   const bool cpu = client_->platform_name() == "cpu";
-  kv_dtype_ = options_.kv_dtype.value_or(cpu || options_.precision == WeightPrecision::kF32 ? DType::kF32 : DType::kBF16);
+  const MatmulMode matmul = ChooseMatmulMode(*client_, options_.precision, options_.matmul);
+  // bf16 wherever its arithmetic runs well: the fused layer stack and other plugins (XLA CPU's
+  // plain programs convert a whole bf16 cache per layer, decoder.h).
+  const bool bf16_cache_fits = !cpu || matmul == MatmulMode::kFused;
+  kv_dtype_ = options_.kv_dtype.value_or(options_.precision != WeightPrecision::kF32 && bf16_cache_fits ? DType::kBF16
+                                                                                                     : DType::kF32);
   if (kv_dtype_ != DType::kF32 && kv_dtype_ != DType::kBF16)
     throw InvalidArgumentError("DecoderModel: kv_dtype must be f32 or bf16");
-  layer_arena_ = UsesLayerArena(ChooseMatmulMode(*client_, options_.precision, options_.matmul), kv_dtype_);
+  layer_arena_ = UsesLayerArena(matmul, kv_dtype_);
   // One tensor group at a time, so the host holds at most one converted matrix at once (besides
   // the current layer's arena, filled piece by piece and uploaded after the layer's last piece).
   auto layout = WeightParamLayout(config_, options_.precision);
@@ -249,7 +254,7 @@ DecoderModel::DecoderModel(std::shared_ptr<Client> client, const ModelWeights& w
 
 void DecoderModel::ResetCache() {
   ++cache_version_;
-  HostTensor zeros(kv_dtype_, KvCacheDims(config_, options_.max_context));
+  HostTensor zeros(KvCacheStorage(kv_dtype_, layer_arena_), KvCacheDims(config_, options_.max_context));
   for (auto& rep : replicas_) {
     rep.k_cache = client_->ToDevice(zeros, rep.device);
     rep.v_cache = client_->ToDevice(zeros, rep.device);
@@ -259,7 +264,7 @@ void DecoderModel::ResetCache() {
 void DecoderModel::SwapCache(KvCache& other) {
   ++cache_version_;
   if (other.empty()) {
-    HostTensor zeros(kv_dtype_, KvCacheDims(config_, options_.max_context));
+    HostTensor zeros(KvCacheStorage(kv_dtype_, layer_arena_), KvCacheDims(config_, options_.max_context));
     for (auto& rep : replicas_) {
       other.k.push_back(client_->ToDevice(zeros, rep.device));
       other.v.push_back(client_->ToDevice(zeros, rep.device));

@@ -53,10 +53,10 @@ struct WeightRef {
 class Emitter {
  public:
   Emitter(const ModelConfig& c, const ProgramSpec& s) : c_(c), s_(s) {
-    if (s.matmul == MatmulMode::kFused && s.kv_dtype == DType::kF32 && !s.layer_arena)
+    if (s.matmul == MatmulMode::kFused && !s.layer_arena)
       throw InvalidArgumentError("programs: the fused layer stack takes its weights as the layer arena "
                                  "(ProgramSpec::layer_arena)");
-    fused_ = s.matmul == MatmulMode::kFused && s.num_tokens <= kFfiMaxTokens && s.kv_dtype == DType::kF32;
+    fused_ = s.matmul == MatmulMode::kFused && s.num_tokens <= kFfiMaxTokens;
     ffi_ = s.matmul == MatmulMode::kFfi || s.matmul == MatmulMode::kFused;
     mode_ = s.matmul;
     if (mode_ == MatmulMode::kAuto || mode_ == MatmulMode::kFfi || mode_ == MatmulMode::kXlaAuto ||
@@ -71,8 +71,9 @@ class Emitter {
     const int64_t T = s_.num_tokens, C = s_.max_context;
     AddParams(ModelParamLayout(c_, s_.precision, s_.layer_arena));
     std::vector<int64_t> kv_dims = KvCacheDims(c_, C);
-    Value k_cache = f_.Param("k_cache", s_.kv_dtype, kv_dims, 0);
-    Value v_cache = f_.Param("v_cache", s_.kv_dtype, kv_dims, 1);
+    const DType storage = KvCacheStorage(s_.kv_dtype, s_.layer_arena);
+    Value k_cache = f_.Param("k_cache", storage, kv_dims, 0);
+    Value v_cache = f_.Param("v_cache", storage, kv_dims, 1);
     Value tokens = f_.Param("tokens", DType::kS32, {T});
     Value start = f_.Param("start_pos", DType::kS32, {});
     std::optional<Value> target_ids, tree, offsets;
@@ -268,7 +269,7 @@ class Emitter {
     auto i64 = [](int64_t v) { return std::to_string(v) + " : i64"; };
     std::vector<Value> r = f_.CustomCall(
         kernels::kDecoderLayersTarget, operands,
-        {{DType::kF32, h.dims}, {DType::kF32, {L, KV, T, hd}}, {DType::kF32, {L, KV, T, hd}}},
+        {{DType::kF32, h.dims}, {k_cache.dtype, {L, KV, T, hd}}, {v_cache.dtype, {L, KV, T, hd}}},
         {{"layers", i64(L)},
          {"heads", i64(c_.num_heads)},
          {"kv_heads", i64(KV)},
@@ -499,13 +500,19 @@ class Emitter {
     // Write the new keys/values at [l, :, start_pos .. start_pos+T-1] (in place: the caches are donated).
     Value layer = f_.Constant(DType::kS32, static_cast<double>(l));
     std::vector<Value> at = {layer, Zero(), start, Zero()};
+    const bool bits = k_cache.dtype != s_.kv_dtype;  // bf16 stored as u16 (KvCacheStorage)
     auto heads_first = [&](const Value& x) {  // [T, KV, hd] -> [1, KV, T, hd]
-      return f_.Reshape(f_.Transpose(f_.Convert(x, s_.kv_dtype), {1, 0, 2}), {1, KV, T, hd});
+      Value y = f_.Reshape(f_.Transpose(f_.Convert(x, s_.kv_dtype), {1, 0, 2}), {1, KV, T, hd});
+      return bits ? f_.BitcastConvert(y, k_cache.dtype, y.dims) : y;
     };
     k_cache = f_.DynamicUpdateSlice(k_cache, heads_first(k), at);
     v_cache = f_.DynamicUpdateSlice(v_cache, heads_first(v), at);
-    Value keys = f_.Convert(f_.Reshape(f_.Slice(k_cache, {l, 0, 0, 0}, {l + 1, KV, C, hd}), {KV, C, hd}), DType::kF32);
-    Value vals = f_.Convert(f_.Reshape(f_.Slice(v_cache, {l, 0, 0, 0}, {l + 1, KV, C, hd}), {KV, C, hd}), DType::kF32);
+    auto layer_f32 = [&](const Value& cache) {  // [KV, C, hd]
+      Value y = f_.Reshape(f_.Slice(cache, {l, 0, 0, 0}, {l + 1, KV, C, hd}), {KV, C, hd});
+      return f_.Convert(bits ? f_.BitcastConvert(y, s_.kv_dtype, y.dims) : y, DType::kF32);
+    };
+    Value keys = layer_f32(k_cache);
+    Value vals = layer_f32(v_cache);
 
     // Query head h uses kv head h / G (Hugging Face repeat_kv order).
     Value q4 = f_.Reshape(q, {T, KV, G, hd});
@@ -725,7 +732,13 @@ std::vector<WeightParam> ModelParamLayout(const ModelConfig& c, WeightPrecision 
   return out;
 }
 
-bool UsesLayerArena(MatmulMode chosen, DType kv_dtype) { return chosen == MatmulMode::kFused && kv_dtype == DType::kF32; }
+DType KvCacheStorage(DType kv_dtype, bool layer_arena) {
+  return kv_dtype == DType::kBF16 && layer_arena ? DType::kU16 : kv_dtype;
+}
+
+bool UsesLayerArena(MatmulMode chosen, DType kv_dtype) {
+  return chosen == MatmulMode::kFused && (kv_dtype == DType::kF32 || kv_dtype == DType::kBF16);
+}
 
 const char* TinyInputName(TinyInput input) {
   return input == TinyInput::kDraftHidden ? "draft_final_hidden" : "draft_input_embedding";

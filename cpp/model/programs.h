@@ -125,8 +125,14 @@ int64_t LayerArenaBytes(const ModelConfig& config, WeightPrecision precision);  
 // WeightParamLayout with each layer's params replaced by one kLayerArena param ("model.layers.<l>")
 // when `layer_arena`: the params a model's programs take, in order.
 std::vector<WeightParam> ModelParamLayout(const ModelConfig& config, WeightPrecision precision, bool layer_arena);
-// Whether a model's programs take the layer arena: the fused layer stack (which needs an f32 KV cache).
+// Whether a model's programs take the layer arena: the fused layer stack (f32 or bf16 KV cache).
 bool UsesLayerArena(MatmulMode chosen, DType kv_dtype);
+// The element type a KV cache of `kv_dtype` is stored as. A bf16 cache of the fused layer stack
+// (layer_arena) is u16 holding bf16 bits: XLA CPU's float normalization turned each step's
+// dynamic-update-slice of a bf16 cache into a convert of the whole cache to f32 and back
+// (decoder_bench at 1,024 slots: +1.7 ms a q4 step); an integer cache is only moved. Programs
+// read it as bf16 (bitcast) wherever they compute with it.
+DType KvCacheStorage(DType kv_dtype, bool layer_arena);
 
 // Checks that the config is one we can emit (positive sizes, heads divisible by kv heads, even
 // head_dim, ...). Throws InvalidArgumentError naming the field.

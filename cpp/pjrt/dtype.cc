@@ -26,6 +26,7 @@ constexpr DTypeInfo kInfo[] = {
     {DType::kS64, "s64", "i64", 8, PJRT_Buffer_Type_S64},
     {DType::kU32, "u32", "ui32", 4, PJRT_Buffer_Type_U32},
     {DType::kF64, "f64", "f64", 8, PJRT_Buffer_Type_F64},
+    {DType::kU16, "u16", "ui16", 2, PJRT_Buffer_Type_U16},
 };
 const DTypeInfo& Info(DType dtype) {
   for (const auto& info : kInfo)

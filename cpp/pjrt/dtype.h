@@ -12,7 +12,7 @@
 
 namespace cascade {
 
-enum class DType { kF32, kF16, kBF16, kS32, kS8, kU8, kPred, kS64, kU32, kF64 };
+enum class DType { kF32, kF16, kBF16, kS32, kS8, kU8, kPred, kS64, kU32, kF64, kU16 };
 
 size_t DTypeSize(DType dtype);
 const char* DTypeName(DType dtype);                          // 'f32', 'bf16', 's32', 'pred', ...

@@ -30,10 +30,12 @@ struct Case {
   WeightPrecision precision;
   ModelFamily family;
   bool tied;
+  DType kv = DType::kF32;  // the KV cache's element type
 };
 
 std::string Name(const Case& c) {
-  return std::string(WeightPrecisionName(c.precision)) + " " + ModelFamilyName(c.family) + (c.tied ? " tied" : " untied");
+  return std::string(WeightPrecisionName(c.precision)) + " " + ModelFamilyName(c.family) + (c.tied ? " tied" : " untied") +
+         " kv " + DTypeName(c.kv);
 }
 
 std::vector<Case> AllCases() {
@@ -42,6 +44,12 @@ std::vector<Case> AllCases() {
     out.push_back({p, ModelFamily::kLlama, true});
     out.push_back({p, ModelFamily::kLlama, false});
     out.push_back({p, ModelFamily::kGemma, true});
+  }
+  // A bf16 KV cache (the default for low-precision weights): the new keys and values are rounded
+  // before any row reads them, so verify rows still equal decodes.
+  for (WeightPrecision p : {WeightPrecision::kBF16, WeightPrecision::kQ4}) {
+    out.push_back({p, ModelFamily::kLlama, true, DType::kBF16});
+    out.push_back({p, ModelFamily::kGemma, true, DType::kBF16});
   }
   return out;
 }
@@ -59,11 +67,12 @@ ModelConfig Config(const Case& k) {
   return c;
 }
 
-DecoderModel Model(const ModelWeights& w, WeightPrecision precision, MatmulMode matmul, int64_t max_context = 64) {
+DecoderModel Model(const ModelWeights& w, WeightPrecision precision, MatmulMode matmul, int64_t max_context = 64,
+                   DType kv = DType::kF32) {
   DecoderOptions o;
   o.precision = precision;
   o.max_context = max_context;
-  o.kv_dtype = DType::kF32;
+  o.kv_dtype = kv;
   o.matmul = matmul;
   return DecoderModel(Cpu(), w, o);
 }
@@ -134,7 +143,7 @@ TEST(fused_layers, VerifyRowsBitIdenticalToDecodeEveryPrecision) {
   for (const Case& k : AllCases()) {
     ModelConfig c = Config(k);
     ModelWeights w = testing::SmallRandomModel(c, 7, 1.0f);
-    DecoderModel a = Model(w, k.precision, MatmulMode::kFused), b = Model(w, k.precision, MatmulMode::kFused);
+    DecoderModel a = Model(w, k.precision, MatmulMode::kFused, 64, k.kv), b = Model(w, k.precision, MatmulMode::kFused, 64, k.kv);
     const int64_t V = c.vocab_size, P = static_cast<int64_t>(kPrompt.size());
     a.Forward(kPrompt, 0);
     b.Forward(kPrompt, 0);
@@ -159,12 +168,15 @@ TEST(fused_layers, VerifyRowsBitIdenticalToDecodeEveryPrecision) {
 TEST(fused_layers, RowsBitIdenticalAndCloseToPlainAcrossAttentionChunks) {
   const std::vector<Case> cases = {{WeightPrecision::kF32, ModelFamily::kLlama, true},
                                    {WeightPrecision::kQ4, ModelFamily::kLlama, false},
-                                   {WeightPrecision::kBF16, ModelFamily::kGemma, true}};
+                                   {WeightPrecision::kBF16, ModelFamily::kGemma, true},
+                                   {WeightPrecision::kQ4, ModelFamily::kLlama, false, DType::kBF16},
+                                   {WeightPrecision::kBF16, ModelFamily::kGemma, true, DType::kBF16}};
   for (const Case& k : cases) {
     ModelConfig c = Config(k);
     ModelWeights w = testing::SmallRandomModel(c, 8, 1.0f);
-    DecoderModel a = Model(w, k.precision, MatmulMode::kFused, 160), b = Model(w, k.precision, MatmulMode::kFused, 160),
-                 plain = Model(w, k.precision, MatmulMode::kXlaAuto, 160);
+    DecoderModel a = Model(w, k.precision, MatmulMode::kFused, 160, k.kv),
+                 b = Model(w, k.precision, MatmulMode::kFused, 160, k.kv),
+                 plain = Model(w, k.precision, MatmulMode::kXlaAuto, 160, k.kv);
     const std::vector<int32_t> prompt = LongPrompt(c.vocab_size);
     const int64_t V = c.vocab_size, P = static_cast<int64_t>(prompt.size());
     Prefill(a, prompt);
@@ -188,11 +200,15 @@ TEST(fused_layers, RowsBitIdenticalAndCloseToPlainAcrossAttentionChunks) {
 
 // Two branches verified as one tree: each branch's rows equal its chain decoded alone.
 TEST(fused_layers, TreeRowsBitIdenticalToTheirChains) {
-  for (WeightPrecision p : {WeightPrecision::kF32, WeightPrecision::kInt8, WeightPrecision::kQ4}) {
-    ModelConfig c = Config({p, ModelFamily::kLlama, true});
+  for (const Case& k : {Case{WeightPrecision::kF32, ModelFamily::kLlama, true},
+                        Case{WeightPrecision::kInt8, ModelFamily::kLlama, true},
+                        Case{WeightPrecision::kQ4, ModelFamily::kLlama, true},
+                        Case{WeightPrecision::kQ4, ModelFamily::kLlama, true, DType::kBF16}}) {
+    const WeightPrecision p = k.precision;
+    ModelConfig c = Config(k);
     ModelWeights w = testing::SmallRandomModel(c, 9, 1.0f);
     for (const std::vector<int32_t>& prompt : {kPrompt, LongPrompt(c.vocab_size)}) {
-      DecoderModel tree = Model(w, p, MatmulMode::kFused, 160), chain = Model(w, p, MatmulMode::kFused, 160);
+      DecoderModel tree = Model(w, p, MatmulMode::kFused, 160, k.kv), chain = Model(w, p, MatmulMode::kFused, 160, k.kv);
       const int64_t V = c.vocab_size, P = static_cast<int64_t>(prompt.size());
       Prefill(tree, prompt);
       Prefill(chain, prompt);
@@ -217,7 +233,8 @@ TEST(fused_layers, MatchesThePlainProgram) {
   for (const Case& k : AllCases()) {
     ModelConfig c = Config(k);
     ModelWeights w = testing::SmallRandomModel(c, 5, 1.0f);
-    DecoderModel fused = Model(w, k.precision, MatmulMode::kFused), plain = Model(w, k.precision, MatmulMode::kXlaAuto);
+    DecoderModel fused = Model(w, k.precision, MatmulMode::kFused, 64, k.kv),
+                 plain = Model(w, k.precision, MatmulMode::kXlaAuto, 64, k.kv);
     ASSERT_EQ(plain.ProgramText(1, {HeadKind::kLogits}, false).find("custom_call"), std::string::npos);
     const int64_t V = c.vocab_size;
     std::vector<int32_t> seq = kPrompt;

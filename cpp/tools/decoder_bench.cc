@@ -6,6 +6,7 @@
 //                 [--context 512] [--pos 128] [--runs 7] [--layers 30] [--plugin cpu] [--head argmax|logits]
 // A precision may name its matmul mode, so modes run side by side in one process:
 //   --precision f32,int8:xla,int8:ffi   (xla = the XLA-only int8 path, ffi = our int8 kernel)
+// and its KV cache's type after '@' (default: DecoderOptions'): --precision q4@f32,q4@bf16
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -186,10 +187,19 @@ int Main(int argc, char** argv) {
     return tokens;
   };
   for (const std::string& entry : precisions) {
-    const size_t colon = entry.find(':');
-    const std::string pname = entry.substr(0, colon);
-    const std::string mode = colon == std::string::npos ? matmul : entry.substr(colon + 1);
+    const size_t at = entry.find('@');
+    const std::string base = entry.substr(0, at);
+    const size_t colon = base.find(':');
+    const std::string pname = base.substr(0, colon);
+    const std::string mode = colon == std::string::npos ? matmul : base.substr(colon + 1);
     DecoderOptions o;
+    if (at != std::string::npos) {
+      o.kv_dtype = DTypeFromName(entry.substr(at + 1));
+      if (!o.kv_dtype || (*o.kv_dtype != DType::kF32 && *o.kv_dtype != DType::kBF16)) {
+        std::fprintf(stderr, "decoder_bench: a KV cache type (after @) must be f32 or bf16, got %s\n", entry.c_str());
+        return 2;
+      }
+    }
     if (!ParseWeightPrecision(pname, &o.precision)) {
       std::fprintf(stderr, "decoder_bench: precision must be f32, bf16, int8 or q4, got %s\n", pname.c_str());
       return 2;
