@@ -214,11 +214,7 @@ DecoderModel::DecoderModel(std::shared_ptr<Client> client, const ModelWeights& w
   for (size_t r = 0; r < replicas_.size(); ++r) replicas_[r].device = options_.replicas > 1 ? r : options_.device_index;
   const bool cpu = client_->platform_name() == "cpu";
   const MatmulMode matmul = ChooseMatmulMode(*client_, options_.precision, options_.matmul);
-  // bf16 wherever its arithmetic runs well: the fused layer stack and other plugins (XLA CPU's
-  // plain programs convert a whole bf16 cache per layer, decoder.h).
-  const bool bf16_cache_fits = !cpu || matmul == MatmulMode::kFused;
-  kv_dtype_ = options_.kv_dtype.value_or(options_.precision != WeightPrecision::kF32 && bf16_cache_fits ? DType::kBF16
-                                                                                                     : DType::kF32);
+  kv_dtype_ = options_.kv_dtype.value_or(cpu || options_.precision == WeightPrecision::kF32 ? DType::kF32 : DType::kBF16);
   if (kv_dtype_ != DType::kF32 && kv_dtype_ != DType::kBF16)
     throw InvalidArgumentError("DecoderModel: kv_dtype must be f32 or bf16");
   layer_arena_ = UsesLayerArena(matmul, kv_dtype_);

@@ -49,12 +49,15 @@ ModelWeights EffectiveWeights(const ModelWeights& weights, WeightPrecision preci
 struct DecoderOptions {
   WeightPrecision precision = WeightPrecision::kF32;
   int64_t max_context = 256;        // cache slots C
-  // Default: f32 for kF32 weights, bf16 otherwise (half the bytes attention reads; decoder_bench
-  // q4 decode(1) at slot 400 of 1,024: 7.2 -> 6.2 ms, session 18), except f32 for the CPU
-  // plugin's plain programs (matmul modes other than kFused): XLA CPU updates a bf16 cache by
-  // converting the whole [layers, ...] cache to f32 and back in every layer, O(layers^2 x context)
-  // bytes per step, measured 2.5x slower than the int8 weights' own cost. The fused stack stores
-  // it as u16 bits (model/programs.h, KvCacheStorage) and rounds new rows as the cache would.
+  // Default: f32 on the CPU plugin and for kF32 weights, bf16 otherwise. bf16 on the CPU plugin
+  // works in the fused layer stack (stored as u16 bits, model/programs.h KvCacheStorage; new rows
+  // rounded before any row reads them) and halves the cache, but is not the default there
+  // (session 18, 12 chat requests x 128 tokens): a bf16 draft cache cost acceptance (speculative
+  // 10.3 -> 9.85 tokens per target call, draft calls +9%) and at these contexts saved no
+  // measurable time (decoder_bench bf16q4 attention at slot 250: 1.38 vs 1.39 ms; ~-0.4 ms a step
+  // at slot 400 in some runs). In the plain programs (matmul modes other than kFused) XLA CPU
+  // updates a bf16 cache by converting the whole [layers, ...] cache to f32 and back in every
+  // layer: O(layers^2 x context) bytes per step, measured 2.5x slower than the int8 weights' own cost.
   std::optional<DType> kv_dtype;
   size_t device_index = 0;
   MatmulMode matmul = MatmulMode::kAuto;

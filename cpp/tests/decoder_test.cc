@@ -441,6 +441,24 @@ TEST(decoder_llama, KvCacheIsDonatedAndUpdatedInPlace) {
   m.Forward({1}, kPrompt.size(), {HeadKind::kArgmax});
   EXPECT_EQ(address(m.k_cache()), k0) << "k cache moved: XLA copied instead of updating in place";
   EXPECT_EQ(address(m.v_cache()), v0);
+  {  // a bf16 cache of the fused stack (u16 bits, model/programs.h KvCacheStorage): also in place
+    DecoderOptions b = o;
+    b.precision = WeightPrecision::kQ4;
+    b.kv_dtype = DType::kBF16;
+    DecoderModel q(client, w, b);
+    ASSERT_EQ(q.k_cache().dtype(), DType::kU16);
+    const uintptr_t k1 = address(q.k_cache());
+    q.Forward(kPrompt, 0, {HeadKind::kArgmax});
+    q.Forward({1}, kPrompt.size(), {HeadKind::kArgmax});
+    EXPECT_EQ(address(q.k_cache()), k1) << "bf16 k cache moved";
+    // held as u16, so the update is a plain copy of the new rows, not a convert of the whole
+    // cache (XLA CPU's float normalization does that to a bf16 dynamic-update-slice)
+    const std::string text = q.ProgramText(1, {HeadKind::kArgmax}, false);
+    const size_t at = text.find("%k_cache: tensor<");
+    ASSERT_NE(at, std::string::npos);
+    const std::string type = text.substr(at, text.find('>', at) - at);
+    EXPECT_NE(type.find("xui16"), std::string::npos) << type;
+  }
 
   // The same at the program level: the caller's cache buffers are donated (deleted by PJRT).
   ProgramSpec spec;

@@ -45,8 +45,8 @@ std::vector<Case> AllCases() {
     out.push_back({p, ModelFamily::kLlama, false});
     out.push_back({p, ModelFamily::kGemma, true});
   }
-  // A bf16 KV cache (the default for low-precision weights): the new keys and values are rounded
-  // before any row reads them, so verify rows still equal decodes.
+  // A bf16 KV cache (an option on the CPU plugin): the new keys and values are rounded before any
+  // row reads them, so verify rows still equal decodes.
   for (WeightPrecision p : {WeightPrecision::kBF16, WeightPrecision::kQ4}) {
     out.push_back({p, ModelFamily::kLlama, true, DType::kBF16});
     out.push_back({p, ModelFamily::kGemma, true, DType::kBF16});
