@@ -230,6 +230,37 @@ CASCADE_AVX512_FN void ScoresHeadsLanes(const float* q, const float* const* rows
   }
 }
 
+// The scores of two rows of a verify over the same transposed key blocks (kt, as
+// TransposeKeyBlocksAvx512 makes them): per row and head the very FMAs ScoresHeadsLanes makes for
+// those blocks (the even and odd chains in the same order, then their sum), with twice the chains
+// in flight and each key vector loaded once for both rows (bf16q4 verify(13) at slot 250: the
+// scores ran at ~0.6 FMAs a cycle one row at a time, session 18). Head h's scores of row a go to
+// sa + h * lda (row b: sb + h * ldb), block `b` at 16 b.
+template <int G>
+CASCADE_AVX512_FN void ScoresKtPairLanes(const float* qa, const float* qb, const float* kt, int64_t blocks, int64_t hd,
+                                         float* sa, int64_t lda, float* sb, int64_t ldb) {
+  for (int64_t b = 0; b < blocks; ++b) {
+    __m512 ea[G], oa[G], eb[G], ob[G];
+    for (int h = 0; h < G; ++h) ea[h] = oa[h] = eb[h] = ob[h] = _mm512_setzero_ps();
+    for (int64_t d0 = 0; d0 < hd; d0 += 16) {
+      const float* block = kt + (b * hd + d0) * 16;
+      for (int j = 0; j < 16; j += 2) {
+        const __m512 ve = _mm512_loadu_ps(block + j * 16), vo = _mm512_loadu_ps(block + (j + 1) * 16);
+        for (int h = 0; h < G; ++h) {
+          ea[h] = _mm512_fmadd_ps(_mm512_set1_ps(qa[h * hd + d0 + j]), ve, ea[h]);
+          oa[h] = _mm512_fmadd_ps(_mm512_set1_ps(qa[h * hd + d0 + j + 1]), vo, oa[h]);
+          eb[h] = _mm512_fmadd_ps(_mm512_set1_ps(qb[h * hd + d0 + j]), ve, eb[h]);
+          ob[h] = _mm512_fmadd_ps(_mm512_set1_ps(qb[h * hd + d0 + j + 1]), vo, ob[h]);
+        }
+      }
+    }
+    for (int h = 0; h < G; ++h) {
+      _mm512_storeu_ps(sa + h * lda + 16 * b, _mm512_add_ps(ea[h], oa[h]));
+      _mm512_storeu_ps(sb + h * ldb + 16 * b, _mm512_add_ps(eb[h], ob[h]));
+    }
+  }
+}
+
 // kt[b][d][k] = rows[16 b + k][d] for `blocks` whole blocks of 16 keys (hd % 16 == 0).
 CASCADE_AVX512_FN void TransposeKeyBlocksAvx512(const float* const* rows, int64_t blocks, int64_t hd, float* kt) {
   for (int64_t b = 0; b < blocks; ++b)
@@ -419,6 +450,19 @@ void ScoresHeadsAvx512(const float* q, int64_t heads, const float* const* rows, 
     }
   for (int64_t k = 0; k < heads; ++k) ScoresAvx512(q + k * hd, rows, n, hd, scores + k * n);
 }
+
+// ScoresKtPairLanes for 1..4 heads (more would not fit the registers); false: not computed.
+bool ScoresKtPairAvx512(const float* qa, const float* qb, int64_t heads, const float* kt, int64_t blocks, int64_t hd,
+                        float* sa, int64_t lda, float* sb, int64_t ldb) {
+  if (hd % 16 != 0) return false;
+  switch (heads) {
+    case 1: ScoresKtPairLanes<1>(qa, qb, kt, blocks, hd, sa, lda, sb, ldb); return true;
+    case 2: ScoresKtPairLanes<2>(qa, qb, kt, blocks, hd, sa, lda, sb, ldb); return true;
+    case 3: ScoresKtPairLanes<3>(qa, qb, kt, blocks, hd, sa, lda, sb, ldb); return true;
+    case 4: ScoresKtPairLanes<4>(qa, qb, kt, blocks, hd, sa, lda, sb, ldb); return true;
+    default: return false;
+  }
+}
 #endif
 
 float SumSquaresScalar(const float* x, int64_t n) { return DotScalar(x, x, n); }
@@ -432,6 +476,9 @@ struct VectorOps {
       ScoresHeadsScalar;
   // Key blocks transposed once for every row of a verify (ScoresHeadsLanes); null: not used.
   void (*transpose_key_blocks)(const float* const*, int64_t, int64_t, float*) = nullptr;
+  // Two rows' scores over transposed key blocks at once (ScoresKtPairLanes); null: not used.
+  bool (*scores_kt_pair)(const float*, const float*, int64_t, const float*, int64_t, int64_t, float*, int64_t, float*,
+                         int64_t) = nullptr;
   void (*weighted_rows_heads)(const float*, int64_t, const float* const*, int64_t, int64_t, float*) =
       WeightedRowsHeadsScalar;
   float (*exp_shifted)(float*, int64_t, float, float*) = ExpShiftedScalar;
@@ -449,6 +496,7 @@ const VectorOps& Ops() {
     if (BestF32Impl() == Int8Impl::kAvx512) {
       o.scores_heads = ScoresHeadsAvx512;
       o.transpose_key_blocks = TransposeKeyBlocksAvx512;
+      o.scores_kt_pair = ScoresKtPairAvx512;
       o.sum_squares = SumSquaresAvx512;
       o.weighted_rows_heads = WeightedRowsHeadsAvx512Any;
       o.exp_shifted = ExpShiftedAvx512;
@@ -748,9 +796,33 @@ class LayerRunner {
         ops.transpose_key_blocks(keys.data(), ready, hd, kt.data());
       }
     }
+    // Each row's visible slots in this chunk, and where its scores go ([G][n] per row).
+    thread_local std::vector<int64_t> row_n, row_at;
+    thread_local std::vector<float> tail;
+    row_n.resize(static_cast<size_t>(T));
+    row_at.resize(static_cast<size_t>(T) + 1);
+    row_at[0] = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t hi = std::min(lo + kAttentionChunk, start + static_cast<int64_t>(visible_new_[t].size()));
+      row_n[t] = std::max<int64_t>(0, hi - lo);
+      row_at[t + 1] = row_at[t] + G * row_n[t];
+    }
+    scores.resize(static_cast<size_t>(row_at[T]));
+    // The transposed blocks' scores for the rows in pairs (every row sees them: they are cached
+    // slots); each row's other slots below.
+    bool paired = false;
+    if (ready > 0 && ops.scores_kt_pair) {
+      paired = true;
+      for (int64_t t = 0; t < T && paired; t += 2) {
+        const int64_t u = std::min(t + 1, T - 1);  // an odd last row pairs with itself
+        paired = ops.scores_kt_pair(q_.data() + (t * c_.heads + g * G) * hd, q_.data() + (u * c_.heads + g * G) * hd,
+                                    G, kt.data(), ready, hd, scores.data() + row_at[t], row_n[t],
+                                    scores.data() + row_at[u], row_n[u]);
+      }
+    }
     for (int64_t t = 0; t < T; ++t) {
       const std::vector<int32_t>& fresh = visible_new_[t];
-      const int64_t hi = std::min(lo + kAttentionChunk, start + static_cast<int64_t>(fresh.size()));
+      const int64_t hi = lo + row_n[t];
       if (hi <= lo) continue;
       const int64_t n = hi - lo;
       keys.resize(static_cast<size_t>(n));
@@ -765,15 +837,23 @@ class LayerRunner {
           values[i - lo] = vn + j * KV * hd;
         }
       }
-      scores.resize(static_cast<size_t>(n * G));
+      float* s = scores.data() + row_at[t];
       const size_t part = static_cast<size_t>(((g * chunks_ + c) * T + t) * G);
-      ops.scores_heads(q_.data() + (t * c_.heads + g * G) * hd, G, keys.data(), n, hd, scores.data(), kt.data(),
-                       std::min(ready, n / 16));
-      for (int64_t k = 0; k < G; ++k)
-        part_sum_[part + k] = ops.exp_shifted(scores.data() + k * n, n, scale, &part_max_[part + k]);
+      const float* q = q_.data() + (t * c_.heads + g * G) * hd;
+      if (paired) {
+        const int64_t done = 16 * ready, rest = n - done;
+        if (rest > 0) {
+          tail.resize(static_cast<size_t>(G * rest));
+          ops.scores_heads(q, G, keys.data() + done, rest, hd, tail.data(), nullptr, 0);
+          for (int64_t k = 0; k < G; ++k) std::copy(tail.begin() + k * rest, tail.begin() + (k + 1) * rest, s + k * n + done);
+        }
+      } else {
+        ops.scores_heads(q, G, keys.data(), n, hd, s, kt.data(), std::min(ready, n / 16));
+      }
+      for (int64_t k = 0; k < G; ++k) part_sum_[part + k] = ops.exp_shifted(s + k * n, n, scale, &part_max_[part + k]);
       float* acc = part_acc_.data() + part * hd;
       std::fill(acc, acc + G * hd, 0.0f);
-      ops.weighted_rows_heads(scores.data(), G, values.data(), n, hd, acc);
+      ops.weighted_rows_heads(s, G, values.data(), n, hd, acc);
     }
   }
 
