@@ -213,11 +213,10 @@ DecoderModel::DecoderModel(std::shared_ptr<Client> client, const ModelWeights& w
   replicas_.resize(static_cast<size_t>(options_.replicas));
   for (size_t r = 0; r < replicas_.size(); ++r) replicas_[r].device = options_.replicas > 1 ? r : options_.device_index;
   const bool cpu = client_->platform_name() == "cpu";
-  const MatmulMode matmul = ChooseMatmulMode(*client_, options_.precision, options_.matmul);
   kv_dtype_ = options_.kv_dtype.value_or(cpu || options_.precision == WeightPrecision::kF32 ? DType::kF32 : DType::kBF16);
   if (kv_dtype_ != DType::kF32 && kv_dtype_ != DType::kBF16)
     throw InvalidArgumentError("DecoderModel: kv_dtype must be f32 or bf16");
-  layer_arena_ = UsesLayerArena(matmul, kv_dtype_);
+  layer_arena_ = UsesLayerArena(ChooseMatmulMode(*client_, options_.precision, options_.matmul));
   // One tensor group at a time, so the host holds at most one converted matrix at once (besides
   // the current layer's arena, filled piece by piece and uploaded after the layer's last piece).
   auto layout = WeightParamLayout(config_, options_.precision);

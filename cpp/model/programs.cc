@@ -736,9 +736,7 @@ DType KvCacheStorage(DType kv_dtype, bool layer_arena) {
   return kv_dtype == DType::kBF16 && layer_arena ? DType::kU16 : kv_dtype;
 }
 
-bool UsesLayerArena(MatmulMode chosen, DType kv_dtype) {
-  return chosen == MatmulMode::kFused && (kv_dtype == DType::kF32 || kv_dtype == DType::kBF16);
-}
+bool UsesLayerArena(MatmulMode chosen) { return chosen == MatmulMode::kFused; }
 
 const char* TinyInputName(TinyInput input) {
   return input == TinyInput::kDraftHidden ? "draft_final_hidden" : "draft_input_embedding";

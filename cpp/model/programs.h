@@ -125,8 +125,8 @@ int64_t LayerArenaBytes(const ModelConfig& config, WeightPrecision precision);  
 // WeightParamLayout with each layer's params replaced by one kLayerArena param ("model.layers.<l>")
 // when `layer_arena`: the params a model's programs take, in order.
 std::vector<WeightParam> ModelParamLayout(const ModelConfig& config, WeightPrecision precision, bool layer_arena);
-// Whether a model's programs take the layer arena: the fused layer stack (f32 or bf16 KV cache).
-bool UsesLayerArena(MatmulMode chosen, DType kv_dtype);
+// Whether a model's programs take the layer arena: the fused layer stack (any KV cache type).
+bool UsesLayerArena(MatmulMode chosen);
 // The element type a KV cache of `kv_dtype` is stored as. A bf16 cache of the fused layer stack
 // (layer_arena) is u16 holding bf16 bits: XLA CPU's float normalization turned each step's
 // dynamic-update-slice of a bf16 cache into a convert of the whole cache to f32 and back
