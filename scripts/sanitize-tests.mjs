@@ -7,7 +7,7 @@
 //
 // The suites load the prebuilt XLA CPU PJRT plugin, which is not built with ASan: its memory
 // still goes through ASan's malloc, so LSan checks it too, and needs no suppression (none is
-// reported). The statistical test in SLOW below takes minutes even without ASan and is skipped
+// reported). The statistical tests in SLOW below take minutes even without ASan and are skipped
 // unless --all is given.
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -18,10 +18,12 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const dir = path.join(root, 'build', 'asan');
 
-// ctest names (Suite.Test) of the tests too slow under ASan: a statistical check that samples the
-// engine thousands of times (~5 min without ASan, over 15 min with it) through the same code paths
-// the other engine tests cover. The VerifySampled.* distribution tests are short and stay.
-const SLOW = ['Engine.SampledOutputFollowsTheTargetDistribution'];
+// ctest names (Suite.Test) of the tests too slow under ASan: statistical checks that sample the
+// engine thousands of times through the same code paths the other engine tests cover (the first
+// ~2 min without ASan, over 15 min with it; the second 87 s without, 469 s with it in the
+// session-18 CI, most of this stage's time). Both still run in `npm test`'s plain ctest. The
+// VerifySampled.* distribution tests are short and stay.
+const SLOW = ['Engine.SampledOutputFollowsTheTargetDistribution', 'Engine.SamplingOptionsKeepTheTargetDistribution'];
 
 const argv = process.argv.slice(2);
 let jobs = Math.max(1, os.availableParallelism?.() ?? os.cpus().length);
