@@ -19,7 +19,8 @@ namespace cascade::binding {
 
 namespace {
 
-// loadEngine(client, { target, draft?, targetPrecision?, draftPrecision?, maxContext?, draftLayers?,
+// loadEngine(client, { target, draft?, targetPrecision?, draftPrecision?, targetKvCache?,
+//   draftKvCache? ('f32' | 'bf16'), maxContext?, draftLayers?,
 //   deviceMemoryLimit?, ... }, onProgress?) -> { promise: Promise<NativeEngine>, cancel(): void }.
 // cancel() makes the load stop at its next stage (after reading a file, after the upload, between
 // warm-up compiles, during a tiny fit) with an AbortError; what it had uploaded is released.
@@ -42,6 +43,8 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
     load.tiny_fit_prompts = TokenListsFromJs(o, "tinyFitPrompts");
     options.target_precision = PrecisionFromJs(o, "targetPrecision", options.target_precision);
     options.draft_precision = PrecisionFromJs(o, "draftPrecision", options.draft_precision);
+    options.target_kv_dtype = KvCacheTypeFromJs(o, "targetKvCache");
+    options.draft_kv_dtype = KvCacheTypeFromJs(o, "draftKvCache");
     options.max_context = static_cast<int64_t>(NumberFromJs(o, "maxContext", static_cast<double>(options.max_context)));
     options.draft_layers = static_cast<int64_t>(NumberFromJs(o, "draftLayers", 0));
     options.proposal_length = static_cast<int64_t>(NumberFromJs(o, "k1", static_cast<double>(options.proposal_length)));

@@ -125,6 +125,15 @@ WeightPrecision PrecisionFromJs(const Napi::Object& o, const char* key, WeightPr
   return p;
 }
 
+std::optional<DType> KvCacheTypeFromJs(const Napi::Object& o, const char* key) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined()) return std::nullopt;
+  const std::string s = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
+  if (s == "f32") return DType::kF32;
+  if (s == "bf16") return DType::kBF16;
+  throw InvalidArgumentError(std::string(key) + " must be 'f32' or 'bf16'");
+}
+
 double NumberFromJs(const Napi::Object& o, const char* key, double fallback) {
   Napi::Value v = o.Get(key);
   if (v.IsUndefined()) return fallback;

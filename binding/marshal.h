@@ -3,6 +3,7 @@
 
 #include <napi.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,8 @@ Napi::Object TensorTypeToJs(Napi::Env env, const TensorType& type);
 
 // Option fields: a missing (undefined) field gives `fallback`, the C++ struct's default.
 WeightPrecision PrecisionFromJs(const Napi::Object& o, const char* key, WeightPrecision fallback);
+// o[key]: 'f32' or 'bf16' (a KV cache's element type); unset: nullopt. Throws InvalidArgumentError.
+std::optional<DType> KvCacheTypeFromJs(const Napi::Object& o, const char* key);
 double NumberFromJs(const Napi::Object& o, const char* key, double fallback);
 // o[key] as token id lists (an array of Int32Array); absent: none. Throws InvalidArgumentError.
 std::vector<std::vector<int32_t>> TokenListsFromJs(const Napi::Object& o, const char* key);

@@ -120,6 +120,8 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
     o.Set("targetPrecision", WeightPrecisionName(tp == WeightPrecision::kBF16Q4 ? WeightPrecision::kBF16 : tp));
     o.Set("targetStorage", tp == WeightPrecision::kBF16Q4 ? "q4-blocks" : "dense");
     o.Set("draftPrecision", WeightPrecisionName(engine->draft().options().precision));
+    o.Set("targetKvCache", DTypeName(engine->target().kv_dtype()));
+    o.Set("draftKvCache", DTypeName(engine->draft().kv_dtype()));
     o.Set("maxContext", static_cast<double>(engine->target().max_context()));
     o.Set("devices", static_cast<double>(engine->target().replicas()));
     o.Set("maxSequences", static_cast<double>(engine->max_sequences()));

@@ -11,7 +11,7 @@
  */
 export { Runtime, Executable } from './runtime/runtime.js';
 export { Cascade } from './cascade/cascade.js';
-export { PRECISIONS } from './cascade/types.js';
+export { KV_CACHE_TYPES, PRECISIONS } from './cascade/types.js';
 export { ChatSession } from './cascade/chat-session.js';
 export { ConversationCache } from './cascade/conversation-cache.js';
 export type { ChatSessionOptions } from './cascade/chat-session.js';
@@ -27,6 +27,7 @@ export type {
   CascadeStats,
   StageTimes,
   Precision,
+  KvCacheType,
   DecodeMode,
   ModelInfo,
 } from './cascade/cascade.js';

@@ -5,7 +5,7 @@
  * @module
  */
 import type { Cascade } from './cascade/cascade.js';
-import type { CascadeLoadOptions, CascadeStats, GenerateOptions, ModelInfo, Precision } from './cascade/types.js';
+import type { CascadeLoadOptions, CascadeStats, GenerateOptions, KvCacheType, ModelInfo, Precision } from './cascade/types.js';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -83,6 +83,9 @@ export interface NativeLoadOptions
   /** `precision`, resolved per model. */
   targetPrecision?: Precision;
   draftPrecision?: Precision;
+  /** `kvCache` per model (unset: the plugin's default). */
+  targetKvCache?: KvCacheType;
+  draftKvCache?: KvCacheType;
   /** `tiny: 'fit'`: fit one in closed form, read from / saved to `tinyCachePath` when set (instead of `tiny`). */
   fitTiny?: boolean;
   tinyCachePath?: string;
@@ -299,6 +302,9 @@ export interface NativeEngine {
      */
     targetStorage: 'dense' | 'q4-blocks';
     draftPrecision: Precision;
+    /** Element type of each model's KV cache (the load's `kvCache`, or the plugin's default). */
+    targetKvCache: KvCacheType;
+    draftKvCache: KvCacheType;
     maxContext: number;
     /** Devices the target is replicated on. */
     devices: number;

@@ -136,7 +136,27 @@ describe('Cascade on SmolLM2-135M-Instruct', () => {
     await expect(c.generate(long, { maxTokens: 4 })).rejects.toThrow(/context/);
     await expect(Cascade.load({ target: '' })).rejects.toThrow(InvalidArgumentError);
     await expect(Cascade.load({ target: '/nonexistent/model.gguf' })).rejects.toThrow();
+    await expect(Cascade.load({ target: 'x.gguf', kvCache: { target: 'f16' as never } })).rejects.toThrow(/kvCache\.target must be one of f32, bf16/);
+    await expect(Cascade.load({ target: 'x.gguf', kvCache: 'small' as never })).rejects.toThrow(InvalidArgumentError);
   }, 300_000);
+});
+
+describe('a bf16 KV cache', () => {
+  it('halves the cache and keeps speculative decoding identical to target-only', async () => {
+    const { path } = await ensureDefaultModel();
+    const maxContext = 256;
+    await using c = await Cascade.load({ target: path, maxContext, kvCache: { target: 'bf16' }, draftLayers: 30 });
+    expect(c.info.targetKvCache).toBe('bf16');
+    expect(c.info.draftKvCache).toBe('f32');
+    const { layers, kvHeads, headDim } = c.info.target;
+    const slots = 2 * layers * kvHeads * maxContext * headDim;
+    expect(c.info.memory.target.kvCacheBytes).toBe(slots * 2);
+    expect(c.info.memory.draft.kvCacheBytes).toBe(slots * 4);
+    const base = await c.generate(PROMPTS[0]!, { mode: 'target', maxTokens: 24, stopAtEos: false });
+    expect(base.tokens).toHaveLength(24);
+    const spec = await c.generate(PROMPTS[0]!, { mode: 'speculative', k1: 6, maxTokens: 24, stopAtEos: false });
+    expect(spec.tokens).toEqual(base.tokens);
+  }, 600_000);
 });
 
 describe('Cascade lifecycle', () => {

@@ -129,11 +129,13 @@ CascadeEngine::CascadeEngine(std::shared_ptr<Client> client, const ModelWeights&
   t.max_context = options.max_context;
   t.device_index = options.device_index;
   t.replicas = options.devices;
+  t.kv_dtype = options.target_kv_dtype;
   target_ = std::make_unique<DecoderModel>(client_, target, t);
 
   DecoderOptions d = t;
   d.replicas = 1;
   d.precision = options.draft_precision;
+  d.kv_dtype = options.draft_kv_dtype;
   if (draft) {
     draft_ = std::make_unique<DecoderModel>(client_, *draft, d);
   } else {

@@ -41,6 +41,14 @@ struct EngineOptions {
   // vs f32 0.977 against int8's 0.969). A draft from 8- or 16-bit weights may prefer int8.
   WeightPrecision draft_precision = WeightPrecision::kQ4;
   int64_t max_context = 1024;
+  // Element type of each model's KV cache, f32 or bf16 (a bf16 cache halves its memory and the
+  // bytes attention reads; each new key and value is rounded to bf16 before any row attends to
+  // it). Unset: DecoderModel's default, f32 on the CPU plugin and bf16 elsewhere. On the CPU
+  // plugin a bf16 *draft* cache cost acceptance (12 chat requests x 128 tokens: 10.30 -> 9.85
+  // tokens per target call) and saved nothing at those positions; a bf16 target cache kept it
+  // (10.32) and at position 1,500 cut a decode's attention from ~3.9 to ~3.0-3.4 ms
+  // (docs/bench/decoder.md, sessions 18-19).
+  std::optional<DType> target_kv_dtype, draft_kv_dtype;
   // Self-speculative draft: the target's first `draft_layers` layers + final norm + head, used
   // when no draft model is given. 0: chosen by the cost model (see ChooseDraftLayers).
   int64_t draft_layers = 0;

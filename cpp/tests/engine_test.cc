@@ -59,6 +59,40 @@ TEST(Engine, SpeculativeGreedyIsIdenticalToTargetGreedy) {
   }
 }
 
+// EngineOptions::target_kv_dtype / draft_kv_dtype: a bf16 KV cache (half the bytes) on either
+// model keeps speculative decoding identical to target-only with that target's cache.
+TEST(Engine, Bf16KvCachesKeepSpeculativeIdenticalToTargetOnly) {
+  ModelWeights target = testing::SmallRandomModel(testing::SmallLlama(false), 11, 1.0f);
+  const std::vector<int32_t> prompt = {5, 17, 3, 88, 41, 9, 60};
+  EngineOptions f32 = Options(WeightPrecision::kBF16, 128, WeightPrecision::kQ4);
+  CascadeEngine plain(Cpu(), target, std::nullopt, f32);
+  ASSERT_EQ(plain.target().kv_dtype(), DType::kF32);  // the CPU plugin's default
+  const int64_t f32_bytes = plain.target().k_cache().byte_size();
+  for (auto [t, d] : {std::pair{DType::kBF16, DType::kF32}, std::pair{DType::kBF16, DType::kBF16},
+                      std::pair{DType::kF32, DType::kBF16}}) {
+    EngineOptions o = f32;
+    o.target_kv_dtype = t;
+    o.draft_kv_dtype = d;
+    CascadeEngine engine(Cpu(), target, std::nullopt, o);
+    EXPECT_EQ(engine.target().kv_dtype(), t);
+    EXPECT_EQ(engine.draft().kv_dtype(), d);
+    EXPECT_EQ(engine.target().k_cache().byte_size(), t == DType::kBF16 ? f32_bytes / 2 : f32_bytes);
+    GenerateOptions g;
+    g.max_tokens = 32;
+    g.mode = DecodeMode::kTarget;
+    const auto reference = engine.Generate(prompt, g).tokens;
+    ASSERT_EQ(reference.size(), 32u);
+    for (int64_t L : {1, 4, 12}) {
+      g.mode = DecodeMode::kSpeculative;
+      g.proposal_length = L;
+      EXPECT_EQ(engine.Generate(prompt, g).tokens, reference) << "target " << DTypeName(t) << " draft " << DTypeName(d) << " L=" << L;
+    }
+  }
+  EngineOptions bad = f32;
+  bad.target_kv_dtype = DType::kS32;
+  EXPECT_THROW(CascadeEngine(Cpu(), target, std::nullopt, bad), InvalidArgumentError);
+}
+
 // The draft lookahead (GenerateOptions::lookahead) guesses the draft's next tokens from an earlier
 // occurrence of the last two; rows of one call are bit-identical to separate calls, so turning it
 // on changes nothing but how many draft calls a generation makes, greedy or sampled.

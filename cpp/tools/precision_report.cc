@@ -1,6 +1,7 @@
 // Precision report for a model (issue: models): per weight precision, load time, peak RSS,
-// decode(1) tokens/s and verify(k)/decode(1); and the accuracy retention of bf16, int8 and q4 against
-// f32: top-1 agreement and mean KL(p_f32 || p_x) over positions of text the f32 model samples.
+// decode(1) tokens/s and verify(k)/decode(1); and the accuracy retention of bf16 (with an f32 and a
+// bf16 KV cache), int8 and q4 against f32: top-1 agreement and mean KL(p_f32 || p_x) over positions
+// of text the f32 model samples.
 //
 //   precision_report --model M.gguf --precision f32|bf16|int8|q4     (one precision, run one per process for RSS)
 //   precision_report --model M.gguf --retention [--positions 2048]
@@ -124,9 +125,16 @@ void Retention(const std::string& model, int64_t positions) {
   };
   std::vector<std::vector<float>> reference;
   for (auto& t : texts) reference.push_back(logits_of(f32, t));
-  for (WeightPrecision p : {WeightPrecision::kBF16, WeightPrecision::kInt8, WeightPrecision::kQ4}) {
+  // The weights at each precision with an f32 KV cache, and bf16 weights with a bf16 cache
+  // (EngineOptions::target_kv_dtype).
+  const std::pair<WeightPrecision, DType> variants[] = {{WeightPrecision::kBF16, DType::kF32},
+                                                         {WeightPrecision::kBF16, DType::kBF16},
+                                                         {WeightPrecision::kInt8, DType::kF32},
+                                                         {WeightPrecision::kQ4, DType::kF32}};
+  for (auto [p, kv] : variants) {
     DecoderOptions po = o;
     po.precision = p;
+    po.kv_dtype = kv;
     DecoderModel m(client, w, po);
     int64_t n = 0, agree = 0;
     double kl = 0;
@@ -149,7 +157,7 @@ void Retention(const std::string& model, int64_t positions) {
         ++n;
       }
     }
-    std::printf("  %s vs f32: top-1 agreement %.4f (%lld/%lld), mean KL %.5f nats\n", WeightPrecisionName(p),
+    std::printf("  %s (%s KV cache) vs f32: top-1 agreement %.4f (%lld/%lld), mean KL %.5f nats\n", WeightPrecisionName(p), DTypeName(kv),
                 static_cast<double>(agree) / n, static_cast<long long>(agree), static_cast<long long>(n), kl / n);
   }
 }

@@ -15,7 +15,7 @@ import { ChatSession, type ChatSessionOptions } from './chat-session.js';
 import { ConversationCache, conversationId, registerConversationCache } from './conversation-cache.js';
 import { choiceChecksum, draftChoicePath, findTokenizer, rememberedDraftLayers, tinyCachePath, writeFileAtomic } from './model-files.js';
 import { tinyFitPrompts } from './tiny-fit-prompts.js';
-import { checkGenerateOptions, checkInteger, checkPrecision, checkProposal, checkSignal, deviceMemoryLimit, emptyStats, logitBiasArrays } from './options.js';
+import { checkGenerateOptions, checkInteger, checkKvCache, checkPrecision, checkProposal, checkSignal, deviceMemoryLimit, emptyStats, logitBiasArrays } from './options.js';
 import { placementReport, type PlacementReport } from './placement.js';
 import { StopStringStream } from './text-stream.js';
 import type { CascadeLoadOptions, CascadeStats, GenerateOptions, GenerationResult, StageTimes, StreamPiece } from './types.js';
@@ -30,6 +30,7 @@ export type {
   GenerationResult,
   ModelInfo,
   Precision,
+  KvCacheType,
   StageTimes,
   StreamPiece,
 } from './types.js';
@@ -112,6 +113,7 @@ export class Cascade {
       throw new InvalidArgumentError('Cascade.load: draft must be the path of a model file or folder');
     }
     checkPrecision(options.precision);
+    checkKvCache(options.kvCache);
     checkSignal(options.signal);
     checkInteger('maxContext', options.maxContext, 2, 1 << 20);
     checkInteger('devices', options.devices, 1, 1024);
@@ -163,6 +165,9 @@ export class Cascade {
           draft: options.draft,
           targetPrecision,
           draftPrecision,
+          ...(options.kvCache === undefined || options.kvCache === 'auto'
+            ? {}
+            : { targetKvCache: options.kvCache.target, draftKvCache: options.kvCache.draft }),
           maxContext: options.maxContext,
           draftLayers: options.draftLayers ?? rememberedLayers,
           devices: options.devices,

@@ -6,7 +6,7 @@
  */
 import { InvalidArgumentError } from '../errors.js';
 import type { Cascade } from './cascade.js';
-import { type CascadeStats, type DecodeMode, type GenerateOptions, PRECISIONS, type Precision } from './types.js';
+import { type CascadeStats, type DecodeMode, type GenerateOptions, KV_CACHE_TYPES, type KvCacheType, PRECISIONS, type Precision } from './types.js';
 
 const MODES: readonly DecodeMode[] = ['target', 'speculative', 'cascade', 'auto'];
 
@@ -52,6 +52,19 @@ export function checkPrecision(p: unknown): void {
     const v = (p as Record<string, unknown>)[key];
     if (v !== undefined && !PRECISIONS.includes(v as Precision)) {
       throw new InvalidArgumentError(`precision.${key} must be one of ${PRECISIONS.join(', ')}, got ${JSON.stringify(v)}`);
+    }
+  }
+}
+
+export function checkKvCache(c: unknown): void {
+  if (c === undefined || c === 'auto') return;
+  if (typeof c !== 'object' || c === null) {
+    throw new InvalidArgumentError(`kvCache must be 'auto' or { target?, draft? } with ${KV_CACHE_TYPES.map((x) => `'${x}'`).join(' | ')}, got ${JSON.stringify(c)}`);
+  }
+  for (const key of ['target', 'draft'] as const) {
+    const v = (c as Record<string, unknown>)[key];
+    if (v !== undefined && !KV_CACHE_TYPES.includes(v as KvCacheType)) {
+      throw new InvalidArgumentError(`kvCache.${key} must be one of ${KV_CACHE_TYPES.join(', ')}, got ${JSON.stringify(v)}`);
     }
   }
 }

@@ -2,7 +2,7 @@
 import { type Command, Option } from 'commander';
 
 import type { DecodeMode, GenerateOptions } from '../cascade/cascade.js';
-import { PRECISIONS } from '../cascade/types.js';
+import { KV_CACHE_TYPES, PRECISIONS } from '../cascade/types.js';
 import { type NativeAddon, native } from '../native.js';
 
 export const pluginOption = () =>
@@ -57,7 +57,8 @@ export function nonNegativeNumber(flag: string): (v: string) => number {
 
 /**
  * The options that say which models to load and how (run, demo, chat, serve): --model, --draft,
- * --tiny, --devices, --draft-layers, --target-precision, --draft-precision, --plugin.
+ * --tiny, --devices, --draft-layers, --target-precision, --draft-precision, --target-kv-cache,
+ * --draft-kv-cache, --plugin.
  */
 export function addModelOptions(cmd: Command): Command {
   return cmd
@@ -68,6 +69,8 @@ export function addModelOptions(cmd: Command): Command {
     .option('--draft-layers <n>', 'layers of the self-speculative draft', positiveInteger('--draft-layers'))
     .addOption(new Option('--target-precision <p>', 'target weights on the device').choices(PRECISIONS))
     .addOption(new Option('--draft-precision <p>', 'draft weights on the device').choices(PRECISIONS))
+    .addOption(new Option('--target-kv-cache <t>', "the target's KV cache element type (bf16: half the memory, faster at long contexts; default: f32 on the CPU plugin)").choices(KV_CACHE_TYPES))
+    .addOption(new Option('--draft-kv-cache <t>', "the draft's KV cache element type (default: f32 on the CPU plugin)").choices(KV_CACHE_TYPES))
     .addOption(pluginOption());
 }
 

@@ -3,7 +3,7 @@ import { Command } from 'commander';
 import { mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
 
-import { Cascade, type CascadeStats, type DecodeMode, type Precision } from '../../cascade/cascade.js';
+import { Cascade, type CascadeStats, type DecodeMode, type KvCacheType, type Precision } from '../../cascade/cascade.js';
 import { resolveModel } from '../../models/catalog.js';
 import { cachePath, compileCacheDir } from '../../utils/cache.js';
 import { printJson, table } from '../output.js';
@@ -54,6 +54,8 @@ export interface LoadFlags extends DecodingFlags {
   draftLayers?: number | undefined;
   targetPrecision?: Precision | undefined;
   draftPrecision?: Precision | undefined;
+  targetKvCache?: KvCacheType | undefined;
+  draftKvCache?: KvCacheType | undefined;
   maxContext?: number;
   /** Conversations whose KV caches stay resident (serve sets it to its slots). */
   maxSequences?: number;
@@ -66,7 +68,7 @@ const LOAD_TIMES_KEPT = 50;
 
 async function loadKey(target: string, draft: string | undefined, opts: LoadFlags, tiny: string | undefined): Promise<string> {
   const st = await stat(target).catch(() => undefined);
-  return JSON.stringify([target, st?.size, st?.mtimeMs, draft, opts.targetPrecision, opts.draftPrecision, opts.draftLayers, opts.maxContext, opts.devices, tiny, opts.plugin]);
+  return JSON.stringify([target, st?.size, st?.mtimeMs, draft, opts.targetPrecision, opts.draftPrecision, opts.targetKvCache, opts.draftKvCache, opts.draftLayers, opts.maxContext, opts.devices, tiny, opts.plugin]);
 }
 
 async function readLoadTimes(): Promise<LoadTimes> {
@@ -164,6 +166,7 @@ export async function loadForCli(opts: LoadFlags, quiet: boolean): Promise<{ cas
       draftLayers: opts.draftLayers,
       tiny,
       precision: opts.targetPrecision || opts.draftPrecision ? { target: opts.targetPrecision, draft: opts.draftPrecision } : 'auto',
+      kvCache: opts.targetKvCache || opts.draftKvCache ? { target: opts.targetKvCache, draft: opts.draftKvCache } : 'auto',
     });
     await programs;
     times[key] = Math.round(performance.now() - loadStarted);
