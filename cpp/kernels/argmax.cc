@@ -5,6 +5,10 @@
 #include "kernels/int8_matmul.h"
 
 #if defined(__x86_64__)
+// GCC 12 warns about the undefined vectors inside its own AVX-512 intrinsics (_mm512_reduce_max_ps
+// builds them from _mm256_undefined_pd()); they are never read (as in head_argmax.cc).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 #define CASCADE_ARGMAX_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 #endif

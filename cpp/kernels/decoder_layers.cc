@@ -13,6 +13,10 @@
 #include "kernels/transpose16.h"
 
 #if defined(__x86_64__)
+// GCC 12 warns about the undefined vectors inside its own AVX-512 intrinsics wherever they are
+// inlined (_mm512_reduce_add_ps builds them from _mm256_undefined_pd()); they are never read.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 #define CASCADE_HAS_X86 1
 #define CASCADE_AVX512_FN __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
@@ -144,11 +148,6 @@ uint16_t Bf16Bits(float f) {
 // How far ahead attention's loops prefetch cache slots (rows of head_dim floats).
 constexpr int64_t kPrefetchSlots = 8;
 
-// GCC 12's AVX-512 headers build these intrinsics from _mm*_undefined_*() values and then warn
-// that those "may be used uninitialized" wherever they are inlined; they are never read.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
 // Four dots of q against rows a..d (hd % 16 == 0): 16-lane FMA partial sums, then per row the tree
 // (lanes i + i+8) + (i+4 + i+12) -> ((0 + 2) + (1 + 3)), four rows at once in the last step.
 CASCADE_AVX512_FN __m128 Dot4Avx512(const float* q, const float* a, const float* b, const float* c, const float* d,
@@ -415,7 +414,6 @@ CASCADE_AVX512_FN void AddAvx512(float* h, const float* a, int64_t n) {
   }
 }
 
-#pragma GCC diagnostic pop
 
 void WeightedRowsHeadsAvx512Any(const float* w, int64_t heads, const float* const* rows, int64_t n, int64_t hd,
                                 float* out) {
