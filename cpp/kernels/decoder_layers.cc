@@ -15,7 +15,9 @@
 #if defined(__x86_64__)
 // GCC 12 warns about the undefined vectors inside its own AVX-512 intrinsics wherever they are
 // inlined (_mm512_reduce_add_ps builds them from _mm256_undefined_pd()); they are never read.
+#if !defined(__clang__)  // clang has no -Wmaybe-uninitialized (and warns about the name)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 #define CASCADE_HAS_X86 1

@@ -36,7 +36,9 @@ namespace {
 #if defined(__x86_64__)
 // GCC 12's AVX-512 headers warn about their own _mm*_undefined_*() operands (never read).
 #pragma GCC diagnostic push
+#if !defined(__clang__)  // clang has no -Wmaybe-uninitialized (and warns about the name)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #pragma GCC diagnostic ignored "-Wuninitialized"
 // e^z for z <= 0: z = k ln2 + r with |r| <= ln2 / 2 (ln2 split in two so k * ln2_hi is exact),
 // e^r by its Taylor polynomial to r^12 (truncation ~2e-16 relative), times 2^k by scalef.

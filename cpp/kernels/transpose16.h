@@ -13,7 +13,9 @@ namespace kernels {
 // GCC 12's AVX-512 headers build the shuffles from _mm512_undefined_ps() and then warn that it
 // "may be used uninitialized" wherever they are inlined; it is never read.
 #pragma GCC diagnostic push
+#if !defined(__clang__)  // clang has no -Wmaybe-uninitialized (and warns about the name)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #pragma GCC diagnostic ignored "-Wuninitialized"
 // In place: afterwards r[j] lane i is what r[i] lane j was.
 __attribute__((target("avx512f"), always_inline)) inline void Transpose16x16(__m512* r) {
