@@ -6,7 +6,7 @@
  */
 import { InvalidArgumentError } from '../errors.js';
 import type { Cascade } from './cascade.js';
-import { type CascadeStats, type DecodeMode, type GenerateOptions, KV_CACHE_TYPES, type KvCacheType, PRECISIONS, type Precision } from './types.js';
+import { type CascadeStats, type DecodeMode, type GenerateOptions, KV_CACHE_TYPES, PRECISIONS } from './types.js';
 
 const MODES: readonly DecodeMode[] = ['target', 'speculative', 'cascade', 'auto'];
 
@@ -43,30 +43,26 @@ export function checkSignal(signal: unknown): void {
 }
 
 
-export function checkPrecision(p: unknown): void {
-  if (p === undefined || p === 'auto') return;
-  if (typeof p !== 'object' || p === null) {
-    throw new InvalidArgumentError(`precision must be 'auto' or { target?, draft? } with ${PRECISIONS.map((x) => `'${x}'`).join(' | ')}, got ${JSON.stringify(p)}`);
+/** A per-model option (`precision`, `kvCache`): 'auto', or { target?, draft? } with values from `allowed`. */
+function checkPerModel(name: string, v: unknown, allowed: readonly string[]): void {
+  if (v === undefined || v === 'auto') return;
+  if (typeof v !== 'object' || v === null) {
+    throw new InvalidArgumentError(`${name} must be 'auto' or { target?, draft? } with ${allowed.map((x) => `'${x}'`).join(' | ')}, got ${JSON.stringify(v)}`);
   }
   for (const key of ['target', 'draft'] as const) {
-    const v = (p as Record<string, unknown>)[key];
-    if (v !== undefined && !PRECISIONS.includes(v as Precision)) {
-      throw new InvalidArgumentError(`precision.${key} must be one of ${PRECISIONS.join(', ')}, got ${JSON.stringify(v)}`);
+    const value = (v as Record<string, unknown>)[key];
+    if (value !== undefined && !allowed.includes(value as string)) {
+      throw new InvalidArgumentError(`${name}.${key} must be one of ${allowed.join(', ')}, got ${JSON.stringify(value)}`);
     }
   }
 }
 
+export function checkPrecision(p: unknown): void {
+  checkPerModel('precision', p, PRECISIONS);
+}
+
 export function checkKvCache(c: unknown): void {
-  if (c === undefined || c === 'auto') return;
-  if (typeof c !== 'object' || c === null) {
-    throw new InvalidArgumentError(`kvCache must be 'auto' or { target?, draft? } with ${KV_CACHE_TYPES.map((x) => `'${x}'`).join(' | ')}, got ${JSON.stringify(c)}`);
-  }
-  for (const key of ['target', 'draft'] as const) {
-    const v = (c as Record<string, unknown>)[key];
-    if (v !== undefined && !KV_CACHE_TYPES.includes(v as KvCacheType)) {
-      throw new InvalidArgumentError(`kvCache.${key} must be one of ${KV_CACHE_TYPES.join(', ')}, got ${JSON.stringify(v)}`);
-    }
-  }
+  checkPerModel('kvCache', c, KV_CACHE_TYPES);
 }
 
 export function checkNumber(name: string, v: unknown, ok: (v: number) => boolean, expected: string): void {
