@@ -44,8 +44,9 @@ for (let pass = 0; pass < 2; pass++)
           `first token after ${s.firstTokenMs.toFixed(0)} ms (${s.cachedTokens} prompt tokens reused)`,
       );
     }
-const first = Object.values(loaded)[0];
-const ids = first.tokenizer.encode(first.tokenizer.applyChatTemplate(prompt, { addGenerationPrompt: true }));
+// The prompt's token ids, for node-llama-cpp below (every loaded Cascade has the same tokenizer).
+const { tokenizer } = Object.values(loaded)[0];
+const ids = tokenizer.encode(tokenizer.applyChatTemplate(prompt, { addGenerationPrompt: true }));
 for (const c of Object.values(loaded)) await c.dispose();
 
 // node-llama-cpp on the same token ids, as the bench's worker runs it (scripts/bench-llama-worker.mjs:
