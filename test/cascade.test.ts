@@ -141,21 +141,24 @@ describe('Cascade on SmolLM2-135M-Instruct', () => {
   }, 300_000);
 });
 
-describe('a bf16 KV cache', () => {
-  it('halves the cache and keeps speculative decoding identical to target-only', async () => {
+describe('the KV cache types', () => {
+  it('default to bf16 for the bf16 target and f32 for the q4 draft on the CPU plugin, and keep speculative decoding identical to target-only', async () => {
     const { path } = await ensureDefaultModel();
     const maxContext = 256;
-    await using c = await Cascade.load({ target: path, maxContext, kvCache: { target: 'bf16' }, draftLayers: 30 });
-    expect(c.info.targetKvCache).toBe('bf16');
-    expect(c.info.draftKvCache).toBe('f32');
-    const { layers, kvHeads, headDim } = c.info.target;
-    const slots = 2 * layers * kvHeads * maxContext * headDim;
-    expect(c.info.memory.target.kvCacheBytes).toBe(slots * 2);
-    expect(c.info.memory.draft.kvCacheBytes).toBe(slots * 4);
-    const base = await c.generate(PROMPTS[0]!, { mode: 'target', maxTokens: 24, stopAtEos: false });
-    expect(base.tokens).toHaveLength(24);
-    const spec = await c.generate(PROMPTS[0]!, { mode: 'speculative', k1: 6, maxTokens: 24, stopAtEos: false });
-    expect(spec.tokens).toEqual(base.tokens);
+    for (const kvCache of ['auto', { target: 'f32', draft: 'bf16' }] as const) {
+      await using c = await Cascade.load({ target: path, maxContext, kvCache, draftLayers: 30 });
+      const [target, draft] = kvCache === 'auto' ? ['bf16', 'f32'] : ['f32', 'bf16'];
+      expect(c.info.targetKvCache).toBe(target);
+      expect(c.info.draftKvCache).toBe(draft);
+      const { layers, kvHeads, headDim } = c.info.target;
+      const slots = 2 * layers * kvHeads * maxContext * headDim;
+      expect(c.info.memory.target.kvCacheBytes).toBe(slots * (target === 'bf16' ? 2 : 4));
+      expect(c.info.memory.draft.kvCacheBytes).toBe(slots * (draft === 'bf16' ? 2 : 4));
+      const base = await c.generate(PROMPTS[0]!, { mode: 'target', maxTokens: 24, stopAtEos: false });
+      expect(base.tokens).toHaveLength(24);
+      const spec = await c.generate(PROMPTS[0]!, { mode: 'speculative', k1: 6, maxTokens: 24, stopAtEos: false });
+      expect(spec.tokens).toEqual(base.tokens);
+    }
   }, 600_000);
 });
 

@@ -11,6 +11,13 @@
 #include "pjrt/errors.h"
 
 namespace cascade {
+
+DType DefaultKvDtype(bool cpu_plugin, WeightPrecision precision) {
+  if (precision == WeightPrecision::kF32) return DType::kF32;
+  if (!cpu_plugin) return DType::kBF16;
+  return precision == WeightPrecision::kBF16 || precision == WeightPrecision::kBF16Q4 ? DType::kBF16 : DType::kF32;
+}
+
 namespace {
 
 // The order of a precision's q4 values: bf16q4 keeps each row's values together (its AMX
@@ -213,7 +220,7 @@ DecoderModel::DecoderModel(std::shared_ptr<Client> client, const ModelWeights& w
   replicas_.resize(static_cast<size_t>(options_.replicas));
   for (size_t r = 0; r < replicas_.size(); ++r) replicas_[r].device = options_.replicas > 1 ? r : options_.device_index;
   const bool cpu = client_->platform_name() == "cpu";
-  kv_dtype_ = options_.kv_dtype.value_or(cpu || options_.precision == WeightPrecision::kF32 ? DType::kF32 : DType::kBF16);
+  kv_dtype_ = options_.kv_dtype.value_or(DefaultKvDtype(cpu, options_.precision));
   if (kv_dtype_ != DType::kF32 && kv_dtype_ != DType::kBF16)
     throw InvalidArgumentError("DecoderModel: kv_dtype must be f32 or bf16");
   layer_arena_ = UsesLayerArena(ChooseMatmulMode(*client_, options_.precision, options_.matmul));

@@ -49,15 +49,11 @@ ModelWeights EffectiveWeights(const ModelWeights& weights, WeightPrecision preci
 struct DecoderOptions {
   WeightPrecision precision = WeightPrecision::kF32;
   int64_t max_context = 256;        // cache slots C
-  // Default: f32 on the CPU plugin and for kF32 weights, bf16 otherwise. bf16 on the CPU plugin
-  // works in the fused layer stack (stored as u16 bits, model/programs.h KvCacheStorage; new rows
-  // rounded before any row reads them) and halves the cache, but is not the default there
-  // (session 18, 12 chat requests x 128 tokens): a bf16 draft cache cost acceptance (speculative
-  // 10.3 -> 9.85 tokens per target call, draft calls +9%) and at these contexts saved no
-  // measurable time (decoder_bench bf16q4 attention at slot 250: 1.38 vs 1.39 ms; ~-0.4 ms a step
-  // at slot 400 in some runs). In the plain programs (matmul modes other than kFused) XLA CPU
-  // updates a bf16 cache by converting the whole [layers, ...] cache to f32 and back in every
-  // layer: O(layers^2 x context) bytes per step, measured 2.5x slower than the int8 weights' own cost.
+  // Default: DefaultKvDtype below. bf16 on the CPU plugin works in the fused layer stack (stored as
+  // u16 bits, model/programs.h KvCacheStorage; new rows rounded before any row reads them). In the
+  // plain programs (matmul modes other than kFused) XLA CPU updates a bf16 cache by converting the
+  // whole [layers, ...] cache to f32 and back in every layer: O(layers^2 x context) bytes per step,
+  // measured 2.5x slower than the int8 weights' own cost.
   std::optional<DType> kv_dtype;
   size_t device_index = 0;
   MatmulMode matmul = MatmulMode::kAuto;
@@ -66,6 +62,15 @@ struct DecoderOptions {
   // identical); ForwardSharded() gives each replica its own inputs (e.g. a share of the branches).
   int64_t replicas = 1;
 };
+
+// The KV cache type a DecoderModel takes when DecoderModelOptions::kv_dtype is unset: f32 for f32
+// weights (the exact reference); on the CPU plugin bf16 for weights computed in bf16 (kBF16,
+// kBF16Q4: a target) and f32 for int8 / q4 (a draft); bf16 on every other plugin. On the CPU
+// plugin a bf16 target cache costs nothing at short contexts and saves ~8-12% of a target-only
+// token after a 1,436-token prompt (session 20, scripts/long-context.mjs), with the same retention
+// against the f32 model (precision_report: top-1 0.9971 vs 0.9966); a bf16 draft cache cost
+// acceptance (session 18: speculative 10.3 -> 9.85 tokens per target call on chat text).
+DType DefaultKvDtype(bool cpu_plugin, WeightPrecision precision);
 
 // Extra inputs of a Forward call.
 struct ForwardInputs {

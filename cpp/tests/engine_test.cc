@@ -64,13 +64,20 @@ TEST(Engine, SpeculativeGreedyIsIdenticalToTargetGreedy) {
 TEST(Engine, Bf16KvCachesKeepSpeculativeIdenticalToTargetOnly) {
   ModelWeights target = testing::SmallRandomModel(testing::SmallLlama(false), 11, 1.0f);
   const std::vector<int32_t> prompt = {5, 17, 3, 88, 41, 9, 60};
-  EngineOptions f32 = Options(WeightPrecision::kBF16, 128, WeightPrecision::kQ4);
-  CascadeEngine plain(Cpu(), target, std::nullopt, f32);
-  ASSERT_EQ(plain.target().kv_dtype(), DType::kF32);  // the CPU plugin's default
-  const int64_t f32_bytes = plain.target().k_cache().byte_size();
-  for (auto [t, d] : {std::pair{DType::kBF16, DType::kF32}, std::pair{DType::kBF16, DType::kBF16},
-                      std::pair{DType::kF32, DType::kBF16}}) {
-    EngineOptions o = f32;
+  EngineOptions defaults = Options(WeightPrecision::kBF16, 128, WeightPrecision::kQ4);
+  CascadeEngine plain(Cpu(), target, std::nullopt, defaults);
+  // The CPU plugin's defaults (model/decoder.h DefaultKvDtype): bf16 for the bf16 target, f32
+  // for the q4 draft and for f32 weights.
+  ASSERT_EQ(plain.target().kv_dtype(), DType::kBF16);
+  ASSERT_EQ(plain.draft().kv_dtype(), DType::kF32);
+  EXPECT_EQ(CascadeEngine(Cpu(), target, std::nullopt, Options(WeightPrecision::kF32, 128, WeightPrecision::kQ4))
+                .target()
+                .kv_dtype(),
+            DType::kF32);
+  const int64_t f32_bytes = plain.target().k_cache().byte_size() * 2;
+  for (auto [t, d] : {std::pair{DType::kF32, DType::kF32}, std::pair{DType::kBF16, DType::kF32},
+                      std::pair{DType::kBF16, DType::kBF16}, std::pair{DType::kF32, DType::kBF16}}) {
+    EngineOptions o = defaults;
     o.target_kv_dtype = t;
     o.draft_kv_dtype = d;
     CascadeEngine engine(Cpu(), target, std::nullopt, o);
@@ -88,7 +95,7 @@ TEST(Engine, Bf16KvCachesKeepSpeculativeIdenticalToTargetOnly) {
       EXPECT_EQ(engine.Generate(prompt, g).tokens, reference) << "target " << DTypeName(t) << " draft " << DTypeName(d) << " L=" << L;
     }
   }
-  EngineOptions bad = f32;
+  EngineOptions bad = defaults;
   bad.target_kv_dtype = DType::kS32;
   EXPECT_THROW(CascadeEngine(Cpu(), target, std::nullopt, bad), InvalidArgumentError);
 }
