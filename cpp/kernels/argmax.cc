@@ -5,13 +5,7 @@
 #include "kernels/int8_matmul.h"
 
 #if defined(__x86_64__)
-// GCC 12 warns about the undefined vectors inside its own AVX-512 intrinsics (_mm512_reduce_max_ps
-// builds them from _mm256_undefined_pd()); they are never read (as in head_argmax.cc).
-#if !defined(__clang__)  // clang has no -Wmaybe-uninitialized (and warns about the name)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <immintrin.h>
+#include "kernels/x86_intrinsics.h"
 #define CASCADE_ARGMAX_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 #endif
 

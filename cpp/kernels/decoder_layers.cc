@@ -13,13 +13,7 @@
 #include "kernels/transpose16.h"
 
 #if defined(__x86_64__)
-// GCC 12 warns about the undefined vectors inside its own AVX-512 intrinsics wherever they are
-// inlined (_mm512_reduce_add_ps builds them from _mm256_undefined_pd()); they are never read.
-#if !defined(__clang__)  // clang has no -Wmaybe-uninitialized (and warns about the name)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <immintrin.h>
+#include "kernels/x86_intrinsics.h"
 #define CASCADE_HAS_X86 1
 #define CASCADE_AVX512_FN __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 #else

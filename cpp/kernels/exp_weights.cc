@@ -6,7 +6,7 @@
 #include "kernels/int8_matmul.h"
 
 #if defined(__x86_64__)
-#include <immintrin.h>
+#include "kernels/x86_intrinsics.h"
 #define CASCADE_EXP_AVX512 __attribute__((target("avx512f,avx512vl")))
 #endif
 
@@ -34,12 +34,6 @@ double SumOfWeightsScalar(const double* p, int64_t n, bool* invalid, bool* zero)
 namespace {
 
 #if defined(__x86_64__)
-// GCC 12's AVX-512 headers warn about their own _mm*_undefined_*() operands (never read).
-#pragma GCC diagnostic push
-#if !defined(__clang__)  // clang has no -Wmaybe-uninitialized (and warns about the name)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#pragma GCC diagnostic ignored "-Wuninitialized"
 // e^z for z <= 0: z = k ln2 + r with |r| <= ln2 / 2 (ln2 split in two so k * ln2_hi is exact),
 // e^r by its Taylor polynomial to r^12 (truncation ~2e-16 relative), times 2^k by scalef.
 CASCADE_EXP_AVX512 __m512d ExpPd(__m512d z) {
@@ -93,7 +87,6 @@ CASCADE_EXP_AVX512 double SumOfWeightsAvx512(const double* p, int64_t n, bool* i
   _mm512_store_pd(part, sum);
   return ((part[0] + part[4]) + (part[2] + part[6])) + ((part[1] + part[5]) + (part[3] + part[7]));
 }
-#pragma GCC diagnostic pop
 #endif
 
 }  // namespace

@@ -12,13 +12,7 @@
 #include "util/float16.h"
 
 #if defined(__x86_64__)
-// GCC 12 warns about the undefined vectors inside its own AVX-512 intrinsics (as in
-// decoder_layers.cc).
-#if !defined(__clang__)  // clang has no -Wmaybe-uninitialized (and warns about the name)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <immintrin.h>
+#include "kernels/x86_intrinsics.h"
 #define CASCADE_HEAD_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 #endif
 

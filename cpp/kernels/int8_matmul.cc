@@ -1,18 +1,11 @@
 #include "util/float16.h"
 #include "kernels/int8_matmul.h"
 
-#if !defined(__clang__)
-// GCC 12 warns about the undefined vectors inside its own AVX-512 intrinsics (the reduce and
-// extract helpers build them from _mm*_undefined_*()) wherever they are inlined; never read.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
-
 #include "kernels/cpu_relax.h"
 #include "kernels/transpose16.h"
 
 #if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
+#include "kernels/x86_intrinsics.h"
 #include <sys/syscall.h>
 #include <unistd.h>
 #define CASCADE_X86 1

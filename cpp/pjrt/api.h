@@ -57,7 +57,9 @@ class Api {
   void memcpy_fn(void* out, size_t offset) const;
 
   std::string path_;
-  void* handle_;
+  // The dlopen handle. Never closed: a loaded plugin stays for the process's life (its threads
+  // and static state outlive any client; LoadedPlugins in api.cc shares it between clients).
+  [[maybe_unused]] void* handle_;
   const PJRT_Api* api_;
   int major_ = 0;
   int minor_ = 0;
