@@ -12,10 +12,11 @@
 
 namespace cascade {
 
-DType DefaultKvDtype(bool cpu_plugin, WeightPrecision precision) {
+DType DefaultKvDtype(bool cpu_plugin, bool fused_layers, WeightPrecision precision) {
   if (precision == WeightPrecision::kF32) return DType::kF32;
   if (!cpu_plugin) return DType::kBF16;
-  return precision == WeightPrecision::kBF16 || precision == WeightPrecision::kBF16Q4 ? DType::kBF16 : DType::kF32;
+  const bool bf16_weights = precision == WeightPrecision::kBF16 || precision == WeightPrecision::kBF16Q4;
+  return bf16_weights && fused_layers ? DType::kBF16 : DType::kF32;
 }
 
 namespace {
@@ -220,10 +221,10 @@ DecoderModel::DecoderModel(std::shared_ptr<Client> client, const ModelWeights& w
   replicas_.resize(static_cast<size_t>(options_.replicas));
   for (size_t r = 0; r < replicas_.size(); ++r) replicas_[r].device = options_.replicas > 1 ? r : options_.device_index;
   const bool cpu = client_->platform_name() == "cpu";
-  kv_dtype_ = options_.kv_dtype.value_or(DefaultKvDtype(cpu, options_.precision));
+  layer_arena_ = UsesLayerArena(ChooseMatmulMode(*client_, options_.precision, options_.matmul));
+  kv_dtype_ = options_.kv_dtype.value_or(DefaultKvDtype(cpu, layer_arena_, options_.precision));
   if (kv_dtype_ != DType::kF32 && kv_dtype_ != DType::kBF16)
     throw InvalidArgumentError("DecoderModel: kv_dtype must be f32 or bf16");
-  layer_arena_ = UsesLayerArena(ChooseMatmulMode(*client_, options_.precision, options_.matmul));
   // One tensor group at a time, so the host holds at most one converted matrix at once (besides
   // the current layer's arena, filled piece by piece and uploaded after the layer's last piece).
   auto layout = WeightParamLayout(config_, options_.precision);

@@ -507,6 +507,30 @@ TEST(decoder_llama, RejectsBadCallsBeforeThePlugin) {
 
 // ------------------------------------------------------------------------------------ precision
 
+// The KV cache type a model takes by default (model/decoder.h DefaultKvDtype): on the CPU plugin
+// bf16 only for bf16 weights in the fused layer stack (the plain programs update a bf16 cache by
+// converting all of it), f32 for f32, int8 and q4 weights; bf16 on other plugins unless f32.
+TEST(decoder_precision, DefaultKvCacheType) {
+  EXPECT_EQ(DefaultKvDtype(true, true, WeightPrecision::kBF16), DType::kBF16);
+  EXPECT_EQ(DefaultKvDtype(true, true, WeightPrecision::kBF16Q4), DType::kBF16);
+  EXPECT_EQ(DefaultKvDtype(true, false, WeightPrecision::kBF16), DType::kF32);
+  for (WeightPrecision p : {WeightPrecision::kF32, WeightPrecision::kInt8, WeightPrecision::kQ4})
+    EXPECT_EQ(DefaultKvDtype(true, true, p), DType::kF32) << WeightPrecisionName(p);
+  EXPECT_EQ(DefaultKvDtype(false, false, WeightPrecision::kF32), DType::kF32);
+  for (WeightPrecision p : {WeightPrecision::kBF16, WeightPrecision::kInt8, WeightPrecision::kQ4})
+    EXPECT_EQ(DefaultKvDtype(false, false, p), DType::kBF16) << WeightPrecisionName(p);
+  ModelWeights w = RandomWeights(TinyLlama(), 7);
+  auto client = Cpu();
+  for (MatmulMode mode : {MatmulMode::kAuto, MatmulMode::kUpcastWeights}) {
+    DecoderOptions o;
+    o.max_context = kContext;
+    o.precision = WeightPrecision::kBF16;
+    o.matmul = mode;
+    DecoderModel m(client, w, o);
+    EXPECT_EQ(m.kv_dtype(), mode == MatmulMode::kAuto ? DType::kBF16 : DType::kF32) << "matmul mode " << static_cast<int>(mode);
+  }
+}
+
 TEST(decoder_precision, Int8QuantisationIsPerOutputRow) {
   HostTensor w = F32({2, 3}, {0.5f, -1.27f, 0.01f, 0, 0, 0});
   Int8Matrix q = QuantizeInt8PerChannel(w);

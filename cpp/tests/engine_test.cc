@@ -307,38 +307,44 @@ TEST(Engine, ShardedVerificationGivesTheSameTokensOnOneTwoAndFourDevices) {
   ModelConfig config = testing::SmallLlama(false, 300);
   ModelWeights target = testing::SmallRandomModel(config, 16, 1.0f);
   const std::vector<int32_t> prompt = {3, 1, 4, 1, 5};
-  GenerateOptions g;
-  g.mode = DecodeMode::kTarget;
-  g.max_tokens = 24;
-  const auto greedy_reference = [&] {
-    CascadeEngine one(client, target, std::nullopt, Options());
-    return one.Generate(prompt, g).tokens;
-  }();
-  g.mode = DecodeMode::kCascade;
-  g.candidates = 32;
-  g.proposal_length = 3;
-  std::vector<std::vector<int32_t>> sampled;
-  for (int64_t D : {1, 2, 4}) {
-    EngineOptions o = Options();
-    o.devices = D;
-    CascadeEngine engine(client, target, std::nullopt, o);
-    // Each replica runs the tiny on its own shard's hidden states.
-    engine.SetTiny(RandomTiny(config.hidden_size, 32, config.vocab_size, 8, 1.0f, TinyInput::kDraftHidden));
-    g.sampling = {};
-    EXPECT_EQ(engine.Generate(prompt, g).tokens, greedy_reference) << "hidden-state tiny, D=" << D;
-    engine.SetTiny(RandomTiny(config.hidden_size, 32, config.vocab_size, 8));
-    for (int64_t B : {1, 3, 4}) {
-      g.branches = B;
+  // The f32 target with its f32 KV cache, and the bf16 target with its default bf16 cache
+  // (model/decoder.h DefaultKvDtype), replicated on every device.
+  for (WeightPrecision precision : {WeightPrecision::kF32, WeightPrecision::kBF16}) {
+    GenerateOptions g;
+    g.mode = DecodeMode::kTarget;
+    g.max_tokens = 24;
+    const auto greedy_reference = [&] {
+      CascadeEngine one(client, target, std::nullopt, Options(precision));
+      return one.Generate(prompt, g).tokens;
+    }();
+    g.mode = DecodeMode::kCascade;
+    g.candidates = 32;
+    g.proposal_length = 3;
+    std::vector<std::vector<int32_t>> sampled;
+    for (int64_t D : {1, 2, 4}) {
+      EngineOptions o = Options(precision);
+      o.devices = D;
+      CascadeEngine engine(client, target, std::nullopt, o);
+      ASSERT_EQ(engine.target().kv_dtype(), precision == WeightPrecision::kF32 ? DType::kF32 : DType::kBF16);
+      const std::string where = std::string(WeightPrecisionName(precision)) + " D=" + std::to_string(D);
+      // Each replica runs the tiny on its own shard's hidden states.
+      engine.SetTiny(RandomTiny(config.hidden_size, 32, config.vocab_size, 8, 1.0f, TinyInput::kDraftHidden));
       g.sampling = {};
-      auto r = engine.Generate(prompt, g);
-      EXPECT_EQ(r.tokens, greedy_reference) << "T=0 D=" << D << " B=" << B;
-      g.sampling = {0.8, 0, 1.0};
-      g.seed = 42;
-      auto s = engine.Generate(prompt, g);
-      if (D == 1) sampled.push_back(s.tokens);
-      else EXPECT_EQ(s.tokens, sampled[B == 1 ? 0 : B == 3 ? 1 : 2]) << "T=0.8 D=" << D << " B=" << B;
-      std::printf("  D=%lld B=%lld: tau %.2f (greedy), %.2f (T=0.8)\n", static_cast<long long>(D),
-                  static_cast<long long>(B), r.stats.tau(), s.stats.tau());
+      EXPECT_EQ(engine.Generate(prompt, g).tokens, greedy_reference) << "hidden-state tiny, " << where;
+      engine.SetTiny(RandomTiny(config.hidden_size, 32, config.vocab_size, 8));
+      for (int64_t B : {1, 3, 4}) {
+        g.branches = B;
+        g.sampling = {};
+        auto r = engine.Generate(prompt, g);
+        EXPECT_EQ(r.tokens, greedy_reference) << "T=0 " << where << " B=" << B;
+        g.sampling = {0.8, 0, 1.0};
+        g.seed = 42;
+        auto s = engine.Generate(prompt, g);
+        if (D == 1) sampled.push_back(s.tokens);
+        else EXPECT_EQ(s.tokens, sampled[B == 1 ? 0 : B == 3 ? 1 : 2]) << "T=0.8 " << where << " B=" << B;
+        std::printf("  %s B=%lld: tau %.2f (greedy), %.2f (T=0.8)\n", where.c_str(), static_cast<long long>(B),
+                    r.stats.tau(), s.stats.tau());
+      }
     }
   }
 }
