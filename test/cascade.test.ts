@@ -3,7 +3,7 @@
 // (abort, queueing, dispose, bad options) behaves.
 import { describe, expect, it } from 'vitest';
 
-import { Cascade, DisposedError, InvalidArgumentError } from '../src/index.js';
+import { Cascade, DisposedError, InvalidArgumentError, OutOfMemoryError } from '../src/index.js';
 import { ensureDefaultModel } from '../src/models/default-model.js';
 import { SMALL_F32, withDefaultCascade } from './helpers/default-cascade.js';
 
@@ -142,12 +142,14 @@ describe('Cascade on SmolLM2-135M-Instruct', () => {
 });
 
 describe('the KV cache types', () => {
+  // CASCADE_FFI_KERNELS=0 (the plain programs) keeps f32 for the target too (model/decoder.h DefaultKvDtype).
+  const fused = process.env['CASCADE_FFI_KERNELS'] !== '0';
   it('default to bf16 for the bf16 target and f32 for the q4 draft on the CPU plugin, and keep speculative decoding identical to target-only', async () => {
     const { path } = await ensureDefaultModel();
     const maxContext = 256;
     for (const kvCache of ['auto', { target: 'f32', draft: 'bf16' }] as const) {
       await using c = await Cascade.load({ target: path, maxContext, kvCache, draftLayers: 30 });
-      const [target, draft] = kvCache === 'auto' ? ['bf16', 'f32'] : ['f32', 'bf16'];
+      const [target, draft] = kvCache === 'auto' ? [fused ? 'bf16' : 'f32', 'f32'] : ['f32', 'bf16'];
       expect(c.info.targetKvCache).toBe(target);
       expect(c.info.draftKvCache).toBe(draft);
       const { layers, kvHeads, headDim } = c.info.target;
@@ -159,6 +161,22 @@ describe('the KV cache types', () => {
       const spec = await c.generate(PROMPTS[0]!, { mode: 'speculative', k1: 6, maxTokens: 24, stopAtEos: false });
       expect(spec.tokens).toEqual(base.tokens);
     }
+  }, 600_000);
+
+  it('the memory check counts the cache type the target will take', async () => {
+    if (!fused) return;
+    const { path } = await ensureDefaultModel();
+    const options = { target: path, maxContext: 2048, draftLayers: 30 } as const;
+    const probe = await Cascade.load(options);
+    const { target, draft } = probe.info.memory;
+    expect(probe.info.targetKvCache).toBe('bf16');
+    // A limit between what the default (bf16 target cache) and an f32 target cache need.
+    const limit = target.weightBytes + target.kvCacheBytes + draft.weightBytes + draft.kvCacheBytes + target.kvCacheBytes / 2;
+    await probe.dispose();
+    const fits = await Cascade.load({ ...options, maxDeviceMemory: Math.round(limit) });
+    expect(fits.info.targetKvCache).toBe('bf16');
+    await fits.dispose();
+    await expect(Cascade.load({ ...options, kvCache: { target: 'f32' }, maxDeviceMemory: Math.round(limit) })).rejects.toThrow(OutOfMemoryError);
   }, 600_000);
 });
 

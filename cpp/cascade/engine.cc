@@ -135,7 +135,9 @@ CascadeEngine::CascadeEngine(std::shared_ptr<Client> client, const ModelWeights&
   DecoderOptions d = t;
   d.replicas = 1;
   d.precision = options.draft_precision;
-  d.kv_dtype = options.draft_kv_dtype;
+  // A draft's cache stays f32 on the CPU plugin whatever its weights (model/decoder.h DefaultKvDtype).
+  d.kv_dtype = options.draft_kv_dtype ? options.draft_kv_dtype
+                                      : std::optional<DType>(DefaultKvDtype(*client_, d.precision, d.matmul, /*draft=*/true));
   if (draft) {
     draft_ = std::make_unique<DecoderModel>(client_, *draft, d);
   } else {

@@ -44,8 +44,8 @@ struct EngineOptions {
   // Element type of each model's KV cache, f32 or bf16 (a bf16 cache halves its memory and the
   // bytes attention reads; each new key and value is rounded to bf16 before any row attends to
   // it). Unset: DecoderModel's default (model/decoder.h DefaultKvDtype: on the CPU plugin bf16 for
-  // a bf16 / bf16q4 target in the fused layer stack, f32 for f32 weights and for an int8 / q4
-  // draft; bf16 elsewhere). On the CPU
+  // a bf16 / bf16q4 target in the fused layer stack, f32 for f32 weights and for the draft
+  // whatever its weights; bf16 elsewhere). On the CPU
   // plugin a bf16 *draft* cache cost acceptance (12 chat requests x 128 tokens: 10.30 -> 9.85
   // tokens per target call) and saved nothing at those positions; a bf16 target cache kept it
   // (10.32) and at position 1,500 cut a decode's attention from ~3.9 to ~3.0-3.4 ms

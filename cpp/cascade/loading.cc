@@ -16,10 +16,8 @@ namespace {
 // Device bytes a DecoderModel of `config` uploads: its weights at `precision` and the K and V
 // caches of `max_context` slots, of the type the model will take (DefaultKvDtype when unset).
 int64_t DeviceBytes(const Client& client, const ModelConfig& config, WeightPrecision precision, int64_t max_context,
-                    const std::optional<DType>& kv_dtype) {
-  const bool fused = UsesLayerArena(ChooseMatmulMode(client, precision, MatmulMode::kAuto));
-  const int64_t kv_bytes =
-      kv_dtype.value_or(DefaultKvDtype(client.platform_name() == "cpu", fused, precision)) == DType::kBF16 ? 2 : 4;
+                    const std::optional<DType>& kv_dtype, bool draft) {
+  const int64_t kv_bytes = kv_dtype.value_or(DefaultKvDtype(client, precision, MatmulMode::kAuto, draft)) == DType::kBF16 ? 2 : 4;
   return WeightBytes(config, precision) + 2 * ElementCount(KvCacheDims(config, max_context)) * kv_bytes;
 }
 
@@ -78,7 +76,7 @@ void CheckDeviceMemory(const Client& client, const ModelWeights& target, const s
   if (!available) return;  // the plugin does not say: let the upload find out
   const bool cpu = client.platform_name() == "cpu";
   const int64_t target_bytes =
-      DeviceBytes(client, target.config, options.target_precision, options.max_context, options.target_kv_dtype);
+      DeviceBytes(client, target.config, options.target_precision, options.max_context, options.target_kv_dtype, false);
   ModelConfig draft_config = draft ? draft->config : target.config;
   if (!draft) {
     const int64_t layers = target.config.num_layers;
@@ -88,7 +86,7 @@ void CheckDeviceMemory(const Client& client, const ModelWeights& target, const s
                                                        : std::max<int64_t>(1, std::lround(0.75 * layers));
   }
   const int64_t draft_bytes =
-      DeviceBytes(client, draft_config, options.draft_precision, options.max_context, options.draft_kv_dtype);
+      DeviceBytes(client, draft_config, options.draft_precision, options.max_context, options.draft_kv_dtype, true);
   // The CPU plugin's devices share host memory: every replica counts. Elsewhere each device holds one.
   const int64_t replicas = cpu ? std::max<int64_t>(1, options.devices) : 1;
   const int64_t need = target_bytes * replicas + draft_bytes;

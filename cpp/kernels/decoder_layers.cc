@@ -9,16 +9,16 @@
 #include <memory>
 #include <stdexcept>
 
-#include "kernels/thread_team.h"
-#include "kernels/transpose16.h"
-
 #if defined(__x86_64__)
-#include "kernels/x86_intrinsics.h"
+#include "kernels/x86_intrinsics.h"  // first: before transpose16.h's <immintrin.h>
 #define CASCADE_HAS_X86 1
 #define CASCADE_AVX512_FN __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 #else
 #define CASCADE_HAS_X86 0
 #endif
+
+#include "kernels/thread_team.h"
+#include "kernels/transpose16.h"
 
 namespace cascade {
 namespace kernels {

@@ -1,17 +1,17 @@
 #include "util/float16.h"
 #include "kernels/int8_matmul.h"
 
-#include "kernels/cpu_relax.h"
-#include "kernels/transpose16.h"
-
 #if defined(__x86_64__) || defined(__i386__)
-#include "kernels/x86_intrinsics.h"
+#include "kernels/x86_intrinsics.h"  // first: before cpu_relax.h's and transpose16.h's <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #define CASCADE_X86 1
 #else
 #define CASCADE_X86 0  // portable C++ only: every SIMD impl reports unsupported (Int8ImplSupported)
 #endif
+
+#include "kernels/cpu_relax.h"
+#include "kernels/transpose16.h"
 
 #include <algorithm>
 #include <atomic>

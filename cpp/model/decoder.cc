@@ -12,11 +12,16 @@
 
 namespace cascade {
 
-DType DefaultKvDtype(bool cpu_plugin, bool fused_layers, WeightPrecision precision) {
+DType DefaultKvDtype(bool cpu_plugin, bool fused_layers, WeightPrecision precision, bool draft) {
   if (precision == WeightPrecision::kF32) return DType::kF32;
   if (!cpu_plugin) return DType::kBF16;
   const bool bf16_weights = precision == WeightPrecision::kBF16 || precision == WeightPrecision::kBF16Q4;
-  return bf16_weights && fused_layers ? DType::kBF16 : DType::kF32;
+  return bf16_weights && fused_layers && !draft ? DType::kBF16 : DType::kF32;
+}
+
+DType DefaultKvDtype(const Client& client, WeightPrecision precision, MatmulMode matmul, bool draft) {
+  return DefaultKvDtype(client.platform_name() == "cpu", UsesLayerArena(ChooseMatmulMode(client, precision, matmul)),
+                        precision, draft);
 }
 
 namespace {
@@ -222,7 +227,7 @@ DecoderModel::DecoderModel(std::shared_ptr<Client> client, const ModelWeights& w
   for (size_t r = 0; r < replicas_.size(); ++r) replicas_[r].device = options_.replicas > 1 ? r : options_.device_index;
   const bool cpu = client_->platform_name() == "cpu";
   layer_arena_ = UsesLayerArena(ChooseMatmulMode(*client_, options_.precision, options_.matmul));
-  kv_dtype_ = options_.kv_dtype.value_or(DefaultKvDtype(cpu, layer_arena_, options_.precision));
+  kv_dtype_ = options_.kv_dtype.value_or(DefaultKvDtype(cpu, layer_arena_, options_.precision));  // (not a draft)
   if (kv_dtype_ != DType::kF32 && kv_dtype_ != DType::kBF16)
     throw InvalidArgumentError("DecoderModel: kv_dtype must be f32 or bf16");
   // One tensor group at a time, so the host holds at most one converted matrix at once (besides

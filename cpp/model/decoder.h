@@ -63,16 +63,21 @@ struct DecoderOptions {
   int64_t replicas = 1;
 };
 
-// The KV cache type a DecoderModel takes when DecoderModelOptions::kv_dtype is unset: f32 for f32
-// weights (the exact reference); on the CPU plugin bf16 for weights computed in bf16 (kBF16,
-// kBF16Q4: a target) in the fused layer stack (`fused_layers`: UsesLayerArena; the plain programs
-// update a bf16 cache slowly, DecoderModelOptions::kv_dtype) and f32 otherwise, and for int8 / q4
-// (a draft); bf16 on every other plugin. On the CPU
-// plugin a bf16 target cache costs nothing at short contexts and saves ~8-12% of a target-only
-// token after a 1,436-token prompt (session 20, scripts/long-context.mjs), with the same retention
-// against the f32 model (precision_report: top-1 0.9971 vs 0.9966); a bf16 draft cache cost
-// acceptance (session 18: speculative 10.3 -> 9.85 tokens per target call on chat text).
-DType DefaultKvDtype(bool cpu_plugin, bool fused_layers, WeightPrecision precision);
+// The KV cache type a model takes when DecoderOptions::kv_dtype is unset. f32 for f32 weights
+// (the exact reference). On the CPU plugin: bf16 for a model with bf16 weights (kBF16, kBF16Q4) in
+// the fused layer stack (`fused_layers`: UsesLayerArena; the plain programs update a bf16 cache by
+// converting all of it, DecoderOptions::kv_dtype) unless it is a `draft`; f32 otherwise. On other
+// plugins bf16. On the CPU plugin a bf16 target cache costs nothing at short contexts and saves
+// ~8-12% of a target-only token after a 1,436-token prompt (session 20, scripts/long-context.mjs),
+// with the same retention against the f32 model (precision_report: top-1 0.9971 vs 0.9966); a
+// bf16 draft cache cost acceptance (session 18: speculative 10.3 -> 9.85 tokens per target call on
+// chat text), so a draft keeps f32 there whatever its weights.
+DType DefaultKvDtype(bool cpu_plugin, bool fused_layers, WeightPrecision precision, bool draft = false);
+// The same for a model of `precision` on `client` whose matmuls are `matmul` (DecoderModel's own
+// choice, ChooseMatmulMode): what a DecoderModel (draft = false) or CascadeEngine's draft takes,
+// and what the pre-upload memory check counts (cascade/loading.cc).
+DType DefaultKvDtype(const Client& client, WeightPrecision precision, MatmulMode matmul = MatmulMode::kAuto,
+                     bool draft = false);
 
 // Extra inputs of a Forward call.
 struct ForwardInputs {

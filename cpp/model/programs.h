@@ -84,7 +84,7 @@ enum class MatmulMode {
   kFfi,
   kXlaAuto,  // kAuto's choice without the FFI kernel (XLA ops only, whatever the plugin offers)
   // The whole layer stack as one custom call (cascade_decoder_layers, kernels/decoder_layers.h)
-  // for T <= kFfiMaxTokens with an f32 KV cache, every weight precision; the LM head through
+  // for T <= kFfiMaxTokens with an f32 or bf16 KV cache, every weight precision; the LM head through
   // the matmul custom calls (f32 too: cascade_f32t_matmul). kAuto's choice on the CPU plugin
   // when the handlers register (ChooseMatmulMode). Other T as kAuto.
   kFused,

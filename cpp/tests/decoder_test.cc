@@ -10,6 +10,7 @@
 
 #include "hlo/builder.h"
 #include "model/decoder.h"
+#include "model/matmul_mode.h"
 #include "model/programs.h"
 #include "pjrt/api.h"
 #include "pjrt/client.h"
@@ -514,6 +515,9 @@ TEST(decoder_precision, DefaultKvCacheType) {
   EXPECT_EQ(DefaultKvDtype(true, true, WeightPrecision::kBF16), DType::kBF16);
   EXPECT_EQ(DefaultKvDtype(true, true, WeightPrecision::kBF16Q4), DType::kBF16);
   EXPECT_EQ(DefaultKvDtype(true, false, WeightPrecision::kBF16), DType::kF32);
+  EXPECT_EQ(DefaultKvDtype(true, false, WeightPrecision::kBF16Q4), DType::kF32);
+  EXPECT_EQ(DefaultKvDtype(true, true, WeightPrecision::kBF16, /*draft=*/true), DType::kF32);
+  EXPECT_EQ(DefaultKvDtype(false, false, WeightPrecision::kBF16, /*draft=*/true), DType::kBF16);
   for (WeightPrecision p : {WeightPrecision::kF32, WeightPrecision::kInt8, WeightPrecision::kQ4})
     EXPECT_EQ(DefaultKvDtype(true, true, p), DType::kF32) << WeightPrecisionName(p);
   EXPECT_EQ(DefaultKvDtype(false, false, WeightPrecision::kF32), DType::kF32);
@@ -521,13 +525,16 @@ TEST(decoder_precision, DefaultKvCacheType) {
     EXPECT_EQ(DefaultKvDtype(false, false, p), DType::kBF16) << WeightPrecisionName(p);
   ModelWeights w = RandomWeights(TinyLlama(), 7);
   auto client = Cpu();
+  // (CASCADE_FFI_KERNELS=0 turns the fused stack off: then f32 in both modes.)
+  const bool fused = UsesLayerArena(ChooseMatmulMode(*client, WeightPrecision::kBF16, MatmulMode::kAuto));
   for (MatmulMode mode : {MatmulMode::kAuto, MatmulMode::kUpcastWeights}) {
     DecoderOptions o;
     o.max_context = kContext;
     o.precision = WeightPrecision::kBF16;
     o.matmul = mode;
     DecoderModel m(client, w, o);
-    EXPECT_EQ(m.kv_dtype(), mode == MatmulMode::kAuto ? DType::kBF16 : DType::kF32) << "matmul mode " << static_cast<int>(mode);
+    EXPECT_EQ(m.kv_dtype(), mode == MatmulMode::kAuto && fused ? DType::kBF16 : DType::kF32)
+        << "matmul mode " << static_cast<int>(mode);
   }
 }
 
@@ -551,7 +558,7 @@ TEST(decoder_precision, Int8QuantisationIsPerOutputRow) {
 
 // bf16 / int8 against (a) a reference on the same rounded / quantised weights (tight, with an f32
 // KV cache so the only difference is arithmetic order), and (b) the f32 reference (measured
-// quantisation error, with the default bf16 KV cache).
+// quantisation error, with the default KV cache: bf16 for bf16 weights, f32 for int8 on the CPU plugin).
 TEST(decoder_precision, BF16AndInt8MatchTheirEffectiveWeights) {
   for (ModelConfig c : {TinyLlama(), TinyLlama(false), TinyGemma()}) {
     for (WeightPrecision p : {WeightPrecision::kBF16, WeightPrecision::kInt8}) {
@@ -576,13 +583,13 @@ TEST(decoder_precision, BF16AndInt8StayCloseToF32) {
   for (ModelConfig c : {TinyLlama(), TinyGemma()}) {
     for (WeightPrecision p : {WeightPrecision::kBF16, WeightPrecision::kInt8}) {
       DecoderOptions o;
-      o.precision = p;  // default bf16 KV cache
+      o.precision = p;  // the default KV cache (DefaultKvDtype)
       float worst = 0;
       // Measured max |dlogit| over prefill(7) + 4 decodes (logits span about +-10 here):
       // llama 0.11 (bf16) / 0.25 (int8), gemma 0.018 / 0.034. The bounds leave room for seeds.
       CheckPrefillAndDecode(c, 12, o, WeightPrecision::kF32, p == WeightPrecision::kBF16 ? 0.25f : 0.5f, &worst);
-      std::printf("[ measured ] %s %s (bf16 kv) vs f32 reference: max |dlogit| = %.3g\n", ModelFamilyName(c.family),
-                  WeightPrecisionName(p), worst);
+      std::printf("[ measured ] %s %s (%s kv) vs f32 reference: max |dlogit| = %.3g\n", ModelFamilyName(c.family),
+                  WeightPrecisionName(p), DTypeName(DefaultKvDtype(*Cpu(), p)), worst);
     }
   }
 }

@@ -10,6 +10,7 @@
 
 #include "cascade/chi_square.h"
 #include "cascade/engine.h"
+#include "model/matmul_mode.h"
 #include "model/tiny.h"
 #include "pjrt/api.h"
 #include "pjrt/plugin_locator.h"
@@ -66,15 +67,21 @@ TEST(Engine, Bf16KvCachesKeepSpeculativeIdenticalToTargetOnly) {
   const std::vector<int32_t> prompt = {5, 17, 3, 88, 41, 9, 60};
   EngineOptions defaults = Options(WeightPrecision::kBF16, 128, WeightPrecision::kQ4);
   CascadeEngine plain(Cpu(), target, std::nullopt, defaults);
-  // The CPU plugin's defaults (model/decoder.h DefaultKvDtype): bf16 for the bf16 target, f32
-  // for the q4 draft and for f32 weights.
-  ASSERT_EQ(plain.target().kv_dtype(), DType::kBF16);
+  // The CPU plugin's defaults (model/decoder.h DefaultKvDtype): bf16 for the bf16 target in the
+  // fused layer stack (f32 under CASCADE_FFI_KERNELS=0), f32 for the draft whatever its weights
+  // and for f32 weights.
+  const bool fused = UsesLayerArena(ChooseMatmulMode(*Cpu(), WeightPrecision::kBF16, MatmulMode::kAuto));
+  ASSERT_EQ(plain.target().kv_dtype(), fused ? DType::kBF16 : DType::kF32);
   ASSERT_EQ(plain.draft().kv_dtype(), DType::kF32);
   EXPECT_EQ(CascadeEngine(Cpu(), target, std::nullopt, Options(WeightPrecision::kF32, 128, WeightPrecision::kQ4))
                 .target()
                 .kv_dtype(),
             DType::kF32);
-  const int64_t f32_bytes = plain.target().k_cache().byte_size() * 2;
+  EXPECT_EQ(CascadeEngine(Cpu(), target, std::nullopt, Options(WeightPrecision::kBF16, 128, WeightPrecision::kBF16))
+                .draft()
+                .kv_dtype(),
+            DType::kF32);
+  const int64_t f32_bytes = plain.target().k_cache().byte_size() * (fused ? 2 : 1);
   for (auto [t, d] : {std::pair{DType::kF32, DType::kF32}, std::pair{DType::kBF16, DType::kF32},
                       std::pair{DType::kBF16, DType::kBF16}, std::pair{DType::kF32, DType::kBF16}}) {
     EngineOptions o = defaults;
@@ -325,7 +332,8 @@ TEST(Engine, ShardedVerificationGivesTheSameTokensOnOneTwoAndFourDevices) {
       EngineOptions o = Options(precision);
       o.devices = D;
       CascadeEngine engine(client, target, std::nullopt, o);
-      ASSERT_EQ(engine.target().kv_dtype(), precision == WeightPrecision::kF32 ? DType::kF32 : DType::kBF16);
+      const bool fused = UsesLayerArena(ChooseMatmulMode(*client, precision, MatmulMode::kAuto));
+      ASSERT_EQ(engine.target().kv_dtype(), precision == WeightPrecision::kBF16 && fused ? DType::kBF16 : DType::kF32);
       const std::string where = std::string(WeightPrecisionName(precision)) + " D=" + std::to_string(D);
       // Each replica runs the tiny on its own shard's hidden states.
       engine.SetTiny(RandomTiny(config.hidden_size, 32, config.vocab_size, 8, 1.0f, TinyInput::kDraftHidden));

@@ -60,9 +60,10 @@ export interface CascadeLoadOptions {
    */
   precision?: 'auto' | { target?: Precision; draft?: Precision };
   /**
-   * Element type of each model's KV cache. Default `'auto'`: on the XLA CPU plugin bf16 for a
-   * bf16 target and f32 for an f32 one and for an int8 / q4 draft; bf16 on other plugins (f32 for
-   * f32 weights). A bf16 cache takes half the memory (`info.memory.*.kvCacheBytes`) and half the
+   * Element type of each model's KV cache. Default `'auto'`: f32 for f32 weights; on the XLA CPU
+   * plugin bf16 for a target with bf16 weights while our CPU kernels run (f32 under
+   * `CASCADE_FFI_KERNELS=0`), f32 for int8 / q4 targets and for the draft whatever its weights;
+   * bf16 on other plugins. A bf16 cache takes half the memory (`info.memory.*.kvCacheBytes`) and half the
    * bytes attention reads at each step, which pays at long contexts (the target's decode at
    * position 1,500 of SmolLM2: attention ~3.9 -> ~3.0-3.4 ms of a ~9 ms step on this project's
    * 2-core test machine); each new key and value is rounded to bf16, so the outputs differ slightly

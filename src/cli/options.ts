@@ -69,8 +69,8 @@ export function addModelOptions(cmd: Command): Command {
     .option('--draft-layers <n>', 'layers of the self-speculative draft', positiveInteger('--draft-layers'))
     .addOption(new Option('--target-precision <p>', 'target weights on the device').choices(PRECISIONS))
     .addOption(new Option('--draft-precision <p>', 'draft weights on the device').choices(PRECISIONS))
-    .addOption(new Option('--target-kv-cache <t>', "the target's KV cache element type (bf16: half the memory, faster at long contexts; default: bf16 for a bf16 target, f32 for an f32 one)").choices(KV_CACHE_TYPES))
-    .addOption(new Option('--draft-kv-cache <t>', "the draft's KV cache element type (default: f32 on the CPU plugin for the q4 / int8 draft)").choices(KV_CACHE_TYPES))
+    .addOption(new Option('--target-kv-cache <t>', "the target's KV cache element type (bf16: half the memory, faster at long contexts; default: bf16 for a bf16 target, f32 for f32 / int8 / q4 weights)").choices(KV_CACHE_TYPES))
+    .addOption(new Option('--draft-kv-cache <t>', "the draft's KV cache element type (default: f32 on the CPU plugin, bf16 on others unless its weights are f32)").choices(KV_CACHE_TYPES))
     .addOption(pluginOption());
 }
 
