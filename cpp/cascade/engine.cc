@@ -136,8 +136,7 @@ CascadeEngine::CascadeEngine(std::shared_ptr<Client> client, const ModelWeights&
   d.replicas = 1;
   d.precision = options.draft_precision;
   // A draft's cache stays f32 on the CPU plugin whatever its weights (model/decoder.h DefaultKvDtype).
-  d.kv_dtype = options.draft_kv_dtype ? options.draft_kv_dtype
-                                      : std::optional<DType>(DefaultKvDtype(*client_, d.precision, d.matmul, /*draft=*/true));
+  d.kv_dtype = options.draft_kv_dtype.value_or(DefaultKvDtype(*client_, d.precision, d.matmul, /*draft=*/true));
   if (draft) {
     draft_ = std::make_unique<DecoderModel>(client_, *draft, d);
   } else {
