@@ -19,7 +19,7 @@ namespace cascade::binding {
 
 namespace {
 
-// loadEngine(client, { target, draft?, targetPrecision?, draftPrecision?, targetKvCache?,
+// loadEngine(client, { target, draft?, targetPrecision?, draftPrecision?, targetStorage? ('auto' | 'dense'), targetKvCache?,
 //   draftKvCache? ('f32' | 'bf16'), maxContext?, draftLayers?,
 //   deviceMemoryLimit?, ... }, onProgress?) -> { promise: Promise<NativeEngine>, cancel(): void }.
 // cancel() makes the load stop at its next stage (after reading a file, after the upload, between
@@ -43,6 +43,12 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
     load.tiny_fit_prompts = TokenListsFromJs(o, "tinyFitPrompts");
     options.target_precision = PrecisionFromJs(o, "targetPrecision", options.target_precision);
     options.draft_precision = PrecisionFromJs(o, "draftPrecision", options.draft_precision);
+    if (o.Has("targetStorage") && !o.Get("targetStorage").IsUndefined()) {
+      const Napi::Value v = o.Get("targetStorage");
+      const std::string storage = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
+      if (storage != "auto" && storage != "dense") throw InvalidArgumentError("targetStorage must be 'auto' or 'dense'");
+      load.bf16_from_blocks = storage == "auto";
+    }
     options.target_kv_dtype = KvCacheTypeFromJs(o, "targetKvCache");
     options.draft_kv_dtype = KvCacheTypeFromJs(o, "draftKvCache");
     options.max_context = static_cast<int64_t>(NumberFromJs(o, "maxContext", static_cast<double>(options.max_context)));

@@ -6,7 +6,7 @@
  * once so that no timed run compiles.
  *
  *   node scripts/bench-cascade-worker.mjs '{"gguf": "...", "plugin": "cpu", "k1": 4, "k0": 64, "targetPrecision": "f32"}'
- * (targetPrecision: omitted = the library's default; modes: the modes to warm up and serve.)
+ * (targetPrecision, targetStorage: omitted = the library's default; modes: the modes to warm up and serve.)
  *
  * Protocol: JSON lines, as scripts/bench-llama-worker.mjs: `{"ready": true, info, costModel}`,
  * then `{"mode", "messages": [chat], "maxTokens"}` -> `{"tokens", "ttftMs", "decodeMs",
@@ -28,6 +28,7 @@ try {
     maxContext: 512,
     tiny: 'fit',
     ...(cfg.targetPrecision ? { precision: { target: cfg.targetPrecision } } : {}),
+    ...(cfg.targetStorage ? { targetStorage: cfg.targetStorage } : {}),
     warmup: true,
     measureBandwidth: true,
   });

@@ -79,7 +79,7 @@ export interface NativeClient {
  * @internal
  */
 export interface NativeLoadOptions
-  extends Pick<CascadeLoadOptions, 'target' | 'draft' | 'tiny' | 'maxContext' | 'draftLayers' | 'devices' | 'maxSequences' | 'k1' | 'k0' | 'warmup'> {
+  extends Pick<CascadeLoadOptions, 'target' | 'draft' | 'tiny' | 'maxContext' | 'draftLayers' | 'devices' | 'maxSequences' | 'k1' | 'k0' | 'warmup' | 'targetStorage'> {
   /** `precision`, resolved per model. */
   targetPrecision?: Precision;
   draftPrecision?: Precision;

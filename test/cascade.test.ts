@@ -180,6 +180,28 @@ describe('the KV cache types', () => {
   }, 600_000);
 });
 
+describe("the target's storage", () => {
+  const fused = process.env['CASCADE_FFI_KERNELS'] !== '0';
+  it("keeps a Q4_1 file's bf16 target as its 4-bit blocks by default, and 'dense' gives the same tokens from two bytes per weight", async () => {
+    const { path } = await ensureDefaultModel();
+    const options = { target: path, maxContext: 256, draftLayers: 30 } as const;
+    const tokens: number[][] = [];
+    for (const targetStorage of [undefined, 'dense'] as const) {
+      await using c = await Cascade.load({ ...options, targetStorage });
+      expect(c.info.targetPrecision).toBe('bf16');
+      expect(c.info.targetStorage).toBe(targetStorage === 'dense' || !fused ? 'dense' : 'q4-blocks');
+      const base = await c.generate(PROMPTS[1]!, { mode: 'target', maxTokens: 24, stopAtEos: false });
+      const spec = await c.generate(PROMPTS[1]!, { mode: 'speculative', k1: 6, maxTokens: 24, stopAtEos: false });
+      expect(spec.tokens).toEqual(base.tokens);
+      tokens.push(base.tokens);
+      // A dense step reads two bytes per layer weight; the blocks, 4-bit values and their scales.
+      if (targetStorage === 'dense') expect(c.info.memory.target.stepBytes).toBeGreaterThan(2 * c.info.memory.draft.stepBytes);
+    }
+    expect(tokens[1]).toEqual(tokens[0]);
+    await expect(Cascade.load({ ...options, targetStorage: 'blocks' as never })).rejects.toThrow(/targetStorage must be 'auto' or 'dense'/);
+  }, 600_000);
+});
+
 describe('Cascade lifecycle', () => {
   it('dispose during a generation ends it, and later calls throw DisposedError', async () => {
     const { path } = await ensureDefaultModel();

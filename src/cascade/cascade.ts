@@ -15,7 +15,7 @@ import { ChatSession, type ChatSessionOptions } from './chat-session.js';
 import { ConversationCache, conversationId, registerConversationCache } from './conversation-cache.js';
 import { choiceChecksum, draftChoicePath, findTokenizer, rememberedDraftLayers, tinyCachePath, writeFileAtomic } from './model-files.js';
 import { tinyFitPrompts } from './tiny-fit-prompts.js';
-import { checkGenerateOptions, checkInteger, checkKvCache, checkPrecision, checkProposal, checkSignal, deviceMemoryLimit, emptyStats, logitBiasArrays } from './options.js';
+import { checkGenerateOptions, checkInteger, checkKvCache, checkPrecision, checkTargetStorage, checkProposal, checkSignal, deviceMemoryLimit, emptyStats, logitBiasArrays } from './options.js';
 import { placementReport, type PlacementReport } from './placement.js';
 import { StopStringStream } from './text-stream.js';
 import type { CascadeLoadOptions, CascadeStats, GenerateOptions, GenerationResult, StageTimes, StreamPiece } from './types.js';
@@ -114,6 +114,7 @@ export class Cascade {
     }
     checkPrecision(options.precision);
     checkKvCache(options.kvCache);
+    checkTargetStorage(options.targetStorage);
     checkSignal(options.signal);
     checkInteger('maxContext', options.maxContext, 2, 1 << 20);
     checkInteger('devices', options.devices, 1, 1024);
@@ -151,7 +152,7 @@ export class Cascade {
       const draftPrecision = precision.draft ?? native().engineDefaults.draftPrecision;
       // The cost model's choice of draft depth is measured once per model file and precisions, and remembered.
       const choiceFile =
-        options.draft === undefined && options.draftLayers === undefined ? await draftChoicePath(options.target, targetPrecision, draftPrecision) : undefined;
+        options.draft === undefined && options.draftLayers === undefined ? await draftChoicePath(options.target, targetPrecision, draftPrecision, options.targetStorage) : undefined;
       // A remembered choice that does not parse, or is no positive integer, is measured again.
       const rememberedLayers = choiceFile ? await rememberedDraftLayers(choiceFile) : undefined;
       const tinyFile =
@@ -165,6 +166,7 @@ export class Cascade {
           draft: options.draft,
           targetPrecision,
           draftPrecision,
+          targetStorage: options.targetStorage,
           ...(options.kvCache === undefined || options.kvCache === 'auto'
             ? {}
             : { targetKvCache: options.kvCache.target, draftKvCache: options.kvCache.draft }),

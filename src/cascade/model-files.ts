@@ -56,12 +56,14 @@ export async function writeFileAtomic(file: string, text: string): Promise<void>
 }
 
 /** Where the measured draft-depth choice for a target file is remembered. */
-export async function draftChoicePath(target: string, targetPrecision: Precision, draftPrecision: Precision): Promise<string> {
+export async function draftChoicePath(target: string, targetPrecision: Precision, draftPrecision: Precision, targetStorage?: 'auto' | 'dense'): Promise<string> {
   const st = await stat(target).catch(() => undefined);
   const dir = cachePath('draft-choice');
   await mkdir(dir, { recursive: true });
   const name = `${path.basename(target).replace(/[^A-Za-z0-9._-]/g, '_')}-${st?.size ?? 0}-${Math.floor(st?.mtimeMs ?? 0)}`;
-  return path.join(dir, `${name}-${targetPrecision}-${draftPrecision}.json`);
+  // A dense target reads other bytes a step than its 4-bit blocks: a choice of its own.
+  const storage = targetStorage === 'dense' ? '-dense' : '';
+  return path.join(dir, `${name}-${targetPrecision}${storage}-${draftPrecision}.json`);
 }
 
 export async function findTokenizer(target: string): Promise<Tokenizer> {

@@ -65,6 +65,10 @@ export function checkKvCache(c: unknown): void {
   checkPerModel('kvCache', c, KV_CACHE_TYPES);
 }
 
+export function checkTargetStorage(s: unknown): void {
+  if (s !== undefined && s !== 'auto' && s !== 'dense') throw new InvalidArgumentError(`targetStorage must be 'auto' or 'dense', got ${String(s)}`);
+}
+
 export function checkNumber(name: string, v: unknown, ok: (v: number) => boolean, expected: string): void {
   if (v === undefined) return;
   if (typeof v !== 'number' || !ok(v)) throw new InvalidArgumentError(`${name} must be ${expected}, got ${String(v)}`);

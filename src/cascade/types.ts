@@ -60,6 +60,16 @@ export interface CascadeLoadOptions {
    */
   precision?: 'auto' | { target?: Precision; draft?: Precision };
   /**
+   * How a BF16 target's weights are stored on the device. Default `'auto'`: where our CPU kernels
+   * run and the layer weights are exactly 4-bit block values (a Q4_1 GGUF's), as those blocks
+   * (`info.targetStorage` 'q4-blocks': the same model bit for bit, ~2.8x fewer bytes a step, so
+   * target-only decoding is fastest); otherwise dense. `'dense'`: two bytes per weight whatever
+   * the file, as a BF16 checkpoint is stored: the setting of the seed's cascade, where the target
+   * reads several times the draft's bytes and speculation pays most (SmolLM2 on this project's
+   * test machine: target-only ~100 tokens/s, speculative ~2x that; docs/bench/compare.md).
+   */
+  targetStorage?: 'auto' | 'dense';
+  /**
    * Element type of each model's KV cache. Default `'auto'`: f32 for f32 weights; on the XLA CPU
    * plugin bf16 for a target with bf16 weights while our CPU kernels run (f32 under
    * `CASCADE_FFI_KERNELS=0`), f32 for int8 / q4 targets and for the draft whatever its weights;

@@ -57,8 +57,8 @@ export function nonNegativeNumber(flag: string): (v: string) => number {
 
 /**
  * The options that say which models to load and how (run, demo, chat, serve): --model, --draft,
- * --tiny, --devices, --draft-layers, --target-precision, --draft-precision, --target-kv-cache,
- * --draft-kv-cache, --plugin.
+ * --tiny, --devices, --draft-layers, --target-precision, --draft-precision, --target-storage,
+ * --target-kv-cache, --draft-kv-cache, --plugin.
  */
 export function addModelOptions(cmd: Command): Command {
   return cmd
@@ -69,6 +69,7 @@ export function addModelOptions(cmd: Command): Command {
     .option('--draft-layers <n>', 'layers of the self-speculative draft', positiveInteger('--draft-layers'))
     .addOption(new Option('--target-precision <p>', 'target weights on the device').choices(PRECISIONS))
     .addOption(new Option('--draft-precision <p>', 'draft weights on the device').choices(PRECISIONS))
+    .addOption(new Option('--target-storage <s>', "how a bf16 target's weights are stored (auto: a 4-bit GGUF's own blocks where our CPU kernels run, the fastest target; dense: two bytes per weight, as a bf16 checkpoint is)").choices(['auto', 'dense']))
     .addOption(new Option('--target-kv-cache <t>', "the target's KV cache element type (bf16: half the memory, faster at long contexts; default: bf16 for a bf16 target, f32 for f32 / int8 / q4 weights)").choices(KV_CACHE_TYPES))
     .addOption(new Option('--draft-kv-cache <t>', "the draft's KV cache element type (default: f32 on the CPU plugin, bf16 on others unless its weights are f32)").choices(KV_CACHE_TYPES))
     .addOption(pluginOption());

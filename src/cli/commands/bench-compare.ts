@@ -171,6 +171,18 @@ export async function benchCompare(o: CompareBenchOptions): Promise<Row[]> {
   const cxF32Ready = await cxF32.next<CxReady>().catch((e: Error) => ({ ready: false, error: e.message }) as CxReady);
   if (cxF32Ready.ready) workers.set('cascade-xla-f32', cxF32);
   else blocked.set('cx-f32-target', `cascade-xla f32 worker: ${cxF32Ready.error}`), blocked.set('cx-f32-speculative', `cascade-xla f32 worker: ${cxF32Ready.error}`);
+  // A bf16 target kept as its 4-bit blocks reads the draft's bytes a step; stored dense (as a bf16
+  // checkpoint is) it reads ~2.8x more, the seed's setting. The same model bit for bit, so its rows
+  // must give cx-target's tokens.
+  const denseModes = ['target', 'speculative', 'cascade'] as const;
+  let cxDenseReady: CxReady | undefined;
+  if (cxReady.info.targetStorage === 'q4-blocks') {
+    progress('starting cascade-xla with the bf16 target stored dense');
+    const cxDense = new Worker('cascade-xla-dense', process.execPath, [path.join(ROOT, 'scripts/bench-cascade-worker.mjs'), JSON.stringify({ gguf: target, plugin: o.plugin, k1: o.k1, k0: o.k0, targetStorage: 'dense', modes: denseModes })]);
+    cxDenseReady = await cxDense.next<CxReady>().catch((e: Error) => ({ ready: false, error: e.message }) as CxReady);
+    if (cxDenseReady.ready) workers.set('cascade-xla-dense', cxDense);
+    else for (const mode of denseModes) blocked.set(`cx-dense-${mode}`, `cascade-xla dense worker: ${cxDenseReady.error}`);
+  }
   const targetName = cxReady.info.targetPrecision;
   const draftLayers = cxReady.info.draft.layers;
   // The same draft in each runtime: its first N layers, at int8 (Q8_0 for llama.cpp) when
@@ -180,6 +192,7 @@ export async function benchCompare(o: CompareBenchOptions): Promise<Row[]> {
   // The bytes a step reads (a bf16 target stored as blocks keeps a dense embedding for the lookup).
   const cxBytes = cxReady.info.memory.target.stepBytes ?? cxReady.info.memory.target.weightBytes;
   const f32Bytes = cxF32Ready.ready ? (cxF32Ready.info.memory.target.stepBytes ?? cxF32Ready.info.memory.target.weightBytes) : cxBytes;
+  const denseBytes = cxDenseReady?.ready ? (cxDenseReady.info.memory.target.stepBytes ?? cxDenseReady.info.memory.target.weightBytes) : undefined;
   const bandwidthGBs = cxReady.costModel?.bandwidthGBs ?? 0;
 
   const py = oraclePython();
@@ -219,6 +232,10 @@ export async function benchCompare(o: CompareBenchOptions): Promise<Row[]> {
       id: `cx-f32-${mode}`, runtime: 'cascade-xla', label: `cascade-xla ${mode} (f32 target)`, worker: 'cascade-xla-f32', weightBytes: f32Bytes,
       request: (p) => ({ mode, messages: chats[p], maxTokens: n }),
     })),
+    ...(cxDenseReady ? denseModes : []).map((mode): Variant => ({
+      id: `cx-dense-${mode}`, runtime: 'cascade-xla', label: `cascade-xla ${mode} (${targetName} target stored dense)`, worker: 'cascade-xla-dense', weightBytes: denseBytes,
+      request: (p) => ({ mode, messages: chats[p], maxTokens: n }),
+    })),
     { id: 'llama-t1', runtime: 'node-llama-cpp', label: 'node-llama-cpp 1 thread', worker: 'node-llama-cpp', weightBytes: fileBytes, request: (p) => ({ variant: 't1', tokens: ids[p], maxTokens: n }) },
     { id: 'llama-t2', runtime: 'node-llama-cpp', label: 'node-llama-cpp 2 threads', worker: 'node-llama-cpp', weightBytes: fileBytes, request: (p) => ({ variant: 't2', tokens: ids[p], maxTokens: n }) },
     { id: 'llama-draft', runtime: 'node-llama-cpp', label: `node-llama-cpp 2 threads + draft (${int8Draft ? 'Q8_0 copy of the ' : ''}first ${draftLayers} layers)`, worker: 'node-llama-cpp', weightBytes: fileBytes, request: (p) => ({ variant: 'draft', tokens: ids[p], maxTokens: n }) },
@@ -239,8 +256,11 @@ export async function benchCompare(o: CompareBenchOptions): Promise<Row[]> {
     }
   };
   // Warm-up: every variant on every prompt (compiles cascade-xla's prefill shapes, pages weights in).
-  progress('warm-up pass (4 tokens per prompt and runtime, untimed)');
-  for (let p = 0; p < ids.length; p++) for (const v of active()) await run(v, p, 4);
+  // cascade-xla's warm-up is the timed generation itself: its program shapes (the verify widths a
+  // round ends with, the prefill of each prompt) follow the tokens, and greedy repeats them, so
+  // no timed run compiles (a dense bf16 shape compiles for ~0.1 s, a third of a 64-token run).
+  progress(`warm-up pass (untimed: cascade-xla ${n} tokens per prompt, the others 4)`);
+  for (let p = 0; p < ids.length; p++) for (const v of active()) await run(v, p, v.runtime === 'cascade-xla' ? n : 4);
 
   const samples = new Map<string, Reply[]>();
   for (let p = 0; p < ids.length; p++) {
@@ -266,7 +286,7 @@ export async function benchCompare(o: CompareBenchOptions): Promise<Row[]> {
     const perPrompt = s.map((r) => ({ tokensPerSecond: (r.tokens.length - r.firstChunk) / (r.decodeMs / 1000), ttftMs: r.ttftMs }));
     let tau: number | null = null;
     let acceptance: number | null = null;
-    if (v.runtime === 'cascade-xla' && v.id !== 'cx-target' && v.id !== 'cx-f32-target') {
+    if (v.runtime === 'cascade-xla' && v.id !== 'cx-target' && v.id !== 'cx-f32-target' && v.id !== 'cx-dense-target') {
       tau = median(s.map((r) => r.stats!.tau));
       acceptance = median(s.map((r) => r.stats!.accepted / Math.max(1, r.stats!.proposed)));
     } else if (v.id === 'llama-draft') {
@@ -314,7 +334,8 @@ export async function benchCompare(o: CompareBenchOptions): Promise<Row[]> {
   const result = {
     model: path.basename(target), modelFileBytes: fileBytes, f32WeightBytes: f32Bytes, draftLayers, int8Draft, draftPrecision: cxReady.info.draftPrecision, targetStorage: cxReady.info.targetStorage ?? 'dense', prompts: BENCH_PROMPTS,
     promptLengthCheck, options: o, machine, command, suiteSeconds: seconds,
-    workers: { cascadeXla: { loadMs: cxReady.loadMs, warmupMs: cxReady.warmupMs }, cascadeXlaF32: cxF32Ready.ready ? { loadMs: cxF32Ready.loadMs, warmupMs: cxF32Ready.warmupMs } : cxF32Ready.error, nodeLlamaCpp: llReady, transformers: hfReady ?? py.error },
+    workers: { cascadeXla: { loadMs: cxReady.loadMs, warmupMs: cxReady.warmupMs }, cascadeXlaF32: cxF32Ready.ready ? { loadMs: cxF32Ready.loadMs, warmupMs: cxF32Ready.warmupMs } : cxF32Ready.error,
+      cascadeXlaDense: cxDenseReady === undefined ? 'not run (the default target is stored dense)' : cxDenseReady.ready ? { loadMs: cxDenseReady.loadMs, warmupMs: cxDenseReady.warmupMs } : cxDenseReady.error, nodeLlamaCpp: llReady, transformers: hfReady ?? py.error },
     rows,
   };
   await writeFile(path.join(o.out, 'compare.json'), `${JSON.stringify(result, null, 2)}\n`);
@@ -350,7 +371,7 @@ function markdown(r: {
     '',
     `${r.model}, the same ${BENCH_PROMPTS.length} chat prompts (BENCH_PROMPTS, templated and tokenised once), greedy, ` +
       `${r.options.maxTokens} new tokens (no stop at end-of-text), medians over the prompts, one run, interleaved prompt by prompt ` +
-      `(after an untimed warm-up pass of 4 tokens per prompt and runtime). Each runtime in its own process.`,
+      `(after an untimed warm-up pass: the same generations for cascade-xla, so that no timed run compiles a program, 4 tokens for the others). Each runtime in its own process.`,
     '',
     `Reproduce: \`${r.command}\` (the suite took ${r.suiteSeconds.toFixed(0)} s).`,
     '',
@@ -375,7 +396,7 @@ function markdown(r: {
     '',
     `- **cascade-xla target / speculative / cascade / auto**: \`Cascade.load({ tiny: 'fit', warmup: true, measureBandwidth: true })\` ` +
       `on the XLA CPU plugin (the default target precision, bf16, ${r.targetStorage === 'q4-blocks' ? "its layer weights kept as the GGUF's Q4_1 blocks and expanded to the same bf16 weights in our kernels (bit for bit the dense bf16 target; the embedding and head dense bf16)" : 'dequantised from the GGUF'}; the "f32 target" rows pass ` +
-      `\`precision: { target: 'f32' }\`, in a second process), \`generate\` with \`mode\` = target-only, ` +
+      `\`precision: { target: 'f32' }\`, in a second process${r.targetStorage === 'q4-blocks' ? "; the \"stored dense\" rows pass `targetStorage: 'dense'` (two bytes per layer weight, as a bf16 checkpoint's target is stored: the seed's setting, where the target reads ~2.8x the draft's bytes), in a third" : ''}), \`generate\` with \`mode\` = target-only, ` +
       `speculative (draft = ${r.draftPrecision === 'int8' ? 'an int8 copy (per-channel scales, our FFI kernels) of ' : r.draftPrecision === 'q4' ? "a q4 copy (the GGUF's own 4-bit blocks, our FFI kernels) of " : ''}the target's first ${r.draftLayers} layers, as the cost model chose, k1 ${r.options.k1}), cascade (+ the fitted tiny model, k0 ${r.options.k0}), ` +
       `and auto (the cost model picks per step). Compile time is excluded (warm-up at load and an untimed warm-up pass).`,
     `- **node-llama-cpp** 3.21.1, its prebuilt linux-x64 CPU binary from npm (\`gpu: false\`, \`build: 'never'\`, \`skipDownload: true\`), ` +

@@ -54,6 +54,7 @@ export interface LoadFlags extends DecodingFlags {
   draftLayers?: number | undefined;
   targetPrecision?: Precision | undefined;
   draftPrecision?: Precision | undefined;
+  targetStorage?: 'auto' | 'dense' | undefined;
   targetKvCache?: KvCacheType | undefined;
   draftKvCache?: KvCacheType | undefined;
   maxContext?: number;
@@ -68,7 +69,7 @@ const LOAD_TIMES_KEPT = 50;
 
 async function loadKey(target: string, draft: string | undefined, opts: LoadFlags, tiny: string | undefined): Promise<string> {
   const st = await stat(target).catch(() => undefined);
-  return JSON.stringify([target, st?.size, st?.mtimeMs, draft, opts.targetPrecision, opts.draftPrecision, opts.targetKvCache, opts.draftKvCache, opts.draftLayers, opts.maxContext, opts.devices, tiny, opts.plugin]);
+  return JSON.stringify([target, st?.size, st?.mtimeMs, draft, opts.targetPrecision, opts.draftPrecision, opts.targetStorage, opts.targetKvCache, opts.draftKvCache, opts.draftLayers, opts.maxContext, opts.devices, tiny, opts.plugin]);
 }
 
 async function readLoadTimes(): Promise<LoadTimes> {
@@ -166,6 +167,7 @@ export async function loadForCli(opts: LoadFlags, quiet: boolean): Promise<{ cas
       draftLayers: opts.draftLayers,
       tiny,
       precision: opts.targetPrecision || opts.draftPrecision ? { target: opts.targetPrecision, draft: opts.draftPrecision } : 'auto',
+      targetStorage: opts.targetStorage,
       kvCache: opts.targetKvCache || opts.draftKvCache ? { target: opts.targetKvCache, draft: opts.draftKvCache } : 'auto',
     });
     await programs;
