@@ -580,7 +580,7 @@ class MatmulSplit {
     for (int64_t j = 0; j < count; ++j) {
       const WeightMatrix& m = *matrices[j];
       // f32 [in, out] ranges are columns (64 a task), as they were.
-      const int64_t unit = m.kind == WeightMatrix::Kind::kF32Transposed ? 64 : 16;
+      const int64_t unit = m.kind == WeightMatrix::Kind::kF32Transposed || m.kind == WeightMatrix::Kind::kF32Panels ? 64 : 16;
       blocks_[j] = (m.out + unit - 1) / unit;
       unit_[j] = unit;
       out_[j] = m.out;
@@ -909,7 +909,8 @@ std::vector<std::pair<int64_t, int64_t>> LayerMatrixShapes(const DecoderLayersCo
 
 void AddMatrixPieces(WeightMatrix::Kind kind, int64_t out, int64_t in, std::vector<int64_t>* bytes) {
   switch (kind) {
-    case WeightMatrix::Kind::kF32Transposed: bytes->push_back(out * in * 4); break;
+    case WeightMatrix::Kind::kF32Transposed:
+    case WeightMatrix::Kind::kF32Panels: bytes->push_back(out * in * 4); break;
     case WeightMatrix::Kind::kBf16: bytes->push_back(out * in * 2); break;
     case WeightMatrix::Kind::kInt8: bytes->insert(bytes->end(), {out * in, out * 4}); break;
     case WeightMatrix::Kind::kQ4:
@@ -966,7 +967,8 @@ std::string ArenaLayer(const DecoderLayersConfig& c, WeightMatrix::Kind kind, co
     m.in = in;
     m.out = out;
     switch (kind) {
-      case WeightMatrix::Kind::kF32Transposed: m.data = next(out * in * 4); break;
+      case WeightMatrix::Kind::kF32Transposed:
+      case WeightMatrix::Kind::kF32Panels: m.data = next(out * in * 4); break;
       case WeightMatrix::Kind::kBf16: m.data = next(out * in * 2); break;
       case WeightMatrix::Kind::kInt8:
         m.data = next(out * in);

@@ -881,10 +881,36 @@ void ScalarColsF32T(const float* x, const float* wt, float* y, int64_t T, int64_
     }
 }
 
+// Outputs [o0, o1) of a kF32Panels matrix as runs within one panel each: run(w, ldw, o, n) for the
+// weights of outputs o..o+n (column o's element of row i at w[i * ldw]).
+template <typename Run>
+void ForPanelRuns(const float* panels, int64_t in, int64_t out, int64_t o0, int64_t o1, Run run) {
+  for (int64_t o = o0; o < o1;) {
+    const int64_t p0 = o / kF32PanelColumns * kF32PanelColumns, width = std::min(kF32PanelColumns, out - p0);
+    const int64_t end = std::min(o1, p0 + width);
+    run(panels + p0 * in + (o - p0), width, o, end - o);
+    o = end;
+  }
+}
+
+void ScalarPanelsF32(const float* x, const float* panels, float* y, int64_t T, int64_t in, int64_t out, int64_t o0,
+                     int64_t o1) {
+  ForPanelRuns(panels, in, out, o0, o1, [&](const float* w, int64_t ldw, int64_t o, int64_t n) {
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t j = 0; j < n; ++j) {
+        float acc = 0.0f;
+        for (int64_t i = 0; i < in; ++i) acc += x[t * in + i] * w[i * ldw + j];
+        y[t * out + o + j] = acc;
+      }
+  });
+}
+
 #if CASCADE_X86
 // TB rows x up to 64 columns (four 16-lane vectors, masked beyond n).
+// (wt's rows are ldw floats apart, y's `out`.)
 template <int TB>
-CASCADE_AVX512 void Avx512BlockF32T(const float* x, const float* wt, float* y, int64_t in, int64_t out, int64_t n) {
+CASCADE_AVX512 void Avx512BlockF32T(const float* x, const float* wt, float* y, int64_t in, int64_t ldw, int64_t out,
+                                    int64_t n) {
   __m512 acc[TB][4];
   __mmask16 m[4];
 #pragma GCC unroll 4
@@ -897,10 +923,10 @@ CASCADE_AVX512 void Avx512BlockF32T(const float* x, const float* wt, float* y, i
 #pragma GCC unroll 4
     for (int j = 0; j < 4; ++j) acc[t][j] = _mm512_setzero_ps();
   for (int64_t i = 0; i < in; ++i) {
-    const float* wr = wt + i * out;
-    // Rows of W^T are `out` floats apart: prefetch the panel a few rows ahead.
-    _mm_prefetch(reinterpret_cast<const char*>(wr + 8 * out), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(wr + 8 * out + 32), _MM_HINT_T0);
+    const float* wr = wt + i * ldw;
+    // Rows of W^T are `ldw` floats apart: prefetch the panel a few rows ahead.
+    _mm_prefetch(reinterpret_cast<const char*>(wr + 8 * ldw), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(wr + 8 * ldw + 32), _MM_HINT_T0);
     __m512 wv[4];
 #pragma GCC unroll 4
     for (int j = 0; j < 4; ++j) wv[j] = _mm512_maskz_loadu_ps(m[j], wr + 16 * j);
@@ -917,30 +943,41 @@ CASCADE_AVX512 void Avx512BlockF32T(const float* x, const float* wt, float* y, i
     for (int j = 0; j < 4; ++j) _mm512_mask_storeu_ps(y + t * out + 16 * j, m[j], acc[t][j]);
 }
 
+// T rows x up to 64 columns whose weights start at w (rows ldw apart), into y + o.
+void Avx512RunF32T(const float* x, const float* w, int64_t ldw, float* y, int64_t T, int64_t in, int64_t out, int64_t o,
+                   int64_t n) {
+  // A verify of up to 6 tokens streams the weights once (24 accumulators + 4 weight vectors;
+  // T = 5 was a pass of 4 and a pass of 1: verify(5) 1.56x decode(1), now 1.46x). Longer calls
+  // go 4 tokens a pass (T = 8 as 6 + 2 measured 50.9 ms against 45.8 as 4 + 4).
+  int64_t t = 0;
+  if (T > 6)
+    for (; t + 4 <= T; t += 4) Avx512BlockF32T<4>(x + t * in, w, y + t * out + o, in, ldw, out, n);
+  switch (T - t) {
+    case 6: Avx512BlockF32T<6>(x + t * in, w, y + t * out + o, in, ldw, out, n); break;
+    case 5: Avx512BlockF32T<5>(x + t * in, w, y + t * out + o, in, ldw, out, n); break;
+    case 4: Avx512BlockF32T<4>(x + t * in, w, y + t * out + o, in, ldw, out, n); break;
+    case 3: Avx512BlockF32T<3>(x + t * in, w, y + t * out + o, in, ldw, out, n); break;
+    case 2: Avx512BlockF32T<2>(x + t * in, w, y + t * out + o, in, ldw, out, n); break;
+    case 1: Avx512BlockF32T<1>(x + t * in, w, y + t * out + o, in, ldw, out, n); break;
+    default: break;
+  }
+}
+
 void Avx512ColsF32T(const float* x, const float* wt, float* y, int64_t T, int64_t in, int64_t out, int64_t o0,
                     int64_t o1) {
-  for (int64_t o = o0; o < o1; o += 64) {
-    const int64_t n = std::min<int64_t>(64, o1 - o);
-    // A verify of up to 6 tokens streams the weights once (24 accumulators + 4 weight vectors;
-    // T = 5 was a pass of 4 and a pass of 1: verify(5) 1.56x decode(1), now 1.46x). Longer calls
-    // go 4 tokens a pass (T = 8 as 6 + 2 measured 50.9 ms against 45.8 as 4 + 4).
-    int64_t t = 0;
-    if (T > 6)
-      for (; t + 4 <= T; t += 4) Avx512BlockF32T<4>(x + t * in, wt + o, y + t * out + o, in, out, n);
-    switch (T - t) {
-      case 6: Avx512BlockF32T<6>(x + t * in, wt + o, y + t * out + o, in, out, n); break;
-      case 5: Avx512BlockF32T<5>(x + t * in, wt + o, y + t * out + o, in, out, n); break;
-      case 4: Avx512BlockF32T<4>(x + t * in, wt + o, y + t * out + o, in, out, n); break;
-      case 3: Avx512BlockF32T<3>(x + t * in, wt + o, y + t * out + o, in, out, n); break;
-      case 2: Avx512BlockF32T<2>(x + t * in, wt + o, y + t * out + o, in, out, n); break;
-      case 1: Avx512BlockF32T<1>(x + t * in, wt + o, y + t * out + o, in, out, n); break;
-      default: break;
-    }
-  }
+  for (int64_t o = o0; o < o1; o += 64) Avx512RunF32T(x, wt + o, out, y, T, in, out, o, std::min<int64_t>(64, o1 - o));
+}
+
+void Avx512PanelsF32(const float* x, const float* panels, float* y, int64_t T, int64_t in, int64_t out, int64_t o0,
+                     int64_t o1) {
+  ForPanelRuns(panels, in, out, o0, o1, [&](const float* w, int64_t ldw, int64_t o, int64_t n) {
+    Avx512RunF32T(x, w, ldw, y, T, in, out, o, n);
+  });
 }
 
 #else
 void Avx512ColsF32T(const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t) { NoSimd(); }
+void Avx512PanelsF32(const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t) { NoSimd(); }
 #endif  // CASCADE_X86
 
 // ---------------------------------------------------------------- dispatch over blocks
@@ -1404,6 +1441,14 @@ void DequantizeQ8Row(const int8_t* q, const uint16_t* block_scale, int64_t in, i
   }
 }
 
+void PackF32Panels(const float* wt, int64_t in, int64_t out, float* panels) {
+  for (int64_t p0 = 0; p0 < out; p0 += kF32PanelColumns) {
+    const int64_t width = std::min(kF32PanelColumns, out - p0);
+    for (int64_t i = 0; i < in; ++i)
+      std::memcpy(panels + p0 * in + i * width, wt + i * out + p0, static_cast<size_t>(width) * sizeof(float));
+  }
+}
+
 void PrepareActivations(WeightMatrix::Kind kind, const KernelImpls& impls, const float* x, int64_t T, int64_t in,
                         PreparedActivations* a) {
   a->x = x;
@@ -1436,7 +1481,7 @@ void PrepareActivations(WeightMatrix::Kind kind, const KernelImpls& impls, const
 
 int64_t MatmulTaskOutputs(const WeightMatrix& m) {
   // f32 [in, out]: 64 columns (128 and 256 measured no better in session 10).
-  if (m.kind == WeightMatrix::Kind::kF32Transposed) return 64;
+  if (m.kind == WeightMatrix::Kind::kF32Transposed || m.kind == WeightMatrix::Kind::kF32Panels) return 64;
   const bool q4 = m.kind == WeightMatrix::Kind::kQ4 || m.kind == WeightMatrix::Kind::kQ4Bf16;
   const bool bytes1 = m.kind == WeightMatrix::Kind::kInt8 || m.kind == WeightMatrix::Kind::kQ8Bf16;
   const int64_t row_bytes = q4 ? m.in / 2 : m.in * (bytes1 ? 1 : 2);
@@ -1527,6 +1572,12 @@ void MatmulRange(const WeightMatrix& m, const KernelImpls& impls, const Prepared
       const float* wt = static_cast<const float*>(m.data);
       if (impls.f32 == Int8Impl::kAvx512) Avx512ColsF32T(a.x, wt, y, T, in, out, o0, o1);
       else ScalarColsF32T(a.x, wt, y, T, in, out, o0, o1);
+      return;
+    }
+    case WeightMatrix::Kind::kF32Panels: {
+      const float* w = static_cast<const float*>(m.data);
+      if (impls.f32 == Int8Impl::kAvx512) Avx512PanelsF32(a.x, w, y, T, in, out, o0, o1);
+      else ScalarPanelsF32(a.x, w, y, T, in, out, o0, o1);
       return;
     }
     case WeightMatrix::Kind::kInt8: {

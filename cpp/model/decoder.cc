@@ -248,7 +248,12 @@ DecoderModel::DecoderModel(std::shared_ptr<Client> client, const ModelWeights& w
         const ArenaPiece& piece = pieces[next_piece++];
         if (static_cast<int64_t>(t.data.size()) != piece.bytes)
           throw Error(ErrorKind::kInternal, "DecoderModel: " + layout[piece.param].name() + " does not fit its arena piece");
-        std::memcpy(arena.data.data() + piece.offset, t.data.data(), t.data.size());
+        uint8_t* at = arena.data.data() + piece.offset;
+        const WeightParam& param = layout[piece.param];
+        if (ArenaPacksF32Panels(param, options_.precision))  // [in, out] -> panels (kernels/int8_matmul.h)
+          kernels::PackF32Panels(t.as<float>(), param.dims[0], param.dims[1], reinterpret_cast<float*>(at));
+        else
+          std::memcpy(at, t.data.data(), t.data.size());
       }
       if (next_piece == pieces.size() || pieces[next_piece].layer != pieces[next_piece - 1].layer)
         for (auto& rep : replicas_) rep.weights.push_back(client_->ToDevice(arena, rep.device));

@@ -26,7 +26,7 @@ bool IsMatrix(const std::string& name) {
 
 kernels::WeightMatrix::Kind ArenaMatrixKind(WeightPrecision precision) {
   switch (precision) {
-    case WeightPrecision::kF32: return kernels::WeightMatrix::Kind::kF32Transposed;
+    case WeightPrecision::kF32: return kernels::WeightMatrix::Kind::kF32Panels;
     case WeightPrecision::kBF16: return kernels::WeightMatrix::Kind::kBf16;
     case WeightPrecision::kInt8: return kernels::WeightMatrix::Kind::kInt8;
     case WeightPrecision::kQ4: return kernels::WeightMatrix::Kind::kQ4;
@@ -48,6 +48,10 @@ struct WeightRef {
   std::optional<Value> scale;  // int8 per row, q4 per block (f16)
   std::optional<Value> min;    // q4 per block (f16)
   bool transposed = false;     // w is [in, out]
+  // w is f32 [in * out], W^T in panels (kernels::WeightMatrix::Kind::kF32Panels): an f32 layer
+  // matrix sliced out of its layer arena; its shape [in, out] in panel_dims.
+  bool panels = false;
+  std::vector<int64_t> panel_dims;
 };
 
 class Emitter {
@@ -232,8 +236,15 @@ class Emitter {
       Value v = width == 1 ? bytes
                            : f_.BitcastConvert(f_.Reshape(bytes, {n, width}), p.dtype, {n});
       if (width == 1 && p.dtype != DType::kU8) v = f_.BitcastConvert(v, p.dtype, {n});
-      v = f_.Reshape(v, p.dims);
       WeightRef& ref = weights_[name];
+      if (ArenaPacksF32Panels(p, s_.precision)) {  // stays flat: Linear passes it to the panels kernel
+        ref.w = v;
+        ref.transposed = true;
+        ref.panels = true;
+        ref.panel_dims = p.dims;
+        continue;
+      }
+      v = f_.Reshape(v, p.dims);
       if (p.role == WeightParam::Role::kInt8Scales || p.role == WeightParam::Role::kQ4Scales ||
           p.role == WeightParam::Role::kQ8Scales) {
         ref.scale = v;
@@ -307,6 +318,14 @@ class Emitter {
   // x [T, in] f32 times W^T (W [out, in]) -> [T, out] f32.
   Value Linear(const Value& x, const std::string& name) {
     const WeightRef& ref = W(name);
+    if (ref.panels) {  // [..., in] rows through the panels kernel, in the layout they are stored in
+      const int64_t in = ref.panel_dims[0], out = ref.panel_dims[1], rows = ElementCount(x.dims) / in;
+      std::vector<int64_t> y_dims = x.dims;
+      y_dims.back() = out;
+      Value x2 = x.rank() == 2 ? x : f_.Reshape(x, {rows, in});
+      Value y = f_.CustomCall(kernels::kF32PanelsMatmulTarget, {x2, ref.w}, DType::kF32, {rows, out});
+      return x.rank() == 2 ? y : f_.Reshape(y, y_dims);
+    }
     Value w = ref.w;
     if (fused_ && w.dtype == DType::kF32 && ref.transposed && x.rank() == 2 && x.dims[1] == w.dims[0])
       return f_.CustomCall(kernels::kF32TMatmulTarget, {x, w}, DType::kF32, {x.dims[0], w.dims[1]});
@@ -705,6 +724,11 @@ std::vector<ArenaPiece> LayerArenaPieces(const ModelConfig& c, WeightPrecision p
             pieces[i].layer == static_cast<int64_t>(i / kernel_bytes.size());
   if (!agree) throw Error(ErrorKind::kInternal, "programs: the layer arenas' pieces disagree with kernels::ArenaPieceBytes");
   return pieces;
+}
+
+bool ArenaPacksF32Panels(const WeightParam& p, WeightPrecision precision) {
+  return p.transposed && p.dtype == DType::kF32 && p.dims.size() == 2 &&
+         ArenaMatrixKind(precision) == kernels::WeightMatrix::Kind::kF32Panels;
 }
 
 int64_t LayerArenaBytes(const ModelConfig& c, WeightPrecision precision) {

@@ -121,6 +121,9 @@ struct ArenaPiece {
   int64_t offset = 0, bytes = 0;  // within the layer's arena
 };
 std::vector<ArenaPiece> LayerArenaPieces(const ModelConfig& config, WeightPrecision precision);
+// Whether the arena holds `param` in another layout than its upload layout: an f32 matrix (upload
+// layout [in, out]) is stored as kernels::WeightMatrix::Kind::kF32Panels (kernels/int8_matmul.h).
+bool ArenaPacksF32Panels(const WeightParam& param, WeightPrecision precision);
 int64_t LayerArenaBytes(const ModelConfig& config, WeightPrecision precision);  // of one layer's arena
 // WeightParamLayout with each layer's params replaced by one kLayerArena param ("model.layers.<l>")
 // when `layer_arena`: the params a model's programs take, in order.

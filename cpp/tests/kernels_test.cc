@@ -146,6 +146,50 @@ TEST(kernels_int8, RowsBitIdenticalWhateverTAndThreads) {
   }
 }
 
+// f32 weights in panels of 64 outputs (the layer arenas' f32 layout): the same bits as the upload
+// layout [in, out], row by row whatever T and range, with the AVX-512 and the portable kernels,
+// a narrower last panel included.
+TEST(kernels_f32, PanelsGiveTheTransposedLayoutsBits) {
+  for (auto [in, out] : std::vector<std::pair<int64_t, int64_t>>{{96, 200}, {576, 192}, {64, 40}}) {
+    std::mt19937 rng(11);
+    std::normal_distribution<float> normal(0, 1);
+    const int64_t T = 9;
+    std::vector<float> wt(static_cast<size_t>(in * out)), x(static_cast<size_t>(T * in)), panels(wt.size());
+    for (auto& v : wt) v = 0.05f * normal(rng);
+    for (auto& v : x) v = normal(rng);
+    kernels::PackF32Panels(wt.data(), in, out, panels.data());
+    for (Int8Impl impl : {Int8Impl::kScalar, Int8Impl::kAvx512}) {
+      if (!kernels::Int8ImplSupported(impl)) continue;
+      kernels::KernelImpls impls;
+      impls.f32 = impl;
+      const kernels::WeightMatrix dense{kernels::WeightMatrix::Kind::kF32Transposed, wt.data(), nullptr, in, out};
+      const kernels::WeightMatrix packed{kernels::WeightMatrix::Kind::kF32Panels, panels.data(), nullptr, in, out};
+      for (int64_t k : {1, 2, 5, 7, 9}) {
+        for (auto [o0, o1] : std::vector<std::pair<int64_t, int64_t>>{{0, out}, {0, std::min<int64_t>(64, out)}, {3, out - 5}, {out - 8, out}}) {
+          if (o0 >= o1) continue;
+          std::vector<float> a(static_cast<size_t>(k * out), -1.0f), b(a.size(), -2.0f);
+          kernels::PreparedActivations pa, pb;
+          kernels::PrepareActivations(dense.kind, impls, x.data(), k, in, &pa);
+          kernels::PrepareActivations(packed.kind, impls, x.data(), k, in, &pb);
+          kernels::MatmulRange(dense, impls, pa, a.data(), o0, o1);
+          kernels::MatmulRange(packed, impls, pb, b.data(), o0, o1);
+          for (int64_t t = 0; t < k; ++t)
+            ASSERT_EQ(0, std::memcmp(a.data() + t * out + o0, b.data() + t * out + o0, (o1 - o0) * 4))
+                << kernels::Int8ImplName(impl) << " in=" << in << " out=" << out << " T=" << k << " row " << t
+                << " outputs " << o0 << ".." << o1;
+        }
+      }
+      // Row r of a T-row call is the row alone (verify(T) = decode(1)), through the team too.
+      std::vector<float> all(static_cast<size_t>(T * out)), one(static_cast<size_t>(out));
+      kernels::TeamMatmul(packed, impls, x.data(), T, all.data(), kernels::ThreadTeam::Global());
+      for (int64_t t = 0; t < T; ++t) {
+        kernels::TeamMatmul(packed, impls, x.data() + t * in, 1, one.data(), kernels::ThreadTeam::Global());
+        ASSERT_EQ(0, std::memcmp(one.data(), all.data() + t * out, out * 4)) << kernels::Int8ImplName(impl) << " row " << t;
+      }
+    }
+  }
+}
+
 // 4-bit weights (the q4 draft precision): quantising a Q4_1 matrix's own dequantised values gives
 // back its blocks; every impl against a double reference on the dequantised weights (the VNNI impl
 // quantises activations per 32-block, as for int8); rows bit-identical whatever T and threads.
