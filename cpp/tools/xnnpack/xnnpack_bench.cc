@@ -2,7 +2,8 @@
 // built only where CMake finds them), as issue #13 asks of every kernel library we could use
 // instead of our own code, in the shape of cpp/tools/onednn/onednn_bench.cc: the matrices of 30
 // SmolLM2-135M layers, each read once per pass, at T = 1 and T = 5, both threads, per weight type
-// XNNPACK has an operator for. XNNPACK gets its best case: weights packed once at operator
+// XNNPACK has an operator for (ours: the layouts the decoder's layer arenas hold, f32 in panels
+// of 64 outputs). XNNPACK gets its best case: weights packed once at operator
 // creation, one operator per matrix set up for T before the timing, its own pthreadpool of as
 // many threads as our team.
 //
@@ -15,8 +16,6 @@
 //         rounds the activations per 32-block and writes f32, so its row does less work than ours.
 //   bf16, 4-bit blocks: no operators (nor f16 ones on x86 in this snapshot: create fails with
 //         unsupported hardware, which the tool reports).
-#include "kernels/x86_intrinsics.h"  // first: the AVX-512 warning pragmas
-
 #include <pthreadpool.h>
 #include <xnnpack.h>
 
@@ -75,28 +74,6 @@ bool Setup(Type type, xnn_operator_t op, int64_t T, const void* x, void* y, pthr
           ? xnn_setup_fully_connected_nc_f32(op, T, static_cast<const float*>(x), static_cast<float*>(y), pool)
           : xnn_setup_convolution2d_nhwc_qc8(op, 1, 1, T, static_cast<const int8_t*>(x), static_cast<int8_t*>(y), pool);
   return Ok(st, "setup");
-}
-
-// What our f32 kernel would do with XNNPACK's kind of layout: the same per-element FMA chain over
-// the inputs as kernels/int8_matmul.cc's Avx512BlockF32T (so the same bits), for one token, but
-// from weights packed in panels of 64 columns ([out / 64][in][64]: each task one contiguous
-// stream) instead of the upload layout [in, out] (each task 256 bytes of every row). A
-// measurement of the layout only; the product's f32 kernel reads [in, out].
-__attribute__((target("avx512f,fma"))) void PanelF32(const float* x, const float* panel, float* y, int64_t in) {
-  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-  for (int64_t i = 0; i < in; ++i) {
-    const __m512 xv = _mm512_set1_ps(x[i]);
-    const float* wr = panel + i * 64;
-    for (int j = 0; j < 4; ++j) acc[j] = _mm512_fmadd_ps(xv, _mm512_loadu_ps(wr + 16 * j), acc[j]);
-  }
-  for (int j = 0; j < 4; ++j) _mm512_storeu_ps(y + 16 * j, acc[j]);
-}
-
-std::vector<float> ToPanels(const float* wt, int64_t in, int64_t out) {
-  std::vector<float> p(static_cast<size_t>(in * out));
-  for (int64_t b = 0; b < out / 64; ++b)
-    for (int64_t i = 0; i < in; ++i) std::memcpy(&p[(b * in + i) * 64], wt + i * out + 64 * b, 64 * sizeof(float));
-  return p;
 }
 
 }  // namespace
@@ -164,16 +141,21 @@ int main(int argc, char** argv) {
           for (int64_t i = 0; i < s.in; ++i) {
             const float value = std::sin(static_cast<float>((o * s.in + i) * 7 + l * 13 + ms.size())) * 0.05f;
             if (type == Type::kF32) {
-              std::memcpy(&w[(i * s.out + o) * 4], &value, 4);  // ours: [in, out]
+              std::memcpy(&w[(i * s.out + o) * 4], &value, 4);  // [in, out], packed into panels below
               std::memcpy(&t[(o * s.in + i) * 4], &value, 4);
             } else {
               w[o * s.in + i] = t[o * s.in + i] = static_cast<uint8_t>(static_cast<int8_t>(std::lrint(value * 2540)));
             }
           }
+        if (type == Type::kF32) {  // ours: the layer arenas' layout (kF32Panels)
+          std::vector<uint8_t> panels(w.size());
+          PackF32Panels(reinterpret_cast<const float*>(w.data()), s.in, s.out, reinterpret_cast<float*>(panels.data()));
+          w.swap(panels);
+        }
         ours.push_back(std::move(w));
         theirs.push_back(std::move(t));
         scales.emplace_back(static_cast<size_t>(s.out), 0.0004f);
-        ms.push_back({type == Type::kF32 ? WeightMatrix::Kind::kF32Transposed : WeightMatrix::Kind::kInt8,
+        ms.push_back({type == Type::kF32 ? WeightMatrix::Kind::kF32Panels : WeightMatrix::Kind::kInt8,
                       ours.back().data(), scales.back().data(), s.in, s.out});
         bytes += s.in * s.out * Bytes(type);
       }
@@ -212,34 +194,6 @@ int main(int argc, char** argv) {
                   type == Type::kF32 ? "fully_connected_nc_f32" : "1x1 convolution qc8, int8 out", b / a);
     }
     for (xnn_operator_t op : ops) xnn_delete_operator(op);
-    if (type == Type::kF32 && run_ours) {
-      // Our f32 arithmetic from panels (above), one token, tasks of 4 panels on our team.
-      std::vector<std::vector<float>> panels;
-      for (size_t m = 0; m < ms.size(); ++m)
-        panels.push_back(ToPanels(static_cast<const float*>(ms[m].data), ms[m].in, ms[m].out));
-      std::vector<float> x(1536), y(1536), y_ref(1536);
-      for (size_t i = 0; i < x.size(); ++i) x[i] = std::cos(static_cast<float>(i)) * 0.7f;
-      bool same = true;
-      std::vector<double> t_panels;
-      for (int r = 0; r < runs; ++r) {
-        const auto t0 = Clock::now();
-        for (size_t m = 0; m < ms.size(); ++m) {
-          const int64_t in = ms[m].in, blocks = ms[m].out / 64;
-          team.Run((blocks + 3) / 4, [&](int64_t task) {
-            for (int64_t b = 4 * task; b < std::min(blocks, 4 * task + 4); ++b)
-              PanelF32(x.data(), panels[m].data() + b * in * 64, y.data() + 64 * b, in);
-          });
-          if (r == 0) {
-            TeamMatmul(ms[m], impls, x.data(), 1, y_ref.data(), team);
-            same = same && std::memcmp(y.data(), y_ref.data(), static_cast<size_t>(ms[m].out) * 4) == 0;
-          }
-        }
-        if (r > 0) t_panels.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
-      }
-      const double c = Median(t_panels);
-      std::printf("f32   T=1: ours from panels of 64 columns %7.2f ms (%5.1f GB/s), %s our kernel's outputs\n", c,
-                  bytes / c / 1e6, same ? "bit-identical to" : "DIFFERENT from");
-    }
   }
   pthreadpool_destroy(pool);
   xnn_deinitialize();
