@@ -28,6 +28,8 @@ export interface ModesBenchOptions {
   k0: number;
   draftLayers?: number;
   draftPrecision?: Precision;
+  /** The target's storage (CascadeLoadOptions.targetStorage); 'dense' writes modes-dense.{json,md}. */
+  targetStorage?: 'auto' | 'dense';
   /** false: no draft lookahead (GenerateOptions.lookahead), for a side-by-side. */
   lookahead?: boolean;
   /** Seeds per prompt at T > 0 (greedy runs once). */
@@ -68,6 +70,7 @@ export async function benchModes(o: ModesBenchOptions): Promise<Row[]> {
     maxContext: 512,
     draftLayers: o.draftLayers,
     precision: o.draftPrecision ? { draft: o.draftPrecision } : undefined,
+    targetStorage: o.targetStorage,
     tiny: needsTiny ? 'fit' : undefined,
   });
   const base = { maxTokens: o.maxTokens, k1: o.k1, k0: o.k0, stopAtEos: false, ...(o.lookahead === false ? { lookahead: false } : {}) };
@@ -125,10 +128,10 @@ export async function benchModes(o: ModesBenchOptions): Promise<Row[]> {
   const header = [
     `# Decoding modes on ${path.basename(target)}`,
     '',
-    `${info.target.layers}-layer target (${info.targetPrecision}), ${info.draft.layers}-layer self-speculative draft (${info.draftPrecision}), ` +
+    `${info.target.layers}-layer target (${info.targetPrecision}, stored ${info.targetStorage === 'q4-blocks' ? "as the file's 4-bit blocks" : 'dense'}), ${info.draft.layers}-layer self-speculative draft (${info.draftPrecision}), ` +
       `tiny: closed-form fit; k1 ${o.k1}, k0 ${o.k0}, ${o.maxTokens} tokens, medians over ${BENCH_PROMPTS.length} prompts ` +
       `(x ${o.seeds} seeds at T > 0; "vs" columns: medians of ratios per prompt and seed), ` +
-      `interleaved in one process, XLA CPU plugin. Reproduce: \`node dist/cli/main.js bench --suite modes\`.`,
+      `interleaved in one process, XLA CPU plugin. Reproduce: \`node dist/cli/main.js bench --suite modes${o.targetStorage === 'dense' ? ' --target-storage dense' : ''}\`.`,
     '',
   ];
   const md = [
@@ -143,8 +146,9 @@ export async function benchModes(o: ModesBenchOptions): Promise<Row[]> {
     ),
   ];
   await mkdir(o.out, { recursive: true });
-  await writeFile(path.join(o.out, 'modes.md'), `${[...header, ...md].join('\n')}\n`);
-  await writeFile(path.join(o.out, 'modes.json'), `${JSON.stringify({ model: target, info, options: o, rows }, null, 2)}\n`);
+  const stem = o.targetStorage === 'dense' ? 'modes-dense' : 'modes';
+  await writeFile(path.join(o.out, `${stem}.md`), `${[...header, ...md].join('\n')}\n`);
+  await writeFile(path.join(o.out, `${stem}.json`), `${JSON.stringify({ model: target, info, options: o, rows }, null, 2)}\n`);
   console.log(
     table([
       ['mode', 'T', 'tok/s', 'vs target', 'vs spec.', 'vs best', 'tau', 'gamma0', 'gamma21', 'predicted'],
@@ -153,6 +157,6 @@ export async function benchModes(o: ModesBenchOptions): Promise<Row[]> {
         r.autoVsBestFixed === null ? '-' : `${r.autoVsBestFixed.toFixed(2)}x`, r.tau.toFixed(2), r.gamma0 === null ? '-' : r.gamma0.toFixed(2), r.gamma21.toFixed(2), `${r.predictedSpeedup.toFixed(2)}x`]),
     ]),
   );
-  console.log(`wrote ${path.join(o.out, 'modes.md')} and modes.json`);
+  console.log(`wrote ${path.join(o.out, `${stem}.md`)} and ${stem}.json`);
   return rows;
 }

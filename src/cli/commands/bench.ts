@@ -65,6 +65,7 @@ export function benchCommand(): Command {
     .option('--no-lookahead', 'modes: no draft lookahead (the same tokens; for a side-by-side)')
     .option('--seeds <n>', 'modes: seeds per prompt at T > 0 (each mode samples its own text; greedy runs once)', positiveInteger('--seeds'), 3)
     .addOption(new Option('--draft-precision <p>', 'modes: draft weights on the device').choices(PRECISIONS).default(engineDefaults()?.draftPrecision))
+    .addOption(new Option('--target-storage <s>', "modes: how the bf16 target is stored (dense: two bytes per weight, the seed's setting; writes modes-dense.*)").choices(['auto', 'dense']))
     .option('--out <dir>', 'modes, chat: where to write their .json and .md', 'docs/bench')
     .option('--mode <mode>', 'chat: the decoding mode', 'speculative')
     .option('--runs <n>', 'chat: measured runs (medians)', positiveInteger('--runs'), 5)
@@ -77,7 +78,7 @@ export function benchCommand(): Command {
     .addHelpText('after', '\nExamples:\n  $ cascade-xla bench                      # the side-by-side comparison (~15 min)\n  $ cascade-xla bench --suite runtime --devices 1,4 --size 1024 --rounds 5')
     .action(async (opts: { suite: string; plugin: string; devices: string; size: number; rounds: number; repeats: number; json?: boolean;
       model?: string; modes: string; temperatures: string; maxTokens: number; k1: number; k0: number; draftLayers?: number; lookahead: boolean; seeds: number; out: string;
-      mode: string; runs: number; draftPrecision?: Precision }) => {
+      mode: string; runs: number; draftPrecision?: Precision; targetStorage?: 'auto' | 'dense' }) => {
       if (opts.suite === 'chat') {
         await benchChat({ model: opts.model, plugin: opts.plugin, mode: opts.mode as DecodeMode, runs: opts.runs, out: opts.out });
         return;
@@ -96,6 +97,7 @@ export function benchCommand(): Command {
           k0: opts.k0,
           draftLayers: opts.draftLayers,
           draftPrecision: opts.draftPrecision,
+          targetStorage: opts.targetStorage,
           lookahead: opts.lookahead,
           seeds: opts.seeds,
           out: opts.out,
