@@ -32,6 +32,7 @@
 #include "kernels/int8_matmul.h"
 #include "kernels/thread_team.h"
 #include "tools/median.h"
+#include "tools/side_by_side.h"
 
 using namespace cascade::kernels;
 using Clock = std::chrono::steady_clock;
@@ -39,9 +40,7 @@ using cascade::tools::Median;
 
 namespace {
 
-struct Shape {
-  int64_t in, out;
-};
+using Shape = cascade::tools::MatrixShape;
 
 enum class Type { kF32, kInt8 };
 const char* Name(Type t) { return t == Type::kF32 ? "f32" : "int8"; }
@@ -79,16 +78,10 @@ bool Setup(Type type, xnn_operator_t op, int64_t T, const void* x, void* y, pthr
 }  // namespace
 
 int main(int argc, char** argv) {
-  int runs = 9, layers = 30;
-  std::string only;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string a = argv[i];
-    if (a == "--runs") runs = std::atoi(argv[i + 1]);
-    else if (a == "--layers") layers = std::atoi(argv[i + 1]);
-    else if (a == "--only") only = argv[i + 1];
-  }
-  const bool run_ours = only != "xnnpack", run_xnn = only != "ours";
-  const std::vector<Shape> layer = {{576, 576}, {576, 192}, {576, 192}, {576, 576}, {576, 1536}, {576, 1536}, {1536, 576}};
+  const cascade::tools::SideBySideFlags flags = cascade::tools::ParseSideBySideFlags(argc, argv);
+  const int runs = flags.runs, layers = flags.layers;
+  const bool run_ours = flags.Ours(), run_xnn = flags.Theirs();
+  const std::vector<Shape> layer = cascade::tools::SmolLM2LayerShapes();
   ThreadTeam& team = ThreadTeam::Global();
   KernelImpls impls;
   impls.int8 = BestInt8Impl();
