@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -166,6 +167,23 @@ struct KernelImpls {
   Int8Impl f32 = Int8Impl::kScalar;  // kScalar or kAvx512 (f32 [in, out] weights)
 };
 
+// Memory for vectors a kernel reads 64 bytes at a time: whole cache lines (a 64-byte load that
+// spans two lines costs ~1.3x on Zen 4: vdpbf16ps over 16 tokens' bf16 rows, session 22).
+template <typename T>
+struct CacheLineAllocator {
+  using value_type = T;
+  CacheLineAllocator() = default;
+  template <typename U>
+  CacheLineAllocator(const CacheLineAllocator<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{64})); }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t{64}); }
+  template <typename U>
+  bool operator==(const CacheLineAllocator<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const CacheLineAllocator<U>&) const { return false; }
+};
+using Bf16Rows = std::vector<uint16_t, CacheLineAllocator<uint16_t>>;
+
 // Activations x[T, in] prepared once for every matrix that reads them (q/k/v, gate/up): VNNI
 // quantises them per 32-block, the bf16 dot rounds them to bf16; the f32 paths read x as is.
 struct PreparedActivations {
@@ -178,7 +196,7 @@ struct PreparedActivations {
   std::vector<float> block_sum;      // VNNI, Q4 weights: [T][chunks * 2] block scale * sum of its s8 values
   std::vector<float> block_scale;    // VNNI, Q4 weights: [T][chunks * 2] the block scales
   int64_t ldx = 0;                   // bf16 dot: row stride of xb
-  std::vector<uint16_t> xb;          // bf16 dot: [T][ldx]
+  Bf16Rows xb;                       // bf16 dot: [T][ldx], rows of whole cache lines
   std::vector<uint16_t> amx;         // AMX: B tiles [ceil(T/16)][in/32][16 pairs][min(T, 16) tokens][2]
 };
 void PrepareActivations(WeightMatrix::Kind kind, const KernelImpls& impls, const float* x, int64_t T, int64_t in,

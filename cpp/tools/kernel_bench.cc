@@ -2,7 +2,7 @@
 // at T=1 and T=5, with 1 thread and with the whole kernel team, against the read bandwidth
 // measured in the same run. What a decode step's matrices can reach on this machine.
 //
-//   kernel_bench [--runs 15]
+//   kernel_bench [--runs 15] [--kinds f32,bf16,int8,q4,bf16q4,head,tiny]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -44,8 +44,12 @@ double Bandwidth(ThreadTeam& team, const std::vector<float>& buf) {
 
 int main(int argc, char** argv) {
   int runs = 15;
-  for (int i = 1; i + 1 < argc; i += 2)
+  std::string kinds = "f32,bf16,int8,q4,bf16q4,head,tiny";
+  for (int i = 1; i + 1 < argc; i += 2) {
     if (std::string(argv[i]) == "--runs") runs = std::atoi(argv[i + 1]);
+    if (std::string(argv[i]) == "--kinds") kinds = argv[i + 1];
+  }
+  auto wanted = [&](const std::string& name) { return ("," + kinds + ",").find("," + name + ",") != std::string::npos; };
   // One layer's matrices of SmolLM2-135M repeated to ~the model's size, so they stream from DRAM.
   struct Shape { int64_t in, out; };
   const std::vector<Shape> layer = {{576, 576}, {576, 192}, {576, 192}, {576, 576}, {576, 1536}, {576, 1536}, {1536, 576}};
@@ -65,8 +69,10 @@ int main(int argc, char** argv) {
   }
   std::printf("read bandwidth: 1 thread %.1f GB/s, %d threads %.1f GB/s\n", Median(bw1), all.helpers() + 1, Median(bw2));
   for (WeightMatrix::Kind kind : {WeightMatrix::Kind::kF32Transposed, WeightMatrix::Kind::kBf16, WeightMatrix::Kind::kInt8,
-                                  WeightMatrix::Kind::kQ4}) {
-    const bool q4 = kind == WeightMatrix::Kind::kQ4;
+                                  WeightMatrix::Kind::kQ4, WeightMatrix::Kind::kQ4Bf16}) {
+    const bool q4 = kind == WeightMatrix::Kind::kQ4 || kind == WeightMatrix::Kind::kQ4Bf16;
+    const char* name = kind == WeightMatrix::Kind::kQ4Bf16 ? "bf16q4" : q4 ? "q4" : kind == WeightMatrix::Kind::kInt8 ? "int8" : kind == WeightMatrix::Kind::kBf16 ? "bf16" : "f32";
+    if (!wanted(name)) continue;
     const int64_t elem = kind == WeightMatrix::Kind::kInt8 ? 1 : kind == WeightMatrix::Kind::kBf16 ? 2 : 4;
     std::vector<std::vector<uint8_t>> data;
     std::vector<std::vector<float>> scales;
@@ -90,7 +96,6 @@ int main(int argc, char** argv) {
           bytes += s.out * s.in / 32 * 4;
         }
       }
-    const char* name = q4 ? "q4" : kind == WeightMatrix::Kind::kInt8 ? "int8" : kind == WeightMatrix::Kind::kBf16 ? "bf16" : "f32";
     for (int64_t T : {1, 5}) {
       std::vector<float> x(static_cast<size_t>(T * 1536), 0.5f), y(static_cast<size_t>(T * 1536));
       for (ThreadTeam* team : {&one, &all}) {
@@ -113,7 +118,7 @@ int main(int argc, char** argv) {
   // bf16 weights, one token. Every logit exactly (the kQ8Bf16 kernel, then ArgmaxRows) against
   // Q8Bf16HeadArgmax (an int16 bound, then the candidates exactly: head_argmax.h), both hot
   // (back to back) and cold (after reading 1 GiB), with the ids compared.
-  {
+  if (wanted("head")) {
     const int64_t in = 576, out = 49152;
     std::vector<float> wf(static_cast<size_t>(in * out)), x(in);
     uint64_t state = 7;
@@ -155,7 +160,7 @@ int main(int argc, char** argv) {
   // The tiny (stage 0) on its own, W2 in int8 and in q4 blocks (what a 256-wide tiny uses): the
   // same call back to back (W2 stays in the last-level cache if it holds it) against the same
   // call after 1 GiB was read in between (W2 then comes from DRAM).
-  {
+  if (wanted("tiny")) {
     const int64_t d = 576, H = 256, V = 49152, K = 256;
     std::vector<float> w1t(static_cast<size_t>(d * H), 0.01f), b1(H, 0.f), ln_w(H, 1.f), ln_b(H, 4.f),
         w2_scale(V, 0.01f), b2(V, 0.f), x(d), w2f(static_cast<size_t>(V * H));
