@@ -14,8 +14,28 @@ namespace cascade {
 
 namespace {
 constexpr double kEmaWeight = 0.2;      // weight of a new sample once warmed up
-constexpr int64_t kExploreRounds = 2;   // auto mode: rounds of each kind before exploiting
-constexpr uint64_t kReexploreEvery = 16;  // auto mode: retry a kind now and then (they take turns)
+constexpr int64_t kExploreRounds = 2;   // auto mode: rounds of each drafting kind before exploiting
+// ...and of target-only: the median of 3 decodes (one round, one token each). Of 2, a single slow
+// call (4-7 ms more in ~10-20% of a 2-vCPU host's sampled decodes) set the decode at 7.8 ms
+// against 4.4 and auto ran the cascade at 0.8x target-only for a predicted 1.1x (session 22).
+constexpr int64_t kTargetExploreRounds = 3;
+// auto mode: retry a kind now and then (they take turns), every this many tokens. Counted in
+// rounds (16), target-only rounds of one token each re-tried speculation every 48 tokens, each time
+// a draft catch-up and a round at ~0.8x: auto ran target-only steps at 0.83x target-only (session
+// 22, Zen 4, where speculation over the block-stored target is ~0.8x).
+constexpr int64_t kReexploreTokens = 160;
+// Target-only is tried again more often: its decode cost is the yardstick of every prediction, and
+// the first decodes of a run can all be slow (three at 7.9-8.1 ms against 4.4 steady on a 2-vCPU
+// host): without fresh samples auto ran the cascade for a predicted 1.6x that measured 0.8x.
+// A host busy for a while (decodes at 12-13 ms against 5) left a median that a retry every 480
+// tokens could not move back: auto then kept speculation at 0.55x target-only (session 22).
+constexpr int64_t kTargetRetryTokens = 32;
+// ...when predicted at >= this share of the best (at 0.55-0.6x of it, as in the tests, it is not),
+// or while fewer decodes than the median's window are timed (three slow first ones, say).
+constexpr double kTargetRetryShare = 0.7;
+// Explore and re-explore rounds propose at most this many tokens: a kind far behind then costs
+// a few draft steps, not k1 of them (cost and acceptance are learned per proposal and position).
+constexpr int64_t kExploreLength = 4;
 // ...but only a kind predicted at >= this share of the best: the drift re-exploring guards
 // against is ~10-20% (the text changes, the machine's load), and a round of a kind far behind
 // costs a round's worth of tokens (a target-only round at ~0.5x of speculation gave up ~4% of a
@@ -121,7 +141,11 @@ double CostModel::VerifyMs(int64_t length) const {
   if (verify_n_ == 0) return decode * VerifyOverDecode(x);
   const double mean_x = sx_ / verify_n_, mean_y = sy_ / verify_n_;
   const double var = sxx_ / verify_n_ - mean_x * mean_x;
-  if (var < 1e-9) return mean_y * VerifyOverDecode(x) / VerifyOverDecode(mean_x);  // one length seen
+  if (var < 1e-9) {  // one length seen: the line through it and a measured decode, else the prior
+    // (the prior's slope is the AMX target's, ~0.07 a token; on Zen 4 a token costs ~0.25).
+    if (decode_ms_.count() > 0 && mean_x > 1.5) return std::max(decode, decode + (mean_y - decode) * (x - 1) / (mean_x - 1));
+    return mean_y * VerifyOverDecode(x) / VerifyOverDecode(mean_x);
+  }
   const double b = std::max(0.0, (sxy_ / verify_n_ - mean_x * mean_y) / var);
   return std::max(decode, mean_y + b * (x - mean_x));
 }
@@ -149,11 +173,15 @@ StepChoice CostModel::BestLength(StepKind kind, const std::vector<int64_t>& leng
 }
 
 StepChoice CostModel::Choose(bool allow_speculative, bool allow_cascade, const std::vector<int64_t>& lengths) {
-  const uint64_t round = auto_rounds_++;
-  // Explore: every kind a couple of rounds first.
-  if (decode_ms_.count() < kExploreRounds) return {StepKind::kTarget, 0, Throughput(StepKind::kTarget, 0)};
-  if (allow_speculative && speculative_.step_ms.count() < kExploreRounds) return BestLength(StepKind::kSpeculative, lengths);
-  if (allow_cascade && cascade_.step_ms.count() < kExploreRounds) return BestLength(StepKind::kCascade, lengths);
+  // The longest allowed length up to kExploreLength.
+  int64_t explore_length = lengths.empty() ? 1 : lengths.front();
+  for (int64_t L : lengths)
+    if (L <= kExploreLength) explore_length = std::max(explore_length, L);
+  auto short_round = [&](StepKind kind) { return StepChoice{kind, explore_length, Throughput(kind, explore_length), true}; };
+  // Explore: every kind a few rounds first.
+  if (decode_ms_.count() < kTargetExploreRounds) return {StepKind::kTarget, 0, Throughput(StepKind::kTarget, 0)};
+  if (allow_speculative && speculative_.step_ms.count() < kExploreRounds) return short_round(StepKind::kSpeculative);
+  if (allow_cascade && cascade_.step_ms.count() < kExploreRounds) return short_round(StepKind::kCascade);
   // Exploit: the best prediction.
   StepChoice best{StepKind::kTarget, 0, Throughput(StepKind::kTarget, 0)};
   StepChoice speculative, cascade;
@@ -176,16 +204,23 @@ StepChoice CostModel::Choose(bool allow_speculative, bool allow_cascade, const s
       previous.predicted_tokens_per_ms >= (1 - kSwitchMargin) * best.predicted_tokens_per_ms)
     best = previous;
   last_exploited_ = best.kind;
-  // Re-explore now and then (costs drift): the kinds take turns, each only when it is close.
-  if (round % kReexploreEvery == kReexploreEvery - 1) {
-    const uint64_t turn = (round / kReexploreEvery) % 3;
-    StepChoice candidate = turn == 0 ? StepChoice{StepKind::kTarget, 0, Throughput(StepKind::kTarget, 0)}
-                           : turn == 1 ? (allow_speculative ? speculative : StepChoice{})
-                                       : (allow_cascade ? cascade : StepChoice{});
-    const bool allowed = turn == 0 || (turn == 1 ? allow_speculative : allow_cascade);
+  // Re-explore now and then (costs drift): target-only often, the drafting kinds in turn and only
+  // when they are close.
+  const double target = Throughput(StepKind::kTarget, 0);
+  const bool target_close = target >= kTargetRetryShare * best.predicted_tokens_per_ms;
+  if (best.kind != StepKind::kTarget && (decode_ms_.count() < RecentMedian::kWindow || target_close) &&
+      tokens_ - target_retried_at_tokens_ >= kTargetRetryTokens) {
+    target_retried_at_tokens_ = tokens_;
+    return {StepKind::kTarget, 0, target, true};
+  }
+  if (tokens_ - reexplored_at_tokens_ >= kReexploreTokens) {
+    reexplored_at_tokens_ = tokens_;
+    const bool cascade_turn = reexplore_turn_++ % 2 == 1;
+    const StepChoice& candidate = cascade_turn ? cascade : speculative;
+    const bool allowed = cascade_turn ? allow_cascade : allow_speculative;
     if (allowed && candidate.kind != best.kind &&
         candidate.predicted_tokens_per_ms >= kReexploreShare * best.predicted_tokens_per_ms)
-      return candidate;
+      return short_round(candidate.kind);
   }
   return best;
 }

@@ -28,6 +28,7 @@ struct StepChoice {
   StepKind kind = StepKind::kTarget;
   int64_t length = 0;             // L (0 for target-only)
   double predicted_tokens_per_ms = 0;
+  bool exploring = false;  // an explore or re-explore round: run `length` even without a dynamic horizon
 };
 
 // The median of the last kWindow samples (draft costs: one per round since session 10, the round's
@@ -61,6 +62,8 @@ class CostModel {
   // T > 0 it is ~10% of a round (a transform of 49,152 logits per row), and without it the model
   // predicted speculation at T = 0.8 18% too fast (session 8).
   void ObserveHost(StepKind kind, int64_t rows, double ms);
+  // Tokens a round gave (any kind): re-exploration is paced in tokens, not rounds.
+  void ObserveRoundTokens(int64_t tokens) { tokens_ += tokens; }
 
   // Expected tokens per target call.
   static double ExpectedTokens(double acceptance, int64_t length);
@@ -69,14 +72,17 @@ class CostModel {
   // The best L in `lengths` for a kind (speculative or cascade).
   StepChoice BestLength(StepKind kind, const std::vector<int64_t>& lengths) const;
   // The best of the allowed kinds for the next auto-mode round. Kinds never observed are explored
-  // first; then the best prediction, keeping the last choice unless another is predicted >4%
-  // faster; every 16th round (counted over the model's life, not per generation) one kind, in
-  // turn, is tried again if its prediction is at least 85% of the best.
+  // first (target-only 3 rounds, the others 2 short ones); then the best prediction, keeping the
+  // last choice unless another is predicted >4% faster. Counted in tokens over the model's life
+  // (not per generation): target-only, the yardstick, is tried again every 32 when predicted at
+  // >= 70% of the best (a round of it costs at most one token's worth of the difference);
+  // speculation and the cascade in turn every 160 with a short proposal, when at >= 85%.
   StepChoice Choose(bool allow_speculative, bool allow_cascade, const std::vector<int64_t>& lengths);
 
   // Per-position acceptance of a proposer's rounds (a prior of 0.5 until observed).
   double acceptance(StepKind kind) const { return Drafting(kind).acceptance; }
   double decode_ms() const { return decode_ms_.value(); }
+  int64_t decode_samples() const { return decode_ms_.count(); }
   // The target decode cost: measured, else read off the verify line at one token, else 1 ms.
   double DecodeEstimate() const;
   // One draft call of a proposer, ms (0 until observed).
@@ -103,7 +109,10 @@ class CostModel {
   double sx_ = 0, sy_ = 0, sxx_ = 0, sxy_ = 0;
   double decode_equivalent_sum_ = 0;  // sum over verify calls of ms / (1 + s (tokens - 1))
   int64_t verify_n_ = 0;
-  uint64_t auto_rounds_ = 0;  // Choose calls so far
+  int64_t tokens_ = 0;                  // ObserveRoundTokens's sum
+  int64_t reexplored_at_tokens_ = 0;    // tokens_ at the last re-exploration of a drafting kind
+  int64_t target_retried_at_tokens_ = 0;  // ...and of target-only
+  uint64_t reexplore_turn_ = 0;         // which drafting kind re-explores next
   StepKind last_exploited_ = StepKind::kTarget;  // Choose's last exploiting choice
 };
 

@@ -693,7 +693,7 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
     if (mode == DecodeMode::kAuto) {
       StepChoice choice = cost_->Choose(true, has_tiny_, lengths);
       kind = choice.kind;
-      length = dynamic_length ? choice.length : options.proposal_length;
+      length = dynamic_length || choice.exploring ? choice.length : options.proposal_length;
     } else if (dynamic_length && kind != StepKind::kTarget) {
       length = cost_->BestLength(kind, lengths).length;
     }
@@ -732,6 +732,7 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
     seq.target_valid = std::min<int64_t>(seq.target_valid, seq.tokens.size());
     seq.draft_valid = std::min<int64_t>(seq.draft_valid, seq.tokens.size());
     result.tokens.insert(result.tokens.end(), fresh.begin(), fresh.end());
+    cost_->ObserveRoundTokens(static_cast<int64_t>(fresh.size()));
     if (options.on_tokens && !fresh.empty() && !options.on_tokens(fresh)) {
       stats.stop_reason = "callback";
       break;
