@@ -1139,10 +1139,28 @@ void Avx512PanelsF32(const float*, const float*, float*, int64_t, int64_t, int64
 
 // ---------------------------------------------------------------- dispatch over blocks
 
+// Tokens [t, t + left) (1 <= left <= TB) as one block of `left` tokens over outputs [o, o + OB).
+template <template <int, int> class B, int OB, int TB, typename... A>
+void TokensRest(int64_t left, int64_t t, int64_t o, A&... a) {
+  if constexpr (TB > 0) {
+    if (left == TB) B<TB, OB>::Run(t, o, a...);
+    else TokensRest<B, OB, TB - 1>(left, t, o, a...);
+  }
+}
+
+// Tokens [0, T) in blocks of up to kMax over outputs [o, o + OB).
+template <template <int, int> class B, int OB, int kMax, typename... A>
+void TokensOver(int64_t T, int64_t o, A&... a) {
+  int64_t t = 0;
+  for (; t + kMax <= T; t += kMax) B<kMax, OB>::Run(t, o, a...);
+  if (t < T) TokensRest<B, OB, kMax - 1>(T - t, t, o, a...);
+}
+
 // Calls block<TB, OB>(t0, o0) over rows [0, T) x outputs [o0, o1). A decode takes one output row
-// at a time (the weights read in one stream), more tokens OB = kOB rows then 1 for the rest. On
-// Zen 4 two or more interleaved streams read DRAM at about half the rate of one (session 22,
-// one thread, 576 x 1536 matrices from DRAM, T = 1: int8 9.5 -> 17.7 GB/s, bf16 11.2 -> 18.1).
+// at a time (the weights read in one stream), more tokens OB = kOB rows then 1 for the rest, 4
+// tokens at a time. On Zen 4 two or more interleaved streams read DRAM at about half the rate of
+// one (session 22, one thread, 576 x 1536 matrices from DRAM, T = 1: int8 9.5 -> 17.7 GB/s, bf16
+// 11.2 -> 18.1).
 template <template <int, int> class B, typename... A>
 void Tile(int64_t T, int64_t o0, int64_t o1, A&&... a) {
   int64_t o = o0;
@@ -1150,53 +1168,23 @@ void Tile(int64_t T, int64_t o0, int64_t o1, A&&... a) {
     for (; o < o1; ++o) B<1, 1>::Run(0, o, a...);
     return;
   }
-  for (; o + kOB <= o1; o += kOB) {
-    int64_t t = 0;
-    for (; t + 4 <= T; t += 4) B<4, kOB>::Run(t, o, a...);
-    switch (T - t) {
-      case 3: B<3, kOB>::Run(t, o, a...); break;
-      case 2: B<2, kOB>::Run(t, o, a...); break;
-      case 1: B<1, kOB>::Run(t, o, a...); break;
-      default: break;
-    }
-  }
-  for (; o < o1; ++o) {
-    int64_t t = 0;
-    for (; t + 4 <= T; t += 4) B<4, 1>::Run(t, o, a...);
-    for (; t < T; ++t) B<1, 1>::Run(t, o, a...);
-  }
-}
-
-// Tokens [0, T) in blocks of up to 8 over outputs [o, o + OB).
-template <template <int, int> class B, int OB, typename... A>
-void TokensOver(int64_t T, int64_t o, A&... a) {
-  int64_t t = 0;
-  for (; t + 8 <= T; t += 8) B<8, OB>::Run(t, o, a...);
-  switch (T - t) {
-    case 7: B<7, OB>::Run(t, o, a...); break;
-    case 6: B<6, OB>::Run(t, o, a...); break;
-    case 5: B<5, OB>::Run(t, o, a...); break;
-    case 4: B<4, OB>::Run(t, o, a...); break;
-    case 3: B<3, OB>::Run(t, o, a...); break;
-    case 2: B<2, OB>::Run(t, o, a...); break;
-    case 1: B<1, OB>::Run(t, o, a...); break;
-    default: break;
-  }
+  for (; o + kOB <= o1; o += kOB) TokensOver<B, kOB, 4>(T, o, a...);
+  for (; o < o1; ++o) TokensOver<B, 1, 4>(T, o, a...);
 }
 
 // One output row at a time over every token (8 at a time): the rows read in order, for weights
 // streamed from DRAM (bf16, T = 5, one thread: 9.0 -> 15.1 GB/s against Tile's 4 rows on Zen 4).
 template <template <int, int> class B, typename... A>
 void TileRowsInOrder(int64_t T, int64_t o0, int64_t o1, A&&... a) {
-  for (int64_t o = o0; o < o1; ++o) TokensOver<B, 1>(T, o, a...);
+  for (int64_t o = o0; o < o1; ++o) TokensOver<B, 1, 8>(T, o, a...);
 }
 
 // Two output rows at a time over every token (8 at a time), for weights already in L1/L2.
 template <template <int, int> class B, typename... A>
 void TileRowPairs(int64_t T, int64_t o0, int64_t o1, A&&... a) {
   int64_t o = o0;
-  for (; o + 2 <= o1; o += 2) TokensOver<B, 2>(T, o, a...);
-  for (; o < o1; ++o) TokensOver<B, 1>(T, o, a...);
+  for (; o + 2 <= o1; o += 2) TokensOver<B, 2, 8>(T, o, a...);
+  for (; o < o1; ++o) TokensOver<B, 1, 8>(T, o, a...);
 }
 
 template <int TB, int OB>
