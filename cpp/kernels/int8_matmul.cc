@@ -554,7 +554,7 @@ CASCADE_BF16 inline __m512bh LoadBf16x32(const uint16_t* p) {
 // kQ4Bf16 and kQ8Bf16 on CPUs with AVX512-BF16 and no AMX: Bf16DotBlock's arithmetic exactly (per
 // row and token one accumulator, vdpbf16ps over the 32-input steps in order, then the same
 // reduction), on the weights the blocks hold, built in registers from the blocks (Q4RowChunk,
-// Q8RowBlock). A decode (Q4Bf16Decode16, Q8Bf16Decode16) keeps a panel's 16 rows in 16
+// Q8RowBlock). A decode (Q4Bf16Decode<16>, Q8Bf16Decode<16>) keeps a panel's 16 rows in 16
 // accumulators and reads the panel in order; more tokens expand a panel into a bf16 scratch in L1
 // first (Q4PanelToBf16, Q8PanelToBf16) and run Bf16DotBlock itself over it. Both read the blocks
 // strictly in order: on Zen 4 two or more interleaved streams (rows of a matrix, panels) read DRAM
@@ -597,8 +597,8 @@ CASCADE_BF16 void Q4Bf16Decode(const uint16_t* xb, const uint8_t* panel, const u
   __m512 acc[RB];
 #pragma GCC unroll 16
   for (int r = 0; r < RB; ++r) acc[r] = _mm512_setzero_ps();
-  // Per chunk (two buffers), stored a chunk ahead of their broadcasts: a 4-byte load from a
-  // just-stored 64-byte vector waits for the store on Zen 4.
+  // Per chunk (two buffers), stored a chunk ahead of their broadcasts, so no broadcast reads a
+  // 64-byte store still in flight (measured alike with one buffer on Zen 4; kept for safety).
   alignas(64) float sc[2][4][16];
   const int64_t chunks = in / 64;
   Q4ChunkScales(ps, pm, n, j0, 0, rows, sc[0]);
