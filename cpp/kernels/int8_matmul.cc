@@ -648,6 +648,12 @@ CASCADE_BF16 inline __m512bh Q8RowBlock(const float* d, const int8_t* row) {
   return _mm512_cvtne2ps_pbh(hi, lo);
 }
 
+// Block b's f16 scales of rows [j0, j0 + 16) (masked) as floats.
+CASCADE_AVX512 inline void Q8BlockScales(const uint16_t* ps, int64_t n, int64_t j0, int64_t b, __mmask16 rows,
+                                         float* out) {
+  _mm512_store_ps(out, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(rows, ps + b * n + j0)));
+}
+
 template <int RB>
 CASCADE_BF16 void Q8Bf16Decode(const uint16_t* xb, const int8_t* panel, const uint16_t* ps, int64_t n, int64_t j0,
                                int64_t in, float* y) {
@@ -657,9 +663,9 @@ CASCADE_BF16 void Q8Bf16Decode(const uint16_t* xb, const int8_t* panel, const ui
   for (int r = 0; r < RB; ++r) acc[r] = _mm512_setzero_ps();
   alignas(64) float ds[2][16];  // per block (two buffers), stored a block ahead (as Q4Bf16Decode)
   const int64_t blocks = in / 32;
-  _mm512_store_ps(ds[0], _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(rows, ps + j0)));
+  Q8BlockScales(ps, n, j0, 0, rows, ds[0]);
   for (int64_t b = 0; b < blocks; ++b) {
-    if (b + 1 < blocks) _mm512_store_ps(ds[(b + 1) & 1], _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(rows, ps + (b + 1) * n + j0)));
+    if (b + 1 < blocks) Q8BlockScales(ps, n, j0, b + 1, rows, ds[(b + 1) & 1]);
     const int8_t* v = panel + (b * n + j0) * 32;
     for (int k = 0; k < RB / 2; ++k) _mm_prefetch(reinterpret_cast<const char*>(v + kPrefetchBytes + 64 * k), _MM_HINT_T0);
     const __m512bh x = LoadBf16x32(xb + b * 32);
@@ -675,10 +681,9 @@ CASCADE_BF16 void Q8PanelToBf16(const int8_t* panel, const uint16_t* ps, int64_t
   const int rows = static_cast<int>(j1 - j0);
   alignas(64) float ds[2][16];
   const int64_t blocks = in / 32;
-  _mm512_store_ps(ds[0], _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(FirstLanes16(rows), ps + j0)));
+  Q8BlockScales(ps, n, j0, 0, FirstLanes16(rows), ds[0]);
   for (int64_t b = 0; b < blocks; ++b) {
-    if (b + 1 < blocks)
-      _mm512_store_ps(ds[(b + 1) & 1], _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(FirstLanes16(rows), ps + (b + 1) * n + j0)));
+    if (b + 1 < blocks) Q8BlockScales(ps, n, j0, b + 1, FirstLanes16(rows), ds[(b + 1) & 1]);
     const int8_t* v = panel + (b * n + j0) * 32;
     for (int k = 0; k < 8; ++k) _mm_prefetch(reinterpret_cast<const char*>(v + kPrefetchBytes + 64 * k), _MM_HINT_T0);
     for (int r = 0; r < rows; ++r) {
@@ -1679,10 +1684,6 @@ int64_t MatmulTaskOutputs(const WeightMatrix& m) {
 }
 
 namespace {
-// kQ4Bf16 rows [o0, o1) through the bf16 weights' kernel itself: the rows expanded to their bf16
-// weights (as the upload rounds a bf16 tensor: model/decoder.cc ToBF16), a kBf16 matrix of just
-// those rows, its outputs copied into y. For the CPUs without AMX and a last panel of < 16 rows;
-// a kBf16 matrix's rows past out / 16 * 16 take the same non-AMX path.
 // The bf16 weights of row o of a kQ4Bf16 / kQ8Bf16 matrix (rounded as the upload rounds a bf16
 // tensor: model/decoder.cc ToBF16).
 void BlocksRowToBf16(const WeightMatrix& m, int64_t o, float* scratch, uint16_t* row) {
@@ -1696,9 +1697,9 @@ void BlocksRowToBf16(const WeightMatrix& m, int64_t o, float* scratch, uint16_t*
 }
 
 // kQ4Bf16 / kQ8Bf16 rows [o0, o1) through the bf16 weights' kernel itself: the rows expanded to
-// their bf16 weights, a kBf16 matrix of just those rows, its outputs copied into y. For the CPUs
-// without AMX and the rows past the last whole 16 (a kBf16 matrix's rows past out / 16 * 16 take
-// the same non-AMX path).
+// their bf16 weights, a kBf16 matrix of just those rows, its outputs copied into y. For the rows
+// of an AMX CPU past the last whole 16 (a kBf16 matrix's rows past out / 16 * 16 take the same
+// non-AMX path) and for CPUs without AVX512-BF16 (with it: BlocksDotRange).
 void BlocksThroughBf16(const WeightMatrix& m, const KernelImpls& impls, const PreparedActivations& a, float* y,
                        int64_t o0, int64_t o1) {
   const int64_t T = a.T, in = m.in, n = o1 - o0;
