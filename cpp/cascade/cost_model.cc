@@ -33,6 +33,10 @@ constexpr int64_t kTargetRetryTokens = 32;
 // ...when predicted at >= this share of the best (at 0.55-0.6x of it, as in the tests, it is not),
 // or while fewer decodes than the median's window are timed (three slow first ones, say).
 constexpr double kTargetRetryShare = 0.7;
+// ...and whatever its prediction when its newest decode is this many tokens old: a decode cost
+// from a busy moment otherwise stays while another kind runs (one round per 256 tokens costs at
+// most ~0.4% where target-only is half as fast as the best).
+constexpr int64_t kDecodeStaleTokens = 256;
 // Explore and re-explore rounds propose at most this many tokens: a kind far behind then costs
 // a few draft steps, not k1 of them (cost and acceptance are learned per proposal and position).
 constexpr int64_t kExploreLength = 4;
@@ -56,6 +60,18 @@ constexpr double kSwitchMargin = 0.04;
 // for a measured 1.12x. With s = 0.1 of the verify's own cost instead, session 9's demo put the
 // decode at 15.8 ms against 12.8.
 constexpr double kVerifyTokenShare = 0.07;
+// A re-try of a drafting kind whose draft is behind first feeds it everything since: after 160
+// tokens of target-only rounds, ~50 ms of q4 draft calls, ~11 target decodes (Zen 4). One such
+// re-try of the cascade (predicted at 0.93x target-only, so re-tried) cost a 128-token generation
+// 20% of its rate (auto 174.5 tokens/s against target-only 221.0, session 23). A re-try is made
+// only when the catch-up and the round's expected loss cost at most this share of the time the
+// tokens until the next re-try take at the best rate.
+constexpr double kReexploreBudget = 0.03;
+// Catch-ups of at least this many tokens give the per-token cost (smaller ones are a call's
+// fixed cost more than tokens).
+constexpr int64_t kCatchUpSampleTokens = 8;
+// Without a tokens-left figure, a switch to a drafting kind is taken to last this many tokens.
+constexpr int64_t kUnknownHorizonTokens = 256;
 double VerifyOverDecode(double tokens) { return 1.0 + kVerifyTokenShare * (tokens - 1.0); }
 }  // namespace
 
@@ -73,6 +89,14 @@ double RecentMedian::value() const {
   return n % 2 ? sorted[static_cast<size_t>(n / 2)] : 0.5 * (sorted[static_cast<size_t>(n / 2 - 1)] + sorted[static_cast<size_t>(n / 2)]);
 }
 
+double RecentMedian::lower() const {
+  const int64_t n = std::min<int64_t>(count_, kWindow);
+  if (n == 0) return 0;
+  std::array<double, kWindow> sorted = samples_;
+  std::sort(sorted.begin(), sorted.begin() + n);
+  return sorted[static_cast<size_t>((n - 1) / 3)];
+}
+
 CostModel::CostModel() = default;
 
 void CostModel::Ema(double& value, int64_t& count, double sample) {
@@ -82,7 +106,10 @@ void CostModel::Ema(double& value, int64_t& count, double sample) {
   value += w * (sample - value);
 }
 
-void CostModel::ObserveDecode(double ms) { decode_ms_.Add(ms); }
+void CostModel::ObserveDecode(double ms) {
+  decode_ms_.Add(ms);
+  decoded_at_tokens_ = tokens_;
+}
 
 void CostModel::ObserveVerify(int64_t tokens, double ms) {
   const double x = static_cast<double>(tokens);
@@ -92,6 +119,20 @@ void CostModel::ObserveVerify(int64_t tokens, double ms) {
   sxy_ += x * ms;
   decode_equivalent_sum_ += ms / VerifyOverDecode(x);
   ++verify_n_;
+}
+
+void CostModel::ObserveCatchUp(int64_t tokens, double ms) {
+  if (tokens >= kCatchUpSampleTokens) catch_up_token_ms_.Add(ms / static_cast<double>(tokens));
+}
+
+double CostModel::CatchUpMs(int64_t tokens) const {
+  if (tokens <= 0) return 0;
+  double call = 0;  // one draft call: the cheaper drafting kind's measured step, else a decode
+  for (StepKind kind : {StepKind::kSpeculative, StepKind::kCascade})
+    if (draft_ms(kind) > 0 && (call == 0 || draft_ms(kind) < call)) call = draft_ms(kind);
+  if (call == 0) call = DecodeEstimate();
+  const double per_token = catch_up_token_ms_.count() > 0 ? catch_up_token_ms_.value() : call / 3;
+  return std::max(call, static_cast<double>(tokens) * per_token);
 }
 
 void CostModel::ObserveHost(StepKind kind, int64_t rows, double ms) {
@@ -125,7 +166,7 @@ double CostModel::ExpectedTokens(double a, int64_t length) {
 }
 
 double CostModel::DecodeEstimate() const {
-  if (decode_ms_.count() > 0) return decode_ms_.value();
+  if (decode_ms_.count() > 0) return decode_ms();
   // No decode timed yet: each verify read back through the prior ratio, averaged. Not the verify
   // line at one token: the BF16 (AMX) kernel costs about the same from 2 to 16 rows and a decode
   // runs another path, so the line through verifies of 3, 5 and 13 tokens (the first and last
@@ -172,7 +213,8 @@ StepChoice CostModel::BestLength(StepKind kind, const std::vector<int64_t>& leng
   return best;
 }
 
-StepChoice CostModel::Choose(bool allow_speculative, bool allow_cascade, const std::vector<int64_t>& lengths) {
+StepChoice CostModel::Choose(bool allow_speculative, bool allow_cascade, const std::vector<int64_t>& lengths,
+                             const RoundContext& where) {
   // The longest allowed length up to kExploreLength.
   int64_t explore_length = lengths.empty() ? 1 : lengths.front();
   for (int64_t L : lengths)
@@ -182,34 +224,42 @@ StepChoice CostModel::Choose(bool allow_speculative, bool allow_cascade, const s
   if (decode_ms_.count() < kTargetExploreRounds) return {StepKind::kTarget, 0, Throughput(StepKind::kTarget, 0)};
   if (allow_speculative && speculative_.step_ms.count() < kExploreRounds) return short_round(StepKind::kSpeculative);
   if (allow_cascade && cascade_.step_ms.count() < kExploreRounds) return short_round(StepKind::kCascade);
-  // Exploit: the best prediction.
+  // Exploit: the best prediction. A drafting kind is compared by its rate over the tokens left
+  // with the draft's catch-up paid first (its steady rate when the draft is not behind).
+  const double catch_up = CatchUpMs(where.draft_behind);
+  const double horizon = static_cast<double>(where.tokens_left >= 0 ? std::max<int64_t>(1, where.tokens_left) : kUnknownHorizonTokens);
+  auto caught_up = [&](double rate) { return rate > 0 ? horizon / (horizon / rate + catch_up) : 0.0; };
   StepChoice best{StepKind::kTarget, 0, Throughput(StepKind::kTarget, 0)};
+  double best_rate = best.predicted_tokens_per_ms;  // best's rate with any catch-up
   StepChoice speculative, cascade;
+  double speculative_rate = 0, cascade_rate = 0;
   if (allow_speculative) {
     speculative = BestLength(StepKind::kSpeculative, lengths);
-    if (speculative.predicted_tokens_per_ms > best.predicted_tokens_per_ms) best = speculative;
+    speculative_rate = caught_up(speculative.predicted_tokens_per_ms);
+    if (speculative_rate > best_rate) best = speculative, best_rate = speculative_rate;
   }
   if (allow_cascade) {
     cascade = BestLength(StepKind::kCascade, lengths);
-    if (cascade.predicted_tokens_per_ms > best.predicted_tokens_per_ms) best = cascade;
+    cascade_rate = caught_up(cascade.predicted_tokens_per_ms);
+    if (cascade_rate > best_rate) best = cascade, best_rate = cascade_rate;
   }
   // Stay with the last exploited kind unless the best is clearly ahead of it.
-  const StepChoice& previous = last_exploited_ == StepKind::kSpeculative ? speculative
-                               : last_exploited_ == StepKind::kCascade   ? cascade
-                                                                         : StepChoice{};
-  const bool previous_allowed = last_exploited_ == StepKind::kSpeculative ? allow_speculative
-                                : last_exploited_ == StepKind::kCascade   ? allow_cascade
-                                                                          : false;
-  if (previous_allowed && previous.kind != best.kind &&
-      previous.predicted_tokens_per_ms >= (1 - kSwitchMargin) * best.predicted_tokens_per_ms)
-    best = previous;
+  const bool previous_speculative = last_exploited_ == StepKind::kSpeculative && allow_speculative;
+  const bool previous_cascade = last_exploited_ == StepKind::kCascade && allow_cascade;
+  if (previous_speculative || previous_cascade) {
+    const StepChoice& previous = previous_speculative ? speculative : cascade;
+    const double previous_rate = previous_speculative ? speculative_rate : cascade_rate;
+    if (previous.kind != best.kind && previous_rate >= (1 - kSwitchMargin) * best_rate) best = previous, best_rate = previous_rate;
+  }
   last_exploited_ = best.kind;
   // Re-explore now and then (costs drift): target-only often, the drafting kinds in turn and only
-  // when they are close.
+  // when they are close and the re-try is cheap.
   const double target = Throughput(StepKind::kTarget, 0);
-  const bool target_close = target >= kTargetRetryShare * best.predicted_tokens_per_ms;
-  if (best.kind != StepKind::kTarget && (decode_ms_.count() < RecentMedian::kWindow || target_close) &&
-      tokens_ - target_retried_at_tokens_ >= kTargetRetryTokens) {
+  const bool target_close = target >= kTargetRetryShare * best_rate;
+  const bool decode_stale = tokens_ - decoded_at_tokens_ >= kDecodeStaleTokens;
+  if (best.kind != StepKind::kTarget &&
+      (decode_stale || ((decode_ms_.count() < RecentMedian::kWindow || target_close) &&
+                        tokens_ - target_retried_at_tokens_ >= kTargetRetryTokens))) {
     target_retried_at_tokens_ = tokens_;
     return {StepKind::kTarget, 0, target, true};
   }
@@ -219,8 +269,12 @@ StepChoice CostModel::Choose(bool allow_speculative, bool allow_cascade, const s
     const StepChoice& candidate = cascade_turn ? cascade : speculative;
     const bool allowed = cascade_turn ? allow_cascade : allow_speculative;
     if (allowed && candidate.kind != best.kind &&
-        candidate.predicted_tokens_per_ms >= kReexploreShare * best.predicted_tokens_per_ms)
-      return short_round(candidate.kind);
+        candidate.predicted_tokens_per_ms >= kReexploreShare * best_rate) {
+      const StepChoice probe = short_round(candidate.kind);
+      const double tokens = ExpectedTokens(acceptance(candidate.kind), probe.length);
+      const double loss = std::max(0.0, tokens / probe.predicted_tokens_per_ms - tokens / best_rate);
+      if (catch_up + loss <= kReexploreBudget * static_cast<double>(kReexploreTokens) / best_rate) return probe;
+    }
   }
   return best;
 }

@@ -8,7 +8,10 @@
 //   throughput(target)    = 1 / (c_decode + h_target)
 //   throughput(spec, L)   = E(a_spec, L)    / (L * c_draft + c_verify(L) + (L + 1) h_spec)
 //   throughput(cascade, L)= E(a_cascade, L) / (L * c_tiny_draft + c_verify(L) + (L + 1) h_cascade)
-// (h_kind: the host's work per target row after the call, ObserveHost).
+// (h_kind: the host's work per target row after the call, ObserveHost). In auto mode a drafting
+// kind whose draft is behind (after target-only rounds, or at a generation's start) first pays the
+// catch-up c_catch_up(D) = D * (ms per token of earlier catch-ups): over the H tokens left it runs
+// at H / (H / throughput + c_catch_up(D)) (Choose).
 // Costs are per call and measured as the engine runs: c_decode and c_draft the median of the last
 // few calls (RecentMedian), c_verify(L) a line a + b * (L + 1) fitted to the verify calls seen;
 // the acceptance rates and host work are exponential moving averages.
@@ -23,6 +26,15 @@
 namespace cascade {
 
 enum class StepKind { kTarget, kSpeculative, kCascade };
+
+// Where a generation stands when its next round is chosen (auto mode).
+struct RoundContext {
+  // Tokens the draft must be fed before a drafting round can start (its cache lags behind the
+  // text after target-only rounds, or holds another text at a generation's start). 0: none.
+  int64_t draft_behind = 0;
+  // Tokens the generation may still produce; -1: unknown.
+  int64_t tokens_left = -1;
+};
 
 struct StepChoice {
   StepKind kind = StepKind::kTarget;
@@ -42,6 +54,9 @@ class RecentMedian {
   static constexpr int kWindow = 9;
   void Add(double sample);
   double value() const;  // 0 before the first sample
+  // The lower tercile of the window (the smallest of up to 3 samples): a host's noise only ever
+  // slows a call, and a burst of it can fill half a window (below).
+  double lower() const;
   int64_t count() const { return count_; }
 
  private:
@@ -62,6 +77,8 @@ class CostModel {
   // T > 0 it is ~10% of a round (a transform of 49,152 logits per row), and without it the model
   // predicted speculation at T = 0.8 18% too fast (session 8).
   void ObserveHost(StepKind kind, int64_t rows, double ms);
+  // The draft fed `tokens` it was behind by in one catch-up (several calls), taking `ms`.
+  void ObserveCatchUp(int64_t tokens, double ms);
   // Tokens a round gave (any kind): re-exploration is paced in tokens, not rounds.
   void ObserveRoundTokens(int64_t tokens) { tokens_ += tokens; }
 
@@ -76,17 +93,27 @@ class CostModel {
   // last choice unless another is predicted >4% faster. Counted in tokens over the model's life
   // (not per generation): target-only, the yardstick, is tried again every 32 when predicted at
   // >= 70% of the best (a round of it costs at most one token's worth of the difference);
-  // speculation and the cascade in turn every 160 with a short proposal, when at >= 85%.
-  StepChoice Choose(bool allow_speculative, bool allow_cascade, const std::vector<int64_t>& lengths);
+  // speculation and the cascade in turn every 160 with a short proposal, when at >= 85%. A drafting
+  // kind whose draft is behind (`where`) pays the catch-up first: it is exploited only when its
+  // gain over the tokens left repays that, and re-tried only when the catch-up and the round's
+  // loss cost at most kReexploreBudget of the tokens until the next re-try.
+  StepChoice Choose(bool allow_speculative, bool allow_cascade, const std::vector<int64_t>& lengths,
+                    const RoundContext& where = {});
 
   // Per-position acceptance of a proposer's rounds (a prior of 0.5 until observed).
   double acceptance(StepKind kind) const { return Drafting(kind).acceptance; }
-  double decode_ms() const { return decode_ms_.value(); }
+  // The target's decode cost: the lower tercile of its recent decodes. With their median, a burst
+  // of slow decodes at the end of a target-only generation (7.5 ms against ~4.5) set it for the
+  // next, and auto ran the cascade at 0.94x target-only for a predicted 1.7x (session 23).
+  double decode_ms() const { return decode_ms_.lower(); }
   int64_t decode_samples() const { return decode_ms_.count(); }
   // The target decode cost: measured, else read off the verify line at one token, else 1 ms.
   double DecodeEstimate() const;
   // One draft call of a proposer, ms (0 until observed).
   double draft_ms(StepKind kind) const { return Drafting(kind).step_ms.value(); }
+  // Feeding the draft `tokens` it is behind by, ms: measured per token on catch-ups of >= 8
+  // tokens, at least one draft call; before any, a third of a draft call per token.
+  double CatchUpMs(int64_t tokens) const;
   // Predicted speedup of a choice over target-only decoding.
   double PredictedSpeedup(StepKind kind, int64_t length) const;
 
@@ -102,6 +129,7 @@ class CostModel {
   const DraftingCosts& Drafting(StepKind kind) const { return kind == StepKind::kCascade ? cascade_ : speculative_; }
   DraftingCosts& Drafting(StepKind kind) { return kind == StepKind::kCascade ? cascade_ : speculative_; }
   RecentMedian decode_ms_;
+  RecentMedian catch_up_token_ms_;  // per token, catch-ups of >= 8 tokens
   double host_row_ms_[3] = {0, 0, 0};  // per StepKind
   int64_t host_n_[3] = {0, 0, 0};
   DraftingCosts speculative_, cascade_;
@@ -110,6 +138,7 @@ class CostModel {
   double decode_equivalent_sum_ = 0;  // sum over verify calls of ms / (1 + s (tokens - 1))
   int64_t verify_n_ = 0;
   int64_t tokens_ = 0;                  // ObserveRoundTokens's sum
+  int64_t decoded_at_tokens_ = 0;        // tokens_ at the last decode sample
   int64_t reexplored_at_tokens_ = 0;    // tokens_ at the last re-exploration of a drafting kind
   int64_t target_retried_at_tokens_ = 0;  // ...and of target-only
   uint64_t reexplore_turn_ = 0;         // which drafting kind re-explores next

@@ -690,8 +690,14 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
                     : mode == DecodeMode::kSpeculative ? StepKind::kSpeculative
                                                        : StepKind::kCascade;
     int64_t length = options.proposal_length;
+    // A drafting round first feeds the draft what it has not seen, but for one token, which the
+    // chain's first draft call takes with it (SpeculativeStep).
+    const int64_t draft_upto = options.branches == 1 && n - 1 - seq.draft_valid == 1 ? n - 2 : n - 1;
     if (mode == DecodeMode::kAuto) {
-      StepChoice choice = cost_->Choose(true, has_tiny_, lengths);
+      RoundContext where;
+      where.draft_behind = std::max<int64_t>(0, draft_upto - seq.draft_valid);
+      where.tokens_left = std::min(options.max_tokens - generated, context - n);
+      StepChoice choice = cost_->Choose(true, has_tiny_, lengths, where);
       kind = choice.kind;
       length = dynamic_length || choice.exploring ? choice.length : options.proposal_length;
     } else if (dynamic_length && kind != StepKind::kTarget) {
@@ -706,10 +712,12 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
     if (kind == StepKind::kTarget) {
       TargetOnlyStep(seq, options, rng, stats);
     } else {
-      // A chain's first draft call takes up to one unseen token with it (SpeculativeStep).
-      const int64_t upto = options.branches == 1 && n - 1 - seq.draft_valid == 1 ? n - 2 : n - 1;
-      (generated == 0 ? stats.times.prefill_ms : stats.times.draft_ms) += TimedExecution(
-          *draft_, stats.times.compile_ms, [&] { CatchUp(*draft_, seq.draft_valid, seq.tokens, upto, options, generated == 0 ? "prefill" : "catch-up"); });
+      const int64_t behind = draft_upto - seq.draft_valid;
+      const double catch_up_ms = TimedExecution(*draft_, stats.times.compile_ms, [&] {
+        CatchUp(*draft_, seq.draft_valid, seq.tokens, draft_upto, options, generated == 0 ? "prefill" : "catch-up");
+      });
+      (generated == 0 ? stats.times.prefill_ms : stats.times.draft_ms) += catch_up_ms;
+      cost_->ObserveCatchUp(behind, catch_up_ms);
       Proposer& proposer = kind == StepKind::kCascade ? *tiny_draft_proposer_ : *draft_proposer_;
       if (options.branches > 1)
         BranchingStep(seq, options, proposer, length, rng, stats);

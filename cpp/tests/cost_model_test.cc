@@ -50,11 +50,13 @@ TEST(cost_model, ExploresEveryKindThenExploitsTheBest) {
   EXPECT_EQ(first[StepKind::kCascade], 2);
   SettleDecode(m);
   std::map<StepKind, int> later = RunRounds(m, 96, 5.0, 4.5);
-  // Target-only (~0.55x the best) is never tried again; speculation (at ~0.93 of the best, above the 0.85 share) now and then.
-  EXPECT_EQ(later[StepKind::kTarget], 0);
+  // Target-only (~0.55x the best) is tried again only to keep its decode cost fresh (one round per
+  // 256 tokens: ~670 here); speculation (at ~0.93 of the best, above the 0.85 share) now and then.
+  EXPECT_GE(later[StepKind::kTarget], 1);
+  EXPECT_LE(later[StepKind::kTarget], 3);
   EXPECT_GE(later[StepKind::kSpeculative], 1);
   EXPECT_LE(later[StepKind::kSpeculative], 3);
-  EXPECT_GE(later[StepKind::kCascade], 93);
+  EXPECT_GE(later[StepKind::kCascade], 90);
 }
 
 TEST(cost_model, ReexplorationIsCountedOverTheModelsLife) {
@@ -138,6 +140,100 @@ TEST(cost_model, SlowFirstDecodesAreOutvoted) {
   }
   EXPECT_NEAR(m.DecodeEstimate(), 4.4, 1e-9);
   EXPECT_GE(target_late, 95) << "the last 100 rounds run target-only";
+}
+
+// The same host, but as the engine runs it: after target-only rounds the draft is behind by
+// every token since its last round (and a new generation's prompt), and a re-try first feeds it
+// all of them (~0.35 ms a token for the q4 draft on Zen 4: 160 tokens ~11 target decodes). Such
+// re-tries cost more than the 3% budget and are not made (one cost a 128-token generation 20% of
+// its rate, session 23); with the draft not behind they are (the test above).
+TEST(cost_model, ARetryThatMustFeedTheDraftMuchIsNotMade) {
+  CostModel m;
+  const std::vector<int64_t> lengths = {1, 2, 3, 4, 6, 8, 12};
+  int64_t behind = 40;  // the prompt
+  int drafting = 0;
+  for (int r = 0; r < 600; ++r) {
+    RoundContext where;
+    where.draft_behind = behind;
+    where.tokens_left = 128 - r % 128;
+    const StepChoice c = m.Choose(true, true, lengths, where);
+    if (c.kind == StepKind::kTarget) {
+      m.ObserveDecode(4.4);
+      m.ObserveRoundTokens(1);
+      ++behind;
+      continue;
+    }
+    if (r >= 7) ++drafting;
+    m.ObserveCatchUp(behind, 0.35 * static_cast<double>(behind));
+    m.ObserveDraftStep(c.kind, c.kind == StepKind::kCascade ? 3.6 : 3.9);
+    m.ObserveVerify(c.length + 1, 4.4 * (1 + 0.25 * static_cast<double>(c.length)));
+    m.ObserveAcceptance(c.kind, 20, 19);
+    m.ObserveRoundTokens(c.length + 1);
+    behind = 0;
+  }
+  EXPECT_NEAR(m.CatchUpMs(100), 35.0, 1e-9);
+  EXPECT_EQ(drafting, 0);
+}
+
+// A drafting kind well ahead (1.5x) but its draft 150 tokens behind (~52 ms to feed): worth it
+// for a long generation, not for its last 10 tokens.
+TEST(cost_model, ASwitchToDraftingMustRepayTheCatchUp) {
+  CostModel m;
+  RunRounds(m, 7, 5.0, 4.5);  // decode 10 ms; the cascade ~1.9x
+  SettleDecode(m);
+  m.ObserveCatchUp(64, 64 * 0.35);
+  RoundContext where;
+  where.draft_behind = 150;
+  where.tokens_left = 10;
+  EXPECT_EQ(m.Choose(true, true, kLengths, where).kind, StepKind::kTarget);
+  where.tokens_left = 400;
+  EXPECT_EQ(m.Choose(true, true, kLengths, where).kind, StepKind::kCascade);
+  where.draft_behind = 0;
+  where.tokens_left = 2;
+  EXPECT_EQ(m.Choose(true, true, kLengths, where).kind, StepKind::kCascade);
+}
+
+// A burst of slow decodes (9 ms against 4.4: a busy host) ends a target-only stretch: the
+// cascade (really ~0.9x target-only) looks ~1.7x faster, too far ahead for the retries of a
+// target-only predicted at >= 70% of the best. The decode cost is the lower tercile of
+// the recent decodes, so a burst filling up to 6 of the 9 does not move it; a longer one is
+// corrected by a fresh decode every 256 tokens, after which target-only runs again.
+TEST(cost_model, ABurstOfSlowDecodesIsNotTheDecodeCost) {
+  CostModel m;
+  const std::vector<int64_t> lengths = {1, 2, 3, 4, 6, 8, 12};
+  auto drafting_round = [&](const StepChoice& c) {
+    const int64_t L = c.exploring ? c.length : 12;
+    m.ObserveDraftStep(c.kind, c.kind == StepKind::kCascade ? 4.0 : 4.3);
+    m.ObserveVerify(L + 1, 4.4 * (1 + 0.25 * static_cast<double>(L)));
+    m.ObserveAcceptance(c.kind, 20, 19);
+    m.ObserveRoundTokens(L + 1);
+  };
+  for (int r = 0; r < 200; ++r) {
+    const StepChoice c = m.Choose(true, true, lengths);
+    if (c.kind != StepKind::kTarget) {
+      drafting_round(c);
+      continue;
+    }
+    m.ObserveDecode(4.4);
+    m.ObserveRoundTokens(1);
+  }
+  for (int i = 0; i < 6; ++i) m.ObserveDecode(9.0);
+  EXPECT_NEAR(m.decode_ms(), 4.4, 1e-9);
+  EXPECT_EQ(m.Choose(true, true, lengths).kind, StepKind::kTarget);
+  for (int i = 0; i < 9; ++i) m.ObserveDecode(9.0);  // the whole window
+  int target_late = 0;
+  for (int r = 0; r < 400; ++r) {
+    const StepChoice c = m.Choose(true, true, lengths);
+    if (c.kind != StepKind::kTarget) {
+      drafting_round(c);
+      continue;
+    }
+    m.ObserveDecode(4.4);
+    m.ObserveRoundTokens(1);
+    if (r >= 300) ++target_late;
+  }
+  EXPECT_NEAR(m.decode_ms(), 4.4, 1e-9);
+  EXPECT_GE(target_late, 95) << "target-only again once its decodes are timed afresh";
 }
 
 TEST(cost_model, AKindThatFallsBehindIsLeft) {
