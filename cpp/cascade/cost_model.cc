@@ -30,9 +30,11 @@ constexpr int64_t kReexploreTokens = 160;
 // A host busy for a while (decodes at 12-13 ms against 5) left a median that a retry every 480
 // tokens could not move back: auto then kept speculation at 0.55x target-only (session 22).
 constexpr int64_t kTargetRetryTokens = 32;
-// ...when predicted at >= this share of the best (at 0.55-0.6x of it, as in the tests, it is not),
-// or while fewer decodes than the median's window are timed (three slow first ones, say).
-constexpr double kTargetRetryShare = 0.7;
+// ...when predicted at >= this share of the best, or while fewer decodes than the window are
+// timed (three slow first ones, say). At 0.7 a cascade at ~1.4x target-only (the dense-stored
+// target at T = 0.8 on Zen 4) was interrupted every 32 tokens, ~5% of its rate (session 23); a
+// decode cost off by that much is caught by the stale-decode retry below instead.
+constexpr double kTargetRetryShare = 0.9;
 // ...and whatever its prediction when its newest decode is this many tokens old: a decode cost
 // from a busy moment otherwise stays while another kind runs (one round per 256 tokens costs at
 // most ~0.4% where target-only is half as fast as the best).
@@ -146,18 +148,32 @@ void CostModel::ObserveDraftStep(StepKind kind, double ms) {
   d.step_ms.Add(ms);
 }
 
+void CostModel::PooledRatio::Add(double num, double den) {
+  ++count;
+  const double w = std::max(min_weight, 1.0 / static_cast<double>(count));
+  numerator += w * (num - numerator);
+  denominator += w * (den - denominator);
+}
+
 void CostModel::ObserveAcceptance(StepKind kind, int64_t examined, int64_t accepted) {
   if (examined <= 0) return;
   // Per-position acceptance: accepted of the examined positions, pooled over recent rounds (the
   // ratio of two moving averages). An average of per-round ratios let one round rejected at its
   // first position (0 of 1) weigh as much as a round of 6 of 6: the estimate swung by 0.2 a round
-  // and auto mode left a mode for dozens of rounds after one unlucky round.
-  DraftingCosts& d = Drafting(kind);
-  ++d.rounds;
-  const double w = std::max(kEmaWeight, 1.0 / static_cast<double>(d.rounds));
-  d.examined += w * (static_cast<double>(examined) - d.examined);
-  d.accepted += w * (static_cast<double>(accepted) - d.accepted);
-  d.acceptance = d.accepted / d.examined;
+  // and auto mode left a mode for dozens of rounds after one unlucky round. A cascade round's
+  // acceptances are the draft's agreements the tiny's candidates held: divided by the coverage.
+  double agreed = static_cast<double>(accepted);
+  if (kind == StepKind::kCascade) agreed = std::min(static_cast<double>(examined), agreed / std::max(0.05, coverage()));
+  agreement_.Add(agreed, static_cast<double>(examined));
+}
+
+void CostModel::ObserveCoverage(int64_t samples, int64_t hits) {
+  if (samples > 0) coverage_.Add(static_cast<double>(hits), static_cast<double>(samples));
+}
+
+double CostModel::acceptance(StepKind kind) const {
+  const double agreement = agreement_.Ratio(0.5);
+  return kind == StepKind::kCascade ? agreement * coverage() : agreement;
 }
 
 double CostModel::ExpectedTokens(double a, int64_t length) {

@@ -73,6 +73,9 @@ class CostModel {
   void ObserveVerify(int64_t tokens, double ms);          // target, T = L + 1
   void ObserveDraftStep(StepKind kind, double ms);        // a round's draft time per proposal
   void ObserveAcceptance(StepKind kind, int64_t examined, int64_t accepted);
+  // The tiny's coverage (gamma0): of `samples` cascade draft steps checked, `hits` had the draft's
+  // unrestricted choice among the candidates.
+  void ObserveCoverage(int64_t samples, int64_t hits);
   // Host work after a target call (sampling transforms, acceptance) over `rows` target rows: at
   // T > 0 it is ~10% of a round (a transform of 49,152 logits per row), and without it the model
   // predicted speculation at T = 0.8 18% too fast (session 8).
@@ -92,7 +95,8 @@ class CostModel {
   // first (target-only 3 rounds, the others 2 short ones); then the best prediction, keeping the
   // last choice unless another is predicted >4% faster. Counted in tokens over the model's life
   // (not per generation): target-only, the yardstick, is tried again every 32 when predicted at
-  // >= 70% of the best (a round of it costs at most one token's worth of the difference);
+  // >= 90% of the best (a round of it costs at most one token's worth of the difference), and
+  // every 256 whatever its prediction (its decodes then timed afresh);
   // speculation and the cascade in turn every 160 with a short proposal, when at >= 85%. A drafting
   // kind whose draft is behind (`where`) pays the catch-up first: it is exploited only when its
   // gain over the tokens left repays that, and re-tried only when the catch-up and the round's
@@ -100,8 +104,15 @@ class CostModel {
   StepChoice Choose(bool allow_speculative, bool allow_cascade, const std::vector<int64_t>& lengths,
                     const RoundContext& where = {});
 
-  // Per-position acceptance of a proposer's rounds (a prior of 0.5 until observed).
-  double acceptance(StepKind kind) const { return Drafting(kind).acceptance; }
+  // Per-position acceptance of a proposer's rounds. Both run the same draft, so one estimate of
+  // how often the target takes the draft's choice serves both (updated by either kind's rounds:
+  // how hard the text is shows in both); the cascade's is that times the tiny's coverage, since its
+  // proposal is the draft's choice when the candidates hold it. With an estimate per kind, a stretch
+  // of text the draft got wrong cut the cascade's (0.98 -> 0.93), speculation took over, and the
+  // cascade's stayed there past the stretch: auto ran speculation at 0.9x the cascade (session 23).
+  // A prior of 0.5 until observed; coverage 1 until sampled.
+  double acceptance(StepKind kind) const;
+  double coverage() const { return coverage_.Ratio(1.0); }
   // The target's decode cost: the lower tercile of its recent decodes. With their median, a burst
   // of slow decodes at the end of a target-only generation (7.5 ms against ~4.5) set it for the
   // next, and auto ran the cascade at 0.94x target-only for a predicted 1.7x (session 23).
@@ -122,10 +133,20 @@ class CostModel {
   // What the model has learned about one proposer (StepKind::kSpeculative, kCascade).
   struct DraftingCosts {
     RecentMedian step_ms;
-    double acceptance = 0.5;  // prior, replaced as soon as observed: accepted / examined
-    double accepted = 0, examined = 0;  // moving averages per round
-    int64_t rounds = 0;
   };
+  // A ratio of two exponential moving averages (pooled over recent rounds: a round rejected at its
+  // first position, 0 of 1, weighs less than one of 6 of 6).
+  struct PooledRatio {
+    double min_weight = 0;  // a new observation's weight once warmed up (plain means before)
+    double numerator = 0, denominator = 0;
+    int64_t count = 0;
+    void Add(double num, double den);
+    double Ratio(double prior) const { return denominator > 0 ? numerator / denominator : prior; }
+  };
+  PooledRatio agreement_{0.2};  // accepted / examined positions of the draft's own choices
+  // hits / samples. Misses are rare (K0 = 256 covers ~0.998): a slow average that starts from 20
+  // samples' worth of full coverage, so one early miss does not read as 0.8.
+  PooledRatio coverage_{0.01, 1.0, 1.0, 20};
   const DraftingCosts& Drafting(StepKind kind) const { return kind == StepKind::kCascade ? cascade_ : speculative_; }
   DraftingCosts& Drafting(StepKind kind) { return kind == StepKind::kCascade ? cascade_ : speculative_; }
   RecentMedian decode_ms_;

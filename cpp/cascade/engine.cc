@@ -719,10 +719,12 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
       (generated == 0 ? stats.times.prefill_ms : stats.times.draft_ms) += catch_up_ms;
       cost_->ObserveCatchUp(behind, catch_up_ms);
       Proposer& proposer = kind == StepKind::kCascade ? *tiny_draft_proposer_ : *draft_proposer_;
+      const int64_t samples = stats.coverage_samples, hits = stats.coverage_hits;
       if (options.branches > 1)
         BranchingStep(seq, options, proposer, length, rng, stats);
       else
         SpeculativeStep(seq, options, proposer, length, rng, stats);
+      cost_->ObserveCoverage(stats.coverage_samples - samples, stats.coverage_hits - hits);
     }
     // Deliver the new tokens, cut at max_tokens and after a stop token.
     std::vector<int32_t> fresh(seq.tokens.begin() + before, seq.tokens.end());

@@ -195,7 +195,7 @@ TEST(cost_model, ASwitchToDraftingMustRepayTheCatchUp) {
 
 // A burst of slow decodes (9 ms against 4.4: a busy host) ends a target-only stretch: the
 // cascade (really ~0.9x target-only) looks ~1.7x faster, too far ahead for the retries of a
-// target-only predicted at >= 70% of the best. The decode cost is the lower tercile of
+// target-only predicted at >= 90% of the best. The decode cost is the lower tercile of
 // the recent decodes, so a burst filling up to 6 of the 9 does not move it; a longer one is
 // corrected by a fresh decode every 256 tokens, after which target-only runs again.
 TEST(cost_model, ABurstOfSlowDecodesIsNotTheDecodeCost) {
@@ -234,6 +234,46 @@ TEST(cost_model, ABurstOfSlowDecodesIsNotTheDecodeCost) {
   }
   EXPECT_NEAR(m.decode_ms(), 4.4, 1e-9);
   EXPECT_GE(target_late, 95) << "target-only again once its decodes are timed afresh";
+}
+
+// The cascade ahead (a cheaper step of the same draft); a stretch of text the draft gets wrong
+// shows in whichever kind runs through it, and both estimates fall and recover together: past the
+// stretch the cascade runs again (with an estimate per kind, speculation took over and kept it).
+TEST(cost_model, HardTextSeenByOneDraftingKindMovesBoth) {
+  CostModel m;
+  RunRounds(m, 7, 5.0, 4.5);
+  SettleDecode(m);
+  RunRounds(m, 10, 5.0, 4.5);
+  auto round = [&](double acceptance) {
+    const StepChoice c = m.Choose(true, true, kLengths);
+    Observe(m, c.kind, 10.0, c.kind == StepKind::kCascade ? 4.5 : 5.0, acceptance);
+    return c.kind;
+  };
+  for (int r = 0; r < 6; ++r) round(0.5);
+  EXPECT_NEAR(m.acceptance(StepKind::kSpeculative), m.acceptance(StepKind::kCascade), 1e-9);
+  int cascade_after = 0;
+  for (int r = 0; r < 8; ++r) cascade_after += round(0.95) == StepKind::kCascade;
+  EXPECT_GE(cascade_after, 6);  // (a re-try of speculation or target-only may fall among them)
+}
+
+// A tiny whose candidates often miss the draft's choice (coverage 0.6): the cascade's acceptance
+// is the draft's times that, and speculation wins though the cascade's draft step is cheaper.
+TEST(cost_model, LowCoverageMakesTheCascadeLose) {
+  CostModel m;
+  RunRounds(m, 7, 5.0, 4.5);
+  SettleDecode(m);
+  EXPECT_EQ(m.Choose(true, true, kLengths).kind, StepKind::kCascade);
+  m.ObserveCoverage(100, 60);
+  EXPECT_NEAR(m.coverage(), 0.6, 0.1);
+  EXPECT_NEAR(m.acceptance(StepKind::kCascade), m.acceptance(StepKind::kSpeculative) * m.coverage(), 1e-9);
+  StepChoice c = m.Choose(true, true, kLengths);
+  if (c.exploring) c = m.Choose(true, true, kLengths);
+  EXPECT_EQ(c.kind, StepKind::kSpeculative);
+  // One miss among the first samples is not a coverage of 0.5.
+  CostModel fresh;
+  fresh.ObserveCoverage(1, 0);
+  fresh.ObserveCoverage(1, 1);
+  EXPECT_GT(fresh.coverage(), 0.9);
 }
 
 TEST(cost_model, AKindThatFallsBehindIsLeft) {

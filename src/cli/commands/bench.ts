@@ -72,7 +72,7 @@ export function benchCommand(): Command {
     .addOption(pluginOption())
     .option('--devices <list>', 'comma-separated device counts', '1,4')
     .option('--size <n>', 'matrix size', positiveInteger('--size'), 1024)
-    .option('--rounds <n>', 'interleaved rounds (medians over rounds)', positiveInteger('--rounds'), 3)
+    .option('--rounds <n>', 'runtime, modes: interleaved rounds (medians over rounds; modes: per prompt and seed)', positiveInteger('--rounds'), 3)
     .option('--repeats <n>', 'executions per round after the first', positiveInteger('--repeats'), 5)
     .option('--json', 'print JSON')
     .addHelpText('after', '\nExamples:\n  $ cascade-xla bench                      # the side-by-side comparison (~15 min)\n  $ cascade-xla bench --suite runtime --devices 1,4 --size 1024 --rounds 5')
@@ -100,6 +100,7 @@ export function benchCommand(): Command {
           targetStorage: opts.targetStorage,
           lookahead: opts.lookahead,
           seeds: opts.seeds,
+          rounds: opts.rounds,
           out: opts.out,
           plugin: opts.plugin,
         });
