@@ -208,30 +208,27 @@ TEST(cost_model, ABurstOfSlowDecodesIsNotTheDecodeCost) {
     m.ObserveAcceptance(c.kind, 20, 19);
     m.ObserveRoundTokens(L + 1);
   };
-  for (int r = 0; r < 200; ++r) {
-    const StepChoice c = m.Choose(true, true, lengths);
-    if (c.kind != StepKind::kTarget) {
-      drafting_round(c);
-      continue;
+  // Rounds as auto chooses them, decodes at 4.4 ms; returns the target-only ones from round `from`.
+  auto rounds = [&](int n, int from) {
+    int target = 0;
+    for (int r = 0; r < n; ++r) {
+      const StepChoice c = m.Choose(true, true, lengths);
+      if (c.kind != StepKind::kTarget) {
+        drafting_round(c);
+        continue;
+      }
+      m.ObserveDecode(4.4);
+      m.ObserveRoundTokens(1);
+      if (r >= from) ++target;
     }
-    m.ObserveDecode(4.4);
-    m.ObserveRoundTokens(1);
-  }
+    return target;
+  };
+  rounds(200, 0);
   for (int i = 0; i < 6; ++i) m.ObserveDecode(9.0);
   EXPECT_NEAR(m.decode_ms(), 4.4, 1e-9);
   EXPECT_EQ(m.Choose(true, true, lengths).kind, StepKind::kTarget);
   for (int i = 0; i < 9; ++i) m.ObserveDecode(9.0);  // the whole window
-  int target_late = 0;
-  for (int r = 0; r < 400; ++r) {
-    const StepChoice c = m.Choose(true, true, lengths);
-    if (c.kind != StepKind::kTarget) {
-      drafting_round(c);
-      continue;
-    }
-    m.ObserveDecode(4.4);
-    m.ObserveRoundTokens(1);
-    if (r >= 300) ++target_late;
-  }
+  const int target_late = rounds(400, 300);
   EXPECT_NEAR(m.decode_ms(), 4.4, 1e-9);
   EXPECT_GE(target_late, 95) << "target-only again once its decodes are timed afresh";
 }
