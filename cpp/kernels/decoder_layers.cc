@@ -569,6 +569,7 @@ class MatmulSplit {
       case WeightMatrix::Kind::kQ4:
       case WeightMatrix::Kind::kQ4Bf16: return m.in / 2;
       case WeightMatrix::Kind::kInt8:
+      case WeightMatrix::Kind::kInt8Panels:
       case WeightMatrix::Kind::kQ8Bf16: return m.in;
       case WeightMatrix::Kind::kBf16: return m.in * 2;
       default: return m.in * 4;
@@ -893,6 +894,7 @@ bool CheckMatrix(const WeightMatrix& m, int64_t in, int64_t out) {
   if (!m.data || m.in != in || m.out != out) return false;
   if (m.kind == WeightMatrix::Kind::kQ8Bf16) return m.block_scale && in % 32 == 0;
   if (m.kind == WeightMatrix::Kind::kQ4 || m.kind == WeightMatrix::Kind::kQ4Bf16) return m.block_scale && m.block_min && ValidateQ4Matrix(in, out).empty();
+  if (m.kind == WeightMatrix::Kind::kInt8Panels) return m.scale && ValidateInt8Panels(in, out).empty();
   return m.kind != WeightMatrix::Kind::kInt8 || m.scale != nullptr;
 }
 
@@ -912,7 +914,8 @@ void AddMatrixPieces(WeightMatrix::Kind kind, int64_t out, int64_t in, std::vect
     case WeightMatrix::Kind::kF32Transposed:
     case WeightMatrix::Kind::kF32Panels: bytes->push_back(out * in * 4); break;
     case WeightMatrix::Kind::kBf16: bytes->push_back(out * in * 2); break;
-    case WeightMatrix::Kind::kInt8: bytes->insert(bytes->end(), {out * in, out * 4}); break;
+    case WeightMatrix::Kind::kInt8:
+    case WeightMatrix::Kind::kInt8Panels: bytes->insert(bytes->end(), {out * in, out * 4}); break;
     case WeightMatrix::Kind::kQ4:
     case WeightMatrix::Kind::kQ4Bf16: bytes->insert(bytes->end(), {out * in / 2, out * (in / kQ4Block) * 2, out * (in / kQ4Block) * 2}); break;
     case WeightMatrix::Kind::kQ8Bf16: bytes->insert(bytes->end(), {out * in, out * (in / 32) * 2}); break;
@@ -948,6 +951,8 @@ std::string ArenaLayer(const DecoderLayersConfig& c, WeightMatrix::Kind kind, co
     return "decoder layers: q8 blocks need every matrix's input size to be a multiple of 32";
   if ((kind == WeightMatrix::Kind::kQ4 || kind == WeightMatrix::Kind::kQ4Bf16) && (c.hidden % 64 != 0 || (c.heads * c.head_dim) % 64 != 0 || c.intermediate % 64 != 0))
     return "decoder layers: q4 weights need every matrix's input size to be a multiple of 64";
+  if (kind == WeightMatrix::Kind::kInt8Panels && (c.hidden % 32 != 0 || (c.heads * c.head_dim) % 32 != 0 || c.intermediate % 32 != 0))
+    return "decoder layers: int8 panels need every matrix's input size to be a multiple of 32";
   const int64_t want = ArenaBytes(c, kind);
   if (bytes != want)
     return "decoder layers: a layer's weight arena holds " + std::to_string(bytes) + " bytes; the layer needs " +
@@ -971,6 +976,7 @@ std::string ArenaLayer(const DecoderLayersConfig& c, WeightMatrix::Kind kind, co
       case WeightMatrix::Kind::kF32Panels: m.data = next(out * in * 4); break;
       case WeightMatrix::Kind::kBf16: m.data = next(out * in * 2); break;
       case WeightMatrix::Kind::kInt8:
+      case WeightMatrix::Kind::kInt8Panels:
         m.data = next(out * in);
         m.scale = reinterpret_cast<const float*>(next(out * 4));
         break;

@@ -352,6 +352,31 @@ ffi::Error F32PanelsMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> pa
   return ffi::Error::Success();
 }
 
+// y[T, out] = (x . W^T) * scale for W stored as kInt8Panels (kernels/int8_matmul.h), flat: the
+// int8 layer matrices a plain program slices out of the layer arenas.
+ffi::Error Int8PanelsMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> panels, ffi::Buffer<ffi::F32> scale,
+                                ffi::ResultBuffer<ffi::F32> y) {
+  Timed timed(/*matmul=*/true);
+  auto xd = x.dimensions(), wd = panels.dimensions(), sd = scale.dimensions(), yd = y->dimensions();
+  if (xd.size() != 2 || wd.size() != 1 || sd.size() != 1 || yd.size() != 2 || yd[0] != xd[0] || sd[0] != yd[1] ||
+      wd[0] != xd[1] * yd[1])
+    return ffi::Error::InvalidArgument(std::string(kInt8PanelsMatmulTarget) +
+                                       ": expected x[T,in], panels[out*in], scale[out] -> y[T,out]; got x" +
+                                       DimsText(xd) + " panels" + DimsText(wd) + " scale" + DimsText(sd) + " y" +
+                                       DimsText(yd));
+  const Int8MatmulShape shape{xd[0], xd[1], yd[1]};
+  std::string bad = ValidateInt8Matmul(shape);
+  if (bad.empty()) bad = ValidateInt8Panels(shape.in, shape.out);
+  if (!bad.empty()) return ffi::Error::InvalidArgument(std::string(kInt8PanelsMatmulTarget) + ": " + bad);
+  try {
+    TeamMatmul({WeightMatrix::Kind::kInt8Panels, panels.typed_data(), scale.typed_data(), shape.in, shape.out}, Impls(),
+               x.typed_data(), shape.T, y->typed_data(), ThreadTeam::Global());
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string(kInt8PanelsMatmulTarget) + ": " + e.what());
+  }
+  return ffi::Error::Success();
+}
+
 ffi::Error DecoderLayersImpl(ffi::Buffer<ffi::F32> hidden, ffi::Buffer<ffi::F32> cos, ffi::Buffer<ffi::F32> sin,
                              ffi::Buffer<ffi::PRED> mask, ffi::Buffer<ffi::S32> start, ffi::AnyBuffer k_cache,
                              ffi::AnyBuffer v_cache, ffi::RemainingArgs arenas,
@@ -388,10 +413,10 @@ ffi::Error DecoderLayersImpl(ffi::Buffer<ffi::F32> hidden, ffi::Buffer<ffi::F32>
   if ((kv != ffi::DataType::F32 && kv != ffi::DataType::BF16 && kv != ffi::DataType::U16) ||
       v_cache.element_type() != kv || k_new->element_type() != kv || v_new->element_type() != kv)
     return ffi::Error::InvalidArgument(name + ": the caches and the new keys/values must all be f32, or all bf16 (or u16 bf16 bits)");
-  if (weights < 0 || weights > static_cast<int64_t>(WeightMatrix::Kind::kF32Panels) ||
+  if (weights < 0 || weights > static_cast<int64_t>(WeightMatrix::Kind::kInt8Panels) ||
       weights == static_cast<int64_t>(WeightMatrix::Kind::kQ8Bf16) || static_cast<int64_t>(arenas.size()) != layers)
     return ffi::Error::InvalidArgument(name + ": expected one u8[bytes] weight arena per layer (" + std::to_string(layers) +
-                                       "), got " + std::to_string(arenas.size()) + ", and weights = 0..4 or 6 (the matrix kind)");
+                                       "), got " + std::to_string(arenas.size()) + ", and weights = 0..4, 6 or 7 (the matrix kind)");
   std::vector<DecoderLayerWeights> w(static_cast<size_t>(layers));
   for (int64_t l = 0; l < layers; ++l) {
     auto b = arenas.get<ffi::AnyBuffer>(static_cast<size_t>(l));
@@ -439,6 +464,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeF32TMatmulHandler, F32TMatmulImpl,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeF32PanelsMatmulHandler, F32PanelsMatmulImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeInt8PanelsMatmulHandler, Int8PanelsMatmulImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
@@ -560,6 +592,7 @@ KernelRegistration RegisterKernels(const Api& api) {
                          reinterpret_cast<void*>(&CascadeBf16GatherMatmulHandler));
       RegisterFfiHandler(api, kF32TMatmulTarget, "Host", reinterpret_cast<void*>(&CascadeF32TMatmulHandler));
       RegisterFfiHandler(api, kF32PanelsMatmulTarget, "Host", reinterpret_cast<void*>(&CascadeF32PanelsMatmulHandler));
+      RegisterFfiHandler(api, kInt8PanelsMatmulTarget, "Host", reinterpret_cast<void*>(&CascadeInt8PanelsMatmulHandler));
       RegisterFfiHandler(api, kDecoderLayersTarget, "Host", reinterpret_cast<void*>(&CascadeDecoderLayersHandler));
       RegisterFfiHandler(api, kTinyCandidatesTarget, "Host", reinterpret_cast<void*>(&CascadeTinyCandidatesHandler));
       RegisterFfiHandler(api, kTinyCandidatesQ4Target, "Host",

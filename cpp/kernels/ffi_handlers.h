@@ -41,6 +41,7 @@ inline constexpr char kBf16GatherMatmulTarget[] = "cascade_bf16_gather_matmul";
 inline constexpr char kQ8Bf16MatmulTarget[] = "cascade_q8bf16_matmul";  // y = x . W^T, W = bf16(d * q), Q8_0 blocks
 inline constexpr char kF32TMatmulTarget[] = "cascade_f32t_matmul";
 inline constexpr char kF32PanelsMatmulTarget[] = "cascade_f32_panels_matmul";  // W^T as kF32Panels, flat
+inline constexpr char kInt8PanelsMatmulTarget[] = "cascade_int8_panels_matmul";  // W as kInt8Panels, flat
 inline constexpr char kDecoderLayersTarget[] = "cascade_decoder_layers";
 inline constexpr char kTinyCandidatesTarget[] = "cascade_tiny_candidates";
 inline constexpr char kTinyCandidatesQ4Target[] = "cascade_tiny_candidates_q4";

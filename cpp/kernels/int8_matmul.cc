@@ -420,6 +420,84 @@ void Q4Panels(const PreparedActivations&, const uint8_t*, const uint16_t*, const
 }
 #endif  // CASCADE_X86
 
+// ---------------------------------------------------------------- int8 weights in panels of 16 rows
+
+#if CASCADE_X86
+// TB tokens from row t0 of qx over one panel of kInt8Panels (16 outputs; kFull false: n < 16).
+// Per 32-block b: 8 vpdpbusd, each a token's 4 inputs (broadcast) times a panel row of 16 x 4
+// weights + 128, started at -128 * (the block's sum of x_q) so that the +128 cancels, give the
+// exact integer dot of every output's block; then acc += float(dot) * d_x[b], and y = acc *
+// scale. Every (t, o) element gets this sequence whatever TB or the range: rows are T-independent.
+template <int TB, bool kFull>
+CASCADE_VNNI void Int8PanelBlock(const QuantizedX& qx, int64_t t0, const uint8_t* w, const float* scale, float* y,
+                                 int64_t in, int64_t ldy, int64_t n) {
+  const int64_t blocks = in / 32, padded = qx.chunks * 64, x_blocks = qx.chunks * 2;
+  const int64_t row_stride = kFull ? 64 : 4 * n;  // bytes per r (16 or n rows x 4)
+  const __mmask64 byte_mask = kFull ? ~__mmask64{0} : (__mmask64{1} << (4 * n)) - 1;
+  const __mmask16 out_mask = kFull ? __mmask16{0xffff} : FirstLanes16(n);
+  __m512 acc[TB];
+  #pragma GCC unroll 16
+  for (int t = 0; t < TB; ++t) acc[t] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < blocks; ++b) {
+    __m512i dot[TB];
+    #pragma GCC unroll 16
+    for (int t = 0; t < TB; ++t) dot[t] = _mm512_set1_epi32(qx.block_bias[(t0 + t) * x_blocks + b]);
+    #pragma GCC unroll 8
+    for (int r = 0; r < 8; ++r) {
+      const uint8_t* p = w + (b * 8 + r) * row_stride;
+      _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T0);
+      const __m512i wu = kFull ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(byte_mask, p);
+      #pragma GCC unroll 16
+      for (int t = 0; t < TB; ++t) {
+        int32_t four;
+        std::memcpy(&four, qx.q.data() + (t0 + t) * padded + b * 32 + r * 4, 4);
+        dot[t] = _mm512_dpbusd_epi32(dot[t], wu, _mm512_set1_epi32(four));  // exact
+      }
+    }
+    #pragma GCC unroll 16
+    for (int t = 0; t < TB; ++t)
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[t]), _mm512_set1_ps(qx.block_scale[(t0 + t) * x_blocks + b]),
+                               acc[t]);
+  }
+  const __m512 s = _mm512_maskz_loadu_ps(out_mask, scale);
+  #pragma GCC unroll 16
+  for (int t = 0; t < TB; ++t) _mm512_mask_storeu_ps(y + t * ldy, out_mask, _mm512_mul_ps(acc[t], s));
+}
+
+// Every token, 8 at a time, over the panel at output o (n rows).
+template <bool kFull>
+void Int8PanelTokens(const QuantizedX& qx, const uint8_t* w, const float* scale, float* y, int64_t in, int64_t out,
+                     int64_t o, int64_t n) {
+  const int64_t T = qx.T;
+  const uint8_t* wp = w + o * in;
+  int64_t t = 0;
+  for (; t + 8 <= T; t += 8) Int8PanelBlock<8, kFull>(qx, t, wp, scale + o, y + t * out + o, in, out, n);
+  switch (T - t) {
+    case 7: Int8PanelBlock<7, kFull>(qx, t, wp, scale + o, y + t * out + o, in, out, n); break;
+    case 6: Int8PanelBlock<6, kFull>(qx, t, wp, scale + o, y + t * out + o, in, out, n); break;
+    case 5: Int8PanelBlock<5, kFull>(qx, t, wp, scale + o, y + t * out + o, in, out, n); break;
+    case 4: Int8PanelBlock<4, kFull>(qx, t, wp, scale + o, y + t * out + o, in, out, n); break;
+    case 3: Int8PanelBlock<3, kFull>(qx, t, wp, scale + o, y + t * out + o, in, out, n); break;
+    case 2: Int8PanelBlock<2, kFull>(qx, t, wp, scale + o, y + t * out + o, in, out, n); break;
+    case 1: Int8PanelBlock<1, kFull>(qx, t, wp, scale + o, y + t * out + o, in, out, n); break;
+    default: break;
+  }
+}
+
+// Outputs [o0, o1) (o0 a multiple of 16; o1 too unless it is `out`), one panel at a time: the
+// weights read in one stream.
+void Int8Panels(const QuantizedX& qx, const uint8_t* w, const float* scale, float* y, int64_t in, int64_t out,
+                int64_t o0, int64_t o1) {
+  int64_t o = o0;
+  for (; o + kQ4PanelRows <= o1; o += kQ4PanelRows) Int8PanelTokens<true>(qx, w, scale, y, in, out, o, 16);
+  if (o < o1) Int8PanelTokens<false>(qx, w, scale, y, in, out, o, o1 - o);
+}
+#else
+void Int8Panels(const PreparedActivations&, const uint8_t*, const float*, float*, int64_t, int64_t, int64_t, int64_t) {
+  NoSimd();
+}
+#endif  // CASCADE_X86
+
 // ---------------------------------------------------------------- bf16 weights (no scale)
 
 // bf16 -> f32 is exact (the bf16 bits are the top half of the f32), so these compute what XLA's
@@ -1591,6 +1669,35 @@ bool Q4HoldsBf16Exactly(const float* w, int64_t in, int64_t out, const uint8_t* 
 }
 
 namespace {
+// Where weight i of row o of a kInt8Panels matrix lives (int8_matmul.h).
+int64_t Int8PanelByte(int64_t in, int64_t out, int64_t o, int64_t i) {
+  const int64_t p = o / kQ4PanelRows, j = o % kQ4PanelRows, n = std::min(kQ4PanelRows, out - p * kQ4PanelRows);
+  return p * kQ4PanelRows * in + (i / 4) * 4 * n + j * 4 + i % 4;
+}
+}  // namespace
+
+std::string ValidateInt8Panels(int64_t in, int64_t out) {
+  if (in < 1 || out < 1 || in % 32 != 0)
+    return "int8 panels: need positive sizes and an input size that is a multiple of 32 (got in=" +
+           std::to_string(in) + ", out=" + std::to_string(out) + ")";
+  return "";
+}
+
+void PackInt8Panels(const int8_t* w, int64_t in, int64_t out, uint8_t* panels) {
+  const std::string why = ValidateInt8Panels(in, out);
+  if (!why.empty()) throw std::invalid_argument(why);
+  for (int64_t o = 0; o < out; ++o)
+    for (int64_t i = 0; i < in; ++i)
+      panels[Int8PanelByte(in, out, o, i)] = static_cast<uint8_t>(static_cast<uint8_t>(w[o * in + i]) ^ 0x80u);
+}
+
+void UnpackInt8PanelRows(const uint8_t* panels, int64_t in, int64_t out, int64_t o0, int64_t o1, int8_t* rows) {
+  for (int64_t o = o0; o < o1; ++o)
+    for (int64_t i = 0; i < in; ++i)
+      rows[(o - o0) * in + i] = static_cast<int8_t>(panels[Int8PanelByte(in, out, o, i)] ^ 0x80u);
+}
+
+namespace {
 // Where block b of row o of a kQ8Bf16 matrix lives (int8_matmul.h): its first byte and its scale.
 struct Q8Place {
   int64_t byte = 0, scale = 0;
@@ -1643,20 +1750,23 @@ void PrepareActivations(WeightMatrix::Kind kind, const KernelImpls& impls, const
   a->x = x;
   a->T = T;
   a->in = in;
-  if ((kind == WeightMatrix::Kind::kInt8 || kind == WeightMatrix::Kind::kQ4) && impls.int8 == Int8Impl::kAvx512Vnni)
-    QuantizeRows(x, T, in, a);
-  if (kind == WeightMatrix::Kind::kQ4 && impls.int8 == Int8Impl::kAvx512Vnni) {
-    // Per 32-block: its scale times the sum of its s8 values (from the lane biases: -128 * sums).
+  const bool panels = kind == WeightMatrix::Kind::kQ4 || kind == WeightMatrix::Kind::kInt8Panels;
+  if ((kind == WeightMatrix::Kind::kInt8 || panels) && impls.int8 == Int8Impl::kAvx512Vnni) QuantizeRows(x, T, in, a);
+  if (panels && impls.int8 == Int8Impl::kAvx512Vnni) {
+    // Per 32-block: -128 * the sum of its s8 values (the lane biases' sum), and its scale times
+    // that sum.
     const int64_t chunks = a->chunks;
     a->block_sum.assign(static_cast<size_t>(T * chunks * 2), 0.0f);
     a->block_scale.assign(static_cast<size_t>(T * chunks * 2), 0.0f);
+    a->block_bias.assign(static_cast<size_t>(T * chunks * 2), 0);
     for (int64_t t = 0; t < T; ++t)
       for (int64_t c = 0; c < chunks; ++c)
         for (int half = 0; half < 2; ++half) {
           const int64_t lane0 = (t * chunks + c) * 16 + half * 8;
-          int32_t sum = 0;
-          for (int j = 0; j < 8; ++j) sum += a->lane_bias[lane0 + j];
-          a->block_sum[(t * chunks + c) * 2 + half] = a->lane_scale[lane0] * static_cast<float>(sum / -128);
+          int32_t bias = 0;
+          for (int j = 0; j < 8; ++j) bias += a->lane_bias[lane0 + j];
+          a->block_bias[(t * chunks + c) * 2 + half] = bias;
+          a->block_sum[(t * chunks + c) * 2 + half] = a->lane_scale[lane0] * static_cast<float>(bias / -128);
           a->block_scale[(t * chunks + c) * 2 + half] = a->lane_scale[lane0];
         }
   }
@@ -1672,7 +1782,8 @@ int64_t MatmulTaskOutputs(const WeightMatrix& m) {
   // f32 [in, out]: 64 columns (128 and 256 measured no better in session 10).
   if (m.kind == WeightMatrix::Kind::kF32Transposed || m.kind == WeightMatrix::Kind::kF32Panels) return 64;
   const bool q4 = m.kind == WeightMatrix::Kind::kQ4 || m.kind == WeightMatrix::Kind::kQ4Bf16;
-  const bool bytes1 = m.kind == WeightMatrix::Kind::kInt8 || m.kind == WeightMatrix::Kind::kQ8Bf16;
+  const bool bytes1 = m.kind == WeightMatrix::Kind::kInt8 || m.kind == WeightMatrix::Kind::kInt8Panels ||
+                      m.kind == WeightMatrix::Kind::kQ8Bf16;
   const int64_t row_bytes = q4 ? m.in / 2 : m.in * (bytes1 ? 1 : 2);
   // ~128 KB of weights a task. decoder_bench decode(1), three interleaved rounds (session 10):
   // bf16 13.4-14.1 ms at 32 KB, 12.4-13.2 at 64 KB, 12.0-13.2 at 128 KB; int8 7.2-7.9 / 6.9-7.5 /
@@ -1714,6 +1825,23 @@ void BlocksThroughBf16(const WeightMatrix& m, const KernelImpls& impls, const Pr
     MatmulRange(part, impls, a, yp.data(), 0, e - s);
     for (int64_t t = 0; t < T; ++t)
       std::memcpy(y + t * m.out + o0 + s, yp.data() + t * (e - s), static_cast<size_t>(e - s) * sizeof(float));
+  }
+}
+
+// kInt8Panels rows [o0, o1) on CPUs without VNNI: the rows back in kInt8's layout, through
+// kInt8's kernel (its arithmetic and bits), 16 rows at a time.
+void Int8PanelsThroughRows(const WeightMatrix& m, const KernelImpls& impls, const PreparedActivations& a, float* y,
+                           int64_t o0, int64_t o1) {
+  const int64_t T = a.T, in = m.in;
+  std::vector<int8_t> rows(static_cast<size_t>(kQ4PanelRows * in));
+  std::vector<float> yp(static_cast<size_t>(T * kQ4PanelRows));
+  for (int64_t s = o0; s < o1; s += kQ4PanelRows) {
+    const int64_t e = std::min(o1, s + kQ4PanelRows);
+    UnpackInt8PanelRows(static_cast<const uint8_t*>(m.data), in, m.out, s, e, rows.data());
+    const WeightMatrix part{WeightMatrix::Kind::kInt8, rows.data(), m.scale + s, in, e - s};
+    MatmulRange(part, impls, a, yp.data(), 0, e - s);
+    for (int64_t t = 0; t < T; ++t)
+      std::memcpy(y + t * m.out + s, yp.data() + t * (e - s), static_cast<size_t>(e - s) * sizeof(float));
   }
 }
 
@@ -1811,6 +1939,10 @@ void MatmulRange(const WeightMatrix& m, const KernelImpls& impls, const Prepared
         default: ScalarRows(a.x, w, m.scale, y, T, in, out, o0, o1); return;
       }
     }
+    case WeightMatrix::Kind::kInt8Panels:
+      if (impls.int8 == Int8Impl::kAvx512Vnni) Int8Panels(a, static_cast<const uint8_t*>(m.data), m.scale, y, in, out, o0, o1);
+      else Int8PanelsThroughRows(m, impls, a, y, o0, o1);
+      return;
     case WeightMatrix::Kind::kQ4: {
       const uint8_t* w = static_cast<const uint8_t*>(m.data);
       if (impls.int8 == Int8Impl::kAvx512Vnni) Q4Panels(a, w, m.block_scale, m.block_min, y, in, out, o0, o1);

@@ -89,13 +89,14 @@ void Bf16GatherMatmul(Int8Impl impl, const float* x, const uint16_t* w, const in
 // with an f16 scale each (GGUF's Q8_0) in panels of 16 rows (below), computed as kBf16 with
 // the bf16 rounding of each weight d * q (the bf16 target's head from a Q8_0 embedding);
 // kF32Panels: kF32Transposed's values in panels of kF32PanelColumns outputs (below), the layer
-// arenas' f32 layout: the same arithmetic and bits, read as contiguous streams.
+// arenas' f32 layout: the same arithmetic and bits, read as contiguous streams; kInt8Panels:
+// kInt8's values in panels of 16 rows (below), the layer arenas' int8 layout.
 struct WeightMatrix {
   // (The numbers are the fused layer call's `weights` attribute: append only.)
-  enum class Kind { kF32Transposed, kBf16, kInt8, kQ4, kQ4Bf16, kQ8Bf16, kF32Panels };
+  enum class Kind { kF32Transposed, kBf16, kInt8, kQ4, kQ4Bf16, kQ8Bf16, kF32Panels, kInt8Panels };
   Kind kind = Kind::kF32Transposed;
   const void* data = nullptr;
-  const float* scale = nullptr;
+  const float* scale = nullptr;  // kInt8, kInt8Panels: f32 [out]
   int64_t in = 0, out = 0;
   const uint16_t* block_scale = nullptr;  // kQ4, kQ4Bf16, kQ8Bf16: f16 bits (panels of 16 rows)
   const uint16_t* block_min = nullptr;    // kQ4, kQ4Bf16: f16 bits [out, in / 32]
@@ -153,6 +154,19 @@ bool QuantizeQ8Rows(const float* w, int64_t in, int64_t out, int8_t* q, uint16_t
 // The f32 values d * q of row o.
 void DequantizeQ8Row(const int8_t* q, const uint16_t* block_scale, int64_t in, int64_t out, int64_t o, float* w);
 
+// ---- int8 rows in panels (kInt8Panels: the int8 layer matrices of a fused model's arena) ----
+// kInt8's s8 [out, in] values in panels of 16 rows (the last one holds out % 16 when that is not
+// 0), so that the VNNI kernel computes 16 outputs per vpdpbusd, as for kQ4: panel p (n rows)
+// starts at byte 16p * in; in it, per 32-input block b, per r in 0..7, per row j < n, 4 bytes: the
+// weights of inputs 32b + 4r .. 32b + 4r + 3, each stored XOR 0x80 (w + 128 as u8, vpdpbusd's
+// unsigned operand). The scales stay f32 [out]. A panel is a run of whole rows of [out, in]; `in`
+// must be a multiple of 32. The row-major kernel spent 3 instructions per row, 64 inputs and
+// token (a float conversion and an FMA per vpdpbusd); this one 1.25 (docs/bench/decoder.md).
+std::string ValidateInt8Panels(int64_t in, int64_t out);  // empty when in % 32 == 0 and both positive
+void PackInt8Panels(const int8_t* w, int64_t in, int64_t out, uint8_t* panels);
+// Rows [o0, o1) of a kInt8Panels matrix back as s8 rows [o1 - o0, in].
+void UnpackInt8PanelRows(const uint8_t* panels, int64_t in, int64_t out, int64_t o0, int64_t o1, int8_t* rows);
+
 // Whether the q4 blocks of w[out, in] (f32) hold every weight's bf16 rounding exactly: the bf16
 // rounding of QuantizeQ4Rows's dequantised values equals that of w, weight for weight (then
 // kQ4Bf16 computes what kBf16 computes on the bf16 weights). True for a Q4_1 GGUF tensor's values.
@@ -194,7 +208,8 @@ struct PreparedActivations {
   std::vector<float> lane_scale;     // VNNI: [T][chunks][16]
   std::vector<int32_t> lane_bias;    // VNNI: [T][chunks][16]
   std::vector<float> block_sum;      // VNNI, Q4 weights: [T][chunks * 2] block scale * sum of its s8 values
-  std::vector<float> block_scale;    // VNNI, Q4 weights: [T][chunks * 2] the block scales
+  std::vector<float> block_scale;    // VNNI, Q4 and int8 panels: [T][chunks * 2] the block scales
+  std::vector<int32_t> block_bias;   // VNNI, int8 panels: [T][chunks * 2] -128 * sum of the block's s8 values
   int64_t ldx = 0;                   // bf16 dot: row stride of xb
   Bf16Rows xb;                       // bf16 dot: [T][ldx], rows of whole cache lines
   std::vector<uint16_t> amx;         // AMX: B tiles [ceil(T/16)][in/32][16 pairs][min(T, 16) tokens][2]

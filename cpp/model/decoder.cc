@@ -250,8 +250,11 @@ DecoderModel::DecoderModel(std::shared_ptr<Client> client, const ModelWeights& w
           throw Error(ErrorKind::kInternal, "DecoderModel: " + layout[piece.param].name() + " does not fit its arena piece");
         uint8_t* at = arena.data.data() + piece.offset;
         const WeightParam& param = layout[piece.param];
-        if (ArenaPacksF32Panels(param, options_.precision))  // [in, out] -> panels (kernels/int8_matmul.h)
+        const ArenaPacking packing = ArenaPackingOf(config_, param, options_.precision);
+        if (packing == ArenaPacking::kF32Panels)  // [in, out] -> panels (kernels/int8_matmul.h)
           kernels::PackF32Panels(t.as<float>(), param.dims[0], param.dims[1], reinterpret_cast<float*>(at));
+        else if (packing == ArenaPacking::kInt8Panels)  // [out, in] -> panels of 16 rows
+          kernels::PackInt8Panels(t.as<int8_t>(), param.dims[1], param.dims[0], at);
         else
           std::memcpy(at, t.data.data(), t.data.size());
       }

@@ -24,11 +24,16 @@ bool IsMatrix(const std::string& name) {
   return name == "lm_head.weight";
 }
 
-kernels::WeightMatrix::Kind ArenaMatrixKind(WeightPrecision precision) {
+kernels::WeightMatrix::Kind ArenaMatrixKind(const ModelConfig& c, WeightPrecision precision) {
   switch (precision) {
     case WeightPrecision::kF32: return kernels::WeightMatrix::Kind::kF32Panels;
     case WeightPrecision::kBF16: return kernels::WeightMatrix::Kind::kBf16;
-    case WeightPrecision::kInt8: return kernels::WeightMatrix::Kind::kInt8;
+    case WeightPrecision::kInt8:
+      // Panels of 16 rows take whole 32-blocks of inputs (kernels/int8_matmul.h); any other
+      // shape keeps the rows as uploaded.
+      return c.hidden_size % 32 == 0 && (c.num_heads * c.head_dim) % 32 == 0 && c.intermediate_size % 32 == 0
+                 ? kernels::WeightMatrix::Kind::kInt8Panels
+                 : kernels::WeightMatrix::Kind::kInt8;
     case WeightPrecision::kQ4: return kernels::WeightMatrix::Kind::kQ4;
     case WeightPrecision::kBF16Q4: return kernels::WeightMatrix::Kind::kQ4Bf16;
   }
@@ -48,9 +53,11 @@ struct WeightRef {
   std::optional<Value> scale;  // int8 per row, q4 per block (f16)
   std::optional<Value> min;    // q4 per block (f16)
   bool transposed = false;     // w is [in, out]
-  // w is f32 [in * out], W^T in panels (kernels::WeightMatrix::Kind::kF32Panels): an f32 layer
-  // matrix sliced out of its layer arena; its shape [in, out] in panel_dims.
+  // w is flat, in panels as its layer arena holds it (ArenaPackingOf): f32 [in * out], W^T as
+  // kernels::WeightMatrix::Kind::kF32Panels, its shape [in, out] in panel_dims; or s8 [out * in]
+  // as kInt8Panels, its shape [out, in] in panel_dims.
   bool panels = false;
+  kernels::WeightMatrix::Kind panel_kind = kernels::WeightMatrix::Kind::kF32Panels;
   std::vector<int64_t> panel_dims;
 };
 
@@ -237,10 +244,13 @@ class Emitter {
                            : f_.BitcastConvert(f_.Reshape(bytes, {n, width}), p.dtype, {n});
       if (width == 1 && p.dtype != DType::kU8) v = f_.BitcastConvert(v, p.dtype, {n});
       WeightRef& ref = weights_[name];
-      if (ArenaPacksF32Panels(p, s_.precision)) {  // stays flat: Linear passes it to the panels kernel
+      const ArenaPacking packing = ArenaPackingOf(c_, p, s_.precision);
+      if (packing != ArenaPacking::kAsUploaded) {  // stays flat: Linear passes it to the panels kernel
         ref.w = v;
-        ref.transposed = true;
+        ref.transposed = packing == ArenaPacking::kF32Panels;
         ref.panels = true;
+        ref.panel_kind = packing == ArenaPacking::kF32Panels ? kernels::WeightMatrix::Kind::kF32Panels
+                                                             : kernels::WeightMatrix::Kind::kInt8Panels;
         ref.panel_dims = p.dims;
         continue;
       }
@@ -288,7 +298,7 @@ class Emitter {
          {"intermediate", i64(c_.intermediate_size)},
          {"eps", eps},
          {"gemma", c_.family == ModelFamily::kGemma ? "true" : "false"},
-         {"weights", i64(static_cast<int64_t>(ArenaMatrixKind(s_.precision)))}});
+         {"weights", i64(static_cast<int64_t>(ArenaMatrixKind(c_, s_.precision)))}});
     std::vector<Value> at = {Zero(), Zero(), start, Zero()};
     k_cache = f_.DynamicUpdateSlice(k_cache, r[1], at);
     v_cache = f_.DynamicUpdateSlice(v_cache, r[2], at);
@@ -319,11 +329,15 @@ class Emitter {
   Value Linear(const Value& x, const std::string& name) {
     const WeightRef& ref = W(name);
     if (ref.panels) {  // [..., in] rows through the panels kernel, in the layout they are stored in
-      const int64_t in = ref.panel_dims[0], out = ref.panel_dims[1], rows = ElementCount(x.dims) / in;
+      const bool int8 = ref.panel_kind == kernels::WeightMatrix::Kind::kInt8Panels;
+      const int64_t in = ref.panel_dims[int8 ? 1 : 0], out = ref.panel_dims[int8 ? 0 : 1];
+      const int64_t rows = ElementCount(x.dims) / in;
       std::vector<int64_t> y_dims = x.dims;
       y_dims.back() = out;
       Value x2 = x.rank() == 2 ? x : f_.Reshape(x, {rows, in});
-      Value y = f_.CustomCall(kernels::kF32PanelsMatmulTarget, {x2, ref.w}, DType::kF32, {rows, out});
+      if (int8 && !ref.scale) throw InvalidArgumentError("programs: int8 panels without their scales");
+      Value y = int8 ? f_.CustomCall(kernels::kInt8PanelsMatmulTarget, {x2, ref.w, *ref.scale}, DType::kF32, {rows, out})
+                     : f_.CustomCall(kernels::kF32PanelsMatmulTarget, {x2, ref.w}, DType::kF32, {rows, out});
       return x.rank() == 2 ? y : f_.Reshape(y, y_dims);
     }
     Value w = ref.w;
@@ -399,7 +413,7 @@ class Emitter {
   // nibbles the first 32-block, high the second; scales and minimums [block][n] per panel.
   Value DequantizeQ4(const WeightRef& ref) {
     const int64_t out = ref.w.dims[0], half = ref.w.dims[1], in = half * 2, chunks = in / 64, blocks = in / 32;
-    const bool rows_order = kernels::Q4OrderOf(ArenaMatrixKind(s_.precision)) == kernels::Q4Order::kRows;
+    const bool rows_order = kernels::Q4OrderOf(ArenaMatrixKind(c_, s_.precision)) == kernels::Q4Order::kRows;
     return ByPanels(out, [&](int64_t r0, int64_t r1, int64_t n) {
       const int64_t count = (r1 - r0) / n;
       Value bytes = f_.Convert(RowsOf(ref.w, r0, r1), DType::kS32);
@@ -717,7 +731,7 @@ std::vector<ArenaPiece> LayerArenaPieces(const ModelConfig& c, WeightPrecision p
   k.kv_heads = c.num_kv_heads;
   k.head_dim = c.head_dim;
   k.intermediate = c.intermediate_size;
-  const std::vector<int64_t> kernel_bytes = kernels::ArenaPieceBytes(k, ArenaMatrixKind(precision));
+  const std::vector<int64_t> kernel_bytes = kernels::ArenaPieceBytes(k, ArenaMatrixKind(c, precision));
   bool agree = static_cast<int64_t>(pieces.size()) == c.num_layers * static_cast<int64_t>(kernel_bytes.size());
   for (size_t i = 0; agree && i < pieces.size(); ++i)
     agree = kernel_bytes[i % kernel_bytes.size()] == pieces[i].bytes &&
@@ -726,9 +740,14 @@ std::vector<ArenaPiece> LayerArenaPieces(const ModelConfig& c, WeightPrecision p
   return pieces;
 }
 
-bool ArenaPacksF32Panels(const WeightParam& p, WeightPrecision precision) {
-  return p.transposed && p.dtype == DType::kF32 && p.dims.size() == 2 &&
-         ArenaMatrixKind(precision) == kernels::WeightMatrix::Kind::kF32Panels;
+ArenaPacking ArenaPackingOf(const ModelConfig& c, const WeightParam& p, WeightPrecision precision) {
+  if (LayerOf(p) < 0 || p.dims.size() != 2) return ArenaPacking::kAsUploaded;
+  const kernels::WeightMatrix::Kind kind = ArenaMatrixKind(c, precision);
+  if (p.transposed && p.dtype == DType::kF32 && kind == kernels::WeightMatrix::Kind::kF32Panels)
+    return ArenaPacking::kF32Panels;
+  if (p.role == WeightParam::Role::kInt8Values && kind == kernels::WeightMatrix::Kind::kInt8Panels)
+    return ArenaPacking::kInt8Panels;
+  return ArenaPacking::kAsUploaded;
 }
 
 int64_t LayerArenaBytes(const ModelConfig& c, WeightPrecision precision) {

@@ -121,9 +121,11 @@ struct ArenaPiece {
   int64_t offset = 0, bytes = 0;  // within the layer's arena
 };
 std::vector<ArenaPiece> LayerArenaPieces(const ModelConfig& config, WeightPrecision precision);
-// Whether the arena holds `param` in another layout than its upload layout: an f32 matrix (upload
-// layout [in, out]) is stored as kernels::WeightMatrix::Kind::kF32Panels (kernels/int8_matmul.h).
-bool ArenaPacksF32Panels(const WeightParam& param, WeightPrecision precision);
+// How the arena holds `param` when not in its upload layout (kernels/int8_matmul.h): an f32 matrix
+// (upload layout [in, out]) as kernels::WeightMatrix::Kind::kF32Panels; int8 values (s8 [out, in])
+// as kInt8Panels where every layer matrix's input size is a multiple of 32.
+enum class ArenaPacking { kAsUploaded, kF32Panels, kInt8Panels };
+ArenaPacking ArenaPackingOf(const ModelConfig& config, const WeightParam& param, WeightPrecision precision);
 int64_t LayerArenaBytes(const ModelConfig& config, WeightPrecision precision);  // of one layer's arena
 // WeightParamLayout with each layer's params replaced by one kLayerArena param ("model.layers.<l>")
 // when `layer_arena`: the params a model's programs take, in order.

@@ -127,9 +127,16 @@ TEST(fused_layers, LongPrefillReadsTheLayerArena) {
     ForwardResult a = fused.Forward(prompt, 0, {HeadKind::kLogits});
     ForwardResult b = plain.Forward(prompt, 0, {HeadKind::kLogits});
     ASSERT_EQ(a.logits.size(), b.logits.size());
-    float worst = 0;
-    for (size_t i = 0; i < a.logits.size(); ++i) worst = std::max(worst, std::fabs(a.logits[i] - b.logits[i]));
-    EXPECT_LT(worst, 1e-3f) << WeightPrecisionName(p);
+    float worst = 0, span = 0;
+    for (size_t i = 0; i < a.logits.size(); ++i) {
+      worst = std::max(worst, std::fabs(a.logits[i] - b.logits[i]));
+      span = std::max(span, std::fabs(b.logits[i]));
+    }
+    // int8: the arena's panels go through our kernel at any length (activations rounded to s8 per
+    // 32-block, as in every fused step), the separate buffers through XLA's f32 dot past the
+    // custom calls' kFfiMaxTokens.
+    if (p == WeightPrecision::kInt8) EXPECT_LE(worst, 0.05f * span) << "int8";
+    else EXPECT_LT(worst, 1e-3f) << WeightPrecisionName(p);
     // Then the fused decode continues from that cache like the plain model.
     ForwardResult x = fused.Forward({9}, kFfiMaxTokens + 1, {HeadKind::kArgmax});
     ForwardResult y = plain.Forward({9}, kFfiMaxTokens + 1, {HeadKind::kArgmax});

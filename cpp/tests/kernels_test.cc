@@ -276,6 +276,69 @@ TEST(kernels_q4, BlocksRoundTripMatchReferenceAndRowsBitIdentical) {
   }
 }
 
+// kInt8Panels (the int8 layer matrices of a fused model's arena): the panels hold the rows exactly;
+// with VNNI the panel kernel's rows are within the activations' rounding of the exact product and
+// bit-identical whatever T or threads; without it they are kInt8's own kernel's bits.
+TEST(kernels_int8_panels, RoundTripMatchReferenceAndRowsBitIdentical) {
+  using kernels::WeightMatrix;
+  EXPECT_NE("", kernels::ValidateInt8Panels(40, 4));  // not a multiple of 32
+  EXPECT_NE("", kernels::ValidateInt8Panels(64, 0));
+  EXPECT_EQ("", kernels::ValidateInt8Panels(96, 3));
+  std::vector<Int8Impl> impls;
+  for (Int8Impl i : {Int8Impl::kScalar, Int8Impl::kAvx2, Int8Impl::kAvx512, Int8Impl::kAvx512Vnni})
+    if (kernels::Int8ImplSupported(i)) impls.push_back(i);
+  kernels::ThreadTeam one(0), two(1);
+  for (auto [in, out] : std::vector<std::pair<int64_t, int64_t>>{{96, 5}, {576, 67}, {1536, 40}}) {
+    Problem p = MakeProblem(1, in, out, static_cast<uint32_t>(in * 3 + out));
+    std::vector<uint8_t> panels(static_cast<size_t>(out * in));
+    kernels::PackInt8Panels(p.w.data(), in, out, panels.data());
+    std::vector<int8_t> back(p.w.size());
+    kernels::UnpackInt8PanelRows(panels.data(), in, out, 0, out, back.data());
+    ASSERT_EQ(p.w, back) << "in=" << in;
+    const WeightMatrix packed{WeightMatrix::Kind::kInt8Panels, panels.data(), p.scale.data(), in, out};
+    const WeightMatrix rows{WeightMatrix::Kind::kInt8, p.w.data(), p.scale.data(), in, out};
+    const int64_t T = 16;
+    Problem xs = MakeProblem(T, in, 1, 12);
+    for (Int8Impl impl : impls) {
+      kernels::KernelImpls k;
+      k.int8 = impl;
+      std::vector<float> all(static_cast<size_t>(T * out)), threaded(all.size()), by_rows(all.size());
+      kernels::TeamMatmul(packed, k, xs.x.data(), T, all.data(), one);
+      kernels::TeamMatmul(packed, k, xs.x.data(), T, threaded.data(), two);
+      ASSERT_EQ(0, std::memcmp(all.data(), threaded.data(), all.size() * 4)) << kernels::Int8ImplName(impl);
+      kernels::TeamMatmul(rows, k, xs.x.data(), T, by_rows.data(), one);
+      if (impl != Int8Impl::kAvx512Vnni)
+        ASSERT_EQ(0, std::memcmp(all.data(), by_rows.data(), all.size() * 4)) << kernels::Int8ImplName(impl);
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t o = 0; o < out; ++o) {
+          double ref = 0, mag = 0, qerr = 0;
+          for (int64_t i = 0; i < in; ++i) {
+            const double xv = xs.x[t * in + i], wv = p.w[o * in + i] * static_cast<double>(p.scale[o]);
+            ref += xv * wv;
+            mag += std::fabs(xv * wv);
+            if (impl == Int8Impl::kAvx512Vnni) {
+              const int64_t b0 = i / 32 * 32;
+              double amax = 0;
+              for (int64_t j = b0; j < b0 + 32; ++j) amax = std::max(amax, static_cast<double>(std::fabs(xs.x[t * in + j])));
+              qerr += std::fabs(wv) * amax / 127.0 / 2.0;
+            }
+          }
+          const double bound = (qerr + mag * 1e-5 * (1 + in / 32.0)) * 1.001 + 1e-6;
+          ASSERT_LE(std::fabs(all[t * out + o] - ref), bound)
+              << kernels::Int8ImplName(impl) << " in=" << in << " t=" << t << " o=" << o;
+        }
+      for (int64_t k1 : {1, 3, 5}) {
+        for (int64_t r0 = 0; r0 + k1 <= T; r0 += k1 + 2) {
+          std::vector<float> y(static_cast<size_t>(k1 * out));
+          kernels::TeamMatmul(packed, k, xs.x.data() + r0 * in, k1, y.data(), k1 % 2 ? two : one);
+          ASSERT_EQ(0, std::memcmp(y.data(), all.data() + r0 * out, y.size() * 4))
+              << kernels::Int8ImplName(impl) << ": rows " << r0 << ".. differ between T=" << T << " and T=" << k1;
+        }
+      }
+    }
+  }
+}
+
 // bf16 weights: exact upcast, so only f32 summation order differs from a double reference; rows
 // bit-identical across T, threads and the gather, as for int8.
 TEST(kernels_bf16, MatchesReferenceAndRowsBitIdentical) {

@@ -2,7 +2,7 @@
 // at T=1 and T=5, with 1 thread and with the whole kernel team, against the read bandwidth
 // measured in the same run. What a decode step's matrices can reach on this machine.
 //
-//   kernel_bench [--runs 15] [--kinds f32,bf16,int8,q4,bf16q4,head,tiny]
+//   kernel_bench [--runs 15] [--kinds f32,bf16,int8,int8p,q4,bf16q4,head,tiny]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -44,7 +44,7 @@ double Bandwidth(ThreadTeam& team, const std::vector<float>& buf) {
 
 int main(int argc, char** argv) {
   int runs = 15;
-  std::string kinds = "f32,bf16,int8,q4,bf16q4,head,tiny";
+  std::string kinds = "f32,bf16,int8,int8p,q4,bf16q4,head,tiny";
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::string(argv[i]) == "--runs") runs = std::atoi(argv[i + 1]);
     if (std::string(argv[i]) == "--kinds") kinds = argv[i + 1];
@@ -69,11 +69,13 @@ int main(int argc, char** argv) {
   }
   std::printf("read bandwidth: 1 thread %.1f GB/s, %d threads %.1f GB/s\n", Median(bw1), all.helpers() + 1, Median(bw2));
   for (WeightMatrix::Kind kind : {WeightMatrix::Kind::kF32Transposed, WeightMatrix::Kind::kBf16, WeightMatrix::Kind::kInt8,
-                                  WeightMatrix::Kind::kQ4, WeightMatrix::Kind::kQ4Bf16}) {
+                                  WeightMatrix::Kind::kInt8Panels, WeightMatrix::Kind::kQ4, WeightMatrix::Kind::kQ4Bf16}) {
     const bool q4 = kind == WeightMatrix::Kind::kQ4 || kind == WeightMatrix::Kind::kQ4Bf16;
-    const char* name = kind == WeightMatrix::Kind::kQ4Bf16 ? "bf16q4" : q4 ? "q4" : kind == WeightMatrix::Kind::kInt8 ? "int8" : kind == WeightMatrix::Kind::kBf16 ? "bf16" : "f32";
+    const bool int8 = kind == WeightMatrix::Kind::kInt8 || kind == WeightMatrix::Kind::kInt8Panels;
+    // int8p: the int8 layer matrices as a fused model's arena holds them (kInt8Panels).
+    const char* name = kind == WeightMatrix::Kind::kQ4Bf16 ? "bf16q4" : q4 ? "q4" : kind == WeightMatrix::Kind::kInt8 ? "int8" : int8 ? "int8p" : kind == WeightMatrix::Kind::kBf16 ? "bf16" : "f32";
     if (!wanted(name)) continue;
-    const int64_t elem = kind == WeightMatrix::Kind::kInt8 ? 1 : kind == WeightMatrix::Kind::kBf16 ? 2 : 4;
+    const int64_t elem = int8 ? 1 : kind == WeightMatrix::Kind::kBf16 ? 2 : 4;
     std::vector<std::vector<uint8_t>> data;
     std::vector<std::vector<float>> scales;
     std::vector<std::vector<uint16_t>> blocks;  // q4: f16 scales and minimums per 32-block
