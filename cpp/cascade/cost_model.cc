@@ -99,7 +99,13 @@ double RecentMedian::lower() const {
   return sorted[static_cast<size_t>((n - 1) / 3)];
 }
 
-CostModel::CostModel() = default;
+// The tiny's coverage: misses are rare (K0 = 256 covers ~0.998), so a slow average that starts
+// from 20 samples' worth of full coverage (means of 1 hit in 1 sample), and one early miss does
+// not read as 0.8.
+constexpr double kCoverageWeight = 0.01;
+constexpr int64_t kCoveragePriorSamples = 20;
+
+CostModel::CostModel() : agreement_{kEmaWeight}, coverage_{kCoverageWeight, 1.0, 1.0, kCoveragePriorSamples} {}
 
 void CostModel::Ema(double& value, int64_t& count, double sample) {
   // Plain mean for the first samples (they include nothing special), EMA afterwards.

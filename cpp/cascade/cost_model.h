@@ -143,10 +143,8 @@ class CostModel {
     void Add(double num, double den);
     double Ratio(double prior) const { return denominator > 0 ? numerator / denominator : prior; }
   };
-  PooledRatio agreement_{0.2};  // accepted / examined positions of the draft's own choices
-  // hits / samples. Misses are rare (K0 = 256 covers ~0.998): a slow average that starts from 20
-  // samples' worth of full coverage, so one early miss does not read as 0.8.
-  PooledRatio coverage_{0.01, 1.0, 1.0, 20};
+  PooledRatio agreement_;  // accepted / examined positions of the draft's own choices
+  PooledRatio coverage_;   // the tiny's hits / gamma0 samples (the constructor's prior)
   const DraftingCosts& Drafting(StepKind kind) const { return kind == StepKind::kCascade ? cascade_ : speculative_; }
   DraftingCosts& Drafting(StepKind kind) { return kind == StepKind::kCascade ? cascade_ : speculative_; }
   RecentMedian decode_ms_;

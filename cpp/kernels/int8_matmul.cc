@@ -304,102 +304,82 @@ void ScalarRowsQ4(const float* x, const uint8_t* w, const uint16_t* bs, const ui
 }
 
 #if CASCADE_X86
-// PG consecutive panels (16 outputs each; kFull false: one panel of n < 16 rows) x TB tokens from
-// row t0 of qx (activations quantised per 32-block as for int8). Per 32-block b and 16 outputs:
-// 8 vpdpbusd, each a token's 4 inputs (broadcast) times a panel row of 16 x 4 weights (q, 0..15),
-// give the exact integer dot of every output's block; then
+// One panel (16 outputs; kFull false: a panel of n < 16 rows) x TB tokens from row t0 of qx
+// (activations quantised per 32-block as for int8). Per 32-block b: 8 vpdpbusd, each a token's 4
+// inputs (broadcast) times a panel row of 16 x 4 weights (q, 0..15), give the exact integer dot
+// of every output's block; then
 //   acc += float(dot) * (d[b] * d_x[b]) + m[b] * (d_x[b] * sum of x_q over b)   (llama.cpp's Q4_1 x Q8_1).
 // The second block of a chunk keeps its nibbles in place (16 q; the scale is divided by 16, exact),
-// which saves a shift. Every (t, o) element gets this sequence whatever TB, PG or the range: rows
+// which saves a shift. Every (t, o) element gets this sequence whatever TB or the range: rows
 // are T-independent. Against the earlier row-major kernel (one vector per output row, a float
 // conversion per 4 inputs): about half the instructions per weight at T = 1 (session 11).
-template <int TB, int PG, bool kFull>
+template <int TB, bool kFull>
 CASCADE_VNNI void Q4PanelBlock(const QuantizedX& qx, int64_t t0, const uint8_t* w, const uint16_t* bs,
                                const uint16_t* bm, float* y, int64_t in, int64_t ldy, int64_t n) {
-  const int64_t chunks = in / 64, blocks = in / kQ4Block, padded = qx.chunks * 64, x_blocks = qx.chunks * 2;
-  const int64_t panel_bytes = kQ4PanelRows * (in / 2), panel_scales = kQ4PanelRows * blocks;
+  const int64_t chunks = in / 64, padded = qx.chunks * 64, x_blocks = qx.chunks * 2;
   const int64_t row_stride = kFull ? 64 : 4 * n;  // bytes per r (16 or n rows x 4)
   const __mmask64 byte_mask = kFull ? ~__mmask64{0} : (__mmask64{1} << (4 * n)) - 1;
   const __mmask16 out_mask = kFull ? __mmask16{0xffff} : FirstLanes16(n);
   const __m512i low_nibbles = _mm512_set1_epi8(0x0F), high_nibbles = _mm512_set1_epi8(static_cast<char>(0xF0));
   const __m512 sixteenth = _mm512_set1_ps(1.0f / 16.0f);
-  __m512 acc[TB][PG];
+  __m512 acc[TB];
   #pragma GCC unroll 16
-  for (int t = 0; t < TB; ++t)
-    #pragma GCC unroll 16
-    for (int g = 0; g < PG; ++g) acc[t][g] = _mm512_setzero_ps();
+  for (int t = 0; t < TB; ++t) acc[t] = _mm512_setzero_ps();
   for (int64_t c = 0; c < chunks; ++c) {
     #pragma GCC unroll 2
     for (int half = 0; half < 2; ++half) {
       const int64_t b = c * 2 + half;
-      __m512i dot[TB][PG];
+      __m512i dot[TB];
       #pragma GCC unroll 16
-      for (int t = 0; t < TB; ++t)
-        #pragma GCC unroll 16
-        for (int g = 0; g < PG; ++g) dot[t][g] = _mm512_setzero_si512();
+      for (int t = 0; t < TB; ++t) dot[t] = _mm512_setzero_si512();
       #pragma GCC unroll 8
       for (int r = 0; r < 8; ++r) {
-        __m512i wq[PG];
-        #pragma GCC unroll 16
-        for (int g = 0; g < PG; ++g) {
-          const uint8_t* p = w + g * panel_bytes + c * 8 * row_stride + r * row_stride;
-          if (half == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T0);
-          const __m512i v = kFull ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(byte_mask, p);
-          wq[g] = _mm512_and_si512(v, half == 0 ? low_nibbles : high_nibbles);
-        }
+        const uint8_t* p = w + c * 8 * row_stride + r * row_stride;
+        if (half == 0) _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T0);
+        const __m512i v = kFull ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(byte_mask, p);
+        const __m512i wq = _mm512_and_si512(v, half == 0 ? low_nibbles : high_nibbles);
         #pragma GCC unroll 16
         for (int t = 0; t < TB; ++t) {
           int32_t four;
           std::memcpy(&four, qx.q.data() + (t0 + t) * padded + b * kQ4Block + r * 4, 4);
-          const __m512i xb = _mm512_set1_epi32(four);
-          #pragma GCC unroll 16
-          for (int g = 0; g < PG; ++g) dot[t][g] = _mm512_dpbusd_epi32(dot[t][g], wq[g], xb);  // exact
+          dot[t] = _mm512_dpbusd_epi32(dot[t], wq, _mm512_set1_epi32(four));  // exact
         }
       }
-      __m512 d[PG], m[PG];
-      #pragma GCC unroll 16
-      for (int g = 0; g < PG; ++g) {
-        const int64_t at = g * panel_scales + b * (kFull ? kQ4PanelRows : n);
-        d[g] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(out_mask, bs + at));
-        if (half == 1) d[g] = _mm512_mul_ps(d[g], sixteenth);
-        m[g] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(out_mask, bm + at));
-      }
+      const int64_t at = b * (kFull ? kQ4PanelRows : n);
+      __m512 d = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(out_mask, bs + at));
+      if (half == 1) d = _mm512_mul_ps(d, sixteenth);
+      const __m512 m = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(out_mask, bm + at));
       #pragma GCC unroll 16
       for (int t = 0; t < TB; ++t) {
         const __m512 dx = _mm512_set1_ps(qx.block_scale[(t0 + t) * x_blocks + b]);
         const __m512 sum = _mm512_set1_ps(qx.block_sum[(t0 + t) * x_blocks + b]);
-        #pragma GCC unroll 16
-        for (int g = 0; g < PG; ++g) {
-          acc[t][g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[t][g]), _mm512_mul_ps(d[g], dx), acc[t][g]);
-          acc[t][g] = _mm512_fmadd_ps(m[g], sum, acc[t][g]);
-        }
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[t]), _mm512_mul_ps(d, dx), acc[t]);
+        acc[t] = _mm512_fmadd_ps(m, sum, acc[t]);
       }
     }
   }
   #pragma GCC unroll 16
-  for (int t = 0; t < TB; ++t)
-    #pragma GCC unroll 16
-    for (int g = 0; g < PG; ++g) _mm512_mask_storeu_ps(y + t * ldy + g * kQ4PanelRows, out_mask, acc[t][g]);
+  for (int t = 0; t < TB; ++t) _mm512_mask_storeu_ps(y + t * ldy, out_mask, acc[t]);
 }
 
-// Tokens in blocks of up to 8 over PG panels starting at output o (a verify of 5 tokens as 4 + 1
-// unpacked each panel twice: 1.6x a decode on Zen 4).
-template <int PG, bool kFull>
+// Every token, 8 at a time, over the panel at output o (n rows; a verify of 5 tokens as 4 + 1
+// unpacked the panel twice: 1.6x a decode on Zen 4).
+template <bool kFull>
 void Q4PanelTokens(const QuantizedX& qx, const uint8_t* w, const uint16_t* bs, const uint16_t* bm, float* y,
                    int64_t in, int64_t out, int64_t o, int64_t n) {
   const int64_t T = qx.T, blocks = in / kQ4Block;
   const uint8_t* wp = w + o * (in / 2);
   const uint16_t *sp = bs + o * blocks, *mp = bm + o * blocks;
   int64_t t = 0;
-  for (; t + 8 <= T; t += 8) Q4PanelBlock<8, PG, kFull>(qx, t, wp, sp, mp, y + t * out + o, in, out, n);
+  for (; t + 8 <= T; t += 8) Q4PanelBlock<8, kFull>(qx, t, wp, sp, mp, y + t * out + o, in, out, n);
   switch (T - t) {
-    case 7: Q4PanelBlock<7, PG, kFull>(qx, t, wp, sp, mp, y + t * out + o, in, out, n); break;
-    case 6: Q4PanelBlock<6, PG, kFull>(qx, t, wp, sp, mp, y + t * out + o, in, out, n); break;
-    case 5: Q4PanelBlock<5, PG, kFull>(qx, t, wp, sp, mp, y + t * out + o, in, out, n); break;
-    case 4: Q4PanelBlock<4, PG, kFull>(qx, t, wp, sp, mp, y + t * out + o, in, out, n); break;
-    case 3: Q4PanelBlock<3, PG, kFull>(qx, t, wp, sp, mp, y + t * out + o, in, out, n); break;
-    case 2: Q4PanelBlock<2, PG, kFull>(qx, t, wp, sp, mp, y + t * out + o, in, out, n); break;
-    case 1: Q4PanelBlock<1, PG, kFull>(qx, t, wp, sp, mp, y + t * out + o, in, out, n); break;
+    case 7: Q4PanelBlock<7, kFull>(qx, t, wp, sp, mp, y + t * out + o, in, out, n); break;
+    case 6: Q4PanelBlock<6, kFull>(qx, t, wp, sp, mp, y + t * out + o, in, out, n); break;
+    case 5: Q4PanelBlock<5, kFull>(qx, t, wp, sp, mp, y + t * out + o, in, out, n); break;
+    case 4: Q4PanelBlock<4, kFull>(qx, t, wp, sp, mp, y + t * out + o, in, out, n); break;
+    case 3: Q4PanelBlock<3, kFull>(qx, t, wp, sp, mp, y + t * out + o, in, out, n); break;
+    case 2: Q4PanelBlock<2, kFull>(qx, t, wp, sp, mp, y + t * out + o, in, out, n); break;
+    case 1: Q4PanelBlock<1, kFull>(qx, t, wp, sp, mp, y + t * out + o, in, out, n); break;
     default: break;
   }
 }
@@ -410,8 +390,8 @@ void Q4PanelTokens(const QuantizedX& qx, const uint8_t* w, const uint16_t* bs, c
 void Q4Panels(const QuantizedX& qx, const uint8_t* w, const uint16_t* bs, const uint16_t* bm, float* y, int64_t in,
               int64_t out, int64_t o0, int64_t o1) {
   int64_t o = o0;
-  for (; o + kQ4PanelRows <= o1; o += kQ4PanelRows) Q4PanelTokens<1, true>(qx, w, bs, bm, y, in, out, o, 16);
-  if (o < o1) Q4PanelTokens<1, false>(qx, w, bs, bm, y, in, out, o, o1 - o);
+  for (; o + kQ4PanelRows <= o1; o += kQ4PanelRows) Q4PanelTokens<true>(qx, w, bs, bm, y, in, out, o, 16);
+  if (o < o1) Q4PanelTokens<false>(qx, w, bs, bm, y, in, out, o, o1 - o);
 }
 #else
 void Q4Panels(const PreparedActivations&, const uint8_t*, const uint16_t*, const uint16_t*, float*, int64_t, int64_t,
