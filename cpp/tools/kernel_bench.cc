@@ -1,8 +1,9 @@
 // Times our CPU matmul kernels alone (no PJRT) on the SmolLM2-135M matrices, per weight kind,
 // at T=1 and T=5, with 1 thread and with the whole kernel team, against the read bandwidth
-// measured in the same run. What a decode step's matrices can reach on this machine.
+// measured in the same run. What a decode step's matrices can reach on this machine. `hot`: each
+// kind's instruction cost alone, one thread, one 576 x 256 matrix in L2 (docs/bench/decoder.md).
 //
-//   kernel_bench [--runs 15] [--kinds f32,bf16,int8,int8p,q4,bf16q4,head,tiny]
+//   kernel_bench [--runs 15] [--kinds f32,bf16,int8,int8p,q4,bf16q4,head,tiny,hot]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -44,7 +45,7 @@ double Bandwidth(ThreadTeam& team, const std::vector<float>& buf) {
 
 int main(int argc, char** argv) {
   int runs = 15;
-  std::string kinds = "f32,bf16,int8,int8p,q4,bf16q4,head,tiny";
+  std::string kinds = "f32,bf16,int8,int8p,q4,bf16q4,head,tiny,hot";
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::string(argv[i]) == "--runs") runs = std::atoi(argv[i + 1]);
     if (std::string(argv[i]) == "--kinds") kinds = argv[i + 1];
@@ -113,6 +114,45 @@ int main(int argc, char** argv) {
                     (long long)T, team->helpers() + 1, ms_med, bytes / 1e6, bytes / ms_med / 1e6,
                     bytes / ms_med / 1e6 / bw);
       }
+    }
+  }
+
+  // Hot: ns per output row and 64 inputs (per token in brackets) with the weights in L2, so the
+  // instructions bound it, not DRAM: one thread, a 576 x 256 matrix, MatmulRange 2,000 times.
+  if (wanted("hot")) {
+    const int64_t in = 576, out = 256;
+    std::vector<float> wf(static_cast<size_t>(in * out));
+    for (size_t i = 0; i < wf.size(); ++i) wf[i] = 0.01f * static_cast<float>(static_cast<int>((i * 2654435761u >> 24) % 255) - 127);
+    std::vector<int8_t> w8(wf.size());
+    for (size_t i = 0; i < wf.size(); ++i) w8[i] = static_cast<int8_t>(std::lrint(wf[i] * 100.0f));
+    std::vector<uint8_t> panels8(wf.size()), q4(wf.size() / 2), q4rows(wf.size() / 2);
+    PackInt8Panels(w8.data(), in, out, panels8.data());
+    std::vector<uint16_t> s4(static_cast<size_t>(out * in / kQ4Block)), m4(s4.size()), s4r(s4.size()), m4r(s4.size());
+    QuantizeQ4Rows(wf.data(), in, out, q4.data(), s4.data(), m4.data());
+    QuantizeQ4Rows(wf.data(), in, out, q4rows.data(), s4r.data(), m4r.data(), Q4Order::kRows);
+    std::vector<float> scale(static_cast<size_t>(out), 0.01f);
+    const std::vector<std::pair<const char*, WeightMatrix>> hot = {
+        {"int8", {WeightMatrix::Kind::kInt8, w8.data(), scale.data(), in, out}},
+        {"int8p", {WeightMatrix::Kind::kInt8Panels, panels8.data(), scale.data(), in, out}},
+        {"q4", {WeightMatrix::Kind::kQ4, q4.data(), nullptr, in, out, s4.data(), m4.data()}},
+        {"bf16q4", {WeightMatrix::Kind::kQ4Bf16, q4rows.data(), nullptr, in, out, s4r.data(), m4r.data()}}};
+    for (const auto& [name, m] : hot) {
+      std::printf("hot %-7s", name);
+      for (int64_t T : {1, 2, 5, 8}) {
+        std::vector<float> x(static_cast<size_t>(T * in)), y(static_cast<size_t>(T * out));
+        for (size_t i = 0; i < x.size(); ++i) x[i] = 0.01f * static_cast<float>(i % 97) - 0.3f;
+        PreparedActivations a;
+        PrepareActivations(m.kind, impls, x.data(), T, in, &a);
+        std::vector<double> t;
+        for (int r = 0; r < std::max(3, runs / 3); ++r) {
+          constexpr int kIters = 2000;
+          auto t0 = Clock::now();
+          for (int i = 0; i < kIters; ++i) MatmulRange(m, impls, a, y.data(), 0, out);
+          t.push_back(std::chrono::duration<double, std::nano>(Clock::now() - t0).count() / kIters / (out * in / 64.0));
+        }
+        std::printf("  T=%lld %.2f (%.2f)", (long long)T, Median(t), Median(t) / T);
+      }
+      std::printf("  ns per row and 64 inputs (per token)\n");
     }
   }
 
