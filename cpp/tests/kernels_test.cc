@@ -193,6 +193,46 @@ TEST(kernels_f32, PanelsGiveTheTransposedLayoutsBits) {
 // 4-bit weights (the q4 draft precision): quantising a Q4_1 matrix's own dequantised values gives
 // back its blocks; every impl against a double reference on the dequantised weights (the VNNI impl
 // quantises activations per 32-block, as for int8); rows bit-identical whatever T and threads.
+// y[T, out] of a block-quantised matrix (weights w [out, in] as the kernels multiply by them)
+// within f32 rounding (1e-5 per `span` inputs summed in order) plus, for VNNI, the activations'
+// rounding to s8 per 32-block, of the exact product.
+void ExpectNearTheExactProduct(Int8Impl impl, const std::vector<float>& x, const std::vector<float>& w,
+                               const std::vector<float>& y, int64_t T, int64_t in, int64_t out, int64_t span) {
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t o = 0; o < out; ++o) {
+      double ref = 0, mag = 0, qerr = 0;
+      for (int64_t i = 0; i < in; ++i) {
+        const double xv = x[t * in + i], wv = w[o * in + i];
+        ref += xv * wv;
+        mag += std::fabs(xv * wv);
+        if (impl == Int8Impl::kAvx512Vnni) {
+          const int64_t b0 = i / 32 * 32;
+          double amax = 0;
+          for (int64_t j = b0; j < b0 + 32; ++j) amax = std::max(amax, static_cast<double>(std::fabs(x[t * in + j])));
+          qerr += std::fabs(wv) * amax / 127.0 / 2.0;
+        }
+      }
+      const double bound = (qerr + mag * 1e-5 * (1 + in / static_cast<double>(span))) * 1.001 + 1e-6;
+      ASSERT_LE(std::fabs(y[t * out + o] - ref), bound)
+          << kernels::Int8ImplName(impl) << " in=" << in << " t=" << t << " o=" << o;
+    }
+}
+
+// Rows of fewer tokens (1, 3, 5 from several offsets, one or two threads) give the very bits of
+// the T-token call `all`.
+void ExpectRowsIndependentOfT(const kernels::WeightMatrix& m, const kernels::KernelImpls& k, const std::vector<float>& x,
+                              const std::vector<float>& all, int64_t T, kernels::ThreadTeam& one,
+                              kernels::ThreadTeam& two, Int8Impl impl) {
+  const int64_t in = m.in, out = m.out;
+  for (int64_t k1 : {1, 3, 5})
+    for (int64_t r0 = 0; r0 + k1 <= T; r0 += k1 + 2) {
+      std::vector<float> y(static_cast<size_t>(k1 * out));
+      kernels::TeamMatmul(m, k, x.data() + r0 * in, k1, y.data(), k1 % 2 ? two : one);
+      ASSERT_EQ(0, std::memcmp(y.data(), all.data() + r0 * out, y.size() * 4))
+          << kernels::Int8ImplName(impl) << ": rows " << r0 << ".. differ between T=" << T << " and T=" << k1;
+    }
+}
+
 TEST(kernels_q4, BlocksRoundTripMatchReferenceAndRowsBitIdentical) {
   using kernels::WeightMatrix;
   EXPECT_NE("", kernels::ValidateQ4Matrix(96, 4));  // not a multiple of 64
@@ -246,32 +286,8 @@ TEST(kernels_q4, BlocksRoundTripMatchReferenceAndRowsBitIdentical) {
       kernels::TeamMatmul(m, k, xs.x.data(), T, all.data(), one);
       kernels::TeamMatmul(m, k, xs.x.data(), T, threaded.data(), two);
       ASSERT_EQ(0, std::memcmp(all.data(), threaded.data(), all.size() * 4)) << kernels::Int8ImplName(impl);
-      for (int64_t t = 0; t < T; ++t)
-        for (int64_t o = 0; o < out; ++o) {
-          double ref = 0, mag = 0, qerr = 0;
-          for (int64_t i = 0; i < in; ++i) {
-            const double xv = xs.x[t * in + i], wv = deq[o * in + i];
-            ref += xv * wv;
-            mag += std::fabs(xv * wv);
-            if (impl == Int8Impl::kAvx512Vnni) {
-              const int64_t b0 = i / 32 * 32;
-              double amax = 0;
-              for (int64_t j = b0; j < b0 + 32; ++j) amax = std::max(amax, static_cast<double>(std::fabs(xs.x[t * in + j])));
-              qerr += std::fabs(wv) * amax / 127.0 / 2.0;
-            }
-          }
-          const double bound = (qerr + mag * 1e-5 * (1 + in / 64.0)) * 1.001 + 1e-6;
-          ASSERT_LE(std::fabs(all[t * out + o] - ref), bound)
-              << kernels::Int8ImplName(impl) << " in=" << in << " t=" << t << " o=" << o;
-        }
-      for (int64_t k1 : {1, 3, 5}) {
-        for (int64_t r0 = 0; r0 + k1 <= T; r0 += k1 + 2) {
-          std::vector<float> y(static_cast<size_t>(k1 * out));
-          kernels::TeamMatmul(m, k, xs.x.data() + r0 * in, k1, y.data(), k1 % 2 ? two : one);
-          ASSERT_EQ(0, std::memcmp(y.data(), all.data() + r0 * out, y.size() * 4))
-              << kernels::Int8ImplName(impl) << ": rows " << r0 << ".. differ between T=" << T << " and T=" << k1;
-        }
-      }
+      ExpectNearTheExactProduct(impl, xs.x, deq, all, T, in, out, 64);
+      ExpectRowsIndependentOfT(m, k, xs.x, all, T, one, two, impl);
     }
   }
 }
@@ -309,32 +325,11 @@ TEST(kernels_int8_panels, RoundTripMatchReferenceAndRowsBitIdentical) {
       kernels::TeamMatmul(rows, k, xs.x.data(), T, by_rows.data(), one);
       if (impl != Int8Impl::kAvx512Vnni)
         ASSERT_EQ(0, std::memcmp(all.data(), by_rows.data(), all.size() * 4)) << kernels::Int8ImplName(impl);
-      for (int64_t t = 0; t < T; ++t)
-        for (int64_t o = 0; o < out; ++o) {
-          double ref = 0, mag = 0, qerr = 0;
-          for (int64_t i = 0; i < in; ++i) {
-            const double xv = xs.x[t * in + i], wv = p.w[o * in + i] * static_cast<double>(p.scale[o]);
-            ref += xv * wv;
-            mag += std::fabs(xv * wv);
-            if (impl == Int8Impl::kAvx512Vnni) {
-              const int64_t b0 = i / 32 * 32;
-              double amax = 0;
-              for (int64_t j = b0; j < b0 + 32; ++j) amax = std::max(amax, static_cast<double>(std::fabs(xs.x[t * in + j])));
-              qerr += std::fabs(wv) * amax / 127.0 / 2.0;
-            }
-          }
-          const double bound = (qerr + mag * 1e-5 * (1 + in / 32.0)) * 1.001 + 1e-6;
-          ASSERT_LE(std::fabs(all[t * out + o] - ref), bound)
-              << kernels::Int8ImplName(impl) << " in=" << in << " t=" << t << " o=" << o;
-        }
-      for (int64_t k1 : {1, 3, 5}) {
-        for (int64_t r0 = 0; r0 + k1 <= T; r0 += k1 + 2) {
-          std::vector<float> y(static_cast<size_t>(k1 * out));
-          kernels::TeamMatmul(packed, k, xs.x.data() + r0 * in, k1, y.data(), k1 % 2 ? two : one);
-          ASSERT_EQ(0, std::memcmp(y.data(), all.data() + r0 * out, y.size() * 4))
-              << kernels::Int8ImplName(impl) << ": rows " << r0 << ".. differ between T=" << T << " and T=" << k1;
-        }
-      }
+      std::vector<float> wv(p.w.size());
+      for (int64_t o = 0; o < out; ++o)
+        for (int64_t i = 0; i < in; ++i) wv[o * in + i] = static_cast<float>(p.w[o * in + i] * static_cast<double>(p.scale[o]));
+      ExpectNearTheExactProduct(impl, xs.x, wv, all, T, in, out, 32);
+      ExpectRowsIndependentOfT(packed, k, xs.x, all, T, one, two, impl);
     }
   }
 }
