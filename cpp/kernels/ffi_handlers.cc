@@ -88,6 +88,17 @@ class Timed {
   std::chrono::steady_clock::time_point start_;
 };
 
+// y[T, out] = x . m on the process's kernel team: the body every plain matmul handler shares once
+// its shapes are checked. An exception becomes the handler's error status, named by `target`.
+ffi::Error TeamMatmulCall(const char* target, const WeightMatrix& m, const float* x, int64_t T, float* y) {
+  try {
+    TeamMatmul(m, Impls(), x, T, y, ThreadTeam::Global());
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string(target) + ": " + e.what());
+  }
+  return ffi::Error::Success();
+}
+
 std::string DimsText(ffi::Span<const int64_t> d) {
   std::string s = "[";
   for (size_t i = 0; i < d.size(); ++i) s += (i ? "," : "") + std::to_string(d[i]);
@@ -107,13 +118,8 @@ ffi::Error Int8MatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> w,
   const Int8MatmulShape shape{xd[0], xd[1], wd[0]};
   const std::string bad = ValidateInt8Matmul(shape);
   if (!bad.empty()) return ffi::Error::InvalidArgument(bad);
-  try {
-    TeamMatmul({WeightMatrix::Kind::kInt8, w.typed_data(), scale.typed_data(), shape.in, shape.out}, Impls(),
-               x.typed_data(), shape.T, y->typed_data(), ThreadTeam::Global());
-  } catch (const std::exception& e) {
-    return ffi::Error::Internal(std::string(kInt8MatmulTarget) + ": " + e.what());
-  }
-  return ffi::Error::Success();
+  const WeightMatrix m{WeightMatrix::Kind::kInt8, w.typed_data(), scale.typed_data(), shape.in, shape.out};
+  return TeamMatmulCall(kInt8MatmulTarget, m, x.typed_data(), shape.T, y->typed_data());
 }
 
 ffi::Error Int8GatherMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> ids, ffi::Buffer<ffi::S8> w,
@@ -228,13 +234,8 @@ ffi::Error Bf16MatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::BF16> w,
   const Int8MatmulShape shape{xd[0], xd[1], wd[0]};
   const std::string bad = ValidateInt8Matmul(shape);
   if (!bad.empty()) return ffi::Error::InvalidArgument(bad);
-  try {
-    TeamMatmul({WeightMatrix::Kind::kBf16, w.typed_data(), nullptr, shape.in, shape.out}, Impls(), x.typed_data(),
-               shape.T, y->typed_data(), ThreadTeam::Global());
-  } catch (const std::exception& e) {
-    return ffi::Error::Internal(std::string(kBf16MatmulTarget) + ": " + e.what());
-  }
-  return ffi::Error::Success();
+  const WeightMatrix m{WeightMatrix::Kind::kBf16, w.typed_data(), nullptr, shape.in, shape.out};
+  return TeamMatmulCall(kBf16MatmulTarget, m, x.typed_data(), shape.T, y->typed_data());
 }
 
 // x[T,in], w[out,in] and scale[out,in/32] (in a multiple of 32) as a kQ8Bf16 matrix and its shape,
@@ -266,12 +267,7 @@ ffi::Error Q8Bf16MatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> w, ffi
   Int8MatmulShape shape;
   ffi::Error e = Q8Operands(kQ8Bf16MatmulTarget, x, w, scale, y_ok, "y[T,out], y" + DimsText(yd), &m, &shape);
   if (e.failure()) return e;
-  try {
-    TeamMatmul(m, Impls(), x.typed_data(), shape.T, y->typed_data(), ThreadTeam::Global());
-  } catch (const std::exception& ex) {
-    return ffi::Error::Internal(std::string(kQ8Bf16MatmulTarget) + ": " + ex.what());
-  }
-  return ffi::Error::Success();
+  return TeamMatmulCall(kQ8Bf16MatmulTarget, m, x.typed_data(), shape.T, y->typed_data());
 }
 
 // The greedy head of a Q8_0-blocks head: the ids ArgmaxRows gives over Q8Bf16MatmulImpl's logits.
@@ -322,13 +318,8 @@ ffi::Error F32TMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> wt, ffi
   const Int8MatmulShape shape{xd[0], xd[1], wd[1]};
   const std::string bad = ValidateInt8Matmul(shape);
   if (!bad.empty()) return ffi::Error::InvalidArgument(bad);
-  try {
-    TeamMatmul({WeightMatrix::Kind::kF32Transposed, wt.typed_data(), nullptr, shape.in, shape.out}, Impls(),
-               x.typed_data(), shape.T, y->typed_data(), ThreadTeam::Global());
-  } catch (const std::exception& e) {
-    return ffi::Error::Internal(std::string(kF32TMatmulTarget) + ": " + e.what());
-  }
-  return ffi::Error::Success();
+  const WeightMatrix m{WeightMatrix::Kind::kF32Transposed, wt.typed_data(), nullptr, shape.in, shape.out};
+  return TeamMatmulCall(kF32TMatmulTarget, m, x.typed_data(), shape.T, y->typed_data());
 }
 
 // y[T, out] = x . W for W^T stored as kF32Panels (kernels/int8_matmul.h), flat: the f32 layer
@@ -343,13 +334,8 @@ ffi::Error F32PanelsMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> pa
   const Int8MatmulShape shape{xd[0], xd[1], yd[1]};
   const std::string bad = ValidateInt8Matmul(shape);
   if (!bad.empty()) return ffi::Error::InvalidArgument(bad);
-  try {
-    TeamMatmul({WeightMatrix::Kind::kF32Panels, panels.typed_data(), nullptr, shape.in, shape.out}, Impls(),
-               x.typed_data(), shape.T, y->typed_data(), ThreadTeam::Global());
-  } catch (const std::exception& e) {
-    return ffi::Error::Internal(std::string(kF32PanelsMatmulTarget) + ": " + e.what());
-  }
-  return ffi::Error::Success();
+  const WeightMatrix m{WeightMatrix::Kind::kF32Panels, panels.typed_data(), nullptr, shape.in, shape.out};
+  return TeamMatmulCall(kF32PanelsMatmulTarget, m, x.typed_data(), shape.T, y->typed_data());
 }
 
 // y[T, out] = (x . W^T) * scale for W stored as kInt8Panels (kernels/int8_matmul.h), flat: the
@@ -368,13 +354,8 @@ ffi::Error Int8PanelsMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> pa
   std::string bad = ValidateInt8Matmul(shape);
   if (bad.empty()) bad = ValidateInt8Panels(shape.in, shape.out);
   if (!bad.empty()) return ffi::Error::InvalidArgument(std::string(kInt8PanelsMatmulTarget) + ": " + bad);
-  try {
-    TeamMatmul({WeightMatrix::Kind::kInt8Panels, panels.typed_data(), scale.typed_data(), shape.in, shape.out}, Impls(),
-               x.typed_data(), shape.T, y->typed_data(), ThreadTeam::Global());
-  } catch (const std::exception& e) {
-    return ffi::Error::Internal(std::string(kInt8PanelsMatmulTarget) + ": " + e.what());
-  }
-  return ffi::Error::Success();
+  const WeightMatrix m{WeightMatrix::Kind::kInt8Panels, panels.typed_data(), scale.typed_data(), shape.in, shape.out};
+  return TeamMatmulCall(kInt8PanelsMatmulTarget, m, x.typed_data(), shape.T, y->typed_data());
 }
 
 ffi::Error DecoderLayersImpl(ffi::Buffer<ffi::F32> hidden, ffi::Buffer<ffi::F32> cos, ffi::Buffer<ffi::F32> sin,
