@@ -496,6 +496,16 @@ void ScalarRowsBf16(const float* x, const uint16_t* w, float* y, int64_t T, int6
   }
 }
 
+// Verifies of up to this many tokens run the blocks' tokens kernels (Q4Bf16Tokens, Q8Bf16Tokens);
+// more tokens expand each panel into a bf16 scratch once (Q4PanelToBf16) and run Bf16DotBlock
+// (BlocksDotRange).
+constexpr int64_t kBlocksTokensMax = 8;
+
+// The next panel's bytes (values, scales, minimums) for PanelPrefetcher.
+struct PanelAhead {
+  const void* part[3] = {};
+  int64_t bytes[3] = {};
+};
 #if CASCADE_X86
 template <int TB, int OB>
 CASCADE_AVX2 void Avx2BlockBf16(const float* x, const uint16_t* w, float* y, int64_t in, int64_t ldy) {
@@ -613,8 +623,10 @@ CASCADE_BF16 inline __m512bh LoadBf16x32(const uint16_t* p) {
 // row and token one accumulator, vdpbf16ps over the 32-input steps in order, then the same
 // reduction), on the weights the blocks hold, built in registers from the blocks (Q4RowChunk,
 // Q8RowBlock). A decode (Q4Bf16Decode<16>, Q8Bf16Decode<16>) keeps a panel's 16 rows in 16
-// accumulators and reads the panel in order; more tokens expand a panel into a bf16 scratch in L1
-// first (Q4PanelToBf16, Q8PanelToBf16) and run Bf16DotBlock itself over it. Both read the blocks
+// accumulators and reads the panel in order; 2..kBlocksTokensMax tokens build each row's weights
+// in registers once per chunk for all the tokens (Q4Bf16Tokens, Q8Bf16Tokens); more tokens expand
+// a panel into a bf16 scratch in L1 first (Q4PanelToBf16, Q8PanelToBf16) and run Bf16DotBlock
+// itself over it. Both read the blocks
 // strictly in order: on Zen 4 two or more interleaved streams (rows of a matrix, panels) read DRAM
 // at about half the rate of one (session 22). (Expanding rows in scalar code, as the AMX CPUs'
 // tail rows do, ran a bf16q4 decode step at 237 ms on a Zen 4.)
@@ -675,6 +687,88 @@ CASCADE_BF16 void Q4Bf16Decode(const uint16_t* xb, const uint8_t* panel, const u
   }
 #pragma GCC unroll 16
   for (int r = 0; r < RB; ++r) y[r] = _mm512_reduce_add_ps(acc[r]);
+}
+
+// Prefetches the next panel a share per row pair while the tokens kernels compute the current one
+// from L1. They go through a panel row pair by row pair, so the hardware's stream prefetch does
+// not run ahead into the next panel: without this each panel started with its misses, and a
+// verify of 5 ran ~20% slower (decoder_bench bf16q4, session 25).
+class PanelPrefetcher {
+ public:
+  PanelPrefetcher(const PanelAhead& next, int64_t steps) : next_(next) {
+    int64_t total = 0;
+    for (int64_t b : next.bytes) total += b;
+    per_step_ = steps > 0 ? (total / steps + 63) / 64 * 64 : 0;
+  }
+  CASCADE_AVX512 void Step() {
+    for (int64_t left = per_step_; left > 0 && part_ < 3; left -= 64) {
+      if (at_ >= next_.bytes[part_]) {
+        ++part_, at_ = 0;
+        continue;
+      }
+      _mm_prefetch(static_cast<const char*>(next_.part[part_]) + at_, _MM_HINT_T0);
+      at_ += 64;
+    }
+  }
+
+ private:
+  PanelAhead next_;
+  int64_t per_step_ = 0, part_ = 0, at_ = 0;
+};
+
+// T tokens (2..8) over rows [j0, j0 + RB) of a q4 panel (RB 1 or 2): per row and token
+// Q4Bf16Decode's arithmetic (one accumulator, vdpbf16ps over the blocks in order, the same
+// reduction), each row's weights built in registers once per chunk for all T tokens. Against the
+// bf16 scratch (Q4PanelToBf16 then Bf16DotBlock) this saves its stores and reloads: kernel_bench
+// --kinds hot on Zen 4, ns per row and 64 inputs, T = 2 / 5 / 8 4.73-5.43 / 6.61-6.90 / 8.96-9.03
+// -> 3.75-3.90 / 5.49-5.66 / 7.33-7.56 (session 25; rows of 3 or 4 ran no faster: building a
+// row's weights, ~9.5 cycles a chunk, competes with vdpbf16ps for the same pipes). sc holds the
+// panel's scales per chunk (Q4ChunkScales for its 16 rows). y[t * ldy + r] for row j0 + r.
+template <int T, int RB>
+CASCADE_BF16 void Q4Bf16Tokens(const uint16_t* xb, int64_t ldx, const uint8_t* panel, const float (*sc)[4][16],
+                               int64_t n, int64_t j0, int64_t in, float* y, int64_t ldy) {
+  __m512 acc[RB][T];
+#pragma GCC unroll 16
+  for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  const int64_t chunks = in / 64;
+  for (int64_t c = 0; c < chunks; ++c) {
+    const uint8_t* v = panel + c * 32 * n + 32 * j0;
+    __m512bh lo[RB], hi[RB];
+#pragma GCC unroll 16
+    for (int r = 0; r < RB; ++r) Q4RowChunk(sc[c], static_cast<int>(j0) + r, v + 32 * r, &lo[r], &hi[r]);
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) {
+      const __m512bh x0 = LoadBf16x32(xb + t * ldx + c * 64);
+#pragma GCC unroll 16
+      for (int r = 0; r < RB; ++r) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], x0, lo[r]);
+      const __m512bh x1 = LoadBf16x32(xb + t * ldx + c * 64 + 32);
+#pragma GCC unroll 16
+      for (int r = 0; r < RB; ++r) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], x1, hi[r]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+// Rows [j0, j1) of a q4 panel for T tokens (2..8) through Q4Bf16Tokens; the panel's scales in
+// `scales` (chunks x 4 x 16 floats), the next panel's bytes prefetched as the row pairs go.
+template <int T>
+CASCADE_BF16 void Q4Bf16PanelTokens(const uint16_t* xb, int64_t ldx, const uint8_t* panel, const uint16_t* ps,
+                                    const uint16_t* pm, int64_t n, int64_t j0, int64_t j1, int64_t in, float* y,
+                                    int64_t ldy, float (*scales)[4][16], const PanelAhead& next) {
+  const int64_t chunks = in / 64;
+  for (int64_t c = 0; c < chunks; ++c) Q4ChunkScales(ps, pm, n, 0, c, FirstLanes16(static_cast<int>(n)), scales[c]);
+  PanelPrefetcher ahead(next, (j1 - j0 + 1) / 2);
+  int64_t j = j0;
+  for (; j + 2 <= j1; j += 2) {
+    ahead.Step();
+    Q4Bf16Tokens<T, 2>(xb, ldx, panel, scales, n, j, in, y + j, ldy);
+  }
+  if (j < j1) Q4Bf16Tokens<T, 1>(xb, ldx, panel, scales, n, j, in, y + j, ldy);
 }
 
 // Rows [j0, j1) of a q4 panel as bf16 rows of `in` at buf (row j0 first), the panel read in order.
@@ -751,9 +845,81 @@ CASCADE_BF16 void Q8PanelToBf16(const int8_t* panel, const uint16_t* ps, int64_t
   }
 }
 
+// As Q4Bf16Tokens for a q8 panel: per row and token Q8Bf16Decode's arithmetic. ds holds the
+// panel's scales per block (Q8BlockScales for its 16 rows).
+template <int T, int RB>
+CASCADE_BF16 void Q8Bf16Tokens(const uint16_t* xb, int64_t ldx, const int8_t* panel, const float (*ds)[16], int64_t n,
+                               int64_t j0, int64_t in, float* y, int64_t ldy) {
+  __m512 acc[RB][T];
+#pragma GCC unroll 16
+  for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  const int64_t blocks = in / 32;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int8_t* v = panel + (b * n + j0) * 32;
+    __m512bh w[RB];
+#pragma GCC unroll 16
+    for (int r = 0; r < RB; ++r) w[r] = Q8RowBlock(&ds[b][j0 + r], v + 32 * r);
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) {
+      const __m512bh x = LoadBf16x32(xb + t * ldx + b * 32);
+#pragma GCC unroll 16
+      for (int r = 0; r < RB; ++r) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], x, w[r]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+template <int T>
+CASCADE_BF16 void Q8Bf16PanelTokens(const uint16_t* xb, int64_t ldx, const int8_t* panel, const uint16_t* ps,
+                                    int64_t n, int64_t j0, int64_t j1, int64_t in, float* y, int64_t ldy,
+                                    float (*ds)[16], const PanelAhead& next) {
+  const int64_t blocks = in / 32;
+  for (int64_t b = 0; b < blocks; ++b) Q8BlockScales(ps, n, 0, b, FirstLanes16(static_cast<int>(n)), ds[b]);
+  PanelPrefetcher ahead(next, (j1 - j0 + 1) / 2);
+  int64_t j = j0;
+  for (; j + 2 <= j1; j += 2) {
+    ahead.Step();
+    Q8Bf16Tokens<T, 2>(xb, ldx, panel, ds, n, j, in, y + j, ldy);
+  }
+  if (j < j1) Q8Bf16Tokens<T, 1>(xb, ldx, panel, ds, n, j, in, y + j, ldy);
+}
+
+template <int T>
+CASCADE_BF16 void BlocksPanelTokensOf(const uint16_t* xb, int64_t ldx, const uint8_t* panel, const uint16_t* ps,
+                                      const uint16_t* pm, int64_t n, int64_t j0, int64_t j1, int64_t in, float* y,
+                                      int64_t ldy, float* scales, const PanelAhead& next) {
+  if (pm)
+    Q4Bf16PanelTokens<T>(xb, ldx, panel, ps, pm, n, j0, j1, in, y, ldy, reinterpret_cast<float (*)[4][16]>(scales), next);
+  else
+    Q8Bf16PanelTokens<T>(xb, ldx, reinterpret_cast<const int8_t*>(panel), ps, n, j0, j1, in, y, ldy,
+                         reinterpret_cast<float (*)[16]>(scales), next);
+}
+
+// Rows [j0, j1) of one q4 (pm set) or q8 panel for T tokens (2..kBlocksTokensMax); `scales` a
+// 64-byte aligned scratch of 2 * 16 * in / 32 floats.
+CASCADE_BF16 void BlocksPanelTokens(int64_t T, const uint16_t* xb, int64_t ldx, const uint8_t* panel,
+                                    const uint16_t* ps, const uint16_t* pm, int64_t n, int64_t j0, int64_t j1,
+                                    int64_t in, float* y, int64_t ldy, float* scales, const PanelAhead& next) {
+  using Fn = void (*)(const uint16_t*, int64_t, const uint8_t*, const uint16_t*, const uint16_t*, int64_t, int64_t,
+                      int64_t, int64_t, float*, int64_t, float*, const PanelAhead&);
+  static constexpr Fn kByTokens[kBlocksTokensMax + 1] = {
+      nullptr, nullptr, &BlocksPanelTokensOf<2>, &BlocksPanelTokensOf<3>, &BlocksPanelTokensOf<4>,
+      &BlocksPanelTokensOf<5>, &BlocksPanelTokensOf<6>, &BlocksPanelTokensOf<7>, &BlocksPanelTokensOf<8>};
+  kByTokens[T](xb, ldx, panel, ps, pm, n, j0, j1, in, y, ldy, scales, next);
+}
+
 #else
 template <int RB>
 void Q4Bf16Decode(const uint16_t*, const uint8_t*, const uint16_t*, const uint16_t*, int64_t, int64_t, int64_t, float*) {
+  NoSimd();
+}
+void BlocksPanelTokens(int64_t, const uint16_t*, int64_t, const uint8_t*, const uint16_t*, const uint16_t*, int64_t,
+                       int64_t, int64_t, int64_t, float*, int64_t, float*, const PanelAhead&) {
   NoSimd();
 }
 void Q4PanelToBf16(const uint8_t*, const uint16_t*, const uint16_t*, int64_t, int64_t, int64_t, int64_t, uint16_t*) {
@@ -1833,7 +1999,7 @@ void BlocksDotRange(const WeightMatrix& m, const PreparedActivations& a, float* 
   const bool q4 = m.kind == WeightMatrix::Kind::kQ4Bf16;
   const int64_t panel_bytes = kQ4PanelRows * (q4 ? in / 2 : in);
   const auto* base = static_cast<const uint8_t*>(m.data);
-  thread_local Bf16Rows scratch;  // T > 1: a panel's rows as bf16 (<= 48 KB for SmolLM2's 1536 inputs)
+  thread_local Bf16Rows scratch;  // T > kBlocksTokensMax: a panel's rows as bf16 (<= 48 KB for 1536 inputs)
   for (int64_t o = o0; o < o1;) {
     const int64_t p = o / kQ4PanelRows, n = std::min(kQ4PanelRows, m.out - p * kQ4PanelRows);
     const int64_t j0 = o - p * kQ4PanelRows, j1 = std::min(n, o1 - p * kQ4PanelRows);
@@ -1849,6 +2015,21 @@ void BlocksDotRange(const WeightMatrix& m, const PreparedActivations& a, float* 
       for (; j < j1; ++j)
         if (q4) Q4Bf16Decode<1>(a.xb.data(), panel, ps, pm, n, j, in, yp + j);
         else Q8Bf16Decode<1>(a.xb.data(), reinterpret_cast<const int8_t*>(panel), ps, n, j, in, yp + j);
+    } else if (a.T <= kBlocksTokensMax) {
+      thread_local std::vector<float> scales;
+      scales.resize(static_cast<size_t>(in / 32 * 2 * 16) + 16);
+      // 64-byte aligned: Q4ChunkScales and Q8BlockScales store whole vectors.
+      float* sc = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scales.data()) + 63) / 64 * 64);
+      PanelAhead next;
+      const int64_t next_rows = std::min(kQ4PanelRows, std::min(o1, m.out) - (p + 1) * kQ4PanelRows);
+      if (next_rows > 0) {
+        next.part[0] = panel + panel_bytes;
+        next.bytes[0] = next_rows * (q4 ? in / 2 : in);
+        next.part[1] = ps + panel_scales;
+        next.bytes[1] = next_rows * (in / 32) * 2;
+        if (q4) next.part[2] = pm + panel_scales, next.bytes[2] = next.bytes[1];
+      }
+      BlocksPanelTokens(a.T, a.xb.data(), a.ldx, panel, ps, pm, n, j0, j1, in, yp, m.out, sc, next);
     } else {
       scratch.resize(static_cast<size_t>(kQ4PanelRows * in));
       if (q4) Q4PanelToBf16(panel, ps, pm, n, j0, j1, in, scratch.data());

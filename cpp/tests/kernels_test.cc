@@ -405,8 +405,9 @@ void ExpectBlocksEqualDense(const kernels::WeightMatrix& blocks, const kernels::
 }
 
 // kQ4Bf16 (the bf16 target stored as 4-bit blocks): every row bit-identical to kBf16's on the
-// bf16 weights the blocks hold, with each bf16 impl, whatever T (1..64, a last tile of 1), the
-// output range (ranges cutting a 16-row panel, a last panel of < 16 rows) or the thread count.
+// bf16 weights the blocks hold, with each bf16 impl, whatever T (1..64, a last tile of 1; 2..8
+// through the tokens kernel, kBlocksTokensMax in int8_matmul.cc), the output range (ranges
+// cutting a 16-row panel, a last panel of < 16 rows) or the thread count.
 TEST(kernels_q4bf16, RowsEqualTheBf16KernelsOnTheWeightsTheBlocksHold) {
   using kernels::WeightMatrix;
   for (Int8Impl impl : SupportedImpls()) {
@@ -414,7 +415,8 @@ TEST(kernels_q4bf16, RowsEqualTheBf16KernelsOnTheWeightsTheBlocksHold) {
     k.bf16 = impl;
     k.int8 = impl;
     for (auto [T, in, out] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
-             {1, 64, 16}, {13, 576, 48}, {17, 576, 35}, {5, 128, 5}, {64, 1536, 70}, {33, 192, 64}}) {
+             {1, 64, 16}, {13, 576, 48}, {17, 576, 35}, {5, 128, 5}, {64, 1536, 70}, {33, 192, 64},
+             {2, 576, 35}, {8, 1536, 48}, {3, 64, 17}, {9, 192, 33}}) {
       Problem p = MakeProblem(T, in, out, static_cast<uint32_t>(T * 7 + in + out));
       std::vector<float> wf(static_cast<size_t>(in * out));
       for (size_t i = 0; i < wf.size(); ++i) wf[i] = static_cast<float>(p.w[i]) * 0.013f - (i % 89 == 0 ? 0.7f : 0.0f);
@@ -458,7 +460,8 @@ TEST(kernels_q8bf16, RowsEqualTheBf16KernelsOnTheWeightsTheBlocksHold) {
     k.bf16 = impl;
     k.int8 = impl;
     for (auto [T, in, out] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
-             {1, 64, 16}, {13, 576, 48}, {17, 96, 35}, {5, 32, 5}, {64, 1536, 70}}) {
+             {1, 64, 16}, {13, 576, 48}, {17, 96, 35}, {5, 32, 5}, {64, 1536, 70}, {2, 576, 35}, {8, 96, 48},
+             {7, 64, 33}}) {
       Problem p = MakeProblem(T, in, out, static_cast<uint32_t>(T * 5 + in + out));
       std::vector<float> wf(static_cast<size_t>(in * out));
       for (size_t i = 0; i < wf.size(); ++i) wf[i] = static_cast<float>(p.w[i]) * 0.0137f + (i % 71 == 0 ? 0.9f : 0.0f);
