@@ -138,7 +138,7 @@ int main(int argc, char** argv) {
         {"bf16q4", {WeightMatrix::Kind::kQ4Bf16, q4rows.data(), nullptr, in, out, s4r.data(), m4r.data()}}};
     for (const auto& [name, m] : hot) {
       std::printf("hot %-7s", name);
-      for (int64_t T : {1, 2, 5, 8}) {
+      for (int64_t T : {1, 2, 5, 8, 13}) {
         std::vector<float> x(static_cast<size_t>(T * in)), y(static_cast<size_t>(T * out));
         for (size_t i = 0; i < x.size(); ++i) x[i] = 0.01f * static_cast<float>(i % 97) - 0.3f;
         PreparedActivations a;
