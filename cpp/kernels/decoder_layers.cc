@@ -624,6 +624,12 @@ struct MatmulJob {
   float* y;
 };
 
+// Requests every cache line of [p, p + bytes) (a hint; nothing depends on it).
+inline void PrefetchLines(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b, 0, 3);
+}
+
 class LayerRunner {
  public:
   LayerRunner(const DecoderLayersConfig& c, const DecoderLayersCall& call, const KernelImpls& impls, ThreadTeam& team,
@@ -775,6 +781,14 @@ class LayerRunner {
     } else {
       kc = static_cast<const float*>(call_.k_cache) + ((l * KV + g) * C + lo) * hd;
       vc = static_cast<const float*>(call_.v_cache) + ((l * KV + g) * C + lo) * hd;
+      // The chunk's cached keys and values (16 KB each at 64 slots of 64 floats) requested at
+      // once: the scores read the keys 16 slots by 16 slots, a line of each at a time, and
+      // demand misses came back a few at a time (a 64-slot chunk's scores took ~4.5 us, ~3.6 GB/s).
+      // decoder_bench q4 (f32 cache), attention per decode: 1.72 -> 1.28 ms at position 400,
+      // 0.65 -> 0.56 at 128 (session 25, in one process). The bf16 cache's widening already reads
+      // ahead (WidenBf16Avx512); the same requests there measured no faster.
+      PrefetchLines(kc, cached * hd * static_cast<int64_t>(sizeof(float)));
+      PrefetchLines(vc, cached * hd * static_cast<int64_t>(sizeof(float)));
     }
     const float* kn = k_.data() + g * hd;  // new token j's key at kn + j * KV * hd
     const float* vn = v_.data() + g * hd;
