@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kernels/decoder_layers.h"
+#include "util/float16.h"
 #include "kernels/argmax.h"
 #include "kernels/ffi_handlers.h"
 #include "kernels/head_argmax.h"
@@ -131,7 +132,10 @@ int main(int argc, char** argv) {
     QuantizeQ4Rows(wf.data(), in, out, q4.data(), s4.data(), m4.data());
     QuantizeQ4Rows(wf.data(), in, out, q4rows.data(), s4r.data(), m4r.data(), Q4Order::kRows);
     std::vector<float> scale(static_cast<size_t>(out), 0.01f);
+    std::vector<uint16_t> wbf(wf.size());
+    for (size_t i = 0; i < wf.size(); ++i) wbf[i] = cascade::F32ToBF16(wf[i]);
     const std::vector<std::pair<const char*, WeightMatrix>> hot = {
+        {"bf16", {WeightMatrix::Kind::kBf16, wbf.data(), nullptr, in, out}},
         {"int8", {WeightMatrix::Kind::kInt8, w8.data(), scale.data(), in, out}},
         {"int8p", {WeightMatrix::Kind::kInt8Panels, panels8.data(), scale.data(), in, out}},
         {"q4", {WeightMatrix::Kind::kQ4, q4.data(), nullptr, in, out, s4.data(), m4.data()}},
