@@ -418,12 +418,9 @@ CASCADE_AVX512_FN void AddAvx512(float* h, const float* a, int64_t n) {
 }
 
 
-void WeightedRowsHeadsAvx512Any(const float* w, int64_t heads, const float* const* rows, int64_t n, int64_t hd,
-                                float* out) {
-  if (hd != 64) {
-    for (int64_t k = 0; k < heads; ++k) WeightedRowsAvx512(w + k * n, rows, n, hd, out + k * hd);
-    return;
-  }
+// Every head's weighted sum for hd = 64, up to 4 heads per pass over the rows (f32 or bf16 rows).
+template <typename E>
+void WeightedRowsHeads64(const float* w, int64_t heads, const E* const* rows, int64_t n, float* out) {
   int64_t k = 0;
   for (; k + 4 <= heads; k += 4) WeightedRowsHeadsAvx512<4>(w + k * n, rows, n, out + k * 64);
   switch (heads - k) {
@@ -433,22 +430,38 @@ void WeightedRowsHeadsAvx512Any(const float* w, int64_t heads, const float* cons
     default: break;
   }
 }
+
+// ScoresHeadsLanes for 1..8 heads (f32 or bf16 rows); false: more heads than that.
+template <typename E>
+bool ScoresHeadsLanesAny(const float* q, int64_t heads, const E* const* rows, int64_t n, int64_t hd, float* scores,
+                         const float* kt, int64_t ready) {
+  switch (heads) {
+    case 1: ScoresHeadsLanes<1>(q, rows, n, hd, scores, kt, ready); return true;
+    case 2: ScoresHeadsLanes<2>(q, rows, n, hd, scores, kt, ready); return true;
+    case 3: ScoresHeadsLanes<3>(q, rows, n, hd, scores, kt, ready); return true;
+    case 4: ScoresHeadsLanes<4>(q, rows, n, hd, scores, kt, ready); return true;
+    case 5: ScoresHeadsLanes<5>(q, rows, n, hd, scores, kt, ready); return true;
+    case 6: ScoresHeadsLanes<6>(q, rows, n, hd, scores, kt, ready); return true;
+    case 7: ScoresHeadsLanes<7>(q, rows, n, hd, scores, kt, ready); return true;
+    case 8: ScoresHeadsLanes<8>(q, rows, n, hd, scores, kt, ready); return true;
+    default: return false;
+  }
+}
+
+void WeightedRowsHeadsAvx512Any(const float* w, int64_t heads, const float* const* rows, int64_t n, int64_t hd,
+                                float* out) {
+  if (hd != 64) {
+    for (int64_t k = 0; k < heads; ++k) WeightedRowsAvx512(w + k * n, rows, n, hd, out + k * hd);
+    return;
+  }
+  WeightedRowsHeads64(w, heads, rows, n, out);
+}
 #endif
 
 #if CASCADE_HAS_X86
 void ScoresHeadsAvx512(const float* q, int64_t heads, const float* const* rows, int64_t n, int64_t hd, float* scores,
                        const float* kt, int64_t ready) {
-  if (hd % 16 == 0) switch (heads) {
-      case 1: return ScoresHeadsLanes<1>(q, rows, n, hd, scores, kt, ready);
-      case 2: return ScoresHeadsLanes<2>(q, rows, n, hd, scores, kt, ready);
-      case 3: return ScoresHeadsLanes<3>(q, rows, n, hd, scores, kt, ready);
-      case 4: return ScoresHeadsLanes<4>(q, rows, n, hd, scores, kt, ready);
-      case 5: return ScoresHeadsLanes<5>(q, rows, n, hd, scores, kt, ready);
-      case 6: return ScoresHeadsLanes<6>(q, rows, n, hd, scores, kt, ready);
-      case 7: return ScoresHeadsLanes<7>(q, rows, n, hd, scores, kt, ready);
-      case 8: return ScoresHeadsLanes<8>(q, rows, n, hd, scores, kt, ready);
-      default: break;
-    }
+  if (hd % 16 == 0 && ScoresHeadsLanesAny(q, heads, rows, n, hd, scores, kt, ready)) return;
   for (int64_t k = 0; k < heads; ++k) ScoresAvx512(q + k * hd, rows, n, hd, scores + k * n);
 }
 
@@ -457,30 +470,12 @@ void ScoresHeadsAvx512(const float* q, int64_t heads, const float* const* rows, 
 // widened rows, without writing them out first. false: not computed (hd not 64, or > 8 heads).
 bool ScoresHeadsBf16Avx512(const float* q, int64_t heads, const uint16_t* const* rows, int64_t n, int64_t hd,
                            float* scores) {
-  if (hd != 64) return false;
-  switch (heads) {
-    case 1: ScoresHeadsLanes<1>(q, rows, n, hd, scores, nullptr, 0); return true;
-    case 2: ScoresHeadsLanes<2>(q, rows, n, hd, scores, nullptr, 0); return true;
-    case 3: ScoresHeadsLanes<3>(q, rows, n, hd, scores, nullptr, 0); return true;
-    case 4: ScoresHeadsLanes<4>(q, rows, n, hd, scores, nullptr, 0); return true;
-    case 5: ScoresHeadsLanes<5>(q, rows, n, hd, scores, nullptr, 0); return true;
-    case 6: ScoresHeadsLanes<6>(q, rows, n, hd, scores, nullptr, 0); return true;
-    case 7: ScoresHeadsLanes<7>(q, rows, n, hd, scores, nullptr, 0); return true;
-    case 8: ScoresHeadsLanes<8>(q, rows, n, hd, scores, nullptr, 0); return true;
-    default: return false;
-  }
+  return hd == 64 && ScoresHeadsLanesAny(q, heads, rows, n, hd, scores, nullptr, 0);
 }
 bool WeightedRowsHeadsBf16Avx512(const float* w, int64_t heads, const uint16_t* const* rows, int64_t n, int64_t hd,
                                  float* out) {
   if (hd != 64) return false;
-  int64_t k = 0;
-  for (; k + 4 <= heads; k += 4) WeightedRowsHeadsAvx512<4>(w + k * n, rows, n, out + k * 64);
-  switch (heads - k) {
-    case 3: WeightedRowsHeadsAvx512<3>(w + k * n, rows, n, out + k * 64); break;
-    case 2: WeightedRowsHeadsAvx512<2>(w + k * n, rows, n, out + k * 64); break;
-    case 1: WeightedRowsHeadsAvx512<1>(w + k * n, rows, n, out + k * 64); break;
-    default: break;
-  }
+  WeightedRowsHeads64(w, heads, rows, n, out);
   return true;
 }
 

@@ -496,7 +496,7 @@ void ScalarRowsBf16(const float* x, const uint16_t* w, float* y, int64_t T, int6
   }
 }
 
-// Verifies of up to this many tokens run the blocks' tokens kernels (Q4Bf16Tokens, Q8Bf16Tokens);
+// Verifies of up to this many tokens run the blocks' tokens kernels (BlocksTokensDot);
 // more tokens expand each panel into a bf16 scratch once (Q4PanelToBf16) and run Bf16DotBlock
 // (BlocksDotRange).
 constexpr int64_t kBlocksTokensMax = 8;
@@ -624,7 +624,7 @@ CASCADE_BF16 inline __m512bh LoadBf16x32(const uint16_t* p) {
 // reduction), on the weights the blocks hold, built in registers from the blocks (Q4RowChunk,
 // Q8RowBlock). A decode (Q4Bf16Decode<16>, Q8Bf16Decode<16>) keeps a panel's 16 rows in 16
 // accumulators and reads the panel in order; 2..kBlocksTokensMax tokens build each row's weights
-// in registers once per chunk for all the tokens (Q4Bf16Tokens, Q8Bf16Tokens); more tokens expand
+// in registers once per chunk for all the tokens (BlocksTokensDot); more tokens expand
 // a panel into a bf16 scratch in L1 first (Q4PanelToBf16, Q8PanelToBf16) and run Bf16DotBlock
 // itself over it. Both read the blocks
 // strictly in order: on Zen 4 two or more interleaved streams (rows of a matrix, panels) read DRAM
@@ -716,37 +716,36 @@ class PanelPrefetcher {
   int64_t per_step_ = 0, part_ = 0, at_ = 0;
 };
 
-// T tokens (2..8) over rows [j0, j0 + RB) of a q4 panel (RB 1 or 2): per row and token
-// Q4Bf16Decode's arithmetic (one accumulator, vdpbf16ps over the blocks in order, the same
-// reduction), each row's weights built in registers once per chunk for all T tokens. Against the
-// bf16 scratch (Q4PanelToBf16 then Bf16DotBlock) this saves its stores and reloads: kernel_bench
-// --kinds hot on Zen 4, ns per row and 64 inputs, T = 2 / 5 / 8 4.73-5.43 / 6.61-6.90 / 8.96-9.03
-// -> 3.75-3.90 / 5.49-5.66 / 7.33-7.56 (session 25; rows of 3 or 4 ran no faster: building a
-// row's weights, ~9.5 cycles a chunk, competes with vdpbf16ps for the same pipes). sc holds the
-// panel's scales per chunk (Q4ChunkScales for its 16 rows). y[t * ldy + r] for row j0 + r.
-template <int T, int RB>
-CASCADE_BF16 void Q4Bf16Tokens(const uint16_t* xb, int64_t ldx, const uint8_t* panel, const float (*sc)[4][16],
-                               int64_t n, int64_t j0, int64_t in, float* y, int64_t ldy) {
+// T tokens (2..8) over RB (1 or 2) rows of a block-stored panel: per row and token the decode's
+// arithmetic (Q4Bf16Decode / Q8Bf16Decode: one accumulator, vdpbf16ps over the blocks in order,
+// the same reduction), each row's weights built in registers once per step (`rows.Build`: a q4
+// chunk's two vectors, a q8 block's one) for all T tokens. Against the bf16 scratch
+// (Q4PanelToBf16 then Bf16DotBlock) this saves its stores and reloads: kernel_bench --kinds hot on
+// Zen 4, bf16q4, ns per row and 64 inputs, T = 2 / 5 / 8 4.73-5.43 / 6.61-6.90 / 8.96-9.03 ->
+// 3.75-3.90 / 5.49-5.66 / 7.33-7.56 (session 25; rows of 3 or 4 ran no faster: building a row's
+// weights, ~9.5 cycles a chunk, competes with vdpbf16ps for the same pipes). y[t * ldy + r] for
+// the rows' row r.
+template <int T, int RB, typename Rows>
+CASCADE_BF16 inline void BlocksTokensDot(const uint16_t* xb, int64_t ldx, int64_t steps, const Rows& rows, float* y,
+                                         int64_t ldy) {
+  constexpr int W = Rows::kVectors;  // bf16 weight vectors (32 inputs each) a row has per step
   __m512 acc[RB][T];
 #pragma GCC unroll 16
   for (int r = 0; r < RB; ++r)
 #pragma GCC unroll 16
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-  const int64_t chunks = in / 64;
-  for (int64_t c = 0; c < chunks; ++c) {
-    const uint8_t* v = panel + c * 32 * n + 32 * j0;
-    __m512bh lo[RB], hi[RB];
+  for (int64_t c = 0; c < steps; ++c) {
+    __m512bh w[RB][W];
 #pragma GCC unroll 16
-    for (int r = 0; r < RB; ++r) Q4RowChunk(sc[c], static_cast<int>(j0) + r, v + 32 * r, &lo[r], &hi[r]);
+    for (int r = 0; r < RB; ++r) rows.Build(c, r, w[r]);
 #pragma GCC unroll 16
-    for (int t = 0; t < T; ++t) {
-      const __m512bh x0 = LoadBf16x32(xb + t * ldx + c * 64);
+    for (int t = 0; t < T; ++t)
+#pragma GCC unroll 2
+      for (int k = 0; k < W; ++k) {
+        const __m512bh x = LoadBf16x32(xb + t * ldx + (c * W + k) * 32);
 #pragma GCC unroll 16
-      for (int r = 0; r < RB; ++r) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], x0, lo[r]);
-      const __m512bh x1 = LoadBf16x32(xb + t * ldx + c * 64 + 32);
-#pragma GCC unroll 16
-      for (int r = 0; r < RB; ++r) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], x1, hi[r]);
-    }
+        for (int r = 0; r < RB; ++r) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], x, w[r][k]);
+      }
   }
 #pragma GCC unroll 16
   for (int r = 0; r < RB; ++r)
@@ -754,21 +753,45 @@ CASCADE_BF16 void Q4Bf16Tokens(const uint16_t* xb, int64_t ldx, const uint8_t* p
     for (int t = 0; t < T; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
-// Rows [j0, j1) of a q4 panel for T tokens (2..8) through Q4Bf16Tokens; the panel's scales in
-// `scales` (chunks x 4 x 16 floats), the next panel's bytes prefetched as the row pairs go.
+// Rows j0.. of a q4 panel for BlocksTokensDot: per 64-input chunk a row's two weight vectors
+// (Q4RowChunk), sc the panel's scales per chunk (Q4ChunkScales for its 16 rows).
+struct Q4PanelRows {
+  static constexpr int kVectors = 2;
+  const uint8_t* panel;
+  const float (*sc)[4][16];
+  int64_t n, j0;
+  CASCADE_BF16 void Build(int64_t c, int r, __m512bh* w) const {
+    Q4RowChunk(sc[c], static_cast<int>(j0) + r, panel + c * 32 * n + 32 * (j0 + r), &w[0], &w[1]);
+  }
+};
+
+// Rows [j0, j1) of a block-stored panel for T tokens, two rows at a time through BlocksTokensDot,
+// the next panel prefetched as the row pairs go.
+template <int T, typename Rows>
+CASCADE_BF16 void PanelRowPairs(const uint16_t* xb, int64_t ldx, int64_t steps, Rows rows, int64_t j0, int64_t j1,
+                                float* y, int64_t ldy, const PanelAhead& next) {
+  PanelPrefetcher ahead(next, (j1 - j0 + 1) / 2);
+  int64_t j = j0;
+  for (; j + 2 <= j1; j += 2) {
+    ahead.Step();
+    rows.j0 = j;
+    BlocksTokensDot<T, 2>(xb, ldx, steps, rows, y + j, ldy);
+  }
+  if (j < j1) {
+    rows.j0 = j;
+    BlocksTokensDot<T, 1>(xb, ldx, steps, rows, y + j, ldy);
+  }
+}
+
+// Rows [j0, j1) of a q4 panel for T tokens (2..8); the panel's scales go to `scales` (chunks x 4
+// x 16 floats).
 template <int T>
 CASCADE_BF16 void Q4Bf16PanelTokens(const uint16_t* xb, int64_t ldx, const uint8_t* panel, const uint16_t* ps,
                                     const uint16_t* pm, int64_t n, int64_t j0, int64_t j1, int64_t in, float* y,
                                     int64_t ldy, float (*scales)[4][16], const PanelAhead& next) {
   const int64_t chunks = in / 64;
   for (int64_t c = 0; c < chunks; ++c) Q4ChunkScales(ps, pm, n, 0, c, FirstLanes16(static_cast<int>(n)), scales[c]);
-  PanelPrefetcher ahead(next, (j1 - j0 + 1) / 2);
-  int64_t j = j0;
-  for (; j + 2 <= j1; j += 2) {
-    ahead.Step();
-    Q4Bf16Tokens<T, 2>(xb, ldx, panel, scales, n, j, in, y + j, ldy);
-  }
-  if (j < j1) Q4Bf16Tokens<T, 1>(xb, ldx, panel, scales, n, j, in, y + j, ldy);
+  PanelRowPairs<T>(xb, ldx, chunks, Q4PanelRows{panel, scales, n, 0}, j0, j1, y, ldy, next);
 }
 
 // Rows [j0, j1) of a q4 panel as bf16 rows of `in` at buf (row j0 first), the panel read in order.
@@ -845,48 +868,26 @@ CASCADE_BF16 void Q8PanelToBf16(const int8_t* panel, const uint16_t* ps, int64_t
   }
 }
 
-// As Q4Bf16Tokens for a q8 panel: per row and token Q8Bf16Decode's arithmetic. ds holds the
-// panel's scales per block (Q8BlockScales for its 16 rows).
-template <int T, int RB>
-CASCADE_BF16 void Q8Bf16Tokens(const uint16_t* xb, int64_t ldx, const int8_t* panel, const float (*ds)[16], int64_t n,
-                               int64_t j0, int64_t in, float* y, int64_t ldy) {
-  __m512 acc[RB][T];
-#pragma GCC unroll 16
-  for (int r = 0; r < RB; ++r)
-#pragma GCC unroll 16
-    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-  const int64_t blocks = in / 32;
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int8_t* v = panel + (b * n + j0) * 32;
-    __m512bh w[RB];
-#pragma GCC unroll 16
-    for (int r = 0; r < RB; ++r) w[r] = Q8RowBlock(&ds[b][j0 + r], v + 32 * r);
-#pragma GCC unroll 16
-    for (int t = 0; t < T; ++t) {
-      const __m512bh x = LoadBf16x32(xb + t * ldx + b * 32);
-#pragma GCC unroll 16
-      for (int r = 0; r < RB; ++r) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], x, w[r]);
-    }
+// Rows j0.. of a q8 panel for BlocksTokensDot: per 32-input block a row's weight vector
+// (Q8RowBlock), ds the panel's scales per block (Q8BlockScales for its 16 rows).
+struct Q8PanelRows {
+  static constexpr int kVectors = 1;
+  const int8_t* panel;
+  const float (*ds)[16];
+  int64_t n, j0;
+  CASCADE_BF16 void Build(int64_t b, int r, __m512bh* w) const {
+    w[0] = Q8RowBlock(&ds[b][j0 + r], panel + (b * n + j0 + r) * 32);
   }
-#pragma GCC unroll 16
-  for (int r = 0; r < RB; ++r)
-#pragma GCC unroll 16
-    for (int t = 0; t < T; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
-}
+};
 
+// Rows [j0, j1) of a q8 panel for T tokens (2..8); the panel's scales go to `ds` (blocks x 16).
 template <int T>
 CASCADE_BF16 void Q8Bf16PanelTokens(const uint16_t* xb, int64_t ldx, const int8_t* panel, const uint16_t* ps,
                                     int64_t n, int64_t j0, int64_t j1, int64_t in, float* y, int64_t ldy,
                                     float (*ds)[16], const PanelAhead& next) {
   const int64_t blocks = in / 32;
   for (int64_t b = 0; b < blocks; ++b) Q8BlockScales(ps, n, 0, b, FirstLanes16(static_cast<int>(n)), ds[b]);
-  PanelPrefetcher ahead(next, (j1 - j0 + 1) / 2);
-  int64_t j = j0;
-  for (; j + 2 <= j1; j += 2) {
-    ahead.Step();
-    Q8Bf16Tokens<T, 2>(xb, ldx, panel, ds, n, j, in, y + j, ldy);
-  }
-  if (j < j1) Q8Bf16Tokens<T, 1>(xb, ldx, panel, ds, n, j, in, y + j, ldy);
+  PanelRowPairs<T>(xb, ldx, blocks, Q8PanelRows{panel, ds, n, 0}, j0, j1, y, ldy, next);
 }
 
 template <int T>
