@@ -183,15 +183,6 @@ CASCADE_AVX512_FN void ScoresAvx512(const float* q, const float* const* rows, in
   }
 }
 
-// As ScoresHeadsScalar for hd % 16 == 0 and G heads, 16 slots in the lanes of a vector: each
-// block of 16 keys x 16 dimensions is transposed in registers (a vector then holds one dimension
-// of 16 slots) and a score is two FMA chains, over its even and its odd dimensions in order, then
-// their sum. No horizontal sums (ScoresAvx512 pays ~3 shuffles and adds per slot and head for
-// them), and each key is loaded once for the G heads. A score depends only on q and its key,
-// never on n or which block the slot falls in: rows stay bit-identical between a decode(1) and a
-// verify(T). The first `ready` blocks come already transposed in kt ([block][hd][16], made by
-// TransposeKeyBlocksAvx512 once for all rows of a verify, whose cached slots are the same keys): the
-// same vectors, so the same FMAs.
 // 16 elements of a key or value row as floats: f32 rows as they are, bf16 rows (a bf16 cache's)
 // widened exactly, so every kernel below computes the same FMAs on either.
 CASCADE_AVX512_FN inline __m512 LoadRow16(const float* p) { return _mm512_loadu_ps(p); }
@@ -200,6 +191,15 @@ CASCADE_AVX512_FN inline __m512 LoadRow16(const uint16_t* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
 }
 
+// As ScoresHeadsScalar for hd % 16 == 0 and G heads, 16 slots in the lanes of a vector: each
+// block of 16 keys x 16 dimensions is transposed in registers (a vector then holds one dimension
+// of 16 slots) and a score is two FMA chains, over its even and its odd dimensions in order, then
+// their sum. No horizontal sums (ScoresAvx512 pays ~3 shuffles and adds per slot and head for
+// them), and each key is loaded once for the G heads. A score depends only on q and its key,
+// never on n or which block the slot falls in: rows stay bit-identical between a decode(1) and a
+// verify(T). The first `ready` blocks come already transposed in kt ([block][hd][16], made by
+// TransposeKeyBlocksAvx512 once for all rows of a verify, whose cached slots are the same keys): the
+// same vectors, so the same FMAs. Rows of E = float, or uint16_t for bf16 rows (LoadRow16).
 template <int G, typename E = float>
 CASCADE_AVX512_FN void ScoresHeadsLanes(const float* q, const E* const* rows, int64_t n, int64_t hd, float* s,
                                         const float* kt, int64_t ready) {

@@ -624,11 +624,10 @@ CASCADE_BF16 inline __m512bh LoadBf16x32(const uint16_t* p) {
 // reduction), on the weights the blocks hold, built in registers from the blocks (Q4RowChunk,
 // Q8RowBlock). A decode (Q4Bf16Decode<16>, Q8Bf16Decode<16>) keeps a panel's 16 rows in 16
 // accumulators and reads the panel in order; 2..kBlocksTokensMax tokens build each row's weights
-// in registers once per chunk for all the tokens (BlocksTokensDot); more tokens expand
-// a panel into a bf16 scratch in L1 first (Q4PanelToBf16, Q8PanelToBf16) and run Bf16DotBlock
-// itself over it. Both read the blocks
-// strictly in order: on Zen 4 two or more interleaved streams (rows of a matrix, panels) read DRAM
-// at about half the rate of one (session 22). (Expanding rows in scalar code, as the AMX CPUs'
+// in registers once per chunk for all the tokens (BlocksTokensDot); more tokens expand a panel
+// into a bf16 scratch in L1 first (Q4PanelToBf16, Q8PanelToBf16) and run Bf16DotBlock itself over
+// it. All read the blocks strictly in order: on Zen 4 two or more interleaved streams (rows of a
+// matrix, panels) read DRAM at about half the rate of one (session 22). (Expanding rows in scalar code, as the AMX CPUs'
 // tail rows do, ran a bf16q4 decode step at 237 ms on a Zen 4.)
 //
 // q4: one panel of n rows (Q4Order::kRows, int8_matmul.h: per 64-input chunk c, row j's 32 bytes
