@@ -60,13 +60,8 @@ struct EngineOptions {
   // below it then); 12 since session 11, when a draft step with lookahead and a bf16 verify of up
   // to 16 tokens got cheaper: 12 chat requests x 128 tokens (K0 256), cascade T = 0 156 / 172 /
   // 184 / 179 / 166 tok/s at k1 = 6 / 8 / 10 / 13 / 16, T = 0.8 130 / 135 / 138 / 142 / 143;
-  // speculative T = 0 174 / 181 / 160 at 10 / 13 / 16, T = 0.8 106 / 117 / 116. 6 again since
-  // session 26, on a CPU without AMX (Zen 4), where a verify costs ~0.25 decodes a token more
-  // rather than ~0.07 (docs/how-the-cascade-works.md, "Session 26"): the bench prompts x 128
-  // tokens, variants alternated in one process, median ratio of k1 = 6 to 12: dense-stored target,
-  // cascade T = 0.8 1.08-1.14x, T = 0 1.02-1.22x; block-stored target, speculative T = 0 1.11x,
-  // T = 0.8 1.16x (k1 = 4, 5, 7, 8 and the dynamic horizon in between).
-  int64_t proposal_length = 6;
+  // speculative T = 0 174 / 181 / 160 at 10 / 13 / 16, T = 0.8 106 / 117 / 116.
+  int64_t proposal_length = 12;
   // K0 (k0): the tiny's candidates per draft step, for generations that do not set their own.
   // 256 (64 before session 11): 12 chat requests x 128 tokens, tokens per target call at T = 0
   // 5.85 at 64, 6.24 at 256, 6.30 at 512; at T = 0.8 5.47 / 6.01 / 6.06; the draft step costs the

@@ -120,8 +120,7 @@ export interface CascadeLoadOptions {
   k0?: number;
   /**
    * Draft proposals per target call (K1, the proposal length L) for generations that do not set
-   * `k1`, and what the self-speculative draft's depth is chosen for. Default 6 (12 until session
-   * 26: where the target's verify costs more per token, as on CPUs without AMX, shorter rounds pay).
+   * `k1`, and what the self-speculative draft's depth is chosen for. Default 12.
    */
   k1?: number;
   /**
@@ -206,7 +205,7 @@ export interface GenerateOptions {
   mode?: DecodeMode;
   /** Tiny candidates per draft step (K0). Default: the load's `k0` (256). */
   k0?: number;
-  /** Draft proposals per target call (K1 = L). Default: the load's `k1` (6; in cascade mode at most `k0`). */
+  /** Draft proposals per target call (K1 = L). Default: the load's `k1` (12; in cascade mode at most `k0`). */
   k1?: number;
   /**
    * Proposal branches per step (B; the design's several proposals): their first tokens are drawn
