@@ -53,7 +53,9 @@ Napi::Value LoadEngine(const Napi::CallbackInfo& info) {
     options.draft_kv_dtype = KvCacheTypeFromJs(o, "draftKvCache");
     options.max_context = static_cast<int64_t>(NumberFromJs(o, "maxContext", static_cast<double>(options.max_context)));
     options.draft_layers = static_cast<int64_t>(NumberFromJs(o, "draftLayers", 0));
+    // A load's k1 is every generation's default, sampling or not (EngineOptions::sampled_proposal_length).
     options.proposal_length = static_cast<int64_t>(NumberFromJs(o, "k1", static_cast<double>(options.proposal_length)));
+    if (o.Has("k1") && !o.Get("k1").IsUndefined()) options.sampled_proposal_length = options.proposal_length;
     options.candidates = static_cast<int64_t>(NumberFromJs(o, "k0", static_cast<double>(options.candidates)));
     options.device_index = static_cast<size_t>(NumberFromJs(o, "deviceIndex", 0));
     options.devices = static_cast<int64_t>(NumberFromJs(o, "devices", 1));
@@ -103,6 +105,7 @@ Napi::Object EngineDefaults(Napi::Env env) {
   o.Set("maxContext", static_cast<double>(d.max_context));
   o.Set("maxSequences", static_cast<double>(d.max_sequences));
   o.Set("k1", static_cast<double>(d.proposal_length));
+  o.Set("k1Sampled", static_cast<double>(d.sampled_proposal_length));
   o.Set("k0", static_cast<double>(d.candidates));
   return o;
 }

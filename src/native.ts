@@ -158,7 +158,7 @@ export interface NativeAddon {
   pjrtHeaderVersion: string;
   measureBandwidth(): Promise<number>;
   /** What a load uses for an option it is not given (the C++ EngineOptions own these defaults). */
-  engineDefaults: { targetPrecision: Precision; draftPrecision: Precision; maxContext: number; maxSequences: number; k1: number; k0: number };
+  engineDefaults: { targetPrecision: Precision; draftPrecision: Precision; maxContext: number; maxSequences: number; k1: number; k1Sampled: number; k0: number };
 }
 
 /**

@@ -251,6 +251,9 @@ void CascadeEngine::Warmup(int64_t proposal_length, int64_t candidates,
       {target_.get(), {proposal_length + 1, {HeadKind::kArgmax, 0}}},
       {draft_.get(), {1, {HeadKind::kArgmax, 0}}},
   };
+  // Sampling generations' rounds (EngineOptions::sampled_proposal_length) verify another length.
+  if (options_.sampled_proposal_length != proposal_length)
+    shapes.push_back({target_.get(), {options_.sampled_proposal_length + 1, {HeadKind::kArgmax, 0}}});
   // A round's first draft call feeds 2 tokens (SpeculativeStep); with lookahead guesses a call
   // feeds up to kLookaheadTokens more.
   for (int64_t T = 2; T <= 2 + kLookaheadTokens; ++T) shapes.push_back({draft_.get(), {T, {HeadKind::kArgmax, 0}}});
@@ -573,7 +576,7 @@ GenerateOptions CascadeEngine::Resolve(const std::vector<int32_t>& prompt, const
   GenerateOptions options = requested;
   if (options.candidates == 0) options.candidates = options_.candidates;
   if (options.proposal_length == 0) {
-    options.proposal_length = options_.proposal_length;
+    options.proposal_length = options.sampling.greedy() ? options_.proposal_length : options_.sampled_proposal_length;
     // The default k1 never exceeds a k0 the call asked for (k1 <= k0 is checked below).
     if (options.mode == DecodeMode::kCascade || (options.mode == DecodeMode::kAuto && has_tiny_))
       options.proposal_length = std::min(options.proposal_length, std::max<int64_t>(1, options.candidates));

@@ -62,6 +62,14 @@ struct EngineOptions {
   // 184 / 179 / 166 tok/s at k1 = 6 / 8 / 10 / 13 / 16, T = 0.8 130 / 135 / 138 / 142 / 143;
   // speculative T = 0 174 / 181 / 160 at 10 / 13 / 16, T = 0.8 106 / 117 / 116.
   int64_t proposal_length = 12;
+  // The same for generations that sample (T > 0). 6: at T = 0 the q4 draft's greedy proposals are
+  // accepted ~98-100% of the time and a longer round wastes little; sampled, ~95% per position,
+  // and the proposals drafted past a rejection are wasted, more of them in a longer round. Bench
+  // prompts x 128 tokens at T = 0.8, variants alternated in one process (session 26,
+  // docs/how-the-cascade-works.md), k1 6 against 12: dense-stored target, cascade 1.08-1.15x in
+  // five runs, auto 1.13x, speculative 1.11x; block-stored, speculative 1.16x. At T = 0 x 64
+  // tokens 6 ran 0.91-0.98x of 12. A load's k1 (CascadeLoadOptions.k1) sets both.
+  int64_t sampled_proposal_length = 6;
   // K0 (k0): the tiny's candidates per draft step, for generations that do not set their own.
   // 256 (64 before session 11): 12 chat requests x 128 tokens, tokens per target call at T = 0
   // 5.85 at 64, 6.24 at 256, 6.30 at 512; at T = 0.8 5.47 / 6.01 / 6.06; the draft step costs the
@@ -87,7 +95,9 @@ struct GenerateOptions {
   // engine has not seen start empty. 0 is the default sequence of plain generate calls.
   int64_t sequence = 0;
   std::vector<int32_t> stop_tokens;  // e.g. EOS ids: generation ends after emitting one
-  int64_t proposal_length = 0;  // L (k1; the design's K1): draft tokens per target call. 0: EngineOptions'
+  // L (k1; the design's K1): draft tokens per target call. 0: EngineOptions' proposal_length at
+  // T = 0, its sampled_proposal_length when sampling.
+  int64_t proposal_length = 0;
   int64_t candidates = 0;       // K0 (k0): the tiny's candidates per draft step (cascade). 0: EngineOptions'
   // B: proposal branches per step (the design's several proposals). Their first tokens are drawn
   // i.i.d. from q~_1 (at T = 0: its top B), each continued as a chain; all are verified in one

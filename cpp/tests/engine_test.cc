@@ -229,6 +229,33 @@ TEST(Engine, CascadeGreedyIsIdenticalToTargetGreedyForEveryK0AndL) {
   EXPECT_THROW(no_tiny.Generate(prompt, g), InvalidArgumentError);
 }
 
+// A generation that leaves k1 unset proposes EngineOptions::proposal_length tokens a round when
+// greedy and sampled_proposal_length when sampling (the first round and the last are shorter).
+TEST(Engine, UnsetProposalLengthDependsOnSampling) {
+  ModelWeights target = testing::SmallRandomModel(testing::SmallLlama(false), 11, 1.0f);
+  EngineOptions o = Options();
+  o.proposal_length = 12;
+  o.sampled_proposal_length = 5;
+  CascadeEngine engine(Cpu(), target, std::nullopt, o);
+  const std::vector<int32_t> prompt = {5, 17, 3, 88, 41, 9, 60};
+  GenerateOptions g;
+  g.max_tokens = 60;
+  g.mode = DecodeMode::kSpeculative;
+  const GenerationStats greedy = engine.Generate(prompt, g).stats;
+  ASSERT_GT(greedy.steps_speculative, 2);
+  EXPECT_LE(greedy.length_sum, 12 * greedy.steps_speculative);
+  EXPECT_GT(greedy.length_sum, 5 * greedy.steps_speculative) << "greedy rounds should propose up to 12";
+  g.sampling.temperature = 0.8;
+  g.seed = 3;
+  const GenerationStats sampled = engine.Generate(prompt, g).stats;
+  ASSERT_GT(sampled.steps_speculative, 2);
+  EXPECT_LE(sampled.length_sum, 5 * sampled.steps_speculative) << "sampled rounds should propose at most 5";
+  EXPECT_GT(sampled.length_sum, 4 * (sampled.steps_speculative - 2));
+  g.proposal_length = 9;  // the call's own k1 wins
+  const GenerationStats own = engine.Generate(prompt, g).stats;
+  EXPECT_GT(own.length_sum, 5 * own.steps_speculative);
+}
+
 TEST(Engine, AutoModeAndDynamicHorizonKeepGreedyOutputIdentical) {
   ModelConfig config = testing::SmallLlama(false, 300);
   ModelWeights target = testing::SmallRandomModel(config, 14, 1.0f);

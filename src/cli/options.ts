@@ -23,6 +23,12 @@ export function engineDefaults(): NativeAddon['engineDefaults'] | undefined {
   }
 }
 
+/** The default proposal length (k1) as help text: greedy and sampling generations differ. */
+export function k1Default(): string {
+  const d = engineDefaults();
+  return d ? `${d.k1} at temperature 0, ${d.k1Sampled} when sampling` : '12 at temperature 0, 6 when sampling';
+}
+
 export function positiveInteger(flag: string): (v: string) => number {
   return (v: string) => {
     const n = Number(v);
@@ -95,7 +101,7 @@ export interface DecodingFlags {
 export function addDecodingOptions(cmd: Command, defaults: { mode: DecodeMode; branches: boolean }): Command {
   cmd
     .addOption(new Option('--mode <mode>', "decoding mode (all give the target's output; they differ in speed)").choices(['target', 'speculative', 'cascade', 'auto']).default(defaults.mode))
-    .option('--k1 <n>', `draft proposals per target call${defaults.branches ? ' (the most, with --dynamic)' : ''}`, positiveInteger('--k1'), engineDefaults()?.k1)
+    .option('--k1 <n>', `draft proposals per target call${defaults.branches ? ' (the most, with --dynamic)' : ''} (default: ${k1Default()})`, positiveInteger('--k1'))
     .option('--k0 <n>', 'tiny candidates per draft step (cascade mode)', positiveInteger('--k0'), engineDefaults()?.k0)
     .option('--no-lookahead', "do not compute a guessed draft step ahead (the same output; it only changes the speed)");
   if (!defaults.branches) return cmd;

@@ -11,6 +11,7 @@ import path from 'node:path';
 
 import { Cascade, type CascadeStats, type DecodeMode, type Precision } from '../../cascade/cascade.js';
 import { ensureDefaultModel } from '../../models/default-model.js';
+import { k1Default } from '../options.js';
 import { median, table } from '../output.js';
 
 export const BENCH_PROMPTS = [
@@ -24,7 +25,8 @@ export interface ModesBenchOptions {
   modes: DecodeMode[];
   temperatures: number[];
   maxTokens: number;
-  k1: number;
+  /** Unset: the engine's default (12 greedy, 6 sampling). */
+  k1?: number;
   k0: number;
   draftLayers?: number;
   draftPrecision?: Precision;
@@ -89,7 +91,7 @@ export async function benchModes(o: ModesBenchOptions): Promise<Row[]> {
     targetStorage: o.targetStorage,
     tiny: needsTiny ? 'fit' : undefined,
   });
-  const base = { maxTokens: o.maxTokens, k1: o.k1, k0: o.k0, stopAtEos: false, ...(o.lookahead === false ? { lookahead: false } : {}) };
+  const base = { maxTokens: o.maxTokens, ...(o.k1 === undefined ? {} : { k1: o.k1 }), k0: o.k0, stopAtEos: false, ...(o.lookahead === false ? { lookahead: false } : {}) };
   // Warm up every program shape the runs will use (compile time is excluded anyway).
   for (const mode of o.modes) for (const temperature of o.temperatures) await c.generate(BENCH_PROMPTS[0]!, { ...base, maxTokens: 8, mode, temperature, seed: 1 });
   // Per mode and temperature, one sample per prompt and seed; `rates` holds every mode's rate there.
@@ -166,7 +168,7 @@ export async function benchModes(o: ModesBenchOptions): Promise<Row[]> {
     `# Decoding modes on ${path.basename(target)}`,
     '',
     `${info.target.layers}-layer target (${info.targetPrecision}, stored ${info.targetStorage === 'q4-blocks' ? "as the file's 4-bit blocks" : 'dense'}), ${info.draft.layers}-layer self-speculative draft (${info.draftPrecision}), ` +
-      `tiny: closed-form fit; k1 ${o.k1}, k0 ${o.k0}, ${o.maxTokens} tokens, medians over ${BENCH_PROMPTS.length} prompts ` +
+      `tiny: closed-form fit; k1 ${o.k1 ?? k1Default()}, k0 ${o.k0}, ${o.maxTokens} tokens, medians over ${BENCH_PROMPTS.length} prompts ` +
       `(x ${o.seeds} seeds at T > 0; each mode's figure per prompt and seed the median of ${o.rounds} interleaved rounds; vs target, vs speculative and vs best fixed mode (the fixed mode with the highest median here): medians of ratios per prompt and seed; per prompt: auto's median over the seeds against the best fixed mode's there, the median over prompts), ` +
       `interleaved in one process, XLA CPU plugin. Reproduce: \`node dist/cli/main.js bench --suite modes --max-tokens ${o.maxTokens} --rounds ${o.rounds}${o.targetStorage === 'dense' ? ' --target-storage dense' : ''}\`.`,
     '',

@@ -8,7 +8,7 @@ import { benchCompare } from './bench-compare.js';
 import { benchChat } from './bench-chat.js';
 import { tensor } from '../../runtime/tensor.js';
 import { median, printJson, table } from '../output.js';
-import { engineDefaults, pluginOption, positiveInteger } from '../options.js';
+import { engineDefaults, k1Default, pluginOption, positiveInteger } from '../options.js';
 
 const MATMUL = (n: number) => `
 func.func public @main(%a: tensor<${n}x${n}xf32>, %b: tensor<${n}x${n}xf32>) -> tensor<${n}x${n}xf32> {
@@ -59,7 +59,7 @@ export function benchCommand(): Command {
     .option('--modes <list>', 'modes: comma-separated decoding modes', 'target,speculative,cascade,auto')
     .option('--temperatures <list>', 'modes: comma-separated temperatures', '0,0.8')
     .option('--max-tokens <n>', 'modes: tokens per generation', positiveInteger('--max-tokens'), 64)
-    .option('--k1 <n>', 'modes: draft proposals per target call', positiveInteger('--k1'), engineDefaults()?.k1)
+    .option('--k1 <n>', `compare, modes: draft proposals per target call (default: ${k1Default()})`, positiveInteger('--k1'))
     .option('--k0 <n>', 'modes: tiny candidates per draft step', positiveInteger('--k0'), engineDefaults()?.k0)
     .option('--draft-layers <n>', 'modes: layers of the self-speculative draft', positiveInteger('--draft-layers'))
     .option('--no-lookahead', 'modes: no draft lookahead (the same tokens; for a side-by-side)')
@@ -77,14 +77,15 @@ export function benchCommand(): Command {
     .option('--json', 'print JSON')
     .addHelpText('after', '\nExamples:\n  $ cascade-xla bench                      # the side-by-side comparison (~15 min)\n  $ cascade-xla bench --suite runtime --devices 1,4 --size 1024 --rounds 5')
     .action(async (opts: { suite: string; plugin: string; devices: string; size: number; rounds: number; repeats: number; json?: boolean;
-      model?: string; modes: string; temperatures: string; maxTokens: number; k1: number; k0: number; draftLayers?: number; lookahead: boolean; seeds: number; out: string;
+      model?: string; modes: string; temperatures: string; maxTokens: number; k1?: number; k0: number; draftLayers?: number; lookahead: boolean; seeds: number; out: string;
       mode: string; runs: number; draftPrecision?: Precision; targetStorage?: 'auto' | 'dense' }) => {
       if (opts.suite === 'chat') {
         await benchChat({ model: opts.model, plugin: opts.plugin, mode: opts.mode as DecodeMode, runs: opts.runs, out: opts.out });
         return;
       }
       if (opts.suite === 'compare') {
-        await benchCompare({ model: opts.model, maxTokens: opts.maxTokens, k1: opts.k1, k0: opts.k0, out: opts.out, plugin: opts.plugin });
+        // Greedy generations only: the greedy default unless --k1.
+        await benchCompare({ model: opts.model, maxTokens: opts.maxTokens, k1: opts.k1 ?? engineDefaults()?.k1 ?? 12, k0: opts.k0, out: opts.out, plugin: opts.plugin });
         return;
       }
       if (opts.suite === 'modes') {
