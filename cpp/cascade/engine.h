@@ -54,10 +54,10 @@ struct EngineOptions {
   // Self-speculative draft: the target's first `draft_layers` layers + final norm + head, used
   // when no draft model is given. 0: chosen by the cost model (see ChooseDraftLayers).
   int64_t draft_layers = 0;
-  // L (k1): draft tokens per target call, for generations that do not set their own (in cascade
-  // mode at most their k0), and what the self-speculative draft's depth is chosen for. The q4
-  // draft's proposals are accepted ~94-98% of the time. 6 in sessions 6-10 (k1 = 8 measured
-  // below it then); 12 since session 11, when a draft step with lookahead and a bf16 verify of up
+  // L (k1): draft tokens per target call, for greedy generations that do not set their own (in
+  // cascade mode at most their k0; sampling ones: sampled_proposal_length below), and what the
+  // self-speculative draft's depth is chosen for. The q4 draft's proposals are accepted ~94-98%
+  // of the time. 6 in sessions 6-10 (k1 = 8 measured below it then); 12 since session 11, when a draft step with lookahead and a bf16 verify of up
   // to 16 tokens got cheaper: 12 chat requests x 128 tokens (K0 256), cascade T = 0 156 / 172 /
   // 184 / 179 / 166 tok/s at k1 = 6 / 8 / 10 / 13 / 16, T = 0.8 130 / 135 / 138 / 142 / 143;
   // speculative T = 0 174 / 181 / 160 at 10 / 13 / 16, T = 0.8 106 / 117 / 116.
