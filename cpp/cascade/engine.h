@@ -57,10 +57,11 @@ struct EngineOptions {
   // L (k1): draft tokens per target call, for greedy generations that do not set their own (in
   // cascade mode at most their k0; sampling ones: sampled_proposal_length below), and what the
   // self-speculative draft's depth is chosen for. The q4 draft's proposals are accepted ~94-98%
-  // of the time. 6 in sessions 6-10 (k1 = 8 measured below it then); 12 since session 11, when a draft step with lookahead and a bf16 verify of up
-  // to 16 tokens got cheaper: 12 chat requests x 128 tokens (K0 256), cascade T = 0 156 / 172 /
-  // 184 / 179 / 166 tok/s at k1 = 6 / 8 / 10 / 13 / 16, T = 0.8 130 / 135 / 138 / 142 / 143;
-  // speculative T = 0 174 / 181 / 160 at 10 / 13 / 16, T = 0.8 106 / 117 / 116.
+  // of the time. 6 in sessions 6-10 (k1 = 8 measured below it then); 12 since session 11, when a
+  // draft step with lookahead and a bf16 verify of up to 16 tokens got cheaper: 12 chat requests
+  // x 128 tokens (K0 256), cascade T = 0 156 / 172 / 184 / 179 / 166 tok/s at k1 = 6 / 8 / 10 /
+  // 13 / 16, T = 0.8 130 / 135 / 138 / 142 / 143; speculative T = 0 174 / 181 / 160 at 10 / 13 /
+  // 16, T = 0.8 106 / 117 / 116.
   int64_t proposal_length = 12;
   // The same for generations that sample (T > 0). 6: at T = 0 the q4 draft's greedy proposals are
   // accepted ~98-100% of the time and a longer round wastes little; sampled, ~95% per position,
