@@ -19,18 +19,21 @@ void TopKIds(const float* values, int64_t n, int64_t k, int32_t* ids) {
     return a.first != b.first ? a.first > b.first : a.second < b.second;
   };
   // A threshold first (a cascade draft step's top 256 of 49152: 79 us with the heap alone, most
-  // of it in ~1400 heap insertions): t = the k-th largest of the maxima of groups of 64 values.
-  // At least k values are >= t (one in each of those groups), so the top k are among the values
-  // >= t: usually a few hundred, sorted in the order below. (NaN never passes a comparison.)
-  constexpr int64_t kGroup = 64;
-  const int64_t groups = n / kGroup;
+  // of it in ~1400 heap insertions): t = the k-th largest of the maxima of groups of 64 values
+  // (fewer values a group for a larger k, down to 8, so that there are at least 2k groups: K0 =
+  // 512 or 1024 took the heap path before). At least k values are >= t (one in each of those
+  // groups), so the top k are among the values >= t: usually a few times k, sorted in the order
+  // below. (NaN never passes a comparison.)
+  int64_t group = 64;
+  while (group > 8 && n / group < 2 * k) group /= 2;
+  const int64_t groups = n / group;
   if (k >= 1 && groups >= 2 * k) {
     std::vector<float> maxima(static_cast<size_t>(groups));
     for (int64_t g = 0; g < groups; ++g) {
       // 8 independent maxima (vectorised; one chain of maxss took 4 cycles a value).
       float m[8];
       for (int j = 0; j < 8; ++j) m[j] = -std::numeric_limits<float>::infinity();
-      for (int64_t i = g * kGroup; i < (g + 1) * kGroup; i += 8)
+      for (int64_t i = g * group; i < (g + 1) * group; i += 8)
         for (int j = 0; j < 8; ++j) m[j] = values[i + j] > m[j] ? values[i + j] : m[j];
       float top = m[0];
       for (int j = 1; j < 8; ++j) top = m[j] > top ? m[j] : top;

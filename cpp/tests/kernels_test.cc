@@ -688,14 +688,16 @@ TEST(kernels_tiny, TopKIdsOrderTiesAndNaN) {
   // Against a full sort on random rows (ties made common by rounding).
   std::mt19937 rng(3);
   std::uniform_int_distribution<int> small(-20, 20);
-  // n = 49152 takes the threshold path (a cascade draft step's top 256), with NaN and infinities.
+  // n = 49152 takes the threshold path (a cascade draft step's top 256, 512 or 1024: groups of 64,
+  // 32 and 16 values), with NaN and infinities.
   for (int64_t n : {1, 7, 64, 1000, 49152}) {
     std::vector<float> r(static_cast<size_t>(n));
     for (float& x : r) x = static_cast<float>(small(rng)) / 4;
     if (n == 49152)
       for (int64_t i = 0; i < n; i += 97) r[i] = i % 3 == 0 ? nan : (i % 3 == 1 ? -INFINITY : INFINITY);
     auto rank = [&](int32_t i) { return std::isnan(r[i]) ? -INFINITY : r[i]; };
-    for (int64_t k : {int64_t{1}, std::min<int64_t>(n, 5), std::min<int64_t>(n, 256), n}) {
+    for (int64_t k : {int64_t{1}, std::min<int64_t>(n, 5), std::min<int64_t>(n, 256), std::min<int64_t>(n, 512),
+                      std::min<int64_t>(n, 1024), n}) {
       std::vector<int32_t> got(static_cast<size_t>(k)), want(static_cast<size_t>(n));
       kernels::TopKIds(r.data(), n, k, got.data());
       for (int64_t i = 0; i < n; ++i) want[i] = static_cast<int32_t>(i);
