@@ -82,6 +82,7 @@ Napi::Object StatsToJs(Napi::Env env, const GenerationStats& s) {
   o.Set("rounds", rounds);
   const int64_t spec_rounds = s.steps_speculative + s.steps_cascade;
   o.Set("meanProposalLength", spec_rounds ? static_cast<double>(s.length_sum) / spec_rounds : 0.0);
+  o.Set("proposalLength", static_cast<double>(s.proposal_length));
   return o;
 }
 

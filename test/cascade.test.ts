@@ -160,6 +160,7 @@ describe('the KV cache types', () => {
       expect(base.tokens).toHaveLength(24);
       const spec = await c.generate(PROMPTS[0]!, { mode: 'speculative', k1: 6, maxTokens: 24, stopAtEos: false });
       expect(spec.tokens).toEqual(base.tokens);
+      expect([base.stats.proposalLength, spec.stats.proposalLength]).toEqual([0, 6]);
     }
   }, 600_000);
 

@@ -648,6 +648,7 @@ GenerateResult CascadeEngine::Generate(const std::vector<int32_t>& prompt, const
   GenerateResult result;
   GenerationStats& stats = result.stats;
   stats.prompt_tokens = static_cast<int64_t>(prompt.size());
+  stats.proposal_length = mode == DecodeMode::kTarget ? 0 : options.proposal_length;
   Rng rng(options.seed);
   Sequence seq;
   seq.tokens = prompt;

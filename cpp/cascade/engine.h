@@ -157,6 +157,7 @@ struct GenerationStats {
   std::string stop_reason;  // "max_tokens", "stop_token", "callback", "context"
   int64_t steps_target = 0, steps_speculative = 0, steps_cascade = 0;  // rounds per kind (auto mode mixes them)
   int64_t length_sum = 0;  // sum of L over speculative/cascade rounds
+  int64_t proposal_length = 0;  // the generation's L (k1) as resolved (GenerateOptions::proposal_length); 0: target mode
   double predicted_speedup = 0;  // the cost model's prediction for the rounds run, vs target-only
   double measured_speedup = -1;  // tokens/s of this run / the measured target-only rate (-1: no target decode measured yet)
 

@@ -245,15 +245,20 @@ TEST(Engine, UnsetProposalLengthDependsOnSampling) {
   ASSERT_GT(greedy.steps_speculative, 2);
   EXPECT_LE(greedy.length_sum, 12 * greedy.steps_speculative);
   EXPECT_GT(greedy.length_sum, 5 * greedy.steps_speculative) << "greedy rounds should propose up to 12";
+  EXPECT_EQ(greedy.proposal_length, 12) << "the stats report the resolved k1";
   g.sampling.temperature = 0.8;
   g.seed = 3;
   const GenerationStats sampled = engine.Generate(prompt, g).stats;
   ASSERT_GT(sampled.steps_speculative, 2);
   EXPECT_LE(sampled.length_sum, 5 * sampled.steps_speculative) << "sampled rounds should propose at most 5";
   EXPECT_GT(sampled.length_sum, 4 * (sampled.steps_speculative - 2));
+  EXPECT_EQ(sampled.proposal_length, 5);
   g.proposal_length = 9;  // the call's own k1 wins
   const GenerationStats own = engine.Generate(prompt, g).stats;
   EXPECT_GT(own.length_sum, 5 * own.steps_speculative);
+  EXPECT_EQ(own.proposal_length, 9);
+  g.mode = DecodeMode::kTarget;
+  EXPECT_EQ(engine.Generate(prompt, g).stats.proposal_length, 0) << "target mode proposes nothing";
 }
 
 TEST(Engine, AutoModeAndDynamicHorizonKeepGreedyOutputIdentical) {

@@ -584,6 +584,7 @@ export class Cascade {
     t.predictedSpeedup = s.predictedSpeedup;
     t.measuredSpeedup = s.measuredSpeedup;
     t.meanProposalLength = s.meanProposalLength;
+    t.proposalLength = s.proposalLength;
     t.firstTokenMs = s.firstTokenMs;
   }
 

@@ -148,6 +148,7 @@ export function emptyStats(): CascadeStats {
     measuredSpeedup: null,
     rounds: { target: 0, speculative: 0, cascade: 0 },
     meanProposalLength: 0,
+    proposalLength: 0,
     tokensPerSecond: 0,
     stopReason: '',
   };

@@ -307,6 +307,12 @@ export interface CascadeStats {
   rounds: { target: number; speculative: number; cascade: number };
   /** Mean proposal length L over speculative and cascade rounds. */
   meanProposalLength: number;
+  /**
+   * The most proposals a round could make: the generation's `k1` as the engine resolved it (an
+   * unset k1 is 12 at temperature 0 and 6 when sampling; in cascade mode at most `k0`); 0 in
+   * target mode. With `dynamicHorizon` rounds choose their L up to it ({@link meanProposalLength}).
+   */
+  proposalLength: number;
   /** Generated tokens per second, prefill excluded. */
   tokensPerSecond: number;
   stopReason: string;

@@ -221,7 +221,7 @@ async function run(prompt: string, opts: RunOptions, quiet: boolean): Promise<vo
       return;
     }
     console.log('');
-    console.log(`${c.info.target.family} target: ${c.info.target.layers} layers (${c.info.targetPrecision}); draft: ${c.info.draft.layers} layers (${c.info.draftPrecision}); mode ${opts.mode}, k1 ${opts.k1 ?? ((generation.temperature ?? 0) > 0 ? engineDefaults()?.k1Sampled : engineDefaults()?.k1)}`);
+    console.log(`${c.info.target.family} target: ${c.info.target.layers} layers (${c.info.targetPrecision}); draft: ${c.info.draft.layers} layers (${c.info.draftPrecision}); mode ${opts.mode}${stats.proposalLength ? `, k1 ${stats.proposalLength}` : ''}`);
     console.log(statsTable(stats, baseline));
     const placement = await c.placement();
     console.log(
