@@ -597,15 +597,11 @@ class Timed {
 // The tasks of one parallel job over up to 4 matrices: whole 16-row blocks split evenly within a
 // matrix, each task at most one thread's share of the job's weight bytes, and as many tasks in all
 // as a multiple of the team's threads, the extra ones going to the matrix with the largest tasks.
-// With 2 threads that is one share per thread and matrix pair: q/k/v as q/2, q/2, k, v; gate and
-// up whole; o and down in halves. Tasks are claimed dynamically, so tasks of one size end
-// together. (Until session 29 the tasks were ~128 KB of weights each, 4.5 a job here: every task
-// costs its kernel a pipeline and prefetch start, and the one-share split measured faster on the
-// Intel host, decoder_bench alone, three to four alternating pairs each: bf16q4 decode(1)
-// 4.46-4.86 -> 4.15-4.61 ms and verify(5) 6.34-6.68 -> 5.80-6.28; q4 2.77-2.87 -> 2.58-2.75; int8
-// 3.94-4.05 -> 3.68-3.89; bf16 9.22-9.40 -> 9.07-9.13; target-only end to end (cascade_run, 500
-// tokens, five pairs) 4.62 -> 4.54 ms a token, median.) Every output is computed alike whatever
-// its range (MatmulRange).
+// With 2 threads: q/k/v as q/2, q/2, k, v; gate and up whole; o and down in halves. Every task
+// restarts its kernel's pipeline and prefetch stream, so few large tasks beat session 10's ~128 KB
+// ones (3-7% a decode step on the Intel host: docs/bench/decoder.md, session 29). Tasks are claimed
+// dynamically, so tasks of one size end together. Every output is computed alike whatever its
+// range (MatmulRange).
 class MatmulSplit {
  public:
   static int64_t RowBytes(const WeightMatrix& m) {
@@ -621,7 +617,7 @@ class MatmulSplit {
   }
 
   MatmulSplit(const WeightMatrix* const* matrices, int64_t count, int64_t threads) : count_(count) {
-    double job_bytes = 0;
+    int64_t job_bytes = 0;
     for (int64_t j = 0; j < count; ++j) {
       const WeightMatrix& m = *matrices[j];
       // f32 [in, out] ranges are columns (64 a task).
@@ -630,13 +626,13 @@ class MatmulSplit {
       unit_[j] = unit;
       out_[j] = m.out;
       bytes_per_block_[j] = unit * RowBytes(m);
-      job_bytes += static_cast<double>(bytes_per_block_[j]) * blocks_[j];
+      job_bytes += bytes_per_block_[j] * blocks_[j];
     }
-    const double share = job_bytes / static_cast<double>(std::max<int64_t>(1, threads));
+    // parts = ceil(bytes / (job_bytes / threads)), at least 1, at most one per block.
     int64_t total = 0;
     for (int64_t j = 0; j < count; ++j) {
-      const double bytes = static_cast<double>(bytes_per_block_[j]) * blocks_[j];
-      parts_[j] = std::min(blocks_[j], std::max<int64_t>(1, static_cast<int64_t>(std::ceil(bytes / share - 1e-9))));
+      const int64_t bytes = bytes_per_block_[j] * blocks_[j];
+      parts_[j] = std::min(blocks_[j], std::max<int64_t>(1, (bytes * threads + job_bytes - 1) / std::max<int64_t>(1, job_bytes)));
       total += parts_[j];
     }
     for (int64_t extra = (threads - total % threads) % threads; extra > 0; --extra) {
