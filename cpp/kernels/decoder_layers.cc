@@ -709,7 +709,10 @@ class LayerRunner {
 
   void Run(const std::vector<DecoderLayerWeights>& layers) {
     for (size_t l = 0; l < layers.size(); ++l) Layer(static_cast<int64_t>(l), layers[l]);
-    std::copy(h_.begin(), h_.end(), call_.hidden_out);
+    if (call_.final_norm)
+      RmsNorm(h_.data(), call_.final_norm, call_.hidden_out, call_.num_tokens, c_.hidden, c_.rms_norm_eps, c_.gemma);
+    else
+      std::copy(h_.begin(), h_.end(), call_.hidden_out);
   }
 
  private:

@@ -53,6 +53,11 @@ struct DecoderLayersCall {
   bool kv_bf16 = false;
   const void* k_cache = nullptr;             // [layers, kv_heads, C, head_dim]
   const void* v_cache = nullptr;
+  // The model's final norm weights [hidden]: when set, hidden_out is RMSNorm(h) with them (the
+  // head's input), else h itself. Inside the call so a decode step leaves XLA almost nothing to
+  // compute: the CPU plugin then runs the program on the calling thread (model/programs.cc,
+  // FusedLayers).
+  const float* final_norm = nullptr;
   float* hidden_out = nullptr;               // [T, hidden]
   void* k_new = nullptr;                     // [layers, kv_heads, T, head_dim] (after RoPE)
   void* v_new = nullptr;

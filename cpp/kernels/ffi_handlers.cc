@@ -7,6 +7,7 @@
 #include <map>
 #include <mutex>
 #include <stdexcept>
+#include <thread>
 
 #include "kernels/argmax.h"
 #include "kernels/head_argmax.h"
@@ -15,6 +16,7 @@
 #include "kernels/thread_team.h"
 #include "kernels/tiny_candidates.h"
 #include "pjrt/ffi.h"
+#include "util/float16.h"
 // The XLA FFI header (third party) trips -Wall/-Wextra here; its warnings are not ours.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wsign-compare"
@@ -69,6 +71,7 @@ KernelImpls Impls() {
 }
 
 std::atomic<int64_t> g_calls{0}, g_nanoseconds{0}, g_matmul_nanoseconds{0}, g_attention_nanoseconds{0};
+std::atomic<std::thread::id> g_layers_thread{};
 
 // Adds the wall time of one handler call to the stats.
 // (A plain matmul call counts as matmul time too.)
@@ -212,6 +215,42 @@ ffi::Error TinyCandidatesQ4Impl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w
   p.w2_block_scale = reinterpret_cast<const uint16_t*>(w2_scale.untyped_data());
   p.w2_block_min = reinterpret_cast<const uint16_t*>(w2_min.untyped_data());
   return RunTinyCandidates(kTinyCandidatesQ4Target, x, w1t, b1, ln_w, ln_b, wd, wd[1] * 2, b2, ids, eps, p);
+}
+
+// rows[t] = table[ids[t]] as f32 (bf16 widened exactly), times `scale` when it is not 1 (Gemma's
+// sqrt(d)): the token embeddings as StableHLO's gather + convert (+ multiply) give them. In XLA
+// that gather fuses with a convert that XLA's cost model counts over the whole table, so the
+// program never counts as cheap and runs on another thread (model/programs.cc, Embed).
+ffi::Error EmbedRowsImpl(ffi::AnyBuffer table, ffi::Buffer<ffi::S32> ids, ffi::ResultBuffer<ffi::F32> rows,
+                         float scale) {
+  Timed timed;
+  const std::string name = kEmbedRowsTarget;
+  auto td = table.dimensions(), id = ids.dimensions(), rd = rows->dimensions();
+  const ffi::DataType type = table.element_type();
+  if (td.size() != 2 || id.size() != 1 || rd.size() != 2 || rd[0] != id[0] || rd[1] != td[1] ||
+      (type != ffi::DataType::F32 && type != ffi::DataType::BF16))
+    return ffi::Error::InvalidArgument(name + ": expected table f32|bf16[V,d], ids[T] -> rows f32[T,d]; got table" +
+                                       DimsText(td) + " ids" + DimsText(id) + " rows" + DimsText(rd));
+  const int64_t V = td[0], d = td[1], T = id[0];
+  const int32_t* tokens = ids.typed_data();
+  for (int64_t t = 0; t < T; ++t)
+    if (tokens[t] < 0 || tokens[t] >= V)
+      return ffi::Error::InvalidArgument(name + ": id " + std::to_string(tokens[t]) + " at " + std::to_string(t) +
+                                         " is outside the table of " + std::to_string(V) + " rows");
+  float* out = rows->typed_data();
+  for (int64_t t = 0; t < T; ++t) {
+    float* y = out + t * d;
+    if (type == ffi::DataType::F32) {
+      const float* x = static_cast<const float*>(table.untyped_data()) + tokens[t] * d;
+      std::copy(x, x + d, y);
+    } else {
+      const uint16_t* x = static_cast<const uint16_t*>(table.untyped_data()) + tokens[t] * d;
+      for (int64_t i = 0; i < d; ++i) y[i] = BF16ToF32(x[i]);
+    }
+    if (scale != 1.0f)
+      for (int64_t i = 0; i < d; ++i) y[i] *= scale;
+  }
+  return ffi::Error::Success();
 }
 
 ffi::Error ArgmaxImpl(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::S32> ids) {
@@ -360,7 +399,7 @@ ffi::Error Int8PanelsMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> pa
 
 ffi::Error DecoderLayersImpl(ffi::Buffer<ffi::F32> hidden, ffi::Buffer<ffi::F32> cos, ffi::Buffer<ffi::F32> sin,
                              ffi::Buffer<ffi::PRED> mask, ffi::Buffer<ffi::S32> start, ffi::AnyBuffer k_cache,
-                             ffi::AnyBuffer v_cache, ffi::RemainingArgs arenas,
+                             ffi::AnyBuffer v_cache, ffi::Buffer<ffi::F32> final_norm, ffi::RemainingArgs arenas,
                              ffi::ResultBuffer<ffi::F32> hidden_out, ffi::Result<ffi::AnyBuffer> k_new,
                              ffi::Result<ffi::AnyBuffer> v_new, int64_t layers, int64_t heads, int64_t kv_heads,
                              int64_t head_dim, int64_t intermediate, float eps, bool gemma, int64_t weights) {
@@ -387,8 +426,9 @@ ffi::Error DecoderLayersImpl(ffi::Buffer<ffi::F32> hidden, ffi::Buffer<ffi::F32>
   if (!shape_is(cos.dimensions(), {T, half}) || !shape_is(sin.dimensions(), {T, half}) ||
       !shape_is(mask.dimensions(), {T, T}) || start.dimensions().size() != 0 ||
       !shape_is(hidden_out->dimensions(), {T, hd[1]}) || !shape_is(k_new->dimensions(), {layers, kv_heads, T, head_dim}) ||
-      !shape_is(v_new->dimensions(), {layers, kv_heads, T, head_dim}))
-    return ffi::Error::InvalidArgument(name + ": rope tables, mask, start_pos or results do not match hidden" + DimsText(hd));
+      !shape_is(v_new->dimensions(), {layers, kv_heads, T, head_dim}) || !shape_is(final_norm.dimensions(), {hd[1]}))
+    return ffi::Error::InvalidArgument(name + ": rope tables, mask, start_pos, final norm or results do not match hidden" +
+                                       DimsText(hd));
   // bf16 caches come as u16 bits (model/programs.h, KvCacheStorage); bf16 itself is taken too.
   const ffi::DataType kv = k_cache.element_type();
   if ((kv != ffi::DataType::F32 && kv != ffi::DataType::BF16 && kv != ffi::DataType::U16) ||
@@ -418,6 +458,7 @@ ffi::Error DecoderLayersImpl(ffi::Buffer<ffi::F32> hidden, ffi::Buffer<ffi::F32>
   call.kv_bf16 = kv != ffi::DataType::F32;
   call.k_cache = k_cache.untyped_data();
   call.v_cache = v_cache.untyped_data();
+  call.final_norm = final_norm.typed_data();
   call.hidden_out = hidden_out->typed_data();
   call.k_new = k_new->untyped_data();
   call.v_new = v_new->untyped_data();
@@ -431,6 +472,7 @@ ffi::Error DecoderLayersImpl(ffi::Buffer<ffi::F32> hidden, ffi::Buffer<ffi::F32>
   }
   g_matmul_nanoseconds.fetch_add(stats.matmul_nanoseconds, std::memory_order_relaxed);
   g_attention_nanoseconds.fetch_add(stats.attention_nanoseconds, std::memory_order_relaxed);
+  g_layers_thread.store(std::this_thread::get_id(), std::memory_order_relaxed);
   return ffi::Error::Success();
 }
 
@@ -464,6 +506,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeDecoderLayersHandler, DecoderLayersImpl,
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .RemainingArgs()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::AnyBuffer>()
@@ -476,6 +519,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeDecoderLayersHandler, DecoderLayersImpl,
                                   .Attr<float>("eps")
                                   .Attr<bool>("gemma")
                                   .Attr<int64_t>("weights"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeEmbedRowsHandler, EmbedRowsImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadeBf16MatmulHandler, Bf16MatmulImpl,
                               ffi::Ffi::Bind()
@@ -575,6 +625,7 @@ KernelRegistration RegisterKernels(const Api& api) {
       RegisterFfiHandler(api, kF32PanelsMatmulTarget, "Host", reinterpret_cast<void*>(&CascadeF32PanelsMatmulHandler));
       RegisterFfiHandler(api, kInt8PanelsMatmulTarget, "Host", reinterpret_cast<void*>(&CascadeInt8PanelsMatmulHandler));
       RegisterFfiHandler(api, kDecoderLayersTarget, "Host", reinterpret_cast<void*>(&CascadeDecoderLayersHandler));
+      RegisterFfiHandler(api, kEmbedRowsTarget, "Host", reinterpret_cast<void*>(&CascadeEmbedRowsHandler));
       RegisterFfiHandler(api, kTinyCandidatesTarget, "Host", reinterpret_cast<void*>(&CascadeTinyCandidatesHandler));
       RegisterFfiHandler(api, kTinyCandidatesQ4Target, "Host",
                          reinterpret_cast<void*>(&CascadeTinyCandidatesQ4Handler));
@@ -591,7 +642,8 @@ KernelRegistration RegisterKernels(const Api& api) {
 
 KernelStats GetKernelStats() {
   return {g_calls.load(std::memory_order_relaxed), g_nanoseconds.load(std::memory_order_relaxed),
-          g_matmul_nanoseconds.load(std::memory_order_relaxed), g_attention_nanoseconds.load(std::memory_order_relaxed)};
+          g_matmul_nanoseconds.load(std::memory_order_relaxed), g_attention_nanoseconds.load(std::memory_order_relaxed),
+          g_layers_thread.load(std::memory_order_relaxed)};
 }
 
 std::string KernelDescription() {

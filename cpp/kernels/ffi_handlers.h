@@ -10,13 +10,16 @@
 //   cascade_bf16_gather_matmul(x f32[T, in], ids s32[T, K], w bf16[out, in]) -> f32[T, K]
 //   cascade_f32t_matmul(x f32[T, in], wt f32[in, out]) -> f32[T, out]       y = x . wt (f32 upload layout)
 //   cascade_decoder_layers(hidden f32[T, d], rope_cos f32[T, hd/2], rope_sin, block_mask pred[T, T],
-//       start_pos s32[], k_cache f32[L, KV, C, hd], v_cache, then per layer an arena u8[bytes]:
-//       the layer's weights in one buffer, laid out as kernels/decoder_layers.h (ArenaLayer) says)
-//     -> hidden f32[T, d] (before the final norm), k_new f32[L, KV, T, hd], v_new (RoPE applied)
+//       start_pos s32[], k_cache f32[L, KV, C, hd], v_cache, final_norm f32[d], then per layer an
+//       arena u8[bytes]: the layer's weights in one buffer, laid out as kernels/decoder_layers.h
+//       (ArenaLayer) says)
+//     -> hidden f32[T, d] (after the final norm), k_new f32[L, KV, T, hd], v_new (RoPE applied)
 //     attributes layers, heads, kv_heads, head_dim, intermediate (i64), eps (f32), gemma (bool),
 //     weights (i64: the matrices' WeightMatrix::Kind, 0 f32 [in, out] .. 3 q4).
 //     The whole layer stack in one call (kernels/decoder_layers.h); the caller writes k_new/v_new
 //     into the caches at start_pos.
+//   cascade_embed_rows(table f32|bf16[V, d], ids s32[T]) -> f32[T, d], attribute scale (f32)
+//     rows of the embedding as f32, times scale when it is not 1 (an id outside the table: an error).
 //   cascade_tiny_candidates(x f32[T, d], w1t f32[d, H], b1 f32[H], ln_w f32[H], ln_b f32[H],
 //       w2 s8[V, H], w2_scale f32[V], b2 f32[V]) -> ids s32[T, K], attribute eps (f32)
 //     the top K of a tiny on the draft's hidden state (kernels/tiny_candidates.h).
@@ -27,6 +30,7 @@
 
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "pjrt/api.h"
 #include "pjrt/client.h"
@@ -43,6 +47,7 @@ inline constexpr char kF32TMatmulTarget[] = "cascade_f32t_matmul";
 inline constexpr char kF32PanelsMatmulTarget[] = "cascade_f32_panels_matmul";  // W^T as kF32Panels, flat
 inline constexpr char kInt8PanelsMatmulTarget[] = "cascade_int8_panels_matmul";  // W as kInt8Panels, flat
 inline constexpr char kDecoderLayersTarget[] = "cascade_decoder_layers";
+inline constexpr char kEmbedRowsTarget[] = "cascade_embed_rows";
 inline constexpr char kTinyCandidatesTarget[] = "cascade_tiny_candidates";
 inline constexpr char kTinyCandidatesQ4Target[] = "cascade_tiny_candidates_q4";
 inline constexpr char kArgmaxTarget[] = "cascade_argmax";
@@ -68,6 +73,9 @@ struct KernelStats {
   // Of which inside the fused layer stack's matmuls (cascade_decoder_layers), caller's view.
   int64_t matmul_nanoseconds = 0;
   int64_t attention_nanoseconds = 0;  // and inside its attention
+  // The thread that ran the latest cascade_decoder_layers call: the caller's own when the plugin
+  // ran the program inline (a cheap program, model/programs.cc FusedLayers), else a pool thread.
+  std::thread::id layers_thread;
 };
 KernelStats GetKernelStats();
 

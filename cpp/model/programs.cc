@@ -128,7 +128,7 @@ class Emitter {
         h = f_.Add(h, Mlp(l, x));
       }
     }
-    h = Norm(h, "model.norm.weight");
+    if (!fused_) h = Norm(h, "model.norm.weight");  // the fused call ends with it
     const std::string head_name = weights_.count("lm_head.weight") ? "lm_head.weight" : "model.embed_tokens.weight";
     const bool full_head = !candidates || s_.head.full_argmax;
     // A greedy head over 8-bit blocks (bf16q4's) goes to one kernel that needs no logits.
@@ -212,9 +212,19 @@ class Emitter {
   // Token embeddings [T, d] in f32 (Gemma scales by sqrt(d)); also the tiny's input e (model/tiny.h).
   Value Embed(const Value& tokens) {
     const WeightRef& emb = W("model.embed_tokens.weight");
+    const float scale = c_.family == ModelFamily::kGemma ? static_cast<float>(std::sqrt(static_cast<double>(c_.hidden_size))) : 1.0f;
+    // On the CPU plugin, our kernel: XLA fuses the gather with the bf16 -> f32 convert, and its
+    // cost model then counts the convert over the whole table, so the program never counts as
+    // cheap (under 1,000 flops) and the plugin runs it on a pool thread: ~0.1 ms of hand-offs
+    // each decode step (docs/bench/decoder.md, session 30). The same values, bit for bit.
+    if (ffi_ && !emb.transposed && (emb.w.dtype == DType::kBF16 || emb.w.dtype == DType::kF32)) {
+      char attr[64];
+      std::snprintf(attr, sizeof(attr), "%.9e : f32", scale);
+      return f_.CustomCall(kernels::kEmbedRowsTarget, {emb.w, tokens}, {{DType::kF32, {tokens.dims[0], c_.hidden_size}}},
+                           {{"scale", attr}})[0];
+    }
     Value h = f_.Convert(emb.transposed ? f_.GatherColumns(emb.w, tokens) : f_.GatherRows(emb.w, tokens), DType::kF32);
-    if (c_.family == ModelFamily::kGemma)
-      h = f_.Mul(h, f_.ScalarLike(h, std::sqrt(static_cast<double>(c_.hidden_size))));
+    if (c_.family == ModelFamily::kGemma) h = f_.Mul(h, f_.ScalarLike(h, scale));
     return h;
   }
 
@@ -274,8 +284,10 @@ class Emitter {
     return f_.RmsNorm(x, W(name).w, c_.rms_norm_eps, c_.family == ModelFamily::kGemma);
   }
 
-  // The layer stack as one cascade_decoder_layers call (kernels/ffi_handlers.h), then the new
-  // keys/values written into the donated caches at start_pos.
+  // The layer stack and the final norm as one cascade_decoder_layers call (kernels/ffi_handlers.h),
+  // then the new keys/values written into the donated caches at start_pos. With the norm inside,
+  // what XLA itself computes in a decode step (RoPE tables, masks, the cache update) stays under
+  // the CPU plugin's 1,000-flop mark for a cheap program, which it runs on the calling thread.
   Value FusedLayers(const Value& h, const std::optional<Value>& tree, const Value& start, Value& k_cache,
                     Value& v_cache) {
     const int64_t T = h.dims[0], L = c_.num_layers, KV = c_.num_kv_heads, hd = c_.head_dim;
@@ -283,7 +295,7 @@ class Emitter {
     Value eye = f_.Compare(CompareDirection::kEq, f_.Iota(DType::kS32, {T, T}, 0), f_.Iota(DType::kS32, {T, T}, 1));
     Value block = tree ? f_.Or(*tree, eye)
                        : f_.Compare(CompareDirection::kGe, f_.Iota(DType::kS32, {T, T}, 0), f_.Iota(DType::kS32, {T, T}, 1));
-    std::vector<Value> operands = {h, cos_, sin_, block, start, k_cache, v_cache};
+    std::vector<Value> operands = {h, cos_, sin_, block, start, k_cache, v_cache, W("model.norm.weight").w};
     operands.insert(operands.end(), arenas_.begin(), arenas_.end());
     char eps[64];
     std::snprintf(eps, sizeof(eps), "%.9e : f32", static_cast<float>(c_.rms_norm_eps));

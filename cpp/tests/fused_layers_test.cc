@@ -110,6 +110,21 @@ TEST(fused_layers, ProgramsUseTheFusedCallAndKAutoPicksIt) {
   }
 }
 
+// A decode step leaves XLA under the CPU plugin's 1,000-flop mark for a cheap program (the final
+// norm inside the layer call, the embedding as cascade_embed_rows), so the plugin runs it on the
+// calling thread instead of handing it to its pool and back (~0.1 ms of a 4.5 ms target step,
+// docs/bench/decoder.md session 30). Every precision and both families, with the greedy head.
+TEST(fused_layers, ADecodeStepRunsOnTheCallingThread) {
+  for (WeightPrecision p : {WeightPrecision::kF32, WeightPrecision::kBF16, WeightPrecision::kInt8, WeightPrecision::kQ4})
+    for (ModelFamily family : {ModelFamily::kLlama, ModelFamily::kGemma}) {
+      const Case k{p, family, true};
+      DecoderModel m = Model(testing::SmallRandomModel(Config(k), 1), p, MatmulMode::kAuto);
+      m.Forward(kPrompt, 0, {HeadKind::kArgmax});
+      m.Forward({5}, static_cast<int64_t>(kPrompt.size()), {HeadKind::kArgmax});
+      EXPECT_EQ(kernels::GetKernelStats().layers_thread, std::this_thread::get_id()) << Name(k);
+    }
+}
+
 // A fused model keeps each layer's weights in one arena buffer (model/programs.h, ModelParamLayout):
 // its prefill programs longer than the fused call takes read them as slices of those, and compute
 // what the plain program over separate weight buffers computes.

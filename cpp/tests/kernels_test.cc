@@ -826,6 +826,51 @@ TEST(kernels_ffi, ArgmaxMatchesTheStableHloArgmax) {
   EXPECT_EQ(id, 20) << "a NaN wins, the first of them";
 }
 
+// cascade_embed_rows (the token embeddings of a program on the CPU plugin, model/programs.cc
+// Embed) against StableHLO's gather + convert (+ multiply) in the same plugin, bit for bit: bf16
+// and f32 tables holding -0, infinities, a NaN and subnormals, ids repeated and at both ends, with
+// and without Gemma's scale; an id outside the table is an error, not a read past it.
+TEST(kernels_ffi, EmbedRowsMatchTheStableHloGather) {
+  auto client = Cpu();
+  ASSERT_TRUE(kernels::RegisterKernels(client->api()).registered);
+  const int64_t V = 37, d = 24;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  std::vector<float> table(static_cast<size_t>(V * d));
+  for (float& v : table) v = normal(rng);
+  table[d + 1] = -0.0f;
+  table[d + 2] = INFINITY;
+  table[d + 3] = -INFINITY;
+  table[d + 4] = std::nanf("");
+  table[d + 5] = std::numeric_limits<float>::denorm_min() * 5;
+  table[2 * d] = 1e-39f;  // subnormal in both types
+  std::vector<uint16_t> table16(table.size());
+  for (size_t i = 0; i < table.size(); ++i) table16[i] = F32ToBF16(table[i]);
+  const std::vector<int32_t> ids = {1, 0, 36, 2, 1, 17};
+  const int64_t T = static_cast<int64_t>(ids.size());
+  for (DType type : {DType::kBF16, DType::kF32}) {
+    for (float scale : {1.0f, static_cast<float>(std::sqrt(576.0))}) {
+      hlo::Function f;
+      auto tab = f.Param("table", type, {V, d});
+      auto idv = f.Param("ids", DType::kS32, {T});
+      char attr[64];
+      std::snprintf(attr, sizeof(attr), "%.9e : f32", scale);
+      hlo::Value ours = f.CustomCall(kernels::kEmbedRowsTarget, {tab, idv}, {{DType::kF32, {T, d}}}, {{"scale", attr}})[0];
+      hlo::Value xla = f.Convert(f.GatherRows(tab, idv), DType::kF32);
+      if (scale != 1.0f) xla = f.Mul(xla, f.ScalarLike(xla, scale));
+      f.Return({ours, xla});
+      const HostTensor t = type == DType::kBF16 ? HostTensor(type, {V, d}, table16.data(), table16.size() * 2)
+                                                : HostTensor(type, {V, d}, table.data(), table.size() * 4);
+      auto exe = client->Compile(f.ToText(), {1});
+      auto outs = exe->ExecuteHost({{t, HostTensor(DType::kS32, {T}, ids.data(), ids.size() * 4)}})[0];
+      EXPECT_EQ(0, std::memcmp(outs[0].as<float>(), outs[1].as<float>(), static_cast<size_t>(T * d) * 4))
+          << DTypeName(type) << " scale " << scale;
+      const std::vector<int32_t> bad = {0, 0, V, 0, 0, 0};
+      EXPECT_THROW(exe->ExecuteHost({{t, HostTensor(DType::kS32, {T}, bad.data(), bad.size() * 4)}}), PjrtError);
+    }
+  }
+}
+
 TEST(kernels_ffi, HandlerRejectsMismatchedShapesWithAnError) {
   auto client = Cpu();
   ASSERT_TRUE(kernels::RegisterKernels(client->api()).registered);
