@@ -164,7 +164,9 @@ class Emitter {
         Value cand = CandidateLogits(h, head_name, ids);       // [T, K0]
         results.push_back(ids);
         results.push_back(cand);
-        results.push_back(f_.TakeAlongLastDim(ids, f_.Argmax(cand, 1)));
+        // cascade_argmax on the CPU plugin (the same ids): XLA's reduce over K0 candidates would
+        // take the draft step past the plugin's cheap-program mark (FusedLayers).
+        results.push_back(f_.TakeAlongLastDim(ids, HeadArgmax(cand)));
         if (s_.head.full_argmax) results.push_back(HeadArgmax(logits));
         break;
       }
