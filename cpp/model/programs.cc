@@ -13,6 +13,13 @@
 namespace cascade {
 namespace {
 
+// An f32 custom-call attribute as MLIR text, with every digit the float needs to read back exactly.
+std::string F32Attribute(float v) {
+  char text[64];
+  std::snprintf(text, sizeof(text), "%.9e : f32", v);
+  return text;
+}
+
 using hlo::CompareDirection;
 using hlo::Value;
 
@@ -220,10 +227,8 @@ class Emitter {
     // cheap (under 1,000 flops) and the plugin runs it on a pool thread: ~0.1 ms of hand-offs
     // each decode step (docs/bench/decoder.md, session 30). The same values, bit for bit.
     if (ffi_ && !emb.transposed && (emb.w.dtype == DType::kBF16 || emb.w.dtype == DType::kF32)) {
-      char attr[64];
-      std::snprintf(attr, sizeof(attr), "%.9e : f32", scale);
       return f_.CustomCall(kernels::kEmbedRowsTarget, {emb.w, tokens}, {{DType::kF32, {tokens.dims[0], c_.hidden_size}}},
-                           {{"scale", attr}})[0];
+                           {{"scale", F32Attribute(scale)}})[0];
     }
     Value h = f_.Convert(emb.transposed ? f_.GatherColumns(emb.w, tokens) : f_.GatherRows(emb.w, tokens), DType::kF32);
     if (c_.family == ModelFamily::kGemma) h = f_.Mul(h, f_.ScalarLike(h, scale));
@@ -299,8 +304,7 @@ class Emitter {
                        : f_.Compare(CompareDirection::kGe, f_.Iota(DType::kS32, {T, T}, 0), f_.Iota(DType::kS32, {T, T}, 1));
     std::vector<Value> operands = {h, cos_, sin_, block, start, k_cache, v_cache, W("model.norm.weight").w};
     operands.insert(operands.end(), arenas_.begin(), arenas_.end());
-    char eps[64];
-    std::snprintf(eps, sizeof(eps), "%.9e : f32", static_cast<float>(c_.rms_norm_eps));
+    const std::string eps = F32Attribute(static_cast<float>(c_.rms_norm_eps));
     auto i64 = [](int64_t v) { return std::to_string(v) + " : i64"; };
     std::vector<Value> r = f_.CustomCall(
         kernels::kDecoderLayersTarget, operands,
@@ -457,10 +461,8 @@ class Emitter {
       operands.push_back(*w2.scale);
       if (w2.min) operands.push_back(*w2.min);  // q4 blocks
       operands.push_back(W("tiny.proj_out.bias").w);
-      char eps[64];
-      std::snprintf(eps, sizeof(eps), "%.9e : f32", 1e-5f);
       return f_.CustomCall(w2.min ? kernels::kTinyCandidatesQ4Target : kernels::kTinyCandidatesTarget, operands,
-                           {{DType::kS32, {T, k}}}, {{"eps", eps}})[0];
+                           {{DType::kS32, {T, k}}}, {{"eps", F32Attribute(1e-5f)}})[0];
     }
     return f_.TopK(TinyLogits(x), k).second;
   }
