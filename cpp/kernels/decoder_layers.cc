@@ -132,14 +132,6 @@ void WidenBf16Scalar(const uint16_t* x, float* y, int64_t n) {
   }
 }
 
-// f32 -> bf16 bit patterns, rounded to nearest even as XLA's convert rounds (NaN stays a quiet NaN).
-uint16_t Bf16Bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
-  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
 #if CASCADE_HAS_X86
 // How far ahead attention's loops prefetch cache slots (rows of head_dim floats).
 constexpr int64_t kPrefetchSlots = 8;
@@ -732,10 +724,8 @@ class LayerRunner {
       for (int64_t g = 0; g < KV; ++g)
         for (int64_t t = 0; t < T; ++t) {
           const int64_t dst = ((l * KV + g) * T + t) * hd, src = (t * KV + g) * hd;
-          for (int64_t i = 0; i < hd; ++i) {
-            kn[dst + i] = Bf16Bits(k_[src + i]);
-            vn[dst + i] = Bf16Bits(v_[src + i]);
-          }
+          RoundToBf16(&k_[src], hd, kn + dst);
+          RoundToBf16(&v_[src], hd, vn + dst);
           ops.widen_bf16(kn + dst, &k_[src], hd);
           ops.widen_bf16(vn + dst, &v_[src], hd);
         }

@@ -70,24 +70,28 @@ KernelImpls Impls() {
   return k;
 }
 
-std::atomic<int64_t> g_calls{0}, g_nanoseconds{0}, g_matmul_nanoseconds{0}, g_attention_nanoseconds{0};
+std::atomic<int64_t> g_calls{0}, g_nanoseconds{0}, g_matmul_nanoseconds{0}, g_attention_nanoseconds{0},
+    g_layers_nanoseconds{0};
 std::atomic<std::thread::id> g_layers_thread{};
 
 // Adds the wall time of one handler call to the stats.
 // (A plain matmul call counts as matmul time too.)
 class Timed {
  public:
-  explicit Timed(bool matmul = false) : matmul_(matmul), start_(std::chrono::steady_clock::now()) {}
+  enum class Kind { kOther, kMatmul, kLayers };
+  explicit Timed(bool matmul = false) : Timed(matmul ? Kind::kMatmul : Kind::kOther) {}
+  explicit Timed(Kind kind) : kind_(kind), start_(std::chrono::steady_clock::now()) {}
   ~Timed() {
     const int64_t ns =
         std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start_).count();
     g_calls.fetch_add(1, std::memory_order_relaxed);
     g_nanoseconds.fetch_add(ns, std::memory_order_relaxed);
-    if (matmul_) g_matmul_nanoseconds.fetch_add(ns, std::memory_order_relaxed);
+    if (kind_ == Kind::kMatmul) g_matmul_nanoseconds.fetch_add(ns, std::memory_order_relaxed);
+    if (kind_ == Kind::kLayers) g_layers_nanoseconds.fetch_add(ns, std::memory_order_relaxed);
   }
 
  private:
-  bool matmul_;
+  Kind kind_;
   std::chrono::steady_clock::time_point start_;
 };
 
@@ -403,7 +407,7 @@ ffi::Error DecoderLayersImpl(ffi::Buffer<ffi::F32> hidden, ffi::Buffer<ffi::F32>
                              ffi::ResultBuffer<ffi::F32> hidden_out, ffi::Result<ffi::AnyBuffer> k_new,
                              ffi::Result<ffi::AnyBuffer> v_new, int64_t layers, int64_t heads, int64_t kv_heads,
                              int64_t head_dim, int64_t intermediate, float eps, bool gemma, int64_t weights) {
-  Timed timed;
+  Timed timed(Timed::Kind::kLayers);
   DecoderLayersConfig c;
   c.layers = layers;
   c.heads = heads;
@@ -643,7 +647,7 @@ KernelRegistration RegisterKernels(const Api& api) {
 KernelStats GetKernelStats() {
   return {g_calls.load(std::memory_order_relaxed), g_nanoseconds.load(std::memory_order_relaxed),
           g_matmul_nanoseconds.load(std::memory_order_relaxed), g_attention_nanoseconds.load(std::memory_order_relaxed),
-          g_layers_thread.load(std::memory_order_relaxed)};
+          g_layers_thread.load(std::memory_order_relaxed), g_layers_nanoseconds.load(std::memory_order_relaxed)};
 }
 
 std::string KernelDescription() {

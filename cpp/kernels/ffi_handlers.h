@@ -76,6 +76,9 @@ struct KernelStats {
   // The thread that ran the latest cascade_decoder_layers call: the caller's own when the plugin
   // ran the program inline (a cheap program, model/programs.cc FusedLayers), else a pool thread.
   std::thread::id layers_thread;
+  // Wall time inside cascade_decoder_layers calls (the fused stack); the rest of `nanoseconds` is
+  // the head, the embedding and the plain matmul handlers.
+  int64_t layers_nanoseconds = 0;
 };
 KernelStats GetKernelStats();
 

@@ -956,22 +956,27 @@ CASCADE_AVX512 void RoundToBf16Avx512(const float* x, int64_t n, uint16_t* out) 
 void RoundToBf16Avx512(const float*, int64_t, uint16_t*) { NoSimd(); }
 #endif
 
+}  // namespace
+
+void RoundToBf16(const float* x, int64_t n, uint16_t* out) {
+  if (HasAvx512()) {
+    RoundToBf16Avx512(x, n, out);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, x + i, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) out[i] = static_cast<uint16_t>((u >> 16) | 0x40);  // quiet NaN
+    else out[i] = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  }
+}
+
+namespace {
+
 Bf16Rows RoundRowsToBf16(const float* x, int64_t T, int64_t in, int64_t* ldx) {
   *ldx = (in + 31) / 32 * 32;
   Bf16Rows xb(static_cast<size_t>(T * *ldx), 0);
-  if (HasAvx512()) {
-    for (int64_t t = 0; t < T; ++t) RoundToBf16Avx512(x + t * in, in, xb.data() + t * *ldx);
-    return xb;
-  }
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t i = 0; i < in; ++i) {
-      uint32_t u;
-      std::memcpy(&u, x + t * in + i, 4);
-      uint16_t b;
-      if ((u & 0x7fffffffu) > 0x7f800000u) b = static_cast<uint16_t>((u >> 16) | 0x40);  // quiet NaN
-      else b = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-      xb[t * *ldx + i] = b;
-    }
+  for (int64_t t = 0; t < T; ++t) RoundToBf16(x + t * in, in, xb.data() + t * *ldx);
   return xb;
 }
 

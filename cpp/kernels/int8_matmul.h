@@ -80,6 +80,10 @@ void Bf16GatherMatmul(Int8Impl impl, const float* x, const uint16_t* w, const in
 
 // ---- Building blocks of the fused decoder step (kernels/decoder_layers.h) ----
 
+// out[i] = the bf16 bits of x[i], rounded to nearest even as XLA's convert rounds (a NaN stays a
+// quiet NaN): AVX-512 where the CPU has it, the same bits either way.
+void RoundToBf16(const float* x, int64_t n, uint16_t* out);
+
 // A weight matrix as stored on the device. kF32Transposed: f32 [in, out] (the f32 upload layout,
 // model/programs.h); kBf16: bf16 bits [out, in]; kInt8: s8 [out, in] with f32 scale[out]; kQ4:
 // 4-bit blocks in panels of 16 rows (kQ4PanelRows below) with f16 block scales and minimums;

@@ -980,5 +980,26 @@ TEST(kernels_ffi, DecoderInt8AndBf16AgreeWithXlaPath) {
   }
 }
 
+
+// The vector rounding the fused layers use for a bf16 KV cache's new rows (and the bf16 kernels
+// for their activations) gives util/float16.h's F32ToBF16 bits: ties to even, NaNs quieted with
+// their sign, infinities, zeros of both signs, subnormals, overflow to infinity, and lengths that
+// are not a multiple of 16.
+TEST(kernels_bf16, RoundToBf16GivesF32ToBF16Bits) {
+  std::vector<uint32_t> bits = {0x00000000u, 0x80000000u, 0x3f800000u, 0x3f808000u, 0x3f818000u, 0x3f80ffffu,
+                                0x7f800000u, 0xff800000u, 0x7fc00000u, 0xffc00001u, 0x7f800001u, 0xff800100u,
+                                0x00000001u, 0x807fffffu, 0x00008000u, 0x7f7fffffu, 0xff7f8000u, 0x7f7f7fffu};
+  std::mt19937 rng(11);
+  for (int i = 0; i < 1000; ++i) bits.push_back(static_cast<uint32_t>(rng()));
+  for (size_t n : {size_t{1}, size_t{15}, size_t{16}, size_t{37}, bits.size()}) {
+    std::vector<float> x(n);
+    for (size_t i = 0; i < n; ++i) std::memcpy(&x[i], &bits[i], 4);
+    std::vector<uint16_t> got(n + 1, 0xabcd);
+    kernels::RoundToBf16(x.data(), static_cast<int64_t>(n), got.data());
+    for (size_t i = 0; i < n; ++i) ASSERT_EQ(got[i], F32ToBF16(x[i])) << "bits " << std::hex << bits[i];
+    EXPECT_EQ(got[n], 0xabcd) << "wrote past n = " << n;
+  }
+}
+
 }  // namespace
 }  // namespace cascade

@@ -179,6 +179,8 @@ int Main(int argc, char** argv) {
     std::vector<std::vector<double>> kernel;  // ms inside our FFI handlers, per size
     std::vector<std::vector<double>> matmul;  // ms inside the fused stack's matmuls, per size
     std::vector<std::vector<double>> attention;  // ms inside its attention, per size
+    std::vector<std::vector<double>> layers;  // ms inside the fused layer call, per size
+    std::vector<std::vector<double>> others;  // ms in the other handlers (head, embedding), per size
   };
   std::vector<Variant> variants;
   auto tokens_of = [&](int64_t T) {
@@ -214,6 +216,7 @@ int Main(int argc, char** argv) {
     auto t0 = Clock::now();
     Variant v{entry, std::make_unique<DecoderModel>(client, w, o), std::vector<std::vector<double>>(sizes.size()),
               std::vector<std::vector<double>>(sizes.size()), std::vector<std::vector<double>>(sizes.size()),
+              std::vector<std::vector<double>>(sizes.size()), std::vector<std::vector<double>>(sizes.size()),
               std::vector<std::vector<double>>(sizes.size())};
     if (head.kind == HeadKind::kCandidates)
       v.model->SetTiny(RandomTiny(c.hidden_size, 256, c.vocab_size, 5, 1.0f, TinyInput::kDraftHidden));
@@ -245,6 +248,8 @@ int Main(int argc, char** argv) {
         v.kernel[i].push_back((k1.nanoseconds - k0.nanoseconds) / 1e6);
         v.matmul[i].push_back((k1.matmul_nanoseconds - k0.matmul_nanoseconds) / 1e6);
         v.attention[i].push_back((k1.attention_nanoseconds - k0.attention_nanoseconds) / 1e6);
+        v.layers[i].push_back((k1.layers_nanoseconds - k0.layers_nanoseconds) / 1e6);
+        v.others[i].push_back(v.kernel[i].back() - v.layers[i].back());
       }
     if (bandwidth_every_run) bandwidth.push_back(ReadBandwidth());
   const double bw = Median(bandwidth);
@@ -266,6 +271,10 @@ int Main(int argc, char** argv) {
                   (long long)T, med, *std::min_element(v.times[i].begin(), v.times[i].end()), med / decode, med / T,
                   1000.0 * T / med, Median(v.kernel[i]), med - Median(v.matmul[i]),
                   Median(v.attention[i]));
+      // The fused stack's own wall time, and the other handlers' (the head, the embedding).
+      if (Median(v.layers[i]) > 0)
+        std::printf("        layer stack %.2f ms, other kernels (head, embedding) %.2f ms\n", Median(v.layers[i]),
+                    Median(v.others[i]));
     }
   }
   return 0;

@@ -3,7 +3,10 @@
 // measured in the same run. What a decode step's matrices can reach on this machine. `hot`: each
 // kind's instruction cost alone, one thread, one 576 x 256 matrix in L2 (docs/bench/decoder.md).
 //
-//   kernel_bench [--runs 15] [--kinds f32,bf16,int8,int8p,q4,bf16q4,head,tiny,hot]
+//   kernel_bench [--runs 15] [--kinds f32,bf16,int8,int8p,q4,bf16q4,head,tiny,hot] [--cold]
+//
+// --cold: each timed pass over the layer matrices follows a 1 GiB read, so they come from DRAM
+// (otherwise the 66 MB of q4 / bf16q4 matrices stay in a large L3 between passes).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -47,9 +50,12 @@ double Bandwidth(ThreadTeam& team, const std::vector<float>& buf) {
 int main(int argc, char** argv) {
   int runs = 15;
   std::string kinds = "f32,bf16,int8,int8p,q4,bf16q4,head,tiny,hot";
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (std::string(argv[i]) == "--runs") runs = std::atoi(argv[i + 1]);
-    if (std::string(argv[i]) == "--kinds") kinds = argv[i + 1];
+  bool cold = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--cold") cold = true;
+    else if (a == "--runs" && i + 1 < argc) runs = std::atoi(argv[++i]);
+    else if (a == "--kinds" && i + 1 < argc) kinds = argv[++i];
   }
   auto wanted = [&](const std::string& name) { return ("," + kinds + ",").find("," + name + ",") != std::string::npos; };
   // One layer's matrices of SmolLM2-135M repeated to ~the model's size, so they stream from DRAM.
@@ -105,14 +111,15 @@ int main(int argc, char** argv) {
       for (ThreadTeam* team : {&one, &all}) {
         std::vector<double> t;
         for (int r = 0; r < runs; ++r) {
+          if (cold) Bandwidth(all, big);
           auto t0 = Clock::now();
           for (const WeightMatrix& m : ms) TeamMatmul(m, impls, x.data(), T, y.data(), *team);
           t.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
         }
         const double ms_med = Median(t);
         const double bw = team == &one ? Median(bw1) : Median(bw2);
-        std::printf("%-5s T=%lld %d thread(s): %7.2f ms for %.1f MB = %5.1f GB/s (%.2f of the read bandwidth)\n", name,
-                    (long long)T, team->helpers() + 1, ms_med, bytes / 1e6, bytes / ms_med / 1e6,
+        std::printf("%-5s T=%lld %d thread(s)%s: %7.2f ms for %.1f MB = %5.1f GB/s (%.2f of the read bandwidth)\n", name,
+                    (long long)T, team->helpers() + 1, cold ? " cold" : "", ms_med, bytes / 1e6, bytes / ms_med / 1e6,
                     bytes / ms_med / 1e6 / bw);
       }
     }
