@@ -980,7 +980,6 @@ TEST(kernels_ffi, DecoderInt8AndBf16AgreeWithXlaPath) {
   }
 }
 
-
 // The vector rounding the fused layers use for a bf16 KV cache's new rows (and the bf16 kernels
 // for their activations) gives util/float16.h's F32ToBF16 bits: ties to even, NaNs quieted with
 // their sign, infinities, zeros of both signs, subnormals, overflow to infinity, and lengths that
