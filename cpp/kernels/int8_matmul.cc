@@ -1020,6 +1020,13 @@ struct AmxTileConfig {
   uint16_t colsb[16] = {};
   uint8_t rows[16] = {};
 };
+static_assert(sizeof(AmxTileConfig) == 64, "ldtilecfg reads a 64-byte configuration");
+
+// ldtilecfg with all 64 bytes of the configuration as the asm's input. GCC 12's _tile_loadconfig
+// (amxtileintrin.h) names only its first 8 bytes (`"m" (*(const void **)config)`), so the
+// compiler may drop the stores of rows and colsb before it as dead: a probe built with -O2 did
+// (scripts/bf16q4-factored-probe.cc; the tiles then unconfigured, SIGILL at the first tile load).
+CASCADE_AMX inline void LoadTileConfigBytes(const AmxTileConfig& cfg) { asm volatile("ldtilecfg %0" : : "m"(cfg)); }
 
 // Tiles 0..5 as every AMX kernel here uses them: C 0..3 (f32 [16 rows][n tokens], one per
 // 16-token group), A 4 (16 weight rows x 32 bf16), B 5 (16 pairs x n tokens), n = min(T, 16).
@@ -1033,7 +1040,7 @@ CASCADE_AMX inline void LoadTileConfig(int64_t T) {
     cfg.rows[i] = 16;
     cfg.colsb[i] = i == 4 ? 64 : n;
   }
-  _tile_loadconfig(&cfg);
+  LoadTileConfigBytes(cfg);
 }
 
 // B tiles from activations x[T, in] (in % 32 == 0), n = min(T, 16) tokens wide (LoadTileConfig):
