@@ -5,19 +5,23 @@
 //   g++ -O2 -std=c++17 -march=sapphirerapids -o /tmp/bf16q4-factored-probe scripts/bf16q4-factored-probe.cc -lpthread
 //   /tmp/bf16q4-factored-probe [layers, default 30]
 //
-// It times SmolLM2-135M's 30 layers of q4 matrices (random blocks, Q4Order::kRows as
-// cpp/kernels/int8_matmul.h lays them out) at T = 1, 5 and 13 tokens, one and two threads, from
-// the L3 ("warm") and after reading 1 GiB ("cold"), and one layer's q/k/v/o repeated from L2
-// ("hot"), for two kernels:
-//   table:    the tiles as AmxQ4Bf16Rows builds them today: per row and 64-input chunk a 32-entry
-//             table of bf16(d q + m) (two FMAs, one vcvtne2ps2bf16), looked up with vpermw; C
-//             accumulates over the whole row (bit-identical to the dense bf16 kernel).
-//   factored: w = d (128 + q) + (m - 128 d). bf16(128 + q) is the word 0x4300 | q (bf16 has an
-//             ulp of 1 in [128, 256)), so a tile is the nibbles OR'd with a constant (no table),
-//             and x . (128 + q) is exact per product in f32; each 32-input block's C is stored
-//             and folded in as acc += d * C + (m - 128 d) * sum(x of the block). The weights are
-//             the file's exact values, not their bf16 rounding, so this is NOT the dense bf16
-//             target bit for bit; rows of every T are still bit-identical to T = 1 (checked).
+// It times SmolLM2-135M's 30 layers of q4 matrices (random blocks) at T = 1, 5 and 13 tokens, one
+// and two threads, from the L3 ("warm") and after reading 1 GiB ("cold"), and one layer's q/k/v/o
+// repeated from L2 ("hot"), for three kernels:
+//   table:      the tiles as AmxQ4Bf16Rows builds them today (Q4Order::kRows, as
+//               cpp/kernels/int8_matmul.h lays the blocks out): per row and 64-input chunk a
+//               32-entry table of bf16(d q + m) (two FMAs, one vcvtne2ps2bf16), looked up with
+//               vpermw; C accumulates over the whole row (bit-identical to the dense bf16 kernel).
+//   factored:   w = d (128 + q) + (m - 128 d). bf16(128 + q) is the word 0x4300 | q (bf16 has an
+//               ulp of 1 in [128, 256)), so a tile is the nibbles OR'd with a constant (no table),
+//               and x . (128 + q) is exact per product in f32; each 32-input block's C is stored
+//               and folded in as acc += d * C + (m - 128 d) * sum(x of the block). Weights as the
+//               A tile (the same storage as today's), C = [16 rows][T tokens].
+//   factored-B: the same arithmetic with the weights as the B tile (a storage order whose words
+//               unpack straight into tdpbf16ps's pair layout) and C = [T tokens][16 rows], so a
+//               block folds in with three operations a token.
+// The weights are the file's exact values, not their bf16 rounding, so the factored kernels are
+// NOT the dense bf16 target bit for bit; their rows of every T are bit-identical to T = 1 (checked).
 #include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -228,6 +232,90 @@ void FactoredRows(const Activations& x, const Matrix& w, float* y, int64_t p0, i
   _tile_release();
 }
 
+// ---- factored, weights as the B tile (C = [tokens][16 rows]: a block folds in with 3 ops a token)
+// Storage per panel and 32-input block: 256 bytes, 4 loads of 64; word i (0..31) of load L holds
+// 4 nibbles j (bits 4j..4j+3) = q[row i / 2][input 8 L + 2 j + i % 2] of the block, so that
+// nibble j of every word, OR'd with 0x4300, is B row 4 L + j: the pair (2k, 2k + 1) of each of
+// the 16 rows (tdpbf16ps's VNNI layout). (A storage order the file's blocks would be permuted
+// into at load, as Q4Order::kRows is today.)
+int QB(const Matrix& w, int64_t o, int64_t k) {
+  const int64_t kk = k % 32, L = kk / 8, j = (kk % 8) / 2, i = 2 * (o % 16) + kk % 2;
+  const uint8_t* p = w.q.data() + (o / 16) * 16 * (w.in / 2) + (k / 32) * 256 + L * 64 + 2 * i;
+  return ((p[0] | (p[1] << 8)) >> (4 * j)) & 15;
+}
+inline void FactoredBTile(const uint8_t* v, uint16_t (*bt)[32]) {
+  const __m512i low = _mm512_set1_epi16(0x000F), bias = _mm512_set1_epi16(0x4300);
+  for (int k = 0; k < 4; ++k) _mm_prefetch(reinterpret_cast<const char*>(v + 8 * 256 + k * 64), _MM_HINT_T0);
+#pragma GCC unroll 4
+  for (int L = 0; L < 4; ++L) {
+    const __m512i q = _mm512_loadu_si512(v + 64 * L);
+    _mm512_store_si512(bt[4 * L + 0], _mm512_ternarylogic_epi32(q, low, bias, 0xEA));
+    _mm512_store_si512(bt[4 * L + 1], _mm512_ternarylogic_epi32(_mm512_srli_epi16(q, 4), low, bias, 0xEA));
+    _mm512_store_si512(bt[4 * L + 2], _mm512_ternarylogic_epi32(_mm512_srli_epi16(q, 8), low, bias, 0xEA));
+    _mm512_store_si512(bt[4 * L + 3], _mm512_or_si512(_mm512_srli_epi16(q, 12), bias));
+  }
+}
+// C 0..3 [T tokens][16 rows], A 4 [T tokens][32 bf16] (x itself), B 5 / 7 [16 pairs][16 rows].
+void LoadConfigB(int T) {
+  TileConfig c;
+  for (int i = 0; i < 8; ++i) {
+    c.rows[i] = static_cast<uint8_t>(i == 5 || i == 7 ? 16 : T);
+    c.colsb[i] = 64;
+  }
+  asm volatile("ldtilecfg %0" : : "m"(c));
+}
+inline void FoldBlockB(const Activations& x, const uint16_t* ps, const uint16_t* pm, const float (*c)[256], int64_t b,
+                       __m512* acc) {
+  const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ps + b * 16)));
+  const __m512 m = _mm512_fmadd_ps(_mm512_set1_ps(-128.f), d,
+                                   _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pm + b * 16))));
+  for (int t = 0; t < x.T; ++t) {
+    acc[t] = _mm512_fmadd_ps(d, _mm512_load_ps(c[b & 3] + 16 * t), acc[t]);
+    acc[t] = _mm512_fmadd_ps(m, Broadcast(&x.sums[b * 16 + t]), acc[t]);
+  }
+}
+#define FACTORED_B_BLOCK(CT, BT, B, X, C) \
+  do {                                    \
+    _tile_zero(CT);                       \
+    _tile_loadd(BT, B, 64);               \
+    _tile_loadd(4, X, 2 * in);            \
+    _tile_dpbf16ps(CT, 4, BT);            \
+    _tile_stored(CT, C, 64);              \
+  } while (0)
+void FactoredBRows(const Activations& x, const Matrix& w, float* y, int64_t p0, int64_t p1) {
+  // Tiles built two blocks ahead of their loads (a tile load takes no store forwarding; one block
+  // ahead measured 3.34 against 2.38 ns a row-chunk at T = 1, three 2.50).
+  constexpr int64_t kAhead = 2;
+  const int T = x.T;
+  LoadConfigB(T);
+  const int64_t in = w.in, blocks = in / 32;
+  alignas(64) uint16_t bt[4][16][32];
+  alignas(64) float c[4][256] = {};
+  for (int64_t p = p0; p < p1; ++p) {
+    const uint8_t* panel = w.q.data() + p * 16 * (in / 2);
+    const uint16_t* ps = w.d.data() + p * 16 * (in / 32);
+    const uint16_t* pm = w.m.data() + p * 16 * (in / 32);
+    __m512 acc[16];
+    for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < kAhead && b < blocks; ++b) FactoredBTile(panel + b * 256, bt[b & 3]);
+    for (int64_t b = 0; b < blocks; ++b) {
+      if (b + kAhead < blocks) FactoredBTile(panel + (b + kAhead) * 256, bt[(b + kAhead) & 3]);
+      const uint16_t* xb = x.x.data() + 32 * b;
+      switch (b & 3) {
+        case 0: FACTORED_B_BLOCK(0, 5, bt[0][0], xb, c[0]); break;
+        case 1: FACTORED_B_BLOCK(1, 7, bt[1][0], xb, c[1]); break;
+        case 2: FACTORED_B_BLOCK(2, 5, bt[2][0], xb, c[2]); break;
+        default: FACTORED_B_BLOCK(3, 7, bt[3][0], xb, c[3]); break;
+      }
+      if (b >= 2) FoldBlockB(x, ps, pm, c, b - 2, acc);
+    }
+    FoldBlockB(x, ps, pm, c, blocks - 2, acc);
+    FoldBlockB(x, ps, pm, c, blocks - 1, acc);
+    for (int t = 0; t < T; ++t) _mm512_storeu_ps(y + t * w.out + p * 16, acc[t]);
+  }
+  _tile_release();
+}
+
 float F16(uint16_t h) { return _cvtsh_ss(h); }
 int Q(const Matrix& w, int64_t o, int64_t k) {
   const uint8_t byte = w.q[(o / 16) * 16 * (w.in / 2) + (k / 64) * 512 + (o % 16) * 32 + (k % 32)];
@@ -271,39 +359,43 @@ int main(int argc, char** argv) {
     for (int t = 0; t < T; ++t) std::copy(x.begin() + t * 1536, x.begin() + t * 1536 + in, xt.begin() + t * in);
     return Prepare(xt, T, in);
   };
-  // Checks: the factored rows against the exact dot (f64), and every T's rows against T = 1's bits.
-  {
+  // Checks: each factored kernel against the exact dot (f64) of its layout's weights, and every
+  // T's rows against T = 1's bits.
+  using Kernel = void (*)(const Activations&, const Matrix&, float*, int64_t, int64_t);
+  auto check = [&](const char* name, Kernel kernel, int (*q)(const Matrix&, int64_t, int64_t)) {
     double worst = 0;
     long mismatches = 0;
     for (int mi = 0; mi < 7; ++mi) {
       const Matrix& w = mats[mi];
       std::vector<float> y1(w.out), y13(13 * w.out);
-      FactoredRows(input(1, w.in), w, y1.data(), 0, w.out / 16);
-      FactoredRows(input(13, w.in), w, y13.data(), 0, w.out / 16);
+      kernel(input(1, w.in), w, y1.data(), 0, w.out / 16);
+      kernel(input(13, w.in), w, y13.data(), 0, w.out / 16);
       for (int t = 0; t < 13; ++t) {
         std::vector<float> yt(w.out);
         std::vector<uint16_t> xt(x.begin() + t * 1536, x.begin() + t * 1536 + w.in);
-        FactoredRows(Prepare(xt, 1, w.in), w, yt.data(), 0, w.out / 16);
+        kernel(Prepare(xt, 1, w.in), w, yt.data(), 0, w.out / 16);
         mismatches += std::memcmp(yt.data(), y13.data() + t * w.out, 4 * w.out) != 0;
       }
       for (int64_t o = 0; o < w.out; ++o) {
         double exact = 0, size = 0;
         for (int64_t k = 0; k < w.in; ++k) {
           const int64_t blk = (o / 16) * 16 * (w.in / 32) + (k / 32) * 16 + o % 16;
-          const double v = (F16(w.d[blk]) * Q(w, o, k) + F16(w.m[blk])) * FromBf16(x[k]);
+          const double v = (F16(w.d[blk]) * q(w, o, k) + F16(w.m[blk])) * FromBf16(x[k]);
           exact += v;
           size += std::fabs(v);
         }
         worst = std::max(worst, std::fabs(y1[o] - exact) / size);
       }
     }
-    std::printf("factored against the exact dot: largest |error| / sum |terms| %.1e; T = 13 rows differing from T = 1: %ld\n",
-                worst, mismatches);
-  }
+    std::printf("%s against the exact dot: largest |error| / sum |terms| %.1e; T = 13 rows differing from T = 1: %ld\n",
+                name, worst, mismatches);
+  };
+  check("factored", FactoredRows, Q);
+  check("factored-B", FactoredBRows, QB);
   std::vector<std::vector<float>> ys(mats.size());
   for (size_t i = 0; i < mats.size(); ++i) ys[i].resize(16 * mats[i].out);
   std::vector<char> flush(size_t{1} << 30, 1);
-  auto pass = [&](bool factored, const std::vector<Activations>& acts, int threads, bool cold, bool hot) {
+  auto pass = [&](int kernel, const std::vector<Activations>& acts, int threads, bool cold, bool hot) {
     if (cold) {
       volatile long s = 0;
       for (size_t i = 0; i < flush.size(); i += 64) s += flush[i];
@@ -317,7 +409,8 @@ int main(int argc, char** argv) {
           const Matrix& w = mats[i];
           const int64_t panels = w.out / 16, a = panels * t / threads, b = panels * (t + 1) / threads;
           const Activations& xa = acts[w.in == 576 ? 0 : 1];
-          if (factored) FactoredRows(xa, w, ys[i].data(), a, b);
+          if (kernel == 1) FactoredRows(xa, w, ys[i].data(), a, b);
+          else if (kernel == 2) FactoredBRows(xa, w, ys[i].data(), a, b);
           else TableRows(xa, w, ys[i].data(), a, b);
         }
     };
@@ -337,18 +430,20 @@ int main(int argc, char** argv) {
     for (int mode = 0; mode < 5; ++mode) {
       const bool hot = mode == 0, cold = mode >= 3;
       const int threads = mode == 0 || mode == 1 || mode == 3 ? 1 : 2;
-      std::vector<double> tt, tf;
+      std::vector<double> tt, tf, tb;
       for (int r = 0; r < 9; ++r) {
-        tt.push_back(pass(false, acts, threads, cold, hot));
-        tf.push_back(pass(true, acts, threads, cold, hot));
+        tt.push_back(pass(0, acts, threads, cold, hot));
+        tf.push_back(pass(1, acts, threads, cold, hot));
+        tb.push_back(pass(2, acts, threads, cold, hot));
       }
       std::sort(tt.begin(), tt.end());
       std::sort(tf.begin(), tf.end());
+      std::sort(tb.begin(), tb.end());
       const char* what = hot ? "hot (L2), 1 thread" : cold ? (threads == 1 ? "cold, 1 thread" : "cold, 2 threads")
                                                         : (threads == 1 ? "warm, 1 thread" : "warm, 2 threads");
       const double per = 1e6 / (hot ? chunks_hot : chunks_all) * threads;
-      std::printf("T = %2d  %-19s table %7.2f ms  factored %7.2f ms  (%.2f / %.2f ns a row-chunk of 64 weights per thread)\n",
-                  T, what, tt[4], tf[4], tt[4] * per, tf[4] * per);
+      std::printf("T = %2d  %-19s table %6.2f ms  factored %6.2f ms  factored-B %6.2f ms  (%.2f / %.2f / %.2f ns a row-chunk of 64 weights per thread)\n",
+                  T, what, tt[4], tf[4], tb[4], tt[4] * per, tf[4] * per, tb[4] * per);
     }
   }
 }
