@@ -599,7 +599,8 @@ class MatmulSplit {
   static int64_t RowBytes(const WeightMatrix& m) {
     switch (m.kind) {
       case WeightMatrix::Kind::kQ4:
-      case WeightMatrix::Kind::kQ4Bf16: return m.in / 2;
+      case WeightMatrix::Kind::kQ4Bf16:
+      case WeightMatrix::Kind::kQ4ExactBf16: return m.in / 2;
       case WeightMatrix::Kind::kInt8:
       case WeightMatrix::Kind::kInt8Panels:
       case WeightMatrix::Kind::kQ8Bf16: return m.in;
@@ -986,7 +987,8 @@ class LayerRunner {
 bool CheckMatrix(const WeightMatrix& m, int64_t in, int64_t out) {
   if (!m.data || m.in != in || m.out != out) return false;
   if (m.kind == WeightMatrix::Kind::kQ8Bf16) return m.block_scale && in % 32 == 0;
-  if (m.kind == WeightMatrix::Kind::kQ4 || m.kind == WeightMatrix::Kind::kQ4Bf16) return m.block_scale && m.block_min && ValidateQ4Matrix(in, out).empty();
+  if (m.kind == WeightMatrix::Kind::kQ4 || m.kind == WeightMatrix::Kind::kQ4Bf16 || m.kind == WeightMatrix::Kind::kQ4ExactBf16)
+    return m.block_scale && m.block_min && ValidateQ4Matrix(in, out).empty();
   if (m.kind == WeightMatrix::Kind::kInt8Panels) return m.scale && ValidateInt8Panels(in, out).empty();
   return m.kind != WeightMatrix::Kind::kInt8 || m.scale != nullptr;
 }
@@ -1010,7 +1012,8 @@ void AddMatrixPieces(WeightMatrix::Kind kind, int64_t out, int64_t in, std::vect
     case WeightMatrix::Kind::kInt8:
     case WeightMatrix::Kind::kInt8Panels: bytes->insert(bytes->end(), {out * in, out * 4}); break;
     case WeightMatrix::Kind::kQ4:
-    case WeightMatrix::Kind::kQ4Bf16: bytes->insert(bytes->end(), {out * in / 2, out * (in / kQ4Block) * 2, out * (in / kQ4Block) * 2}); break;
+    case WeightMatrix::Kind::kQ4Bf16:
+    case WeightMatrix::Kind::kQ4ExactBf16: bytes->insert(bytes->end(), {out * in / 2, out * (in / kQ4Block) * 2, out * (in / kQ4Block) * 2}); break;
     case WeightMatrix::Kind::kQ8Bf16: bytes->insert(bytes->end(), {out * in, out * (in / 32) * 2}); break;
   }
 }
@@ -1042,7 +1045,7 @@ std::string ArenaLayer(const DecoderLayersConfig& c, WeightMatrix::Kind kind, co
     return "decoder layers: sizes must be positive";
   if (kind == WeightMatrix::Kind::kQ8Bf16 && (c.hidden % 32 != 0 || (c.heads * c.head_dim) % 32 != 0 || c.intermediate % 32 != 0))
     return "decoder layers: q8 blocks need every matrix's input size to be a multiple of 32";
-  if ((kind == WeightMatrix::Kind::kQ4 || kind == WeightMatrix::Kind::kQ4Bf16) && (c.hidden % 64 != 0 || (c.heads * c.head_dim) % 64 != 0 || c.intermediate % 64 != 0))
+  if ((kind == WeightMatrix::Kind::kQ4 || kind == WeightMatrix::Kind::kQ4Bf16 || kind == WeightMatrix::Kind::kQ4ExactBf16) && (c.hidden % 64 != 0 || (c.heads * c.head_dim) % 64 != 0 || c.intermediate % 64 != 0))
     return "decoder layers: q4 weights need every matrix's input size to be a multiple of 64";
   if (kind == WeightMatrix::Kind::kInt8Panels && (c.hidden % 32 != 0 || (c.heads * c.head_dim) % 32 != 0 || c.intermediate % 32 != 0))
     return "decoder layers: int8 panels need every matrix's input size to be a multiple of 32";
@@ -1079,6 +1082,7 @@ std::string ArenaLayer(const DecoderLayersConfig& c, WeightMatrix::Kind kind, co
         break;
       case WeightMatrix::Kind::kQ4:
       case WeightMatrix::Kind::kQ4Bf16:
+      case WeightMatrix::Kind::kQ4ExactBf16:
         m.data = next(out * in / 2);
         m.block_scale = reinterpret_cast<const uint16_t*>(next(out * (in / kQ4Block) * 2));
         m.block_min = reinterpret_cast<const uint16_t*>(next(out * (in / kQ4Block) * 2));

@@ -1245,8 +1245,104 @@ CASCADE_AMX void AmxQ8Bf16Rows(const std::vector<uint16_t>& packed, int64_t T, c
   }
   _tile_release();
 }
+
+// kQ4ExactBf16 (int8_matmul.h) with tiles: C 0..3 [tokens][16 rows] (one block each, in turn), A 4
+// [tokens][32 bf16] (the rows of xb), B 5 / 7 [16 pairs][16 rows] built from a kPairs block.
+CASCADE_AMX inline void LoadExactTileConfig(int64_t tokens) {
+  AmxTileConfig cfg;
+  for (int i = 0; i < 8; ++i) {
+    cfg.rows[i] = static_cast<uint8_t>(i == 5 || i == 7 ? 16 : tokens);
+    cfg.colsb[i] = 64;
+  }
+  LoadTileConfigBytes(cfg);
+}
+
+// One 32-input block of a whole kPairs panel (256 bytes) as a B tile: group g's 64 bytes give rows
+// 4g..4g+3, nibble k of every word OR'd with 0x4300 = bf16(128 + q). No table: ~2 vector
+// operations per 32 weights against kQ4Bf16's ~6.5 (docs/bench/decoder.md, session 32).
+CASCADE_AMX inline void Q4PairsToTile(const uint8_t* v, uint16_t (*b)[32]) {
+  const __m512i low = _mm512_set1_epi16(0x000F), bias = _mm512_set1_epi16(0x4300);
+  // 8 blocks (2 KB) ahead, as the kQ4Bf16 kernel's 4 chunks.
+  for (int k = 0; k < 4; ++k) _mm_prefetch(reinterpret_cast<const char*>(v + 8 * 256 + k * 64), _MM_HINT_T0);
+#pragma GCC unroll 4
+  for (int g = 0; g < 4; ++g) {
+    const __m512i q = _mm512_loadu_si512(v + 64 * g);
+    _mm512_store_si512(b[4 * g + 0], _mm512_ternarylogic_epi32(q, low, bias, 0xEA));  // (q & low) | bias
+    _mm512_store_si512(b[4 * g + 1], _mm512_ternarylogic_epi32(_mm512_srli_epi16(q, 4), low, bias, 0xEA));
+    _mm512_store_si512(b[4 * g + 2], _mm512_ternarylogic_epi32(_mm512_srli_epi16(q, 8), low, bias, 0xEA));
+    _mm512_store_si512(b[4 * g + 3], _mm512_or_si512(_mm512_srli_epi16(q, 12), bias));
+  }
+}
+
+// A block's C (tokens x 16 rows at c) into the accumulators: per token acc = fma(d, C, acc), then
+// acc = fma(m - 128 d, the token's sum of the block, acc); sums[t * stride] is token t's.
+CASCADE_AMX inline void FoldExactBlock(const float* c, const uint16_t* ps, const uint16_t* pm, const float* sums,
+                                       int64_t stride, int64_t tokens, __m512* acc) {
+  const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ps)));
+  const __m512 m = _mm512_fmadd_ps(_mm512_set1_ps(-128.0f), d,
+                                   _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pm))));
+  for (int64_t t = 0; t < tokens; ++t) {
+    acc[t] = _mm512_fmadd_ps(d, _mm512_load_ps(c + 16 * t), acc[t]);
+    acc[t] = _mm512_fmadd_ps(m, BroadcastFromMemory(sums + t * stride), acc[t]);
+  }
+}
+
+#define CASCADE_EXACT_BLOCK(CT, BT, B, X, STRIDE, C) \
+  do {                                               \
+    _tile_zero(CT);                                  \
+    _tile_loadd(BT, B, 64);                          \
+    _tile_loadd(4, X, STRIDE);                       \
+    _tile_dpbf16ps(CT, 4, BT);                       \
+    _tile_stored(CT, C, 64);                         \
+  } while (0)
+
+// Whole 16-row panels [o0, o1) of a kQ4ExactBf16 matrix for every token, 16 tokens at a time; y
+// points at output o0 of token 0, token rows ldy floats apart. Per block: the B tile built two
+// blocks ahead of its load (a tile load takes no store forwarding), C stored, folded in two blocks
+// later (scripts/bf16q4-factored-probe.cc measured the schedule).
+CASCADE_AMX void AmxQ4ExactRows(const PreparedActivations& a, const uint8_t* w, const uint16_t* bs, const uint16_t* bm,
+                                float* y, int64_t ldy, int64_t in, int64_t o0, int64_t o1) {
+  constexpr int64_t kAhead = 2;
+  const int64_t T = a.T, blocks = in / kQ4Block, stride = a.ldx * 2;
+  alignas(64) uint16_t b_tiles[4][16][32];
+  alignas(64) float c[4][16 * 16];
+  for (int64_t t0 = 0; t0 < T; t0 += 16) {
+    const int64_t tokens = std::min<int64_t>(16, T - t0);
+    LoadExactTileConfig(tokens);
+    const uint16_t* xg = a.xb.data() + t0 * a.ldx;
+    const float* sums = a.xb_block_sum.data() + t0 * blocks;
+    for (int64_t n0 = o0; n0 + 16 <= o1; n0 += 16) {
+      const uint8_t* panel = w + n0 * (in / 2);
+      const uint16_t* ps = bs + n0 * blocks;
+      const uint16_t* pm = bm + n0 * blocks;
+      __m512 acc[16];
+      for (int64_t t = 0; t < tokens; ++t) acc[t] = _mm512_setzero_ps();
+      for (int64_t b = 0; b < kAhead && b < blocks; ++b) Q4PairsToTile(panel + b * 256, b_tiles[b & 3]);
+      for (int64_t b = 0; b < blocks; ++b) {
+        if (b + kAhead < blocks) Q4PairsToTile(panel + (b + kAhead) * 256, b_tiles[(b + kAhead) & 3]);
+        const uint16_t* xb = xg + b * kQ4Block;
+        switch (b & 3) {
+          case 0: CASCADE_EXACT_BLOCK(0, 5, b_tiles[0], xb, stride, c[0]); break;
+          case 1: CASCADE_EXACT_BLOCK(1, 7, b_tiles[1], xb, stride, c[1]); break;
+          case 2: CASCADE_EXACT_BLOCK(2, 5, b_tiles[2], xb, stride, c[2]); break;
+          default: CASCADE_EXACT_BLOCK(3, 7, b_tiles[3], xb, stride, c[3]); break;
+        }
+        if (b >= 2) FoldExactBlock(c[(b - 2) & 3], ps + (b - 2) * 16, pm + (b - 2) * 16, sums + (b - 2), blocks, tokens, acc);
+      }
+      for (int64_t b = std::max<int64_t>(0, blocks - 2); b < blocks; ++b)
+        FoldExactBlock(c[b & 3], ps + b * 16, pm + b * 16, sums + b, blocks, tokens, acc);
+      for (int64_t t = 0; t < tokens; ++t) _mm512_storeu_ps(y + (t0 + t) * ldy + (n0 - o0), acc[t]);
+    }
+  }
+  _tile_release();
+}
+#undef CASCADE_EXACT_BLOCK
 #else
 [[maybe_unused]] bool AmxPermitted() { return false; }
+void AmxQ4ExactRows(const PreparedActivations&, const uint8_t*, const uint16_t*, const uint16_t*, float*, int64_t,
+                    int64_t, int64_t, int64_t) {
+  NoSimd();
+}
 void PackAmxActivations(const uint16_t*, int64_t, int64_t, int64_t, std::vector<uint16_t>*) { NoSimd(); }
 void AmxBf16Rows(const std::vector<uint16_t>&, int64_t, const uint16_t*, float*, int64_t, int64_t, int64_t, int64_t) {
   NoSimd();
@@ -1767,10 +1863,16 @@ Q4Place Q4Where(int64_t in, int64_t out, int64_t o, int64_t i, Q4Order order) {
   const int64_t p = o / kQ4PanelRows, j = o % kQ4PanelRows, n = std::min(kQ4PanelRows, out - p * kQ4PanelRows);
   const int64_t c = i / 64, k = i % 32;
   Q4Place at;
+  at.scale = p * kQ4PanelRows * (in / kQ4Block) + (i / kQ4Block) * n + j;
+  if (order == Q4Order::kPairs) {  // block i / 32, group g, word 2 j + e, nibble h
+    const int64_t g = k / 8, h = (k % 8) / 2, e = k % 2;
+    at.byte = p * kQ4PanelRows * (in / 2) + (i / kQ4Block) * 16 * n + g * 4 * n + 2 * (2 * j + e) + h / 2;
+    at.high = h % 2 == 1;
+    return at;
+  }
   at.high = i % 64 >= 32;
   at.byte = p * kQ4PanelRows * (in / 2) + c * 32 * n +
             (order == Q4Order::kRows ? j * 32 + k : (k / 4) * 4 * n + j * 4 + k % 4);
-  at.scale = p * kQ4PanelRows * (in / kQ4Block) + (i / kQ4Block) * n + j;
   return at;
 }
 }  // namespace
@@ -1928,6 +2030,18 @@ void PrepareActivations(WeightMatrix::Kind kind, const KernelImpls& impls, const
           a->block_scale[(t * chunks + c) * 2 + half] = a->lane_scale[lane0];
         }
   }
+  if (kind == WeightMatrix::Kind::kQ4ExactBf16) {  // every implementation reads xb and its block sums
+    a->xb = RoundRowsToBf16(x, T, in, &a->ldx);
+    const int64_t blocks = in / kQ4Block;
+    a->xb_block_sum.assign(static_cast<size_t>(T * blocks), 0.0f);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t b = 0; b < blocks; ++b) {
+        float sum = 0.0f;  // in order: the same bits for a row whatever T
+        for (int64_t k = 0; k < kQ4Block; ++k) sum += BF16ToF32(a->xb[t * a->ldx + b * kQ4Block + k]);
+        a->xb_block_sum[t * blocks + b] = sum;
+      }
+    return;
+  }
   const bool bf16_dot = kind == WeightMatrix::Kind::kBf16 || kind == WeightMatrix::Kind::kQ4Bf16 ||
                         kind == WeightMatrix::Kind::kQ8Bf16;
   if (bf16_dot && (impls.bf16 == Int8Impl::kAvx512Bf16 || impls.bf16 == Int8Impl::kAmxBf16))
@@ -1939,7 +2053,8 @@ void PrepareActivations(WeightMatrix::Kind kind, const KernelImpls& impls, const
 int64_t MatmulTaskOutputs(const WeightMatrix& m) {
   // f32 [in, out]: 64 columns (128 and 256 measured no better in session 10).
   if (m.kind == WeightMatrix::Kind::kF32Transposed || m.kind == WeightMatrix::Kind::kF32Panels) return 64;
-  const bool q4 = m.kind == WeightMatrix::Kind::kQ4 || m.kind == WeightMatrix::Kind::kQ4Bf16;
+  const bool q4 = m.kind == WeightMatrix::Kind::kQ4 || m.kind == WeightMatrix::Kind::kQ4Bf16 ||
+                  m.kind == WeightMatrix::Kind::kQ4ExactBf16;
   const bool bytes1 = m.kind == WeightMatrix::Kind::kInt8 || m.kind == WeightMatrix::Kind::kInt8Panels ||
                       m.kind == WeightMatrix::Kind::kQ8Bf16;
   const int64_t row_bytes = q4 ? m.in / 2 : m.in * (bytes1 ? 1 : 2);
@@ -2079,6 +2194,62 @@ void AmxBlocksRange(const WeightMatrix& m, const KernelImpls& impls, const Prepa
   if (a1 < o1 && a1 < whole) cut_block(a1, std::max(o0, a1), std::min(o1, a1 + 16));
   if (o1 > whole) BlocksThroughBf16(m, impls, a, y, std::max(o0, whole), o1);
 }
+
+// kQ4ExactBf16 rows [o0, o1) in scalar code, the arithmetic of int8_matmul.h in a fixed order: for
+// CPUs without AMX, and an AMX CPU's rows past the last whole panel.
+void ScalarRowsQ4Exact(const WeightMatrix& m, const PreparedActivations& a, float* y, int64_t o0, int64_t o1) {
+  const int64_t in = m.in, out = m.out, blocks = in / kQ4Block;
+  const auto* packed = static_cast<const uint8_t*>(m.data);
+  std::vector<float> w(static_cast<size_t>(in)), d(static_cast<size_t>(blocks)), shift(static_cast<size_t>(blocks));
+  for (int64_t o = o0; o < o1; ++o) {
+    for (int64_t i = 0; i < in; ++i) {
+      const Q4Place at = Q4Where(in, out, o, i, Q4Order::kPairs);
+      w[i] = static_cast<float>(128 + (at.high ? packed[at.byte] >> 4 : packed[at.byte] & 0x0F));  // bf16(128 + q)
+      if (i % kQ4Block == 0) {
+        d[i / kQ4Block] = F16ToF32(m.block_scale[at.scale]);
+        shift[i / kQ4Block] = std::fma(-128.0f, d[i / kQ4Block], F16ToF32(m.block_min[at.scale]));
+      }
+    }
+    for (int64_t t = 0; t < a.T; ++t) {
+      const uint16_t* x = a.xb.data() + t * a.ldx;
+      float acc = 0.0f;
+      for (int64_t b = 0; b < blocks; ++b) {
+        float s = 0.0f;  // each product is exact in f32, so a contracted fma gives the same sum
+        for (int64_t k = b * kQ4Block; k < (b + 1) * kQ4Block; ++k) s += BF16ToF32(x[k]) * w[k];
+        acc = std::fma(d[b], s, acc);
+        acc = std::fma(shift[b], a.xb_block_sum[t * blocks + b], acc);
+      }
+      y[t * out + o] = acc;
+    }
+  }
+}
+
+// kQ4ExactBf16 rows [o0, o1): with AMX whole panels through tiles (a panel the range cuts
+// computed whole into a scratch and the range's rows copied: a row's arithmetic never depends on
+// the range), the rows past the last whole panel in scalar code; without AMX all in scalar code.
+void Q4ExactRange(const WeightMatrix& m, const KernelImpls& impls, const PreparedActivations& a, float* y, int64_t o0,
+                  int64_t o1) {
+  if (impls.bf16 != Int8Impl::kAmxBf16) {
+    ScalarRowsQ4Exact(m, a, y, o0, o1);
+    return;
+  }
+  const int64_t T = a.T, in = m.in, out = m.out, whole = out / 16 * 16;
+  const auto* w = static_cast<const uint8_t*>(m.data);
+  auto rows = [&](float* yr, int64_t ldy, int64_t r0, int64_t r1) {
+    AmxQ4ExactRows(a, w, m.block_scale, m.block_min, yr, ldy, in, r0, r1);
+  };
+  const int64_t a0 = std::min((o0 + 15) / 16 * 16, whole), a1 = std::max(a0, std::min(o1, whole) / 16 * 16);
+  auto cut_panel = [&](int64_t p0, int64_t r0, int64_t r1) {  // rows [r0, r1) of the panel at p0
+    std::vector<float> tmp(static_cast<size_t>(T * 16));
+    rows(tmp.data(), 16, p0, p0 + 16);
+    for (int64_t t = 0; t < T; ++t)
+      std::memcpy(y + t * out + r0, tmp.data() + t * 16 + (r0 - p0), static_cast<size_t>(r1 - r0) * sizeof(float));
+  };
+  if (o0 < a0) cut_panel(a0 - 16, o0, std::min(o1, a0));
+  if (a1 > a0) rows(y + a0, out, a0, a1);
+  if (a1 < o1 && a1 < whole) cut_panel(a1, std::max(o0, a1), std::min(o1, a1 + 16));
+  if (o1 > whole) ScalarRowsQ4Exact(m, a, y, std::max(o0, whole), o1);
+}
 }  // namespace
 
 void MatmulRange(const WeightMatrix& m, const KernelImpls& impls, const PreparedActivations& a, float* y, int64_t o0,
@@ -2091,6 +2262,7 @@ void MatmulRange(const WeightMatrix& m, const KernelImpls& impls, const Prepared
       else if (impls.bf16 == Int8Impl::kAvx512Bf16) BlocksDotRange(m, a, y, o0, o1);
       else BlocksThroughBf16(m, impls, a, y, o0, o1);
       return;
+    case WeightMatrix::Kind::kQ4ExactBf16: Q4ExactRange(m, impls, a, y, o0, o1); return;
     case WeightMatrix::Kind::kF32Transposed: {
       const float* wt = static_cast<const float*>(m.data);
       if (impls.f32 == Int8Impl::kAvx512) Avx512ColsF32T(a.x, wt, y, T, in, out, o0, o1);

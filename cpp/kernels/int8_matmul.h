@@ -94,10 +94,15 @@ void RoundToBf16(const float* x, int64_t n, uint16_t* out);
 // the bf16 rounding of each weight d * q (the bf16 target's head from a Q8_0 embedding);
 // kF32Panels: kF32Transposed's values in panels of kF32PanelColumns outputs (below), the layer
 // arenas' f32 layout: the same arithmetic and bits, read as contiguous streams; kInt8Panels:
-// kInt8's values in panels of 16 rows (below), the layer arenas' int8 layout.
+// kInt8's values in panels of 16 rows (below), the layer arenas' int8 layout; kQ4ExactBf16: 4-bit
+// blocks (Q4Order::kPairs) times bf16 activations with the blocks' exact weights, not their bf16
+// rounding: per row and 32-block b, s = sum over the block of x * (128 + q) (bf16(128 + q) is the
+// word 0x4300 | q, every product exact in f32), then acc = fma(d, s, acc) and acc = fma(m - 128 d,
+// sum of the block's x, acc). Rows of every T equal T = 1's, bit for bit, on one CPU; they are
+// not kBf16's (docs/bench/decoder.md, session 32: the tile build without kQ4Bf16's tables).
 struct WeightMatrix {
   // (The numbers are the fused layer call's `weights` attribute: append only.)
-  enum class Kind { kF32Transposed, kBf16, kInt8, kQ4, kQ4Bf16, kQ8Bf16, kF32Panels, kInt8Panels };
+  enum class Kind { kF32Transposed, kBf16, kInt8, kQ4, kQ4Bf16, kQ8Bf16, kF32Panels, kInt8Panels, kQ4ExactBf16 };
   Kind kind = Kind::kF32Transposed;
   const void* data = nullptr;
   const float* scale = nullptr;  // kInt8, kInt8Panels: f32 [out]
@@ -132,10 +137,16 @@ constexpr int64_t kQ4PanelRows = 16;
 // VNNI kernel's 16-row dword loads. kRows (kQ4Bf16) keeps a row's 32 bytes together: per chunk c,
 // per row j < n, 32 bytes, byte k holding input 64c + k low and 64c + 32 + k high, so the AMX
 // kernel loads each row of a tile as it is (kInterleaved cost it an 8 x 16 dword transpose per
-// chunk: ~20% of its time, docs/bench/decoder.md session 15). Scales and minimums alike in both.
-enum class Q4Order { kInterleaved, kRows };
+// chunk: ~20% of its time, docs/bench/decoder.md session 15). kPairs (kQ4ExactBf16): per 32-block b
+// of a panel, 16 n bytes at b * 16 n, in 4 groups g of 4 n bytes (the block's inputs 8g..8g+7):
+// 2 n little-endian words, word i (row i / 2, e = i % 2) holding in bits 4k..4k+3 the weight of
+// input 8g + 2k + e. With n = 16 a group is one 64-byte load whose nibbles k, OR'd with 0x4300,
+// are tdpbf16ps's B tile rows 4g + k (each row's pair of inputs side by side for 16 rows).
+// Scales and minimums alike in all three.
+enum class Q4Order { kInterleaved, kRows, kPairs };
 inline Q4Order Q4OrderOf(WeightMatrix::Kind kind) {
-  return kind == WeightMatrix::Kind::kQ4Bf16 ? Q4Order::kRows : Q4Order::kInterleaved;
+  if (kind == WeightMatrix::Kind::kQ4Bf16) return Q4Order::kRows;
+  return kind == WeightMatrix::Kind::kQ4ExactBf16 ? Q4Order::kPairs : Q4Order::kInterleaved;
 }
 std::string ValidateQ4Matrix(int64_t in, int64_t out);  // empty when in % 64 == 0 and both positive
 // Quantises rows w[out, in] (f32) as ggml's Q4_1: d = (max - min) / 15, m = min (both rounded to
@@ -217,6 +228,7 @@ struct PreparedActivations {
   int64_t ldx = 0;                   // bf16 dot: row stride of xb
   Bf16Rows xb;                       // bf16 dot: [T][ldx], rows of whole cache lines
   std::vector<uint16_t> amx;         // AMX: B tiles [ceil(T/16)][in/32][16 pairs][min(T, 16) tokens][2]
+  std::vector<float> xb_block_sum;   // kQ4ExactBf16: [T][in / 32] each 32-block of xb summed in order
 };
 void PrepareActivations(WeightMatrix::Kind kind, const KernelImpls& impls, const float* x, int64_t T, int64_t in,
                         PreparedActivations* a);

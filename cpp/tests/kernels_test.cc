@@ -450,6 +450,68 @@ TEST(kernels_q4bf16, RowsEqualTheBf16KernelsOnTheWeightsTheBlocksHold) {
   }
 }
 
+// kQ4ExactBf16 (4-bit blocks in Q4Order::kPairs times bf16 activations, the blocks' exact weights;
+// docs/bench/decoder.md session 32): kPairs holds the same values as the other orders; every row
+// is within f32 rounding of the exact dot of the bf16 activations and the blocks' values, and
+// bit-identical whatever T (1..64: token groups of 16), the output range (cutting a panel, a last
+// panel of < 16 rows) or the thread count, with each bf16 impl (AMX tiles, else scalar code).
+TEST(kernels_q4exact, RowsAreTheExactWeightsDotAndTIndependent) {
+  using kernels::WeightMatrix;
+  for (Int8Impl impl : SupportedImpls()) {
+    kernels::KernelImpls k;
+    k.bf16 = impl;
+    k.int8 = impl;
+    for (auto [T, in, out] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+             {1, 64, 16}, {13, 576, 48}, {17, 576, 35}, {5, 128, 5}, {64, 1536, 70}, {33, 192, 64},
+             {2, 576, 35}, {16, 1536, 48}, {3, 64, 17}}) {
+      Problem p = MakeProblem(T, in, out, static_cast<uint32_t>(T * 11 + in + out));
+      std::vector<float> wf(static_cast<size_t>(in * out));
+      for (size_t i = 0; i < wf.size(); ++i) wf[i] = static_cast<float>(p.w[i]) * 0.013f - (i % 89 == 0 ? 0.7f : 0.0f);
+      const int64_t blocks = in / kernels::kQ4Block;
+      std::vector<uint8_t> packed(static_cast<size_t>(out * in / 2)), interleaved(packed.size());
+      std::vector<uint16_t> scale(static_cast<size_t>(out * blocks)), mins(scale.size()), scale2(scale.size()),
+          mins2(scale.size());
+      kernels::QuantizeQ4Rows(wf.data(), in, out, packed.data(), scale.data(), mins.data(), kernels::Q4Order::kPairs);
+      kernels::QuantizeQ4Rows(wf.data(), in, out, interleaved.data(), scale2.data(), mins2.data());
+      if (out > 16) EXPECT_NE(interleaved, packed);
+      std::vector<float> deq(wf.size()), deq2(static_cast<size_t>(in));
+      for (int64_t o = 0; o < out; ++o) {  // the same values as the VNNI order
+        kernels::DequantizeQ4Row(packed.data(), scale.data(), mins.data(), in, out, o, deq.data() + o * in,
+                                 kernels::Q4Order::kPairs);
+        kernels::DequantizeQ4Row(interleaved.data(), scale2.data(), mins2.data(), in, out, o, deq2.data());
+        ASSERT_EQ(0, std::memcmp(deq2.data(), deq.data() + o * in, in * 4)) << "row " << o;
+      }
+      const WeightMatrix q4{WeightMatrix::Kind::kQ4ExactBf16, packed.data(), nullptr, in, out, scale.data(), mins.data()};
+      const char* name = kernels::Int8ImplName(impl);
+      kernels::ThreadTeam one(0), two(1);
+      std::vector<float> got(static_cast<size_t>(T * out)), threaded(got.size());
+      kernels::TeamMatmul(q4, k, p.x.data(), T, got.data(), one);
+      kernels::TeamMatmul(q4, k, p.x.data(), T, threaded.data(), two);
+      ASSERT_EQ(0, std::memcmp(got.data(), threaded.data(), got.size() * 4)) << name;
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t o = 0; o < out; ++o) {
+          double exact = 0.0, size = 0.0;
+          for (int64_t i = 0; i < in; ++i) {
+            const double v = static_cast<double>(BF16ToF32(F32ToBF16(p.x[t * in + i]))) * deq[o * in + i];
+            exact += v;
+            size += std::fabs(v);
+          }
+          ASSERT_LE(std::fabs(got[t * out + o] - exact), 1e-5 * size + 1e-30)
+              << name << " T=" << T << " in=" << in << " token " << t << " out " << o;
+        }
+      kernels::PreparedActivations a;
+      for (int64_t t = 0; t < T; t += std::max<int64_t>(1, T / 3)) {
+        kernels::PrepareActivations(q4.kind, k, p.x.data() + t * in, 1, in, &a);
+        std::vector<float> row(static_cast<size_t>(out), -1.0f);
+        const int64_t c = std::min<int64_t>(out, 5);
+        kernels::MatmulRange(q4, k, a, row.data(), 0, c);
+        kernels::MatmulRange(q4, k, a, row.data(), c, out);
+        ASSERT_EQ(0, std::memcmp(row.data(), got.data() + t * out, out * 4)) << name << " T=" << T << " t=" << t;
+      }
+    }
+  }
+}
+
 // kQ8Bf16 (the bf16 target's head from a Q8_0 embedding): rows bit-identical to kBf16's on the
 // bf16 weights d * q rounds to, whatever T, range or threads; QuantizeQ8Rows gives a Q8_0
 // tensor's blocks back and says whether they hold the weights' bf16 rounding.

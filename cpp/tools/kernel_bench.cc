@@ -3,7 +3,7 @@
 // measured in the same run. What a decode step's matrices can reach on this machine. `hot`: each
 // kind's instruction cost alone, one thread, one 576 x 256 matrix in L2 (docs/bench/decoder.md).
 //
-//   kernel_bench [--runs 15] [--kinds f32,bf16,int8,int8p,q4,bf16q4,head,tiny,hot] [--cold]
+//   kernel_bench [--runs 15] [--kinds f32,bf16,int8,int8p,q4,bf16q4,q4exact,head,tiny,hot] [--cold]
 //
 // --cold: each timed pass over the layer matrices follows a 1 GiB read, so they come from DRAM
 // (otherwise the 66 MB of q4 / bf16q4 matrices stay in a large L3 between passes).
@@ -49,7 +49,7 @@ double Bandwidth(ThreadTeam& team, const std::vector<float>& buf) {
 
 int main(int argc, char** argv) {
   int runs = 15;
-  std::string kinds = "f32,bf16,int8,int8p,q4,bf16q4,head,tiny,hot";
+  std::string kinds = "f32,bf16,int8,int8p,q4,bf16q4,q4exact,head,tiny,hot";
   bool cold = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -77,11 +77,14 @@ int main(int argc, char** argv) {
   }
   std::printf("read bandwidth: 1 thread %.1f GB/s, %d threads %.1f GB/s\n", Median(bw1), all.helpers() + 1, Median(bw2));
   for (WeightMatrix::Kind kind : {WeightMatrix::Kind::kF32Transposed, WeightMatrix::Kind::kBf16, WeightMatrix::Kind::kInt8,
-                                  WeightMatrix::Kind::kInt8Panels, WeightMatrix::Kind::kQ4, WeightMatrix::Kind::kQ4Bf16}) {
-    const bool q4 = kind == WeightMatrix::Kind::kQ4 || kind == WeightMatrix::Kind::kQ4Bf16;
+                                  WeightMatrix::Kind::kInt8Panels, WeightMatrix::Kind::kQ4, WeightMatrix::Kind::kQ4Bf16,
+                                  WeightMatrix::Kind::kQ4ExactBf16}) {
+    const bool q4 = kind == WeightMatrix::Kind::kQ4 || kind == WeightMatrix::Kind::kQ4Bf16 ||
+                    kind == WeightMatrix::Kind::kQ4ExactBf16;
     const bool int8 = kind == WeightMatrix::Kind::kInt8 || kind == WeightMatrix::Kind::kInt8Panels;
     // int8p: the int8 layer matrices as a fused model's arena holds them (kInt8Panels).
-    const char* name = kind == WeightMatrix::Kind::kQ4Bf16 ? "bf16q4" : q4 ? "q4" : kind == WeightMatrix::Kind::kInt8 ? "int8" : int8 ? "int8p" : kind == WeightMatrix::Kind::kBf16 ? "bf16" : "f32";
+    // q4exact: kQ4ExactBf16, the block-stored bf16 target's tiles without tables (session 32).
+    const char* name = kind == WeightMatrix::Kind::kQ4ExactBf16 ? "q4exact" : kind == WeightMatrix::Kind::kQ4Bf16 ? "bf16q4" : q4 ? "q4" : kind == WeightMatrix::Kind::kInt8 ? "int8" : int8 ? "int8p" : kind == WeightMatrix::Kind::kBf16 ? "bf16" : "f32";
     if (!wanted(name)) continue;
     const int64_t elem = int8 ? 1 : kind == WeightMatrix::Kind::kBf16 ? 2 : 4;
     std::vector<std::vector<uint8_t>> data;
@@ -133,11 +136,13 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < wf.size(); ++i) wf[i] = 0.01f * static_cast<float>(static_cast<int>((i * 2654435761u >> 24) % 255) - 127);
     std::vector<int8_t> w8(wf.size());
     for (size_t i = 0; i < wf.size(); ++i) w8[i] = static_cast<int8_t>(std::lrint(wf[i] * 100.0f));
-    std::vector<uint8_t> panels8(wf.size()), q4(wf.size() / 2), q4rows(wf.size() / 2);
+    std::vector<uint8_t> panels8(wf.size()), q4(wf.size() / 2), q4rows(wf.size() / 2), q4pairs(wf.size() / 2);
     PackInt8Panels(w8.data(), in, out, panels8.data());
-    std::vector<uint16_t> s4(static_cast<size_t>(out * in / kQ4Block)), m4(s4.size()), s4r(s4.size()), m4r(s4.size());
+    std::vector<uint16_t> s4(static_cast<size_t>(out * in / kQ4Block)), m4(s4.size()), s4r(s4.size()), m4r(s4.size()),
+        s4p(s4.size()), m4p(s4.size());
     QuantizeQ4Rows(wf.data(), in, out, q4.data(), s4.data(), m4.data());
     QuantizeQ4Rows(wf.data(), in, out, q4rows.data(), s4r.data(), m4r.data(), Q4Order::kRows);
+    QuantizeQ4Rows(wf.data(), in, out, q4pairs.data(), s4p.data(), m4p.data(), Q4Order::kPairs);
     std::vector<float> scale(static_cast<size_t>(out), 0.01f);
     std::vector<uint16_t> wbf(wf.size());
     for (size_t i = 0; i < wf.size(); ++i) wbf[i] = cascade::F32ToBF16(wf[i]);
@@ -146,7 +151,8 @@ int main(int argc, char** argv) {
         {"int8", {WeightMatrix::Kind::kInt8, w8.data(), scale.data(), in, out}},
         {"int8p", {WeightMatrix::Kind::kInt8Panels, panels8.data(), scale.data(), in, out}},
         {"q4", {WeightMatrix::Kind::kQ4, q4.data(), nullptr, in, out, s4.data(), m4.data()}},
-        {"bf16q4", {WeightMatrix::Kind::kQ4Bf16, q4rows.data(), nullptr, in, out, s4r.data(), m4r.data()}}};
+        {"bf16q4", {WeightMatrix::Kind::kQ4Bf16, q4rows.data(), nullptr, in, out, s4r.data(), m4r.data()}},
+        {"q4exact", {WeightMatrix::Kind::kQ4ExactBf16, q4pairs.data(), nullptr, in, out, s4p.data(), m4p.data()}}};
     for (const auto& [name, m] : hot) {
       std::printf("hot %-7s", name);
       for (int64_t T : {1, 2, 5, 8, 13}) {
