@@ -2169,12 +2169,31 @@ void BlocksDotRange(const WeightMatrix& m, const PreparedActivations& a, float* 
   }
 }
 
-// kQ4Bf16 / kQ8Bf16 rows [o0, o1) with AMX: whole 16-row blocks (q4: panels) in place; a block
-// the range cuts computed whole into a scratch and the range's rows copied (a row's arithmetic
-// never depends on the range); the rows past the last whole block through BlocksThroughBf16.
+// Rows [o0, o1) of a matrix of `out` rows whose whole 16-row panels go through tiles: rows(yr, ldy,
+// r0, r1) computes whole panels [r0, r1) into yr (output r0 of token 0, token rows ldy apart); a
+// panel the range cuts is computed whole into a scratch and the range's rows copied (a row's
+// arithmetic never depends on the range); tail(r0, r1) takes the rows past the last whole panel.
+template <typename Rows, typename Tail>
+void AmxPanelsRange(int64_t T, int64_t out, float* y, int64_t o0, int64_t o1, Rows rows, Tail tail) {
+  const int64_t whole = out / 16 * 16;
+  const int64_t a0 = std::min((o0 + 15) / 16 * 16, whole), a1 = std::max(a0, std::min(o1, whole) / 16 * 16);
+  auto cut_panel = [&](int64_t p0, int64_t r0, int64_t r1) {  // rows [r0, r1) of the panel at p0
+    std::vector<float> tmp(static_cast<size_t>(T * 16));
+    rows(tmp.data(), 16, p0, p0 + 16);
+    for (int64_t t = 0; t < T; ++t)
+      std::memcpy(y + t * out + r0, tmp.data() + t * 16 + (r0 - p0), static_cast<size_t>(r1 - r0) * sizeof(float));
+  };
+  if (o0 < a0) cut_panel(a0 - 16, o0, std::min(o1, a0));
+  if (a1 > a0) rows(y + a0, out, a0, a1);
+  if (a1 < o1 && a1 < whole) cut_panel(a1, std::max(o0, a1), std::min(o1, a1 + 16));
+  if (o1 > whole) tail(std::max(o0, whole), o1);
+}
+
+// kQ4Bf16 / kQ8Bf16 rows [o0, o1) with AMX: whole 16-row blocks (q4: panels) through tiles
+// (AmxPanelsRange), the rows past the last whole block through BlocksThroughBf16.
 void AmxBlocksRange(const WeightMatrix& m, const KernelImpls& impls, const PreparedActivations& a, float* y,
                     int64_t o0, int64_t o1) {
-  const int64_t T = a.T, in = m.in, out = m.out, whole = out / 16 * 16;
+  const int64_t T = a.T, in = m.in;
   if (T > 64) throw std::invalid_argument("bf16 matmul: the AMX kernel takes T <= 64");
   auto rows = [&](float* yr, int64_t ldy, int64_t r0, int64_t r1) {  // whole blocks [r0, r1)
     if (m.kind == WeightMatrix::Kind::kQ4Bf16)
@@ -2182,17 +2201,7 @@ void AmxBlocksRange(const WeightMatrix& m, const KernelImpls& impls, const Prepa
     else
       AmxQ8Bf16Rows(a.amx, T, static_cast<const int8_t*>(m.data), m.block_scale, yr, ldy, in, r0, r1);
   };
-  const int64_t a0 = std::min((o0 + 15) / 16 * 16, whole), a1 = std::max(a0, std::min(o1, whole) / 16 * 16);
-  auto cut_block = [&](int64_t p0, int64_t r0, int64_t r1) {  // rows [r0, r1) of the block at p0
-    std::vector<float> tmp(static_cast<size_t>(T * 16));
-    rows(tmp.data(), 16, p0, p0 + 16);
-    for (int64_t t = 0; t < T; ++t)
-      std::memcpy(y + t * out + r0, tmp.data() + t * 16 + (r0 - p0), static_cast<size_t>(r1 - r0) * sizeof(float));
-  };
-  if (o0 < a0) cut_block(a0 - 16, o0, std::min(o1, a0));
-  if (a1 > a0) rows(y + a0, out, a0, a1);
-  if (a1 < o1 && a1 < whole) cut_block(a1, std::max(o0, a1), std::min(o1, a1 + 16));
-  if (o1 > whole) BlocksThroughBf16(m, impls, a, y, std::max(o0, whole), o1);
+  AmxPanelsRange(T, m.out, y, o0, o1, rows, [&](int64_t r0, int64_t r1) { BlocksThroughBf16(m, impls, a, y, r0, r1); });
 }
 
 // kQ4ExactBf16 rows [o0, o1) in scalar code, the arithmetic of int8_matmul.h in a fixed order: for
@@ -2224,31 +2233,19 @@ void ScalarRowsQ4Exact(const WeightMatrix& m, const PreparedActivations& a, floa
   }
 }
 
-// kQ4ExactBf16 rows [o0, o1): with AMX whole panels through tiles (a panel the range cuts
-// computed whole into a scratch and the range's rows copied: a row's arithmetic never depends on
-// the range), the rows past the last whole panel in scalar code; without AMX all in scalar code.
+// kQ4ExactBf16 rows [o0, o1): with AMX whole panels through tiles (AmxPanelsRange), the rows past
+// the last whole panel in scalar code; without AMX all in scalar code.
 void Q4ExactRange(const WeightMatrix& m, const KernelImpls& impls, const PreparedActivations& a, float* y, int64_t o0,
                   int64_t o1) {
   if (impls.bf16 != Int8Impl::kAmxBf16) {
     ScalarRowsQ4Exact(m, a, y, o0, o1);
     return;
   }
-  const int64_t T = a.T, in = m.in, out = m.out, whole = out / 16 * 16;
   const auto* w = static_cast<const uint8_t*>(m.data);
   auto rows = [&](float* yr, int64_t ldy, int64_t r0, int64_t r1) {
-    AmxQ4ExactRows(a, w, m.block_scale, m.block_min, yr, ldy, in, r0, r1);
+    AmxQ4ExactRows(a, w, m.block_scale, m.block_min, yr, ldy, m.in, r0, r1);
   };
-  const int64_t a0 = std::min((o0 + 15) / 16 * 16, whole), a1 = std::max(a0, std::min(o1, whole) / 16 * 16);
-  auto cut_panel = [&](int64_t p0, int64_t r0, int64_t r1) {  // rows [r0, r1) of the panel at p0
-    std::vector<float> tmp(static_cast<size_t>(T * 16));
-    rows(tmp.data(), 16, p0, p0 + 16);
-    for (int64_t t = 0; t < T; ++t)
-      std::memcpy(y + t * out + r0, tmp.data() + t * 16 + (r0 - p0), static_cast<size_t>(r1 - r0) * sizeof(float));
-  };
-  if (o0 < a0) cut_panel(a0 - 16, o0, std::min(o1, a0));
-  if (a1 > a0) rows(y + a0, out, a0, a1);
-  if (a1 < o1 && a1 < whole) cut_panel(a1, std::max(o0, a1), std::min(o1, a1 + 16));
-  if (o1 > whole) ScalarRowsQ4Exact(m, a, y, std::max(o0, whole), o1);
+  AmxPanelsRange(a.T, m.out, y, o0, o1, rows, [&](int64_t r0, int64_t r1) { ScalarRowsQ4Exact(m, a, y, r0, r1); });
 }
 }  // namespace
 
