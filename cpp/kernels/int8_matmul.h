@@ -228,7 +228,7 @@ struct PreparedActivations {
   int64_t ldx = 0;                   // bf16 dot: row stride of xb
   Bf16Rows xb;                       // bf16 dot: [T][ldx], rows of whole cache lines
   std::vector<uint16_t> amx;         // AMX: B tiles [ceil(T/16)][in/32][16 pairs][min(T, 16) tokens][2]
-  std::vector<float> xb_block_sum;   // kQ4ExactBf16: [T][in / 32] each 32-block of xb summed in order
+  std::vector<float> xb_block_sum;   // kQ4ExactBf16: [T][in / 32] each 32-block of xb summed (one order per CPU)
 };
 void PrepareActivations(WeightMatrix::Kind kind, const KernelImpls& impls, const float* x, int64_t T, int64_t in,
                         PreparedActivations* a);
