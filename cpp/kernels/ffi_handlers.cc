@@ -438,10 +438,10 @@ ffi::Error DecoderLayersImpl(ffi::Buffer<ffi::F32> hidden, ffi::Buffer<ffi::F32>
   if ((kv != ffi::DataType::F32 && kv != ffi::DataType::BF16 && kv != ffi::DataType::U16) ||
       v_cache.element_type() != kv || k_new->element_type() != kv || v_new->element_type() != kv)
     return ffi::Error::InvalidArgument(name + ": the caches and the new keys/values must all be f32, or all bf16 (or u16 bf16 bits)");
-  if (weights < 0 || weights > static_cast<int64_t>(WeightMatrix::Kind::kInt8Panels) ||
+  if (weights < 0 || weights > static_cast<int64_t>(WeightMatrix::Kind::kQ4ExactBf16) ||
       weights == static_cast<int64_t>(WeightMatrix::Kind::kQ8Bf16) || static_cast<int64_t>(arenas.size()) != layers)
     return ffi::Error::InvalidArgument(name + ": expected one u8[bytes] weight arena per layer (" + std::to_string(layers) +
-                                       "), got " + std::to_string(arenas.size()) + ", and weights = 0..4, 6 or 7 (the matrix kind)");
+                                       "), got " + std::to_string(arenas.size()) + ", and weights = 0..4, 6, 7 or 8 (the matrix kind)");
   std::vector<DecoderLayerWeights> w(static_cast<size_t>(layers));
   for (int64_t l = 0; l < layers; ++l) {
     auto b = arenas.get<ffi::AnyBuffer>(static_cast<size_t>(l));
@@ -654,6 +654,10 @@ std::string KernelDescription() {
   const Settings& s = GetSettings();
   return "int8 " + std::string(Int8ImplName(s.impl)) + ", bf16 " + Int8ImplName(s.bf16_impl) + ", f32 " +
          Int8ImplName(BestF32Impl()) + ", " + std::to_string(ThreadTeam::Global().helpers() + 1) + " thread(s)";
+}
+
+WeightMatrix::Kind BlockStoredBf16Kind() {
+  return GetSettings().bf16_impl == Int8Impl::kAmxBf16 ? WeightMatrix::Kind::kQ4ExactBf16 : WeightMatrix::Kind::kQ4Bf16;
 }
 
 }  // namespace kernels

@@ -32,6 +32,7 @@
 #include <string>
 #include <thread>
 
+#include "kernels/int8_matmul.h"
 #include "pjrt/api.h"
 #include "pjrt/client.h"
 
@@ -87,6 +88,12 @@ KernelStats GetKernelStats();
 // avx512bf16 override them, when the CPU supports it) and the threads of the kernel team
 // (kernels/thread_team.h; CASCADE_KERNEL_THREADS=n, default: the CPUs this process may use).
 std::string KernelDescription();
+
+// The kernel kind of the block-stored bf16 target (WeightPrecision::kBF16Q4's layer matrices), one
+// per process as the bf16 implementation above: kQ4ExactBf16 (the blocks' exact weights, d q + m,
+// times bf16 activations: tiles without tables, docs/bench/decoder.md session 32) where the bf16
+// kernels are AMX, else kQ4Bf16 (each weight rounded to bf16: the dense bf16 model bit for bit).
+WeightMatrix::Kind BlockStoredBf16Kind();
 
 }  // namespace kernels
 }  // namespace cascade

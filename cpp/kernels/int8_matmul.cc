@@ -1288,14 +1288,18 @@ CASCADE_AMX inline void Q4PairsToTile(const uint8_t* v, uint16_t (*b)[32]) {
   }
 }
 
-// A block's C (tokens x 16 rows at c) into the accumulators: per token acc = fma(d, C, acc), then
-// acc = fma(m - 128 d, the token's sum of the block, acc); sums[t * stride] is token t's.
+// A block's C (kTokens x 16 rows at c) into the accumulators: per token acc = fma(d, C, acc),
+// then acc = fma(m - 128 d, the token's sum of the block, acc); sums[t * stride] is token t's. The
+// token count is a template argument so the accumulators stay in registers (a run-time count kept
+// them in memory: verify(13) 7-8% slower than kQ4Bf16, docs/bench/decoder.md session 33).
+template <int kTokens>
 CASCADE_AMX inline void FoldExactBlock(const float* c, const uint16_t* ps, const uint16_t* pm, const float* sums,
-                                       int64_t stride, int64_t tokens, __m512* acc) {
+                                       int64_t stride, __m512* acc) {
   const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ps)));
   const __m512 m = _mm512_fmadd_ps(_mm512_set1_ps(-128.0f), d,
                                    _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pm))));
-  for (int64_t t = 0; t < tokens; ++t) {
+#pragma GCC unroll 16
+  for (int t = 0; t < kTokens; ++t) {
     acc[t] = _mm512_fmadd_ps(d, _mm512_load_ps(c + 16 * t), acc[t]);
     acc[t] = _mm512_fmadd_ps(m, BroadcastFromMemory(sums + t * stride), acc[t]);
   }
@@ -1310,43 +1314,61 @@ CASCADE_AMX inline void FoldExactBlock(const float* c, const uint16_t* ps, const
     _tile_stored(CT, C, 64);                         \
   } while (0)
 
-// Whole 16-row panels [o0, o1) of a kQ4ExactBf16 matrix for every token, 16 tokens at a time; y
-// points at output o0 of token 0, token rows ldy floats apart. Per block: the B tile built two
+// Whole 16-row panels [o0, o1) of a kQ4ExactBf16 matrix for kTokens tokens (<= 16, the tile
+// configuration's rows) from xg (rows of xb, stride elements apart) with their block sums; y points
+// at output o0 of the first token, token rows ldy floats apart. Per block: the B tile built two
 // blocks ahead of its load (a tile load takes no store forwarding), C stored, folded in two blocks
 // later (scripts/bf16q4-factored-probe.cc measured the schedule).
-CASCADE_AMX void AmxQ4ExactRows(const PreparedActivations& a, const uint8_t* w, const uint16_t* bs, const uint16_t* bm,
-                                float* y, int64_t ldy, int64_t in, int64_t o0, int64_t o1) {
+template <int kTokens>
+CASCADE_AMX void AmxQ4ExactPanels(const uint16_t* xg, int64_t stride, const float* sums, const uint8_t* w,
+                                  const uint16_t* bs, const uint16_t* bm, float* y, int64_t ldy, int64_t in, int64_t o0,
+                                  int64_t o1) {
   constexpr int64_t kAhead = 2;
-  const int64_t T = a.T, blocks = in / kQ4Block, stride = a.ldx * 2;
+  const int64_t blocks = in / kQ4Block;
   alignas(64) uint16_t b_tiles[4][16][32];
   alignas(64) float c[4][16 * 16];
+  for (int64_t n0 = o0; n0 + 16 <= o1; n0 += 16) {
+    const uint8_t* panel = w + n0 * (in / 2);
+    const uint16_t* ps = bs + n0 * blocks;
+    const uint16_t* pm = bm + n0 * blocks;
+    __m512 acc[kTokens];
+#pragma GCC unroll 16
+    for (int t = 0; t < kTokens; ++t) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < kAhead && b < blocks; ++b) Q4PairsToTile(panel + b * 256, b_tiles[b & 3]);
+    for (int64_t b = 0; b < blocks; ++b) {
+      if (b + kAhead < blocks) Q4PairsToTile(panel + (b + kAhead) * 256, b_tiles[(b + kAhead) & 3]);
+      const uint16_t* xb = xg + b * kQ4Block;
+      switch (b & 3) {
+        case 0: CASCADE_EXACT_BLOCK(0, 5, b_tiles[0], xb, stride, c[0]); break;
+        case 1: CASCADE_EXACT_BLOCK(1, 7, b_tiles[1], xb, stride, c[1]); break;
+        case 2: CASCADE_EXACT_BLOCK(2, 5, b_tiles[2], xb, stride, c[2]); break;
+        default: CASCADE_EXACT_BLOCK(3, 7, b_tiles[3], xb, stride, c[3]); break;
+      }
+      if (b >= 2) FoldExactBlock<kTokens>(c[(b - 2) & 3], ps + (b - 2) * 16, pm + (b - 2) * 16, sums + (b - 2), blocks, acc);
+    }
+    for (int64_t b = std::max<int64_t>(0, blocks - 2); b < blocks; ++b)
+      FoldExactBlock<kTokens>(c[b & 3], ps + b * 16, pm + b * 16, sums + b, blocks, acc);
+#pragma GCC unroll 16
+    for (int t = 0; t < kTokens; ++t) _mm512_storeu_ps(y + t * ldy + (n0 - o0), acc[t]);
+  }
+}
+
+// Every token of a, 16 at a time, through AmxQ4ExactPanels.
+CASCADE_AMX void AmxQ4ExactRows(const PreparedActivations& a, const uint8_t* w, const uint16_t* bs, const uint16_t* bm,
+                                float* y, int64_t ldy, int64_t in, int64_t o0, int64_t o1) {
+  using Panels = void (*)(const uint16_t*, int64_t, const float*, const uint8_t*, const uint16_t*, const uint16_t*,
+                          float*, int64_t, int64_t, int64_t, int64_t);
+  static constexpr Panels kByTokens[16] = {
+      AmxQ4ExactPanels<1>,  AmxQ4ExactPanels<2>,  AmxQ4ExactPanels<3>,  AmxQ4ExactPanels<4>,
+      AmxQ4ExactPanels<5>,  AmxQ4ExactPanels<6>,  AmxQ4ExactPanels<7>,  AmxQ4ExactPanels<8>,
+      AmxQ4ExactPanels<9>,  AmxQ4ExactPanels<10>, AmxQ4ExactPanels<11>, AmxQ4ExactPanels<12>,
+      AmxQ4ExactPanels<13>, AmxQ4ExactPanels<14>, AmxQ4ExactPanels<15>, AmxQ4ExactPanels<16>};
+  const int64_t T = a.T, blocks = in / kQ4Block;
   for (int64_t t0 = 0; t0 < T; t0 += 16) {
     const int64_t tokens = std::min<int64_t>(16, T - t0);
     LoadExactTileConfig(tokens);
-    const uint16_t* xg = a.xb.data() + t0 * a.ldx;
-    const float* sums = a.xb_block_sum.data() + t0 * blocks;
-    for (int64_t n0 = o0; n0 + 16 <= o1; n0 += 16) {
-      const uint8_t* panel = w + n0 * (in / 2);
-      const uint16_t* ps = bs + n0 * blocks;
-      const uint16_t* pm = bm + n0 * blocks;
-      __m512 acc[16];
-      for (int64_t t = 0; t < tokens; ++t) acc[t] = _mm512_setzero_ps();
-      for (int64_t b = 0; b < kAhead && b < blocks; ++b) Q4PairsToTile(panel + b * 256, b_tiles[b & 3]);
-      for (int64_t b = 0; b < blocks; ++b) {
-        if (b + kAhead < blocks) Q4PairsToTile(panel + (b + kAhead) * 256, b_tiles[(b + kAhead) & 3]);
-        const uint16_t* xb = xg + b * kQ4Block;
-        switch (b & 3) {
-          case 0: CASCADE_EXACT_BLOCK(0, 5, b_tiles[0], xb, stride, c[0]); break;
-          case 1: CASCADE_EXACT_BLOCK(1, 7, b_tiles[1], xb, stride, c[1]); break;
-          case 2: CASCADE_EXACT_BLOCK(2, 5, b_tiles[2], xb, stride, c[2]); break;
-          default: CASCADE_EXACT_BLOCK(3, 7, b_tiles[3], xb, stride, c[3]); break;
-        }
-        if (b >= 2) FoldExactBlock(c[(b - 2) & 3], ps + (b - 2) * 16, pm + (b - 2) * 16, sums + (b - 2), blocks, tokens, acc);
-      }
-      for (int64_t b = std::max<int64_t>(0, blocks - 2); b < blocks; ++b)
-        FoldExactBlock(c[b & 3], ps + b * 16, pm + b * 16, sums + b, blocks, tokens, acc);
-      for (int64_t t = 0; t < tokens; ++t) _mm512_storeu_ps(y + (t0 + t) * ldy + (n0 - o0), acc[t]);
-    }
+    kByTokens[tokens - 1](a.xb.data() + t0 * a.ldx, a.ldx * 2, a.xb_block_sum.data() + t0 * blocks, w, bs, bm,
+                          y + t0 * ldy, ldy, in, o0, o1);
   }
   _tile_release();
 }

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/ffi_handlers.h"
 #include "kernels/int8_matmul.h"
 #include "model/matmul_mode.h"
 #include "pjrt/errors.h"
@@ -26,10 +27,11 @@ DType DefaultKvDtype(const Client& client, WeightPrecision precision, MatmulMode
 
 namespace {
 
-// The order of a precision's q4 values: bf16q4 keeps each row's values together (its AMX
-// kernel's order), the q4 draft interleaves them (kernels/int8_matmul.h).
+// The order of a precision's q4 values, its kernel's (kernels/int8_matmul.h): bf16q4's per CPU
+// (kernels/ffi_handlers.h BlockStoredBf16Kind), the q4 draft's interleaved.
 kernels::Q4Order Q4OrderOf(WeightPrecision precision) {
-  return precision == WeightPrecision::kBF16Q4 ? kernels::Q4Order::kRows : kernels::Q4Order::kInterleaved;
+  return precision == WeightPrecision::kBF16Q4 ? kernels::Q4OrderOf(kernels::BlockStoredBf16Kind())
+                                               : kernels::Q4Order::kInterleaved;
 }
 
 void CheckDims(const HostTensor& t, const std::vector<int64_t>& dims, const std::string& name) {
@@ -188,7 +190,9 @@ ModelWeights EffectiveWeights(const ModelWeights& weights, WeightPrecision preci
       for (int64_t r = 0; r < rows; ++r)
         kernels::DequantizeQ4Row(prepared[0].as<uint8_t>(), prepared[1].as<uint16_t>(), prepared[2].as<uint16_t>(), in,
                                  rows, r, f.as<float>() + r * in, Q4OrderOf(precision));
-      if (precision == WeightPrecision::kBF16Q4) f = ToF32(ToBF16(f));  // the bf16 weights they hold
+      // kQ4Bf16: the bf16 weights they hold; kQ4ExactBf16 multiplies by the blocks' own.
+      if (precision == WeightPrecision::kBF16Q4 && kernels::BlockStoredBf16Kind() == kernels::WeightMatrix::Kind::kQ4Bf16)
+        f = ToF32(ToBF16(f));
       out.tensors[name] = std::move(f);
     } else if (prepared.size() == 2) {  // int8 with a scale per row, or 8-bit blocks (bf16q4's head)
       const HostTensor& v = prepared[0];

@@ -42,7 +42,7 @@ kernels::WeightMatrix::Kind ArenaMatrixKind(const ModelConfig& c, WeightPrecisio
                  ? kernels::WeightMatrix::Kind::kInt8Panels
                  : kernels::WeightMatrix::Kind::kInt8;
     case WeightPrecision::kQ4: return kernels::WeightMatrix::Kind::kQ4;
-    case WeightPrecision::kBF16Q4: return kernels::WeightMatrix::Kind::kQ4Bf16;
+    case WeightPrecision::kBF16Q4: return kernels::BlockStoredBf16Kind();
   }
   return kernels::WeightMatrix::Kind::kF32Transposed;
 }
@@ -367,7 +367,10 @@ class Emitter {
     static const std::optional<Value> kNoScale;
     if (w.dtype == DType::kU8) {
       if (s_.precision != WeightPrecision::kBF16Q4) return f_.DotGeneral(x, DequantizeQ4(ref), {}, {}, {1}, {1});
-      // bf16q4: the bf16 weights the blocks hold (each d * q + m rounded to bf16), then as bf16.
+      // bf16q4 with kQ4ExactBf16: the blocks' exact weights times the bf16-rounded activations.
+      if (ArenaMatrixKind(c_, s_.precision) == kernels::WeightMatrix::Kind::kQ4ExactBf16)
+        return f_.DotGeneral(f_.Convert(f_.Convert(x, DType::kBF16), DType::kF32), DequantizeQ4(ref), {}, {}, {1}, {1});
+      // kQ4Bf16: the bf16 weights the blocks hold (each d * q + m rounded to bf16), then as bf16.
       w = f_.Convert(DequantizeQ4(ref), DType::kBF16);
       scale = &kNoScale;
     }
@@ -427,22 +430,33 @@ class Emitter {
   }
 
   // 4-bit blocks (kernels/int8_matmul.h: panels of 16 rows) as f32 [out, in]: per panel of n rows
-  // and 64 inputs, 8 x n x 4 bytes (Q4Order::kInterleaved) or n x 32 bytes (kRows: bf16q4), low
-  // nibbles the first 32-block, high the second; scales and minimums [block][n] per panel.
+  // and 64 inputs, 8 x n x 4 bytes (Q4Order::kInterleaved) or n x 32 bytes (kRows), low nibbles the
+  // first 32-block, high the second; or per 32-block 4 groups g x n rows x 2 e x 2 bytes c, nibble
+  // h of byte c the input 8 g + 4 c + 2 h + e (kPairs); scales and minimums [block][n] per panel.
   Value DequantizeQ4(const WeightRef& ref) {
     const int64_t out = ref.w.dims[0], half = ref.w.dims[1], in = half * 2, chunks = in / 64, blocks = in / 32;
-    const bool rows_order = kernels::Q4OrderOf(ArenaMatrixKind(c_, s_.precision)) == kernels::Q4Order::kRows;
+    const kernels::Q4Order order = kernels::Q4OrderOf(ArenaMatrixKind(c_, s_.precision));
     return ByPanels(out, [&](int64_t r0, int64_t r1, int64_t n) {
       const int64_t count = (r1 - r0) / n;
       Value bytes = f_.Convert(RowsOf(ref.w, r0, r1), DType::kS32);
-      auto in_order = [&](const Value& q) {  // -> [count * n, chunks, 32]
-        if (rows_order) return f_.Reshape(f_.Transpose(q, {0, 2, 1, 3}), {count * n, chunks, 32});
-        return f_.Reshape(f_.Transpose(q, {0, 3, 1, 2, 4}), {count * n, chunks, 32});
-      };
-      bytes = rows_order ? f_.Reshape(bytes, {count, chunks, n, 32}) : f_.Reshape(bytes, {count, chunks, 8, n, 4});
-      Value low = in_order(f_.And(bytes, f_.ScalarLike(bytes, 15)));
-      Value high = in_order(f_.Div(bytes, f_.ScalarLike(bytes, 16)));
-      Value q = f_.Convert(f_.Reshape(f_.Concatenate({low, high}, 2), {count * n, blocks, 32}), DType::kF32);
+      Value q;
+      if (order == kernels::Q4Order::kPairs) {
+        bytes = f_.Reshape(bytes, {count, blocks, 4, n, 2, 2, 1});
+        Value nibbles = f_.Concatenate({f_.And(bytes, f_.ScalarLike(bytes, 15)), f_.Div(bytes, f_.ScalarLike(bytes, 16))}, 6);
+        // [count, blocks, g, n, e, c, h] -> [count, n, blocks, g, c, h, e]
+        q = f_.Reshape(f_.Transpose(nibbles, {0, 3, 1, 2, 5, 6, 4}), {count * n, blocks, 32});
+      } else {
+        const bool rows_order = order == kernels::Q4Order::kRows;
+        auto in_order = [&](const Value& v) {  // -> [count * n, chunks, 32]
+          if (rows_order) return f_.Reshape(f_.Transpose(v, {0, 2, 1, 3}), {count * n, chunks, 32});
+          return f_.Reshape(f_.Transpose(v, {0, 3, 1, 2, 4}), {count * n, chunks, 32});
+        };
+        bytes = rows_order ? f_.Reshape(bytes, {count, chunks, n, 32}) : f_.Reshape(bytes, {count, chunks, 8, n, 4});
+        Value low = in_order(f_.And(bytes, f_.ScalarLike(bytes, 15)));
+        Value high = in_order(f_.Div(bytes, f_.ScalarLike(bytes, 16)));
+        q = f_.Reshape(f_.Concatenate({low, high}, 2), {count * n, blocks, 32});
+      }
+      q = f_.Convert(q, DType::kF32);
       return f_.Reshape(f_.Add(f_.Mul(q, PerBlock(*ref.scale, r0, r1, n, blocks)), PerBlock(*ref.min, r0, r1, n, blocks)),
                         {count * n, in});
     });

@@ -11,7 +11,8 @@ import type { ConversationCache } from './conversation-cache.js';
  * Weight precisions a model can take on the device. 'q4': the layer matrices in 4-bit blocks of 32
  * (GGUF's Q4_1; a Q4_1 file's own blocks), the head int8: a draft's precision. A 'bf16' target whose
  * layer weights are 4-bit block values (a Q4_1 GGUF's) is stored as those blocks on the CPU plugin
- * (the same model bit for bit; `info.targetStorage` says 'q4-blocks').
+ * (`info.targetStorage` says 'q4-blocks'): with AMX multiplied as the blocks' exact weights (bf16
+ * activations, f32 sums), else as each weight's bf16 rounding (the dense model bit for bit).
  */
 export const PRECISIONS = ['f32', 'bf16', 'int8', 'q4'] as const;
 /** Weight precision of a model on the device. */
@@ -62,8 +63,10 @@ export interface CascadeLoadOptions {
   /**
    * How a BF16 target's weights are stored on the device. Default `'auto'`: where our CPU kernels
    * run and the layer weights are exactly 4-bit block values (a Q4_1 GGUF's), as those blocks
-   * (`info.targetStorage` 'q4-blocks': the same model bit for bit, ~2.8x fewer bytes a step, so
-   * target-only decoding is fastest); otherwise dense. `'dense'`: two bytes per weight whatever
+   * (`info.targetStorage` 'q4-blocks': ~2.8x fewer bytes a step, so target-only decoding is
+   * fastest; with AMX our kernels multiply by the blocks' exact weights, the file's own, where the
+   * dense copy rounds each to bf16: logits within a bf16 rounding of the dense model's, not bit for
+   * bit; without AMX the dense model bit for bit); otherwise dense. `'dense'`: two bytes per weight whatever
    * the file, as a BF16 checkpoint is stored: the setting of the seed's cascade, where the target
    * reads several times the draft's bytes and speculation pays most (SmolLM2 on this project's
    * test machine: target-only ~100 tokens/s, speculative ~2x that; docs/bench/compare.md).
