@@ -1305,20 +1305,20 @@ CASCADE_AMX inline void FoldExactBlock(const float* c, const uint16_t* ps, const
   }
 }
 
-#define CASCADE_EXACT_BLOCK(CT, BT, B, X, STRIDE, C) \
-  do {                                               \
-    _tile_zero(CT);                                  \
-    _tile_loadd(BT, B, 64);                          \
-    _tile_loadd(4, X, STRIDE);                       \
-    _tile_dpbf16ps(CT, 4, BT);                       \
-    _tile_stored(CT, C, 64);                         \
+#define CASCADE_EXACT_BLOCK(CT, BT, B, X, STRIDE) \
+  do {                                            \
+    _tile_zero(CT);                               \
+    _tile_loadd(BT, B, 64);                       \
+    _tile_loadd(4, X, STRIDE);                    \
+    _tile_dpbf16ps(CT, 4, BT);                    \
   } while (0)
 
 // Whole 16-row panels [o0, o1) of a kQ4ExactBf16 matrix for kTokens tokens (<= 16, the tile
 // configuration's rows) from xg (rows of xb, stride elements apart) with their block sums; y points
-// at output o0 of the first token, token rows ldy floats apart. Per block: the B tile built two
-// blocks ahead of its load (a tile load takes no store forwarding), C stored, folded in two blocks
-// later (scripts/bf16q4-factored-probe.cc measured the schedule).
+// at output o0 of the first token, token rows ldy floats apart. Block j's B tile is built two blocks
+// ahead of its load (a tile load takes no store forwarding); its C tile (one of four) is stored two
+// blocks after its tdpbf16ps (a store right after it waited out the product's latency: ~30% of
+// the kernel's time, perf, session 33) and folded in one block after that.
 template <int kTokens>
 CASCADE_AMX void AmxQ4ExactPanels(const uint16_t* xg, int64_t stride, const float* sums, const uint8_t* w,
                                   const uint16_t* bs, const uint16_t* bm, float* y, int64_t ldy, int64_t in, int64_t o0,
@@ -1334,20 +1334,30 @@ CASCADE_AMX void AmxQ4ExactPanels(const uint16_t* xg, int64_t stride, const floa
     __m512 acc[kTokens];
 #pragma GCC unroll 16
     for (int t = 0; t < kTokens; ++t) acc[t] = _mm512_setzero_ps();
+    auto store = [&](int64_t j) {
+      switch (j & 3) {
+        case 0: _tile_stored(0, c[0], 64); break;
+        case 1: _tile_stored(1, c[1], 64); break;
+        case 2: _tile_stored(2, c[2], 64); break;
+        default: _tile_stored(3, c[3], 64); break;
+      }
+    };
+    auto fold = [&](int64_t j) { FoldExactBlock<kTokens>(c[j & 3], ps + j * 16, pm + j * 16, sums + j, blocks, acc); };
     for (int64_t b = 0; b < kAhead && b < blocks; ++b) Q4PairsToTile(panel + b * 256, b_tiles[b & 3]);
     for (int64_t b = 0; b < blocks; ++b) {
       if (b + kAhead < blocks) Q4PairsToTile(panel + (b + kAhead) * 256, b_tiles[(b + kAhead) & 3]);
       const uint16_t* xb = xg + b * kQ4Block;
       switch (b & 3) {
-        case 0: CASCADE_EXACT_BLOCK(0, 5, b_tiles[0], xb, stride, c[0]); break;
-        case 1: CASCADE_EXACT_BLOCK(1, 7, b_tiles[1], xb, stride, c[1]); break;
-        case 2: CASCADE_EXACT_BLOCK(2, 5, b_tiles[2], xb, stride, c[2]); break;
-        default: CASCADE_EXACT_BLOCK(3, 7, b_tiles[3], xb, stride, c[3]); break;
+        case 0: CASCADE_EXACT_BLOCK(0, 5, b_tiles[0], xb, stride); break;
+        case 1: CASCADE_EXACT_BLOCK(1, 7, b_tiles[1], xb, stride); break;
+        case 2: CASCADE_EXACT_BLOCK(2, 5, b_tiles[2], xb, stride); break;
+        default: CASCADE_EXACT_BLOCK(3, 7, b_tiles[3], xb, stride); break;
       }
-      if (b >= 2) FoldExactBlock<kTokens>(c[(b - 2) & 3], ps + (b - 2) * 16, pm + (b - 2) * 16, sums + (b - 2), blocks, acc);
+      if (b >= 2) store(b - 2);
+      if (b >= 3) fold(b - 3);
     }
-    for (int64_t b = std::max<int64_t>(0, blocks - 2); b < blocks; ++b)
-      FoldExactBlock<kTokens>(c[b & 3], ps + b * 16, pm + b * 16, sums + b, blocks, acc);
+    for (int64_t j = std::max<int64_t>(0, blocks - 2); j < blocks; ++j) store(j);
+    for (int64_t j = std::max<int64_t>(0, blocks - 3); j < blocks; ++j) fold(j);
 #pragma GCC unroll 16
     for (int t = 0; t < kTokens; ++t) _mm512_storeu_ps(y + t * ldy + (n0 - o0), acc[t]);
   }
