@@ -1,5 +1,5 @@
 // Times our CPU matmul kernels alone (no PJRT) on the SmolLM2-135M matrices, per weight kind,
-// at T=1 and T=5, with 1 thread and with the whole kernel team, against the read bandwidth
+// at T = 1, 5 and 13 (a speculative round's verify), with 1 thread and with the whole kernel team, against the read bandwidth
 // measured in the same run. What a decode step's matrices can reach on this machine. `hot`: each
 // kind's instruction cost alone, one thread, one 576 x 256 matrix in L2 (docs/bench/decoder.md).
 //
@@ -109,7 +109,7 @@ int main(int argc, char** argv) {
           bytes += s.out * s.in / 32 * 4;
         }
       }
-    for (int64_t T : {1, 5}) {
+    for (int64_t T : {1, 5, 13}) {
       std::vector<float> x(static_cast<size_t>(T * 1536), 0.5f), y(static_cast<size_t>(T * 1536));
       for (ThreadTeam* team : {&one, &all}) {
         std::vector<double> t;
