@@ -395,7 +395,7 @@ function markdown(r: {
     '## What the rows and columns mean',
     '',
     `- **cascade-xla target / speculative / cascade / auto**: \`Cascade.load({ tiny: 'fit', warmup: true, measureBandwidth: true })\` ` +
-      `on the XLA CPU plugin (the default target precision, bf16, ${r.targetStorage === 'q4-blocks' ? "its layer weights kept as the GGUF's Q4_1 blocks and expanded to the same bf16 weights in our kernels (bit for bit the dense bf16 target; the embedding and head dense bf16)" : 'dequantised from the GGUF'}; the "f32 target" rows pass ` +
+      `on the XLA CPU plugin (the default target precision, bf16, ${r.targetStorage === 'q4-blocks' ? "its layer weights kept as the GGUF's Q4_1 blocks: with AMX our kernels multiply by their exact weights, without it by the dense bf16 target's weights bit for bit, docs/precision.md" : 'dequantised from the GGUF'}; the "f32 target" rows pass ` +
       `\`precision: { target: 'f32' }\`, in a second process${r.targetStorage === 'q4-blocks' ? "; the \"stored dense\" rows pass `targetStorage: 'dense'` (two bytes per layer weight, as a bf16 checkpoint's target is stored: the seed's setting, where the target reads ~2.8x the draft's bytes), in a third" : ''}), \`generate\` with \`mode\` = target-only, ` +
       `speculative (draft = ${r.draftPrecision === 'int8' ? 'an int8 copy (per-channel scales, our FFI kernels) of ' : r.draftPrecision === 'q4' ? "a q4 copy (the GGUF's own 4-bit blocks, our FFI kernels) of " : ''}the target's first ${r.draftLayers} layers, as the cost model chose, k1 ${r.options.k1}), cascade (+ the fitted tiny model, k0 ${r.options.k0}), ` +
       `and auto (the cost model picks per step). Compile time is excluded (warm-up at load and an untimed warm-up pass).`,
