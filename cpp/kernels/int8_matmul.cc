@@ -1313,6 +1313,16 @@ CASCADE_AMX inline void FoldExactBlock(const float* c, const uint16_t* ps, const
     _tile_dpbf16ps(CT, 4, BT);                    \
   } while (0)
 
+// C tile j % 4 (block j's) to c[j % 4].
+CASCADE_AMX inline void StoreExactTile(int64_t j, float (*c)[16 * 16]) {
+  switch (j & 3) {
+    case 0: _tile_stored(0, c[0], 64); break;
+    case 1: _tile_stored(1, c[1], 64); break;
+    case 2: _tile_stored(2, c[2], 64); break;
+    default: _tile_stored(3, c[3], 64); break;
+  }
+}
+
 // Whole 16-row panels [o0, o1) of a kQ4ExactBf16 matrix for kTokens tokens (<= 16, the tile
 // configuration's rows) from xg (rows of xb, stride elements apart) with their block sums; y points
 // at output o0 of the first token, token rows ldy floats apart. Block j's B tile is built two blocks
@@ -1334,15 +1344,8 @@ CASCADE_AMX void AmxQ4ExactPanels(const uint16_t* xg, int64_t stride, const floa
     __m512 acc[kTokens];
 #pragma GCC unroll 16
     for (int t = 0; t < kTokens; ++t) acc[t] = _mm512_setzero_ps();
-    auto store = [&](int64_t j) {
-      switch (j & 3) {
-        case 0: _tile_stored(0, c[0], 64); break;
-        case 1: _tile_stored(1, c[1], 64); break;
-        case 2: _tile_stored(2, c[2], 64); break;
-        default: _tile_stored(3, c[3], 64); break;
-      }
-    };
-    auto fold = [&](int64_t j) { FoldExactBlock<kTokens>(c[j & 3], ps + j * 16, pm + j * 16, sums + j, blocks, acc); };
+    // (Functions, not lambdas: clang gives a lambda none of its function's target features.)
+#define CASCADE_EXACT_FOLD(j) FoldExactBlock<kTokens>(c[(j) & 3], ps + (j) * 16, pm + (j) * 16, sums + (j), blocks, acc)
     for (int64_t b = 0; b < kAhead && b < blocks; ++b) Q4PairsToTile(panel + b * 256, b_tiles[b & 3]);
     for (int64_t b = 0; b < blocks; ++b) {
       if (b + kAhead < blocks) Q4PairsToTile(panel + (b + kAhead) * 256, b_tiles[(b + kAhead) & 3]);
@@ -1353,11 +1356,12 @@ CASCADE_AMX void AmxQ4ExactPanels(const uint16_t* xg, int64_t stride, const floa
         case 2: CASCADE_EXACT_BLOCK(2, 5, b_tiles[2], xb, stride); break;
         default: CASCADE_EXACT_BLOCK(3, 7, b_tiles[3], xb, stride); break;
       }
-      if (b >= 2) store(b - 2);
-      if (b >= 3) fold(b - 3);
+      if (b >= 2) StoreExactTile(b - 2, c);
+      if (b >= 3) CASCADE_EXACT_FOLD(b - 3);
     }
-    for (int64_t j = std::max<int64_t>(0, blocks - 2); j < blocks; ++j) store(j);
-    for (int64_t j = std::max<int64_t>(0, blocks - 3); j < blocks; ++j) fold(j);
+    for (int64_t j = std::max<int64_t>(0, blocks - 2); j < blocks; ++j) StoreExactTile(j, c);
+    for (int64_t j = std::max<int64_t>(0, blocks - 3); j < blocks; ++j) CASCADE_EXACT_FOLD(j);
+#undef CASCADE_EXACT_FOLD
 #pragma GCC unroll 16
     for (int t = 0; t < kTokens; ++t) _mm512_storeu_ps(y + t * ldy + (n0 - o0), acc[t]);
   }
