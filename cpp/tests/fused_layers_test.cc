@@ -19,6 +19,7 @@
 #include "kernels/thread_team.h"
 #include "model/decoder.h"
 #include "cpu_client.h"
+#include "logit_distance.h"
 #include "random_model.h"
 
 namespace cascade {
@@ -394,12 +395,8 @@ TEST(fused_layers, Bf16Q4ComputesWithItsBlocks) {
         // The plain program multiplies the blocks' f32 weights (model/programs.cc DequantizeQ4) by
         // the bf16-rounded activations: the kernel's products, rounded and summed in another order.
         // The dense bf16 model rounds each weight too: further off, though still the same model.
-        float worst = 0, dense = 0, span = 0;
-        for (size_t i = 0; i < b.logits.size(); ++i) {
-          worst = std::max(worst, std::fabs(b.logits[i] - pb.logits[i]));
-          dense = std::max(dense, std::fabs(b.logits[i] - a.logits[i]));
-          span = std::max(span, std::fabs(pb.logits[i]));
-        }
+        const float worst = testing::MaxAbsDifference(b.logits, pb.logits),
+                    dense = testing::MaxAbsDifference(b.logits, a.logits), span = testing::MaxAbs(pb.logits);
         // These random models amplify a layer's last-bit differences to ~1e-3 of the logits' span
         // (measured 2.4e-4..1.1e-3); a wrong weight order (DequantizeQ4) changes them wholesale.
         EXPECT_LE(worst, 3e-3f * span) << name;

@@ -3,7 +3,6 @@
 // and passes its path in CASCADE_TEST_MODEL (scripts/cpp-tests.mjs).
 #include <gtest/gtest.h>
 
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -17,6 +16,7 @@
 #include "model/tiny.h"
 #include "pjrt/api.h"
 #include "pjrt/plugin_locator.h"
+#include "logit_distance.h"
 
 namespace cascade {
 namespace {
@@ -104,12 +104,8 @@ TEST(SmolLM2, Bf16TargetFromItsBlocks) {
       continue;
     }
     ForwardResult p = blocks_plain.Forward(tokens, start, {HeadKind::kLogits});
-    float plain = 0, to_dense = 0, span = 0;
-    for (size_t i = 0; i < b.logits.size(); ++i) {
-      plain = std::max(plain, std::fabs(b.logits[i] - p.logits[i]));
-      to_dense = std::max(to_dense, std::fabs(b.logits[i] - a.logits[i]));
-      span = std::max(span, std::fabs(p.logits[i]));
-    }
+    const float plain = testing::MaxAbsDifference(b.logits, p.logits),
+                to_dense = testing::MaxAbsDifference(b.logits, a.logits), span = testing::MaxAbs(p.logits);
     // Activations rounded to bf16 turn last-bit differences upstream into 2^-9 ones: the dense
     // target's fused and plain programs differ by up to 0.5 here too (1.6% of the span, measured);
     // a wrong weight order would change the logits wholesale.
