@@ -16,6 +16,7 @@
 #include "pjrt/client.h"
 #include "pjrt/errors.h"
 #include "pjrt/plugin_locator.h"
+#include "logit_distance.h"
 
 namespace cascade {
 namespace {
@@ -291,9 +292,7 @@ class Reference {
 
 float MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
   EXPECT_EQ(a.size(), b.size());
-  float m = 0;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
-  return m;
+  return testing::MaxAbsDifference(a, b);
 }
 
 std::vector<float> Row(const std::vector<float>& m, int64_t row, int64_t width) {
