@@ -2,6 +2,7 @@
 
 #include "kernels/int8_matmul.h"
 #include "kernels/thread_team.h"
+#include "util/huge_pages.h"
 
 #include <algorithm>
 #include <chrono>
@@ -305,7 +306,8 @@ double MeasureReadBandwidthGBs(size_t bytes) {
   // What the decode kernels can read: every thread of the kernel team, the widest loads the CPU
   // has (a scalar loop on one thread measured a third of it, session 3).
   const size_t n = bytes / sizeof(float);
-  std::unique_ptr<float[]> buffer(new float[n]);
+  // In 2 MiB pages, as the weights are (util/huge_pages.h).
+  const std::unique_ptr<float[], HugePageFree> buffer = AllocateFloatsInHugePages(n);
   for (size_t i = 0; i < n; ++i) buffer[i] = static_cast<float>(i & 1023);
   const int64_t chunk = int64_t{1} << 16, chunks = static_cast<int64_t>((n + chunk - 1) / chunk);
   std::vector<float> sums(static_cast<size_t>(chunks));

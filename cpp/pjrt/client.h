@@ -79,10 +79,11 @@ class Buffer {
   void MarkDonated() { donated_ = true; }
   bool donated() const { return donated_; }
 
- private:
-  // The buffer's bytes when the plugin keeps it in host memory, dense and row-major (client.cc).
+  // The buffer's bytes when the plugin keeps it in host memory, dense and row-major (client.cc);
+  // nullptr otherwise. (The CPU plugin: what ToHost copies, and where util/huge_pages.h collapses.)
   const void* ReadableHostData() const;
 
+ private:
   std::shared_ptr<Client> client_;
   PJRT_Buffer* buffer_;
   size_t device_index_;

@@ -16,6 +16,7 @@
 #include "model/tiny.h"
 #include "pjrt/api.h"
 #include "pjrt/plugin_locator.h"
+#include "util/huge_pages.h"
 #include "logit_distance.h"
 
 namespace cascade {
@@ -92,6 +93,8 @@ TEST(SmolLM2, Bf16TargetFromItsBlocks) {
   o.matmul = MatmulMode::kXlaAuto;
   DecoderModel blocks_plain(client, target, o);
   EXPECT_LT(blocks.weight_bytes() * 10, dense.weight_bytes() * 6);  // 153 MB against 269 (the lookup embedding stays dense)
+  if (CanCollapseHugePages() && !HugePagesDisabled())  // the upload leaves the weights in 2 MiB pages
+    EXPECT_GT(blocks.huge_page_bytes() * 10, blocks.weight_bytes() * 9);
   const std::vector<int32_t> prompt = {504, 1296, 3003, 4683, 359};
   const std::vector<int32_t> block = {260, 2380, 30, 3656, 28, 284, 1017, 1744, 30, 11, 1022, 8};
   for (const auto& [tokens, start] : {std::pair{prompt, int64_t{0}}, std::pair{block, int64_t{5}}}) {

@@ -17,6 +17,7 @@
 
 #include "kernels/decoder_layers.h"
 #include "util/float16.h"
+#include "util/huge_pages.h"
 #include "kernels/argmax.h"
 #include "kernels/ffi_handlers.h"
 #include "kernels/head_argmax.h"
@@ -31,18 +32,28 @@ using cascade::tools::Median;
 
 namespace {
 
-double Bandwidth(ThreadTeam& team, const std::vector<float>& buf) {
-  const int64_t chunk = int64_t{1} << 16, n = static_cast<int64_t>(buf.size());
+// A buffer for the read-bandwidth probe in 2 MiB pages, as the weights are (util/huge_pages.h).
+struct ProbeBuffer {
+  explicit ProbeBuffer(size_t n) : data(cascade::AllocateFloatsInHugePages(n)), count(n) {
+    std::fill(data.get(), data.get() + n, 1.0f);
+  }
+  std::unique_ptr<float[], cascade::HugePageFree> data;
+  size_t count;
+};
+
+double Bandwidth(ThreadTeam& team, const ProbeBuffer& probe) {
+  const float* buf = probe.data.get();
+  const int64_t chunk = int64_t{1} << 16, n = static_cast<int64_t>(probe.count);
   std::vector<float> sums(static_cast<size_t>((n + chunk - 1) / chunk));
   auto t0 = Clock::now();
   team.Run(static_cast<int64_t>(sums.size()), [&](int64_t c) {
-    const float* p = buf.data() + c * chunk;
+    const float* p = buf + c * chunk;
     sums[c] = SumForBandwidth(p, p + std::min(chunk, n - c * chunk));
   });
   const double s = std::chrono::duration<double>(Clock::now() - t0).count();
   volatile float sink = sums[0];
   (void)sink;
-  return buf.size() * sizeof(float) / s / 1e9;
+  return n * sizeof(float) / s / 1e9;
 }
 
 }  // namespace
@@ -69,7 +80,7 @@ int main(int argc, char** argv) {
   impls.bf16 = BestBf16Impl();
   impls.f32 = BestF32Impl();
   std::printf("kernels: %s\n", KernelDescription().c_str());
-  std::vector<float> big(size_t{1} << 28, 1.0f);  // 1 GiB
+  const ProbeBuffer big(size_t{1} << 28);  // 1 GiB
   std::vector<double> bw1, bw2;
   for (int r = 0; r < 3; ++r) {
     bw1.push_back(Bandwidth(one, big));
@@ -109,6 +120,14 @@ int main(int argc, char** argv) {
           bytes += s.out * s.in / 32 * 4;
         }
       }
+    // In 2 MiB pages, as a model's upload leaves its weights (model/decoder.cc).
+    if (!cascade::HugePagesDisabled()) {
+      std::vector<std::pair<const void*, size_t>> ranges;
+      for (const auto& d : data) ranges.push_back({d.data(), d.size()});
+      for (const auto& b : blocks) ranges.push_back({b.data(), b.size() * sizeof(uint16_t)});
+      for (const auto& f : scales) ranges.push_back({f.data(), f.size() * sizeof(float)});
+      cascade::CollapseIntoHugePages(ranges);
+    }
     for (int64_t T : {1, 5, 13}) {
       std::vector<float> x(static_cast<size_t>(T * 1536), 0.5f), y(static_cast<size_t>(T * 1536));
       for (ThreadTeam* team : {&one, &all}) {
@@ -190,6 +209,8 @@ int main(int argc, char** argv) {
     std::vector<int8_t> q(wf.size());
     std::vector<uint16_t> scale(static_cast<size_t>(out * in / 32));
     QuantizeQ8Rows(wf.data(), in, out, q.data(), scale.data());
+    if (!cascade::HugePagesDisabled())
+      cascade::CollapseIntoHugePages({{q.data(), q.size()}, {scale.data(), scale.size() * sizeof(uint16_t)}});
     const WeightMatrix head{WeightMatrix::Kind::kQ8Bf16, q.data(), nullptr, in, out, scale.data(), nullptr};
     std::vector<float> logits(static_cast<size_t>(out));
     std::vector<double> full_hot, full_cold, bound_hot, bound_cold;
