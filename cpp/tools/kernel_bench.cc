@@ -253,6 +253,11 @@ int main(int argc, char** argv) {
     std::vector<uint16_t> q4_scale(static_cast<size_t>(V * H / kQ4Block)), q4_min(q4_scale.size());
     QuantizeQ4Rows(w2f.data(), H, V, q4.data(), q4_scale.data(), q4_min.data());
     for (int64_t i = 0; i < d; ++i) x[i] = std::sin(static_cast<float>(i));
+    if (!cascade::HugePagesDisabled())  // as DecoderModel::SetTiny leaves W2
+      cascade::CollapseIntoHugePages({{w2.data(), w2.size()},
+                                      {q4.data(), q4.size()},
+                                      {q4_scale.data(), q4_scale.size() * sizeof(uint16_t)},
+                                      {q4_min.data(), q4_min.size() * sizeof(uint16_t)}});
     for (bool q4_w2 : {false, true}) {
       TinyParams p;
       p.w1t = w1t.data();
