@@ -90,8 +90,9 @@ constexpr int64_t kBandwidthBytes = int64_t{1} << 30;
 double ReadBandwidth() {
   // In 2 MiB pages, as the weights are (util/huge_pages.h): the memory's bound, not the page walks'.
   static const std::unique_ptr<float[], HugePageFree> buffer = [] {
+    // Varied values: pages of one repeated value may be merged by the host.
     auto b = AllocateFloatsInHugePages(kBandwidthBytes / sizeof(float));
-    std::fill(b.get(), b.get() + kBandwidthBytes / sizeof(float), 1.0f);
+    for (size_t i = 0; i < kBandwidthBytes / sizeof(float); ++i) b[i] = static_cast<float>(i & 1023);
     return b;
   }();
   const int64_t n = kBandwidthBytes / static_cast<int64_t>(sizeof(float)), chunk = int64_t{1} << 16;

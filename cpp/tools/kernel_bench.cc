@@ -3,8 +3,10 @@
 // measured in the same run. What a decode step's matrices can reach on this machine. `hot`: each
 // kind's instruction cost alone, one thread, one 576 x 256 matrix in L2 (docs/bench/decoder.md).
 //
-//   kernel_bench [--runs 15] [--kinds f32,bf16,int8,int8p,q4,bf16q4,q4exact,head,tiny,hot] [--cold]
+//   kernel_bench [--runs 15] [--kinds f32,bf16,int8,int8p,q4,bf16q4,q4exact,head,tiny,hot,pages] [--cold]
 //
+// `pages` (not in the default list): a plain read of 64 MB, in 4 KiB pages against 2 MiB pages,
+// after 1 GiB read (util/huge_pages.h: why the weights are collapsed).
 // --cold: each timed pass over the layer matrices follows a 1 GiB read, so they come from DRAM
 // (otherwise the 66 MB of q4 / bf16q4 matrices stay in a large L3 between passes).
 #include <algorithm>
@@ -34,8 +36,10 @@ namespace {
 
 // A buffer for the read-bandwidth probe in 2 MiB pages, as the weights are (util/huge_pages.h).
 struct ProbeBuffer {
+  // Varied values: pages of one repeated value may be merged by the host and then not read from
+  // DRAM (or read through its 4 KiB mappings).
   explicit ProbeBuffer(size_t n) : data(cascade::AllocateFloatsInHugePages(n)), count(n) {
-    std::fill(data.get(), data.get() + n, 1.0f);
+    for (size_t i = 0; i < n; ++i) data[i] = static_cast<float>(i & 1023);
   }
   std::unique_ptr<float[], cascade::HugePageFree> data;
   size_t count;
@@ -149,6 +153,28 @@ int main(int argc, char** argv) {
 
   // Hot: ns per output row and 64 inputs (per token in brackets) with the weights in L2, so the
   // instructions bound it, not DRAM: one thread, a 576 x 256 matrix, MatmulRange 2,000 times.
+  if (wanted("pages")) {
+    const size_t n = size_t{16} << 20;  // 64 MB of floats
+    // Varied values in both (pages of one repeated value may be merged by the host).
+    std::vector<float> small(n);
+    const ProbeBuffer huge(n);
+    for (size_t i = 0; i < n; ++i) small[i] = static_cast<float>(i & 1023);
+    std::vector<double> t4k, t2m;
+    for (int r = 0; r < std::max(runs, 5); ++r)
+      for (bool in_huge : {false, true}) {
+        Bandwidth(all, big);
+        auto t0 = Clock::now();
+        all.Run(static_cast<int64_t>(n >> 16), [&](int64_t c) {
+          const float* p = (in_huge ? huge.data.get() : small.data()) + (c << 16);
+          volatile float sink = SumForBandwidth(p, p + (1 << 16));
+          (void)sink;
+        });
+        (in_huge ? t2m : t4k).push_back(n * 4 / std::chrono::duration<double>(Clock::now() - t0).count() / 1e9);
+      }
+    std::printf("read of 64 MB after 1 GiB, %d threads: 4 KiB pages %.1f GB/s, 2 MiB pages %.1f GB/s\n",
+                all.helpers() + 1, Median(t4k), Median(t2m));
+  }
+
   if (wanted("hot")) {
     const int64_t in = 576, out = 256;
     std::vector<float> wf(static_cast<size_t>(in * out));
