@@ -133,6 +133,9 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
       mem.Set("weightBytes", static_cast<double>(m.weight_bytes()));
       mem.Set("kvCacheBytes", static_cast<double>(m.k_cache().byte_size() + m.v_cache().byte_size()));
       mem.Set("tinyBytes", static_cast<double>(m.tiny_bytes()));
+      // The bytes the upload put into 2 MiB pages (util/huge_pages.h): of the weights, of the tiny.
+      mem.Set("hugePageBytes", static_cast<double>(m.huge_page_bytes()));
+      mem.Set("tinyHugePageBytes", static_cast<double>(m.tiny_huge_page_bytes()));
       // The weight bytes a one-token step reads (the lookup embedding, when the head has its own
       // copy, reads a row): what the memory-bound floor of a step is measured against.
       mem.Set("stepBytes", static_cast<double>(StepBytes(m.config(), m.options().precision)));

@@ -312,10 +312,22 @@ export interface NativeEngine {
     maxSequences: number;
     hasTiny: boolean;
     /**
-     * Device memory per model: weights, KV cache and (draft) the tiny model, in bytes; and the
-     * weight bytes a one-token step reads (`stepBytes`: the lookup embedding reads a row).
+     * Device memory per model: weights, KV cache and (draft) the tiny model, in bytes; the weight
+     * bytes a one-token step reads (`stepBytes`: the lookup embedding reads a row); and of the
+     * weights and of the tiny, the bytes in 2 MiB pages (`hugePageBytes`, `tinyHugePageBytes`: CPU
+     * plugin on Linux 6.1+, else 0; `CASCADE_NO_HUGE_PAGES` turns it off).
      */
-    memory: Record<'target' | 'draft', { weightBytes: number; kvCacheBytes: number; tinyBytes: number; stepBytes: number }>;
+    memory: Record<
+      'target' | 'draft',
+      {
+        weightBytes: number;
+        kvCacheBytes: number;
+        tinyBytes: number;
+        stepBytes: number;
+        hugePageBytes: number;
+        tinyHugePageBytes: number;
+      }
+    >;
     /**
      * How the self-speculative draft's depth was chosen when `draftLayers` was not given: per
      * candidate depth, the greedy agreement with the target on calibration text, the estimated

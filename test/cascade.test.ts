@@ -1,6 +1,9 @@
 // The Cascade API on the real SmolLM2-135M-Instruct GGUF through the XLA CPU plugin: speculative
 // decoding gives exactly the target's tokens, streaming equals generate, and the lifecycle
 // (abort, queueing, dispose, bad options) behaves.
+import { readFileSync } from 'node:fs';
+import os from 'node:os';
+
 import { describe, expect, it } from 'vitest';
 
 import { Cascade, DisposedError, InvalidArgumentError, OutOfMemoryError } from '../src/index.js';
@@ -8,6 +11,18 @@ import { ensureDefaultModel } from '../src/models/default-model.js';
 import { SMALL_F32, withDefaultCascade } from './helpers/default-cascade.js';
 
 const PROMPTS = ['The three primary colors are', 'def fibonacci(n):'];
+
+/** Whether this host lets the upload collapse weights into 2 MiB pages (cpp/util/huge_pages.h). */
+function hugePagesExpected(): boolean {
+  if (process.platform !== 'linux' || process.env.CASCADE_NO_HUGE_PAGES !== undefined) return false;
+  const [major, minor] = os.release().split('.').map(Number);
+  if (!(major! > 6 || (major === 6 && minor! >= 1))) return false;
+  try {
+    return !readFileSync('/sys/kernel/mm/transparent_hugepage/enabled', 'utf8').includes('[never]');
+  } catch {
+    return false;
+  }
+}
 
 describe('Cascade on SmolLM2-135M-Instruct', () => {
   let c: Cascade;
@@ -120,6 +135,15 @@ describe('Cascade on SmolLM2-135M-Instruct', () => {
     }
     // f32 target: 30 layers + embedding of SmolLM2-135M, about 513 MiB of weights.
     expect(p.models[0]!.bytes).toBeGreaterThan(500 * 2 ** 20);
+    // The upload leaves the weights in 2 MiB pages where Linux can collapse them (6.1+, THP not off).
+    if (hugePagesExpected()) {
+      for (const [i, m] of p.models.entries()) {
+        const weights = c.info.memory[i === 0 ? 'target' : 'draft'].weightBytes;
+        expect(m.hugePageBytes).toBeGreaterThan(0.9 * weights);
+      }
+    } else {
+      for (const m of p.models) expect(m.hugePageBytes).toBe(0);
+    }
     expect(p.cpuCaches.length).toBeGreaterThan(0);
     expect(p.tinyVersusCache).toBeNull(); // no tiny loaded here
     expect(p.note).toMatch(/VMEM/);

@@ -327,7 +327,7 @@ void DecoderModel::SetTiny(const TinyWeights& tiny) {
     std::vector<std::pair<const void*, size_t>> ranges;
     for (const auto& replica : uploaded)
       for (const auto& b : replica) ranges.push_back({b->ReadableHostData(), b->byte_size()});
-    CollapseIntoHugePages(ranges);
+    tiny_huge_page_bytes_ = static_cast<int64_t>(CollapseIntoHugePages(ranges).bytes);
   }
   for (size_t r = 0; r < replicas_.size(); ++r) {
     replicas_[r].tiny = std::move(uploaded[r]);

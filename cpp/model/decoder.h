@@ -176,6 +176,7 @@ class DecoderModel {
   // Weight bytes the upload put into 2 MiB pages (util/huge_pages.h; 0 off the CPU plugin or where
   // the kernel refused).
   int64_t huge_page_bytes() const { return huge_page_bytes_; }
+  int64_t tiny_huge_page_bytes() const { return tiny_huge_page_bytes_; }  // the same for the tiny's params
   // The current cache buffers (replaced by every Forward; the previous ones are donated).
   const Buffer& k_cache() const { return *replicas_[0].k_cache; }
   const Buffer& v_cache() const { return *replicas_[0].v_cache; }
@@ -195,7 +196,7 @@ class DecoderModel {
 
   double compile_ms_ = 0;
   uint64_t cache_version_ = 0;
-  int64_t huge_page_bytes_ = 0;
+  int64_t huge_page_bytes_ = 0, tiny_huge_page_bytes_ = 0;
   std::shared_ptr<Client> client_;
   ModelConfig config_;
   DecoderOptions options_;

@@ -225,7 +225,7 @@ async function run(prompt: string, opts: RunOptions, quiet: boolean): Promise<vo
     console.log(statsTable(stats, baseline));
     const placement = await c.placement();
     console.log(
-      `placement: ${placement.models.map((m) => `${m.model} ${(m.bytes / 1048576).toFixed(0)} MiB in "${m.memoryKind}"${m.share === null ? '' : ` (${(100 * m.share).toFixed(1)}%)`}`).join(', ')}` +
+      `placement: ${placement.models.map((m) => `${m.model} ${(m.bytes / 1048576).toFixed(0)} MiB in "${m.memoryKind}"${m.share === null ? '' : ` (${(100 * m.share).toFixed(1)}%)`}${m.hugePageBytes > 0 ? `, ${(m.hugePageBytes / 1048576).toFixed(0)} MiB in 2 MiB pages` : ''}`).join(', ')}` +
         (placement.tinyVersusCache
           ? `; tiny ${(placement.tinyVersusCache.tinyBytes / 1048576).toFixed(1)} MiB vs largest CPU cache ${(placement.tinyVersusCache.cacheBytes / 1048576).toFixed(1)} MiB (${placement.tinyVersusCache.fits ? 'fits' : 'does not fit'})`
           : ''),
