@@ -22,6 +22,18 @@
 namespace cascade {
 namespace {
 
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kAddressSanitizer = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kAddressSanitizer = true;
+#else
+constexpr bool kAddressSanitizer = false;
+#endif
+#else
+constexpr bool kAddressSanitizer = false;
+#endif
+
 TEST(SmolLM2, EveryModeIsIdenticalToTargetGreedy) {
   const char* path = std::getenv("CASCADE_TEST_MODEL");
   ASSERT_NE(path, nullptr) << "set CASCADE_TEST_MODEL to the SmolLM2 GGUF (npm test does)";
@@ -93,8 +105,10 @@ TEST(SmolLM2, Bf16TargetFromItsBlocks) {
   o.matmul = MatmulMode::kXlaAuto;
   DecoderModel blocks_plain(client, target, o);
   EXPECT_LT(blocks.weight_bytes() * 10, dense.weight_bytes() * 6);  // 153 MB against 269 (the lookup embedding stays dense)
-  if (CanCollapseHugePages() && !HugePagesDisabled())  // the upload leaves the weights in 2 MiB pages
-    EXPECT_GT(blocks.huge_page_bytes() * 10, blocks.weight_bytes() * 9);
+  // The upload leaves the weights in 2 MiB pages: > 90% of them with glibc's allocator (the
+  // product's), > 50% under ASan, whose allocator spaces buffers apart (67% measured).
+  if (CanCollapseHugePages() && !HugePagesDisabled())
+    EXPECT_GT(blocks.huge_page_bytes() * 10, blocks.weight_bytes() * (kAddressSanitizer ? 5 : 9));
   const std::vector<int32_t> prompt = {504, 1296, 3003, 4683, 359};
   const std::vector<int32_t> block = {260, 2380, 30, 3656, 28, 284, 1017, 1744, 30, 11, 1022, 8};
   for (const auto& [tokens, start] : {std::pair{prompt, int64_t{0}}, std::pair{block, int64_t{5}}}) {
