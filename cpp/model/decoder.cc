@@ -245,7 +245,7 @@ DecoderModel::DecoderModel(std::shared_ptr<Client> client, const ModelWeights& w
     arena = HostTensor(DType::kU8, {LayerArenaBytes(config_, options_.precision)});
   }
   // On the CPU plugin the weights go into 2 MiB pages as they land, on the other core
-  // (util/huge_pages.h: decode steps read them 5-10% faster, docs/bench/decoder.md session 34).
+  // (util/huge_pages.h: decode steps 5-16% faster, docs/bench/decoder.md session 34).
   std::unique_ptr<HugePageCollapser> collapser;
   if (cpu && !HugePagesDisabled()) collapser = std::make_unique<HugePageCollapser>();
   auto upload = [&](const HostTensor& t) {

@@ -1,6 +1,7 @@
 // Weights in 2 MiB pages on Linux. A decode step streams every weight once; in 4 KiB pages that is
-// a page walk every 4 KiB of each stream, and two cores reading 64 MB in 4 KiB pages got 18-23 GB/s
-// here against 24-27 in 2 MiB pages (docs/bench/decoder.md, session 34). THP is usually enabled
+// a page walk every 4 KiB of each stream, and two cores reading 64 MB right after a 1 GiB read got
+// 8-11 GB/s here in 4 KiB pages against 26-28 in 2 MiB pages (kernel_bench --kinds pages;
+// docs/bench/decoder.md, session 34). THP is usually enabled
 // for madvise'd memory only, and the CPU plugin allocates and fills device buffers itself, so the
 // buffers are turned into huge pages after their upload: MADV_COLLAPSE (Linux 6.1+) copies each
 // whole 2 MiB-aligned region into one huge page in place, every byte kept, concurrent readers and
@@ -64,7 +65,7 @@ class HugePageCollapser {
   std::thread worker_;
 };
 
-// Zeroed memory for `bytes`, in huge pages where the kernel gives them (MADV_HUGEPAGE before the
+// Zeroed memory for `count` floats, in huge pages where the kernel gives them (MADV_HUGEPAGE before the
 // first touch): the read-bandwidth probes, so the bound they measure is the memory's, not the
 // page walks' (a kernel reading 2 MiB pages otherwise measured above "the bound").
 struct HugePageFree {
