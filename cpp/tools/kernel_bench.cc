@@ -151,8 +151,6 @@ int main(int argc, char** argv) {
     }
   }
 
-  // Hot: ns per output row and 64 inputs (per token in brackets) with the weights in L2, so the
-  // instructions bound it, not DRAM: one thread, a 576 x 256 matrix, MatmulRange 2,000 times.
   if (wanted("pages")) {
     const size_t n = size_t{16} << 20;  // 64 MB of floats
     // Varied values in both (pages of one repeated value may be merged by the host).
@@ -175,6 +173,8 @@ int main(int argc, char** argv) {
                 all.helpers() + 1, Median(t4k), Median(t2m));
   }
 
+  // Hot: ns per output row and 64 inputs (per token in brackets) with the weights in L2, so the
+  // instructions bound it, not DRAM: one thread, a 576 x 256 matrix, MatmulRange 2,000 times.
   if (wanted("hot")) {
     const int64_t in = 576, out = 256;
     std::vector<float> wf(static_cast<size_t>(in * out));

@@ -44,6 +44,18 @@ bool Collapse(uintptr_t region) {
 #endif
 }
 
+// Region by region: one the kernel refuses leaves the others collapsed.
+HugePageReport CollapseRegions(const std::vector<uintptr_t>& regions) {
+  HugePageReport report;
+  for (uintptr_t r : regions) {
+    if (Collapse(r))
+      report.bytes += kHugePage;
+    else
+      ++report.refused;
+  }
+  return report;
+}
+
 }  // namespace
 
 bool HugePagesDisabled() { return std::getenv("CASCADE_NO_HUGE_PAGES") != nullptr; }
@@ -72,14 +84,7 @@ HugePageReport CollapseIntoHugePages(const std::vector<std::pair<const void*, si
     if (p && n > 0) spans.push_back({reinterpret_cast<uintptr_t>(p), reinterpret_cast<uintptr_t>(p) + n});
   std::vector<uintptr_t> regions;
   for (const auto& [lo, hi] : Joined(std::move(spans))) AddRegions(lo, hi, &regions);
-  HugePageReport report;
-  for (uintptr_t r : regions) {  // one at a time: a refused region leaves the others collapsed
-    if (Collapse(r))
-      report.bytes += kHugePage;
-    else
-      ++report.refused;
-  }
-  return report;
+  return CollapseRegions(regions);
 }
 
 HugePageCollapser::HugePageCollapser() : worker_([this] { Loop(); }) {}
@@ -124,13 +129,7 @@ void HugePageCollapser::Loop() {
     const bool last = finishing_;
     const std::vector<uintptr_t> ready = Ready();
     lock.unlock();
-    HugePageReport part;
-    for (uintptr_t r : ready) {
-      if (Collapse(r))
-        part.bytes += kHugePage;
-      else
-        ++part.refused;
-    }
+    const HugePageReport part = CollapseRegions(ready);
     lock.lock();
     report_.bytes += part.bytes;
     report_.refused += part.refused;
